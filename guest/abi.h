@@ -1,0 +1,143 @@
+/*
+ * abi.h - the contract between the guest stub and hwl's host side.
+ *
+ * The host mirrors every constant and offset here in hwl/link/abi.py and
+ * checks HWL_ABI_VERSION and the exported hwl_abi_info against its own
+ * before it talks to a stub. Change both sides together and bump the version.
+ *
+ * Memory model: guest RAM is a shared file that the host maps, so a guest
+ * physical address is an offset into that mapping. The stub runs with paging
+ * off, so its pointers are physical addresses too.
+ */
+#ifndef HWL_ABI_H
+#define HWL_ABI_H
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define HWL_ABI_VERSION 1u
+#define HWL_MAGIC 0x314c5748u       /* "HWL1" read as little-endian bytes */
+
+#define HWL_NSLOTS 8u               /* request slots in the ring */
+#define HWL_MAX_OPS 254u            /* operations per slot (slot = 4096 bytes) */
+#define HWL_IRQ_RING 64u            /* entries in the IRQ event ring */
+
+/* Operation codes (hwl_op.code). "c" is both an argument and the result. */
+#define HWL_OP_NOP 0u          /* c := a (echo; measures the bare round trip) */
+#define HWL_OP_IN 1u           /* c := in<width>(port) */
+#define HWL_OP_OUT 2u          /* out<width>(port, a) */
+#define HWL_OP_INS 3u          /* rep ins<width>: a = count of units, b = guest phys addr */
+#define HWL_OP_OUTS 4u         /* rep outs<width>: a = count of units, b = guest phys addr */
+#define HWL_OP_WAIT 5u         /* poll in<width>(port) until (v & a) == b, at most c µs;
+                                  c := last value read; on timeout the slot ends with
+                                  HWL_ST_TIMEOUT and fail_index = this op */
+#define HWL_OP_DELAY 6u        /* busy-wait a µs (TSC based) */
+#define HWL_OP_IRQ_UNMASK 7u   /* unmask PIC line a (0..15, not 2, 3 or 4) */
+#define HWL_OP_IRQ_MASK 8u     /* mask PIC line a */
+#define HWL_OP_NATIVE_PIO 16u  /* native loops: b = guest phys addr of a struct hwl_native; */
+#define HWL_OP_NATIVE_DMA 17u  /*   c := its status. See struct hwl_native. */
+#define HWL_OP_NATIVE_RAND 18u
+
+/* Slot / native status codes. */
+#define HWL_ST_OK 0u
+#define HWL_ST_TIMEOUT 1u      /* a WAIT or a native loop's wait ran out of time */
+#define HWL_ST_BADOP 2u        /* unknown op code */
+#define HWL_ST_BADARG 3u       /* bad width, line, count, or address outside usable RAM */
+#define HWL_ST_DEVERR 4u       /* native loop: the drive set ERR or DF */
+
+/* Doorbell bytes on COM2 (0x2f8, IRQ 3). Host -> stub: any byte wakes a halted
+ * stub. Stub -> host: sent only while ctl.host_waiting is non-zero. */
+#define HWL_BELL_DONE 'D'      /* a slot completed */
+#define HWL_BELL_IRQ 'I'       /* an IRQ event was pushed */
+
+struct hwl_op {                /* 16 bytes */
+    u8 code;
+    u8 width;                  /* 1, 2 or 4 for port operations */
+    u16 port;
+    u32 a;
+    u32 b;
+    u32 c;
+};
+
+struct hwl_slot {              /* 4096 bytes */
+    u32 nops;                  /* host: number of ops (1..HWL_MAX_OPS) */
+    u32 status;                /* stub: HWL_ST_* */
+    u32 fail_index;            /* stub: index of the op that failed (status != OK) */
+    u32 reserved[5];
+    struct hwl_op ops[HWL_MAX_OPS];
+};
+
+/* The control block. Each field has one writer, named first. Counters are
+ * free-running u32 values; a ring index is counter % ring size. */
+struct hwl_ctl {
+    u32 magic;                 /*  0 stub: HWL_MAGIC once initialised */
+    u32 abi_version;           /*  4 stub: HWL_ABI_VERSION */
+    u32 ready;                 /*  8 stub: 1 when serving requests */
+    u32 tsc_khz;               /* 12 stub: TSC rate calibrated against the PIT */
+    u32 ram_bytes;             /* 16 stub: RAM size from the multiboot info */
+    u32 free_base;             /* 20 stub: first byte the host may use for buffers */
+    u32 spin_us;               /* 24 host (stub sets default 20000): poll this long after
+                                     the last request before halting */
+    u32 stub_sleeping;         /* 28 stub: 1 while halted, waiting for a doorbell */
+    u32 host_waiting;          /* 32 host: 1 while the host sleeps on COM2 */
+    u32 req_head;              /* 36 host: slots posted */
+    u32 req_tail;              /* 40 stub: slots completed */
+    u32 irq_head;              /* 44 stub: IRQ events pushed */
+    u32 irq_tail;              /* 48 host: IRQ events consumed */
+    u32 irq_mask;              /* 52 stub: current 16-bit PIC mask, bit set = masked */
+    u32 halts;                 /* 56 stub: times the stub halted */
+    u32 bells_sent;            /* 60 stub: doorbell bytes sent to the host */
+    u32 irq_count[16];         /* 64 stub: interrupts seen per line */
+    u32 irq_ring[HWL_IRQ_RING];/* 128 stub: line number of each event */
+};                             /* 384 bytes */
+
+/* Argument block for the native loops, the physical limits for benchmarks.
+ * PIO: SET MULTIPLE (multiple), then READ MULTIPLE (0xC4, LBA28) commands of
+ *   up to 256 sectors, 32-bit data transfers, until `count` sectors are read
+ *   into buf (buf must hold 128 KiB; each command overwrites it).
+ * DMA: `count` READ DMA EXT (0x25) commands of `sectors` sectors each
+ *   (1..65536), sequential from lba, into buf (64 KiB aligned); the stub
+ *   builds the PRD table at prd (4 KiB aligned, room for 512 entries).
+ * RAND: `count` READ DMA (0xC8, LBA28) commands of 8 sectors at
+ *   lba + 8 * (r % span), r from the LCG r = r * 1664525 + 1013904223
+ *   seeded with seed (the value used is r >> 8), into buf via one PRD at prd.
+ * All: the channel's IRQ stays masked at the PIC; waits poll the bus-master
+ * status (DMA) or the ATA status (PIO) with a 2 s timeout each. */
+struct hwl_native {
+    u16 cmd_base;              /*  0 e.g. 0x1f0 */
+    u16 ctl_base;              /*  2 e.g. 0x3f6 */
+    u16 bm_base;               /*  4 bus-master base of this channel (BAR4, +8 for secondary) */
+    u8 drive;                  /*  6 0 = master, 1 = slave */
+    u8 multiple;               /*  7 PIO: sectors per DRQ block */
+    u32 lba;                   /*  8 */
+    u32 count;                 /* 12 */
+    u32 sectors;               /* 16 DMA: sectors per command */
+    u32 buf;                   /* 20 guest phys */
+    u32 prd;                   /* 24 guest phys */
+    u32 span;                  /* 28 RAND: number of 4 KiB blocks to choose from */
+    u32 seed;                  /* 32 RAND */
+    u32 status;                /* 36 out: HWL_ST_* */
+    u32 ata_status;            /* 40 out: last ATA status | error << 8 */
+    u32 done;                  /* 44 out: units completed (sectors / commands) */
+    u64 tsc_elapsed;           /* 48 out: TSC ticks for the whole loop */
+};                             /* 56 bytes */
+
+/* Exported, read by the host from the ELF file with pyelftools. */
+struct hwl_abi_info {
+    u32 version;               /* HWL_ABI_VERSION */
+    u32 magic;                 /* HWL_MAGIC */
+    u32 ctl_size;              /* sizeof(struct hwl_ctl) */
+    u32 slot_size;             /* sizeof(struct hwl_slot) */
+    u32 nslots;                /* HWL_NSLOTS */
+    u32 max_ops;               /* HWL_MAX_OPS */
+    u32 native_size;           /* sizeof(struct hwl_native) */
+    u32 irq_ring;              /* HWL_IRQ_RING */
+};
+
+/* Symbols the host looks up: hwl_abi_info (struct hwl_abi_info, .rodata),
+ * hwl_ctl (struct hwl_ctl, 4 KiB aligned, its own page),
+ * hwl_slots (struct hwl_slot[HWL_NSLOTS], 4 KiB aligned), _end. */
+
+#endif

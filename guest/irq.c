@@ -1,0 +1,93 @@
+/* irq.c - IDT setup and the C side of exceptions and IRQs (doorbell, IRQ events). */
+#include "hw.h"
+
+struct idt_gate {
+    u16 off_lo;
+    u16 sel;
+    u8 zero;
+    u8 type;
+    u16 off_hi;
+} __attribute__((packed));
+
+struct idt_ptr {
+    u16 limit;
+    u32 base;
+} __attribute__((packed));
+
+extern const u32 isr_stub_table[48];
+
+static struct idt_gate idt[48] __attribute__((aligned(8)));
+
+void idt_init(void)
+{
+    struct idt_ptr p;
+    u32 i;
+
+    for (i = 0; i < 48; i++) {
+        u32 a = isr_stub_table[i];
+        idt[i].off_lo = (u16)a;
+        idt[i].sel = 0x08;
+        idt[i].zero = 0;
+        idt[i].type = 0x8e;         /* present, ring 0, 32-bit interrupt gate */
+        idt[i].off_hi = (u16)(a >> 16);
+    }
+    p.limit = sizeof(idt) - 1;
+    p.base = (u32)idt;
+    asm volatile("lidt %0" : : "m"(p));
+}
+
+static void exception(struct trap_frame *f)
+{
+    log_puts("hwl-stub: exception ");
+    log_dec(f->vector);
+    log_puts(" eip=0x");
+    log_hex(f->eip);
+    log_puts(" err=0x");
+    log_hex(f->error);
+    log_putc('\n');
+    halt_forever();
+}
+
+/* Runs with interrupts disabled (interrupt gate). */
+void irq_dispatch(u32 line)
+{
+    volatile struct hwl_ctl *c = &hwl_ctl;
+    u32 h;
+
+    if (line == 3) {                /* doorbell from the host */
+        com2_drain();
+        pic_eoi(3);
+        return;
+    }
+    if (line == 7 || line == 15) {  /* possibly spurious */
+        if (!(pic_in_service() & (1u << line))) {
+            if (line == 15)
+                pic_eoi(2);         /* the master did see the cascade */
+            return;
+        }
+    }
+    if (line == 2) {                /* cascade never fires by itself */
+        pic_eoi(2);
+        return;
+    }
+
+    /* An event for the host: the line stays masked until it unmasks it. */
+    pic_mask_line(line);
+    pic_eoi(line);
+    c->irq_count[line]++;
+    h = c->irq_head;
+    c->irq_ring[h % HWL_IRQ_RING] = line;
+    barrier();
+    c->irq_head = h + 1;
+    full_barrier();                 /* publish irq_head before reading host_waiting */
+    if (c->host_waiting)
+        bell_send(HWL_BELL_IRQ);
+}
+
+void trap_handler(struct trap_frame *f)
+{
+    if (f->vector < 32)
+        exception(f);
+    else if (f->vector < 48)
+        irq_dispatch(f->vector - 32);
+}

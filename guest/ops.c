@@ -1,0 +1,169 @@
+/* ops.c - executes one request slot: port I/O, waits, delays, IRQ masks, native loops. */
+#include "hw.h"
+
+static int width_ok(u32 w)
+{
+    return w == 1 || w == 2 || w == 4;
+}
+
+static u32 port_in(u32 width, u16 port)
+{
+    if (width == 1)
+        return inb(port);
+    if (width == 2)
+        return inw(port);
+    return inl(port);
+}
+
+static void port_out(u32 width, u16 port, u32 v)
+{
+    if (width == 1)
+        outb(port, (u8)v);
+    else if (width == 2)
+        outw(port, (u16)v);
+    else
+        outl(port, v);
+}
+
+static void rep_ins(u32 width, u16 port, u32 addr, u32 count)
+{
+    void *p = (void *)addr;
+
+    if (width == 1)
+        asm volatile("rep insb" : "+D"(p), "+c"(count) : "d"(port) : "memory");
+    else if (width == 2)
+        asm volatile("rep insw" : "+D"(p), "+c"(count) : "d"(port) : "memory");
+    else
+        asm volatile("rep insl" : "+D"(p), "+c"(count) : "d"(port) : "memory");
+}
+
+static void rep_outs(u32 width, u16 port, u32 addr, u32 count)
+{
+    const void *p = (const void *)addr;
+
+    if (width == 1)
+        asm volatile("rep outsb" : "+S"(p), "+c"(count) : "d"(port) : "memory");
+    else if (width == 2)
+        asm volatile("rep outsw" : "+S"(p), "+c"(count) : "d"(port) : "memory");
+    else
+        asm volatile("rep outsl" : "+S"(p), "+c"(count) : "d"(port) : "memory");
+}
+
+/* Lines the host may not touch: 2 = cascade, 3 = COM2 doorbell, 4 = COM1 log. */
+static int line_ok(u32 line)
+{
+    return line <= 15 && line != 2 && line != 3 && line != 4;
+}
+
+/* Runs one op; returns HWL_ST_*. Results go to op->c. */
+static u32 run_op(volatile struct hwl_op *op)
+{
+    u32 code = op->code, width = op->width;
+    u16 port = op->port;
+    u32 a = op->a, b = op->b, c = op->c;
+    u32 v, f, st;
+    u64 dl;
+
+    switch (code) {
+    case HWL_OP_NOP:
+        op->c = a;
+        return HWL_ST_OK;
+
+    case HWL_OP_IN:
+        if (!width_ok(width))
+            return HWL_ST_BADARG;
+        op->c = port_in(width, port);
+        return HWL_ST_OK;
+
+    case HWL_OP_OUT:
+        if (!width_ok(width))
+            return HWL_ST_BADARG;
+        port_out(width, port, a);
+        return HWL_ST_OK;
+
+    case HWL_OP_INS:
+    case HWL_OP_OUTS:
+        if (!width_ok(width))
+            return HWL_ST_BADARG;
+        if (a == 0)
+            return HWL_ST_OK;
+        if (!range_ok(b, (u64)a * width))
+            return HWL_ST_BADARG;
+        if (code == HWL_OP_INS)
+            rep_ins(width, port, b, a);
+        else
+            rep_outs(width, port, b, a);
+        return HWL_ST_OK;
+
+    case HWL_OP_WAIT:
+        if (!width_ok(width))
+            return HWL_ST_BADARG;
+        dl = deadline_us(c);
+        for (;;) {
+            v = port_in(width, port);
+            if ((v & a) == b) {
+                op->c = v;
+                return HWL_ST_OK;
+            }
+            if (c == 0 || expired(dl)) {
+                op->c = v;
+                return HWL_ST_TIMEOUT;
+            }
+        }
+
+    case HWL_OP_DELAY:
+        delay_us(a);
+        return HWL_ST_OK;
+
+    case HWL_OP_IRQ_UNMASK:
+    case HWL_OP_IRQ_MASK:
+        if (!line_ok(a))
+            return HWL_ST_BADARG;
+        f = irq_save();
+        if (code == HWL_OP_IRQ_UNMASK)
+            pic_unmask_line(a);
+        else
+            pic_mask_line(a);
+        irq_restore(f);
+        return HWL_ST_OK;
+
+    case HWL_OP_NATIVE_PIO:
+    case HWL_OP_NATIVE_DMA:
+    case HWL_OP_NATIVE_RAND:
+        if (!range_ok(b, sizeof(struct hwl_native))) {
+            op->c = HWL_ST_BADARG;
+            return HWL_ST_BADARG;
+        }
+        if (code == HWL_OP_NATIVE_PIO)
+            st = native_pio((volatile struct hwl_native *)b);
+        else if (code == HWL_OP_NATIVE_DMA)
+            st = native_dma((volatile struct hwl_native *)b);
+        else
+            st = native_rand((volatile struct hwl_native *)b);
+        op->c = st;
+        return st;
+
+    default:
+        return HWL_ST_BADOP;
+    }
+}
+
+void run_slot(volatile struct hwl_slot *s)
+{
+    u32 n = s->nops, i, st = HWL_ST_OK, fail = 0;
+
+    if (n == 0 || n > HWL_MAX_OPS) {
+        st = HWL_ST_BADARG;
+    } else {
+        for (i = 0; i < n; i++) {
+            st = run_op(&s->ops[i]);
+            if (st != HWL_ST_OK) {
+                fail = i;
+                break;
+            }
+        }
+    }
+    s->fail_index = fail;
+    barrier();
+    s->status = st;
+}

@@ -1,0 +1,137 @@
+/* stub.c - boot sequence, the shared control block and the request/halt main loop. */
+#include "hw.h"
+
+volatile struct hwl_ctl hwl_ctl __attribute__((section(".bss.hwl_ctl"), aligned(4096)));
+volatile struct hwl_slot hwl_slots[HWL_NSLOTS] __attribute__((section(".bss.hwl_slots"), aligned(4096)));
+
+__attribute__((used)) const struct hwl_abi_info hwl_abi_info = {
+    .version = HWL_ABI_VERSION,
+    .magic = HWL_MAGIC,
+    .ctl_size = sizeof(struct hwl_ctl),
+    .slot_size = sizeof(struct hwl_slot),
+    .nslots = HWL_NSLOTS,
+    .max_ops = HWL_MAX_OPS,
+    .native_size = sizeof(struct hwl_native),
+    .irq_ring = HWL_IRQ_RING,
+};
+
+/* Layout checks: abi.h is mirrored byte for byte by the host. */
+_Static_assert(sizeof(struct hwl_op) == 16, "hwl_op size");
+_Static_assert(sizeof(struct hwl_slot) == 4096, "hwl_slot size");
+_Static_assert(sizeof(struct hwl_ctl) == 384, "hwl_ctl size");
+_Static_assert(sizeof(struct hwl_native) == 56, "hwl_native size");
+_Static_assert(__builtin_offsetof(struct hwl_ctl, irq_count) == 64, "irq_count offset");
+_Static_assert(__builtin_offsetof(struct hwl_ctl, irq_ring) == 128, "irq_ring offset");
+_Static_assert(__builtin_offsetof(struct hwl_native, tsc_elapsed) == 48, "tsc_elapsed offset");
+_Static_assert((HWL_NSLOTS & (HWL_NSLOTS - 1)) == 0, "HWL_NSLOTS power of two");
+
+extern char _end[];
+
+u32 stub_free_base;
+u32 stub_ram_bytes;
+
+#define MB_BOOT_MAGIC 0x2BADB002u
+
+int range_ok(u32 addr, u64 len)
+{
+    return addr >= stub_free_base && addr < stub_ram_bytes &&
+           (u64)addr + len <= (u64)stub_ram_bytes;
+}
+
+static void fatal(const char *msg)
+{
+    log_puts("hwl-stub: ");
+    log_puts(msg);
+    log_putc('\n');
+    halt_forever();
+}
+
+/* Idle: poll for spin_us after the last work, then halt until an interrupt. */
+static void serve_forever(void)
+{
+    volatile struct hwl_ctl *c = &hwl_ctl;
+    u32 tail = c->req_tail;
+    u32 iter = 0, one;
+    u64 spin_end = deadline_us(c->spin_us);
+
+    for (;;) {
+        if (c->req_head != tail) {
+            run_slot(&hwl_slots[tail % HWL_NSLOTS]);
+            barrier();
+            c->req_tail = ++tail;
+            full_barrier();         /* publish req_tail before reading host_waiting */
+            if (c->host_waiting) {
+                u32 f = irq_save();
+                bell_send(HWL_BELL_DONE);
+                irq_restore(f);
+            }
+            spin_end = deadline_us(c->spin_us);
+            continue;
+        }
+        if (++iter & 63)
+            continue;
+        if (!expired(spin_end))
+            continue;
+
+        cli();
+        one = 1;                    /* locked store: ordered before the req_head re-check */
+        asm volatile("xchgl %0, %1" : "+r"(one), "+m"(c->stub_sleeping) : : "memory");
+        if (c->req_head == tail) {
+            asm volatile("sti; hlt" ::: "memory");
+            c->stub_sleeping = 0;
+            c->halts++;
+        } else {
+            c->stub_sleeping = 0;
+            sti();
+        }
+        spin_end = deadline_us(c->spin_us);
+    }
+}
+
+void stub_main(u32 magic, u32 mbinfo)
+{
+    volatile struct hwl_ctl *c = &hwl_ctl;
+    const u32 *mbi = (const u32 *)mbinfo;
+    u32 mem_upper;
+
+    serial_init();
+    if (magic != MB_BOOT_MAGIC)
+        fatal("not booted by a multiboot loader");
+    if (!(mbi[0] & 1))
+        fatal("multiboot info has no memory size");
+    mem_upper = mbi[2];             /* KiB above 1 MiB */
+    if (mem_upper > 0xffffffffu / 1024u - 1024u)
+        mem_upper = 0xffffffffu / 1024u - 1024u;
+    stub_ram_bytes = (mem_upper + 1024u) * 1024u;
+    stub_free_base = ((u32)_end + 0x10000u + 0xfffffu) & ~0xfffffu;
+    if (stub_free_base >= stub_ram_bytes)
+        fatal("not enough RAM");
+
+    pic_init();
+    idt_init();
+    tsc_calibrate();
+
+    c->magic = HWL_MAGIC;
+    c->abi_version = HWL_ABI_VERSION;
+    c->tsc_khz = tsc_khz;
+    c->ram_bytes = stub_ram_bytes;
+    c->free_base = stub_free_base;
+    c->spin_us = 20000;
+    barrier();
+    c->ready = 1;
+
+    log_puts("hwl-stub ready abi=");
+    log_dec(HWL_ABI_VERSION);
+    log_puts(" tsc_khz=");
+    log_dec(tsc_khz);
+    log_puts(" ram=");
+    log_dec(stub_ram_bytes);
+    log_puts(" ctl=0x");
+    log_hex((u32)&hwl_ctl);
+    log_puts(" slots=0x");
+    log_hex((u32)hwl_slots);
+    log_putc('\n');
+
+    sti();
+    serve_forever();
+}

@@ -1,0 +1,1 @@
+"""The ``hwl`` command line."""

@@ -1,0 +1,132 @@
+"""``hwl``: machine control and benchmarks from the shell.
+
+    hwl machine up PROFILE      boot, print the handshake, run until Ctrl-C
+    hwl machine pci PROFILE     boot and print the PCI devices the link finds
+    hwl bench link [--json]     the link benchmark (bench/link.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+from hwl.errors import HwlError
+from hwl.link.pci import PciDevice
+from hwl.machine.machine import ACCELS, Machine
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _machine(args: argparse.Namespace) -> Machine:
+    return Machine(args.profile, accel=args.accel, keep_run_dir=args.keep_run_dir)
+
+
+def cmd_machine_up(args: argparse.Namespace) -> int:
+    with _machine(args) as m:
+        hs = m.handshake
+        print(f"machine '{m.profile.name}' up: QEMU pid {m.pid}, accel {m.accel}, run dir {m.run_dir}")
+        print(
+            f"stub: abi {hs['abi']}, TSC {hs['tsc_khz'] / 1000:.1f} MHz, RAM {hs['ram'] >> 20} MiB, "
+            f"ctl {hs['ctl']:#x}, slots {hs['slots']:#x}"
+        )
+        for disk, path in m.disks.items():
+            print(f"disk {disk}: {path} ({path.stat().st_size >> 20} MiB)")
+        print(f"link round trip: {m.link.nop(7) == 7 and 'ok'}; Ctrl-C to stop")
+        sys.stdout.flush()
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(0.5):
+                if not m.alive():
+                    print(f"QEMU exited:\n{m.stderr_text()}", file=sys.stderr)
+                    return 1
+        except KeyboardInterrupt:
+            pass
+    print("machine stopped")
+    return 0
+
+
+def format_pci_table(devices: list[PciDevice]) -> str:
+    rows = [("BDF", "VID:DID", "CLASS", "IRQ", "BARS")]
+    for d in devices:
+        bars = " ".join(
+            f"{b.index}:{b.kind}@{b.address:#x}/{b.size:#x}{'(64)' if b.is64 else ''}" for b in d.bars
+        )
+        irq = f"{d.irq_line} ({'-ABCD'[d.irq_pin]})" if d.irq_pin else "-"
+        rows.append((d.bdf, d.ids, f"{d.class_code:06x}", irq, bars or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows
+    )
+
+
+def cmd_machine_pci(args: argparse.Namespace) -> int:
+    with _machine(args) as m:
+        print(format_pci_table(m.link.pci_scan()))
+    return 0
+
+
+def load_bench(name: str) -> ModuleType:
+    """Benchmarks live in bench/ at the top of the tree, beside the package."""
+    path = BENCH_DIR / f"{name}.py"
+    if not path.is_file():
+        raise HwlError(f"no benchmark '{name}' in {BENCH_DIR}")
+    spec = importlib.util.spec_from_file_location(f"hwl_bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    result: int = load_bench(args.name).main(args)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hwl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    top = parser.add_subparsers(dest="command", required=True)
+
+    def machine_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("profile", help="profile name in qemu-configs/ (e.g. pc) or a .cfg path")
+        p.add_argument("--accel", default="auto", choices=ACCELS)
+        p.add_argument("--keep-run-dir", action="store_true", help="keep the run directory")
+
+    machine = top.add_parser("machine", help="boot and inspect machines").add_subparsers(dest="action", required=True)
+    up = machine.add_parser("up", help="boot, print the handshake, run until Ctrl-C")
+    machine_opts(up)
+    up.set_defaults(func=cmd_machine_up)
+    pci = machine.add_parser("pci", help="boot and list the PCI devices found through the link")
+    machine_opts(pci)
+    pci.set_defaults(func=cmd_machine_pci)
+
+    bench = top.add_parser("bench", help="benchmarks (bench/)")
+    bench.add_argument("name", choices=sorted(p.stem for p in BENCH_DIR.glob("[a-z]*.py")) or None)
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--accel", default="auto", choices=ACCELS)
+    bench.add_argument("--profile", default="pc")
+    bench.add_argument("--repeat", type=int, default=0, help="repetitions (0: the benchmark's default)")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+        return code
+    except HwlError as exc:
+        print(f"hwl: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Hardware facts (registers, commands) and link-level helpers built on them."""

@@ -1,0 +1,236 @@
+"""ATA over the PIIX IDE controller, by raw port I/O through the link.
+
+These helpers turn one ATA command, its waits and its data transfer into one
+batch (one round trip). They are what the link's tests and benchmark use; the
+at_wini driver speaks the same registers through the kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hwl.errors import HwlError
+from hwl.link.batch import Batch
+from hwl.link.link import Link
+from hwl.link.memory import DmaBuffer
+
+# Command block registers (offsets from the channel's command base).
+REG_DATA, REG_ERROR, REG_FEATURES, REG_COUNT = 0, 1, 1, 2
+REG_LBA_LOW, REG_LBA_MID, REG_LBA_HIGH, REG_DEVICE = 3, 4, 5, 6
+REG_STATUS, REG_COMMAND = 7, 7
+# Status bits.
+BSY, DRDY, DF, DRQ, ERR = 0x80, 0x40, 0x20, 0x08, 0x01
+# Commands.
+CMD_IDENTIFY = 0xEC
+CMD_READ_SECTORS = 0x20
+CMD_WRITE_SECTORS = 0x30
+CMD_READ_MULTIPLE = 0xC4
+CMD_SET_MULTIPLE = 0xC6
+CMD_READ_DMA = 0xC8
+CMD_READ_DMA_EXT = 0x25
+CMD_FLUSH_CACHE = 0xE7
+# PIIX bus-master registers (offsets from the channel's bus-master base).
+BM_COMMAND, BM_STATUS, BM_PRD = 0, 2, 4
+BM_START, BM_TO_MEMORY = 0x01, 0x08
+BM_ACTIVE, BM_ERROR, BM_IRQ = 0x01, 0x02, 0x04
+SECTOR = 512
+TIMEOUT_US = 2_000_000
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One IDE channel in compatibility mode."""
+
+    cmd: int
+    ctl: int
+    irq: int
+    bm: int = 0  # bus-master base: BAR4 of 00:01.1 (+8 for the secondary channel)
+
+
+PRIMARY = Channel(0x1F0, 0x3F6, 14)
+SECONDARY = Channel(0x170, 0x376, 15)
+
+
+@dataclass(frozen=True)
+class Identify:
+    model: str
+    serial: str
+    sectors: int  # LBA28 capacity (words 60-61)
+    sectors48: int  # LBA48 capacity (words 100-103)
+    max_multiple: int  # word 47: most sectors per DRQ block for READ MULTIPLE
+
+    @classmethod
+    def parse(cls, data: bytes) -> Identify:
+        words = [int.from_bytes(data[i : i + 2], "little") for i in range(0, 512, 2)]
+
+        def text(first: int, last: int) -> str:
+            raw = b"".join(w.to_bytes(2, "big") for w in words[first : last + 1])
+            return raw.decode("ascii", errors="replace").strip()
+
+        return cls(
+            model=text(27, 46),
+            serial=text(10, 19),
+            sectors=words[60] | words[61] << 16,
+            sectors48=sum(words[100 + i] << (16 * i) for i in range(4)),
+            max_multiple=words[47] & 0xFF,
+        )
+
+
+def bus_master_base(link: Link, secondary: bool = False) -> int:
+    """The PIIX IDE function's BAR4 (00:01.1), for this channel."""
+    bar4 = link.pci_read(0, 1, 1, 0x20)
+    if not bar4 & 1:
+        raise HwlError(f"PIIX IDE BAR4 {bar4:#x} is not an I/O BAR: is this a PIIX machine?")
+    return (bar4 & 0xFFFC) + (8 if secondary else 0)
+
+
+def _select_lba28(b: Batch, ch: Channel, drive: int, lba: int, count: int) -> None:
+    if not 0 <= lba and lba + count <= 1 << 28 and 0 < count <= 256:
+        raise ValueError(f"LBA28 command for {count} sectors at {lba} is out of range")
+    b.outb(ch.ctl, 0)  # nIEN clear: the drive raises INTRQ (the PIC decides delivery)
+    b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
+    b.outb(ch.cmd + REG_DEVICE, 0xE0 | drive << 4 | (lba >> 24 & 0x0F))
+    b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
+    b.outb(ch.cmd + REG_COUNT, count & 0xFF)
+    b.outb(ch.cmd + REG_LBA_LOW, lba & 0xFF)
+    b.outb(ch.cmd + REG_LBA_MID, lba >> 8 & 0xFF)
+    b.outb(ch.cmd + REG_LBA_HIGH, lba >> 16 & 0xFF)
+
+
+def _check_status(status: int, what: str) -> None:
+    if status & (ERR | DF):
+        raise HwlError(f"{what}: drive reports status {status:#04x}")
+
+
+def identify(link: Link, ch: Channel = PRIMARY, drive: int = 0) -> Identify:
+    b = Batch()
+    b.outb(ch.ctl, 0)
+    b.outb(ch.cmd + REG_DEVICE, 0xA0 | drive << 4)
+    b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
+    b.outb(ch.cmd + REG_COMMAND, CMD_IDENTIFY)
+    b.wait(ch.cmd + REG_STATUS, BSY | DRQ, DRQ, TIMEOUT_US)
+    data = b.ins(ch.cmd + REG_DATA, 256, 2)
+    status = b.inb(ch.cmd + REG_STATUS)
+    r = link.execute(b)
+    _check_status(r[status], "IDENTIFY")
+    return Identify.parse(r.data[data])
+
+
+def set_multiple(link: Link, ch: Channel, drive: int, multiple: int) -> None:
+    b = Batch()
+    b.outb(ch.cmd + REG_DEVICE, 0xE0 | drive << 4)
+    b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
+    b.outb(ch.cmd + REG_COUNT, multiple)
+    b.outb(ch.cmd + REG_COMMAND, CMD_SET_MULTIPLE)
+    status = b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
+    _check_status(link.execute(b)[status], f"SET MULTIPLE {multiple}")
+
+
+def pio_read_batch(
+    ch: Channel, drive: int, lba: int, count: int, buf: DmaBuffer, multiple: int = 1, offset: int = 0
+) -> tuple[Batch, int]:
+    """One READ SECTORS / READ MULTIPLE command as a batch, 32-bit transfers into ``buf``.
+    Returns the batch and the index of the final status read."""
+    b = Batch()
+    _select_lba28(b, ch, drive, lba, count)
+    b.outb(ch.cmd + REG_COMMAND, CMD_READ_MULTIPLE if multiple > 1 else CMD_READ_SECTORS)
+    done = 0
+    while done < count:
+        block = min(multiple, count - done)
+        b.wait(ch.cmd + REG_STATUS, BSY | DRQ, DRQ, TIMEOUT_US)
+        b.ins(ch.cmd + REG_DATA, block * SECTOR // 4, 4, into=buf, offset=offset + done * SECTOR)
+        done += block
+    return b, b.inb(ch.cmd + REG_STATUS)
+
+
+def pio_read(
+    link: Link, ch: Channel, drive: int, lba: int, count: int, multiple: int = 1
+) -> bytes:
+    """Read ``count`` sectors (up to 256) by PIO; one round trip."""
+    buf = link.alloc_dma(count * SECTOR)
+    try:
+        b, status = pio_read_batch(ch, drive, lba, count, buf, multiple)
+        _check_status(link.execute(b)[status], f"PIO read of {count} sectors at {lba}")
+        return buf.read()
+    finally:
+        link.free_dma(buf)
+
+
+def pio_write(link: Link, ch: Channel, drive: int, lba: int, data: bytes) -> None:
+    """Write whole sectors by PIO (WRITE SECTORS, 16-bit transfers), then flush the cache."""
+    if not data or len(data) % SECTOR:
+        raise ValueError(f"{len(data)} bytes is not a whole number of sectors")
+    count = len(data) // SECTOR
+    buf = link.alloc_dma(len(data))
+    try:
+        buf.write(data)
+        b = Batch()
+        _select_lba28(b, ch, drive, lba, count)
+        b.outb(ch.cmd + REG_COMMAND, CMD_WRITE_SECTORS)
+        for i in range(count):
+            b.wait(ch.cmd + REG_STATUS, BSY | DRQ, DRQ, TIMEOUT_US)
+            b.outs_from(ch.cmd + REG_DATA, buf, SECTOR // 2, 2, offset=i * SECTOR)
+        b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
+        b.outb(ch.cmd + REG_COMMAND, CMD_FLUSH_CACHE)
+        status = b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
+        _check_status(link.execute(b)[status], f"PIO write of {count} sectors at {lba}")
+    finally:
+        link.free_dma(buf)
+
+
+def build_prd(prd: DmaBuffer, buf: DmaBuffer, size: int) -> None:
+    """Fill a PRD table describing the first ``size`` bytes of ``buf`` (64 KiB pieces)."""
+    entries = []
+    for off in range(0, size, 1 << 16):
+        piece = min(1 << 16, size - off)
+        entries.append(((buf.phys + off), piece & 0xFFFF))
+    table = b"".join(
+        addr.to_bytes(4, "little") + (count | (0x80000000 if i == len(entries) - 1 else 0)).to_bytes(4, "little")
+        for i, (addr, count) in enumerate(entries)
+    )
+    prd.write(table)
+
+
+def dma_read_batch(ch: Channel, drive: int, lba: int, count: int, prd: DmaBuffer) -> tuple[Batch, int, int]:
+    """READ DMA EXT of ``count`` sectors into the buffers the PRD table at ``prd`` names.
+    Returns the batch and the indexes of the bus-master and ATA status reads."""
+    if not ch.bm:
+        raise ValueError("the channel has no bus-master base; use bus_master_base()")
+    if not 0 < count <= 65536:
+        raise ValueError(f"READ DMA EXT moves 1..65536 sectors, not {count}")
+    b = Batch()
+    b.outb(ch.bm + BM_COMMAND, BM_TO_MEMORY)
+    b.outb(ch.bm + BM_STATUS, BM_ERROR | BM_IRQ)
+    b.outl(ch.bm + BM_PRD, prd.phys)
+    b.outb(ch.ctl, 0)
+    b.outb(ch.cmd + REG_DEVICE, 0x40 | drive << 4)
+    b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
+    n = count & 0xFFFF  # 65536 sectors is written as 0
+    high = [(REG_COUNT, n >> 8), (REG_LBA_LOW, lba >> 24), (REG_LBA_MID, lba >> 32), (REG_LBA_HIGH, lba >> 40)]
+    low = [(REG_COUNT, n), (REG_LBA_LOW, lba), (REG_LBA_MID, lba >> 8), (REG_LBA_HIGH, lba >> 16)]
+    for reg, value in high + low:  # LBA48: the previous-content bytes go first
+        b.outb(ch.cmd + reg, value & 0xFF)
+    b.outb(ch.cmd + REG_COMMAND, CMD_READ_DMA_EXT)
+    b.outb(ch.bm + BM_COMMAND, BM_TO_MEMORY | BM_START)
+    bm_status = b.wait(ch.bm + BM_STATUS, BM_IRQ, BM_IRQ, TIMEOUT_US)
+    b.outb(ch.bm + BM_COMMAND, BM_TO_MEMORY)
+    status = b.inb(ch.cmd + REG_STATUS)
+    return b, bm_status, status
+
+
+def dma_read(link: Link, ch: Channel, drive: int, lba: int, count: int) -> bytes:
+    """Read ``count`` sectors by bus-master DMA; one round trip."""
+    size = count * SECTOR
+    buf = link.alloc_dma(size, align=1 << 16)
+    prd = link.alloc_dma(4096)
+    try:
+        build_prd(prd, buf, size)
+        b, bm_status, status = dma_read_batch(ch, drive, lba, count, prd)
+        r = link.execute(b)
+        if r[bm_status] & BM_ERROR:
+            raise HwlError(f"bus-master error, status {r[bm_status]:#04x}")
+        _check_status(r[status], f"DMA read of {count} sectors at {lba}")
+        return buf.read()
+    finally:
+        link.free_dma(prd)
+        link.free_dma(buf)

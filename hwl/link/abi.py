@@ -1,0 +1,120 @@
+"""The stub's ABI as seen from Python: a byte-for-byte mirror of guest/abi.h.
+
+Every offset here must match the C structs; `check_abi_info` compares the
+sizes the stub exports in `hwl_abi_info` with these before any request is sent.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+ABI_VERSION: Final = 1
+MAGIC: Final = 0x314C5748
+
+NSLOTS: Final = 8
+MAX_OPS: Final = 254
+IRQ_RING: Final = 64
+
+OP_NOP: Final = 0
+OP_IN: Final = 1
+OP_OUT: Final = 2
+OP_INS: Final = 3
+OP_OUTS: Final = 4
+OP_WAIT: Final = 5
+OP_DELAY: Final = 6
+OP_IRQ_UNMASK: Final = 7
+OP_IRQ_MASK: Final = 8
+OP_NATIVE_PIO: Final = 16
+OP_NATIVE_DMA: Final = 17
+OP_NATIVE_RAND: Final = 18
+
+ST_OK: Final = 0
+ST_TIMEOUT: Final = 1
+ST_BADOP: Final = 2
+ST_BADARG: Final = 3
+ST_DEVERR: Final = 4
+
+STATUS_NAMES: Final = {
+    ST_OK: "ok",
+    ST_TIMEOUT: "timeout",
+    ST_BADOP: "unknown operation",
+    ST_BADARG: "bad argument",
+    ST_DEVERR: "device error",
+}
+
+BELL_DONE: Final = b"D"
+BELL_IRQ: Final = b"I"
+
+# struct hwl_op: u8 code, u8 width, u16 port, u32 a, u32 b, u32 c
+OP: Final = struct.Struct("<BBHIII")
+OP_SIZE: Final = 16
+OP_C_OFFSET: Final = 12
+
+# struct hwl_slot: u32 nops, status, fail_index, reserved[5], ops[MAX_OPS]
+SLOT_SIZE: Final = 4096
+SLOT_NOPS: Final = 0
+SLOT_STATUS: Final = 4
+SLOT_FAIL_INDEX: Final = 8
+SLOT_OPS: Final = 32
+
+# struct hwl_ctl, as indexes of u32 words
+CTL_SIZE: Final = 384
+W_MAGIC: Final = 0
+W_ABI_VERSION: Final = 1
+W_READY: Final = 2
+W_TSC_KHZ: Final = 3
+W_RAM_BYTES: Final = 4
+W_FREE_BASE: Final = 5
+W_SPIN_US: Final = 6
+W_STUB_SLEEPING: Final = 7
+W_HOST_WAITING: Final = 8
+W_REQ_HEAD: Final = 9
+W_REQ_TAIL: Final = 10
+W_IRQ_HEAD: Final = 11
+W_IRQ_TAIL: Final = 12
+W_IRQ_MASK: Final = 13
+W_HALTS: Final = 14
+W_BELLS_SENT: Final = 15
+W_IRQ_COUNT: Final = 16
+W_IRQ_RING: Final = 32
+
+# struct hwl_native
+NATIVE: Final = struct.Struct("<HHHBBIIIIIIIIIIQ")
+NATIVE_SIZE: Final = 56
+NATIVE_STATUS_OFFSET: Final = 36
+
+# struct hwl_abi_info: eight u32
+ABI_INFO: Final = struct.Struct("<8I")
+EXPECTED_ABI_INFO: Final = (
+    ABI_VERSION,
+    MAGIC,
+    CTL_SIZE,
+    SLOT_SIZE,
+    NSLOTS,
+    MAX_OPS,
+    NATIVE_SIZE,
+    IRQ_RING,
+)
+ABI_INFO_FIELDS: Final = (
+    "version",
+    "magic",
+    "ctl_size",
+    "slot_size",
+    "nslots",
+    "max_ops",
+    "native_size",
+    "irq_ring",
+)
+
+assert NATIVE.size == NATIVE_SIZE
+assert SLOT_OPS + MAX_OPS * OP_SIZE == SLOT_SIZE
+
+
+def mismatches(info: tuple[int, ...]) -> list[str]:
+    """Name each field of the stub's hwl_abi_info that differs from this host's."""
+    return [
+        f"{name}: stub has {got:#x}, host expects {want:#x}"
+        for name, got, want in zip(ABI_INFO_FIELDS, info, EXPECTED_ABI_INFO, strict=True)
+        if got != want
+    ]

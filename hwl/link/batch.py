@@ -1,0 +1,123 @@
+"""Batches: port operations that the stub executes in one round trip.
+
+A batch is built up with calls that mirror the single operations (``inb``,
+``outl``, ``wait``, ``ins`` …); each call that produces a value returns an index
+to look the value up in the :class:`BatchResult`. A whole ATA command, with its
+"wait until ready" steps and its data transfer, is one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hwl.link import abi
+from hwl.link.memory import DmaBuffer
+
+_WIDTHS = {1, 2, 4}
+
+
+@dataclass(frozen=True)
+class StringTarget:
+    """Where an ``ins`` lands: a guest buffer (None: the link's scratch) and a range in it."""
+
+    buffer: DmaBuffer | None
+    offset: int
+    size: int
+
+
+@dataclass
+class Batch:
+    """An ordered list of stub operations, executed together by ``Link.execute``."""
+
+    ops: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)
+    strings: dict[int, StringTarget] = field(default_factory=dict)
+    scratch_bytes: int = 0  # how much of the link's scratch buffer ``ins`` without ``into`` uses
+
+    def _add(self, code: int, width: int, port: int, a: int = 0, b: int = 0, c: int = 0) -> int:
+        if code in (abi.OP_IN, abi.OP_OUT, abi.OP_INS, abi.OP_OUTS, abi.OP_WAIT):
+            if width not in _WIDTHS:
+                raise ValueError(f"width must be 1, 2 or 4 bytes, not {width}")
+            if not 0 <= port <= 0xFFFF:
+                raise ValueError(f"port {port:#x} is outside 0..0xffff")
+        for name, value in (("a", a), ("b", b), ("c", c)):
+            if not 0 <= value <= 0xFFFFFFFF:
+                raise ValueError(f"operand {name}={value} does not fit in 32 bits")
+        self.ops.append((code, width, port, a, b, c))
+        return len(self.ops) - 1
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    # single port operations
+    def inb(self, port: int) -> int:
+        return self._add(abi.OP_IN, 1, port)
+
+    def inw(self, port: int) -> int:
+        return self._add(abi.OP_IN, 2, port)
+
+    def inl(self, port: int) -> int:
+        return self._add(abi.OP_IN, 4, port)
+
+    def in_(self, port: int, width: int) -> int:
+        return self._add(abi.OP_IN, width, port)
+
+    def outb(self, port: int, value: int) -> None:
+        self._add(abi.OP_OUT, 1, port, value & 0xFF)
+
+    def outw(self, port: int, value: int) -> None:
+        self._add(abi.OP_OUT, 2, port, value & 0xFFFF)
+
+    def outl(self, port: int, value: int) -> None:
+        self._add(abi.OP_OUT, 4, port, value & 0xFFFFFFFF)
+
+    def out(self, port: int, value: int, width: int) -> None:
+        self._add(abi.OP_OUT, width, port, value & ((1 << (8 * width)) - 1))
+
+    # string operations
+    def ins(
+        self, port: int, count: int, width: int = 2, into: DmaBuffer | None = None, offset: int = 0
+    ) -> int:
+        """Read ``count`` units of ``width`` bytes from ``port``; the result is bytes.
+        Without ``into`` the data lands in the link's scratch buffer."""
+        size = count * width
+        if into is None:
+            offset = self.scratch_bytes
+            self.scratch_bytes += (size + 3) & ~3
+            phys = 0  # Link.execute puts the scratch buffer's address here
+        else:
+            if offset < 0 or offset + size > into.size:
+                raise ValueError(f"ins of {size} bytes at {offset} overflows a {into.size}-byte buffer")
+            phys = into.phys + offset
+        index = self._add(abi.OP_INS, width, port, count, phys)
+        self.strings[index] = StringTarget(into, offset, size)
+        return index
+
+    def outs_from(self, port: int, buf: DmaBuffer, count: int, width: int = 2, offset: int = 0) -> None:
+        """Write ``count`` units from a guest buffer to ``port``."""
+        if offset < 0 or offset + count * width > buf.size:
+            raise ValueError(f"outs of {count * width} bytes at {offset} overflows the buffer")
+        self._add(abi.OP_OUTS, width, port, count, buf.phys + offset)
+
+    # control
+    def wait(self, port: int, mask: int, value: int, timeout_us: int = 1_000_000, width: int = 1) -> int:
+        """Poll ``port`` until ``(v & mask) == value``; the result is the last value read.
+        On timeout the rest of the batch is not run and execute raises."""
+        return self._add(abi.OP_WAIT, width, port, mask, value, timeout_us)
+
+    def delay(self, microseconds: int) -> None:
+        self._add(abi.OP_DELAY, 0, 0, microseconds)
+
+    def nop(self, value: int = 0) -> int:
+        """Echo ``value``: the bare round trip, no device touched."""
+        return self._add(abi.OP_NOP, 0, 0, value)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Values of a run batch: ``result[i]`` is an int, or bytes for an ``ins``."""
+
+    values: list[int]
+    data: dict[int, bytes]
+
+    def __getitem__(self, index: int) -> int:
+        return self.values[index]

@@ -1,0 +1,350 @@
+"""The link to the guest stub: port I/O, string I/O, DMA memory and IRQs.
+
+Requests go through a ring of slots in shared guest RAM. The host writes a
+slot and bumps ``req_head``; the stub, polling, runs the slot and bumps
+``req_tail``. While a request is short the host spins on ``req_tail`` (a round
+trip is a few microseconds); when it runs long the host sets ``host_waiting``
+and sleeps on COM2, where the stub rings a doorbell byte on completion. A
+stub that went idle halts; the host rings COM2 to wake it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from hwl.errors import (
+    IrqTimeoutError,
+    LinkError,
+    LinkWaitTimeoutError,
+    QemuExitedError,
+    StubTimeoutError,
+)
+from hwl.link import abi, pci
+from hwl.link.batch import Batch, BatchResult
+from hwl.link.memory import DmaBuffer, GuestMemory
+
+log = logging.getLogger(__name__)
+
+SPIN_SECONDS = 200e-6  # spin this long on a request before sleeping on the doorbell
+SLEEP_SLICE = 0.005  # doorbells can be missed in a race; re-check at least this often
+SCRATCH_SIZE = 1 << 20
+_U32 = struct.Struct("<I")
+_SLOT_HEAD = struct.Struct("<III")  # nops, status, fail_index
+_PACKERS: dict[int, struct.Struct] = {}
+
+
+def _ops_struct(n: int) -> struct.Struct:
+    packer = _PACKERS.get(n)
+    if packer is None:
+        packer = _PACKERS[n] = struct.Struct("<" + "BBHIII" * n)
+    return packer
+
+
+class Doorbell(Protocol):
+    """The COM2 line: write wakes the stub, the fd becomes readable when it rings us."""
+
+    def write(self, data: bytes) -> int | None: ...
+
+    def fileno(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class NativeResult:
+    """What a native loop reports: status, units done and guest time in seconds."""
+
+    status: int
+    ata_status: int
+    done: int
+    seconds: float
+
+
+class Link:
+    """Host side of the stub's request ring; one request in flight at a time."""
+
+    def __init__(
+        self,
+        memory: GuestMemory,
+        ctl_addr: int,
+        slots_addr: int,
+        doorbell: Doorbell,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.memory = memory
+        self._mem = memory.view
+        self._ctl = memory.view[ctl_addr : ctl_addr + abi.CTL_SIZE].cast("I")
+        self._slots = slots_addr
+        self._bell = doorbell
+        self._bell_fd = doorbell.fileno()
+        self._alive = alive
+        self._lock = threading.Lock()
+        self._waiting_lock = threading.Lock()
+        self._waiters = 0
+        self._head = self._ctl[abi.W_REQ_HEAD]
+        self.tsc_khz = self._ctl[abi.W_TSC_KHZ]
+        memory.set_pool(self._ctl[abi.W_FREE_BASE], self._ctl[abi.W_RAM_BYTES])
+        self.scratch = memory.alloc(SCRATCH_SIZE, align=1 << 16)
+
+    # ------------------------------------------------------------------ ring
+    def _ring(self) -> None:
+        self._bell.write(b"!")
+
+    def _host_waiting(self, delta: int) -> None:
+        with self._waiting_lock:
+            self._waiters += delta
+            self._ctl[abi.W_HOST_WAITING] = self._waiters
+
+    def _round_trip(self, slot: int, nops: int, timeout: float) -> None:
+        """Post the slot already written at ``slot`` and wait until the stub ran it."""
+        mem, ctl = self._mem, self._ctl
+        _U32.pack_into(mem, slot, nops)
+        target = (self._head + 1) & 0xFFFFFFFF
+        ctl[abi.W_REQ_HEAD] = target
+        self._head = target
+        if ctl[abi.W_STUB_SLEEPING]:
+            self._ring()
+        spins = 0
+        start = time.perf_counter()
+        while ctl[abi.W_REQ_TAIL] != target:
+            spins += 1
+            if spins & 0x3F == 0 and time.perf_counter() - start > SPIN_SECONDS:
+                self._sleep_until_done(target, start + timeout)
+                return
+
+    def _sleep_until_done(self, target: int, deadline: float) -> None:
+        ctl = self._ctl
+        self._host_waiting(+1)
+        try:
+            while ctl[abi.W_REQ_TAIL] != target:
+                if ctl[abi.W_STUB_SLEEPING]:
+                    self._ring()
+                self._doze(SLEEP_SLICE)
+                if time.perf_counter() > deadline:
+                    self._check_alive()
+                    raise StubTimeoutError(
+                        f"the stub did not complete request {target} in time "
+                        f"(tail {ctl[abi.W_REQ_TAIL]}, sleeping={ctl[abi.W_STUB_SLEEPING]})"
+                    )
+        finally:
+            self._host_waiting(-1)
+
+    def _doze(self, seconds: float) -> None:
+        """Sleep until a doorbell byte arrives or ``seconds`` pass."""
+        ready, _, _ = select.select([self._bell_fd], [], [], seconds)
+        if ready:
+            try:
+                data = os.read(self._bell_fd, 4096)
+            except BlockingIOError:
+                return
+            if not data:
+                self._check_alive()
+                time.sleep(seconds)  # closed line; avoid a busy loop until the check fires
+
+    def _check_alive(self) -> None:
+        if not self._alive():
+            raise QemuExitedError("QEMU exited while a request was in flight", returncode=None, stderr="")
+
+    def _slot_addr(self) -> int:
+        return self._slots + (self._head % abi.NSLOTS) * abi.SLOT_SIZE
+
+    def _raise_for(self, slot: int, ops: list[tuple[int, int, int, int, int, int]], base: int) -> None:
+        _nops, status, fail = _SLOT_HEAD.unpack_from(self._mem, slot)
+        if status == abi.ST_OK:
+            return
+        index = base + fail
+        code, width, port, a, b, _c = ops[index] if index < len(ops) else (0, 0, 0, 0, 0, 0)
+        last = _U32.unpack_from(self._mem, slot + abi.SLOT_OPS + fail * abi.OP_SIZE + abi.OP_C_OFFSET)[0]
+        where = f"op {index} (code {code}, width {width}, port {port:#x}, a={a:#x}, b={b:#x})"
+        if status == abi.ST_TIMEOUT:
+            raise LinkWaitTimeoutError(
+                f"wait timed out at {where}: last value read {last:#x}", op_index=index, last_value=last
+            )
+        name = abi.STATUS_NAMES.get(status, f"status {status}")
+        raise LinkError(f"stub refused {where}: {name}", status=status, op_index=index)
+
+    # ------------------------------------------------------------- requests
+    def execute(self, batch: Batch, timeout: float = 10.0) -> BatchResult:
+        """Run a batch; more than one slot's worth runs as consecutive slots."""
+        if batch.scratch_bytes > self.scratch.size:
+            raise ValueError(f"batch reads {batch.scratch_bytes} bytes; the scratch buffer holds {self.scratch.size}")
+        ops = batch.ops
+        for index, target in batch.strings.items():
+            if target.buffer is None:
+                code, width, port, a, _b, c = ops[index]
+                ops[index] = (code, width, port, a, self.scratch.phys + target.offset, c)
+        values: list[int] = []
+        with self._lock:
+            for base in range(0, len(ops), abi.MAX_OPS):
+                chunk = ops[base : base + abi.MAX_OPS]
+                packer = _ops_struct(len(chunk))
+                slot = self._slot_addr()
+                packer.pack_into(self._mem, slot + abi.SLOT_OPS, *[x for op in chunk for x in op])
+                self._round_trip(slot, len(chunk), timeout)
+                self._raise_for(slot, ops, base)
+                values.extend(packer.unpack_from(self._mem, slot + abi.SLOT_OPS)[5::6])
+        data = {}
+        for index, target in batch.strings.items():
+            view = (target.buffer or self.scratch).view
+            data[index] = bytes(view[target.offset : target.offset + target.size])
+        return BatchResult(values, data)
+
+    def batch(self) -> Batch:
+        return Batch()
+
+    def _single(self, code: int, width: int, port: int, a: int = 0) -> int:
+        with self._lock:
+            slot = self._slot_addr()
+            abi.OP.pack_into(self._mem, slot + abi.SLOT_OPS, code, width, port, a, 0, 0)
+            self._round_trip(slot, 1, 10.0)
+            if _U32.unpack_from(self._mem, slot + abi.SLOT_STATUS)[0] != abi.ST_OK:
+                self._raise_for(slot, [(code, width, port, a, 0, 0)], 0)
+            value: int = _U32.unpack_from(self._mem, slot + abi.SLOT_OPS + abi.OP_C_OFFSET)[0]
+            return value
+
+    def inb(self, port: int) -> int:
+        return self._single(abi.OP_IN, 1, port)
+
+    def inw(self, port: int) -> int:
+        return self._single(abi.OP_IN, 2, port)
+
+    def inl(self, port: int) -> int:
+        return self._single(abi.OP_IN, 4, port)
+
+    def outb(self, port: int, value: int) -> None:
+        self._single(abi.OP_OUT, 1, port, value & 0xFF)
+
+    def outw(self, port: int, value: int) -> None:
+        self._single(abi.OP_OUT, 2, port, value & 0xFFFF)
+
+    def outl(self, port: int, value: int) -> None:
+        self._single(abi.OP_OUT, 4, port, value & 0xFFFFFFFF)
+
+    def nop(self, value: int = 0) -> int:
+        """A round trip that touches no device: echoes ``value``."""
+        return self._single(abi.OP_NOP, 0, 0, value)
+
+    def ins(self, port: int, count: int, width: int = 2) -> bytes:
+        """String input: ``count`` units of ``width`` bytes from ``port``."""
+        b = Batch()
+        i = b.ins(port, count, width)
+        return self.execute(b).data[i]
+
+    def outs(self, port: int, data: bytes, width: int = 2) -> None:
+        """String output of ``data`` (a multiple of ``width`` bytes) to ``port``."""
+        if len(data) % width:
+            raise ValueError(f"{len(data)} bytes is not a multiple of the width {width}")
+        if len(data) > self.scratch.size:
+            raise ValueError(f"{len(data)} bytes exceed the scratch buffer ({self.scratch.size})")
+        with self._lock:  # the scratch buffer is shared by every request
+            self.scratch.write(data)
+        b = Batch()
+        b.outs_from(port, self.scratch, len(data) // width, width)
+        self.execute(b)
+
+    # --------------------------------------------------------------- memory
+    def read_phys(self, addr: int, size: int) -> bytes:
+        return self.memory.read(addr, size)
+
+    def write_phys(self, addr: int, data: bytes) -> None:
+        self.memory.write(addr, data)
+
+    def alloc_dma(self, size: int, align: int = 4096, boundary: int = 0) -> DmaBuffer:
+        """A physically contiguous buffer in guest RAM, for DMA or string I/O."""
+        with self._lock:
+            return self.memory.alloc(size, align, boundary)
+
+    def free_dma(self, buf: DmaBuffer) -> None:
+        with self._lock:
+            self.memory.free(buf)
+
+    # ------------------------------------------------------------------ IRQs
+    def irq_unmask(self, line: int) -> None:
+        """Let ``line`` fire once more (MINIX's irqenable)."""
+        self._single(abi.OP_IRQ_UNMASK, 0, 0, line)
+
+    def irq_mask(self, line: int) -> None:
+        self._single(abi.OP_IRQ_MASK, 0, 0, line)
+
+    def irq_count(self, line: int) -> int:
+        """Interrupts the stub has seen on ``line`` since boot."""
+        return int(self._ctl[abi.W_IRQ_COUNT + line])
+
+    def irq_masked(self, line: int) -> bool:
+        return bool(self._ctl[abi.W_IRQ_MASK] >> line & 1)
+
+    def poll_irqs(self) -> list[int]:
+        """Take the IRQ events the stub has posted since the last call."""
+        ctl, lines = self._ctl, []
+        with self._waiting_lock:
+            tail, head = ctl[abi.W_IRQ_TAIL], ctl[abi.W_IRQ_HEAD]
+            while tail != head:
+                lines.append(int(ctl[abi.W_IRQ_RING + tail % abi.IRQ_RING]))
+                tail = (tail + 1) & 0xFFFFFFFF
+            ctl[abi.W_IRQ_TAIL] = tail
+        return lines
+
+    def wait_irq(self, timeout: float) -> list[int]:
+        """Wait for at least one IRQ event and return the lines that fired."""
+        deadline = time.monotonic() + timeout
+        self._host_waiting(+1)
+        try:
+            while True:
+                lines = self.poll_irqs()
+                if lines:
+                    return lines
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise IrqTimeoutError(f"no interrupt within {timeout} s")
+                self._doze(min(left, SLEEP_SLICE))
+                self._check_alive()
+        finally:
+            self._host_waiting(-1)
+
+    # ------------------------------------------------------------------ PCI
+    def pci_read(self, bus: int, dev: int, fn: int, offset: int, width: int = 4) -> int:
+        b = Batch()
+        i = pci.read_into(b, bus, dev, fn, offset, width)
+        return self.execute(b)[i]
+
+    def pci_write(self, bus: int, dev: int, fn: int, offset: int, value: int, width: int = 4) -> None:
+        b = Batch()
+        pci.write_into(b, bus, dev, fn, offset, value, width)
+        self.execute(b)
+
+    def pci_scan(self) -> list[pci.PciDevice]:
+        """Every function on bus 0 (and behind bridges), with BAR sizes."""
+        return pci.scan(self)
+
+    # --------------------------------------------------------------- native
+    def native(self, code: int, args: tuple[int, ...], timeout: float = 60.0) -> NativeResult:
+        """Run one of the stub's native loops (abi.OP_NATIVE_*); ``args`` are the
+        input fields of struct hwl_native, cmd_base .. seed."""
+        block = self.alloc_dma(abi.NATIVE_SIZE, align=64)
+        try:
+            block.write(abi.NATIVE.pack(*args, 0, 0, 0, 0))
+            b = Batch()
+            b._add(code, 0, 0, 0, block.phys)
+            self.execute(b, timeout=timeout)
+            fields = abi.NATIVE.unpack(block.read())
+        finally:
+            self.free_dma(block)
+        status, ata_status, done, ticks = fields[-4:]
+        return NativeResult(status, ata_status, done, ticks / (self.tsc_khz * 1000.0))
+
+    @property
+    def stub_sleeping(self) -> bool:
+        return bool(self._ctl[abi.W_STUB_SLEEPING])
+
+    @property
+    def halts(self) -> int:
+        return int(self._ctl[abi.W_HALTS])
+
+    def close(self) -> None:
+        self._ctl.release()

@@ -1,0 +1,194 @@
+"""Machine profiles: QEMU's own -readconfig format, plus what hwl adds.
+
+A profile is a file in qemu-configs/ that QEMU could read itself. hwl takes out
+the groups it handles:
+
+- ``[machine]`` and ``[memory]``: hwl needs the machine type and RAM size because
+  it adds a shared-file RAM backend and the accelerator to the ``-machine`` line;
+- ``[hwl-disk "ID"]`` (``size``, ``fill`` = zero | random, ``seed``): a raw disk
+  image created in the run directory and wired to ``[drive "ID"]``, whose
+  ``file`` hwl fills in.
+
+Everything else is passed to QEMU unchanged through ``-readconfig``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hwl.errors import ProfileError
+
+_GROUP = re.compile(r'^\[\s*([A-Za-z0-9_.-]+)\s*(?:"([^"]*)")?\s*\]$')
+_OPTION = re.compile(r'^([A-Za-z0-9_.-]+)\s*=\s*"([^"]*)"$')
+_SIZE = re.compile(r"^(\d+)\s*([KMGT]?)$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+HWL_HANDLED = {"machine", "memory", "hwl-disk"}
+
+
+@dataclass
+class Group:
+    """One ``[name "id"]`` group with its options, and where it was written."""
+
+    name: str
+    id: str | None
+    line: int
+    options: dict[str, str] = field(default_factory=dict)
+    option_lines: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """A disk image hwl creates on demand for a ``[drive]`` of the same id."""
+
+    id: str
+    size: int
+    fill: str
+    seed: int
+
+
+def parse_size(text: str) -> int:
+    """Parse ``64M``-style sizes (K, M, G, T are powers of 1024)."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise ValueError(f"'{text}' is not a size like 64M or 1G")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def profile_dir() -> Path:
+    """Where named profiles live: $HWL_PROFILE_DIR, or qemu-configs/ beside the package."""
+    env = os.environ.get("HWL_PROFILE_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "qemu-configs"
+
+
+class Profile:
+    """A parsed machine profile."""
+
+    def __init__(self, path: Path, groups: list[Group]) -> None:
+        self.path = path
+        self.groups = groups
+        self.name = path.stem
+        self.machine_type = "pc"
+        self.memory = 128 << 20
+        self.disks: list[DiskSpec] = []
+        self._interpret()
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> Profile:
+        """Load a profile by name (``pc``) from qemu-configs/, or from a path."""
+        path = Path(name_or_path)
+        if not path.suffix and not path.exists():
+            path = profile_dir() / f"{name_or_path}.cfg"
+        if not path.is_file():
+            known = sorted(p.stem for p in profile_dir().glob("*.cfg"))
+            raise ProfileError(f"no machine profile '{name_or_path}' (known: {', '.join(known)})")
+        return cls(path, parse_groups(path.read_text(), path))
+
+    def _error(self, line: int, key: str, problem: str) -> ProfileError:
+        return ProfileError(f"{self.path}:{line}: key '{key}': {problem}")
+
+    def _size(self, group: Group, key: str) -> int:
+        try:
+            return parse_size(group.options[key])
+        except ValueError as exc:
+            raise self._error(group.option_lines[key], key, str(exc)) from None
+
+    def _interpret(self) -> None:
+        drives = {g.id for g in self.groups if g.name == "drive"}
+        for g in self.groups:
+            if g.name == "machine":
+                self.machine_type = g.options.get("type", self.machine_type)
+                extra = set(g.options) - {"type"}
+                if extra:
+                    key = sorted(extra)[0]
+                    raise self._error(
+                        g.option_lines[key], key, "hwl sets the machine's other options itself"
+                    )
+            elif g.name == "memory" and "size" in g.options:
+                self.memory = self._size(g, "size")
+            elif g.name == "hwl-disk":
+                self.disks.append(self._disk(g, drives))
+
+    def _disk(self, g: Group, drives: set[str | None]) -> DiskSpec:
+        if not g.id:
+            raise ProfileError(f'{self.path}:{g.line}: [hwl-disk] needs an id: [hwl-disk "hd0"]')
+        if g.id not in drives:
+            raise ProfileError(f'{self.path}:{g.line}: [hwl-disk "{g.id}"] has no [drive "{g.id}"]')
+        for key in g.options:
+            if key not in {"size", "fill", "seed"}:
+                raise self._error(g.option_lines[key], key, "unknown; use size, fill or seed")
+        if "size" not in g.options:
+            raise ProfileError(f'{self.path}:{g.line}: [hwl-disk "{g.id}"] needs size = "..."')
+        size = self._size(g, "size")
+        if size <= 0 or size % 512:
+            raise self._error(g.option_lines["size"], "size", "must be a positive multiple of 512")
+        fill = g.options.get("fill", "zero")
+        if fill not in {"zero", "random"}:
+            raise self._error(g.option_lines["fill"], "fill", f"'{fill}' is not zero or random")
+        seed_text = g.options.get("seed", "0")
+        if not seed_text.isdigit():
+            raise self._error(g.option_lines["seed"], "seed", f"'{seed_text}' is not a number")
+        return DiskSpec(g.id, size, fill, int(seed_text))
+
+    def disk_path(self, run_dir: Path, disk_id: str) -> Path:
+        return run_dir / f"{disk_id}.img"
+
+    def create_disks(self, run_dir: Path) -> dict[str, Path]:
+        """Create every ``[hwl-disk]`` image in the run directory; return id -> path."""
+        made = {}
+        for disk in self.disks:
+            path = self.disk_path(run_dir, disk.id)
+            with path.open("wb") as fh:
+                if disk.fill == "random":
+                    rng = random.Random(disk.seed)
+                    for _ in range(0, disk.size, 1 << 20):
+                        fh.write(rng.randbytes(min(1 << 20, disk.size - fh.tell())))
+                else:
+                    fh.truncate(disk.size)
+            made[disk.id] = path
+        return made
+
+    def render(self, run_dir: Path) -> str:
+        """The profile as QEMU should read it: hwl's groups out, disk files filled in."""
+        disk_ids = {d.id for d in self.disks}
+        out = [f"# generated by hwl from {self.path}"]
+        for g in self.groups:
+            if g.name in HWL_HANDLED:
+                continue
+            options = dict(g.options)
+            if g.name == "drive" and g.id in disk_ids:
+                options.setdefault("file", str(self.disk_path(run_dir, g.id)))
+                options.setdefault("format", "raw")
+            out.append(f'[{g.name} "{g.id}"]' if g.id is not None else f"[{g.name}]")
+            out.extend(f'  {k} = "{v}"' for k, v in options.items())
+            out.append("")
+        return "\n".join(out)
+
+
+def parse_groups(text: str, path: Path) -> list[Group]:
+    """Parse QEMU's -readconfig syntax, with errors that name the file and line."""
+    groups: list[Group] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            m = _GROUP.match(line)
+            if not m:
+                raise ProfileError(f'{path}:{number}: malformed group header {line!r}: use [name "id"]')
+            groups.append(Group(m.group(1), m.group(2), number))
+            continue
+        m = _OPTION.match(line)
+        if not m:
+            raise ProfileError(f'{path}:{number}: malformed line {line!r}: use key = "value"')
+        if not groups:
+            raise ProfileError(f"{path}:{number}: option '{m.group(1)}' outside any [group]")
+        key = m.group(1)
+        if key in groups[-1].options:
+            raise ProfileError(f"{path}:{number}: key '{key}': set twice in one group")
+        groups[-1].options[key] = m.group(2)
+        groups[-1].option_lines[key] = number
+    return groups

@@ -1,0 +1,76 @@
+"""A synchronous face on qemu.qmp's asyncio client, with the event log.
+
+hwl's API is synchronous (drivers and tests are plain code), so the QMP client
+runs on its own event-loop thread. Every QMP event is appended to
+qmp-events.jsonl in the run directory as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qemu.qmp import EventListener, QMPClient
+
+T = TypeVar("T")
+
+
+class Qmp:
+    """Runs a QMPClient on a background loop; call ``execute`` from any thread."""
+
+    def __init__(self, name: str, events_path: Path) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hwl-qmp", daemon=True)
+        self._thread.start()
+        self._client = QMPClient(name)
+        self._events_path = events_path
+        self._listener = EventListener()
+        self._client.register_listener(self._listener)
+        self._events: list[dict[str, Any]] = []
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def connect(self, socket_path: str, timeout: float) -> None:
+        self._run(self._client.connect(socket_path), timeout)
+        asyncio.run_coroutine_threadsafe(self._log_events(), self._loop)
+
+    async def _log_events(self) -> None:
+        with self._events_path.open("a") as fh:
+            async for event in self._listener:
+                record = dict(event)
+                record["host_time"] = time.time()
+                self._events.append(record)
+                fh.write(json.dumps(record) + "\n")
+                fh.flush()
+
+    def execute(self, cmd: str, args: dict[str, object] | None = None, timeout: float = 10.0) -> Any:
+        return self._run(self._client.execute(cmd, args), timeout)
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The events received so far, optionally only those called ``name``."""
+        return [e for e in self._events if name is None or e.get("event") == name]
+
+    async def _shutdown(self) -> None:
+        try:
+            await self._client.disconnect()
+        except Exception:  # noqa: BLE001 - QEMU may already be gone; closing must not fail
+            pass
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        try:
+            self._run(self._shutdown(), 5)
+        except Exception:  # noqa: BLE001 - the loop is stopped below either way
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()

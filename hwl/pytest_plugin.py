@@ -1,0 +1,102 @@
+"""pytest plugin: boot hwl machines from tests, attach their logs when a test fails.
+
+Registered through the ``pytest11`` entry point, so installing hwl is enough.
+
+- ``hwl_machines``: a session-scoped factory. ``hwl_machines.boot("pc")`` boots a
+  machine that lives until you close it or the session ends; wrap it in a
+  module-scoped fixture to boot once per module.
+- ``hwl_machine``: one machine of the default profile for a single test.
+- ``--hwl-accel``: tcg, kvm or auto; ``--hwl-keep-run-dir``: keep run directories
+  (QEMU stderr, serial log, QMP events) after the machines close.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hwl.machine.machine import ACCELS, Machine
+
+LOG_FILES = ("qemu.stderr", "serial.log", "qmp-events.jsonl")
+TAIL = 4000
+
+
+class MachineFactory:
+    """Boots machines with the session's options and closes what is left at the end."""
+
+    def __init__(self, accel: str, keep_run_dir: bool) -> None:
+        self.accel = accel
+        self.keep_run_dir = keep_run_dir
+        self.machines: list[Machine] = []
+
+    def boot(self, profile: str | Path = "pc", **kwargs: Any) -> Machine:
+        kwargs.setdefault("accel", self.accel)
+        kwargs.setdefault("keep_run_dir", self.keep_run_dir)
+        machine = Machine(profile, **kwargs)
+        self.machines.append(machine)
+        return machine.start()
+
+    def live(self) -> list[Machine]:
+        return [m for m in self.machines if not m.closed]
+
+    def close_all(self) -> None:
+        for machine in self.machines:
+            machine.close()
+        self.machines.clear()
+
+
+_factory: MachineFactory | None = None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hwl", "hwl machines")
+    group.addoption("--hwl-accel", default="auto", choices=ACCELS, help="QEMU accelerator (default: auto)")
+    group.addoption(
+        "--hwl-keep-run-dir", action="store_true", help="keep machine run directories after the session"
+    )
+
+
+@pytest.fixture(scope="session")
+def hwl_machines(request: pytest.FixtureRequest) -> Iterator[MachineFactory]:
+    global _factory
+    _factory = MachineFactory(
+        request.config.getoption("--hwl-accel"), request.config.getoption("--hwl-keep-run-dir")
+    )
+    try:
+        yield _factory
+    finally:
+        _factory.close_all()
+        _factory = None
+
+
+@pytest.fixture
+def hwl_machine(hwl_machines: MachineFactory) -> Iterator[Machine]:
+    machine = hwl_machines.boot("pc")
+    try:
+        yield machine
+    finally:
+        machine.close()
+
+
+def _tail(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return "(missing)"
+    return data[-TAIL:].decode(errors="replace") or "(empty)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not report.failed or _factory is None:
+        return
+    for machine in _factory.live():
+        for name in LOG_FILES:
+            report.sections.append(
+                (f"hwl {machine.profile.name} ({machine.run_dir}) {name}", _tail(machine.run_dir / name))
+            )
