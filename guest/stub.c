@@ -46,6 +46,15 @@ static void fatal(const char *msg)
     halt_forever();
 }
 
+/* 1 if the host has posted a slot past tail. A head more than HWL_NSLOTS
+ * ahead is not a valid ring state: it is a torn or transient write by the
+ * host (e.g. Python's struct.pack_into zero-fills before it writes), so it
+ * is ignored until it settles. */
+static inline int work_pending(u32 tail)
+{
+    return hwl_ctl.req_head - tail - 1u < HWL_NSLOTS;
+}
+
 /* Idle: poll for spin_us after the last work, then halt until an interrupt. */
 static void serve_forever(void)
 {
@@ -55,7 +64,7 @@ static void serve_forever(void)
     u64 spin_end = deadline_us(c->spin_us);
 
     for (;;) {
-        if (c->req_head != tail) {
+        if (work_pending(tail)) {
             run_slot(&hwl_slots[tail % HWL_NSLOTS]);
             barrier();
             c->req_tail = ++tail;
@@ -76,7 +85,7 @@ static void serve_forever(void)
         cli();
         one = 1;                    /* locked store: ordered before the req_head re-check */
         asm volatile("xchgl %0, %1" : "+r"(one), "+m"(c->stub_sleeping) : : "memory");
-        if (c->req_head == tail) {
+        if (!work_pending(tail)) {
             asm volatile("sti; hlt" ::: "memory");
             c->stub_sleeping = 0;
             c->halts++;

@@ -76,11 +76,19 @@ class Identify:
         )
 
 
+PCI_COMMAND_BUS_MASTER = 0x4
+
+
 def bus_master_base(link: Link, secondary: bool = False) -> int:
-    """The PIIX IDE function's BAR4 (00:01.1), for this channel."""
+    """Enable bus mastering on the PIIX IDE function (00:01.1) and return this
+    channel's bus-master base from BAR4. SeaBIOS leaves bus mastering off; with it
+    off, QEMU's DMA sees no guest RAM and reads an all-zero PRD table."""
     bar4 = link.pci_read(0, 1, 1, 0x20)
     if not bar4 & 1:
         raise HwlError(f"PIIX IDE BAR4 {bar4:#x} is not an I/O BAR: is this a PIIX machine?")
+    command = link.pci_read(0, 1, 1, 0x04, width=2)
+    if not command & PCI_COMMAND_BUS_MASTER:
+        link.pci_write(0, 1, 1, 0x04, command | PCI_COMMAND_BUS_MASTER, width=2)
     return (bar4 & 0xFFFC) + (8 if secondary else 0)
 
 
@@ -200,6 +208,7 @@ def dma_read_batch(ch: Channel, drive: int, lba: int, count: int, prd: DmaBuffer
         raise ValueError(f"READ DMA EXT moves 1..65536 sectors, not {count}")
     b = Batch()
     b.outb(ch.bm + BM_COMMAND, BM_TO_MEMORY)
+    b.inb(ch.cmd + REG_STATUS)  # acknowledge a stale INTRQ, or it shows up as BM_IRQ at once
     b.outb(ch.bm + BM_STATUS, BM_ERROR | BM_IRQ)
     b.outl(ch.bm + BM_PRD, prd.phys)
     b.outb(ch.ctl, 0)
@@ -212,7 +221,7 @@ def dma_read_batch(ch: Channel, drive: int, lba: int, count: int, prd: DmaBuffer
         b.outb(ch.cmd + reg, value & 0xFF)
     b.outb(ch.cmd + REG_COMMAND, CMD_READ_DMA_EXT)
     b.outb(ch.bm + BM_COMMAND, BM_TO_MEMORY | BM_START)
-    bm_status = b.wait(ch.bm + BM_STATUS, BM_IRQ, BM_IRQ, TIMEOUT_US)
+    bm_status = b.wait(ch.bm + BM_STATUS, BM_IRQ | BM_ACTIVE, BM_IRQ, TIMEOUT_US)
     b.outb(ch.bm + BM_COMMAND, BM_TO_MEMORY)
     status = b.inb(ch.cmd + REG_STATUS)
     return b, bm_status, status

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 QEMU_BINARY = "qemu-system-x86_64"
 ACCELS = ("tcg", "kvm", "auto")
 HANDSHAKE = re.compile(
-    rb"hwl-stub ready abi=(\d+) tsc_khz=(\d+) ram=(\d+) ctl=0x([0-9a-fA-F]+) slots=0x([0-9a-fA-F]+)"
+    rb"hwl-stub ready abi=(\d+) tsc_khz=(\d+) ram=(\d+) ctl=0x([0-9a-fA-F]+) slots=0x([0-9a-fA-F]+)\r?\n"
 )
 _live: weakref.WeakSet[Machine] = weakref.WeakSet()
 

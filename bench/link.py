@@ -1,0 +1,148 @@
+"""hwl bench link: the link's costs, as ratios to the stub's own native loops.
+
+Every figure is a median over repeated runs in one process, on one machine:
+- single_op_us: round trip of one ``inb`` (host -> stub -> device -> host);
+- batch_ops_per_s: ``inb`` operations per second in full 254-op batches;
+- pio_ratio: PIO sector-read throughput through the link (one batch per
+  256-sector READ MULTIPLE, 32-bit transfers, data copied out to the host)
+  divided by the stub's native PIO loop over the same sectors;
+- dma_ratio: 64 KiB bus-master reads through the link (one batch per
+  command, data copied out) divided by the native 64 KiB DMA loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+from hwl import Machine
+from hwl.hw import ata
+from hwl.link import abi
+from hwl.link.link import Link
+
+PIO_SECTORS = 4096  # 2 MiB per run
+DMA_CHUNKS = 64  # 64 x 64 KiB = 4 MiB per run
+SINGLE_OPS = 2000
+BATCHES = 40
+
+
+def median_of(runs: int, measure: Callable[[], float]) -> float:
+    measure()  # warm-up: first-touch of buffers, stub spinning
+    return statistics.median(measure() for _ in range(runs))
+
+
+def single_op_us(link: Link) -> float:
+    start = time.perf_counter()
+    for _ in range(SINGLE_OPS):
+        link.inb(0x1F7)
+    return (time.perf_counter() - start) / SINGLE_OPS * 1e6
+
+
+def batch_ops_per_s(link: Link) -> float:
+    b = link.batch()
+    for _ in range(abi.MAX_OPS):
+        b.inb(0x1F7)
+    start = time.perf_counter()
+    for _ in range(BATCHES):
+        link.execute(b)
+    return BATCHES * abi.MAX_OPS / (time.perf_counter() - start)
+
+
+def native_mb_s(link: Link, code: int, args: tuple[int, ...], nbytes: int) -> float:
+    r = link.native(code, args)
+    if r.status != abi.ST_OK:
+        raise RuntimeError(f"native loop {code} failed: status {r.status}, ATA {r.ata_status:#x}")
+    return nbytes / r.seconds / 1e6
+
+
+def link_pio_mb_s(link: Link, buf_out: bytearray, multiple: int) -> float:
+    buf = link.alloc_dma(256 * ata.SECTOR)
+    try:
+        batches = [
+            ata.pio_read_batch(ata.PRIMARY, 0, lba, 256, buf, multiple)[0]
+            for lba in range(0, PIO_SECTORS, 256)
+        ]
+        start = time.perf_counter()
+        for i, b in enumerate(batches):
+            link.execute(b)
+            buf_out[i * 256 * ata.SECTOR : (i + 1) * 256 * ata.SECTOR] = buf.view
+        return PIO_SECTORS * ata.SECTOR / (time.perf_counter() - start) / 1e6
+    finally:
+        link.free_dma(buf)
+
+
+def link_dma_mb_s(link: Link, ch: ata.Channel, buf_out: bytearray) -> float:
+    size = 128 * ata.SECTOR
+    buf = link.alloc_dma(size, align=1 << 16)
+    prd = link.alloc_dma(4096)
+    try:
+        ata.build_prd(prd, buf, size)
+        batches = [ata.dma_read_batch(ch, 0, i * 128, 128, prd)[0] for i in range(DMA_CHUNKS)]
+        start = time.perf_counter()
+        for i, b in enumerate(batches):
+            link.execute(b)
+            buf_out[i * size : (i + 1) * size] = buf.view
+        return DMA_CHUNKS * size / (time.perf_counter() - start) / 1e6
+    finally:
+        link.free_dma(prd)
+        link.free_dma(buf)
+
+
+def run(machine: Machine, runs: int) -> dict[str, float]:
+    link = machine.link
+    multiple = min(16, ata.identify(link).max_multiple)
+    ata.set_multiple(link, ata.PRIMARY, 0, multiple)
+    ch = ata.Channel(0x1F0, 0x3F6, 14, ata.bus_master_base(link))
+    big = link.alloc_dma(2 << 20, align=1 << 16)
+    prd = link.alloc_dma(4096)
+    out = bytearray(max(PIO_SECTORS * ata.SECTOR, DMA_CHUNKS * 128 * ata.SECTOR))
+    try:
+        pio_args = (ch.cmd, ch.ctl, ch.bm, 0, multiple, 0, PIO_SECTORS, 0, big.phys, prd.phys, 0, 0)
+        dma_args = (ch.cmd, ch.ctl, ch.bm, 0, 0, 0, DMA_CHUNKS, 128, big.phys, prd.phys, 0, 0)
+        dma1m_args = (ch.cmd, ch.ctl, ch.bm, 0, 0, 0, 4, 2048, big.phys, prd.phys, 0, 0)
+        figures = {
+            "single_op_us": median_of(runs, lambda: single_op_us(link)),
+            "batch_ops_per_s": median_of(runs, lambda: batch_ops_per_s(link)),
+            "native_pio_mb_s": median_of(
+                runs, lambda: native_mb_s(link, abi.OP_NATIVE_PIO, pio_args, PIO_SECTORS * ata.SECTOR)
+            ),
+            "link_pio_mb_s": median_of(runs, lambda: link_pio_mb_s(link, out, multiple)),
+            "native_dma64k_mb_s": median_of(
+                runs, lambda: native_mb_s(link, abi.OP_NATIVE_DMA, dma_args, DMA_CHUNKS << 16)
+            ),
+            "link_dma64k_mb_s": median_of(runs, lambda: link_dma_mb_s(link, ch, out)),
+            "native_dma1m_mb_s": median_of(
+                runs, lambda: native_mb_s(link, abi.OP_NATIVE_DMA, dma1m_args, 4 << 20)
+            ),
+        }
+    finally:
+        link.free_dma(prd)
+        link.free_dma(big)
+    figures["pio_ratio"] = figures["link_pio_mb_s"] / figures["native_pio_mb_s"]
+    figures["dma_ratio"] = figures["link_dma64k_mb_s"] / figures["native_dma64k_mb_s"]
+    return figures
+
+
+TARGETS = {"single_op_us": ("<=", 5.0), "pio_ratio": (">=", 0.8), "dma_ratio": (">=", 0.5)}
+
+
+def main(args: argparse.Namespace) -> int:
+    runs = args.repeat or 7
+    with Machine(args.profile, accel=args.accel) as machine:
+        figures = run(machine, runs)
+    figures["runs"] = runs
+    if args.json:
+        print(json.dumps({**figures, "accel": machine.accel}))
+        return 0
+    print(f"hwl bench link ({machine.accel}, median of {runs} runs)")
+    for key, value in figures.items():
+        target = TARGETS.get(key)
+        note = ""
+        if target:
+            ok = value <= target[1] if target[0] == "<=" else value >= target[1]
+            note = f"   target {target[0]} {target[1]}: {'met' if ok else 'MISSED'}"
+        print(f"  {key:20} {value:14.3f}{note}")
+    return 0

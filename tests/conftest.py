@@ -1,0 +1,46 @@
+"""Shared fixtures: one pc machine per test module, and a leak check at the end."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hwl import Machine
+from hwl.pytest_plugin import MachineFactory
+
+
+def qemu_children(parent: int) -> list[int]:
+    """PIDs of QEMU processes whose parent is ``parent``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == parent and comm.startswith("qemu-system"):
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_qemu_left_behind() -> Iterator[None]:
+    """Torn down last: every QEMU the suite started must be gone by then."""
+    yield
+    left = qemu_children(os.getpid())
+    assert not left, f"QEMU processes left running after the suite: {left}"
+
+
+@pytest.fixture(scope="module")
+def pc(hwl_machines: MachineFactory) -> Iterator[Machine]:
+    machine = hwl_machines.boot("pc")
+    try:
+        yield machine
+    finally:
+        machine.close()

@@ -1,0 +1,71 @@
+"""No QEMU and no shared-memory file outlive their machine, however it ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hwl import Machine
+
+
+def gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie child of ours counts as gone once reaped by its parent
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().split(") ")[1].startswith("Z"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_exception_inside_with_closes_everything() -> None:
+    with pytest.raises(RuntimeError, match="boom"), Machine("pc") as m:
+        pid, run_dir = m.pid, m.run_dir
+        assert pid is not None and run_dir.is_dir()
+        raise RuntimeError("boom")
+    assert gone(pid, 5)
+    assert not run_dir.exists()
+    assert not list(Path("/dev/shm").glob(f"hwl-{os.getpid()}-*"))
+
+
+def test_keep_run_dir_keeps_the_logs() -> None:
+    with Machine("pc", keep_run_dir=True) as m:
+        run_dir = m.run_dir
+    try:
+        assert "hwl-stub ready" in (run_dir / "serial.log").read_text()
+        assert (run_dir / "qemu.cmdline").read_text().startswith(m.proc.args[0] if m.proc else "")
+        assert '"RESUME"' in (run_dir / "qmp-events.jsonl").read_text()
+    finally:
+        subprocess.run(["rm", "-rf", str(run_dir)], check=False)
+
+
+def test_sigkilled_owner_takes_qemu_with_it() -> None:
+    script = (
+        "import sys, time\n"
+        "from hwl import Machine\n"
+        "m = Machine('pc').start()\n"
+        "print(m.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        qemu_pid = int(owner.stdout.readline())
+        assert not gone(qemu_pid, 0.2)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        assert gone(qemu_pid, 5), "QEMU outlived the process that started it"
+    finally:
+        owner.kill()
+        owner.wait()
