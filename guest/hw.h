@@ -96,7 +96,7 @@ void pic_unmask_line(u32 line);   /* call with interrupts disabled */
 void pic_eoi(u32 line);
 u16 pic_in_service(void);         /* master ISR in bits 0..7, slave in 8..15 */
 
-/* ---- idt.c / irq.c ----------------------------------------------------- */
+/* ---- irq.c ----------------------------------------------------- */
 
 struct trap_frame {
     u32 edi, esi, ebp, esp, ebx, edx, ecx, eax;  /* pushal */

@@ -8,12 +8,22 @@ to look the value up in the :class:`BatchResult`. A whole ATA command, with its
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 from hwl.link import abi
 from hwl.link.memory import DmaBuffer
 
 _WIDTHS = {1, 2, 4}
+_PACKERS: dict[int, struct.Struct] = {}
+
+
+def ops_struct(n: int) -> struct.Struct:
+    """The struct for ``n`` consecutive struct hwl_op, cached by length."""
+    packer = _PACKERS.get(n)
+    if packer is None:
+        packer = _PACKERS[n] = struct.Struct("<" + "BBHIII" * n)
+    return packer
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,15 @@ class Batch:
     ops: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)
     strings: dict[int, StringTarget] = field(default_factory=dict)
     scratch_bytes: int = 0  # how much of the link's scratch buffer ``ins`` without ``into`` uses
+    _packed: list[bytes] | None = None  # ops as the stub reads them, one item per slot
+
+    def packed(self) -> list[bytes]:
+        """The ops in wire format, split into slots; kept until the batch changes,
+        so a batch that is run again and again is packed once."""
+        if self._packed is None:
+            chunks = [self.ops[i : i + abi.MAX_OPS] for i in range(0, len(self.ops), abi.MAX_OPS)]
+            self._packed = [ops_struct(len(c)).pack(*[x for op in c for x in op]) for c in chunks]
+        return self._packed
 
     def _add(self, code: int, width: int, port: int, a: int = 0, b: int = 0, c: int = 0) -> int:
         if code in (abi.OP_IN, abi.OP_OUT, abi.OP_INS, abi.OP_OUTS, abi.OP_WAIT):
@@ -43,6 +62,7 @@ class Batch:
             if not 0 <= value <= 0xFFFFFFFF:
                 raise ValueError(f"operand {name}={value} does not fit in 32 bits")
         self.ops.append((code, width, port, a, b, c))
+        self._packed = None
         return len(self.ops) - 1
 
     def __len__(self) -> int:
