@@ -12,7 +12,7 @@ Registered through the ``pytest11`` entry point, so installing hwl is enough.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,13 @@ _factory: MachineFactory | None = None
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hwl", "hwl machines")
-    group.addoption("--hwl-accel", default="auto", choices=ACCELS, help="QEMU accelerator (default: auto)")
     group.addoption(
-        "--hwl-keep-run-dir", action="store_true", help="keep machine run directories after the session"
+        "--hwl-accel", default="auto", choices=ACCELS, help="QEMU accelerator (default: auto)"
+    )
+    group.addoption(
+        "--hwl-keep-run-dir",
+        action="store_true",
+        help="keep machine run directories after the session",
     )
 
 
@@ -89,14 +93,19 @@ def _tail(path: Path) -> str:
     return data[-TAIL:].decode(errors="replace") or "(empty)"
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if not report.failed or _factory is None:
-        return
+        return report
     for machine in _factory.live():
         for name in LOG_FILES:
             report.sections.append(
-                (f"hwl {machine.profile.name} ({machine.run_dir}) {name}", _tail(machine.run_dir / name))
+                (
+                    f"hwl {machine.profile.name} ({machine.run_dir}) {name}",
+                    _tail(machine.run_dir / name),
+                )
             )
+    return report

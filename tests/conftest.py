@@ -11,6 +11,8 @@ import pytest
 from hwl import Machine
 from hwl.pytest_plugin import MachineFactory
 
+pytest_plugins = ["pytester"]
+
 
 def qemu_children(parent: int) -> list[int]:
     """PIDs of QEMU processes whose parent is ``parent``."""

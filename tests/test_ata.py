@@ -17,11 +17,16 @@ def image_bytes(path: Path, lba: int, count: int) -> bytes:
         return fh.read(count * ata.SECTOR)
 
 
-@pytest.mark.parametrize(("channel", "disk", "serial", "model"), [
-    (ata.PRIMARY, "hd0", "HWLHD0", "HWL DISK 0"),
-    (ata.SECONDARY, "hd1", "HWLHD1", "HWL DISK 1"),
-])
-def test_identify_matches_the_image(pc: Machine, channel: ata.Channel, disk: str, serial: str, model: str) -> None:
+@pytest.mark.parametrize(
+    ("channel", "disk", "serial", "model"),
+    [
+        (ata.PRIMARY, "hd0", "HWLHD0", "HWL DISK 0"),
+        (ata.SECONDARY, "hd1", "HWLHD1", "HWL DISK 1"),
+    ],
+)
+def test_identify_matches_the_image(
+    pc: Machine, channel: ata.Channel, disk: str, serial: str, model: str
+) -> None:
     info = ata.identify(pc.link, channel)
     assert info.model == model
     assert info.serial == serial

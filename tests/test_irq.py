@@ -49,6 +49,6 @@ def test_irq14_is_forwarded_once_then_masked_until_unmasked(pc: Machine) -> None
 
 
 def test_irq_wait_times_out_cleanly(pc: Machine) -> None:
-    with pytest.raises(IrqTimeoutError, match="no interrupt within 0.1 s"):
+    with pytest.raises(IrqTimeoutError, match=r"no interrupt within 0\.1 s"):
         pc.link.wait_irq(timeout=0.1)
     assert pc.link.nop(3) == 3

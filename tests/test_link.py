@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -60,8 +61,14 @@ def test_stub_refuses_bad_requests_and_keeps_serving(pc: Machine) -> None:
         with pytest.raises(LinkError, match="bad argument"):
             link.irq_unmask(line)
     raw_requests = [  # (code, width, port, a, b, c) as a buggy or hostile host could send them
-        ((abi.OP_INS, 2, 0x1F0, 256, 0x1000, 0), "bad argument"),  # below free_base: the stub itself
-        ((abi.OP_INS, 2, 0x1F0, 0x10000000, link.scratch.phys, 0), "bad argument"),  # past RAM's end
+        (
+            (abi.OP_INS, 2, 0x1F0, 256, 0x1000, 0),
+            "bad argument",
+        ),  # below free_base: the stub itself
+        (
+            (abi.OP_INS, 2, 0x1F0, 0x10000000, link.scratch.phys, 0),
+            "bad argument",
+        ),  # past RAM's end
         ((abi.OP_IN, 3, 0x1F7, 0, 0, 0), "bad argument"),  # the stub checks widths too
         ((99, 1, 0, 0, 0, 0), "unknown operation"),
     ]
@@ -104,11 +111,11 @@ def test_physical_memory_and_dma_buffers(pc: Machine) -> None:
         for b in bounded:
             assert b.phys >> 16 == (b.phys + b.size - 1) >> 16, "crosses a 64 KiB boundary"
         spans = sorted((b.phys, b.phys + b.size) for b in bounded)
-        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
     finally:
         for b in bounded:
             link.free_dma(b)
-    with pytest.raises(GuestMemoryError, match="no .* left"):
+    with pytest.raises(GuestMemoryError, match=r"no .* left"):
         link.alloc_dma(1 << 30)
 
 
@@ -150,3 +157,39 @@ def test_idle_stub_halts_and_a_doorbell_wakes_it(pc: Machine) -> None:
     assert link.nop(77) == 77
     assert link.halts == halts + 1
     assert not link.stub_sleeping
+
+
+def test_submitted_batches_pipeline_and_collect_in_any_order(pc: Machine) -> None:
+    link = pc.link
+    tickets = []
+    for i in range(abi.NSLOTS):
+        b = Batch()
+        b.delay(200)
+        b.nop(i)
+        tickets.append(link.submit(b))
+    with pytest.raises(RuntimeError, match="outstanding"):
+        link.submit(Batch([(abi.OP_NOP, 0, 0, 1, 0, 0)]))
+    with pytest.raises(RuntimeError, match="outstanding"):
+        link.nop(1)  # would overwrite the oldest uncollected slot
+    assert link.collect(tickets[5])[1] == 5
+    assert link.nop(42) == 42  # a slot is free again
+    for i in (7, 0, 3, 1, 2, 4, 6):
+        assert link.collect(tickets[i])[1] == i
+    with pytest.raises(ValueError, match="collected already"):
+        link.collect(tickets[0])
+
+
+def test_submitted_batch_failure_surfaces_at_collect(pc: Machine) -> None:
+    link = pc.link
+    bad = Batch()
+    bad.wait(0x1F3, 0xFF, 0x77, timeout_us=1000)
+    good = Batch()
+    good.nop(8)
+    t_bad, t_good = link.submit(bad), link.submit(good)
+    assert link.collect(t_good)[0] == 8
+    with pytest.raises(LinkWaitTimeoutError):
+        link.collect(t_bad)
+    with pytest.raises(ValueError, match="own buffers"):
+        scratch = Batch()
+        scratch.ins(0x1F0, 4)
+        link.submit(scratch)

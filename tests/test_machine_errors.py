@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from hwl import Machine, QemuExitedError, QemuNotFoundError, StubAbiError, StubBuildError, StubTimeoutError
+from hwl import (
+    Machine,
+    QemuExitedError,
+    QemuNotFoundError,
+    StubAbiError,
+    StubBuildError,
+    StubTimeoutError,
+)
 from hwl.machine.stub import build_stub, guest_dir, inspect_stub
 
 
@@ -45,7 +52,9 @@ def test_qemu_exiting_at_start_shows_its_stderr(tmp_path: Path) -> None:
 
 
 def test_stub_with_another_abi_version_is_refused(tmp_path: Path) -> None:
-    elf = stub_variant(tmp_path, "abi.h", "#define HWL_ABI_VERSION 1u", "#define HWL_ABI_VERSION 99u")
+    elf = stub_variant(
+        tmp_path, "abi.h", "#define HWL_ABI_VERSION 1u", "#define HWL_ABI_VERSION 99u"
+    )
     with pytest.raises(StubAbiError, match="version: stub has 0x63, host expects 0x1"):
         inspect_stub(elf)
     with pytest.raises(StubAbiError, match="Rebuild the stub"):
@@ -65,7 +74,9 @@ def test_stub_that_fails_to_compile_shows_the_compiler(tmp_path: Path) -> None:
 
 
 def test_stub_that_never_answers_times_out(tmp_path: Path) -> None:
-    elf = stub_variant(tmp_path, "boot.S", "call stub_main", "1: hlt\n    jmp 1b\n    call stub_main")
+    elf = stub_variant(
+        tmp_path, "boot.S", "call stub_main", "1: hlt\n    jmp 1b\n    call stub_main"
+    )
     machine = Machine("pc", stub=elf, boot_timeout=2)
     with pytest.raises(StubTimeoutError, match="did not report ready within 2"):
         machine.start()

@@ -37,7 +37,11 @@ def test_matches_qmp_query_pci(pc: Machine) -> None:
         assert {b.index for b in d.bars} == set(regions), d.bdf
         for bar in d.bars:
             r = regions[bar.index]
-            assert (bar.kind, bar.address, bar.size) == ("io" if r["type"] == "io" else "mem", r["address"], r["size"])
+            assert (bar.kind, bar.address, bar.size) == (
+                "io" if r["type"] == "io" else "mem",
+                r["address"],
+                r["size"],
+            )
         if q["irq_pin"]:
             assert (d.irq_pin, d.irq_line) == (q["irq_pin"], q["irq"]), d.bdf
 

@@ -46,15 +46,26 @@ def write(tmp_path: Path, text: str) -> Path:
         ('[drive "d"]\n  file = unquoted\n', r"bad\.cfg:2: malformed line"),
         ('  file = "x"\n', r"bad\.cfg:1: option 'file' outside any \[group\]"),
         ('[memory]\n  size = "lots"\n', r"bad\.cfg:2: key 'size': 'lots' is not a size"),
-        ('[drive "d"]\n[hwl-disk "d"]\n  size = "1000"\n', r"bad\.cfg:3: key 'size': must be a positive multiple of 512"),
-        ('[drive "d"]\n[hwl-disk "d"]\n  size = "1M"\n  fill = "ones"\n', r"bad\.cfg:4: key 'fill'"),
-        ('[drive "d"]\n[hwl-disk "d"]\n  size = "1M"\n  colour = "red"\n', r"bad\.cfg:4: key 'colour': unknown"),
+        (
+            '[drive "d"]\n[hwl-disk "d"]\n  size = "1000"\n',
+            r"bad\.cfg:3: key 'size': must be a positive multiple of 512",
+        ),
+        (
+            '[drive "d"]\n[hwl-disk "d"]\n  size = "1M"\n  fill = "ones"\n',
+            r"bad\.cfg:4: key 'fill'",
+        ),
+        (
+            '[drive "d"]\n[hwl-disk "d"]\n  size = "1M"\n  colour = "red"\n',
+            r"bad\.cfg:4: key 'colour': unknown",
+        ),
         ('[hwl-disk "x"]\n  size = "1M"\n', r'bad\.cfg:1: \[hwl-disk "x"\] has no \[drive "x"\]'),
         ('[drive "d"]\n  if = "none"\n  if = "ide"\n', r"bad\.cfg:3: key 'if': set twice"),
         ('[machine]\n  type = "pc"\n  accel = "kvm"\n', r"bad\.cfg:3: key 'accel'"),
     ],
 )
-def test_malformed_profiles_name_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
+def test_malformed_profiles_name_file_line_and_key(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     with pytest.raises(ProfileError, match=expected):
         Profile.load(write(tmp_path, text))
 

@@ -1,8 +1,8 @@
 """``hwl``: machine control and benchmarks from the shell.
 
-    hwl machine up PROFILE      boot, print the handshake, run until Ctrl-C
-    hwl machine pci PROFILE     boot and print the PCI devices the link finds
-    hwl bench link [--json]     the link benchmark (bench/link.py)
+hwl machine up PROFILE      boot, print the handshake, run until Ctrl-C
+hwl machine pci PROFILE     boot and print the PCI devices the link finds
+hwl bench link [--json]     the link benchmark (bench/link.py)
 """
 
 from __future__ import annotations
@@ -30,9 +30,12 @@ def _machine(args: argparse.Namespace) -> Machine:
 def cmd_machine_up(args: argparse.Namespace) -> int:
     with _machine(args) as m:
         hs = m.handshake
-        print(f"machine '{m.profile.name}' up: QEMU pid {m.pid}, accel {m.accel}, run dir {m.run_dir}")
         print(
-            f"stub: abi {hs['abi']}, TSC {hs['tsc_khz'] / 1000:.1f} MHz, RAM {hs['ram'] >> 20} MiB, "
+            f"machine '{m.profile.name}' up: QEMU pid {m.pid}, accel {m.accel}, run dir {m.run_dir}"
+        )
+        print(
+            f"stub: abi {hs['abi']}, TSC {hs['tsc_khz'] / 1000:.1f} MHz, "
+            f"RAM {hs['ram'] >> 20} MiB, "
             f"ctl {hs['ctl']:#x}, slots {hs['slots']:#x}"
         )
         for disk, path in m.disks.items():
@@ -56,13 +59,15 @@ def format_pci_table(devices: list[PciDevice]) -> str:
     rows = [("BDF", "VID:DID", "CLASS", "IRQ", "BARS")]
     for d in devices:
         bars = " ".join(
-            f"{b.index}:{b.kind}@{b.address:#x}/{b.size:#x}{'(64)' if b.is64 else ''}" for b in d.bars
+            f"{b.index}:{b.kind}@{b.address:#x}/{b.size:#x}{'(64)' if b.is64 else ''}"
+            for b in d.bars
         )
         irq = f"{d.irq_line} ({'-ABCD'[d.irq_pin]})" if d.irq_pin else "-"
         rows.append((d.bdf, d.ids, f"{d.class_code:06x}", irq, bars or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
+        for r in rows
     )
 
 
@@ -90,7 +95,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hwl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="hwl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     top = parser.add_subparsers(dest="command", required=True)
 
@@ -99,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--accel", default="auto", choices=ACCELS)
         p.add_argument("--keep-run-dir", action="store_true", help="keep the run directory")
 
-    machine = top.add_parser("machine", help="boot and inspect machines").add_subparsers(dest="action", required=True)
+    machine = top.add_parser("machine", help="boot and inspect machines").add_subparsers(
+        dest="action", required=True
+    )
     up = machine.add_parser("up", help="boot, print the handshake, run until Ctrl-C")
     machine_opts(up)
     up.set_defaults(func=cmd_machine_up)
@@ -112,14 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--accel", default="auto", choices=ACCELS)
     bench.add_argument("--profile", default="pc")
-    bench.add_argument("--repeat", type=int, default=0, help="repetitions (0: the benchmark's default)")
+    bench.add_argument(
+        "--repeat", type=int, default=0, help="repetitions (0: the benchmark's default)"
+    )
     bench.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
     try:
         code: int = args.func(args)
         return code

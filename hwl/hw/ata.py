@@ -93,7 +93,7 @@ def bus_master_base(link: Link, secondary: bool = False) -> int:
 
 
 def _select_lba28(b: Batch, ch: Channel, drive: int, lba: int, count: int) -> None:
-    if not 0 <= lba and lba + count <= 1 << 28 and 0 < count <= 256:
+    if not lba >= 0 and lba + count <= 1 << 28 and 0 < count <= 256:
         raise ValueError(f"LBA28 command for {count} sectors at {lba} is out of range")
     b.outb(ch.ctl, 0)  # nIEN clear: the drive raises INTRQ (the PIC decides delivery)
     b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
@@ -135,7 +135,13 @@ def set_multiple(link: Link, ch: Channel, drive: int, multiple: int) -> None:
 
 
 def pio_read_batch(
-    ch: Channel, drive: int, lba: int, count: int, buf: DmaBuffer, multiple: int = 1, offset: int = 0
+    ch: Channel,
+    drive: int,
+    lba: int,
+    count: int,
+    buf: DmaBuffer,
+    multiple: int = 1,
+    offset: int = 0,
 ) -> tuple[Batch, int]:
     """One READ SECTORS / READ MULTIPLE command as a batch, 32-bit transfers into ``buf``.
     Returns the batch and the index of the final status read."""
@@ -151,9 +157,7 @@ def pio_read_batch(
     return b, b.inb(ch.cmd + REG_STATUS)
 
 
-def pio_read(
-    link: Link, ch: Channel, drive: int, lba: int, count: int, multiple: int = 1
-) -> bytes:
+def pio_read(link: Link, ch: Channel, drive: int, lba: int, count: int, multiple: int = 1) -> bytes:
     """Read ``count`` sectors (up to 256) by PIO; one round trip."""
     buf = link.alloc_dma(count * SECTOR)
     try:
@@ -193,13 +197,16 @@ def build_prd(prd: DmaBuffer, buf: DmaBuffer, size: int) -> None:
         piece = min(1 << 16, size - off)
         entries.append(((buf.phys + off), piece & 0xFFFF))
     table = b"".join(
-        addr.to_bytes(4, "little") + (count | (0x80000000 if i == len(entries) - 1 else 0)).to_bytes(4, "little")
+        addr.to_bytes(4, "little")
+        + (count | (0x80000000 if i == len(entries) - 1 else 0)).to_bytes(4, "little")
         for i, (addr, count) in enumerate(entries)
     )
     prd.write(table)
 
 
-def dma_read_batch(ch: Channel, drive: int, lba: int, count: int, prd: DmaBuffer) -> tuple[Batch, int, int]:
+def dma_read_batch(
+    ch: Channel, drive: int, lba: int, count: int, prd: DmaBuffer
+) -> tuple[Batch, int, int]:
     """READ DMA EXT of ``count`` sectors into the buffers the PRD table at ``prd`` names.
     Returns the batch and the indexes of the bus-master and ATA status reads."""
     if not ch.bm:
@@ -215,7 +222,12 @@ def dma_read_batch(ch: Channel, drive: int, lba: int, count: int, prd: DmaBuffer
     b.outb(ch.cmd + REG_DEVICE, 0x40 | drive << 4)
     b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
     n = count & 0xFFFF  # 65536 sectors is written as 0
-    high = [(REG_COUNT, n >> 8), (REG_LBA_LOW, lba >> 24), (REG_LBA_MID, lba >> 32), (REG_LBA_HIGH, lba >> 40)]
+    high = [
+        (REG_COUNT, n >> 8),
+        (REG_LBA_LOW, lba >> 24),
+        (REG_LBA_MID, lba >> 32),
+        (REG_LBA_HIGH, lba >> 40),
+    ]
     low = [(REG_COUNT, n), (REG_LBA_LOW, lba), (REG_LBA_MID, lba >> 8), (REG_LBA_HIGH, lba >> 16)]
     for reg, value in high + low:  # LBA48: the previous-content bytes go first
         b.outb(ch.cmd + reg, value & 0xFF)

@@ -106,20 +106,26 @@ class Batch:
             phys = 0  # Link.execute puts the scratch buffer's address here
         else:
             if offset < 0 or offset + size > into.size:
-                raise ValueError(f"ins of {size} bytes at {offset} overflows a {into.size}-byte buffer")
+                raise ValueError(
+                    f"ins of {size} bytes at {offset} overflows a {into.size}-byte buffer"
+                )
             phys = into.phys + offset
         index = self._add(abi.OP_INS, width, port, count, phys)
         self.strings[index] = StringTarget(into, offset, size)
         return index
 
-    def outs_from(self, port: int, buf: DmaBuffer, count: int, width: int = 2, offset: int = 0) -> None:
+    def outs_from(
+        self, port: int, buf: DmaBuffer, count: int, width: int = 2, offset: int = 0
+    ) -> None:
         """Write ``count`` units from a guest buffer to ``port``."""
         if offset < 0 or offset + count * width > buf.size:
             raise ValueError(f"outs of {count * width} bytes at {offset} overflows the buffer")
         self._add(abi.OP_OUTS, width, port, count, buf.phys + offset)
 
     # control
-    def wait(self, port: int, mask: int, value: int, timeout_us: int = 1_000_000, width: int = 1) -> int:
+    def wait(
+        self, port: int, mask: int, value: int, timeout_us: int = 1_000_000, width: int = 1
+    ) -> int:
         """Poll ``port`` until ``(v & mask) == value``; the result is the last value read.
         On timeout the rest of the batch is not run and execute raises."""
         return self._add(abi.OP_WAIT, width, port, mask, value, timeout_us)

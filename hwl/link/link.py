@@ -28,15 +28,19 @@ from hwl.errors import (
     StubTimeoutError,
 )
 from hwl.link import abi, pci
-from hwl.link.batch import Batch, BatchResult, ops_struct as _ops_struct
+from hwl.link.batch import Batch, BatchResult
+from hwl.link.batch import ops_struct as _ops_struct
 from hwl.link.memory import DmaBuffer, GuestMemory
 
 log = logging.getLogger(__name__)
 
-# Spin this long on a request, then sleep on the doorbell. Keep it short: on these
-# 2-core hosts a spinning Python takes CPU from QEMU's vCPU (a 200 µs spin cost PIO
-# 10 % and a 5 ms spin 70 %), while sleeping on the doorbell adds only ~10 µs.
-SPIN_SECONDS = 20e-6
+# How long to spin on a request before sleeping on the doorbell. On these 2-core
+# hosts a spinning Python takes CPU from QEMU (a 200 µs spin cost PIO 10 %, a 5 ms
+# spin 70 %), and a doorbell wake-up costs 10-40 µs. So: spin about twice as long as
+# recent requests took, between SPIN_MIN and SPIN_MAX; when requests usually run
+# longer than SPIN_MAX, spin only SPIN_MIN and sleep.
+SPIN_MIN = 20e-6
+SPIN_MAX = 100e-6
 SLEEP_SLICE = 0.005  # doorbells can be missed in a race; re-check at least this often
 SCRATCH_SIZE = 1 << 20
 _U32 = struct.Struct("<I")
@@ -49,6 +53,16 @@ class Doorbell(Protocol):
     def write(self, data: bytes) -> int | None: ...
 
     def fileno(self) -> int: ...
+
+
+@dataclass
+class Ticket:
+    """A submitted batch: its place in the ring and whether it was collected."""
+
+    target: int
+    slot: int
+    batch: Batch
+    collected: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,9 @@ class Link:
         self._waiting_lock = threading.Lock()
         self._waiters = 0
         self._head = self._ctl[abi.W_REQ_HEAD]
+        self._recent = SPIN_MIN  # moving average of request durations, seconds
+        self._spin = SPIN_MIN
+        self._outstanding: list[Ticket] = []
         self.tsc_khz = self._ctl[abi.W_TSC_KHZ]
         memory.set_pool(self._ctl[abi.W_FREE_BASE], self._ctl[abi.W_RAM_BYTES])
         self.scratch = memory.alloc(SCRATCH_SIZE, align=1 << 16)
@@ -96,28 +113,40 @@ class Link:
             self._waiters += delta
             self._ctl[abi.W_HOST_WAITING] = self._waiters
 
-    def _round_trip(self, slot: int, nops: int, timeout: float) -> None:
-        """Post the slot already written at ``slot`` and wait until the stub ran it."""
-        mem, ctl = self._mem, self._ctl
-        _U32.pack_into(mem, slot, nops)
+    def _post(self, slot: int, nops: int) -> int:
+        """Publish the slot already written at ``slot``; returns its ticket (new head)."""
+        ctl = self._ctl
+        _U32.pack_into(self._mem, slot, nops)
         target = (self._head + 1) & 0xFFFFFFFF
         ctl[abi.W_REQ_HEAD] = target
         self._head = target
         if ctl[abi.W_STUB_SLEEPING]:
             self._ring()
+        return target
+
+    def _wait_for(self, target: int, timeout: float) -> None:
+        """Wait until the stub completed the request whose ticket is ``target``."""
+        ctl = self._ctl
         spins = 0
         start = time.perf_counter()
-        while ctl[abi.W_REQ_TAIL] != target:
+        while (ctl[abi.W_REQ_TAIL] - target) & 0xFFFFFFFF >= 0x80000000:
             spins += 1
-            if spins & 0x3F == 0 and time.perf_counter() - start > SPIN_SECONDS:
+            if spins & 0x3F == 0 and time.perf_counter() - start > self._spin:
                 self._sleep_until_done(target, start + timeout)
-                return
+                break
+        self._recent = 0.75 * self._recent + 0.25 * (time.perf_counter() - start)
+        self._spin = (
+            SPIN_MIN if self._recent > SPIN_MAX else min(SPIN_MAX, max(SPIN_MIN, 2 * self._recent))
+        )
+
+    def _round_trip(self, slot: int, nops: int, timeout: float) -> None:
+        self._wait_for(self._post(slot, nops), timeout)
 
     def _sleep_until_done(self, target: int, deadline: float) -> None:
         ctl = self._ctl
         self._host_waiting(+1)
         try:
-            while ctl[abi.W_REQ_TAIL] != target:
+            while (ctl[abi.W_REQ_TAIL] - target) & 0xFFFFFFFF >= 0x80000000:
                 if ctl[abi.W_STUB_SLEEPING]:
                     self._ring()
                 self._doze(SLEEP_SLICE)
@@ -144,22 +173,37 @@ class Link:
 
     def _check_alive(self) -> None:
         if not self._alive():
-            raise QemuExitedError("QEMU exited while a request was in flight", returncode=None, stderr="")
+            raise QemuExitedError(
+                "QEMU exited while a request was in flight", returncode=None, stderr=""
+            )
 
     def _slot_addr(self) -> int:
+        """The next free slot; refuses to overwrite a submitted batch not yet collected."""
+        if self._outstanding:
+            self._outstanding = [t for t in self._outstanding if not t.collected]
+            if len(self._outstanding) >= abi.NSLOTS:
+                raise RuntimeError(
+                    f"{abi.NSLOTS} submitted batches are outstanding: collect one first"
+                )
         return self._slots + (self._head % abi.NSLOTS) * abi.SLOT_SIZE
 
-    def _raise_for(self, slot: int, ops: list[tuple[int, int, int, int, int, int]], base: int) -> None:
+    def _raise_for(
+        self, slot: int, ops: list[tuple[int, int, int, int, int, int]], base: int
+    ) -> None:
         _nops, status, fail = _SLOT_HEAD.unpack_from(self._mem, slot)
         if status == abi.ST_OK:
             return
         index = base + fail
         code, width, port, a, b, _c = ops[index] if index < len(ops) else (0, 0, 0, 0, 0, 0)
-        last = _U32.unpack_from(self._mem, slot + abi.SLOT_OPS + fail * abi.OP_SIZE + abi.OP_C_OFFSET)[0]
+        last = _U32.unpack_from(
+            self._mem, slot + abi.SLOT_OPS + fail * abi.OP_SIZE + abi.OP_C_OFFSET
+        )[0]
         where = f"op {index} (code {code}, width {width}, port {port:#x}, a={a:#x}, b={b:#x})"
         if status == abi.ST_TIMEOUT:
             raise LinkWaitTimeoutError(
-                f"wait timed out at {where}: last value read {last:#x}", op_index=index, last_value=last
+                f"wait timed out at {where}: last value read {last:#x}",
+                op_index=index,
+                last_value=last,
             )
         name = abi.STATUS_NAMES.get(status, f"status {status}")
         raise LinkError(f"stub refused {where}: {name}", status=status, op_index=index)
@@ -168,7 +212,10 @@ class Link:
     def execute(self, batch: Batch, timeout: float = 10.0) -> BatchResult:
         """Run a batch; more than one slot's worth runs as consecutive slots."""
         if batch.scratch_bytes > self.scratch.size:
-            raise ValueError(f"batch reads {batch.scratch_bytes} bytes; the scratch buffer holds {self.scratch.size}")
+            raise ValueError(
+                f"batch reads {batch.scratch_bytes} bytes; "
+                f"the scratch buffer holds {self.scratch.size}"
+            )
         ops = batch.ops
         for index, target in batch.strings.items():
             code, width, port, a, b, c = ops[index]
@@ -193,6 +240,41 @@ class Link:
 
     def batch(self) -> Batch:
         return Batch()
+
+    def submit(self, batch: Batch) -> Ticket:
+        """Queue a batch (one slot's worth) without waiting for it: the stub runs
+        queued slots back to back, so the host's work overlaps the device's. Up to
+        NSLOTS batches may be outstanding; ``collect`` them in any order."""
+        if not 0 < len(batch) <= abi.MAX_OPS:
+            raise ValueError(f"submit takes 1..{abi.MAX_OPS} ops, not {len(batch)}; use execute")
+        if batch.strings and any(t.buffer is None for t in batch.strings.values()):
+            raise ValueError(
+                "a submitted batch must read into its own buffers (ins(..., into=buf))"
+            )
+        with self._lock:
+            slot = self._slot_addr()
+            (packed,) = batch.packed()
+            self._mem[slot + abi.SLOT_OPS : slot + abi.SLOT_OPS + len(packed)] = packed
+            ticket = Ticket(self._post(slot, len(batch)), slot, batch)
+            self._outstanding.append(ticket)
+            return ticket
+
+    def collect(self, ticket: Ticket, timeout: float = 10.0) -> BatchResult:
+        """Wait for a submitted batch and return its values (raises as execute does)."""
+        if ticket.collected:
+            raise ValueError("this ticket was collected already")
+        self._wait_for(ticket.target, timeout)
+        ticket.collected = True
+        ops = ticket.batch.ops
+        self._raise_for(ticket.slot, ops, 0)
+        values = list(
+            _ops_struct(len(ops)).unpack_from(self._mem, ticket.slot + abi.SLOT_OPS)[5::6]
+        )
+        data = {}
+        for index, target in ticket.batch.strings.items():
+            assert target.buffer is not None
+            data[index] = bytes(target.buffer.view[target.offset : target.offset + target.size])
+        return BatchResult(values, data)
 
     def _single(self, code: int, width: int, port: int, a: int = 0) -> int:
         with self._lock:
@@ -309,7 +391,9 @@ class Link:
         i = pci.read_into(b, bus, dev, fn, offset, width)
         return self.execute(b)[i]
 
-    def pci_write(self, bus: int, dev: int, fn: int, offset: int, value: int, width: int = 4) -> None:
+    def pci_write(
+        self, bus: int, dev: int, fn: int, offset: int, value: int, width: int = 4
+    ) -> None:
         b = Batch()
         pci.write_into(b, bus, dev, fn, offset, value, width)
         self.execute(b)

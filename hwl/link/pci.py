@@ -32,7 +32,9 @@ def read_into(batch: Batch, bus: int, dev: int, fn: int, offset: int, width: int
     return batch.in_(CONFIG_DATA + (offset & 3), width)
 
 
-def write_into(batch: Batch, bus: int, dev: int, fn: int, offset: int, value: int, width: int = 4) -> None:
+def write_into(
+    batch: Batch, bus: int, dev: int, fn: int, offset: int, value: int, width: int = 4
+) -> None:
     if width not in (1, 2, 4) or offset % width:
         raise ValueError(f"config write of width {width} at unaligned offset {offset:#x}")
     batch.outl(CONFIG_ADDRESS, config_address(bus, dev, fn, offset))

@@ -7,6 +7,7 @@ printed is lost, whether or not anyone is waiting for it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -31,7 +32,8 @@ class Console:
     def _drain(self) -> None:
         while not self._closed:
             try:
-                data = self._port.read(max(1, self._port.in_waiting))
+                # every pyserial port class has in_waiting; the type stubs put it on Serial only
+                data = self._port.read(max(1, int(getattr(self._port, "in_waiting", 1))))
             except (serial.SerialException, OSError, TypeError, AttributeError):
                 break  # the port closed under us: QEMU went away or close() ran
             if data:
@@ -65,9 +67,7 @@ class Console:
 
     def close(self) -> None:
         self._closed = True
-        try:
+        with contextlib.suppress(serial.SerialException, OSError):
             self._port.close()
-        except (serial.SerialException, OSError):
-            pass
         self._thread.join(timeout=2)
         self._log.close()

@@ -13,6 +13,7 @@ from a thread that lives as long as they do.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import logging
 import mmap
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 QEMU_BINARY = "qemu-system-x86_64"
 ACCELS = ("tcg", "kvm", "auto")
 HANDSHAKE = re.compile(
-    rb"hwl-stub ready abi=(\d+) tsc_khz=(\d+) ram=(\d+) ctl=0x([0-9a-fA-F]+) slots=0x([0-9a-fA-F]+)\r?\n"
+    rb"hwl-stub ready abi=(\d+) tsc_khz=(\d+) ram=(\d+) "
+    rb"ctl=0x([0-9a-fA-F]+) slots=0x([0-9a-fA-F]+)\r?\n"
 )
 _live: weakref.WeakSet[Machine] = weakref.WeakSet()
 
@@ -151,7 +153,8 @@ class Machine:
             qemu, "-S", "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
             "-machine", f"{self.profile.machine_type},accel={self.accel},memory-backend=hwl-ram",
             "-m", f"{mem >> 20}M", *cpu,
-            "-object", f"memory-backend-file,id=hwl-ram,size={mem},mem-path={self._ram_path},share=on",
+            "-object",
+            f"memory-backend-file,id=hwl-ram,size={mem},mem-path={self._ram_path},share=on",
             "-kernel", str(self.stub.path),
             "-readconfig", str(cfg),
             "-chardev", "socket,id=hwl-com1,host=127.0.0.1,port=0,server=on,wait=off",
@@ -161,13 +164,14 @@ class Machine:
             "-qmp", f"unix:{self.run_dir / 'qmp.sock'},server=on,wait=off",
         ]  # fmt: skip
         (self.run_dir / "qemu.cmdline").write_text(shlex.join(args) + "\n")
+        parent = os.getpid()
         with (self.run_dir / "qemu.stderr").open("wb") as err:
             self.proc = subprocess.Popen(
                 args,
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,
-                preexec_fn=lambda parent=os.getpid(): _die_with_parent(parent),  # noqa: PLW0108
+                preexec_fn=lambda: _die_with_parent(parent),
             )
 
     def _exited_error(self, what: str) -> QemuExitedError:
@@ -192,9 +196,11 @@ class Machine:
                 try:
                     self.qmp.connect(str(sock), timeout=5)
                     break
-                except Exception as exc:  # noqa: BLE001 - not listening yet; retried below
+                except Exception as exc:
                     if time.monotonic() > deadline:
-                        raise HwlError(f"cannot connect to QEMU's QMP socket {sock}: {exc}") from exc
+                        raise HwlError(
+                            f"cannot connect to QEMU's QMP socket {sock}: {exc}"
+                        ) from exc
             elif time.monotonic() > deadline:
                 raise HwlError(f"QEMU did not create its QMP socket {sock} within 15 s")
             time.sleep(0.01)
@@ -240,12 +246,15 @@ class Machine:
                     f"({self.accel}); its serial log:\n{self.console.text()[-2000:] or '(empty)'}"
                     f"\nQEMU stderr:\n{self.stderr_text()[-2000:] or '(empty)'}"
                 )
-        version, khz, ram, ctl, slots = (int(g, 16 if i > 2 else 10) for i, g in enumerate(match.groups()))
+        version, khz, ram, ctl, slots = (
+            int(g, 16 if i > 2 else 10) for i, g in enumerate(match.groups())
+        )
         self.handshake = {"abi": version, "tsc_khz": khz, "ram": ram, "ctl": ctl, "slots": slots}
         if version != abi.ABI_VERSION or (ctl, slots) != (self.stub.ctl_addr, self.stub.slots_addr):
             raise StubAbiError(
                 f"the running stub says abi={version} ctl={ctl:#x} slots={slots:#x}; its ELF says "
-                f"abi={self.stub.abi_version} ctl={self.stub.ctl_addr:#x} slots={self.stub.slots_addr:#x}"
+                f"abi={self.stub.abi_version} ctl={self.stub.ctl_addr:#x} "
+                f"slots={self.stub.slots_addr:#x}"
             )
         assert self._memory is not None and self._bell is not None
         self._link = Link(self._memory, ctl, slots, self._bell, alive=self.alive)
@@ -265,10 +274,9 @@ class Machine:
             return
         self.closed = True
         if self.proc is not None and self.proc.poll() is None and self.qmp is not None:
-            try:
+            # QEMU may be wedged; it is killed below if quit does not end it.
+            with contextlib.suppress(Exception):
                 self.qmp.execute("quit", timeout=2)
-            except Exception:  # noqa: BLE001 - QEMU is killed below if quit did not work
-                pass
         if self.proc is not None:
             try:
                 self.proc.wait(timeout=3)
@@ -279,13 +287,12 @@ class Machine:
             if part is not None:
                 try:
                     part.close()
-                except Exception as exc:  # noqa: BLE001 - keep closing the rest
+                except Exception as exc:
                     log.debug("closing %r: %s", part, exc)
         if self._memory is not None:
-            try:
+            # A caller may still hold a DmaBuffer view; the mapping then goes with it.
+            with contextlib.suppress(BufferError):
                 self._memory.close()
-            except BufferError:
-                pass  # a caller still holds a DmaBuffer view; the mapping goes with it
         if self._ram_path is not None:
             self._ram_path.unlink(missing_ok=True)
         if not self.keep_run_dir and self.run_dir != Path():

@@ -178,7 +178,9 @@ def parse_groups(text: str, path: Path) -> list[Group]:
         if line.startswith("["):
             m = _GROUP.match(line)
             if not m:
-                raise ProfileError(f'{path}:{number}: malformed group header {line!r}: use [name "id"]')
+                raise ProfileError(
+                    f'{path}:{number}: malformed group header {line!r}: use [name "id"]'
+                )
             groups.append(Group(m.group(1), m.group(2), number))
             continue
         m = _OPTION.match(line)

@@ -8,6 +8,7 @@ qmp-events.jsonl in the run directory as it arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -49,7 +50,9 @@ class Qmp:
                 fh.write(json.dumps(record) + "\n")
                 fh.flush()
 
-    def execute(self, cmd: str, args: dict[str, object] | None = None, timeout: float = 10.0) -> Any:
+    def execute(
+        self, cmd: str, args: dict[str, object] | None = None, timeout: float = 10.0
+    ) -> Any:
         return self._run(self._client.execute(cmd, args), timeout)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
@@ -57,20 +60,17 @@ class Qmp:
         return [e for e in self._events if name is None or e.get("event") == name]
 
     async def _shutdown(self) -> None:
-        try:
+        # QEMU may already be gone; closing must not fail because of it.
+        with contextlib.suppress(Exception):
             await self._client.disconnect()
-        except Exception:  # noqa: BLE001 - QEMU may already be gone; closing must not fail
-            pass
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the loop is stopped below either way
             self._run(self._shutdown(), 5)
-        except Exception:  # noqa: BLE001 - the loop is stopped below either way
-            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()

@@ -21,10 +21,22 @@ from elftools.elf.elffile import ELFFile
 from hwl.errors import StubAbiError, StubBuildError
 from hwl.link import abi
 
-CFLAGS = (
-    "-m32 -march=i686 -ffreestanding -fno-pic -fno-pie -fno-stack-protector -fno-builtin "
-    "-nostdinc -nostdlib -O2 -Wall -Wextra -Werror -fno-asynchronous-unwind-tables"
-).split()
+CFLAGS = [
+    "-m32",
+    "-march=i686",
+    "-ffreestanding",
+    "-fno-pic",
+    "-fno-pie",
+    "-fno-stack-protector",
+    "-fno-builtin",
+    "-nostdinc",
+    "-nostdlib",
+    "-O2",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-fno-asynchronous-unwind-tables",
+]
 LDFLAGS = ["-m", "elf_i386", "-nostdlib"]
 MULTIBOOT_MAGIC = 0x1BADB002
 ELF_NAME = "hwl-stub.elf"
@@ -134,7 +146,9 @@ def inspect_stub(path: Path) -> StubImage:
 def _check_multiboot(path: Path, name: str) -> None:
     head = Path(name).read_bytes()[:8192]
     for off in range(0, len(head) - 12, 4):
-        magic, flags, checksum = (int.from_bytes(head[off + i : off + i + 4], "little") for i in (0, 4, 8))
+        magic, flags, checksum = (
+            int.from_bytes(head[off + i : off + i + 4], "little") for i in (0, 4, 8)
+        )
         if magic == MULTIBOOT_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
             return
     raise StubAbiError(f"{path}: no multiboot v1 header in the first 8 KiB")
@@ -143,7 +157,11 @@ def _check_multiboot(path: Path, name: str) -> None:
 def _read_vaddr(elf: ELFFile, vaddr: int, size: int) -> bytes:
     for seg in elf.iter_segments():
         start = seg["p_vaddr"]
-        if seg["p_type"] == "PT_LOAD" and start <= vaddr and vaddr + size <= start + seg["p_filesz"]:
+        if (
+            seg["p_type"] == "PT_LOAD"
+            and start <= vaddr
+            and vaddr + size <= start + seg["p_filesz"]
+        ):
             data: bytes = seg.data()
             return data[vaddr - start : vaddr - start + size]
     raise StubAbiError(f"address {vaddr:#x} is not in a loaded segment of the stub")
