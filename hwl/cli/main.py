@@ -11,12 +11,15 @@ import argparse
 import importlib.util
 import logging
 import signal
+import statistics
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
 from hwl.errors import HwlError
+from hwl.hw import ata
 from hwl.link.pci import PciDevice
 from hwl.machine.machine import ACCELS, Machine
 
@@ -27,23 +30,40 @@ def _machine(args: argparse.Namespace) -> Machine:
     return Machine(args.profile, accel=args.accel, keep_run_dir=args.keep_run_dir)
 
 
+def print_machine(m: Machine) -> None:
+    """What booted: QEMU, the stub's handshake, and the disks on the IDE channels."""
+    hs = m.handshake
+    print(f"machine '{m.profile.name}' up: QEMU pid {m.pid}, accel {m.accel}, run dir {m.run_dir}")
+    print(
+        f"stub: abi {hs['abi']}, TSC {hs['tsc_khz'] / 1000:.1f} MHz, "
+        f"RAM {hs['ram'] >> 20} MiB, ctl {hs['ctl']:#x}, slots {hs['slots']:#x}"
+    )
+    for name, channel in (("primary", ata.PRIMARY), ("secondary", ata.SECONDARY)):
+        try:
+            info = ata.identify(m.link, channel)
+        except HwlError as exc:
+            print(f"ide {name} master: none ({exc})")
+            continue
+        mib = info.sectors48 * ata.SECTOR >> 20
+        print(
+            f"ide {name} master: {info.model!r} serial {info.serial!r}, "
+            f"{info.sectors48} sectors ({mib} MiB)"
+        )
+
+
 def cmd_machine_up(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before anything a caller could wait on
     with _machine(args) as m:
-        hs = m.handshake
-        print(
-            f"machine '{m.profile.name}' up: QEMU pid {m.pid}, accel {m.accel}, run dir {m.run_dir}"
-        )
-        print(
-            f"stub: abi {hs['abi']}, TSC {hs['tsc_khz'] / 1000:.1f} MHz, "
-            f"RAM {hs['ram'] >> 20} MiB, "
-            f"ctl {hs['ctl']:#x}, slots {hs['slots']:#x}"
-        )
-        for disk, path in m.disks.items():
-            print(f"disk {disk}: {path} ({path.stat().st_size >> 20} MiB)")
-        print(f"link round trip: {m.link.nop(7) == 7 and 'ok'}; Ctrl-C to stop")
+        print_machine(m)
+        samples = []
+        for i in range(200):
+            start = time.perf_counter()
+            if m.link.nop(i) != i:
+                raise HwlError(f"the stub echoed the wrong value for {i}")
+            samples.append(time.perf_counter() - start)
+        print(f"link round trip: {statistics.median(samples) * 1e6:.1f} µs; Ctrl-C to stop")
         sys.stdout.flush()
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
             while not stop.wait(0.5):
                 if not m.alive():
@@ -73,6 +93,8 @@ def format_pci_table(devices: list[PciDevice]) -> str:
 
 def cmd_machine_pci(args: argparse.Namespace) -> int:
     with _machine(args) as m:
+        print_machine(m)
+        print()
         print(format_pci_table(m.link.pci_scan()))
     return 0
 
