@@ -18,12 +18,23 @@ _WIDTHS = {1, 2, 4}
 _PACKERS: dict[int, struct.Struct] = {}
 
 
+_RESULTS: dict[int, struct.Struct] = {}
+
+
 def ops_struct(n: int) -> struct.Struct:
     """The struct for ``n`` consecutive struct hwl_op, cached by length."""
     packer = _PACKERS.get(n)
     if packer is None:
         packer = _PACKERS[n] = struct.Struct("<" + "BBHIII" * n)
     return packer
+
+
+def results_struct(n: int) -> struct.Struct:
+    """Reads only the result word (``c``) of ``n`` consecutive ops."""
+    reader = _RESULTS.get(n)
+    if reader is None:
+        reader = _RESULTS[n] = struct.Struct("<" + "12xI" * n)
+    return reader
 
 
 @dataclass(frozen=True)

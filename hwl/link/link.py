@@ -28,8 +28,7 @@ from hwl.errors import (
     StubTimeoutError,
 )
 from hwl.link import abi, pci
-from hwl.link.batch import Batch, BatchResult
-from hwl.link.batch import ops_struct as _ops_struct
+from hwl.link.batch import Batch, BatchResult, results_struct
 from hwl.link.memory import DmaBuffer, GuestMemory
 
 log = logging.getLogger(__name__)
@@ -99,7 +98,7 @@ class Link:
         self._head = self._ctl[abi.W_REQ_HEAD]
         self._recent = SPIN_MIN  # moving average of request durations, seconds
         self._spin = SPIN_MIN
-        self._outstanding: list[Ticket] = []
+        self._owners: list[Ticket | None] = [None] * abi.NSLOTS  # last submitter of each slot
         self.tsc_khz = self._ctl[abi.W_TSC_KHZ]
         memory.set_pool(self._ctl[abi.W_FREE_BASE], self._ctl[abi.W_RAM_BYTES])
         self.scratch = memory.alloc(SCRATCH_SIZE, align=1 << 16)
@@ -178,14 +177,15 @@ class Link:
             )
 
     def _slot_addr(self) -> int:
-        """The next free slot; refuses to overwrite a submitted batch not yet collected."""
-        if self._outstanding:
-            self._outstanding = [t for t in self._outstanding if not t.collected]
-            if len(self._outstanding) >= abi.NSLOTS:
-                raise RuntimeError(
-                    f"{abi.NSLOTS} submitted batches are outstanding: collect one first"
-                )
-        return self._slots + (self._head % abi.NSLOTS) * abi.SLOT_SIZE
+        """The next slot; refuses to overwrite a submitted batch not yet collected."""
+        index = self._head % abi.NSLOTS
+        owner = self._owners[index]
+        if owner is not None and not owner.collected:
+            raise RuntimeError(
+                f"slot {index} holds a submitted batch not collected yet "
+                f"(at most {abi.NSLOTS} can be outstanding): collect it first"
+            )
+        return self._slots + index * abi.SLOT_SIZE
 
     def _raise_for(
         self, slot: int, ops: list[tuple[int, int, int, int, int, int]], base: int
@@ -231,7 +231,7 @@ class Link:
                 self._mem[slot + abi.SLOT_OPS : slot + abi.SLOT_OPS + len(packed)] = packed
                 self._round_trip(slot, nops, timeout)
                 self._raise_for(slot, ops, first)
-                values.extend(_ops_struct(nops).unpack_from(self._mem, slot + abi.SLOT_OPS)[5::6])
+                values.extend(results_struct(nops).unpack_from(self._mem, slot + abi.SLOT_OPS))
         data = {}
         for index, target in batch.strings.items():
             view = (target.buffer or self.scratch).view
@@ -256,7 +256,7 @@ class Link:
             (packed,) = batch.packed()
             self._mem[slot + abi.SLOT_OPS : slot + abi.SLOT_OPS + len(packed)] = packed
             ticket = Ticket(self._post(slot, len(batch)), slot, batch)
-            self._outstanding.append(ticket)
+            self._owners[(ticket.target - 1) % abi.NSLOTS] = ticket
             return ticket
 
     def collect(self, ticket: Ticket, timeout: float = 10.0) -> BatchResult:
@@ -267,9 +267,7 @@ class Link:
         ticket.collected = True
         ops = ticket.batch.ops
         self._raise_for(ticket.slot, ops, 0)
-        values = list(
-            _ops_struct(len(ops)).unpack_from(self._mem, ticket.slot + abi.SLOT_OPS)[5::6]
-        )
+        values = list(results_struct(len(ops)).unpack_from(self._mem, ticket.slot + abi.SLOT_OPS))
         data = {}
         for index, target in ticket.batch.strings.items():
             assert target.buffer is not None
