@@ -81,3 +81,22 @@ def test_stub_that_never_answers_times_out(tmp_path: Path) -> None:
     with pytest.raises(StubTimeoutError, match="did not report ready within 2"):
         machine.start()
     assert machine.closed and not machine.alive()
+
+
+def test_kvm_boots_where_it_exists_and_is_refused_clearly_where_not() -> None:
+    import os
+
+    from hwl import HwlError
+    from hwl.hw import ata
+    from hwl.machine.machine import resolve_accel
+
+    if os.access("/dev/kvm", os.R_OK | os.W_OK):
+        with Machine("pc", accel="kvm") as m:
+            assert m.accel == "kvm"
+            assert ata.identify(m.link).model == "HWL DISK 0"
+    else:
+        with pytest.raises(HwlError, match="/dev/kvm is missing or not accessible"):
+            resolve_accel("kvm")
+    assert resolve_accel("auto") == "tcg"
+    with pytest.raises(HwlError, match="unknown accelerator 'warp'"):
+        resolve_accel("warp")

@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:  # qemu.qmp logs each failed connect while QEMU dies; hwl reports why
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
     )

@@ -148,7 +148,7 @@ class Machine:
         ram_dir = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.run_dir
         self._ram_path = ram_dir / f"hwl-{os.getpid()}-{id(self):x}.ram"
         mem = self.profile.memory
-        cpu = ["-cpu", "host"] if self.accel == "kvm" else []
+        cpu: list[str] = []  # -cpu host aborts under nested KVM (MSR 0x10a); the default works
         args = [
             qemu, "-S", "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
             "-machine", f"{self.profile.machine_type},accel={self.accel},memory-backend=hwl-ram",
