@@ -40,7 +40,11 @@ log = logging.getLogger(__name__)
 # longer than SPIN_MAX, spin only SPIN_MIN and sleep.
 SPIN_MIN = 20e-6
 SPIN_MAX = 100e-6
-SLEEP_SLICE = 0.005  # doorbells can be missed in a race; re-check at least this often
+# Sleeping on the doorbell re-checks the ring after a slice that starts short and
+# doubles: a doorbell can be missed (measured: about 1 batch in 80 woke only when a
+# 5 ms slice ran out), so a miss costs ~100 µs, and a long request few wake-ups.
+SLEEP_FIRST = 100e-6
+SLEEP_SLICE = 0.005
 SCRATCH_SIZE = 1 << 20
 _U32 = struct.Struct("<I")
 _SLOT_HEAD = struct.Struct("<III")  # nops, status, fail_index
@@ -143,12 +147,14 @@ class Link:
 
     def _sleep_until_done(self, target: int, deadline: float) -> None:
         ctl = self._ctl
+        slice_ = SLEEP_FIRST
         self._host_waiting(+1)
         try:
             while (ctl[abi.W_REQ_TAIL] - target) & 0xFFFFFFFF >= 0x80000000:
                 if ctl[abi.W_STUB_SLEEPING]:
                     self._ring()
-                self._doze(SLEEP_SLICE)
+                self._doze(slice_)
+                slice_ = min(2 * slice_, SLEEP_SLICE)
                 if time.perf_counter() > deadline:
                     self._check_alive()
                     raise StubTimeoutError(

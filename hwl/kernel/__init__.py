@@ -1,0 +1,1 @@
+"""The kernel: endpoints, IPC, privileges, kernel calls."""
