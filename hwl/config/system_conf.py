@@ -173,43 +173,33 @@ _ESCAPES: Final = {"n": "\n", "t": "\t", "r": "\r"}
 
 
 @dataclass(frozen=True)
-class IoRange:
-    """Ports ``base`` .. ``base + length - 1``."""
+class _Range:
+    """``length`` units from ``base``: ports or guest-physical bytes."""
 
     base: int
     length: int = 1
 
     @property
     def end(self) -> int:
-        """One past the last port."""
+        """One past the last unit."""
         return self.base + self.length
 
-    def contains(self, port: int, width: int = 1) -> bool:
-        """Whether an access of ``width`` bytes at ``port`` lies wholly inside."""
-        return self.base <= port and port + width <= self.end
+    def contains(self, start: int, size: int = 1) -> bool:
+        """Whether ``size`` units at ``start`` lie wholly inside."""
+        return self.base <= start and start + size <= self.end
 
     def __str__(self) -> str:
         return _range_text(self.base, self.length)
 
 
 @dataclass(frozen=True)
-class MemoryRange:
+class IoRange(_Range):
+    """Ports ``base`` .. ``base + length - 1``."""
+
+
+@dataclass(frozen=True)
+class MemoryRange(_Range):
     """Guest-physical bytes ``base`` .. ``base + length - 1``."""
-
-    base: int
-    length: int = 1
-
-    @property
-    def end(self) -> int:
-        """One past the last byte."""
-        return self.base + self.length
-
-    def contains(self, address: int, size: int = 1) -> bool:
-        """Whether ``size`` bytes at ``address`` lie wholly inside."""
-        return self.base <= address and address + size <= self.end
-
-    def __str__(self) -> str:
-        return _range_text(self.base, self.length)
 
 
 @dataclass(frozen=True)
