@@ -76,6 +76,14 @@ class Batch:
         self._packed = None
         return len(self.ops) - 1
 
+    def place_scratch(self, phys: int) -> None:
+        """Point every ``ins`` without its own buffer at the scratch buffer at ``phys``."""
+        for index, target in self.strings.items():
+            code, width, port, a, b, c = self.ops[index]
+            if target.buffer is None and b != phys + target.offset:
+                self.ops[index] = (code, width, port, a, phys + target.offset, c)
+                self._packed = None
+
     def __len__(self) -> int:
         return len(self.ops)
 

@@ -223,11 +223,7 @@ class Link:
                 f"the scratch buffer holds {self.scratch.size}"
             )
         ops = batch.ops
-        for index, target in batch.strings.items():
-            code, width, port, a, b, c = ops[index]
-            if target.buffer is None and b != self.scratch.phys + target.offset:
-                ops[index] = (code, width, port, a, self.scratch.phys + target.offset, c)
-                batch._packed = None
+        batch.place_scratch(self.scratch.phys)
         values: list[int] = []
         with self._lock:
             for chunk, packed in enumerate(batch.packed()):
