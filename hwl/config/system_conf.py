@@ -123,6 +123,7 @@ KERNEL_CALLS: Final[dict[str, str]] = {
     "setgrant": "publish this process's grant table",
     "safememset": "fill a memory grant",
     "getinfo": "read kernel information (machine, endpoints, uptime)",
+    "spawn": "start a program as a new process, with the privileges given",
     "times": "read process and system times",
     "diagctl": "write to the kernel's diagnostics log",
     "exit": "end this process through the kernel",

@@ -276,6 +276,32 @@ class Link:
             data[index] = bytes(target.buffer.view[target.offset : target.offset + target.size])
         return BatchResult(values, data)
 
+    def submit_packed(self, packed: bytes, nops: int) -> Ticket:
+        """Queue ops already in the stub's wire format (the kernel's ``vdevio``, which
+        checked them). Collect with ``collect_raw``."""
+        if not 0 < nops <= abi.MAX_OPS or len(packed) != nops * abi.OP_SIZE:
+            raise ValueError(f"{len(packed)} bytes are not {nops} packed ops (1..{abi.MAX_OPS})")
+        with self._lock:
+            slot = self._slot_addr()
+            self._mem[slot + abi.SLOT_OPS : slot + abi.SLOT_OPS + len(packed)] = packed
+            ticket = Ticket(self._post(slot, nops), slot, Batch())
+            self._owners[(ticket.target - 1) % abi.NSLOTS] = ticket
+            return ticket
+
+    def done(self, ticket: Ticket) -> bool:
+        """Whether the stub has finished a submitted batch (never waits)."""
+        return (self._ctl[abi.W_REQ_TAIL] - ticket.target) & 0xFFFFFFFF < 0x80000000
+
+    def collect_raw(self, ticket: Ticket, nops: int) -> tuple[int, int, tuple[int, ...]]:
+        """(status, index of the failed op, result words) of a finished batch; unlike
+        ``collect`` it does not raise for a refused or timed-out op."""
+        if ticket.collected or not self.done(ticket):
+            raise ValueError("the ticket was collected already or is not finished")
+        ticket.collected = True
+        _nops, status, fail = _SLOT_HEAD.unpack_from(self._mem, ticket.slot)
+        values = results_struct(nops).unpack_from(self._mem, ticket.slot + abi.SLOT_OPS)
+        return status, fail, values
+
     def _single(self, code: int, width: int, port: int, a: int = 0) -> int:
         with self._lock:
             slot = self._slot_addr()
@@ -417,6 +443,25 @@ class Link:
             self.free_dma(block)
         status, ata_status, done, ticks = fields[-4:]
         return NativeResult(status, ata_status, done, ticks / (self.tsc_khz * 1000.0))
+
+    # ------------------------------------------------- for an event loop (the kernel)
+    @property
+    def doorbell_fd(self) -> int:
+        """Readable when the stub rings: a request finished or an IRQ came while
+        ``set_host_waiting(True)``."""
+        return self._bell_fd
+
+    def set_host_waiting(self, waiting: bool) -> None:
+        """Ask the stub to ring on completions and IRQs (while the host sleeps)."""
+        self._host_waiting(+1 if waiting else -1)
+
+    def drain_doorbell(self) -> bool:
+        """Swallow the doorbell bytes; False when the line closed (QEMU is gone)."""
+        try:
+            data = os.read(self._bell_fd, 4096)
+        except BlockingIOError:
+            return True
+        return bool(data)
 
     @property
     def stub_sleeping(self) -> bool:

@@ -27,6 +27,8 @@ import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,9 @@ class Machine:
         self._memory: GuestMemory | None = None
         self._link: Link | None = None
         self._ram_path: Path | None = None
+        self._ram_fd: int | None = None
+        self._link_owner: str | None = None  # set when the link is handed to a kernel
+        self._before_close: list[Callable[[], None]] = []
         self.stub: StubImage | None = None
         self.disks: dict[str, Path] = {}
         self.handshake: dict[str, int] = {}
@@ -207,11 +212,9 @@ class Machine:
         ports = self._serial_ports()
         self.console = Console(self._open_serial(ports["hwl-com1"]), self.run_dir / "serial.log")
         self._bell = self._open_serial(ports["hwl-com2"])
-        fd = os.open(self._ram_path, os.O_RDWR)
-        try:
-            mapping = mmap.mmap(fd, self.profile.memory, mmap.MAP_SHARED)
-        finally:
-            os.close(fd)
+        # The fd stays open: the kernel process maps guest RAM through it.
+        self._ram_fd = os.open(self._ram_path, os.O_RDWR | os.O_CLOEXEC)
+        mapping = mmap.mmap(self._ram_fd, self.profile.memory, mmap.MAP_SHARED)
         self._ram_path.unlink()  # QEMU and we keep our mappings; nothing is left behind
         self._memory = GuestMemory(mapping, self.profile.memory)
         self.qmp.execute("cont")
@@ -273,6 +276,11 @@ class Machine:
         if self.closed:
             return
         self.closed = True
+        for hook in reversed(self._before_close):
+            try:
+                hook()
+            except Exception as exc:
+                log.warning("before closing the machine: %s", exc)
         if self.proc is not None and self.proc.poll() is None and self.qmp is not None:
             # QEMU may be wedged; it is killed below if quit does not end it.
             with contextlib.suppress(Exception):
@@ -293,6 +301,9 @@ class Machine:
             # A caller may still hold a DmaBuffer view; the mapping then goes with it.
             with contextlib.suppress(BufferError):
                 self._memory.close()
+        if self._ram_fd is not None:
+            os.close(self._ram_fd)
+            self._ram_fd = None
         if self._ram_path is not None:
             self._ram_path.unlink(missing_ok=True)
         if not self.keep_run_dir and self.run_dir != Path():
@@ -302,9 +313,33 @@ class Machine:
     # ------------------------------------------------------------- accessors
     @property
     def link(self) -> Link:
+        if self._link_owner is not None:
+            raise HwlError(f"the link belongs to {self._link_owner}; talk to it instead")
         if self._link is None:
             raise HwlError("the machine is not running")
         return self._link
+
+    def before_close(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` first thing in close() (the kernel stops before QEMU does)."""
+        self._before_close.append(hook)
+
+    def hand_over_link(self, owner: str) -> LinkHandover:
+        """Give up the link: the caller (the kernel launcher) passes these fds to the
+        one process that drives the stub from now on. ``machine.link`` refuses after."""
+        if self._link is None or self._ram_fd is None or self._bell is None:
+            raise HwlError("the machine is not running")
+        if self._link_owner is not None:
+            raise HwlError(f"the link was handed to {self._link_owner} already")
+        self._link_owner = owner
+        self._link.close()
+        return LinkHandover(
+            ram_fd=self._ram_fd,
+            ram_size=self.profile.memory,
+            doorbell_fd=self._bell.fileno(),
+            ctl=self.handshake["ctl"],
+            slots=self.handshake["slots"],
+            qemu_pid=self.pid or 0,
+        )
 
     @property
     def pid(self) -> int | None:
@@ -314,6 +349,19 @@ class Machine:
         if self.qmp is None:
             raise HwlError("the machine is not running")
         return self.qmp.execute(cmd, args)
+
+
+@dataclass(frozen=True)
+class LinkHandover:
+    """What a process needs to drive the stub: guest RAM, the doorbell line, and
+    where the stub's control block and request slots are."""
+
+    ram_fd: int
+    ram_size: int
+    doorbell_fd: int
+    ctl: int
+    slots: int
+    qemu_pid: int
 
 
 @atexit.register

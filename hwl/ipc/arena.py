@@ -1,0 +1,210 @@
+"""A process's shared-memory arena and the memory grants in it.
+
+Every process gets an arena from the kernel: a memfd that both map. Bulk data
+moves through it: a process puts bytes in its arena and *grants* a range of it to
+one endpoint; that endpoint asks the kernel to ``safecopyfrom`` / ``safecopyto``
+the grant, and the kernel copies between the two arenas. As in MINIX, the grant
+table lives in the granter's own memory (the arena's first bytes), so making or
+revoking a grant costs no round trip; the kernel reads and checks the entry on
+every copy and never trusts it further than the arena's bounds.
+
+An entry is 24 bytes: flags (sequence << 16 | access bits), grantee, offset,
+length, and for an *indirect* grant the endpoint and grant it refers to (a server
+passing a client's grant on to a driver: the driver copies straight from the
+client's arena, the range narrowed to ``offset``/``length`` of that grant).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+MAGIC: Final = 0x47524E54  # "GRNT"
+NR_GRANTS: Final = 1024
+HEADER: Final = struct.Struct("<II")  # magic, number of entries
+ENTRY: Final = struct.Struct("<IiIIiI")  # flags, grantee, offset, length, ind_ep, ind_grant
+TABLE_END: Final = HEADER.size + NR_GRANTS * ENTRY.size
+DATA_START: Final = 32 * 1024  # the first byte a grant or an allocation may cover
+DEFAULT_SIZE: Final = 16 * 1024 * 1024 + DATA_START  # sparse: pages cost only when touched
+
+VALID: Final = 1
+READ: Final = 2  # the grantee may read (safecopyfrom)
+WRITE: Final = 4  # the grantee may write (safecopyto)
+INDIRECT: Final = 8
+ACCESS: Final = READ | WRITE
+_SEQ_SHIFT: Final = 16
+_INDEX_BITS: Final = 10
+assert NR_GRANTS == 1 << _INDEX_BITS and TABLE_END <= DATA_START
+
+INVALID_GRANT: Final = -1
+
+
+class GrantError(ValueError):
+    """No grant can be made: the table is full."""
+
+
+def grant_id(index: int, seq: int) -> int:
+    return (seq << _INDEX_BITS) | index
+
+
+def split_grant_id(gid: int) -> tuple[int, int]:
+    """(index, sequence) of a grant id."""
+    return gid & (NR_GRANTS - 1), gid >> _INDEX_BITS
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A range of the caller's own arena: ``offset`` names it in kernel calls."""
+
+    offset: int
+    size: int
+    view: memoryview
+
+    def read(self, size: int | None = None, offset: int = 0) -> bytes:
+        end = self.size if size is None else offset + size
+        if offset < 0 or end > self.size:
+            raise ValueError(f"read [{offset}, {end}) outside a {self.size}-byte buffer")
+        return bytes(self.view[offset:end])
+
+    def write(self, data: bytes | bytearray | memoryview, offset: int = 0) -> None:
+        if offset < 0 or offset + len(data) > self.size:
+            raise ValueError(
+                f"write of {len(data)} bytes at {offset} outside a {self.size}-byte buffer"
+            )
+        self.view[offset : offset + len(data)] = data
+
+
+class Arena:
+    """The process side: an allocator over the data area, and the grant table."""
+
+    def __init__(self, fd: int) -> None:
+        self.size = os.fstat(fd).st_size
+        if self.size <= DATA_START:
+            raise ValueError(f"an arena of {self.size} bytes has no room for data")
+        self._map = mmap.mmap(fd, self.size, mmap.MAP_SHARED)
+        os.close(fd)
+        self.view = memoryview(self._map)
+        HEADER.pack_into(self.view, 0, MAGIC, NR_GRANTS)
+        self._free: list[tuple[int, int]] = [(DATA_START, self.size)]
+        self._used: dict[int, int] = {}
+        self._next_index = 0
+        self._seq = [0] * NR_GRANTS
+
+    # ------------------------------------------------------------- allocation
+    def alloc(self, size: int, align: int = 64) -> Buffer:
+        """``size`` bytes of arena memory (first fit, ``align``-aligned)."""
+        if size <= 0:
+            raise ValueError(f"cannot allocate {size} bytes")
+        for i, (start, end) in enumerate(self._free):
+            base = (start + align - 1) // align * align
+            if base + size <= end:
+                pieces = [(start, base)] if base > start else []
+                if base + size < end:
+                    pieces.append((base + size, end))
+                self._free[i : i + 1] = pieces
+                self._used[base] = size
+                return Buffer(base, size, self.view[base : base + size])
+        raise MemoryError(f"the arena has no {size} contiguous bytes free (size {self.size})")
+
+    def free(self, buf: Buffer) -> None:
+        size = self._used.pop(buf.offset, None)
+        if size is None:
+            raise ValueError(f"offset {buf.offset} is not an allocated buffer")
+        self._free.append((buf.offset, buf.offset + size))
+        self._free.sort()
+        merged: list[tuple[int, int]] = []
+        for start, end in self._free:
+            if merged and merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], end)
+            else:
+                merged.append((start, end))
+        self._free = merged
+
+    # ----------------------------------------------------------------- grants
+    def _take_index(self) -> int:
+        for _ in range(NR_GRANTS):
+            index = self._next_index
+            self._next_index = (index + 1) % NR_GRANTS
+            flags = ENTRY.unpack_from(self.view, HEADER.size + index * ENTRY.size)[0]
+            if not flags & VALID:
+                return index
+        raise GrantError(f"all {NR_GRANTS} grants are in use")
+
+    def _write(self, flags: int, grantee: int, a: int, b: int, c: int, d: int) -> int:
+        index = self._take_index()
+        seq = self._seq[index] = (self._seq[index] + 1) & 0x7FFF
+        entry = HEADER.size + index * ENTRY.size
+        # Write the entry first and the VALID flags last, so the kernel never
+        # sees a half-written grant as valid.
+        ENTRY.pack_into(self.view, entry, 0, grantee, a, b, c, d)
+        struct.pack_into("<I", self.view, entry, (seq << _SEQ_SHIFT) | flags | VALID)
+        return grant_id(index, seq)
+
+    def grant(
+        self, grantee: int, offset: int, length: int, *, read: bool = True, write: bool = False
+    ) -> int:
+        """Let ``grantee`` (an endpoint, or ANY) copy ``length`` bytes at arena ``offset``."""
+        if not (read or write):
+            raise ValueError("a grant must allow reading, writing or both")
+        if offset < DATA_START or length < 0 or offset + length > self.size:
+            raise ValueError(
+                f"range [{offset}, {offset + length}) is outside the arena's data area "
+                f"[{DATA_START}, {self.size})"
+            )
+        access = (READ if read else 0) | (WRITE if write else 0)
+        return self._write(access, grantee, offset, length, 0, 0)
+
+    def grant_buffer(
+        self, grantee: int, buf: Buffer, *, read: bool = True, write: bool = False
+    ) -> int:
+        return self.grant(grantee, buf.offset, buf.size, read=read, write=write)
+
+    def grant_indirect(
+        self,
+        grantee: int,
+        owner: int,
+        owner_grant: int,
+        offset: int,
+        length: int,
+        *,
+        read: bool = True,
+        write: bool = False,
+    ) -> int:
+        """Pass on ``owner``'s grant ``owner_grant`` (made to this process) to
+        ``grantee``, narrowed to ``length`` bytes at ``offset`` within it."""
+        access = (READ if read else 0) | (WRITE if write else 0)
+        if not access or offset < 0 or length < 0:
+            raise ValueError("an indirect grant needs an access and a non-negative range")
+        return self._write(access | INDIRECT, grantee, offset, length, owner, owner_grant)
+
+    def revoke(self, gid: int) -> None:
+        """Withdraw a grant; a copy the kernel starts afterwards fails with EINVAL."""
+        index, seq = split_grant_id(gid)
+        entry = HEADER.size + index * ENTRY.size
+        flags = ENTRY.unpack_from(self.view, entry)[0]
+        if flags & VALID and flags >> _SEQ_SHIFT == seq:
+            struct.pack_into("<I", self.view, entry, 0)
+        else:
+            raise ValueError(f"grant {gid} is not a live grant of this process")
+
+    def close(self) -> None:
+        self.view.release()
+        self._map.close()
+
+
+# --- the kernel side -------------------------------------------------------------
+
+
+def read_entry(view: memoryview, gid: int) -> tuple[int, int, int, int, int, int] | None:
+    """The live entry of grant ``gid`` in an arena, or None if there is none."""
+    if not 0 <= gid < 1 << 31:
+        return None
+    index, seq = split_grant_id(gid)
+    entry = ENTRY.unpack_from(view, HEADER.size + index * ENTRY.size)
+    flags = entry[0]
+    if not flags & VALID or flags >> _SEQ_SHIFT != seq:
+        return None
+    return entry

@@ -1,0 +1,261 @@
+"""The process side of IPC: one connection to the kernel, one call at a time.
+
+A process gets its connection either inherited from the kernel that started it
+(``Connection.from_env()``) or by attaching to the kernel's socket as a user
+process (``Connection.attach(path)``). The kernel's first frame says who the
+process is and carries its arena. Every call is one request frame and one
+response frame; a call with a timeout that runs out is cancelled in the kernel,
+so the connection stays in step.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hwl.errors import HwlError
+from hwl.ipc import codec, wire
+from hwl.ipc.arena import Arena
+from hwl.ipc.kcalls import KernelCalls
+from hwl.kernel.errno import Errno
+
+Fields = Mapping[str, codec.Value]
+_REQUEST = wire.REQUEST.pack
+_RESPONSE = wire.RESPONSE.unpack_from
+_HEADER = wire.RESPONSE.size
+
+
+class IpcError(HwlError):
+    """A call failed: ``errno`` is the MINIX error, ``detail`` the kernel's reason."""
+
+    def __init__(self, errno: Errno, call: str, detail: str = "") -> None:
+        text = f"{call}: {errno.name} ({errno.description})"
+        super().__init__(f"{text}: {detail}" if detail else text)
+        self.errno = errno
+        self.call = call
+        self.detail = detail
+
+
+class IpcTimeout(IpcError):
+    """A call's timeout ran out; the kernel cancelled it (EINTR)."""
+
+
+class KernelGone(HwlError, ConnectionError):
+    """The connection to the kernel closed: the kernel stopped, or cut us off."""
+
+
+@dataclass
+class Message:
+    """A received message. ``fields`` decodes the payload on first use."""
+
+    source: int
+    m_type: int
+    payload: bytes = b""
+    _fields: dict[str, codec.Value] | None = field(default=None, repr=False)
+
+    @property
+    def fields(self) -> dict[str, codec.Value]:
+        if self._fields is None:
+            self._fields = codec.decode(self.payload)
+        return self._fields
+
+    def __getitem__(self, name: str) -> codec.Value:
+        return self.fields[name]
+
+    def get(self, name: str, default: codec.Value = None) -> codec.Value:
+        return self.fields.get(name, default)
+
+    @property
+    def is_notify(self) -> bool:
+        return self.m_type == wire.NOTIFY_MESSAGE
+
+
+def _errno(status: int) -> Errno:
+    try:
+        return Errno(-status)
+    except ValueError:
+        return Errno.EGENERIC
+
+
+def _payload(fields: Fields | bytes | None) -> bytes:
+    if fields is None:
+        return b""
+    if isinstance(fields, bytes):
+        return fields
+    return codec.encode(fields)
+
+
+class Connection(KernelCalls):
+    """This process's link to the kernel: IPC primitives and kernel calls."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._lock = threading.Lock()
+        frame, fds, _flags, _addr = socket.recv_fds(sock, wire.MAX_RESPONSE, 1)
+        if not frame:
+            raise KernelGone("the kernel closed the connection before saying hello")
+        kind = frame[0]
+        if kind != wire.Kind.HELLO or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise HwlError(f"the kernel's first frame is not a hello (kind {kind}, {len(fds)} fds)")
+        hello = codec.decode(frame[_HEADER:])
+        self.endpoint = int(hello["endpoint"])  # type: ignore[arg-type]
+        self.label = str(hello["label"])
+        self.parent = int(hello["parent"])  # type: ignore[arg-type]
+        self.system = bool(hello["system"])
+        self.arena = Arena(fds[0])
+        self.closed = False
+
+    @classmethod
+    def from_env(cls) -> Connection:
+        """The connection a process started by the kernel inherited."""
+        value = os.environ.get(wire.ENV_FD)
+        if value is None:
+            raise HwlError(
+                f"${wire.ENV_FD} is not set: this process was not started by hwl's kernel"
+            )
+        fd = int(value)
+        os.set_inheritable(fd, False)
+        return cls(socket.socket(fileno=fd))
+
+    @classmethod
+    def attach(cls, path: str | Path) -> Connection:
+        """Attach to a running kernel as a user process."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.connect(str(path))
+            return cls(sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    # ---------------------------------------------------------------- frames
+    def _call(self, frame: bytes, what: str, timeout: float | None = None) -> bytes:
+        with self._lock:
+            if self.closed:
+                raise KernelGone("this connection is closed")
+            sock = self.sock
+            try:
+                sock.send(frame)
+                if timeout is None:
+                    answer = sock.recv(wire.MAX_RESPONSE)
+                else:
+                    sock.settimeout(timeout)
+                    try:
+                        answer = sock.recv(wire.MAX_RESPONSE)
+                    except TimeoutError:
+                        # Cancel; exactly one frame still comes: the answer (if it
+                        # was on its way) or EINTR.
+                        sock.settimeout(None)
+                        sock.send(_REQUEST(wire.Op.CANCEL, 0, 0, 0, 0))
+                        answer = sock.recv(wire.MAX_RESPONSE)
+                    finally:
+                        sock.settimeout(None)
+            except OSError as exc:
+                raise KernelGone(f"{what}: the kernel connection failed: {exc}") from exc
+        if not answer:
+            raise KernelGone(f"{what}: the kernel closed the connection")
+        return answer
+
+    def _status(self, answer: bytes, what: str, timeout: float | None = None) -> int:
+        """Raise for an error status; return the response's m_type."""
+        _kind, _flags, _spare, status, _source, m_type = _RESPONSE(answer)
+        if status < 0:
+            raise self._error(status, answer, what, timeout)
+        return int(m_type)
+
+    @staticmethod
+    def _error(status: int, answer: bytes, what: str, timeout: float | None) -> IpcError:
+        errno = _errno(status)
+        detail = ""
+        if len(answer) > _HEADER:
+            try:
+                detail = str(codec.decode(answer[_HEADER:]).get("error", ""))
+            except codec.CodecError:
+                detail = ""
+        if errno is Errno.EINTR and timeout is not None:
+            return IpcTimeout(errno, what, f"no answer within {timeout} s")
+        return IpcError(errno, what, detail)
+
+    def _message(self, answer: bytes, what: str, timeout: float | None) -> Message:
+        kind, _flags, _spare, status, source, m_type = _RESPONSE(answer)
+        if status < 0 or kind != wire.Kind.MESSAGE:
+            raise self._error(status or -Errno.EGENERIC, answer, what, timeout)
+        return Message(source, m_type, answer[_HEADER:])
+
+    # ------------------------------------------------------------ primitives
+    def send(self, dest: int, m_type: int, fields: Fields | bytes | None = None) -> None:
+        """Send and wait until ``dest`` has taken the message."""
+        self._status(
+            self._call(_REQUEST(wire.Op.SEND, 0, 0, dest, m_type) + _payload(fields), "send"),
+            "send",
+        )
+
+    def sendnb(self, dest: int, m_type: int, fields: Fields | bytes | None = None) -> None:
+        """Send only if ``dest`` is waiting for it (else ENOTREADY): replies of servers."""
+        frame = _REQUEST(wire.Op.SENDNB, 0, 0, dest, m_type) + _payload(fields)
+        self._status(self._call(frame, "sendnb"), "sendnb")
+
+    def receive(self, source: int = wire.ANY, timeout: float | None = None) -> Message:
+        """The next message from ``source`` (or anyone): notifications first."""
+        answer = self._call(_REQUEST(wire.Op.RECEIVE, 0, 0, source, 0), "receive", timeout)
+        return self._message(answer, "receive", timeout)
+
+    def sendrec(
+        self,
+        dest: int,
+        m_type: int,
+        fields: Fields | bytes | None = None,
+        timeout: float | None = None,
+    ) -> Message:
+        """Send, then receive the reply from ``dest``."""
+        frame = _REQUEST(wire.Op.SENDREC, 0, 0, dest, m_type) + _payload(fields)
+        return self._message(self._call(frame, "sendrec", timeout), "sendrec", timeout)
+
+    def notify(self, dest: int) -> None:
+        """A non-blocking notification; several before a receive arrive as one."""
+        self._status(self._call(_REQUEST(wire.Op.NOTIFY, 0, 0, dest, 0), "notify"), "notify")
+
+    def senda(
+        self, dest: int, m_type: int, fields: Fields | bytes | None = None, *, notify: bool = False
+    ) -> int:
+        """Queue a message without blocking; returns its ident for ``async_status``.
+        With ``notify`` the kernel notifies this process (from ASYNCM) on delivery."""
+        flags = wire.FLAG_NOTIFY_DONE if notify else 0
+        frame = _REQUEST(wire.Op.SENDA, flags, 0, dest, m_type) + _payload(fields)
+        return self._status(self._call(frame, "senda"), "senda")
+
+    def async_status(self, ident: int) -> Errno | None:
+        """None once delivered, EINPROGRESS while queued, else the error."""
+        answer = self._call(_REQUEST(wire.Op.ASYNC_STATUS, 0, 0, ident, 0), "async_status")
+        status = _RESPONSE(answer)[3]
+        if status == 0:
+            return None
+        if status == -Errno.EINVAL:
+            raise self._error(status, answer, f"async_status({ident})", None)
+        return _errno(status)
+
+    def kcall(self, name: str, fields: Fields | None = None) -> dict[str, codec.Value]:
+        number = wire.KERNEL_CALL_NUMBERS.get(name)
+        if number is None:
+            raise ValueError(f"no kernel call named {name!r}")
+        answer = self._call(_REQUEST(wire.Op.KCALL, 0, 0, 0, number) + _payload(fields), name)
+        self._status(answer, name)
+        return codec.decode(answer[_HEADER:]) if len(answer) > _HEADER else {}
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
+            self.arena.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

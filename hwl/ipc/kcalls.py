@@ -1,0 +1,237 @@
+"""Kernel-call wrappers, MINIX's ``sys_*`` functions as methods of a connection.
+
+Each wrapper builds the call's fields, makes the call and returns what matters
+from the reply; a refused call raises :class:`hwl.ipc.client.IpcError`.
+"""
+
+from __future__ import annotations
+
+import signal
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hwl.ipc import codec
+from hwl.link import abi
+from hwl.link.batch import Batch
+
+
+@dataclass(frozen=True)
+class DmaHandle:
+    """A contiguous buffer in guest RAM owned by this process."""
+
+    id: int
+    phys: int
+    size: int
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    endpoint: int
+    pid: int | None
+    label: str
+    status: int | None
+    signal: int | None
+
+
+class KernelCalls:
+    """Mixed into the connection, which supplies ``kcall``."""
+
+    def kcall(
+        self, name: str, fields: Mapping[str, codec.Value] | None = None
+    ) -> dict[str, codec.Value]:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------- port I/O
+    def devio_in(self, port: int, width: int = 1) -> int:
+        return _int(self.kcall("devio", {"port": port, "width": width})["value"])
+
+    def devio_out(self, port: int, value: int, width: int = 1) -> None:
+        self.kcall("devio", {"port": port, "width": width, "value": value})
+
+    def vdevio(self, batch: Batch) -> list[int]:
+        """Run a batch of port operations (no string I/O) in one round trip to the
+        stub; returns one value per op, as ``Link.execute`` does."""
+        if batch.strings:
+            raise ValueError("vdevio takes no string operations; use sdevio")
+        (packed,) = batch.packed() if len(batch) <= abi.MAX_OPS else (None,)
+        if packed is None:
+            raise ValueError(f"vdevio takes at most {abi.MAX_OPS} ops, not {len(batch)}")
+        raw = self.kcall("vdevio", {"ops": packed})["values"]
+        assert isinstance(raw, bytes)
+        return list(struct.unpack(f"<{len(raw) // 4}I", raw))
+
+    def sdevio_in(
+        self, port: int, count: int, width: int, endpoint: int, grant: int, offset: int = 0
+    ) -> None:
+        """``count`` units from ``port`` into grant ``grant`` of ``endpoint``."""
+        self.kcall("sdevio", {"port": port, "width": width, "count": count, "dir": "in",
+                              "endpoint": endpoint, "grant": grant, "offset": offset})  # fmt: skip
+
+    def sdevio_out(
+        self, port: int, count: int, width: int, endpoint: int, grant: int, offset: int = 0
+    ) -> None:
+        self.kcall("sdevio", {"port": port, "width": width, "count": count, "dir": "out",
+                              "endpoint": endpoint, "grant": grant, "offset": offset})  # fmt: skip
+
+    # -------------------------------------------------------------- IRQs
+    def irq_setpolicy(self, irq: int, policy: int = 0, notify_id: int = 0) -> int:
+        """Hook an IRQ line; it arrives as a HARDWARE notify with bit ``notify_id``
+        set in ``interrupts``. Returns the hook for the calls below."""
+        return _int(
+            self.kcall("irqsetpolicy", {"irq": irq, "policy": policy, "id": notify_id})["hook"]
+        )
+
+    def irq_enable(self, hook: int) -> None:
+        self.kcall("irqenable", {"hook": hook})
+
+    def irq_disable(self, hook: int) -> None:
+        self.kcall("irqdisable", {"hook": hook})
+
+    def irq_rmpolicy(self, hook: int) -> None:
+        self.kcall("irqrmpolicy", {"hook": hook})
+
+    # --------------------------------------------------------- processes
+    def spawn(
+        self,
+        argv: Sequence[str],
+        label: str,
+        *,
+        conf: str | None = None,
+        env: Mapping[str, str] | None = None,
+        arena: int | None = None,
+        endpoint: int | None = None,
+    ) -> tuple[int, int]:
+        """Start a program; ``conf`` (a system.conf entry) makes it a system process.
+        ``endpoint`` reuses a dead process's endpoint. Returns (endpoint, pid)."""
+        fields: dict[str, codec.Value] = {"argv": list(argv), "label": label}
+        if conf is not None:
+            fields["conf"] = conf
+        if env:
+            fields["env"] = dict(env)
+        if arena is not None:
+            fields["arena"] = arena
+        if endpoint is not None:
+            fields["endpoint"] = endpoint
+        reply = self.kcall("spawn", fields)
+        return _int(reply["endpoint"]), _int(reply["pid"])
+
+    def kill(self, endpoint: int, signo: int = signal.SIGKILL) -> None:
+        self.kcall("kill", {"endpoint": endpoint, "signal": int(signo)})
+
+    def privctl_set(self, endpoint: int, conf: str) -> None:
+        self.kcall("privctl", {"endpoint": endpoint, "op": "set", "conf": conf})
+
+    def privctl_add_io(self, endpoint: int, base: int, length: int = 1) -> None:
+        self.kcall(
+            "privctl", {"endpoint": endpoint, "op": "add_io", "base": base, "length": length}
+        )
+
+    def privctl_add_irq(self, endpoint: int, irq: int) -> None:
+        self.kcall("privctl", {"endpoint": endpoint, "op": "add_irq", "irq": irq})
+
+    def privctl_add_mem(self, endpoint: int, base: int, length: int) -> None:
+        self.kcall(
+            "privctl", {"endpoint": endpoint, "op": "add_mem", "base": base, "length": length}
+        )
+
+    def statectl_clear_ipc_refs(self) -> None:
+        """Fail every call still blocked on this endpoint (a restarted driver)."""
+        self.kcall("statectl", {"op": "clear_ipc_refs"})
+
+    def setalarm(self, *, seconds: float | None = None, ticks: int | None = None) -> float:
+        """Arm the alarm (0 cancels); a CLOCK notify arrives when it expires.
+        Returns the seconds the previous alarm had left."""
+        fields: dict[str, codec.Value] = (
+            {"seconds": seconds} if seconds is not None else {"ticks": ticks or 0}
+        )
+        value = self.kcall("setalarm", fields)["previous_seconds"]
+        assert isinstance(value, float)
+        return value
+
+    def getinfo(self, what: str) -> dict[str, codec.Value]:
+        return self.kcall("getinfo", {"what": what})
+
+    def uptime(self) -> float:
+        value = self.getinfo("uptime")["seconds"]
+        assert isinstance(value, float)
+        return value
+
+    def proctab(self) -> list[dict[str, Any]]:
+        procs = self.getinfo("proctab")["procs"]
+        assert isinstance(procs, list)
+        return [dict(p) for p in procs if isinstance(p, dict)]
+
+    def exits(self) -> list[ExitInfo]:
+        """Processes this one started that have exited since the last call."""
+        records = self.getinfo("exits")["exits"]
+        assert isinstance(records, list)
+        return [ExitInfo(**r) for r in records if isinstance(r, dict)]  # type: ignore[arg-type]
+
+    def diag(self, text: str) -> None:
+        self.kcall("diagctl", {"text": text})
+
+    # ------------------------------------------------------------ memory
+    def dma_alloc(self, size: int, align: int = 4096, boundary: int = 0) -> DmaHandle:
+        r = self.kcall("dmaalloc", {"size": size, "align": align, "boundary": boundary})
+        return DmaHandle(_int(r["id"]), _int(r["phys"]), _int(r["size"]))
+
+    def dma_free(self, buf: DmaHandle) -> None:
+        self.kcall("dmafree", {"id": buf.id})
+
+    def dma_read(self, buf: DmaHandle, offset: int, length: int) -> bytes:
+        data = self.kcall(
+            "dmacopy", {"id": buf.id, "op": "read", "offset": offset, "length": length}
+        )["data"]
+        assert isinstance(data, bytes)
+        return data
+
+    def dma_write(self, buf: DmaHandle, offset: int, data: bytes) -> None:
+        self.kcall("dmacopy", {"id": buf.id, "op": "write", "offset": offset, "data": data})
+
+    def dma_to_grant(
+        self, buf: DmaHandle, offset: int, length: int, endpoint: int, grant: int, at: int = 0
+    ) -> None:
+        """Copy from the DMA buffer into grant ``grant`` of ``endpoint`` at ``at``
+        (``endpoint`` SELF: into this process's own arena at offset ``at``)."""
+        self._dma_grant("to_grant", buf, offset, length, endpoint, grant, at)
+
+    def dma_from_grant(
+        self, buf: DmaHandle, offset: int, length: int, endpoint: int, grant: int, at: int = 0
+    ) -> None:
+        """Copy from a grant (or, with SELF, this arena at ``at``) into the DMA buffer."""
+        self._dma_grant("from_grant", buf, offset, length, endpoint, grant, at)
+
+    def _dma_grant(
+        self, op: str, buf: DmaHandle, offset: int, length: int, endpoint: int, grant: int, at: int
+    ) -> None:
+        fields: dict[str, codec.Value] = {"id": buf.id, "op": op, "offset": offset}
+        fields.update(length=length, endpoint=endpoint, grant=grant, grant_offset=at)
+        self.kcall("dmacopy", fields)
+
+    def umap(self, buf: DmaHandle, offset: int = 0) -> int:
+        return _int(self.kcall("umap", {"id": buf.id, "offset": offset})["phys"])
+
+    # ------------------------------------------------------------ grants
+    def safecopyfrom(self, endpoint: int, grant: int, offset: int, local: int, length: int) -> None:
+        """Copy ``length`` bytes at ``offset`` in the grant into this arena at ``local``."""
+        self.kcall("safecopyfrom", {"endpoint": endpoint, "grant": grant, "offset": offset,
+                                    "local": local, "length": length})  # fmt: skip
+
+    def safecopyto(self, endpoint: int, grant: int, offset: int, local: int, length: int) -> None:
+        """Copy ``length`` bytes of this arena at ``local`` into the grant at ``offset``."""
+        self.kcall("safecopyto", {"endpoint": endpoint, "grant": grant, "offset": offset,
+                                  "local": local, "length": length})  # fmt: skip
+
+    def safememset(
+        self, endpoint: int, grant: int, offset: int, length: int, byte: int = 0
+    ) -> None:
+        self.kcall("safememset", {"endpoint": endpoint, "grant": grant, "offset": offset,
+                                  "length": length, "byte": byte})  # fmt: skip
+
+
+def _int(value: codec.Value) -> int:
+    if not isinstance(value, int):
+        raise TypeError(f"the kernel answered {value!r} where an integer belongs")
+    return value

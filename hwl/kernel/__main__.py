@@ -1,0 +1,17 @@
+"""``python -m hwl.kernel CONFIG``: the kernel process (started by hwl.kernel.launcher).
+
+CONFIG is JSON: ``run_dir``; ``link`` (the fds and addresses of a machine's link,
+or null for a kernel without hardware); ``root`` (``{"fd": N}`` for a root that
+holds the other end of a socketpair, or ``{"argv": [...]}`` to start one);
+``root_label``; ``ready_fd`` (a pipe: "ready" or an error line, then closed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from hwl.kernel.boot import main
+
+if __name__ == "__main__":
+    sys.exit(main(json.loads(sys.argv[1])))

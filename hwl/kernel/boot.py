@@ -1,0 +1,99 @@
+"""Bringing the kernel process up: logging, the link, the socket, the root process."""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import signal
+import socket
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hwl.kernel.kernel import Kernel
+from hwl.kernel.priv import Priv
+from hwl.link.link import Link
+from hwl.link.memory import GuestMemory
+
+log = logging.getLogger("hwl.kernel")
+
+
+class _FdDoorbell:
+    """COM2 as an inherited socket fd."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes) -> int | None:
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+def _qemu_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def open_link(spec: dict[str, Any]) -> Link:
+    size = int(spec["ram_size"])
+    mapping = mmap.mmap(int(spec["ram_fd"]), size, mmap.MAP_SHARED)
+    os.close(int(spec["ram_fd"]))
+    memory = GuestMemory(mapping, size)
+    pid = int(spec["qemu_pid"])
+    return Link(
+        memory,
+        int(spec["ctl"]),
+        int(spec["slots"]),
+        _FdDoorbell(int(spec["doorbell_fd"])),
+        alive=lambda: _qemu_alive(pid),
+    )
+
+
+def main(config: dict[str, Any]) -> int:
+    run_dir = Path(config["run_dir"])
+    logging.basicConfig(
+        filename=run_dir / "kernel.log",
+        level=logging.DEBUG if os.environ.get("HWL_KERNEL_DEBUG") else logging.INFO,
+        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    ready = os.fdopen(int(config["ready_fd"]), "w")
+    try:
+        link = open_link(config["link"]) if config.get("link") else None
+        kernel = Kernel(run_dir, link)
+        kernel.listen()
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGTERM, kernel.stop)
+        signal.signal(signal.SIGINT, kernel.stop)
+        kernel.selector.register(wake_r, 1, lambda: os.read(wake_r, 512) and None)
+        label = str(config.get("root_label", "root"))
+        root = config["root"]
+        if "fd" in root:
+            kernel.add_process(socket.socket(fileno=int(root["fd"])), label, Priv.root(label))
+        else:
+            kernel.spawn(None, [str(a) for a in root["argv"]], label, Priv.root(label))
+    except Exception:
+        ready.write("error " + traceback.format_exc().replace("\n", "\\n") + "\n")
+        ready.close()
+        raise
+    ready.write(f"ready {kernel.socket_path}\n")
+    ready.close()
+    log.info("kernel up: socket %s, link %s", kernel.socket_path, "yes" if link else "none")
+    try:
+        kernel.serve_forever()
+    finally:
+        kernel.shutdown()
+        log.info("kernel stopped")
+    return 0

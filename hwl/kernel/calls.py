@@ -1,0 +1,708 @@
+"""Kernel calls: each checked against the caller's privileges, then run.
+
+A call's payload is a codec dict; its reply is one too. A call the caller's
+``system`` line does not list gets ECALLDENIED; a port, IRQ line or memory range
+outside its privileges gets EPERM and a log line; a malformed payload gets EINVAL
+with the reason in ``error``. Calls that wait for the stub (``vdevio``,
+``sdevio``) spin briefly and then finish from the main loop, so the kernel keeps
+serving everyone else while a device works.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from hwl.config.system_conf import SystemConfError
+from hwl.config.system_conf import parse as parse_conf
+from hwl.ipc import arena, codec, wire
+from hwl.kernel.errno import Errno
+from hwl.kernel.priv import Priv
+from hwl.kernel.proc import IrqHook, Proc, State
+from hwl.link import abi
+from hwl.link.batch import Batch, ops_struct
+from hwl.link.link import Link, Ticket
+from hwl.link.memory import DmaBuffer
+
+if TYPE_CHECKING:
+    from hwl.kernel.kernel import Kernel
+
+log = logging.getLogger(__name__)
+
+SPIN = 100e-6  # how long a call waits for the stub before the loop takes over
+MAX_WAIT_US = 2_000_000  # longest "wait until" step a vdevio may ask the stub for
+MAX_DELAY_US = 100_000
+MAX_STRING = 1 << 20  # sdevio bytes per call
+MAX_INLINE = 4096  # dmacopy read/write bytes carried in the message itself
+MAX_VECTOR = 64  # vsafecopy entries
+VDEVIO_CODES = frozenset({abi.OP_NOP, abi.OP_IN, abi.OP_OUT, abi.OP_WAIT, abi.OP_DELAY})
+PORT_CODES = frozenset({abi.OP_IN, abi.OP_OUT, abi.OP_WAIT})
+DMA_CALLS = frozenset({"dmaalloc", "dmafree", "dmacopy"})
+_HEADS: dict[int, struct.Struct] = {}
+
+Reply = dict[str, codec.Value]
+Handler = Callable[[Proc, dict[str, codec.Value]], "Reply | None"]
+
+
+class CallError(Exception):
+    """A refused call: the errno that travels back and why."""
+
+    def __init__(self, errno: Errno, why: str, *, warn: bool = False) -> None:
+        super().__init__(why)
+        self.errno = errno
+        self.why = why
+        self.warn = warn  # a privilege violation: logged as a warning
+
+
+def fail(errno: Errno, why: str) -> NoReturn:
+    raise CallError(errno, why)
+
+
+def deny(why: str) -> NoReturn:
+    raise CallError(Errno.EPERM, why, warn=True)
+
+
+# --- reading fields ---------------------------------------------------------------
+_MISSING: Any = object()
+
+
+def get_int(
+    f: dict[str, codec.Value], name: str, low: int, high: int, default: int = _MISSING
+) -> int:
+    value = f.get(name, default)
+    if value is _MISSING:
+        fail(Errno.EINVAL, f"field '{name}' is missing")
+    if not isinstance(value, int) or isinstance(value, bool):
+        fail(Errno.EINVAL, f"field '{name}' must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        fail(Errno.EINVAL, f"field '{name}'={value} is outside {low}..{high}")
+    return value
+
+
+def get_str(f: dict[str, codec.Value], name: str, default: str = _MISSING) -> str:
+    value = f.get(name, default)
+    if value is _MISSING:
+        fail(Errno.EINVAL, f"field '{name}' is missing")
+    if not isinstance(value, str):
+        fail(Errno.EINVAL, f"field '{name}' must be a string, not {type(value).__name__}")
+    return value
+
+
+def get_bytes(f: dict[str, codec.Value], name: str) -> bytes:
+    value = f.get(name, _MISSING)
+    if not isinstance(value, bytes):
+        fail(Errno.EINVAL, f"field '{name}' must be bytes")
+    return value
+
+
+def get_bool(f: dict[str, codec.Value], name: str, default: bool = False) -> bool:
+    value = f.get(name, default)
+    if not isinstance(value, bool):
+        fail(Errno.EINVAL, f"field '{name}' must be a boolean")
+    return value
+
+
+U32 = 0xFFFFFFFF
+I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+@dataclass
+class Pending:
+    """A call waiting for the stub."""
+
+    proc: Proc
+    ticket: Ticket
+    nops: int
+    finish: Callable[[int, int, tuple[int, ...]], Reply]
+
+
+class Calls:
+    def __init__(self, kernel: Kernel) -> None:
+        self.k = kernel
+        self.pending: list[Pending] = []
+        self._dma_ids = 0
+        self.handlers: dict[str, Handler] = {
+            name: getattr(self, f"do_{name}")
+            for name in wire.KERNEL_CALL_NUMBERS
+            if hasattr(self, f"do_{name}")
+        }
+
+    # ------------------------------------------------------------- dispatch
+    def dispatch(self, proc: Proc, number: int, payload: bytes) -> None:
+        name = wire.KERNEL_CALL_NAMES.get(number)
+        try:
+            if name is None or name not in self.handlers:
+                raise CallError(Errno.EBADCALL, f"no kernel call number {number}")
+            if name in DMA_CALLS:
+                if not proc.priv.dma:
+                    raise CallError(
+                        Errno.EPERM, f"{name}: no 'memory ... dma' privilege", warn=True
+                    )
+            elif not proc.priv.allows_call(name):
+                raise CallError(
+                    Errno.ECALLDENIED, f"kernel call '{name}' is not on its system line", warn=True
+                )
+            try:
+                fields = codec.decode(payload)
+            except codec.CodecError as exc:
+                raise CallError(Errno.EINVAL, f"{name}: malformed payload: {exc}") from exc
+            reply = self.handlers[name](proc, fields)
+        except CallError as exc:
+            level = logging.WARNING if exc.warn else logging.INFO
+            log.log(level, "%s: %s (%s) %s", exc.errno.name, proc.label, proc.endpoint, exc.why)
+            self.k.respond(proc, -exc.errno, number, codec.encode({"error": exc.why}))
+            return
+        except Exception as exc:  # a kernel bug must not take the kernel down
+            log.exception("kernel call %s from %s failed", name, proc.label)
+            self.k.respond(proc, -Errno.EGENERIC, number, codec.encode({"error": repr(exc)}))
+            return
+        if reply is not None:
+            self.k.respond(proc, 0, number, codec.encode(reply) if reply else b"")
+
+    def release(self, proc: Proc) -> None:
+        """A process ended: free its DMA buffers (its pending calls finish unanswered)."""
+        link = self.k.link
+        for buf in proc.dma.values():
+            if link is not None:
+                link.free_dma(buf)
+        proc.dma.clear()
+
+    # ----------------------------------------------------------- the stub
+    def _link(self) -> Link:
+        link = self.k.link
+        if link is None:
+            fail(Errno.ENODEV, "this kernel has no machine")
+        if not self.k.link_ok:
+            fail(Errno.EIO, "the machine is gone (QEMU exited)")
+        return link
+
+    def _submit(
+        self,
+        proc: Proc,
+        number: int,
+        ticket_of: Callable[[Link], Ticket],
+        nops: int,
+        finish: Callable[[int, int, tuple[int, ...]], Reply],
+    ) -> Reply | None:
+        link = self._link()
+        while len(self.pending) >= abi.NSLOTS:
+            self.poll_pending()
+        ticket = ticket_of(link)
+        end = time.perf_counter() + SPIN
+        while not link.done(ticket):
+            if time.perf_counter() > end:
+                proc.state = State.KCALL
+                self.pending.append(Pending(proc, ticket, nops, self._wrap(proc, number, finish)))
+                return None
+        return finish(*link.collect_raw(ticket, nops))
+
+    def _wrap(
+        self, proc: Proc, number: int, finish: Callable[[int, int, tuple[int, ...]], Reply]
+    ) -> Callable[[int, int, tuple[int, ...]], Reply]:
+        def finish_later(status: int, failed: int, values: tuple[int, ...]) -> Reply:
+            try:
+                reply = finish(status, failed, values)
+            except CallError as exc:
+                if proc.alive:
+                    proc.state = State.RUNNING
+                    self.k.respond(proc, -exc.errno, number, codec.encode({"error": exc.why}))
+                return {}
+            if proc.alive:
+                proc.state = State.RUNNING
+                self.k.respond(proc, 0, number, codec.encode(reply))
+            return reply
+
+        return finish_later
+
+    def poll_pending(self) -> None:
+        link = self.k.link
+        if link is None:
+            return
+        for p in list(self.pending):
+            if link.done(p.ticket):
+                self.pending.remove(p)
+                p.finish(*link.collect_raw(p.ticket, p.nops))
+
+    @staticmethod
+    def _stub_failure(status: int, failed: int, values: tuple[int, ...]) -> NoReturn:
+        last = values[failed] if 0 <= failed < len(values) else 0
+        if status == abi.ST_TIMEOUT:
+            raise CallError(Errno.ETIMEDOUT, f"op {failed}: wait timed out, last value {last:#x}")
+        name = abi.STATUS_NAMES.get(status, f"status {status}")
+        raise CallError(Errno.EIO, f"op {failed}: the stub refused it ({name})")
+
+    def _check_port(self, proc: Proc, call: str, port: int, width: int) -> None:
+        if width not in (1, 2, 4):
+            fail(Errno.EINVAL, f"{call}: width {width} is not 1, 2 or 4")
+        if not proc.priv.allows_port(port, width):
+            deny(f"{call}: port {port:#x} (width {width}) is outside its io ranges")
+
+    def do_devio(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        port = get_int(f, "port", 0, 0xFFFF)
+        width = get_int(f, "width", 1, 4, 1)
+        self._check_port(proc, "devio", port, width)
+        link = self._link()
+        if "value" in f:
+            value = get_int(f, "value", 0, U32)
+            {1: link.outb, 2: link.outw, 4: link.outl}[width](port, value)
+            return {}
+        return {"value": {1: link.inb, 2: link.inw, 4: link.inl}[width](port)}
+
+    def do_vdevio(self, proc: Proc, f: dict[str, codec.Value]) -> Reply | None:
+        ops = get_bytes(f, "ops")
+        n, rest = divmod(len(ops), abi.OP_SIZE)
+        if rest or not 0 < n <= abi.MAX_OPS:
+            fail(Errno.EINVAL, f"vdevio: {len(ops)} bytes are not 1..{abi.MAX_OPS} ops")
+        heads = _HEADS.get(n)
+        if heads is None:
+            heads = _HEADS[n] = struct.Struct("<" + "BBH12x" * n)
+        h = heads.unpack(ops)
+        codes = set(h[0::3])
+        if not codes <= VDEVIO_CODES:
+            fail(Errno.EINVAL, f"vdevio: op codes {sorted(codes - VDEVIO_CODES)} are not port ops")
+        if codes <= PORT_CODES:
+            pairs = set(zip(h[2::3], h[1::3], strict=True))
+        else:
+            pairs = {
+                (p, w) for c, w, p in zip(h[0::3], h[1::3], h[2::3], strict=True) if c in PORT_CODES
+            }
+        for port, width in pairs:
+            self._check_port(proc, "vdevio", port, width)
+        if abi.OP_WAIT in codes or abi.OP_DELAY in codes:
+            full = ops_struct(n).unpack(ops)
+            for i in range(0, len(full), 6):
+                code, a, c = full[i], full[i + 3], full[i + 5]
+                if code == abi.OP_WAIT and c > MAX_WAIT_US:
+                    fail(Errno.EINVAL, f"vdevio: op {i // 6} waits {c} µs (at most {MAX_WAIT_US})")
+                if code == abi.OP_DELAY and a > MAX_DELAY_US:
+                    fail(
+                        Errno.EINVAL, f"vdevio: op {i // 6} delays {a} µs (at most {MAX_DELAY_US})"
+                    )
+
+        def finish(status: int, failed: int, values: tuple[int, ...]) -> Reply:
+            if status != abi.ST_OK:
+                self._stub_failure(status, failed, values)
+            return {"values": struct.pack(f"<{n}I", *values)}
+
+        return self._submit(
+            proc,
+            wire.KERNEL_CALL_NUMBERS["vdevio"],
+            lambda link: link.submit_packed(ops, n),
+            n,
+            finish,
+        )
+
+    def do_sdevio(self, proc: Proc, f: dict[str, codec.Value]) -> Reply | None:
+        port = get_int(f, "port", 0, 0xFFFF)
+        width = get_int(f, "width", 1, 4, 2)
+        count = get_int(f, "count", 1, MAX_STRING)
+        direction = get_str(f, "dir")
+        if direction not in ("in", "out"):
+            fail(Errno.EINVAL, f"sdevio: dir must be 'in' or 'out', not {direction!r}")
+        self._check_port(proc, "sdevio", port, width)
+        size = count * width
+        if size > MAX_STRING:
+            fail(Errno.EINVAL, f"sdevio: {size} bytes is more than {MAX_STRING}")
+        granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
+        gid = get_int(f, "grant", 0, I32_MAX)
+        offset = get_int(f, "offset", 0, I32_MAX, 0)
+        access = arena.WRITE if direction == "in" else arena.READ
+        view, start = self.resolve(proc, granter, gid, access, offset, size)
+        link = self._link()
+        buf = self._guest_buffer(link, size)
+        batch = Batch()
+        if direction == "in":
+            batch.ins(port, count, width, into=buf)
+        else:
+            buf.view[:size] = view[start : start + size]
+            batch.outs_from(port, buf, count, width)
+
+        def finish(status: int, failed: int, values: tuple[int, ...]) -> Reply:
+            try:
+                if status != abi.ST_OK:
+                    self._stub_failure(status, failed, values)
+                if direction == "in":
+                    # The granter may have revoked or died meanwhile: check again.
+                    dst, at = self.resolve(proc, granter, gid, access, offset, size)
+                    dst[at : at + size] = buf.view[:size]
+                return {"bytes": size}
+            finally:
+                link.free_dma(buf)
+
+        return self._submit(
+            proc, wire.KERNEL_CALL_NUMBERS["sdevio"], lambda lk: lk.submit(batch), 1, finish
+        )
+
+    @staticmethod
+    def _guest_buffer(link: Link, size: int) -> DmaBuffer:
+        try:
+            return link.alloc_dma(size, align=4)
+        except Exception as exc:
+            raise CallError(Errno.ENOMEM, f"no {size}-byte guest buffer: {exc}") from exc
+
+    # ------------------------------------------------------------------ IRQs
+    def _hook(self, proc: Proc, f: dict[str, codec.Value]) -> IrqHook:
+        number = get_int(f, "hook", 0, I32_MAX)
+        for hook in proc.irq_hooks:
+            if hook.hook == number:
+                return hook
+        fail(Errno.EINVAL, f"IRQ hook {number} is not one of this process's")
+
+    def do_irqsetpolicy(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        line = get_int(f, "irq", 0, 15)
+        policy = get_int(f, "policy", 0, 1, 0)
+        notify_id = get_int(f, "id", 0, 31, 0)
+        if not proc.priv.allows_irq(line):
+            deny(f"irqsetpolicy: IRQ {line} is not on its irq line")
+        self._link()
+        try:
+            hook = self.k.irqs.set_policy(proc, line, policy, notify_id)
+        except LookupError as exc:
+            fail(Errno.ENOSPC, str(exc))
+        return {"hook": hook.hook}
+
+    def do_irqenable(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        self._link()
+        self.k.irqs.enable(self._hook(proc, f))
+        return {}
+
+    def do_irqdisable(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        self._link()
+        self.k.irqs.disable(self._hook(proc, f))
+        return {}
+
+    def do_irqrmpolicy(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        self.k.irqs.remove(proc, self._hook(proc, f))
+        return {}
+
+    # ------------------------------------------------------------ processes
+    def _target(self, f: dict[str, codec.Value], name: str = "endpoint") -> Proc:
+        endpoint = get_int(f, name, I32_MIN, I32_MAX)
+        proc = self.k.table.lookup(endpoint)
+        if proc is None:
+            fail(Errno.EDEADSRCDST, f"{wire.endpoint_name(endpoint)} is not a live process")
+        return proc
+
+    def _controls(self, proc: Proc, target: Proc, call: str) -> None:
+        if target.parent != proc.endpoint and not proc.priv.may_control(target.label):
+            deny(f"{call}: may not control {target.label} (not its parent nor on its control line)")
+
+    def do_privctl(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        target = self._target(f)
+        op = get_str(f, "op")
+        if op == "get":
+            return {"priv": target.priv.describe()}  # type: ignore[dict-item]
+        self._controls(proc, target, "privctl")
+        priv = target.priv
+        if op == "set":
+            try:
+                conf = parse_conf(get_str(f, "conf"), "<privctl>")
+            except SystemConfError as exc:
+                fail(Errno.EINVAL, f"privctl: {exc}")
+            if len(conf) != 1:
+                fail(Errno.EINVAL, f"privctl: the text holds {len(conf)} service entries, not 1")
+            (entry,) = conf
+            target.priv = Priv(entry)
+        elif op == "add_io":
+            base = get_int(f, "base", 0, 0xFFFF)
+            length = get_int(f, "length", 1, 0x10000 - base, 1)
+            from hwl.config.system_conf import IoRange
+
+            priv.extra_io.append(IoRange(base, length))
+        elif op == "add_irq":
+            priv.extra_irq.add(get_int(f, "irq", 0, 15))
+        elif op == "add_mem":
+            from hwl.config.system_conf import MemoryRange
+
+            base = get_int(f, "base", 0, U32)
+            priv.extra_memory.append(MemoryRange(base, get_int(f, "length", 1, (1 << 32) - base)))
+        else:
+            fail(Errno.EINVAL, f"privctl: unknown op {op!r} (set, add_io, add_irq, add_mem, get)")
+        log.info("privctl %s by %s on %s", op, proc.label, target.label)
+        return {}
+
+    def do_statectl(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        op = get_str(f, "op")
+        if op != "clear_ipc_refs":
+            fail(Errno.EINVAL, f"statectl: unknown op {op!r} (clear_ipc_refs)")
+        self.k.ipc.clear_refs(proc)
+        return {}
+
+    def do_spawn(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        argv = f.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            fail(Errno.EINVAL, "spawn: argv must be a non-empty list of strings")
+        label = get_str(f, "label")
+        if not label or "/" in label or len(label) > 64:
+            fail(Errno.EINVAL, f"spawn: bad label {label!r}")
+        env = f.get("env", {})
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            fail(Errno.EINVAL, "spawn: env must map names to strings")
+        size = get_int(f, "arena", arena.DATA_START + 4096, 1 << 30, arena.DEFAULT_SIZE)
+        if "conf" in f:
+            try:
+                conf = parse_conf(get_str(f, "conf"), f"<spawn {label}>")
+            except SystemConfError as exc:
+                fail(Errno.EINVAL, f"spawn: {exc}")
+            if len(conf) != 1:
+                fail(Errno.EINVAL, f"spawn: the conf holds {len(conf)} service entries, not 1")
+            priv = Priv(next(iter(conf)))
+        else:
+            priv = Priv.user(label)
+        reuse = get_int(f, "endpoint", 0, I32_MAX) if "endpoint" in f else None
+        try:
+            child = self.k.spawn(
+                proc,
+                [str(a) for a in argv],
+                label,
+                priv,
+                env={str(k): str(v) for k, v in env.items()},
+                arena_size=size,
+                endpoint=reuse,
+            )
+        except LookupError as exc:
+            fail(Errno.EAGAIN, f"spawn: {exc}")
+        except OSError as exc:
+            fail(Errno.ENOENT if isinstance(exc, FileNotFoundError) else Errno.ENOEXEC,
+                 f"spawn: cannot run {argv[0]!r}: {exc.strerror or exc}")  # fmt: skip
+        assert child.pid is not None
+        return {"endpoint": child.endpoint, "pid": child.pid}
+
+    def do_kill(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        target = self._target(f)
+        signo = get_int(f, "signal", 1, 64, int(signal.SIGKILL))
+        self._controls(proc, target, "kill")
+        if target.pid is None:
+            self.k.doom(target, f"cut off by {proc.label}")
+        else:
+            import os
+
+            os.kill(target.pid, signo)
+        return {}
+
+    def do_exit(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        self.k.doom(proc, f"exit({get_int(f, 'status', 0, 255, 0)})")
+        return {}
+
+    def do_diagctl(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        log.info("diag %s: %s", proc.label, get_str(f, "text")[:1000])
+        return {}
+
+    def do_getinfo(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        what = get_str(f, "what")
+        if what == "whoami":
+            return {"endpoint": proc.endpoint, "label": proc.label, "parent": proc.parent}
+        if what == "uptime":
+            seconds = self.k.uptime()
+            return {"ticks": int(seconds * wire.HZ), "seconds": seconds, "hz": wire.HZ}
+        if what == "proctab":
+            return {"procs": [p.describe() for p in self.k.table]}  # type: ignore[misc]
+        if what == "exits":
+            records = [
+                {"endpoint": r.endpoint, "pid": r.pid, "label": r.label, "status": r.status,
+                 "signal": r.signal}
+                for r in proc.exits
+            ]  # fmt: skip
+            proc.exits.clear()
+            return {"exits": records}  # type: ignore[dict-item]
+        if what == "priv":
+            return {"priv": proc.priv.describe()}  # type: ignore[dict-item]
+        if what == "machine":
+            link = self._link()
+            return {"tsc_khz": link.tsc_khz, "ram": link.memory.size}
+        fail(
+            Errno.EINVAL,
+            f"getinfo: unknown item {what!r} (whoami, uptime, proctab, exits, priv, machine)",
+        )
+
+    def do_setalarm(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        now = time.monotonic()
+        if "seconds" in f:
+            seconds = f["seconds"]
+            if (
+                not isinstance(seconds, (int, float))
+                or isinstance(seconds, bool)
+                or not 0 <= seconds < 1e7
+            ):
+                fail(Errno.EINVAL, "setalarm: seconds must be a number in 0..1e7")
+            deadline: float | None = now + seconds if seconds else None
+        else:
+            ticks = get_int(f, "ticks", 0, 1 << 40)
+            if get_bool(f, "absolute"):
+                deadline = self.k.ipc.boot + ticks / wire.HZ if ticks else None
+            else:
+                deadline = now + ticks / wire.HZ if ticks else None
+        old = self.k.set_alarm(proc, deadline)
+        left = max(0.0, old - now) if old is not None else 0.0
+        return {"previous_ticks": int(left * wire.HZ), "previous_seconds": left}
+
+    # ------------------------------------------------------ memory: DMA, umap
+    def _dma_buffer(self, proc: Proc, f: dict[str, codec.Value]) -> tuple[int, DmaBuffer]:
+        ident = get_int(f, "id", 0, I32_MAX)
+        buf = proc.dma.get(ident)
+        if buf is None:
+            fail(Errno.EINVAL, f"DMA buffer {ident} is not one of this process's")
+        return ident, buf
+
+    def do_dmaalloc(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        size = get_int(f, "size", 1, 16 << 20)
+        align = get_int(f, "align", 1, 1 << 20, 4096)
+        boundary = get_int(f, "boundary", 0, 1 << 30, 0)
+        if align & (align - 1) or boundary & (boundary - 1):
+            fail(Errno.EINVAL, "dmaalloc: align and boundary must be powers of two")
+        link = self._link()
+        try:
+            buf = link.alloc_dma(size, align, boundary)
+        except Exception as exc:
+            fail(Errno.ENOMEM, f"dmaalloc: {exc}")
+        self._dma_ids += 1
+        proc.dma[self._dma_ids] = buf
+        return {"id": self._dma_ids, "phys": buf.phys, "size": buf.size}
+
+    def do_dmafree(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        ident, buf = self._dma_buffer(proc, f)
+        del proc.dma[ident]
+        self._link().free_dma(buf)
+        return {}
+
+    def do_dmacopy(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        """Move bytes between a DMA buffer and the message (read, write), a grant
+        (to_grant, from_grant) or the caller's own arena (endpoint SELF)."""
+        _ident, buf = self._dma_buffer(proc, f)
+        op = get_str(f, "op")
+        offset = get_int(f, "offset", 0, buf.size, 0)
+        if op == "write":
+            data = get_bytes(f, "data")
+            if offset + len(data) > buf.size:
+                fail(Errno.EINVAL, f"dmacopy: {len(data)} bytes at {offset} overflow the buffer")
+            buf.view[offset : offset + len(data)] = data
+            return {}
+        length = get_int(f, "length", 0, buf.size - offset)
+        if op == "read":
+            if length > MAX_INLINE:
+                fail(Errno.EINVAL, f"dmacopy: read {length} bytes inline (at most {MAX_INLINE})")
+            return {"data": bytes(buf.view[offset : offset + length])}
+        if op not in ("to_grant", "from_grant"):
+            fail(Errno.EINVAL, f"dmacopy: unknown op {op!r} (read, write, to_grant, from_grant)")
+        granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
+        goff = get_int(f, "grant_offset", 0, I32_MAX, 0)
+        access = arena.WRITE if op == "to_grant" else arena.READ
+        if granter in (wire.SELF, proc.endpoint):
+            view, start = self._own(proc, goff, length)
+        else:
+            gid = get_int(f, "grant", 0, I32_MAX)
+            view, start = self.resolve(proc, granter, gid, access, goff, length)
+        if op == "to_grant":
+            view[start : start + length] = buf.view[offset : offset + length]
+        else:
+            buf.view[offset : offset + length] = view[start : start + length]
+        return {}
+
+    def do_umap(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        if "id" in f:
+            _ident, buf = self._dma_buffer(proc, f)
+            offset = get_int(f, "offset", 0, buf.size - 1, 0)
+            return {"phys": buf.phys + offset}
+        base = get_int(f, "phys", 0, U32)
+        length = get_int(f, "length", 1, 1 << 32)
+        if not proc.priv.allows_memory(base, length):
+            deny(f"umap: memory {base:#x}+{length:#x} is outside its memory ranges")
+        return {"phys": base}
+
+    # ---------------------------------------------------------------- grants
+    def _own(self, proc: Proc, offset: int, length: int) -> tuple[memoryview, int]:
+        size = len(proc.arena_view)
+        if offset < arena.DATA_START or offset + length > size:
+            fail(Errno.EFAULT, f"arena range [{offset}, {offset + length}) is outside "
+                 f"its data area [{arena.DATA_START}, {size})")  # fmt: skip
+        return proc.arena_view, offset
+
+    def resolve(
+        self, caller: Proc, granter_ep: int, gid: int, access: int, offset: int, length: int
+    ) -> tuple[memoryview, int]:
+        """Where grant ``gid`` of ``granter_ep`` puts ``length`` bytes at ``offset``,
+        after checking that ``caller`` may use it for ``access``."""
+        requester = caller.endpoint
+        for _depth in range(4):
+            granter = self.k.table.lookup(granter_ep)
+            if granter is None:
+                fail(Errno.EDEADSRCDST, f"granter {wire.endpoint_name(granter_ep)} is not alive")
+            entry = arena.read_entry(granter.arena_view, gid)
+            if entry is None:
+                fail(Errno.EINVAL, f"{granter.label} has no grant {gid} (revoked or never made)")
+            flags, grantee, g_off, g_len, ind_ep, ind_gid = entry
+            if grantee not in (wire.ANY, requester):
+                deny(f"grant {gid} of {granter.label} is for {wire.endpoint_name(grantee)}, "
+                     f"not {wire.endpoint_name(requester)}")  # fmt: skip
+            if flags & access != access:
+                deny(f"grant {gid} of {granter.label} does not allow "
+                     f"{'writing' if access & arena.WRITE else 'reading'}")  # fmt: skip
+            if offset < 0 or length < 0 or offset + length > g_len:
+                deny(f"[{offset}, {offset + length}) is outside grant {gid} of "
+                     f"{granter.label} ({g_len} bytes)")  # fmt: skip
+            if flags & arena.INDIRECT:
+                requester, granter_ep, gid, offset = (
+                    granter.endpoint,
+                    ind_ep,
+                    ind_gid,
+                    g_off + offset,
+                )
+                continue
+            start = g_off + offset
+            if g_off < arena.DATA_START or start + length > len(granter.arena_view):
+                fail(Errno.EFAULT, f"grant {gid} of {granter.label} lies outside its arena")
+            return granter.arena_view, start
+        fail(Errno.EINVAL, f"grant {gid}: indirect grants nested more than 4 deep")
+
+    def _copy(self, proc: Proc, f: dict[str, codec.Value], to_grant: bool) -> None:
+        granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
+        gid = get_int(f, "grant", 0, I32_MAX)
+        offset = get_int(f, "offset", 0, I32_MAX, 0)
+        length = get_int(f, "length", 0, I32_MAX)
+        local = get_int(f, "local", 0, I32_MAX)
+        view, start = self.resolve(
+            proc, granter, gid, arena.WRITE if to_grant else arena.READ, offset, length
+        )
+        own, at = self._own(proc, local, length)
+        if to_grant:
+            view[start : start + length] = own[at : at + length]
+        else:
+            own[at : at + length] = view[start : start + length]
+
+    def do_safecopyfrom(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        self._copy(proc, f, to_grant=False)
+        return {}
+
+    def do_safecopyto(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        self._copy(proc, f, to_grant=True)
+        return {}
+
+    def do_vsafecopy(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        copies = f.get("copies")
+        if not isinstance(copies, list) or len(copies) > MAX_VECTOR:
+            fail(Errno.EINVAL, f"vsafecopy: copies must be a list of at most {MAX_VECTOR}")
+        for i, copy in enumerate(copies):
+            if not isinstance(copy, dict):
+                fail(Errno.EINVAL, f"vsafecopy: entry {i} is not a dict")
+            try:
+                self._copy(proc, copy, to_grant=get_bool(copy, "to_grant"))
+            except CallError as exc:
+                raise CallError(
+                    exc.errno, f"vsafecopy entry {i}: {exc.why}", warn=exc.warn
+                ) from exc
+        return {"done": len(copies)}
+
+    def do_safememset(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
+        gid = get_int(f, "grant", 0, I32_MAX)
+        offset = get_int(f, "offset", 0, I32_MAX, 0)
+        length = get_int(f, "length", 0, I32_MAX)
+        byte = get_int(f, "byte", 0, 255, 0)
+        view, start = self.resolve(proc, granter, gid, arena.WRITE, offset, length)
+        view[start : start + length] = bytes([byte]) * length
+        return {}

@@ -1,0 +1,300 @@
+"""IPC: rendezvous send and receive, notifications, asynchronous sends.
+
+The semantics are MINIX's (``proc.c``): a send completes when the receiver takes
+the message; a receive takes, in order, pending notifications, blocked senders,
+then asynchronous messages; a send that would close a cycle of blocked processes
+fails with ELOCKED; a send to or a receive from a dead endpoint, and every call
+blocked on a process when it dies, fail with EDEADSRCDST; a send the sender's
+``ipc`` line forbids fails with ECALLDENIED. One hwl rule: a reply is always
+allowed, that is a send to a process blocked in ``sendrec`` on the sender.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+from hwl.ipc import codec, wire
+from hwl.kernel.errno import Errno
+from hwl.kernel.proc import AsyncMessage, Proc, ProcTable, State
+
+log = logging.getLogger(__name__)
+
+OK = 0
+EDEADSRCDST = -Errno.EDEADSRCDST
+ELOCKED = -Errno.ELOCKED
+ECALLDENIED = -Errno.ECALLDENIED
+ENOTREADY = -Errno.ENOTREADY
+EINVAL = -Errno.EINVAL
+EINTR = -Errno.EINTR
+EINPROGRESS = -Errno.EINPROGRESS
+
+ASYNC_STATUS_KEEP = 4096  # finished async statuses kept per sender until asked for
+KERNEL_SOURCES = (wire.HARDWARE, wire.CLOCK, wire.SYSTEM, wire.ASYNCM)
+
+# SYSTEM notification event bits.
+EVENT_EXIT = 1  # a process this one created exited: getinfo("exits")
+EVENT_SIGTERM = 2  # asked to end gracefully
+
+
+class Output(Protocol):
+    """How the IPC layer answers: the kernel's frames on the processes' sockets."""
+
+    def respond(self, proc: Proc, status: int, m_type: int = 0, payload: bytes = b"") -> None: ...
+
+    def deliver(self, proc: Proc, source: int, m_type: int, payload: bytes) -> None: ...
+
+
+class Ipc:
+    def __init__(self, table: ProcTable, out: Output) -> None:
+        self.table = table
+        self.out = out
+        self.boot = time.monotonic()
+
+    # ------------------------------------------------------------- helpers
+    def _unblock(self, proc: Proc) -> None:
+        proc.state = State.RUNNING
+        proc.send_to = proc.recv_from = wire.NONE
+        proc.send_payload = b""
+        proc.in_sendrec = proc.awaiting_reply = False
+
+    def _take(self, receiver: Proc, source: int, m_type: int, payload: bytes) -> None:
+        """Hand a message to a receiver blocked in receive."""
+        self._unblock(receiver)
+        self.out.deliver(receiver, source, m_type, payload)
+
+    def _sender_done(self, sender: Proc, receiver: Proc) -> None:
+        """The receiver took the sender's message: a send returns, a sendrec waits."""
+        if sender.in_sendrec:
+            self._unblock(sender)
+            sender.state = State.RECEIVING
+            sender.recv_from = receiver.endpoint
+            sender.awaiting_reply = True
+        else:
+            self._unblock(sender)
+            self.out.respond(sender, OK)
+
+    @staticmethod
+    def _accepts(receiver: Proc, source: int) -> bool:
+        return receiver.state is State.RECEIVING and receiver.recv_from in (wire.ANY, source)
+
+    def _target(self, caller: Proc, endpoint: int) -> tuple[Proc | None, int]:
+        """The live process a send names, or the error for it."""
+        if endpoint == wire.SELF:
+            endpoint = caller.endpoint
+        target = self.table.lookup(endpoint)
+        if target is None:
+            return None, EINVAL if endpoint < 0 or endpoint in (
+                wire.ANY,
+                wire.NONE,
+            ) else EDEADSRCDST
+        return target, OK
+
+    def _permitted(self, caller: Proc, target: Proc, what: str) -> bool:
+        if caller.priv.may_send_to(target.priv):
+            return True
+        if target.awaiting_reply and target.recv_from == caller.endpoint:
+            return True  # a reply
+        log.warning(
+            "ECALLDENIED: %s (%s) may not %s %s (%s): not on its ipc line",
+            caller.label, caller.endpoint, what, target.label, target.endpoint,
+        )  # fmt: skip
+        return False
+
+    def _deadlock(self, caller: Proc, target: int, sending: bool) -> bool:
+        """Whether blocking ``caller`` on ``target`` closes a cycle (MINIX deadlock())."""
+        group = 1
+        endpoint = target
+        while endpoint not in (wire.ANY, wire.NONE):
+            proc = self.table.lookup(endpoint)
+            if proc is None:
+                return False
+            group += 1
+            endpoint = proc.blocked_on()
+            if endpoint == caller.endpoint:
+                # Two processes where one sends and the other receives would
+                # have met already; anything else is a deadlock.
+                return not (group == 2 and (proc.state is State.SENDING) != sending)
+        return False
+
+    # ------------------------------------------------------------ primitives
+    def send(self, caller: Proc, endpoint: int, m_type: int, payload: bytes, op: wire.Op) -> None:
+        target, err = self._target(caller, endpoint)
+        if target is None:
+            self.out.respond(caller, err)
+            return
+        if target is caller:
+            self.out.respond(caller, ELOCKED)
+            return
+        if not self._permitted(caller, target, "send to"):
+            self.out.respond(caller, ECALLDENIED)
+            return
+        if self._accepts(target, caller.endpoint):
+            self._take(target, caller.endpoint, m_type, payload)
+            if op is wire.Op.SENDREC:
+                caller.state = State.RECEIVING
+                caller.recv_from = target.endpoint
+                caller.awaiting_reply = True
+            else:
+                self.out.respond(caller, OK)
+            return
+        if op is wire.Op.SENDNB:
+            self.out.respond(caller, ENOTREADY)
+            return
+        if self._deadlock(caller, target.endpoint, sending=True):
+            log.info("ELOCKED: %s -> %s would deadlock", caller.label, target.label)
+            self.out.respond(caller, ELOCKED)
+            return
+        caller.state = State.SENDING
+        caller.send_to = target.endpoint
+        caller.send_type = m_type
+        caller.send_payload = payload
+        caller.in_sendrec = op is wire.Op.SENDREC
+        target.callers.append(caller)
+
+    def receive(self, caller: Proc, source: int) -> None:
+        if source not in (wire.ANY, *KERNEL_SOURCES) and self.table.lookup(source) is None:
+            self.out.respond(caller, EDEADSRCDST if source >= 0 else EINVAL)
+            return
+        if caller.notify_pending:
+            for src in caller.notify_pending:
+                if source in (wire.ANY, src):
+                    bits = caller.notify_pending.pop(src)
+                    self.out.deliver(caller, src, wire.NOTIFY_MESSAGE, self._notify_body(src, bits))
+                    return
+        for sender in caller.callers:
+            if source in (wire.ANY, sender.endpoint):
+                caller.callers.remove(sender)
+                self.out.deliver(caller, sender.endpoint, sender.send_type, sender.send_payload)
+                self._sender_done(sender, caller)
+                return
+        for message in caller.async_in:
+            if source in (wire.ANY, message.source):
+                caller.async_in.remove(message)
+                self.out.deliver(caller, message.source, message.m_type, message.payload)
+                self._async_finished(message, OK)
+                return
+        caller.state = State.RECEIVING
+        caller.recv_from = source
+
+    def notify(self, caller: Proc, endpoint: int) -> None:
+        target, err = self._target(caller, endpoint)
+        if target is None:
+            self.out.respond(caller, err)
+            return
+        if not self._permitted(caller, target, "notify"):
+            self.out.respond(caller, ECALLDENIED)
+            return
+        self.post_notify(target, caller.endpoint, 0)
+        self.out.respond(caller, OK)
+
+    def post_notify(self, target: Proc, source: int, bits: int) -> None:
+        """A notification from ``source`` (a process, HARDWARE, CLOCK, SYSTEM or
+        ASYNCM): delivered now if the target waits for it, else kept, one per
+        source, with ``bits`` OR-ed together (IRQ hooks, events)."""
+        if self._accepts(target, source):
+            self._unblock(target)
+            self.out.deliver(target, source, wire.NOTIFY_MESSAGE, self._notify_body(source, bits))
+        else:
+            target.notify_pending[source] = target.notify_pending.get(source, 0) | bits
+
+    def _notify_body(self, source: int, bits: int) -> bytes:
+        fields: dict[str, codec.Value] = {"timestamp": self.ticks()}
+        if source == wire.HARDWARE:
+            fields["interrupts"] = bits
+        elif source == wire.SYSTEM:
+            fields["events"] = bits
+        return codec.encode(fields)
+
+    def ticks(self) -> int:
+        return int((time.monotonic() - self.boot) * wire.HZ)
+
+    # ---------------------------------------------------------------- async
+    def senda(self, caller: Proc, endpoint: int, m_type: int, payload: bytes, notify: bool) -> None:
+        """Queue a message without blocking; the response's m_type is its ident."""
+        target, err = self._target(caller, endpoint)
+        if target is None or target is caller:
+            self.out.respond(caller, err if target is None else ELOCKED)
+            return
+        if not self._permitted(caller, target, "send to"):
+            self.out.respond(caller, ECALLDENIED)
+            return
+        ident = caller.next_async
+        caller.next_async += 1
+        message = AsyncMessage(ident, caller.endpoint, m_type, payload, notify)
+        if len(caller.async_status) >= ASYNC_STATUS_KEEP:
+            del caller.async_status[next(iter(caller.async_status))]
+        if self._accepts(target, caller.endpoint):
+            self._take(target, caller.endpoint, m_type, payload)
+            caller.async_status[ident] = OK
+        else:
+            target.async_in.append(message)
+            caller.async_status[ident] = None
+        self.out.respond(caller, OK, ident)
+
+    def async_status(self, caller: Proc, ident: int) -> None:
+        """The status of asynchronous send ``ident``: 0 delivered, EINPROGRESS
+        pending, or the error; a finished status is forgotten once read."""
+        if ident not in caller.async_status:
+            self.out.respond(caller, EINVAL)
+            return
+        status = caller.async_status[ident]
+        if status is None:
+            self.out.respond(caller, EINPROGRESS, ident)
+            return
+        del caller.async_status[ident]
+        self.out.respond(caller, status, ident)
+
+    def _async_finished(self, message: AsyncMessage, status: int) -> None:
+        sender = self.table.lookup(message.source)
+        if sender is None:
+            return
+        sender.async_status[message.ident] = status
+        if message.notify:
+            self.post_notify(sender, wire.ASYNCM, 0)
+
+    # -------------------------------------------------------------- cleanup
+    def cancel(self, caller: Proc) -> None:
+        """End the caller's blocked send or receive with EINTR (its client timed out)."""
+        if caller.state is State.SENDING:
+            target = self.table.lookup(caller.send_to)
+            if target is not None and caller in target.callers:
+                target.callers.remove(caller)
+        elif caller.state is not State.RECEIVING:
+            return  # the answer is on its way already
+        self._unblock(caller)
+        self.out.respond(caller, EINTR)
+
+    def clear_refs(self, proc: Proc, status: int = EDEADSRCDST) -> None:
+        """Fail every call blocked on ``proc`` (MINIX clear_ipc_refs): its callers,
+        processes receiving from it, and asynchronous messages queued to it."""
+        for sender in list(proc.callers):
+            self._unblock(sender)
+            self.out.respond(sender, status)
+        proc.callers.clear()
+        for other in self.table:
+            if (
+                other is not proc
+                and other.state is State.RECEIVING
+                and other.recv_from == proc.endpoint
+            ):
+                self._unblock(other)
+                self.out.respond(other, status)
+        while proc.async_in:
+            self._async_finished(proc.async_in.popleft(), status)
+
+    def process_died(self, proc: Proc) -> None:
+        """Undo everything IPC knows about a dead process."""
+        if proc.state is State.SENDING:
+            target = self.table.lookup(proc.send_to)
+            if target is not None and proc in target.callers:
+                target.callers.remove(proc)
+        self._unblock(proc)
+        self.clear_refs(proc)
+        for other in self.table:
+            other.notify_pending.pop(proc.endpoint, None)
+            if other.async_in:
+                kept = [m for m in other.async_in if m.source != proc.endpoint]
+                other.async_in.clear()
+                other.async_in.extend(kept)

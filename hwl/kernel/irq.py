@@ -1,0 +1,98 @@
+"""IRQ hooks: an interrupt becomes a HARDWARE notify to each process hooked to it.
+
+MINIX semantics: the stub masks a line when it fires; the line stays masked until
+every hook that saw it has called ``irqenable`` (or, for a hook with the
+re-enable policy, at once). ``irqdisable`` masks the line; the last
+``irqrmpolicy`` on a line masks it for good.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from hwl.ipc import wire
+from hwl.kernel.proc import IrqHook, Proc
+from hwl.link.link import Link
+
+if TYPE_CHECKING:
+    from hwl.kernel.kernel import Kernel
+
+log = logging.getLogger(__name__)
+
+NR_HOOKS = 64
+IRQ_REENABLE = 1  # policy bit, as MINIX's
+
+
+class Irqs:
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.hooks: dict[int, IrqHook] = {}
+        self._next = 0
+
+    @property
+    def hooked(self) -> bool:
+        return bool(self.hooks)
+
+    def _on_line(self, line: int) -> list[IrqHook]:
+        return [h for h in self.hooks.values() if h.line == line]
+
+    def _link(self) -> Link:
+        link = self.kernel.link
+        if link is None or not self.kernel.link_ok:
+            raise OSError("no machine: the kernel runs without a link to a stub")
+        return link
+
+    def set_policy(self, proc: Proc, line: int, policy: int, notify_id: int) -> IrqHook:
+        """Hook ``proc`` to ``line`` and unmask it; raises OSError without a link."""
+        link = self._link()
+        if len(self.hooks) >= NR_HOOKS:
+            raise LookupError(f"all {NR_HOOKS} IRQ hooks are in use")
+        while self._next in self.hooks:
+            self._next = (self._next + 1) % NR_HOOKS
+        hook = IrqHook(self._next, line, proc.endpoint, notify_id, bool(policy & IRQ_REENABLE))
+        self.hooks[hook.hook] = hook
+        proc.irq_hooks.append(hook)
+        link.irq_unmask(line)
+        return hook
+
+    def fire(self, line: int) -> None:
+        hooks = self._on_line(line)
+        if not hooks:
+            log.debug("IRQ %d fired with no hook; it stays masked", line)
+            return
+        for hook in hooks:
+            owner = self.kernel.table.lookup(hook.owner)
+            if owner is None:
+                continue
+            hook.active = not hook.reenable
+            self.kernel.ipc.post_notify(owner, wire.HARDWARE, 1 << hook.notify_id)
+        if not any(h.active for h in hooks):
+            self._link().irq_unmask(line)
+
+    def enable(self, hook: IrqHook) -> None:
+        hook.active = False
+        if not any(h.active for h in self._on_line(hook.line)):
+            self._link().irq_unmask(hook.line)
+
+    def disable(self, hook: IrqHook) -> None:
+        self._link().irq_mask(hook.line)
+
+    def remove(self, proc: Proc, hook: IrqHook) -> None:
+        del self.hooks[hook.hook]
+        proc.irq_hooks.remove(hook)
+        if self.kernel.link_ok and self.kernel.link is not None:
+            rest = self._on_line(hook.line)
+            if not rest:
+                self.kernel.link.irq_mask(hook.line)
+            elif not any(h.active for h in rest):
+                self.kernel.link.irq_unmask(hook.line)
+
+    def release(self, proc: Proc) -> None:
+        """A process ended: its hooks go, and lines nobody else holds are masked."""
+        for hook in list(proc.irq_hooks):
+            try:
+                self.remove(proc, hook)
+            except Exception as exc:  # the stub may be gone with QEMU
+                log.warning("releasing IRQ hook %d of %s: %s", hook.hook, proc.label, exc)
+                self.hooks.pop(hook.hook, None)

@@ -1,0 +1,429 @@
+"""The kernel's main loop: one process per machine, between every process and the stub.
+
+It owns the link to the stub and a socket in the machine's run directory. Each
+process has one SEQPACKET connection; the loop reads one request frame at a time
+from whichever connection is ready, runs it (IPC in :mod:`hwl.kernel.ipc`, kernel
+calls in :mod:`hwl.kernel.calls`) and answers. It also watches the stub's doorbell
+(finished requests, IRQs), the processes it started (pidfds) and alarms.
+
+Nothing a process sends may stop the loop: a malformed frame gets an error status
+and a log line; a process that breaks the protocol or stops reading its replies is
+cut off, which to everyone else looks like its death.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hwl.ipc import arena, codec, wire
+from hwl.kernel import exec as kexec
+from hwl.kernel.calls import Calls
+from hwl.kernel.errno import Errno
+from hwl.kernel.ipc import EVENT_EXIT, Ipc
+from hwl.kernel.irq import Irqs
+from hwl.kernel.priv import Priv
+from hwl.kernel.proc import ExitRecord, Proc, ProcTable
+from hwl.link.link import Link
+
+log = logging.getLogger("hwl.kernel")
+
+SOCKET_NAME = "kernel.sock"
+# While a stub request or an IRQ is outstanding, the loop also wakes on its own
+# after this long: the doorbell that should wake it is lost about once in 80.
+LINK_SLICE = 0.002
+EXITS_KEEP = 1024
+
+_MESSAGE_HEADER = wire.RESPONSE.pack  # bound once: it runs for every message
+_PEERCRED = struct.Struct("3i")
+
+
+@dataclass
+class Child:
+    """A process the kernel started, until it is reaped."""
+
+    pid: int
+    pidfd: int
+    endpoint: int
+    label: str
+    parent: int
+    popen: subprocess.Popen[bytes]
+
+
+class Kernel:
+    """Run with :meth:`serve_forever`; :meth:`stop` (or SIGTERM) ends it."""
+
+    def __init__(self, run_dir: Path, link: Link | None) -> None:
+        self.run_dir = run_dir
+        self.link = link
+        self.table = ProcTable()
+        self.ipc = Ipc(self.table, self)
+        self.irqs = Irqs(self)
+        self.calls = Calls(self)
+        self.selector = selectors.DefaultSelector()
+        self.children: dict[int, Child] = {}  # by pid
+        self.alarms: dict[Proc, float] = {}
+        self.doomed: list[tuple[Proc, str]] = []
+        self.stopping = False
+        self.listener: socket.socket | None = None
+        self.socket_path = run_dir / SOCKET_NAME
+        self._link_ok = link is not None
+        if link is not None:
+            os.set_blocking(link.doorbell_fd, False)
+            self.selector.register(link.doorbell_fd, selectors.EVENT_READ, self._on_doorbell)
+
+    # ---------------------------------------------------------------- output
+    def respond(self, proc: Proc, status: int, m_type: int = 0, payload: bytes = b"") -> None:
+        self._write(proc, _MESSAGE_HEADER(wire.Kind.STATUS, 0, 0, status, 0, m_type) + payload)
+
+    def deliver(self, proc: Proc, source: int, m_type: int, payload: bytes) -> None:
+        self._write(proc, _MESSAGE_HEADER(wire.Kind.MESSAGE, 0, 0, 0, source, m_type) + payload)
+
+    def _write(self, proc: Proc, frame: bytes) -> None:
+        if not proc.alive:
+            return
+        try:
+            proc.sock.send(frame)
+        except BlockingIOError:
+            self.doom(proc, "does not read its replies")
+        except OSError as exc:
+            self.doom(proc, f"its connection failed ({exc.strerror or exc})")
+
+    def doom(self, proc: Proc, reason: str) -> None:
+        """Mark a process dead at the end of this loop turn (not inside an IPC step)."""
+        if proc.alive and all(p is not proc for p, _ in self.doomed):
+            self.doomed.append((proc, reason))
+
+    # ------------------------------------------------------------- processes
+    def listen(self) -> None:
+        """The socket user processes attach through (the run directory is 0700)."""
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self.listener.bind(str(self.socket_path))
+        self.socket_path.chmod(0o600)
+        self.listener.listen(16)
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ, self._on_accept)
+
+    def _on_accept(self) -> None:
+        assert self.listener is not None
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        pid, uid, _gid = _PEERCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
+        if uid != os.getuid():
+            log.warning("refused a connection from uid %d (pid %d)", uid, pid)
+            conn.close()
+            return
+        try:
+            proc = self.add_process(conn, f"user-{pid}", Priv.user(f"user-{pid}"))
+        except LookupError as exc:
+            log.warning("refused pid %d: %s", pid, exc)
+            conn.close()
+            return
+        log.info("user process %s attached: %s", proc.label, wire.endpoint_name(proc.endpoint))
+
+    def add_process(
+        self,
+        conn: socket.socket,
+        label: str,
+        priv: Priv,
+        *,
+        parent: int = wire.NONE,
+        arena_size: int = arena.DEFAULT_SIZE,
+        endpoint: int | None = None,
+    ) -> Proc:
+        """Give a connection a slot, an endpoint and an arena, and say hello."""
+        if endpoint is None:
+            endpoint = self.table.new_endpoint()
+        fd = os.memfd_create(f"hwl-arena-{label}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, arena_size)
+            mapping = mmap.mmap(fd, arena_size)
+            hello = codec.encode(
+                {
+                    "endpoint": endpoint,
+                    "label": label,
+                    "arena": arena_size,
+                    "hz": wire.HZ,
+                    "parent": parent,
+                    "system": priv.system,
+                }
+            )
+            frame = _MESSAGE_HEADER(wire.Kind.HELLO, 0, 0, 0, wire.KERNEL, 0) + hello
+            socket.send_fds(conn, [frame], [fd])
+        finally:
+            os.close(fd)
+        conn.setblocking(False)
+        proc = Proc(
+            slot=wire.endpoint_slot(endpoint),
+            endpoint=endpoint,
+            label=label,
+            priv=priv,
+            sock=conn,
+            arena=mapping,
+            arena_view=memoryview(mapping),
+            parent=parent,
+        )
+        self.table.add(proc)
+        self.selector.register(conn, selectors.EVENT_READ, lambda: self._on_request(proc))
+        return proc
+
+    def spawn(
+        self,
+        parent: Proc | None,
+        argv: list[str],
+        label: str,
+        priv: Priv,
+        *,
+        env: dict[str, str] | None = None,
+        arena_size: int = arena.DEFAULT_SIZE,
+        endpoint: int | None = None,
+    ) -> Proc:
+        """Start ``argv`` as a new process holding a fresh connection (an inherited
+        fd, so no other process can claim its endpoint). Raises OSError if the
+        program cannot be started, LookupError if no slot is free."""
+        endpoint = self.table.new_endpoint(endpoint)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent_ep = parent.endpoint if parent else wire.NONE
+        try:
+            proc = self.add_process(
+                ours, label, priv, parent=parent_ep, arena_size=arena_size, endpoint=endpoint
+            )
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        try:
+            popen = kexec.start(argv, theirs.fileno(), self.run_dir / f"{label}.log", env)
+        except OSError:
+            self.table.remove(proc)
+            self._release(proc)
+            raise
+        finally:
+            theirs.close()
+        proc.pid = popen.pid
+        pidfd = os.pidfd_open(popen.pid)
+        child = Child(popen.pid, pidfd, proc.endpoint, label, parent_ep, popen)
+        self.children[popen.pid] = child
+        self.selector.register(pidfd, selectors.EVENT_READ, lambda: self._on_child(child))
+        log.info("spawned %s: pid %d, %s", label, popen.pid, wire.endpoint_name(proc.endpoint))
+        return proc
+
+    def _on_child(self, child: Child) -> None:
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = child.pid, 0
+        if pid == 0:
+            return
+        child.popen.returncode = os.waitstatus_to_exitcode(status)
+        self.selector.unregister(child.pidfd)
+        os.close(child.pidfd)
+        del self.children[child.pid]
+        code = os.waitstatus_to_exitcode(status)
+        proc = self.table.lookup(child.endpoint)
+        if proc is not None and proc.pid == child.pid:
+            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            self.kill_process(proc, how)
+        record = ExitRecord(
+            child.endpoint,
+            child.pid,
+            child.label,
+            code if code >= 0 else None,
+            -code if code < 0 else None,
+        )
+        parent = self.table.lookup(child.parent)
+        if parent is not None:
+            parent.exits.append(record)
+            del parent.exits[:-EXITS_KEEP]
+            self.ipc.post_notify(parent, wire.SYSTEM, EVENT_EXIT)
+
+    def kill_process(self, proc: Proc, reason: str) -> None:
+        """The process is gone (or cut off): everything blocked on it learns so."""
+        if not proc.alive:
+            return
+        log.info("%s (%s) is dead: %s", proc.label, wire.endpoint_name(proc.endpoint), reason)
+        self.ipc.process_died(proc)
+        proc.alive = False
+        self.table.remove(proc)
+        self._release(proc)
+        if proc.pid is not None and proc.pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)  # no connection, nothing left to do
+
+    def _release(self, proc: Proc) -> None:
+        proc.alive = False
+        self.irqs.release(proc)
+        self.calls.release(proc)
+        self.alarms.pop(proc, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(proc.sock)
+        proc.sock.close()
+        try:
+            proc.arena_view.release()
+            proc.arena.close()
+        except BufferError:
+            log.debug("arena of %s still referenced; left to the garbage collector", proc.label)
+
+    # -------------------------------------------------------------- requests
+    def _on_request(self, proc: Proc) -> None:
+        try:
+            data = proc.sock.recv(wire.MAX_REQUEST + 1)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.doom(proc, f"its connection failed ({exc.strerror or exc})")
+            return
+        if not data:
+            self.doom(proc, "closed its connection")
+            return
+        self.handle(proc, data)
+
+    def handle(self, proc: Proc, data: bytes) -> None:
+        """Run one request frame from ``proc``."""
+        if len(data) < wire.REQUEST.size:
+            self._refuse(proc, Errno.EINVAL, f"a {len(data)}-byte frame is shorter than a header")
+            return
+        if len(data) > wire.MAX_REQUEST:
+            self._refuse(proc, Errno.EMSGSIZE, f"a frame over {wire.MAX_REQUEST} bytes")
+            return
+        op, flags, _spare, peer, m_type = wire.REQUEST.unpack_from(data)
+        if op == wire.Op.CANCEL:
+            self.ipc.cancel(proc)
+            return
+        if proc.blocked:
+            self._refuse(proc, Errno.EBUSY, f"a request (op {op}) while blocked in another")
+            return
+        payload = data[wire.REQUEST.size :]
+        if op == wire.Op.SENDREC:
+            self.ipc.send(proc, peer, m_type, payload, wire.Op.SENDREC)
+        elif op == wire.Op.RECEIVE:
+            self.ipc.receive(proc, peer)
+        elif op == wire.Op.SEND:
+            self.ipc.send(proc, peer, m_type, payload, wire.Op.SEND)
+        elif op == wire.Op.SENDNB:
+            self.ipc.send(proc, peer, m_type, payload, wire.Op.SENDNB)
+        elif op == wire.Op.NOTIFY:
+            self.ipc.notify(proc, peer)
+        elif op == wire.Op.KCALL:
+            self.calls.dispatch(proc, m_type, payload)
+        elif op == wire.Op.SENDA:
+            self.ipc.senda(proc, peer, m_type, payload, bool(flags & wire.FLAG_NOTIFY_DONE))
+        elif op == wire.Op.ASYNC_STATUS:
+            self.ipc.async_status(proc, peer)
+        else:
+            self._refuse(proc, Errno.EBADCALL, f"unknown operation {op}")
+
+    def _refuse(self, proc: Proc, errno: Errno, why: str) -> None:
+        log.warning("%s: %s (%s): %s", errno.name, proc.label, proc.endpoint, why)
+        self.respond(proc, -errno, 0, codec.encode({"error": why}))
+
+    # ------------------------------------------------------------- the stub
+    def _on_doorbell(self) -> None:
+        assert self.link is not None
+        if not self.link.drain_doorbell():
+            log.error("the stub's doorbell line closed: QEMU is gone; hardware calls now fail")
+            self.selector.unregister(self.link.doorbell_fd)
+            self._link_ok = False
+
+    @property
+    def link_ok(self) -> bool:
+        return self._link_ok
+
+    def _poll_link(self) -> None:
+        if self.link is None or not self._link_ok:
+            return
+        self.calls.poll_pending()
+        if self.irqs.hooked:
+            for line in self.link.poll_irqs():
+                self.irqs.fire(line)
+
+    # ----------------------------------------------------------------- clock
+    def set_alarm(self, proc: Proc, deadline: float | None) -> float | None:
+        """Arm (or with None cancel) the process's alarm; returns the old deadline."""
+        old = self.alarms.pop(proc, None)
+        if deadline is not None:
+            self.alarms[proc] = deadline
+        return old
+
+    def _fire_alarms(self, now: float) -> None:
+        for proc, deadline in list(self.alarms.items()):
+            if deadline <= now:
+                del self.alarms[proc]
+                self.ipc.post_notify(proc, wire.CLOCK, 0)
+
+    # ------------------------------------------------------------------ loop
+    def _timeout(self, now: float) -> float | None:
+        timeout = min(self.alarms.values(), default=None)
+        if timeout is not None:
+            timeout = max(0.0, timeout - now)
+        if self._link_ok and (self.calls.pending or self.irqs.hooked):
+            timeout = LINK_SLICE if timeout is None else min(timeout, LINK_SLICE)
+        return timeout
+
+    def serve_forever(self) -> None:
+        link = self.link
+        while not self.stopping:
+            now = time.monotonic()
+            timeout = self._timeout(now)
+            waiting = (
+                link is not None and self._link_ok and bool(self.calls.pending or self.irqs.hooked)
+            )
+            if waiting:
+                assert link is not None
+                link.set_host_waiting(True)
+                self._poll_link()  # what finished before the stub knew we sleep
+                events = self.selector.select(0 if self.doomed else timeout)
+                link.set_host_waiting(False)
+            else:
+                events = self.selector.select(timeout)
+            for key, _mask in events:
+                callback: Callable[[], None] = key.data
+                callback()
+            self._poll_link()
+            if self.alarms:
+                self._fire_alarms(time.monotonic())
+            while self.doomed:
+                proc, reason = self.doomed.pop(0)
+                self.kill_process(proc, reason)
+
+    def stop(self, *_args: Any) -> None:
+        self.stopping = True
+
+    def shutdown(self) -> None:
+        """Kill every process the kernel started and close everything."""
+        for proc in list(self.table):
+            self.kill_process(proc, "the kernel is shutting down")
+        deadline = time.monotonic() + 2
+        for child in list(self.children.values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            os.close(child.pidfd)
+        self.children.clear()
+        if self.listener is not None:
+            self.listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+        self.selector.close()
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.ipc.boot

@@ -1,0 +1,102 @@
+"""Privileges: what one process may send to, call and touch.
+
+A system process's privileges are its system.conf entry (RS hands the entry's text
+to the kernel with ``privctl``), plus what was added at run time: the PCI server
+gives a driver the ports, memory and IRQ line of the device it reserved. A user
+process (one that attached through the kernel's socket) may send to system
+processes and make no kernel calls. The root process may do everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hwl.config.system_conf import (
+    ALL,
+    ALL_SYS,
+    USER_TARGET,
+    IoRange,
+    MemoryRange,
+    ServiceConfig,
+)
+
+PORT_SPACE = IoRange(0, 0x10000)
+MEMORY_SPACE = MemoryRange(0, 1 << 32)
+
+
+@dataclass
+class Priv:
+    """One process's privileges; ``system`` is False for user processes."""
+
+    conf: ServiceConfig
+    system: bool = True
+    extra_io: list[IoRange] = field(default_factory=list)
+    extra_irq: set[int] = field(default_factory=set)
+    extra_memory: list[MemoryRange] = field(default_factory=list)
+    # Checked (port, width) pairs: a driver uses a handful of ports over and over.
+    _ports_ok: set[tuple[int, int]] = field(default_factory=set, repr=False)
+
+    @classmethod
+    def root(cls, label: str) -> Priv:
+        conf = ServiceConfig(
+            label=label,
+            uid=0,
+            ipc=ALL,
+            calls=ALL,
+            io=(PORT_SPACE,),
+            irq=tuple(range(16)),
+            memory=(MEMORY_SPACE,),
+            dma=True,
+        )
+        return cls(conf)
+
+    @classmethod
+    def user(cls, label: str) -> Priv:
+        return cls(ServiceConfig(label=label, ipc=ALL_SYS, calls=frozenset()), system=False)
+
+    @property
+    def full(self) -> bool:
+        """Whether this is the root's "everything" (it may control any service)."""
+        return self.conf.calls == ALL and self.conf.ipc == ALL
+
+    def may_send_to(self, target: Priv) -> bool:
+        return self.conf.allows_ipc(target.conf.label if target.system else USER_TARGET)
+
+    def allows_call(self, name: str) -> bool:
+        return self.conf.allows_call(name)
+
+    def allows_port(self, port: int, width: int) -> bool:
+        if (port, width) in self._ports_ok:
+            return True
+        ok = self.conf.allows_port(port, width) or any(
+            r.contains(port, width) for r in self.extra_io
+        )
+        if ok:
+            self._ports_ok.add((port, width))
+        return ok
+
+    def allows_irq(self, line: int) -> bool:
+        return self.conf.allows_irq(line) or line in self.extra_irq
+
+    def allows_memory(self, address: int, size: int) -> bool:
+        return self.conf.allows_memory(address, size) or any(
+            r.contains(address, size) for r in self.extra_memory
+        )
+
+    @property
+    def dma(self) -> bool:
+        return self.conf.dma
+
+    def may_control(self, label: str) -> bool:
+        return self.full or self.conf.may_control(label)
+
+    def describe(self) -> dict[str, object]:
+        """For ``getinfo priv``: the entry as system.conf text and the additions."""
+        return {
+            "label": self.conf.label,
+            "system": self.system,
+            "conf": self.conf.to_text(),
+            "io": [[r.base, r.length] for r in self.extra_io],
+            "irq": sorted(self.extra_irq),
+            "memory": [[r.base, r.length] for r in self.extra_memory],
+        }

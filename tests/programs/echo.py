@@ -1,0 +1,16 @@
+"""Echo server: answers every message with the same type and payload (+ its endpoint)."""
+
+from hwl import ipc
+
+conn = ipc.connect()
+while True:
+    try:
+        msg = conn.receive()
+    except ipc.KernelGone:
+        break
+    if msg.is_notify:
+        continue
+    try:
+        conn.sendnb(msg.source, msg.m_type, msg.payload)
+    except ipc.IpcError:
+        pass
