@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hwl import Machine
+from hwl import Machine, ipc
+from hwl.kernel.launcher import KernelProcess
 from hwl.pytest_plugin import MachineFactory
 
 pytest_plugins = ["pytester"]
@@ -46,3 +47,19 @@ def pc(hwl_machines: MachineFactory) -> Iterator[Machine]:
         yield machine
     finally:
         machine.close()
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[KernelProcess]:
+    """A kernel without a machine (IPC, grants, processes); the test is its root."""
+    k = KernelProcess.start()
+    try:
+        yield k
+    finally:
+        k.stop()
+
+
+@pytest.fixture
+def root(kernel: KernelProcess) -> ipc.Connection:
+    assert kernel.root is not None
+    return kernel.root

@@ -79,6 +79,16 @@ class Ipc:
     def _accepts(receiver: Proc, source: int) -> bool:
         return receiver.state is State.RECEIVING and receiver.recv_from in (wire.ANY, source)
 
+    @staticmethod
+    def _accepts_extra(receiver: Proc, source: int) -> bool:
+        """Notifications and asynchronous messages never stand in for the reply a
+        process waits for in sendrec (MINIX's MF_REPLY_PEND)."""
+        return (
+            receiver.state is State.RECEIVING
+            and receiver.recv_from in (wire.ANY, source)
+            and not receiver.awaiting_reply
+        )
+
     def _target(self, caller: Proc, endpoint: int) -> tuple[Proc | None, int]:
         """The live process a send names, or the error for it."""
         if endpoint == wire.SELF:
@@ -193,7 +203,7 @@ class Ipc:
         """A notification from ``source`` (a process, HARDWARE, CLOCK, SYSTEM or
         ASYNCM): delivered now if the target waits for it, else kept, one per
         source, with ``bits`` OR-ed together (IRQ hooks, events)."""
-        if self._accepts(target, source):
+        if self._accepts_extra(target, source):
             self._unblock(target)
             self.out.deliver(target, source, wire.NOTIFY_MESSAGE, self._notify_body(source, bits))
         else:
@@ -225,7 +235,7 @@ class Ipc:
         message = AsyncMessage(ident, caller.endpoint, m_type, payload, notify)
         if len(caller.async_status) >= ASYNC_STATUS_KEEP:
             del caller.async_status[next(iter(caller.async_status))]
-        if self._accepts(target, caller.endpoint):
+        if self._accepts_extra(target, caller.endpoint):
             self._take(target, caller.endpoint, m_type, payload)
             caller.async_status[ident] = OK
         else:

@@ -181,7 +181,7 @@ class KernelProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self._own_dir:
+        if self._own_dir and not os.environ.get("HWL_KEEP_RUN_DIR"):
             import shutil
 
             shutil.rmtree(self.run_dir, ignore_errors=True)

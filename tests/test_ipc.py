@@ -1,0 +1,301 @@
+"""IPC through the kernel between real processes: every primitive and every error.
+
+The test process is the kernel's root; agents (tests/programs/agent.py) are
+processes the kernel starts, each running the steps the test asks for.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from agents import Agent, spawn_agent, wait_state
+from hwl import ipc
+from hwl.ipc import wire
+from hwl.kernel.errno import Errno
+from hwl.kernel.launcher import KernelProcess
+
+
+@pytest.fixture(scope="module")
+def pair(kernel: KernelProcess) -> tuple[Agent, Agent]:
+    assert kernel.root is not None
+    return spawn_agent(kernel.root, "alpha"), spawn_agent(kernel.root, "beta")
+
+
+def test_hello_gives_each_process_its_endpoint(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+    a, b = pair
+    who = a.cmd("whoami")
+    assert (who["endpoint"], who["label"], who["pid"]) == (a.ep, "alpha", a.pid)
+    assert a.ep != b.ep != root.endpoint
+    assert wire.endpoint_slot(a.ep) != wire.endpoint_slot(b.ep)
+
+
+def test_sendrec_between_two_agents(pair: tuple[Agent, Agent]) -> None:
+    a, b = pair
+    b.start("receive")
+    wait_state(a.root, b.ep, "receiving")
+    a.start("sendrec", dest=b.ep, m_type=77, data=b"ping")
+    # b got a's message; b's RESULT tells what it saw.
+    seen = b.result()
+    assert (seen["source"], seen["m_type"], seen["payload"]) == (a.ep, 77, b"ping")
+    # a is now blocked waiting for b's reply; make b send it.
+    wait_state(a.root, a.ep, "receiving")
+    assert b.cmd("send", dest=a.ep, m_type=78, data=b"pong")["status"] == 0
+    got = a.result()
+    assert (got["status"], got["source"], got["m_type"], got["payload"]) == (0, b.ep, 78, b"pong")
+
+
+def test_send_completes_only_when_the_receiver_takes_the_message(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+    a, _ = pair
+    a.start("sleep", reply="none", seconds=0.4)
+    begin = time.monotonic()
+    root.send(a.ep, 99, b"late")  # a sleeps, so this waits for its next receive
+    waited = time.monotonic() - begin
+    assert waited >= 0.3, f"send returned after {waited:.3f} s, before the receiver took it"
+    inbox = a.cmd("inbox")["messages"]
+    assert inbox == [{"source": root.endpoint, "m_type": 99, "payload": b"late"}]
+
+
+def test_receive_from_one_endpoint_leaves_others_queued(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+    a, b = pair
+    a.start("send", dest=root.endpoint, m_type=1001, data=b"from a")
+    b.start("send", dest=root.endpoint, m_type=1002, data=b"from b")
+    wait_state(root, a.ep, "sending")
+    wait_state(root, b.ep, "sending")
+    first = root.receive(b.ep, timeout=5)
+    assert (first.source, first.m_type) == (b.ep, 1002)
+    assert b.result()["status"] == 0
+    second = root.receive(timeout=5)
+    assert (second.source, second.m_type, second.payload) == (a.ep, 1001, b"from a")
+    assert a.result()["status"] == 0
+
+
+def test_notify_is_nonblocking_and_coalesced_per_source(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+    a, _ = pair
+    for _ in range(3):
+        assert a.cmd("notify", dest=root.endpoint)["status"] == 0
+    note = root.receive(timeout=5)
+    assert note.is_notify and note.source == a.ep
+    assert isinstance(note["timestamp"], int)
+    with pytest.raises(ipc.IpcTimeout):
+        root.receive(a.ep, timeout=0.2)  # three notifies, one delivery
+
+
+def test_notifications_come_before_queued_messages(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+    a, b = pair
+    b.start("send", dest=root.endpoint, m_type=5, data=b"")
+    wait_state(root, b.ep, "sending")
+    assert a.cmd("notify", dest=root.endpoint)["status"] == 0
+    assert root.receive(timeout=5).is_notify
+    assert root.receive(timeout=5).source == b.ep
+    assert b.result()["status"] == 0
+
+
+def test_sendnb_to_a_process_not_receiving_is_enotready(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+    a, _ = pair
+    a.start("sleep", seconds=0.3)
+    with pytest.raises(ipc.IpcError) as err:
+        root.sendnb(a.ep, 5, b"")
+    assert err.value.errno is Errno.ENOTREADY
+    a.result()
+
+
+def test_senda_queues_and_reports_delivery(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+    a, _ = pair
+    a.start("sleep", seconds=0.3)
+    ident = root.senda(a.ep, 42, {"n": 1})  # returns at once
+    assert root.async_status(ident) is Errno.EINPROGRESS
+    a.result()  # after its sleep the agent receives again and takes the async message
+    deadline = time.monotonic() + 5
+    while (status := root.async_status(ident)) is Errno.EINPROGRESS:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert status is None
+    inbox = a.cmd("inbox")["messages"]
+    assert [(m["source"], m["m_type"]) for m in inbox] == [(root.endpoint, 42)]
+    with pytest.raises(ipc.IpcError):
+        root.async_status(ident)  # a finished status is read once
+
+
+def test_senda_to_a_process_that_dies_reports_edeadsrcdst(root: ipc.Connection) -> None:
+    c = spawn_agent(root, "gamma")
+    c.start("sleep", seconds=5)
+    ident = root.senda(c.ep, 42, b"")
+    root.kill(c.ep)
+    deadline = time.monotonic() + 5
+    while (status := root.async_status(ident)) is Errno.EINPROGRESS:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert status is Errno.EDEADSRCDST
+
+
+def test_send_cycle_is_elocked(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+    a, _ = pair
+    a.start("send", dest=root.endpoint, m_type=7, data=b"")
+    wait_state(root, a.ep, "sending")
+    with pytest.raises(ipc.IpcError) as err:
+        root.send(a.ep, 8, b"")  # a sends to root, root to a: deadlock
+    assert err.value.errno is Errno.ELOCKED
+    assert root.receive(a.ep, timeout=5).m_type == 7
+    assert a.result()["status"] == 0
+
+
+def test_three_process_cycle_is_elocked(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+    a, b = pair
+    a.start("send", dest=b.ep, m_type=11, data=b"")  # a -> b (b not receiving: a blocks)
+    wait_state(root, a.ep, "sending")
+    b.start("send", dest=root.endpoint, m_type=2, data=b"")  # b -> root... b is busy; see below
+    # b took the CMD first, so b now sends to root and blocks; a still waits on b.
+    wait_state(root, b.ep, "sending")
+    with pytest.raises(ipc.IpcError) as err:
+        root.send(a.ep, 3, b"")  # root -> a -> b -> root
+    assert err.value.errno is Errno.ELOCKED
+    assert root.receive(b.ep, timeout=5).m_type == 2
+    assert b.result()["status"] == 0
+    # b is back in its loop and takes a's message; a finishes.
+    assert a.result()["status"] == 0
+    assert [m["m_type"] for m in b.cmd("inbox")["messages"]] == [11]
+
+
+def test_send_to_self_is_elocked(root: ipc.Connection) -> None:
+    with pytest.raises(ipc.IpcError) as err:
+        root.send(root.endpoint, 1, b"")
+    assert err.value.errno is Errno.ELOCKED
+
+
+def _sendrec_in_thread(conn: ipc.Connection, dest: int) -> tuple[threading.Thread, dict[str, object]]:
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["reply"] = conn.sendrec(dest, 9, b"", timeout=20)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def test_sendrec_blocked_in_send_gets_edeadsrcdst_when_peer_is_sigkilled(root: ipc.Connection) -> None:
+    victim = spawn_agent(root, "victim1")
+    victim.start("sleep", seconds=30)  # takes the CMD, then never receives again
+    thread, outcome = _sendrec_in_thread(root, victim.ep)
+    time.sleep(0.3)  # root is blocked in the send half of its sendrec
+    os.kill(victim.pid, signal.SIGKILL)
+    thread.join(timeout=10)
+    error = outcome.get("error")
+    assert isinstance(error, ipc.IpcError) and error.errno is Errno.EDEADSRCDST, outcome
+
+
+def test_sendrec_waiting_for_the_reply_gets_edeadsrcdst_when_peer_is_sigkilled(
+    root: ipc.Connection, kernel: KernelProcess
+) -> None:
+    victim = spawn_agent(root, "victim2")
+    victim.start("receive")  # takes the next message, then reports to root (which is not listening)
+    wait_state(root, victim.ep, "receiving")
+    with kernel.attach() as user:
+        thread, outcome = _sendrec_in_thread(user, victim.ep)
+        wait_state(root, victim.ep, "sending")  # the victim took the message, user awaits a reply
+        wait_state(root, user.endpoint, "receiving")
+        os.kill(victim.pid, signal.SIGKILL)
+        thread.join(timeout=10)
+    error = outcome.get("error")
+    assert isinstance(error, ipc.IpcError) and error.errno is Errno.EDEADSRCDST, outcome
+
+
+def test_send_and_receive_name_a_dead_endpoint(root: ipc.Connection) -> None:
+    dead = spawn_agent(root, "shortlived")
+    root.kill(dead.ep)
+    deadline = time.monotonic() + 5
+    while any(p["endpoint"] == dead.ep for p in root.proctab()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for call in (
+        lambda: root.send(dead.ep, 1, b""),
+        lambda: root.notify(dead.ep),
+        lambda: root.receive(dead.ep, timeout=1),
+        lambda: root.sendrec(dead.ep, 1, b"", timeout=1),
+    ):
+        with pytest.raises(ipc.IpcError) as err:
+            call()
+        assert err.value.errno is Errno.EDEADSRCDST
+
+
+def test_stale_endpoint_never_reaches_the_slots_next_process(root: ipc.Connection, kernel: KernelProcess) -> None:
+    old = spawn_agent(root, "stale")
+    slot = wire.endpoint_slot(old.ep)
+    root.kill(old.ep)
+    reused: ipc.Connection | None = None
+    for _ in range(3 * wire.NR_SLOTS):  # slots are handed out round robin
+        conn = kernel.attach()
+        if wire.endpoint_slot(conn.endpoint) == slot:
+            reused = conn
+            break
+        conn.close()
+    assert reused is not None, "the slot was never reused"
+    try:
+        assert reused.endpoint != old.ep
+        assert wire.endpoint_generation(reused.endpoint) != wire.endpoint_generation(old.ep)
+        with pytest.raises(ipc.IpcError) as err:
+            root.notify(old.ep)
+        assert err.value.errno is Errno.EDEADSRCDST
+        with pytest.raises(ipc.IpcTimeout):
+            reused.receive(timeout=0.2)  # nothing meant for the old process arrives
+    finally:
+        reused.close()
+
+
+def test_ipc_line_forbids_targets_with_ecalldenied(
+    root: ipc.Connection, kernel: KernelProcess, pair: tuple[Agent, Agent]
+) -> None:
+    a, _ = pair
+    lonely = spawn_agent(root, "lonely", "ipc beta;")  # may send to beta only (and reply)
+    result = lonely.cmd("notify", dest=a.ep)
+    assert Errno(result["status"]) is Errno.ECALLDENIED
+    result = lonely.cmd("send", dest=a.ep, m_type=1)
+    assert Errno(result["status"]) is Errno.ECALLDENIED
+    log = (kernel.run_dir / "kernel.log").read_text()
+    assert "ECALLDENIED: lonely" in log
+    root.kill(lonely.ep)
+
+
+def test_user_processes_may_not_make_kernel_calls_or_reach_other_users(kernel: KernelProcess) -> None:
+    with kernel.attach() as one, kernel.attach() as two:
+        assert not one.system
+        with pytest.raises(ipc.IpcError) as err:
+            one.uptime()
+        assert err.value.errno is Errno.ECALLDENIED
+        with pytest.raises(ipc.IpcError) as err:
+            one.notify(two.endpoint)
+        assert err.value.errno is Errno.ECALLDENIED
+
+
+def test_spawn_of_a_missing_program_is_enoent_and_names_it(root: ipc.Connection) -> None:
+    with pytest.raises(ipc.IpcError) as err:
+        root.spawn(["/nonexistent/driver"], "ghost")
+    assert err.value.errno is Errno.ENOENT
+    assert "/nonexistent/driver" in str(err.value)
+
+
+def test_spawn_with_a_bad_conf_is_einval_with_the_parse_error(root: ipc.Connection) -> None:
+    with pytest.raises(ipc.IpcError) as err:
+        root.spawn(["/bin/true"], "bad", conf="service bad { io zz; };")
+    assert err.value.errno is Errno.EINVAL
+    assert "io" in str(err.value)
+
+
+def test_exit_is_reported_to_the_parent_with_a_system_notify(root: ipc.Connection) -> None:
+    quitter = spawn_agent(root, "quitter")
+    root.exits()  # drain older records
+    quitter.start("exit", code=3)
+    records: list[ipc.ExitInfo] = []
+    while not records:  # an older exit's notify may still be pending: drain as RS does
+        note = root.receive(wire.SYSTEM, timeout=10)
+        assert note.is_notify and note["events"] == 1
+        records = root.exits()
+    assert [(r.endpoint, r.label, r.status) for r in records] == [(quitter.ep, "quitter", 3)]
