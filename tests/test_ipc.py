@@ -12,8 +12,8 @@ import threading
 import time
 
 import pytest
-
 from agents import Agent, spawn_agent, wait_state
+
 from hwl import ipc
 from hwl.ipc import wire
 from hwl.kernel.errno import Errno
@@ -26,7 +26,9 @@ def pair(kernel: KernelProcess) -> tuple[Agent, Agent]:
     return spawn_agent(kernel.root, "alpha"), spawn_agent(kernel.root, "beta")
 
 
-def test_hello_gives_each_process_its_endpoint(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+def test_hello_gives_each_process_its_endpoint(
+    root: ipc.Connection, pair: tuple[Agent, Agent]
+) -> None:
     a, b = pair
     who = a.cmd("whoami")
     assert (who["endpoint"], who["label"], who["pid"]) == (a.ep, "alpha", a.pid)
@@ -49,7 +51,9 @@ def test_sendrec_between_two_agents(pair: tuple[Agent, Agent]) -> None:
     assert (got["status"], got["source"], got["m_type"], got["payload"]) == (0, b.ep, 78, b"pong")
 
 
-def test_send_completes_only_when_the_receiver_takes_the_message(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+def test_send_completes_only_when_the_receiver_takes_the_message(
+    root: ipc.Connection, pair: tuple[Agent, Agent]
+) -> None:
     a, _ = pair
     a.start("sleep", reply="none", seconds=0.4)
     begin = time.monotonic()
@@ -60,7 +64,9 @@ def test_send_completes_only_when_the_receiver_takes_the_message(root: ipc.Conne
     assert inbox == [{"source": root.endpoint, "m_type": 99, "payload": b"late"}]
 
 
-def test_receive_from_one_endpoint_leaves_others_queued(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+def test_receive_from_one_endpoint_leaves_others_queued(
+    root: ipc.Connection, pair: tuple[Agent, Agent]
+) -> None:
     a, b = pair
     a.start("send", dest=root.endpoint, m_type=1001, data=b"from a")
     b.start("send", dest=root.endpoint, m_type=1002, data=b"from b")
@@ -74,7 +80,9 @@ def test_receive_from_one_endpoint_leaves_others_queued(root: ipc.Connection, pa
     assert a.result()["status"] == 0
 
 
-def test_notify_is_nonblocking_and_coalesced_per_source(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+def test_notify_is_nonblocking_and_coalesced_per_source(
+    root: ipc.Connection, pair: tuple[Agent, Agent]
+) -> None:
     a, _ = pair
     for _ in range(3):
         assert a.cmd("notify", dest=root.endpoint)["status"] == 0
@@ -85,7 +93,9 @@ def test_notify_is_nonblocking_and_coalesced_per_source(root: ipc.Connection, pa
         root.receive(a.ep, timeout=0.2)  # three notifies, one delivery
 
 
-def test_notifications_come_before_queued_messages(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+def test_notifications_come_before_queued_messages(
+    root: ipc.Connection, pair: tuple[Agent, Agent]
+) -> None:
     a, b = pair
     b.start("send", dest=root.endpoint, m_type=5, data=b"")
     wait_state(root, b.ep, "sending")
@@ -95,7 +105,9 @@ def test_notifications_come_before_queued_messages(root: ipc.Connection, pair: t
     assert b.result()["status"] == 0
 
 
-def test_sendnb_to_a_process_not_receiving_is_enotready(root: ipc.Connection, pair: tuple[Agent, Agent]) -> None:
+def test_sendnb_to_a_process_not_receiving_is_enotready(
+    root: ipc.Connection, pair: tuple[Agent, Agent]
+) -> None:
     a, _ = pair
     a.start("sleep", seconds=0.3)
     with pytest.raises(ipc.IpcError) as err:
@@ -167,7 +179,9 @@ def test_send_to_self_is_elocked(root: ipc.Connection) -> None:
     assert err.value.errno is Errno.ELOCKED
 
 
-def _sendrec_in_thread(conn: ipc.Connection, dest: int) -> tuple[threading.Thread, dict[str, object]]:
+def _sendrec_in_thread(
+    conn: ipc.Connection, dest: int
+) -> tuple[threading.Thread, dict[str, object]]:
     outcome: dict[str, object] = {}
 
     def run() -> None:
@@ -181,7 +195,9 @@ def _sendrec_in_thread(conn: ipc.Connection, dest: int) -> tuple[threading.Threa
     return thread, outcome
 
 
-def test_sendrec_blocked_in_send_gets_edeadsrcdst_when_peer_is_sigkilled(root: ipc.Connection) -> None:
+def test_sendrec_blocked_in_send_gets_edeadsrcdst_when_peer_is_sigkilled(
+    root: ipc.Connection,
+) -> None:
     victim = spawn_agent(root, "victim1")
     victim.start("sleep", seconds=30)  # takes the CMD, then never receives again
     thread, outcome = _sendrec_in_thread(root, victim.ep)
@@ -226,7 +242,9 @@ def test_send_and_receive_name_a_dead_endpoint(root: ipc.Connection) -> None:
         assert err.value.errno is Errno.EDEADSRCDST
 
 
-def test_stale_endpoint_never_reaches_the_slots_next_process(root: ipc.Connection, kernel: KernelProcess) -> None:
+def test_stale_endpoint_never_reaches_the_slots_next_process(
+    root: ipc.Connection, kernel: KernelProcess
+) -> None:
     old = spawn_agent(root, "stale")
     slot = wire.endpoint_slot(old.ep)
     root.kill(old.ep)
@@ -264,7 +282,9 @@ def test_ipc_line_forbids_targets_with_ecalldenied(
     root.kill(lonely.ep)
 
 
-def test_user_processes_may_not_make_kernel_calls_or_reach_other_users(kernel: KernelProcess) -> None:
+def test_user_processes_may_not_make_kernel_calls_or_reach_other_users(
+    kernel: KernelProcess,
+) -> None:
     with kernel.attach() as one, kernel.attach() as two:
         assert not one.system
         with pytest.raises(ipc.IpcError) as err:

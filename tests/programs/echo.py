@@ -1,5 +1,7 @@
 """Echo server: answers every message with the same type and payload (+ its endpoint)."""
 
+import contextlib
+
 from hwl import ipc
 
 conn = ipc.connect()
@@ -10,7 +12,5 @@ while True:
         break
     if msg.is_notify:
         continue
-    try:
+    with contextlib.suppress(ipc.IpcError):
         conn.sendnb(msg.source, msg.m_type, msg.payload)
-    except ipc.IpcError:
-        pass
