@@ -319,3 +319,91 @@ def test_exit_is_reported_to_the_parent_with_a_system_notify(root: ipc.Connectio
         assert note.is_notify and note["events"] == 1
         records = root.exits()
     assert [(r.endpoint, r.label, r.status) for r in records] == [(quitter.ep, "quitter", 3)]
+
+
+# --- grants ---------------------------------------------------------------------
+
+
+def test_grants_let_exactly_the_grantee_copy_exactly_the_range(
+    root: ipc.Connection, pair: tuple[Agent, Agent]
+) -> None:
+    a, b = pair
+    buf = root.arena.alloc(64)
+    buf.write(bytes(range(64)))
+    gid = root.arena.grant(a.ep, buf.offset + 8, 32, read=True)
+    try:
+        got = a.cmd("copyfrom", endpoint=root.endpoint, grant=gid, offset=4, length=8)
+        assert got["status"] == 0 and got["data"] == bytes(range(12, 20))
+        beyond = a.cmd("copyfrom", endpoint=root.endpoint, grant=gid, offset=30, length=4)
+        assert Errno(beyond["status"]) is Errno.EPERM and "outside grant" in beyond["error"]
+        other = b.cmd("copyfrom", endpoint=root.endpoint, grant=gid, offset=0, length=4)
+        assert Errno(other["status"]) is Errno.EPERM
+        write = a.cmd("copyto", endpoint=root.endpoint, grant=gid, data=b"xx")
+        assert Errno(write["status"]) is Errno.EPERM and "writing" in write["error"]
+        assert buf.read() == bytes(range(64))  # nothing was written
+    finally:
+        root.arena.revoke(gid)
+    revoked = a.cmd("copyfrom", endpoint=root.endpoint, grant=gid, offset=0, length=4)
+    assert Errno(revoked["status"]) is Errno.EINVAL
+    root.arena.free(buf)
+
+
+def test_a_write_grant_receives_the_grantees_bytes(
+    root: ipc.Connection, pair: tuple[Agent, Agent]
+) -> None:
+    a, _ = pair
+    buf = root.arena.alloc(16)
+    buf.write(bytes(16))
+    gid = root.arena.grant(a.ep, buf.offset, 16, read=False, write=True)
+    try:
+        assert (
+            a.cmd("copyto", endpoint=root.endpoint, grant=gid, offset=3, data=b"abc")["status"] == 0
+        )
+        assert buf.read() == bytes(3) + b"abc" + bytes(10)
+        denied = a.cmd("copyfrom", endpoint=root.endpoint, grant=gid, offset=0, length=4)
+        assert Errno(denied["status"]) is Errno.EPERM
+    finally:
+        root.arena.revoke(gid)
+        root.arena.free(buf)
+
+
+def test_an_indirect_grant_passes_a_narrowed_range_on(
+    root: ipc.Connection, pair: tuple[Agent, Agent]
+) -> None:
+    a, b = pair
+    buf = root.arena.alloc(32)
+    buf.write(b"0123456789abcdefghijklmnopqrstuv")
+    gid = root.arena.grant(a.ep, buf.offset, 32, read=True)
+    try:
+        onward = a.cmd(
+            "grant_indirect",
+            grantee=b.ep,
+            owner=root.endpoint,
+            owner_grant=gid,
+            offset=10,
+            length=6,
+        )["grant"]
+        got = b.cmd("copyfrom", endpoint=a.ep, grant=onward, offset=0, length=6)
+        assert got["status"] == 0 and got["data"] == b"abcdef"
+        past = b.cmd("copyfrom", endpoint=a.ep, grant=onward, offset=4, length=4)
+        assert Errno(past["status"]) is Errno.EPERM
+        root.arena.revoke(gid)  # revoking the original cuts the chain
+        cut = b.cmd("copyfrom", endpoint=a.ep, grant=onward, offset=0, length=6)
+        assert Errno(cut["status"]) is Errno.EINVAL
+    finally:
+        root.arena.free(buf)
+
+
+def test_copies_to_the_callers_own_arena_stay_inside_its_data_area(root: ipc.Connection) -> None:
+    buf = root.arena.alloc(8)
+    gid = root.arena.grant(root.endpoint, buf.offset, 8, read=True)
+    try:
+        with pytest.raises(ipc.IpcError) as err:
+            root.safecopyfrom(root.endpoint, gid, 0, 0, 8)  # local offset 0: the grant table
+        assert err.value.errno is Errno.EFAULT
+        with pytest.raises(ipc.IpcError) as err:
+            root.safecopyfrom(root.endpoint, gid, 0, root.arena.size - 4, 8)
+        assert err.value.errno is Errno.EFAULT
+    finally:
+        root.arena.revoke(gid)
+        root.arena.free(buf)

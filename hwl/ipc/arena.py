@@ -191,8 +191,11 @@ class Arena:
             raise ValueError(f"grant {gid} is not a live grant of this process")
 
     def close(self) -> None:
-        self.view.release()
-        self._map.close()
+        try:
+            self.view.release()
+            self._map.close()
+        except BufferError:
+            pass  # a Buffer still holds a view; the mapping goes with the last one
 
 
 # --- the kernel side -------------------------------------------------------------

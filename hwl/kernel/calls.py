@@ -408,6 +408,7 @@ class Calls:
                 fail(Errno.EINVAL, f"privctl: the text holds {len(conf)} service entries, not 1")
             (entry,) = conf
             target.priv = Priv(entry)
+            target.label = entry.label  # a process is known by its service's label
         elif op == "add_io":
             base = get_int(f, "base", 0, 0xFFFF)
             length = get_int(f, "length", 1, 0x10000 - base, 1)
@@ -550,7 +551,7 @@ class Calls:
         return ident, buf
 
     def do_dmaalloc(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
-        size = get_int(f, "size", 1, 16 << 20)
+        size = get_int(f, "size", 1, 1 << 30)
         align = get_int(f, "align", 1, 1 << 20, 4096)
         boundary = get_int(f, "boundary", 0, 1 << 30, 0)
         if align & (align - 1) or boundary & (boundary - 1):

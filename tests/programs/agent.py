@@ -52,6 +52,12 @@ def run(conn: ipc.Connection, f: dict[str, Any], inbox: list[dict[str, Any]]) ->
         buf = conn.arena.alloc(len(data))
         buf.write(data)
         conn.safecopyto(f["endpoint"], f["grant"], f.get("offset", 0), buf.offset, len(data))
+    elif op == "grant_indirect":
+        gid = conn.arena.grant_indirect(
+            f["grantee"], f["owner"], f["owner_grant"], f["offset"], f["length"],
+            read=f.get("read", True), write=f.get("write", False),
+        )  # fmt: skip
+        return {"grant": gid}
     elif op == "whoami":
         return {"endpoint": conn.endpoint, "label": conn.label, "pid": os.getpid()}
     elif op == "exit":

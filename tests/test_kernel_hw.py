@@ -1,0 +1,243 @@
+"""Kernel calls on a real machine: port I/O, IRQs and DMA, each within privileges.
+
+The machine's link belongs to the kernel process; the test is its root and
+attaches further processes whose privileges it sets with ``privctl``, as RS
+does from system.conf entries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hwl import Machine, ipc
+from hwl.hw import ata
+from hwl.kernel.errno import Errno
+from hwl.kernel.launcher import KernelProcess
+from hwl.link.batch import Batch
+from hwl.pytest_plugin import MachineFactory
+
+IDE0 = "io 1f0:8 3f6; irq 14; system devio vdevio sdevio irqctl;"
+
+
+@pytest.fixture(scope="module")
+def machine_kernel(hwl_machines: MachineFactory) -> Iterator[tuple[Machine, KernelProcess]]:
+    machine = hwl_machines.boot("pc")
+    try:
+        yield machine, KernelProcess.start(machine)
+    finally:
+        machine.close()
+
+
+@pytest.fixture
+def hw_root(machine_kernel: tuple[Machine, KernelProcess]) -> ipc.Connection:
+    root = machine_kernel[1].root
+    assert root is not None
+    return root
+
+
+@pytest.fixture
+def process(machine_kernel: tuple[Machine, KernelProcess], hw_root: ipc.Connection):  # type: ignore[no-untyped-def]
+    """A factory of attached processes with the privileges of a system.conf body."""
+    made: list[ipc.Connection] = []
+
+    def make(label: str, body: str) -> ipc.Connection:
+        conn = machine_kernel[1].attach()
+        hw_root.privctl_set(conn.endpoint, f"service {label} {{ {body} }};")
+        made.append(conn)
+        return conn
+
+    yield make
+    for conn in made:
+        conn.close()
+
+
+def kernel_log(machine_kernel: tuple[Machine, KernelProcess]) -> str:
+    return (machine_kernel[1].run_dir / "kernel.log").read_text()
+
+
+def identify_batch(drive: int = 0xA0) -> Batch:
+    """Select the master and start IDENTIFY; done when the data is ready (DRQ)."""
+    b = Batch()
+    b.outb(0x3F6, 0)  # interrupts on
+    b.outb(0x1F6, drive)
+    b.inb(0x1F7)  # clears an INTRQ left pending by earlier commands
+    b.outb(0x1F7, ata.CMD_IDENTIFY)
+    b.wait(0x1F7, ata.BSY | ata.DRQ, ata.DRQ)
+    return b
+
+
+def identify(conn: ipc.Connection) -> bytes:
+    """IDENTIFY through vdevio, its 512 bytes through sdevio into our own grant."""
+    conn.vdevio(identify_batch())
+    buf = conn.arena.alloc(512)
+    grant = conn.arena.grant(conn.endpoint, buf.offset, 512, read=True, write=True)
+    try:
+        conn.sdevio_in(0x1F0, 256, 2, conn.endpoint, grant)
+        conn.devio_in(0x1F7)  # acknowledge
+        return buf.read()
+    finally:
+        conn.arena.revoke(grant)
+        conn.arena.free(buf)
+
+
+def test_the_machine_link_now_belongs_to_the_kernel(
+    machine_kernel: tuple[Machine, KernelProcess],
+) -> None:
+    with pytest.raises(Exception, match="belongs to the kernel"):
+        _ = machine_kernel[0].link
+
+
+def test_devio_reads_the_ide_status_port_within_its_io_range(process) -> None:  # type: ignore[no-untyped-def]
+    conn = process("ide0", IDE0)
+    conn.devio_out(0x1F6, 0xA0)  # SeaBIOS leaves the (absent) slave selected
+    status = conn.devio_in(0x1F7)
+    assert status != 0xFF and status & ata.DRDY, f"status {status:#x}"
+    assert not status & ata.BSY
+
+
+@pytest.mark.parametrize(
+    ("port", "width"),
+    [(0x170, 1), (0x1F8, 1), (0x1F6, 4), (0x3F7, 1), (0x60, 1)],
+)
+def test_ports_outside_its_io_ranges_get_eperm_and_a_log_line(  # type: ignore[no-untyped-def]
+    process, machine_kernel: tuple[Machine, KernelProcess], port: int, width: int
+) -> None:
+    conn = process("ide0", IDE0)
+    with pytest.raises(ipc.IpcError) as err:
+        conn.devio_in(port, width)
+    assert err.value.errno is Errno.EPERM
+    assert f"port {port:#x}" in str(err.value)
+    assert f"EPERM: ide0 ({conn.endpoint}) devio: port {port:#x}" in kernel_log(machine_kernel)
+    assert conn.devio_in(0x1F7) != 0xFF  # and the process goes on working
+
+
+def test_one_forbidden_op_refuses_the_whole_vdevio(process) -> None:  # type: ignore[no-untyped-def]
+    conn = process("ide0", IDE0)
+    b = Batch()
+    b.outb(0x1F6, 0xA0)
+    b.inb(0x177)
+    with pytest.raises(ipc.IpcError) as err:
+        conn.vdevio(b)
+    assert err.value.errno is Errno.EPERM and "0x177" in str(err.value)
+
+
+def test_a_process_without_devio_on_its_system_line_gets_ecalldenied(process) -> None:  # type: ignore[no-untyped-def]
+    conn = process("noio", "io 1f0:8;")
+    with pytest.raises(ipc.IpcError) as err:
+        conn.devio_in(0x1F7)
+    assert err.value.errno is Errno.ECALLDENIED
+
+
+def test_identify_through_vdevio_and_sdevio(process) -> None:  # type: ignore[no-untyped-def]
+    conn = process("ide0", IDE0)
+    data = identify(conn)
+    model = bytes(b for pair in zip(data[55:94:2], data[54:94:2], strict=True) for b in pair)
+    assert model.decode().strip() == "HWL DISK 0"
+    serial = bytes(b for pair in zip(data[21:40:2], data[20:40:2], strict=True) for b in pair)
+    assert serial.decode().strip() == "HWLHD0"
+
+
+def test_sdevio_into_a_grant_it_may_not_write_is_refused(process, hw_root: ipc.Connection) -> None:  # type: ignore[no-untyped-def]
+    conn = process("ide0", IDE0)
+    buf = hw_root.arena.alloc(512)
+    read_only = hw_root.arena.grant(conn.endpoint, buf.offset, 512, read=True)
+    try:
+        with pytest.raises(ipc.IpcError) as err:
+            conn.sdevio_in(0x1F0, 256, 2, hw_root.endpoint, read_only)
+        assert err.value.errno is Errno.EPERM
+    finally:
+        hw_root.arena.revoke(read_only)
+        hw_root.arena.free(buf)
+
+
+def test_irq_becomes_a_hardware_notify_and_stays_masked_until_irqenable(process) -> None:  # type: ignore[no-untyped-def]
+    conn = process("ide0", IDE0)
+    hook = conn.irq_setpolicy(14, notify_id=3)
+    try:
+        identify(conn)
+        note = conn.receive(ipc.HARDWARE, timeout=5)
+        assert note.is_notify and note["interrupts"] == 1 << 3
+
+        identify(conn)  # the drive interrupts again, but the line is masked
+        with pytest.raises(ipc.IpcTimeout):
+            conn.receive(ipc.HARDWARE, timeout=0.3)
+
+        conn.irq_enable(hook)  # the latched edge is delivered now
+        note = conn.receive(ipc.HARDWARE, timeout=5)
+        assert note["interrupts"] == 1 << 3
+        conn.irq_enable(hook)
+    finally:
+        conn.irq_rmpolicy(hook)
+
+
+def test_irq_lines_outside_its_irq_list_get_eperm(process, machine_kernel) -> None:  # type: ignore[no-untyped-def]
+    conn = process("ide0", IDE0)
+    with pytest.raises(ipc.IpcError) as err:
+        conn.irq_setpolicy(15)
+    assert err.value.errno is Errno.EPERM
+    assert "irqsetpolicy: IRQ 15" in kernel_log(machine_kernel)
+    with pytest.raises(ipc.IpcError) as err:
+        conn.irq_enable(12345)  # a hook that is not ours
+    assert err.value.errno is Errno.EINVAL
+
+
+def test_dma_needs_the_memory_dma_privilege(process, machine_kernel) -> None:  # type: ignore[no-untyped-def]
+    conn = process("nodma", IDE0)
+    with pytest.raises(ipc.IpcError) as err:
+        conn.dma_alloc(4096)
+    assert err.value.errno is Errno.EPERM
+    assert "dmaalloc: no 'memory ... dma' privilege" in kernel_log(machine_kernel)
+
+
+def test_dma_buffers_map_copy_and_are_private(process) -> None:  # type: ignore[no-untyped-def]
+    owner = process("dma1", "system umap; memory dma;")
+    other = process("dma2", "memory dma;")
+    buf = owner.dma_alloc(8192, align=4096)
+    assert buf.phys % 4096 == 0 and buf.size == 8192
+    assert owner.umap(buf, 100) == buf.phys + 100
+    owner.dma_write(buf, 10, b"guest bytes")
+    assert owner.dma_read(buf, 10, 11) == b"guest bytes"
+    local = owner.arena.alloc(16)
+    owner.dma_to_grant(buf, 10, 11, ipc.SELF, 0, local.offset)
+    assert local.read(11) == b"guest bytes"
+    with pytest.raises(ipc.IpcError) as err:
+        other.dma_read(buf, 0, 16)  # the same id means nothing to another process
+    assert err.value.errno is Errno.EINVAL
+    owner.dma_free(buf)
+
+
+def test_dma_buffers_are_freed_when_their_owner_exits(process, machine_kernel) -> None:  # type: ignore[no-untyped-def]
+    big = 96 << 20  # most of the 128 MiB guest: two cannot coexist
+    first = process("dmabig1", "memory dma;")
+    second = process("dmabig2", "memory dma;")
+    first.dma_alloc(big)
+    with pytest.raises(ipc.IpcError) as err:
+        second.dma_alloc(big)
+    assert err.value.errno is Errno.ENOMEM
+    first.close()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            second.dma_alloc(big)
+            break
+        except ipc.IpcError:
+            assert time.monotonic() < deadline, "the dead owner's buffer was never freed"
+            time.sleep(0.02)
+
+
+def test_getinfo_machine_reports_the_guest(hw_root: ipc.Connection, machine_kernel) -> None:  # type: ignore[no-untyped-def]
+    info = hw_root.getinfo("machine")
+    assert info["ram"] == machine_kernel[0].profile.memory
+    assert isinstance(info["tsc_khz"], int) and info["tsc_khz"] > 0
+
+
+def test_kernel_stops_with_the_machine(hwl_machines: MachineFactory, tmp_path: Path) -> None:
+    machine = hwl_machines.boot("pc")
+    kernel = KernelProcess.start(machine)
+    assert kernel.alive()
+    machine.close()
+    assert not kernel.alive()
