@@ -1,0 +1,229 @@
+"""The kernel against malformed input: every bad frame gets an error, nothing else breaks.
+
+A raw process (a bare socket, no client library) throws frames at the kernel:
+random bytes, truncated and oversized frames, unknown operations and kernel
+calls, and kernel calls whose fields have wrong names, types and ranges. Each
+request must get exactly one answer (or be cancellable), and meanwhile an echo
+server keeps answering the root.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hwl import ipc
+from hwl.ipc import codec, wire
+from hwl.kernel.errno import Errno
+from hwl.kernel.launcher import KernelProcess
+
+ECHO = str(Path(__file__).parent / "programs" / "echo.py")
+# Every call but those that end or start processes; ports and an IRQ to talk about.
+FUZZ_CONF = (
+    "service fuzz { ipc ALL; io 1f0:8; irq 14; memory dma; system devio vdevio sdevio "
+    "irqctl privctl statectl umap setalarm getinfo safecopyfrom safecopyto vsafecopy "
+    "safememset diagctl; };"
+)
+FIELD_NAMES = [
+    "port", "width", "value", "ops", "count", "dir", "endpoint", "grant", "offset", "local",
+    "length", "irq", "policy", "id", "hook", "op", "conf", "base", "what", "seconds", "ticks",
+    "absolute", "size", "align", "boundary", "data", "grant_offset", "copies", "byte", "text",
+    "to_grant",
+]  # fmt: skip
+
+
+class RawProcess:
+    """A user process that speaks the wire format by hand."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.connect(str(path))
+        frame, fds, _, _ = socket.recv_fds(self.sock, wire.MAX_RESPONSE, 1)
+        for fd in fds:
+            os.close(fd)
+        self.endpoint = int(codec.decode(frame[wire.RESPONSE.size :])["endpoint"])  # type: ignore[arg-type]
+
+    def _read(self, timeout: float) -> bytes | None:
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        return self.sock.recv(wire.MAX_RESPONSE) if ready else None
+
+    def ask(self, frame: bytes) -> bytes | None:
+        """Send a frame; return its answer. A call that blocks is cancelled, and
+        then exactly one frame (the answer, or EINTR) must come."""
+        self.sock.send(frame)
+        if len(frame) >= wire.REQUEST.size and frame[0] == wire.Op.CANCEL:
+            return None  # a cancel of nothing has no answer
+        answer = self._read(0.05)
+        if answer is None:
+            self.sock.send(wire.REQUEST.pack(wire.Op.CANCEL, 0, 0, 0, 0))
+            answer = self._read(5)
+            assert answer is not None, f"no answer after cancelling {frame[:32]!r}"
+        assert answer, "the kernel closed the connection"
+        assert self._read(0) is None, "more than one answer to one request"
+        return answer
+
+    @staticmethod
+    def status(answer: bytes) -> int:
+        return wire.RESPONSE.unpack_from(answer)[3]
+
+    def kcall(self, name: str, fields: dict[str, codec.Value]) -> bytes:
+        frame = wire.REQUEST.pack(wire.Op.KCALL, 0, 0, 0, wire.KERNEL_CALL_NUMBERS[name])
+        answer = self.ask(frame + codec.encode(fields))
+        assert answer is not None
+        return answer
+
+
+@pytest.fixture(scope="module")
+def setup(kernel: KernelProcess) -> Iterator[tuple[ipc.Connection, RawProcess, int]]:
+    root = kernel.root
+    assert root is not None
+    echo, _pid = root.spawn([sys.executable, ECHO], "echo", conf="service echo { ipc ALL; };")
+    raw = RawProcess(kernel.socket_path)
+    root.privctl_set(raw.endpoint, FUZZ_CONF)
+    yield root, raw, echo
+    raw.sock.close()
+
+
+def echo_still_serves(root: ipc.Connection, echo: int) -> None:
+    reply = root.sendrec(echo, 77, {"still": "here"}, timeout=5)
+    assert (reply.source, reply.m_type, reply["still"]) == (echo, 77, "here")
+
+
+@pytest.mark.parametrize(
+    ("frame", "errno"),
+    [
+        (b"\x01", Errno.EINVAL),  # shorter than a header
+        (b"\x03" * 11, Errno.EINVAL),
+        (wire.REQUEST.pack(99, 0, 0, 0, 0), Errno.EBADCALL),  # unknown operation
+        (wire.REQUEST.pack(0, 0, 0, 0, 0), Errno.EBADCALL),
+        (wire.REQUEST.pack(wire.Op.KCALL, 0, 0, 0, 999), Errno.EBADCALL),  # unknown call
+        (wire.REQUEST.pack(wire.Op.KCALL, 0, 0, 0, -1), Errno.EBADCALL),
+        (wire.REQUEST.pack(wire.Op.KCALL, 0, 0, 0, 15) + b"\xff\xff", Errno.EINVAL),  # payload
+        (wire.REQUEST.pack(wire.Op.SEND, 0, 0, -77, 0), Errno.EINVAL),  # no such endpoint kind
+        (wire.REQUEST.pack(wire.Op.SEND, 0, 0, 0x12345, 0), Errno.EDEADSRCDST),
+        (wire.REQUEST.pack(wire.Op.SEND, 0, 0, 0, 0) + bytes(wire.MAX_PAYLOAD + 1), Errno.EMSGSIZE),
+    ],
+)
+def test_malformed_frames_get_an_error_and_the_kernel_goes_on(
+    setup: tuple[ipc.Connection, RawProcess, int], frame: bytes, errno: Errno
+) -> None:
+    root, raw, echo = setup
+    answer = raw.ask(frame)
+    assert answer is not None and raw.status(answer) == -errno
+    echo_still_serves(root, echo)
+
+
+@pytest.mark.parametrize(
+    ("call", "fields", "errno", "words"),
+    [
+        ("devio", {}, Errno.EINVAL, "'port' is missing"),
+        ("devio", {"port": "0x1f7"}, Errno.EINVAL, "'port' must be an integer"),
+        ("devio", {"port": 1 << 40}, Errno.EINVAL, "outside 0..65535"),
+        ("devio", {"port": True}, Errno.EINVAL, "must be an integer, not bool"),
+        ("vdevio", {"ops": b"\x01" * 17}, Errno.EINVAL, "not 1..254 ops"),
+        ("getinfo", {"what": "secrets"}, Errno.EINVAL, "unknown item"),
+        ("privctl", {"endpoint": 0x8001, "op": "set", "conf": "x"}, Errno.EPERM, "may not control"),
+        ("setalarm", {"seconds": "soon"}, Errno.EINVAL, "seconds must be a number"),
+        ("safecopyfrom", {"endpoint": 0x7FFF_FFFF, "grant": 0, "length": 1, "local": 0},
+         Errno.EDEADSRCDST, "not alive"),
+        ("vsafecopy", {"copies": [1, 2]}, Errno.EINVAL, "entry 0 is not a dict"),
+        ("spawn", {"argv": ["/bin/sh"], "label": "x"}, Errno.ECALLDENIED, "not on its system line"),
+    ],
+)  # fmt: skip
+def test_bad_kernel_call_fields_are_refused_with_the_reason(
+    setup: tuple[ipc.Connection, RawProcess, int],
+    call: str,
+    fields: dict[str, codec.Value],
+    errno: Errno,
+    words: str,
+) -> None:
+    root, raw, echo = setup
+    if call == "privctl":
+        fields = {**fields, "endpoint": echo}
+    answer = raw.kcall(call, fields)
+    assert raw.status(answer) == -errno
+    assert words in str(codec.decode(answer[wire.RESPONSE.size :])["error"])
+    echo_still_serves(root, echo)
+
+
+def test_a_request_while_blocked_is_ebusy_and_the_blocked_call_survives(
+    setup: tuple[ipc.Connection, RawProcess, int],
+) -> None:
+    _root, raw, _echo = setup
+    raw.sock.send(wire.REQUEST.pack(wire.Op.RECEIVE, 0, 0, wire.ANY, 0))
+    raw.sock.send(wire.REQUEST.pack(wire.Op.NOTIFY, 0, 0, raw.endpoint, 0))
+    busy = raw._read(5)
+    assert busy is not None and raw.status(busy) == -Errno.EBUSY
+    raw.sock.send(wire.REQUEST.pack(wire.Op.CANCEL, 0, 0, 0, 0))
+    cancelled = raw._read(5)
+    assert cancelled is not None and raw.status(cancelled) == -Errno.EINTR
+
+
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.sampled_from([0, 1, -1, 0x1F7, 0x170, 14, 4096, 2**31, wire.ANY, wire.SELF])
+    | st.floats(allow_nan=True)
+    | st.text(max_size=12)
+    | st.binary(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(FIELD_NAMES), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_fields = st.dictionaries(
+    st.sampled_from(FIELD_NAMES) | st.text(min_size=1, max_size=6), _values, max_size=6
+)
+_payload = st.one_of(st.binary(max_size=200), _fields.map(codec.encode))
+_endpoint = st.sampled_from(
+    [0, wire.ANY, wire.NONE, wire.SELF, wire.SYSTEM, wire.CLOCK, wire.HARDWARE, 0x8000, 0x8001]
+) | st.integers(-(2**31), 2**31 - 1)
+_structured = st.builds(
+    lambda op, flags, peer, m_type, payload: (
+        wire.REQUEST.pack(op, flags, 0, peer, m_type) + payload
+    ),
+    st.integers(0, 12),
+    st.integers(0, 255),
+    _endpoint,
+    st.integers(-3, 30) | st.integers(-(2**31), 2**31 - 1),
+    _payload,
+)
+_kcalls = st.builds(
+    lambda number, payload: wire.REQUEST.pack(wire.Op.KCALL, 0, 0, 0, number) + payload,
+    st.sampled_from(sorted(wire.KERNEL_CALL_NAMES)),
+    _payload,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(frame=st.one_of(st.binary(min_size=1, max_size=80), _structured, _kcalls))
+def test_fuzzed_frames_always_get_an_answer(
+    setup: tuple[ipc.Connection, RawProcess, int], frame: bytes
+) -> None:
+    _root, raw, _echo = setup
+    answer = raw.ask(frame)
+    if answer is not None:
+        kind = answer[0]
+        assert kind in (wire.Kind.MESSAGE, wire.Kind.STATUS)
+
+
+def test_after_the_fuzzing_everyone_is_still_served(
+    setup: tuple[ipc.Connection, RawProcess, int], kernel: KernelProcess
+) -> None:
+    root, raw, echo = setup
+    echo_still_serves(root, echo)
+    answer = raw.kcall("getinfo", {"what": "whoami"})
+    assert raw.status(answer) == 0
+    assert codec.decode(answer[wire.RESPONSE.size :])["endpoint"] == raw.endpoint
+    log = (kernel.run_dir / "kernel.log").read_text()
+    assert "Traceback" not in log and "EGENERIC" not in log, "a kernel call raised internally"
