@@ -3,6 +3,7 @@
 hwl machine up PROFILE      boot, print the handshake, run until Ctrl-C
 hwl machine pci PROFILE     boot and print the PCI devices the link finds
 hwl bench link [--json]     the link benchmark (bench/link.py)
+hwl bench ipc [--json]      the kernel's IPC benchmark (bench/ipc.py)
 """
 
 from __future__ import annotations

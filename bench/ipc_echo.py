@@ -1,0 +1,64 @@
+"""The echo servers of ``hwl bench ipc`` (bench/ipc.py); not a benchmark of its own.
+
+Started by the kernel (``python bench/ipc_echo.py``), it answers every message
+with the same type and payload and takes notifications without a word, until the
+kernel goes. Started with ``--raw FD``, it echoes every frame on the socket FD
+as it came, until the other end closes: the floor a kernel round trip is held to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+from hwl import ipc
+from hwl.ipc import wire
+
+
+def serve() -> None:
+    conn = ipc.connect()
+    while True:
+        try:
+            msg = conn.receive()
+        except ipc.KernelGone:
+            break
+        if msg.is_notify:
+            continue
+        try:
+            conn.sendnb(msg.source, msg.m_type, msg.payload)
+        except ipc.KernelGone:
+            break
+        except ipc.IpcError:
+            continue  # the caller gave up on its sendrec: nothing to answer
+
+
+def raw_echo(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    recv, send = sock.recv, sock.send
+    size = wire.MAX_REQUEST
+    while True:
+        frame = recv(size)
+        if not frame:
+            break
+        send(frame)
+
+
+def main(args: argparse.Namespace | None = None) -> int:
+    """``hwl bench ipc_echo`` lands here too: say what this is instead of hanging."""
+    if wire.ENV_FD not in os.environ:
+        print(
+            "bench/ipc_echo.py is the echo server of 'hwl bench ipc', started by it",
+            file=sys.stderr,
+        )
+        return 2
+    serve()
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--raw":
+        raw_echo(int(sys.argv[2]))
+    else:
+        sys.exit(main())
