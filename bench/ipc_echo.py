@@ -18,20 +18,16 @@ from hwl.ipc import wire
 
 
 def serve() -> None:
+    """Receive, then answer each message and take the next in one kernel request."""
     conn = ipc.connect()
-    while True:
-        try:
-            msg = conn.receive()
-        except ipc.KernelGone:
-            break
-        if msg.is_notify:
-            continue
-        try:
-            conn.sendnb(msg.source, msg.m_type, msg.payload)
-        except ipc.KernelGone:
-            break
-        except ipc.IpcError:
-            continue  # the caller gave up on its sendrec: nothing to answer
+    try:
+        msg = conn.receive()
+        while True:
+            while msg.is_notify:
+                msg = conn.receive()
+            msg = conn.reply_receive(msg.source, msg.m_type, msg.payload)
+    except ipc.KernelGone:
+        return
 
 
 def raw_echo(fd: int) -> None:

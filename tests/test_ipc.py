@@ -407,3 +407,36 @@ def test_copies_to_the_callers_own_arena_stay_inside_its_data_area(root: ipc.Con
     finally:
         root.arena.revoke(gid)
         root.arena.free(buf)
+
+
+def test_reply_receive_answers_and_waits_for_the_next_request(
+    root: ipc.Connection, kernel: KernelProcess
+) -> None:
+    """A server loop in one request per message; a failed reply is reported, not raised."""
+    with kernel.attach() as client:
+        root.privctl_set(client.endpoint, "service client { ipc ALL; };")
+        server = root  # root serves: it receives the client's request
+        outcome: dict[str, object] = {}
+
+        def ask() -> None:
+            outcome["reply"] = client.sendrec(root.endpoint, 31, {"q": 1}, timeout=10)
+
+        thread = threading.Thread(target=ask)
+        thread.start()
+        request = server.receive(client.endpoint, timeout=5)
+        def ask_again() -> None:
+            thread.join()  # the client has its reply: now it notifies
+            client.notify(root.endpoint)
+
+        helper = threading.Thread(target=ask_again)
+        helper.start()
+        nxt = server.reply_receive(request.source, 32, {"a": 2})  # reply, then take the notify
+        helper.join(timeout=10)
+        reply = outcome["reply"]
+        assert isinstance(reply, ipc.Message) and (reply.m_type, reply["a"]) == (32, 2)
+        assert nxt.reply_errno is None and nxt.is_notify and nxt.source == client.endpoint
+
+        # The client is not waiting now: the reply fails with ENOTREADY, the receive goes on.
+        client.notify(root.endpoint)
+        late = server.reply_receive(client.endpoint, 33, b"")
+        assert late.reply_errno is Errno.ENOTREADY and late.is_notify

@@ -56,6 +56,7 @@ class Message:
     m_type: int
     payload: bytes = b""
     _fields: dict[str, codec.Value] | None = field(default=None, repr=False)
+    reply_errno: Errno | None = None  # set by reply_receive: the reply's failure
 
     @property
     def fields(self) -> dict[str, codec.Value]:
@@ -216,6 +217,19 @@ class Connection(KernelCalls):
         """Send, then receive the reply from ``dest``."""
         frame = _REQUEST(wire.Op.SENDREC, 0, 0, dest, m_type) + _payload(fields)
         return self._message(self._call(frame, "sendrec", timeout), "sendrec", timeout)
+
+    def reply_receive(
+        self, dest: int, m_type: int, fields: Fields | bytes | None = None
+    ) -> Message:
+        """A server's reply to ``dest`` (sent only if it waits for it, as ``sendnb``)
+        and its next receive from anyone, in one round trip to the kernel. The
+        reply's fate is ``reply_errno`` of the returned message (None: taken)."""
+        frame = _REQUEST(wire.Op.REPLY_RECEIVE, 0, 0, dest, m_type) + _payload(fields)
+        answer = self._call(frame, "reply_receive")
+        message = self._message(answer, "reply_receive", None)
+        spare = answer[2] | answer[3] << 8
+        message.reply_errno = _errno(-spare) if spare else None
+        return message
 
     def notify(self, dest: int) -> None:
         """A non-blocking notification; several before a receive arrive as one."""

@@ -86,6 +86,7 @@ class Op(enum.IntEnum):
     ASYNC_STATUS = 7  # delivery status of asynchronous sends
     KCALL = 8  # a kernel call; m_type is its number
     CANCEL = 9  # end the blocked call with EINTR (no frame of its own)
+    REPLY_RECEIVE = 10  # SENDNB a reply, then RECEIVE from ANY: a server's loop in one frame
 
 
 class Kind(enum.IntEnum):
@@ -98,7 +99,8 @@ class Kind(enum.IntEnum):
 
 # Request: op, flags, spare, peer endpoint (or 0), m_type (or kernel call number).
 REQUEST: Final = struct.Struct("<BBHii")
-# Response: kind, flags, spare, status (0 or a negative errno), source, m_type.
+# Response: kind, flags, reply errno, status (0 or a negative errno), source, m_type.
+# The reply errno is that of the reply half of a REPLY_RECEIVE (0 if it was taken).
 RESPONSE: Final = struct.Struct("<BBHiii")
 
 MAX_PAYLOAD: Final = 8192

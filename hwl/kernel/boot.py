@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
@@ -60,6 +61,12 @@ def open_link(spec: dict[str, Any]) -> Link:
     )
 
 
+def _drain(fd: int) -> None:
+    """Swallow the bytes of the signal wake-up pipe (the handler has run)."""
+    with contextlib.suppress(BlockingIOError):
+        os.read(fd, 512)
+
+
 def main(config: dict[str, Any]) -> int:
     run_dir = Path(config["run_dir"])
     logging.basicConfig(
@@ -77,7 +84,7 @@ def main(config: dict[str, Any]) -> int:
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGTERM, kernel.stop)
         signal.signal(signal.SIGINT, kernel.stop)
-        kernel.selector.register(wake_r, 1, lambda: os.read(wake_r, 512) and None)
+        kernel.watch(wake_r, lambda: _drain(wake_r))
         label = str(config.get("root_label", "root"))
         root = config["root"]
         if "fd" in root:

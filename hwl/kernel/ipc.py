@@ -30,6 +30,7 @@ EINVAL = -Errno.EINVAL
 EINTR = -Errno.EINTR
 EINPROGRESS = -Errno.EINPROGRESS
 
+_BLOCKED = 1  # not a status: the caller now waits, the answer comes later
 ASYNC_STATUS_KEEP = 4096  # finished async statuses kept per sender until asked for
 KERNEL_SOURCES = (wire.HARDWARE, wire.CLOCK, wire.SYSTEM, wire.ASYNCM)
 
@@ -130,38 +131,45 @@ class Ipc:
 
     # ------------------------------------------------------------ primitives
     def send(self, caller: Proc, endpoint: int, m_type: int, payload: bytes, op: wire.Op) -> None:
+        status = self._send(caller, endpoint, m_type, payload, op)
+        if status != _BLOCKED:
+            self.out.respond(caller, status)
+
+    def reply_receive(self, caller: Proc, endpoint: int, m_type: int, payload: bytes) -> None:
+        """A server's reply (as SENDNB) and its next receive (from ANY) in one
+        request; the reply's errno rides on the next response."""
+        caller.reply_errno = -self._send(caller, endpoint, m_type, payload, wire.Op.SENDNB)
+        self.receive(caller, wire.ANY)
+
+    def _send(self, caller: Proc, endpoint: int, m_type: int, payload: bytes, op: wire.Op) -> int:
+        """Send; returns the status to answer, or _BLOCKED if the caller now waits."""
         target, err = self._target(caller, endpoint)
         if target is None:
-            self.out.respond(caller, err)
-            return
+            return err
         if target is caller:
-            self.out.respond(caller, ELOCKED)
-            return
+            return ELOCKED
         if not self._permitted(caller, target, "send to"):
-            self.out.respond(caller, ECALLDENIED)
-            return
+            return ECALLDENIED
         if self._accepts(target, caller.endpoint):
             self._take(target, caller.endpoint, m_type, payload)
             if op is wire.Op.SENDREC:
                 caller.state = State.RECEIVING
                 caller.recv_from = target.endpoint
                 caller.awaiting_reply = True
-            else:
-                self.out.respond(caller, OK)
-            return
+                return _BLOCKED
+            return OK
         if op is wire.Op.SENDNB:
-            self.out.respond(caller, ENOTREADY)
-            return
+            return ENOTREADY
         if self._deadlock(caller, target.endpoint, sending=True):
             log.info("ELOCKED: %s -> %s would deadlock", caller.label, target.label)
-            self.out.respond(caller, ELOCKED)
-            return
+            return ELOCKED
         caller.state = State.SENDING
         caller.send_to = target.endpoint
         caller.send_type = m_type
         caller.send_payload = payload
         caller.in_sendrec = op is wire.Op.SENDREC
         target.callers.append(caller)
+        return _BLOCKED
 
     def receive(self, caller: Proc, source: int) -> None:
         if source not in (wire.ANY, *KERNEL_SOURCES) and self.table.lookup(source) is None:

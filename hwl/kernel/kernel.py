@@ -17,7 +17,7 @@ import contextlib
 import logging
 import mmap
 import os
-import selectors
+import select
 import signal
 import socket
 import struct
@@ -72,7 +72,8 @@ class Kernel:
         self.ipc = Ipc(self.table, self)
         self.irqs = Irqs(self)
         self.calls = Calls(self)
-        self.selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, Callable[[], None]] = {}
         self.children: dict[int, Child] = {}  # by pid
         self.alarms: dict[Proc, float] = {}
         self.doomed: list[tuple[Proc, str]] = []
@@ -82,14 +83,26 @@ class Kernel:
         self._link_ok = link is not None
         if link is not None:
             os.set_blocking(link.doorbell_fd, False)
-            self.selector.register(link.doorbell_fd, selectors.EVENT_READ, self._on_doorbell)
+            self.watch(link.doorbell_fd, self._on_doorbell)
+
+    # ------------------------------------------------------------ event sources
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` from the loop whenever ``fd`` is readable."""
+        self._callbacks[fd] = callback
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def unwatch(self, fd: int) -> None:
+        if self._callbacks.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
 
     # ---------------------------------------------------------------- output
     def respond(self, proc: Proc, status: int, m_type: int = 0, payload: bytes = b"") -> None:
-        self._write(proc, _MESSAGE_HEADER(wire.Kind.STATUS, 0, 0, status, 0, m_type) + payload)
+        spare, proc.reply_errno = proc.reply_errno, 0
+        self._write(proc, _MESSAGE_HEADER(wire.Kind.STATUS, 0, spare, status, 0, m_type) + payload)
 
     def deliver(self, proc: Proc, source: int, m_type: int, payload: bytes) -> None:
-        self._write(proc, _MESSAGE_HEADER(wire.Kind.MESSAGE, 0, 0, 0, source, m_type) + payload)
+        spare, proc.reply_errno = proc.reply_errno, 0
+        self._write(proc, _MESSAGE_HEADER(wire.Kind.MESSAGE, 0, spare, 0, source, m_type) + payload)
 
     def _write(self, proc: Proc, frame: bytes) -> None:
         if not proc.alive:
@@ -116,7 +129,7 @@ class Kernel:
         self.socket_path.chmod(0o600)
         self.listener.listen(16)
         self.listener.setblocking(False)
-        self.selector.register(self.listener, selectors.EVENT_READ, self._on_accept)
+        self.watch(self.listener.fileno(), self._on_accept)
 
     def _on_accept(self) -> None:
         assert self.listener is not None
@@ -182,7 +195,7 @@ class Kernel:
             parent=parent,
         )
         self.table.add(proc)
-        self.selector.register(conn, selectors.EVENT_READ, lambda: self._on_request(proc))
+        self.watch(conn.fileno(), lambda: self._on_request(proc))
         return proc
 
     def spawn(
@@ -222,7 +235,7 @@ class Kernel:
         pidfd = os.pidfd_open(popen.pid)
         child = Child(popen.pid, pidfd, proc.endpoint, label, parent_ep, popen)
         self.children[popen.pid] = child
-        self.selector.register(pidfd, selectors.EVENT_READ, lambda: self._on_child(child))
+        self.watch(pidfd, lambda: self._on_child(child))
         log.info("spawned %s: pid %d, %s", label, popen.pid, wire.endpoint_name(proc.endpoint))
         return proc
 
@@ -234,7 +247,7 @@ class Kernel:
         if pid == 0:
             return
         child.popen.returncode = os.waitstatus_to_exitcode(status)
-        self.selector.unregister(child.pidfd)
+        self.unwatch(child.pidfd)
         os.close(child.pidfd)
         del self.children[child.pid]
         code = os.waitstatus_to_exitcode(status)
@@ -273,8 +286,8 @@ class Kernel:
         self.irqs.release(proc)
         self.calls.release(proc)
         self.alarms.pop(proc, None)
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(proc.sock)
+        with contextlib.suppress(OSError):
+            self.unwatch(proc.sock.fileno())
         proc.sock.close()
         try:
             proc.arena_view.release()
@@ -314,6 +327,8 @@ class Kernel:
         payload = data[wire.REQUEST.size :]
         if op == wire.Op.SENDREC:
             self.ipc.send(proc, peer, m_type, payload, wire.Op.SENDREC)
+        elif op == wire.Op.REPLY_RECEIVE:
+            self.ipc.reply_receive(proc, peer, m_type, payload)
         elif op == wire.Op.RECEIVE:
             self.ipc.receive(proc, peer)
         elif op == wire.Op.SEND:
@@ -340,7 +355,7 @@ class Kernel:
         assert self.link is not None
         if not self.link.drain_doorbell():
             log.error("the stub's doorbell line closed: QEMU is gone; hardware calls now fail")
-            self.selector.unregister(self.link.doorbell_fd)
+            self.unwatch(self.link.doorbell_fd)
             self._link_ok = False
 
     @property
@@ -370,34 +385,42 @@ class Kernel:
                 self.ipc.post_notify(proc, wire.CLOCK, 0)
 
     # ------------------------------------------------------------------ loop
-    def _timeout(self, now: float) -> float | None:
-        timeout = min(self.alarms.values(), default=None)
-        if timeout is not None:
-            timeout = max(0.0, timeout - now)
-        if self._link_ok and (self.calls.pending or self.irqs.hooked):
-            timeout = LINK_SLICE if timeout is None else min(timeout, LINK_SLICE)
+    def _timeout(self) -> float:
+        """How long the loop may sleep: -1 (until an event) unless alarms, stub
+        requests or IRQ hooks want it to look again sooner."""
+        linked = self._link_ok and bool(self.calls.pending or self.irqs.hooks)
+        if not self.alarms and not linked:
+            return -1
+        timeout = LINK_SLICE if linked else 3600.0
+        if self.alarms:
+            timeout = min(timeout, max(0.0, min(self.alarms.values()) - time.monotonic()))
         return timeout
 
     def serve_forever(self) -> None:
+        """The loop. Kept lean: a sendrec passes through it twice."""
         link = self.link
+        poll = self._epoll.poll
+        callbacks = self._callbacks
         while not self.stopping:
-            now = time.monotonic()
-            timeout = self._timeout(now)
-            waiting = (
-                link is not None and self._link_ok and bool(self.calls.pending or self.irqs.hooked)
-            )
-            if waiting:
-                assert link is not None
+            timeout = self._timeout()
+            if (
+                timeout >= 0
+                and link is not None
+                and self._link_ok
+                and (self.calls.pending or self.irqs.hooks)
+            ):
                 link.set_host_waiting(True)
                 self._poll_link()  # what finished before the stub knew we sleep
-                events = self.selector.select(0 if self.doomed else timeout)
+                events = poll(0 if self.doomed else timeout)
                 link.set_host_waiting(False)
             else:
-                events = self.selector.select(timeout)
-            for key, _mask in events:
-                callback: Callable[[], None] = key.data
-                callback()
-            self._poll_link()
+                events = poll(timeout)
+            for fd, _mask in events:
+                callback = callbacks.get(fd)
+                if callback is not None:
+                    callback()
+            if self.calls.pending or self.irqs.hooks:
+                self._poll_link()
             if self.alarms:
                 self._fire_alarms(time.monotonic())
             while self.doomed:
@@ -423,7 +446,7 @@ class Kernel:
             self.listener.close()
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
-        self.selector.close()
+        self._epoll.close()
 
     def uptime(self) -> float:
         return time.monotonic() - self.ipc.boot

@@ -35,6 +35,8 @@ class Priv:
     extra_memory: list[MemoryRange] = field(default_factory=list)
     # Checked (port, width) pairs: a driver uses a handful of ports over and over.
     _ports_ok: set[tuple[int, int]] = field(default_factory=set, repr=False)
+    # vdevio op heads (code | width << 8 | port << 16) already found allowed.
+    checked_ops: set[int] = field(default_factory=set, repr=False)
 
     @classmethod
     def root(cls, label: str) -> Priv:

@@ -87,6 +87,7 @@ class Proc:
     alarm: float | None = None  # monotonic deadline
     exits: list[ExitRecord] = field(default_factory=list)  # of processes it created
     alive: bool = True
+    reply_errno: int = 0  # of a REPLY_RECEIVE's reply, carried by its next response
 
     @property
     def blocked(self) -> bool:
