@@ -7,7 +7,6 @@ from the reply; a refused call raises :class:`hwl.ipc.client.IpcError`.
 from __future__ import annotations
 
 import signal
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,9 +57,9 @@ class KernelCalls:
         (packed,) = batch.packed() if len(batch) <= abi.MAX_OPS else (None,)
         if packed is None:
             raise ValueError(f"vdevio takes at most {abi.MAX_OPS} ops, not {len(batch)}")
-        raw = self.kcall("vdevio", {"ops": packed})["values"]
-        assert isinstance(raw, bytes)
-        return list(struct.unpack(f"<{len(raw) // 4}I", raw))
+        done = self.kcall("vdevio", {"ops": packed})["ops"]
+        assert isinstance(done, bytes)
+        return memoryview(done).cast("I")[abi.OP_C_OFFSET // 4 :: abi.OP_SIZE // 4].tolist()
 
     def sdevio_in(
         self, port: int, count: int, width: int, endpoint: int, grant: int, offset: int = 0

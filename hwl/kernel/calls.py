@@ -117,7 +117,7 @@ class Pending:
     proc: Proc
     ticket: Ticket
     nops: int
-    finish: Callable[[int, int, tuple[int, ...]], Reply]
+    finish: Callable[[int, int, bytes], Reply]
 
 
 class Calls:
@@ -186,7 +186,7 @@ class Calls:
         number: int,
         ticket_of: Callable[[Link], Ticket],
         nops: int,
-        finish: Callable[[int, int, tuple[int, ...]], Reply],
+        finish: Callable[[int, int, bytes], Reply],
     ) -> Reply | None:
         link = self._link()
         while len(self.pending) >= abi.NSLOTS:
@@ -201,11 +201,11 @@ class Calls:
         return finish(*link.collect_raw(ticket, nops))
 
     def _wrap(
-        self, proc: Proc, number: int, finish: Callable[[int, int, tuple[int, ...]], Reply]
-    ) -> Callable[[int, int, tuple[int, ...]], Reply]:
-        def finish_later(status: int, failed: int, values: tuple[int, ...]) -> Reply:
+        self, proc: Proc, number: int, finish: Callable[[int, int, bytes], Reply]
+    ) -> Callable[[int, int, bytes], Reply]:
+        def finish_later(status: int, failed: int, ops: bytes) -> Reply:
             try:
-                reply = finish(status, failed, values)
+                reply = finish(status, failed, ops)
             except CallError as exc:
                 if proc.alive:
                     proc.state = State.RUNNING
@@ -228,8 +228,9 @@ class Calls:
                 p.finish(*link.collect_raw(p.ticket, p.nops))
 
     @staticmethod
-    def _stub_failure(status: int, failed: int, values: tuple[int, ...]) -> NoReturn:
-        last = values[failed] if 0 <= failed < len(values) else 0
+    def _stub_failure(status: int, failed: int, ops: bytes) -> NoReturn:
+        at = failed * abi.OP_SIZE + abi.OP_C_OFFSET
+        last = struct.unpack_from("<I", ops, at)[0] if 0 <= at <= len(ops) - 4 else 0
         if status == abi.ST_TIMEOUT:
             raise CallError(Errno.ETIMEDOUT, f"op {failed}: wait timed out, last value {last:#x}")
         name = abi.STATUS_NAMES.get(status, f"status {status}")
@@ -280,10 +281,10 @@ class Calls:
                         Errno.EINVAL, f"vdevio: op {i // 6} delays {a} µs (at most {MAX_DELAY_US})"
                     )
 
-        def finish(status: int, failed: int, values: tuple[int, ...]) -> Reply:
+        def finish(status: int, failed: int, done: bytes) -> Reply:
             if status != abi.ST_OK:
-                self._stub_failure(status, failed, values)
-            return {"values": struct.pack(f"<{n}I", *values)}
+                self._stub_failure(status, failed, done)
+            return {"ops": done}  # results are each op's last word: no repacking here
 
         return self._submit(
             proc,
@@ -318,10 +319,10 @@ class Calls:
             buf.view[:size] = view[start : start + size]
             batch.outs_from(port, buf, count, width)
 
-        def finish(status: int, failed: int, values: tuple[int, ...]) -> Reply:
+        def finish(status: int, failed: int, done: bytes) -> Reply:
             try:
                 if status != abi.ST_OK:
-                    self._stub_failure(status, failed, values)
+                    self._stub_failure(status, failed, done)
                 if direction == "in":
                     # The granter may have revoked or died meanwhile: check again.
                     dst, at = self.resolve(proc, granter, gid, access, offset, size)

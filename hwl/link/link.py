@@ -292,15 +292,16 @@ class Link:
         """Whether the stub has finished a submitted batch (never waits)."""
         return (self._ctl[abi.W_REQ_TAIL] - ticket.target) & 0xFFFFFFFF < 0x80000000
 
-    def collect_raw(self, ticket: Ticket, nops: int) -> tuple[int, int, tuple[int, ...]]:
-        """(status, index of the failed op, result words) of a finished batch; unlike
+    def collect_raw(self, ticket: Ticket, nops: int) -> tuple[int, int, bytes]:
+        """(status, index of the failed op, the ops as the stub left them) of a
+        finished batch; each op's result is its last 32-bit word. Unlike
         ``collect`` it does not raise for a refused or timed-out op."""
         if ticket.collected or not self.done(ticket):
             raise ValueError("the ticket was collected already or is not finished")
         ticket.collected = True
         _nops, status, fail = _SLOT_HEAD.unpack_from(self._mem, ticket.slot)
-        values = results_struct(nops).unpack_from(self._mem, ticket.slot + abi.SLOT_OPS)
-        return status, fail, values
+        start = ticket.slot + abi.SLOT_OPS
+        return status, fail, bytes(self._mem[start : start + nops * abi.OP_SIZE])
 
     def _single(self, code: int, width: int, port: int, a: int = 0) -> int:
         with self._lock:
