@@ -424,6 +424,7 @@ def test_reply_receive_answers_and_waits_for_the_next_request(
         thread = threading.Thread(target=ask)
         thread.start()
         request = server.receive(client.endpoint, timeout=5)
+
         def ask_again() -> None:
             thread.join()  # the client has its reply: now it notifies
             client.notify(root.endpoint)

@@ -72,7 +72,7 @@ class RawProcess:
 
     @staticmethod
     def status(answer: bytes) -> int:
-        return wire.RESPONSE.unpack_from(answer)[3]
+        return int(wire.RESPONSE.unpack_from(answer)[3])
 
     def kcall(self, name: str, fields: dict[str, codec.Value]) -> bytes:
         frame = wire.REQUEST.pack(wire.Op.KCALL, 0, 0, 0, wire.KERNEL_CALL_NUMBERS[name])
