@@ -32,12 +32,31 @@ def qemu_children(parent: int) -> list[int]:
     return found
 
 
+def kernel_children(parent: int) -> list[int]:
+    """PIDs of kernel processes (python -m hwl.kernel) whose parent is ``parent``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == parent and b"hwl.kernel" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_qemu_left_behind() -> Iterator[None]:
-    """Torn down last: every QEMU the suite started must be gone by then."""
+    """Torn down last: every QEMU and kernel the suite started must be gone by then."""
     yield
     left = qemu_children(os.getpid())
     assert not left, f"QEMU processes left running after the suite: {left}"
+    kernels = kernel_children(os.getpid())
+    assert not kernels, f"kernel processes left running after the suite: {kernels}"
 
 
 @pytest.fixture(scope="module")
