@@ -441,3 +441,27 @@ def test_reply_receive_answers_and_waits_for_the_next_request(
         client.notify(root.endpoint)
         late = server.reply_receive(client.endpoint, 33, b"")
         assert late.reply_errno is Errno.ENOTREADY and late.is_notify
+
+
+def test_setalarm_arrives_as_a_clock_notify(root: ipc.Connection) -> None:
+    begin = root.uptime()
+    assert root.setalarm(seconds=0.2) == 0.0
+    note = root.receive(wire.CLOCK, timeout=5)
+    assert note.is_notify and note.source == wire.CLOCK
+    assert root.uptime() - begin >= 0.19
+    root.setalarm(seconds=5)
+    left = root.setalarm(seconds=0)  # cancel: returns what was left
+    assert 4 < left <= 5
+    with pytest.raises(ipc.IpcTimeout):
+        root.receive(wire.CLOCK, timeout=0.3)
+
+
+def test_statectl_clear_ipc_refs_fails_the_callers_blocked_on_it(
+    root: ipc.Connection, pair: tuple[Agent, Agent]
+) -> None:
+    a, _ = pair
+    a.start("send", dest=root.endpoint, m_type=50, data=b"")  # a waits on root
+    wait_state(root, a.ep, "sending")
+    root.statectl_clear_ipc_refs()  # as a restarted driver does before serving again
+    result = a.result()
+    assert Errno(result["status"]) is Errno.EDEADSRCDST

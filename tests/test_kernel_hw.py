@@ -241,3 +241,21 @@ def test_kernel_stops_with_the_machine(hwl_machines: MachineFactory, tmp_path: P
     assert kernel.alive()
     machine.close()
     assert not kernel.alive()
+
+
+def test_privctl_add_io_and_add_irq_extend_a_running_process(  # type: ignore[no-untyped-def]
+    process, hw_root: ipc.Connection
+) -> None:
+    """What the PCI server does when a driver reserves a device."""
+    conn = process("late", "system devio irqctl;")
+    with pytest.raises(ipc.IpcError):
+        conn.devio_in(0x177)
+    hw_root.privctl_add_io(conn.endpoint, 0x170, 8)
+    hw_root.privctl_add_irq(conn.endpoint, 15)
+    conn.devio_out(0x176, 0xA0)
+    assert conn.devio_in(0x177) != 0xFF
+    hook = conn.irq_setpolicy(15)
+    conn.irq_rmpolicy(hook)
+    with pytest.raises(ipc.IpcError) as err:
+        conn.devio_in(0x178)
+    assert err.value.errno is Errno.EPERM
