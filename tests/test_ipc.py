@@ -6,13 +6,15 @@ processes the kernel starts, each running the steps the test asks for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 
 import pytest
-from agents import Agent, spawn_agent, wait_state
+from agents import AGENT, Agent, conf, spawn_agent, wait_state
 
 from hwl import ipc
 from hwl.ipc import wire
@@ -465,3 +467,26 @@ def test_statectl_clear_ipc_refs_fails_the_callers_blocked_on_it(
     root.statectl_clear_ipc_refs()  # as a restarted driver does before serving again
     result = a.result()
     assert Errno(result["status"]) is Errno.EDEADSRCDST
+
+
+@pytest.mark.parametrize("cold", [False, True])
+def test_spawned_processes_report_their_exit_codes_forked_or_cold(
+    root: ipc.Connection, kernel: KernelProcess, cold: bool
+) -> None:
+    """Python programs fork from the warm fork server unless cold; others are exec'd."""
+    label = "exiter-cold" if cold else "exiter-forked"
+    script_ep, _ = root.spawn([sys.executable, AGENT], label, conf=conf(label), cold=cold)
+    shell_ep, _ = root.spawn(["/bin/sh", "-c", "exit 4"], f"{label}-sh", cold=cold)
+    Agent(root, script_ep, 0, label).start("exit", code=5)
+    seen: dict[int, int | None] = {}
+    deadline = time.monotonic() + 10
+    while len(seen) < 2:
+        assert time.monotonic() < deadline, f"exits seen: {seen}"
+        with contextlib.suppress(ipc.IpcTimeout):
+            root.receive(wire.SYSTEM, timeout=1)
+        seen.update(
+            {r.endpoint: r.status for r in root.exits() if r.endpoint in (script_ep, shell_ep)}
+        )
+    assert seen == {script_ep: 5, shell_ep: 4}
+    how = "cold" if cold else "forked"
+    assert f"spawned {label} ({how})" in (kernel.run_dir / "kernel.log").read_text()

@@ -101,9 +101,11 @@ class KernelCalls:
         env: Mapping[str, str] | None = None,
         arena: int | None = None,
         endpoint: int | None = None,
+        cold: bool = False,
     ) -> tuple[int, int]:
         """Start a program; ``conf`` (a system.conf entry) makes it a system process.
-        ``endpoint`` reuses a dead process's endpoint. Returns (endpoint, pid)."""
+        ``endpoint`` reuses a dead process's endpoint. Python programs are forked
+        from the kernel's warm fork server unless ``cold``. Returns (endpoint, pid)."""
         fields: dict[str, codec.Value] = {"argv": list(argv), "label": label}
         if conf is not None:
             fields["conf"] = conf
@@ -113,6 +115,8 @@ class KernelCalls:
             fields["arena"] = arena
         if endpoint is not None:
             fields["endpoint"] = endpoint
+        if cold:
+            fields["cold"] = True
         reply = self.kcall("spawn", fields)
         return _int(reply["endpoint"]), _int(reply["pid"])
 

@@ -80,6 +80,7 @@ def main(config: dict[str, Any]) -> int:
         link = open_link(config["link"]) if config.get("link") else None
         kernel = Kernel(run_dir, link)
         kernel.listen()
+        kernel.start_forkserver()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGTERM, kernel.stop)

@@ -462,6 +462,7 @@ class Calls:
                 env={str(k): str(v) for k, v in env.items()},
                 arena_size=size,
                 endpoint=reuse,
+                cold=get_bool(f, "cold"),
             )
         except LookupError as exc:
             fail(Errno.EAGAIN, f"spawn: {exc}")

@@ -59,7 +59,7 @@ class Child:
     endpoint: int
     label: str
     parent: int
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | None  # None: forked by the fork server
 
 
 class Kernel:
@@ -79,6 +79,7 @@ class Kernel:
         self.doomed: list[tuple[Proc, str]] = []
         self.stopping = False
         self.listener: socket.socket | None = None
+        self.forkserver: kexec.ForkServer | None = None
         self.socket_path = run_dir / SOCKET_NAME
         self._link_ok = link is not None
         if link is not None:
@@ -208,10 +209,14 @@ class Kernel:
         env: dict[str, str] | None = None,
         arena_size: int = arena.DEFAULT_SIZE,
         endpoint: int | None = None,
+        cold: bool = False,
     ) -> Proc:
         """Start ``argv`` as a new process holding a fresh connection (an inherited
-        fd, so no other process can claim its endpoint). Raises OSError if the
-        program cannot be started, LookupError if no slot is free."""
+        fd, so no other process can claim its endpoint): forked from the fork
+        server, or with ``cold`` (or when the fork server fails) started afresh.
+        Raises OSError if the program cannot be started, LookupError if no slot
+        is free."""
+        kexec.check_program(argv)
         endpoint = self.table.new_endpoint(endpoint)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent_ep = parent.endpoint if parent else wire.NONE
@@ -223,23 +228,54 @@ class Kernel:
             ours.close()
             theirs.close()
             raise
+        log_path = self.run_dir / f"{label}.log"
+        popen: subprocess.Popen[bytes] | None = None
         try:
-            popen = kexec.start(argv, theirs.fileno(), self.run_dir / f"{label}.log", env)
+            pid = None
+            if not cold and self.forkserver is not None:
+                try:
+                    pid = self.forkserver.spawn(argv, theirs.fileno(), log_path, env)
+                except OSError as exc:
+                    log.warning("fork server failed (%s); starting %s cold", exc, label)
+            if pid is None:
+                popen = kexec.start(argv, theirs.fileno(), log_path, env)
+                pid = popen.pid
         except OSError:
             self.table.remove(proc)
             self._release(proc)
             raise
         finally:
             theirs.close()
-        proc.pid = popen.pid
-        pidfd = os.pidfd_open(popen.pid)
-        child = Child(popen.pid, pidfd, proc.endpoint, label, parent_ep, popen)
-        self.children[popen.pid] = child
+        proc.pid = pid
+        pidfd = os.pidfd_open(pid)
+        child = Child(pid, pidfd, proc.endpoint, label, parent_ep, popen)
+        self.children[pid] = child
         self.watch(pidfd, lambda: self._on_child(child))
-        log.info("spawned %s: pid %d, %s", label, popen.pid, wire.endpoint_name(proc.endpoint))
+        how = "cold" if popen is not None else "forked"
+        log.info("spawned %s (%s): pid %d, %s", label, how, pid, wire.endpoint_name(proc.endpoint))
         return proc
 
+    def start_forkserver(self) -> None:
+        self.forkserver = kexec.ForkServer(self.run_dir)
+        self.watch(self.forkserver.fileno(), self._on_forkserver)
+
+    def _on_forkserver(self) -> None:
+        assert self.forkserver is not None
+        for pid, code in self.forkserver.take_exits():
+            child = self.children.get(pid)
+            if child is not None:
+                self._child_exited(child, code)
+
     def _on_child(self, child: Child) -> None:
+        """The pidfd says the process ended. A cold child is reaped here; a forked
+        one is the fork server's to reap: its endpoint dies now, its exit code
+        comes with the fork server's report."""
+        if child.popen is None:
+            self._close_pidfd(child)
+            proc = self.table.lookup(child.endpoint)
+            if proc is not None and proc.pid == child.pid:
+                self.kill_process(proc, "exited")
+            return
         try:
             pid, status = os.waitpid(child.pid, os.WNOHANG)
         except ChildProcessError:
@@ -247,10 +283,17 @@ class Kernel:
         if pid == 0:
             return
         child.popen.returncode = os.waitstatus_to_exitcode(status)
-        self.unwatch(child.pidfd)
-        os.close(child.pidfd)
-        del self.children[child.pid]
-        code = os.waitstatus_to_exitcode(status)
+        self._child_exited(child, child.popen.returncode)
+
+    def _close_pidfd(self, child: Child) -> None:
+        if child.pidfd >= 0:
+            self.unwatch(child.pidfd)
+            os.close(child.pidfd)
+            child.pidfd = -1
+
+    def _child_exited(self, child: Child, code: int) -> None:
+        self._close_pidfd(child)
+        self.children.pop(child.pid, None)
         proc = self.table.lookup(child.endpoint)
         if proc is not None and proc.pid == child.pid:
             how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
@@ -438,10 +481,14 @@ class Kernel:
         for child in list(self.children.values()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-            os.close(child.pidfd)
+            if child.popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            if child.pidfd >= 0:
+                os.close(child.pidfd)
         self.children.clear()
+        if self.forkserver is not None:
+            self.forkserver.close()  # it reaps what it forked, then goes
         if self.listener is not None:
             self.listener.close()
             with contextlib.suppress(FileNotFoundError):
