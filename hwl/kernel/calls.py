@@ -11,6 +11,7 @@ serving everyone else while a device works.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import struct
 import time
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from hwl.config.system_conf import SystemConfError
+from hwl.config.system_conf import IoRange, MemoryRange, SystemConfError
 from hwl.config.system_conf import parse as parse_conf
 from hwl.ipc import arena, codec, wire
 from hwl.kernel.errno import Errno
@@ -409,14 +410,10 @@ class Calls:
         elif op == "add_io":
             base = get_int(f, "base", 0, 0xFFFF)
             length = get_int(f, "length", 1, 0x10000 - base, 1)
-            from hwl.config.system_conf import IoRange
-
             priv.extra_io.append(IoRange(base, length))
         elif op == "add_irq":
             priv.extra_irq.add(get_int(f, "irq", 0, 15))
         elif op == "add_mem":
-            from hwl.config.system_conf import MemoryRange
-
             base = get_int(f, "base", 0, U32)
             priv.extra_memory.append(MemoryRange(base, get_int(f, "length", 1, (1 << 32) - base)))
         else:
@@ -479,8 +476,6 @@ class Calls:
         if target.pid is None:
             self.k.doom(target, f"cut off by {proc.label}")
         else:
-            import os
-
             os.kill(target.pid, signo)
         return {}
 

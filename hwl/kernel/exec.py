@@ -28,9 +28,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 
 
-def _child_setup(kernel_pid: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """In a child before exec: die when ``parent`` does (or already did)."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != kernel_pid:
+    if os.getppid() != parent:
         os._exit(1)
 
 
@@ -53,7 +54,7 @@ def start(
             stderr=subprocess.STDOUT,
             pass_fds=(conn_fd,),
             env=environment,
-            preexec_fn=lambda: _child_setup(kernel_pid),
+            preexec_fn=lambda: die_with_parent(kernel_pid),
         )
 
 
@@ -70,7 +71,7 @@ class ForkServer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 pass_fds=(theirs.fileno(),),
-                preexec_fn=lambda: _child_setup(kernel_pid),
+                preexec_fn=lambda: die_with_parent(kernel_pid),
             )
         theirs.close()
         self.sock = ours

@@ -9,11 +9,11 @@ with full privileges, as :attr:`KernelProcess.root`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import signal
+import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from hwl.errors import HwlError
 from hwl.ipc.client import Connection
+from hwl.kernel.exec import die_with_parent
 
 if TYPE_CHECKING:
     from hwl.machine.machine import Machine
@@ -33,12 +34,6 @@ log = logging.getLogger(__name__)
 
 class KernelError(HwlError):
     """The kernel process could not start, or died."""
-
-
-def _die_with_parent(parent: int) -> None:
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 class KernelProcess:
@@ -105,7 +100,7 @@ class KernelProcess:
                 stdout=(run_dir / "kernel.out").open("ab"),
                 stderr=subprocess.STDOUT,
                 pass_fds=pass_fds,
-                preexec_fn=lambda: _die_with_parent(parent),
+                preexec_fn=lambda: die_with_parent(parent),
             )
         finally:
             os.close(ready_w)
@@ -140,8 +135,6 @@ class KernelProcess:
                 raise KernelError(
                     f"the kernel did not start within {timeout} s; see {run_dir}/kernel.log"
                 )
-            import select
-
             ready, _, _ = select.select([fd], [], [], min(left, 0.1))
             if ready:
                 chunk = os.read(fd, 4096)
@@ -182,8 +175,6 @@ class KernelProcess:
                 self.proc.kill()
                 self.proc.wait()
         if self._own_dir and not os.environ.get("HWL_KEEP_RUN_DIR"):
-            import shutil
-
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def __enter__(self) -> KernelProcess:
