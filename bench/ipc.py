@@ -2,7 +2,7 @@
 
 Every figure is a median over repeated runs in one process; the root is this
 process (``KernelProcess.start`` without a root program), the peer an echo server
-the kernel started (bench/ipc_echo.py):
+the kernel started (bench/_ipc_echo.py):
 - sendrec_us: one ``sendrec`` round trip with a 16-byte payload, root -> kernel
   -> echo -> kernel -> root, the call every driver request is made of;
 - raw_us: the same frame (12-byte request header + payload) echoed by a child
@@ -21,31 +21,28 @@ the kernel started (bench/ipc_echo.py):
   vdevio_us measured in as many runs; the ratio is that of the two medians.
 
 The IPC figures are measured through the machine's kernel (with QEMU running), or,
-with ``--no-machine``, through a kernel with no hardware and without the vdevio
-figures. hwl's ``bench`` parser has no such flag yet: until it does,
-``HWL_BENCH_NO_MACHINE=1 hwl bench ipc`` asks for the same.
+with ``--no-machine`` (or ``HWL_BENCH_NO_MACHINE=1``), through a kernel with no
+hardware and without the vdevio figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from hwl import Machine, ipc
+from hwl.benchmarks import Targets, median_of, paired, report
 from hwl.ipc import wire
 from hwl.kernel.launcher import KernelProcess
 from hwl.link.batch import Batch
 from hwl.link.link import Link
 
-ECHO = str(Path(__file__).resolve().with_name("ipc_echo.py"))
+ECHO = str(Path(__file__).resolve().with_name("_ipc_echo.py"))
 ECHO_CONF = "service echo { ipc ALL; };"
 PAYLOAD = bytes(range(16))
 M_TYPE = 0x4242
@@ -53,27 +50,6 @@ ROUND_TRIPS = 3000
 NOTIFIES = 5000
 BATCH_OPS = 64
 BATCHES = 200
-
-
-def median_of(runs: int, measure: Callable[[], float]) -> float:
-    measure()  # warm-up: first-touch of buffers, caches, the peer scheduled in
-    return statistics.median(measure() for _ in range(runs))
-
-
-def paired(
-    runs: int, limit: Callable[[], float], subject: Callable[[], float]
-) -> tuple[float, float, float]:
-    """Limit and subject measured back to back in each run, so both see the same
-    host; returns the medians of limit, subject and of the per-run ratios
-    subject / limit."""
-    limit()
-    subject()
-    pairs = [(limit(), subject()) for _ in range(runs)]
-    return (
-        statistics.median(lm for lm, _ in pairs),
-        statistics.median(s for _, s in pairs),
-        statistics.median(s / lm for lm, s in pairs),
-    )
 
 
 def sendrec_us(root: ipc.Connection, echo: int) -> float:
@@ -185,28 +161,18 @@ def run(machine: Machine | None, runs: int) -> dict[str, float]:
     return figures
 
 
-TARGETS = {"sendrec_ratio": ("<=", 2.5), "vdevio_ratio": ("<=", 2.0)}
+TARGETS: Targets = {"sendrec_ratio": ("<=", 2.5), "vdevio_ratio": ("<=", 2.0)}
 
 
 def main(args: argparse.Namespace) -> int:
     runs = args.repeat or 7
     accel: str | None = None
-    if getattr(args, "no_machine", False) or os.environ.get("HWL_BENCH_NO_MACHINE"):
+    if args.no_machine or os.environ.get("HWL_BENCH_NO_MACHINE"):
         figures = run(None, runs)
     else:
         with Machine(args.profile, accel=args.accel) as machine:
             accel = machine.accel
             figures = run(machine, runs)
     figures["runs"] = runs
-    if args.json:
-        print(json.dumps({**figures, "accel": accel}))
-        return 0
-    print(f"hwl bench ipc ({accel or 'no machine'}, median of {runs} runs)")
-    for key, value in figures.items():
-        target = TARGETS.get(key)
-        note = ""
-        if target:
-            ok = value <= target[1] if target[0] == "<=" else value >= target[1]
-            note = f"   target {target[0]} {target[1]}: {'met' if ok else 'MISSED'}"
-        print(f"  {key:20} {value:14.3f}{note}")
+    report("ipc", figures, TARGETS, accel, args.json)
     return 0

@@ -15,13 +15,11 @@ ratios are medians of per-run ratios, native and link measured back to back:
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
 from collections import deque
-from collections.abc import Callable
 
 from hwl import Machine
+from hwl.benchmarks import Targets, median_of, paired, report
 from hwl.hw import ata
 from hwl.link import abi
 from hwl.link.link import Link
@@ -31,11 +29,6 @@ DMA_CHUNKS = 64  # 64 x 64 KiB = 4 MiB per run
 DMA_DEPTH = 4  # 64 KiB commands queued in the ring at once
 SINGLE_OPS = 2000
 BATCHES = 40
-
-
-def median_of(runs: int, measure: Callable[[], float]) -> float:
-    measure()  # warm-up: first-touch of buffers, stub spinning
-    return statistics.median(measure() for _ in range(runs))
 
 
 def single_op_us(link: Link) -> float:
@@ -108,21 +101,6 @@ def link_dma_mb_s(link: Link, ch: ata.Channel, buf_out: bytearray) -> float:
             link.free_dma(buf)
 
 
-def paired(
-    runs: int, native: Callable[[], float], link: Callable[[], float]
-) -> tuple[float, float, float]:
-    """Native and link measured back to back in each run, so both see the same host;
-    returns the medians of native, link and of the per-run ratios link / native."""
-    native()
-    link()
-    pairs = [(native(), link()) for _ in range(runs)]
-    return (
-        statistics.median(n for n, _ in pairs),
-        statistics.median(lk for _, lk in pairs),
-        statistics.median(lk / n for n, lk in pairs),
-    )
-
-
 def run(machine: Machine, runs: int) -> dict[str, float]:
     link = machine.link
     multiple = min(16, ata.identify(link).max_multiple)
@@ -158,7 +136,7 @@ def run(machine: Machine, runs: int) -> dict[str, float]:
     return figures
 
 
-TARGETS = {"single_op_us": ("<=", 5.0), "pio_ratio": (">=", 0.8), "dma_ratio": (">=", 0.5)}
+TARGETS: Targets = {"single_op_us": ("<=", 5.0), "pio_ratio": (">=", 0.8), "dma_ratio": (">=", 0.5)}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -166,15 +144,5 @@ def main(args: argparse.Namespace) -> int:
     with Machine(args.profile, accel=args.accel) as machine:
         figures = run(machine, runs)
     figures["runs"] = runs
-    if args.json:
-        print(json.dumps({**figures, "accel": machine.accel}))
-        return 0
-    print(f"hwl bench link ({machine.accel}, median of {runs} runs)")
-    for key, value in figures.items():
-        target = TARGETS.get(key)
-        note = ""
-        if target:
-            ok = value <= target[1] if target[0] == "<=" else value >= target[1]
-            note = f"   target {target[0]} {target[1]}: {'met' if ok else 'MISSED'}"
-        print(f"  {key:20} {value:14.3f}{note}")
+    report("link", figures, TARGETS, machine.accel, args.json)
     return 0

@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--accel", default="auto", choices=ACCELS)
     bench.add_argument("--profile", default="pc")
     bench.add_argument(
+        "--no-machine", action="store_true", help="no QEMU: only what needs none (ipc)"
+    )
+    bench.add_argument(
         "--repeat", type=int, default=0, help="repetitions (0: the benchmark's default)"
     )
     bench.set_defaults(func=cmd_bench)

@@ -1,6 +1,7 @@
-"""The echo servers of ``hwl bench ipc`` (bench/ipc.py); not a benchmark of its own.
+"""The echo servers of ``hwl bench ipc`` (bench/ipc.py); the underscore keeps it out
+of ``hwl bench``'s list.
 
-Started by the kernel (``python bench/ipc_echo.py``), it answers every message
+Started by the kernel (``python bench/_ipc_echo.py``), it answers every message
 with the same type and payload and takes notifications without a word, until the
 kernel goes. Started with ``--raw FD``, it echoes every frame on the socket FD
 as it came, until the other end closes: the floor a kernel round trip is held to.
@@ -8,8 +9,6 @@ as it came, until the other end closes: the floor a kernel round trip is held to
 
 from __future__ import annotations
 
-import argparse
-import os
 import socket
 import sys
 
@@ -41,20 +40,8 @@ def raw_echo(fd: int) -> None:
         send(frame)
 
 
-def main(args: argparse.Namespace | None = None) -> int:
-    """``hwl bench ipc_echo`` lands here too: say what this is instead of hanging."""
-    if wire.ENV_FD not in os.environ:
-        print(
-            "bench/ipc_echo.py is the echo server of 'hwl bench ipc', started by it",
-            file=sys.stderr,
-        )
-        return 2
-    serve()
-    return 0
-
-
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--raw":
         raw_echo(int(sys.argv[2]))
     else:
-        sys.exit(main())
+        serve()

@@ -1,0 +1,52 @@
+"""What the benchmarks in bench/ share: medians, paired runs and the report.
+
+A figure is the median over repeated runs; a ratio is the median of per-run
+ratios, the limit and the subject measured back to back in each run so that both
+see the same host.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+
+# A target: the comparison a figure must pass, and the bound.
+Targets = dict[str, tuple[str, float]]
+
+
+def median_of(runs: int, measure: Callable[[], float]) -> float:
+    measure()  # warm-up: first-touch of buffers, a spinning stub, peers scheduled in
+    return statistics.median(measure() for _ in range(runs))
+
+
+def paired(
+    runs: int, limit: Callable[[], float], subject: Callable[[], float]
+) -> tuple[float, float, float]:
+    """Medians of the limit, of the subject and of the per-run ratios subject / limit."""
+    limit()
+    subject()
+    pairs = [(limit(), subject()) for _ in range(runs)]
+    return (
+        statistics.median(lm for lm, _ in pairs),
+        statistics.median(s for _, s in pairs),
+        statistics.median(s / lm for lm, s in pairs),
+    )
+
+
+def report(
+    name: str, figures: dict[str, float], targets: Targets, accel: str | None, as_json: bool
+) -> None:
+    """One JSON object, or a table that says of each target whether it was met."""
+    if as_json:
+        print(json.dumps({**figures, "accel": accel}))
+        return
+    runs = int(figures.get("runs", 0))
+    print(f"hwl bench {name} ({accel or 'no machine'}, median of {runs} runs)")
+    for key, value in figures.items():
+        target = targets.get(key)
+        note = ""
+        if target:
+            ok = value <= target[1] if target[0] == "<=" else value >= target[1]
+            note = f"   target {target[0]} {target[1]}: {'met' if ok else 'MISSED'}"
+        print(f"  {key:20} {value:14.3f}{note}")
