@@ -22,6 +22,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from hwl.ranges import RangeAllocator
+
 MAGIC: Final = 0x47524E54  # "GRNT"
 NR_GRANTS: Final = 1024
 HEADER: Final = struct.Struct("<II")  # magic, number of entries
@@ -88,8 +90,7 @@ class Arena:
         os.close(fd)
         self.view = memoryview(self._map)
         HEADER.pack_into(self.view, 0, MAGIC, NR_GRANTS)
-        self._free: list[tuple[int, int]] = [(DATA_START, self.size)]
-        self._used: dict[int, int] = {}
+        self._ranges = RangeAllocator(DATA_START, self.size)
         self._next_index = 0
         self._seq = [0] * NR_GRANTS
 
@@ -98,30 +99,14 @@ class Arena:
         """``size`` bytes of arena memory (first fit, ``align``-aligned)."""
         if size <= 0:
             raise ValueError(f"cannot allocate {size} bytes")
-        for i, (start, end) in enumerate(self._free):
-            base = (start + align - 1) // align * align
-            if base + size <= end:
-                pieces = [(start, base)] if base > start else []
-                if base + size < end:
-                    pieces.append((base + size, end))
-                self._free[i : i + 1] = pieces
-                self._used[base] = size
-                return Buffer(base, size, self.view[base : base + size])
-        raise MemoryError(f"the arena has no {size} contiguous bytes free (size {self.size})")
+        base = self._ranges.alloc(size, align)
+        if base is None:
+            raise MemoryError(f"the arena has no {size} contiguous bytes free (size {self.size})")
+        return Buffer(base, size, self.view[base : base + size])
 
     def free(self, buf: Buffer) -> None:
-        size = self._used.pop(buf.offset, None)
-        if size is None:
+        if self._ranges.free(buf.offset) is None:
             raise ValueError(f"offset {buf.offset} is not an allocated buffer")
-        self._free.append((buf.offset, buf.offset + size))
-        self._free.sort()
-        merged: list[tuple[int, int]] = []
-        for start, end in self._free:
-            if merged and merged[-1][1] == start:
-                merged[-1] = (merged[-1][0], end)
-            else:
-                merged.append((start, end))
-        self._free = merged
 
     # ----------------------------------------------------------------- grants
     def _take_index(self) -> int:

@@ -13,6 +13,7 @@ import mmap
 from dataclasses import dataclass
 
 from hwl.errors import GuestMemoryError
+from hwl.ranges import RangeAllocator
 
 # Keep clear of the top of RAM: SeaBIOS and ACPI tables live there.
 TOP_RESERVE = 1 << 20
@@ -47,16 +48,14 @@ class GuestMemory:
         self._map = mapping
         self.view = memoryview(mapping)
         self.size = size
-        self._free: list[tuple[int, int]] = []  # sorted (start, end)
-        self._used: dict[int, int] = {}
+        self._ranges = RangeAllocator()
 
     def set_pool(self, start: int, end: int) -> None:
         """Declare [start, end) as the range the allocator may hand out."""
         end = min(end, self.size - TOP_RESERVE)
         if not 0 < start < end:
             raise GuestMemoryError(f"empty allocation pool [{start:#x}, {end:#x})")
-        self._free = [(start, end)]
-        self._used.clear()
+        self._ranges.reset(start, end)
 
     def _check(self, addr: int, size: int) -> None:
         if addr < 0 or size < 0 or addr + size > self.size:
@@ -79,32 +78,16 @@ class GuestMemory:
             raise GuestMemoryError(f"bad allocation: size {size}, align {align}")
         if boundary and size > boundary:
             raise GuestMemoryError(f"{size} bytes cannot fit inside a {boundary}-byte boundary")
-        for i, (start, end) in enumerate(self._free):
-            addr = (start + align - 1) & ~(align - 1)
-            if boundary and addr // boundary != (addr + size - 1) // boundary:
-                addr = (addr + boundary - 1) & ~(boundary - 1)
-            if addr + size <= end:
-                pieces = [(start, addr), (addr + size, end)]
-                self._free[i : i + 1] = [(s, e) for s, e in pieces if e > s]
-                self._used[addr] = size
-                return DmaBuffer(addr, size, self.view[addr : addr + size])
-        raise GuestMemoryError(f"no {size}-byte range (align {align}) left in guest RAM")
+        addr = self._ranges.alloc(size, align, boundary)
+        if addr is None:
+            raise GuestMemoryError(f"no {size}-byte range (align {align}) left in guest RAM")
+        return DmaBuffer(addr, size, self.view[addr : addr + size])
 
     def free(self, buf: DmaBuffer) -> None:
         """Return a buffer to the pool, merging it with its free neighbours."""
-        size = self._used.pop(buf.phys, None)
-        if size is None:
+        if self._ranges.free(buf.phys) is None:
             raise GuestMemoryError(f"buffer at {buf.phys:#x} is not allocated")
         buf.view.release()
-        self._free.append((buf.phys, buf.phys + size))
-        self._free.sort()
-        merged: list[tuple[int, int]] = []
-        for start, end in self._free:
-            if merged and merged[-1][1] == start:
-                merged[-1] = (merged[-1][0], end)
-            else:
-                merged.append((start, end))
-        self._free = merged
 
     def close(self) -> None:
         self.view.release()
