@@ -15,38 +15,30 @@ from hwl.pytest_plugin import MachineFactory
 pytest_plugins = ["pytester"]
 
 
-def qemu_children(parent: int) -> list[int]:
-    """PIDs of QEMU processes whose parent is ``parent``."""
+def children(parent: int) -> list[tuple[int, str, list[bytes]]]:
+    """(pid, command name, argv) of every process whose parent is ``parent``."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             stat = (proc / "stat").read_text()
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == parent and comm.startswith("qemu-system"):
-            found.append(int(proc.name))
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+            found.append((int(proc.name), stat[stat.index("(") + 1 : stat.rindex(")")], argv))
     return found
+
+
+def qemu_children(parent: int) -> list[int]:
+    """PIDs of QEMU processes whose parent is ``parent``."""
+    return [pid for pid, comm, _ in children(parent) if comm.startswith("qemu-system")]
 
 
 def kernel_children(parent: int) -> list[int]:
     """PIDs of kernel processes (python -m hwl.kernel) whose parent is ``parent``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == parent and b"hwl.kernel" in cmdline:
-            found.append(int(proc.name))
-    return found
+    return [pid for pid, _, argv in children(parent) if b"hwl.kernel" in argv]
 
 
 @pytest.fixture(scope="session", autouse=True)
