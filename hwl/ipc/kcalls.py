@@ -54,9 +54,9 @@ class KernelCalls:
         stub; returns one value per op, as ``Link.execute`` does."""
         if batch.strings:
             raise ValueError("vdevio takes no string operations; use sdevio")
-        (packed,) = batch.packed() if len(batch) <= abi.MAX_OPS else (None,)
-        if packed is None:
+        if len(batch) > abi.MAX_OPS:
             raise ValueError(f"vdevio takes at most {abi.MAX_OPS} ops, not {len(batch)}")
+        (packed,) = batch.packed()
         done = self.kcall("vdevio", {"ops": packed})["ops"]
         assert isinstance(done, bytes)
         return memoryview(done).cast("I")[abi.OP_C_OFFSET // 4 :: abi.OP_SIZE // 4].tolist()

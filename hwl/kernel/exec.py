@@ -39,9 +39,7 @@ def start(
     argv: list[str], conn_fd: int, log_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """Run ``argv`` with the kernel connection ``conn_fd``; raises OSError when the
-    program cannot be started."""
-    if not argv:
-        raise FileNotFoundError("an empty command line")
+    program cannot be started (``check_program`` first for a clear error)."""
     environment = dict(os.environ)
     environment.update(env or {})
     environment[wire.ENV_FD] = str(conn_fd)
@@ -85,7 +83,8 @@ class ForkServer:
     ) -> int:
         """Fork a process running ``argv``; returns its pid. Raises OSError when the
         fork server does not answer (the caller then starts the program cold)."""
-        request = {"argv": argv, "env": {**os.environ, **(env or {})}, "log": str(log_path)}
+        # The fork server started with the kernel's environment; only additions travel.
+        request = {"argv": argv, "env": env or {}, "log": str(log_path)}
         self.sock.setblocking(True)
         self.sock.settimeout(5)
         try:

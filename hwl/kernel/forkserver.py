@@ -27,6 +27,7 @@ from typing import Any
 import hwl.ipc
 import hwl.ipc.client
 import hwl.kernel.errno  # noqa: F401
+from hwl.ipc import wire
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
@@ -63,14 +64,12 @@ def _become(request: dict[str, Any], conn_fd: int, control: socket.socket) -> No
         os.close(null)
         os.close(log)
         os.set_inheritable(conn_fd, True)
-        env = dict(request["env"])
-        env["HWL_KERNEL_FD"] = str(conn_fd)
+        os.environ.update(request["env"])
+        os.environ[wire.ENV_FD] = str(conn_fd)
         argv = [str(a) for a in request["argv"]]
         target = python_target(argv)
         if target is None:
-            os.execvpe(argv[0], argv, env)
-        os.environ.clear()
-        os.environ.update(env)
+            os.execvp(argv[0], argv)
         kind, name = target
         if kind == "module":
             sys.argv = [name, *argv[3:]]

@@ -212,8 +212,7 @@ class Ipc:
         ASYNCM): delivered now if the target waits for it, else kept, one per
         source, with ``bits`` OR-ed together (IRQ hooks, events)."""
         if self._accepts_extra(target, source):
-            self._unblock(target)
-            self.out.deliver(target, source, wire.NOTIFY_MESSAGE, self._notify_body(source, bits))
+            self._take(target, source, wire.NOTIFY_MESSAGE, self._notify_body(source, bits))
         else:
             target.notify_pending[source] = target.notify_pending.get(source, 0) | bits
 

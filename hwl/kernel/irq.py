@@ -30,10 +30,6 @@ class Irqs:
         self.hooks: dict[int, IrqHook] = {}
         self._next = 0
 
-    @property
-    def hooked(self) -> bool:
-        return bool(self.hooks)
-
     def _on_line(self, line: int) -> list[IrqHook]:
         return [h for h in self.hooks.values() if h.line == line]
 

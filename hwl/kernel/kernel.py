@@ -409,7 +409,7 @@ class Kernel:
         if self.link is None or not self._link_ok:
             return
         self.calls.poll_pending()
-        if self.irqs.hooked:
+        if self.irqs.hooks:
             for line in self.link.poll_irqs():
                 self.irqs.fire(line)
 
@@ -428,13 +428,16 @@ class Kernel:
                 self.ipc.post_notify(proc, wire.CLOCK, 0)
 
     # ------------------------------------------------------------------ loop
-    def _timeout(self) -> float:
+    def _link_busy(self) -> bool:
+        """Whether the stub owes the loop something: a request or a hooked IRQ."""
+        return self._link_ok and bool(self.calls.pending or self.irqs.hooks)
+
+    def _timeout(self, link_busy: bool) -> float:
         """How long the loop may sleep: -1 (until an event) unless alarms, stub
         requests or IRQ hooks want it to look again sooner."""
-        linked = self._link_ok and bool(self.calls.pending or self.irqs.hooks)
-        if not self.alarms and not linked:
+        if not self.alarms and not link_busy:
             return -1
-        timeout = LINK_SLICE if linked else 3600.0
+        timeout = LINK_SLICE if link_busy else 3600.0
         if self.alarms:
             timeout = min(timeout, max(0.0, min(self.alarms.values()) - time.monotonic()))
         return timeout
@@ -445,16 +448,13 @@ class Kernel:
         poll = self._epoll.poll
         callbacks = self._callbacks
         while not self.stopping:
-            timeout = self._timeout()
-            if (
-                timeout >= 0
-                and link is not None
-                and self._link_ok
-                and (self.calls.pending or self.irqs.hooks)
-            ):
+            busy = self._link_busy()
+            timeout = self._timeout(busy)
+            if busy:
+                assert link is not None
                 link.set_host_waiting(True)
                 self._poll_link()  # what finished before the stub knew we sleep
-                events = poll(0 if self.doomed else timeout)
+                events = poll(timeout)
                 link.set_host_waiting(False)
             else:
                 events = poll(timeout)
@@ -462,7 +462,7 @@ class Kernel:
                 callback = callbacks.get(fd)
                 if callback is not None:
                     callback()
-            if self.calls.pending or self.irqs.hooks:
+            if self._link_busy():
                 self._poll_link()
             if self.alarms:
                 self._fire_alarms(time.monotonic())

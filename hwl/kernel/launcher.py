@@ -40,13 +40,17 @@ class KernelProcess:
     """A running kernel: its socket, its root connection (if the starter is root)."""
 
     def __init__(
-        self, run_dir: Path, proc: subprocess.Popen[bytes], root: Connection | None
+        self,
+        run_dir: Path,
+        proc: subprocess.Popen[bytes],
+        root: Connection | None,
+        own_dir: bool = False,
     ) -> None:
         self.run_dir = run_dir
         self.proc = proc
         self.root = root
         self.socket_path = run_dir / "kernel.sock"
-        self._own_dir = False
+        self._own_dir = own_dir  # a temporary run directory, removed on stop
 
     @classmethod
     def start(
@@ -119,8 +123,7 @@ class KernelProcess:
             os.close(ready_r)
         log.info("kernel up: pid %d, %s", proc.pid, line)
         root = Connection(ours) if ours is not None else None
-        kernel = cls(run_dir, proc, root)
-        kernel._own_dir = own_dir
+        kernel = cls(run_dir, proc, root, own_dir)
         if machine is not None:
             machine.before_close(kernel.stop)
         return kernel

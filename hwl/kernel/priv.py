@@ -33,8 +33,6 @@ class Priv:
     extra_io: list[IoRange] = field(default_factory=list)
     extra_irq: set[int] = field(default_factory=set)
     extra_memory: list[MemoryRange] = field(default_factory=list)
-    # Checked (port, width) pairs: a driver uses a handful of ports over and over.
-    _ports_ok: set[tuple[int, int]] = field(default_factory=set, repr=False)
     # vdevio op heads (code | width << 8 | port << 16) already found allowed.
     checked_ops: set[int] = field(default_factory=set, repr=False)
 
@@ -68,14 +66,9 @@ class Priv:
         return self.conf.allows_call(name)
 
     def allows_port(self, port: int, width: int) -> bool:
-        if (port, width) in self._ports_ok:
-            return True
-        ok = self.conf.allows_port(port, width) or any(
+        return self.conf.allows_port(port, width) or any(
             r.contains(port, width) for r in self.extra_io
         )
-        if ok:
-            self._ports_ok.add((port, width))
-        return ok
 
     def allows_irq(self, line: int) -> bool:
         return self.conf.allows_irq(line) or line in self.extra_irq
