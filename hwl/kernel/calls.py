@@ -118,7 +118,7 @@ class Pending:
     proc: Proc
     ticket: Ticket
     nops: int
-    finish: Callable[[int, int, bytes], Reply]
+    finish: Callable[[int, int, bytes], None]  # answers the caller (if it is alive)
 
 
 class Calls:
@@ -134,30 +134,38 @@ class Calls:
 
     # ------------------------------------------------------------- dispatch
     def dispatch(self, proc: Proc, number: int, payload: bytes) -> None:
+        self._answer(proc, number, lambda: self._run(proc, number, payload))
+
+    def _run(self, proc: Proc, number: int, payload: bytes) -> Reply | None:
+        """Check the caller may make call ``number``, decode its fields and run it."""
         name = wire.KERNEL_CALL_NAMES.get(number)
+        if name is None or name not in self.handlers:
+            raise CallError(Errno.EBADCALL, f"no kernel call number {number}")
+        if name in DMA_CALLS:
+            if not proc.priv.dma:
+                raise CallError(Errno.EPERM, f"{name}: no 'memory ... dma' privilege", warn=True)
+        elif not proc.priv.allows_call(name):
+            raise CallError(
+                Errno.ECALLDENIED, f"kernel call '{name}' is not on its system line", warn=True
+            )
         try:
-            if name is None or name not in self.handlers:
-                raise CallError(Errno.EBADCALL, f"no kernel call number {number}")
-            if name in DMA_CALLS:
-                if not proc.priv.dma:
-                    raise CallError(
-                        Errno.EPERM, f"{name}: no 'memory ... dma' privilege", warn=True
-                    )
-            elif not proc.priv.allows_call(name):
-                raise CallError(
-                    Errno.ECALLDENIED, f"kernel call '{name}' is not on its system line", warn=True
-                )
-            try:
-                fields = codec.decode(payload)
-            except codec.CodecError as exc:
-                raise CallError(Errno.EINVAL, f"{name}: malformed payload: {exc}") from exc
-            reply = self.handlers[name](proc, fields)
+            fields = codec.decode(payload)
+        except codec.CodecError as exc:
+            raise CallError(Errno.EINVAL, f"{name}: malformed payload: {exc}") from exc
+        return self.handlers[name](proc, fields)
+
+    def _answer(self, proc: Proc, number: int, run: Callable[[], Reply | None]) -> None:
+        """Run a call (or the end of one that waited for the stub) and answer it:
+        the reply, or the error with its reason; None means it answers later."""
+        try:
+            reply = run()
         except CallError as exc:
             level = logging.WARNING if exc.warn else logging.INFO
             log.log(level, "%s: %s (%s) %s", exc.errno.name, proc.label, proc.endpoint, exc.why)
             self.k.respond(proc, -exc.errno, number, codec.encode({"error": exc.why}))
             return
         except Exception as exc:  # a kernel bug must not take the kernel down
+            name = wire.KERNEL_CALL_NAMES.get(number, number)
             log.exception("kernel call %s from %s failed", name, proc.label)
             self.k.respond(proc, -Errno.EGENERIC, number, codec.encode({"error": repr(exc)}))
             return
@@ -203,19 +211,10 @@ class Calls:
 
     def _wrap(
         self, proc: Proc, number: int, finish: Callable[[int, int, bytes], Reply]
-    ) -> Callable[[int, int, bytes], Reply]:
-        def finish_later(status: int, failed: int, ops: bytes) -> Reply:
-            try:
-                reply = finish(status, failed, ops)
-            except CallError as exc:
-                if proc.alive:
-                    proc.state = State.RUNNING
-                    self.k.respond(proc, -exc.errno, number, codec.encode({"error": exc.why}))
-                return {}
-            if proc.alive:
-                proc.state = State.RUNNING
-                self.k.respond(proc, 0, number, codec.encode(reply))
-            return reply
+    ) -> Callable[[int, int, bytes], None]:
+        def finish_later(status: int, failed: int, ops: bytes) -> None:
+            proc.state = State.RUNNING
+            self._answer(proc, number, lambda: finish(status, failed, ops))
 
         return finish_later
 
