@@ -80,9 +80,10 @@ class ForkServer:
 
     def spawn(
         self, argv: list[str], conn_fd: int, log_path: Path, env: dict[str, str] | None = None
-    ) -> int:
-        """Fork a process running ``argv``; returns its pid. Raises OSError when the
-        fork server does not answer (the caller then starts the program cold)."""
+    ) -> tuple[int, int]:
+        """Fork a process running ``argv``; returns its pid and a pidfd for it.
+        Raises OSError when the fork server does not answer (the caller then
+        starts the program cold)."""
         # The fork server started with the kernel's environment; only additions travel.
         request = {"argv": argv, "env": env or {}, "log": str(log_path)}
         self.sock.setblocking(True)
@@ -90,15 +91,17 @@ class ForkServer:
         try:
             socket.send_fds(self.sock, [json.dumps(request).encode()], [conn_fd])
             while True:
-                data = self.sock.recv(65536)
+                data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 1)
                 if not data:
                     raise OSError("the fork server is gone")
                 answer = json.loads(data)
                 if "exit" in answer:
                     self.exits.append((int(answer["exit"]), int(answer["code"])))
-                elif "pid" in answer:
-                    return int(answer["pid"])
+                elif "pid" in answer and len(fds) == 1:
+                    return int(answer["pid"]), fds[0]
                 else:
+                    for fd in fds:
+                        os.close(fd)
                     raise OSError(f"the fork server refused: {answer.get('error')}")
         finally:
             self.sock.setblocking(False)

@@ -5,7 +5,8 @@ kernel keeps this process beside it, with the interpreter up and hwl imported, a
 asks it to fork. The child becomes the program: a Python script or module runs
 in place (``runpy``), anything else is exec'd. The kernel passes the new
 process's connection as an fd with each request; the fork server replies with the
-child's pid, and reports each child's exit status when it reaps it.
+child's pid and a pidfd for it, and reports each child's exit status when it
+reaps it.
 
 Requests and reports are JSON over a SOCK_SEQPACKET socketpair (no pickle).
 """
@@ -131,7 +132,11 @@ def serve(control: socket.socket) -> None:
             if pid == 0:
                 _become(request, fds[0], control)
             os.close(fds[0])
-            control.send(json.dumps({"pid": pid}).encode())
+            # The pidfd is opened here, before this loop can reap the child: a
+            # program that exits at once is still a zombie, so the pid is still its.
+            pidfd = os.pidfd_open(pid)
+            socket.send_fds(control, [json.dumps({"pid": pid}).encode()], [pidfd])
+            os.close(pidfd)
 
 
 def main() -> int:

@@ -231,23 +231,23 @@ class Kernel:
         log_path = self.run_dir / f"{label}.log"
         popen: subprocess.Popen[bytes] | None = None
         try:
-            pid = None
+            forked = None
             if not cold and self.forkserver is not None:
                 try:
-                    pid = self.forkserver.spawn(argv, theirs.fileno(), log_path, env)
+                    forked = self.forkserver.spawn(argv, theirs.fileno(), log_path, env)
                 except OSError as exc:
                     log.warning("fork server failed (%s); starting %s cold", exc, label)
-            if pid is None:
+            if forked is None:
                 popen = kexec.start(argv, theirs.fileno(), log_path, env)
-                pid = popen.pid
+                forked = popen.pid, os.pidfd_open(popen.pid)  # ours to reap: no race
         except OSError:
             self.table.remove(proc)
             self._release(proc)
             raise
         finally:
             theirs.close()
+        pid, pidfd = forked
         proc.pid = pid
-        pidfd = os.pidfd_open(pid)
         child = Child(pid, pidfd, proc.endpoint, label, parent_ep, popen)
         self.children[pid] = child
         self.watch(pidfd, lambda: self._on_child(child))
