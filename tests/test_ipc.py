@@ -316,10 +316,10 @@ def test_exit_is_reported_to_the_parent_with_a_system_notify(root: ipc.Connectio
     root.exits()  # drain older records
     quitter.start("exit", code=3)
     records: list[ipc.ExitInfo] = []
-    while not records:  # an older exit's notify may still be pending: drain as RS does
+    while not records:  # older exits may still be reported (their notify pending): skip them
         note = root.receive(wire.SYSTEM, timeout=10)
         assert note.is_notify and note["events"] == 1
-        records = root.exits()
+        records = [r for r in root.exits() if r.endpoint == quitter.ep]
     assert [(r.endpoint, r.label, r.status) for r in records] == [(quitter.ep, "quitter", 3)]
 
 
@@ -415,13 +415,14 @@ def test_reply_receive_answers_and_waits_for_the_next_request(
     root: ipc.Connection, kernel: KernelProcess
 ) -> None:
     """A server loop in one request per message; a failed reply is reported, not raised."""
-    with kernel.attach() as client:
+    # A server of its own: root also hears of its children's exits (SYSTEM notifies).
+    with kernel.attach() as client, kernel.attach() as server:
         root.privctl_set(client.endpoint, "service client { ipc ALL; };")
-        server = root  # root serves: it receives the client's request
+        root.privctl_set(server.endpoint, "service server { ipc ALL; };")
         outcome: dict[str, object] = {}
 
         def ask() -> None:
-            outcome["reply"] = client.sendrec(root.endpoint, 31, {"q": 1}, timeout=10)
+            outcome["reply"] = client.sendrec(server.endpoint, 31, {"q": 1}, timeout=10)
 
         thread = threading.Thread(target=ask)
         thread.start()
@@ -429,7 +430,7 @@ def test_reply_receive_answers_and_waits_for_the_next_request(
 
         def ask_again() -> None:
             thread.join()  # the client has its reply: now it notifies
-            client.notify(root.endpoint)
+            client.notify(server.endpoint)
 
         helper = threading.Thread(target=ask_again)
         helper.start()
@@ -440,7 +441,7 @@ def test_reply_receive_answers_and_waits_for_the_next_request(
         assert nxt.reply_errno is None and nxt.is_notify and nxt.source == client.endpoint
 
         # The client is not waiting now: the reply fails with ENOTREADY, the receive goes on.
-        client.notify(root.endpoint)
+        client.notify(server.endpoint)
         late = server.reply_receive(client.endpoint, 33, b"")
         assert late.reply_errno is Errno.ENOTREADY and late.is_notify
 
