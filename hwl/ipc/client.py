@@ -163,11 +163,11 @@ class Connection(KernelCalls):
             raise KernelGone(f"{what}: the kernel closed the connection")
         return answer
 
-    def _status(self, answer: bytes, what: str, timeout: float | None = None) -> int:
+    def _status(self, answer: bytes, what: str) -> int:
         """Raise for an error status; return the response's m_type."""
         _kind, _flags, _spare, status, _source, m_type = _RESPONSE(answer)
         if status < 0:
-            raise self._error(status, answer, what, timeout)
+            raise self._error(status, answer, what, None)
         return int(m_type)
 
     @staticmethod
@@ -184,10 +184,13 @@ class Connection(KernelCalls):
         return IpcError(errno, what, detail)
 
     def _message(self, answer: bytes, what: str, timeout: float | None) -> Message:
-        kind, _flags, _spare, status, source, m_type = _RESPONSE(answer)
+        kind, _flags, reply_errno, status, source, m_type = _RESPONSE(answer)
         if status < 0 or kind != wire.Kind.MESSAGE:
             raise self._error(status or -Errno.EGENERIC, answer, what, timeout)
-        return Message(source, m_type, answer[_HEADER:])
+        message = Message(source, m_type, answer[_HEADER:])
+        if reply_errno:  # only after a reply_receive whose reply was not taken
+            message.reply_errno = _errno(-reply_errno)
+        return message
 
     # ------------------------------------------------------------ primitives
     def send(self, dest: int, m_type: int, fields: Fields | bytes | None = None) -> None:
@@ -225,11 +228,7 @@ class Connection(KernelCalls):
         and its next receive from anyone, in one round trip to the kernel. The
         reply's fate is ``reply_errno`` of the returned message (None: taken)."""
         frame = _REQUEST(wire.Op.REPLY_RECEIVE, 0, 0, dest, m_type) + _payload(fields)
-        answer = self._call(frame, "reply_receive")
-        message = self._message(answer, "reply_receive", None)
-        spare = answer[2] | answer[3] << 8
-        message.reply_errno = _errno(-spare) if spare else None
-        return message
+        return self._message(self._call(frame, "reply_receive"), "reply_receive", None)
 
     def notify(self, dest: int) -> None:
         """A non-blocking notification; several before a receive arrive as one."""
