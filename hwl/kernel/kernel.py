@@ -241,7 +241,6 @@ class Kernel:
                 popen = kexec.start(argv, theirs.fileno(), log_path, env)
                 forked = popen.pid, os.pidfd_open(popen.pid)  # ours to reap: no race
         except OSError:
-            self.table.remove(proc)
             self._release(proc)
             raise
         finally:
@@ -317,15 +316,15 @@ class Kernel:
             return
         log.info("%s (%s) is dead: %s", proc.label, wire.endpoint_name(proc.endpoint), reason)
         self.ipc.process_died(proc)
-        proc.alive = False
-        self.table.remove(proc)
         self._release(proc)
         if proc.pid is not None and proc.pid in self.children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)  # no connection, nothing left to do
 
     def _release(self, proc: Proc) -> None:
+        """Free the slot and everything the process held."""
         proc.alive = False
+        self.table.remove(proc)
         self.irqs.release(proc)
         self.calls.release(proc)
         self.alarms.pop(proc, None)
