@@ -13,6 +13,7 @@ Requests and reports are JSON over a SOCK_SEQPACKET socketpair (no pickle).
 
 from __future__ import annotations
 
+import argparse  # noqa: F401  (most services parse their arguments with it)
 import contextlib
 import ctypes
 import json
@@ -28,6 +29,7 @@ from typing import Any
 import hwl.ipc
 import hwl.ipc.client
 import hwl.kernel.errno  # noqa: F401
+import hwl.system.sef  # noqa: F401  (every service starts with it)
 from hwl.ipc import wire
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -1,0 +1,397 @@
+"""SEF, the system event framework: what every service does the same way.
+
+A service sets its callbacks, calls :func:`startup` (which waits for RS's init
+request, runs the matching init callback and reports the result), then loops on
+:func:`receive`, which answers RS's pings, handles live-update requests and
+returns every other message. As in MINIX's libsys:
+
+- init: ``fresh`` on a first start, ``restart`` after a crash or refresh, ``lu``
+  for the new version of a live update (``InitInfo.saved`` then holds what the old
+  version's ``state_save`` returned). Each returns OK (0) or an errno.
+- ping: a notify from RS; the default answer is a notify back.
+- live update: RS asks for a state; before each receive SEF asks ``prepare``
+  whether the state is reached (WORK_FREE always is, at a receive); once it is,
+  ``state_save`` runs and SEF tells RS, then blocks until RS either aborts the
+  update (SEF resumes, state NULL) or kills this process (the new version serves).
+- SIGTERM ends the service gracefully (``signal_handler``, default: exit 0).
+
+The predefined callbacks (``init_fail``, ``lu_prepare_never_ready``, ...) are
+MINIX's test callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+
+from hwl.errors import HwlError
+from hwl.ipc import codec
+from hwl.ipc.client import Connection, IpcError, Message
+from hwl.kernel.errno import Errno
+from hwl.system import proto
+from hwl.system.proto import InitFlag, InitType, LuState
+
+log = logging.getLogger(__name__)
+
+OK = 0
+Fields = dict[str, codec.Value]
+
+
+@dataclass(frozen=True)
+class InitInfo:
+    """What RS says about this start."""
+
+    type: InitType
+    flags: InitFlag
+    restarts: int
+    endpoint: int
+    saved: bytes = b""  # a live update's state from the old version
+
+
+class SefError(HwlError):
+    """SEF was used out of order (receive before startup) or RS spoke nonsense."""
+
+
+InitCallback = Callable[[InitInfo], int]
+PingCallback = Callable[[int], None]
+PrepareCallback = Callable[[int], int]
+IsValidCallback = Callable[[int, int], bool]
+StateChangedCallback = Callable[[int, int], None]
+StateDumpCallback = Callable[[int], None]
+StateSaveCallback = Callable[[int, int], bytes | None]
+SignalCallback = Callable[[int], None]
+
+
+# ------------------------------------------------------- predefined callbacks
+def init_null(info: InitInfo) -> int:
+    return OK
+
+
+def init_fail(info: InitInfo) -> int:
+    return int(Errno.ENOSYS)
+
+
+def init_crash(info: InitInfo) -> int:
+    log.error("init: crashing on purpose (init_crash)")
+    logging.shutdown()
+    os.abort()
+
+
+def init_timeout(info: InitInfo) -> int:
+    log.error("init: never answering on purpose (init_timeout)")
+    while True:
+        time.sleep(3600)
+
+
+def ping_reply_pong(rs: int) -> None:
+    _sef.conn.notify(rs)
+
+
+def lu_prepare_null(state: int) -> int:
+    return int(Errno.ENOTREADY)
+
+
+def lu_prepare_always_ready(state: int) -> int:
+    return OK
+
+
+def lu_prepare_never_ready(state: int) -> int:
+    return int(Errno.ENOTREADY)
+
+
+def lu_prepare_crash(state: int) -> int:
+    log.error("live update: crashing at prepare on purpose (state %d)", state)
+    logging.shutdown()
+    os.abort()
+
+
+def lu_state_isvalid_standard(state: int, flags: int) -> bool:
+    """The standard states; EVAL needs an expression language hwl does not have."""
+    return state in (LuState.WORK_FREE, LuState.REQUEST_FREE, LuState.PROTOCOL_FREE)
+
+
+def lu_state_changed_null(old: int, new: int) -> None:
+    return None
+
+
+def lu_state_dump_null(state: int) -> None:
+    return None
+
+
+def lu_state_save_null(state: int, flags: int) -> bytes | None:
+    return None
+
+
+def signal_handler_term(signo: int) -> None:
+    """SIGTERM: leave the receive loop through SystemExit, so ``finally`` blocks run."""
+    if signo == signal.SIGTERM:
+        log.info("SIGTERM: exiting")
+        raise SystemExit(0)
+
+
+_DEBUG_STATES = (LuState.UNREACHABLE, LuState.PREPARE_CRASH)
+
+
+class Sef:
+    """One service's SEF state; the module functions use a single instance."""
+
+    def __init__(self) -> None:
+        self._conn: Connection | None = None
+        self.rs = 0  # endpoint of the process that starts and pings us
+        self.info: InitInfo | None = None
+        self.lu_state = int(LuState.NULL)
+        self.lu_flags = 0
+        self.cb_init_fresh: InitCallback = init_null
+        self.cb_init_restart: InitCallback | None = None  # default: fresh
+        self.cb_init_lu: InitCallback | None = None  # default: fresh
+        self.cb_ping_reply: PingCallback = ping_reply_pong
+        self.cb_lu_prepare: PrepareCallback = lu_prepare_null
+        self.cb_lu_state_isvalid: IsValidCallback = lu_state_isvalid_standard
+        self.cb_lu_state_changed: StateChangedCallback = lu_state_changed_null
+        self.cb_lu_state_dump: StateDumpCallback = lu_state_dump_null
+        self.cb_lu_state_save: StateSaveCallback = lu_state_save_null
+        self.cb_signal_handler: SignalCallback = signal_handler_term
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            raise SefError("SEF has not started: call sef.startup() first")
+        return self._conn
+
+    # ----------------------------------------------------------------- init
+    def startup(self, conn: Connection | None = None) -> Connection:
+        """Connect, wait for RS's init request, initialise, report; returns the
+        connection for the service's own calls."""
+        if not logging.getLogger().handlers:
+            logging.basicConfig(
+                level=logging.INFO,
+                stream=sys.stderr,
+                format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
+                datefmt="%H:%M:%S",
+            )
+        self._conn = conn = conn or Connection.from_env()
+        self.rs = conn.parent
+        signal.signal(signal.SIGTERM, self._on_signal)
+        while True:
+            m = conn.receive(self.rs)
+            if m.is_notify:
+                self.cb_ping_reply(m.source)
+            elif m.m_type == proto.SEF_INIT:
+                break
+            else:
+                log.warning("before init: ignored message type %#x from RS", m.m_type)
+        self._init(m)
+        return conn
+
+    def _init(self, m: Message) -> None:
+        try:
+            info = InitInfo(
+                type=InitType(int(m["type"])),  # type: ignore[arg-type]
+                flags=InitFlag(int(m.get("flags", 0))),  # type: ignore[arg-type]
+                restarts=int(m.get("restarts", 0)),  # type: ignore[arg-type]
+                endpoint=int(m.get("endpoint", self.conn.endpoint)),  # type: ignore[arg-type]
+                saved=bytes(m.get("saved", b"")),  # type: ignore[arg-type]
+            )
+        except (KeyError, ValueError, TypeError, codec.CodecError) as exc:
+            raise SefError(f"RS's init request is malformed: {exc}") from exc
+        self.info = info
+        self.conn.endpoint = info.endpoint  # a live update moved us to the old endpoint
+        callback = self._init_callback(info)
+        result = callback(info)
+        status = -abs(int(result))
+        log.info(
+            "init %s (restarts %d, flags %s): %s",
+            info.type.name.lower(),
+            info.restarts,
+            info.flags.name if info.flags else "none",
+            "ok" if status == 0 else Errno(-status).name,
+        )
+        self.conn.send(self.rs, proto.RS_INIT, {"result": status})
+        if status != 0:
+            raise SystemExit(1)
+
+    def _init_callback(self, info: InitInfo) -> InitCallback:
+        if info.flags & InitFlag.CRASH:
+            return init_crash
+        if info.flags & InitFlag.FAIL:
+            return init_fail
+        if info.flags & InitFlag.TIMEOUT:
+            return init_timeout
+        if info.type is InitType.RESTART and self.cb_init_restart is not None:
+            return self.cb_init_restart
+        if info.type is InitType.LU and self.cb_init_lu is not None:
+            return self.cb_init_lu
+        return self.cb_init_fresh
+
+    # -------------------------------------------------------------- receive
+    def receive(self) -> Message:
+        """The next message for the service itself; system events are handled here."""
+        conn = self.conn
+        while True:
+            if self.lu_state != LuState.NULL:
+                self._lu_check()
+            m = conn.receive()
+            if not self._system_event(m):
+                return m
+
+    def reply_receive(
+        self, dest: int, m_type: int, fields: Fields | bytes | None = None
+    ) -> Message:
+        """A server's reply and its next receive in one round trip (see
+        ``Connection.reply_receive``); system events are handled as in receive."""
+        conn = self.conn
+        if self.lu_state != LuState.NULL:
+            try:
+                conn.sendnb(dest, m_type, fields)
+            except IpcError as exc:
+                log.debug("reply to %d not taken: %s", dest, exc)
+            return self.receive()
+        m = conn.reply_receive(dest, m_type, fields)
+        while self._system_event(m):
+            if self.lu_state != LuState.NULL:
+                return self.receive()
+            m = conn.receive()
+        return m
+
+    def _system_event(self, m: Message) -> bool:
+        if m.source != self.rs:
+            return False
+        if m.is_notify:
+            self.cb_ping_reply(m.source)
+            return True
+        if m.m_type == proto.SEF_LU_PREPARE:
+            self._lu_request(m)
+            return True
+        return False
+
+    # ---------------------------------------------------------- live update
+    def _lu_request(self, m: Message) -> None:
+        try:
+            state = int(m["state"])  # type: ignore[arg-type]
+            flags = int(m.get("flags", 0))  # type: ignore[arg-type]
+        except (KeyError, ValueError, TypeError, codec.CodecError) as exc:
+            log.error("malformed live-update request: %s", exc)
+            return
+        if state == LuState.NULL:  # RS cancels a pending request; no answer
+            self._lu_state_change(LuState.NULL, 0)
+            return
+        if self.lu_state != LuState.NULL:
+            self._lu_ready(int(Errno.EBUSY), state)
+            return
+        if state not in _DEBUG_STATES and not self.cb_lu_state_isvalid(state, flags):
+            log.warning("live update to state %d refused: not a state this service knows", state)
+            self._lu_ready(int(Errno.EINVAL), state)
+            return
+        self._lu_state_change(state, flags)
+
+    def _lu_check(self) -> None:
+        """Before a receive: is the requested state reached?"""
+        state = self.lu_state
+        if log.isEnabledFor(logging.DEBUG):
+            self.cb_lu_state_dump(state)
+        if state == LuState.WORK_FREE:
+            result = OK
+        elif state == LuState.UNREACHABLE:
+            result = lu_prepare_never_ready(state)
+        elif state == LuState.PREPARE_CRASH:
+            result = lu_prepare_crash(state)
+        else:
+            result = self.cb_lu_prepare(state)
+        if result != Errno.ENOTREADY:
+            self._lu_ready(result, state)
+
+    def _lu_ready(self, result: int, state: int) -> None:
+        saved: bytes = b""
+        if result == OK:
+            try:
+                saved = self.cb_lu_state_save(state, self.lu_flags) or b""
+            except Exception:
+                log.exception("state_save failed; the update is aborted")
+                result = int(Errno.EGENERIC)
+        log.info(
+            "live update: state %d %s", state, "reached" if result == OK else f"refused ({result})"
+        )
+        answer = self.conn.sendrec(
+            self.rs, proto.RS_LU_PREPARE, {"result": -abs(result), "state": state, "saved": saved}
+        )
+        # Still alive: RS aborted the update (or it was prepare-only). Resume.
+        log.info("live update not done (RS answered %d); serving on", answer.m_type)
+        self._lu_state_change(LuState.NULL, 0)
+
+    def _lu_state_change(self, state: int, flags: int) -> None:
+        old, self.lu_state, self.lu_flags = self.lu_state, int(state), flags
+        if old != self.lu_state:
+            self.cb_lu_state_changed(old, self.lu_state)
+
+    # -------------------------------------------------------------- signals
+    def _on_signal(self, signo: int, _frame: FrameType | None) -> None:
+        self.cb_signal_handler(signo)
+
+
+_sef = Sef()
+
+
+def startup(conn: Connection | None = None) -> Connection:
+    return _sef.startup(conn)
+
+
+def receive() -> Message:
+    return _sef.receive()
+
+
+def reply_receive(dest: int, m_type: int, fields: Fields | bytes | None = None) -> Message:
+    return _sef.reply_receive(dest, m_type, fields)
+
+
+def connection() -> Connection:
+    return _sef.conn
+
+
+def init_info() -> InitInfo | None:
+    return _sef.info
+
+
+def setcb_init_fresh(cb: InitCallback) -> None:
+    _sef.cb_init_fresh = cb
+
+
+def setcb_init_restart(cb: InitCallback) -> None:
+    _sef.cb_init_restart = cb
+
+
+def setcb_init_lu(cb: InitCallback) -> None:
+    _sef.cb_init_lu = cb
+
+
+def setcb_ping_reply(cb: PingCallback) -> None:
+    _sef.cb_ping_reply = cb
+
+
+def setcb_lu_prepare(cb: PrepareCallback) -> None:
+    _sef.cb_lu_prepare = cb
+
+
+def setcb_lu_state_isvalid(cb: IsValidCallback) -> None:
+    _sef.cb_lu_state_isvalid = cb
+
+
+def setcb_lu_state_changed(cb: StateChangedCallback) -> None:
+    _sef.cb_lu_state_changed = cb
+
+
+def setcb_lu_state_dump(cb: StateDumpCallback) -> None:
+    _sef.cb_lu_state_dump = cb
+
+
+def setcb_lu_state_save(cb: StateSaveCallback) -> None:
+    _sef.cb_lu_state_save = cb
+
+
+def setcb_signal_handler(cb: SignalCallback) -> None:
+    _sef.cb_signal_handler = cb

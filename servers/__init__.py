@@ -1,0 +1,1 @@
+"""System servers, each run as its own process by RS: ``rs``, ``ds`` (more to come)."""

@@ -1,0 +1,180 @@
+"""RS's main loop (MINIX's rs/main.c): boot the services, then serve forever.
+
+RS is the kernel's root process: it has every privilege and is the parent of
+every service, so the kernel tells it (a SYSTEM notify) when one exits. The loop
+takes one message at a time: the kernel's notifies (CLOCK: timers, SYSTEM:
+exits), heartbeat answers (a notify from a service), init and live-update
+answers from services, and requests from the ``service`` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from hwl.config import SystemConfError, load
+from hwl.ipc import codec, wire
+from hwl.ipc.client import Connection, IpcError, Message
+from hwl.kernel.errno import Errno
+from hwl.system import proto
+from hwl.system.proto import InitType
+from servers.rs.manager import Manager, RsError
+from servers.rs.request import Requests, service_from_fields
+from servers.rs.table import State
+from servers.rs.update import Updater
+
+log = logging.getLogger("servers.rs")
+
+
+class Rs:
+    def __init__(self, conn: Connection, manager: Manager) -> None:
+        self.conn = conn
+        self.m = manager
+        self.updater = Updater(manager)
+        self.requests = Requests(manager, self.updater, self.is_operator)
+        self._operators: dict[int, bool] = {}
+
+    def is_operator(self, endpoint: int) -> bool:
+        """A user process (attached through kernel.sock, same uid as the kernel)."""
+        known = self._operators.get(endpoint)
+        if known is None:
+            procs = {p["endpoint"]: p for p in self.conn.proctab()}
+            proc = procs.get(endpoint)
+            known = proc is not None and not proc["system"]
+            self._operators = {e: not p["system"] for e, p in procs.items()}
+        return known
+
+    # ------------------------------------------------------------------ boot
+    def boot(self, entries: list[dict[str, Any]]) -> bool:
+        """Start the boot services one by one, each up before the next (MINIX's
+        synchronous boot init). False if one fails: the event names it."""
+        for entry in entries:
+            label = str(entry.get("label", ""))
+            try:
+                svc = service_from_fields(self.m, label, entry)
+                svc.boot = True
+                self.m.table.add(svc)
+                self.m.start(svc, InitType.FRESH)
+            except RsError as exc:
+                self.m.events.write("boot-failed", label, reason=exc.why)
+                return False
+            while svc.state is State.STARTING:
+                self.serve_one()
+            if svc.state is not State.UP:
+                self.m.events.write("boot-failed", label, reason="init failed or the service died")
+                return False
+        self.m.events.write("boot-done", services=[str(e.get("label")) for e in entries])
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def serve_forever(self) -> None:
+        while True:
+            self.serve_one()
+
+    def serve_one(self) -> None:
+        self.m.timers.arm()
+        m = self.conn.receive()
+        try:
+            self.dispatch(m)
+        except IpcError as exc:
+            log.error("handling %#x from %s: %s", m.m_type, wire.endpoint_name(m.source), exc)
+        except Exception:
+            log.exception("internal error handling %#x from %s", m.m_type, m.source)
+
+    def dispatch(self, m: Message) -> None:
+        if m.is_notify:
+            if m.source == wire.CLOCK:
+                self.m.timers.fired()
+                self.m.timers.run_due()
+                self.m.reap_scripts()
+            elif m.source == wire.SYSTEM:
+                for info in self.conn.exits():
+                    self.m.on_exit(info)
+            else:
+                self.m.pong(m.source)
+            return
+        if m.m_type == proto.RS_INIT:
+            self.m.init_done(m.source, _result(m))
+        elif m.m_type == proto.RS_LU_PREPARE:
+            self.updater.prepared(m.source, _fields(m))
+        else:
+            self._request(m)
+
+    def _request(self, m: Message) -> None:
+        name = proto.RS_REQUEST_NAMES.get(m.m_type, f"{m.m_type:#x}")
+        try:
+            reply = self.requests.handle(m.source, m.m_type, _fields(m))
+        except RsError as exc:
+            log.info("%s from %s refused: %s", name, wire.endpoint_name(m.source), exc.why)
+            self._reply(m.source, -exc.errno, {"error": exc.why})
+            return
+        except codec.CodecError as exc:
+            self._reply(m.source, -Errno.EINVAL, {"error": f"malformed request: {exc}"})
+            return
+        if reply is not None:
+            self._reply(m.source, 0, reply)
+
+    def _reply(self, dest: int, status: int, fields: dict[str, codec.Value]) -> None:
+        try:
+            self.conn.sendnb(dest, status, fields)
+        except IpcError as exc:
+            log.info("reply to %s not taken: %s", wire.endpoint_name(dest), exc)
+
+
+def _fields(m: Message) -> dict[str, codec.Value]:
+    try:
+        return m.fields
+    except codec.CodecError:
+        return {}
+
+
+def _result(m: Message) -> int:
+    value = _fields(m).get("result", -Errno.EINVAL)
+    return value if isinstance(value, int) else -int(Errno.EINVAL)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="rs", description="the reincarnation server")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--boot", default="[]", help="the boot list: JSON, a list of RS_UP fields")
+    p.add_argument("--system-conf", default=None, help="system.conf (default: the stock one)")
+    p.add_argument("--backoff-unit", type=float, default=1.0, help="seconds per backoff unit")
+    p.add_argument("--init-timeout", type=float, default=10.0, help="seconds for a service's init")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        system_conf = load(args.system_conf)
+        boot_list = json.loads(args.boot)
+        if not isinstance(boot_list, list):
+            raise ValueError("the boot list must be a JSON list")
+    except (SystemConfError, ValueError) as exc:
+        log.error("RS cannot start: %s", exc)
+        return 1
+    conn = Connection.from_env()
+    manager = Manager(
+        conn,
+        args.run_dir,
+        system_conf,
+        backoff_unit=args.backoff_unit,
+        init_timeout=args.init_timeout,
+    )
+    rs = Rs(conn, manager)
+    log.info("RS up: %s, %d boot services", wire.endpoint_name(conn.endpoint), len(boot_list))
+    rs.boot(boot_list)
+    rs.serve_forever()
+    return 0

@@ -1,0 +1,243 @@
+"""The ``service`` requests (MINIX's rs/request.c): check, then act.
+
+Each ``do_*`` gets the caller's endpoint and the request's fields, and either
+returns the reply fields at once, returns None when the answer comes later (the
+caller waits in its sendrec: up, update, restart, refresh, down), or raises
+RsError. Who may ask: user processes attached through the kernel's socket
+(the operator, who owns the machine), and system services whose system.conf
+entry lists the target in ``control``; lookup and status are open to all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from hwl.ipc import codec, wire
+from hwl.kernel.errno import Errno
+from hwl.system import proto
+from hwl.system.proto import InitType, Policy, UpdateFlag
+from servers.rs.manager import Manager, RsError
+from servers.rs.table import Service, State, Waiter
+from servers.rs.update import Updater
+
+log = logging.getLogger(__name__)
+
+Fields = dict[str, codec.Value]
+Reply = Fields | None
+DEFAULT_MAXTIME_TICKS = 3 * wire.HZ  # MINIX's service update default is 3HZ as well
+
+
+class Requests:
+    def __init__(self, manager: Manager, updater: Updater, is_operator: Callable[[int], bool]):
+        self.m = manager
+        self.updater = updater
+        self.is_operator = is_operator
+        self.handlers: dict[int, Callable[[int, Fields], Reply]] = {
+            proto.RS_UP: self.do_up,
+            proto.RS_DOWN: self.do_down,
+            proto.RS_REFRESH: self.do_refresh,
+            proto.RS_RESTART: self.do_restart,
+            proto.RS_SHUTDOWN: self.do_shutdown,
+            proto.RS_UPDATE: self.do_update,
+            proto.RS_CLONE: self.do_clone,
+            proto.RS_UNCLONE: self.do_unclone,
+            proto.RS_EDIT: self.do_edit,
+            proto.RS_LOOKUP: self.do_lookup,
+            proto.RS_STATUS: self.do_status,
+        }
+
+    def handle(self, source: int, m_type: int, fields: Fields) -> Reply:
+        handler = self.handlers.get(m_type)
+        if handler is None:
+            raise RsError(Errno.ENOSYS, f"no RS request {m_type:#x}")
+        return handler(source, fields)
+
+    # ------------------------------------------------------------- helpers
+    def _service(self, source: int, fields: Fields, request: str) -> Service:
+        label = _str(fields, "label")
+        svc = self.m.table.get(label)
+        if svc is None:
+            raise RsError(Errno.ESRCH, f"no service with label '{label}'")
+        self._check_control(source, svc.label, request)
+        return svc
+
+    def _check_control(self, source: int, label: str, request: str) -> None:
+        if self.is_operator(source):
+            return
+        caller = self.m.table.by_endpoint(source)
+        if caller is not None:
+            entry = self.m.system_conf.get(caller.label)
+            if entry is not None and entry.may_control(label):
+                return
+        raise RsError(Errno.EPERM, f"{wire.endpoint_name(source)} may not {request} '{label}'")
+
+    # ------------------------------------------------------------ requests
+    def do_up(self, source: int, fields: Fields) -> Reply:
+        label = _str(fields, "label")
+        self._check_control(source, label, "start")
+        if self.m.shutting_down:
+            raise RsError(Errno.EBUSY, "RS is shutting down")
+        if self.m.table.get(label) is not None:
+            raise RsError(Errno.EEXIST, f"a service '{label}' is already running")
+        svc = service_from_fields(self.m, label, fields)
+        svc.waiters.append(Waiter(source, "up"))
+        self.m.table.add(svc)
+        try:
+            self.m.start(svc, InitType.FRESH)
+        except RsError:
+            self.m.table.remove(svc)
+            raise
+        return None
+
+    def do_down(self, source: int, fields: Fields) -> Reply:
+        svc = self._service(source, fields, "stop")
+        if svc.stopping:
+            raise RsError(Errno.EBUSY, f"{svc.label} is already going down")
+        svc.waiters.append(Waiter(source, "down"))
+        self.m.stop(svc)
+        return None
+
+    def do_refresh(self, source: int, fields: Fields) -> Reply:
+        svc = self._service(source, fields, "refresh")
+        if svc.state is not State.UP:
+            raise RsError(Errno.EBUSY, f"{svc.label} is {svc.state.value}, not up")
+        svc.waiters.append(Waiter(source, "refresh"))
+        self.m.stop(svc, refresh=True)
+        return None
+
+    def do_restart(self, source: int, fields: Fields) -> Reply:
+        svc = self._service(source, fields, "restart")
+        if svc.state is not State.WAITING_SCRIPT:
+            raise RsError(
+                Errno.EBUSY,
+                f"{svc.label} is {svc.state.value}: only a recovery script restarts a service",
+            )
+        svc.waiters.append(Waiter(source, "restart"))
+        self.m.restart(svc)
+        return None
+
+    def do_shutdown(self, source: int, fields: Fields) -> Reply:
+        if not self.is_operator(source):
+            raise RsError(Errno.EPERM, "only the operator may shut the system down")
+        self.m.shutting_down = True
+        for svc in reversed(list(self.m.table)):
+            if not svc.stopping:
+                self.m.stop(svc)
+        self.m.events.write("shutdown")
+        return {}
+
+    def do_update(self, source: int, fields: Fields) -> Reply:
+        svc = self._service(source, fields, "update")
+        argv = _str_list(fields, "argv", [])
+        conf = _str(fields, "conf", "")
+        maxtime = _int(fields, "maxtime", DEFAULT_MAXTIME_TICKS)
+        if maxtime <= 0:
+            raise RsError(Errno.EINVAL, f"maxtime {maxtime} is not a duration")
+        try:
+            flags = UpdateFlag(_int(fields, "flags", 0))
+        except ValueError as exc:
+            raise RsError(Errno.EINVAL, f"unknown update flags: {exc}") from exc
+        self.updater.start(
+            svc,
+            Waiter(source, "update"),
+            argv=argv or None,
+            conf=self.m.conf_for(svc.label, conf) if conf else None,
+            state=_int(fields, "state", 1),
+            maxtime=maxtime / wire.HZ,
+            flags=flags,
+        )
+        return None
+
+    def do_clone(self, source: int, fields: Fields) -> Reply:
+        svc = self._service(source, fields, "clone")
+        svc.want_replica = True
+        if svc.replica is None and svc.state is State.UP:
+            self.m.make_replica(svc)
+        return {"endpoint": svc.replica.endpoint if svc.replica else wire.NONE}
+
+    def do_unclone(self, source: int, fields: Fields) -> Reply:
+        svc = self._service(source, fields, "unclone")
+        svc.want_replica = False
+        if svc.replica is not None:
+            self.m.kill(svc.replica.endpoint)
+            svc.replica = None
+        return {}
+
+    def do_edit(self, source: int, fields: Fields) -> Reply:
+        svc = self._service(source, fields, "edit")
+        edited = service_from_fields(self.m, svc.label, {**_fields_of(svc), **fields})
+        for name in ("argv", "conf", "period", "script", "dev", "max_restarts", "policy", "cold"):
+            setattr(svc, name, getattr(edited, name))
+        self.m.schedule_ping(svc)
+        self.m.events.write("edit", svc.label, changed=sorted(k for k in fields if k != "label"))
+        return {}
+
+    def do_lookup(self, source: int, fields: Fields) -> Reply:
+        label = _str(fields, "label")
+        svc = self.m.table.get(label)
+        if svc is None or svc.current is None or svc.state not in (State.UP, State.UPDATING):
+            raise RsError(Errno.ESRCH, f"no service '{label}' is up")
+        return {"endpoint": svc.current.endpoint}
+
+    def do_status(self, source: int, fields: Fields) -> Reply:
+        return {"services": [svc.status_row() for svc in self.m.table]}
+
+
+def service_from_fields(m: Manager, label: str, fields: Fields) -> Service:
+    """A Service from RS_UP fields (also the boot list's entries), checked."""
+    argv = _str_list(fields, "argv", None)
+    if not argv:
+        raise RsError(Errno.EINVAL, "no program to start (argv is empty)")
+    period = _int(fields, "period", 0)
+    if period < 0:
+        raise RsError(Errno.EINVAL, f"period {period} is negative")
+    try:
+        policy = Policy(_int(fields, "policy", 0))
+    except ValueError as exc:
+        raise RsError(Errno.EINVAL, f"unknown policy: {exc}") from exc
+    return Service(
+        label=label,
+        argv=argv,
+        conf=m.conf_for(label, _str(fields, "conf", "")),
+        period=period,
+        script=_str(fields, "script", ""),
+        dev=_str(fields, "dev", ""),
+        max_restarts=_int(fields, "restarts", -1),
+        policy=policy,
+        cold=bool(fields.get("cold", False)),
+    )
+
+
+def _fields_of(svc: Service) -> Fields:
+    return {
+        "argv": list(svc.argv),
+        "conf": svc.conf,
+        "period": svc.period,
+        "script": svc.script,
+        "dev": svc.dev,
+        "restarts": svc.max_restarts,
+        "policy": int(svc.policy),
+        "cold": svc.cold,
+    }
+
+
+def _str(fields: Fields, name: str, default: str | None = None) -> str:
+    value = fields.get(name, default)
+    if not isinstance(value, str) or (default is None and not value):
+        raise RsError(Errno.EINVAL, f"field '{name}' must be a non-empty string")
+    return value
+
+
+def _int(fields: Fields, name: str, default: int) -> int:
+    value = fields.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RsError(Errno.EINVAL, f"field '{name}' must be an integer, not {value!r}")
+    return value
+
+
+def _str_list(fields: Fields, name: str, default: list[str] | None) -> list[str]:
+    value = fields.get(name, default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RsError(Errno.EINVAL, f"field '{name}' must be a list of strings")
+    return [str(v) for v in value]
