@@ -4,6 +4,7 @@ hwl machine up PROFILE      boot, print the handshake, run until Ctrl-C
 hwl machine pci PROFILE     boot and print the PCI devices the link finds
 hwl bench link [--json]     the link benchmark (bench/link.py)
 hwl bench ipc [--json]      the kernel's IPC benchmark (bench/ipc.py)
+hwl service ...             MINIX's service command (hwl.cli.service; also installed as `service`)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+from hwl.cli import service as hwl_service
 from hwl.errors import HwlError
 from hwl.hw import ata
 from hwl.link.pci import PciDevice
@@ -151,10 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeat", type=int, default=0, help="repetitions (0: the benchmark's default)"
     )
     bench.set_defaults(func=cmd_bench)
+
+    service = top.add_parser("service", help="MINIX's service command: service -h for its usage")
+    service.add_argument("args", nargs=argparse.REMAINDER)
+    service.set_defaults(func=lambda args: hwl_service.main(args.args))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["service"]:  # its own syntax (MINIX's): argparse would take its -o, -x...
+        return hwl_service.main(argv[1:])
     args = build_parser().parse_args(argv)
     if not args.verbose:  # qemu.qmp logs each failed connect while QEMU dies; hwl reports why
         logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 Fields = dict[str, codec.Value]
 Reply = Fields | None
 DEFAULT_MAXTIME_TICKS = 3 * wire.HZ  # MINIX's service update default is 3HZ as well
+NO_LIMIT_TICKS = 365 * 24 * 3600 * wire.HZ
 
 
 class Requests:
@@ -131,8 +132,12 @@ class Requests:
         svc = self._service(source, fields, "update")
         argv = _str_list(fields, "argv", [])
         conf = _str(fields, "conf", "")
-        maxtime = _int(fields, "maxtime", DEFAULT_MAXTIME_TICKS)
-        if maxtime <= 0:
+        maxtime = _int(fields, "maxtime", 0)  # as MINIX: 0 the default, -1 no limit
+        if maxtime == 0:
+            maxtime = DEFAULT_MAXTIME_TICKS
+        elif maxtime == -1:
+            maxtime = NO_LIMIT_TICKS
+        elif maxtime < 0:
             raise RsError(Errno.EINVAL, f"maxtime {maxtime} is not a duration")
         try:
             flags = UpdateFlag(_int(fields, "flags", 0))

@@ -1,0 +1,453 @@
+"""The client side of RS: start, stop, restart, update and inspect services from Python.
+
+Everything here is one ``sendrec`` to RS (the kernel's root process) with the fields
+:mod:`hwl.system.proto` fixes; the ``service`` command (:mod:`hwl.cli.service`) is a
+thin shell over it. RS answers 0 or a negative MINIX errno with an ``error`` field;
+a failure becomes :class:`RsError`, which keeps the errno so that a command line
+tool can exit with it, as MINIX's ``service`` does.
+
+A program to start is an argv list. :func:`program_argv` builds one from what a
+user types: a ``.py`` file, an executable, or an importable module name run with
+``python -m``. The argv names files by absolute path because RS, not the caller,
+starts the process, from its own working directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from hwl.errors import HwlError
+from hwl.ipc import codec
+from hwl.ipc.client import Connection, IpcError, Message
+from hwl.kernel.errno import Errno
+from hwl.system import proto
+from hwl.system.proto import LuState, Policy, UpdateFlag
+
+KERNEL_SOCKET: Final = "kernel.sock"
+
+
+class RsError(HwlError):
+    """RS refused or failed a request: ``errno`` is its answer, ``detail`` its reason."""
+
+    def __init__(self, errno: Errno, request: str, detail: str = "") -> None:
+        self.errno = errno
+        self.request = request
+        self.detail = detail or errno.description
+        super().__init__(f"{request} failed: {errno.name}: {self.detail}")
+
+
+class ProgramNotFound(HwlError):
+    """``PROGRAM`` is neither a file nor an importable module."""
+
+
+# ------------------------------------------------------------------ programs
+
+
+def program_argv(program: str, args: Sequence[str] = ()) -> list[str]:
+    """The command line RS should run for ``program`` with ``args``.
+
+    - a ``.py`` file: ``[sys.executable, /abs/file.py, *args]``;
+    - another executable file: ``[/abs/file, *args]``;
+    - a dotted module name that imports here (``servers.ds``):
+      ``[sys.executable, "-m", name, *args]``; a package needs a ``__main__``.
+
+    Anything that names a path (has a ``/`` or ends in ``.py``) is taken as a
+    path; a module is only looked for when no such file exists. Raises
+    :class:`ProgramNotFound` saying what was tried.
+    """
+    if not program:
+        raise ProgramNotFound("no such program: the program name is empty")
+    path = Path(program)
+    looks_like_path = os.sep in program or program.endswith(".py")
+    if path.is_file():
+        absolute = str(path.resolve())
+        if program.endswith(".py"):
+            return [sys.executable, absolute, *args]
+        if os.access(absolute, os.X_OK):
+            return [absolute, *args]
+        raise ProgramNotFound(
+            f"no such program: {program!r} is a file, but neither a .py file nor executable"
+        )
+    if path.exists():
+        raise ProgramNotFound(f"no such program: {program!r} is not a regular file")
+    if not looks_like_path and _runnable_module(program):
+        return [sys.executable, "-m", program, *args]
+    tried = "no such file" if looks_like_path else "no such file, and no importable module"
+    raise ProgramNotFound(f"no such program: {program!r} ({tried} by that name)")
+
+
+def _runnable_module(name: str) -> bool:
+    """Whether ``python -m name`` would run something: a module, or a package with
+    ``__main__``. Finding a submodule imports its parent packages, as ``-m`` does."""
+    if not all(part.isidentifier() for part in name.split(".")):
+        return False
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            return False
+        if spec.submodule_search_locations is not None:  # a package
+            return importlib.util.find_spec(f"{name}.__main__") is not None
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
+def default_label(argv: Sequence[str]) -> str:
+    """The label a service gets when none is given, from its argv: the module's last
+    dotted component for ``python -m``, else the program's file name without ``.py``."""
+    if not argv:
+        raise ValueError("an empty argv has no label")
+    if len(argv) >= 3 and argv[1] == "-m":
+        return argv[2].rsplit(".", 1)[-1]
+    program = argv[0]
+    if len(argv) >= 2 and argv[1].endswith(".py") and _is_python(argv[0]):
+        program = argv[1]
+    return Path(program).name.removesuffix(".py")
+
+
+def _is_python(program: str) -> bool:
+    """Whether ``program`` is a Python interpreter (then argv[1] is the script)."""
+    return program == sys.executable or Path(program).name.startswith("python")
+
+
+# ------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One row of RS's service table, as ``service status`` prints it."""
+
+    label: str
+    endpoint: int
+    pid: int  # -1: no process (down, or between restarts)
+    restarts: int
+    period: int  # heartbeat period in ticks; 0: no heartbeat
+    last_heartbeat: float  # seconds since the last answer to a ping; -1.0: none yet
+    state: str  # "up", "starting", "restarting", "updating", "down", ...
+    policy: str
+    program: str
+
+    @classmethod
+    def from_fields(cls, row: codec.Value) -> ServiceStatus:
+        """A row of the status reply; ValueError says which field is wrong."""
+        if not isinstance(row, dict):
+            raise ValueError(f"a status row is a {type(row).__name__}, not a dict")
+
+        def get(name: str, kind: type[Any]) -> Any:
+            value = row.get(name)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ValueError(f"status row field {name!r} is {value!r}, not a {kind.__name__}")
+            return value
+
+        return cls(
+            label=get("label", str),
+            endpoint=get("endpoint", int),
+            pid=get("pid", int),
+            restarts=get("restarts", int),
+            period=get("period", int),
+            last_heartbeat=get("last_heartbeat", float),
+            state=get("state", str),
+            policy=get("policy", str),
+            program=get("program", str),
+        )
+
+
+# ------------------------------------------------------------ request fields
+# Built here, checked once, for both the Rs methods and the service command.
+
+#: What ``edit`` may change, with the type each value must have.
+EDITABLE: Final[dict[str, type]] = {
+    "argv": list,
+    "period": int,
+    "script": str,
+    "conf": str,
+    "dev": str,
+    "restarts": int,
+    "policy": int,
+    "cold": bool,
+}
+
+
+def up_fields(
+    program_argv: Sequence[str],
+    label: str | None = None,
+    period: int = 0,
+    script: str | None = None,
+    conf: str | None = None,
+    dev: str | None = None,
+    restarts: int = -1,
+    policy: Policy = Policy.RESET,
+    cold: bool = False,
+) -> dict[str, codec.Value]:
+    """The fields of ``RS_UP`` (see :meth:`Rs.up`); ValueError for a bad value."""
+    argv = _argv(program_argv)
+    return {
+        "argv": argv,
+        "label": default_label(program_argv) if label is None else _label(label),
+        "period": _nonneg(period, "period"),
+        "script": script or "",
+        "conf": conf or "",
+        "dev": dev or "",
+        "restarts": _restarts(restarts),
+        "policy": int(Policy(policy)),
+        "cold": bool(cold),
+    }
+
+
+def update_fields(
+    label: str,
+    argv: Sequence[str] | None = None,
+    state: int = LuState.WORK_FREE,
+    maxtime: int = 0,
+    flags: UpdateFlag = UpdateFlag.NONE,
+    conf: str | None = None,
+) -> dict[str, codec.Value]:
+    """The fields of ``RS_UPDATE`` (see :meth:`Rs.update`); ValueError for a bad value."""
+    if isinstance(state, bool) or not isinstance(state, int) or state <= LuState.NULL:
+        raise ValueError(f"state {state!r} is no live-update state (it must be >= 1)")
+    if isinstance(maxtime, bool) or not isinstance(maxtime, int) or maxtime < -1:
+        raise ValueError(f"maxtime {maxtime!r} is neither ticks, 0 (default) nor -1 (no limit)")
+    return {
+        "label": _label(label),
+        "argv": _argv(argv) if argv else [],
+        "state": int(state),
+        "maxtime": maxtime,
+        "flags": int(UpdateFlag(flags)),
+        "conf": conf or "",
+    }
+
+
+def edit_fields(label: str, **changes: Any) -> dict[str, codec.Value]:
+    """The fields of ``RS_EDIT``: the label and only what changes (see :meth:`Rs.edit`)."""
+    fields: dict[str, codec.Value] = {"label": _label(label)}
+    for name, value in changes.items():
+        kind = EDITABLE.get(name)
+        if kind is None:
+            raise TypeError(f"edit: RS cannot change {name!r} (it can: {', '.join(EDITABLE)})")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise TypeError(f"edit: {name} must be a {kind.__name__}, not {value!r}")
+        fields[name] = _edited(name, value)
+    if len(fields) == 1:
+        raise ValueError("edit: nothing to change")
+    return fields
+
+
+def parse_status(reply: Message) -> list[ServiceStatus]:
+    """The rows of an ``RS_STATUS`` reply; RsError if RS sent something else."""
+    rows = reply.get("services")
+    if not isinstance(rows, list):
+        raise RsError(Errno.EGENERIC, "status", f"RS's reply has no list 'services': {rows!r}")
+    try:
+        return [ServiceStatus.from_fields(row) for row in rows]
+    except ValueError as exc:
+        raise RsError(Errno.EGENERIC, "status", f"RS's reply is malformed: {exc}") from exc
+
+
+def reply_endpoint(reply: Message, request: str) -> int:
+    """The ``endpoint`` field of an up or lookup reply."""
+    value = reply.get("endpoint")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RsError(Errno.EGENERIC, request, f"RS's reply has no integer endpoint: {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------- API
+
+
+class Rs:
+    """Requests to RS over one connection; ``with Rs.attach(run_dir) as rs: ...``.
+
+    ``Rs(conn)`` talks to ``conn.root_endpoint`` (RS is the kernel's root process)
+    unless ``endpoint`` is given. ``timeout`` (seconds, None: wait as long as RS
+    takes) bounds every request; ``up`` and ``update`` wait for the service's init.
+    A connection made by :meth:`attach` is closed with the Rs; one passed in is the
+    caller's to close.
+    """
+
+    def __init__(
+        self, conn: Connection, endpoint: int | None = None, *, timeout: float | None = None
+    ) -> None:
+        self.conn = conn
+        self.endpoint = conn.root_endpoint if endpoint is None else endpoint
+        self.timeout = timeout
+        self._owns_conn = False
+
+    @classmethod
+    def attach(cls, run_dir: str | Path, *, timeout: float | None = None) -> Rs:
+        """Attach to the kernel of the machine in ``run_dir`` as a user process."""
+        conn = Connection.attach(Path(run_dir) / KERNEL_SOCKET)
+        try:
+            rs = cls(conn, timeout=timeout)
+        except BaseException:
+            conn.close()
+            raise
+        rs._owns_conn = True
+        return rs
+
+    def close(self) -> None:
+        """Close the connection if :meth:`attach` made it."""
+        if self._owns_conn:
+            self.conn.close()
+
+    def __enter__(self) -> Rs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------------- requests
+    def request(self, m_type: int, fields: dict[str, codec.Value] | None = None) -> Message:
+        """Send one request and return RS's reply; raise :class:`RsError` on failure."""
+        name = proto.RS_REQUEST_NAMES.get(m_type, f"request {m_type:#x}")
+        try:
+            reply = self.conn.sendrec(self.endpoint, m_type, fields or {}, timeout=self.timeout)
+        except IpcError as exc:
+            raise RsError(exc.errno, name, f"no answer from RS: {exc.detail or exc}") from exc
+        if reply.m_type == 0:
+            return reply
+        try:
+            detail = str(reply.get("error", "") or "")
+        except codec.CodecError as exc:
+            detail = f"(RS's reply does not decode: {exc})"
+        if reply.m_type > 0:
+            raise RsError(Errno.EGENERIC, name, f"RS answered {reply.m_type}, not 0 or an errno")
+        try:
+            errno = Errno(-reply.m_type)
+        except ValueError:
+            errno, detail = Errno.EGENERIC, f"unknown errno {-reply.m_type}: {detail}"
+        raise RsError(errno, name, detail)
+
+    def up(
+        self,
+        program_argv: Sequence[str],
+        label: str | None = None,
+        period: int = 0,
+        script: str | None = None,
+        conf: str | None = None,
+        dev: str | None = None,
+        restarts: int = -1,
+        policy: Policy = Policy.RESET,
+        cold: bool = False,
+    ) -> int:
+        """Start a service and return its endpoint once its init succeeded.
+
+        ``program_argv``: the full command line (see :func:`program_argv`);
+        ``label``: default from the program (:func:`default_label`); ``period``:
+        heartbeat ticks (0: none); ``script``: recovery script, run as ``script
+        label reason repetition``; ``conf``: the text of one system.conf entry
+        (None: RS's own entry for the label); ``dev``: the device it drives;
+        ``restarts``: the most restarts before RS gives up (-1: no limit);
+        ``policy``: whether a restart keeps the endpoint; ``cold``: a fresh
+        interpreter instead of a fork of the preloaded one.
+        """
+        fields = up_fields(program_argv, label, period, script, conf, dev, restarts, policy, cold)
+        return reply_endpoint(self.request(proto.RS_UP, fields), "up")
+
+    def down(self, label: str) -> None:
+        """Stop a service for good (RS will not restart it)."""
+        self._label_request(proto.RS_DOWN, label)
+
+    def refresh(self, label: str) -> None:
+        """Stop a service and let RS start it again (a restart on demand)."""
+        self._label_request(proto.RS_REFRESH, label)
+
+    def restart(self, label: str) -> None:
+        """Restart a service; RS accepts this only from its recovery script."""
+        self._label_request(proto.RS_RESTART, label)
+
+    def clone(self, label: str) -> None:
+        """Keep a warm replica of a service, ready to take over when it dies."""
+        self._label_request(proto.RS_CLONE, label)
+
+    def unclone(self, label: str) -> None:
+        """Drop a service's replica."""
+        self._label_request(proto.RS_UNCLONE, label)
+
+    def lookup(self, label: str) -> int:
+        """The endpoint of the service called ``label`` (ESRCH: none)."""
+        return reply_endpoint(self._label_request(proto.RS_LOOKUP, label), "lookup")
+
+    def shutdown(self) -> None:
+        """Stop every service; RS restarts nothing from then on."""
+        self.request(proto.RS_SHUTDOWN)
+
+    def update(
+        self,
+        label: str,
+        argv: Sequence[str] | None = None,
+        state: int = LuState.WORK_FREE,
+        maxtime: int = 0,
+        flags: UpdateFlag = UpdateFlag.NONE,
+        conf: str | None = None,
+    ) -> None:
+        """Live-update a service to ``argv`` (None or empty: the same program again).
+
+        ``state``: the live-update state to reach first (a :class:`LuState`, or a
+        custom state >= ``LU_STATE_CUSTOM_BASE``); ``maxtime``: ticks to reach it,
+        0 for RS's default and -1 for no limit (MINIX's ``prepare_maxtime``);
+        ``flags``: :class:`UpdateFlag` (prepare only, forced init failures);
+        ``conf``: the new version's system.conf entry (None: keep RS's).
+        """
+        self.request(proto.RS_UPDATE, update_fields(label, argv, state, maxtime, flags, conf))
+
+    def edit(self, label: str, **changes: Any) -> None:
+        """Change what RS uses for a service's next start: any of ``argv``, ``period``,
+        ``script``, ``conf``, ``dev``, ``restarts``, ``policy``, ``cold`` (as in
+        :meth:`up`; ``""`` clears a string)."""
+        self.request(proto.RS_EDIT, edit_fields(label, **changes))
+
+    def status(self) -> list[ServiceStatus]:
+        """RS's service table, one row per service."""
+        return parse_status(self.request(proto.RS_STATUS))
+
+    def _label_request(self, m_type: int, label: str) -> Message:
+        return self.request(m_type, {"label": _label(label)})
+
+
+# ------------------------------------------------------------ field checks
+
+
+def _label(label: str) -> str:
+    if not isinstance(label, str) or not label:
+        raise ValueError(f"a service label must be a non-empty string, not {label!r}")
+    return label
+
+
+def _argv(argv: Sequence[str] | None) -> list[codec.Value]:
+    if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
+        raise ValueError(f"argv must be a non-empty list of strings, not {argv!r}")
+    return list[codec.Value](argv)
+
+
+def _nonneg(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def _restarts(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise ValueError(f"restarts must be >= 0, or -1 for no limit, not {value!r}")
+    return value
+
+
+def _edited(name: str, value: Any) -> codec.Value:
+    """One edit field, checked as :func:`up_fields` checks it."""
+    if name == "argv":
+        return _argv(value)
+    if name == "period":
+        return _nonneg(value, "period")
+    if name == "restarts":
+        return _restarts(value)
+    if name == "policy":
+        return int(Policy(value))
+    result: codec.Value = value
+    return result
