@@ -2,8 +2,10 @@
 
 hwl machine up PROFILE      boot, print the handshake, run until Ctrl-C
 hwl machine pci PROFILE     boot and print the PCI devices the link finds
+hwl up PROFILE [--kill L]   boot machine, kernel, RS and the boot services; show recovery
 hwl bench link [--json]     the link benchmark (bench/link.py)
 hwl bench ipc [--json]      the kernel's IPC benchmark (bench/ipc.py)
+hwl bench recovery [--json] restart and live-update downtime (bench/recovery.py)
 hwl service ...             MINIX's service command (hwl.cli.service; also installed as `service`)
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 
 from hwl.cli import service as hwl_service
+from hwl.cli import up as up_cli
 from hwl.errors import HwlError
 from hwl.hw import ata
 from hwl.link.pci import PciDevice
@@ -140,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     pci = machine.add_parser("pci", help="boot and list the PCI devices found through the link")
     machine_opts(pci)
     pci.set_defaults(func=cmd_machine_pci)
+
+    up_cli.add_parser(top, list(ACCELS))
 
     bench = top.add_parser("bench", help="benchmarks (bench/)")
     bench.add_argument("name", choices=sorted(p.stem for p in BENCH_DIR.glob("[a-z]*.py")) or None)

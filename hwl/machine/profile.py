@@ -7,7 +7,10 @@ the groups it handles:
   it adds a shared-file RAM backend and the accelerator to the ``-machine`` line;
 - ``[hwl-disk "ID"]`` (``size``, ``fill`` = zero | random, ``seed``): a raw disk
   image created in the run directory and wired to ``[drive "ID"]``, whose
-  ``file`` hwl fills in.
+  ``file`` hwl fills in;
+- ``[hwl-service "LABEL"]`` (``program``, and optionally ``args``, ``period``,
+  ``policy``, ``script``, ``restarts``, ``cold``, as ``service up`` takes them):
+  the machine's boot list, started by RS in file order, each up before the next.
 
 Everything else is passed to QEMU unchanged through ``-readconfig``.
 """
@@ -26,7 +29,8 @@ _GROUP = re.compile(r'^\[\s*([A-Za-z0-9_.-]+)\s*(?:"([^"]*)")?\s*\]$')
 _OPTION = re.compile(r'^([A-Za-z0-9_.-]+)\s*=\s*"([^"]*)"$')
 _SIZE = re.compile(r"^(\d+)\s*([KMGT]?)$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-HWL_HANDLED = {"machine", "memory", "hwl-disk"}
+HWL_HANDLED = {"machine", "memory", "hwl-disk", "hwl-service"}
+SERVICE_KEYS = {"program", "args", "period", "policy", "script", "restarts", "cold"}
 
 
 @dataclass
@@ -38,6 +42,15 @@ class Group:
     line: int
     options: dict[str, str] = field(default_factory=dict)
     option_lines: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BootService:
+    """One ``[hwl-service]`` entry: what ``service up`` would be told."""
+
+    label: str
+    options: dict[str, str]
+    line: int
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,7 @@ class Profile:
         self.machine_type = "pc"
         self.memory = 128 << 20
         self.disks: list[DiskSpec] = []
+        self.services: list[BootService] = []
         self._interpret()
 
     @classmethod
@@ -111,6 +125,25 @@ class Profile:
                 self.memory = self._size(g, "size")
             elif g.name == "hwl-disk":
                 self.disks.append(self._disk(g, drives))
+            elif g.name == "hwl-service":
+                self.services.append(self._service(g))
+
+    def _service(self, g: Group) -> BootService:
+        if not g.id:
+            raise ProfileError(
+                f'{self.path}:{g.line}: [hwl-service] needs a label: [hwl-service "ds"]'
+            )
+        for key in g.options:
+            if key not in SERVICE_KEYS:
+                known = ", ".join(sorted(SERVICE_KEYS))
+                raise self._error(g.option_lines[key], key, f"unknown; use {known}")
+        if "program" not in g.options:
+            raise ProfileError(
+                f'{self.path}:{g.line}: [hwl-service "{g.id}"] needs program = "..."'
+            )
+        if any(s.label == g.id for s in self.services):
+            raise ProfileError(f'{self.path}:{g.line}: [hwl-service "{g.id}"] is listed twice')
+        return BootService(g.id, dict(g.options), g.line)
 
     def _disk(self, g: Group, drives: set[str | None]) -> DiskSpec:
         if not g.id:

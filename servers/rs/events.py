@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hwl.system.events import read_events as read  # noqa: F401  (for tests)
+
 log = logging.getLogger(__name__)
 
 
@@ -33,10 +35,3 @@ class EventLog:
 
     def close(self) -> None:
         self._file.close()
-
-
-def read(path: Path) -> list[dict[str, Any]]:
-    """Every event in a log (for tests and ``hwl up``)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

@@ -1,0 +1,43 @@
+"""The event log RS writes (one JSON object per line), read by tests and tools."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hwl.errors import HwlError
+
+Event = dict[str, Any]
+
+
+class EventTimeout(HwlError):
+    """The awaited event did not come."""
+
+
+def read_events(path: Path) -> list[Event]:
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def wait_event(
+    path: Path,
+    predicate: Callable[[Event], bool],
+    timeout: float,
+    alive: Callable[[], bool] = lambda: True,
+) -> Event:
+    """The first event in the log that matches, waiting up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for event in read_events(path):
+            if predicate(event):
+                return event
+        if not alive():
+            raise EventTimeout(f"the kernel exited before the event came (logs in {path.parent})")
+        if time.monotonic() > deadline:
+            raise EventTimeout(f"no such event in {path} within {timeout} s")
+        time.sleep(0.01)
