@@ -28,7 +28,7 @@ from typing import Any
 
 import hwl.ipc
 import hwl.ipc.client
-import hwl.kernel.errno  # noqa: F401
+import hwl.kernel.errno
 import hwl.system.sef  # noqa: F401  (every service starts with it)
 from hwl.ipc import wire
 

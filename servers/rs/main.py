@@ -102,6 +102,8 @@ class Rs:
             self.m.init_done(m.source, _result(m))
         elif m.m_type == proto.RS_LU_PREPARE:
             self.updater.prepared(m.source, _fields(m))
+        elif m.m_type <= 0:  # a server's reply to one of RS's asynchronous sends
+            log.debug("reply %d from %s dropped", m.m_type, wire.endpoint_name(m.source))
         else:
             self._request(m)
 

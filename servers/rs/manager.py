@@ -9,7 +9,8 @@ in its main loop.
 Restart rules, as MINIX's: the first unexpected death restarts at once; the
 n-th waits 2^n backoff units (a unit is 1 s by default), at most 30 units. A
 service with a recovery script is not restarted by RS: the script is run as
-``script label reason repetition`` and may call ``service restart LABEL``.
+``script label reason repetition`` (reason: terminated, no-heartbeat, or restart
+for a refresh) and may call ``service restart LABEL``.
 The restart policy decides the endpoint: reset gives a new one, restart keeps it.
 """
 
@@ -38,7 +39,8 @@ from servers.rs.timers import Timers
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_UNITS = 30
-STOP_GRACE_S = 1.0  # SIGTERM, then SIGKILL after this long
+STOP_GRACE_S = 1.0
+SCRIPT_REAP_S = 0.2  # SIGTERM, then SIGKILL after this long
 
 
 class RsError(Exception):
@@ -188,7 +190,11 @@ class Manager:
             pid=svc.current.pid,
             restarts=svc.restarts,
         )
-        self.publish_label(svc)
+        if svc.label == "ds":  # a new DS knows nobody: tell it every label
+            for other in self.table:
+                self.publish_label(other)
+        else:
+            self.publish_label(svc)
         self.schedule_ping(svc)
         self.answer_waiters(svc, 0, {"endpoint": svc.current.endpoint})
         if svc.want_replica and svc.replica is None:
@@ -262,6 +268,8 @@ class Manager:
 
     def _current_died(self, svc: Service, info: ExitInfo) -> None:
         svc.current = None
+        if svc.label != "ds":
+            self.unpublish_label(svc)
         if svc.state is State.UPDATING:
             self.on_updating_died(svc)
         for timer in (svc.ping_timer, svc.init_timer, svc.kill_timer):
@@ -290,7 +298,11 @@ class Manager:
         reason = (
             "restart" if svc.refreshing else "no-heartbeat" if svc.no_ping_reply else "terminated"
         )
-        if svc.script and not svc.refreshing:
+        if svc.script:
+            # MINIX's restart_service: a refresh runs the script too (reason
+            # "restart"), after the late reply to the refresh request.
+            if svc.refreshing:
+                self.answer_waiters(svc, 0, {})
             self.run_script(svc, reason)
             return
         self.schedule_restart(svc, reason, last_endpoint=info.endpoint)
@@ -349,6 +361,13 @@ class Manager:
         finally:
             out.close()
         self.events.write("script", svc.label, argv=argv)
+        self.timers.after(SCRIPT_REAP_S, self._reap_tick)
+
+    def _reap_tick(self) -> None:
+        """Collect finished recovery scripts (no zombies) while any runs."""
+        self.reap_scripts()
+        if self.scripts:
+            self.timers.after(SCRIPT_REAP_S, self._reap_tick)
 
     # ----------------------------------------------------------- stopping
     def stop(self, svc: Service, *, refresh: bool = False) -> None:
@@ -387,19 +406,23 @@ class Manager:
     # ------------------------------------------------------------------ DS
     def publish_label(self, svc: Service) -> None:
         """Tell DS the service's endpoint (asynchronously: RS never waits on DS)."""
+        if svc.state is State.UP and svc.current is not None:
+            fields: dict[str, codec.Value] = {"key": svc.label, "type": "label"}
+            fields.update(value=svc.current.endpoint, flags=int(proto.DsFlag.OVERWRITE))
+            self._tell_ds(proto.DS_PUBLISH, fields)
+
+    def unpublish_label(self, svc: Service) -> None:
+        """The service died: its label (and, in DS, what it owned) goes."""
+        self._tell_ds(proto.DS_DELETE, {"key": svc.label, "type": "label"})
+
+    def _tell_ds(self, m_type: int, fields: dict[str, codec.Value]) -> None:
         ds = self.table.get("ds")
         if ds is None or ds.state is not State.UP or ds.current is None:
             return
-        fields: dict[str, codec.Value] = {
-            "key": svc.label,
-            "type": "label",
-            "value": svc.endpoint,
-            "flags": int(proto.DsFlag.OVERWRITE),
-        }
         try:
-            self.conn.senda(ds.current.endpoint, proto.DS_PUBLISH, fields)
+            self.conn.senda(ds.current.endpoint, m_type, fields)
         except IpcError as exc:
-            log.warning("publishing %s in DS: %s", svc.label, exc)
+            log.warning("DS request %#x for %s: %s", m_type, fields.get("key"), exc)
 
     # ------------------------------------------------------------- replies
     def reply(self, waiter: Waiter, status: int, fields: dict[str, codec.Value]) -> None:

@@ -107,10 +107,10 @@ class Updater:
         so the new program's start-up is not part of the downtime."""
         if self.updates.get(u.svc.label) is not u or u.phase != "spawning":
             return
-        if u.new is not None and not self._waiting_for_init(u.new.endpoint):
-            if time.monotonic() - u.spawned_at < u.maxtime:
-                self.m.timers.after(READY_POLL_S, lambda: self._prepare_when_ready(u))
-                return
+        waiting = u.new is not None and not self._waiting_for_init(u.new.endpoint)
+        if waiting and time.monotonic() - u.spawned_at < u.maxtime:
+            self.m.timers.after(READY_POLL_S, lambda: self._prepare_when_ready(u))
+            return
         u.phase = "preparing"
         fields: dict[str, codec.Value] = {"state": u.state, "flags": int(u.flags)}
         self.m.conn.senda(u.old.endpoint, proto.SEF_LU_PREPARE, fields)

@@ -1,0 +1,208 @@
+"""The data store server's loop: SEF startup, one request at a time, notifications.
+
+DS answers every request with a non-blocking reply (``sef.reply_receive``): a
+caller that does not wait for the answer (RS publishes labels with an asynchronous
+send) does not get one, unless it happens to sit in ``receive(ANY)`` at that moment,
+in which case it receives a status message (m_type 0 or -errno) from DS that it
+should drop. DS itself never answers a message whose m_type is 0 or negative (a
+status, not a request), so two servers cannot bounce error replies forever. The
+rules are in :mod:`servers.ds.store`.
+
+Who a caller is: its label from the ``label`` entries RS publishes, else from the
+kernel's process table (``getinfo proctab``), kept until a lookup misses. The
+process that started DS (its parent, RS) is the only one that may publish labels.
+
+Subscribers are notified with ``notify`` when a key they watch changes; a notify
+that fails (the subscriber died, EDEADSRCDST) drops the subscription. When the
+subscription table is full, DS asks the kernel which subscribers still live and
+drops the others before refusing (EAGAIN).
+
+Init: fresh and restart start from an empty store (as MINIX's DS; after a restart RS
+publishes the labels again). A live update carries the store to the new version:
+``state_save`` encodes it (``Store.save``, the hwl codec, no pickle) and the new
+version's ``init_lu`` restores it from ``InitInfo.saved``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from hwl.ipc import codec, wire
+from hwl.ipc.client import Connection, IpcError, KernelGone, Message
+from hwl.kernel.errno import Errno
+from hwl.system import proto, sef
+from servers.ds.store import Caller, Store, StoreError, handle
+
+log = logging.getLogger("servers.ds")
+
+MAX_SAVED = wire.MAX_PAYLOAD - 256
+"""The largest state a live update can carry: it travels in one SEF message."""
+
+_REQUEST_NAMES = {
+    proto.DS_PUBLISH: "publish",
+    proto.DS_RETRIEVE: "retrieve",
+    proto.DS_DELETE: "delete",
+    proto.DS_SUBSCRIBE: "subscribe",
+    proto.DS_CHECK: "check",
+    proto.DS_RETRIEVE_LABEL: "retrieve_label",
+}
+
+Reply = tuple[int, dict[str, codec.Value]]
+
+
+class DataStore:
+    """The server: the store, the connection and what DS knows about processes."""
+
+    def __init__(self) -> None:
+        self.store = Store()
+        self._conn: Connection | None = None
+        self.kernel_labels: dict[int, str] = {}  # endpoint -> label, from proctab
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            self._conn = sef.connection()
+        return self._conn
+
+    @property
+    def rs(self) -> int:
+        return self.conn.parent
+
+    # ------------------------------------------------------------ SEF callbacks
+    def init_fresh(self, info: sef.InitInfo) -> int:
+        self.store = Store()
+        return 0
+
+    def init_lu(self, info: sef.InitInfo) -> int:
+        if not info.saved:
+            log.warning("live update without saved state: starting with an empty store")
+            self.store = Store()
+            return 0
+        try:
+            self.store = Store.restore(info.saved)
+        except StoreError as exc:
+            log.error("live update: the old version's state is unusable: %s", exc.message)
+            return int(Errno.EINVAL)
+        log.info(
+            "live update: %d entries and %d subscriptions restored",
+            len(self.store.entries),
+            len(self.store.subs),
+        )
+        return 0
+
+    def state_save(self, state: int, flags: int) -> bytes:
+        data = self.store.save()
+        if len(data) > MAX_SAVED:
+            # SEF turns this into a refusal, so RS aborts the update and DS serves on.
+            raise StoreError(
+                Errno.E2BIG, f"the store is {len(data)} bytes; a live update carries {MAX_SAVED}"
+            )
+        return data
+
+    # ---------------------------------------------------------------- callers
+    def label_of(self, endpoint: int) -> str | None:
+        label = self.store.label_of(endpoint)
+        if label is None:
+            label = self.kernel_labels.get(endpoint)
+        if label is None:
+            self.refresh_labels()
+            label = self.kernel_labels.get(endpoint)
+        return label
+
+    def refresh_labels(self) -> set[int] | None:
+        """Read the kernel's process table; returns the live endpoints (None: failed)."""
+        try:
+            procs = self.conn.proctab()
+        except IpcError as exc:
+            log.warning("getinfo proctab failed: %s", exc)
+            return None
+        labels = {}
+        for proc in procs:
+            endpoint, label = proc.get("endpoint"), proc.get("label")
+            if isinstance(endpoint, int) and isinstance(label, str):
+                labels[endpoint] = label
+        self.kernel_labels = labels
+        return set(labels)
+
+    def caller(self, m: Message) -> Caller:
+        return Caller(m.source, self.label_of(m.source), m.source == self.rs)
+
+    # --------------------------------------------------------------- requests
+    def serve(self, m: Message) -> Reply | None:
+        """Handle one message; returns the reply, or None for a notification."""
+        if m.is_notify:
+            log.debug("ignored a notification from %d", m.source)
+            return None
+        if m.m_type <= 0:
+            # A status, not a request: someone's stray reply (e.g. RS answering the
+            # reply DS sent to its asynchronous publish). Answering it could start an
+            # endless exchange of error replies, so DS never replies to a reply.
+            log.debug("ignored a reply (status %d) from %d", m.m_type, m.source)
+            return None
+        name = _REQUEST_NAMES.get(m.m_type, f"{m.m_type:#x}")
+        try:
+            try:
+                fields = m.fields
+            except codec.CodecError as exc:
+                raise StoreError(Errno.EINVAL, f"the request does not decode: {exc}") from exc
+            caller = self.caller(m)
+            try:
+                outcome = handle(self.store, caller, m.m_type, fields)
+            except StoreError as exc:
+                if exc.errno is not Errno.EAGAIN or m.m_type != proto.DS_SUBSCRIBE:
+                    raise
+                alive = self.refresh_labels()
+                if alive is None or not self.store.prune_subscribers(alive | {self.rs}):
+                    raise
+                outcome = handle(self.store, caller, m.m_type, fields)
+        except StoreError as exc:
+            level = logging.WARNING if exc.errno is Errno.EINVAL else logging.DEBUG
+            log.log(level, "%s from %d refused: %s", name, m.source, exc.message)
+            return -int(exc.errno), {"error": exc.message}
+        except Exception as exc:  # a bug in DS must not take the store down
+            log.exception("%s from %d failed", name, m.source)
+            return -int(Errno.EGENERIC), {"error": f"DS failed: {exc!r}"}
+        self.notify(outcome.notify)
+        return 0, outcome.fields
+
+    def notify(self, endpoints: list[int]) -> None:
+        for endpoint in endpoints:
+            try:
+                self.conn.notify(endpoint)
+            except KernelGone:
+                raise
+            except IpcError as exc:
+                if self.store.drop_subscriber(endpoint):
+                    log.info("subscriber %d unreachable (%s): subscription dropped", endpoint, exc)
+
+    # -------------------------------------------------------------------- loop
+    def run(self) -> None:
+        m = sef.receive()
+        while True:
+            reply = self.serve(m)
+            if reply is None:
+                m = sef.receive()
+                continue
+            status, fields = reply
+            try:
+                m = sef.reply_receive(m.source, status, fields)
+            except KernelGone:
+                raise
+            except IpcError as exc:  # the reply could not go; the receive did not run
+                log.debug("reply to %d failed: %s", m.source, exc)
+                m = sef.receive()
+
+
+def main() -> int:
+    server = DataStore()
+    sef.setcb_init_fresh(server.init_fresh)
+    sef.setcb_init_restart(server.init_fresh)
+    sef.setcb_init_lu(server.init_lu)
+    sef.setcb_lu_state_save(server.state_save)
+    sef.startup()
+    log.info("DS serving")
+    try:
+        server.run()
+    except KernelGone:
+        log.info("the kernel is gone: DS stops")
+    return 0

@@ -1,0 +1,476 @@
+"""The data store's state and rules, without any IPC: what DS does with a request.
+
+The model is MINIX's ``servers/ds/store.c``:
+
+- An entry is identified by its key *and* its type: ``u32``, ``str``, ``mem`` and
+  ``label`` are separate name spaces, so ``foo`` as a u32 and ``foo`` as a str are two
+  entries, and retrieving or deleting with the wrong type finds nothing (ESRCH).
+- Every entry is owned by the label of the process that published it. Publishing an
+  existing key is EEXIST without OVERWRITE; another owner's key is EPERM (hwl checks
+  ownership first, so a non-owner learns EPERM with or without OVERWRITE; MINIX says
+  EEXIST without the flag and lets anyone overwrite an entry not marked private).
+  Only the owner deletes (EPERM). A PRIVATE entry is retrieved only by its owner
+  (EPERM), and its changes are reported only to its owner's subscription.
+- ``label`` entries map a service's label (the key) to its endpoint. Only RS
+  publishes them (EPERM for anyone else). A label entry is also found by endpoint:
+  publishing a label for an endpoint that already has one is EEXIST without
+  OVERWRITE, and renames the entry with it. Deleting a label entry (RS does when a
+  service goes away) deletes the subscriptions and the entries that label owns, as
+  MINIX's ``do_delete`` does, so subscribers see a dead driver's keys disappear.
+- A subscription is one anchored regular expression (the whole key must match, as
+  MINIX compiles ``^regex$``) per process; a second one is EEXIST unless OVERWRITE
+  replaces it. A key changes when it is published (also overwritten) or deleted; the
+  subscription remembers each changed key once, in the order of the first change,
+  and ``check`` hands them out one at a time (ENOENT when none is left). INITIAL
+  marks every key that already matches as changed right away. Subscriptions belong
+  to a process (its endpoint), not to a label: a dead subscriber's subscription is
+  dropped when DS learns of the death (``drop_subscriber``).
+
+Everything a request carries is checked here (``handle``): a bad request is a
+:class:`StoreError` with EINVAL and a message that says what is wrong, never a crash.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from hwl.ipc import codec
+from hwl.kernel.errno import Errno
+from hwl.system import proto
+from hwl.system.proto import DsFlag
+
+U32_MAX = 0xFFFFFFFF
+ENDPOINT_MIN, ENDPOINT_MAX = -(1 << 31), (1 << 31) - 1
+
+MAX_ENTRIES = 4096
+"""Entries DS keeps at most (MINIX: 2 * NR_SYS_PROCS); beyond, publish is ENOMEM."""
+
+MAX_SUBSCRIPTIONS = 1024
+"""Subscriptions at most (one per process; the kernel has 1024 slots); beyond, EAGAIN."""
+
+PUBLISH_FLAGS = DsFlag.PRIVATE | DsFlag.OVERWRITE
+SUBSCRIBE_FLAGS = DsFlag.INITIAL | DsFlag.OVERWRITE
+
+STATE_VERSION = 1
+
+Value = int | str | bytes
+Key = tuple[str, str]  # (type, key)
+
+
+class StoreError(Exception):
+    """A request DS refuses: ``errno`` goes back as the reply's status, ``message``
+    as its ``error`` field."""
+
+    def __init__(self, errno: Errno, message: str) -> None:
+        super().__init__(f"{errno.name}: {message}")
+        self.errno = errno
+        self.message = message
+
+
+def _invalid(message: str) -> StoreError:
+    return StoreError(Errno.EINVAL, message)
+
+
+@dataclass
+class Entry:
+    key: str
+    type: str
+    value: Value
+    owner: str  # the publisher's label
+    private: bool = False
+
+
+@dataclass
+class Subscription:
+    endpoint: int
+    owner: str  # the subscriber's label
+    regex: str
+    pattern: re.Pattern[str]
+    changed: dict[Key, str] = field(default_factory=dict)  # (type, key) -> entry owner
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: its endpoint, its label (None: unknown) and whether it is
+    RS (which alone may publish labels)."""
+
+    endpoint: int
+    label: str | None
+    is_rs: bool = False
+
+
+@dataclass
+class Outcome:
+    """What DS answers (``fields``; the status is 0) and whom it notifies."""
+
+    fields: dict[str, codec.Value] = field(default_factory=dict)
+    notify: list[int] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- validation
+def check_key(key: object, what: str = "key") -> str:
+    if not isinstance(key, str):
+        raise _invalid(f"{what} must be a str, not {type(key).__name__}")
+    if not key:
+        raise _invalid(f"{what} is empty")
+    if len(key) > proto.DS_MAX_KEY:
+        raise _invalid(f"{what} is {len(key)} characters long; the limit is {proto.DS_MAX_KEY}")
+    if "\0" in key:
+        raise _invalid(f"{what} contains a NUL character")
+    return key
+
+
+def check_type(type_: object) -> str:
+    if not isinstance(type_, str) or type_ not in proto.DS_TYPES:
+        raise _invalid(f"type must be one of {', '.join(proto.DS_TYPES)}, not {type_!r}")
+    return type_
+
+
+def check_value(type_: str, value: object) -> Value:
+    if type_ == "u32":
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U32_MAX:
+            raise _invalid(f"a u32 value must be an int in 0..{U32_MAX}, not {value!r:.40}")
+        return value
+    if type_ == "label":
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not ENDPOINT_MIN <= value <= ENDPOINT_MAX
+        ):
+            raise _invalid(f"a label value must be an endpoint (int), not {value!r:.40}")
+        return value
+    if type_ == "str":
+        if not isinstance(value, str):
+            raise _invalid(f"a str value must be a str, not {type(value).__name__}")
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > proto.DS_MAX_MEM:
+            raise _invalid(f"a str value is {size} bytes; the limit is {proto.DS_MAX_MEM}")
+        return value
+    if not isinstance(value, bytes):
+        raise _invalid(f"a mem value must be bytes, not {type(value).__name__}")
+    if len(value) > proto.DS_MAX_MEM:
+        raise _invalid(f"a mem value is {len(value)} bytes; the limit is {proto.DS_MAX_MEM}")
+    return value
+
+
+def check_flags(flags: object, allowed: DsFlag, what: str) -> DsFlag:
+    if not isinstance(flags, int) or isinstance(flags, bool):
+        raise _invalid(f"flags must be an int, not {type(flags).__name__}")
+    if flags & ~int(allowed):
+        raise _invalid(f"flags {flags:#x}: {what} takes only {allowed!r}")
+    return DsFlag(flags)
+
+
+def compile_regex(regex: object) -> re.Pattern[str]:
+    text = check_key(regex, "regex")
+    try:
+        return re.compile(text)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise _invalid(f"regex {text!r} does not compile: {exc}") from exc
+
+
+def _need(caller: Caller, errno: Errno, what: str) -> str:
+    if caller.label is None:
+        raise StoreError(errno, f"{what}: DS does not know the label of endpoint {caller.endpoint}")
+    return caller.label
+
+
+# --------------------------------------------------------------------- store
+class Store:
+    """Entries, the label index and subscriptions."""
+
+    def __init__(
+        self, max_entries: int = MAX_ENTRIES, max_subscriptions: int = MAX_SUBSCRIPTIONS
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_subscriptions = max_subscriptions
+        self.entries: dict[Key, Entry] = {}
+        self.labels: dict[int, str] = {}  # endpoint -> label, from the label entries
+        self.subs: dict[int, Subscription] = {}  # subscriber endpoint -> subscription
+
+    # ------------------------------------------------------------ lookups
+    def get(self, key: str, type_: str) -> Entry | None:
+        return self.entries.get((type_, key))
+
+    def label_of(self, endpoint: int) -> str | None:
+        """The label RS published for ``endpoint`` (MINIX's ds_getprocname)."""
+        return self.labels.get(endpoint)
+
+    def endpoint_of(self, label: str) -> int | None:
+        entry = self.entries.get(("label", label))
+        return int(entry.value) if entry is not None else None
+
+    # --------------------------------------------------------------- changes
+    def _changed(self, entry: Entry) -> list[int]:
+        """Mark ``entry`` changed for every subscription that may see it; returns the
+        subscribers to notify."""
+        notify = []
+        for sub in self.subs.values():
+            if entry.private and sub.owner != entry.owner:
+                continue
+            if sub.pattern.fullmatch(entry.key) is None:
+                continue
+            # A key changed twice before a check keeps its place; the owner is the latest.
+            sub.changed[(entry.type, entry.key)] = entry.owner
+            notify.append(sub.endpoint)
+        return notify
+
+    def _remove(self, entry: Entry) -> list[int]:
+        del self.entries[(entry.type, entry.key)]
+        if entry.type == "label" and self.labels.get(int(entry.value)) == entry.key:
+            del self.labels[int(entry.value)]
+        return self._changed(entry)
+
+    # ---------------------------------------------------------------- publish
+    def publish(
+        self, caller: Caller, key: str, type_: str, value: Value, flags: DsFlag = DsFlag.NONE
+    ) -> list[int]:
+        """Store a value; returns the subscribers to notify."""
+        owner = _need(caller, Errno.EPERM, "publish")
+        if type_ == "label" and not caller.is_rs:
+            raise StoreError(Errno.EPERM, f"publish {key!r}: only RS publishes labels")
+        entry = self.get(key, type_)
+        if entry is None and type_ == "label":
+            # MINIX also finds a label entry by its endpoint.
+            old_label = self.labels.get(int(value))
+            entry = self.get(old_label, "label") if old_label is not None else None
+        notify: list[int] = []
+        if entry is not None:
+            if entry.owner != owner:
+                raise StoreError(
+                    Errno.EPERM,
+                    f"publish {key!r}: the {entry.type} entry {entry.key!r} belongs to "
+                    f"{entry.owner!r}, not {owner!r}",
+                )
+            if not flags & DsFlag.OVERWRITE:
+                raise StoreError(
+                    Errno.EEXIST,
+                    f"publish {key!r}: the {entry.type} entry {entry.key!r} exists "
+                    "(publish with OVERWRITE to replace it)",
+                )
+            if type_ == "label":
+                old_endpoint = int(entry.value)
+                if self.labels.get(old_endpoint) == entry.key:
+                    del self.labels[old_endpoint]
+                if entry.key != key:  # found by its endpoint: the label is renamed
+                    del self.entries[("label", entry.key)]
+                    notify += self._changed(entry)
+                if old_endpoint != value:
+                    # The label names a new process; the old one is gone, and so is
+                    # its subscription.
+                    self.subs.pop(old_endpoint, None)
+        elif len(self.entries) >= self.max_entries:
+            raise StoreError(Errno.ENOMEM, f"publish {key!r}: the store is full")
+        new = Entry(key, type_, value, owner, bool(flags & DsFlag.PRIVATE))
+        self.entries[(type_, key)] = new
+        if type_ == "label":
+            self.labels[int(value)] = key
+        notify += self._changed(new)
+        return _unique(notify)
+
+    # --------------------------------------------------------------- retrieve
+    def retrieve(self, caller: Caller, key: str, type_: str) -> Entry:
+        entry = self.get(key, type_)
+        if entry is None:
+            raise StoreError(Errno.ESRCH, f"retrieve: no {type_} entry {key!r}")
+        if entry.private and entry.owner != caller.label:
+            raise StoreError(
+                Errno.EPERM, f"retrieve: the {type_} entry {key!r} is private to {entry.owner!r}"
+            )
+        return entry
+
+    # ----------------------------------------------------------------- delete
+    def delete(self, caller: Caller, key: str, type_: str) -> list[int]:
+        owner = _need(caller, Errno.EPERM, "delete")
+        entry = self.get(key, type_)
+        if entry is None:
+            raise StoreError(Errno.ESRCH, f"delete: no {type_} entry {key!r}")
+        if entry.owner != owner:
+            raise StoreError(
+                Errno.EPERM, f"delete: the {type_} entry {key!r} belongs to {entry.owner!r}"
+            )
+        notify: list[int] = []
+        if type_ == "label":
+            # The service is gone: its subscriptions and its entries go with it.
+            for ep in [ep for ep, sub in self.subs.items() if sub.owner == key]:
+                del self.subs[ep]
+            for owned in [e for e in self.entries.values() if e.owner == key]:
+                notify += self._remove(owned)
+        if (type_, key) in self.entries:
+            notify += self._remove(entry)
+        return _unique(notify)
+
+    # ------------------------------------------------------------- subscribe
+    def subscribe(self, caller: Caller, regex: str, flags: DsFlag = DsFlag.NONE) -> list[int]:
+        """Subscribe ``caller``; returns [caller] when INITIAL found matching keys."""
+        owner = _need(caller, Errno.ESRCH, "subscribe")
+        pattern = compile_regex(regex)
+        if caller.endpoint in self.subs:
+            if not flags & DsFlag.OVERWRITE:
+                raise StoreError(
+                    Errno.EEXIST,
+                    f"subscribe: {owner!r} already subscribes to "
+                    f"{self.subs[caller.endpoint].regex!r} (OVERWRITE replaces it)",
+                )
+            del self.subs[caller.endpoint]
+        elif len(self.subs) >= self.max_subscriptions:
+            raise StoreError(Errno.EAGAIN, "subscribe: no free subscription slot")
+        sub = Subscription(caller.endpoint, owner, regex, pattern)
+        self.subs[caller.endpoint] = sub
+        if flags & DsFlag.INITIAL:
+            for entry in self.entries.values():
+                if entry.private and entry.owner != owner:
+                    continue
+                if pattern.fullmatch(entry.key) is not None:
+                    sub.changed[(entry.type, entry.key)] = entry.owner
+        return [caller.endpoint] if sub.changed else []
+
+    def check(self, caller: Caller) -> tuple[str, str, str]:
+        """One changed key of the caller's subscription: (key, type, owner)."""
+        sub = self.subs.get(caller.endpoint)
+        if sub is None:
+            raise StoreError(Errno.ESRCH, f"check: endpoint {caller.endpoint} has no subscription")
+        if not sub.changed:
+            raise StoreError(Errno.ENOENT, "check: no changed key")
+        (type_, key), owner = next(iter(sub.changed.items()))
+        del sub.changed[(type_, key)]
+        return key, type_, owner
+
+    def drop_subscriber(self, endpoint: int) -> bool:
+        """Forget a subscriber that is gone; True if it had a subscription."""
+        return self.subs.pop(endpoint, None) is not None
+
+    def prune_subscribers(self, alive: Iterable[int]) -> list[int]:
+        """Drop the subscriptions of every endpoint not in ``alive``."""
+        living = set(alive)
+        dead = [ep for ep in self.subs if ep not in living]
+        for ep in dead:
+            del self.subs[ep]
+        return dead
+
+    # --------------------------------------------------------- state transfer
+    def save(self) -> bytes:
+        """The whole store as a codec body, for the new version of a live update."""
+        entries: list[codec.Value] = [
+            {"key": e.key, "type": e.type, "value": e.value, "owner": e.owner, "private": e.private}
+            for e in self.entries.values()
+        ]
+        subs: list[codec.Value] = [
+            {
+                "endpoint": s.endpoint,
+                "owner": s.owner,
+                "regex": s.regex,
+                "changed": [[k, t, o] for (t, k), o in s.changed.items()],
+            }
+            for s in self.subs.values()
+        ]
+        return codec.encode({"version": STATE_VERSION, "entries": entries, "subs": subs})
+
+    @classmethod
+    def restore(cls, saved: bytes) -> Store:
+        """A store from :meth:`save`'s bytes; StoreError (EINVAL) if they are bad."""
+        try:
+            state = codec.decode(saved)
+        except codec.CodecError as exc:
+            raise _invalid(f"saved state does not decode: {exc}") from exc
+        if state.get("version") != STATE_VERSION:
+            raise _invalid(f"saved state has version {state.get('version')!r}, not {STATE_VERSION}")
+        store = cls()
+        entries, subs = state.get("entries"), state.get("subs")
+        if not isinstance(entries, list) or not isinstance(subs, list):
+            raise _invalid("saved state lacks its entries or subscriptions")
+        for item in entries:
+            if not isinstance(item, dict) or not isinstance(item.get("owner"), str):
+                raise _invalid(f"saved entry is malformed: {item!r:.80}")
+            type_ = check_type(item.get("type"))
+            key = check_key(item.get("key"))
+            value = check_value(type_, item.get("value"))
+            store.entries[(type_, key)] = Entry(
+                key, type_, value, str(item["owner"]), bool(item.get("private"))
+            )
+            if type_ == "label":
+                store.labels[int(value)] = key
+        for item in subs:
+            endpoint = item.get("endpoint") if isinstance(item, dict) else None
+            owner = item.get("owner") if isinstance(item, dict) else None
+            changed = item.get("changed") if isinstance(item, dict) else None
+            if (
+                not isinstance(item, dict)
+                or not isinstance(endpoint, int)
+                or not isinstance(owner, str)
+                or not isinstance(changed, list)
+            ):
+                raise _invalid(f"saved subscription is malformed: {item!r:.80}")
+            regex = check_key(item.get("regex"), "regex")
+            sub = Subscription(endpoint, owner, regex, compile_regex(regex))
+            for change in changed:
+                if not (
+                    isinstance(change, list)
+                    and len(change) == 3
+                    and all(isinstance(part, str) for part in change)
+                ):
+                    raise _invalid(f"saved change is malformed: {change!r:.80}")
+                key, type_, entry_owner = (str(part) for part in change)
+                sub.changed[(type_, key)] = entry_owner
+            store.subs[sub.endpoint] = sub
+        return store
+
+
+def _unique(endpoints: list[int]) -> list[int]:
+    return list(dict.fromkeys(endpoints))
+
+
+# ------------------------------------------------------------------- requests
+def _field(fields: Mapping[str, codec.Value], name: str) -> codec.Value:
+    if name not in fields:
+        raise _invalid(f"the request lacks the field {name!r}")
+    return fields[name]
+
+
+def handle(store: Store, caller: Caller, m_type: int, fields: Mapping[str, codec.Value]) -> Outcome:
+    """Carry out one DS request; StoreError says why it was refused."""
+    if m_type == proto.DS_PUBLISH:
+        key = check_key(_field(fields, "key"))
+        type_ = check_type(_field(fields, "type"))
+        value = check_value(type_, _field(fields, "value"))
+        flags = check_flags(fields.get("flags", 0), PUBLISH_FLAGS, "publish")
+        return Outcome(notify=store.publish(caller, key, type_, value, flags))
+    if m_type == proto.DS_RETRIEVE:
+        key = check_key(_field(fields, "key"))
+        type_ = check_type(_field(fields, "type"))
+        entry = store.retrieve(caller, key, type_)
+        return Outcome({"value": entry.value, "owner": entry.owner})
+    if m_type == proto.DS_DELETE:
+        key = check_key(_field(fields, "key"))
+        type_ = check_type(_field(fields, "type"))
+        return Outcome(notify=store.delete(caller, key, type_))
+    if m_type == proto.DS_SUBSCRIBE:
+        regex = check_key(_field(fields, "regex"), "regex")
+        flags = check_flags(fields.get("flags", 0), SUBSCRIBE_FLAGS, "subscribe")
+        return Outcome(notify=store.subscribe(caller, regex, flags))
+    if m_type == proto.DS_CHECK:
+        key, type_, owner = store.check(caller)
+        return Outcome({"key": key, "type": type_, "owner": owner})
+    if m_type == proto.DS_RETRIEVE_LABEL:
+        return Outcome(_retrieve_label(store, fields))
+    raise StoreError(Errno.ENOSYS, f"DS has no request type {m_type:#x}")
+
+
+def _retrieve_label(store: Store, fields: Mapping[str, codec.Value]) -> dict[str, codec.Value]:
+    has_label, has_endpoint = "label" in fields, "endpoint" in fields
+    if has_label == has_endpoint:
+        raise _invalid("retrieve_label takes either a label or an endpoint")
+    if has_label:
+        label = check_key(fields["label"], "label")
+        endpoint = store.endpoint_of(label)
+        if endpoint is None:
+            raise StoreError(Errno.ESRCH, f"retrieve_label: no label {label!r}")
+        return {"label": label, "endpoint": endpoint}
+    endpoint_value = check_value("label", fields["endpoint"])
+    assert isinstance(endpoint_value, int)
+    name = store.label_of(endpoint_value)
+    if name is None:
+        raise StoreError(Errno.ESRCH, f"retrieve_label: no label for endpoint {endpoint_value}")
+    return {"label": name, "endpoint": endpoint_value}
