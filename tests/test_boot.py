@@ -1,0 +1,89 @@
+"""Booting a system: the profile's boot list, RS's synchronous boot, `hwl up`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hwl import Profile, ProfileError
+from hwl.system.boot import BootError, System, boot_entries
+from hwl.system.rs import up_fields
+
+ECHO = [sys.executable, "-m", "servers.echo"]
+FAILING = str(Path(__file__).with_name("programs") / "init_fails.py")
+
+
+def profile_with(tmp_path: Path, services: str) -> Profile:
+    path = tmp_path / "m.cfg"
+    path.write_text('[machine]\n  type = "pc"\n' + services)
+    return Profile.load(path)
+
+
+def test_shipped_boot_list_is_ds_then_echo() -> None:
+    entries = boot_entries(Profile.load("pc"))
+    assert [e["label"] for e in entries] == ["ds", "echo"]
+    assert entries[0]["argv"] == [sys.executable, "-m", "servers.ds"]
+    assert entries[1]["period"] == 60  # "1HZ"
+
+
+@pytest.mark.parametrize(
+    ("group", "line", "message"),
+    [
+        ('[hwl-service "x"]\n  args = "-v"\n', 3, 'needs program = "..."'),
+        ('[hwl-service "x"]\n  program = "servers.echo"\n  colour = "red"\n', 5, "key 'colour'"),
+        ('[hwl-service]\n  program = "servers.echo"\n', 3, "needs a label"),
+        ('[hwl-service "x"]\n  program = "no.such.module"\n', 3, "no such program"),
+        ('[hwl-service "x"]\n  program = "servers.echo"\n  period = "1s"\n', 3, "period"),
+        ('[hwl-service "x"]\n  program = "servers.echo"\n  policy = "often"\n', 3, "policy"),
+    ],
+)
+def test_a_bad_boot_entry_names_file_and_line(
+    tmp_path: Path, group: str, line: int, message: str
+) -> None:
+    with pytest.raises(ProfileError) as err:
+        boot_entries(profile_with(tmp_path, group))
+    assert f"{tmp_path / 'm.cfg'}:{line}:" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_boot_services_come_up_in_order_and_are_published() -> None:
+    boot = [up_fields(ECHO, label="first"), up_fields([*ECHO, "--tag", "2"], label="second")]
+    with System.start(None, boot) as system:
+        rows = {row.label: row for row in system.rs.status()}
+        assert rows["first"].state == rows["second"].state == "up"
+        events = system.events()
+        ups = [e["label"] for e in events if e["event"] == "up"]
+        assert ups == ["first", "second"]
+        assert events[-1]["event"] == "boot-done"
+        assert system.rs.lookup("second") == rows["second"].endpoint
+
+
+def test_a_boot_service_that_fails_init_fails_the_boot_by_name() -> None:
+    boot = [up_fields(ECHO, label="fine"), up_fields([sys.executable, FAILING], label="broken")]
+    boot.append(up_fields(ECHO, label="never"))
+    with pytest.raises(BootError, match="boot failed at service 'broken'"):
+        System.start(None, boot)
+
+
+def test_hwl_up_boots_the_pc_and_shows_recovery() -> None:
+    """The README's main job, end to end on QEMU."""
+    out = subprocess.run(
+        [sys.executable, "-m", "hwl.cli.main", "up", "pc", "--kill", "echo", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    rows = [line.split() for line in lines if line.startswith(("ds ", "echo "))]
+    table = [row for row in rows if len(row) >= 7 and row[1].isdigit()]
+    assert [row[0] for row in table[:2]] == ["ds", "echo"]
+    assert all(row[-1] == "up" for row in table)
+    assert any(line.startswith("echo is back as pid") for line in lines)
+    last_echo = [row for row in table if row[0] == "echo"][-1]
+    assert last_echo[3] == "1"  # restarts
