@@ -109,6 +109,8 @@ class Connection(KernelCalls):
         self.label = str(hello["label"])
         self.parent = int(hello["parent"])  # type: ignore[arg-type]
         self.system = bool(hello["system"])
+        # The root process (RS, or the kernel's starter): where user processes find RS.
+        self.root_endpoint = int(hello.get("root", wire.NONE))  # type: ignore[arg-type]
         self.arena = Arena(fds[0])
         self.closed = False
 
@@ -260,6 +262,15 @@ class Connection(KernelCalls):
         answer = self._call(_REQUEST(wire.Op.KCALL, 0, 0, 0, number) + _payload(fields), name)
         self._status(answer, name)
         return codec.decode(answer[_HEADER:]) if len(answer) > _HEADER else {}
+
+    def whoami(self) -> int:
+        """This process's endpoint as the kernel knows it now, kept in ``endpoint``:
+        a live update (kernel call ``update``) moves a process to another endpoint."""
+        info = self.getinfo("whoami")
+        self.endpoint = int(info["endpoint"])  # type: ignore[arg-type]
+        self.label = str(info["label"])
+        self.parent = int(info["parent"])  # type: ignore[arg-type]
+        return self.endpoint
 
     def close(self) -> None:
         if not self.closed:

@@ -123,6 +123,13 @@ class KernelCalls:
     def kill(self, endpoint: int, signo: int = signal.SIGKILL) -> None:
         self.kcall("kill", {"endpoint": endpoint, "signal": int(signo)})
 
+    def update(self, src: int, dst: int) -> None:
+        """Live update: swap the processes behind ``src`` and ``dst``, so the program
+        that ran at ``dst`` now answers at ``src`` (and the old one waits at
+        ``dst``). The same call again swaps back. The caller must be the parent of
+        both (or control them); neither may be sending or in a kernel call (EBUSY)."""
+        self.kcall("update", {"src": src, "dst": dst})
+
     def privctl_set(self, endpoint: int, conf: str) -> None:
         self.kcall("privctl", {"endpoint": endpoint, "op": "set", "conf": conf})
 

@@ -139,6 +139,7 @@ KERNEL_CALL_NUMBERS: Final[dict[str, int]] = {
             "kill",
             "exit",
             "diagctl",
+            "update",
         ),
         start=1,
     )

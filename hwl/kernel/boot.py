@@ -89,9 +89,10 @@ def main(config: dict[str, Any]) -> int:
         label = str(config.get("root_label", "root"))
         root = config["root"]
         if "fd" in root:
-            kernel.add_process(socket.socket(fileno=int(root["fd"])), label, Priv.root(label))
+            conn = socket.socket(fileno=int(root["fd"]))
+            kernel.add_process(conn, label, Priv.root(label), root=True)
         else:
-            kernel.spawn(None, [str(a) for a in root["argv"]], label, Priv.root(label))
+            kernel.spawn(None, [str(a) for a in root["argv"]], label, Priv.root(label), root=True)
     except Exception:
         ready.write("error " + traceback.format_exc().replace("\n", "\\n") + "\n")
         ready.close()

@@ -394,7 +394,13 @@ class Calls:
         op = get_str(f, "op")
         if op == "get":
             return {"priv": target.priv.describe()}  # type: ignore[dict-item]
-        self._controls(proc, target, "privctl")
+        if op in ("add_io", "add_irq", "add_mem"):
+            # MINIX: adding a resource needs only the PRIVCTL call (the PCI server
+            # grants a reserved device to a driver it did not start).
+            if not target.priv.system:
+                deny(f"privctl {op}: {target.label} is a user process")
+        else:
+            self._controls(proc, target, "privctl")
         priv = target.priv
         if op == "set":
             try:
@@ -478,6 +484,32 @@ class Calls:
             os.kill(target.pid, signo)
         return {}
 
+    def do_update(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        """Swap the processes behind endpoints ``src`` and ``dst`` (live update):
+        afterwards the program that ran at ``dst`` answers at ``src`` and the other
+        way round; calling it again swaps back."""
+        src, dst = self._target(f, "src"), self._target(f, "dst")
+        if src is dst:
+            fail(Errno.EINVAL, "update: src and dst are the same process")
+        if proc in (src, dst):
+            fail(Errno.EINVAL, "update: a process cannot update itself")
+        for target in (src, dst):
+            self._controls(proc, target, "update")
+            if any(p is target for p, _ in self.k.doomed):
+                fail(Errno.EDEADSRCDST, f"update: {target.label} is dying")
+            if target.state in (State.SENDING, State.KCALL):
+                fail(Errno.EBUSY, f"update: {target.label} ({wire.endpoint_name(target.endpoint)})"
+                     f" is {target.state.value}: only a receiving or running process "
+                     "can be swapped")  # fmt: skip
+        self.k.update(src, dst)
+        log.info(
+            "update by %s: %s now runs %s (pid %s), %s runs %s (pid %s)",
+            proc.label,
+            wire.endpoint_name(src.endpoint), src.label, src.pid,
+            wire.endpoint_name(dst.endpoint), dst.label, dst.pid,
+        )  # fmt: skip
+        return {}
+
     def do_exit(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
         self.k.doom(proc, f"exit({get_int(f, 'status', 0, 255, 0)})")
         return {}
@@ -489,7 +521,8 @@ class Calls:
     def do_getinfo(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
         what = get_str(f, "what")
         if what == "whoami":
-            return {"endpoint": proc.endpoint, "label": proc.label, "parent": proc.parent}
+            return {"endpoint": proc.endpoint, "label": proc.label, "parent": proc.parent,
+                    "root": self.k.root_endpoint}  # fmt: skip
         if what == "uptime":
             seconds = self.k.uptime()
             return {"ticks": int(seconds * wire.HZ), "seconds": seconds, "hz": wire.HZ}

@@ -175,26 +175,46 @@ class Ipc:
         if source not in (wire.ANY, *KERNEL_SOURCES) and self.table.lookup(source) is None:
             self.out.respond(caller, EDEADSRCDST if source >= 0 else EINVAL)
             return
-        if caller.notify_pending:
+        if not self._take_waiting(caller, source, True):
+            caller.state = State.RECEIVING
+            caller.recv_from = source
+
+    def _take_waiting(self, caller: Proc, source: int, extra: bool) -> bool:
+        """Deliver to ``caller`` (not blocked) what already waits for it from
+        ``source``: a notification or an asynchronous message only if ``extra``,
+        else a blocked sender. Returns whether something was delivered."""
+        if extra and caller.notify_pending:
             for src in caller.notify_pending:
                 if source in (wire.ANY, src):
                     bits = caller.notify_pending.pop(src)
                     self.out.deliver(caller, src, wire.NOTIFY_MESSAGE, self._notify_body(src, bits))
-                    return
+                    return True
         for sender in caller.callers:
             if source in (wire.ANY, sender.endpoint):
                 caller.callers.remove(sender)
                 self.out.deliver(caller, sender.endpoint, sender.send_type, sender.send_payload)
                 self._sender_done(sender, caller)
-                return
-        for message in caller.async_in:
-            if source in (wire.ANY, message.source):
-                caller.async_in.remove(message)
-                self.out.deliver(caller, message.source, message.m_type, message.payload)
-                self._async_finished(message, OK)
-                return
-        caller.state = State.RECEIVING
-        caller.recv_from = source
+                return True
+        if extra:
+            for message in caller.async_in:
+                if source in (wire.ANY, message.source):
+                    caller.async_in.remove(message)
+                    self.out.deliver(caller, message.source, message.m_type, message.payload)
+                    self._async_finished(message, OK)
+                    return True
+        return False
+
+    def resume_receive(self, proc: Proc) -> None:
+        """A receiving process now stands behind another endpoint (``update``):
+        give it what already waits there for it, as if it had just called receive."""
+        if proc.state is not State.RECEIVING:
+            return
+        source, reply_only = proc.recv_from, proc.awaiting_reply
+        self._unblock(proc)
+        if not self._take_waiting(proc, source, not reply_only):
+            proc.state = State.RECEIVING
+            proc.recv_from = source
+            proc.awaiting_reply = reply_only
 
     def notify(self, caller: Proc, endpoint: int) -> None:
         target, err = self._target(caller, endpoint)

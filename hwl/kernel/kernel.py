@@ -50,6 +50,15 @@ _MESSAGE_HEADER = wire.RESPONSE.pack  # bound once: it runs for every message
 _PEERCRED = struct.Struct("3i")
 
 
+def _pidfd_ready(pidfd: int) -> bool:
+    """Whether a pidfd says its process ended."""
+    if pidfd < 0:
+        return False
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 @dataclass
 class Child:
     """A process the kernel started, until it is reaped."""
@@ -80,6 +89,7 @@ class Kernel:
         self.stopping = False
         self.listener: socket.socket | None = None
         self.forkserver: kexec.ForkServer | None = None
+        self.root_endpoint = wire.NONE  # the process started with every privilege
         self.socket_path = run_dir / SOCKET_NAME
         self._link_ok = link is not None
         if link is not None:
@@ -162,10 +172,14 @@ class Kernel:
         parent: int = wire.NONE,
         arena_size: int = arena.DEFAULT_SIZE,
         endpoint: int | None = None,
+        root: bool = False,
     ) -> Proc:
-        """Give a connection a slot, an endpoint and an arena, and say hello."""
+        """Give a connection a slot, an endpoint and an arena, and say hello.
+        ``root``: this is the root process, whose endpoint every hello names."""
         if endpoint is None:
             endpoint = self.table.new_endpoint()
+        if root:
+            self.root_endpoint = endpoint
         fd = os.memfd_create(f"hwl-arena-{label}", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, arena_size)
@@ -178,6 +192,7 @@ class Kernel:
                     "hz": wire.HZ,
                     "parent": parent,
                     "system": priv.system,
+                    "root": self.root_endpoint,
                 }
             )
             frame = _MESSAGE_HEADER(wire.Kind.HELLO, 0, 0, 0, wire.KERNEL, 0) + hello
@@ -196,8 +211,13 @@ class Kernel:
             parent=parent,
         )
         self.table.add(proc)
-        self.watch(conn.fileno(), lambda: self._on_request(proc))
+        self._watch_requests(proc)
         return proc
+
+    def _watch_requests(self, proc: Proc) -> None:
+        """Run what arrives on the process's connection as its requests."""
+        self.unwatch(proc.sock.fileno())
+        self.watch(proc.sock.fileno(), lambda: self._on_request(proc))
 
     def spawn(
         self,
@@ -210,6 +230,7 @@ class Kernel:
         arena_size: int = arena.DEFAULT_SIZE,
         endpoint: int | None = None,
         cold: bool = False,
+        root: bool = False,
     ) -> Proc:
         """Start ``argv`` as a new process holding a fresh connection (an inherited
         fd, so no other process can claim its endpoint): forked from the fork
@@ -222,7 +243,13 @@ class Kernel:
         parent_ep = parent.endpoint if parent else wire.NONE
         try:
             proc = self.add_process(
-                ours, label, priv, parent=parent_ep, arena_size=arena_size, endpoint=endpoint
+                ours,
+                label,
+                priv,
+                parent=parent_ep,
+                arena_size=arena_size,
+                endpoint=endpoint,
+                root=root,
             )
         except BaseException:
             ours.close()
@@ -269,6 +296,11 @@ class Kernel:
         """The pidfd says the process ended. A cold child is reaped here; a forked
         one is the fork server's to reap: its endpoint dies now, its exit code
         comes with the fork server's report."""
+        if not _pidfd_ready(child.pidfd):
+            # A stale event of this loop turn: the pidfd it was for was closed
+            # (the fork server's report came first) and its number reused by
+            # this newer child's pidfd.
+            return
         if child.popen is None:
             self._close_pidfd(child)
             proc = self.table.lookup(child.endpoint)
@@ -309,6 +341,20 @@ class Kernel:
             parent.exits.append(record)
             del parent.exits[:-EXITS_KEEP]
             self.ipc.post_notify(parent, wire.SYSTEM, EVENT_EXIT)
+
+    def update(self, a: Proc, b: Proc) -> None:
+        """Swap the OS processes behind two endpoints (MINIX's SYS_UPDATE): each
+        connection, arena, pid, label, privileges and blocked call moves to the
+        other endpoint; what waits on an endpoint stays with it. Neither may be
+        sending (it sits in a callers queue) or in a kernel call."""
+        a.swap_process(b)
+        for proc in (a, b):
+            self._watch_requests(proc)
+            child = self.children.get(proc.pid) if proc.pid is not None else None
+            if child is not None:
+                child.endpoint, child.parent = proc.endpoint, proc.parent
+        for proc in (a, b):
+            self.ipc.resume_receive(proc)
 
     def kill_process(self, proc: Proc, reason: str) -> None:
         """The process is gone (or cut off): everything blocked on it learns so."""

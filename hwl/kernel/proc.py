@@ -57,6 +57,28 @@ class ExitRecord:
     signal: int | None
 
 
+# What belongs to the OS process behind an endpoint rather than to the endpoint:
+# ``update`` swaps these between two Procs (MINIX's SYS_UPDATE). The rest of a
+# Proc (its endpoint and slot, who waits on it, its notifications, asynchronous
+# messages, IRQ hooks, DMA buffers, alarm, exit records and parent) stays put.
+PROCESS_FIELDS = (
+    "sock",
+    "arena",
+    "arena_view",
+    "pid",
+    "label",
+    "priv",
+    "state",
+    "send_to",
+    "send_type",
+    "send_payload",
+    "in_sendrec",
+    "recv_from",
+    "awaiting_reply",
+    "reply_errno",
+)
+
+
 @dataclass(eq=False)
 class Proc:
     """One live process."""
@@ -100,6 +122,19 @@ class Proc:
         if self.state is State.RECEIVING:
             return self.recv_from
         return wire.NONE
+
+    def swap_process(self, other: Proc) -> None:
+        """Exchange the OS processes behind this endpoint and ``other``'s. A wait on
+        one of the two endpoints becomes a wait on the other: it still names the
+        same program."""
+        for name in PROCESS_FIELDS:
+            mine = getattr(self, name)
+            setattr(self, name, getattr(other, name))
+            setattr(other, name, mine)
+        moved = {self.endpoint: other.endpoint, other.endpoint: self.endpoint}
+        for proc in (self, other):
+            proc.send_to = moved.get(proc.send_to, proc.send_to)
+            proc.recv_from = moved.get(proc.recv_from, proc.recv_from)
 
     def describe(self) -> dict[str, object]:
         return {
