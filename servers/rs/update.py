@@ -51,6 +51,8 @@ class Update:
     spawned_at: float = 0.0
     timer: Timer | None = None
     prepared_at: float = 0.0
+    argv: list[str] | None = None  # the new program (None: the same again)
+    conf: str | None = None
 
 
 def _init_flags(flags: UpdateFlag) -> InitFlag:
@@ -93,7 +95,7 @@ class Updater:
         new = None
         if not flags & UpdateFlag.PREPARE_ONLY:
             new = self.m.spawn(svc, argv=argv, conf=conf)
-        u = Update(svc, waiter, state, flags, maxtime, svc.current, new)
+        u = Update(svc, waiter, state, flags, maxtime, svc.current, new, argv=argv, conf=conf)
         self.updates[svc.label] = u
         svc.state = State.UPDATING
         if svc.ping_timer:
@@ -194,6 +196,12 @@ class Updater:
         self.m.kill(u.new.endpoint)
         svc = u.svc
         svc.current = Instance(u.old.endpoint, u.new.pid)
+        # As in MINIX, the new version takes the old one's place, program and
+        # privileges included: a later restart runs the new program.
+        if u.argv:
+            svc.argv = u.argv
+        if u.conf:
+            svc.conf = u.conf
         svc.state = State.UP
         svc.last_alive = time.monotonic()
         self.m.schedule_ping(svc)
