@@ -1,0 +1,192 @@
+"""Who may see which PCI device: per-service ACLs from system.conf.
+
+A driver's ``pci device`` and ``pci class`` lines are its ACL (MINIX's ``struct
+rs_pci``, checked by ``visible()`` in MINIX's pci.c): a device is visible to a
+caller if one ``pci device`` line names its ids (and, when the line has them,
+its subsystem ids), or one ``pci class`` line matches its class, subclass and
+programming interface as far as the line goes. A caller with neither sees nothing.
+
+Where the lines come from: the system.conf entry the caller actually runs under.
+MINIX's RS hands each service's ACL to PCI when it starts the service; in hwl RS
+hands the entry to the kernel, so the PCI server asks the kernel for it
+(``privctl get``: the entry's text), which covers a service started with an
+entry of its own (``service up ... -config``) as well as the stock ones. When the
+kernel will not say, the entry for the caller's label in the stock system.conf
+(``hwl.config.load()``: $HWL_SYSTEM_CONF or the repository's file) is used. User
+processes have no entry and see nothing.
+
+Labels and ACLs are cached by endpoint, with the pid the kernel reported: the
+periodic liveness check (:meth:`Callers.sweep`) drops an entry whose endpoint
+died or now runs another process (a restart that kept the endpoint, a live
+update). ``reserve`` always reads the ACL afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hwl.config import PciClass, PciDevice, SystemConf, SystemConfError, load, parse
+from hwl.ipc import codec
+from hwl.ipc.client import IpcError
+from servers.pci.bus import Device
+
+log = logging.getLogger(__name__)
+
+
+class Kernel(Protocol):
+    """The kernel calls the ACL table needs (a connection has them)."""
+
+    def proctab(self) -> list[dict[str, Any]]: ...
+
+    def kcall(
+        self, name: str, fields: dict[str, codec.Value] | None = None
+    ) -> dict[str, codec.Value]: ...
+
+
+@dataclass(frozen=True)
+class Acl:
+    """The devices one caller may see and reserve."""
+
+    label: str
+    devices: tuple[PciDevice, ...] = ()
+    classes: tuple[PciClass, ...] = ()
+    source: str = "none"  # "kernel", "system.conf", or why there is none
+
+    def allows(self, d: Device) -> bool:
+        for entry in self.devices:
+            if entry.matches(d.vid, d.did, d.sub_vid, d.sub_did):
+                return True
+        return any(c.matches(d.base_class, d.sub_class, d.interface) for c in self.classes)
+
+    def describe(self) -> str:
+        lines = [f"pci device {d}" for d in self.devices]
+        lines += [f"pci class {c}" for c in self.classes]
+        return "; ".join(lines) or "no pci lines"
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A live process as the kernel's process table shows it."""
+
+    endpoint: int
+    label: str
+    pid: int
+    system: bool
+
+
+def procs_of(rows: Iterable[dict[str, Any]]) -> dict[int, Proc]:
+    """The process table by endpoint; malformed rows are skipped."""
+    found = {}
+    for row in rows:
+        endpoint, label, pid = row.get("endpoint"), row.get("label"), row.get("pid", -1)
+        if isinstance(endpoint, int) and isinstance(label, str) and isinstance(pid, int):
+            found[endpoint] = Proc(endpoint, label, pid, bool(row.get("system", True)))
+    return found
+
+
+class Callers:
+    """Labels and ACLs of the processes that call the PCI server, by endpoint."""
+
+    def __init__(self, kernel: Kernel, stock: Callable[[], SystemConf] = load) -> None:
+        self.kernel = kernel
+        self._load_stock = stock
+        self._stock: SystemConf | None = None
+        self.procs: dict[int, Proc] = {}  # the last process table read
+        self._acls: dict[int, tuple[int, Acl]] = {}  # endpoint -> (pid, acl)
+
+    # ------------------------------------------------------------ processes
+    def refresh(self) -> dict[int, Proc] | None:
+        """Read the kernel's process table; None if the kernel refused."""
+        try:
+            self.procs = procs_of(self.kernel.proctab())
+        except IpcError as exc:
+            log.warning("getinfo proctab failed: %s", exc)
+            return None
+        return self.procs
+
+    def proc(self, endpoint: int) -> Proc | None:
+        """The live process at ``endpoint`` (cached; the table is read again on a miss)."""
+        found = self.procs.get(endpoint)
+        if found is None and self.refresh() is not None:
+            found = self.procs.get(endpoint)
+        return found
+
+    def alive(self, endpoint: int) -> bool:
+        """Whether ``endpoint`` is a live process now (reads the table afresh)."""
+        procs = self.refresh()
+        if procs is None:
+            return True  # cannot tell: keep what it holds
+        return endpoint in procs
+
+    def sweep(self) -> set[int] | None:
+        """Read the table, forget ACLs of processes that are gone or were replaced;
+        returns the live endpoints (None: the kernel refused)."""
+        procs = self.refresh()
+        if procs is None:
+            return None
+        for endpoint, (pid, _acl) in list(self._acls.items()):
+            current = procs.get(endpoint)
+            if current is None or current.pid != pid:
+                del self._acls[endpoint]
+        return set(procs)
+
+    # ----------------------------------------------------------------- ACLs
+    def acl(self, endpoint: int, *, fresh: bool = False) -> Acl:
+        """The ACL of the process at ``endpoint``."""
+        if fresh:
+            self.refresh()
+            proc = self.procs.get(endpoint)
+        else:
+            cached = self._acls.get(endpoint)
+            if cached is not None:
+                return cached[1]
+            proc = self.proc(endpoint)
+        if proc is None:
+            return Acl(f"<dead {endpoint}>", source="not a live process")
+        acl = self._read_acl(proc)
+        self._acls[endpoint] = (proc.pid, acl)
+        log.debug("ACL of %s (%d) from %s: %s", acl.label, endpoint, acl.source, acl.describe())
+        return acl
+
+    def _read_acl(self, proc: Proc) -> Acl:
+        if not proc.system:
+            return Acl(proc.label, source="a user process (no system.conf entry)")
+        try:
+            priv = self.kernel.kcall("privctl", {"endpoint": proc.endpoint, "op": "get"})["priv"]
+            if not isinstance(priv, dict):
+                raise ValueError(f"privctl get answered {priv!r}")
+            if priv.get("system") is False:
+                return Acl(proc.label, source="a user process (no system.conf entry)")
+            text = priv.get("conf")
+            if not isinstance(text, str):
+                raise ValueError("privctl get answered no conf text")
+            entries = list(parse(text, f"<entry of {proc.label}>"))
+            if len(entries) != 1:
+                raise ValueError(f"the kernel's entry holds {len(entries)} services")
+            entry = entries[0]
+            return Acl(proc.label, entry.pci_devices, entry.pci_classes, "kernel")
+        except (IpcError, KeyError, ValueError, SystemConfError) as exc:
+            log.warning(
+                "the kernel did not give %s's entry (%s); using the stock system.conf",
+                proc.label,
+                exc,
+            )
+        stock = self.stock().get(proc.label)
+        if stock is None:
+            return Acl(proc.label, source="no system.conf entry")
+        return Acl(proc.label, stock.pci_devices, stock.pci_classes, "system.conf")
+
+    def stock(self) -> SystemConf:
+        if self._stock is None:
+            try:
+                self._stock = self._load_stock()
+            except SystemConfError as exc:
+                log.error("cannot read the stock system.conf: %s", exc)
+                self._stock = SystemConf()
+        return self._stock
+
+    def forget(self, endpoint: int) -> None:
+        self._acls.pop(endpoint, None)

@@ -1,0 +1,459 @@
+"""The PCI bus as the server sees it: configuration space through kernel calls,
+and the devices found on it.
+
+Configuration mechanism #1: a 32-bit write of the address to 0xCF8 selects bus,
+device, function and dword, and 0xCFC..0xCFF carry the data. Every access is two
+``devio`` kernel calls (the server's system.conf entry grants ``io cf8:8`` and
+``system DEVIO``); nobody else has those ports, so the pair cannot be torn.
+
+Enumeration (:func:`scan`) follows MINIX's ``probe_bus``: every device of bus 0,
+the functions 1..7 of multi-function devices, and the buses behind PCI-to-PCI
+bridges. For each function it reads the header (ids, class, subsystem ids, header
+type, interrupt line and pin) and sizes the base address registers as
+``hwl.link.pci`` does: decoding off, all ones written, the size mask read, the
+original value and command restored.
+
+What a driver that reserves a device gets (:meth:`Device.io_ranges`,
+:meth:`Device.mem_ranges`, :meth:`Device.irqs`):
+
+- every I/O and memory BAR with an address (a BAR that reads 0 is *incomplete*,
+  as MINIX calls it, and is granted nothing; a 64-bit BAR above 4 GiB is skipped);
+- the interrupt line, unless it is 0 or 0xFF (no IRQ assigned);
+- for an IDE controller (class 1/1) whose channels run in compatibility mode
+  (programming-interface bits 0 and 2 clear), the legacy ports and IRQs of each
+  such channel instead of BARs 0-3, which then decode nothing: 0x1F0:8, 0x3F6 and
+  IRQ 14 for the primary, 0x170:8, 0x376 and IRQ 15 for the secondary. The
+  bus-master BAR 4 stays an ordinary I/O BAR. This is what MINIX's
+  ``record_bars_normal`` and at_wini's legacy ports add up to.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from hwl.ipc import codec
+
+log = logging.getLogger(__name__)
+
+CONFIG_ADDRESS = 0xCF8
+CONFIG_DATA = 0xCFC
+CONFIG_SIZE = 256
+
+# Header registers.
+PCI_VID = 0x00
+PCI_CR = 0x04  # command register
+PCI_CR_IO_EN = 0x1
+PCI_CR_MEM_EN = 0x2
+PCI_REV = 0x08  # revision, then interface, subclass, base class
+PCI_HEADT = 0x0E
+PCI_BAR = 0x10
+PCI_SUBVID = 0x2C
+PCI_ILR = 0x3C  # interrupt line
+PCI_IPR = 0x3D  # interrupt pin
+PPB_SECBN = 0x19  # a bridge's secondary bus number
+
+HT_NORMAL, HT_BRIDGE, HT_CARDBUS = 0, 1, 2
+HT_MULTI = 0x80
+
+BAR_IO = 0x1
+BAR_TYPE = 0x6
+BAR_TYPE_64 = 0x4
+BAR_PREFETCH = 0x8
+BAR_IO_MASK = 0xFFFFFFFC
+BAR_MEM_MASK = 0xFFFFFFF0
+
+# Class codes.
+CLASS_MASS_STORAGE = 0x01
+SUBCLASS_IDE = 0x01
+IDE_PRI_NATIVE = 0x01  # programming interface: primary channel in native mode
+IDE_SEC_NATIVE = 0x04
+
+#: The ports and IRQ of each IDE channel in compatibility mode:
+#: (BARs it replaces, command block, control port, IRQ).
+IDE_LEGACY = (
+    ((0, 1), (0x1F0, 8), (0x3F6, 1), 14),
+    ((2, 3), (0x170, 8), (0x376, 1), 15),
+)
+
+NO_IRQ = (0, 0xFF)  # interrupt-line values that mean "no IRQ assigned"
+
+
+class PortIO(Protocol):
+    """What configuration access needs: the kernel's devio calls (a connection)."""
+
+    def devio_in(self, port: int, width: int = 1) -> int: ...
+
+    def devio_out(self, port: int, value: int, width: int = 1) -> None: ...
+
+
+def config_address(bus: int, dev: int, func: int, offset: int) -> int:
+    """The value for CONFIG_ADDRESS that selects this function's dword at ``offset``."""
+    if not (0 <= bus < 256 and 0 <= dev < 32 and 0 <= func < 8 and 0 <= offset < CONFIG_SIZE):
+        raise ValueError(f"bad PCI address {bus:02x}:{dev:02x}.{func} offset {offset:#x}")
+    return 0x80000000 | bus << 16 | dev << 11 | func << 8 | (offset & 0xFC)
+
+
+def check_access(offset: int, width: int) -> None:
+    """An access of ``width`` bytes at ``offset`` must be aligned and inside 256 bytes."""
+    if width not in (1, 2, 4):
+        raise ValueError(f"width {width} is not 1, 2 or 4")
+    if not 0 <= offset <= CONFIG_SIZE - width:
+        raise ValueError(f"offset {offset:#x} is outside the 256-byte configuration space")
+    if offset % width:
+        raise ValueError(f"offset {offset:#x} is not aligned to the width {width}")
+
+
+class ConfigSpace:
+    """Configuration reads and writes over port I/O (mechanism #1)."""
+
+    def __init__(self, io: PortIO) -> None:
+        self.io = io
+
+    def read(self, bus: int, dev: int, func: int, offset: int, width: int = 4) -> int:
+        check_access(offset, width)
+        self.io.devio_out(CONFIG_ADDRESS, config_address(bus, dev, func, offset), 4)
+        return self.io.devio_in(CONFIG_DATA + (offset & 3), width)
+
+    def write(self, bus: int, dev: int, func: int, offset: int, value: int, width: int = 4) -> None:
+        check_access(offset, width)
+        if not 0 <= value < 1 << (8 * width):
+            raise ValueError(f"value {value:#x} does not fit in {width} bytes")
+        self.io.devio_out(CONFIG_ADDRESS, config_address(bus, dev, func, offset), 4)
+        self.io.devio_out(CONFIG_DATA + (offset & 3), value, width)
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One base address register; ``index`` 0..5, its register is ``0x10 + 4 * index``."""
+
+    index: int
+    is_io: bool
+    base: int
+    size: int
+    prefetchable: bool = False
+    is64: bool = False
+
+    @property
+    def reg(self) -> int:
+        return PCI_BAR + 4 * self.index
+
+    @property
+    def incomplete(self) -> bool:
+        """No address assigned (MINIX's PBF_INCOMPLETE): nothing to grant."""
+        return self.base == 0
+
+    def to_fields(self) -> dict[str, codec.Value]:
+        return {"index": self.index, "reg": self.reg, "is_io": self.is_io, "base": self.base,
+                "size": self.size, "prefetchable": self.prefetchable,
+                "is64": self.is64}  # fmt: skip
+
+    @classmethod
+    def from_fields(cls, f: dict[str, codec.Value]) -> Bar:
+        return cls(_int(f["index"]), bool(f["is_io"]), _int(f["base"]), _int(f["size"]),
+                   bool(f.get("prefetchable")), bool(f.get("is64")))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Device:
+    """One function found on the bus; ``devind`` is its index in the server's table."""
+
+    devind: int
+    bus: int
+    dev: int
+    func: int
+    vid: int
+    did: int
+    base_class: int
+    sub_class: int
+    interface: int
+    revision: int
+    header_type: int
+    sub_vid: int | None
+    sub_did: int | None
+    irq_line: int  # the interrupt-line register as read
+    irq_pin: int  # 0: none, 1..4: INTA..INTD
+    bars: tuple[Bar, ...] = ()
+    legacy_io: tuple[tuple[int, int], ...] = ()  # (base, length): compatibility-mode IDE
+    legacy_irqs: tuple[int, ...] = ()
+
+    @property
+    def bdf(self) -> str:
+        return f"{self.bus:02x}:{self.dev:02x}.{self.func}"
+
+    @property
+    def ids(self) -> str:
+        return f"{self.vid:04x}:{self.did:04x}"
+
+    @property
+    def class_code(self) -> int:
+        return self.base_class << 16 | self.sub_class << 8 | self.interface
+
+    @property
+    def slot_name(self) -> str:
+        """MINIX's ``pci_slot_name``: domain.bus.device.function, in decimal."""
+        return f"0.{self.bus}.{self.dev}.{self.func}"
+
+    @property
+    def irq(self) -> int | None:
+        """The IRQ line assigned through the interrupt-line register, if any."""
+        return None if self.irq_line in NO_IRQ else self.irq_line
+
+    def bar_at(self, reg: int) -> Bar | None:
+        for bar in self.bars:
+            if bar.reg == reg:
+                return bar
+        return None
+
+    def io_ranges(self) -> list[tuple[int, int]]:
+        """The port ranges a holder gets: I/O BARs with an address, legacy ports."""
+        ranges = [(b.base, b.size) for b in self.bars if b.is_io and not b.incomplete]
+        return [r for r in ranges if r[0] + r[1] <= 0x10000] + list(self.legacy_io)
+
+    def mem_ranges(self) -> list[tuple[int, int]]:
+        """The guest-physical ranges a holder gets: memory BARs below 4 GiB."""
+        ranges = [(b.base, b.size) for b in self.bars if not b.is_io and not b.incomplete]
+        return [r for r in ranges if r[0] + r[1] <= 1 << 32]
+
+    def irqs(self) -> list[int]:
+        lines = [] if self.irq is None or self.irq > 15 else [self.irq]
+        return sorted(set(lines) | set(self.legacy_irqs))
+
+    def to_fields(self) -> dict[str, codec.Value]:
+        return {
+            "devind": self.devind,
+            "bus": self.bus,
+            "dev": self.dev,
+            "func": self.func,
+            "vid": self.vid,
+            "did": self.did,
+            "base_class": self.base_class,
+            "sub_class": self.sub_class,
+            "interface": self.interface,
+            "revision": self.revision,
+            "header_type": self.header_type,
+            "sub_vid": self.sub_vid,
+            "sub_did": self.sub_did,
+            "irq_line": self.irq_line,
+            "irq_pin": self.irq_pin,
+            "bars": [b.to_fields() for b in self.bars],
+            "legacy_io": [[base, length] for base, length in self.legacy_io],
+            "legacy_irqs": list(self.legacy_irqs),
+        }
+
+    @classmethod
+    def from_fields(cls, f: dict[str, codec.Value]) -> Device:
+        bars, legacy_io, legacy_irqs = f["bars"], f["legacy_io"], f["legacy_irqs"]
+        if not (isinstance(bars, list) and isinstance(legacy_io, list)):
+            raise ValueError("bars and legacy_io must be lists")
+        if not isinstance(legacy_irqs, list):
+            raise ValueError("legacy_irqs must be a list")
+        sub_vid, sub_did = f.get("sub_vid"), f.get("sub_did")
+        return cls(
+            devind=_int(f["devind"]),
+            bus=_int(f["bus"]),
+            dev=_int(f["dev"]),
+            func=_int(f["func"]),
+            vid=_int(f["vid"]),
+            did=_int(f["did"]),
+            base_class=_int(f["base_class"]),
+            sub_class=_int(f["sub_class"]),
+            interface=_int(f["interface"]),
+            revision=_int(f["revision"]),
+            header_type=_int(f["header_type"]),
+            sub_vid=None if sub_vid is None else _int(sub_vid),
+            sub_did=None if sub_did is None else _int(sub_did),
+            irq_line=_int(f["irq_line"]),
+            irq_pin=_int(f["irq_pin"]),
+            bars=tuple(Bar.from_fields(b) for b in bars if isinstance(b, dict)),
+            legacy_io=tuple(
+                (_int(r[0]), _int(r[1])) for r in legacy_io if isinstance(r, list) and len(r) == 2
+            ),
+            legacy_irqs=tuple(_int(i) for i in legacy_irqs),
+        )
+
+
+def _int(value: codec.Value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{value!r} is not an integer")
+    return value
+
+
+# ------------------------------------------------------------------ scanning
+
+
+@dataclass
+class _Scan:
+    cfg: ConfigSpace
+    devices: list[Device] = field(default_factory=list)
+    buses_seen: set[int] = field(default_factory=set)
+
+
+def scan(io: PortIO) -> list[Device]:
+    """Enumerate bus 0 and every bus behind a PCI-to-PCI bridge; devind is the
+    position in the returned list (bus order, then device, then function)."""
+    state = _Scan(ConfigSpace(io))
+    pending = [0]
+    while pending:
+        bus = pending.pop(0)
+        if bus in state.buses_seen:
+            continue
+        state.buses_seen.add(bus)
+        for dev, func in _present(state.cfg, bus):
+            device = _read_function(state.cfg, len(state.devices), bus, dev, func)
+            state.devices.append(device)
+            log.info("%s", describe(device))
+            if device.header_type & 0x7F == HT_BRIDGE:
+                secondary = state.cfg.read(bus, dev, func, PPB_SECBN, 1)
+                if secondary and secondary not in state.buses_seen:
+                    pending.append(secondary)
+    return state.devices
+
+
+def describe(d: Device) -> str:
+    """One log line: where, ids, class, IRQ, BARs and legacy ranges."""
+    text = f"{d.bdf} {d.ids} class {d.base_class:02x}/{d.sub_class:02x}/{d.interface:02x}"
+    text += f" irq {' '.join(map(str, d.irqs())) or '-'}"
+    for b in d.bars:
+        text += f" bar{b.index}={'io' if b.is_io else 'mem'}:{b.base:#x}+{b.size:#x}"
+    if d.legacy_io:
+        text += " legacy io " + " ".join(f"{base:#x}+{n}" for base, n in d.legacy_io)
+    return text
+
+
+def _present(cfg: ConfigSpace, bus: int) -> Iterator[tuple[int, int]]:
+    for dev in range(32):
+        if cfg.read(bus, dev, 0, PCI_VID, 2) == 0xFFFF:
+            continue
+        yield dev, 0
+        if cfg.read(bus, dev, 0, PCI_HEADT, 1) & HT_MULTI:
+            for func in range(1, 8):
+                if cfg.read(bus, dev, func, PCI_VID, 2) != 0xFFFF:
+                    yield dev, func
+
+
+def _read_function(cfg: ConfigSpace, devind: int, bus: int, dev: int, func: int) -> Device:
+    w = [cfg.read(bus, dev, func, off) for off in range(0, 0x40, 4)]
+    header_type = w[3] >> 16 & 0xFF
+    kind = header_type & 0x7F
+    base_class, sub_class, interface = w[2] >> 24, w[2] >> 16 & 0xFF, w[2] >> 8 & 0xFF
+    nbars = {HT_NORMAL: 6, HT_BRIDGE: 2}.get(kind, 0)
+    bars = _size_bars(cfg, bus, dev, func, w, nbars)
+    legacy_io: list[tuple[int, int]] = []
+    legacy_irqs: list[int] = []
+    if kind == HT_NORMAL and (base_class, sub_class) == (CLASS_MASS_STORAGE, SUBCLASS_IDE):
+        for native_bit, (replaced, command, control, irq) in zip(
+            (IDE_PRI_NATIVE, IDE_SEC_NATIVE), IDE_LEGACY, strict=True
+        ):
+            if interface & native_bit:
+                continue
+            bars = [b for b in bars if b.index not in replaced]
+            legacy_io += [command, control]
+            legacy_irqs.append(irq)
+    sub = w[11] if kind == HT_NORMAL else None
+    return Device(
+        devind=devind,
+        bus=bus,
+        dev=dev,
+        func=func,
+        vid=w[0] & 0xFFFF,
+        did=w[0] >> 16,
+        base_class=base_class,
+        sub_class=sub_class,
+        interface=interface,
+        revision=w[2] & 0xFF,
+        header_type=header_type,
+        sub_vid=None if sub is None else sub & 0xFFFF,
+        sub_did=None if sub is None else sub >> 16,
+        irq_line=w[15] & 0xFF,
+        irq_pin=w[15] >> 8 & 0xFF,
+        bars=tuple(bars),
+        legacy_io=tuple(legacy_io),
+        legacy_irqs=tuple(legacy_irqs),
+    )
+
+
+def _size_bars(
+    cfg: ConfigSpace, bus: int, dev: int, func: int, w: list[int], nbars: int
+) -> list[Bar]:
+    """Size the BARs: decoding off, all ones, read the mask, restore, decoding back."""
+    if nbars == 0:
+        return []
+    command = w[1] & 0xFFFF
+    cfg.write(bus, dev, func, PCI_CR, command & ~(PCI_CR_IO_EN | PCI_CR_MEM_EN), 2)
+    probes = []
+    try:
+        for i in range(nbars):
+            reg = PCI_BAR + 4 * i
+            cfg.write(bus, dev, func, reg, 0xFFFFFFFF)
+            probes.append(cfg.read(bus, dev, func, reg))
+            cfg.write(bus, dev, func, reg, w[4 + i])
+    finally:
+        cfg.write(bus, dev, func, PCI_CR, command, 2)
+    bars: list[Bar] = []
+    skip = False
+    for i in range(nbars):
+        if skip:  # the upper half of a 64-bit BAR
+            skip = False
+            continue
+        orig, probe = w[4 + i], probes[i]
+        if probe == 0:
+            continue  # not implemented
+        if orig & BAR_IO:
+            size = (~(probe & BAR_IO_MASK) & 0xFFFF) + 1
+            bars.append(Bar(i, True, orig & BAR_IO_MASK, size))
+            continue
+        is64 = orig & BAR_TYPE == BAR_TYPE_64
+        size = (~(probe & BAR_MEM_MASK) & 0xFFFFFFFF) + 1
+        if is64:
+            skip = True
+            if i + 1 >= nbars:
+                log.warning("%02x:%02x.%d BAR %d: 64 bits past the BAR area", bus, dev, func, i)
+                continue
+            if w[5 + i]:
+                log.warning(
+                    "%02x:%02x.%d BAR %d: above 4 GiB (%#x), not usable here",
+                    bus, dev, func, i, w[5 + i] << 32 | orig & BAR_MEM_MASK,
+                )  # fmt: skip
+                continue
+        bars.append(Bar(i, False, orig & BAR_MEM_MASK, size, bool(orig & BAR_PREFETCH), is64))
+    return bars
+
+
+# -------------------------------------------------------------------- names
+
+#: Names for ``dev_name`` (MINIX's pci_findproduct): the devices hwl's machines have.
+DEVICE_NAMES: dict[tuple[int, int], str] = {
+    (0x8086, 0x1237): "Intel 82441FX (440FX) PCI and memory controller",
+    (0x8086, 0x7000): "Intel 82371SB (PIIX3) PCI-ISA bridge",
+    (0x8086, 0x7010): "Intel 82371SB (PIIX3) IDE controller",
+    (0x8086, 0x7020): "Intel 82371SB (PIIX3) USB controller",
+    (0x8086, 0x7113): "Intel 82371AB/EB/MB (PIIX4) power management",
+    (0x8086, 0x100E): "Intel 82540EM Gigabit Ethernet (PRO/1000 MT)",
+    (0x8086, 0x100F): "Intel 82545EM Gigabit Ethernet (PRO/1000 MT)",
+    (0x8086, 0x100C): "Intel 82544GC Gigabit Ethernet (PRO/1000 T)",
+    (0x10EC, 0x8029): "Realtek RTL8029 (NE2000 PCI)",
+    (0x10EC, 0x8139): "Realtek RTL8139 Fast Ethernet",
+    (0x1234, 0x1111): "QEMU standard VGA",
+    (0x1AF4, 0x1000): "Red Hat virtio network device",
+    (0x1AF4, 0x1001): "Red Hat virtio block device",
+}
+
+VENDOR_NAMES: dict[int, str] = {
+    0x8086: "Intel",
+    0x10EC: "Realtek",
+    0x1234: "QEMU",
+    0x1AF4: "Red Hat",
+    0x1B36: "Red Hat",
+}
+
+
+def device_name(vid: int, did: int) -> str | None:
+    """A name for the device, else its vendor's name and the ids, else None."""
+    name = DEVICE_NAMES.get((vid, did))
+    if name is not None:
+        return name
+    vendor = VENDOR_NAMES.get(vid)
+    return None if vendor is None else f"{vendor} device {vid:04x}:{did:04x}"
