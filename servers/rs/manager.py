@@ -39,8 +39,8 @@ from servers.rs.timers import Timers
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_UNITS = 30
-STOP_GRACE_S = 1.0
-SCRIPT_REAP_S = 0.2  # SIGTERM, then SIGKILL after this long
+STOP_GRACE_S = 1.0  # SIGTERM, then SIGKILL after this long
+SCRIPT_REAP_S = 0.2  # how often finished recovery scripts are collected
 
 
 class RsError(Exception):
@@ -178,7 +178,7 @@ class Manager:
         if svc.init_timer:
             svc.init_timer.cancel()
         if result != 0:
-            self._init_failed(svc, _errno(result), "init failed")
+            self._init_failed(svc, errno_of(result), "init failed")
             return
         svc.state = State.UP
         svc.last_alive = time.monotonic()
@@ -440,7 +440,8 @@ class Manager:
         self.scripts = [p for p in self.scripts if p.poll() is None]
 
 
-def _errno(result: int) -> Errno:
+def errno_of(result: int) -> Errno:
+    """The Errno of a service's result (0 or ±errno); EGENERIC if unknown."""
     try:
         return Errno(abs(result))
     except ValueError:

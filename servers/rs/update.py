@@ -28,7 +28,7 @@ from hwl.ipc.kcalls import ExitInfo
 from hwl.kernel.errno import Errno
 from hwl.system import proto
 from hwl.system.proto import InitFlag, InitType, UpdateFlag
-from servers.rs.manager import Manager, RsError
+from servers.rs.manager import Manager, RsError, errno_of
 from servers.rs.table import Instance, Service, State, Waiter
 from servers.rs.timers import Timer
 
@@ -137,7 +137,7 @@ class Updater:
             return
         result = _int(fields.get("result", -Errno.EINVAL))
         if result != 0:
-            errno = _errno(result)
+            errno = errno_of(result)
             self._resume(source, result)
             self._finish(u, "update-aborted", -errno, f"the service refused: {errno.name}")
             return
@@ -173,7 +173,7 @@ class Updater:
             log.warning("update of %s: the new version answered init too early", u.svc.label)
             return True
         if result != 0:
-            self._rollback(u, _errno(result), "the new version's init failed")
+            self._rollback(u, errno_of(result), "the new version's init failed")
             return True
         self._swap(u)
         return True
@@ -253,7 +253,7 @@ class Updater:
         fields: dict[str, codec.Value] = {"endpoint": svc.endpoint}
         if status != 0:
             fields["error"] = f"update of {svc.label}: {why}"
-            self.m.events.write(event, svc.label, reason=why, errno=_errno(status).name)
+            self.m.events.write(event, svc.label, reason=why, errno=errno_of(status).name)
         else:
             self.m.events.write(event, svc.label, endpoint=svc.endpoint, pid=svc.pid, **extra)
         self.m.reply(u.waiter, status, fields)
@@ -292,10 +292,3 @@ class Updater:
 
 def _int(value: codec.Value) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else -Errno.EINVAL
-
-
-def _errno(result: int) -> Errno:
-    try:
-        return Errno(abs(result))
-    except ValueError:
-        return Errno.EGENERIC
