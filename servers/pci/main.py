@@ -22,6 +22,13 @@ Rules (MINIX's pci.c, with hwl's choices where it is silent):
   was granted. Reserving a device one already holds grants it again (a driver
   restarted at the same endpoint needs its ports back). If the kernel refuses a
   grant, the reservation is undone and the kernel's errno is the reply.
+- ``reserve`` with ``channel`` (0 or 1) takes one channel of a compatibility-mode
+  IDE function (one at_wini instance per channel): that channel's legacy ports
+  and IRQ and its 8-byte half of the bus-master BAR 4. EBUSY if another live
+  process holds that channel or the whole function; a whole-function reserve is
+  EBUSY while another live process holds a channel. Channel holders may write
+  the function's configuration (bus mastering). Channel reservations travel in a
+  live update; after a PCI restart they are not recovered (docs/drivers.md).
 - ``release``: gives the device (or, without ``devind``, every device the caller
   holds) back. The kernel has no call to take port ranges away, so what was
   granted stays granted until the process ends, as in MINIX.
@@ -108,6 +115,9 @@ class PciServer:
         self.check_period = check_period
         self.devices: list[Device] = []
         self.holders: dict[int, int] = {}  # devind -> endpoint
+        # Per-channel reservations of a compatibility-mode IDE function (one
+        # at_wini instance per channel): (devind, channel) -> endpoint.
+        self.channels: dict[tuple[int, int], int] = {}
         self._conn: Connection | None = None
         self._callers: Callers | None = None
         self._handlers: dict[int, Callable[[int, Fields], Fields]] = {
@@ -161,6 +171,7 @@ class PciServer:
     def init_lu(self, info: sef.InitInfo) -> int:
         try:
             self.devices, self.holders = restore(info.saved)
+            self.channels = restore_channels(info.saved)
         except (codec.CodecError, KeyError, ValueError) as exc:
             log.warning("live update: no usable state from the old version (%s); scanning", exc)
             return self.init_fresh(info)
@@ -177,6 +188,7 @@ class PciServer:
             {
                 "devices": [d.to_fields() for d in self.devices],
                 "holders": [[devind, ep] for devind, ep in sorted(self.holders.items())],
+                "channels": [[dv, ch, ep] for (dv, ch), ep in sorted(self.channels.items())],
             }
         )
         if len(data) > MAX_SAVED:
@@ -300,7 +312,7 @@ class PciServer:
             port = self._port(f, width)
             value = get_int(f, "value", 0, (1 << (8 * width)) - 1)
             holder = self.holders.get(d.devind)
-            if holder != caller:
+            if holder != caller and caller not in self._channel_holders(d.devind):
                 why = "nobody" if holder is None else f"{self.holder_label(holder)} ({holder})"
                 raise RequestError(
                     Errno.EPERM, f"{d.bdf} is reserved by {why}: reserve it before writing"
@@ -360,6 +372,14 @@ class PciServer:
         acl = self.callers.acl(caller, fresh=True)
         if not acl.allows(d):
             raise RequestError(Errno.EPERM, _not_in_acl(d, acl))
+        channel = f.get("channel")
+        if channel is not None:
+            return self._reserve_channel(caller, d, channel)
+        for other in self._channel_holders(d.devind) - {caller}:
+            if self.callers.alive(other):
+                raise RequestError(
+                    Errno.EBUSY, f"{d.bdf}: a channel is reserved by {self.holder_label(other)}"
+                )
         holder = self.holders.get(d.devind)
         if holder is not None and holder != caller:
             if self.callers.alive(holder):
@@ -388,6 +408,47 @@ class PciServer:
         )
         return granted
 
+    def _channel_holders(self, devind: int) -> set[int]:
+        return {ep for (dv, _ch), ep in self.channels.items() if dv == devind}
+
+    def _reserve_channel(self, caller: int, d: Device, channel: codec.Value) -> Fields:
+        """Reserve one channel of a compatibility-mode IDE function: its legacy
+        ports and IRQ and its half of the bus-master BAR 4. Another live holder
+        of the channel or of the whole function: EBUSY."""
+        if channel not in (0, 1) or isinstance(channel, bool):
+            raise RequestError(Errno.EINVAL, f"channel {channel!r} is not 0 or 1")
+        assert isinstance(channel, int)
+        _bars, cmd, ctl, irq = bus.IDE_LEGACY[channel]
+        if cmd not in d.legacy_io:
+            raise RequestError(
+                Errno.EINVAL,
+                f"{d.bdf}: channel {channel} is not an IDE channel in compatibility mode",
+            )
+        for holder in (self.holders.get(d.devind), self.channels.get((d.devind, channel))):
+            if holder is not None and holder != caller and self.callers.alive(holder):
+                raise RequestError(
+                    Errno.EBUSY,
+                    f"{d.bdf} channel {channel} is reserved by "
+                    f"{self.holder_label(holder)} ({holder})",
+                )
+        if self.holders.get(d.devind) not in (None, caller):
+            del self.holders[d.devind]  # its holder died
+        io = [cmd, ctl]
+        bm = d.bar_at(0x20)
+        if bm is not None and bm.is_io and not bm.incomplete and bm.size >= 16:
+            io.append((bm.base + 8 * channel, 8))
+        self.channels[(d.devind, channel)] = caller
+        try:
+            for base, length in io:
+                self.conn.privctl_add_io(caller, base, length)
+            self.conn.privctl_add_irq(caller, irq)
+        except IpcError as exc:
+            del self.channels[(d.devind, channel)]
+            raise RequestError(exc.errno, f"{d.bdf}: the kernel refused a grant: {exc}") from exc
+        log.info("%s channel %d reserved by %d: io %s irq %d", d.bdf, channel, caller,
+                 " ".join(f"{b:#x}:{n:#x}" for b, n in io), irq)  # fmt: skip
+        return {"io": [[b, n] for b, n in io], "mem": [], "irq": [irq]}
+
     def _grant(self, d: Device, endpoint: int) -> Fields:
         for base, length in d.io_ranges():
             self.conn.privctl_add_io(endpoint, base, length)
@@ -406,9 +467,14 @@ class PciServer:
             mine = [devind for devind, ep in self.holders.items() if ep == caller]
         else:
             d = self.device(get_devind(f))
-            if self.holders.get(d.devind) != caller:
+            holds = self.holders.get(d.devind) == caller
+            if not holds and caller not in self._channel_holders(d.devind):
                 raise RequestError(Errno.EPERM, f"{d.bdf} is not reserved by the caller")
-            mine = [d.devind]
+            mine = [d.devind] if holds else []
+        for key in [k for k, ep in self.channels.items() if ep == caller]:
+            if f.get("devind") is None or key[0] == f.get("devind"):
+                del self.channels[key]
+                log.info("%s channel %d released by %d", self.devices[key[0]].bdf, key[1], caller)
         for devind in mine:
             del self.holders[devind]
             log.info("%s released by %d", self.devices[devind].bdf, caller)
@@ -417,9 +483,12 @@ class PciServer:
     # ------------------------------------------------------ liveness checks
     def check_holders(self) -> None:
         """Release what dead endpoints held (the periodic check)."""
-        if self.holders:
+        if self.holders or self.channels:
             live = self.callers.sweep()
             if live is not None:
+                for key, endpoint in list(self.channels.items()):
+                    if endpoint not in live:
+                        del self.channels[key]
                 for devind, endpoint in list(self.holders.items()):
                     if endpoint not in live:
                         del self.holders[devind]
@@ -502,6 +571,17 @@ def restore(saved: bytes) -> tuple[list[Device], dict[int, int]]:
             raise ValueError(f"a reservation names device {devind}")
         held[devind] = endpoint
     return table, held
+
+
+def restore_channels(saved: bytes) -> dict[tuple[int, int], int]:
+    """The per-channel reservations ``state_save`` encoded (none from an older version)."""
+    rows = codec.decode(saved).get("channels", [])
+    held: dict[tuple[int, int], int] = {}
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, list) and len(row) == 3 and all(type(x) is int for x in row):
+            devind, channel, endpoint = (x for x in row if isinstance(x, int))
+            held[(devind, channel)] = endpoint
+    return held
 
 
 def _not_in_acl(d: Device, acl: Acl) -> str:
