@@ -1,0 +1,551 @@
+"""at_wini: ATA disks on QEMU's PIIX IDE controller, a block driver.
+
+``service up drivers.at_wini -args "instance=0"`` (RS, system.conf entry
+``at_wini``). Arguments, MINIX style ``key=value``: ``instance`` (0: primary
+channel 0x1F0/0x3F6, IRQ 14; 1: secondary 0x170/0x376, IRQ 15), ``pio=1`` (PIO
+instead of bus-master DMA), ``lba48=1`` (LBA48 commands even where LBA28 would
+do), ``timeout`` (seconds per command), ``debug=1`` (answer AT_DEBUG_IN, a port
+read for tests).
+
+The controller is found and reserved through the PCI server (class 1/1); that
+reserve grants the compatibility-mode ports and IRQs and the bus-master BAR 4.
+Commands are interrupt driven: the command is issued with one ``vdevio``, the
+driver waits for the HARDWARE notify (other requests are deferred) with a
+``setalarm`` timeout, then checks the status. A timeout resets the channel; an
+ERR/DF status or a timeout is retried up to ``RETRIES`` times, then EIO.
+Minor devices: drive * 5 + n, n = 0 the whole disk, 1..4 the MBR's primary
+partitions (read when a drive goes from no open minor to one).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from hwl.driver import blockdriver as bd
+from hwl.driver import proto as bproto
+from hwl.driver.blockdriver import Geometry, Iov, RequestError
+from hwl.hw import ata
+from hwl.ipc import codec, wire
+from hwl.ipc.client import Connection, IpcError, Message
+from hwl.ipc.kcalls import DmaHandle
+from hwl.kernel.errno import Errno
+from hwl.link.batch import Batch
+from hwl.system import proto, sef
+from hwl.system.pci import Pci, PciError
+
+log = logging.getLogger("at_wini")
+
+SECTOR = 512
+MAX_SECTORS = 256  # per command: one LBA28 count, and the DMA buffer's size
+DMA_SIZE = MAX_SECTORS * SECTOR
+RETRIES = 3
+MINORS_PER_DRIVE = 5
+CMD_WRITE_DMA = 0xCA
+CMD_WRITE_DMA_EXT = 0x35
+CMD_READ_EXT = 0x24
+CMD_WRITE_EXT = 0x34
+CMD_FLUSH_EXT = 0xEA
+NIEN = 0x02
+SRST = 0x04
+PCI_COMMAND = 0x04
+PCI_BUS_MASTER = 0x4
+AT_DEBUG_IN = 0xBF0  # debug: {"port"} -> {"value"} (only with debug=1)
+
+CHANNELS = {0: ata.PRIMARY, 1: ata.SECONDARY}
+
+
+class CommandError(Exception):
+    """A command failed (ERR/DF, timeout, bus-master error); retried, then EIO."""
+
+
+@dataclass
+class Drive:
+    number: int
+    model: str
+    sectors: int
+    lba48: bool
+    parts: list[tuple[int, int]] = field(default_factory=list)  # (first sector, sectors) 1..4
+
+
+@dataclass
+class Args:
+    instance: int = 0
+    pio: bool = False
+    lba48: bool = False
+    timeout: float = 2.0
+    debug: bool = False
+
+
+def parse_args(argv: list[str]) -> Args:
+    args = Args()
+    for item in argv:
+        key, _, value = item.partition("=")
+        if key == "instance":
+            args.instance = int(value)
+        elif key == "pio":
+            args.pio = value not in ("0", "no")
+        elif key == "lba48":
+            args.lba48 = value not in ("0", "no")
+        elif key == "timeout":
+            args.timeout = float(value)
+        elif key == "debug":
+            args.debug = value not in ("0", "no")
+        else:
+            raise SystemExit(f"at_wini: unknown argument {item!r}")
+    if args.instance not in CHANNELS:
+        raise SystemExit(f"at_wini: instance {args.instance} is not 0 or 1")
+    return args
+
+
+class AtWini:
+    def __init__(self, args: Args) -> None:
+        self.args = args
+        self.ch = CHANNELS[args.instance]
+        self.bm = 0
+        self.hook = -1
+        self.drives: dict[int, Drive] = {}
+        self.dma: DmaHandle | None = None
+        self.prd: DmaHandle | None = None
+        self.prd_size = -1
+        self.scratch: tuple[int, int] | None = None  # (arena offset, own grant)
+        self.busy = False
+        self.conn: Connection | None = None
+
+    # ------------------------------------------------------------------ init
+    def init(self, info: sef.InitInfo) -> int:
+        conn = self.conn = sef.connection()
+        bd.init(info)
+        try:
+            self._reserve(conn)
+            self.hook = conn.irq_setpolicy(self.ch.irq, 0, notify_id=0)
+            if not self.args.pio:
+                self.dma = conn.dma_alloc(DMA_SIZE, align=1 << 16)
+                self.prd = conn.dma_alloc(4096)
+            buf = conn.arena.alloc(SECTOR)
+            self.scratch = (
+                buf.offset,
+                conn.arena.grant(conn.endpoint, buf.offset, SECTOR, read=True, write=True),
+            )
+            self._reset()
+            for number in (0, 1):
+                drive = self._identify(number)
+                if drive is not None:
+                    self.drives[number] = drive
+                    log.info(
+                        "drive %d: %r, %d sectors%s",
+                        number,
+                        drive.model,
+                        drive.sectors,
+                        ", LBA48" if drive.lba48 else "",
+                    )
+            conn.vdevio(self._batch_out(self.ch.ctl, 0))  # interrupts on
+            conn.irq_enable(self.hook)
+        except (IpcError, PciError, CommandError) as exc:
+            log.error("init failed: %s", exc)
+            return int(getattr(exc, "errno", Errno.EIO))
+        if not self.drives:
+            log.error("no drive on channel %d", self.args.instance)
+            return int(Errno.ENODEV)
+        bd.driver_announce(conn)
+        return 0
+
+    def _reserve(self, conn: Connection) -> None:
+        pci = Pci.find(conn)
+        for devind, vid, did in pci.devices():
+            cls = pci.attr_r8(devind, 0x0B) << 8 | pci.attr_r8(devind, 0x0A)
+            if cls != 0x0101:
+                continue
+            # Only this instance's channel: its legacy ports and IRQ, and its half
+            # of the bus-master BAR 4 (the PCI server's per-channel reserve).
+            pci.call(proto.PCI_RESERVE, {"devind": devind, "channel": self.args.instance})
+            if not self.args.pio:
+                base, _size, is_io = pci.get_bar(devind, 0x20)
+                if not is_io:
+                    raise CommandError(f"BAR4 of {vid:04x}:{did:04x} is not an I/O BAR")
+                self.bm = base + 8 * self.args.instance
+                command = pci.attr_r16(devind, PCI_COMMAND)
+                if not command & PCI_BUS_MASTER:
+                    pci.attr_w16(devind, PCI_COMMAND, command | PCI_BUS_MASTER)
+            log.info(
+                "IDE controller %04x:%04x (devind %d), channel %d, bus master %#x",
+                vid,
+                did,
+                devind,
+                self.args.instance,
+                self.bm,
+            )
+            return
+        raise PciError(Errno.ENODEV, "reserve", "no IDE controller visible")
+
+    @staticmethod
+    def _batch_out(port: int, value: int) -> Batch:
+        b = Batch()
+        b.outb(port, value)
+        return b
+
+    def _reset(self) -> None:
+        """Software reset of the channel (after a timeout, and at start)."""
+        b = Batch()
+        b.outb(self.ch.ctl, SRST | NIEN)
+        b.delay(10)
+        b.outb(self.ch.ctl, NIEN)
+        b.delay(2000)
+        b.wait(self.ch.cmd + ata.REG_STATUS, ata.BSY, 0, 1_000_000)
+        b.inb(self.ch.cmd + ata.REG_STATUS)
+        assert self.conn is not None
+        self.conn.vdevio(b)
+
+    def _identify(self, number: int) -> Drive | None:
+        assert self.conn is not None
+        cmd = self.ch.cmd
+        b = Batch()
+        b.outb(self.ch.ctl, NIEN)
+        b.outb(cmd + ata.REG_DEVICE, 0xA0 | number << 4)
+        b.delay(10)
+        status = b.inb(cmd + ata.REG_STATUS)
+        if self.conn.vdevio(b)[status] in (0, 0xFF):
+            return None  # nothing there
+        b = Batch()
+        b.wait(cmd + ata.REG_STATUS, ata.BSY, 0, 1_000_000)
+        b.outb(cmd + ata.REG_COMMAND, ata.CMD_IDENTIFY)
+        b.delay(10)
+        st = b.wait(cmd + ata.REG_STATUS, ata.BSY, 0, 1_000_000)
+        try:
+            values = self.conn.vdevio(b)
+        except IpcError:
+            return None
+        if values[st] & ata.ERR or not values[st] & ata.DRQ:
+            return None  # ATAPI or absent
+        words: list[int] = []
+        for _ in range(2):
+            b = Batch()
+            idx = [b.inw(cmd + ata.REG_DATA) for _ in range(128)]
+            values = self.conn.vdevio(b)
+            words += [values[i] for i in idx]
+        data = b"".join(w.to_bytes(2, "little") for w in words)
+        ident = ata.Identify.parse(data)
+        lba48 = bool(words[83] & (1 << 10))
+        sectors = ident.sectors48 if lba48 and ident.sectors48 else ident.sectors
+        return Drive(number, ident.model, sectors, lba48)
+
+    # ------------------------------------------------------------ interrupts
+    def _wait_intr(self) -> None:
+        """Wait for this channel's interrupt (deferring other messages); the IRQ
+        is re-enabled by the caller after it read the status."""
+        assert self.conn is not None
+        deadline = time.monotonic() + self.args.timeout
+        self.conn.setalarm(seconds=self.args.timeout)
+        try:
+            while True:
+                m = sef.receive()
+                if m.is_notify and m.source == wire.HARDWARE:
+                    return
+                if m.is_notify and m.source == wire.CLOCK:
+                    if time.monotonic() >= deadline - 0.01:
+                        raise CommandError(f"timeout after {self.args.timeout} s")
+                    continue
+                bd.mq_queue(m)
+        finally:
+            self.conn.setalarm(seconds=0)
+
+    def _status_after_intr(self, bm: bool = False) -> tuple[int, int]:
+        """Wait for the interrupt until the drive is not busy; returns the ATA
+        status (the read acknowledges INTRQ) and, with ``bm``, the bus-master
+        status read before it."""
+        assert self.conn is not None
+        while True:
+            self._wait_intr()
+            b = Batch()
+            bm_st = b.inb(self.bm + ata.BM_STATUS) if bm else -1
+            st = b.inb(self.ch.cmd + ata.REG_STATUS)
+            values = self.conn.vdevio(b)
+            self.conn.irq_enable(self.hook)
+            status = values[st]
+            bm_status = values[bm_st] if bm else 0
+            if bm and bm_status & ata.BM_ACTIVE and not bm_status & ata.BM_IRQ:
+                continue
+            if not status & ata.BSY:
+                return status, bm_status
+
+    def intr(self, mask: int) -> None:
+        """An interrupt nobody waited for: acknowledge it."""
+        assert self.conn is not None
+        b = Batch()
+        b.inb(self.ch.cmd + ata.REG_STATUS)
+        self.conn.vdevio(b)
+        self.conn.irq_enable(self.hook)
+
+    # -------------------------------------------------------------- commands
+    def _select(self, b: Batch, drive: Drive, lba: int, count: int, cmd28: int, cmd48: int) -> None:
+        ch = self.ch
+        use48 = drive.lba48 and (self.args.lba48 or lba + count > 1 << 28)
+        if use48:
+            b.outb(ch.cmd + ata.REG_DEVICE, 0x40 | drive.number << 4)
+        else:
+            b.outb(ch.cmd + ata.REG_DEVICE, 0xE0 | drive.number << 4 | (lba >> 24 & 0x0F))
+        b.wait(ch.cmd + ata.REG_STATUS, ata.BSY, 0, ata.TIMEOUT_US)
+        b.outb(ch.ctl, 0)
+        n = count & 0xFF if not use48 else count & 0xFFFF
+        if use48:
+            for reg, value in (
+                (ata.REG_COUNT, n >> 8),
+                (ata.REG_LBA_LOW, lba >> 24),
+                (ata.REG_LBA_MID, lba >> 32),
+                (ata.REG_LBA_HIGH, lba >> 40),
+            ):
+                b.outb(ch.cmd + reg, value & 0xFF)
+        for reg, value in (
+            (ata.REG_COUNT, n),
+            (ata.REG_LBA_LOW, lba),
+            (ata.REG_LBA_MID, lba >> 8),
+            (ata.REG_LBA_HIGH, lba >> 16),
+        ):
+            b.outb(ch.cmd + reg, value & 0xFF)
+        b.outb(ch.cmd + ata.REG_COMMAND, cmd48 if use48 else cmd28)
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status & (ata.ERR | ata.DF):
+            raise CommandError(f"{what}: status {status:#04x}")
+
+    def _pio(
+        self, drive: Drive, write: bool, lba: int, count: int, endpoint: int, grant: int, at: int
+    ) -> None:
+        assert self.conn is not None
+        conn, ch = self.conn, self.ch
+        b = Batch()
+        b.inb(ch.cmd + ata.REG_STATUS)  # acknowledge a stale INTRQ
+        if write:
+            self._select(b, drive, lba, count, ata.CMD_WRITE_SECTORS, CMD_WRITE_EXT)
+            st = b.wait(ch.cmd + ata.REG_STATUS, ata.BSY | ata.DRQ, ata.DRQ, ata.TIMEOUT_US)
+            self._check(conn.vdevio(b)[st], "PIO write")
+            for i in range(count):
+                conn.sdevio_out(
+                    ch.cmd + ata.REG_DATA, SECTOR // 2, 2, endpoint, grant, at + i * SECTOR
+                )
+                status, _ = self._status_after_intr()
+                self._check(status, f"PIO write at {lba + i}")
+        else:
+            self._select(b, drive, lba, count, ata.CMD_READ_SECTORS, CMD_READ_EXT)
+            conn.vdevio(b)
+            for i in range(count):
+                status, _ = self._status_after_intr()
+                self._check(status, f"PIO read at {lba + i}")
+                if not status & ata.DRQ:
+                    raise CommandError(f"PIO read at {lba + i}: no data (status {status:#04x})")
+                conn.sdevio_in(
+                    ch.cmd + ata.REG_DATA, SECTOR // 2, 2, endpoint, grant, at + i * SECTOR
+                )
+
+    def _dma(
+        self, drive: Drive, write: bool, lba: int, count: int, endpoint: int, grant: int, at: int
+    ) -> None:
+        assert self.conn is not None and self.dma is not None and self.prd is not None
+        conn, ch = self.conn, self.ch
+        size = count * SECTOR
+        if write:
+            conn.dma_from_grant(self.dma, 0, size, endpoint, grant, at)
+        if self.prd_size != size:
+            entries = []
+            for off in range(0, size, 1 << 16):
+                piece = min(1 << 16, size - off)
+                last = 0x80000000 if off + piece >= size else 0
+                entries.append(
+                    (self.dma.phys + off).to_bytes(4, "little")
+                    + ((piece & 0xFFFF) | last).to_bytes(4, "little")
+                )
+            conn.dma_write(self.prd, 0, b"".join(entries))
+            self.prd_size = size
+        direction = 0 if write else ata.BM_TO_MEMORY
+        b = Batch()
+        b.outb(self.bm + ata.BM_COMMAND, direction)
+        b.inb(ch.cmd + ata.REG_STATUS)
+        b.outb(self.bm + ata.BM_STATUS, ata.BM_ERROR | ata.BM_IRQ)
+        b.outl(self.bm + ata.BM_PRD, self.prd.phys)
+        if write:
+            self._select(b, drive, lba, count, CMD_WRITE_DMA, CMD_WRITE_DMA_EXT)
+        else:
+            self._select(b, drive, lba, count, ata.CMD_READ_DMA, ata.CMD_READ_DMA_EXT)
+        b.outb(self.bm + ata.BM_COMMAND, direction | ata.BM_START)
+        conn.vdevio(b)
+        try:
+            status, bm_status = self._status_after_intr(bm=True)
+        finally:
+            conn.vdevio(self._batch_out(self.bm + ata.BM_COMMAND, direction))
+        if bm_status & ata.BM_ERROR:
+            raise CommandError(f"bus-master error, status {bm_status:#04x}")
+        self._check(status, f"DMA {'write' if write else 'read'} at {lba}")
+        if not write:
+            conn.dma_to_grant(self.dma, 0, size, endpoint, grant, at)
+
+    def _io(
+        self, drive: Drive, write: bool, lba: int, count: int, endpoint: int, grant: int, at: int
+    ) -> None:
+        """One command with bounded retries."""
+        for attempt in range(RETRIES + 1):
+            self.busy = True
+            try:
+                if self.args.pio:
+                    self._pio(drive, write, lba, count, endpoint, grant, at)
+                else:
+                    self._dma(drive, write, lba, count, endpoint, grant, at)
+                return
+            except CommandError as exc:
+                log.warning("attempt %d: %s", attempt + 1, exc)
+                if "timeout" in str(exc):
+                    self._reset()
+                    assert self.conn is not None
+                    self.conn.vdevio(self._batch_out(self.ch.ctl, 0))
+                    self.conn.irq_enable(self.hook)
+            finally:
+                self.busy = False
+        raise RequestError(
+            Errno.EIO,
+            f"{'write' if write else 'read'} of {count} sectors at "
+            f"{lba} failed {RETRIES + 1} times",
+        )
+
+    # ---------------------------------------------------------------- minors
+    def _minor(self, minor: int) -> tuple[Drive, int, int]:
+        """(drive, first sector, sectors) of a minor."""
+        drive = self.drives.get(minor // MINORS_PER_DRIVE)
+        part = minor % MINORS_PER_DRIVE
+        if drive is None or minor < 0:
+            raise RequestError(Errno.ENXIO, f"no minor {minor}")
+        if part == 0:
+            return drive, 0, drive.sectors
+        if part > len(drive.parts) or drive.parts[part - 1][1] == 0:
+            raise RequestError(Errno.ENXIO, f"minor {minor}: no such partition")
+        first, sectors = drive.parts[part - 1]
+        return drive, first, sectors
+
+    def _read_partitions(self, drive: Drive) -> None:
+        assert self.conn is not None and self.scratch is not None
+        offset, grant = self.scratch
+        # Into this driver's own arena: sdevio through its own grant; a DMA copy
+        # to its own endpoint takes the arena offset itself.
+        at = 0 if self.args.pio else offset
+        self._io(drive, False, 0, 1, self.conn.endpoint, grant, at)
+        mbr = self.conn.arena.view[offset : offset + SECTOR]
+        drive.parts = []
+        if bytes(mbr[510:512]) != b"\x55\xaa":
+            return
+        for i in range(4):
+            entry = mbr[446 + 16 * i : 462 + 16 * i]
+            first = int.from_bytes(entry[8:12], "little")
+            sectors = int.from_bytes(entry[12:16], "little")
+            if entry[4] == 0 or first >= drive.sectors:
+                first, sectors = 0, 0
+            sectors = min(sectors, drive.sectors - first)
+            drive.parts.append((first, sectors))
+        log.info("drive %d partitions: %s", drive.number, drive.parts)
+
+    def open(self, minor: int, access: int) -> None:
+        drive = self.drives.get(minor // MINORS_PER_DRIVE)
+        if drive is None or minor < 0:
+            raise RequestError(Errno.ENXIO, f"no minor {minor}")
+        lo, hi = drive.number * MINORS_PER_DRIVE, (drive.number + 1) * MINORS_PER_DRIVE
+        if not any(lo <= m < hi for m in bd.open_minors()):
+            self._read_partitions(drive)
+        self._minor(minor)
+
+    def geometry(self, minor: int) -> Geometry | None:
+        _drive, first, sectors = self._minor(minor)
+        return Geometry(first * SECTOR, sectors * SECTOR, SECTOR)
+
+    def transfer(self, minor: int, write: bool, position: int, endpoint: int, iov: Iov) -> int:
+        drive, first, sectors = self._minor(minor)
+        if position % SECTOR:
+            raise RequestError(Errno.EINVAL, f"position {position} is not sector aligned")
+        lba = position // SECTOR
+        done = 0
+        for grant, size in iov:
+            if size % SECTOR:
+                raise RequestError(Errno.EINVAL, f"size {size} is not a whole number of sectors")
+            at = 0
+            while at < size:
+                if lba >= sectors:
+                    return done  # end of the device
+                count = min((size - at) // SECTOR, MAX_SECTORS, sectors - lba)
+                self._io(drive, write, first + lba, count, endpoint, grant, at)
+                lba += count
+                at += count * SECTOR
+                done += count * SECTOR
+        return done
+
+    def ioctl(
+        self, minor: int, request: str, endpoint: int, fields: dict[str, codec.Value]
+    ) -> dict[str, codec.Value] | None:
+        drive, _first, _sectors = self._minor(minor)
+        if request == bproto.IOCTL_FLUSH:
+            self._flush(drive)
+            return None
+        if request == "debug_read" and self.args.debug:
+            # A raw one-sector read at any LBA (tests: past the end the drive
+            # answers ERR/ABRT, which must become EIO after the retries).
+            assert self.conn is not None and self.scratch is not None
+            lba = fields.get("lba")
+            if not isinstance(lba, int) or lba < 0:
+                raise RequestError(Errno.EINVAL, "lba")
+            offset, grant = self.scratch
+            self._io(
+                drive, False, lba, 1, self.conn.endpoint, grant, 0 if self.args.pio else offset
+            )
+            return None
+        raise RequestError(Errno.ENOTTY, f"ioctl {request!r}")
+
+    def _flush(self, drive: Drive) -> None:
+        assert self.conn is not None
+        for attempt in range(RETRIES + 1):
+            b = Batch()
+            b.inb(self.ch.cmd + ata.REG_STATUS)
+            b.outb(self.ch.cmd + ata.REG_DEVICE, 0xE0 | drive.number << 4)
+            b.wait(self.ch.cmd + ata.REG_STATUS, ata.BSY, 0, ata.TIMEOUT_US)
+            b.outb(self.ch.ctl, 0)
+            b.outb(
+                self.ch.cmd + ata.REG_COMMAND, CMD_FLUSH_EXT if drive.lba48 else ata.CMD_FLUSH_CACHE
+            )
+            try:
+                self.conn.vdevio(b)
+                status, _ = self._status_after_intr()
+                self._check(status, "FLUSH CACHE")
+                return
+            except CommandError as exc:
+                log.warning("flush attempt %d: %s", attempt + 1, exc)
+        raise RequestError(Errno.EIO, "FLUSH CACHE failed")
+
+    def other(self, m: Message) -> tuple[int, dict[str, codec.Value]] | None:
+        if m.m_type == AT_DEBUG_IN and self.args.debug:
+            assert self.conn is not None
+            port = m.get("port")
+            if not isinstance(port, int):
+                return -int(Errno.EINVAL), {"error": "port"}
+            try:
+                return 0, {"value": self.conn.devio_in(port)}
+            except IpcError as exc:
+                return -int(exc.errno), {"error": str(exc)}
+        return None
+
+    def cleanup(self) -> None:
+        log.info("cleanup")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    wini = AtWini(args)
+    table = bd.BlockDriver(
+        open=wini.open,
+        transfer=wini.transfer,
+        ioctl=wini.ioctl,
+        geometry=wini.geometry,
+        cleanup=wini.cleanup,
+        intr=wini.intr,
+        other=wini.other,
+    )
+    bd.setup(table)
+    sef.setcb_init_fresh(wini.init)
+    sef.startup()
+    bd.task(table)
+    return 0
