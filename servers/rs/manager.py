@@ -32,6 +32,7 @@ from hwl.ipc.kcalls import ExitInfo
 from hwl.kernel.errno import Errno
 from hwl.system import proto
 from hwl.system.proto import InitType, Policy
+from hwl.system.rs import default_label
 from servers.rs.events import EventLog
 from servers.rs.table import Instance, Service, ServiceTable, State, Waiter
 from servers.rs.timers import Timers
@@ -86,9 +87,11 @@ class Manager:
         self.on_updating_died: Callable[[Service], None] = lambda svc: None
 
     # ------------------------------------------------------------- config
-    def conf_for(self, label: str, text: str = "") -> str:
+    def conf_for(self, label: str, text: str = "", argv: list[str] | None = None) -> str:
         """The system.conf entry for a new service: the text given (checked), the
-        stock file's entry for the label, or a default one."""
+        stock file's entry for the label, else the entry for the program's name (as
+        MINIX finds an instance's entry: at_wini1 runs drivers.at_wini, so it gets
+        at_wini's privileges), else a default one."""
         if text:
             try:
                 parsed = parse(text, f"<config of {label}>")
@@ -102,6 +105,10 @@ class Manager:
                 return text.replace(f"service {entry.label}", f"service {label}", 1)
             return text
         stock = self.system_conf.get(label)
+        if stock is None and argv:
+            program = self.system_conf.get(default_label(argv))
+            if program is not None:
+                return program.to_text().replace(f"service {program.label}", f"service {label}", 1)
         return stock.to_text() if stock is not None else default_conf(label)
 
     # ------------------------------------------------------------ spawning

@@ -147,7 +147,7 @@ class Requests:
             svc,
             Waiter(source, "update"),
             argv=argv or None,
-            conf=self.m.conf_for(svc.label, conf) if conf else None,
+            conf=self.m.conf_for(svc.label, conf, argv or svc.argv) if conf else None,
             state=_int(fields, "state", 1),
             maxtime=maxtime / wire.HZ,
             flags=flags,
@@ -204,7 +204,7 @@ def service_from_fields(m: Manager, label: str, fields: Fields) -> Service:
     return Service(
         label=label,
         argv=argv,
-        conf=m.conf_for(label, _str(fields, "conf", "")),
+        conf=m.conf_for(label, _str(fields, "conf", ""), argv),
         period=period,
         script=_str(fields, "script", ""),
         dev=_str(fields, "dev", ""),
