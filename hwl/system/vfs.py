@@ -1,0 +1,276 @@
+"""VFS protocol and client: block device files for user processes (docs/vfs.md).
+
+>>> vfs = Vfs.attach(run_dir)                 # a user process, through kernel.sock
+>>> with vfs.open("/dev/c0d0", "r+b") as f:   # io.BufferedRandom over a DeviceFile
+...     f.seek(4096)
+...     data = f.read(512)
+...     f.write(b"x" * 512)                   # close() flushes: VFS asks the driver
+...                                           # for FLUSH CACHE before it answers
+
+Requests are ``sendrec`` to VFS's endpoint; the reply's m_type is the result
+(fd, byte count, 0) or a negative MINIX errno with an ``error`` field:
+
+| request | fields | reply |
+|---|---|---|
+| ``VFS_OPEN`` | path, flags (``O_RDONLY`` / ``O_WRONLY`` / ``O_RDWR``) | fd; field ``size`` |
+| ``VFS_CLOSE`` | fd | 0 (after a flush if the fd wrote) |
+| ``VFS_READ`` | fd, count, grant (writable by VFS) | bytes copied (0 at the end) |
+| ``VFS_WRITE`` | fd, count, grant (readable by VFS) | bytes written |
+| ``VFS_LSEEK`` | fd, offset, whence (0 set, 1 cur, 2 end) | 0; field ``position`` |
+| ``VFS_IOCTL`` | fd, request (``"geometry"``, ``"flush"``) | 0; the driver's fields |
+
+One READ or WRITE moves at most :data:`VFS_MAX_IO` bytes (a short count, as POSIX
+allows; the client loops). Byte positions and counts need no alignment: VFS reads
+and merges partial sectors itself.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Final
+
+from hwl.errors import HwlError
+from hwl.ipc import codec
+from hwl.ipc.client import Connection, IpcError, IpcTimeout, Message
+from hwl.kernel.errno import Errno
+from hwl.system import proto
+
+__all__ = ["DeviceFile", "Vfs", "VfsError"]
+
+VFS_BASE: Final = 0xA00
+VFS_OPEN: Final = VFS_BASE + 1
+VFS_CLOSE: Final = VFS_BASE + 2
+VFS_READ: Final = VFS_BASE + 3
+VFS_WRITE: Final = VFS_BASE + 4
+VFS_LSEEK: Final = VFS_BASE + 5
+VFS_IOCTL: Final = VFS_BASE + 6
+
+VFS_REQUEST_NAMES: Final = {
+    VFS_OPEN: "open",
+    VFS_CLOSE: "close",
+    VFS_READ: "read",
+    VFS_WRITE: "write",
+    VFS_LSEEK: "lseek",
+    VFS_IOCTL: "ioctl",
+}
+
+O_RDONLY: Final = 0
+O_WRONLY: Final = 1
+O_RDWR: Final = 2
+O_ACCMODE: Final = 3
+
+#: The most one READ or WRITE moves (a bigger count gets a short answer).
+VFS_MAX_IO: Final = 1 << 20
+#: The default buffer of :meth:`Vfs.open` (a whole DMA command of at_wini).
+DEFAULT_BUFFER: Final = 128 * 1024
+
+
+class VfsError(HwlError, OSError):
+    """A VFS call failed: ``errno`` is the MINIX errno (also ``OSError.errno``)."""
+
+    def __init__(self, errno: Errno, call: str, detail: str = "") -> None:
+        text = f"vfs {call}: {errno.name} ({errno.description})"
+        OSError.__init__(self, int(errno), f"{text}: {detail}" if detail else text)
+        self.minix_errno = errno
+        self.call = call
+        self.detail = detail
+
+
+def _errno(status: int) -> Errno:
+    try:
+        return Errno(-status)
+    except ValueError:
+        return Errno.EGENERIC
+
+
+def mode_flags(mode: str) -> int:
+    """``open()``-style mode to O_* flags; only binary modes are devices."""
+    chars = set(mode)
+    if not chars <= set("rwab+x") or "b" not in chars:
+        raise ValueError(f"mode {mode!r}: a device is opened in a binary mode ('rb', 'r+b', 'wb')")
+    if "+" in chars:
+        return O_RDWR
+    if "w" in chars or "a" in chars or "x" in chars:
+        return O_WRONLY
+    return O_RDONLY
+
+
+class Vfs:
+    """VFS at ``endpoint`` (looked up at RS as ``vfs`` if None), called over ``conn``."""
+
+    def __init__(
+        self, conn: Connection, endpoint: int | None = None, timeout: float | None = None
+    ) -> None:
+        self.conn = conn
+        self.timeout = timeout
+        self._owns_conn = False
+        if endpoint is None:
+            reply = conn.sendrec(conn.root_endpoint, proto.RS_LOOKUP, {"label": "vfs"})
+            found = reply.get("endpoint")
+            if reply.m_type != 0 or not isinstance(found, int):
+                raise VfsError(_errno(reply.m_type or -1), "lookup", str(reply.get("error", "")))
+            endpoint = found
+        self.endpoint = endpoint
+
+    @classmethod
+    def attach(cls, run_dir: str | Path, *, timeout: float | None = None) -> Vfs:
+        """A user process's VFS: attach to the kernel of the machine in ``run_dir``."""
+        conn = Connection.attach(Path(run_dir) / "kernel.sock")
+        try:
+            vfs = cls(conn, timeout=timeout)
+        except BaseException:
+            conn.close()
+            raise
+        vfs._owns_conn = True
+        return vfs
+
+    def close(self) -> None:
+        if self._owns_conn:
+            self.conn.close()
+
+    def __enter__(self) -> Vfs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------- raw calls
+    def call(self, m_type: int, fields: dict[str, codec.Value]) -> Message:
+        """One request; a negative answer raises :class:`VfsError`."""
+        name = VFS_REQUEST_NAMES.get(m_type, hex(m_type))
+        try:
+            reply = self.conn.sendrec(self.endpoint, m_type, fields, timeout=self.timeout)
+        except IpcTimeout as exc:
+            # Not EINTR: io's buffered objects would silently retry an EINTR OSError.
+            raise VfsError(Errno.ETIMEDOUT, name, str(exc)) from exc
+        except IpcError as exc:
+            raise VfsError(exc.errno, name, str(exc)) from exc
+        if reply.m_type < 0:
+            raise VfsError(_errno(reply.m_type), name, str(reply.get("error", "")))
+        return reply
+
+    def open_fd(self, path: str, flags: int = O_RDONLY) -> int:
+        return self.call(VFS_OPEN, {"path": path, "flags": flags}).m_type
+
+    def close_fd(self, fd: int) -> None:
+        self.call(VFS_CLOSE, {"fd": fd})
+
+    def lseek(self, fd: int, offset: int, whence: int = os.SEEK_SET) -> int:
+        position = self.call(VFS_LSEEK, {"fd": fd, "offset": offset, "whence": whence}).get(
+            "position"
+        )
+        assert isinstance(position, int)
+        return position
+
+    def ioctl(self, fd: int, request: str) -> dict[str, codec.Value]:
+        return dict(self.call(VFS_IOCTL, {"fd": fd, "request": request}).fields)
+
+    def read_into(self, fd: int, buf: memoryview) -> int:
+        """One READ into ``buf`` (at most VFS_MAX_IO bytes); the count copied."""
+        count = min(len(buf), VFS_MAX_IO)
+        if count == 0:
+            return 0
+        arena = self.conn.arena
+        local = arena.alloc(count)
+        try:
+            gid = arena.grant(self.endpoint, local.offset, count, read=False, write=True)
+            try:
+                n = self.call(VFS_READ, {"fd": fd, "count": count, "grant": gid}).m_type
+            finally:
+                arena.revoke(gid)
+            buf[:n] = local.view[:n]
+            return n
+        finally:
+            arena.free(local)
+
+    def write_from(self, fd: int, data: memoryview) -> int:
+        """One WRITE of ``data`` (at most VFS_MAX_IO bytes); the count written."""
+        count = min(len(data), VFS_MAX_IO)
+        if count == 0:
+            return 0
+        arena = self.conn.arena
+        local = arena.alloc(count)
+        try:
+            local.view[:count] = data[:count]
+            gid = arena.grant(self.endpoint, local.offset, count, read=True)
+            try:
+                return self.call(VFS_WRITE, {"fd": fd, "count": count, "grant": gid}).m_type
+            finally:
+                arena.revoke(gid)
+        finally:
+            arena.free(local)
+
+    # ------------------------------------------------------------- file objects
+    def open(self, path: str, mode: str = "rb", buffering: int = -1) -> io.IOBase:
+        """A file object on a device: ``buffering=0`` gives the :class:`DeviceFile`,
+        else an ``io.BufferedRandom`` ('+'), ``BufferedReader`` or ``BufferedWriter``."""
+        flags = mode_flags(mode)
+        raw = DeviceFile(self, path, self.open_fd(path, flags), flags, mode)
+        if buffering == 0:
+            return raw
+        size = DEFAULT_BUFFER if buffering < 0 else buffering
+        if flags == O_RDWR:
+            return io.BufferedRandom(raw, size)
+        if flags == O_WRONLY:
+            return io.BufferedWriter(raw, size)  # type: ignore[type-var,unused-ignore]
+        return io.BufferedReader(raw, size)
+
+
+class DeviceFile(io.RawIOBase):
+    """An open device file: unbuffered reads, writes and seeks through VFS."""
+
+    def __init__(self, vfs: Vfs, path: str, fd: int, flags: int, mode: str) -> None:
+        super().__init__()
+        self.vfs = vfs
+        self.name = path
+        self.fd = fd
+        self.flags = flags
+        self.mode = mode
+
+    def readable(self) -> bool:
+        return self.flags in (O_RDONLY, O_RDWR)
+
+    def writable(self) -> bool:
+        return self.flags in (O_WRONLY, O_RDWR)
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        self._checkClosed()  # type: ignore[attr-defined,unused-ignore]
+        if not self.readable():
+            raise io.UnsupportedOperation("not open for reading")
+        return self.vfs.read_into(self.fd, memoryview(buffer).cast("B"))
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self._checkClosed()  # type: ignore[attr-defined,unused-ignore]
+        if not self.writable():
+            raise io.UnsupportedOperation("not open for writing")
+        return self.vfs.write_from(self.fd, memoryview(b).cast("B"))
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._checkClosed()  # type: ignore[attr-defined,unused-ignore]
+        return self.vfs.lseek(self.fd, offset, whence)
+
+    def tell(self) -> int:
+        return self.seek(0, os.SEEK_CUR)
+
+    def ioctl(self, request: str) -> dict[str, codec.Value]:
+        return self.vfs.ioctl(self.fd, request)
+
+    def size(self) -> int:
+        size = self.ioctl("geometry")["size"]
+        assert isinstance(size, int)
+        return size
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self.vfs.close_fd(self.fd)
+            finally:
+                super().close()

@@ -1,0 +1,491 @@
+"""vfs: block device files for user processes, and recovery from driver crashes.
+
+Run by RS (``service up servers.vfs``, entry ``service vfs`` in system.conf).
+Protocol and client: :mod:`hwl.system.vfs`; the device map: :mod:`servers.vfs.devmap`.
+
+- **Files**: an fd belongs to (client endpoint, number) and holds the device, the
+  access mode and the byte position. The first open of a minor opens it on the
+  driver (``BDEV_OPEN``) and asks its geometry; the last close closes it.
+- **Data** moves through VFS's own arena: VFS reads whole sectors from the driver
+  into a bounce buffer it grants to the driver, then ``safecopyto`` the client's
+  grant (and the reverse for writes, merging partial sectors first), in chunks of
+  :data:`CHUNK` bytes. So clients need no alignment, and a client's grant is
+  never handed to a driver.
+- **Recovery** (as MINIX's VFS ``bdev_up``): VFS subscribes to ``drv\\.blk\\..*``
+  in DS. A driver call that fails with EDEADSRCDST / EDEADEPT (the process died;
+  with policy reset its endpoint is gone) or ERESTART (a new incarnation that
+  the minor was not re-opened on) marks the driver down and keeps the request
+  pending, with what it has done so far; the client is not answered. VFS tries
+  to recover at once (the driver may be up already), then on every DS change of
+  ``drv.blk.<label>`` and on a 1 s alarm while a driver is down: look the label
+  up again (a new endpoint with policy reset), re-open every minor VFS has open
+  there, re-issue the pending requests in order. The client sees a delay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+from hwl.driver import proto as bp
+from hwl.ipc import codec, wire
+from hwl.ipc.arena import Buffer
+from hwl.ipc.client import Connection, IpcError, Message
+from hwl.kernel.errno import Errno
+from hwl.system import proto, sef
+from hwl.system import vfs as vp
+from hwl.system.ds import Ds, DsError
+
+from . import devmap
+
+log = logging.getLogger(__name__)
+
+Fields = dict[str, codec.Value]
+
+SECTOR: Final = 512
+CHUNK: Final = 128 * 1024  # one at_wini DMA command
+#: Driver answers that mean "this incarnation is gone or new": keep the request.
+RECOVERABLE: Final = frozenset({Errno.EDEADSRCDST, Errno.EDEADEPT, Errno.ERESTART, Errno.ESRCH})
+MAX_FDS: Final = 64  # per client
+RETRY_SECONDS: Final = 0.25
+IMMEDIATE_TRIES: Final = 3
+
+
+class Refused(Exception):
+    """A request answered with ``-errno`` at once."""
+
+    def __init__(self, errno: Errno, message: str = "") -> None:
+        super().__init__(message or errno.description)
+        self.errno = errno
+
+
+class DriverDown(Exception):
+    """The driver did not serve the call; the request waits for it."""
+
+
+@dataclass
+class Minor:
+    opens: int = 0
+    access: int = 0
+    size: int = 0
+
+
+@dataclass
+class Driver:
+    label: str
+    endpoint: int | None = None
+    gen: int | None = None
+    up: bool = True
+    minors: dict[int, Minor] = field(default_factory=dict)
+    pending: deque[Op] = field(default_factory=deque)
+
+
+@dataclass
+class File:
+    driver: Driver
+    minor: int
+    flags: int
+    position: int = 0
+    dirty: bool = False
+
+
+@dataclass
+class Op:
+    """A client request that involves the driver; resumable after a driver restart."""
+
+    m: Message
+    file: File | None
+    count: int = 0
+    grant: int = 0
+    done: int = 0
+    opening: tuple[str, int, int, int] | None = None  # path, flags, client, fd (OPEN)
+
+
+class VfsServer:
+    def __init__(self) -> None:
+        self.drivers: dict[str, Driver] = {}
+        self.files: dict[tuple[int, int], File] = {}
+        self.ds: Ds | None = None
+        self.bounce: Buffer | None = None
+        self.alarm_armed = False
+
+    @property
+    def conn(self) -> Connection:
+        return sef.connection()
+
+    # ------------------------------------------------------------------ init
+    def init(self, info: sef.InitInfo) -> int:
+        conn = self.conn
+        self.bounce = conn.arena.alloc(CHUNK, align=4096)
+        try:
+            self.ds = Ds.find(conn, timeout=10)
+            # OVERWRITE: a restart that keeps the endpoint keeps the old subscription.
+            self.ds.subscribe(r"drv\.blk\..*", overwrite=True)
+        except DsError as exc:
+            log.error("cannot subscribe to driver-up events: %s", exc)
+            return int(exc.errno)
+        log.info("vfs up (%s), devices %s", info.type.name, " ".join(devmap.names()))
+        return 0
+
+    # ------------------------------------------------------------------ loop
+    def serve(self) -> None:
+        while True:
+            m = sef.receive()
+            try:
+                self.dispatch(m)
+            except Exception:  # a bug must not take the file system down
+                log.exception("request %#x from %d", m.m_type, m.source)
+                if not m.is_notify and m.m_type > 0:
+                    self.reply(m, -int(Errno.EGENERIC), {"error": "internal error"})
+
+    def dispatch(self, m: Message) -> None:
+        if m.is_notify:
+            if m.source == wire.CLOCK:
+                self.alarm_armed = False
+                self.retry_all()
+            elif self.ds is not None and m.source == self.ds.endpoint:
+                self.ds_changes()
+            return
+        if m.m_type <= 0:
+            return  # a stray status, never answered
+        if m.m_type not in vp.VFS_REQUEST_NAMES:
+            self.reply(m, -int(Errno.ENOSYS), {"error": f"unknown request {m.m_type:#x}"})
+            return
+        try:
+            op = self.make_op(m)
+        except Refused as exc:
+            self.reply(m, -int(exc.errno), {"error": str(exc)})
+            return
+        except (KeyError, TypeError, ValueError, codec.CodecError) as exc:
+            self.reply(m, -int(Errno.EINVAL), {"error": f"malformed request: {exc}"})
+            return
+        if op is None:
+            return
+        driver = op.file.driver if op.file is not None else self.driver_of_open(op)
+        if driver.pending or not driver.up:
+            driver.pending.append(op)  # keep the order behind the waiting ones
+            self.arm()
+            return
+        if not self.run(driver, op):
+            driver.pending.append(op)
+            self.retry(driver)
+
+    def reply(self, m: Message, status: int, fields: Fields | None = None) -> None:
+        try:
+            self.conn.sendnb(m.source, status, fields or {})
+        except IpcError as exc:
+            log.info("reply to %d not taken: %s", m.source, exc)
+
+    # ------------------------------------------------------------ requests
+    def make_op(self, m: Message) -> Op | None:
+        """Check a request; answer what needs no driver, else the Op to run."""
+        if m.m_type == vp.VFS_OPEN:
+            path, flags = m["path"], _int(m, "flags")
+            if not isinstance(path, str):
+                raise ValueError("path is not a string")
+            if flags & ~vp.O_ACCMODE or flags & vp.O_ACCMODE == vp.O_ACCMODE:
+                raise Refused(Errno.EINVAL, f"flags {flags:#x}")
+            found = devmap.lookup(path)
+            if found is None:
+                raise Refused(Errno.ENOENT, f"no device file {path!r}")
+            used = {fd for (client, fd) in self.files if client == m.source}
+            fd = next((n for n in range(MAX_FDS) if n not in used), None)
+            if fd is None:
+                raise Refused(Errno.EMFILE, f"{MAX_FDS} files open")
+            label, minor = found
+            self.drivers.setdefault(label, Driver(label))
+            return Op(m, None, count=minor, opening=(path, flags, m.source, fd))
+        file = self.files.get((m.source, _int(m, "fd")))
+        if file is None:
+            raise Refused(Errno.EBADF, f"fd {m.get('fd')!r} is not open")
+        if m.m_type == vp.VFS_LSEEK:
+            offset, whence = _int(m, "offset"), _int(m, "whence")
+            size = file.driver.minors[file.minor].size
+            base = {os.SEEK_SET: 0, os.SEEK_CUR: file.position, os.SEEK_END: size}.get(whence)
+            if base is None:
+                raise Refused(Errno.EINVAL, f"whence {whence}")
+            if base + offset < 0:
+                raise Refused(Errno.EINVAL, f"position {base + offset} is negative")
+            file.position = base + offset
+            self.reply(m, 0, {"position": file.position})
+            return None
+        if m.m_type in (vp.VFS_READ, vp.VFS_WRITE):
+            write = m.m_type == vp.VFS_WRITE
+            mode = file.flags & vp.O_ACCMODE
+            if (write and mode == vp.O_RDONLY) or (not write and mode == vp.O_WRONLY):
+                raise Refused(Errno.EBADF, "not open for " + ("writing" if write else "reading"))
+            count, grant = _int(m, "count"), _int(m, "grant")
+            if count < 0:
+                raise Refused(Errno.EINVAL, f"count {count}")
+            return Op(m, file, count=min(count, vp.VFS_MAX_IO), grant=grant)
+        return Op(m, file)  # CLOSE, IOCTL
+
+    def driver_of_open(self, op: Op) -> Driver:
+        assert op.opening is not None
+        found = devmap.lookup(op.opening[0])
+        assert found is not None
+        return self.drivers[found[0]]
+
+    def run(self, driver: Driver, op: Op) -> bool:
+        """Run ``op`` to its answer; False (op kept by the caller) if the driver is down."""
+        try:
+            status, fields = self.execute(driver, op)
+        except DriverDown:
+            return False
+        except Refused as exc:
+            status, fields = -int(exc.errno), {"error": str(exc)}
+        except IpcError as exc:  # the client's grant (safecopy), not the driver
+            status, fields = -int(exc.errno), {"error": str(exc)}
+        self.reply(op.m, status, fields)
+        return True
+
+    def execute(self, driver: Driver, op: Op) -> tuple[int, Fields]:
+        t = op.m.m_type
+        if t == vp.VFS_OPEN:
+            return self.do_open(driver, op)
+        file = op.file
+        assert file is not None
+        if t == vp.VFS_CLOSE:
+            if file.dirty:
+                self.call(driver, bp.BDEV_IOCTL, minor=file.minor, request=bp.IOCTL_FLUSH)
+                file.dirty = False
+            self.files.pop((op.m.source, _int(op.m, "fd")), None)
+            minor = driver.minors[file.minor]
+            minor.opens -= 1
+            if minor.opens <= 0:
+                del driver.minors[file.minor]
+                with contextlib.suppress(DriverDown):  # a new incarnation has nothing open
+                    self.call(driver, bp.BDEV_CLOSE, minor=file.minor)
+            return 0, {}
+        if t == vp.VFS_IOCTL:
+            request = op.m["request"]
+            if not isinstance(request, str):
+                raise ValueError("request is not a string")
+            if request not in (bp.IOCTL_GEOMETRY, bp.IOCTL_FLUSH):
+                raise Refused(Errno.ENOTTY, f"ioctl {request!r}")
+            _, fields = self.call(driver, bp.BDEV_IOCTL, minor=file.minor, request=request)
+            if request == bp.IOCTL_FLUSH:
+                file.dirty = False
+            return 0, {k: v for k, v in fields.items() if k in ("base", "size", "sector")}
+        return self.transfer(driver, op, file, t == vp.VFS_WRITE)
+
+    def do_open(self, driver: Driver, op: Op) -> tuple[int, Fields]:
+        assert op.opening is not None
+        path, flags, client, fd = op.opening
+        minor_no = op.count
+        mode = flags & vp.O_ACCMODE
+        access = {vp.O_RDONLY: bp.BDEV_R_BIT, vp.O_WRONLY: bp.BDEV_W_BIT}.get(
+            mode, bp.BDEV_R_BIT | bp.BDEV_W_BIT
+        )
+        minor = driver.minors.get(minor_no)
+        if minor is None or access & ~minor.access:
+            want = access | (minor.access if minor else 0)
+            self.call(driver, bp.BDEV_OPEN, minor=minor_no, access=want)
+            _, geometry = self.call(driver, bp.BDEV_IOCTL, minor=minor_no, request="geometry")
+            size = geometry.get("size")
+            if not isinstance(size, int):
+                raise Refused(Errno.EIO, f"the driver answered no size: {geometry}")
+            if minor is None:
+                minor = driver.minors[minor_no] = Minor()
+            else:  # opened twice on the driver now: balance it
+                self.call(driver, bp.BDEV_CLOSE, minor=minor_no)
+            minor.access, minor.size = want, size
+        if (client, fd) in self.files:  # the client took that number meanwhile
+            fd = next(n for n in range(MAX_FDS) if (client, n) not in self.files)
+        minor.opens += 1
+        self.files[(client, fd)] = File(driver, minor_no, flags)
+        log.info("open %s -> fd %d of %d (%s minor %d)", path, fd, client, driver.label, minor_no)
+        return fd, {"size": minor.size}
+
+    def transfer(self, driver: Driver, op: Op, file: File, write: bool) -> tuple[int, Fields]:
+        assert self.bounce is not None
+        conn, bounce = self.conn, self.bounce
+        size = driver.minors[file.minor].size
+        while op.done < op.count:
+            pos = file.position
+            if pos >= size:
+                break
+            want = min(op.count - op.done, size - pos)
+            start = pos - pos % SECTOR
+            end = min(pos + want, start + CHUNK)
+            span_end = min(-(-end // SECTOR) * SECTOR, size)
+            n = end - pos  # client bytes in this chunk
+            head, span = pos - start, span_end - start
+            if write:
+                if head or (end % SECTOR and end < size):
+                    self.drv_io(driver, file.minor, False, start, span)
+                conn.safecopyfrom(op.m.source, op.grant, op.done, bounce.offset + head, n)
+                self.drv_io(driver, file.minor, True, start, span)
+                file.dirty = True
+            else:
+                got = self.drv_io(driver, file.minor, False, start, span)
+                n = max(0, min(n, got - head))
+                if n == 0:
+                    break
+                conn.safecopyto(op.m.source, op.grant, op.done, bounce.offset + head, n)
+            op.done += n
+            file.position = pos + n
+        if write and op.done == 0 and op.count > 0:
+            raise Refused(Errno.ENOSPC, f"position {file.position} is at the end of the device")
+        return op.done, {}
+
+    def drv_io(self, driver: Driver, minor: int, write: bool, position: int, count: int) -> int:
+        assert self.bounce is not None
+        ep = self.endpoint(driver)
+        arena = self.conn.arena
+        gid = arena.grant(ep, self.bounce.offset, count, read=write, write=not write)
+        try:
+            status, _ = self.call(
+                driver, bp.BDEV_WRITE if write else bp.BDEV_READ,
+                minor=minor, position=position, count=count, grant=gid, id=position,
+            )  # fmt: skip
+        finally:
+            arena.revoke(gid)
+        if write and status != count:
+            raise Refused(Errno.EIO, f"the driver wrote {status} of {count} bytes")
+        return status
+
+    # -------------------------------------------------------------- driver
+    def endpoint(self, driver: Driver) -> int:
+        if driver.endpoint is None:
+            try:
+                reply = self.conn.sendrec(
+                    self.conn.root_endpoint, proto.RS_LOOKUP, {"label": driver.label}, timeout=10
+                )
+            except IpcError as exc:
+                raise Refused(exc.errno, f"RS lookup of {driver.label}: {exc}") from exc
+            ep = reply.get("endpoint")
+            if reply.m_type != 0 or not isinstance(ep, int):
+                if driver.minors or driver.pending:
+                    self.mark_down(driver, f"lookup answered {reply.m_type}")
+                    raise DriverDown
+                raise Refused(Errno.ENXIO, f"no driver {driver.label!r} is running")
+            driver.endpoint = ep
+        return driver.endpoint
+
+    def call(self, driver: Driver, m_type: int, **fields: codec.Value) -> tuple[int, Fields]:
+        """One request to the driver; a dead or new incarnation raises DriverDown,
+        another failure Refused."""
+        ep = self.endpoint(driver)
+        if driver.gen is not None and m_type != bp.BDEV_OPEN:
+            fields["gen"] = driver.gen
+        try:
+            reply = self.conn.sendrec(ep, m_type, fields)
+        except IpcError as exc:
+            if exc.errno in RECOVERABLE:
+                self.mark_down(driver, str(exc))
+                raise DriverDown from exc
+            raise Refused(exc.errno, f"{driver.label}: {exc}") from exc
+        if reply.m_type < 0:
+            errno = _errno(reply.m_type)
+            if errno in RECOVERABLE:
+                self.mark_down(driver, f"{errno.name} from {driver.label}")
+                raise DriverDown
+            raise Refused(errno, str(reply.get("error", "")))
+        gen = reply.get("gen")
+        if m_type == bp.BDEV_OPEN and isinstance(gen, int):
+            driver.gen = gen
+        return reply.m_type, dict(reply.fields)
+
+    def mark_down(self, driver: Driver, why: str) -> None:
+        if driver.up:
+            log.warning("driver %s is down (%s); requests wait for it", driver.label, why)
+        else:
+            log.info("driver %s is still down (%s)", driver.label, why)
+        driver.up = False
+        driver.endpoint = None
+        driver.gen = None
+
+    def arm(self) -> None:
+        if not self.alarm_armed:
+            try:
+                self.conn.setalarm(seconds=RETRY_SECONDS)
+                self.alarm_armed = True
+            except IpcError as exc:
+                log.warning("setalarm: %s", exc)
+
+    # ------------------------------------------------------------ recovery
+    def recover(self, driver: Driver) -> bool:
+        """Re-open what VFS has open on the driver (a new incarnation), then
+        re-issue the pending requests. False if the driver is still down."""
+        old_gen = driver.gen
+        driver.endpoint, driver.gen = None, None
+        for minor_no, minor in list(driver.minors.items()):
+            try:
+                self.call(driver, bp.BDEV_OPEN, minor=minor_no, access=minor.access)
+                if old_gen is not None and driver.gen == old_gen:
+                    self.call(driver, bp.BDEV_CLOSE, minor=minor_no)  # not a new incarnation
+            except DriverDown:
+                return False
+            except Refused as exc:
+                log.warning("re-open of %s minor %d failed: %s", driver.label, minor_no, exc)
+        if not driver.up:
+            log.info("driver %s is up again (gen %s); %d requests re-issued",
+                     driver.label, driver.gen, len(driver.pending))  # fmt: skip
+        driver.up = True
+        while driver.pending:
+            if not self.run(driver, driver.pending[0]):
+                return False
+            driver.pending.popleft()
+        return True
+
+    def retry(self, driver: Driver) -> None:
+        for _ in range(IMMEDIATE_TRIES):
+            if self.recover(driver):
+                return
+        self.arm()
+
+    def retry_all(self) -> None:
+        for driver in self.drivers.values():
+            if not driver.up or driver.pending:
+                self.retry(driver)
+
+    def ds_changes(self) -> None:
+        assert self.ds is not None
+        try:
+            changed = [key for key, _type in self.ds.changes()]
+        except DsError as exc:
+            log.warning("ds check: %s", exc)
+            return
+        for key in changed:
+            label = key.removeprefix("drv.blk.")
+            driver = self.drivers.get(label)
+            if driver is None:
+                continue
+            if driver.up and not driver.pending and driver.minors:
+                # A restart VFS has not noticed yet: re-open before the next request.
+                log.info("drv.blk.%s changed: re-opening", label)
+            if driver.minors or driver.pending or not driver.up:
+                self.retry(driver)
+
+
+def _int(m: Message, name: str) -> int:
+    value = m[name]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"field {name!r} is not an integer: {value!r}")
+    return value
+
+
+def _errno(status: int) -> Errno:
+    try:
+        return Errno(-status)
+    except ValueError:
+        return Errno.EGENERIC
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="vfs")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    server = VfsServer()
+    sef.setcb_init_fresh(server.init)
+    sef.startup()
+    server.serve()
+    return 0

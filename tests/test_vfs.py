@@ -1,0 +1,254 @@
+"""VFS end to end on QEMU: device files over at_wini, and recovery from its crash.
+
+One pc machine for the module (hd0: 128 MiB of seeded random bytes). The test
+boots DS, PCI, at_wini (instance 0) and VFS, and is VFS's client through
+:class:`hwl.system.vfs.Vfs`: bytes read are compared with hd0.img on the host,
+writes are checked on the image after close (VFS flushes at close).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import hwl.config
+from hwl import Machine
+from hwl.ipc import codec
+from hwl.ipc.client import Connection
+from hwl.kernel.errno import Errno
+from hwl.pytest_plugin import MachineFactory
+from hwl.system import vfs as vp
+from hwl.system.boot import System
+from hwl.system.proto import Policy
+from hwl.system.rs import RsError, up_fields
+from hwl.system.vfs import Vfs, VfsError
+
+SECTOR = 512
+DISK = 128 << 20
+
+
+@dataclass
+class Setup:
+    machine: Machine
+    system: System
+    conn: Connection
+    vfs: Vfs
+    image: Path
+
+    def image_bytes(self, position: int, count: int) -> bytes:
+        with self.image.open("rb") as f:
+            f.seek(position)
+            return f.read(count)
+
+    def at_wini_row(self) -> Any:
+        return next(r for r in self.system.rs.status() if r.label == "at_wini")
+
+
+def at_wini_up(system: System, policy: Policy) -> int:
+    stock = hwl.config.load().get("at_wini")
+    assert stock is not None
+    return system.rs.up(
+        [sys.executable, "-m", "drivers.at_wini", "instance=0"],
+        label="at_wini",
+        conf=stock.to_text(),
+        policy=policy,
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(hwl_machines: MachineFactory) -> Iterator[Setup]:
+    machine = hwl_machines.boot("pc")
+    try:
+        boot = [
+            up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
+            up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
+        ]
+        system = System.start(machine, boot)
+        try:
+            try:
+                at_wini_up(system, Policy.RESTART)
+            except RsError:
+                # Seen ~1 in 5 boots: IDENTIFY right after boot finds "no drive on
+                # channel 0" (at_wini's problem, not VFS's); a second start works.
+                time.sleep(0.2)
+                at_wini_up(system, Policy.RESTART)
+            system.rs.up([sys.executable, "-m", "servers.vfs"], label="vfs")
+            conn = system.rs.conn
+            yield Setup(machine, system, conn, Vfs(conn, timeout=30), machine.run_dir / "hd0.img")
+        finally:
+            system.stop()
+    finally:
+        machine.close()
+
+
+def test_read_matches_the_image(setup: Setup) -> None:
+    with setup.vfs.open("/dev/c0d0", "rb") as f:
+        assert isinstance(f, io.BufferedReader)
+        assert f.read(SECTOR) == setup.image_bytes(0, SECTOR)
+        f.seek(1000)  # no alignment needed
+        assert f.read(3001) == setup.image_bytes(1000, 3001)
+        assert f.tell() == 4001
+        assert f.seek(-SECTOR, os.SEEK_END) == DISK - SECTOR
+        assert f.read() == setup.image_bytes(DISK - SECTOR, SECTOR)
+        assert f.read(10) == b""  # at the end: 0, as POSIX
+        n = 4 << 20
+        f.seek(8 << 20)
+        t0 = time.perf_counter()
+        data = f.read(n)
+        dt = time.perf_counter() - t0
+        assert data == setup.image_bytes(8 << 20, n)
+        print(f"vfs read: {n / dt / 1e6:.1f} MB/s")
+
+
+def test_write_pattern_then_close_reaches_the_image(setup: Setup) -> None:
+    position = (50 << 20) + 100  # unaligned head and tail: VFS merges sectors
+    pattern = bytes(range(256)) * 300 + b"tail"
+    before = setup.image_bytes(position - SECTOR, SECTOR)
+    with setup.vfs.open("/dev/c0d0", "r+b") as f:
+        assert isinstance(f, io.BufferedRandom)
+        f.seek(position)
+        f.write(pattern)
+    assert setup.image_bytes(position, len(pattern)) == pattern
+    assert setup.image_bytes(position - SECTOR, SECTOR - 100) == before[: SECTOR - 100]
+    with setup.vfs.open("/dev/c0d0", "rb", buffering=0) as raw:
+        raw.seek(position)
+        assert raw.read(len(pattern)) == pattern
+
+
+def test_a_user_process_attaches(setup: Setup) -> None:
+    with Vfs.attach(setup.machine.run_dir, timeout=30) as vfs, vfs.open("/dev/c0d0", "rb") as f:
+        f.seek(12345)
+        assert f.read(777) == setup.image_bytes(12345, 777)
+
+
+def test_partitions_follow_the_mbr(setup: Setup) -> None:
+    mbr = setup.image_bytes(0, SECTOR)
+    assert mbr[510:512] != b"\x55\xaa"  # hd0 is random fill: no partition table
+    with pytest.raises(VfsError) as info:
+        setup.vfs.open("/dev/c0d0p0", "rb")
+    assert info.value.minix_errno is Errno.ENXIO
+
+
+def test_bad_input_is_refused_and_harms_nothing(setup: Setup) -> None:
+    vfs = setup.vfs
+    cases: list[tuple[Errno, int, dict[str, codec.Value]]] = [
+        (Errno.ENOENT, vp.VFS_OPEN, {"path": "/dev/nope", "flags": 0}),
+        (Errno.ENOENT, vp.VFS_OPEN, {"path": "/dev/c5d0", "flags": 0}),
+        (Errno.EINVAL, vp.VFS_OPEN, {"path": "/dev/c0d0", "flags": 3}),
+        (Errno.EINVAL, vp.VFS_OPEN, {"path": 7, "flags": 0}),
+        (Errno.EBADF, vp.VFS_READ, {"fd": 55, "count": 1, "grant": 0}),
+        (Errno.EBADF, vp.VFS_CLOSE, {"fd": -1}),
+        (Errno.EINVAL, vp.VFS_LSEEK, {"fd": "x", "offset": 0, "whence": 0}),
+        (Errno.ENOSYS, vp.VFS_BASE + 99, {}),
+    ]
+    for errno, m_type, fields in cases:
+        with pytest.raises(VfsError) as info:
+            vfs.call(m_type, fields)
+        assert info.value.minix_errno is errno, (m_type, fields, info.value)
+    fd = vfs.open_fd("/dev/c0d0", vp.O_RDONLY)
+    try:
+        fd_cases: list[tuple[Errno, int, dict[str, codec.Value]]] = [
+            (Errno.EINVAL, vp.VFS_LSEEK, {"offset": -1, "whence": 0}),
+            (Errno.EINVAL, vp.VFS_LSEEK, {"offset": 0, "whence": 9}),
+            (Errno.EINVAL, vp.VFS_READ, {"count": -5, "grant": 0}),
+            (Errno.EBADF, vp.VFS_WRITE, {"count": 1, "grant": 0}),  # opened read-only
+            (Errno.ENOTTY, vp.VFS_IOCTL, {"request": "format"}),
+        ]
+        for errno, m_type, fields in fd_cases:
+            with pytest.raises(VfsError) as info:
+                vfs.call(m_type, {"fd": fd, **fields})
+            assert info.value.minix_errno is errno, (m_type, fields, info.value)
+        with pytest.raises(VfsError):  # a grant the client never made
+            vfs.call(vp.VFS_READ, {"fd": fd, "count": SECTOR, "grant": 999})
+        # A huge count is a short read (VFS_MAX_IO), past the end is 0.
+        buf = memoryview(bytearray(8 << 20))
+        assert vfs.read_into(fd, buf) == vp.VFS_MAX_IO
+        assert vfs.lseek(fd, 10 * DISK) == 10 * DISK
+        assert vfs.read_into(fd, buf) == 0
+        assert vfs.ioctl(fd, "geometry")["size"] == DISK
+    finally:
+        vfs.close_fd(fd)
+    with pytest.raises(VfsError) as info:
+        vfs.close_fd(fd)
+    assert info.value.minix_errno is Errno.EBADF
+    with setup.vfs.open("/dev/c0d0", "r+b", buffering=0) as raw:
+        raw.seek(DISK)
+        with pytest.raises(VfsError) as info:
+            raw.write(b"x")
+        assert info.value.minix_errno is Errno.ENOSPC
+        raw.seek(0)
+        assert raw.read(SECTOR) == setup.image_bytes(0, SECTOR)
+    with pytest.raises(ValueError):
+        setup.vfs.open("/dev/c0d0", "r")  # text mode: devices are binary
+    with setup.vfs.open("/dev/c0d0", "rb") as f, pytest.raises(io.UnsupportedOperation):
+        f.write(b"x")
+
+
+def _wait_up(setup: Setup, restarts: int) -> Any:
+    deadline = time.monotonic() + 15
+    while True:
+        row = setup.at_wini_row()
+        if row.state == "up" and row.pid > 0 and row.restarts > restarts:
+            return row
+        assert time.monotonic() < deadline, row
+        time.sleep(0.05)
+
+
+def _kill_during_read(setup: Setup) -> None:
+    """A thread SIGKILLs at_wini once the first MiB has arrived; the reader goes on."""
+    row = setup.at_wini_row()
+    pid, restarts = row.pid, row.restarts
+    started, killed = threading.Event(), threading.Event()
+
+    def killer() -> None:
+        started.wait(10)
+        time.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)
+        killed.set()
+
+    n, piece = 16 << 20, 256 << 10
+    position = 20 << 20
+    vfs_log = setup.machine.run_dir / "vfs.log"
+    downs = vfs_log.read_text().count("is down") if vfs_log.exists() else 0
+    thread = threading.Thread(target=killer)
+    thread.start()
+    chunks: list[bytes] = []
+    t0 = time.perf_counter()
+    with setup.vfs.open("/dev/c0d0", "rb") as f:
+        f.seek(position)
+        while len(chunks) * piece < n:
+            chunks.append(f.read(piece))
+            if len(chunks) * piece >= 1 << 20:
+                started.set()
+    dt = time.perf_counter() - t0
+    thread.join()
+    assert killed.is_set()
+    assert b"".join(chunks) == setup.image_bytes(position, n)
+    _wait_up(setup, restarts)
+    assert vfs_log.read_text().count("is down") > downs  # the crash hit a request
+    print(f"read through a driver crash: {n / dt / 1e6:.1f} MB/s, {dt:.2f} s")
+
+
+def test_sigkill_during_a_sequential_read_is_only_a_delay(setup: Setup) -> None:
+    _kill_during_read(setup)
+
+
+def test_sigkill_with_policy_reset_is_only_a_delay(setup: Setup) -> None:
+    setup.system.rs.down("at_wini")
+    endpoint = at_wini_up(setup.system, Policy.RESET)
+    try:
+        _kill_during_read(setup)
+        assert setup.system.rs.lookup("at_wini") != endpoint
+    finally:
+        setup.system.rs.down("at_wini")
+        at_wini_up(setup.system, Policy.RESTART)
