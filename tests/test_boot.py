@@ -14,7 +14,7 @@ from hwl.system.boot import BootError, System, boot_entries
 from hwl.system.rs import up_fields
 
 ECHO = [sys.executable, "-m", "servers.echo"]
-LABELS = ["ds", "pci", "at_wini", "at_wini1", "echo"]
+LABELS = ["ds", "pci", "at_wini", "at_wini1", "vfs", "echo"]
 FAILING = str(Path(__file__).with_name("programs") / "init_fails.py")
 
 
@@ -26,10 +26,10 @@ def profile_with(tmp_path: Path, services: str) -> Profile:
 
 def test_shipped_boot_list() -> None:
     entries = boot_entries(Profile.load("pc"))
-    assert [e["label"] for e in entries] == ["ds", "pci", "at_wini", "at_wini1", "echo"]
+    assert [e["label"] for e in entries] == LABELS
     assert entries[0]["argv"] == [sys.executable, "-m", "servers.ds"]
     assert entries[3]["argv"] == [sys.executable, "-m", "drivers.at_wini", "instance=1"]
-    assert entries[4]["period"] == 60  # "1HZ"
+    assert entries[5]["period"] == 60  # "1HZ"
 
 
 @pytest.mark.parametrize(
@@ -84,7 +84,7 @@ def test_hwl_up_boots_the_pc_and_shows_recovery() -> None:
     lines = out.stdout.splitlines()
     rows = [line.split() for line in lines if line.split()[:1] and line.split()[0] in LABELS]
     table = [row for row in rows if len(row) >= 7 and row[1].isdigit()]
-    assert [row[0] for row in table[:5]] == LABELS
+    assert [row[0] for row in table[:6]] == LABELS
     assert all(row[-1] == "up" for row in table)
     assert any(line.startswith("echo is back as pid") for line in lines)
     last_echo = [row for row in table if row[0] == "echo"][-1]
