@@ -72,9 +72,10 @@ def test_a_boot_service_that_fails_init_fails_the_boot_by_name() -> None:
 
 
 def test_hwl_up_boots_the_pc_and_shows_recovery() -> None:
-    """The README's main job, end to end on QEMU."""
+    """The README's main job, end to end on QEMU: a disk read through VFS while
+    at_wini is killed sees no error, and its bytes are the image's."""
     out = subprocess.run(
-        [sys.executable, "-m", "hwl.cli.main", "up", "pc", "--kill", "echo", "--once"],
+        [sys.executable, "-m", "hwl.cli.main", "up", "pc", "--kill", "at_wini", "--once"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -86,6 +87,7 @@ def test_hwl_up_boots_the_pc_and_shows_recovery() -> None:
     table = [row for row in rows if len(row) >= 7 and row[1].isdigit()]
     assert [row[0] for row in table[:6]] == LABELS
     assert all(row[-1] == "up" for row in table)
-    assert any(line.startswith("echo is back as pid") for line in lines)
-    last_echo = [row for row in table if row[0] == "echo"][-1]
-    assert last_echo[3] == "1"  # restarts
+    assert any(line.startswith("at_wini is back as pid") for line in lines)
+    assert "read 16 MiB of /dev/c0d0 across the kill: no error, every byte matches hd0.img" in lines
+    last = [row for row in table if row[0] == "at_wini"][-1]
+    assert last[3] == "1"  # restarts

@@ -2,7 +2,9 @@
 
 It prints the status table, then (with ``--kill LABEL``) shows recovery: it
 kills the service's process with SIGKILL, waits for RS's restart event and
-prints how long the service was gone and the table again. Without ``--once``
+prints how long the service was gone and the table again. For a disk driver
+(at_wini), a reader goes through VFS across the kill and its bytes are
+compared with the disk image on the host. Without ``--once``
 it keeps the system up until Ctrl-C; ``service`` commands reach it through the
 run directory it prints (``export HWL_RUN_DIR=...``).
 """
@@ -11,13 +13,53 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import signal
 import threading
+from pathlib import Path
 
 from hwl.cli.service import format_status
 from hwl.machine.machine import Machine
 from hwl.system.boot import System
+from hwl.system.vfs import Vfs
+
+# Block drivers whose device a reader goes through VFS for while they are killed:
+# label -> (device file, the profile's disk image behind it).
+DISKS = {"at_wini": ("/dev/c0d0", "hd0"), "at_wini1": ("/dev/c1d0", "hd1")}
+READ_BYTES = 16 << 20
+READ_AT = 8 << 20
+
+
+class Reader(threading.Thread):
+    """Reads a disk through VFS while its driver is killed; notes errors and a hash."""
+
+    def __init__(self, run_dir: Path, device: str) -> None:
+        super().__init__(daemon=True)
+        self.run_dir, self.device = run_dir, device
+        self.started = threading.Event()
+        self.digest = ""
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        digest = hashlib.sha256()
+        try:
+            with Vfs.attach(self.run_dir, timeout=30) as vfs, vfs.open(self.device, "rb") as f:
+                f.seek(READ_AT)
+                for _ in range(READ_BYTES // (256 << 10)):
+                    digest.update(f.read(256 << 10))
+                    self.started.set()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.started.set()
+        self.digest = digest.hexdigest()
+
+
+def image_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        f.seek(READ_AT)
+        return hashlib.sha256(f.read(READ_BYTES)).hexdigest()
 
 
 def show_recovery(system: System, label: str) -> None:
@@ -26,6 +68,13 @@ def show_recovery(system: System, label: str) -> None:
         raise SystemExit(f"hwl up: no running service '{label}' to kill")
     victim = before[label]
     seen = len(system.events())
+    reader = None
+    if label in DISKS and "vfs" in before:
+        device, _disk = DISKS[label]
+        reader = Reader(system.run_dir, device)
+        reader.start()
+        reader.started.wait(30)
+        print(f"\nreading {READ_BYTES >> 20} MiB of {device} through VFS; meanwhile:")
     print(f"\nkill -9 {victim.pid} ({label}, endpoint {victim.endpoint})")
     os.kill(victim.pid, signal.SIGKILL)
     events = system.events
@@ -44,6 +93,16 @@ def show_recovery(system: System, label: str) -> None:
             print(f"  event {event['event']:<8} {detail}")
     gone_ms = (back["mono"] - crash["mono"]) * 1000
     print(f"{label} is back as pid {back['pid']}: restarted {gone_ms:.1f} ms after RS saw it die")
+    if reader is not None:
+        reader.join(60)
+        device, disk = DISKS[label]
+        if reader.error is not None:
+            raise SystemExit(f"hwl up: reading {device} across the kill failed: {reader.error}")
+        same = reader.digest == image_digest(system.run_dir / f"{disk}.img")
+        print(f"read {READ_BYTES >> 20} MiB of {device} across the kill: no error, "
+              f"{'every byte matches' if same else 'BYTES DIFFER from'} {disk}.img")  # fmt: skip
+        if not same:
+            raise SystemExit(1)
     print(format_status(system.rs.status()))
 
 
