@@ -54,6 +54,7 @@ PCI_BUS_MASTER = 0x4
 AT_DEBUG_IN = 0xBF0  # debug: {"port"} -> {"value"} (only with debug=1)
 
 CHANNELS = {0: ata.PRIMARY, 1: ata.SECONDARY}
+IDENTIFY_ATTEMPTS = 3  # resets + IDENTIFY before a channel counts as empty
 
 
 class CommandError(Exception):
@@ -128,18 +129,15 @@ class AtWini:
                 buf.offset,
                 conn.arena.grant(conn.endpoint, buf.offset, SECTOR, read=True, write=True),
             )
-            self._reset()
-            for number in (0, 1):
-                drive = self._identify(number)
-                if drive is not None:
-                    self.drives[number] = drive
-                    log.info(
-                        "drive %d: %r, %d sectors%s",
-                        number,
-                        drive.model,
-                        drive.sectors,
-                        ", LBA48" if drive.lba48 else "",
-                    )
+            for attempt in range(IDENTIFY_ATTEMPTS):
+                # Rarely, right after start-up, the channel answers nothing; a drive
+                # that is there answers after another reset (cause not yet known).
+                if attempt:
+                    log.warning("no drive on channel %d yet: reset again", self.args.instance)
+                self._reset()
+                self._identify_drives()
+                if self.drives:
+                    break
             conn.vdevio(self._batch_out(self.ch.ctl, 0))  # interrupts on
             conn.irq_enable(self.hook)
         except (IpcError, PciError, CommandError) as exc:
@@ -196,6 +194,14 @@ class AtWini:
         b.inb(self.ch.cmd + ata.REG_STATUS)
         assert self.conn is not None
         self.conn.vdevio(b)
+
+    def _identify_drives(self) -> None:
+        for number in (0, 1):
+            drive = self._identify(number)
+            if drive is not None:
+                self.drives[number] = drive
+                lba48 = ", LBA48" if drive.lba48 else ""
+                log.info("drive %d: %r, %d sectors%s", number, drive.model, drive.sectors, lba48)
 
     def _identify(self, number: int) -> Drive | None:
         assert self.conn is not None
