@@ -21,7 +21,7 @@ from hwl.errors import HwlError
 from hwl.ipc import codec, wire
 from hwl.ipc.arena import Arena
 from hwl.ipc.kcalls import KernelCalls
-from hwl.kernel.errno import Errno
+from hwl.kernel.errno import Errno, errno_of
 
 Fields = Mapping[str, codec.Value]
 _REQUEST = wire.REQUEST.pack
@@ -73,13 +73,6 @@ class Message:
     @property
     def is_notify(self) -> bool:
         return self.m_type == wire.NOTIFY_MESSAGE
-
-
-def _errno(status: int) -> Errno:
-    try:
-        return Errno(-status)
-    except ValueError:
-        return Errno.EGENERIC
 
 
 def _payload(fields: Fields | bytes | None) -> bytes:
@@ -174,7 +167,7 @@ class Connection(KernelCalls):
 
     @staticmethod
     def _error(status: int, answer: bytes, what: str, timeout: float | None) -> IpcError:
-        errno = _errno(status)
+        errno = errno_of(status)
         detail = ""
         if len(answer) > _HEADER:
             try:
@@ -191,7 +184,7 @@ class Connection(KernelCalls):
             raise self._error(status or -Errno.EGENERIC, answer, what, timeout)
         message = Message(source, m_type, answer[_HEADER:])
         if reply_errno:  # only after a reply_receive whose reply was not taken
-            message.reply_errno = _errno(-reply_errno)
+            message.reply_errno = errno_of(reply_errno)
         return message
 
     # ------------------------------------------------------------ primitives
@@ -253,7 +246,7 @@ class Connection(KernelCalls):
             return None
         if status == -Errno.EINVAL:
             raise self._error(status, answer, f"async_status({ident})", None)
-        return _errno(status)
+        return errno_of(status)
 
     def kcall(self, name: str, fields: Fields | None = None) -> dict[str, codec.Value]:
         number = wire.KERNEL_CALL_NUMBERS.get(name)

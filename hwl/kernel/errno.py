@@ -162,6 +162,15 @@ def from_minix(code: int) -> Errno:
     return Errno(abs(code))
 
 
+def errno_of(code: int) -> Errno:
+    """:func:`from_minix` for a status already known to be a failure: EGENERIC
+    stands in for 0 and for numbers that are no MINIX errno."""
+    try:
+        return from_minix(code)
+    except ValueError:
+        return Errno.EGENERIC
+
+
 _DESCRIPTIONS: dict[Errno, str] = {
     Errno.EPERM: "operation not permitted to this caller",
     Errno.ENOENT: "no such file or directory",

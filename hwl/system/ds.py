@@ -24,7 +24,7 @@ from typing import TypeVar
 from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, Message
-from hwl.kernel.errno import Errno
+from hwl.kernel.errno import Errno, errno_of
 from hwl.system import proto
 from hwl.system.proto import DsFlag
 
@@ -42,13 +42,6 @@ class DsError(HwlError):
         self.errno = errno
         self.call = call
         self.detail = detail
-
-
-def _errno(status: int) -> Errno:
-    try:
-        return Errno(-status)
-    except ValueError:
-        return Errno.EGENERIC
 
 
 def _flags(*, private: bool = False, overwrite: bool = False, initial: bool = False) -> int:
@@ -80,7 +73,7 @@ class Ds:
         except IpcError as exc:
             raise DsError(exc.errno, "find", f"RS did not answer: {exc}") from exc
         if reply.m_type != 0:
-            raise DsError(_errno(reply.m_type), "find", str(reply.get("error", "")))
+            raise DsError(errno_of(reply.m_type), "find", str(reply.get("error", "")))
         endpoint = reply.get("endpoint")
         if not isinstance(endpoint, int):
             raise DsError(Errno.EGENERIC, "find", f"RS answered no endpoint: {reply.fields}")
@@ -93,7 +86,7 @@ class Ds:
         except IpcError as exc:
             raise DsError(exc.errno, call, str(exc)) from exc
         if reply.m_type != 0:
-            raise DsError(_errno(reply.m_type), call, str(reply.get("error", "")))
+            raise DsError(errno_of(reply.m_type), call, str(reply.get("error", "")))
         return reply
 
     def publish(

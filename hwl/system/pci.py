@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, Message
-from hwl.kernel.errno import Errno
+from hwl.kernel.errno import Errno, errno_of
 from hwl.system import proto
 
 __all__ = ["Granted", "Pci", "PciError"]
@@ -52,13 +52,6 @@ class Granted:
     irq: tuple[int, ...]
 
 
-def _errno(status: int) -> Errno:
-    try:
-        return Errno(-status)
-    except ValueError:
-        return Errno.EGENERIC
-
-
 class Pci:
     """The PCI server at ``endpoint``, called over ``conn``; ``timeout`` bounds each call."""
 
@@ -77,7 +70,7 @@ class Pci:
         except IpcError as exc:
             raise PciError(exc.errno, "find", f"RS did not answer: {exc}") from exc
         if reply.m_type != 0:
-            raise PciError(_errno(reply.m_type), "find", str(reply.get("error", "")))
+            raise PciError(errno_of(reply.m_type), "find", str(reply.get("error", "")))
         endpoint = reply.get("endpoint")
         if not isinstance(endpoint, int) or isinstance(endpoint, bool):
             raise PciError(Errno.EGENERIC, "find", f"RS answered no endpoint: {reply.fields}")
@@ -96,7 +89,7 @@ class Pci:
                 detail = str(reply.get("error", ""))
             except codec.CodecError:
                 detail = "(the reply does not decode)"
-            raise PciError(_errno(reply.m_type), name, detail)
+            raise PciError(errno_of(reply.m_type), name, detail)
         return reply
 
     def _int(self, reply: Message, name: str, call: str) -> int:

@@ -33,7 +33,7 @@ from types import FrameType
 from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, Message
-from hwl.kernel.errno import Errno
+from hwl.kernel.errno import Errno, errno_of
 from hwl.system import proto
 from hwl.system.proto import InitFlag, InitType, LuState
 
@@ -210,7 +210,7 @@ class Sef:
             info.type.name.lower(),
             info.restarts,
             info.flags.name if info.flags else "none",
-            "ok" if status == 0 else Errno(-status).name,
+            "ok" if status == 0 else errno_of(status).name,
         )
         self.conn.send(self.rs, proto.RS_INIT, {"result": status})
         if status != 0:

@@ -34,7 +34,7 @@ from typing import Final
 from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, IpcTimeout, Message
-from hwl.kernel.errno import Errno
+from hwl.kernel.errno import Errno, errno_of
 from hwl.system import proto
 
 __all__ = ["DeviceFile", "Vfs", "VfsError"]
@@ -78,13 +78,6 @@ class VfsError(HwlError, OSError):
         self.detail = detail
 
 
-def _errno(status: int) -> Errno:
-    try:
-        return Errno(-status)
-    except ValueError:
-        return Errno.EGENERIC
-
-
 def mode_flags(mode: str) -> int:
     """``open()``-style mode to O_* flags; only binary modes are devices."""
     chars = set(mode)
@@ -110,7 +103,7 @@ class Vfs:
             reply = conn.sendrec(conn.root_endpoint, proto.RS_LOOKUP, {"label": "vfs"})
             found = reply.get("endpoint")
             if reply.m_type != 0 or not isinstance(found, int):
-                raise VfsError(_errno(reply.m_type or -1), "lookup", str(reply.get("error", "")))
+                raise VfsError(errno_of(reply.m_type or -1), "lookup", str(reply.get("error", "")))
             endpoint = found
         self.endpoint = endpoint
 
@@ -148,7 +141,7 @@ class Vfs:
         except IpcError as exc:
             raise VfsError(exc.errno, name, str(exc)) from exc
         if reply.m_type < 0:
-            raise VfsError(_errno(reply.m_type), name, str(reply.get("error", "")))
+            raise VfsError(errno_of(reply.m_type), name, str(reply.get("error", "")))
         return reply
 
     def open_fd(self, path: str, flags: int = O_RDONLY) -> int:

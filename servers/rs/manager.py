@@ -29,7 +29,7 @@ from hwl.config import SystemConf, SystemConfError, parse
 from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.kcalls import ExitInfo
-from hwl.kernel.errno import Errno
+from hwl.kernel.errno import Errno, errno_of
 from hwl.system import proto
 from hwl.system.proto import InitType, Policy
 from hwl.system.rs import default_label
@@ -445,11 +445,3 @@ class Manager:
 
     def reap_scripts(self) -> None:
         self.scripts = [p for p in self.scripts if p.poll() is None]
-
-
-def errno_of(result: int) -> Errno:
-    """The Errno of a service's result (0 or ±errno); EGENERIC if unknown."""
-    try:
-        return Errno(abs(result))
-    except ValueError:
-        return Errno.EGENERIC

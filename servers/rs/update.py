@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from hwl.ipc import codec, wire
 from hwl.ipc.client import IpcError
 from hwl.ipc.kcalls import ExitInfo
-from hwl.kernel.errno import Errno
+from hwl.kernel.errno import Errno, errno_of
 from hwl.system import proto
 from hwl.system.proto import InitFlag, InitType, UpdateFlag
-from servers.rs.manager import Manager, RsError, errno_of
+from servers.rs.manager import Manager, RsError
 from servers.rs.table import Instance, Service, State, Waiter
 from servers.rs.timers import Timer
 

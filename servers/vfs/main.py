@@ -36,7 +36,7 @@ from hwl.driver import proto as bp
 from hwl.ipc import codec, wire
 from hwl.ipc.arena import Buffer
 from hwl.ipc.client import Connection, IpcError, Message
-from hwl.kernel.errno import Errno
+from hwl.kernel.errno import Errno, errno_of
 from hwl.system import proto, sef
 from hwl.system import vfs as vp
 from hwl.system.ds import Ds, DsError
@@ -382,7 +382,7 @@ class VfsServer:
                 raise DriverDown from exc
             raise Refused(exc.errno, f"{driver.label}: {exc}") from exc
         if reply.m_type < 0:
-            errno = _errno(reply.m_type)
+            errno = errno_of(reply.m_type)
             if errno in RECOVERABLE:
                 self.mark_down(driver, f"{errno.name} from {driver.label}")
                 raise DriverDown
@@ -469,13 +469,6 @@ def _int(m: Message, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"field {name!r} is not an integer: {value!r}")
     return value
-
-
-def _errno(status: int) -> Errno:
-    try:
-        return Errno(-status)
-    except ValueError:
-        return Errno.EGENERIC
 
 
 def main(argv: list[str]) -> int:
