@@ -27,6 +27,7 @@ from hwl.ipc.client import Connection, IpcError, Message
 from hwl.kernel.errno import Errno, errno_of
 from hwl.system import proto
 from hwl.system.proto import DsFlag
+from hwl.system.rs import Rs, RsError
 
 __all__ = ["Ds", "DsError"]
 
@@ -67,17 +68,9 @@ class Ds:
     def find(cls, conn: Connection, timeout: float | None = None) -> Ds:
         """DS as RS knows it (``RS_LOOKUP`` of the label ``ds``)."""
         try:
-            reply = conn.sendrec(
-                conn.root_endpoint, proto.RS_LOOKUP, {"label": "ds"}, timeout=timeout
-            )
-        except IpcError as exc:
-            raise DsError(exc.errno, "find", f"RS did not answer: {exc}") from exc
-        if reply.m_type != 0:
-            raise DsError(errno_of(reply.m_type), "find", str(reply.get("error", "")))
-        endpoint = reply.get("endpoint")
-        if not isinstance(endpoint, int):
-            raise DsError(Errno.EGENERIC, "find", f"RS answered no endpoint: {reply.fields}")
-        return cls(conn, endpoint, timeout)
+            return cls(conn, Rs(conn, timeout=timeout).lookup("ds"), timeout)
+        except RsError as exc:
+            raise DsError(exc.errno, "find", exc.detail) from exc
 
     # ------------------------------------------------------------------ call
     def _call(self, call: str, m_type: int, fields: dict[str, codec.Value]) -> Message:

@@ -27,6 +27,7 @@ from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, Message
 from hwl.kernel.errno import Errno, errno_of
 from hwl.system import proto
+from hwl.system.rs import Rs, RsError
 
 __all__ = ["Granted", "Pci", "PciError"]
 
@@ -64,17 +65,9 @@ class Pci:
     def find(cls, conn: Connection, timeout: float | None = None) -> Pci:
         """PCI as RS knows it (``RS_LOOKUP`` of the label ``pci``)."""
         try:
-            reply = conn.sendrec(
-                conn.root_endpoint, proto.RS_LOOKUP, {"label": "pci"}, timeout=timeout
-            )
-        except IpcError as exc:
-            raise PciError(exc.errno, "find", f"RS did not answer: {exc}") from exc
-        if reply.m_type != 0:
-            raise PciError(errno_of(reply.m_type), "find", str(reply.get("error", "")))
-        endpoint = reply.get("endpoint")
-        if not isinstance(endpoint, int) or isinstance(endpoint, bool):
-            raise PciError(Errno.EGENERIC, "find", f"RS answered no endpoint: {reply.fields}")
-        return cls(conn, endpoint, timeout)
+            return cls(conn, Rs(conn, timeout=timeout).lookup("pci"), timeout)
+        except RsError as exc:
+            raise PciError(exc.errno, "find", exc.detail) from exc
 
     # ------------------------------------------------------------------ call
     def call(self, m_type: int, fields: dict[str, codec.Value] | None = None) -> Message:

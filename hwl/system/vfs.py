@@ -35,7 +35,7 @@ from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, IpcTimeout, Message
 from hwl.kernel.errno import Errno, errno_of
-from hwl.system import proto
+from hwl.system.rs import Rs, RsError
 
 __all__ = ["DeviceFile", "Vfs", "VfsError"]
 
@@ -100,11 +100,10 @@ class Vfs:
         self.timeout = timeout
         self._owns_conn = False
         if endpoint is None:
-            reply = conn.sendrec(conn.root_endpoint, proto.RS_LOOKUP, {"label": "vfs"})
-            found = reply.get("endpoint")
-            if reply.m_type != 0 or not isinstance(found, int):
-                raise VfsError(errno_of(reply.m_type or -1), "lookup", str(reply.get("error", "")))
-            endpoint = found
+            try:
+                endpoint = Rs(conn).lookup("vfs")
+            except RsError as exc:
+                raise VfsError(exc.errno, "lookup", exc.detail) from exc
         self.endpoint = endpoint
 
     @classmethod
