@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
+from typing import NoReturn
 
 from hwl.errors import HwlError
 from hwl.ipc import codec
@@ -252,12 +253,24 @@ class Sef:
             except IpcError as exc:
                 log.debug("reply to %d not taken: %s", dest, exc)
             return self.receive()
-        m = conn.reply_receive(dest, m_type, fields)
+        try:
+            m = conn.reply_receive(dest, m_type, fields)
+        except IpcError as exc:  # the kernel refused the request itself: no receive ran
+            log.warning("reply to %d refused (%s); receiving on", dest, exc)
+            return self.receive()
         while self._system_event(m):
             if self.lu_state != LuState.NULL:
                 return self.receive()
             m = conn.receive()
         return m
+
+    def serve(self, handle: Callable[[Message], tuple[int, Fields] | None]) -> NoReturn:
+        """A server's loop: each message goes to ``handle``; its answer (status,
+        fields) goes back with the next receive, None answers nothing."""
+        m = self.receive()
+        while True:
+            answer = handle(m)
+            m = self.receive() if answer is None else self.reply_receive(m.source, *answer)
 
     def _system_event(self, m: Message) -> bool:
         if m.source != self.rs:
@@ -347,6 +360,10 @@ def receive() -> Message:
 
 def reply_receive(dest: int, m_type: int, fields: Fields | bytes | None = None) -> Message:
     return _sef.reply_receive(dest, m_type, fields)
+
+
+def serve(handle: Callable[[Message], tuple[int, Fields] | None]) -> NoReturn:
+    _sef.serve(handle)
 
 
 def connection() -> Connection:

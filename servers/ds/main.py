@@ -177,20 +177,7 @@ class DataStore:
 
     # -------------------------------------------------------------------- loop
     def run(self) -> None:
-        m = sef.receive()
-        while True:
-            reply = self.serve(m)
-            if reply is None:
-                m = sef.receive()
-                continue
-            status, fields = reply
-            try:
-                m = sef.reply_receive(m.source, status, fields)
-            except KernelGone:
-                raise
-            except IpcError as exc:  # the reply could not go; the receive did not run
-                log.debug("reply to %d failed: %s", m.source, exc)
-                m = sef.receive()
+        sef.serve(self.serve)
 
 
 def main() -> int:

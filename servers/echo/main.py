@@ -16,7 +16,7 @@ import os
 import time
 
 from hwl.ipc import codec
-from hwl.ipc.client import IpcError, Message
+from hwl.ipc.client import Message
 from hwl.system import sef
 
 ECHO = 1
@@ -69,7 +69,4 @@ def main(argv: list[str]) -> int:
         if m.m_type == EXIT:
             return int(m.get("status", 0))  # type: ignore[arg-type]
         status, fields = echo.answer(m)
-        try:
-            m = sef.reply_receive(m.source, status, fields)
-        except IpcError:
-            m = sef.receive()
+        m = sef.reply_receive(m.source, status, fields)

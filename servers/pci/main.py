@@ -535,20 +535,7 @@ class PciServer:
             return -int(Errno.EGENERIC), {"error": f"{name} failed in the PCI server: {exc!r}"}
 
     def run(self) -> None:
-        m = sef.receive()
-        while True:
-            reply = self.serve(m)
-            if reply is None:
-                m = sef.receive()
-                continue
-            status, fields = reply
-            try:
-                m = sef.reply_receive(m.source, status, fields)
-            except KernelGone:
-                raise
-            except IpcError as exc:
-                log.debug("reply to %d failed: %s", m.source, exc)
-                m = sef.receive()
+        sef.serve(self.serve)
 
 
 def restore(saved: bytes) -> tuple[list[Device], dict[int, int]]:
