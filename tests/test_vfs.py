@@ -30,7 +30,7 @@ from hwl.pytest_plugin import MachineFactory
 from hwl.system import vfs as vp
 from hwl.system.boot import System
 from hwl.system.proto import Policy
-from hwl.system.rs import RsError, up_fields
+from hwl.system.rs import up_fields
 from hwl.system.vfs import Vfs, VfsError
 
 SECTOR = 512
@@ -75,13 +75,7 @@ def setup(hwl_machines: MachineFactory) -> Iterator[Setup]:
         ]
         system = System.start(machine, boot)
         try:
-            try:
-                at_wini_up(system, Policy.RESTART)
-            except RsError:
-                # Seen ~1 in 5 boots: IDENTIFY right after boot finds "no drive on
-                # channel 0" (at_wini's problem, not VFS's); a second start works.
-                time.sleep(0.2)
-                at_wini_up(system, Policy.RESTART)
+            at_wini_up(system, Policy.RESTART)
             system.rs.up([sys.executable, "-m", "servers.vfs"], label="vfs")
             conn = system.rs.conn
             yield Setup(machine, system, conn, Vfs(conn, timeout=30), machine.run_dir / "hd0.img")
