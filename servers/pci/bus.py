@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from hwl.ipc import codec
+from hwl.link.pci import CONFIG_ADDRESS, CONFIG_DATA, config_address
 
 log = logging.getLogger(__name__)
 
-CONFIG_ADDRESS = 0xCF8
-CONFIG_DATA = 0xCFC
 CONFIG_SIZE = 256
 
 # Header registers.
@@ -87,13 +86,6 @@ class PortIO(Protocol):
     def devio_in(self, port: int, width: int = 1) -> int: ...
 
     def devio_out(self, port: int, value: int, width: int = 1) -> None: ...
-
-
-def config_address(bus: int, dev: int, func: int, offset: int) -> int:
-    """The value for CONFIG_ADDRESS that selects this function's dword at ``offset``."""
-    if not (0 <= bus < 256 and 0 <= dev < 32 and 0 <= func < 8 and 0 <= offset < CONFIG_SIZE):
-        raise ValueError(f"bad PCI address {bus:02x}:{dev:02x}.{func} offset {offset:#x}")
-    return 0x80000000 | bus << 16 | dev << 11 | func << 8 | (offset & 0xFC)
 
 
 def check_access(offset: int, width: int) -> None:
