@@ -17,11 +17,13 @@ import hashlib
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 from hwl.cli.service import format_status
 from hwl.machine.machine import Machine
 from hwl.system.boot import System
+from hwl.system.events import Event
 from hwl.system.vfs import Vfs
 
 # Block drivers whose device a reader goes through VFS for while they are killed:
@@ -76,18 +78,16 @@ def show_recovery(system: System, label: str) -> None:
         reader.started.wait(30)
         print(f"\nreading {READ_BYTES >> 20} MiB of {device} through VFS; meanwhile:")
     print(f"\nkill -9 {victim.pid} ({label}, endpoint {victim.endpoint})")
+    killed_at = time.monotonic()  # the clock of the events' "mono"
     os.kill(victim.pid, signal.SIGKILL)
-    events = system.events
-    crash = system.wait_event(lambda e: e.get("label") == label and e["event"] in ("crash", "exit"))
-    back = system.wait_event(
-        lambda e: (
-            e.get("label") == label
-            and e["event"] == "restart"
-            and e.get("pid") != victim.pid
-            and e["mono"] >= crash["mono"]
-        )
-    )
-    for event in events()[seen:]:
+
+    def after_kill(event: Event, *names: str) -> bool:
+        ours = event.get("label") == label and event["mono"] >= killed_at
+        return ours and event["event"] in names
+
+    crash = system.wait_event(lambda e: after_kill(e, "crash", "exit"))
+    back = system.wait_event(lambda e: after_kill(e, "restart"))
+    for event in system.events()[seen:]:
         if event.get("label") == label:
             detail = {k: v for k, v in event.items() if k not in ("time", "mono", "event", "label")}
             print(f"  event {event['event']:<8} {detail}")
