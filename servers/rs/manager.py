@@ -163,7 +163,7 @@ class Manager:
     def _init_instance(self, svc: Service, kind: InitType) -> None:
         assert svc.current is not None
         svc.state = State.STARTING
-        svc.init_kind = kind.name.lower()
+        svc.init_kind = kind
         svc.no_ping_reply = False
         svc.refreshing = False
         self.send_init(svc.current.endpoint, kind, svc.restarts)
@@ -191,7 +191,7 @@ class Manager:
         svc.last_alive = time.monotonic()
         assert svc.current is not None
         self.events.write(
-            "up" if svc.init_kind == "fresh" else "restart",
+            "up" if svc.init_kind is InitType.FRESH else "restart",
             svc.label,
             endpoint=svc.current.endpoint,
             pid=svc.current.pid,
@@ -209,7 +209,7 @@ class Manager:
 
     def _init_failed(self, svc: Service, errno: Errno, why: str) -> None:
         self.events.write("init-failed", svc.label, errno=errno.name, reason=why)
-        fresh = svc.init_kind == "fresh"
+        fresh = svc.init_kind is InitType.FRESH
         self.kill_current(svc)
         if fresh:  # service up / boot: the service does not come up
             svc.state = State.DOWN
@@ -289,7 +289,7 @@ class Manager:
             self.table.remove(svc)
             self.answer_waiters(svc, 0, {})
             return
-        if svc.state is State.STARTING and svc.init_kind == "fresh":
+        if svc.state is State.STARTING and svc.init_kind is InitType.FRESH:
             self.events.write("init-failed", svc.label, pid=info.pid, how=how)
             svc.state = State.DOWN
             self.table.remove(svc)

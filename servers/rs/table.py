@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from hwl.ipc import codec, wire
-from hwl.system.proto import Policy
+from hwl.system.proto import InitType, Policy
 from servers.rs.timers import Timer
 
 
@@ -65,7 +65,7 @@ class Service:
     waiters: list[Waiter] = field(default_factory=list)
     replica: Instance | None = None  # clone: spawned, waiting for an init
     want_replica: bool = False
-    init_kind: str = "fresh"  # what the pending init is for
+    init_kind: InitType = InitType.FRESH  # what the pending init is for
     last_endpoint: int = wire.NONE  # of the instance that died, for the restart policy
 
     @property
