@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hwl.system.events import read_events as read  # noqa: F401  (for tests)
-
 log = logging.getLogger(__name__)
 
 
