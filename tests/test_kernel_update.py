@@ -264,3 +264,24 @@ def test_a_root_program_is_named_in_its_own_hello_and_in_users() -> None:
         reply = user.sendrec(user.root_endpoint, ECHO, {}, timeout=5)
         assert (reply.source, reply["tag"]) == (user.root_endpoint, "R")
         assert reply["root"] == reply["hello_endpoint"] == user.root_endpoint
+
+
+def test_grants_added_by_privctl_stay_with_the_endpoint(
+    root: ipc.Connection, spawn: Spawn
+) -> None:
+    """PCI's reserve grants ports and an IRQ to the driver's endpoint: after a live
+    update the new program at that endpoint holds them, the old one does not."""
+    a_ep, _ = spawn("A")
+    b_ep, _ = spawn("B")
+    root.privctl_add_io(a_ep, 0x1F0, 8)
+    root.privctl_add_irq(a_ep, 14)
+
+    def grants(ep: int) -> tuple[Any, Any]:
+        priv = root.kcall("privctl", {"endpoint": ep, "op": "get"})["priv"]
+        return priv["io"], priv["irq"]
+
+    assert grants(a_ep) == ([[0x1F0, 8]], [14])
+    root.update(a_ep, b_ep)
+    assert ask(root, a_ep)["tag"] == "B"
+    assert grants(a_ep) == ([[0x1F0, 8]], [14])
+    assert grants(b_ep) == ([], [])

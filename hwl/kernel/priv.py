@@ -36,6 +36,15 @@ class Priv:
     # vdevio op heads (code | width << 8 | port << 16) already found allowed.
     checked_ops: set[int] = field(default_factory=set, repr=False)
 
+    def swap_grants(self, other: Priv) -> None:
+        """Exchange the ``add_*`` grants (not the system.conf entry) with ``other``."""
+        for name in ("extra_io", "extra_irq", "extra_memory"):
+            mine = getattr(self, name)
+            setattr(self, name, getattr(other, name))
+            setattr(other, name, mine)
+        self.checked_ops.clear()
+        other.checked_ops.clear()
+
     @classmethod
     def root(cls, label: str) -> Priv:
         conf = ServiceConfig(

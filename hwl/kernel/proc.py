@@ -131,6 +131,9 @@ class Proc:
             mine = getattr(self, name)
             setattr(self, name, getattr(other, name))
             setattr(other, name, mine)
+        # What privctl add_* granted (PCI's reserve) was granted to the endpoint,
+        # like its IRQ hooks and DMA buffers: it stays.
+        self.priv.swap_grants(other.priv)
         moved = {self.endpoint: other.endpoint, other.endpoint: self.endpoint}
         for proc in (self, other):
             proc.send_to = moved.get(proc.send_to, proc.send_to)
