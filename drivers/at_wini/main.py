@@ -5,7 +5,9 @@
 channel 0x1F0/0x3F6, IRQ 14; 1: secondary 0x170/0x376, IRQ 15), ``pio=1`` (PIO
 instead of bus-master DMA), ``lba48=1`` (LBA48 commands even where LBA28 would
 do), ``timeout`` (seconds per command), ``debug=1`` (answer AT_DEBUG_IN, a port
-read for tests).
+read for tests), ``hold=S`` (tests: after issuing each command, log "holding"
+and sleep S seconds before taking its interrupt, so a test can kill the driver
+between an ATA command and its interrupt).
 
 The controller is found and reserved through the PCI server (class 1/1); that
 reserve grants the compatibility-mode ports and IRQs and the bus-master BAR 4.
@@ -77,6 +79,7 @@ class Args:
     lba48: bool = False
     timeout: float = 2.0
     debug: bool = False
+    hold: float = 0.0
 
 
 def parse_args(argv: list[str]) -> Args:
@@ -93,6 +96,8 @@ def parse_args(argv: list[str]) -> Args:
             args.timeout = float(value)
         elif key == "debug":
             args.debug = value not in ("0", "no")
+        elif key == "hold":
+            args.hold = float(value)
         else:
             raise SystemExit(f"at_wini: unknown argument {item!r}")
     if args.instance not in CHANNELS:
@@ -237,6 +242,13 @@ class AtWini:
         return Drive(number, ident.model, sectors, lba48)
 
     # ------------------------------------------------------------ interrupts
+    def _issued(self, what: str, lba: int) -> None:
+        """A command is out; with ``hold``, linger before taking its interrupt."""
+        if self.args.hold:
+            log.warning("holding %.3f s after %s at %d, before its interrupt", self.args.hold,
+                        what, lba)  # fmt: skip
+            time.sleep(self.args.hold)
+
     def _wait_intr(self) -> None:
         """Wait for this channel's interrupt (deferring other messages); the IRQ
         is re-enabled by the caller after it read the status."""
@@ -327,6 +339,7 @@ class AtWini:
             self._select(b, drive, lba, count, ata.CMD_WRITE_SECTORS, CMD_WRITE_EXT)
             st = b.wait(ch.cmd + ata.REG_STATUS, ata.BSY | ata.DRQ, ata.DRQ, ata.TIMEOUT_US)
             self._check(conn.vdevio(b)[st], "PIO write")
+            self._issued("PIO write", lba)
             for i in range(count):
                 conn.sdevio_out(
                     ch.cmd + ata.REG_DATA, SECTOR // 2, 2, endpoint, grant, at + i * SECTOR
@@ -336,6 +349,7 @@ class AtWini:
         else:
             self._select(b, drive, lba, count, ata.CMD_READ_SECTORS, CMD_READ_EXT)
             conn.vdevio(b)
+            self._issued("PIO read", lba)
             for i in range(count):
                 status, _ = self._status_after_intr()
                 self._check(status, f"PIO read at {lba + i}")
@@ -376,6 +390,7 @@ class AtWini:
             self._select(b, drive, lba, count, ata.CMD_READ_DMA, ata.CMD_READ_DMA_EXT)
         b.outb(self.bm + ata.BM_COMMAND, direction | ata.BM_START)
         conn.vdevio(b)
+        self._issued("DMA write" if write else "DMA read", lba)
         try:
             status, bm_status = self._status_after_intr(bm=True)
         finally:
