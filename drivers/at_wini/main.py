@@ -17,6 +17,16 @@ driver waits for the HARDWARE notify (other requests are deferred) with a
 ERR/DF status or a timeout is retried up to ``RETRIES`` times, then EIO.
 Minor devices: drive * 5 + n, n = 0 the whole disk, 1..4 the MBR's primary
 partitions (read when a drive goes from no open minor to one).
+
+Live update (``service update``): a command in flight never counts as a state
+reached (the interrupt wait is a nested receive). Besides the standard states,
+``AT_LU_STATE_FLUSHED`` (7) is reached once nothing is queued and every drive
+written since its last FLUSH CACHE has been flushed. The new version takes over
+what the old one held at the endpoint (the PCI reservation's grants, the IRQ
+hook, the DMA buffers, all of which stay with the endpoint through the kernel's
+``update``) from the saved state, with the drives found by IDENTIFY; it touches
+no hardware in its init. It must use the same instance and the same mode (PIO or
+DMA), or its init refuses with EINVAL and RS rolls back.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ PCI_BUS_MASTER = 0x4
 AT_DEBUG_IN = 0xBF0  # debug: {"port"} -> {"value"} (only with debug=1)
 
 CHANNELS = {0: ata.PRIMARY, 1: ata.SECONDARY}
+AT_LU_STATE_FLUSHED = proto.LU_STATE_CUSTOM_BASE
 IDENTIFY_ATTEMPTS = 3  # resets + IDENTIFY before a channel counts as empty
 
 
@@ -70,6 +81,7 @@ class Drive:
     sectors: int
     lba48: bool
     parts: list[tuple[int, int]] = field(default_factory=list)  # (first sector, sectors) 1..4
+    dirty: bool = False  # written since its last FLUSH CACHE
 
 
 @dataclass
@@ -122,6 +134,8 @@ class AtWini:
     # ------------------------------------------------------------------ init
     def init(self, info: sef.InitInfo) -> int:
         conn = self.conn = sef.connection()
+        if info.type is proto.InitType.LU:
+            return self._init_lu(info)
         bd.init(info)
         try:
             self._reserve(conn)
@@ -129,11 +143,7 @@ class AtWini:
             if not self.args.pio:
                 self.dma = conn.dma_alloc(DMA_SIZE, align=1 << 16)
                 self.prd = conn.dma_alloc(4096)
-            buf = conn.arena.alloc(SECTOR)
-            self.scratch = (
-                buf.offset,
-                conn.arena.grant(conn.endpoint, buf.offset, SECTOR, read=True, write=True),
-            )
+            self._make_scratch()
             for attempt in range(IDENTIFY_ATTEMPTS):
                 # Rarely, right after start-up, the channel answers nothing; a drive
                 # that is there answers after another reset (cause not yet known).
@@ -153,6 +163,81 @@ class AtWini:
             return int(Errno.ENODEV)
         bd.driver_announce(conn)
         return 0
+
+    def _init_lu(self, info: sef.InitInfo) -> int:
+        """The new version of a live update: take the old one's state; no I/O."""
+        try:
+            bd.init(info)  # calls state_restore
+        except (ValueError, TypeError, KeyError, codec.CodecError) as exc:
+            log.error("live update: the old version's state is unusable: %s", exc)
+            return int(Errno.EINVAL)
+        if not self.drives:
+            log.error("live update: the old version handed over no drive")
+            return int(Errno.EINVAL)
+        self._make_scratch()
+        log.info("live update: took over channel %d, hook %d, %d drives",
+                 self.args.instance, self.hook, len(self.drives))  # fmt: skip
+        return 0
+
+    def state_save(self) -> codec.Value:
+        """What the new version needs to carry on at this endpoint."""
+        handles = [h for h in (self.dma, self.prd) if h is not None]
+        return {
+            "ints": [self.args.instance, int(self.args.pio), self.bm, self.hook, self.prd_size],
+            "dma": [x for h in handles for x in (h.id, h.phys, h.size)],
+            "drives": [
+                {
+                    "ints": [d.number, d.sectors, int(d.lba48), int(d.dirty)],
+                    "model": d.model,
+                    "parts": [x for part in d.parts for x in part],
+                }
+                for d in self.drives.values()
+            ],
+        }
+
+    def state_restore(self, value: codec.Value) -> None:
+        state = _map(value, "driver state")
+        instance, pio, self.bm, self.hook, self.prd_size = _ints(state.get("ints"), "ints", 5)
+        if instance != self.args.instance or bool(pio) != self.args.pio:
+            raise ValueError(
+                f"the running version drives instance {instance} "
+                f"{'in PIO' if pio else 'with DMA'}; this one was started for "
+                f"instance {self.args.instance} {'in PIO' if self.args.pio else 'with DMA'}"
+            )
+        dma = _ints(state.get("dma"), "dma", 0 if self.args.pio else 6)
+        if dma:
+            self.dma, self.prd = DmaHandle(*dma[:3]), DmaHandle(*dma[3:])
+        rows = state.get("drives")
+        if not isinstance(rows, list):
+            raise ValueError(f"drives {rows!r}")
+        for row in rows:
+            fields = _map(row, "drive")
+            number, sectors, lba48, dirty = _ints(fields.get("ints"), "drive", 4)
+            drive = Drive(number, str(fields.get("model")), sectors, bool(lba48), dirty=bool(dirty))
+            parts = _ints(fields.get("parts"), "parts", 8, or_none=True)
+            drive.parts = list(zip(parts[::2], parts[1::2], strict=True))
+            self.drives[number] = drive
+
+    def lu_flushed(self) -> int:
+        """Custom state AT_LU_STATE_FLUSHED: flush what was written, then ready."""
+        try:
+            for drive in self.drives.values():
+                if drive.dirty:
+                    self._flush(drive)
+                    log.info("flushed drive %d for the live update", drive.number)
+        except RequestError as exc:
+            log.error("live update: %s", exc)
+            return int(Errno.EIO)
+        return 0
+
+    def _make_scratch(self) -> None:
+        assert self.conn is not None
+        conn = self.conn
+        buf = conn.arena.alloc(SECTOR)
+        self.scratch = (
+            buf.offset,
+            conn.arena.grant(conn.endpoint, buf.offset, SECTOR, read=True, write=True),
+        )
 
     def _reserve(self, conn: Connection) -> None:
         pci = Pci.find(conn)
@@ -257,7 +342,7 @@ class AtWini:
         self.conn.setalarm(seconds=self.args.timeout)
         try:
             while True:
-                m = sef.receive()
+                m = sef.receive(nested=True)  # no live update mid-command
                 if m.is_notify and m.source == wire.HARDWARE:
                     return
                 if m.is_notify and m.source == wire.CLOCK:
@@ -490,6 +575,8 @@ class AtWini:
                 if lba >= sectors:
                     return done  # end of the device
                 count = min((size - at) // SECTOR, MAX_SECTORS, sectors - lba)
+                if write:
+                    drive.dirty = True
                 self._io(drive, write, first + lba, count, endpoint, grant, at)
                 lba += count
                 at += count * SECTOR
@@ -532,6 +619,7 @@ class AtWini:
                 self.conn.vdevio(b)
                 status, _ = self._status_after_intr()
                 self._check(status, "FLUSH CACHE")
+                drive.dirty = False
                 return
             except CommandError as exc:
                 log.warning("flush attempt %d: %s", attempt + 1, exc)
@@ -553,6 +641,23 @@ class AtWini:
         log.info("cleanup")
 
 
+def _map(value: codec.Value, what: str) -> dict[str, codec.Value]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} {value!r} is not a map")
+    return value
+
+
+def _ints(value: codec.Value, what: str, count: int, or_none: bool = False) -> list[int]:
+    """A list of ``count`` integers (or, with ``or_none``, an empty list)."""
+    if not isinstance(value, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in value
+    ):
+        raise ValueError(f"{what} {value!r} is not a list of integers")
+    if len(value) != count and not (or_none and not value):
+        raise ValueError(f"{what} {value!r} does not hold {count} integers")
+    return [int(x) for x in value]  # type: ignore[arg-type]
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     wini = AtWini(args)
@@ -564,6 +669,9 @@ def main(argv: list[str]) -> int:
         cleanup=wini.cleanup,
         intr=wini.intr,
         other=wini.other,
+        state_save=wini.state_save,
+        state_restore=wini.state_restore,
+        lu_states={AT_LU_STATE_FLUSHED: wini.lu_flushed},
     )
     bd.setup(table)
     sef.setcb_init_fresh(wini.init)

@@ -20,8 +20,13 @@ calls the callbacks and replies. As MINIX's libblockdriver:
   client has not opened since this incarnation started is answered ERESTART: the
   client must re-open and redo the request. A fresh driver serves such requests.
 - Live update: WORK_FREE and REQUEST_FREE are reached at every receive with no
-  deferred messages; PROTOCOL_FREE also needs no open minor. The open table
-  travels to the new version (``state_save``), with the driver's own state.
+  deferred messages; PROTOCOL_FREE also needs no open minor; a driver adds its
+  own states in ``lu_states`` (state -> prepare, called at a receive with no
+  deferred message; a prepare that waits for the hardware defers the requests
+  arriving meanwhile). The open table, the incarnation id and the deferred
+  requests travel to the new version (``state_save``), with the driver's own
+  state: to clients the new version is the same incarnation, so nothing is
+  re-opened, and it serves the deferred requests first.
 """
 
 from __future__ import annotations
@@ -80,6 +85,9 @@ class BlockDriver:
     other: Callable[[Message], tuple[int, Fields] | None] | None = None
     state_save: Callable[[], codec.Value] | None = None
     state_restore: Callable[[codec.Value], None] | None = None
+    #: Custom live-update states (>= LU_STATE_CUSTOM_BASE): state -> prepare,
+    #: which answers 0 (reached), ENOTREADY, or an errno that refuses the update.
+    lu_states: dict[int, Callable[[], int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +120,7 @@ def setup(table: BlockDriver) -> None:
     """Install the live-update callbacks; call before ``sef.startup()``."""
     _st.table = table
     sef.setcb_lu_prepare(_lu_prepare)
+    sef.setcb_lu_state_isvalid(_lu_state_isvalid)
     sef.setcb_lu_state_save(_lu_state_save)
 
 
@@ -122,6 +131,16 @@ def init(info: sef.InitInfo) -> None:
     _st.gen = os.getpid()
     if info.type is InitType.LU and info.saved:
         state = codec.decode(info.saved)
+        gen = state.get("gen")
+        if isinstance(gen, int):
+            _st.gen = gen  # the same incarnation to clients: they re-open nothing
+        _st.restarted = bool(state.get("restarted"))
+        queued = state.get("queued", [])
+        for row in queued if isinstance(queued, list) else []:
+            if isinstance(row, list) and len(row) == 3:
+                source, m_type, payload = row
+                if isinstance(source, int) and isinstance(m_type, int):
+                    _st.mq.append(Message(source, m_type, bytes(payload)))  # type: ignore[arg-type]
         opens = state.get("opens", [])
         if isinstance(opens, list):
             for row in opens:
@@ -132,6 +151,11 @@ def init(info: sef.InitInfo) -> None:
             _st.table.state_restore(state.get("driver"))
 
 
+def _lu_state_isvalid(state: int, flags: int) -> bool:
+    custom = _st.table.lu_states if _st.table is not None else {}
+    return sef.lu_state_isvalid_standard(state, flags) or state in custom
+
+
 def _lu_prepare(state: int) -> int:
     if _st.mq:
         return int(Errno.ENOTREADY)
@@ -139,7 +163,10 @@ def _lu_prepare(state: int) -> int:
         return 0
     if state == LuState.PROTOCOL_FREE:
         return 0 if not _st.opens else int(Errno.ENOTREADY)
-    return int(Errno.ENOTREADY)
+    custom = _st.table.lu_states.get(state) if _st.table is not None else None
+    if custom is None:
+        return int(Errno.ENOTREADY)
+    return custom()  # requests queued meanwhile travel to the new version
 
 
 def _lu_state_save(state: int, flags: int) -> bytes:
@@ -147,7 +174,16 @@ def _lu_state_save(state: int, flags: int) -> bytes:
     driver: codec.Value = None
     if _st.table is not None and _st.table.state_save is not None:
         driver = _st.table.state_save()
-    return codec.encode({"opens": opens, "driver": driver})
+    queued: list[codec.Value] = [[m.source, m.m_type, m.payload] for m in _st.mq if not m.is_notify]
+    return codec.encode(
+        {
+            "opens": opens,
+            "gen": _st.gen,
+            "restarted": _st.restarted,
+            "queued": queued,
+            "driver": driver,
+        }
+    )
 
 
 def driver_announce(conn: Connection, kind: str = "blk") -> None:

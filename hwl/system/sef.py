@@ -10,7 +10,9 @@ returns every other message. As in MINIX's libsys:
   version's ``state_save`` returned). Each returns OK (0) or an errno.
 - ping: a notify from RS; the default answer is a notify back.
 - live update: RS asks for a state; before each receive SEF asks ``prepare``
-  whether the state is reached (WORK_FREE always is, at a receive); once it is,
+  whether the state is reached (WORK_FREE always is, at a receive; a
+  ``receive(nested=True)`` inside a piece of work, such as a driver waiting for
+  its interrupt, never counts); once it is,
   ``state_save`` runs and SEF tells RS, then blocks until RS either aborts the
   update (SEF resumes, state NULL) or kills this process (the new version serves).
 - SIGTERM ends the service gracefully (``signal_handler``, default: exit 0).
@@ -231,11 +233,13 @@ class Sef:
         return self.cb_init_fresh
 
     # -------------------------------------------------------------- receive
-    def receive(self) -> Message:
-        """The next message for the service itself; system events are handled here."""
+    def receive(self, nested: bool = False) -> Message:
+        """The next message for the service itself; system events are handled here.
+        ``nested``: called in the middle of a piece of work, where no live-update
+        state may count as reached (a request arriving is noted for later)."""
         conn = self.conn
         while True:
-            if self.lu_state != LuState.NULL:
+            if self.lu_state != LuState.NULL and not nested:
                 self._lu_check()
             m = conn.receive()
             if not self._system_event(m):
@@ -354,8 +358,8 @@ def startup(conn: Connection | None = None) -> Connection:
     return _sef.startup(conn)
 
 
-def receive() -> Message:
-    return _sef.receive()
+def receive(nested: bool = False) -> Message:
+    return _sef.receive(nested)
 
 
 def reply_receive(dest: int, m_type: int, fields: Fields | bytes | None = None) -> Message:

@@ -1,0 +1,239 @@
+"""Live update of at_wini under load, on QEMU: the client sees nothing at all.
+
+One pc machine for the module (hd0: 128 MiB of seeded random bytes). The test
+boots DS, PCI, at_wini (instance 0) and VFS. A client attached as its own user
+process reads and writes through VFS while RS live-updates at_wini; the bytes are
+checked against hd0.img, and VFS's log must show no recovery: the new version is
+the same incarnation to VFS (it took over the endpoint, the PCI grants, the IRQ
+hook and the DMA buffers).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import hwl.config
+from hwl import Machine
+from hwl.pytest_plugin import MachineFactory
+from hwl.system.boot import System
+from hwl.system.events import read_events
+from hwl.system.proto import LU_STATE_CUSTOM_BASE, LuState, Policy
+from hwl.system.rs import RsError, up_fields
+from hwl.system.vfs import Vfs
+
+SECTOR = 512
+AT_LU_STATE_FLUSHED = LU_STATE_CUSTOM_BASE
+REGION = 64 << 20  # the client works in [REGION, REGION + SPAN)
+SPAN = 16 << 20
+
+
+def at_wini_argv(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "drivers.at_wini", "instance=0", *extra]
+
+
+@dataclass
+class Setup:
+    machine: Machine
+    system: System
+    image: Path
+
+    def image_bytes(self, position: int, count: int) -> bytes:
+        with self.image.open("rb") as f:
+            f.seek(position)
+            return f.read(count)
+
+    def row(self) -> Any:
+        return next(r for r in self.system.rs.status() if r.label == "at_wini")
+
+    def log(self, name: str) -> str:
+        path = self.machine.run_dir / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+    def restart_at_wini(self, *extra: str) -> None:
+        """A fresh at_wini (down, then up with these extra arguments)."""
+        self.system.rs.down("at_wini")
+        stock = hwl.config.load().get("at_wini")
+        assert stock is not None
+        self.system.rs.up(
+            at_wini_argv(*extra), label="at_wini", conf=stock.to_text(), policy=Policy.RESTART
+        )
+
+
+@pytest.fixture(scope="module")
+def setup(hwl_machines: MachineFactory) -> Iterator[Setup]:
+    machine = hwl_machines.boot("pc")
+    try:
+        boot = [
+            up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
+            up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
+        ]
+        system = System.start(machine, boot)
+        try:
+            stock = hwl.config.load().get("at_wini")
+            assert stock is not None
+            system.rs.up(at_wini_argv(), label="at_wini", conf=stock.to_text(),
+                         policy=Policy.RESTART)  # fmt: skip
+            system.rs.up([sys.executable, "-m", "servers.vfs"], label="vfs")
+            yield Setup(machine, system, machine.run_dir / "hd0.img")
+        finally:
+            system.stop()
+    finally:
+        machine.close()
+
+
+class Client(threading.Thread):
+    """Random reads and writes in the region through VFS, checked against a model
+    of the region (taken from the image at the start) until told to stop."""
+
+    def __init__(self, setup: Setup, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.setup, self.rng = setup, random.Random(seed)
+        self.model = bytearray(setup.image_bytes(REGION, SPAN))
+        self.stop = threading.Event()
+        self.ops = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with (
+                Vfs.attach(self.setup.machine.run_dir, timeout=30) as vfs,
+                vfs.open("/dev/c0d0", "r+b", buffering=0) as f,
+            ):
+                while not self.stop.is_set():
+                    at = self.rng.randrange(SPAN - (1 << 20))
+                    size = self.rng.randrange(1, 1 << 20)
+                    f.seek(REGION + at)
+                    if self.rng.random() < 0.5:
+                        data = self.rng.randbytes(size)
+                        assert f.write(data) == size
+                        self.model[at : at + size] = data
+                    else:
+                        got = f.read(size)
+                        assert got == self.model[at : at + size], f"wrong bytes at {at}"
+                    self.ops += 1
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def _updates(setup: Setup, count: int, **kwargs: Any) -> list[int]:
+    """``count`` live updates of at_wini while a client works; the pids it ran as."""
+    endpoint = setup.system.rs.lookup("at_wini")
+    downs = setup.log("vfs").count("is down")
+    client = Client(setup, seed=count)
+    client.start()
+    pids = [setup.row().pid]
+    try:
+        while client.ops < 3 and client.is_alive():
+            time.sleep(0.01)
+        for _ in range(count):
+            ops = client.ops
+            setup.system.rs.update("at_wini", **kwargs)
+            pids.append(setup.row().pid)
+            while client.ops < ops + 2 and client.is_alive():  # work between updates
+                time.sleep(0.01)
+    finally:
+        client.stop.set()
+        client.join(60)
+    assert not client.is_alive()
+    assert client.error is None, client.error
+    assert len(set(pids)) == count + 1  # a new program each time ...
+    assert setup.system.rs.lookup("at_wini") == endpoint  # ... at the same endpoint
+    assert setup.log("vfs").count("is down") == downs  # and VFS never saw a gap
+    assert setup.image_bytes(REGION, SPAN) == client.model  # everything on the disk
+    print(f"{count} updates, {client.ops} client requests")
+    return pids
+
+
+def test_live_updates_under_load_lose_nothing(setup: Setup) -> None:
+    pids = _updates(setup, 10, state=LuState.REQUEST_FREE)
+    done = [
+        e
+        for e in read_events(setup.machine.run_dir / "events.jsonl")
+        if e.get("event") == "update-done"
+    ]
+    downtimes = [float(e["downtime_ms"]) for e in done[-10:]]
+    assert len(downtimes) == 10
+    print("update downtime ms:", sorted(downtimes))
+    assert "took over channel 0" in setup.log("at_wini")
+    assert pids[-1] == setup.row().pid
+
+
+def test_the_flushed_state_flushes_written_drives_first(setup: Setup) -> None:
+    flushes = setup.log("at_wini").count("flushed drive 0 for the live update")
+    _updates(setup, 2, state=AT_LU_STATE_FLUSHED)
+    assert setup.log("at_wini").count("flushed drive 0 for the live update") >= flushes + 1
+
+
+def test_an_update_waits_for_the_command_in_flight(setup: Setup) -> None:
+    """With hold=0.5 the driver lingers between a command and its interrupt; the
+    update requested meanwhile is reached only after the request is answered."""
+    setup.restart_at_wini("hold=0.5")
+    try:
+        result: dict[str, Any] = {}
+
+        def read() -> None:
+            with (
+                Vfs.attach(setup.machine.run_dir, timeout=30) as vfs,
+                vfs.open("/dev/c0d0", "rb", buffering=0) as f,
+            ):
+                f.seek(REGION)
+                result["data"] = f.read(64 << 10)
+                result["done"] = time.monotonic()
+
+        holds = setup.log("at_wini").count("holding")
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 20
+        while setup.log("at_wini").count("holding") <= holds + 1:  # past the MBR read
+            assert time.monotonic() < deadline, "at_wini never held a command"
+            time.sleep(0.005)
+        old_pid = setup.row().pid
+        setup.system.rs.update("at_wini", at_wini_argv(), state=LuState.REQUEST_FREE)
+        updated = time.monotonic()
+        reader.join(30)
+        assert result["data"] == setup.image_bytes(REGION, 64 << 10)
+        assert result["done"] <= updated  # the read was answered before the swap
+        assert setup.row().pid != old_pid
+        assert "holding" not in setup.log("at_wini").split("took over channel")[-1]
+    finally:
+        setup.restart_at_wini()
+
+
+def test_an_update_to_another_mode_is_rolled_back(setup: Setup) -> None:
+    old_pid = setup.row().pid
+    with pytest.raises(RsError):
+        setup.system.rs.update("at_wini", at_wini_argv("pio=1"), state=LuState.REQUEST_FREE)
+    assert "was started for instance 0 in PIO" in setup.log("at_wini")
+    row = setup.row()
+    assert (row.pid, row.state) == (old_pid, "up")
+    with Vfs.attach(setup.machine.run_dir, timeout=30) as vfs, vfs.open("/dev/c0d0", "rb") as f:
+        f.seek(12345)
+        assert f.read(4096) == setup.image_bytes(12345, 4096)
+
+
+def test_a_crash_after_an_update_is_recovered(setup: Setup) -> None:
+    import os
+    import signal
+
+    setup.system.rs.update("at_wini", state=LuState.REQUEST_FREE)
+    row = setup.row()
+    os.kill(row.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while True:
+        new = setup.row()
+        if new.state == "up" and new.pid not in (row.pid, -1) and new.restarts > row.restarts:
+            break
+        assert time.monotonic() < deadline, new
+        time.sleep(0.05)
+    with Vfs.attach(setup.machine.run_dir, timeout=30) as vfs, vfs.open("/dev/c0d0", "rb") as f:
+        f.seek(777)
+        assert f.read(5000) == setup.image_bytes(777, 5000)
