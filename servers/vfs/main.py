@@ -20,6 +20,11 @@ Protocol and client: :mod:`hwl.system.vfs`; the device map: :mod:`servers.vfs.de
   ``drv.blk.<label>`` and on a 1 s alarm while a driver is down: look the label
   up again (a new endpoint with policy reset), re-open every minor VFS has open
   there, re-issue the pending requests in order. The client sees a delay.
+- **Dead clients**: a client process that ends without closing its files (killed,
+  crashed) would keep its minors open on the driver. Every :data:`REAP_SECONDS`
+  while files are open, and before each open, VFS compares its clients with the
+  kernel's process table and closes the files of those that are gone (flushing
+  what they wrote), as MINIX's VFS does at a process's exit.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import argparse
 import contextlib
 import logging
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
@@ -53,6 +59,7 @@ CHUNK: Final = 128 * 1024  # one at_wini DMA command
 RECOVERABLE: Final = frozenset({Errno.EDEADSRCDST, Errno.EDEADEPT, Errno.ERESTART, Errno.ESRCH})
 MAX_FDS: Final = 64  # per client
 RETRY_SECONDS: Final = 0.25
+REAP_SECONDS: Final = 2.0
 IMMEDIATE_TRIES: Final = 3
 
 
@@ -112,7 +119,7 @@ class VfsServer:
         self.files: dict[tuple[int, int], File] = {}
         self.ds: Ds | None = None
         self.bounce: Buffer | None = None
-        self.alarm_armed = False
+        self.alarm_at: float | None = None  # monotonic deadline of the armed alarm
 
     @property
     def conn(self) -> Connection:
@@ -146,8 +153,9 @@ class VfsServer:
     def dispatch(self, m: Message) -> None:
         if m.is_notify:
             if m.source == wire.CLOCK:
-                self.alarm_armed = False
+                self.alarm_at = None
                 self.retry_all()
+                self.reap()
             elif self.ds is not None and m.source == self.ds.endpoint:
                 self.ds_changes()
             return
@@ -185,6 +193,7 @@ class VfsServer:
     def make_op(self, m: Message) -> Op | None:
         """Check a request; answer what needs no driver, else the Op to run."""
         if m.m_type == vp.VFS_OPEN:
+            self.reap()
             path, flags = m["path"], _int(m, "flags")
             if not isinstance(path, str):
                 raise ValueError("path is not a string")
@@ -251,16 +260,10 @@ class VfsServer:
         file = op.file
         assert file is not None
         if t == vp.VFS_CLOSE:
-            if file.dirty:
+            if file.dirty:  # before the fd goes: a driver down keeps the request
                 self.call(driver, bp.BDEV_IOCTL, minor=file.minor, request=bp.IOCTL_FLUSH)
                 file.dirty = False
-            self.files.pop((op.m.source, _int(op.m, "fd")), None)
-            minor = driver.minors[file.minor]
-            minor.opens -= 1
-            if minor.opens <= 0:
-                del driver.minors[file.minor]
-                with contextlib.suppress(DriverDown):  # a new incarnation has nothing open
-                    self.call(driver, bp.BDEV_CLOSE, minor=file.minor)
+            self.close_file((op.m.source, _int(op.m, "fd")))
             return 0, {}
         if t == vp.VFS_IOCTL:
             request = op.m["request"]
@@ -300,6 +303,7 @@ class VfsServer:
         minor.opens += 1
         self.files[(client, fd)] = File(driver, minor_no, flags)
         log.info("open %s -> fd %d of %d (%s minor %d)", path, fd, client, driver.label, minor_no)
+        self.arm(REAP_SECONDS)
         return fd, {"size": minor.size}
 
     def transfer(self, driver: Driver, op: Op, file: File, write: bool) -> tuple[int, Fields]:
@@ -401,13 +405,57 @@ class VfsServer:
         driver.endpoint = None
         driver.gen = None
 
-    def arm(self) -> None:
-        if not self.alarm_armed:
-            try:
-                self.conn.setalarm(seconds=RETRY_SECONDS)
-                self.alarm_armed = True
-            except IpcError as exc:
-                log.warning("setalarm: %s", exc)
+    def arm(self, seconds: float = RETRY_SECONDS) -> None:
+        """The alarm (one per process) at the earliest deadline anyone asked for."""
+        at = time.monotonic() + seconds
+        if self.alarm_at is not None and self.alarm_at <= at:
+            return
+        try:
+            self.conn.setalarm(seconds=seconds)
+            self.alarm_at = at
+        except IpcError as exc:
+            log.warning("setalarm: %s", exc)
+
+    # -------------------------------------------------------- dead clients
+    def reap(self) -> None:
+        """Close the files of clients that no longer exist; re-arm while any are open."""
+        if not self.files:
+            return
+        try:
+            alive = {p.get("endpoint") for p in self.conn.proctab()}
+        except IpcError as exc:
+            log.warning("proctab: %s", exc)
+            alive = None
+        if alive is not None:
+            dead = sorted({client for client, _fd in self.files if client not in alive})
+            for client in dead:
+                keys = sorted(k for k in self.files if k[0] == client)
+                for key in keys:
+                    self.close_file(key)
+                log.info("closed %d files of client %d, which has ended", len(keys), client)
+            for driver in self.drivers.values():  # nobody waits for these any more
+                kept = [op for op in driver.pending if op.m.source in alive]
+                if len(kept) != len(driver.pending):
+                    driver.pending = deque(kept)
+        if self.files:
+            self.arm(REAP_SECONDS)
+
+    def close_file(self, key: tuple[int, int]) -> None:
+        """Forget one fd; flush if it wrote, and close the minor on its last file.
+        A driver that is down is left alone (a new incarnation has nothing open)."""
+        file = self.files.pop(key)
+        driver = file.driver
+        try:
+            if file.dirty:
+                self.call(driver, bp.BDEV_IOCTL, minor=file.minor, request=bp.IOCTL_FLUSH)
+        except (DriverDown, Refused) as exc:
+            log.warning("flush of %s minor %d at close: %s", driver.label, file.minor, exc)
+        minor = driver.minors[file.minor]
+        minor.opens -= 1
+        if minor.opens <= 0:
+            del driver.minors[file.minor]
+            with contextlib.suppress(DriverDown):
+                self.call(driver, bp.BDEV_CLOSE, minor=file.minor)
 
     # ------------------------------------------------------------ recovery
     def recover(self, driver: Driver) -> bool:
