@@ -39,6 +39,7 @@ typedef unsigned long long u64;
 #define HWL_OP_NATIVE_PIO 16u  /* native loops: b = guest phys addr of a struct hwl_native; */
 #define HWL_OP_NATIVE_DMA 17u  /*   c := its status. See struct hwl_native. */
 #define HWL_OP_NATIVE_RAND 18u
+#define HWL_OP_NATIVE_DMA_WRITE 19u
 
 /* Slot / native status codes. */
 #define HWL_ST_OK 0u
@@ -100,6 +101,8 @@ struct hwl_ctl {
  * DMA: `count` READ DMA EXT (0x25) commands of `sectors` sectors each
  *   (1..65536), sequential from lba, into buf (64 KiB aligned); the stub
  *   builds the PRD table at prd (4 KiB aligned, room for 512 entries).
+ * DMA_WRITE: as DMA, with WRITE DMA EXT (0x35) commands from buf (every
+ *   command writes the same `sectors` sectors of buf).
  * RAND: `count` READ DMA (0xC8, LBA28) commands of 8 sectors at
  *   lba + 8 * (r % span), r from the LCG r = r * 1664525 + 1013904223
  *   seeded with seed (the value used is r >> 8), into buf via one PRD at prd.

@@ -123,6 +123,7 @@ void delay_us(u32 us);
 void run_slot(volatile struct hwl_slot *s);
 u32 native_pio(volatile struct hwl_native *n);
 u32 native_dma(volatile struct hwl_native *n);
+u32 native_dma_write(volatile struct hwl_native *n);
 u32 native_rand(volatile struct hwl_native *n);
 
 #endif

@@ -1,4 +1,5 @@
-/* native_ata.c - the native ATA benchmark loops (PIO READ MULTIPLE, READ DMA EXT, random READ DMA). */
+/* native_ata.c - the native ATA benchmark loops (PIO READ MULTIPLE, READ / WRITE DMA EXT,
+ * random READ DMA). */
 #include "hw.h"
 
 /* ATA status bits */
@@ -13,13 +14,15 @@
 #define CMD_SET_MULTIPLE 0xc6
 #define CMD_READ_DMA 0xc8
 #define CMD_READ_DMA_EXT 0x25
+#define CMD_WRITE_DMA 0xca
+#define CMD_WRITE_DMA_EXT 0x35
 
 /* PIIX bus master */
 #define BM_CMD 0
 #define BM_STATUS 2
 #define BM_PRD 4
 #define BM_START 0x01
-#define BM_READ 0x08                /* direction: device -> memory */
+#define BM_READ 0x08                /* direction: device -> memory (clear: memory -> device) */
 #define BM_ST_ACTIVE 0x01
 #define BM_ST_ERR 0x02
 #define BM_ST_INT 0x04
@@ -79,15 +82,17 @@ static u32 finish(volatile struct hwl_native *n, struct chan *ch, u32 st, u32 do
     return st;
 }
 
-/* One bus-master read command. lba48: READ DMA EXT, else READ DMA (LBA28).
- * nsect 65536 (LBA48) / 256 (LBA28) is written as 0. */
-static u32 dma_read(struct chan *ch, u32 prd, int lba48, u64 lba, u32 nsect)
+/* One bus-master command. lba48: READ / WRITE DMA EXT, else READ / WRITE DMA
+ * (LBA28); write: memory -> device. nsect 65536 (LBA48) / 256 (LBA28) is
+ * written as 0. */
+static u32 dma_cmd(struct chan *ch, u32 prd, int lba48, int write, u64 lba, u32 nsect)
 {
+    u8 dir = write ? 0 : BM_READ;
     u64 dl;
     u8 bs;
     u32 st;
 
-    outb(ch->bm + BM_CMD, BM_READ);                 /* stop */
+    outb(ch->bm + BM_CMD, dir);                     /* stop */
     bs = inb(ch->bm + BM_STATUS);
     outb(ch->bm + BM_STATUS, (u8)((bs & 0x60) | BM_ST_ERR | BM_ST_INT));
     outl(ch->bm + BM_PRD, prd);
@@ -105,7 +110,7 @@ static u32 dma_read(struct chan *ch, u32 prd, int lba48, u64 lba, u32 nsect)
         outb(ch->cmd + 3, (u8)lba);
         outb(ch->cmd + 4, (u8)(lba >> 8));
         outb(ch->cmd + 5, (u8)(lba >> 16));
-        outb(ch->cmd + 7, CMD_READ_DMA_EXT);
+        outb(ch->cmd + 7, write ? CMD_WRITE_DMA_EXT : CMD_READ_DMA_EXT);
     } else {
         outb(ch->cmd + 6, (u8)(0xe0 | ch->drv | ((u32)(lba >> 24) & 0x0f)));
         st = ata_wait_idle(ch);
@@ -115,9 +120,9 @@ static u32 dma_read(struct chan *ch, u32 prd, int lba48, u64 lba, u32 nsect)
         outb(ch->cmd + 3, (u8)lba);
         outb(ch->cmd + 4, (u8)(lba >> 8));
         outb(ch->cmd + 5, (u8)(lba >> 16));
-        outb(ch->cmd + 7, CMD_READ_DMA);
+        outb(ch->cmd + 7, write ? CMD_WRITE_DMA : CMD_READ_DMA);
     }
-    outb(ch->bm + BM_CMD, BM_READ | BM_START);
+    outb(ch->bm + BM_CMD, (u8)(dir | BM_START));
 
     dl = deadline_us(WAIT_US);
     for (;;) {
@@ -125,12 +130,12 @@ static u32 dma_read(struct chan *ch, u32 prd, int lba48, u64 lba, u32 nsect)
         if (bs & (BM_ST_INT | BM_ST_ERR))
             break;
         if (expired(dl)) {
-            outb(ch->bm + BM_CMD, BM_READ);
+            outb(ch->bm + BM_CMD, dir);
             ch->st = inb(ch->cmd + 7);
             return HWL_ST_TIMEOUT;
         }
     }
-    outb(ch->bm + BM_CMD, BM_READ);                 /* stop */
+    outb(ch->bm + BM_CMD, dir);                     /* stop */
     ch->st = inb(ch->cmd + 7);                      /* also clears INTRQ */
     if ((ch->st & (ST_ERR | ST_DF)) || (bs & BM_ST_ERR))
         return HWL_ST_DEVERR;
@@ -192,7 +197,8 @@ u32 native_pio(volatile struct hwl_native *n)
     return finish(n, &ch, HWL_ST_OK, done, t0);
 }
 
-u32 native_dma(volatile struct hwl_native *n)
+/* `count` sequential DMA commands of `sectors` sectors from lba, into buf (write: from buf). */
+static u32 dma_loop(volatile struct hwl_native *n, int write)
 {
     struct chan ch;
     u32 lba = n->lba, count = n->count, sectors = n->sectors;
@@ -220,11 +226,21 @@ u32 native_dma(volatile struct hwl_native *n)
 
     outb(ch.ctl, 0x00);                             /* nIEN clear, else no BM interrupt bit */
     for (done = 0; done < count; done++) {
-        st = dma_read(&ch, prd, 1, (u64)lba + (u64)done * sectors, sectors);
+        st = dma_cmd(&ch, prd, 1, write, (u64)lba + (u64)done * sectors, sectors);
         if (st != HWL_ST_OK)
             return finish(n, &ch, st, done, t0);
     }
     return finish(n, &ch, HWL_ST_OK, done, t0);
+}
+
+u32 native_dma(volatile struct hwl_native *n)
+{
+    return dma_loop(n, 0);
+}
+
+u32 native_dma_write(volatile struct hwl_native *n)
+{
+    return dma_loop(n, 1);
 }
 
 u32 native_rand(volatile struct hwl_native *n)
@@ -249,7 +265,7 @@ u32 native_rand(volatile struct hwl_native *n)
     outb(ch.ctl, 0x00);
     for (done = 0; done < count; done++) {
         r = r * 1664525u + 1013904223u;
-        st = dma_read(&ch, prd, 0, lba + 8 * ((r >> 8) % span), 8);
+        st = dma_cmd(&ch, prd, 0, 0, lba + 8 * ((r >> 8) % span), 8);
         if (st != HWL_ST_OK)
             return finish(n, &ch, st, done, t0);
     }

@@ -130,6 +130,7 @@ static u32 run_op(volatile struct hwl_op *op)
     case HWL_OP_NATIVE_PIO:
     case HWL_OP_NATIVE_DMA:
     case HWL_OP_NATIVE_RAND:
+    case HWL_OP_NATIVE_DMA_WRITE:
         if (!range_ok(b, sizeof(struct hwl_native))) {
             op->c = HWL_ST_BADARG;
             return HWL_ST_BADARG;
@@ -138,6 +139,8 @@ static u32 run_op(volatile struct hwl_op *op)
             st = native_pio((volatile struct hwl_native *)b);
         else if (code == HWL_OP_NATIVE_DMA)
             st = native_dma((volatile struct hwl_native *)b);
+        else if (code == HWL_OP_NATIVE_DMA_WRITE)
+            st = native_dma_write((volatile struct hwl_native *)b);
         else
             st = native_rand((volatile struct hwl_native *)b);
         op->c = st;

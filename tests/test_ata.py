@@ -9,6 +9,7 @@ import pytest
 
 from hwl import Machine
 from hwl.hw import ata
+from hwl.link import abi
 
 
 def image_bytes(path: Path, lba: int, count: int) -> bytes:
@@ -64,3 +65,30 @@ def test_dma_read_matches_the_image(pc: Machine) -> None:
     ]:
         got = ata.dma_read(link, channel, 0, lba, count)
         assert got == image_bytes(pc.disks[disk], lba, count), (disk, lba, count)
+
+
+def test_native_dma_write_lands_on_the_image(pc: Machine) -> None:
+    """The stub's native DMA write loop (the limit ``hwl bench disk`` divides by)
+    writes what is in its buffer, where it was asked to, and nothing else."""
+    link = pc.link
+    ch = ata.Channel(0x1F0, 0x3F6, 14, ata.bus_master_base(link))
+    image = pc.disks["hd0"]
+    sectors, count, lba = 256, 3, 70_001  # three 128 KiB commands of two PRD entries each
+    before = image_bytes(image, lba - 1, 1), image_bytes(image, lba + count * sectors, 1)
+    pattern = os.urandom(sectors * ata.SECTOR)
+    buf = link.alloc_dma(len(pattern), align=1 << 16)
+    prd = link.alloc_dma(4096)
+    try:
+        buf.write(pattern)
+        args = (ch.cmd, ch.ctl, ch.bm, 0, 0, lba, count, sectors, buf.phys, prd.phys, 0, 0)
+        result = link.native(abi.OP_NATIVE_DMA_WRITE, args)
+        assert (result.status, result.done) == (abi.ST_OK, count), result
+        assert result.seconds > 0
+    finally:
+        link.free_dma(prd)
+        link.free_dma(buf)
+    for i in range(count):
+        assert image_bytes(image, lba + i * sectors, sectors) == pattern, i
+    after = image_bytes(image, lba - 1, 1), image_bytes(image, lba + count * sectors, 1)
+    assert after == before
+    assert ata.dma_read(link, ch, 0, lba + sectors, sectors) == pattern  # and reads back

@@ -61,3 +61,26 @@ def test_bench_link_json_has_the_figures() -> None:
     figures = json.loads(out.stdout)
     for key in ("single_op_us", "batch_ops_per_s", "pio_ratio", "dma_ratio"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
+
+
+def test_bench_disk_json_has_the_figures() -> None:
+    """Not a timed test: the whole-path disk benchmark runs (short kills phases, at
+    least one kill each) and reports what the issue asks for."""
+    out = subprocess.run(
+        [*HWL, "bench", "disk", "--json", "--repeat", "1", "--seconds", "1.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    for key in (
+        "dma_read_ratio",
+        "dma_write_ratio",
+        "pio_read_ratio",
+        "randread_iops",
+        "randread_ratio",
+        "under_kills_ratio",
+    ):
+        assert isinstance(figures[key], float) and figures[key] > 0, key
+    assert figures["kills"] >= 1

@@ -278,6 +278,7 @@ def test_grants_added_by_privctl_stay_with_the_endpoint(
 
     def grants(ep: int) -> tuple[Any, Any]:
         priv = root.kcall("privctl", {"endpoint": ep, "op": "get"})["priv"]
+        assert isinstance(priv, dict)
         return priv["io"], priv["irq"]
 
     assert grants(a_ep) == ([[0x1F0, 8]], [14])

@@ -6,6 +6,7 @@ hwl up PROFILE [--kill L]   boot machine, kernel, RS and the boot services; show
 hwl bench link [--json]     the link benchmark (bench/link.py)
 hwl bench ipc [--json]      the kernel's IPC benchmark (bench/ipc.py)
 hwl bench recovery [--json] restart and live-update downtime (bench/recovery.py)
+hwl bench disk [--json]     the whole block path against the stub's native loops (bench/disk.py)
 hwl service ...             MINIX's service command (hwl.cli.service; also installed as `service`)
 """
 
@@ -113,6 +114,7 @@ def load_bench(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"hwl_bench_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -156,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--repeat", type=int, default=0, help="repetitions (0: the benchmark's default)"
+    )
+    bench.add_argument(
+        "--seconds",
+        type=float,
+        default=0,
+        help="length of each timed phase (0: the benchmark's default; disk)",
     )
     bench.set_defaults(func=cmd_bench)
 

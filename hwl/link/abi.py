@@ -28,6 +28,7 @@ OP_IRQ_MASK: Final = 8
 OP_NATIVE_PIO: Final = 16
 OP_NATIVE_DMA: Final = 17
 OP_NATIVE_RAND: Final = 18
+OP_NATIVE_DMA_WRITE: Final = 19
 
 ST_OK: Final = 0
 ST_TIMEOUT: Final = 1

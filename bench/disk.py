@@ -1,0 +1,478 @@
+"""hwl bench disk: the whole block path, as ratios to the stub's native loops.
+
+The path is client -> VFS -> at_wini -> kernel -> stub: this process is VFS's
+client (:class:`hwl.system.vfs.Vfs`, attached to the kernel as a user process),
+with the raw fd calls, 1 MiB per READ / WRITE (VFS_MAX_IO). The limits are the
+stub's native loops on the same disk (hd0, 128 MiB, per-run image in the run
+directory): reads come from its first 64 MiB, writes go to its last 64 MiB.
+
+"Same run" here means the same machine and the same process, native first: the
+machine's link belongs to the kernel once it starts (see bench/ipc.py), so the
+native loops are measured in their runs on ``machine.link``, then the system is
+started on that machine (kernel, RS, ds, pci, at_wini with the stock system.conf
+entry and policy restart, vfs) and the path measured in as many runs. A ratio is
+the path's median over the native loop's median (the two cannot be paired). The
+figures:
+
+- dma_read_ratio: sequential reads, 16 x 1 MiB through the path (at_wini in its
+  default DMA mode) over the native DMA loop reading the same 16 MiB in 1 MiB
+  READ DMA EXT commands; native_dma128k_mb_s is that loop in at_wini's command
+  size (256 sectors), for reference.
+- dma_write_ratio: the same for writes (WRITE DMA EXT, the stub's
+  OP_NATIVE_DMA_WRITE). Neither side flushes inside the timed part (QEMU's
+  disk has its write cache on); the path's fd is flushed after each run and
+  the image checked to hold what was written.
+- pio_read_ratio: at_wini restarted with ``pio=1`` (READ SECTORS, one interrupt
+  and one ``sdevio`` per sector), 1 MiB reads, over the native PIO loop with
+  multiple 1 (READ MULTIPLE with one sector per DRQ block, polled, IRQ masked):
+  the closest to READ SECTORS the stub has. native_pio16_mb_s is the native
+  loop with multiple min(16, IDENTIFY's maximum), what a driver using READ
+  MULTIPLE could reach; pio_write_mb_s is 1 MiB PIO writes (no native limit).
+- randread_iops: 4 KiB reads at random 4 KiB-aligned offsets in the read
+  region, queue depth 1; each is an LSEEK and a READ (VFS has no pread), and
+  lseek_us is what the LSEEK alone costs. randread_ratio is the native random
+  4 KiB latency (OP_NATIVE_RAND: READ DMA of 8 sectors; seconds / count) over
+  the path's (seconds / reads).
+- under_kills_ratio: 1 MiB sequential reads for ``--seconds`` (default 5) with
+  no kills, and as long while a thread SIGKILLs at_wini once a second (RS's
+  status gives its pid; the next kill waits until it is up with a new pid):
+  the phases alternate (quiet, kills, quiet, kills, ..., quiet) and a run's
+  ratio is its kills phase over the mean of the quiet phases around it (the
+  host's speed drifts), median over the runs. Every MiB read in all phases is
+  compared with the image: wrong bytes fail the benchmark.
+  kill_to_up_ms is the median time from a kill until RS shows at_wini up;
+  kill_stall_ms the median of the k longest reads of a kills phase with k
+  kills, the delay a kill costs the reader (RS's restart plus VFS's recovery).
+  RS runs with backoff unit 0 here: its 2^n-unit backoff (never reset, 1 s
+  units by default) would otherwise dominate a kill a second from the second
+  kill on, measuring the policy instead of the recovery.
+
+Every path read is checked against hd0.img (outside the timed parts, except in
+the kills phases); wrong bytes raise :class:`WrongData` and the benchmark fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import signal
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hwl.config
+from hwl import Machine
+from hwl.benchmarks import Targets, median_of, report
+from hwl.errors import HwlError
+from hwl.hw import ata
+from hwl.link import abi
+from hwl.link.link import Link
+from hwl.system import vfs as vp
+from hwl.system.boot import System
+from hwl.system.proto import Policy
+from hwl.system.rs import Rs, ServiceStatus, up_fields
+from hwl.system.vfs import Vfs
+
+MIB = 1 << 20
+BLOCK = 4096
+DEVICE = "/dev/c0d0"
+READ_BASE = 0  # sequential and random reads: [0, 64 MiB) of hd0
+READ_SPAN = 64 * MIB
+WRITE_BASE = 64 * MIB  # writes: [64 MiB, 128 MiB)
+SEQ_MIB = 16  # MiB per sequential DMA run
+PIO_MIB = 1  # MiB per PIO run
+NATIVE_RANDS = 2000
+PATH_RANDS = 300
+SECONDS = 5.0  # each phase of the kills figure
+KILL_OFFSET = 0.5  # the first kill, seconds into the phase; then one a second
+UP_TIMEOUT = 20.0
+
+assert vp.VFS_MAX_IO >= MIB, "VFS moves less than 1 MiB per request"
+
+
+class WrongData(HwlError):
+    """The path returned bytes that are not on the disk image."""
+
+
+@dataclass
+class Native:
+    """The native loops' medians (MB/s, µs), measured before the kernel takes the link."""
+
+    dma_read: float = 0.0
+    dma_write: float = 0.0
+    dma128k: float = 0.0
+    pio: float = 0.0
+    pio16: float = 0.0
+    rand_us: float = 0.0
+
+
+# ------------------------------------------------------------------ native
+def _native(link: Link, code: int, args: tuple[int, ...]) -> float:
+    """Seconds of one native loop."""
+    r = link.native(code, args)
+    if r.status != abi.ST_OK:
+        name = abi.STATUS_NAMES.get(r.status, str(r.status))
+        raise HwlError(f"native loop {code} failed: {name}, ATA {r.ata_status:#x}")
+    return r.seconds
+
+
+def native_figures(link: Link, runs: int) -> Native:
+    ch = ata.Channel(0x1F0, 0x3F6, 14, ata.bus_master_base(link))
+    multiple = min(16, ata.identify(link).max_multiple)
+    buf = link.alloc_dma(MIB, align=1 << 16)
+    prd = link.alloc_dma(4096)
+    read_lba, write_lba = READ_BASE // ata.SECTOR, WRITE_BASE // ata.SECTOR
+
+    def mb_s(
+        code: int, megabytes: float, lba: int, count: int, sectors: int, mult: int = 0
+    ) -> float:
+        # struct hwl_native: cmd, ctl, bm, drive, multiple, lba, count, sectors, buf, prd,
+        # span, seed
+        args = (ch.cmd, ch.ctl, ch.bm, 0, mult, lba, count, sectors, buf.phys, prd.phys, 0, 0)
+        return megabytes / _native(link, code, args)
+
+    seeds = iter(range(1, 1 << 30))
+
+    def rand_us() -> float:
+        span = READ_SPAN // BLOCK  # 4 KiB blocks
+        args = (ch.cmd, ch.ctl, ch.bm, 0, 0, read_lba, NATIVE_RANDS, 0, buf.phys, prd.phys,
+                span, next(seeds))  # fmt: skip
+        return _native(link, abi.OP_NATIVE_RAND, args) / NATIVE_RANDS * 1e6
+
+    seq, pio = SEQ_MIB * MIB / 1e6, PIO_MIB * MIB / 1e6  # MB per run
+    pio_sectors = PIO_MIB * MIB // ata.SECTOR
+    try:
+        buf.write(os.urandom(MIB))  # what the native write loop writes
+        return Native(
+            dma_read=median_of(runs, lambda: mb_s(abi.OP_NATIVE_DMA, seq, read_lba, SEQ_MIB, 2048)),
+            dma_write=median_of(
+                runs, lambda: mb_s(abi.OP_NATIVE_DMA_WRITE, seq, write_lba, SEQ_MIB, 2048)
+            ),
+            dma128k=median_of(
+                runs, lambda: mb_s(abi.OP_NATIVE_DMA, seq, read_lba, SEQ_MIB * 8, 256)
+            ),
+            pio=median_of(runs, lambda: mb_s(abi.OP_NATIVE_PIO, pio, read_lba, pio_sectors, 0, 1)),
+            pio16=median_of(
+                runs, lambda: mb_s(abi.OP_NATIVE_PIO, pio, read_lba, pio_sectors, 0, multiple)
+            ),
+            rand_us=median_of(runs, rand_us),
+        )
+    finally:
+        link.free_dma(prd)
+        link.free_dma(buf)
+
+
+# ------------------------------------------------------------------ system
+def at_wini_up(system: System, *args: str) -> None:
+    stock = hwl.config.load().get("at_wini")
+    if stock is None:
+        raise HwlError("system.conf has no at_wini entry")
+    system.rs.up(
+        [sys.executable, "-m", "drivers.at_wini", "instance=0", *args],
+        label="at_wini",
+        conf=stock.to_text(),
+        policy=Policy.RESTART,
+    )
+
+
+@contextlib.contextmanager
+def started(machine: Machine) -> Iterator[tuple[System, Vfs]]:
+    boot = [
+        up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
+        up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
+    ]
+    system = System.start(machine, boot, backoff_unit=0.0)
+    try:
+        at_wini_up(system)
+        system.rs.up([sys.executable, "-m", "servers.vfs"], label="vfs")
+        with Vfs.attach(machine.run_dir, timeout=60) as vfs:
+            yield system, vfs
+    finally:
+        system.stop()
+
+
+@contextlib.contextmanager
+def opened(vfs: Vfs, flags: int) -> Iterator[int]:
+    """An fd on DEVICE; closed on the way out (quietly if something failed)."""
+    fd = vfs.open_fd(DEVICE, flags)
+    try:
+        yield fd
+    except BaseException:
+        with contextlib.suppress(HwlError):
+            vfs.close_fd(fd)
+        raise
+    vfs.close_fd(fd)
+
+
+@dataclass
+class Image:
+    """hd0.img on the host: what every path read is compared with."""
+
+    path: Path
+    reads: bytes = b""  # the read region, never written by the benchmark
+
+    def load(self) -> None:
+        self.reads = self.at(READ_BASE, READ_SPAN)
+
+    def at(self, position: int, count: int) -> bytes:
+        with self.path.open("rb") as f:
+            f.seek(position)
+            return f.read(count)
+
+    def check(self, position: int, data: bytes | bytearray, what: str) -> None:
+        if position >= READ_BASE and position + len(data) <= READ_BASE + READ_SPAN:
+            want = self.reads[position - READ_BASE : position - READ_BASE + len(data)]
+        else:
+            want = self.at(position, len(data))
+        if data != want:  # bytes and bytearray compare with memcmp
+            bad = next(
+                (i for i, (a, b) in enumerate(zip(data, want, strict=False)) if a != b),
+                min(len(data), len(want)),
+            )
+            raise WrongData(
+                f"{what}: {len(data)} bytes at {position} differ from hd0.img "
+                f"(first at byte {position + bad})"
+            )
+
+
+# ------------------------------------------------------------------ path
+def seq_read_mb_s(vfs: Vfs, fd: int, image: Image, mib: int) -> float:
+    out = bytearray(mib * MIB)
+    view = memoryview(out)
+    vfs.lseek(fd, READ_BASE)
+    start = time.perf_counter()
+    for i in range(mib):
+        n = vfs.read_into(fd, view[i * MIB : (i + 1) * MIB])
+        if n != MIB:
+            raise WrongData(f"read {i}: {n} bytes, not {MIB}")
+    seconds = time.perf_counter() - start
+    image.check(READ_BASE, out, "sequential read")
+    return mib * MIB / seconds / 1e6
+
+
+def seq_write_mb_s(vfs: Vfs, fd: int, image: Image, mib: int) -> float:
+    data = os.urandom(mib * MIB)
+    view = memoryview(data)
+    vfs.lseek(fd, WRITE_BASE)
+    start = time.perf_counter()
+    for i in range(mib):
+        n = vfs.write_from(fd, view[i * MIB : (i + 1) * MIB])
+        if n != MIB:
+            raise WrongData(f"write {i}: {n} bytes, not {MIB}")
+    seconds = time.perf_counter() - start
+    vfs.ioctl(fd, "flush")
+    image.check(WRITE_BASE, data, "sequential write (read back from hd0.img)")
+    return mib * MIB / seconds / 1e6
+
+
+def rand_read_us(vfs: Vfs, fd: int, image: Image, rng: random.Random) -> float:
+    """Mean latency of a 4 KiB random read (LSEEK + READ) at queue depth 1."""
+    offsets = [READ_BASE + BLOCK * rng.randrange(READ_SPAN // BLOCK) for _ in range(PATH_RANDS)]
+    out = bytearray(PATH_RANDS * BLOCK)
+    view = memoryview(out)
+    lseek, read_into = vfs.lseek, vfs.read_into
+    start = time.perf_counter()
+    for i, offset in enumerate(offsets):
+        lseek(fd, offset)
+        if read_into(fd, view[i * BLOCK : (i + 1) * BLOCK]) != BLOCK:
+            raise WrongData(f"random read at {offset}: short")
+    seconds = time.perf_counter() - start
+    for i, offset in enumerate(offsets):
+        image.check(offset, out[i * BLOCK : (i + 1) * BLOCK], "random read")
+    return seconds / PATH_RANDS * 1e6
+
+
+def lseek_us(vfs: Vfs, fd: int) -> float:
+    start = time.perf_counter()
+    for i in range(PATH_RANDS):
+        vfs.lseek(fd, i * BLOCK)
+    return (time.perf_counter() - start) / PATH_RANDS * 1e6
+
+
+# ------------------------------------------------------------------ kills
+@dataclass
+class Killer:
+    """A thread that SIGKILLs at_wini once a second, each time after RS shows it
+    up again with a new pid; its own connection to RS."""
+
+    run_dir: Path
+    start: float = 0.0  # the phase's start (time.monotonic)
+    stop: threading.Event = field(default_factory=threading.Event)
+    kill_to_up: list[float] = field(default_factory=list)
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with Rs.attach(self.run_dir, timeout=10) as rs:
+                pid = wait_up(rs).pid
+                k = 0
+                while not self.stop.wait(max(0.0, self.start + KILL_OFFSET + k - time.monotonic())):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:  # gone on its own: kill its successor
+                        pid = wait_up(rs, not_pid=pid).pid
+                        continue
+                    killed = time.monotonic()
+                    pid = wait_up(rs, not_pid=pid).pid
+                    self.kill_to_up.append(time.monotonic() - killed)
+                    k += 1
+        except BaseException as exc:  # reported by the reader
+            self.error = exc
+
+
+def wait_up(rs: Rs, not_pid: int = -1) -> ServiceStatus:
+    """at_wini's status row once it is up with a pid other than ``not_pid``."""
+    deadline = time.monotonic() + UP_TIMEOUT
+    while True:
+        row = next((r for r in rs.status() if r.label == "at_wini"), None)
+        if row is not None and row.state == "up" and row.pid > 0 and row.pid != not_pid:
+            return row
+        if time.monotonic() > deadline:
+            raise HwlError(f"at_wini not up again within {UP_TIMEOUT} s: {row}")
+        time.sleep(0.02)
+
+
+def read_for(
+    vfs: Vfs, fd: int, image: Image, seconds: float, killer: Killer | None
+) -> tuple[float, list[float]]:
+    """MB/s of 1 MiB sequential reads for ``seconds``, every MiB checked, and
+    the seconds each read took."""
+    buf = bytearray(MIB)
+    view = memoryview(buf)
+    position = READ_BASE
+    vfs.lseek(fd, position)
+    took: list[float] = []
+    start = time.monotonic()
+    end = start + seconds
+    thread = None
+    if killer is not None:
+        killer.start = start
+        thread = threading.Thread(target=killer.run, name="killer", daemon=True)
+        thread.start()
+    try:
+        while time.monotonic() < end:
+            if position + MIB > READ_BASE + READ_SPAN:
+                position = READ_BASE
+                vfs.lseek(fd, position)
+            t = time.monotonic()
+            n = vfs.read_into(fd, view)
+            took.append(time.monotonic() - t)
+            if n != MIB:
+                raise WrongData(f"read at {position}: {n} bytes, not {MIB}")
+            image.check(position, buf, "read under kills" if killer else "sequential read")
+            position += MIB
+        elapsed = time.monotonic() - start
+    finally:
+        if killer is not None and thread is not None:
+            killer.stop.set()
+            thread.join(UP_TIMEOUT + 5)
+    if killer is not None and killer.error is not None:
+        raise HwlError(f"the killer thread failed: {killer.error}") from killer.error
+    return len(took) * MIB / elapsed / 1e6, took
+
+
+# ------------------------------------------------------------------ run
+def dma_figures(vfs: Vfs, image: Image, runs: int, native: Native) -> dict[str, float]:
+    with opened(vfs, vp.O_RDWR) as fd:
+        read = median_of(runs, lambda: seq_read_mb_s(vfs, fd, image, SEQ_MIB))
+        write = median_of(runs, lambda: seq_write_mb_s(vfs, fd, image, SEQ_MIB))
+        rng = random.Random(1)
+        rand_us = median_of(runs, lambda: rand_read_us(vfs, fd, image, rng))
+        seek_us = median_of(runs, lambda: lseek_us(vfs, fd))
+    return {
+        "native_dma_read_mb_s": native.dma_read,
+        "dma_read_mb_s": read,
+        "dma_read_ratio": read / native.dma_read,
+        "native_dma_write_mb_s": native.dma_write,
+        "dma_write_mb_s": write,
+        "dma_write_ratio": write / native.dma_write,
+        "native_dma128k_mb_s": native.dma128k,
+        "native_randread_us": native.rand_us,
+        "randread_us": rand_us,
+        "lseek_us": seek_us,
+        "randread_iops": 1e6 / rand_us,
+        "randread_ratio": native.rand_us / rand_us,
+    }
+
+
+def kills_figures(
+    vfs: Vfs, image: Image, runs: int, seconds: float, run_dir: Path
+) -> dict[str, float]:
+    quiet: list[float] = []
+    loud: list[float] = []
+    ratios: list[float] = []
+    kill_to_up: list[float] = []
+    stalls: list[float] = []
+    with opened(vfs, vp.O_RDONLY) as fd:
+        read_for(vfs, fd, image, min(1.0, seconds), None)  # warm-up
+        quiet.append(read_for(vfs, fd, image, seconds, None)[0])
+        for _ in range(runs):
+            killer = Killer(run_dir)
+            killed, took = read_for(vfs, fd, image, seconds, killer)
+            with Rs.attach(run_dir, timeout=10) as rs:
+                wait_up(rs)  # the next phase starts with at_wini up
+            quiet.append(read_for(vfs, fd, image, seconds, None)[0])
+            loud.append(killed)
+            ratios.append(killed / statistics.mean(quiet[-2:]))
+            kill_to_up += killer.kill_to_up
+            stalls += sorted(took)[len(took) - len(killer.kill_to_up) :]
+    return {
+        "seq_mb_s": statistics.median(quiet),
+        "under_kills_mb_s": statistics.median(loud),
+        "under_kills_ratio": statistics.median(ratios),
+        "kills": len(kill_to_up),
+        "kill_to_up_ms": statistics.median(kill_to_up) * 1e3 if kill_to_up else 0.0,
+        "kill_stall_ms": statistics.median(stalls) * 1e3 if stalls else 0.0,
+        "seconds": seconds,
+    }
+
+
+def pio_figures(vfs: Vfs, image: Image, runs: int, native: Native) -> dict[str, float]:
+    with opened(vfs, vp.O_RDWR) as fd:
+        read = median_of(runs, lambda: seq_read_mb_s(vfs, fd, image, PIO_MIB))
+        write = median_of(runs, lambda: seq_write_mb_s(vfs, fd, image, PIO_MIB))
+    return {
+        "native_pio_mb_s": native.pio,
+        "pio_read_mb_s": read,
+        "pio_read_ratio": read / native.pio,
+        "native_pio16_mb_s": native.pio16,
+        "pio_write_mb_s": write,
+    }
+
+
+def run(machine: Machine, runs: int, seconds: float) -> dict[str, float]:
+    native = native_figures(machine.link, runs)  # the link is the kernel's after this
+    image = Image(machine.disks["hd0"])
+    image.load()
+    with started(machine) as (system, vfs):
+        dma = dma_figures(vfs, image, runs, native)
+        kills = kills_figures(vfs, image, runs, seconds, machine.run_dir)
+        system.rs.down("at_wini")  # the same driver again, in PIO mode
+        at_wini_up(system, "pio=1")
+        pio = pio_figures(vfs, image, runs, native)
+    return {**dma, **pio, **kills}
+
+
+TARGETS: Targets = {
+    "dma_read_ratio": (">=", 0.5),
+    "dma_write_ratio": (">=", 0.5),
+    "pio_read_ratio": (">=", 0.7),
+    "randread_ratio": (">=", 0.25),
+    "under_kills_ratio": (">=", 0.8),
+}
+
+
+def main(args: argparse.Namespace) -> int:
+    runs = args.repeat or 3
+    seconds = getattr(args, "seconds", 0) or SECONDS
+    with Machine(args.profile, accel=args.accel) as machine:
+        figures = run(machine, runs, seconds)
+    figures["runs"] = runs
+    report("disk", figures, TARGETS, machine.accel, args.json)
+    return 0
