@@ -174,6 +174,27 @@ def test_irq_becomes_a_hardware_notify_and_stays_masked_until_irqenable(process)
         conn.irq_rmpolicy(hook)
 
 
+def test_vdevio_with_a_hook_reenables_it_after_the_batch(process) -> None:  # type: ignore[no-untyped-def]
+    conn = process("ide0", IDE0)
+    hook = conn.irq_setpolicy(14)
+    try:
+        identify(conn)
+        conn.receive(ipc.HARDWARE, timeout=5)
+        identify(conn)  # masked: latched, not delivered
+        with pytest.raises(ipc.IpcTimeout):
+            conn.receive(ipc.HARDWARE, timeout=0.3)
+        b = Batch()
+        status = b.inb(0x1F7)
+        assert conn.vdevio(b, irq_enable=hook)[status] & 0x80 == 0
+        assert conn.receive(ipc.HARDWARE, timeout=5).is_notify  # enabled by the vdevio
+        with pytest.raises(ipc.IpcError) as err:
+            conn.vdevio(b, irq_enable=hook + 99)  # not its hook: refused before the batch
+        assert err.value.errno is Errno.EINVAL
+        conn.irq_enable(hook)
+    finally:
+        conn.irq_rmpolicy(hook)
+
+
 def test_irq_lines_outside_its_irq_list_get_eperm(process, machine_kernel) -> None:  # type: ignore[no-untyped-def]
     conn = process("ide0", IDE0)
     with pytest.raises(ipc.IpcError) as err:

@@ -49,15 +49,19 @@ class KernelCalls:
     def devio_out(self, port: int, value: int, width: int = 1) -> None:
         self.kcall("devio", {"port": port, "width": width, "value": value})
 
-    def vdevio(self, batch: Batch) -> list[int]:
+    def vdevio(self, batch: Batch, irq_enable: int | None = None) -> list[int]:
         """Run a batch of port operations (no string I/O) in one round trip to the
-        stub; returns one value per op, as ``Link.execute`` does."""
+        stub; returns one value per op, as ``Link.execute`` does. ``irq_enable``:
+        a hook to re-enable after the batch ran (saves an ``irq_enable`` call)."""
         if batch.strings:
             raise ValueError("vdevio takes no string operations; use sdevio")
         if len(batch) > abi.MAX_OPS:
             raise ValueError(f"vdevio takes at most {abi.MAX_OPS} ops, not {len(batch)}")
         (packed,) = batch.packed()
-        done = self.kcall("vdevio", {"ops": packed})["ops"]
+        fields: dict[str, codec.Value] = {"ops": packed}
+        if irq_enable is not None:
+            fields["hook"] = irq_enable
+        done = self.kcall("vdevio", fields)["ops"]
         assert isinstance(done, bytes)
         return memoryview(done).cast("I")[abi.OP_C_OFFSET // 4 :: abi.OP_SIZE // 4].tolist()
 

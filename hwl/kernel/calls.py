@@ -281,9 +281,15 @@ class Calls:
                         Errno.EINVAL, f"vdevio: op {i // 6} delays {a} µs (at most {MAX_DELAY_US})"
                     )
 
+        # ``hook``: re-enable that IRQ hook once the batch ran (a driver's status
+        # read that acknowledges the interrupt, and its irqenable, in one call).
+        hook = self._hook(proc, f) if "hook" in f else None
+
         def finish(status: int, failed: int, done: bytes) -> Reply:
             if status != abi.ST_OK:
                 self._stub_failure(status, failed, done)
+            if hook is not None:
+                self.k.irqs.enable(hook)
             return {"ops": done}  # results are each op's last word: no repacking here
 
         return self._submit(
