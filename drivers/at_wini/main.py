@@ -50,8 +50,8 @@ from hwl.system.pci import Pci, PciError
 log = logging.getLogger("at_wini")
 
 SECTOR = 512
-MAX_SECTORS = 256  # per command: one LBA28 count, and the DMA buffer's size
-DMA_SIZE = MAX_SECTORS * SECTOR
+MAX_SECTORS_LBA28 = 256  # one LBA28 count; PIO commands never exceed it
+DMA_SIZE = 1 << 20  # the DMA buffer: one command moves up to 1 MiB (LBA48 drives)
 RETRIES = 3
 MINORS_PER_DRIVE = 5
 CMD_WRITE_DMA = 0xCA
@@ -129,6 +129,7 @@ class AtWini:
         self.prd_size = -1
         self.scratch: tuple[int, int] | None = None  # (arena offset, own grant)
         self.busy = False
+        self.alarm_at = 0.0  # monotonic time the armed alarm fires (0: none armed)
         self.conn: Connection | None = None
 
     # ------------------------------------------------------------------ init
@@ -336,39 +337,52 @@ class AtWini:
 
     def _wait_intr(self) -> None:
         """Wait for this channel's interrupt (deferring other messages); the IRQ
-        is re-enabled by the caller after it read the status."""
-        assert self.conn is not None
-        deadline = time.monotonic() + self.args.timeout
-        self.conn.setalarm(seconds=self.args.timeout)
-        try:
-            while True:
-                m = sef.receive(nested=True)  # no live update mid-command
-                if m.is_notify and m.source == wire.HARDWARE:
-                    return
-                if m.is_notify and m.source == wire.CLOCK:
-                    if time.monotonic() >= deadline - 0.01:
-                        raise CommandError(f"timeout after {self.args.timeout} s")
-                    continue
-                bd.mq_queue(m)
-        finally:
-            self.conn.setalarm(seconds=0)
+        is re-enabled by the caller after it read the status.
 
-    def _status_after_intr(self, bm: bool = False) -> tuple[int, int]:
+        The timeout alarm is not set and cancelled per command (two kernel calls):
+        an alarm still armed is kept, and when it fires early for this command it
+        is armed again for the rest; one that fires while idle is ignored."""
+        assert self.conn is not None
+        now = time.monotonic()
+        deadline = now + self.args.timeout
+        if self.alarm_at <= now:
+            self._arm(self.args.timeout)
+        while True:
+            m = sef.receive(nested=True)  # no live update mid-command
+            if m.is_notify and m.source == wire.HARDWARE:
+                return
+            if m.is_notify and m.source == wire.CLOCK:
+                self.alarm_at = 0.0
+                left = deadline - time.monotonic()
+                if left <= 0.01:
+                    raise CommandError(f"timeout after {self.args.timeout} s")
+                self._arm(left)
+                continue
+            bd.mq_queue(m)
+
+    def _arm(self, seconds: float) -> None:
+        assert self.conn is not None
+        self.conn.setalarm(seconds=seconds)
+        self.alarm_at = time.monotonic() + seconds
+
+    def _status_after_intr(self, bm_stop: int | None = None) -> tuple[int, int]:
         """Wait for the interrupt until the drive is not busy; returns the ATA
-        status (the read acknowledges INTRQ) and, with ``bm``, the bus-master
-        status read before it."""
+        status (the read acknowledges INTRQ) and the bus-master status read before
+        it. With ``bm_stop`` (a DMA command: the BM_COMMAND value that stops the
+        engine) the same call stops the bus master; the IRQ is re-enabled by it too."""
         assert self.conn is not None
         while True:
             self._wait_intr()
             b = Batch()
-            bm_st = b.inb(self.bm + ata.BM_STATUS) if bm else -1
+            bm_st = b.inb(self.bm + ata.BM_STATUS) if bm_stop is not None else -1
             st = b.inb(self.ch.cmd + ata.REG_STATUS)
-            values = self.conn.vdevio(b)
-            self.conn.irq_enable(self.hook)
+            if bm_stop is not None:
+                b.outb(self.bm + ata.BM_COMMAND, bm_stop)
+            values = self.conn.vdevio(b, irq_enable=self.hook)
             status = values[st]
-            bm_status = values[bm_st] if bm else 0
-            if bm and bm_status & ata.BM_ACTIVE and not bm_status & ata.BM_IRQ:
-                continue
+            bm_status = values[bm_st] if bm_stop is not None else 0
+            if bm_stop is not None and bm_status & ata.BM_ACTIVE and not bm_status & ata.BM_IRQ:
+                raise CommandError(f"interrupt with the bus master still active ({bm_status:#04x})")
             if not status & ata.BSY:
                 return status, bm_status
 
@@ -377,13 +391,14 @@ class AtWini:
         assert self.conn is not None
         b = Batch()
         b.inb(self.ch.cmd + ata.REG_STATUS)
-        self.conn.vdevio(b)
-        self.conn.irq_enable(self.hook)
+        self.conn.vdevio(b, irq_enable=self.hook)
 
     # -------------------------------------------------------------- commands
     def _select(self, b: Batch, drive: Drive, lba: int, count: int, cmd28: int, cmd48: int) -> None:
         ch = self.ch
-        use48 = drive.lba48 and (self.args.lba48 or lba + count > 1 << 28)
+        use48 = drive.lba48 and (
+            self.args.lba48 or lba + count > 1 << 28 or count > MAX_SECTORS_LBA28
+        )
         if use48:
             b.outb(ch.cmd + ata.REG_DEVICE, 0x40 | drive.number << 4)
         else:
@@ -477,9 +492,10 @@ class AtWini:
         conn.vdevio(b)
         self._issued("DMA write" if write else "DMA read", lba)
         try:
-            status, bm_status = self._status_after_intr(bm=True)
-        finally:
+            status, bm_status = self._status_after_intr(bm_stop=direction)
+        except CommandError:
             conn.vdevio(self._batch_out(self.bm + ata.BM_COMMAND, direction))
+            raise
         if bm_status & ata.BM_ERROR:
             raise CommandError(f"bus-master error, status {bm_status:#04x}")
         self._check(status, f"DMA {'write' if write else 'read'} at {lba}")
@@ -512,6 +528,13 @@ class AtWini:
             f"{'write' if write else 'read'} of {count} sectors at "
             f"{lba} failed {RETRIES + 1} times",
         )
+
+    def _max_sectors(self, drive: Drive) -> int:
+        """Sectors per command: the DMA buffer's size on an LBA48 drive (LBA48
+        counts go to 65536), else one LBA28 count."""
+        if self.args.pio or self.dma is None or not drive.lba48:
+            return MAX_SECTORS_LBA28
+        return min(self.dma.size // SECTOR, 65536)
 
     # ---------------------------------------------------------------- minors
     def _minor(self, minor: int) -> tuple[Drive, int, int]:
@@ -574,7 +597,7 @@ class AtWini:
             while at < size:
                 if lba >= sectors:
                     return done  # end of the device
-                count = min((size - at) // SECTOR, MAX_SECTORS, sectors - lba)
+                count = min((size - at) // SECTOR, self._max_sectors(drive), sectors - lba)
                 if write:
                     drive.dirty = True
                 self._io(drive, write, first + lba, count, endpoint, grant, at)

@@ -54,11 +54,15 @@ log = logging.getLogger(__name__)
 Fields = dict[str, codec.Value]
 
 SECTOR: Final = 512
-CHUNK: Final = 128 * 1024  # one at_wini DMA command
+CHUNK: Final = 1 << 20  # one at_wini DMA command on an LBA48 drive
 #: Driver answers that mean "this incarnation is gone or new": keep the request.
 RECOVERABLE: Final = frozenset({Errno.EDEADSRCDST, Errno.EDEADEPT, Errno.ERESTART, Errno.ESRCH})
 MAX_FDS: Final = 64  # per client
 RETRY_SECONDS: Final = 0.25
+#: After DS said a driver is up: RS may not list it yet (it is still answering
+#: its init), so the next try comes soon.
+SOON_SECONDS: Final = 0.005
+ANNOUNCED_SECONDS: Final = 1.0  # how long after DS's change the tries come soon
 REAP_SECONDS: Final = 2.0
 IMMEDIATE_TRIES: Final = 3
 
@@ -88,6 +92,7 @@ class Driver:
     endpoint: int | None = None
     gen: int | None = None
     up: bool = True
+    announced: float = 0.0  # monotonic time of the last drv.blk.<label> change in DS
     minors: dict[int, Minor] = field(default_factory=dict)
     pending: deque[Op] = field(default_factory=deque)
 
@@ -463,6 +468,14 @@ class VfsServer:
         re-issue the pending requests. False if the driver is still down."""
         old_gen = driver.gen
         driver.endpoint, driver.gen = None, None
+        if not driver.minors and not driver.pending:
+            driver.up = True  # nothing to recover; the next open looks the driver up
+            return True
+        if not driver.minors:  # nothing to re-open: is there a driver at all?
+            try:
+                self.endpoint(driver)
+            except DriverDown:
+                return False
         for minor_no, minor in list(driver.minors.items()):
             try:
                 self.call(driver, bp.BDEV_OPEN, minor=minor_no, access=minor.access)
@@ -486,7 +499,8 @@ class VfsServer:
         for _ in range(IMMEDIATE_TRIES):
             if self.recover(driver):
                 return
-        self.arm()
+        soon = time.monotonic() - driver.announced < ANNOUNCED_SECONDS
+        self.arm(SOON_SECONDS if soon else RETRY_SECONDS)
 
     def retry_all(self) -> None:
         for driver in self.drivers.values():
@@ -508,6 +522,7 @@ class VfsServer:
             if driver.up and not driver.pending and driver.minors:
                 # A restart VFS has not noticed yet: re-open before the next request.
                 log.info("drv.blk.%s changed: re-opening", label)
+            driver.announced = time.monotonic()
             if driver.minors or driver.pending or not driver.up:
                 self.retry(driver)
 
