@@ -1,9 +1,9 @@
 """VFS end to end on QEMU: device files over at_wini, and recovery from its crash.
 
 One pc machine for the module (hd0: 128 MiB of seeded random bytes). The test
-boots DS, PCI, at_wini (instance 0) and VFS, and is VFS's client through
-:class:`hwl.system.vfs.Vfs`: bytes read are compared with hd0.img on the host,
-writes are checked on the image after close (VFS flushes at close).
+boots DS, PCI, at_wini (instance 0) and VFS (tests/blockpath.py), and is VFS's
+client through :class:`hwl.system.vfs.Vfs`: bytes read are compared with hd0.img
+on the host, writes are checked on the image after close (VFS flushes at close).
 """
 
 from __future__ import annotations
@@ -11,78 +11,29 @@ from __future__ import annotations
 import io
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
+from blockpath import Setup, at_wini_up, block_path
 
-import hwl.config
-from hwl import Machine
 from hwl.ipc import codec
-from hwl.ipc.client import Connection
 from hwl.kernel.errno import Errno
 from hwl.pytest_plugin import MachineFactory
 from hwl.system import vfs as vp
-from hwl.system.boot import System
 from hwl.system.proto import Policy
-from hwl.system.rs import up_fields
 from hwl.system.vfs import Vfs, VfsError
 
 SECTOR = 512
 DISK = 128 << 20
 
 
-@dataclass
-class Setup:
-    machine: Machine
-    system: System
-    conn: Connection
-    vfs: Vfs
-    image: Path
-
-    def image_bytes(self, position: int, count: int) -> bytes:
-        with self.image.open("rb") as f:
-            f.seek(position)
-            return f.read(count)
-
-    def at_wini_row(self) -> Any:
-        return next(r for r in self.system.rs.status() if r.label == "at_wini")
-
-
-def at_wini_up(system: System, policy: Policy) -> int:
-    stock = hwl.config.load().get("at_wini")
-    assert stock is not None
-    return system.rs.up(
-        [sys.executable, "-m", "drivers.at_wini", "instance=0"],
-        label="at_wini",
-        conf=stock.to_text(),
-        policy=policy,
-    )
-
-
 @pytest.fixture(scope="module")
 def setup(hwl_machines: MachineFactory) -> Iterator[Setup]:
-    machine = hwl_machines.boot("pc")
-    try:
-        boot = [
-            up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
-            up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
-        ]
-        system = System.start(machine, boot)
-        try:
-            at_wini_up(system, Policy.RESTART)
-            system.rs.up([sys.executable, "-m", "servers.vfs"], label="vfs")
-            conn = system.rs.conn
-            yield Setup(machine, system, conn, Vfs(conn, timeout=30), machine.run_dir / "hd0.img")
-        finally:
-            system.stop()
-    finally:
-        machine.close()
+    with block_path(hwl_machines) as s:
+        yield s
 
 
 def test_read_matches_the_image(setup: Setup) -> None:
