@@ -266,9 +266,7 @@ def test_a_root_program_is_named_in_its_own_hello_and_in_users() -> None:
         assert reply["root"] == reply["hello_endpoint"] == user.root_endpoint
 
 
-def test_grants_added_by_privctl_stay_with_the_endpoint(
-    root: ipc.Connection, spawn: Spawn
-) -> None:
+def test_grants_added_by_privctl_stay_with_the_endpoint(root: ipc.Connection, spawn: Spawn) -> None:
     """PCI's reserve grants ports and an IRQ to the driver's endpoint: after a live
     update the new program at that endpoint holds them, the old one does not."""
     a_ep, _ = spawn("A")
