@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 from blockpath import Setup, at_wini_up, block_path
 
+import hwl.config
 from hwl.ipc import codec
 from hwl.kernel.errno import Errno
 from hwl.pytest_plugin import MachineFactory
@@ -197,3 +200,100 @@ def test_sigkill_with_policy_reset_is_only_a_delay(setup: Setup) -> None:
     finally:
         setup.system.rs.down("at_wini")
         at_wini_up(setup.system, Policy.RESTART)
+
+
+def test_the_second_instance_serves_c1d0(setup: Setup) -> None:
+    """at_wini1 (instance 1, the secondary channel) under the same stock entry;
+    /dev/c1d0 is hd1 (32 MiB), and the primary keeps serving beside it."""
+    stock = hwl.config.load().get("at_wini")
+    assert stock is not None
+    setup.system.rs.up(
+        [sys.executable, "-m", "drivers.at_wini", "instance=1"],
+        label="at_wini1",
+        conf=stock.to_text(),
+        policy=Policy.RESTART,
+    )
+    hd1 = setup.machine.run_dir / "hd1.img"
+    try:
+        pattern = bytes(range(251)) * 40
+        position = (20 << 20) + 3
+        with setup.vfs.open("/dev/c1d0", "r+b") as f:
+            assert f.seek(0, os.SEEK_END) == 32 << 20
+            f.seek(position)
+            f.write(pattern)
+            f.seek(0)
+            with hd1.open("rb") as img:
+                assert f.read(1 << 20) == img.read(1 << 20)
+        with hd1.open("rb") as img:
+            img.seek(position)
+            assert img.read(len(pattern)) == pattern
+        with setup.vfs.open("/dev/c0d0", "rb") as f:
+            assert f.read(SECTOR) == setup.image_bytes(0, SECTOR)
+    finally:
+        setup.system.rs.down("at_wini1")
+
+
+def test_partitions_through_vfs(setup: Setup) -> None:
+    """An MBR written through /dev/c0d0 gives /dev/c0d0p0 and p1 at the next
+    first open; writes through a partition land at its offset on the disk."""
+    original = setup.image_bytes(0, SECTOR)
+    mbr = bytearray(SECTOR)
+    for i, (first, sectors) in enumerate([(2048, 8192), (16384, 2048)]):
+        entry = 446 + 16 * i
+        mbr[entry + 4] = 0x83  # a Linux partition; type 0 means unused
+        mbr[entry + 8 : entry + 12] = first.to_bytes(4, "little")
+        mbr[entry + 12 : entry + 16] = sectors.to_bytes(4, "little")
+    mbr[510:512] = b"\x55\xaa"
+    with setup.vfs.open("/dev/c0d0", "r+b") as f:
+        f.write(mbr)
+    try:
+        with setup.vfs.open("/dev/c0d0p0", "r+b") as p0, setup.vfs.open("/dev/c0d0p1", "rb") as p1:
+            assert p0.seek(0, os.SEEK_END) == 8192 * SECTOR
+            assert p1.seek(0, os.SEEK_END) == 2048 * SECTOR
+            p0.seek(100)
+            p0.write(b"in the first partition")
+            p0.flush()
+            p1.seek(SECTOR)
+            assert p1.read(SECTOR) == setup.image_bytes((16384 + 1) * SECTOR, SECTOR)
+            p0.seek(8192 * SECTOR - 4)
+            assert p0.read(100) == setup.image_bytes(2048 * SECTOR + 8192 * SECTOR - 4, 4)
+        assert setup.image_bytes(2048 * SECTOR + 100, 22) == b"in the first partition"
+        with pytest.raises(VfsError) as info:
+            setup.vfs.open("/dev/c0d0p2", "rb")  # an unused entry
+        assert info.value.minix_errno is Errno.ENXIO
+    finally:
+        with setup.vfs.open("/dev/c0d0", "r+b") as f:
+            f.write(original)
+    assert setup.image_bytes(0, SECTOR) == original
+
+
+def test_the_files_of_a_client_that_died_are_closed(setup: Setup) -> None:
+    """A client killed with files open: VFS closes them (and so the minor on the
+    driver) within its 2 s check; what it wrote is on the disk."""
+    position = 90 << 20
+    script = (
+        "import sys, time\n"
+        "from hwl.system.vfs import Vfs\n"
+        f"vfs = Vfs.attach({str(setup.machine.run_dir)!r}, timeout=30)\n"
+        "a = vfs.open('/dev/c0d0', 'r+b', buffering=0)\n"
+        "b = vfs.open('/dev/c0d0', 'rb', buffering=0)\n"
+        f"a.seek({position}); a.write(b'left open by a client that dies' * 16)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    closed = setup.log_text("vfs").count("files of client")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while setup.log_text("vfs").count("files of client") == closed:
+            assert time.monotonic() < deadline, "VFS never closed the dead client's files"
+            time.sleep(0.05)
+        assert "closed 2 files of client" in setup.log_text("vfs")
+        assert setup.image_bytes(position, 31 * 16) == b"left open by a client that dies" * 16
+    finally:
+        proc.kill()
+        proc.wait(10)
