@@ -196,12 +196,17 @@ def test_an_update_waits_for_the_command_in_flight(setup: Setup) -> None:
         while setup.log("at_wini").count("holding") <= holds + 1:  # past the MBR read
             assert time.monotonic() < deadline, "at_wini never held a command"
             time.sleep(0.005)
+        held = time.monotonic()  # at most a few ms after the hold began
         old_pid = setup.row().pid
         setup.system.rs.update("at_wini", at_wini_argv(), state=LuState.REQUEST_FREE)
         updated = time.monotonic()
         reader.join(30)
         assert result["data"] == setup.image_bytes(REGION, 64 << 10)
-        assert result["done"] <= updated  # the read was answered before the swap
+        # No swap during the 0.5 s hold (an update alone takes a few ms). Had the
+        # state counted at the receive that waits for the interrupt, the old
+        # version would have been swapped out mid-command and the read above
+        # would never have been answered.
+        assert updated - held >= 0.4, updated - held
         assert setup.row().pid != old_pid
         assert "holding" not in setup.log("at_wini").split("took over channel")[-1]
     finally:

@@ -59,6 +59,10 @@ CMD_WRITE_DMA_EXT = 0x35
 CMD_READ_EXT = 0x24
 CMD_WRITE_EXT = 0x34
 CMD_FLUSH_EXT = 0xEA
+CMD_READ_MULTIPLE_EXT = 0x29
+CMD_WRITE_MULTIPLE = 0xC5
+CMD_WRITE_MULTIPLE_EXT = 0x39
+MAX_MULTIPLE = 16  # PIO: sectors per DRQ block (and per interrupt), when the drive allows
 NIEN = 0x02
 SRST = 0x04
 PCI_COMMAND = 0x04
@@ -82,6 +86,7 @@ class Drive:
     lba48: bool
     parts: list[tuple[int, int]] = field(default_factory=list)  # (first sector, sectors) 1..4
     dirty: bool = False  # written since its last FLUSH CACHE
+    multiple: int = 1  # PIO: sectors per DRQ block (READ/WRITE MULTIPLE when > 1)
 
 
 @dataclass
@@ -188,7 +193,7 @@ class AtWini:
             "dma": [x for h in handles for x in (h.id, h.phys, h.size)],
             "drives": [
                 {
-                    "ints": [d.number, d.sectors, int(d.lba48), int(d.dirty)],
+                    "ints": [d.number, d.sectors, int(d.lba48), int(d.dirty), d.multiple],
                     "model": d.model,
                     "parts": [x for part in d.parts for x in part],
                 }
@@ -213,8 +218,9 @@ class AtWini:
             raise ValueError(f"drives {rows!r}")
         for row in rows:
             fields = _map(row, "drive")
-            number, sectors, lba48, dirty = _ints(fields.get("ints"), "drive", 4)
-            drive = Drive(number, str(fields.get("model")), sectors, bool(lba48), dirty=bool(dirty))
+            number, sectors, lba48, dirty, multiple = _ints(fields.get("ints"), "drive", 5)
+            drive = Drive(number, str(fields.get("model")), sectors, bool(lba48), dirty=bool(dirty),
+                          multiple=multiple)  # fmt: skip
             parts = _ints(fields.get("parts"), "parts", 8, or_none=True)
             drive.parts = list(zip(parts[::2], parts[1::2], strict=True))
             self.drives[number] = drive
@@ -325,7 +331,29 @@ class AtWini:
         ident = ata.Identify.parse(data)
         lba48 = bool(words[83] & (1 << 10))
         sectors = ident.sectors48 if lba48 and ident.sectors48 else ident.sectors
-        return Drive(number, ident.model, sectors, lba48)
+        drive = Drive(number, ident.model, sectors, lba48)
+        if self.args.pio and ident.max_multiple > 1:
+            drive.multiple = min(MAX_MULTIPLE, ident.max_multiple)
+            self._set_multiple(drive)
+        return drive
+
+    def _set_multiple(self, drive: Drive) -> None:
+        """SET MULTIPLE, polled (interrupts are off here: at start-up and after a
+        reset, which also forgets the setting)."""
+        assert self.conn is not None
+        cmd = self.ch.cmd
+        b = Batch()
+        b.outb(self.ch.ctl, NIEN)
+        b.outb(cmd + ata.REG_DEVICE, 0xE0 | drive.number << 4)
+        b.wait(cmd + ata.REG_STATUS, ata.BSY, 0, ata.TIMEOUT_US)
+        b.outb(cmd + ata.REG_COUNT, drive.multiple)
+        b.outb(cmd + ata.REG_COMMAND, ata.CMD_SET_MULTIPLE)
+        b.delay(10)
+        st = b.wait(cmd + ata.REG_STATUS, ata.BSY, 0, ata.TIMEOUT_US)
+        if self.conn.vdevio(b)[st] & (ata.ERR | ata.DF):
+            log.warning("drive %d refused SET MULTIPLE %d: one sector per block",
+                        drive.number, drive.multiple)  # fmt: skip
+            drive.multiple = 1
 
     # ------------------------------------------------------------ interrupts
     def _issued(self, what: str, lba: int) -> None:
@@ -433,30 +461,39 @@ class AtWini:
     ) -> None:
         assert self.conn is not None
         conn, ch = self.conn, self.ch
+        multi = drive.multiple > 1
         b = Batch()
         b.inb(ch.cmd + ata.REG_STATUS)  # acknowledge a stale INTRQ
+        # One DRQ block (drive.multiple sectors) per interrupt and per sdevio.
+        blocks = range(0, count, drive.multiple)
         if write:
-            self._select(b, drive, lba, count, ata.CMD_WRITE_SECTORS, CMD_WRITE_EXT)
+            self._select(b, drive, lba, count,
+                         CMD_WRITE_MULTIPLE if multi else ata.CMD_WRITE_SECTORS,
+                         CMD_WRITE_MULTIPLE_EXT if multi else CMD_WRITE_EXT)  # fmt: skip
             st = b.wait(ch.cmd + ata.REG_STATUS, ata.BSY | ata.DRQ, ata.DRQ, ata.TIMEOUT_US)
             self._check(conn.vdevio(b)[st], "PIO write")
             self._issued("PIO write", lba)
-            for i in range(count):
+            for i in blocks:
+                n = min(drive.multiple, count - i)
                 conn.sdevio_out(
-                    ch.cmd + ata.REG_DATA, SECTOR // 2, 2, endpoint, grant, at + i * SECTOR
+                    ch.cmd + ata.REG_DATA, n * SECTOR // 2, 2, endpoint, grant, at + i * SECTOR
                 )
                 status, _ = self._status_after_intr()
                 self._check(status, f"PIO write at {lba + i}")
         else:
-            self._select(b, drive, lba, count, ata.CMD_READ_SECTORS, CMD_READ_EXT)
+            self._select(b, drive, lba, count,
+                         ata.CMD_READ_MULTIPLE if multi else ata.CMD_READ_SECTORS,
+                         CMD_READ_MULTIPLE_EXT if multi else CMD_READ_EXT)  # fmt: skip
             conn.vdevio(b)
             self._issued("PIO read", lba)
-            for i in range(count):
+            for i in blocks:
+                n = min(drive.multiple, count - i)
                 status, _ = self._status_after_intr()
                 self._check(status, f"PIO read at {lba + i}")
                 if not status & ata.DRQ:
                     raise CommandError(f"PIO read at {lba + i}: no data (status {status:#04x})")
                 conn.sdevio_in(
-                    ch.cmd + ata.REG_DATA, SECTOR // 2, 2, endpoint, grant, at + i * SECTOR
+                    ch.cmd + ata.REG_DATA, n * SECTOR // 2, 2, endpoint, grant, at + i * SECTOR
                 )
 
     def _dma(
@@ -518,6 +555,9 @@ class AtWini:
                 log.warning("attempt %d: %s", attempt + 1, exc)
                 if "timeout" in str(exc):
                     self._reset()
+                    for d in self.drives.values():
+                        if d.multiple > 1:
+                            self._set_multiple(d)
                     assert self.conn is not None
                     self.conn.vdevio(self._batch_out(self.ch.ctl, 0))
                     self.conn.irq_enable(self.hook)
