@@ -15,19 +15,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
+from blockpath import Setup, at_wini_up, block_path
 
-import hwl.config
-from hwl import Machine
 from hwl.pytest_plugin import MachineFactory
-from hwl.system.boot import System
 from hwl.system.events import read_events
 from hwl.system.proto import LU_STATE_CUSTOM_BASE, LuState, Policy
-from hwl.system.rs import RsError, up_fields
+from hwl.system.rs import RsError
 from hwl.system.vfs import Vfs
 
 SECTOR = 512
@@ -40,54 +36,16 @@ def at_wini_argv(*extra: str) -> list[str]:
     return [sys.executable, "-m", "drivers.at_wini", "instance=0", *extra]
 
 
-@dataclass
-class Setup:
-    machine: Machine
-    system: System
-    image: Path
-
-    def image_bytes(self, position: int, count: int) -> bytes:
-        with self.image.open("rb") as f:
-            f.seek(position)
-            return f.read(count)
-
-    def row(self) -> Any:
-        return next(r for r in self.system.rs.status() if r.label == "at_wini")
-
-    def log(self, name: str) -> str:
-        path = self.machine.run_dir / f"{name}.log"
-        return path.read_text() if path.exists() else ""
-
-    def restart_at_wini(self, *extra: str) -> None:
-        """A fresh at_wini (down, then up with these extra arguments)."""
-        self.system.rs.down("at_wini")
-        stock = hwl.config.load().get("at_wini")
-        assert stock is not None
-        self.system.rs.up(
-            at_wini_argv(*extra), label="at_wini", conf=stock.to_text(), policy=Policy.RESTART
-        )
+def restart_at_wini(setup: Setup, *extra: str) -> None:
+    """A fresh at_wini (down, then up with these extra arguments)."""
+    setup.system.rs.down("at_wini")
+    at_wini_up(setup.system, Policy.RESTART, *extra)
 
 
 @pytest.fixture(scope="module")
 def setup(hwl_machines: MachineFactory) -> Iterator[Setup]:
-    machine = hwl_machines.boot("pc")
-    try:
-        boot = [
-            up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
-            up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
-        ]
-        system = System.start(machine, boot)
-        try:
-            stock = hwl.config.load().get("at_wini")
-            assert stock is not None
-            system.rs.up(at_wini_argv(), label="at_wini", conf=stock.to_text(),
-                         policy=Policy.RESTART)  # fmt: skip
-            system.rs.up([sys.executable, "-m", "servers.vfs"], label="vfs")
-            yield Setup(machine, system, machine.run_dir / "hd0.img")
-        finally:
-            system.stop()
-    finally:
-        machine.close()
+    with block_path(hwl_machines) as s:
+        yield s
 
 
 class Client(threading.Thread):
@@ -127,17 +85,17 @@ class Client(threading.Thread):
 def _updates(setup: Setup, count: int, **kwargs: Any) -> list[int]:
     """``count`` live updates of at_wini while a client works; the pids it ran as."""
     endpoint = setup.system.rs.lookup("at_wini")
-    downs = setup.log("vfs").count("is down")
+    downs = setup.log_text("vfs").count("is down")
     client = Client(setup, seed=count)
     client.start()
-    pids = [setup.row().pid]
+    pids = [setup.at_wini_row().pid]
     try:
         while client.ops < 3 and client.is_alive():
             time.sleep(0.01)
         for _ in range(count):
             ops = client.ops
             setup.system.rs.update("at_wini", **kwargs)
-            pids.append(setup.row().pid)
+            pids.append(setup.at_wini_row().pid)
             while client.ops < ops + 2 and client.is_alive():  # work between updates
                 time.sleep(0.01)
     finally:
@@ -147,7 +105,7 @@ def _updates(setup: Setup, count: int, **kwargs: Any) -> list[int]:
     assert client.error is None, client.error
     assert len(set(pids)) == count + 1  # a new program each time ...
     assert setup.system.rs.lookup("at_wini") == endpoint  # ... at the same endpoint
-    assert setup.log("vfs").count("is down") == downs  # and VFS never saw a gap
+    assert setup.log_text("vfs").count("is down") == downs  # and VFS never saw a gap
     assert setup.image_bytes(REGION, SPAN) == client.model  # everything on the disk
     print(f"{count} updates, {client.ops} client requests")
     return pids
@@ -163,20 +121,20 @@ def test_live_updates_under_load_lose_nothing(setup: Setup) -> None:
     downtimes = [float(e["downtime_ms"]) for e in done[-10:]]
     assert len(downtimes) == 10
     print("update downtime ms:", sorted(downtimes))
-    assert "took over channel 0" in setup.log("at_wini")
-    assert pids[-1] == setup.row().pid
+    assert "took over channel 0" in setup.log_text("at_wini")
+    assert pids[-1] == setup.at_wini_row().pid
 
 
 def test_the_flushed_state_flushes_written_drives_first(setup: Setup) -> None:
-    flushes = setup.log("at_wini").count("flushed drive 0 for the live update")
+    flushes = setup.log_text("at_wini").count("flushed drive 0 for the live update")
     _updates(setup, 2, state=AT_LU_STATE_FLUSHED)
-    assert setup.log("at_wini").count("flushed drive 0 for the live update") >= flushes + 1
+    assert setup.log_text("at_wini").count("flushed drive 0 for the live update") >= flushes + 1
 
 
 def test_an_update_waits_for_the_command_in_flight(setup: Setup) -> None:
     """With hold=0.5 the driver lingers between a command and its interrupt; the
     update requested meanwhile is reached only after the request is answered."""
-    setup.restart_at_wini("hold=0.5")
+    restart_at_wini(setup, "hold=0.5")
     try:
         result: dict[str, Any] = {}
 
@@ -189,15 +147,15 @@ def test_an_update_waits_for_the_command_in_flight(setup: Setup) -> None:
                 result["data"] = f.read(64 << 10)
                 result["done"] = time.monotonic()
 
-        holds = setup.log("at_wini").count("holding")
+        holds = setup.log_text("at_wini").count("holding")
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         deadline = time.monotonic() + 20
-        while setup.log("at_wini").count("holding") <= holds + 1:  # past the MBR read
+        while setup.log_text("at_wini").count("holding") <= holds + 1:  # past the MBR read
             assert time.monotonic() < deadline, "at_wini never held a command"
             time.sleep(0.005)
         held = time.monotonic()  # at most a few ms after the hold began
-        old_pid = setup.row().pid
+        old_pid = setup.at_wini_row().pid
         setup.system.rs.update("at_wini", at_wini_argv(), state=LuState.REQUEST_FREE)
         updated = time.monotonic()
         reader.join(30)
@@ -207,18 +165,18 @@ def test_an_update_waits_for_the_command_in_flight(setup: Setup) -> None:
         # version would have been swapped out mid-command and the read above
         # would never have been answered.
         assert updated - held >= 0.4, updated - held
-        assert setup.row().pid != old_pid
-        assert "holding" not in setup.log("at_wini").split("took over channel")[-1]
+        assert setup.at_wini_row().pid != old_pid
+        assert "holding" not in setup.log_text("at_wini").split("took over channel")[-1]
     finally:
-        setup.restart_at_wini()
+        restart_at_wini(setup)
 
 
 def test_an_update_to_another_mode_is_rolled_back(setup: Setup) -> None:
-    old_pid = setup.row().pid
+    old_pid = setup.at_wini_row().pid
     with pytest.raises(RsError):
         setup.system.rs.update("at_wini", at_wini_argv("pio=1"), state=LuState.REQUEST_FREE)
-    assert "was started for instance 0 in PIO" in setup.log("at_wini")
-    row = setup.row()
+    assert "was started for instance 0 in PIO" in setup.log_text("at_wini")
+    row = setup.at_wini_row()
     assert (row.pid, row.state) == (old_pid, "up")
     with Vfs.attach(setup.machine.run_dir, timeout=30) as vfs, vfs.open("/dev/c0d0", "rb") as f:
         f.seek(12345)
@@ -230,11 +188,11 @@ def test_a_crash_after_an_update_is_recovered(setup: Setup) -> None:
     import signal
 
     setup.system.rs.update("at_wini", state=LuState.REQUEST_FREE)
-    row = setup.row()
+    row = setup.at_wini_row()
     os.kill(row.pid, signal.SIGKILL)
     deadline = time.monotonic() + 15
     while True:
-        new = setup.row()
+        new = setup.at_wini_row()
         if new.state == "up" and new.pid not in (row.pid, -1) and new.restarts > row.restarts:
             break
         assert time.monotonic() < deadline, new
