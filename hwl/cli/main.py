@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     machine_opts(pci)
     pci.set_defaults(func=cmd_machine_pci)
 
-    up_cli.add_parser(top, list(ACCELS))
+    up_cli.add_parser(top, machine_opts)
 
     bench = top.add_parser("bench", help="benchmarks (bench/)")
     bench.add_argument("name", choices=sorted(p.stem for p in BENCH_DIR.glob("[a-z]*.py")) or None)

@@ -18,6 +18,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hwl.cli.service import format_status
@@ -72,7 +73,7 @@ def show_recovery(system: System, label: str) -> None:
     seen = len(system.events())
     reader = None
     if label in DISKS and "vfs" in before:
-        device, _disk = DISKS[label]
+        device, disk = DISKS[label]
         reader = Reader(system.run_dir, device)
         reader.start()
         reader.started.wait(30)
@@ -95,7 +96,6 @@ def show_recovery(system: System, label: str) -> None:
     print(f"{label} is back as pid {back['pid']}: restarted {gone_ms:.1f} ms after RS saw it die")
     if reader is not None:
         reader.join(60)
-        device, disk = DISKS[label]
         if reader.error is not None:
             raise SystemExit(f"hwl up: reading {device} across the kill failed: {reader.error}")
         same = reader.digest == image_digest(system.run_dir / f"{disk}.img")
@@ -127,11 +127,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(top: argparse._SubParsersAction[argparse.ArgumentParser], accels: list[str]) -> None:
+def add_parser(
+    top: argparse._SubParsersAction[argparse.ArgumentParser],
+    machine_opts: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """``hwl up``: ``machine_opts`` adds the profile, --accel and --keep-run-dir."""
     up = top.add_parser("up", help="boot machine, kernel, RS and the boot services")
-    up.add_argument("profile", help="profile name in qemu-configs/ (e.g. pc) or a .cfg path")
-    up.add_argument("--accel", default="auto", choices=accels)
-    up.add_argument("--keep-run-dir", action="store_true", help="keep the run directory")
+    machine_opts(up)
     up.add_argument(
         "--kill", action="append", metavar="LABEL", help="show recovery: kill LABEL once booted"
     )
