@@ -16,6 +16,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from hwl.errors import HwlError
 from hwl.ipc import codec, wire
@@ -29,15 +30,23 @@ _RESPONSE = wire.RESPONSE.unpack_from
 _HEADER = wire.RESPONSE.size
 
 
-class IpcError(HwlError):
-    """A call failed: ``errno`` is the MINIX error, ``detail`` the kernel's reason."""
+class ClientError(HwlError):
+    """A call failed: ``errno`` is the MINIX error, ``detail`` the reason. The base of
+    :class:`IpcError` and of the system clients' errors, whose ``prefix`` names the
+    server ("ds ", "pci ")."""
+
+    prefix: ClassVar[str] = ""
 
     def __init__(self, errno: Errno, call: str, detail: str = "") -> None:
-        text = f"{call}: {errno.name} ({errno.description})"
+        text = f"{self.prefix}{call}: {errno.name} ({errno.description})"
         super().__init__(f"{text}: {detail}" if detail else text)
         self.errno = errno
         self.call = call
         self.detail = detail
+
+
+class IpcError(ClientError):
+    """A call failed: ``errno`` is the MINIX error, ``detail`` the kernel's reason."""
 
 
 class IpcTimeout(IpcError):

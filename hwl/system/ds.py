@@ -21,28 +21,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TypeVar
 
-from hwl.errors import HwlError
 from hwl.ipc import codec
-from hwl.ipc.client import Connection, IpcError, Message
+from hwl.ipc.client import ClientError, IpcError, Message
 from hwl.kernel.errno import Errno, errno_of
 from hwl.system import proto
 from hwl.system.proto import DsFlag
-from hwl.system.rs import Rs, RsError
+from hwl.system.rs import ServerClient
 
 __all__ = ["Ds", "DsError"]
 
 T = TypeVar("T", int, str, bytes)
 
 
-class DsError(HwlError):
+class DsError(ClientError):
     """A DS call failed: ``errno`` says how, ``detail`` is DS's (or the kernel's) reason."""
 
-    def __init__(self, errno: Errno, call: str, detail: str = "") -> None:
-        text = f"ds {call}: {errno.name} ({errno.description})"
-        super().__init__(f"{text}: {detail}" if detail else text)
-        self.errno = errno
-        self.call = call
-        self.detail = detail
+    prefix = "ds "
 
 
 def _flags(*, private: bool = False, overwrite: bool = False, initial: bool = False) -> int:
@@ -56,21 +50,12 @@ def _flags(*, private: bool = False, overwrite: bool = False, initial: bool = Fa
     return int(flags)
 
 
-class Ds:
-    """DS at ``endpoint``, called over ``conn``; ``timeout`` bounds each call."""
+class Ds(ServerClient):
+    """DS at ``endpoint``, called over ``conn``; ``timeout`` bounds each call.
+    ``Ds.find(conn)`` asks RS where DS is."""
 
-    def __init__(self, conn: Connection, endpoint: int, timeout: float | None = None) -> None:
-        self.conn = conn
-        self.endpoint = endpoint
-        self.timeout = timeout
-
-    @classmethod
-    def find(cls, conn: Connection, timeout: float | None = None) -> Ds:
-        """DS as RS knows it (``RS_LOOKUP`` of the label ``ds``)."""
-        try:
-            return cls(conn, Rs(conn, timeout=timeout).lookup("ds"), timeout)
-        except RsError as exc:
-            raise DsError(exc.errno, "find", exc.detail) from exc
+    label = "ds"
+    error = DsError
 
     # ------------------------------------------------------------------ call
     def _call(self, call: str, m_type: int, fields: dict[str, codec.Value]) -> Message:

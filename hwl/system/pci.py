@@ -22,25 +22,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from hwl.errors import HwlError
 from hwl.ipc import codec
-from hwl.ipc.client import Connection, IpcError, Message
+from hwl.ipc.client import ClientError, IpcError, Message
 from hwl.kernel.errno import Errno, errno_of
 from hwl.system import proto
-from hwl.system.rs import Rs, RsError
+from hwl.system.rs import ServerClient
 
 __all__ = ["Granted", "Pci", "PciError"]
 
 
-class PciError(HwlError):
+class PciError(ClientError):
     """A PCI call failed: ``errno`` says how, ``detail`` is the server's (or kernel's) reason."""
 
-    def __init__(self, errno: Errno, call: str, detail: str = "") -> None:
-        text = f"pci {call}: {errno.name} ({errno.description})"
-        super().__init__(f"{text}: {detail}" if detail else text)
-        self.errno = errno
-        self.call = call
-        self.detail = detail
+    prefix = "pci "
 
 
 @dataclass(frozen=True)
@@ -53,21 +47,12 @@ class Granted:
     irq: tuple[int, ...]
 
 
-class Pci:
-    """The PCI server at ``endpoint``, called over ``conn``; ``timeout`` bounds each call."""
+class Pci(ServerClient):
+    """The PCI server at ``endpoint``, called over ``conn``; ``timeout`` bounds each call.
+    ``Pci.find(conn)`` asks RS where PCI is."""
 
-    def __init__(self, conn: Connection, endpoint: int, timeout: float | None = None) -> None:
-        self.conn = conn
-        self.endpoint = endpoint
-        self.timeout = timeout
-
-    @classmethod
-    def find(cls, conn: Connection, timeout: float | None = None) -> Pci:
-        """PCI as RS knows it (``RS_LOOKUP`` of the label ``pci``)."""
-        try:
-            return cls(conn, Rs(conn, timeout=timeout).lookup("pci"), timeout)
-        except RsError as exc:
-            raise PciError(exc.errno, "find", exc.detail) from exc
+    label = "pci"
+    error = PciError
 
     # ------------------------------------------------------------------ call
     def call(self, m_type: int, fields: dict[str, codec.Value] | None = None) -> Message:

@@ -20,11 +20,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Self
 
 from hwl.errors import HwlError
 from hwl.ipc import codec
-from hwl.ipc.client import Connection, IpcError, Message
+from hwl.ipc.client import ClientError, Connection, IpcError, Message
 from hwl.kernel.errno import Errno
 from hwl.system import proto
 from hwl.system.proto import LuState, Policy, UpdateFlag
@@ -410,6 +410,27 @@ class Rs:
 
     def _label_request(self, m_type: int, label: str) -> Message:
         return self.request(m_type, {"label": _label(label)})
+
+
+class ServerClient:
+    """A client of the server at ``endpoint``, called over ``conn``; ``timeout`` bounds
+    each call. A subclass names the server's ``label`` at RS and its ``error`` class."""
+
+    label: ClassVar[str]
+    error: ClassVar[type[ClientError]]
+
+    def __init__(self, conn: Connection, endpoint: int, timeout: float | None = None) -> None:
+        self.conn = conn
+        self.endpoint = endpoint
+        self.timeout = timeout
+
+    @classmethod
+    def find(cls, conn: Connection, timeout: float | None = None) -> Self:
+        """The server as RS knows it (``RS_LOOKUP`` of ``label``); ``error`` if RS fails."""
+        try:
+            return cls(conn, Rs(conn, timeout=timeout).lookup(cls.label), timeout)
+        except RsError as exc:
+            raise cls.error(exc.errno, "find", exc.detail) from exc
 
 
 # ------------------------------------------------------------ field checks

@@ -35,7 +35,7 @@ from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, IpcTimeout, Message
 from hwl.kernel.errno import Errno, errno_of
-from hwl.system.rs import Rs, RsError
+from hwl.system.rs import KERNEL_SOCKET, Rs, RsError
 
 __all__ = ["DeviceFile", "Vfs", "VfsError"]
 
@@ -109,7 +109,7 @@ class Vfs:
     @classmethod
     def attach(cls, run_dir: str | Path, *, timeout: float | None = None) -> Vfs:
         """A user process's VFS: attach to the kernel of the machine in ``run_dir``."""
-        conn = Connection.attach(Path(run_dir) / "kernel.sock")
+        conn = Connection.attach(Path(run_dir) / KERNEL_SOCKET)
         try:
             vfs = cls(conn, timeout=timeout)
         except BaseException:
