@@ -52,15 +52,21 @@ def spawn_agent(root: ipc.Connection, label: str, body: str | None = FULL_IPC) -
     return Agent(root, ep, pid, label)
 
 
-def wait_state(root: ipc.Connection, ep: int, state: str, timeout: float = 10) -> dict[str, Any]:
-    """Poll the process table until ``ep`` is in ``state`` (e.g. "sending")."""
+def wait_state(
+    root: ipc.Connection, ep: int, state: str, timeout: float = 10, on: int | None = None
+) -> dict[str, Any]:
+    """Poll the process table until ``ep`` is in ``state`` (e.g. "sending"), and
+    with ``on`` blocked on that endpoint."""
     deadline = time.monotonic() + timeout
     while True:
         for p in root.proctab():
-            if p["endpoint"] == ep and p["state"] == state:
+            if p["endpoint"] == ep and p["state"] == state and on in (None, p["blocked_on"]):
                 return p
         if time.monotonic() > deadline:
-            raise AssertionError(f"endpoint {ep} never reached state {state!r}: {root.proctab()}")
+            where = f" on {on}" if on is not None else ""
+            raise AssertionError(
+                f"endpoint {ep} never reached state {state!r}{where}: {root.proctab()}"
+            )
         time.sleep(0.005)
 
 

@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,16 +52,6 @@ def ask(root: ipc.Connection, ep: int, m_type: int = ECHO) -> dict[str, Any]:
     return dict(reply.fields)
 
 
-def wait_blocked_on(root: ipc.Connection, ep: int, state: str, on: int) -> None:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        for p in root.proctab():
-            if p["endpoint"] == ep and p["state"] == state and p["blocked_on"] == on:
-                return
-        time.sleep(0.002)
-    raise AssertionError(f"{ep} never {state} on {on}: {root.proctab()}")
-
-
 def test_update_swaps_the_program_behind_an_endpoint_and_back(
     root: ipc.Connection, spawn: Spawn
 ) -> None:
@@ -90,9 +79,9 @@ def test_the_update_handshake_of_a_live_update(root: ipc.Connection, spawn: Spaw
     ask(root, a_ep, READY)
     ready = root.receive(a_ep, timeout=5)  # A is now waiting for the reply
     assert (ready.m_type, ready["tag"]) == (READY_MSG, "A")
-    wait_blocked_on(root, a_ep, "receiving", root.endpoint)
+    wait_state(root, a_ep, "receiving", timeout=5, on=root.endpoint)
     ask(root, b_ep, HOLD)
-    wait_blocked_on(root, b_ep, "receiving", root.endpoint)
+    wait_state(root, b_ep, "receiving", timeout=5, on=root.endpoint)
     root.update(a_ep, b_ep)
     # The new program's pending receive takes an asynchronous init sent to a_ep.
     root.senda(a_ep, 77, {"init": True})
@@ -114,7 +103,7 @@ def test_a_caller_queued_on_the_endpoint_is_served_by_the_new_program(
     client = spawn_agent(root, "lu-client")
     try:
         ask(root, a_ep, HOLD)  # A now takes messages only from the root
-        wait_blocked_on(root, a_ep, "receiving", root.endpoint)
+        wait_state(root, a_ep, "receiving", timeout=5, on=root.endpoint)
         client.start("sendrec", dest=a_ep, m_type=ECHO)
         wait_state(root, client.ep, "sending")
         root.update(a_ep, b_ep)
@@ -134,9 +123,9 @@ def test_a_wait_of_one_on_the_other_follows_the_program(root: ipc.Connection) ->
     y = spawn_agent(root, "lu-y")
     try:
         x.start("receive", source=y.ep)  # x waits for a message from y's program
-        wait_blocked_on(root, x.ep, "receiving", y.ep)
+        wait_state(root, x.ep, "receiving", timeout=5, on=y.ep)
         root.update(x.ep, y.ep)
-        wait_blocked_on(root, y.ep, "receiving", x.ep)  # still y's program
+        wait_state(root, y.ep, "receiving", timeout=5, on=x.ep)  # still y's program
         moved_x, moved_y = Agent(root, y.ep, x.pid, "lu-x"), Agent(root, x.ep, y.pid, "lu-y")
         assert moved_y.cmd("send", dest=y.ep, m_type=9, data=b"hi")["status"] == 0
         got = moved_x.result()

@@ -45,7 +45,6 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
 _F64 = struct.Struct("<d")
-_TAG_U16 = struct.Struct("<BH")
 _TAG_U32 = struct.Struct("<BI")
 _TAG_I64 = struct.Struct("<Bq")
 _TAG_F64 = struct.Struct("<Bd")
@@ -317,7 +316,7 @@ def _decode_value(data: bytes, pos: int, end: int, depth: int) -> tuple[Value, i
     if tag in (_STR, _BYTES):
         if pos + 4 > end:
             raise _truncated(pos, end, 4, "a u32 length")
-        size = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16 | data[pos + 3] << 24
+        size = _U32.unpack_from(data, pos)[0]
         pos += 4
         stop = pos + size
         if stop > end:
@@ -354,7 +353,7 @@ def _decode_value(data: bytes, pos: int, end: int, depth: int) -> tuple[Value, i
             return _decode_entries(data, pos, end, depth + 1)
         if pos + 4 > end:
             raise _truncated(pos, end, 4, "a u32 list count")
-        count = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16 | data[pos + 3] << 24
+        count = _U32.unpack_from(data, pos)[0]
         pos += 4
         if count > end - pos:  # every item takes at least its tag byte
             raise CodecError(

@@ -148,4 +148,6 @@ KERNEL_CALL_NAMES: Final = {number: name for name, number in KERNEL_CALL_NUMBERS
 
 # --- the environment of a spawned process ---------------------------------------
 ENV_FD: Final = "HWL_KERNEL_FD"  # the inherited connection to the kernel
-ENV_SOCKET: Final = "HWL_KERNEL_SOCKET"  # where user processes attach
+
+# --- where user processes attach: a socket in the kernel's run directory -------
+SOCKET_NAME: Final = "kernel.sock"

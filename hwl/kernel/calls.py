@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from hwl.config.system_conf import IoRange, MemoryRange, SystemConfError
+from hwl.config.system_conf import IoRange, MemoryRange, ServiceConfig, SystemConfError
 from hwl.config.system_conf import parse as parse_conf
 from hwl.ipc import arena, codec, wire
 from hwl.kernel.errno import Errno
@@ -105,6 +105,18 @@ def get_bool(f: dict[str, codec.Value], name: str, default: bool = False) -> boo
     if not isinstance(value, bool):
         fail(Errno.EINVAL, f"field '{name}' must be a boolean")
     return value
+
+
+def _one_entry(call: str, text: str, origin: str) -> ServiceConfig:
+    """The one system.conf service entry ``text`` must hold."""
+    try:
+        conf = parse_conf(text, origin)
+    except SystemConfError as exc:
+        fail(Errno.EINVAL, f"{call}: {exc}")
+    if len(conf) != 1:
+        fail(Errno.EINVAL, f"{call}: the conf holds {len(conf)} service entries, not 1")
+    (entry,) = conf
+    return entry
 
 
 U32 = 0xFFFFFFFF
@@ -409,13 +421,7 @@ class Calls:
             self._controls(proc, target, "privctl")
         priv = target.priv
         if op == "set":
-            try:
-                conf = parse_conf(get_str(f, "conf"), "<privctl>")
-            except SystemConfError as exc:
-                fail(Errno.EINVAL, f"privctl: {exc}")
-            if len(conf) != 1:
-                fail(Errno.EINVAL, f"privctl: the text holds {len(conf)} service entries, not 1")
-            (entry,) = conf
+            entry = _one_entry("privctl", get_str(f, "conf"), "<privctl>")
             target.priv = Priv(entry)
             target.label = entry.label  # a process is known by its service's label
         elif op == "add_io":
@@ -451,13 +457,7 @@ class Calls:
             fail(Errno.EINVAL, "spawn: env must map names to strings")
         size = get_int(f, "arena", arena.DATA_START + 4096, 1 << 30, arena.DEFAULT_SIZE)
         if "conf" in f:
-            try:
-                conf = parse_conf(get_str(f, "conf"), f"<spawn {label}>")
-            except SystemConfError as exc:
-                fail(Errno.EINVAL, f"spawn: {exc}")
-            if len(conf) != 1:
-                fail(Errno.EINVAL, f"spawn: the conf holds {len(conf)} service entries, not 1")
-            priv = Priv(next(iter(conf)))
+            priv = Priv(_one_entry("spawn", get_str(f, "conf"), f"<spawn {label}>"))
         else:
             priv = Priv.user(label)
         reuse = get_int(f, "endpoint", 0, I32_MAX) if "endpoint" in f else None

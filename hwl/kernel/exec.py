@@ -12,27 +12,16 @@ else names it, so no process can take over another's endpoint. Output goes to
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from hwl.ipc import wire
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent: int) -> None:
-    """In a child before exec: die when ``parent`` does (or already did)."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
+from hwl.machine.machine import die_with_parent
 
 
 def start(

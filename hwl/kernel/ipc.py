@@ -84,11 +84,7 @@ class Ipc:
     def _accepts_extra(receiver: Proc, source: int) -> bool:
         """Notifications and asynchronous messages never stand in for the reply a
         process waits for in sendrec (MINIX's MF_REPLY_PEND)."""
-        return (
-            receiver.state is State.RECEIVING
-            and receiver.recv_from in (wire.ANY, source)
-            and not receiver.awaiting_reply
-        )
+        return Ipc._accepts(receiver, source) and not receiver.awaiting_reply
 
     def _target(self, caller: Proc, endpoint: int) -> tuple[Proc | None, int]:
         """The live process a send names, or the error for it."""
@@ -292,14 +288,18 @@ class Ipc:
             self.post_notify(sender, wire.ASYNCM, 0)
 
     # -------------------------------------------------------------- cleanup
+    def _withdraw_send(self, proc: Proc) -> None:
+        """Take a process blocked in send out of its target's callers queue."""
+        if proc.state is State.SENDING:
+            target = self.table.lookup(proc.send_to)
+            if target is not None and proc in target.callers:
+                target.callers.remove(proc)
+
     def cancel(self, caller: Proc) -> None:
         """End the caller's blocked send or receive with EINTR (its client timed out)."""
-        if caller.state is State.SENDING:
-            target = self.table.lookup(caller.send_to)
-            if target is not None and caller in target.callers:
-                target.callers.remove(caller)
-        elif caller.state is not State.RECEIVING:
+        if caller.state not in (State.SENDING, State.RECEIVING):
             return  # the answer is on its way already
+        self._withdraw_send(caller)
         self._unblock(caller)
         self.out.respond(caller, EINTR)
 
@@ -323,10 +323,7 @@ class Ipc:
 
     def process_died(self, proc: Proc) -> None:
         """Undo everything IPC knows about a dead process."""
-        if proc.state is State.SENDING:
-            target = self.table.lookup(proc.send_to)
-            if target is not None and proc in target.callers:
-                target.callers.remove(proc)
+        self._withdraw_send(proc)
         self._unblock(proc)
         self.clear_refs(proc)
         for other in self.table:

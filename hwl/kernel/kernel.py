@@ -40,7 +40,6 @@ from hwl.link.link import Link
 
 log = logging.getLogger("hwl.kernel")
 
-SOCKET_NAME = "kernel.sock"
 # While a stub request or an IRQ is outstanding, the loop also wakes on its own
 # after this long: the doorbell that should wake it is lost about once in 80.
 LINK_SLICE = 0.002
@@ -90,7 +89,7 @@ class Kernel:
         self.listener: socket.socket | None = None
         self.forkserver: kexec.ForkServer | None = None
         self.root_endpoint = wire.NONE  # the process started with every privilege
-        self.socket_path = run_dir / SOCKET_NAME
+        self.socket_path = run_dir / wire.SOCKET_NAME
         self._link_ok = link is not None
         if link is not None:
             os.set_blocking(link.doorbell_fd, False)

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hwl.errors import HwlError
+from hwl.ipc import wire
 from hwl.ipc.client import Connection
-from hwl.kernel.exec import die_with_parent
+from hwl.machine.machine import die_with_parent
 
 if TYPE_CHECKING:
     from hwl.machine.machine import Machine
@@ -49,7 +50,7 @@ class KernelProcess:
         self.run_dir = run_dir
         self.proc = proc
         self.root = root
-        self.socket_path = run_dir / "kernel.sock"
+        self.socket_path = run_dir / wire.SOCKET_NAME
         self._own_dir = own_dir  # a temporary run directory, removed on stop
 
     @classmethod

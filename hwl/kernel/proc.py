@@ -106,7 +106,6 @@ class Proc:
     next_async: int = 1
     irq_hooks: list[IrqHook] = field(default_factory=list)
     dma: dict[int, DmaBuffer] = field(default_factory=dict)
-    alarm: float | None = None  # monotonic deadline
     exits: list[ExitRecord] = field(default_factory=list)  # of processes it created
     alive: bool = True
     reply_errno: int = 0  # of a REPLY_RECEIVE's reply, carried by its next response

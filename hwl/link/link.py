@@ -253,13 +253,8 @@ class Link:
             raise ValueError(
                 "a submitted batch must read into its own buffers (ins(..., into=buf))"
             )
-        with self._lock:
-            slot = self._slot_addr()
-            (packed,) = batch.packed()
-            self._mem[slot + abi.SLOT_OPS : slot + abi.SLOT_OPS + len(packed)] = packed
-            ticket = Ticket(self._post(slot, len(batch)), slot, batch)
-            self._owners[(ticket.target - 1) % abi.NSLOTS] = ticket
-            return ticket
+        (packed,) = batch.packed()
+        return self._queue(packed, len(batch), batch)
 
     def collect(self, ticket: Ticket, timeout: float = 10.0) -> BatchResult:
         """Wait for a submitted batch and return its values (raises as execute does)."""
@@ -281,10 +276,15 @@ class Link:
         checked them). Collect with ``collect_raw``."""
         if not 0 < nops <= abi.MAX_OPS or len(packed) != nops * abi.OP_SIZE:
             raise ValueError(f"{len(packed)} bytes are not {nops} packed ops (1..{abi.MAX_OPS})")
+        return self._queue(packed, nops, Batch())
+
+    def _queue(self, packed: bytes, nops: int, batch: Batch) -> Ticket:
+        """Write packed ops into the next slot and post it; the slot is the ticket's
+        until it is collected."""
         with self._lock:
             slot = self._slot_addr()
             self._mem[slot + abi.SLOT_OPS : slot + abi.SLOT_OPS + len(packed)] = packed
-            ticket = Ticket(self._post(slot, nops), slot, Batch())
+            ticket = Ticket(self._post(slot, nops), slot, batch)
             self._owners[(ticket.target - 1) % abi.NSLOTS] = ticket
             return ticket
 

@@ -74,9 +74,13 @@ def find_qemu() -> str:
     return path
 
 
-def _die_with_parent(parent: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+_libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in a forked child
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child before exec: die when ``parent`` does (or already did)."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -153,11 +157,11 @@ class Machine:
         ram_dir = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.run_dir
         self._ram_path = ram_dir / f"hwl-{os.getpid()}-{id(self):x}.ram"
         mem = self.profile.memory
-        cpu: list[str] = []  # -cpu host aborts under nested KVM (MSR 0x10a); the default works
+        # No -cpu host: it aborts under nested KVM (MSR 0x10a); the default works.
         args = [
             qemu, "-S", "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
             "-machine", f"{self.profile.machine_type},accel={self.accel},memory-backend=hwl-ram",
-            "-m", f"{mem >> 20}M", *cpu,
+            "-m", f"{mem >> 20}M",
             "-object",
             f"memory-backend-file,id=hwl-ram,size={mem},mem-path={self._ram_path},share=on",
             "-kernel", str(self.stub.path),
@@ -176,7 +180,7 @@ class Machine:
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,
-                preexec_fn=lambda: _die_with_parent(parent),
+                preexec_fn=lambda: die_with_parent(parent),
             )
 
     def _exited_error(self, what: str) -> QemuExitedError:
