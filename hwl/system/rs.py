@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, Self
 
 from hwl.errors import HwlError
-from hwl.ipc import codec
+from hwl.ipc import codec, wire
 from hwl.ipc.client import ClientError, Connection, IpcError, Message
 from hwl.kernel.errno import Errno
 from hwl.system import proto
 from hwl.system.proto import LuState, Policy, UpdateFlag
 
-KERNEL_SOCKET: Final = "kernel.sock"
+KERNEL_SOCKET: Final = wire.SOCKET_NAME  # where user processes attach
 
 
 class RsError(HwlError):
