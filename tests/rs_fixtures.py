@@ -117,11 +117,8 @@ class RsSystem:
                     str(INIT_TIMEOUT),
                 ],
             )
-            conn = Connection.attach(kernel.socket_path)
-            try:
+            with Connection.attach(kernel.socket_path) as conn:
                 yield cls(kernel, run_dir, conn)
-            finally:
-                conn.close()
         finally:
             pids = _reported_pids(run_dir)
             if kernel is not None:

@@ -230,14 +230,12 @@ def test_update_refusals(rs: RsSystem) -> None:
     results: list[Errno | None] = []
 
     def slow_update() -> None:
-        client = Connection.attach(rs.kernel.socket_path)
-        try:
-            Rs(client, timeout=10).update(svc.label, state=LuState.REQUEST_FREE, maxtime=SHORT)
-            results.append(None)
-        except RsError as exc:
-            results.append(exc.errno)
-        finally:
-            client.close()
+        with Connection.attach(rs.kernel.socket_path) as client:
+            try:
+                Rs(client, timeout=10).update(svc.label, state=LuState.REQUEST_FREE, maxtime=SHORT)
+                results.append(None)
+            except RsError as exc:
+                results.append(exc.errno)
 
     thread = threading.Thread(target=slow_update)
     thread.start()
@@ -288,17 +286,15 @@ def test_client_sees_no_error_across_updates(rs: RsSystem) -> None:
     stop = threading.Event()
 
     def client() -> None:
-        conn = Connection.attach(rs.kernel.socket_path)
-        try:
-            while not stop.is_set():
-                reply = conn.sendrec(endpoint, 1, {}, timeout=10)
-                if reply.m_type != 0:
-                    raise AssertionError(f"the service answered {reply.m_type}")
-                seen.append((str(reply["tag"]), int(reply["count"])))  # type: ignore[arg-type]
-        except (IpcError, AssertionError) as exc:
-            errors.append(exc)
-        finally:
-            conn.close()
+        with Connection.attach(rs.kernel.socket_path) as conn:
+            try:
+                while not stop.is_set():
+                    reply = conn.sendrec(endpoint, 1, {}, timeout=10)
+                    if reply.m_type != 0:
+                        raise AssertionError(f"the service answered {reply.m_type}")
+                    seen.append((str(reply["tag"]), int(reply["count"])))  # type: ignore[arg-type]
+            except (IpcError, AssertionError) as exc:
+                errors.append(exc)
 
     thread = threading.Thread(target=client)
     thread.start()

@@ -173,8 +173,7 @@ def test_client_loop_recovers_with_restart_policy(rs: RsSystem) -> None:
     label = rs.label("loop")
     endpoint = rs.rs.up(echo_argv("L"), label=label, policy=Policy.RESTART)
     old_pid = rs.row(label).pid
-    client = Connection.attach(rs.kernel.socket_path)
-    try:
+    with Connection.attach(rs.kernel.socket_path) as client:
         assert rs.echo(endpoint, client)["pid"] == old_pid
         kill(old_pid)
         deadline = time.monotonic() + 5
@@ -193,8 +192,6 @@ def test_client_loop_recovers_with_restart_policy(rs: RsSystem) -> None:
         assert set(errors) <= {Errno.EDEADSRCDST, Errno.ESRCH, Errno.EDEADEPT}, errors
         for _ in range(20):
             assert rs.echo(endpoint, client)["pid"] == answer["pid"]
-    finally:
-        client.close()
     rs.rs.down(label)
 
 
@@ -403,21 +400,17 @@ def test_down_of_a_graceful_service_is_sigterm(rs: RsSystem) -> None:
 # ----------------------------------------------------------- init failures
 
 
-def test_up_init_failure_is_enosys(rs: RsSystem) -> None:
-    label = rs.label("initfail")
-    err = refused(lambda: rs.rs.up(service_argv("--init", "fail"), label=label))
-    assert err.errno is Errno.ENOSYS, err
+@pytest.mark.parametrize(
+    ("init", "errno"), [("fail", Errno.ENOSYS), ("crash", Errno.ERESTART)], ids=["fail", "crash"]
+)
+def test_up_init_failure_is_refused(rs: RsSystem, init: str, errno: Errno) -> None:
+    """An init that fails answers ENOSYS, one that crashes ERESTART; never up."""
+    label = rs.label(f"init{init}")
+    err = refused(lambda: rs.rs.up(service_argv("--init", init), label=label))
+    assert err.errno is errno, err
     assert rs.status(label) is None
     assert "init-failed" in rs.event_names(label)
     assert "up" not in rs.event_names(label)
-
-
-def test_up_init_crash_is_erestart(rs: RsSystem) -> None:
-    label = rs.label("initcrash")
-    err = refused(lambda: rs.rs.up(service_argv("--init", "crash"), label=label))
-    assert err.errno is Errno.ERESTART, err
-    assert rs.status(label) is None
-    assert "init-failed" in rs.event_names(label)
 
 
 def test_up_init_timeout_is_eintr(rs: RsSystem) -> None:
@@ -477,19 +470,17 @@ def test_requests_while_a_service_starts(rs: RsSystem) -> None:
     result: list[BaseException | int] = []
 
     def up() -> None:
-        client = Connection.attach(rs.kernel.socket_path)
         try:
-            reply = client.sendrec(
-                rs.endpoint,
-                proto.RS_UP,
-                {"label": label, "argv": list[codec.Value](service_argv("--init", "timeout"))},
-                timeout=10,
-            )
+            with Connection.attach(rs.kernel.socket_path) as client:
+                reply = client.sendrec(
+                    rs.endpoint,
+                    proto.RS_UP,
+                    {"label": label, "argv": list[codec.Value](service_argv("--init", "timeout"))},
+                    timeout=10,
+                )
             result.append(reply.m_type)
         except BaseException as exc:
             result.append(exc)
-        finally:
-            client.close()
 
     thread = threading.Thread(target=up)
     thread.start()

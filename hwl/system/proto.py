@@ -122,6 +122,15 @@ DS_SUBSCRIBE = DS_BASE + 4  # regex, flags
 DS_CHECK = DS_BASE + 5  # -> key, type, owner (one changed key; ENOENT when none)
 DS_RETRIEVE_LABEL = DS_BASE + 6  # label -> endpoint, or endpoint -> label
 
+DS_REQUEST_NAMES = {
+    DS_PUBLISH: "publish",
+    DS_RETRIEVE: "retrieve",
+    DS_DELETE: "delete",
+    DS_SUBSCRIBE: "subscribe",
+    DS_CHECK: "check",
+    DS_RETRIEVE_LABEL: "retrieve_label",
+}
+
 
 class DsFlag(IntFlag):
     """DS flags (MINIX's DSF_*)."""

@@ -168,7 +168,7 @@ class Sef:
         return self._conn
 
     # ----------------------------------------------------------------- init
-    def startup(self, conn: Connection | None = None) -> Connection:
+    def startup(self) -> Connection:
         """Connect, wait for RS's init request, initialise, report; returns the
         connection for the service's own calls."""
         if not logging.getLogger().handlers:
@@ -178,7 +178,7 @@ class Sef:
                 format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
                 datefmt="%H:%M:%S",
             )
-        self._conn = conn = conn or Connection.from_env()
+        self._conn = conn = Connection.from_env()
         self.rs = conn.parent
         signal.signal(signal.SIGTERM, self._on_signal)
         while True:
@@ -354,8 +354,8 @@ class Sef:
 _sef = Sef()
 
 
-def startup(conn: Connection | None = None) -> Connection:
-    return _sef.startup(conn)
+def startup() -> Connection:
+    return _sef.startup()
 
 
 def receive(nested: bool = False) -> Message:

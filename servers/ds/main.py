@@ -31,21 +31,12 @@ from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.kernel.errno import Errno
 from hwl.system import proto, sef
-from servers.ds.store import Caller, Store, StoreError, handle
+from servers.ds.store import Caller, Outcome, Store, StoreError, handle
 
 log = logging.getLogger("servers.ds")
 
 MAX_SAVED = wire.MAX_PAYLOAD - 256
 """The largest state a live update can carry: it travels in one SEF message."""
-
-_REQUEST_NAMES = {
-    proto.DS_PUBLISH: "publish",
-    proto.DS_RETRIEVE: "retrieve",
-    proto.DS_DELETE: "delete",
-    proto.DS_SUBSCRIBE: "subscribe",
-    proto.DS_CHECK: "check",
-    proto.DS_RETRIEVE_LABEL: "retrieve_label",
-}
 
 Reply = tuple[int, dict[str, codec.Value]]
 
@@ -55,14 +46,11 @@ class DataStore:
 
     def __init__(self) -> None:
         self.store = Store()
-        self._conn: Connection | None = None
         self.kernel_labels: dict[int, str] = {}  # endpoint -> label, from proctab
 
     @property
     def conn(self) -> Connection:
-        if self._conn is None:
-            self._conn = sef.connection()
-        return self._conn
+        return sef.connection()
 
     @property
     def rs(self) -> int:
@@ -139,22 +127,13 @@ class DataStore:
             # endless exchange of error replies, so DS never replies to a reply.
             log.debug("ignored a reply (status %d) from %d", m.m_type, m.source)
             return None
-        name = _REQUEST_NAMES.get(m.m_type, f"{m.m_type:#x}")
+        name = proto.DS_REQUEST_NAMES.get(m.m_type, f"{m.m_type:#x}")
         try:
             try:
                 fields = m.fields
             except codec.CodecError as exc:
                 raise StoreError(Errno.EINVAL, f"the request does not decode: {exc}") from exc
-            caller = self.caller(m)
-            try:
-                outcome = handle(self.store, caller, m.m_type, fields)
-            except StoreError as exc:
-                if exc.errno is not Errno.EAGAIN or m.m_type != proto.DS_SUBSCRIBE:
-                    raise
-                alive = self.refresh_labels()
-                if alive is None or not self.store.prune_subscribers(alive | {self.rs}):
-                    raise
-                outcome = handle(self.store, caller, m.m_type, fields)
+            outcome = self._handle(self.caller(m), m.m_type, fields)
         except StoreError as exc:
             level = logging.WARNING if exc.errno is Errno.EINVAL else logging.DEBUG
             log.log(level, "%s from %d refused: %s", name, m.source, exc.message)
@@ -165,12 +144,23 @@ class DataStore:
         self.notify(outcome.notify)
         return 0, outcome.fields
 
+    def _handle(self, caller: Caller, m_type: int, fields: dict[str, codec.Value]) -> Outcome:
+        """The store's answer; a subscribe that finds the table full has the dead
+        subscribers dropped and is tried once more."""
+        try:
+            return handle(self.store, caller, m_type, fields)
+        except StoreError as exc:
+            if exc.errno is not Errno.EAGAIN or m_type != proto.DS_SUBSCRIBE:
+                raise
+            alive = self.refresh_labels()
+            if alive is None or not self.store.prune_subscribers(alive | {self.rs}):
+                raise
+        return handle(self.store, caller, m_type, fields)
+
     def notify(self, endpoints: list[int]) -> None:
         for endpoint in endpoints:
             try:
                 self.conn.notify(endpoint)
-            except KernelGone:
-                raise
             except IpcError as exc:
                 if self.store.drop_subscriber(endpoint):
                     log.info("subscriber %d unreachable (%s): subscription dropped", endpoint, exc)

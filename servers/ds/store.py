@@ -90,6 +90,16 @@ class Subscription:
     pattern: re.Pattern[str]
     changed: dict[Key, str] = field(default_factory=dict)  # (type, key) -> entry owner
 
+    def mark(self, entry: Entry) -> bool:
+        """Note ``entry`` as changed if this subscription may see it; True if so."""
+        if entry.private and self.owner != entry.owner:
+            return False
+        if self.pattern.fullmatch(entry.key) is None:
+            return False
+        # A key changed twice before a check keeps its place; the owner is the latest.
+        self.changed[(entry.type, entry.key)] = entry.owner
+        return True
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -206,16 +216,7 @@ class Store:
     def _changed(self, entry: Entry) -> list[int]:
         """Mark ``entry`` changed for every subscription that may see it; returns the
         subscribers to notify."""
-        notify = []
-        for sub in self.subs.values():
-            if entry.private and sub.owner != entry.owner:
-                continue
-            if sub.pattern.fullmatch(entry.key) is None:
-                continue
-            # A key changed twice before a check keeps its place; the owner is the latest.
-            sub.changed[(entry.type, entry.key)] = entry.owner
-            notify.append(sub.endpoint)
-        return notify
+        return [sub.endpoint for sub in self.subs.values() if sub.mark(entry)]
 
     def _remove(self, entry: Entry) -> list[int]:
         del self.entries[(entry.type, entry.key)]
@@ -321,10 +322,7 @@ class Store:
         self.subs[caller.endpoint] = sub
         if flags & DsFlag.INITIAL:
             for entry in self.entries.values():
-                if entry.private and entry.owner != owner:
-                    continue
-                if pattern.fullmatch(entry.key) is not None:
-                    sub.changed[(entry.type, entry.key)] = entry.owner
+                sub.mark(entry)
         return [caller.endpoint] if sub.changed else []
 
     def check(self, caller: Caller) -> tuple[str, str, str]:

@@ -41,13 +41,9 @@ class Rs:
 
     def is_operator(self, endpoint: int) -> bool:
         """A user process (attached through kernel.sock, same uid as the kernel)."""
-        known = self._operators.get(endpoint)
-        if known is None:
-            procs = {p["endpoint"]: p for p in self.conn.proctab()}
-            proc = procs.get(endpoint)
-            known = proc is not None and not proc["system"]
-            self._operators = {e: not p["system"] for e, p in procs.items()}
-        return known
+        if endpoint not in self._operators:  # a process not seen yet: read the table again
+            self._operators = {p["endpoint"]: not p["system"] for p in self.conn.proctab()}
+        return self._operators.get(endpoint, False)
 
     # ------------------------------------------------------------------ boot
     def boot(self, entries: list[dict[str, Any]]) -> bool:
@@ -57,7 +53,6 @@ class Rs:
             label = str(entry.get("label", ""))
             try:
                 svc = service_from_fields(self.m, label, entry)
-                svc.boot = True
                 self.m.table.add(svc)
                 self.m.start(svc, InitType.FRESH)
             except RsError as exc:
@@ -91,7 +86,6 @@ class Rs:
             if m.source == wire.CLOCK:
                 self.m.timers.fired()
                 self.m.timers.run_due()
-                self.m.reap_scripts()
             elif m.source == wire.SYSTEM:
                 for info in self.conn.exits():
                     self.m.on_exit(info)

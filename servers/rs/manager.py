@@ -53,6 +53,11 @@ class RsError(Exception):
         self.why = why
 
 
+def how_it_ended(info: ExitInfo) -> str:
+    """An exit as events and errors tell it: "signal N" or "status N"."""
+    return f"signal {info.signal}" if info.signal else f"status {info.status}"
+
+
 def default_conf(label: str) -> str:
     """The entry for a service system.conf does not list: basic calls, ipc ALL_SYS."""
     return f"service {label}\n{{\n}};\n"
@@ -212,9 +217,7 @@ class Manager:
         fresh = svc.init_kind is InitType.FRESH
         self.kill_current(svc)
         if fresh:  # service up / boot: the service does not come up
-            svc.state = State.DOWN
-            self.table.remove(svc)
-            self.answer_waiters(svc, -errno, {"error": f"{svc.label}: {why} ({errno.name})"})
+            self._forget(svc, -errno, {"error": f"{svc.label}: {why} ({errno.name})"})
         else:  # a restart that did not take: count it and try again later
             self.schedule_restart(svc, "init-failed")
 
@@ -282,18 +285,14 @@ class Manager:
         for timer in (svc.ping_timer, svc.init_timer, svc.kill_timer):
             if timer:
                 timer.cancel()
-        how = f"signal {info.signal}" if info.signal else f"status {info.status}"
+        how = how_it_ended(info)
         if svc.stopping:
             self.events.write("down", svc.label, pid=info.pid, how=how)
-            svc.state = State.DOWN
-            self.table.remove(svc)
-            self.answer_waiters(svc, 0, {})
+            self._forget(svc, 0, {})
             return
         if svc.state is State.STARTING and svc.init_kind is InitType.FRESH:
             self.events.write("init-failed", svc.label, pid=info.pid, how=how)
-            svc.state = State.DOWN
-            self.table.remove(svc)
-            self.answer_waiters(
+            self._forget(
                 svc, -Errno.ERESTART, {"error": f"{svc.label} died during its init ({how})"}
             )
             return
@@ -390,10 +389,8 @@ class Manager:
             if refresh:
                 self.restart(svc)
             else:
-                svc.state = State.DOWN
-                self.table.remove(svc)
                 self.events.write("down", svc.label)
-                self.answer_waiters(svc, 0, {})
+                self._forget(svc, 0, {})
             return
         svc.state = State.STOPPING
         endpoint = svc.current.endpoint
@@ -442,6 +439,12 @@ class Manager:
         waiters, svc.waiters = svc.waiters, []
         for waiter in waiters:
             self.reply(waiter, status, fields)
+
+    def _forget(self, svc: Service, status: int, fields: dict[str, codec.Value]) -> None:
+        """The service is down for good: out of the table, its waiters answered."""
+        svc.state = State.DOWN
+        self.table.remove(svc)
+        self.answer_waiters(svc, status, fields)
 
     def reap_scripts(self) -> None:
         self.scripts = [p for p in self.scripts if p.poll() is None]

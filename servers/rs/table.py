@@ -49,7 +49,6 @@ class Service:
     max_restarts: int = -1
     policy: Policy = Policy.RESET
     cold: bool = False
-    boot: bool = False
 
     state: State = State.STARTING
     current: Instance | None = None
@@ -112,6 +111,3 @@ class ServiceTable:
 
     def __iter__(self) -> Iterator[Service]:
         return iter(list(self._by_label.values()))
-
-    def __len__(self) -> int:
-        return len(self._by_label)

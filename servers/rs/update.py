@@ -28,7 +28,7 @@ from hwl.ipc.kcalls import ExitInfo
 from hwl.kernel.errno import Errno, errno_of
 from hwl.system import proto
 from hwl.system.proto import InitFlag, InitType, UpdateFlag
-from servers.rs.manager import Manager, RsError
+from servers.rs.manager import Manager, RsError, how_it_ended
 from servers.rs.table import Instance, Service, State, Waiter
 from servers.rs.timers import Timer
 
@@ -100,7 +100,7 @@ class Updater:
         svc.state = State.UPDATING
         if svc.ping_timer:
             svc.ping_timer.cancel()
-        u.timer = self.m.timers.after(maxtime, lambda: self._timeout(u))
+        self._arm(u)
         u.spawned_at = time.monotonic()
         self._prepare_when_ready(u)
 
@@ -116,9 +116,7 @@ class Updater:
         u.phase = "preparing"
         fields: dict[str, codec.Value] = {"state": u.state, "flags": int(u.flags)}
         self.m.conn.senda(u.old.endpoint, proto.SEF_LU_PREPARE, fields)
-        if u.timer:
-            u.timer.cancel()
-        u.timer = self.m.timers.after(u.maxtime, lambda: self._timeout(u))
+        self._arm(u)
         log.info("update of %s: state %d within %.2f s", u.svc.label, u.state, u.maxtime)
 
     def _waiting_for_init(self, endpoint: int) -> bool:
@@ -157,6 +155,10 @@ class Updater:
             saved=saved if isinstance(saved, bytes) else b"",
             as_endpoint=u.old.endpoint,
         )
+        self._arm(u)
+
+    def _arm(self, u: Update) -> None:
+        """Give the update's current phase its maxtime (the previous phase's is off)."""
         if u.timer:
             u.timer.cancel()
         u.timer = self.m.timers.after(u.maxtime, lambda: self._timeout(u))
@@ -219,8 +221,7 @@ class Updater:
             return
         if u.phase in ("spawning", "preparing"):
             self.m.conn.senda(u.old.endpoint, proto.SEF_LU_PREPARE, {"state": 0, "flags": 0})
-            if u.new is not None:
-                self.m.kill(u.new.endpoint)
+            self._kill_new(u)
             self._finish(
                 u, "update-aborted", -Errno.EINTR, f"state {u.state} not reached in {u.maxtime} s"
             )
@@ -228,11 +229,16 @@ class Updater:
             self._rollback(u, Errno.EINTR, f"the new version's init took over {u.maxtime} s")
 
     def _rollback(self, u: Update, errno: Errno, why: str) -> None:
+        self._kill_new(u)
+        self._resume(u.old.endpoint, -Errno.EINTR)
+        self._finish(u, "update-rolled-back", -errno, why)
+
+    def _kill_new(self, u: Update) -> None:
+        """Kill the new version (if any); its exit is then expected."""
         if u.new is not None:
             self.retired.add(u.new.pid)
             self.m.kill(u.new.endpoint)
-        self._resume(u.old.endpoint, -Errno.EINTR)
-        self._finish(u, "update-rolled-back", -errno, why)
+            u.new = None
 
     def _resume(self, endpoint: int, status: int) -> None:
         """Answer a prepared old version's sendrec: it serves on."""
@@ -264,9 +270,8 @@ class Updater:
             return True
         for u in list(self.updates.values()):
             if u.new is not None and u.new.pid == info.pid:
-                how = f"signal {info.signal}" if info.signal else f"status {info.status}"
                 u.new = None  # nothing left to kill
-                self._rollback(u, Errno.ERESTART, f"the new version died ({how})")
+                self._rollback(u, Errno.ERESTART, f"the new version died ({how_it_ended(info)})")
                 return True
         return False
 
@@ -276,18 +281,9 @@ class Updater:
         u = self.updates.get(svc.label)
         if u is None:
             return
-        if u.new is not None:
-            self.retired.add(u.new.pid)
-            self.m.kill(u.new.endpoint)
-            u.new = None
+        self._kill_new(u)
         svc.state = State.UP  # so the manager treats it as a crash of a running service
-        if u.timer:
-            u.timer.cancel()
-        self.updates.pop(svc.label, None)
-        self.m.events.write("update-aborted", svc.label, reason="the old version died")
-        self.m.reply(
-            u.waiter, -Errno.ERESTART, {"error": f"update of {svc.label}: the old version died"}
-        )
+        self._finish(u, "update-aborted", -Errno.ERESTART, "the old version died")
 
 
 def _int(value: codec.Value) -> int:

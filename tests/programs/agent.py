@@ -1,19 +1,21 @@
 """Test agent: runs the IPC step a CMD message asks for and reports the outcome.
 
 A test sends ``CMD`` with ``op`` and arguments; the agent runs it on its own
-connection and answers ``RESULT`` with ``status`` (0 or the errno) and what the
-step returned. ``reply`` says how: "sendnb" (the test waits in sendrec, the
-default), "send" (the test receives later), or "none". Other messages are kept in
-an inbox that the "inbox" op returns.
+connection and answers ``RESULT`` with ``status`` (0, or the errno of an IpcError
+or DsError) and what the step returned. ``reply`` says how: "sendnb" (the test
+waits in sendrec, the default), "send" (the test receives later), or "none".
+Other messages are kept in an inbox that the "inbox" op returns.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from hwl import ipc
+from hwl.system.ds import DsError
 
 CMD = 1
 RESULT = 2
@@ -67,7 +69,11 @@ def run(conn: ipc.Connection, f: dict[str, Any], inbox: list[dict[str, Any]]) ->
     return {}
 
 
-def main() -> None:
+Run = Callable[[ipc.Connection, dict[str, Any], list[dict[str, Any]]], dict[str, Any]]
+
+
+def main(run_op: Run = run) -> None:
+    """Serve CMD messages with ``run_op`` (ds_agent.py passes its own)."""
     conn = ipc.connect()
     inbox: list[dict[str, Any]] = []
     while True:
@@ -80,9 +86,9 @@ def main() -> None:
             continue
         fields = msg.fields
         try:
-            result = run(conn, fields, inbox)
+            result = run_op(conn, fields, inbox)
             result["status"] = 0
-        except ipc.IpcError as exc:
+        except (ipc.IpcError, DsError) as exc:
             result = {"status": int(exc.errno), "error": str(exc)}
         except Exception as exc:  # a bad command must not end the agent
             result = {"status": 22, "error": repr(exc)}

@@ -2,7 +2,8 @@
 
 Extra ops (every other op is agent.py's):
 - "ds": call ``Ds(conn, endpoint).<method>(*args, **kwargs)``; the result is
-  ``result`` (tuples become lists); a DsError reports its errno as ``status``.
+  ``result`` (tuples become lists); a DsError reports its errno as ``status``
+  (agent.py's loop runs the ops).
 - "ds_find": ``Ds.find(conn)`` (asks RS, the root, for DS's endpoint) -> ``endpoint``.
 - "flush_notify": forget the notifications from ``source`` kept in the inbox.
 - "wait_notify": wait for a notification from ``source`` (kept in the inbox if it
@@ -21,7 +22,7 @@ import agent
 
 from hwl import ipc
 from hwl.ipc import wire
-from hwl.system.ds import Ds, DsError
+from hwl.system.ds import Ds
 
 METHODS = {
     "publish", "publish_u32", "publish_str", "publish_mem", "publish_label",
@@ -71,33 +72,5 @@ def run(conn: ipc.Connection, f: dict[str, Any], inbox: list[dict[str, Any]]) ->
     return agent.run(conn, f, inbox)
 
 
-def main() -> None:
-    conn = ipc.connect()
-    inbox: list[dict[str, Any]] = []
-    while True:
-        try:
-            msg = conn.receive()
-        except ipc.KernelGone:
-            return
-        if msg.m_type != agent.CMD:
-            inbox.append(agent.describe(msg))
-            continue
-        fields = msg.fields
-        try:
-            result = run(conn, fields, inbox)
-            result["status"] = 0
-        except (ipc.IpcError, DsError) as exc:
-            result = {"status": int(exc.errno), "error": str(exc)}
-        except Exception as exc:  # a bad command must not end the agent
-            result = {"status": 22, "error": repr(exc)}
-        try:
-            if fields.get("reply", "sendnb") == "sendnb":
-                conn.sendnb(msg.source, agent.RESULT, result)
-            elif fields.get("reply") == "send":
-                conn.send(msg.source, agent.RESULT, result)
-        except ipc.IpcError:
-            pass
-
-
 if __name__ == "__main__":
-    main()
+    agent.main(run)

@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 
-from hwl.ipc.client import IpcError
 from hwl.system import sef
 
 ECHO, EXIT = 1, 3
@@ -46,10 +45,7 @@ def main(argv: list[str]) -> int:
             return int(m.get("status", 0))  # type: ignore[arg-type]
         info = sef.init_info()
         fields = {"tag": args.tag, "pid": os.getpid(), "restarts": info.restarts if info else -1}
-        try:
-            m = sef.reply_receive(m.source, 0, dict(fields))
-        except IpcError:
-            m = sef.receive()
+        m = sef.reply_receive(m.source, 0, dict(fields))
 
 
 if __name__ == "__main__":
