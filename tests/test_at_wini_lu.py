@@ -10,7 +10,9 @@ hook and the DMA buffers).
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -184,19 +186,10 @@ def test_an_update_to_another_mode_is_rolled_back(setup: Setup) -> None:
 
 
 def test_a_crash_after_an_update_is_recovered(setup: Setup) -> None:
-    import os
-    import signal
-
     setup.system.rs.update("at_wini", state=LuState.REQUEST_FREE)
     row = setup.at_wini_row()
     os.kill(row.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 15
-    while True:
-        new = setup.at_wini_row()
-        if new.state == "up" and new.pid not in (row.pid, -1) and new.restarts > row.restarts:
-            break
-        assert time.monotonic() < deadline, new
-        time.sleep(0.05)
+    setup.wait_at_wini_up(row.pid, row.restarts)
     with Vfs.attach(setup.machine.run_dir, timeout=30) as vfs, vfs.open("/dev/c0d0", "rb") as f:
         f.seek(777)
         assert f.read(5000) == setup.image_bytes(777, 5000)

@@ -15,13 +15,13 @@ import itertools
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from rs_fixtures import wait_for
 
 from hwl import Machine
 from hwl.ipc import codec
@@ -40,19 +40,6 @@ NE2K = (0x10EC, 0x8029)
 E1000 = (0x8086, 0x100E)
 PIIX_IDE = (0x8086, 0x7010)
 SYSTEM_LINE = "system DEVIO IRQCTL; ipc ALL_SYS;"
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 5.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from blockpath import Setup, at_wini_up, block_path
@@ -142,16 +141,6 @@ def test_bad_input_is_refused_and_harms_nothing(setup: Setup) -> None:
         f.write(b"x")
 
 
-def _wait_up(setup: Setup, restarts: int) -> Any:
-    deadline = time.monotonic() + 15
-    while True:
-        row = setup.at_wini_row()
-        if row.state == "up" and row.pid > 0 and row.restarts > restarts:
-            return row
-        assert time.monotonic() < deadline, row
-        time.sleep(0.05)
-
-
 def _kill_during_read(setup: Setup) -> None:
     """A thread SIGKILLs at_wini once the first MiB has arrived; the reader goes on."""
     row = setup.at_wini_row()
@@ -182,7 +171,7 @@ def _kill_during_read(setup: Setup) -> None:
     thread.join()
     assert killed.is_set()
     assert b"".join(chunks) == setup.image_bytes(position, n)
-    _wait_up(setup, restarts)
+    setup.wait_at_wini_up(pid, restarts)
     assert vfs_log.read_text().count("is down") > downs  # the crash hit a request
     print(f"read through a driver crash: {n / dt / 1e6:.1f} MB/s, {dt:.2f} s")
 

@@ -66,7 +66,6 @@ MAX_MULTIPLE = 16  # PIO: sectors per DRQ block (and per interrupt), when the dr
 NIEN = 0x02
 SRST = 0x04
 PCI_COMMAND = 0x04
-PCI_BUS_MASTER = 0x4
 AT_DEBUG_IN = 0xBF0  # debug: {"port"} -> {"value"} (only with debug=1)
 
 CHANNELS = {0: ata.PRIMARY, 1: ata.SECONDARY}
@@ -261,8 +260,8 @@ class AtWini:
                     raise CommandError(f"BAR4 of {vid:04x}:{did:04x} is not an I/O BAR")
                 self.bm = base + 8 * self.args.instance
                 command = pci.attr_r16(devind, PCI_COMMAND)
-                if not command & PCI_BUS_MASTER:
-                    pci.attr_w16(devind, PCI_COMMAND, command | PCI_BUS_MASTER)
+                if not command & ata.PCI_COMMAND_BUS_MASTER:
+                    pci.attr_w16(devind, PCI_COMMAND, command | ata.PCI_COMMAND_BUS_MASTER)
             log.info(
                 "IDE controller %04x:%04x (devind %d), channel %d, bus master %#x",
                 vid,
@@ -505,15 +504,7 @@ class AtWini:
         if write:
             conn.dma_from_grant(self.dma, 0, size, endpoint, grant, at)
         if self.prd_size != size:
-            entries = []
-            for off in range(0, size, 1 << 16):
-                piece = min(1 << 16, size - off)
-                last = 0x80000000 if off + piece >= size else 0
-                entries.append(
-                    (self.dma.phys + off).to_bytes(4, "little")
-                    + ((piece & 0xFFFF) | last).to_bytes(4, "little")
-                )
-            conn.dma_write(self.prd, 0, b"".join(entries))
+            conn.dma_write(self.prd, 0, ata.prd_table(self.dma.phys, size))
             self.prd_size = size
         direction = 0 if write else ata.BM_TO_MEMORY
         b = Batch()

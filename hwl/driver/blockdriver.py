@@ -102,15 +102,6 @@ class _State:
 _st = _State()
 
 
-def generation() -> int:
-    """This incarnation's id (the ``gen`` field of every reply)."""
-    return _st.gen
-
-
-def is_open(client: int, minor: int) -> bool:
-    return (client, minor) in _st.opens
-
-
 def open_minors() -> set[int]:
     return {minor for _, minor in _st.opens}
 
@@ -233,9 +224,7 @@ def _reply(m: Message, status: int, fields: Fields) -> None:
         fields.setdefault("id", None)
     fields["gen"] = _st.gen
     try:
-        m_status = status
-        m_fields = fields
-        sef.connection().sendnb(m.source, m_status, m_fields)
+        sef.connection().sendnb(m.source, status, fields)
     except IpcError as exc:
         log.info("reply to %d not taken: %s", m.source, exc)
 

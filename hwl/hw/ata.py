@@ -190,18 +190,22 @@ def pio_write(link: Link, ch: Channel, drive: int, lba: int, data: bytes) -> Non
         link.free_dma(buf)
 
 
-def build_prd(prd: DmaBuffer, buf: DmaBuffer, size: int) -> None:
-    """Fill a PRD table describing the first ``size`` bytes of ``buf`` (64 KiB pieces)."""
+def prd_table(phys: int, size: int) -> bytes:
+    """A PRD table for ``size`` bytes of contiguous memory at ``phys`` (64 KiB pieces,
+    the last one marked end of table)."""
     entries = []
     for off in range(0, size, 1 << 16):
         piece = min(1 << 16, size - off)
-        entries.append(((buf.phys + off), piece & 0xFFFF))
-    table = b"".join(
-        addr.to_bytes(4, "little")
-        + (count | (0x80000000 if i == len(entries) - 1 else 0)).to_bytes(4, "little")
-        for i, (addr, count) in enumerate(entries)
-    )
-    prd.write(table)
+        last = 0x80000000 if off + piece >= size else 0
+        entries.append(
+            (phys + off).to_bytes(4, "little") + ((piece & 0xFFFF) | last).to_bytes(4, "little")
+        )
+    return b"".join(entries)
+
+
+def build_prd(prd: DmaBuffer, buf: DmaBuffer, size: int) -> None:
+    """Fill a PRD table describing the first ``size`` bytes of ``buf`` (64 KiB pieces)."""
+    prd.write(prd_table(buf.phys, size))
 
 
 def dma_read_batch(

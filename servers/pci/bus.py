@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from hwl.ipc import codec
@@ -180,10 +180,6 @@ class Device:
         return f"{self.vid:04x}:{self.did:04x}"
 
     @property
-    def class_code(self) -> int:
-        return self.base_class << 16 | self.sub_class << 8 | self.interface
-
-    @property
     def slot_name(self) -> str:
         """MINIX's ``pci_slot_name``: domain.bus.device.function, in decimal."""
         return f"0.{self.bus}.{self.dev}.{self.func}"
@@ -276,32 +272,27 @@ def _int(value: codec.Value) -> int:
 # ------------------------------------------------------------------ scanning
 
 
-@dataclass
-class _Scan:
-    cfg: ConfigSpace
-    devices: list[Device] = field(default_factory=list)
-    buses_seen: set[int] = field(default_factory=set)
-
-
 def scan(io: PortIO) -> list[Device]:
     """Enumerate bus 0 and every bus behind a PCI-to-PCI bridge; devind is the
     position in the returned list (bus order, then device, then function)."""
-    state = _Scan(ConfigSpace(io))
+    cfg = ConfigSpace(io)
+    devices: list[Device] = []
+    buses_seen: set[int] = set()
     pending = [0]
     while pending:
         bus = pending.pop(0)
-        if bus in state.buses_seen:
+        if bus in buses_seen:
             continue
-        state.buses_seen.add(bus)
-        for dev, func in _present(state.cfg, bus):
-            device = _read_function(state.cfg, len(state.devices), bus, dev, func)
-            state.devices.append(device)
+        buses_seen.add(bus)
+        for dev, func in _present(cfg, bus):
+            device = _read_function(cfg, len(devices), bus, dev, func)
+            devices.append(device)
             log.info("%s", describe(device))
             if device.header_type & 0x7F == HT_BRIDGE:
-                secondary = state.cfg.read(bus, dev, func, PPB_SECBN, 1)
-                if secondary and secondary not in state.buses_seen:
+                secondary = cfg.read(bus, dev, func, PPB_SECBN, 1)
+                if secondary and secondary not in buses_seen:
                     pending.append(secondary)
-    return state.devices
+    return devices
 
 
 def describe(d: Device) -> str:

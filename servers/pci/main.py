@@ -450,16 +450,17 @@ class PciServer:
         return {"io": [[b, n] for b, n in io], "mem": [], "irq": [irq]}
 
     def _grant(self, d: Device, endpoint: int) -> Fields:
-        for base, length in d.io_ranges():
+        io, mem, irqs = d.io_ranges(), d.mem_ranges(), d.irqs()
+        for base, length in io:
             self.conn.privctl_add_io(endpoint, base, length)
-        for base, length in d.mem_ranges():
+        for base, length in mem:
             self.conn.privctl_add_mem(endpoint, base, length)
-        for irq in d.irqs():
+        for irq in irqs:
             self.conn.privctl_add_irq(endpoint, irq)
         return {
-            "io": [[b, n] for b, n in d.io_ranges()],
-            "mem": [[b, n] for b, n in d.mem_ranges()],
-            "irq": list(d.irqs()),
+            "io": [[b, n] for b, n in io],
+            "mem": [[b, n] for b, n in mem],
+            "irq": list(irqs),
         }
 
     def do_release(self, caller: int, f: Fields) -> Fields:
@@ -483,20 +484,16 @@ class PciServer:
     # ------------------------------------------------------ liveness checks
     def check_holders(self) -> None:
         """Release what dead endpoints held (the periodic check)."""
-        if self.holders or self.channels:
-            live = self.callers.sweep()
-            if live is not None:
-                for key, endpoint in list(self.channels.items()):
-                    if endpoint not in live:
-                        del self.channels[key]
-                for devind, endpoint in list(self.holders.items()):
-                    if endpoint not in live:
-                        del self.holders[devind]
-                        log.info(
-                            "%s released: its holder %d is gone", self.devices[devind].bdf, endpoint
-                        )
-        else:
-            self.callers.sweep()
+        live = self.callers.sweep()
+        if live is None:
+            return
+        for key, endpoint in list(self.channels.items()):
+            if endpoint not in live:
+                del self.channels[key]
+        for devind, endpoint in list(self.holders.items()):
+            if endpoint not in live:
+                del self.holders[devind]
+                log.info("%s released: its holder %d is gone", self.devices[devind].bdf, endpoint)
 
     # --------------------------------------------------------------- serving
     def serve(self, m: Message) -> Reply | None:

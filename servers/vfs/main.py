@@ -43,9 +43,10 @@ from hwl.ipc import codec, wire
 from hwl.ipc.arena import Buffer
 from hwl.ipc.client import Connection, IpcError, Message
 from hwl.kernel.errno import Errno, errno_of
-from hwl.system import proto, sef
+from hwl.system import sef
 from hwl.system import vfs as vp
 from hwl.system.ds import Ds, DsError
+from hwl.system.rs import Rs, RsError
 
 from . import devmap
 
@@ -111,6 +112,7 @@ class Op:
     """A client request that involves the driver; resumable after a driver restart."""
 
     m: Message
+    driver: Driver
     file: File | None
     count: int = 0
     grant: int = 0
@@ -179,7 +181,7 @@ class VfsServer:
             return
         if op is None:
             return
-        driver = op.file.driver if op.file is not None else self.driver_of_open(op)
+        driver = op.driver
         if driver.pending or not driver.up:
             driver.pending.append(op)  # keep the order behind the waiting ones
             self.arm()
@@ -212,8 +214,8 @@ class VfsServer:
             if fd is None:
                 raise Refused(Errno.EMFILE, f"{MAX_FDS} files open")
             label, minor = found
-            self.drivers.setdefault(label, Driver(label))
-            return Op(m, None, count=minor, opening=(path, flags, m.source, fd))
+            driver = self.drivers.setdefault(label, Driver(label))
+            return Op(m, driver, None, count=minor, opening=(path, flags, m.source, fd))
         file = self.files.get((m.source, _int(m, "fd")))
         if file is None:
             raise Refused(Errno.EBADF, f"fd {m.get('fd')!r} is not open")
@@ -236,14 +238,8 @@ class VfsServer:
             count, grant = _int(m, "count"), _int(m, "grant")
             if count < 0:
                 raise Refused(Errno.EINVAL, f"count {count}")
-            return Op(m, file, count=min(count, vp.VFS_MAX_IO), grant=grant)
-        return Op(m, file)  # CLOSE, IOCTL
-
-    def driver_of_open(self, op: Op) -> Driver:
-        assert op.opening is not None
-        found = devmap.lookup(op.opening[0])
-        assert found is not None
-        return self.drivers[found[0]]
+            return Op(m, file.driver, file, count=min(count, vp.VFS_MAX_IO), grant=grant)
+        return Op(m, file.driver, file)  # CLOSE, IOCTL
 
     def run(self, driver: Driver, op: Op) -> bool:
         """Run ``op`` to its answer; False (op kept by the caller) if the driver is down."""
@@ -363,18 +359,14 @@ class VfsServer:
     def endpoint(self, driver: Driver) -> int:
         if driver.endpoint is None:
             try:
-                reply = self.conn.sendrec(
-                    self.conn.root_endpoint, proto.RS_LOOKUP, {"label": driver.label}, timeout=10
-                )
-            except IpcError as exc:
-                raise Refused(exc.errno, f"RS lookup of {driver.label}: {exc}") from exc
-            ep = reply.get("endpoint")
-            if reply.m_type != 0 or not isinstance(ep, int):
+                driver.endpoint = Rs(self.conn, timeout=10).lookup(driver.label)
+            except RsError as exc:
+                if isinstance(exc.__cause__, IpcError):  # RS did not answer
+                    raise Refused(exc.errno, f"RS lookup of {driver.label}: {exc}") from exc
                 if driver.minors or driver.pending:
-                    self.mark_down(driver, f"lookup answered {reply.m_type}")
-                    raise DriverDown
-                raise Refused(Errno.ENXIO, f"no driver {driver.label!r} is running")
-            driver.endpoint = ep
+                    self.mark_down(driver, str(exc))
+                    raise DriverDown from exc
+                raise Refused(Errno.ENXIO, f"no driver {driver.label!r} is running") from exc
         return driver.endpoint
 
     def call(self, driver: Driver, m_type: int, **fields: codec.Value) -> tuple[int, Fields]:
