@@ -166,9 +166,11 @@ class Machine:
             f"memory-backend-file,id=hwl-ram,size={mem},mem-path={self._ram_path},share=on",
             "-kernel", str(self.stub.path),
             "-readconfig", str(cfg),
-            "-chardev", "socket,id=hwl-com1,host=127.0.0.1,port=0,server=on,wait=off",
+            # nodelay: a doorbell is one byte; with Nagle, QEMU held some back for
+            # milliseconds (until the host's delayed ACK), stalling the kernel.
+            "-chardev", "socket,id=hwl-com1,host=127.0.0.1,port=0,server=on,wait=off,nodelay=on",
             "-serial", "chardev:hwl-com1",
-            "-chardev", "socket,id=hwl-com2,host=127.0.0.1,port=0,server=on,wait=off",
+            "-chardev", "socket,id=hwl-com2,host=127.0.0.1,port=0,server=on,wait=off,nodelay=on",
             "-serial", "chardev:hwl-com2",
             "-qmp", f"unix:{self.run_dir / 'qmp.sock'},server=on,wait=off",
         ]  # fmt: skip
