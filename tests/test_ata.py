@@ -46,6 +46,17 @@ def test_pio_read_matches_the_image(pc: Machine, multiple: int) -> None:
         assert got == image_bytes(pc.disks["hd0"], lba, count), (lba, count)
 
 
+@pytest.mark.parametrize(("lba", "count"), [(-1, 1), ((1 << 28) - 1, 2), (0, 257)])
+def test_lba28_out_of_range_is_refused_before_the_drive_sees_it(
+    pc: Machine, lba: int, count: int
+) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        ata.pio_read(pc.link, ata.PRIMARY, 0, lba, count)
+    with pytest.raises(ValueError, match="out of range"):
+        ata.pio_write(pc.link, ata.PRIMARY, 0, lba, bytes(count * ata.SECTOR))
+    assert ata.pio_read(pc.link, ata.PRIMARY, 0, 5, 1) == image_bytes(pc.disks["hd0"], 5, 1)
+
+
 def test_pio_write_then_read_back_and_on_the_host(pc: Machine) -> None:
     for channel, disk, lba in [(ata.PRIMARY, "hd0", 4096), (ata.SECONDARY, "hd1", 777)]:
         data = os.urandom(9 * ata.SECTOR)

@@ -93,7 +93,7 @@ def bus_master_base(link: Link, secondary: bool = False) -> int:
 
 
 def _select_lba28(b: Batch, ch: Channel, drive: int, lba: int, count: int) -> None:
-    if not lba >= 0 and lba + count <= 1 << 28 and 0 < count <= 256:
+    if not (lba >= 0 and lba + count <= 1 << 28 and 0 < count <= 256):
         raise ValueError(f"LBA28 command for {count} sectors at {lba} is out of range")
     b.outb(ch.ctl, 0)  # nIEN clear: the drive raises INTRQ (the PIC decides delivery)
     b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
