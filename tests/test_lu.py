@@ -23,8 +23,8 @@ from rs_fixtures import RsSystem, echo_argv, pid_alive, wait_for
 from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.wire import HZ
 from hwl.kernel.errno import Errno
-from hwl.system.proto import LuState, Policy, UpdateFlag
-from hwl.system.rs import Rs, RsError
+from hwl.system.proto import RS_UPDATE, LuState, Policy, UpdateFlag
+from hwl.system.rs import Rs, RsError, update_fields
 
 SHORT = 30  # ticks (0.5 s): maxtime for the updates that are meant to time out
 
@@ -162,6 +162,19 @@ def test_failed_init_rolls_back(
     # Still updatable: the rollback left nothing half done.
     rs.rs.update(svc.label, echo_argv("new"))
     assert svc.echo()["tag"] == "new"
+    svc.down()
+
+
+def test_unknown_update_flags_are_refused_and_the_service_serves_on(rs: RsSystem) -> None:
+    svc = Service(rs, "luflag")
+    svc.echo()
+    fields = update_fields(svc.label, echo_argv("new"))
+    fields["flags"] = 0x40  # no such flag: sent raw, past the client's own check
+    with pytest.raises(RsError) as info:
+        rs.rs.request(RS_UPDATE, fields)
+    assert info.value.errno is Errno.EINVAL and "0x40" in str(info.value), info.value
+    svc.assert_unchanged()
+    assert rs.event_names(svc.label) == ["up"]
     svc.down()
 
 

@@ -430,6 +430,8 @@ def test_field_builders_check_values() -> None:
         update_fields("ds", state=LuState.NULL)
     with pytest.raises(ValueError, match="maxtime -2"):
         update_fields("ds", maxtime=-2)
+    with pytest.raises(ValueError, match="unknown update flags 0x40"):
+        update_fields("ds", flags=0x40)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="RS cannot change 'state'"):
         edit_fields("ds", state=1)
     with pytest.raises(TypeError, match="period must be a int"):

@@ -139,10 +139,11 @@ class Requests:
             maxtime = NO_LIMIT_TICKS
         elif maxtime < 0:
             raise RsError(Errno.EINVAL, f"maxtime {maxtime} is not a duration")
-        try:
-            flags = UpdateFlag(_int(fields, "flags", 0))
-        except ValueError as exc:
-            raise RsError(Errno.EINVAL, f"unknown update flags: {exc}") from exc
+        bits = _int(fields, "flags", 0)
+        known = sum(UpdateFlag)
+        if bits < 0 or bits & ~known:
+            raise RsError(Errno.EINVAL, f"unknown update flags {bits:#x} (known: {known:#x})")
+        flags = UpdateFlag(bits)
         self.updater.start(
             svc,
             Waiter(source, "update"),

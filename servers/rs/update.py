@@ -115,7 +115,12 @@ class Updater:
             return
         u.phase = "preparing"
         fields: dict[str, codec.Value] = {"state": u.state, "flags": int(u.flags)}
-        self.m.conn.senda(u.old.endpoint, proto.SEF_LU_PREPARE, fields)
+        try:
+            self.m.conn.senda(u.old.endpoint, proto.SEF_LU_PREPARE, fields)
+        except IpcError as exc:  # the old version is gone, or the kernel refused
+            self._kill_new(u)
+            self._finish(u, "update-aborted", -exc.errno, f"cannot ask it to prepare: {exc}")
+            return
         self._arm(u)
         log.info("update of %s: state %d within %.2f s", u.svc.label, u.state, u.maxtime)
 
@@ -220,7 +225,13 @@ class Updater:
         if self.updates.get(u.svc.label) is not u:
             return
         if u.phase in ("spawning", "preparing"):
-            self.m.conn.senda(u.old.endpoint, proto.SEF_LU_PREPARE, {"state": 0, "flags": 0})
+            if u.phase == "preparing":  # call the request off (MINIX: state 0)
+                try:
+                    self.m.conn.senda(
+                        u.old.endpoint, proto.SEF_LU_PREPARE, {"state": 0, "flags": 0}
+                    )
+                except IpcError as exc:
+                    log.info("update of %s: cancel not sent: %s", u.svc.label, exc)
             self._kill_new(u)
             self._finish(
                 u, "update-aborted", -Errno.EINTR, f"state {u.state} not reached in {u.maxtime} s"
