@@ -101,7 +101,7 @@ class Vfs:
         self._owns_conn = False
         if endpoint is None:
             try:
-                endpoint = Rs(conn).lookup("vfs")
+                endpoint = Rs(conn, timeout=timeout).lookup("vfs")
             except RsError as exc:
                 raise VfsError(exc.errno, "lookup", exc.detail) from exc
         self.endpoint = endpoint
