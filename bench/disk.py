@@ -29,8 +29,8 @@ figures:
   sector per block, for reference; pio_write_mb_s is 1 MiB PIO writes (WRITE
   MULTIPLE; no native limit).
 - randread_iops: 4 KiB reads at random 4 KiB-aligned offsets in the read
-  region, queue depth 1; each is an LSEEK and a READ (VFS has no pread), and
-  lseek_us is what the LSEEK alone costs. randread_ratio is the native random
+  region, queue depth 1; each is one READ carrying its position (a pread).
+  randread_ratio is the native random
   4 KiB latency (OP_NATIVE_RAND: READ DMA of 8 sectors; seconds / count) over
   the path's (seconds / reads).
 - under_kills_ratio: 1 MiB sequential reads for ``--seconds`` (default 5) with
@@ -272,27 +272,20 @@ def seq_write_mb_s(vfs: Vfs, fd: int, image: Image, mib: int) -> float:
 
 
 def rand_read_us(vfs: Vfs, fd: int, image: Image, rng: random.Random) -> float:
-    """Mean latency of a 4 KiB random read (LSEEK + READ) at queue depth 1."""
+    """Mean latency of a 4 KiB random read (a READ with its position: pread) at
+    queue depth 1."""
     offsets = [READ_BASE + BLOCK * rng.randrange(READ_SPAN // BLOCK) for _ in range(PATH_RANDS)]
     out = bytearray(PATH_RANDS * BLOCK)
     view = memoryview(out)
-    lseek, read_into = vfs.lseek, vfs.read_into
+    read_into = vfs.read_into
     start = time.perf_counter()
     for i, offset in enumerate(offsets):
-        lseek(fd, offset)
-        if read_into(fd, view[i * BLOCK : (i + 1) * BLOCK]) != BLOCK:
+        if read_into(fd, view[i * BLOCK : (i + 1) * BLOCK], offset) != BLOCK:
             raise WrongData(f"random read at {offset}: short")
     seconds = time.perf_counter() - start
     for i, offset in enumerate(offsets):
         image.check(offset, out[i * BLOCK : (i + 1) * BLOCK], "random read")
     return seconds / PATH_RANDS * 1e6
-
-
-def lseek_us(vfs: Vfs, fd: int) -> float:
-    start = time.perf_counter()
-    for i in range(PATH_RANDS):
-        vfs.lseek(fd, i * BLOCK)
-    return (time.perf_counter() - start) / PATH_RANDS * 1e6
 
 
 # ------------------------------------------------------------------ kills
@@ -384,7 +377,6 @@ def dma_figures(vfs: Vfs, image: Image, runs: int, native: Native) -> dict[str, 
         write = median_of(runs, lambda: seq_write_mb_s(vfs, fd, image, SEQ_MIB))
         rng = random.Random(1)
         rand_us = median_of(runs, lambda: rand_read_us(vfs, fd, image, rng))
-        seek_us = median_of(runs, lambda: lseek_us(vfs, fd))
     return {
         "native_dma_read_mb_s": native.dma_read,
         "dma_read_mb_s": read,
@@ -395,7 +387,6 @@ def dma_figures(vfs: Vfs, image: Image, runs: int, native: Native) -> dict[str, 
         "native_dma128k_mb_s": native.dma128k,
         "native_randread_us": native.rand_us,
         "randread_us": rand_us,
-        "lseek_us": seek_us,
         "randread_iops": 1e6 / rand_us,
         "randread_ratio": native.rand_us / rand_us,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -139,6 +140,53 @@ def test_bad_input_is_refused_and_harms_nothing(setup: Setup) -> None:
         setup.vfs.open("/dev/c0d0", "r")  # text mode: devices are binary
     with setup.vfs.open("/dev/c0d0", "rb") as f, pytest.raises(io.UnsupportedOperation):
         f.write(b"x")
+
+
+def test_pread_and_pwrite_leave_the_fd_position_alone(setup: Setup) -> None:
+    vfs = setup.vfs
+    fd = vfs.open_fd("/dev/c0d0", vp.O_RDWR)
+    try:
+        assert vfs.lseek(fd, 777) == 777
+        assert vfs.pread(fd, 3001, 1000) == setup.image_bytes(1000, 3001)  # unaligned
+        big = vfs.pread(fd, 2 << 20, 30 << 20)  # one READ: a short count, as POSIX
+        assert big == setup.image_bytes(30 << 20, vp.VFS_MAX_IO)
+        assert vfs.pread(fd, 10, DISK - 4) == setup.image_bytes(DISK - 4, 4)
+        assert vfs.pread(fd, 10, DISK) == b""
+        pattern = os.urandom(5000)
+        assert vfs.pwrite(fd, pattern, (60 << 20) + 3) == len(pattern)
+        assert vfs.pread(fd, len(pattern), (60 << 20) + 3) == pattern
+        for position in (-1, -(1 << 40)):
+            with pytest.raises(VfsError) as info:
+                vfs.pread(fd, 10, position)
+            assert info.value.minix_errno is Errno.EINVAL
+        with pytest.raises(VfsError) as info:
+            vfs.pwrite(fd, b"x", DISK)
+        assert info.value.minix_errno is Errno.ENOSPC
+        assert vfs.lseek(fd, 0, os.SEEK_CUR) == 777  # none of it moved the fd
+        assert vfs.pread(fd, 16, 777) == setup.image_bytes(777, 16)
+    finally:
+        vfs.close_fd(fd)
+    assert setup.image_bytes((60 << 20) + 3, len(pattern)) == pattern  # close flushed
+
+
+def test_a_kill_during_preads_is_only_a_delay(setup: Setup) -> None:
+    row = setup.at_wini_row()
+    rng = random.Random(5)
+    positions = [rng.randrange(0, DISK - 65536) for _ in range(400)]
+    vfs_log = setup.machine.run_dir / "vfs.log"
+    downs = vfs_log.read_text().count("is down")
+    fd = setup.vfs.open_fd("/dev/c0d0", vp.O_RDONLY)
+    try:
+        for i, position in enumerate(positions):
+            if i == 100:
+                os.kill(row.pid, signal.SIGKILL)
+            got = setup.vfs.pread(fd, 65536, position)
+            assert got == setup.image_bytes(position, 65536), position
+        assert setup.vfs.lseek(fd, 0, os.SEEK_CUR) == 0
+    finally:
+        setup.vfs.close_fd(fd)
+    setup.wait_at_wini_up(row.pid, row.restarts)
+    assert vfs_log.read_text().count("is down") > downs  # the crash hit a request
 
 
 def _kill_during_read(setup: Setup) -> None:

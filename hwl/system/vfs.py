@@ -14,8 +14,8 @@ Requests are ``sendrec`` to VFS's endpoint; the reply's m_type is the result
 |---|---|---|
 | ``VFS_OPEN`` | path, flags (``O_RDONLY`` / ``O_WRONLY`` / ``O_RDWR``) | fd; field ``size`` |
 | ``VFS_CLOSE`` | fd | 0 (after a flush if the fd wrote) |
-| ``VFS_READ`` | fd, count, grant (writable by VFS) | bytes copied (0 at the end) |
-| ``VFS_WRITE`` | fd, count, grant (readable by VFS) | bytes written |
+| ``VFS_READ`` | fd, count, grant (VFS writes it); position (pread) | bytes read (0 at the end) |
+| ``VFS_WRITE`` | fd, count, grant (VFS reads it); position (pwrite) | bytes written |
 | ``VFS_LSEEK`` | fd, offset, whence (0 set, 1 cur, 2 end) | 0; field ``position`` |
 | ``VFS_IOCTL`` | fd, request (``"geometry"``, ``"flush"``) | 0; the driver's fields |
 
@@ -159,8 +159,9 @@ class Vfs:
     def ioctl(self, fd: int, request: str) -> dict[str, codec.Value]:
         return dict(self.call(VFS_IOCTL, {"fd": fd, "request": request}).fields)
 
-    def read_into(self, fd: int, buf: memoryview) -> int:
-        """One READ into ``buf`` (at most VFS_MAX_IO bytes); the count copied."""
+    def read_into(self, fd: int, buf: memoryview, position: int | None = None) -> int:
+        """One READ into ``buf`` (at most VFS_MAX_IO bytes); the count copied.
+        With ``position``, a pread: read there and leave the fd's position alone."""
         count = min(len(buf), VFS_MAX_IO)
         if count == 0:
             return 0
@@ -168,8 +169,11 @@ class Vfs:
         local = arena.alloc(count)
         try:
             gid = arena.grant(self.endpoint, local.offset, count, read=False, write=True)
+            fields: dict[str, codec.Value] = {"fd": fd, "count": count, "grant": gid}
+            if position is not None:
+                fields["position"] = position
             try:
-                n = self.call(VFS_READ, {"fd": fd, "count": count, "grant": gid}).m_type
+                n = self.call(VFS_READ, fields).m_type
             finally:
                 arena.revoke(gid)
             buf[:n] = local.view[:n]
@@ -177,8 +181,9 @@ class Vfs:
         finally:
             arena.free(local)
 
-    def write_from(self, fd: int, data: memoryview) -> int:
-        """One WRITE of ``data`` (at most VFS_MAX_IO bytes); the count written."""
+    def write_from(self, fd: int, data: memoryview, position: int | None = None) -> int:
+        """One WRITE of ``data`` (at most VFS_MAX_IO bytes); the count written.
+        With ``position``, a pwrite: write there and leave the fd's position alone."""
         count = min(len(data), VFS_MAX_IO)
         if count == 0:
             return 0
@@ -187,12 +192,24 @@ class Vfs:
         try:
             local.view[:count] = data[:count]
             gid = arena.grant(self.endpoint, local.offset, count, read=True)
+            fields: dict[str, codec.Value] = {"fd": fd, "count": count, "grant": gid}
+            if position is not None:
+                fields["position"] = position
             try:
-                return self.call(VFS_WRITE, {"fd": fd, "count": count, "grant": gid}).m_type
+                return self.call(VFS_WRITE, fields).m_type
             finally:
                 arena.revoke(gid)
         finally:
             arena.free(local)
+
+    def pread(self, fd: int, count: int, position: int) -> bytes:
+        """Up to ``count`` bytes (one READ) at ``position``; the fd's position stays."""
+        buf = bytearray(min(count, VFS_MAX_IO))
+        return bytes(buf[: self.read_into(fd, memoryview(buf), position)])
+
+    def pwrite(self, fd: int, data: bytes, position: int) -> int:
+        """Write ``data`` (one WRITE) at ``position``; the fd's position stays."""
+        return self.write_from(fd, memoryview(data), position)
 
     # ------------------------------------------------------------- file objects
     def open(self, path: str, mode: str = "rb", buffering: int = -1) -> io.IOBase:

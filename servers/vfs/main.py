@@ -118,6 +118,7 @@ class Op:
     grant: int = 0
     done: int = 0
     opening: tuple[str, int, int, int] | None = None  # path, flags, client, fd (OPEN)
+    at: int | None = None  # READ/WRITE with a position (pread/pwrite): the fd's stays
 
 
 class VfsServer:
@@ -238,7 +239,10 @@ class VfsServer:
             count, grant = _int(m, "count"), _int(m, "grant")
             if count < 0:
                 raise Refused(Errno.EINVAL, f"count {count}")
-            return Op(m, file.driver, file, count=min(count, vp.VFS_MAX_IO), grant=grant)
+            at = _int(m, "position") if "position" in m.fields else None
+            if at is not None and at < 0:
+                raise Refused(Errno.EINVAL, f"position {at} is negative")
+            return Op(m, file.driver, file, count=min(count, vp.VFS_MAX_IO), grant=grant, at=at)
         return Op(m, file.driver, file)  # CLOSE, IOCTL
 
     def run(self, driver: Driver, op: Op) -> bool:
@@ -312,7 +316,7 @@ class VfsServer:
         conn, bounce = self.conn, self.bounce
         size = driver.minors[file.minor].size
         while op.done < op.count:
-            pos = file.position
+            pos = file.position if op.at is None else op.at + op.done
             if pos >= size:
                 break
             want = min(op.count - op.done, size - pos)
@@ -334,9 +338,11 @@ class VfsServer:
                     break
                 conn.safecopyto(op.m.source, op.grant, op.done, bounce.offset + head, n)
             op.done += n
-            file.position = pos + n
+            if op.at is None:
+                file.position = pos + n
         if write and op.done == 0 and op.count > 0:
-            raise Refused(Errno.ENOSPC, f"position {file.position} is at the end of the device")
+            pos = file.position if op.at is None else op.at
+            raise Refused(Errno.ENOSPC, f"position {pos} is at the end of the device")
         return op.done, {}
 
     def drv_io(self, driver: Driver, minor: int, write: bool, position: int, count: int) -> int:
