@@ -31,6 +31,7 @@ from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.kernel.errno import Errno
 from hwl.system import proto, sef
+from hwl.system.proctab import ProcTable
 from servers.ds.store import Caller, Outcome, Store, StoreError, handle
 
 log = logging.getLogger("servers.ds")
@@ -46,11 +47,18 @@ class DataStore:
 
     def __init__(self) -> None:
         self.store = Store()
-        self.kernel_labels: dict[int, str] = {}  # endpoint -> label, from proctab
+        self._procs: ProcTable | None = None
 
     @property
     def conn(self) -> Connection:
         return sef.connection()
+
+    @property
+    def procs(self) -> ProcTable:
+        """The kernel's process table (built on first use: the connection comes with SEF)."""
+        if self._procs is None:
+            self._procs = ProcTable(self.conn, log)
+        return self._procs
 
     @property
     def rs(self) -> int:
@@ -91,26 +99,9 @@ class DataStore:
     def label_of(self, endpoint: int) -> str | None:
         label = self.store.label_of(endpoint)
         if label is None:
-            label = self.kernel_labels.get(endpoint)
-        if label is None:
-            self.refresh_labels()
-            label = self.kernel_labels.get(endpoint)
+            proc = self.procs.get(endpoint)
+            label = proc.label if proc is not None else None
         return label
-
-    def refresh_labels(self) -> set[int] | None:
-        """Read the kernel's process table; returns the live endpoints (None: failed)."""
-        try:
-            procs = self.conn.proctab()
-        except IpcError as exc:
-            log.warning("getinfo proctab failed: %s", exc)
-            return None
-        labels = {}
-        for proc in procs:
-            endpoint, label = proc.get("endpoint"), proc.get("label")
-            if isinstance(endpoint, int) and isinstance(label, str):
-                labels[endpoint] = label
-        self.kernel_labels = labels
-        return set(labels)
 
     def caller(self, m: Message) -> Caller:
         return Caller(m.source, self.label_of(m.source), m.source == self.rs)
@@ -152,8 +143,8 @@ class DataStore:
         except StoreError as exc:
             if exc.errno is not Errno.EAGAIN or m_type != proto.DS_SUBSCRIBE:
                 raise
-            alive = self.refresh_labels()
-            if alive is None or not self.store.prune_subscribers(alive | {self.rs}):
+            procs = self.procs.refresh()
+            if procs is None or not self.store.prune_subscribers(set(procs) | {self.rs}):
                 raise
         return handle(self.store, caller, m_type, fields)
 

@@ -24,13 +24,14 @@ update). ``reserve`` always reads the ACL afresh.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hwl.config import PciClass, PciDevice, SystemConf, SystemConfError, load, parse
 from hwl.ipc import codec
 from hwl.ipc.client import IpcError
+from hwl.system.proctab import Proc, ProcTable
 from servers.pci.bus import Device
 
 log = logging.getLogger(__name__)
@@ -67,26 +68,6 @@ class Acl:
         return "; ".join(lines) or "no pci lines"
 
 
-@dataclass(frozen=True)
-class Proc:
-    """A live process as the kernel's process table shows it."""
-
-    endpoint: int
-    label: str
-    pid: int
-    system: bool
-
-
-def procs_of(rows: Iterable[dict[str, Any]]) -> dict[int, Proc]:
-    """The process table by endpoint; malformed rows are skipped."""
-    found = {}
-    for row in rows:
-        endpoint, label, pid = row.get("endpoint"), row.get("label"), row.get("pid", -1)
-        if isinstance(endpoint, int) and isinstance(label, str) and isinstance(pid, int):
-            found[endpoint] = Proc(endpoint, label, pid, bool(row.get("system", True)))
-    return found
-
-
 class Callers:
     """Labels and ACLs of the processes that call the PCI server, by endpoint."""
 
@@ -94,37 +75,14 @@ class Callers:
         self.kernel = kernel
         self._load_stock = stock
         self._stock: SystemConf | None = None
-        self.procs: dict[int, Proc] = {}  # the last process table read
+        self.procs = ProcTable(kernel, log)
         self._acls: dict[int, tuple[int, Acl]] = {}  # endpoint -> (pid, acl)
 
     # ------------------------------------------------------------ processes
-    def refresh(self) -> dict[int, Proc] | None:
-        """Read the kernel's process table; None if the kernel refused."""
-        try:
-            self.procs = procs_of(self.kernel.proctab())
-        except IpcError as exc:
-            log.warning("getinfo proctab failed: %s", exc)
-            return None
-        return self.procs
-
-    def proc(self, endpoint: int) -> Proc | None:
-        """The live process at ``endpoint`` (cached; the table is read again on a miss)."""
-        found = self.procs.get(endpoint)
-        if found is None and self.refresh() is not None:
-            found = self.procs.get(endpoint)
-        return found
-
-    def alive(self, endpoint: int) -> bool:
-        """Whether ``endpoint`` is a live process now (reads the table afresh)."""
-        procs = self.refresh()
-        if procs is None:
-            return True  # cannot tell: keep what it holds
-        return endpoint in procs
-
     def sweep(self) -> set[int] | None:
         """Read the table, forget ACLs of processes that are gone or were replaced;
         returns the live endpoints (None: the kernel refused)."""
-        procs = self.refresh()
+        procs = self.procs.refresh()
         if procs is None:
             return None
         for endpoint, (pid, _acl) in list(self._acls.items()):
@@ -137,13 +95,13 @@ class Callers:
     def acl(self, endpoint: int, *, fresh: bool = False) -> Acl:
         """The ACL of the process at ``endpoint``."""
         if fresh:
-            self.refresh()
-            proc = self.procs.get(endpoint)
+            self.procs.refresh()
+            proc = self.procs.last.get(endpoint)  # the previous table if the kernel refused
         else:
             cached = self._acls.get(endpoint)
             if cached is not None:
                 return cached[1]
-            proc = self.proc(endpoint)
+            proc = self.procs.get(endpoint)
         if proc is None:
             return Acl(f"<dead {endpoint}>", source="not a live process")
         acl = self._read_acl(proc)

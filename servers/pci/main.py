@@ -226,7 +226,7 @@ class PciServer:
     def _adopt_reservations(self) -> None:
         """After a restart: give each device back to the one live process that the
         kernel shows holding all of its ranges."""
-        procs = self.callers.refresh() or {}
+        procs = self.callers.procs.refresh() or {}
         grants: dict[int, dict[str, Any]] = {}
         for endpoint, proc in procs.items():
             if not proc.system or endpoint in (self.conn.endpoint, self.conn.parent):
@@ -274,7 +274,7 @@ class PciServer:
         )
 
     def holder_label(self, endpoint: int) -> str:
-        proc = self.callers.proc(endpoint)
+        proc = self.callers.procs.get(endpoint)
         return proc.label if proc is not None else "a process that has ended"
 
     # ------------------------------------------------------------- requests
@@ -376,13 +376,13 @@ class PciServer:
         if channel is not None:
             return self._reserve_channel(caller, d, channel)
         for other in self._channel_holders(d.devind) - {caller}:
-            if self.callers.alive(other):
+            if self.callers.procs.alive(other):
                 raise RequestError(
                     Errno.EBUSY, f"{d.bdf}: a channel is reserved by {self.holder_label(other)}"
                 )
         holder = self.holders.get(d.devind)
         if holder is not None and holder != caller:
-            if self.callers.alive(holder):
+            if self.callers.procs.alive(holder):
                 raise RequestError(
                     Errno.EBUSY,
                     f"{d.bdf} ({d.ids}) is reserved by {self.holder_label(holder)} ({holder})",
@@ -425,7 +425,7 @@ class PciServer:
                 f"{d.bdf}: channel {channel} is not an IDE channel in compatibility mode",
             )
         for holder in (self.holders.get(d.devind), self.channels.get((d.devind, channel))):
-            if holder is not None and holder != caller and self.callers.alive(holder):
+            if holder is not None and holder != caller and self.callers.procs.alive(holder):
                 raise RequestError(
                     Errno.EBUSY,
                     f"{d.bdf} channel {channel} is reserved by "

@@ -22,6 +22,7 @@ from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, Message
 from hwl.kernel.errno import Errno
 from hwl.system import proto
+from hwl.system.proctab import ProcTable
 from hwl.system.proto import InitType
 from servers.rs.manager import Manager, RsError
 from servers.rs.request import Requests, service_from_fields
@@ -37,13 +38,12 @@ class Rs:
         self.m = manager
         self.updater = Updater(manager)
         self.requests = Requests(manager, self.updater, self.is_operator)
-        self._operators: dict[int, bool] = {}
+        self.procs = ProcTable(conn, log)
 
     def is_operator(self, endpoint: int) -> bool:
         """A user process (attached through kernel.sock, same uid as the kernel)."""
-        if endpoint not in self._operators:  # a process not seen yet: read the table again
-            self._operators = {p["endpoint"]: not p["system"] for p in self.conn.proctab()}
-        return self._operators.get(endpoint, False)
+        proc = self.procs.get(endpoint, strict=True)  # a refusal raises, as the request's error
+        return proc is not None and not proc.system
 
     # ------------------------------------------------------------------ boot
     def boot(self, entries: list[dict[str, Any]]) -> bool:
