@@ -6,12 +6,9 @@ device, function and dword, and 0xCFC..0xCFF carry the data. Every access is two
 ``devio`` kernel calls (the server's system.conf entry grants ``io cf8:8`` and
 ``system DEVIO``); nobody else has those ports, so the pair cannot be torn.
 
-Enumeration (:func:`scan`) follows MINIX's ``probe_bus``: every device of bus 0,
-the functions 1..7 of multi-function devices, and the buses behind PCI-to-PCI
-bridges. For each function it reads the header (ids, class, subsystem ids, header
-type, interrupt line and pin) and sizes the base address registers as
-``hwl.link.pci`` does: decoding off, all ones written, the size mask read, the
-original value and command restored.
+Enumeration (:func:`scan`) is ``hwl.link.pci.scan_config`` over :class:`ConfigSpace`,
+the link's own scan (MINIX's ``probe_bus``: bus 0, functions 1..7 of multi-function
+devices, buses behind bridges, BARs sized); this module adds what a holder is granted.
 
 What a driver that reserves a device gets (:meth:`Device.io_ranges`,
 :meth:`Device.mem_ranges`, :meth:`Device.irqs`):
@@ -30,39 +27,20 @@ What a driver that reserves a device gets (:meth:`Device.io_ranges`,
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from hwl.ipc import codec
-from hwl.link.pci import CONFIG_ADDRESS, CONFIG_DATA, config_address
+from hwl.link import pci
+from hwl.link.pci import CONFIG_ADDRESS, CONFIG_DATA, Access, config_address
 
 log = logging.getLogger(__name__)
 
 CONFIG_SIZE = 256
 
-# Header registers.
-PCI_VID = 0x00
-PCI_CR = 0x04  # command register
-PCI_CR_IO_EN = 0x1
-PCI_CR_MEM_EN = 0x2
-PCI_REV = 0x08  # revision, then interface, subclass, base class
-PCI_HEADT = 0x0E
-PCI_BAR = 0x10
-PCI_SUBVID = 0x2C
-PCI_ILR = 0x3C  # interrupt line
-PCI_IPR = 0x3D  # interrupt pin
-PPB_SECBN = 0x19  # a bridge's secondary bus number
-
-HT_NORMAL, HT_BRIDGE, HT_CARDBUS = 0, 1, 2
-HT_MULTI = 0x80
-
-BAR_IO = 0x1
-BAR_TYPE = 0x6
-BAR_TYPE_64 = 0x4
-BAR_PREFETCH = 0x8
-BAR_IO_MASK = 0xFFFFFFFC
-BAR_MEM_MASK = 0xFFFFFFF0
+PCI_BAR = 0x10  # the first base address register
+HT_NORMAL = 0  # header type of an ordinary function
 
 # Class codes.
 CLASS_MASS_STORAGE = 0x01
@@ -115,6 +93,20 @@ class ConfigSpace:
             raise ValueError(f"value {value:#x} does not fit in {width} bytes")
         self.io.devio_out(CONFIG_ADDRESS, config_address(bus, dev, func, offset), 4)
         self.io.devio_out(CONFIG_DATA + (offset & 3), value, width)
+
+    def run(self, accesses: Sequence[Access], then: Sequence[Access] = ()) -> list[int]:
+        """``hwl.link.pci.ConfigAccess`` one access at a time: no vdevio privilege."""
+        try:
+            return [v for v in map(self._access, accesses) if v is not None]
+        finally:
+            for a in then:
+                self._access(a)
+
+    def _access(self, a: Access) -> int | None:
+        if a.value is None:
+            return self.read(a.bus, a.dev, a.fn, a.offset, a.width)
+        self.write(a.bus, a.dev, a.fn, a.offset, a.value, a.width)
+        return None
 
 
 @dataclass(frozen=True)
@@ -273,25 +265,13 @@ def _int(value: codec.Value) -> int:
 
 
 def scan(io: PortIO) -> list[Device]:
-    """Enumerate bus 0 and every bus behind a PCI-to-PCI bridge; devind is the
-    position in the returned list (bus order, then device, then function)."""
-    cfg = ConfigSpace(io)
+    """Enumerate the bus; devind is the position in the returned list (bus order,
+    then device, then function)."""
     devices: list[Device] = []
-    buses_seen: set[int] = set()
-    pending = [0]
-    while pending:
-        bus = pending.pop(0)
-        if bus in buses_seen:
-            continue
-        buses_seen.add(bus)
-        for dev, func in _present(cfg, bus):
-            device = _read_function(cfg, len(devices), bus, dev, func)
-            devices.append(device)
-            log.info("%s", describe(device))
-            if device.header_type & 0x7F == HT_BRIDGE:
-                secondary = cfg.read(bus, dev, func, PPB_SECBN, 1)
-                if secondary and secondary not in buses_seen:
-                    pending.append(secondary)
+    for found in pci.scan_config(ConfigSpace(io)):
+        device = _device(len(devices), found)
+        devices.append(device)
+        log.info("%s", describe(device))
     return devices
 
 
@@ -306,24 +286,17 @@ def describe(d: Device) -> str:
     return text
 
 
-def _present(cfg: ConfigSpace, bus: int) -> Iterator[tuple[int, int]]:
-    for dev in range(32):
-        if cfg.read(bus, dev, 0, PCI_VID, 2) == 0xFFFF:
-            continue
-        yield dev, 0
-        if cfg.read(bus, dev, 0, PCI_HEADT, 1) & HT_MULTI:
-            for func in range(1, 8):
-                if cfg.read(bus, dev, func, PCI_VID, 2) != 0xFFFF:
-                    yield dev, func
-
-
-def _read_function(cfg: ConfigSpace, devind: int, bus: int, dev: int, func: int) -> Device:
-    w = [cfg.read(bus, dev, func, off) for off in range(0, 0x40, 4)]
-    header_type = w[3] >> 16 & 0xFF
-    kind = header_type & 0x7F
-    base_class, sub_class, interface = w[2] >> 24, w[2] >> 16 & 0xFF, w[2] >> 8 & 0xFF
-    nbars = {HT_NORMAL: 6, HT_BRIDGE: 2}.get(kind, 0)
-    bars = _size_bars(cfg, bus, dev, func, w, nbars)
+def _device(devind: int, d: pci.PciDevice) -> Device:
+    """The server's view: no BAR it cannot grant, legacy ranges for IDE channels
+    in compatibility mode."""
+    kind = d.header_type & 0x7F
+    cls = d.class_code
+    base_class, sub_class, interface = cls >> 16, cls >> 8 & 0xFF, cls & 0xFF
+    bars = [
+        Bar(b.index, b.kind == "io", b.address, b.size, b.prefetchable, b.is64)
+        for b in d.bars
+        if _usable(d, b)
+    ]
     legacy_io: list[tuple[int, int]] = []
     legacy_irqs: list[int] = []
     if kind == HT_NORMAL and (base_class, sub_class) == (CLASS_MASS_STORAGE, SUBCLASS_IDE):
@@ -335,74 +308,39 @@ def _read_function(cfg: ConfigSpace, devind: int, bus: int, dev: int, func: int)
             bars = [b for b in bars if b.index not in replaced]
             legacy_io += [command, control]
             legacy_irqs.append(irq)
-    sub = w[11] if kind == HT_NORMAL else None
     return Device(
         devind=devind,
-        bus=bus,
-        dev=dev,
-        func=func,
-        vid=w[0] & 0xFFFF,
-        did=w[0] >> 16,
+        bus=d.bus,
+        dev=d.dev,
+        func=d.fn,
+        vid=d.vendor,
+        did=d.device,
         base_class=base_class,
         sub_class=sub_class,
         interface=interface,
-        revision=w[2] & 0xFF,
-        header_type=header_type,
-        sub_vid=None if sub is None else sub & 0xFFFF,
-        sub_did=None if sub is None else sub >> 16,
-        irq_line=w[15] & 0xFF,
-        irq_pin=w[15] >> 8 & 0xFF,
+        revision=d.revision,
+        header_type=d.header_type,
+        sub_vid=d.sub_vendor,
+        sub_did=d.sub_device,
+        irq_line=d.irq_line,
+        irq_pin=d.irq_pin,
         bars=tuple(bars),
         legacy_io=tuple(legacy_io),
         legacy_irqs=tuple(legacy_irqs),
     )
 
 
-def _size_bars(
-    cfg: ConfigSpace, bus: int, dev: int, func: int, w: list[int], nbars: int
-) -> list[Bar]:
-    """Size the BARs: decoding off, all ones, read the mask, restore, decoding back."""
-    if nbars == 0:
-        return []
-    command = w[1] & 0xFFFF
-    cfg.write(bus, dev, func, PCI_CR, command & ~(PCI_CR_IO_EN | PCI_CR_MEM_EN), 2)
-    probes = []
-    try:
-        for i in range(nbars):
-            reg = PCI_BAR + 4 * i
-            cfg.write(bus, dev, func, reg, 0xFFFFFFFF)
-            probes.append(cfg.read(bus, dev, func, reg))
-            cfg.write(bus, dev, func, reg, w[4 + i])
-    finally:
-        cfg.write(bus, dev, func, PCI_CR, command, 2)
-    bars: list[Bar] = []
-    skip = False
-    for i in range(nbars):
-        if skip:  # the upper half of a 64-bit BAR
-            skip = False
-            continue
-        orig, probe = w[4 + i], probes[i]
-        if probe == 0:
-            continue  # not implemented
-        if orig & BAR_IO:
-            size = (~(probe & BAR_IO_MASK) & 0xFFFF) + 1
-            bars.append(Bar(i, True, orig & BAR_IO_MASK, size))
-            continue
-        is64 = orig & BAR_TYPE == BAR_TYPE_64
-        size = (~(probe & BAR_MEM_MASK) & 0xFFFFFFFF) + 1
-        if is64:
-            skip = True
-            if i + 1 >= nbars:
-                log.warning("%02x:%02x.%d BAR %d: 64 bits past the BAR area", bus, dev, func, i)
-                continue
-            if w[5 + i]:
-                log.warning(
-                    "%02x:%02x.%d BAR %d: above 4 GiB (%#x), not usable here",
-                    bus, dev, func, i, w[5 + i] << 32 | orig & BAR_MEM_MASK,
-                )  # fmt: skip
-                continue
-        bars.append(Bar(i, False, orig & BAR_MEM_MASK, size, bool(orig & BAR_PREFETCH), is64))
-    return bars
+def _usable(d: pci.PciDevice, b: pci.Bar) -> bool:
+    """A 64-bit BAR is granted only if it is whole and below 4 GiB."""
+    if not b.is64:
+        return True
+    if b.index + 1 >= pci.bar_count(d.header_type):
+        log.warning("%s BAR %d: 64 bits past the BAR area", d.bdf, b.index)
+        return False
+    if b.address >> 32:
+        log.warning("%s BAR %d: above 4 GiB (%#x), not usable here", d.bdf, b.index, b.address)
+        return False
+    return True
 
 
 # -------------------------------------------------------------------- names
