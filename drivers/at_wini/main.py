@@ -307,8 +307,10 @@ class AtWini:
         b.outb(cmd + ata.REG_DEVICE, 0xA0 | number << 4)
         b.delay(10)
         status = b.inb(cmd + ata.REG_STATUS)
-        if self.conn.vdevio(b)[status] in (0, 0xFF):
-            return None  # nothing there
+        selected = self.conn.vdevio(b)[status]
+        if selected in (0, 0xFF):
+            log.info("drive %d: status %#04x when selected: none there", number, selected)
+            return None
         b = Batch()
         b.wait(cmd + ata.REG_STATUS, ata.BSY, 0, 1_000_000)
         b.outb(cmd + ata.REG_COMMAND, ata.CMD_IDENTIFY)
@@ -316,10 +318,14 @@ class AtWini:
         st = b.wait(cmd + ata.REG_STATUS, ata.BSY, 0, 1_000_000)
         try:
             values = self.conn.vdevio(b)
-        except IpcError:
+        except IpcError as exc:
+            log.info("drive %d: IDENTIFY failed: %s", number, exc)
             return None
         if values[st] & ata.ERR or not values[st] & ata.DRQ:
-            return None  # ATAPI or absent
+            log.info(
+                "drive %d: IDENTIFY ended with status %#04x: none (or ATAPI)", number, values[st]
+            )
+            return None
         words: list[int] = []
         for _ in range(2):
             b = Batch()
