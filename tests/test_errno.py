@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hwl.kernel.errno import Errno, from_minix, to_minix
+from hwl.kernel.errno import Errno, ErrnoError, from_minix, to_minix
 
 
 @pytest.mark.parametrize(
@@ -52,3 +52,40 @@ def test_every_member_has_a_one_line_description() -> None:
 
 def test_values_are_unique_apart_from_the_ewouldblock_alias() -> None:
     assert len(Errno.__members__) == len(Errno) + 1
+
+
+def test_errno_error_carries_the_errno_and_why() -> None:
+    exc = ErrnoError(Errno.EBUSY, "minor 0 is open")
+    assert (exc.errno, exc.why, str(exc)) == (Errno.EBUSY, "minor 0 is open", "minor 0 is open")
+    assert exc.args == ("minor 0 is open",)
+    assert repr(exc) == "ErrnoError('minor 0 is open')"
+    bare = ErrnoError(Errno.ENXIO)  # no reason: the errno's description stands in
+    assert bare.why == str(bare) == Errno.ENXIO.description
+
+
+def test_the_server_side_errors_share_errno_error() -> None:
+    from hwl.driver.blockdriver import RequestError as BlockRequestError
+    from hwl.kernel.calls import CallError
+    from servers.ds.store import StoreError
+    from servers.pci.main import RequestError as PciRequestError
+    from servers.rs.manager import RsError
+    from servers.vfs.main import Refused
+
+    for cls in (RsError, PciRequestError, Refused, BlockRequestError, CallError):
+        exc = cls(Errno.EINVAL, "bad field")
+        assert isinstance(exc, ErrnoError)
+        assert (exc.errno, exc.why, str(exc)) == (Errno.EINVAL, "bad field", "bad field")
+    assert str(Refused(Errno.EIO)) == str(BlockRequestError(Errno.EIO)) == Errno.EIO.description
+    store = StoreError(Errno.ENOENT, "no key 'k'")
+    assert isinstance(store, ErrnoError)
+    assert (store.why, store.message, str(store)) == (
+        "no key 'k'",
+        "no key 'k'",
+        "ENOENT: no key 'k'",
+    )
+    assert store.args == ("ENOENT: no key 'k'",)
+    assert CallError(Errno.EPERM, "not on its ipc line", warn=True).warn
+    assert not CallError(Errno.EPERM, "x").warn
+    with pytest.raises(ErrnoError) as info:
+        raise RsError(Errno.ESRCH, "no service 'x'")
+    assert info.value.errno is Errno.ESRCH

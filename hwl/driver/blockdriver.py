@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, Message
-from hwl.kernel.errno import Errno
+from hwl.kernel.errno import Errno, ErrnoError
 from hwl.system import sef
 from hwl.system.ds import Ds
 from hwl.system.proto import InitType, LuState
@@ -52,12 +52,8 @@ Fields = dict[str, codec.Value]
 Iov = list[tuple[int, int]]  # (grant, size)
 
 
-class RequestError(Exception):
+class RequestError(ErrnoError):
     """A callback's refusal: the request is answered with ``-errno``."""
-
-    def __init__(self, errno: Errno, message: str = "") -> None:
-        super().__init__(message or errno.description)
-        self.errno = errno
 
 
 @dataclass(frozen=True)

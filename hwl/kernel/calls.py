@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from hwl.config.system_conf import IoRange, MemoryRange, ServiceConfig, SystemConfError
 from hwl.config.system_conf import parse as parse_conf
 from hwl.ipc import arena, codec, wire
-from hwl.kernel.errno import Errno
+from hwl.kernel.errno import Errno, ErrnoError
 from hwl.kernel.priv import Priv
 from hwl.kernel.proc import IrqHook, Proc, State
 from hwl.link import abi
@@ -49,13 +49,11 @@ Reply = dict[str, codec.Value]
 Handler = Callable[[Proc, dict[str, codec.Value]], "Reply | None"]
 
 
-class CallError(Exception):
+class CallError(ErrnoError):
     """A refused call: the errno that travels back and why."""
 
     def __init__(self, errno: Errno, why: str, *, warn: bool = False) -> None:
-        super().__init__(why)
-        self.errno = errno
-        self.why = why
+        super().__init__(errno, why)
         self.warn = warn  # a privilege violation: logged as a warning
 
 

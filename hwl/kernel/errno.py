@@ -171,6 +171,23 @@ def errno_of(code: int) -> Errno:
         return Errno.EGENERIC
 
 
+class ErrnoError(Exception):
+    """A request a server, driver or the kernel refuses, raised in its handler:
+    ``errno`` goes back as the reply's status (negative), ``why`` as its error text.
+
+    ``why`` defaults to the errno's description; ``str()`` is ``why``. Each
+    server subclasses it (RS's ``RsError``, the kernel's ``CallError``, ...).
+    """
+
+    def __init__(self, errno: Errno, why: str = "") -> None:
+        self.errno = errno
+        self.why = why or errno.description
+        super().__init__(str(self))  # args (and so repr) carry the text, as usual
+
+    def __str__(self) -> str:
+        return self.why
+
+
 _DESCRIPTIONS: dict[Errno, str] = {
     Errno.EPERM: "operation not permitted to this caller",
     Errno.ENOENT: "no such file or directory",

@@ -77,7 +77,7 @@ class DataStore:
         try:
             self.store = Store.restore(info.saved)
         except StoreError as exc:
-            log.error("live update: the old version's state is unusable: %s", exc.message)
+            log.error("live update: the old version's state is unusable: %s", exc.why)
             return int(Errno.EINVAL)
         log.info(
             "live update: %d entries and %d subscriptions restored",
@@ -127,8 +127,8 @@ class DataStore:
             outcome = self._handle(self.caller(m), m.m_type, fields)
         except StoreError as exc:
             level = logging.WARNING if exc.errno is Errno.EINVAL else logging.DEBUG
-            log.log(level, "%s from %d refused: %s", name, m.source, exc.message)
-            return -int(exc.errno), {"error": exc.message}
+            log.log(level, "%s from %d refused: %s", name, m.source, exc.why)
+            return -int(exc.errno), {"error": exc.why}
         except Exception as exc:  # a bug in DS must not take the store down
             log.exception("%s from %d failed", name, m.source)
             return -int(Errno.EGENERIC), {"error": f"DS failed: {exc!r}"}

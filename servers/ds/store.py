@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from hwl.ipc import codec
-from hwl.kernel.errno import Errno
+from hwl.kernel.errno import Errno, ErrnoError
 from hwl.system import proto
 from hwl.system.proto import DsFlag
 
@@ -59,14 +59,16 @@ Value = int | str | bytes
 Key = tuple[str, str]  # (type, key)
 
 
-class StoreError(Exception):
-    """A request DS refuses: ``errno`` goes back as the reply's status, ``message``
-    as its ``error`` field."""
+class StoreError(ErrnoError):
+    """A request DS refuses: ``errno`` goes back as the reply's status, ``why``
+    (also ``message``) as its ``error`` field; ``str()`` is "EINVAL: why"."""
 
-    def __init__(self, errno: Errno, message: str) -> None:
-        super().__init__(f"{errno.name}: {message}")
-        self.errno = errno
-        self.message = message
+    @property
+    def message(self) -> str:
+        return self.why
+
+    def __str__(self) -> str:
+        return f"{self.errno.name}: {self.why}"
 
 
 def _invalid(message: str) -> StoreError:

@@ -56,7 +56,7 @@ from typing import Any
 
 from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
-from hwl.kernel.errno import Errno
+from hwl.kernel.errno import Errno, ErrnoError
 from hwl.system import proto, sef
 from servers.pci import bus
 from servers.pci.acl import Acl, Callers
@@ -81,13 +81,8 @@ _WRITES = {proto.PCI_ATTR_W8: 1, proto.PCI_ATTR_W16: 2, proto.PCI_ATTR_W32: 4}
 _LEVELS = {Errno.ENOENT: logging.DEBUG, Errno.EBUSY: logging.INFO}
 
 
-class RequestError(Exception):
-    """A request is refused: ``errno`` goes back as the status, ``message`` as ``error``."""
-
-    def __init__(self, errno: Errno, message: str) -> None:
-        super().__init__(message)
-        self.errno = errno
-        self.message = message
+class RequestError(ErrnoError):
+    """A request is refused: ``errno`` goes back as the status, ``why`` as ``error``."""
 
 
 def get_devind(f: Fields) -> int:
@@ -520,8 +515,8 @@ class PciServer:
             return 0, handler(m.source, fields)
         except RequestError as exc:
             level = _LEVELS.get(exc.errno, logging.WARNING)
-            log.log(level, "%s from %d refused: %s", name, m.source, exc.message)
-            return -int(exc.errno), {"error": exc.message}
+            log.log(level, "%s from %d refused: %s", name, m.source, exc.why)
+            return -int(exc.errno), {"error": exc.why}
         except KernelGone:
             raise
         except IpcError as exc:

@@ -29,7 +29,7 @@ from hwl.config import SystemConf, SystemConfError, parse
 from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.kcalls import ExitInfo
-from hwl.kernel.errno import Errno, errno_of
+from hwl.kernel.errno import Errno, ErrnoError, errno_of
 from hwl.system import proto
 from hwl.system.proto import InitType, Policy
 from hwl.system.rs import default_label
@@ -44,13 +44,8 @@ STOP_GRACE_S = 1.0  # SIGTERM, then SIGKILL after this long
 SCRIPT_REAP_S = 0.2  # how often finished recovery scripts are collected
 
 
-class RsError(Exception):
+class RsError(ErrnoError):
     """A request RS refuses: the errno and why, for the reply."""
-
-    def __init__(self, errno: Errno, why: str) -> None:
-        super().__init__(why)
-        self.errno = errno
-        self.why = why
 
 
 def how_it_ended(info: ExitInfo) -> str:
