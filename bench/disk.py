@@ -68,7 +68,7 @@ from pathlib import Path
 
 import hwl.config
 from hwl import Machine
-from hwl.benchmarks import Targets, median_of, report
+from hwl.benchmarks import Targets, median_of, native_seconds, report
 from hwl.errors import HwlError
 from hwl.hw import ata
 from hwl.link import abi
@@ -113,15 +113,6 @@ class Native:
 
 
 # ------------------------------------------------------------------ native
-def _native(link: Link, code: int, args: tuple[int, ...]) -> float:
-    """Seconds of one native loop."""
-    r = link.native(code, args)
-    if r.status != abi.ST_OK:
-        name = abi.STATUS_NAMES.get(r.status, str(r.status))
-        raise HwlError(f"native loop {code} failed: {name}, ATA {r.ata_status:#x}")
-    return r.seconds
-
-
 def native_figures(link: Link, runs: int) -> Native:
     ch = ata.Channel(0x1F0, 0x3F6, 14, ata.bus_master_base(link))
     multiple = min(16, ata.identify(link).max_multiple)
@@ -135,7 +126,7 @@ def native_figures(link: Link, runs: int) -> Native:
         # struct hwl_native: cmd, ctl, bm, drive, multiple, lba, count, sectors, buf, prd,
         # span, seed
         args = (ch.cmd, ch.ctl, ch.bm, 0, mult, lba, count, sectors, buf.phys, prd.phys, 0, 0)
-        return megabytes / _native(link, code, args)
+        return megabytes / native_seconds(link, code, args)
 
     seeds = iter(range(1, 1 << 30))
 
@@ -143,7 +134,7 @@ def native_figures(link: Link, runs: int) -> Native:
         span = READ_SPAN // BLOCK  # 4 KiB blocks
         args = (ch.cmd, ch.ctl, ch.bm, 0, 0, read_lba, NATIVE_RANDS, 0, buf.phys, prd.phys,
                 span, next(seeds))  # fmt: skip
-        return _native(link, abi.OP_NATIVE_RAND, args) / NATIVE_RANDS * 1e6
+        return native_seconds(link, abi.OP_NATIVE_RAND, args) / NATIVE_RANDS * 1e6
 
     seq, pio = SEQ_MIB * MIB / 1e6, PIO_MIB * MIB / 1e6  # MB per run
     pio_sectors = PIO_MIB * MIB // ata.SECTOR

@@ -19,7 +19,7 @@ import time
 from collections import deque
 
 from hwl import Machine
-from hwl.benchmarks import Targets, median_of, paired, report
+from hwl.benchmarks import Targets, median_of, native_seconds, paired, report
 from hwl.hw import ata
 from hwl.link import abi
 from hwl.link.link import Link
@@ -49,10 +49,7 @@ def batch_ops_per_s(link: Link) -> float:
 
 
 def native_mb_s(link: Link, code: int, args: tuple[int, ...], nbytes: int) -> float:
-    r = link.native(code, args)
-    if r.status != abi.ST_OK:
-        raise RuntimeError(f"native loop {code} failed: status {r.status}, ATA {r.ata_status:#x}")
-    return nbytes / r.seconds / 1e6
+    return nbytes / native_seconds(link, code, args) / 1e6
 
 
 def link_pio_mb_s(link: Link, buf_out: bytearray, multiple: int) -> float:

@@ -10,6 +10,13 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from hwl.errors import HwlError
+from hwl.link import abi
+
+if TYPE_CHECKING:
+    from hwl.link.link import Link
 
 # A target: the comparison a figure must pass, and the bound.
 Targets = dict[str, tuple[str, float]]
@@ -32,6 +39,15 @@ def paired(
         statistics.median(s for _, s in pairs),
         statistics.median(s / lm for lm, s in pairs),
     )
+
+
+def native_seconds(link: Link, code: int, args: tuple[int, ...]) -> float:
+    """Seconds of one of the stub's native loops; HwlError if the loop failed."""
+    r = link.native(code, args)
+    if r.status != abi.ST_OK:
+        name = abi.STATUS_NAMES.get(r.status, str(r.status))
+        raise HwlError(f"native loop {code} failed: {name}, ATA {r.ata_status:#x}")
+    return r.seconds
 
 
 def report(

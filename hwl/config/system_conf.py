@@ -71,7 +71,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Literal, NoReturn, TypeAlias
 
@@ -201,6 +201,11 @@ class IoRange(_Range):
 @dataclass(frozen=True)
 class MemoryRange(_Range):
     """Guest-physical bytes ``base`` .. ``base + length - 1``."""
+
+
+#: Every port, as ``io ALL`` grants; every guest-physical byte (the root's memory).
+PORT_SPACE: Final = IoRange(0, PORT_LIMIT)
+MEMORY_SPACE: Final = MemoryRange(0, MEMORY_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -725,48 +730,15 @@ class _ServiceBuilder:
     """Collects one entry's statements, one handler per key, into a ServiceConfig."""
 
     def __init__(self, label: str, path: str, line: int) -> None:
-        self.label, self.path, self.line = label, path, line
+        self.label, self.path = label, path
         self.seen: dict[str, int] = {}
-        self.uid: int | Literal["SELF"] = DEFAULT_UID
-        self.ipc: IpcTargets = ALL_SYS
-        self.calls: KernelCalls = BASIC_CALLS
-        self.io: list[IoRange] = []
-        self.irq: list[int] = []
-        self.pci_devices: list[PciDevice] = []
-        self.pci_classes: list[PciClass] = []
-        self.memory: list[MemoryRange] = []
-        self.dma = False
-        self.control: frozenset[str] = frozenset()
-        self.scheduler: str | None = None
-        self.priority: int | None = None
-        self.quantum: int | None = None
-        self.sigmgr: str | None = None
-        self.service_type: str | None = None
-        self.descr: str | None = None
+        # The entry so far: ServiceConfig's defaults, each handler replacing its
+        # key's field(s). Lists keep file order with repeats dropped.
+        self.conf = ServiceConfig(label, path=path, line=line)
 
     def build(self) -> ServiceConfig:
-        """The finished entry; lists keep file order with repeats dropped."""
-        return ServiceConfig(
-            label=self.label,
-            uid=self.uid,
-            ipc=self.ipc,
-            calls=self.calls,
-            io=tuple(dict.fromkeys(self.io)),
-            irq=tuple(dict.fromkeys(self.irq)),
-            pci_devices=tuple(dict.fromkeys(self.pci_devices)),
-            pci_classes=tuple(dict.fromkeys(self.pci_classes)),
-            memory=tuple(dict.fromkeys(self.memory)),
-            dma=self.dma,
-            control=self.control,
-            scheduler=self.scheduler,
-            priority=self.priority,
-            quantum=self.quantum,
-            sigmgr=self.sigmgr,
-            service_type=self.service_type,
-            descr=self.descr,
-            path=self.path,
-            line=self.line,
-        )
+        """The finished entry."""
+        return self.conf
 
     def apply(self, st: _Statement) -> None:
         """Hand a statement to its key's handler, refusing a key set twice."""
@@ -838,27 +810,29 @@ class _ServiceBuilder:
         uid = _decimal(token.text)
         if token.text != SELF and uid is None:
             self.fail(st, token.line, f"'{token.text}' is neither a decimal uid nor SELF")
-        self.uid = SELF if uid is None else uid
+        self.conf = replace(self.conf, uid=SELF if uid is None else uid)
 
     def key_ipc(self, st: _Statement) -> None:
         """ipc: ALL, ALL_SYS, NONE or labels with SYSTEM and USER."""
         words = self.words(st)
         keyword = self.lone(st, words, (ALL, ALL_SYS, NONE))
+        ipc: IpcTargets
         if keyword == ALL:
-            self.ipc = ALL
+            ipc = ALL
         elif keyword == ALL_SYS:
-            self.ipc = ALL_SYS
+            ipc = ALL_SYS
         elif keyword == NONE:
-            self.ipc = frozenset()
+            ipc = frozenset()
         else:
-            self.ipc = frozenset(self.labels(st, words, (SYSTEM_TARGET, USER_TARGET)))
+            ipc = frozenset(self.labels(st, words, (SYSTEM_TARGET, USER_TARGET)))
+        self.conf = replace(self.conf, ipc=ipc)
 
     def key_system(self, st: _Statement) -> None:
         """system: ALL, BASIC, NONE, or call names added to the basic calls."""
         words = self.words(st)
         keyword = self.lone(st, words, (ALL, BASIC, NONE))
         if keyword == ALL:
-            self.calls = ALL
+            self.conf = replace(self.conf, calls=ALL)
             return
         calls: set[str] = set() if keyword == NONE else set(BASIC_CALLS)
         for token in words if keyword is None else []:
@@ -868,14 +842,13 @@ class _ServiceBuilder:
             calls.add(name)
             if name == "irqctl":
                 calls |= IRQ_CALLS
-        self.calls = frozenset(calls)
+        self.conf = replace(self.conf, calls=frozenset(calls))
 
     def key_io(self, st: _Statement) -> None:
         """io: ALL, NONE or hex port ranges inside 0..0xffff."""
         words = self.words(st)
         keyword = self.lone(st, words, (ALL, NONE))
-        if keyword == ALL:
-            self.io = [IoRange(0, PORT_LIMIT)]
+        io = [PORT_SPACE] if keyword == ALL else []
         for token in words if keyword is None else []:
             parsed = _base_len(token.text)
             if parsed is None:
@@ -883,46 +856,52 @@ class _ServiceBuilder:
             base, length = parsed
             if length == 0 or base + length > PORT_LIMIT:
                 self.fail(st, token.line, f"'{token.text}' is not a port range inside 0..ffff")
-            self.io.append(IoRange(base, length))
+            io.append(IoRange(base, length))
+        self.conf = replace(self.conf, io=tuple(dict.fromkeys(io)))
 
     def key_irq(self, st: _Statement) -> None:
         """irq: ALL, NONE or decimal IRQ lines 0..15."""
         words = self.words(st)
         keyword = self.lone(st, words, (ALL, NONE))
-        if keyword == ALL:
-            self.irq = list(range(NR_IRQS))
+        irqs = list(range(NR_IRQS)) if keyword == ALL else []
         for token in words if keyword is None else []:
             irq = _decimal(token.text)
             if irq is None or irq >= NR_IRQS:
                 self.fail(st, token.line, f"'{token.text}' is not an IRQ line (decimal 0..15)")
-            self.irq.append(irq)
+            irqs.append(irq)
+        self.conf = replace(self.conf, irq=tuple(dict.fromkeys(irqs)))
 
     def key_pci_device(self, st: _Statement) -> None:
         """pci device: hex ids ``vid:did[/subvid:subdid]``; may be repeated."""
+        devices = list(self.conf.pci_devices)
         for token in self.words(st):
             device = _pci_device(token.text)
             if device is None:
                 detail = f"'{token.text}' is not a PCI device id vid:did[/subvid:subdid] in hex"
                 self.fail(st, token.line, detail)
-            self.pci_devices.append(device)
+            devices.append(device)
+        self.conf = replace(self.conf, pci_devices=tuple(dict.fromkeys(devices)))
 
     def key_pci_class(self, st: _Statement) -> None:
         """pci class: hex ``class[/subclass[/interface]]``; may be repeated."""
+        classes = list(self.conf.pci_classes)
         for token in self.words(st):
             cls = _pci_class(token.text)
             if cls is None:
                 detail = f"'{token.text}' is not a PCI class class[/subclass[/interface]] in hex"
                 self.fail(st, token.line, detail)
-            self.pci_classes.append(cls)
+            classes.append(cls)
+        self.conf = replace(self.conf, pci_classes=tuple(dict.fromkeys(classes)))
 
     def key_memory(self, st: _Statement) -> None:
         """memory: NONE, or hex guest-physical ranges and ``dma``."""
         words = self.words(st)
         if self.lone(st, words, (NONE, ALL)) == ALL:
             self.fail(st, st.line, "'ALL' is refused: name the ranges (guest RAM holds the rings)")
+        dma, memory = False, []
         for token in words:
             if token.text.lower() == "dma":
-                self.dma = True
+                dma = True
                 continue
             if token.text == NONE:
                 continue
@@ -934,42 +913,44 @@ class _ServiceBuilder:
             base, length = parsed
             if length == 0 or base + length > MEMORY_LIMIT:
                 self.fail(st, token.line, f"'{token.text}' is not a range inside 4 GiB")
-            self.memory.append(MemoryRange(base, length))
+            memory.append(MemoryRange(base, length))
+        self.conf = replace(self.conf, memory=tuple(dict.fromkeys(memory)), dma=dma)
 
     def key_control(self, st: _Statement) -> None:
         """control: NONE or labels of services this one may control."""
         words = self.words(st)
         if self.lone(st, words, (NONE,)) is None:
-            self.control = frozenset(self.labels(st, words))
+            self.conf = replace(self.conf, control=frozenset(self.labels(st, words)))
 
     def key_scheduler(self, st: _Statement) -> None:
         """scheduler: KERNEL or a label."""
-        self.scheduler = self.label_or(st, KERNEL)
+        self.conf = replace(self.conf, scheduler=self.label_or(st, KERNEL))
 
     def key_sigmgr(self, st: _Statement) -> None:
         """sigmgr: SELF or a label."""
-        self.sigmgr = self.label_or(st, SELF)
+        self.conf = replace(self.conf, sigmgr=self.label_or(st, SELF))
 
     def key_priority(self, st: _Statement) -> None:
         """priority: a scheduling queue."""
-        self.priority = self.number(st, "a priority queue", 0, NR_SCHED_QUEUES - 1)
+        priority = self.number(st, "a priority queue", 0, NR_SCHED_QUEUES - 1)
+        self.conf = replace(self.conf, priority=priority)
 
     def key_quantum(self, st: _Statement) -> None:
         """quantum: milliseconds."""
-        self.quantum = self.number(st, "a quantum in ms", 1, 999_999_999)
+        self.conf = replace(self.conf, quantum=self.number(st, "a quantum in ms", 1, 999_999_999))
 
     def key_type(self, st: _Statement) -> None:
         """type: net or blk, which tells RS which DS key announces the driver."""
         token = self.single(st)
         if token.text not in SERVICE_TYPES:
             self.fail(st, token.line, f"'{token.text}' is not a service type (net or blk)")
-        self.service_type = token.text
+        self.conf = replace(self.conf, service_type=token.text)
 
     def key_descr(self, st: _Statement) -> None:
         """descr: one quoted string."""
         if len(st.values) != 1 or st.values[0].kind != "string":
             self.fail(st, st.line, 'takes one quoted string, as in descr "NE2000 PCI";')
-        self.descr = st.values[0].text
+        self.conf = replace(self.conf, descr=st.values[0].text)
 
 
 _HANDLERS: Final[dict[str, Callable[[_ServiceBuilder, _Statement], None]]] = {

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from hwl.config.system_conf import (
     ALL,
     ALL_SYS,
+    MEMORY_SPACE,
+    NR_IRQS,
+    PORT_SPACE,
     USER_TARGET,
     IoRange,
     MemoryRange,
     ServiceConfig,
 )
-
-PORT_SPACE = IoRange(0, 0x10000)
-MEMORY_SPACE = MemoryRange(0, 1 << 32)
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Priv:
             ipc=ALL,
             calls=ALL,
             io=(PORT_SPACE,),
-            irq=tuple(range(16)),
+            irq=tuple(range(NR_IRQS)),
             memory=(MEMORY_SPACE,),
             dma=True,
         )
