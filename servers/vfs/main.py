@@ -6,11 +6,12 @@ Protocol and client: :mod:`hwl.system.vfs`; the device map: :mod:`servers.vfs.de
 - **Files**: an fd belongs to (client endpoint, number) and holds the device, the
   access mode and the byte position. The first open of a minor opens it on the
   driver (``BDEV_OPEN``) and asks its geometry; the last close closes it.
-- **Data** moves through VFS's own arena: VFS reads whole sectors from the driver
-  into a bounce buffer it grants to the driver, then ``safecopyto`` the client's
-  grant (and the reverse for writes, merging partial sectors first), in chunks of
-  :data:`CHUNK` bytes. So clients need no alignment, and a client's grant is
-  never handed to a driver.
+- **Data** moves in chunks of :data:`CHUNK` bytes. A chunk of whole sectors goes
+  straight between the driver and the client: VFS hands the driver an indirect
+  grant, narrowed to that chunk, of the client's grant (one copy). Other chunks go
+  through VFS's bounce buffer: whole sectors from the driver, then ``safecopyto``
+  the client's grant (the reverse for writes, merging partial sectors first). So
+  clients need no alignment.
 - **Recovery** (as MINIX's VFS ``bdev_up``): VFS subscribes to ``drv\\.blk\\..*``
   in DS. A driver call that fails with EDEADSRCDST / EDEADEPT (the process died;
   with policy reset its endpoint is gone) or ERESTART (a new incarnation that
@@ -33,6 +34,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,10 +44,11 @@ from hwl.driver import proto as bp
 from hwl.ipc import codec, wire
 from hwl.ipc.arena import Buffer
 from hwl.ipc.client import Connection, IpcError, Message
-from hwl.kernel.errno import Errno, errno_of
+from hwl.kernel.errno import Errno, ErrnoError, errno_of
 from hwl.system import sef
 from hwl.system import vfs as vp
 from hwl.system.ds import Ds, DsError
+from hwl.system.proto import DRIVER_UP_BLK
 from hwl.system.rs import Rs, RsError
 
 from . import devmap
@@ -68,12 +71,8 @@ REAP_SECONDS: Final = 2.0
 IMMEDIATE_TRIES: Final = 3
 
 
-class Refused(Exception):
+class Refused(ErrnoError):
     """A request answered with ``-errno`` at once."""
-
-    def __init__(self, errno: Errno, message: str = "") -> None:
-        super().__init__(message or errno.description)
-        self.errno = errno
 
 
 class DriverDown(Exception):
@@ -140,7 +139,7 @@ class VfsServer:
         try:
             self.ds = Ds.find(conn, timeout=10)
             # OVERWRITE: a restart that keeps the endpoint keeps the old subscription.
-            self.ds.subscribe(r"drv\.blk\..*", overwrite=True)
+            self.ds.subscribe(re.escape(DRIVER_UP_BLK) + ".*", overwrite=True)
         except DsError as exc:
             log.error("cannot subscribe to driver-up events: %s", exc)
             return int(exc.errno)
@@ -325,7 +324,15 @@ class VfsServer:
             span_end = min(-(-end // SECTOR) * SECTOR, size)
             n = end - pos  # client bytes in this chunk
             head, span = pos - start, span_end - start
-            if write:
+            if head == 0 and span == n:  # whole sectors: the driver copies for the client
+                got = self.drv_io(driver, file.minor, write, start, span, client=op)
+                if write:
+                    file.dirty = True
+                else:
+                    n = min(n, got)
+                    if n == 0:
+                        break
+            elif write:
                 if head or (end % SECTOR and end < size):
                     self.drv_io(driver, file.minor, False, start, span)
                 conn.safecopyfrom(op.m.source, op.grant, op.done, bounce.offset + head, n)
@@ -345,11 +352,26 @@ class VfsServer:
             raise Refused(Errno.ENOSPC, f"position {pos} is at the end of the device")
         return op.done, {}
 
-    def drv_io(self, driver: Driver, minor: int, write: bool, position: int, count: int) -> int:
+    def drv_io(
+        self,
+        driver: Driver,
+        minor: int,
+        write: bool,
+        position: int,
+        count: int,
+        client: Op | None = None,
+    ) -> int:
+        """``count`` bytes at ``position`` between the driver and the bounce buffer,
+        or with ``client`` the client's own grant (an indirect grant narrowed to
+        the part of it this chunk fills: one copy instead of two)."""
         assert self.bounce is not None
         ep = self.endpoint(driver)
         arena = self.conn.arena
-        gid = arena.grant(ep, self.bounce.offset, count, read=write, write=not write)
+        if client is None:
+            gid = arena.grant(ep, self.bounce.offset, count, read=write, write=not write)
+        else:
+            gid = arena.grant_indirect(ep, client.m.source, client.grant, client.done, count,
+                                       read=write, write=not write)  # fmt: skip
         try:
             status, _ = self.call(
                 driver, bp.BDEV_WRITE if write else bp.BDEV_READ,
@@ -390,7 +412,9 @@ class VfsServer:
             raise Refused(exc.errno, f"{driver.label}: {exc}") from exc
         if reply.m_type < 0:
             errno = errno_of(reply.m_type)
-            if errno in RECOVERABLE:
+            # Only ERESTART in a reply means the driver restarted: an EDEADSRCDST
+            # it answers comes from a grant (the client's, gone with its owner).
+            if errno is Errno.ERESTART:
                 self.mark_down(driver, f"{errno.name} from {driver.label}")
                 raise DriverDown
             raise Refused(errno, str(reply.get("error", "")))
@@ -513,13 +537,13 @@ class VfsServer:
             log.warning("ds check: %s", exc)
             return
         for key in changed:
-            label = key.removeprefix("drv.blk.")
+            label = key.removeprefix(DRIVER_UP_BLK)
             driver = self.drivers.get(label)
             if driver is None:
                 continue
             if driver.up and not driver.pending and driver.minors:
                 # A restart VFS has not noticed yet: re-open before the next request.
-                log.info("drv.blk.%s changed: re-opening", label)
+                log.info("%s%s changed: re-opening", DRIVER_UP_BLK, label)
             driver.announced = time.monotonic()
             if driver.minors or driver.pending or not driver.up:
                 self.retry(driver)
