@@ -116,8 +116,13 @@ def test_bad_input_is_refused_and_harms_nothing(setup: Setup) -> None:
             with pytest.raises(VfsError) as info:
                 vfs.call(m_type, {"fd": fd, **fields})
             assert info.value.minix_errno is errno, (m_type, fields, info.value)
-        with pytest.raises(VfsError):  # a grant the client never made
-            vfs.call(vp.VFS_READ, {"fd": fd, "count": SECTOR, "grant": 999})
+        vfs_log = setup.machine.run_dir / "vfs.log"
+        downs = vfs_log.read_text().count("is down")
+        for count in (SECTOR, 100):  # whole sectors: the driver meets the bad grant
+            with pytest.raises(VfsError) as info:  # a grant the client never made
+                vfs.call(vp.VFS_READ, {"fd": fd, "count": count, "grant": 999, "position": 0})
+            assert info.value.minix_errno is Errno.EINVAL, info.value
+        assert vfs_log.read_text().count("is down") == downs  # not the driver's fault
         # A huge count is a short read (VFS_MAX_IO), past the end is 0.
         buf = memoryview(bytearray(8 << 20))
         assert vfs.read_into(fd, buf) == vp.VFS_MAX_IO
@@ -334,3 +339,31 @@ def test_the_files_of_a_client_that_died_are_closed(setup: Setup) -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_a_client_killed_mid_read_is_not_a_driver_crash(setup: Setup) -> None:
+    """Whole-sector reads go through an indirect grant of the client's grant: when
+    the client dies mid-read, the driver's copy fails on its dead grant. That is
+    the client's end, not the driver's: VFS must not mark at_wini down for it."""
+    script = (
+        "from hwl.system.vfs import Vfs\n"
+        f"vfs = Vfs.attach({str(setup.machine.run_dir)!r}, timeout=30)\n"
+        "fd = vfs.open_fd('/dev/c0d0')\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        "    for i in range(64):\n"
+        "        vfs.pread(fd, 1 << 20, i << 20)\n"
+    )
+    downs = setup.log_text("vfs").count("is down")
+    for delay in (0.05, 0.08, 0.11, 0.14, 0.17, 0.2, 0.23, 0.26):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(delay)
+        finally:
+            proc.kill()
+            proc.wait(10)
+    with setup.vfs.open("/dev/c0d0", "rb") as f:
+        assert f.read(1 << 20) == setup.image_bytes(0, 1 << 20)
+    assert setup.log_text("vfs").count("is down") == downs
