@@ -48,6 +48,7 @@ from hwl.kernel.errno import Errno, ErrnoError, errno_of
 from hwl.system import sef
 from hwl.system import vfs as vp
 from hwl.system.ds import Ds, DsError
+from hwl.system.proctab import ProcTable
 from hwl.system.proto import DRIVER_UP_BLK
 from hwl.system.rs import Rs, RsError
 
@@ -448,11 +449,7 @@ class VfsServer:
         """Close the files of clients that no longer exist; re-arm while any are open."""
         if not self.files:
             return
-        try:
-            alive = {p.get("endpoint") for p in self.conn.proctab()}
-        except IpcError as exc:
-            log.warning("proctab: %s", exc)
-            alive = None
+        alive = ProcTable(self.conn, log).refresh()  # afresh: a refusal is logged, None
         if alive is not None:
             dead = sorted({client for client, _fd in self.files if client not in alive})
             for client in dead:
