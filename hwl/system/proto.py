@@ -104,6 +104,15 @@ class UpdateFlag(IntFlag):
     FORCE_INIT_FAIL = 0x4  # -y
     FORCE_INIT_TIMEOUT = 0x8  # -z
 
+    @classmethod
+    def checked(cls, bits: int) -> UpdateFlag:
+        """The flags in ``bits``; ValueError for a bit no flag has (an IntFlag
+        would keep it silently)."""
+        known = sum(cls)
+        if bits < 0 or bits & ~known:
+            raise ValueError(f"unknown update flags {bits:#x} (known: {known:#x})")
+        return cls(bits)
+
 
 class Policy(IntEnum):
     """What a restart keeps (MINIX's relpol): RESET gives a new endpoint, RESTART

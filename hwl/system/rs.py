@@ -215,14 +215,13 @@ def update_fields(
         raise ValueError(f"state {state!r} is no live-update state (it must be >= 1)")
     if isinstance(maxtime, bool) or not isinstance(maxtime, int) or maxtime < -1:
         raise ValueError(f"maxtime {maxtime!r} is neither ticks, 0 (default) nor -1 (no limit)")
-    if int(flags) & ~sum(UpdateFlag) or int(flags) < 0:
-        raise ValueError(f"unknown update flags {int(flags):#x}")
+    flags = UpdateFlag.checked(int(flags))
     return {
         "label": _label(label),
         "argv": _argv(argv) if argv else [],
         "state": int(state),
         "maxtime": maxtime,
-        "flags": int(UpdateFlag(flags)),
+        "flags": int(flags),
         "conf": conf or "",
     }
 

@@ -139,11 +139,10 @@ class Requests:
             maxtime = NO_LIMIT_TICKS
         elif maxtime < 0:
             raise RsError(Errno.EINVAL, f"maxtime {maxtime} is not a duration")
-        bits = _int(fields, "flags", 0)
-        known = sum(UpdateFlag)
-        if bits < 0 or bits & ~known:
-            raise RsError(Errno.EINVAL, f"unknown update flags {bits:#x} (known: {known:#x})")
-        flags = UpdateFlag(bits)
+        try:
+            flags = UpdateFlag.checked(_int(fields, "flags", 0))
+        except ValueError as exc:
+            raise RsError(Errno.EINVAL, str(exc)) from exc
         self.updater.start(
             svc,
             Waiter(source, "update"),
