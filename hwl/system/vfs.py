@@ -26,13 +26,16 @@ and merges partial sectors itself.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
 from hwl.errors import HwlError
 from hwl.ipc import codec
+from hwl.ipc.arena import Buffer
 from hwl.ipc.client import Connection, IpcError, IpcTimeout, Message
 from hwl.kernel.errno import Errno, errno_of
 from hwl.system.rs import KERNEL_SOCKET, Rs, RsError
@@ -165,21 +168,10 @@ class Vfs:
         count = min(len(buf), VFS_MAX_IO)
         if count == 0:
             return 0
-        arena = self.conn.arena
-        local = arena.alloc(count)
-        try:
-            gid = arena.grant(self.endpoint, local.offset, count, read=False, write=True)
-            fields: dict[str, codec.Value] = {"fd": fd, "count": count, "grant": gid}
-            if position is not None:
-                fields["position"] = position
-            try:
-                n = self.call(VFS_READ, fields).m_type
-            finally:
-                arena.revoke(gid)
+        with self._granted(count, vfs_writes=True) as (local, gid):
+            n = self._io(VFS_READ, fd, count, gid, position)
             buf[:n] = local.view[:n]
             return n
-        finally:
-            arena.free(local)
 
     def write_from(self, fd: int, data: memoryview, position: int | None = None) -> int:
         """One WRITE of ``data`` (at most VFS_MAX_IO bytes); the count written.
@@ -187,20 +179,31 @@ class Vfs:
         count = min(len(data), VFS_MAX_IO)
         if count == 0:
             return 0
+        with self._granted(count, vfs_writes=False) as (local, gid):
+            local.view[:count] = data[:count]
+            return self._io(VFS_WRITE, fd, count, gid, position)
+
+    @contextlib.contextmanager
+    def _granted(self, count: int, *, vfs_writes: bool) -> Iterator[tuple[Buffer, int]]:
+        """``count`` bytes of this process's arena and a grant of them to VFS, for
+        one request (revoked and freed after it)."""
         arena = self.conn.arena
         local = arena.alloc(count)
         try:
-            local.view[:count] = data[:count]
-            gid = arena.grant(self.endpoint, local.offset, count, read=True)
-            fields: dict[str, codec.Value] = {"fd": fd, "count": count, "grant": gid}
-            if position is not None:
-                fields["position"] = position
+            gid = arena.grant(self.endpoint, local.offset, count,
+                              read=not vfs_writes, write=vfs_writes)  # fmt: skip
             try:
-                return self.call(VFS_WRITE, fields).m_type
+                yield local, gid
             finally:
                 arena.revoke(gid)
         finally:
             arena.free(local)
+
+    def _io(self, m_type: int, fd: int, count: int, gid: int, position: int | None) -> int:
+        fields: dict[str, codec.Value] = {"fd": fd, "count": count, "grant": gid}
+        if position is not None:
+            fields["position"] = position
+        return self.call(m_type, fields).m_type
 
     def pread(self, fd: int, count: int, position: int) -> bytes:
         """Up to ``count`` bytes (one READ) at ``position``; the fd's position stays."""
