@@ -24,6 +24,7 @@ from hwl import ipc
 from hwl.ipc import codec, wire
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
+from hwl.link import abi
 
 ECHO = str(Path(__file__).parent / "programs" / "echo.py")
 # Every call but those that end or start processes; ports and an IRQ to talk about.
@@ -128,7 +129,6 @@ def test_malformed_frames_get_an_error_and_the_kernel_goes_on(
         ("devio", {"port": "0x1f7"}, Errno.EINVAL, "'port' must be an integer"),
         ("devio", {"port": 1 << 40}, Errno.EINVAL, "outside 0..65535"),
         ("devio", {"port": True}, Errno.EINVAL, "must be an integer, not bool"),
-        ("vdevio", {"ops": b"\x01" * 17}, Errno.EINVAL, "not 1..254 ops"),
         ("getinfo", {"what": "secrets"}, Errno.EINVAL, "unknown item"),
         ("privctl", {"endpoint": 0x8001, "op": "set", "conf": "x"}, Errno.EPERM, "may not control"),
         ("setalarm", {"seconds": "soon"}, Errno.EINVAL, "seconds must be a number"),
@@ -150,6 +150,33 @@ def test_bad_kernel_call_fields_are_refused_with_the_reason(
         fields = {**fields, "endpoint": echo}
     answer = raw.kcall(call, fields)
     assert raw.status(answer) == -errno
+    assert words in str(codec.decode(answer[wire.RESPONSE.size :])["error"])
+    echo_still_serves(root, echo)
+
+
+VDEVIO_INB_1F7 = bytes([abi.OP_IN, 1, 0xF7, 0x01]) + bytes(12)
+
+
+@pytest.mark.parametrize(
+    ("hook", "ops", "words"),
+    [
+        (wire.NO_HOOK, b"\x01" * 17, "17 bytes are not 1..254 ops"),
+        (wire.NO_HOOK, b"", "0 bytes are not 1..254 ops"),
+        (wire.NO_HOOK, VDEVIO_INB_1F7 * 255, "not 1..254 ops"),
+        (wire.NO_HOOK, bytes([0x7F]) + bytes(15), "op codes [127] are not port ops"),
+        (wire.NO_HOOK, bytes([abi.OP_IN, 1, 0x70, 0x01]) + bytes(12), "port 0x170"),
+        (12345, VDEVIO_INB_1F7, "IRQ hook 12345 is not one of this process's"),
+        (-7, VDEVIO_INB_1F7, "IRQ hook -7 is not one of this process's"),
+    ],
+)
+def test_bad_vdevio_batches_are_refused_with_the_reason(
+    setup: tuple[ipc.Connection, RawProcess, int], hook: int, ops: bytes, words: str
+) -> None:
+    """vdevio skips the codec (wire.VDEVIO): its raw payload is checked as ops."""
+    root, raw, echo = setup
+    answer = raw.ask(wire.REQUEST.pack(wire.Op.KCALL, 0, 0, hook, wire.VDEVIO) + ops)
+    assert answer is not None
+    assert raw.status(answer) in (-Errno.EINVAL, -Errno.EPERM)
     assert words in str(codec.decode(answer[wire.RESPONSE.size :])["error"])
     echo_still_serves(root, echo)
 

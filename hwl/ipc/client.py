@@ -265,6 +265,13 @@ class Connection(KernelCalls):
         self._status(answer, name)
         return codec.decode(answer[_HEADER:]) if len(answer) > _HEADER else {}
 
+    def kcall_binary(self, number: int, arg: int, payload: bytes, name: str) -> bytes:
+        """A kernel call that skips the codec (see ``wire.VDEVIO``): ``arg`` rides in
+        the request's peer field; returns the whole response frame."""
+        answer = self._call(_REQUEST(wire.Op.KCALL, 0, 0, arg, number) + payload, name)
+        self._status(answer, name)
+        return answer
+
     def whoami(self) -> int:
         """This process's endpoint as the kernel knows it now, kept in ``endpoint``:
         a live update (kernel call ``update``) moves a process to another endpoint."""

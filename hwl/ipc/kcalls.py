@@ -11,9 +11,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hwl.ipc import codec
+from hwl.ipc import codec, wire
 from hwl.link import abi
 from hwl.link.batch import Batch
+
+# Where the first op's result word sits in a vdevio answer (header, then the ops).
+_RESULTS_AT = wire.RESPONSE.size + abi.OP_C_OFFSET
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class KernelCalls:
     ) -> dict[str, codec.Value]:
         raise NotImplementedError
 
+    def kcall_binary(self, number: int, arg: int, payload: bytes, name: str) -> bytes:
+        raise NotImplementedError
+
     # ---------------------------------------------------------- port I/O
     def devio_in(self, port: int, width: int = 1) -> int:
         return _int(self.kcall("devio", {"port": port, "width": width})["value"])
@@ -58,12 +64,11 @@ class KernelCalls:
         if len(batch) > abi.MAX_OPS:
             raise ValueError(f"vdevio takes at most {abi.MAX_OPS} ops, not {len(batch)}")
         (packed,) = batch.packed()
-        fields: dict[str, codec.Value] = {"ops": packed}
-        if irq_enable is not None:
-            fields["hook"] = irq_enable
-        done = self.kcall("vdevio", fields)["ops"]
-        assert isinstance(done, bytes)
-        return memoryview(done).cast("I")[abi.OP_C_OFFSET // 4 :: abi.OP_SIZE // 4].tolist()
+        hook = wire.NO_HOOK if irq_enable is None else irq_enable
+        answer = self.kcall_binary(wire.VDEVIO, hook, packed, "vdevio")
+        if len(answer) != wire.RESPONSE.size + len(packed):
+            raise ValueError(f"vdevio: a {len(answer)}-byte answer to {len(batch)} ops")
+        return memoryview(answer).cast("I")[_RESULTS_AT // 4 :: abi.OP_SIZE // 4].tolist()
 
     def sdevio_in(
         self, port: int, count: int, width: int, endpoint: int, grant: int, offset: int = 0

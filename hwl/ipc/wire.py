@@ -146,6 +146,13 @@ KERNEL_CALL_NUMBERS: Final[dict[str, int]] = {
 }
 KERNEL_CALL_NAMES: Final = {number: name for name, number in KERNEL_CALL_NUMBERS.items()}
 
+# vdevio, the hottest call (every driver command), skips the codec both ways: the
+# request's payload is the packed ops (hwl.link.abi), its peer field the IRQ hook
+# to re-enable once the batch ran (or NO_HOOK); the reply's payload is the ops
+# with their results. An error reply carries the codec's {"error": why} as usual.
+VDEVIO: Final = KERNEL_CALL_NUMBERS["vdevio"]
+NO_HOOK: Final = -1
+
 # --- the environment of a spawned process ---------------------------------------
 ENV_FD: Final = "HWL_KERNEL_FD"  # the inherited connection to the kernel
 

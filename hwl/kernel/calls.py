@@ -17,7 +17,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from hwl.config.system_conf import IoRange, MemoryRange, ServiceConfig, SystemConfError
 from hwl.config.system_conf import parse as parse_conf
@@ -46,6 +46,8 @@ PORT_CODES = frozenset({abi.OP_IN, abi.OP_OUT, abi.OP_WAIT})
 DMA_CALLS = frozenset({"dmaalloc", "dmafree", "dmacopy"})
 
 Reply = dict[str, codec.Value]
+Answer = Reply | bytes  # bytes: a binary call's reply payload (vdevio)
+AnswerT = TypeVar("AnswerT", bound=Answer)
 Handler = Callable[[Proc, dict[str, codec.Value]], "Reply | None"]
 
 
@@ -143,13 +145,14 @@ class Calls:
         }
 
     # ------------------------------------------------------------- dispatch
-    def dispatch(self, proc: Proc, number: int, payload: bytes) -> None:
-        self._answer(proc, number, lambda: self._run(proc, number, payload))
+    def dispatch(self, proc: Proc, number: int, payload: bytes, arg: int) -> None:
+        """Kernel call ``number`` with its payload and the request's peer field."""
+        self._answer(proc, number, lambda: self._run(proc, number, payload, arg))
 
-    def _run(self, proc: Proc, number: int, payload: bytes) -> Reply | None:
+    def _run(self, proc: Proc, number: int, payload: bytes, arg: int) -> Answer | None:
         """Check the caller may make call ``number``, decode its fields and run it."""
         name = wire.KERNEL_CALL_NAMES.get(number)
-        if name is None or name not in self.handlers:
+        if name is None or (name not in self.handlers and number != wire.VDEVIO):
             raise CallError(Errno.EBADCALL, f"no kernel call number {number}")
         if name in DMA_CALLS:
             if not proc.priv.dma:
@@ -158,13 +161,15 @@ class Calls:
             raise CallError(
                 Errno.ECALLDENIED, f"kernel call '{name}' is not on its system line", warn=True
             )
+        if number == wire.VDEVIO:
+            return self.vdevio(proc, arg, payload)
         try:
             fields = codec.decode(payload)
         except codec.CodecError as exc:
             raise CallError(Errno.EINVAL, f"{name}: malformed payload: {exc}") from exc
         return self.handlers[name](proc, fields)
 
-    def _answer(self, proc: Proc, number: int, run: Callable[[], Reply | None]) -> None:
+    def _answer(self, proc: Proc, number: int, run: Callable[[], Answer | None]) -> None:
         """Run a call (or the end of one that waited for the stub) and answer it:
         the reply, or the error with its reason; None means it answers later."""
         try:
@@ -179,7 +184,9 @@ class Calls:
             log.exception("kernel call %s from %s failed", name, proc.label)
             self.k.respond(proc, -Errno.EGENERIC, number, codec.encode({"error": repr(exc)}))
             return
-        if reply is not None:
+        if isinstance(reply, bytes):
+            self.k.respond(proc, 0, number, reply)
+        elif reply is not None:
             self.k.respond(proc, 0, number, codec.encode(reply) if reply else b"")
 
     def release(self, proc: Proc) -> None:
@@ -205,8 +212,8 @@ class Calls:
         number: int,
         ticket_of: Callable[[Link], Ticket],
         nops: int,
-        finish: Callable[[int, int, bytes], Reply],
-    ) -> Reply | None:
+        finish: Callable[[int, int, bytes], AnswerT],
+    ) -> AnswerT | None:
         link = self._link()
         while len(self.pending) >= abi.NSLOTS:
             self.poll_pending()
@@ -220,7 +227,7 @@ class Calls:
         return finish(*link.collect_raw(ticket, nops))
 
     def _wrap(
-        self, proc: Proc, number: int, finish: Callable[[int, int, bytes], Reply]
+        self, proc: Proc, number: int, finish: Callable[[int, int, bytes], Answer]
     ) -> Callable[[int, int, bytes], None]:
         def finish_later(status: int, failed: int, ops: bytes) -> None:
             proc.state = State.RUNNING
@@ -263,11 +270,30 @@ class Calls:
             return {}
         return {"value": {1: link.inb, 2: link.inw, 4: link.inl}[width](port)}
 
-    def do_vdevio(self, proc: Proc, f: dict[str, codec.Value]) -> Reply | None:
-        ops = get_bytes(f, "ops")
+    def vdevio(self, proc: Proc, hook_id: int, ops: bytes) -> bytes | None:
+        """``ops`` packed as the stub takes them (no codec: see ``wire.VDEVIO``);
+        ``hook_id``: an IRQ hook to re-enable once the batch ran (a driver's status
+        read that acknowledges the interrupt, and its irqenable, in one call)."""
         n, rest = divmod(len(ops), abi.OP_SIZE)
         if rest or not 0 < n <= abi.MAX_OPS:
             fail(Errno.EINVAL, f"vdevio: {len(ops)} bytes are not 1..{abi.MAX_OPS} ops")
+        priv = proc.priv
+        if ops not in priv.checked_batches:  # a driver repeats the same few batches
+            self._check_vdevio_ops(proc, ops, n)
+            priv.remember_batch(ops)
+        hook = None if hook_id == wire.NO_HOOK else self._hook_numbered(proc, hook_id)
+
+        def finish(status: int, failed: int, done: bytes) -> bytes:
+            if status != abi.ST_OK:
+                self._stub_failure(status, failed, done)
+            if hook is not None:
+                self.k.irqs.enable(hook)
+            return done  # results are each op's last word: no repacking here
+
+        return self._submit(proc, wire.VDEVIO, lambda link: link.submit_packed(ops, n), n, finish)
+
+    def _check_vdevio_ops(self, proc: Proc, ops: bytes, n: int) -> None:
+        """Every op a port op on the caller's ports, waits and delays within bounds."""
         # The first word of each op is code | width << 8 | port << 16: the distinct
         # words, taken at C speed, are all a privilege check needs.
         words = set(memoryview(ops).cast("I")[:: abi.OP_SIZE // 4])  # (host order: x86)
@@ -290,25 +316,6 @@ class Calls:
                     fail(
                         Errno.EINVAL, f"vdevio: op {i // 6} delays {a} µs (at most {MAX_DELAY_US})"
                     )
-
-        # ``hook``: re-enable that IRQ hook once the batch ran (a driver's status
-        # read that acknowledges the interrupt, and its irqenable, in one call).
-        hook = self._hook(proc, f) if "hook" in f else None
-
-        def finish(status: int, failed: int, done: bytes) -> Reply:
-            if status != abi.ST_OK:
-                self._stub_failure(status, failed, done)
-            if hook is not None:
-                self.k.irqs.enable(hook)
-            return {"ops": done}  # results are each op's last word: no repacking here
-
-        return self._submit(
-            proc,
-            wire.KERNEL_CALL_NUMBERS["vdevio"],
-            lambda link: link.submit_packed(ops, n),
-            n,
-            finish,
-        )
 
     def do_sdevio(self, proc: Proc, f: dict[str, codec.Value]) -> Reply | None:
         port = get_int(f, "port", 0, 0xFFFF)
@@ -360,7 +367,10 @@ class Calls:
 
     # ------------------------------------------------------------------ IRQs
     def _hook(self, proc: Proc, f: dict[str, codec.Value]) -> IrqHook:
-        number = get_int(f, "hook", 0, I32_MAX)
+        return self._hook_numbered(proc, get_int(f, "hook", 0, I32_MAX))
+
+    @staticmethod
+    def _hook_numbered(proc: Proc, number: int) -> IrqHook:
         for hook in proc.irq_hooks:
             if hook.hook == number:
                 return hook

@@ -426,7 +426,7 @@ class Kernel:
         elif op == wire.Op.NOTIFY:
             self.ipc.notify(proc, peer)
         elif op == wire.Op.KCALL:
-            self.calls.dispatch(proc, m_type, payload)
+            self.calls.dispatch(proc, m_type, payload, peer)
         elif op == wire.Op.SENDA:
             self.ipc.senda(proc, peer, m_type, payload, bool(flags & wire.FLAG_NOTIFY_DONE))
         elif op == wire.Op.ASYNC_STATUS:

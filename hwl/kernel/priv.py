@@ -23,6 +23,8 @@ from hwl.config.system_conf import (
     ServiceConfig,
 )
 
+CHECKED_BATCHES_KEEP = 256
+
 
 @dataclass
 class Priv:
@@ -33,8 +35,11 @@ class Priv:
     extra_io: list[IoRange] = field(default_factory=list)
     extra_irq: set[int] = field(default_factory=set)
     extra_memory: list[MemoryRange] = field(default_factory=list)
-    # vdevio op heads (code | width << 8 | port << 16) already found allowed.
+    # vdevio op heads (code | width << 8 | port << 16) already found allowed, and
+    # whole vdevio batches already found allowed (a driver repeats a few of them).
+    # Grants only grow while a Priv lives, so neither goes stale but in a swap.
     checked_ops: set[int] = field(default_factory=set, repr=False)
+    checked_batches: set[bytes] = field(default_factory=set, repr=False)
 
     def swap_grants(self, other: Priv) -> None:
         """Exchange the ``add_*`` grants (not the system.conf entry) with ``other``."""
@@ -42,8 +47,16 @@ class Priv:
             mine = getattr(self, name)
             setattr(self, name, getattr(other, name))
             setattr(other, name, mine)
-        self.checked_ops.clear()
-        other.checked_ops.clear()
+        for priv in (self, other):
+            priv.checked_ops.clear()
+            priv.checked_batches.clear()
+
+    def remember_batch(self, ops: bytes) -> None:
+        """``ops`` passed vdevio's checks; a batch with changing values (an LBA)
+        never repeats, so the set is bounded by starting over."""
+        if len(self.checked_batches) >= CHECKED_BATCHES_KEEP:
+            self.checked_batches.clear()
+        self.checked_batches.add(ops)
 
     @classmethod
     def root(cls, label: str) -> Priv:
