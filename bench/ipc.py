@@ -10,6 +10,11 @@ the kernel started (bench/_ipc_echo.py):
   socket, the floor any round trip through another process stands on;
 - sendrec_ratio: median of per-run sendrec_us / raw_us, the two measured back to
   back in each run: what the kernel in the middle costs;
+- relay_us, relay_ratio: the same frame through a do-nothing relay in C
+  (bench/_relay.c, built with the host's cc) to the same kind of echo child, and
+  its ratio to raw_us: the two extra hops of any kernel in the middle, with no
+  kernel work. The floor under sendrec_ratio on this host (left out, with a
+  line on stderr, where there is no C compiler);
 - notify_per_s: notifies per second from root to the echo server, each one
   returning once the kernel has taken it (the interrupt path's fan-out);
 - link_batch_us: a 64-op batch of ``inb`` run in-process by ``Link.execute``;
@@ -28,11 +33,15 @@ hardware and without the vdevio figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from hwl import Machine, ipc
@@ -43,6 +52,7 @@ from hwl.link.batch import Batch
 from hwl.link.link import Link
 
 ECHO = str(Path(__file__).resolve().with_name("_ipc_echo.py"))
+RELAY_SOURCE = Path(__file__).resolve().with_name("_relay.c")
 ECHO_CONF = "service echo { ipc ALL; };"
 PAYLOAD = bytes(range(16))
 M_TYPE = 0x4242
@@ -100,41 +110,78 @@ def vdevio_us(root: ipc.Connection, batch: Batch) -> float:
     return (time.perf_counter() - start) / BATCHES * 1e6
 
 
-def raw_echo() -> tuple[socket.socket, subprocess.Popen[bytes]]:
-    """A child echoing frames on a socketpair: the floor for a round trip."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+@contextlib.contextmanager
+def child_on(argv: list[str], fds: tuple[int, ...]) -> Iterator[None]:
+    """A child that inherits ``fds``; the caller closes its ends to end it."""
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=fds)
     try:
-        child = subprocess.Popen(
-            [sys.executable, ECHO, "--raw", str(theirs.fileno())],
-            stdin=subprocess.DEVNULL,
-            pass_fds=(theirs.fileno(),),
-        )
-    except BaseException:
-        ours.close()
-        raise
+        yield
     finally:
-        theirs.close()
-    return ours, child
-
-
-def ipc_figures(root: ipc.Connection, runs: int) -> dict[str, float]:
-    echo, _pid = root.spawn([sys.executable, ECHO], "echo", conf=ECHO_CONF)
-    frame = wire.REQUEST.pack(wire.Op.SENDREC, 0, 0, echo, M_TYPE) + PAYLOAD
-    sock, child = raw_echo()
-    try:
-        figures: dict[str, float] = {}
-        (figures["raw_us"], figures["sendrec_us"], figures["sendrec_ratio"]) = paired(
-            runs, lambda: raw_us(sock, frame), lambda: sendrec_us(root, echo)
-        )
-        figures["notify_per_s"] = median_of(runs, lambda: notify_per_s(root, echo))
-        return figures
-    finally:
-        sock.close()  # the child sees the end of its socket and leaves
         try:
             child.wait(timeout=5)
         except subprocess.TimeoutExpired:
             child.terminate()
             child.wait()
+
+
+@contextlib.contextmanager
+def raw_echo() -> Iterator[socket.socket]:
+    """A child echoing frames on a socketpair: the floor for a round trip."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with (
+        ours,
+        theirs,
+        child_on([sys.executable, ECHO, "--raw", str(theirs.fileno())], (theirs.fileno(),)),
+    ):
+        theirs.close()
+        try:
+            yield ours
+        finally:
+            ours.close()  # the child sees the end of its socket and leaves
+
+
+def build_relay(directory: str) -> str | None:
+    """bench/_relay.c built into ``directory``, or None without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        print("hwl bench ipc: no C compiler; relay figures left out", file=sys.stderr)
+        return None
+    program = os.path.join(directory, "relay")
+    subprocess.run([cc, "-O2", "-o", program, str(RELAY_SOURCE)], check=True)
+    return program
+
+
+@contextlib.contextmanager
+def relayed_echo(relay: str) -> Iterator[socket.socket]:
+    """The raw echo child behind the relay: ours -> relay -> echo and back."""
+    with raw_echo() as echo_side:
+        ours, relay_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fds = (relay_side.fileno(), echo_side.fileno())
+        with ours, relay_side, child_on([relay, *map(str, fds)], fds):
+            relay_side.close()
+            try:
+                yield ours
+            finally:
+                ours.close()  # the relay sees the end and leaves
+
+
+def ipc_figures(root: ipc.Connection, runs: int) -> dict[str, float]:
+    echo, _pid = root.spawn([sys.executable, ECHO], "echo", conf=ECHO_CONF)
+    frame = wire.REQUEST.pack(wire.Op.SENDREC, 0, 0, echo, M_TYPE) + PAYLOAD
+    figures: dict[str, float] = {}
+    with raw_echo() as sock:
+        (figures["raw_us"], figures["sendrec_us"], figures["sendrec_ratio"]) = paired(
+            runs, lambda: raw_us(sock, frame), lambda: sendrec_us(root, echo)
+        )
+        with tempfile.TemporaryDirectory(prefix="hwl-relay-") as directory:
+            relay = build_relay(directory)
+            if relay is not None:
+                with relayed_echo(relay) as relayed:
+                    _raw, figures["relay_us"], figures["relay_ratio"] = paired(
+                        runs, lambda: raw_us(sock, frame), lambda: raw_us(relayed, frame)
+                    )
+    figures["notify_per_s"] = median_of(runs, lambda: notify_per_s(root, echo))
+    return figures
 
 
 def run(machine: Machine | None, runs: int) -> dict[str, float]:

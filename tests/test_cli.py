@@ -63,6 +63,23 @@ def test_bench_link_json_has_the_figures() -> None:
         assert isinstance(figures[key], float) and figures[key] > 0, key
 
 
+def test_bench_ipc_json_has_the_figures() -> None:
+    """Not a timed test: the kernel benchmark runs on a machine, its vdevio goes
+    through the stub, and the relay (the floor under sendrec) was built and run."""
+    out = subprocess.run(
+        [*HWL, "bench", "ipc", "--json", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    for key in ("sendrec_us", "sendrec_ratio", "notify_per_s", "vdevio_ratio", "relay_ratio"):
+        assert isinstance(figures[key], float) and figures[key] > 0, key
+    # A round trip with a process in the middle cannot beat one without.
+    assert figures["relay_us"] > figures["raw_us"]
+
+
 def test_bench_disk_json_has_the_figures() -> None:
     """Not a timed test: the whole-path disk benchmark runs (short kills phases, at
     least one kill each) and reports what the issue asks for."""
