@@ -49,16 +49,22 @@ def test_unknown_profile_is_a_clear_error() -> None:
     assert "Traceback" not in out.stderr
 
 
-def test_bench_link_json_has_the_figures() -> None:
-    """Not a timed test: it checks the benchmark runs and reports what the issue asks for."""
+def bench_json(name: str, *args: str) -> dict[str, float]:
+    """One short run of ``hwl bench NAME --json``: its figures."""
     out = subprocess.run(
-        [*HWL, "bench", "link", "--json", "--repeat", "1"],
+        [*HWL, "bench", name, "--json", "--repeat", "1", *args],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    figures = json.loads(out.stdout)
+    figures: dict[str, float] = json.loads(out.stdout)
+    return figures
+
+
+def test_bench_link_json_has_the_figures() -> None:
+    """Not a timed test: it checks the benchmark runs and reports what the issue asks for."""
+    figures = bench_json("link")
     for key in ("single_op_us", "batch_ops_per_s", "pio_ratio", "dma_ratio"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
 
@@ -66,14 +72,7 @@ def test_bench_link_json_has_the_figures() -> None:
 def test_bench_ipc_json_has_the_figures() -> None:
     """Not a timed test: the kernel benchmark runs on a machine, its vdevio goes
     through the stub, and the relay (the floor under sendrec) was built and run."""
-    out = subprocess.run(
-        [*HWL, "bench", "ipc", "--json", "--repeat", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    figures = json.loads(out.stdout)
+    figures = bench_json("ipc")
     for key in ("sendrec_us", "sendrec_ratio", "notify_per_s", "vdevio_ratio", "relay_ratio"):
         assert isinstance(figures[key], float) and figures[key] > 0, key
     # A round trip with a process in the middle cannot beat one without.
@@ -83,14 +82,7 @@ def test_bench_ipc_json_has_the_figures() -> None:
 def test_bench_disk_json_has_the_figures() -> None:
     """Not a timed test: the whole-path disk benchmark runs (short kills phases, at
     least one kill each) and reports what the issue asks for."""
-    out = subprocess.run(
-        [*HWL, "bench", "disk", "--json", "--repeat", "1", "--seconds", "1.5"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    figures = json.loads(out.stdout)
+    figures = bench_json("disk", "--seconds", "1.5")
     for key in (
         "dma_read_ratio",
         "dma_write_ratio",

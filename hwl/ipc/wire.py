@@ -5,7 +5,8 @@ Every process holds one ``SOCK_SEQPACKET`` connection to the kernel, so one
 *request* frame (an IPC primitive or a kernel call) and, unless the request was a
 ``CANCEL``, gets exactly one *response* frame back: the message it received, or a
 status. The kernel forwards a message's payload as the sender wrote it; only
-kernel-call payloads are decoded by the kernel (see :mod:`hwl.ipc.codec`).
+kernel-call payloads are decoded by the kernel (see :mod:`hwl.ipc.codec`; vdevio's
+are raw ops, see ``VDEVIO``).
 """
 
 from __future__ import annotations
