@@ -125,6 +125,22 @@ def test_one_forbidden_op_refuses_the_whole_vdevio(process) -> None:  # type: ig
     assert err.value.errno is Errno.EPERM and "0x177" in str(err.value)
 
 
+def test_a_batch_checked_once_is_checked_again_under_new_privileges(  # type: ignore[no-untyped-def]
+    process, hw_root: ipc.Connection
+) -> None:
+    """The kernel remembers batches that passed (wire.VDEVIO); new privileges
+    (privctl set, as RS's restart does) start that memory over."""
+    conn = process("ide0", IDE0)
+    b = Batch()
+    b.inb(0x1F7)
+    for _ in range(3):
+        conn.vdevio(b)  # allowed, and remembered
+    hw_root.privctl_set(conn.endpoint, "service ide1 { io 170:8 376; system vdevio; };")
+    with pytest.raises(ipc.IpcError) as err:
+        conn.vdevio(b)
+    assert err.value.errno is Errno.EPERM and "0x1f7" in str(err.value)
+
+
 def test_a_process_without_devio_on_its_system_line_gets_ecalldenied(process) -> None:  # type: ignore[no-untyped-def]
     conn = process("noio", "io 1f0:8;")
     with pytest.raises(ipc.IpcError) as err:

@@ -1,12 +1,11 @@
 """Kernel calls: each checked against the caller's privileges, then run.
 
-A call's payload is a codec dict; its reply is one too (but vdevio's: raw ops,
-see ``wire.VDEVIO``). A call the caller's
-``system`` line does not list gets ECALLDENIED; a port, IRQ line or memory range
-outside its privileges gets EPERM and a log line; a malformed payload gets EINVAL
-with the reason in ``error``. Calls that wait for the stub (``vdevio``,
-``sdevio``) spin briefly and then finish from the main loop, so the kernel keeps
-serving everyone else while a device works.
+A call's payload is a codec dict and so is its reply, except vdevio's, which are
+raw ops (``wire.VDEVIO``). A call the caller's ``system`` line does not list gets
+ECALLDENIED; a port, IRQ line or memory range outside its privileges gets EPERM
+and a log line; a malformed payload gets EINVAL with the reason in ``error``.
+Calls that wait for the stub (``vdevio``, ``sdevio``) spin briefly and then finish
+from the main loop, so the kernel keeps serving everyone else while a device works.
 """
 
 from __future__ import annotations

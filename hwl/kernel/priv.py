@@ -23,7 +23,7 @@ from hwl.config.system_conf import (
     ServiceConfig,
 )
 
-CHECKED_BATCHES_KEEP = 256
+CHECKED_BATCHES_KEEP = 256  # whole vdevio batches a Priv remembers as checked
 
 
 @dataclass
