@@ -11,6 +11,7 @@ or an IRQ hook, and looks at the answer.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -53,12 +54,17 @@ class Bus:
     def scanned(self, ids: tuple[int, int]) -> PciDevice:
         return next(d for d in self.scan if (d.vendor, d.device) == ids)
 
-    def driver(self, acl: str, system_line: str = SYSTEM_LINE) -> Driver:
-        """A test driver whose entry has ``acl`` (pci lines) and ``system_line``."""
+    @contextlib.contextmanager
+    def driver(self, acl: str, system_line: str = SYSTEM_LINE) -> Iterator[Driver]:
+        """A test driver whose entry has ``acl`` (pci lines) and ``system_line``,
+        taken down by RS on the way out."""
         label = f"pcitest{next(self.labels)}"
         conf = f"service {label} {{ {system_line} {acl} }};"
         endpoint = self.system.rs.up([sys.executable, DRIVER], label=label, conf=conf)
-        return Driver(self, label, endpoint)
+        try:
+            yield Driver(self, label, endpoint)
+        finally:
+            self.system.rs.down(label)
 
     def row(self, label: str) -> Any:
         return next(r for r in self.system.rs.status() if r.label == label)
@@ -109,9 +115,6 @@ class Driver:
     def pid(self) -> int:
         return int(self.cmd("whoami")["pid"])
 
-    def down(self) -> None:
-        self.bus.system.rs.down(self.label)
-
 
 @pytest.fixture(scope="module")
 def bus(hwl_machines: MachineFactory) -> Iterator[Bus]:
@@ -136,8 +139,7 @@ def bus(hwl_machines: MachineFactory) -> Iterator[Bus]:
 
 
 def test_enumeration_matches_the_link_scan_and_qmp(bus: Bus) -> None:
-    everything = bus.driver("pci class 1; pci class 2; pci class 6;")
-    try:
+    with bus.driver("pci class 1; pci class 2; pci class 6;") as everything:
         devices = everything.devices()
         assert len(devices) == len(bus.scan) == len(bus.qmp)
         assert [d[0] for d in devices] == list(range(len(devices)))
@@ -172,16 +174,13 @@ def test_enumeration_matches_the_link_scan_and_qmp(bus: Bus) -> None:
                 assert (b["base"], b["size"]) == (region["address"], region["size"])
         assert everything.call("dev_name", *RTL8139) == "Realtek RTL8139 Fast Ethernet"
         everything.refused(Errno.ENOENT, "find_dev", 0, 31, 0)
-    finally:
-        everything.down()
 
 
 # ------------------------------------------------------------------------ ACLs
 
 
 def test_a_pci_device_line_shows_only_that_device(bus: Bus) -> None:
-    rtl = bus.driver("pci device 10ec:8139;")
-    try:
+    with bus.driver("pci device 10ec:8139;") as rtl:
         devices = rtl.devices()
         assert [(vid, did) for _, vid, did in devices] == [RTL8139]
         ne2k = bus.scanned(NE2K)
@@ -191,35 +190,25 @@ def test_a_pci_device_line_shows_only_that_device(bus: Bus) -> None:
         rtl.refused(Errno.EPERM, "dev_info", other)
         rtl.refused(Errno.EPERM, "attr_r32", other, 0)
         rtl.refused(Errno.EPERM, "reserve", other)
-    finally:
-        rtl.down()
 
 
 def test_a_pci_class_line_shows_the_ide_controller(bus: Bus) -> None:
-    disk = bus.driver("pci class 1/1;")
-    try:
+    with bus.driver("pci class 1/1;") as disk:
         assert [(vid, did) for _, vid, did in disk.devices()] == [PIIX_IDE]
-    finally:
-        disk.down()
 
 
 def test_a_subsystem_id_narrows_a_device_line(bus: Bus) -> None:
     rtl = bus.scanned(RTL8139)
-    probe = bus.driver("pci device 10ec:8139;")
-    try:
+    with bus.driver("pci device 10ec:8139;") as probe:
         info = probe.call("dev_info", probe.devind(RTL8139))
         sub = f"{info['sub_vid']:04x}:{info['sub_did']:04x}"
-    finally:
-        probe.down()
-    right = bus.driver(f"pci device 10ec:8139/{sub};")
-    wrong = bus.driver("pci device 10ec:8139/dead:beef;")
-    try:
+    with (
+        bus.driver(f"pci device 10ec:8139/{sub};") as right,
+        bus.driver("pci device 10ec:8139/dead:beef;") as wrong,
+    ):
         assert [(v, d) for _, v, d in right.devices()] == [RTL8139]
         assert wrong.devices() == []
         wrong.refused(Errno.EPERM, "find_dev", rtl.bus, rtl.dev, rtl.fn)
-    finally:
-        right.down()
-        wrong.down()
 
 
 # --------------------------------------------------------------------- reserve
@@ -229,8 +218,7 @@ def test_reserve_grants_the_ports_memory_and_irq(bus: Bus) -> None:
     e1000 = bus.scanned(E1000)
     (io,) = [b for b in e1000.bars if b.kind == "io"]
     (mem,) = [b for b in e1000.bars if b.kind == "mem"]
-    nic = bus.driver("pci device 8086:100e;")
-    try:
+    with bus.driver("pci device 8086:100e;") as nic:
         devind = nic.devind(E1000)
         assert nic.inb(io.address)[0] == Errno.EPERM
         assert nic.cmd("irq", irq=e1000.irq_line)["status"] == Errno.EPERM
@@ -251,14 +239,10 @@ def test_reserve_grants_the_ports_memory_and_irq(bus: Bus) -> None:
         assert nic.call("reserve", devind) == granted  # again: granted again
         assert nic.call("release", devind) == [devind]
         assert nic.call("dev_info", devind)["holder"] is None
-    finally:
-        nic.down()
 
 
 def test_attribute_writes_need_the_reservation(bus: Bus) -> None:
-    a = bus.driver("pci device 10ec:8029;")
-    b = bus.driver("pci device 10ec:8029;")
-    try:
+    with bus.driver("pci device 10ec:8029;") as a, bus.driver("pci device 10ec:8029;") as b:
         devind = a.devind(NE2K)
         old = a.call("attr_r8", devind, 0x3C)
         assert "reserve it" in a.refused(Errno.EPERM, "attr_w8", devind, 0x3C, 0x5A)
@@ -275,16 +259,11 @@ def test_attribute_writes_need_the_reservation(bus: Bus) -> None:
         a.refused(Errno.EINVAL, "attr_r16", devind, 0x3D)  # unaligned
         a.refused(Errno.EINVAL, "attr_r32", devind, 0x100)
         a.refused(Errno.EINVAL, "attr_w8", devind, 0x3C, 0x100)
-    finally:
-        a.down()
-        b.down()
 
 
 def test_reserve_is_exclusive_until_the_holder_dies(bus: Bus) -> None:
-    a = bus.driver("pci device 10ec:8139;")
-    b = bus.driver("pci device 10ec:8139;")
     port = bus.scanned(RTL8139).bars[0].address
-    try:
+    with bus.driver("pci device 10ec:8139;") as a, bus.driver("pci device 10ec:8139;") as b:
         devind = a.devind(RTL8139)
         a.call("reserve", devind)
         why = b.refused(Errno.EBUSY, "reserve", devind)
@@ -316,17 +295,13 @@ def test_reserve_is_exclusive_until_the_holder_dies(bus: Bus) -> None:
         )
         a.call("reserve", devind)
         assert a.inb(port)[0] == 0
-    finally:
-        a.down()
-        b.down()
 
 
 def test_compatibility_mode_ide_gets_the_legacy_ports_and_irqs(bus: Bus) -> None:
     piix = bus.scanned(PIIX_IDE)
     assert not piix.class_code & 0x05, "the PIIX3 IDE should run in compatibility mode"
     (bm,) = piix.bars
-    disk = bus.driver("pci class 1/1;")
-    try:
+    with bus.driver("pci class 1/1;") as disk:
         devind = disk.devind(PIIX_IDE)
         assert disk.inb(0x1F7)[0] == Errno.EPERM
         assert disk.cmd("irq", irq=14)["status"] == Errno.EPERM
@@ -345,8 +320,6 @@ def test_compatibility_mode_ide_gets_the_legacy_ports_and_irqs(bus: Bus) -> None
         disk.refused(Errno.EINVAL, "get_bar", devind, 0x10)  # no BAR 0 in legacy mode
         info = disk.call("dev_info", devind)
         assert info["legacy_irqs"] == [14, 15]
-    finally:
-        disk.down()
 
 
 # ------------------------------------------------------------------ robustness
@@ -354,8 +327,7 @@ def test_compatibility_mode_ide_gets_the_legacy_ports_and_irqs(bus: Bus) -> None
 
 def test_bad_requests_get_error_replies_and_the_server_serves_on(bus: Bus) -> None:
     pci_before = bus.row("pci")
-    d = bus.driver("pci device 10ec:8139;")
-    try:
+    with bus.driver("pci device 10ec:8139;") as d:
         devind = d.devind(RTL8139)
         cases: list[tuple[int, bytes, Errno]] = [
             (proto.PCI_DEV_INFO, codec.encode({"devind": 99}), Errno.EINVAL),
@@ -382,8 +354,6 @@ def test_bad_requests_get_error_replies_and_the_server_serves_on(bus: Bus) -> No
             assert status == -errno, (m_type, payload, status, fields)
             assert fields and fields["error"], (m_type, payload)
         assert d.call("ids", devind) == list(RTL8139)
-    finally:
-        d.down()
     pci_after = bus.row("pci")
     assert (pci_after.pid, pci_after.restarts) == (pci_before.pid, pci_before.restarts)
 
@@ -392,9 +362,7 @@ def test_bad_requests_get_error_replies_and_the_server_serves_on(bus: Bus) -> No
 
 
 def test_a_restarted_pci_server_knows_who_holds_what(bus: Bus) -> None:
-    a = bus.driver("pci device 10ec:8139;")
-    b = bus.driver("pci device 10ec:8139;")
-    try:
+    with bus.driver("pci device 10ec:8139;") as a, bus.driver("pci device 10ec:8139;") as b:
         devind = a.devind(RTL8139)
         a.call("reserve", devind)
         before = bus.row("pci")
@@ -408,15 +376,10 @@ def test_a_restarted_pci_server_knows_who_holds_what(bus: Bus) -> None:
         assert a.call("dev_info", devind)["holder"] == a.endpoint
         b.refused(Errno.EBUSY, "reserve", devind)
         a.call("reserve", devind)
-    finally:
-        a.down()
-        b.down()
 
 
 def test_a_live_update_carries_the_reservations(bus: Bus) -> None:
-    a = bus.driver("pci device 10ec:8139;")
-    b = bus.driver("pci device 10ec:8139;")
-    try:
+    with bus.driver("pci device 10ec:8139;") as a, bus.driver("pci device 10ec:8139;") as b:
         devind = a.devind(RTL8139)
         a.call("reserve", devind)
         before = bus.row("pci")
@@ -427,9 +390,6 @@ def test_a_live_update_carries_the_reservations(bus: Bus) -> None:
         b.refused(Errno.EBUSY, "reserve", devind)
         log = (bus.system.run_dir / "pci.log").read_text()
         assert "1 reservations carried over" in log
-    finally:
-        a.down()
-        b.down()
 
 
 def test_a_user_process_sees_no_device(bus: Bus) -> None:
