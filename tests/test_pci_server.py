@@ -322,6 +322,24 @@ def test_compatibility_mode_ide_gets_the_legacy_ports_and_irqs(bus: Bus) -> None
         assert info["legacy_irqs"] == [14, 15]
 
 
+def test_a_channel_reserve_grants_one_channel_and_excludes_the_whole(bus: Bus) -> None:
+    (bm,) = bus.scanned(PIIX_IDE).bars
+    acl = "pci class 1/1;"
+    with bus.driver(acl) as first, bus.driver(acl) as second, bus.driver(acl) as whole:
+        devind = first.devind(PIIX_IDE)
+        granted = first.call("reserve", devind, 0)
+        assert granted == {"io": [[0x1F0, 8], [0x3F6, 1], [bm.address, 8]], "mem": [], "irq": [14]}
+        assert first.inb(0x1F7)[0] == 0
+        assert first.inb(0x177)[0] == Errno.EPERM  # not the other channel
+        assert first.inb(bm.address + 8 + 2)[0] == Errno.EPERM  # nor its bus-master half
+        assert second.call("reserve", devind, 1)["irq"] == [15]
+        assert second.inb(0x177)[0] == 0
+        assert first.label in second.refused(Errno.EBUSY, "reserve", devind, 0)
+        whole.refused(Errno.EBUSY, "reserve", devind)  # a channel is held
+        assert "not 0 or 1" in whole.refused(Errno.EINVAL, "reserve", devind, 2)
+        assert whole.inb(0x1F7)[0] == Errno.EPERM  # the refusals granted nothing
+
+
 # ------------------------------------------------------------------ robustness
 
 

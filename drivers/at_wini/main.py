@@ -253,7 +253,7 @@ class AtWini:
                 continue
             # Only this instance's channel: its legacy ports and IRQ, and its half
             # of the bus-master BAR 4 (the PCI server's per-channel reserve).
-            pci.call(proto.PCI_RESERVE, {"devind": devind, "channel": self.args.instance})
+            pci.reserve(devind, channel=self.args.instance)
             if not self.args.pio:
                 base, _size, is_io = pci.get_bar(devind, 0x20)
                 if not is_io:

@@ -160,10 +160,15 @@ class Pci(ServerClient):
         return dict(self.call(proto.PCI_DEV_INFO, {"devind": devind}).fields)
 
     # ---------------------------------------------------------- reservation
-    def reserve(self, devind: int) -> Granted:
+    def reserve(self, devind: int, channel: int | None = None) -> Granted:
         """Take the device: its ports, memory and IRQ are granted to the caller.
-        EBUSY if another live process holds it."""
-        reply = self.call(proto.PCI_RESERVE, {"devind": devind})
+        EBUSY if another live process holds it. With ``channel`` (0 or 1, an IDE
+        controller in compatibility mode): only that channel's ports, IRQ and half
+        of the bus-master BAR, so two drivers can share the controller."""
+        fields: dict[str, codec.Value] = {"devind": devind}
+        if channel is not None:
+            fields["channel"] = channel
+        reply = self.call(proto.PCI_RESERVE, fields)
         return Granted(
             io=_pairs(reply.get("io")), mem=_pairs(reply.get("mem")), irq=_ints(reply.get("irq"))
         )
