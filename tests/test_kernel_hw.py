@@ -211,6 +211,71 @@ def test_vdevio_with_a_hook_reenables_it_after_the_batch(process) -> None:  # ty
         conn.irq_rmpolicy(hook)
 
 
+PIO_READY = (0x1F7, ata.BSY | ata.DRQ | ata.ERR, ata.DRQ)
+
+
+def test_sdevio_with_ready_moves_the_block_and_reenables_the_irq(process) -> None:  # type: ignore[no-untyped-def]
+    """An interrupt handler's one call: status read (acknowledges), data, irqenable."""
+    conn = process("ide0", IDE0)
+    hook = conn.irq_setpolicy(14)
+    buf = conn.arena.alloc(512)
+    grant = conn.arena.grant(conn.endpoint, buf.offset, 512, read=True, write=True)
+    try:
+        expected = identify(conn)  # by the two-call way; its interrupt is latched
+        conn.receive(ipc.HARDWARE, timeout=5)
+        conn.irq_enable(hook)
+        conn.vdevio(identify_batch())  # IDENTIFY again: DRQ up, an interrupt posted
+        conn.receive(ipc.HARDWARE, timeout=5)
+        buf.write(bytes(512))
+        status = conn.sdevio_in(0x1F0, 128, 4, conn.endpoint, grant, ready=PIO_READY,
+                                irq_enable=hook)  # fmt: skip
+        assert status is not None and status & PIO_READY[1] == ata.DRQ
+        assert buf.read() == expected  # 32-bit units, the same bytes
+
+        # Not ready (no command, no DRQ): the status comes back, nothing moves,
+        # and the hook is re-enabled all the same.
+        buf.write(b"\xaa" * 512)
+        status = conn.sdevio_in(0x1F0, 256, 2, conn.endpoint, grant, ready=PIO_READY,
+                                irq_enable=hook)  # fmt: skip
+        assert status is not None and not status & ata.DRQ
+        assert buf.read() == b"\xaa" * 512
+        identify(conn)
+        assert conn.receive(ipc.HARDWARE, timeout=5).is_notify  # the line was unmasked
+        conn.irq_enable(hook)
+    finally:
+        conn.arena.revoke(grant)
+        conn.arena.free(buf)
+        conn.irq_rmpolicy(hook)
+
+
+@pytest.mark.parametrize(
+    ("fields", "errno", "why"),
+    [
+        ({"ready": [0x177, 0x08, 0x08]}, Errno.EPERM, "port 0x177"),
+        ({"ready": [0x1F7, 0x08]}, Errno.EINVAL, "ready must be"),
+        ({"ready": [0x1F7, 0x1FF, 0x08]}, Errno.EINVAL, "out of range"),
+        ({"ready": "1f7"}, Errno.EINVAL, "ready must be"),
+        ({"hook": 12345}, Errno.EINVAL, "hook"),
+    ],
+)
+def test_sdevio_refuses_a_bad_ready_check_or_hook(  # type: ignore[no-untyped-def]
+    process, fields: dict[str, object], errno: Errno, why: str
+) -> None:
+    conn = process("ide0", IDE0)
+    buf = conn.arena.alloc(512)
+    grant = conn.arena.grant(conn.endpoint, buf.offset, 512, read=True, write=True)
+    try:
+        base = {"port": 0x1F0, "width": 2, "count": 256, "dir": "in",
+                "endpoint": conn.endpoint, "grant": grant}  # fmt: skip
+        with pytest.raises(ipc.IpcError) as err:
+            conn.kcall("sdevio", {**base, **fields})
+        assert err.value.errno is errno and why in str(err.value), err.value
+        assert conn.devio_in(0x1F7) != 0xFF  # it goes on working
+    finally:
+        conn.arena.revoke(grant)
+        conn.arena.free(buf)
+
+
 def test_irq_lines_outside_its_irq_list_get_eperm(process, machine_kernel) -> None:  # type: ignore[no-untyped-def]
     conn = process("ide0", IDE0)
     with pytest.raises(ipc.IpcError) as err:

@@ -3,7 +3,8 @@
 ``service up drivers.at_wini -args "instance=0"`` (RS, system.conf entry
 ``at_wini``). Arguments, MINIX style ``key=value``: ``instance`` (0: primary
 channel 0x1F0/0x3F6, IRQ 14; 1: secondary 0x170/0x376, IRQ 15), ``pio=1`` (PIO
-instead of bus-master DMA), ``lba48=1`` (LBA48 commands even where LBA28 would
+instead of bus-master DMA; its data moves in 32-bit units, which the PIIX's data
+port takes, or with ``pio32=0`` in 16-bit words), ``lba48=1`` (LBA48 commands even where LBA28 would
 do), ``timeout`` (seconds per command), ``debug=1`` (answer AT_DEBUG_IN, a port
 read for tests), ``hold=S`` (tests: after issuing each command, log "holding"
 and sleep S seconds before taking its interrupt, so a test can kill the driver
@@ -69,6 +70,7 @@ PCI_COMMAND = 0x04
 AT_DEBUG_IN = 0xBF0  # debug: {"port"} -> {"value"} (only with debug=1)
 
 CHANNELS = {0: ata.PRIMARY, 1: ata.SECONDARY}
+PIO_READY_MASK = ata.BSY | ata.DRQ | ata.ERR | ata.DF  # DRQ alone: a block to move
 AT_LU_STATE_FLUSHED = proto.LU_STATE_CUSTOM_BASE
 IDENTIFY_ATTEMPTS = 3  # resets + IDENTIFY before a channel counts as empty
 
@@ -96,6 +98,7 @@ class Args:
     timeout: float = 2.0
     debug: bool = False
     hold: float = 0.0
+    pio32: bool = True
 
 
 def parse_args(argv: list[str]) -> Args:
@@ -108,6 +111,8 @@ def parse_args(argv: list[str]) -> Args:
             args.pio = value not in ("0", "no")
         elif key == "lba48":
             args.lba48 = value not in ("0", "no")
+        elif key == "pio32":
+            args.pio32 = value not in ("0", "no")
         elif key == "timeout":
             args.timeout = float(value)
         elif key == "debug":
@@ -464,13 +469,14 @@ class AtWini:
     def _pio(
         self, drive: Drive, write: bool, lba: int, count: int, endpoint: int, grant: int, at: int
     ) -> None:
+        """READ/WRITE (MULTIPLE): one DRQ block (drive.multiple sectors) per
+        interrupt, each moved by the call that reads the status after it."""
         assert self.conn is not None
         conn, ch = self.conn, self.ch
         multi = drive.multiple > 1
         b = Batch()
         b.inb(ch.cmd + ata.REG_STATUS)  # acknowledge a stale INTRQ
-        # One DRQ block (drive.multiple sectors) per interrupt and per sdevio.
-        blocks = range(0, count, drive.multiple)
+        blocks = [(i, min(drive.multiple, count - i)) for i in range(0, count, drive.multiple)]
         if write:
             self._select(b, drive, lba, count,
                          CMD_WRITE_MULTIPLE if multi else ata.CMD_WRITE_SECTORS,
@@ -478,28 +484,47 @@ class AtWini:
             st = b.wait(ch.cmd + ata.REG_STATUS, ata.BSY | ata.DRQ, ata.DRQ, ata.TIMEOUT_US)
             self._check(conn.vdevio(b)[st], "PIO write")
             self._issued("PIO write", lba)
-            for i in blocks:
-                n = min(drive.multiple, count - i)
-                conn.sdevio_out(
-                    ch.cmd + ata.REG_DATA, n * SECTOR // 2, 2, endpoint, grant, at + i * SECTOR
-                )
-                status, _ = self._status_after_intr()
-                self._check(status, f"PIO write at {lba + i}")
+            n = blocks[0][1]  # the first block goes when the command asks for it (DRQ)
+            width = self._pio_width
+            conn.sdevio_out(ch.cmd + ata.REG_DATA, n * SECTOR // width, width, endpoint, grant, at)
+            for i, n in blocks[1:]:  # each interrupt asks for the next block
+                self._block_after_intr(True, lba + i, n, endpoint, grant, at + i * SECTOR)
+            status, _ = self._status_after_intr()  # the last one: written
+            self._check(status, f"PIO write at {lba}")
         else:
             self._select(b, drive, lba, count,
                          ata.CMD_READ_MULTIPLE if multi else ata.CMD_READ_SECTORS,
                          CMD_READ_MULTIPLE_EXT if multi else CMD_READ_EXT)  # fmt: skip
             conn.vdevio(b)
             self._issued("PIO read", lba)
-            for i in blocks:
-                n = min(drive.multiple, count - i)
-                status, _ = self._status_after_intr()
-                self._check(status, f"PIO read at {lba + i}")
-                if not status & ata.DRQ:
-                    raise CommandError(f"PIO read at {lba + i}: no data (status {status:#04x})")
-                conn.sdevio_in(
-                    ch.cmd + ata.REG_DATA, n * SECTOR // 2, 2, endpoint, grant, at + i * SECTOR
-                )
+            for i, n in blocks:
+                self._block_after_intr(False, lba + i, n, endpoint, grant, at + i * SECTOR)
+
+    @property
+    def _pio_width(self) -> int:
+        return 4 if self.args.pio32 else 2
+
+    def _block_after_intr(
+        self, write: bool, lba: int, sectors: int, endpoint: int, grant: int, at: int
+    ) -> None:
+        """Wait for the interrupt, then one sdevio reads the status (acknowledging
+        it), moves the block if the drive asks for data (DRQ, no error), and
+        re-enables the IRQ; an interrupt while still busy is waited past."""
+        assert self.conn is not None
+        sdevio = self.conn.sdevio_out if write else self.conn.sdevio_in
+        ready = (self.ch.cmd + ata.REG_STATUS, PIO_READY_MASK, ata.DRQ)
+        width = self._pio_width
+        while True:
+            self._wait_intr()
+            status = sdevio(self.ch.cmd + ata.REG_DATA, sectors * SECTOR // width, width,
+                            endpoint, grant, at, ready=ready, irq_enable=self.hook)  # fmt: skip
+            assert status is not None
+            if not status & ata.BSY:
+                break
+        what = f"PIO {'write' if write else 'read'} at {lba}"
+        self._check(status, what)
+        if status & PIO_READY_MASK != ata.DRQ:
+            raise CommandError(f"{what}: the drive asks for no data (status {status:#04x})")
 
     def _dma(
         self, drive: Drive, write: bool, lba: int, count: int, endpoint: int, grant: int, at: int

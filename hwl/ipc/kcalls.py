@@ -71,17 +71,63 @@ class KernelCalls:
         return memoryview(answer).cast("I")[_RESULTS_AT // 4 :: abi.OP_SIZE // 4].tolist()
 
     def sdevio_in(
-        self, port: int, count: int, width: int, endpoint: int, grant: int, offset: int = 0
-    ) -> None:
-        """``count`` units from ``port`` into grant ``grant`` of ``endpoint``."""
-        self.kcall("sdevio", {"port": port, "width": width, "count": count, "dir": "in",
-                              "endpoint": endpoint, "grant": grant, "offset": offset})  # fmt: skip
+        self,
+        port: int,
+        count: int,
+        width: int,
+        endpoint: int,
+        grant: int,
+        offset: int = 0,
+        *,
+        ready: tuple[int, int, int] | None = None,
+        irq_enable: int | None = None,
+    ) -> int | None:
+        """``count`` units from ``port`` into grant ``grant`` of ``endpoint``.
+
+        A driver's interrupt handler in one call: with ``ready`` (port, mask, value)
+        the kernel first reads that byte port (an ATA status read acknowledges the
+        interrupt) and moves the data only if ``(v & mask) == value``; with
+        ``irq_enable`` it then re-enables that IRQ hook. Returns the value read
+        (None without ``ready``): the caller sees from it whether data moved."""
+        return self._sdevio("in", port, count, width, endpoint, grant, offset, ready, irq_enable)
 
     def sdevio_out(
-        self, port: int, count: int, width: int, endpoint: int, grant: int, offset: int = 0
-    ) -> None:
-        self.kcall("sdevio", {"port": port, "width": width, "count": count, "dir": "out",
-                              "endpoint": endpoint, "grant": grant, "offset": offset})  # fmt: skip
+        self,
+        port: int,
+        count: int,
+        width: int,
+        endpoint: int,
+        grant: int,
+        offset: int = 0,
+        *,
+        ready: tuple[int, int, int] | None = None,
+        irq_enable: int | None = None,
+    ) -> int | None:
+        """``count`` units from the grant out to ``port``; ``ready`` and ``irq_enable``
+        as for :meth:`sdevio_in`."""
+        return self._sdevio("out", port, count, width, endpoint, grant, offset, ready, irq_enable)
+
+    def _sdevio(
+        self,
+        direction: str,
+        port: int,
+        count: int,
+        width: int,
+        endpoint: int,
+        grant: int,
+        offset: int,
+        ready: tuple[int, int, int] | None,
+        irq_enable: int | None,
+    ) -> int | None:
+        fields: dict[str, codec.Value] = {"port": port, "width": width, "count": count,
+                                          "dir": direction, "endpoint": endpoint,
+                                          "grant": grant, "offset": offset}  # fmt: skip
+        if ready is not None:
+            fields["ready"] = list(ready)
+        if irq_enable is not None:
+            fields["hook"] = irq_enable
+        value = self.kcall("sdevio", fields).get("ready")
+        return value if isinstance(value, int) else None
 
     # -------------------------------------------------------------- IRQs
     def irq_setpolicy(self, irq: int, policy: int = 0, notify_id: int = 0) -> int:

@@ -246,8 +246,7 @@ class Calls:
 
     @staticmethod
     def _stub_failure(status: int, failed: int, ops: bytes) -> NoReturn:
-        at = failed * abi.OP_SIZE + abi.OP_C_OFFSET
-        last = struct.unpack_from("<I", ops, at)[0] if 0 <= at <= len(ops) - 4 else 0
+        last = _op_result(ops, failed)
         if status == abi.ST_TIMEOUT:
             raise CallError(Errno.ETIMEDOUT, f"op {failed}: wait timed out, last value {last:#x}")
         name = abi.STATUS_NAMES.get(status, f"status {status}")
@@ -318,6 +317,12 @@ class Calls:
                     )
 
     def do_sdevio(self, proc: Proc, f: dict[str, codec.Value]) -> Reply | None:
+        """String I/O between a port and a grant, through a kernel-owned guest buffer.
+        Optional, for a driver's interrupt handler in one call (a PIO block): ``ready``
+        [port, mask, value] reads that port first (an ATA status read acknowledges the
+        interrupt) and moves the string only if ``(v & mask) == value``; ``hook`` is
+        an IRQ hook re-enabled once the port was read. The reply's ``ready`` is the
+        value read, ``bytes`` what moved (0 when not ready)."""
         port = get_int(f, "port", 0, 0xFFFF)
         width = get_int(f, "width", 1, 4, 2)
         count = get_int(f, "count", 1, MAX_STRING)
@@ -328,6 +333,8 @@ class Calls:
         size = count * width
         if size > MAX_STRING:
             fail(Errno.EINVAL, f"sdevio: {size} bytes is more than {MAX_STRING}")
+        ready = self._ready_check(proc, f.get("ready"))
+        hook = self._hook(proc, f) if "hook" in f else None
         granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
         gid = get_int(f, "grant", 0, I32_MAX)
         offset = get_int(f, "offset", 0, I32_MAX, 0)
@@ -336,6 +343,8 @@ class Calls:
         link = self._link()
         buf = self._guest_buffer(link, size)
         batch = Batch()
+        if ready is not None:
+            batch.wait(*ready, timeout_us=0)  # one read: not ready stops the batch here
         if direction == "in":
             batch.ins(port, count, width, into=buf)
         else:
@@ -344,19 +353,46 @@ class Calls:
 
         def finish(status: int, failed: int, done: bytes) -> Reply:
             try:
+                read = _op_result(done, 0) if ready is not None else None
+                if ready is not None and status == abi.ST_TIMEOUT and failed == 0:
+                    if hook is not None:
+                        self.k.irqs.enable(hook)
+                    return {"bytes": 0, "ready": read}
                 if status != abi.ST_OK:
                     self._stub_failure(status, failed, done)
                 if direction == "in":
                     # The granter may have revoked or died meanwhile: check again.
                     dst, at = self.resolve(proc, granter, gid, access, offset, size)
                     dst[at : at + size] = buf.view[:size]
-                return {"bytes": size}
+                if hook is not None:
+                    self.k.irqs.enable(hook)
+                return {"bytes": size, "ready": read}
             finally:
                 link.free_dma(buf)
 
         return self._submit(
-            proc, wire.KERNEL_CALL_NUMBERS["sdevio"], lambda lk: lk.submit(batch), 1, finish
+            proc,
+            wire.KERNEL_CALL_NUMBERS["sdevio"],
+            lambda lk: lk.submit(batch),
+            len(batch),
+            finish,
         )
+
+    def _ready_check(self, proc: Proc, value: codec.Value) -> tuple[int, int, int] | None:
+        """sdevio's ``ready`` field: [port, mask, value], a byte port of the caller's."""
+        if value is None:
+            return None
+        if (
+            not isinstance(value, list)
+            or len(value) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            fail(Errno.EINVAL, f"sdevio: ready must be [port, mask, value], not {value!r}")
+        port, mask, want = (int(v) for v in value)  # type: ignore[arg-type]
+        if not (0 <= port <= 0xFFFF and 0 <= mask <= 0xFF and 0 <= want <= 0xFF):
+            fail(Errno.EINVAL, f"sdevio: ready {value!r} is out of range (a byte port)")
+        self._check_port(proc, "sdevio ready", port, 1)
+        return port, mask, want
 
     @staticmethod
     def _guest_buffer(link: Link, size: int) -> DmaBuffer:
@@ -746,3 +782,9 @@ class Calls:
         view, start = self.resolve(proc, granter, gid, arena.WRITE, offset, length)
         view[start : start + length] = bytes([byte]) * length
         return {}
+
+
+def _op_result(ops: bytes, index: int) -> int:
+    """The result word of op ``index`` in a finished batch (0 if there is no such op)."""
+    at = index * abi.OP_SIZE + abi.OP_C_OFFSET
+    return int(struct.unpack_from("<I", ops, at)[0]) if 0 <= at <= len(ops) - 4 else 0
