@@ -211,6 +211,31 @@ def test_vdevio_with_a_hook_reenables_it_after_the_batch(process) -> None:  # ty
         conn.irq_rmpolicy(hook)
 
 
+def test_a_shared_line_stays_masked_until_every_hook_reenabled(process) -> None:  # type: ignore[no-untyped-def]
+    """The batch that re-enables a hook unmasks the line itself only when no
+    other hook on it still waits for its irqenable."""
+    a, b = process("ide0", IDE0), process("ide0b", IDE0)
+    hook_a, hook_b = a.irq_setpolicy(14), b.irq_setpolicy(14)
+    try:
+        identify(a)
+        assert a.receive(ipc.HARDWARE, timeout=5).is_notify
+        assert b.receive(ipc.HARDWARE, timeout=5).is_notify
+        status = Batch()
+        status.inb(0x1F7)
+        a.vdevio(status, irq_enable=hook_a)  # b's hook still waits: stays masked
+        identify(a)
+        with pytest.raises(ipc.IpcTimeout):
+            a.receive(ipc.HARDWARE, timeout=0.3)
+        b.vdevio(status, irq_enable=hook_b)  # the last one: unmasked, edge delivered
+        assert a.receive(ipc.HARDWARE, timeout=5).is_notify
+        assert b.receive(ipc.HARDWARE, timeout=5).is_notify
+        a.irq_enable(hook_a)
+        b.irq_enable(hook_b)
+    finally:
+        a.irq_rmpolicy(hook_a)
+        b.irq_rmpolicy(hook_b)
+
+
 PIO_READY = (0x1F7, ata.BSY | ata.DRQ | ata.ERR, ata.DRQ)
 
 

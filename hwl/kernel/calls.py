@@ -281,15 +281,26 @@ class Calls:
             self._check_vdevio_ops(proc, ops, n)
             priv.remember_batch(ops)
         hook = None if hook_id == wire.NO_HOOK else self._hook_numbered(proc, hook_id)
+        irqs, run, nrun = self.k.irqs, ops, n
+        unmasking = (
+            hook if hook is not None and n < abi.MAX_OPS and irqs.unmask_in_batch(hook) else None
+        )
+        if unmasking is not None:
+            run, nrun = ops + _unmask_op(unmasking.line), n + 1
 
         def finish(status: int, failed: int, done: bytes) -> bytes:
             if status != abi.ST_OK:
                 self._stub_failure(status, failed, done)
-            if hook is not None:
-                self.k.irqs.enable(hook)
-            return done  # results are each op's last word: no repacking here
+            if unmasking is not None:
+                irqs.enabled_in_batch(unmasking)
+            elif hook is not None:
+                irqs.enable(hook)
+            # results are each op's last word: no repacking, only the unmask cut off
+            return done if unmasking is None else done[: n * abi.OP_SIZE]
 
-        return self._submit(proc, wire.VDEVIO, lambda link: link.submit_packed(ops, n), n, finish)
+        return self._submit(
+            proc, wire.VDEVIO, lambda link: link.submit_packed(run, nrun), nrun, finish
+        )
 
     def _check_vdevio_ops(self, proc: Proc, ops: bytes, n: int) -> None:
         """Every op a port op on the caller's ports, waits and delays within bounds."""
@@ -335,6 +346,8 @@ class Calls:
             fail(Errno.EINVAL, f"sdevio: {size} bytes is more than {MAX_STRING}")
         ready = self._ready_check(proc, f.get("ready"))
         hook = self._hook(proc, f) if "hook" in f else None
+        irqs = self.k.irqs
+        unmasking = hook if hook is not None and irqs.unmask_in_batch(hook) else None
         granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
         gid = get_int(f, "grant", 0, I32_MAX)
         offset = get_int(f, "offset", 0, I32_MAX, 0)
@@ -350,13 +363,15 @@ class Calls:
         else:
             buf.view[:size] = view[start : start + size]
             batch.outs_from(port, buf, count, width)
+        if unmasking is not None:
+            batch.irq_unmask(unmasking.line)
 
         def finish(status: int, failed: int, done: bytes) -> Reply:
             try:
                 read = _op_result(done, 0) if ready is not None else None
                 if ready is not None and status == abi.ST_TIMEOUT and failed == 0:
                     if hook is not None:
-                        self.k.irqs.enable(hook)
+                        irqs.enable(hook)  # the batch stopped before its unmask
                     return {"bytes": 0, "ready": read}
                 if status != abi.ST_OK:
                     self._stub_failure(status, failed, done)
@@ -364,8 +379,10 @@ class Calls:
                     # The granter may have revoked or died meanwhile: check again.
                     dst, at = self.resolve(proc, granter, gid, access, offset, size)
                     dst[at : at + size] = buf.view[:size]
-                if hook is not None:
-                    self.k.irqs.enable(hook)
+                if unmasking is not None:
+                    irqs.enabled_in_batch(unmasking)
+                elif hook is not None:
+                    irqs.enable(hook)
                 return {"bytes": size, "ready": read}
             finally:
                 link.free_dma(buf)
@@ -782,6 +799,10 @@ class Calls:
         view, start = self.resolve(proc, granter, gid, arena.WRITE, offset, length)
         view[start : start + length] = bytes([byte]) * length
         return {}
+
+
+def _unmask_op(line: int) -> bytes:
+    return abi.OP.pack(abi.OP_IRQ_UNMASK, 0, 0, line, 0, 0)
 
 
 def _op_result(ops: bytes, index: int) -> int:

@@ -156,6 +156,11 @@ class Batch:
         """Echo ``value``: the bare round trip, no device touched."""
         return self._add(abi.OP_NOP, 0, 0, value)
 
+    def irq_unmask(self, line: int) -> None:
+        """Unmask IRQ ``line`` at the stub's PIC (the kernel's irqenable, run at the
+        end of a driver's batch instead of in a round trip of its own)."""
+        self._add(abi.OP_IRQ_UNMASK, 0, 0, line)
+
 
 @dataclass(frozen=True)
 class BatchResult:
