@@ -375,14 +375,14 @@ class Calls:
                     return {"bytes": 0, "ready": read}
                 if status != abi.ST_OK:
                     self._stub_failure(status, failed, done)
+                if unmasking is not None:  # the batch ran to its end: the unmask too
+                    irqs.enabled_in_batch(unmasking)
+                elif hook is not None:
+                    irqs.enable(hook)
                 if direction == "in":
                     # The granter may have revoked or died meanwhile: check again.
                     dst, at = self.resolve(proc, granter, gid, access, offset, size)
                     dst[at : at + size] = buf.view[:size]
-                if unmasking is not None:
-                    irqs.enabled_in_batch(unmasking)
-                elif hook is not None:
-                    irqs.enable(hook)
                 return {"bytes": size, "ready": read}
             finally:
                 link.free_dma(buf)
