@@ -281,22 +281,17 @@ class Calls:
             self._check_vdevio_ops(proc, ops, n)
             priv.remember_batch(ops)
         hook = None if hook_id == wire.NO_HOOK else self._hook_numbered(proc, hook_id)
-        irqs, run, nrun = self.k.irqs, ops, n
-        unmasking = (
-            hook if hook is not None and n < abi.MAX_OPS and irqs.unmask_in_batch(hook) else None
-        )
-        if unmasking is not None:
-            run, nrun = ops + _unmask_op(unmasking.line), n + 1
+        irqs, run, nrun, in_batch = self.k.irqs, ops, n, False
+        if hook is not None and n < abi.MAX_OPS and irqs.unmask_in_batch(hook):
+            run, nrun, in_batch = ops + _unmask_op(hook.line), n + 1, True
 
         def finish(status: int, failed: int, done: bytes) -> bytes:
             if status != abi.ST_OK:
                 self._stub_failure(status, failed, done)
-            if unmasking is not None:
-                irqs.enabled_in_batch(unmasking)
-            elif hook is not None:
-                irqs.enable(hook)
-            # results are each op's last word: no repacking, only the unmask cut off
-            return done if unmasking is None else done[: n * abi.OP_SIZE]
+            if hook is not None:
+                irqs.enable(hook, unmasked=in_batch)
+            # results are each op's last word: no repacking, only an unmask cut off
+            return done[: n * abi.OP_SIZE]
 
         return self._submit(
             proc, wire.VDEVIO, lambda link: link.submit_packed(run, nrun), nrun, finish
@@ -346,8 +341,6 @@ class Calls:
             fail(Errno.EINVAL, f"sdevio: {size} bytes is more than {MAX_STRING}")
         ready = self._ready_check(proc, f.get("ready"))
         hook = self._hook(proc, f) if "hook" in f else None
-        irqs = self.k.irqs
-        unmasking = hook if hook is not None and irqs.unmask_in_batch(hook) else None
         granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
         gid = get_int(f, "grant", 0, I32_MAX)
         offset = get_int(f, "offset", 0, I32_MAX, 0)
@@ -363,8 +356,10 @@ class Calls:
         else:
             buf.view[:size] = view[start : start + size]
             batch.outs_from(port, buf, count, width)
-        if unmasking is not None:
-            batch.irq_unmask(unmasking.line)
+        irqs, in_batch = self.k.irqs, False
+        if hook is not None and irqs.unmask_in_batch(hook):
+            batch.irq_unmask(hook.line)
+            in_batch = True
 
         def finish(status: int, failed: int, done: bytes) -> Reply:
             try:
@@ -375,10 +370,8 @@ class Calls:
                     return {"bytes": 0, "ready": read}
                 if status != abi.ST_OK:
                     self._stub_failure(status, failed, done)
-                if unmasking is not None:  # the batch ran to its end: the unmask too
-                    irqs.enabled_in_batch(unmasking)
-                elif hook is not None:
-                    irqs.enable(hook)
+                if hook is not None:  # the batch ran to its end, an unmask in it too
+                    irqs.enable(hook, unmasked=in_batch)
                 if direction == "in":
                     # The granter may have revoked or died meanwhile: check again.
                     dst, at = self.resolve(proc, granter, gid, access, offset, size)

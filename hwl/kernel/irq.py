@@ -66,22 +66,20 @@ class Irqs:
         if not any(h.active for h in hooks):
             self._link().irq_unmask(line)
 
-    def enable(self, hook: IrqHook) -> None:
+    def enable(self, hook: IrqHook, *, unmasked: bool = False) -> None:
+        """irqenable; ``unmasked``: the caller's batch unmasked the line already
+        (see ``unmask_in_batch``), so only the bookkeeping is left."""
         hook.active = False
-        if not any(h.active for h in self._on_line(hook.line)):
+        if not unmasked and not any(h.active for h in self._on_line(hook.line)):
             self._link().irq_unmask(hook.line)
 
     def unmask_in_batch(self, hook: IrqHook) -> bool:
         """Whether a driver's batch that re-enables ``hook`` may unmask the line as
         its last op, saving ``enable``'s round trip: the hook has fired (so the line
         is masked and nothing can fire on it before that op) and no other hook on
-        the line still waits for its irqenable. Then the batch's success must be
-        followed by ``enabled_in_batch``; else by ``enable`` as usual."""
+        the line still waits for its irqenable. Once such a batch ran to its end,
+        call ``enable(hook, unmasked=True)``; else ``enable(hook)`` as usual."""
         return hook.active and not any(h.active for h in self._on_line(hook.line) if h is not hook)
-
-    @staticmethod
-    def enabled_in_batch(hook: IrqHook) -> None:
-        hook.active = False
 
     def disable(self, hook: IrqHook) -> None:
         self._link().irq_mask(hook.line)
