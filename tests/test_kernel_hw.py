@@ -7,6 +7,7 @@ does from system.conf entries.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from hwl import Machine, ipc
 from hwl.hw import ata
+from hwl.ipc.arena import Buffer
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
 from hwl.link.batch import Batch
@@ -70,18 +72,28 @@ def identify_batch(drive: int = 0xA0) -> Batch:
     return b
 
 
+@contextlib.contextmanager
+def granted(
+    owner: ipc.Connection, grantee: int, size: int = 512, *, write: bool = True
+) -> Iterator[tuple[Buffer, int]]:
+    """``size`` bytes of ``owner``'s arena and a grant of them to ``grantee``
+    (readable, and writable unless ``write`` is False), revoked and freed after."""
+    buf = owner.arena.alloc(size)
+    grant = owner.arena.grant(grantee, buf.offset, size, read=True, write=write)
+    try:
+        yield buf, grant
+    finally:
+        owner.arena.revoke(grant)
+        owner.arena.free(buf)
+
+
 def identify(conn: ipc.Connection) -> bytes:
     """IDENTIFY through vdevio, its 512 bytes through sdevio into our own grant."""
     conn.vdevio(identify_batch())
-    buf = conn.arena.alloc(512)
-    grant = conn.arena.grant(conn.endpoint, buf.offset, 512, read=True, write=True)
-    try:
+    with granted(conn, conn.endpoint) as (buf, grant):
         conn.sdevio_in(0x1F0, 256, 2, conn.endpoint, grant)
         conn.devio_in(0x1F7)  # acknowledge
         return buf.read()
-    finally:
-        conn.arena.revoke(grant)
-        conn.arena.free(buf)
 
 
 def test_the_machine_link_now_belongs_to_the_kernel(
@@ -159,15 +171,10 @@ def test_identify_through_vdevio_and_sdevio(process) -> None:  # type: ignore[no
 
 def test_sdevio_into_a_grant_it_may_not_write_is_refused(process, hw_root: ipc.Connection) -> None:  # type: ignore[no-untyped-def]
     conn = process("ide0", IDE0)
-    buf = hw_root.arena.alloc(512)
-    read_only = hw_root.arena.grant(conn.endpoint, buf.offset, 512, read=True)
-    try:
+    with granted(hw_root, conn.endpoint, write=False) as (_buf, read_only):
         with pytest.raises(ipc.IpcError) as err:
             conn.sdevio_in(0x1F0, 256, 2, hw_root.endpoint, read_only)
         assert err.value.errno is Errno.EPERM
-    finally:
-        hw_root.arena.revoke(read_only)
-        hw_root.arena.free(buf)
 
 
 def test_irq_becomes_a_hardware_notify_and_stays_masked_until_irqenable(process) -> None:  # type: ignore[no-untyped-def]
@@ -243,33 +250,30 @@ def test_sdevio_with_ready_moves_the_block_and_reenables_the_irq(process) -> Non
     """An interrupt handler's one call: status read (acknowledges), data, irqenable."""
     conn = process("ide0", IDE0)
     hook = conn.irq_setpolicy(14)
-    buf = conn.arena.alloc(512)
-    grant = conn.arena.grant(conn.endpoint, buf.offset, 512, read=True, write=True)
     try:
-        expected = identify(conn)  # by the two-call way; its interrupt is latched
-        conn.receive(ipc.HARDWARE, timeout=5)
-        conn.irq_enable(hook)
-        conn.vdevio(identify_batch())  # IDENTIFY again: DRQ up, an interrupt posted
-        conn.receive(ipc.HARDWARE, timeout=5)
-        buf.write(bytes(512))
-        status = conn.sdevio_in(0x1F0, 128, 4, conn.endpoint, grant, ready=PIO_READY,
-                                irq_enable=hook)  # fmt: skip
-        assert status is not None and status & PIO_READY[1] == ata.DRQ
-        assert buf.read() == expected  # 32-bit units, the same bytes
+        with granted(conn, conn.endpoint) as (buf, grant):
+            expected = identify(conn)  # by the two-call way; its interrupt is latched
+            conn.receive(ipc.HARDWARE, timeout=5)
+            conn.irq_enable(hook)
+            conn.vdevio(identify_batch())  # IDENTIFY again: DRQ up, an interrupt posted
+            conn.receive(ipc.HARDWARE, timeout=5)
+            buf.write(bytes(512))
+            status = conn.sdevio_in(0x1F0, 128, 4, conn.endpoint, grant, ready=PIO_READY,
+                                    irq_enable=hook)  # fmt: skip
+            assert status is not None and status & PIO_READY[1] == ata.DRQ
+            assert buf.read() == expected  # 32-bit units, the same bytes
 
-        # Not ready (no command, no DRQ): the status comes back, nothing moves,
-        # and the hook is re-enabled all the same.
-        buf.write(b"\xaa" * 512)
-        status = conn.sdevio_in(0x1F0, 256, 2, conn.endpoint, grant, ready=PIO_READY,
-                                irq_enable=hook)  # fmt: skip
-        assert status is not None and not status & ata.DRQ
-        assert buf.read() == b"\xaa" * 512
-        identify(conn)
-        assert conn.receive(ipc.HARDWARE, timeout=5).is_notify  # the line was unmasked
-        conn.irq_enable(hook)
+            # Not ready (no command, no DRQ): the status comes back, nothing moves,
+            # and the hook is re-enabled all the same.
+            buf.write(b"\xaa" * 512)
+            status = conn.sdevio_in(0x1F0, 256, 2, conn.endpoint, grant, ready=PIO_READY,
+                                    irq_enable=hook)  # fmt: skip
+            assert status is not None and not status & ata.DRQ
+            assert buf.read() == b"\xaa" * 512
+            identify(conn)
+            assert conn.receive(ipc.HARDWARE, timeout=5).is_notify  # the line was unmasked
+            conn.irq_enable(hook)
     finally:
-        conn.arena.revoke(grant)
-        conn.arena.free(buf)
         conn.irq_rmpolicy(hook)
 
 
@@ -287,18 +291,13 @@ def test_sdevio_refuses_a_bad_ready_check_or_hook(  # type: ignore[no-untyped-de
     process, fields: dict[str, object], errno: Errno, why: str
 ) -> None:
     conn = process("ide0", IDE0)
-    buf = conn.arena.alloc(512)
-    grant = conn.arena.grant(conn.endpoint, buf.offset, 512, read=True, write=True)
-    try:
+    with granted(conn, conn.endpoint) as (_buf, grant):
         base = {"port": 0x1F0, "width": 2, "count": 256, "dir": "in",
                 "endpoint": conn.endpoint, "grant": grant}  # fmt: skip
         with pytest.raises(ipc.IpcError) as err:
             conn.kcall("sdevio", {**base, **fields})
         assert err.value.errno is errno and why in str(err.value), err.value
         assert conn.devio_in(0x1F7) != 0xFF  # it goes on working
-    finally:
-        conn.arena.revoke(grant)
-        conn.arena.free(buf)
 
 
 def test_irq_lines_outside_its_irq_list_get_eperm(process, machine_kernel) -> None:  # type: ignore[no-untyped-def]
