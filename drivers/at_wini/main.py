@@ -4,11 +4,11 @@
 ``at_wini``). Arguments, MINIX style ``key=value``: ``instance`` (0: primary
 channel 0x1F0/0x3F6, IRQ 14; 1: secondary 0x170/0x376, IRQ 15), ``pio=1`` (PIO
 instead of bus-master DMA; its data moves in 32-bit units, which the PIIX's data
-port takes, or with ``pio32=0`` in 16-bit words), ``lba48=1`` (LBA48 commands even where LBA28 would
-do), ``timeout`` (seconds per command), ``debug=1`` (answer AT_DEBUG_IN, a port
-read for tests), ``hold=S`` (tests: after issuing each command, log "holding"
-and sleep S seconds before taking its interrupt, so a test can kill the driver
-between an ATA command and its interrupt).
+port takes, or with ``pio32=0`` in 16-bit words), ``lba48=1`` (LBA48 commands
+even where LBA28 would do), ``timeout`` (seconds per command), ``debug=1``
+(answer AT_DEBUG_IN, a port read for tests), ``hold=S`` (tests: after issuing
+each command, log "holding" and sleep S seconds before taking its interrupt, so
+a test can kill the driver between an ATA command and its interrupt).
 
 The controller is found and reserved through the PCI server (class 1/1); that
 reserve grants the compatibility-mode ports and IRQs and the bus-master BAR 4.
@@ -490,7 +490,7 @@ class AtWini:
             for i, n in blocks[1:]:  # each interrupt asks for the next block
                 self._block_after_intr(True, lba + i, n, endpoint, grant, at + i * SECTOR)
             status, _ = self._status_after_intr()  # the last one: written
-            self._check(status, f"PIO write at {lba}")
+            self._check(status, f"PIO write at {lba + blocks[-1][0]}")
         else:
             self._select(b, drive, lba, count,
                          ata.CMD_READ_MULTIPLE if multi else ata.CMD_READ_SECTORS,
