@@ -17,7 +17,7 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-#define HWL_ABI_VERSION 1u
+#define HWL_ABI_VERSION 2u
 #define HWL_MAGIC 0x314c5748u       /* "HWL1" read as little-endian bytes */
 
 #define HWL_NSLOTS 8u               /* request slots in the ring */
@@ -36,6 +36,15 @@ typedef unsigned long long u64;
 #define HWL_OP_DELAY 6u        /* busy-wait a µs (TSC based) */
 #define HWL_OP_IRQ_UNMASK 7u   /* unmask PIC line a (0..15, not 2, 3 or 4) */
 #define HWL_OP_IRQ_MASK 8u     /* mask PIC line a */
+#define HWL_OP_IRQ_WAIT 9u     /* wait at most c µs for PIC line a to fire, unmasking it
+                                  first unless it fired already. Lines named by IRQ_WAIT
+                                  ops are the slot's own while it runs: their interrupts
+                                  are not posted to the IRQ ring but consumed here (the
+                                  line masked again), until an IRQ_UNMASK of the line or
+                                  the slot's end; one fired and not consumed by then is
+                                  posted after the slot is published. c := 1 if it fired;
+                                  on timeout the slot ends with HWL_ST_TIMEOUT and the
+                                  line is left unmasked */
 #define HWL_OP_NATIVE_PIO 16u  /* native loops: b = guest phys addr of a struct hwl_native; */
 #define HWL_OP_NATIVE_DMA 17u  /*   c := its status. See struct hwl_native. */
 #define HWL_OP_NATIVE_RAND 18u

@@ -107,6 +107,10 @@ struct trap_frame {
 void idt_init(void);
 void trap_handler(struct trap_frame *f);
 void irq_dispatch(u32 line);
+void irq_claim(u32 line);               /* the running slot takes the line's interrupts */
+int irq_wait(u32 line, u32 timeout_us); /* 1 once a claimed line fired, 0 on timeout */
+int irq_unclaim(u32 line);              /* later interrupts go to the host again */
+void irq_post_unclaimed(void);          /* the slot ended: hand what it left to the host */
 
 /* ---- tsc.c ------------------------------------------------------------- */
 

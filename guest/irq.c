@@ -48,11 +48,16 @@ static void exception(struct trap_frame *f)
     halt_forever();
 }
 
+/* Lines the running slot has claimed (IRQ_WAIT), and those of them that fired
+ * since their last irq_wait: a claimed line's interrupt is the slot's, not the host's. */
+static volatile u16 claimed, caught;
+
+static void post(u32 line);
+
 /* Runs with interrupts disabled (interrupt gate). */
 void irq_dispatch(u32 line)
 {
     volatile struct hwl_ctl *c = &hwl_ctl;
-    u32 h;
 
     if (line == 3) {                /* doorbell from the host */
         com2_drain();
@@ -71,10 +76,23 @@ void irq_dispatch(u32 line)
         return;
     }
 
-    /* An event for the host: the line stays masked until it unmasks it. */
+    /* The line stays masked until the host (or the slot that claimed it) unmasks it. */
     pic_mask_line(line);
     pic_eoi(line);
     c->irq_count[line]++;
+    if (claimed & (1u << line)) {
+        caught |= (u16)(1u << line);
+        return;
+    }
+    post(line);
+}
+
+/* An event for the host. Call with interrupts disabled. */
+static void post(u32 line)
+{
+    volatile struct hwl_ctl *c = &hwl_ctl;
+    u32 h;
+
     h = c->irq_head;
     c->irq_ring[h % HWL_IRQ_RING] = line;
     barrier();
@@ -82,6 +100,66 @@ void irq_dispatch(u32 line)
     full_barrier();                 /* publish irq_head before reading host_waiting */
     if (c->host_waiting)
         bell_send(HWL_BELL_IRQ);
+}
+
+void irq_claim(u32 line)
+{
+    u32 f = irq_save();
+
+    claimed |= (u16)(1u << line);
+    irq_restore(f);
+}
+
+/* Unmasks the line unless it fired already, then waits for it (spinning: the
+ * slot holds the stub anyway). The handler masks it again when it fires. */
+int irq_wait(u32 line, u32 timeout_us)
+{
+    u16 bit = (u16)(1u << line);
+    u64 dl = deadline_us(timeout_us);
+    u32 f = irq_save();
+
+    if (!(caught & bit))
+        pic_unmask_line(line);
+    irq_restore(f);
+    for (;;) {
+        f = irq_save();
+        if (caught & bit) {
+            caught &= (u16)~bit;
+            irq_restore(f);
+            return 1;
+        }
+        irq_restore(f);
+        if (expired(dl))
+            return 0;
+        asm volatile("pause");
+    }
+}
+
+/* Call with interrupts disabled. Returns 1 if the line had fired unconsumed:
+ * that interrupt is posted to the host now, and the line stays masked for it. */
+int irq_unclaim(u32 line)
+{
+    u16 bit = (u16)(1u << line);
+
+    claimed &= (u16)~bit;
+    if (!(caught & bit))
+        return 0;
+    caught &= (u16)~bit;
+    post(line);
+    return 1;
+}
+
+void irq_post_unclaimed(void)
+{
+    u32 line, f;
+
+    if (!claimed)
+        return;
+    f = irq_save();
+    for (line = 0; line < 16; line++)
+        if (claimed & (1u << line))
+            irq_unclaim(line);
+    irq_restore(f);
 }
 
 void trap_handler(struct trap_frame *f)

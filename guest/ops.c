@@ -120,12 +120,18 @@ static u32 run_op(volatile struct hwl_op *op)
         if (!line_ok(a))
             return HWL_ST_BADARG;
         f = irq_save();
-        if (code == HWL_OP_IRQ_UNMASK)
-            pic_unmask_line(a);
-        else
+        if (code == HWL_OP_IRQ_MASK)
             pic_mask_line(a);
+        else if (!irq_unclaim(a))   /* ends a claim; one left fired stays masked, posted */
+            pic_unmask_line(a);
         irq_restore(f);
         return HWL_ST_OK;
+
+    case HWL_OP_IRQ_WAIT:
+        if (!line_ok(a))
+            return HWL_ST_BADARG;
+        op->c = (u32)irq_wait(a, c);
+        return op->c ? HWL_ST_OK : HWL_ST_TIMEOUT;
 
     case HWL_OP_NATIVE_PIO:
     case HWL_OP_NATIVE_DMA:
@@ -158,6 +164,9 @@ void run_slot(volatile struct hwl_slot *s)
     if (n == 0 || n > HWL_MAX_OPS) {
         st = HWL_ST_BADARG;
     } else {
+        for (i = 0; i < n; i++)     /* claimed before any op can make them fire */
+            if (s->ops[i].code == HWL_OP_IRQ_WAIT && line_ok(s->ops[i].a))
+                irq_claim(s->ops[i].a);
         for (i = 0; i < n; i++) {
             st = run_op(&s->ops[i]);
             if (st != HWL_ST_OK) {

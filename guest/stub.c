@@ -74,6 +74,7 @@ static void serve_forever(void)
                 bell_send(HWL_BELL_DONE);
                 irq_restore(f);
             }
+            irq_post_unclaimed();   /* after the slot's end is published */
             spin_end = deadline_us(c->spin_us);
             continue;
         }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-ABI_VERSION: Final = 1
+ABI_VERSION: Final = 2
 MAGIC: Final = 0x314C5748
 
 NSLOTS: Final = 8
@@ -25,6 +25,7 @@ OP_WAIT: Final = 5
 OP_DELAY: Final = 6
 OP_IRQ_UNMASK: Final = 7
 OP_IRQ_MASK: Final = 8
+OP_IRQ_WAIT: Final = 9
 OP_NATIVE_PIO: Final = 16
 OP_NATIVE_DMA: Final = 17
 OP_NATIVE_RAND: Final = 18

@@ -161,6 +161,13 @@ class Batch:
         end of a driver's batch instead of in a round trip of its own)."""
         self._add(abi.OP_IRQ_UNMASK, 0, 0, line)
 
+    def irq_wait(self, line: int, timeout_us: int) -> int:
+        """Wait for IRQ ``line`` inside the batch (unmasking it unless it fired
+        already). Its interrupts are the batch's until an ``irq_unmask`` of the line
+        or the batch's end, so the host never sees the ones waited for; one left
+        unwaited is posted when the batch ends. On timeout the rest is not run."""
+        return self._add(abi.OP_IRQ_WAIT, 0, 0, line, 0, timeout_us)
+
 
 @dataclass(frozen=True)
 class BatchResult:
