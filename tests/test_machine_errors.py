@@ -15,6 +15,7 @@ from hwl import (
     StubBuildError,
     StubTimeoutError,
 )
+from hwl.link import abi
 from hwl.machine.stub import build_stub, guest_dir, inspect_stub
 
 
@@ -52,10 +53,11 @@ def test_qemu_exiting_at_start_shows_its_stderr(tmp_path: Path) -> None:
 
 
 def test_stub_with_another_abi_version_is_refused(tmp_path: Path) -> None:
-    elf = stub_variant(
-        tmp_path, "abi.h", "#define HWL_ABI_VERSION 1u", "#define HWL_ABI_VERSION 99u"
-    )
-    with pytest.raises(StubAbiError, match="version: stub has 0x63, host expects 0x1"):
+    ours = f"#define HWL_ABI_VERSION {abi.ABI_VERSION}u"
+    elf = stub_variant(tmp_path, "abi.h", ours, "#define HWL_ABI_VERSION 99u")
+    with pytest.raises(
+        StubAbiError, match=f"version: stub has 0x63, host expects {abi.ABI_VERSION:#x}"
+    ):
         inspect_stub(elf)
     with pytest.raises(StubAbiError, match="Rebuild the stub"):
         Machine("pc", stub=elf).start()  # refused before QEMU starts

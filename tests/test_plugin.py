@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from hwl.link import abi
+
 INNER = """
 def test_fails_with_a_machine(hwl_machine):
     assert hwl_machine.accel == "tcg"
@@ -21,7 +23,9 @@ def test_failed_test_report_carries_the_machine_logs(pytester: pytest.Pytester) 
     result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
     assert "fails on purpose" in out
-    result.stdout.fnmatch_lines(["*hwl pc (*) serial.log*", "hwl-stub ready abi=1 *"])
+    result.stdout.fnmatch_lines(
+        ["*hwl pc (*) serial.log*", f"hwl-stub ready abi={abi.ABI_VERSION} *"]
+    )
     result.stdout.fnmatch_lines(["*hwl pc (*) qemu.stderr*"])
     result.stdout.fnmatch_lines(["*hwl pc (*) qmp-events.jsonl*", '*"RESUME"*'])
 

@@ -469,14 +469,13 @@ class AtWini:
     def _pio(
         self, drive: Drive, write: bool, lba: int, count: int, endpoint: int, grant: int, at: int
     ) -> None:
-        """READ/WRITE (MULTIPLE): one DRQ block (drive.multiple sectors) per
-        interrupt, each moved by the call that reads the status after it."""
+        """READ/WRITE (MULTIPLE): the drive asks for one DRQ block (drive.multiple
+        sectors) per interrupt; sdevio moves them, pacing the blocks by the IRQ."""
         assert self.conn is not None
         conn, ch = self.conn, self.ch
         multi = drive.multiple > 1
         b = Batch()
         b.inb(ch.cmd + ata.REG_STATUS)  # acknowledge a stale INTRQ
-        blocks = [(i, min(drive.multiple, count - i)) for i in range(0, count, drive.multiple)]
         if write:
             self._select(b, drive, lba, count,
                          CMD_WRITE_MULTIPLE if multi else ata.CMD_WRITE_SECTORS,
@@ -484,47 +483,53 @@ class AtWini:
             st = b.wait(ch.cmd + ata.REG_STATUS, ata.BSY | ata.DRQ, ata.DRQ, ata.TIMEOUT_US)
             self._check(conn.vdevio(b)[st], "PIO write")
             self._issued("PIO write", lba)
-            n = blocks[0][1]  # the first block goes when the command asks for it (DRQ)
-            width = self._pio_width
-            conn.sdevio_out(ch.cmd + ata.REG_DATA, n * SECTOR // width, width, endpoint, grant, at)
-            for i, n in blocks[1:]:  # each interrupt asks for the next block
-                self._block_after_intr(True, lba + i, n, endpoint, grant, at + i * SECTOR)
-            status, _ = self._status_after_intr()  # the last one: written
-            self._check(status, f"PIO write at {lba + blocks[-1][0]}")
+            # The first block goes when the command asks for it (DRQ), each next one
+            # when an interrupt does; the last interrupt says it is written.
+            self._blocks(drive, True, lba, count, endpoint, grant, at)
+            status, _ = self._status_after_intr()
+            self._check(status, f"PIO write at {lba + count - 1}")
         else:
             self._select(b, drive, lba, count,
                          ata.CMD_READ_MULTIPLE if multi else ata.CMD_READ_SECTORS,
                          CMD_READ_MULTIPLE_EXT if multi else CMD_READ_EXT)  # fmt: skip
             conn.vdevio(b)
             self._issued("PIO read", lba)
-            for i, n in blocks:
-                self._block_after_intr(False, lba + i, n, endpoint, grant, at + i * SECTOR)
+            self._blocks(drive, False, lba, count, endpoint, grant, at)
 
     @property
     def _pio_width(self) -> int:
         return 4 if self.args.pio32 else 2
 
-    def _block_after_intr(
-        self, write: bool, lba: int, sectors: int, endpoint: int, grant: int, at: int
+    def _blocks(
+        self, drive: Drive, write: bool, lba: int, count: int, endpoint: int, grant: int, at: int
     ) -> None:
-        """Wait for the interrupt, then one sdevio reads the status (acknowledging
-        it), moves the block if the drive asks for data (DRQ, no error), and
-        re-enables the IRQ; an interrupt while still busy is waited past."""
+        """Move ``count`` sectors of a PIO command, as many blocks per sdevio as the
+        kernel takes: each block after its interrupt and a status read (which
+        acknowledges it) that shows DRQ and no error. A call that stops short (a
+        block not ready, an interrupt slow to come) goes on after the next interrupt;
+        an interrupt while still busy is waited past."""
         assert self.conn is not None
         sdevio = self.conn.sdevio_out if write else self.conn.sdevio_in
         ready = (self.ch.cmd + ata.REG_STATUS, PIO_READY_MASK, ata.DRQ)
         width = self._pio_width
-        while True:
-            self._wait_intr()
-            status = sdevio(self.ch.cmd + ata.REG_DATA, sectors * SECTOR // width, width,
-                            endpoint, grant, at, ready=ready, irq_enable=self.hook)  # fmt: skip
+        units, block = SECTOR // width, drive.multiple * SECTOR // width
+        done, interrupt_first = 0, not write
+        while done < count:
+            if interrupt_first:
+                self._wait_intr()
+            interrupt_first = True
+            moved = sdevio(self.ch.cmd + ata.REG_DATA, (count - done) * units, width, endpoint,
+                           grant, at + done * SECTOR, ready=ready, irq_enable=self.hook,
+                           block=block)  # fmt: skip
+            done += moved.bytes // SECTOR
+            status = moved.ready
             assert status is not None
-            if not status & ata.BSY:
-                break
-        what = f"PIO {'write' if write else 'read'} at {lba}"
-        self._check(status, what)
-        if status & PIO_READY_MASK != ata.DRQ:
-            raise CommandError(f"{what}: the drive asks for no data (status {status:#04x})")
+            if status & ata.BSY:
+                continue
+            what = f"PIO {'write' if write else 'read'} at {lba + done}"
+            self._check(status, what)
+            if status & PIO_READY_MASK != ata.DRQ:
+                raise CommandError(f"{what}: the drive asks for no data (status {status:#04x})")
 
     def _dma(
         self, drive: Drive, write: bool, lba: int, count: int, endpoint: int, grant: int, at: int

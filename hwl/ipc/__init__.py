@@ -7,7 +7,7 @@ program on the host attaches to a running kernel with ``Connection.attach``.
 from hwl.ipc.arena import Arena, Buffer
 from hwl.ipc.client import Connection, IpcError, IpcTimeout, KernelGone, Message
 from hwl.ipc.codec import CodecError
-from hwl.ipc.kcalls import DmaHandle, ExitInfo
+from hwl.ipc.kcalls import DmaHandle, ExitInfo, Moved
 from hwl.ipc.wire import (
     ANY,
     ASYNCM,
@@ -49,6 +49,7 @@ __all__ = [
     "IpcTimeout",
     "KernelGone",
     "Message",
+    "Moved",
     "connect",
     "endpoint_name",
 ]

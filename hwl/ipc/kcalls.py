@@ -29,6 +29,15 @@ class DmaHandle:
 
 
 @dataclass(frozen=True)
+class Moved:
+    """What an sdevio did: ``bytes`` moved, and the ``ready`` port's last value
+    (None without a ready check)."""
+
+    bytes: int
+    ready: int | None
+
+
+@dataclass(frozen=True)
 class ExitInfo:
     endpoint: int
     pid: int | None
@@ -81,15 +90,19 @@ class KernelCalls:
         *,
         ready: tuple[int, int, int] | None = None,
         irq_enable: int | None = None,
-    ) -> int | None:
+        block: int | None = None,
+    ) -> Moved:
         """``count`` units from ``port`` into grant ``grant`` of ``endpoint``.
 
         A driver's interrupt handler in one call: with ``ready`` (port, mask, value)
         the kernel first reads that byte port (an ATA status read acknowledges the
         interrupt) and moves the data only if ``(v & mask) == value``; with
-        ``irq_enable`` it then re-enables that IRQ hook. Returns the value read
-        (None without ``ready``): the caller sees from it whether data moved."""
-        return self._sdevio("in", port, count, width, endpoint, grant, offset, ready, irq_enable)
+        ``irq_enable`` it then re-enables that IRQ hook. With ``block`` as well (units
+        per interrupt: a PIO transfer's DRQ blocks) the kernel moves block after
+        block, each after the hook's next interrupt and its ``ready`` check, up to
+        its per-call limit. :class:`Moved` says how far it got and what it read."""
+        return self._sdevio("in", port, count, width, endpoint, grant, offset,
+                            ready, irq_enable, block)  # fmt: skip
 
     def sdevio_out(
         self,
@@ -102,10 +115,12 @@ class KernelCalls:
         *,
         ready: tuple[int, int, int] | None = None,
         irq_enable: int | None = None,
-    ) -> int | None:
-        """``count`` units from the grant out to ``port``; ``ready`` and ``irq_enable``
-        as for :meth:`sdevio_in`."""
-        return self._sdevio("out", port, count, width, endpoint, grant, offset, ready, irq_enable)
+        block: int | None = None,
+    ) -> Moved:
+        """``count`` units from the grant out to ``port``; ``ready``, ``irq_enable``
+        and ``block`` as for :meth:`sdevio_in`."""
+        return self._sdevio("out", port, count, width, endpoint, grant, offset,
+                            ready, irq_enable, block)  # fmt: skip
 
     def _sdevio(
         self,
@@ -118,7 +133,8 @@ class KernelCalls:
         offset: int,
         ready: tuple[int, int, int] | None,
         irq_enable: int | None,
-    ) -> int | None:
+        block: int | None,
+    ) -> Moved:
         fields: dict[str, codec.Value] = {"port": port, "width": width, "count": count,
                                           "dir": direction, "endpoint": endpoint,
                                           "grant": grant, "offset": offset}  # fmt: skip
@@ -126,8 +142,11 @@ class KernelCalls:
             fields["ready"] = list(ready)
         if irq_enable is not None:
             fields["hook"] = irq_enable
-        value = self.kcall("sdevio", fields).get("ready")
-        return value if isinstance(value, int) else None
+        if block is not None:
+            fields["block"] = block
+        reply = self.kcall("sdevio", fields)
+        value = reply.get("ready")
+        return Moved(_int(reply["bytes"]), value if isinstance(value, int) else None)
 
     # -------------------------------------------------------------- IRQs
     def irq_setpolicy(self, irq: int, policy: int = 0, notify_id: int = 0) -> int:

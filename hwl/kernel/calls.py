@@ -39,6 +39,8 @@ SPIN = 100e-6  # how long a call waits for the stub before the loop takes over
 MAX_WAIT_US = 2_000_000  # longest "wait until" step a vdevio may ask the stub for
 MAX_DELAY_US = 100_000
 MAX_STRING = 1 << 20  # sdevio bytes per call
+MAX_BLOCKS = 16  # sdevio blocks per call, each after an interrupt: bounds the stub's time in it
+IRQ_WAIT_US = 10_000  # how long the stub waits for a block's interrupt before it hands back
 MAX_INLINE = 4096  # dmacopy read/write bytes carried in the message itself
 MAX_VECTOR = 64  # vsafecopy entries
 VDEVIO_CODES = frozenset({abi.OP_NOP, abi.OP_IN, abi.OP_OUT, abi.OP_WAIT, abi.OP_DELAY})
@@ -281,15 +283,17 @@ class Calls:
             self._check_vdevio_ops(proc, ops, n)
             priv.remember_batch(ops)
         hook = None if hook_id == wire.NO_HOOK else self._hook_numbered(proc, hook_id)
-        irqs, run, nrun, in_batch = self.k.irqs, ops, n, False
-        if hook is not None and n < abi.MAX_OPS and irqs.unmask_in_batch(hook):
-            run, nrun, in_batch = ops + _unmask_op(hook.line), n + 1, True
+        irqs, run, nrun, unmasked = self.k.irqs, ops, n, None
+        if hook is not None and n < abi.MAX_OPS:
+            unmasked = irqs.unmask_in_batch(hook)
+            if unmasked is not None:
+                run, nrun = ops + _unmask_op(hook.line), n + 1
 
         def finish(status: int, failed: int, done: bytes) -> bytes:
             if status != abi.ST_OK:
                 self._stub_failure(status, failed, done)
             if hook is not None:
-                irqs.enable(hook, unmasked=in_batch)
+                irqs.enable(hook, unmasked=unmasked)
             # results are each op's last word: no repacking, only an unmask cut off
             return done[: n * abi.OP_SIZE]
 
@@ -327,8 +331,12 @@ class Calls:
         Optional, for a driver's interrupt handler in one call (a PIO block): ``ready``
         [port, mask, value] reads that port first (an ATA status read acknowledges the
         interrupt) and moves the string only if ``(v & mask) == value``; ``hook`` is
-        an IRQ hook re-enabled once the port was read. The reply's ``ready`` is the
-        value read, ``bytes`` what moved (0 when not ready)."""
+        an IRQ hook re-enabled once the port was read, if it had fired. With ``block`` (units per
+        interrupt) one call moves up to MAX_BLOCKS blocks: the first at once, each
+        next one after the hook's interrupt, waited for by the stub inside the batch
+        (only on a line no other hook shares; else one block per call). The reply's
+        ``ready`` is the last value read, ``bytes`` what moved: less than asked when
+        a block was not ready, or its interrupt did not come within IRQ_WAIT_US."""
         port = get_int(f, "port", 0, 0xFFFF)
         width = get_int(f, "width", 1, 4, 2)
         count = get_int(f, "count", 1, MAX_STRING)
@@ -336,11 +344,19 @@ class Calls:
         if direction not in ("in", "out"):
             fail(Errno.EINVAL, f"sdevio: dir must be 'in' or 'out', not {direction!r}")
         self._check_port(proc, "sdevio", port, width)
-        size = count * width
-        if size > MAX_STRING:
-            fail(Errno.EINVAL, f"sdevio: {size} bytes is more than {MAX_STRING}")
+        if count * width > MAX_STRING:
+            fail(Errno.EINVAL, f"sdevio: {count * width} bytes is more than {MAX_STRING}")
         ready = self._ready_check(proc, f.get("ready"))
         hook = self._hook(proc, f) if "hook" in f else None
+        block = min(get_int(f, "block", 1, MAX_STRING, count), count)
+        irqs = self.k.irqs
+        nblocks = -(-count // block)
+        if nblocks > 1 and (hook is None or not irqs.alone(hook)):
+            if hook is None:
+                fail(Errno.EINVAL, "sdevio: blocks are paced by interrupts: 'block' needs 'hook'")
+            nblocks = 1  # a shared line's interrupts are not this caller's to consume
+        nblocks = min(nblocks, MAX_BLOCKS)
+        size = min(count, nblocks * block) * width
         granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
         gid = get_int(f, "grant", 0, I32_MAX)
         offset = get_int(f, "offset", 0, I32_MAX, 0)
@@ -348,35 +364,49 @@ class Calls:
         view, start = self.resolve(proc, granter, gid, access, offset, size)
         link = self._link()
         buf = self._guest_buffer(link, size)
-        batch = Batch()
-        if ready is not None:
-            batch.wait(*ready, timeout_us=0)  # one read: not ready stops the batch here
-        if direction == "in":
-            batch.ins(port, count, width, into=buf)
-        else:
+        batch, checks, moves = Batch(), [], []  # moves: (op index, bytes it moved)
+        for at in range(0, size, block * width):
+            n = min(block * width, size - at)
+            if at:
+                assert hook is not None
+                batch.irq_wait(hook.line, IRQ_WAIT_US)
+            if ready is not None:
+                checks.append(batch.wait(*ready, timeout_us=0))  # one read: not ready stops
+            if direction == "in":
+                moves.append((batch.ins(port, n // width, width, into=buf, offset=at), n))
+            else:
+                batch.outs_from(port, buf, n // width, width, offset=at)
+                moves.append((len(batch) - 1, n))
+        if direction == "out":
             buf.view[:size] = view[start : start + size]
-            batch.outs_from(port, buf, count, width)
-        irqs, in_batch = self.k.irqs, False
-        if hook is not None and irqs.unmask_in_batch(hook):
-            batch.irq_unmask(hook.line)
-            in_batch = True
+        # Re-enable the hook if its interrupt was taken (by the caller, or by the
+        # batch's waits); one that has not fired is armed already (a PIO write's
+        # first block goes on DRQ, before any interrupt).
+        rearm = hook is not None and (hook.active or nblocks > 1)
+        unmasked = None
+        if hook is not None and rearm:
+            unmasked = irqs.unmask_in_batch(hook, waited=nblocks > 1)
+            if unmasked is not None:
+                batch.irq_unmask(hook.line)
 
         def finish(status: int, failed: int, done: bytes) -> Reply:
             try:
-                read = _op_result(done, 0) if ready is not None else None
-                if ready is not None and status == abi.ST_TIMEOUT and failed == 0:
-                    if hook is not None:
-                        irqs.enable(hook)  # the batch stopped before its unmask
-                    return {"bytes": 0, "ready": read}
-                if status != abi.ST_OK:
+                ran = len(batch) if status == abi.ST_OK else failed
+                waited = status == abi.ST_TIMEOUT and batch.ops[failed][0] == abi.OP_IRQ_WAIT
+                if status != abi.ST_OK and not waited and failed not in checks:
                     self._stub_failure(status, failed, done)
-                if hook is not None:  # the batch ran to its end, an unmask in it too
-                    irqs.enable(hook, unmasked=in_batch)
-                if direction == "in":
+                read = [_op_result(done, i) for i in checks if i <= ran]
+                moved = sum(n for i, n in moves if i < ran)
+                if hook is not None and rearm:
+                    if status == abi.ST_OK or waited:
+                        irqs.enable(hook, unmasked=unmasked)  # the stub left it unmasked
+                    else:
+                        irqs.enable(hook)  # the batch stopped after a status read
+                if direction == "in" and moved:
                     # The granter may have revoked or died meanwhile: check again.
-                    dst, at = self.resolve(proc, granter, gid, access, offset, size)
-                    dst[at : at + size] = buf.view[:size]
-                return {"bytes": size, "ready": read}
+                    dst, at = self.resolve(proc, granter, gid, access, offset, moved)
+                    dst[at : at + moved] = buf.view[:moved]
+                return {"bytes": moved, "ready": read[-1] if read else None}
             finally:
                 link.free_dma(buf)
 

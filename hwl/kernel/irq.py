@@ -62,24 +62,42 @@ class Irqs:
             if owner is None:
                 continue
             hook.active = not hook.reenable
+            hook.fired += 1
             self.kernel.ipc.post_notify(owner, wire.HARDWARE, 1 << hook.notify_id)
         if not any(h.active for h in hooks):
             self._link().irq_unmask(line)
 
-    def enable(self, hook: IrqHook, *, unmasked: bool = False) -> None:
-        """irqenable; ``unmasked``: the caller's batch unmasked the line already
-        (see ``unmask_in_batch``), so only the bookkeeping is left."""
-        hook.active = False
-        if not unmasked and not any(h.active for h in self._on_line(hook.line)):
-            self._link().irq_unmask(hook.line)
+    def alone(self, hook: IrqHook) -> bool:
+        """Whether no other hook shares ``hook``'s line (so a batch may consume its
+        interrupts: sdevio's blocks)."""
+        return all(h is hook for h in self._on_line(hook.line))
 
-    def unmask_in_batch(self, hook: IrqHook) -> bool:
+    def unmask_in_batch(self, hook: IrqHook, *, waited: bool = False) -> int | None:
         """Whether a driver's batch that re-enables ``hook`` may unmask the line as
-        its last op, saving ``enable``'s round trip: the hook has fired (so the line
-        is masked and nothing can fire on it before that op) and no other hook on
-        the line still waits for its irqenable. Once such a batch ran to its end,
-        call ``enable(hook, unmasked=True)``; else ``enable(hook)`` as usual."""
-        return hook.active and not any(h.active for h in self._on_line(hook.line) if h is not hook)
+        its last op, saving ``enable``'s round trip: the hook has fired, or the batch
+        waited for the line's interrupts itself (``waited``, on a line it has
+        ``alone``), so the line is masked and nothing can fire on it before that op;
+        and no other hook on the line still waits for its irqenable. Returns None if
+        not; else a token for ``enable(hook, unmasked=token)`` once the batch ran."""
+        if not (hook.active or waited):
+            return None
+        if any(h.active for h in self._on_line(hook.line) if h is not hook):
+            return None
+        return hook.fired
+
+    def enable(self, hook: IrqHook, *, unmasked: int | None = None) -> None:
+        """irqenable. ``unmasked``: the token from ``unmask_in_batch`` when the
+        caller's batch unmasked the line already, so only the bookkeeping is left,
+        and none of it if the line fired again since (masked, its notify posted)."""
+        if self.hooks.get(hook.hook) is not hook:
+            return  # released meanwhile (its owner died while the batch ran)
+        if unmasked is not None:
+            if hook.fired == unmasked:
+                hook.active = False
+            return
+        hook.active = False
+        if not any(h.active for h in self._on_line(hook.line)):
+            self._link().irq_unmask(hook.line)
 
     def disable(self, hook: IrqHook) -> None:
         self._link().irq_mask(hook.line)

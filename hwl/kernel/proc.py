@@ -46,6 +46,7 @@ class IrqHook:
     notify_id: int
     reenable: bool
     active: bool = False  # fired and not yet irqenable'd
+    fired: int = 0  # times it fired: tells a batch's unmask from a later interrupt
 
 
 @dataclass
