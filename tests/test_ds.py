@@ -327,6 +327,7 @@ def test_live_update_carries_the_store(root: ipc.Connection) -> None:
         kill(root, old)
         new, init = start_ds(root, endpoint=old, type=int(InitType.LU), saved=saved)
         assert (new, init["result"]) == (old, 0)
+        root.notify(new)  # RS's go-ahead after the swap (here the old one is dead)
         assert user.call("retrieve_str", "lu.kept") == "still here"
         user.call("publish_u32", "lu.new", 1)  # the subscription came along
         user.wait_notify()

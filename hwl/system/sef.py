@@ -218,6 +218,18 @@ class Sef:
         self.conn.send(self.rs, proto.RS_INIT, {"result": status})
         if status != 0:
             raise SystemExit(1)
+        if info.type is InitType.LU:
+            self._wait_for_swap()
+
+    def _wait_for_swap(self) -> None:
+        """A new version runs its init before RS swaps it onto the old endpoint;
+        it serves nothing (not even requests handed over in the saved state) until
+        RS's notify says the swap is done. If the update is rolled back, RS kills it."""
+        while True:
+            m = self.conn.receive(self.rs)
+            if m.is_notify:
+                return
+            log.warning("before the swap: ignored message type %#x from RS", m.m_type)
 
     def _init_callback(self, info: InitInfo) -> InitCallback:
         if info.flags & InitFlag.CRASH:

@@ -7,7 +7,8 @@
    its endpoint.
 3. RS hands the saved state to the new version's init (type lu).
 4. Init OK: the kernel's ``update`` call moves the new process onto the old
-   endpoint (the queued callers are now its callers), RS kills the old process.
+   endpoint (the queued callers are now its callers), RS notifies it there (it
+   waits for that before serving) and kills the old process.
    Init failed, crashed or timed out: RS kills the new process and answers the
    old one's ``sendrec``: it resumes serving (rollback).
 
@@ -198,6 +199,13 @@ class Updater:
             return
         # The new program now answers at the old endpoint; the old program
         # holds the new one's and is still blocked in its sendrec: kill it.
+        # The new one waits for this notify before it serves: requests the old
+        # one handed over in its state must not run before the swap, with the
+        # endpoint's IRQ hooks, DMA buffers and callers still the old one's.
+        try:
+            self.m.conn.notify(u.old.endpoint)
+        except IpcError as exc:
+            log.warning("update of %s: the go-ahead notify failed: %s", u.svc.label, exc)
         old_pid = u.old.pid
         self.retired.add(old_pid)
         self.m.kill(u.new.endpoint)
