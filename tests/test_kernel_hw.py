@@ -97,6 +97,13 @@ def identify(conn: ipc.Connection) -> bytes:
         return buf.read()
 
 
+def assert_armed(conn: ipc.Connection, hook: int) -> None:
+    """The hook's line is unmasked: a command's interrupt arrives as a notify."""
+    identify(conn)
+    assert conn.receive(ipc.HARDWARE, timeout=5).is_notify, "the hook's line is masked"
+    conn.irq_enable(hook)
+
+
 def test_the_machine_link_now_belongs_to_the_kernel(
     machine_kernel: tuple[Machine, KernelProcess],
 ) -> None:
@@ -273,9 +280,7 @@ def test_sdevio_with_ready_moves_the_block_and_reenables_the_irq(process) -> Non
             assert moved.ready is not None and not moved.ready & ata.DRQ
             assert moved.bytes == 0
             assert buf.read() == b"\xaa" * 512
-            identify(conn)
-            assert conn.receive(ipc.HARDWARE, timeout=5).is_notify  # the line was unmasked
-            conn.irq_enable(hook)
+            assert_armed(conn, hook)
     finally:
         conn.irq_rmpolicy(hook)
 
@@ -332,9 +337,7 @@ def test_sdevio_blocks_move_a_multi_sector_read_on_the_hooks_interrupts(process)
             assert max(calls) > 512, f"no call took a block on its own interrupt: {calls}"
             with pytest.raises(ipc.IpcTimeout):  # no notify for the blocks the calls took
                 conn.receive(ipc.HARDWARE, timeout=0.3)
-        identify(conn)
-        assert conn.receive(ipc.HARDWARE, timeout=5).is_notify, "the hook was re-enabled"
-        conn.irq_enable(hook)
+        assert_armed(conn, hook)
     finally:
         conn.irq_rmpolicy(hook)
 
@@ -352,9 +355,7 @@ def test_sdevio_blocks_stop_short_when_an_interrupt_does_not_come(process) -> No
             assert moved.bytes == 2 * 512
             assert moved.ready is not None and moved.ready & PIO_READY[1] == ata.DRQ
             assert buf.read()[:1024] == expected
-        identify(conn)
-        assert conn.receive(ipc.HARDWARE, timeout=5).is_notify, "the line is armed again"
-        conn.irq_enable(hook)
+        assert_armed(conn, hook)
     finally:
         conn.irq_rmpolicy(hook)
 
