@@ -331,12 +331,13 @@ class Calls:
         Optional, for a driver's interrupt handler in one call (a PIO block): ``ready``
         [port, mask, value] reads that port first (an ATA status read acknowledges the
         interrupt) and moves the string only if ``(v & mask) == value``; ``hook`` is
-        an IRQ hook re-enabled once the port was read, if it had fired. With ``block`` (units per
-        interrupt) one call moves up to MAX_BLOCKS blocks: the first at once, each
-        next one after the hook's interrupt, waited for by the stub inside the batch
-        (only on a line no other hook shares; else one block per call). The reply's
-        ``ready`` is the last value read, ``bytes`` what moved: less than asked when
-        a block was not ready, or its interrupt did not come within IRQ_WAIT_US."""
+        an IRQ hook re-enabled once the port was read, if it had fired.
+        With ``block`` (units per interrupt) one call moves up to MAX_BLOCKS blocks:
+        the first at once, each next one after the hook's interrupt, waited for by
+        the stub inside the batch (only on a line no other hook shares; else one
+        block per call). The reply's ``ready`` is the last value read, ``bytes``
+        what moved: less than asked when a block was not ready, or its interrupt
+        did not come within IRQ_WAIT_US."""
         port = get_int(f, "port", 0, 0xFFFF)
         width = get_int(f, "width", 1, 4, 2)
         count = get_int(f, "count", 1, MAX_STRING)
