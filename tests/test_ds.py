@@ -327,8 +327,12 @@ def test_live_update_carries_the_store(root: ipc.Connection) -> None:
         kill(root, old)
         new, init = start_ds(root, endpoint=old, type=int(InitType.LU), saved=saved)
         assert (new, init["result"]) == (old, 0)
-        root.notify(new)  # RS's go-ahead after the swap (here the old one is dead)
-        assert user.call("retrieve_str", "lu.kept") == "still here"
+        user.start("ds", endpoint=new, method="retrieve_str", args=["lu.kept"], kwargs={})
+        time.sleep(0.5)  # a new version serves nothing before RS's go-ahead:
+        (row,) = [p for p in root.proctab() if p["endpoint"] == user.ep]
+        assert (row["state"], row["blocked_on"]) == ("sending", new), row  # waits at DS
+        root.notify(new)  # RS's, after the swap (here the old one is dead)
+        assert user.result() == {"status": 0, "result": "still here"}
         user.call("publish_u32", "lu.new", 1)  # the subscription came along
         user.wait_notify()
         assert user.call("changes") == [["lu.new", "u32"]]
