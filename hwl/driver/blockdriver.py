@@ -31,6 +31,7 @@ calls the callbacks and replies. As MINIX's libblockdriver:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import deque
@@ -38,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hwl.ipc import codec, wire
-from hwl.ipc.client import Connection, IpcError, Message
+from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.kernel.errno import Errno, ErrnoError
 from hwl.system import sef
 from hwl.system.ds import Ds
@@ -93,6 +94,7 @@ class _State:
     opens: dict[tuple[int, int], int] = field(default_factory=dict)  # (client, minor) -> count
     mq: deque[Message] = field(default_factory=deque)
     table: BlockDriver | None = None
+    answer: tuple[int, int, Fields] | None = None  # the last reply, sent with the next receive
 
 
 _st = _State()
@@ -193,9 +195,20 @@ def mq_queue(m: Message) -> None:
 
 
 def driver_receive() -> Message:
-    """The next message to serve: deferred ones first; stale requests dropped."""
+    """The next message to serve: deferred ones first; stale requests dropped.
+    The last request's reply goes out with the receive, in one kernel round trip."""
     while True:
-        m = _st.mq.popleft() if _st.mq else sef.receive()
+        if _st.mq:
+            _flush_reply()
+            m = _st.mq.popleft()
+        elif _st.answer is not None:
+            dest, status, fields = _st.answer
+            _st.answer = None
+            m = sef.reply_receive(dest, status, fields)
+            if m.reply_errno is not None:
+                log.info("reply to %d not taken: %s", dest, m.reply_errno.name)
+        else:
+            m = sef.receive()
         if not m.is_notify and proto.is_request(m.m_type):
             try:
                 gen = m.get("gen")
@@ -214,15 +227,27 @@ def driver_receive() -> Message:
 
 
 def _reply(m: Message, status: int, fields: Fields) -> None:
+    """Answer ``m``: kept for the next receive (a server's reply and receive are
+    one request to the kernel); an answer still kept goes first."""
     try:
         fields.setdefault("id", m.get("id"))
     except codec.CodecError:
         fields.setdefault("id", None)
     fields["gen"] = _st.gen
+    _flush_reply()
+    _st.answer = (m.source, status, fields)
+
+
+def _flush_reply() -> None:
+    """Send the kept answer now (before anything but the main loop's receive)."""
+    if _st.answer is None:
+        return
+    dest, status, fields = _st.answer
+    _st.answer = None
     try:
-        sef.connection().sendnb(m.source, status, fields)
+        sef.connection().sendnb(dest, status, fields)
     except IpcError as exc:
-        log.info("reply to %d not taken: %s", m.source, exc)
+        log.info("reply to %d not taken: %s", dest, exc)
 
 
 # --------------------------------------------------------------------- loop
@@ -234,6 +259,8 @@ def task(table: BlockDriver) -> None:
             m = driver_receive()
             process(table, m)
     finally:
+        with contextlib.suppress(KernelGone):
+            _flush_reply()  # SIGTERM between a request's end and the next receive
         if table.cleanup is not None:
             table.cleanup()
 

@@ -43,7 +43,7 @@ from typing import Final
 from hwl.driver import proto as bp
 from hwl.ipc import codec, wire
 from hwl.ipc.arena import Buffer
-from hwl.ipc.client import Connection, IpcError, Message
+from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.kernel.errno import Errno, ErrnoError, errno_of
 from hwl.system import sef
 from hwl.system import vfs as vp
@@ -128,6 +128,7 @@ class VfsServer:
         self.ds: Ds | None = None
         self.bounce: Buffer | None = None
         self.alarm_at: float | None = None  # monotonic deadline of the armed alarm
+        self.answer: tuple[int, int, Fields] | None = None  # sent with the next receive
 
     @property
     def conn(self) -> Connection:
@@ -149,14 +150,18 @@ class VfsServer:
 
     # ------------------------------------------------------------------ loop
     def serve(self) -> None:
-        while True:
-            m = sef.receive()
-            try:
-                self.dispatch(m)
-            except Exception:  # a bug must not take the file system down
-                log.exception("request %#x from %d", m.m_type, m.source)
-                if not m.is_notify and m.m_type > 0:
-                    self.reply(m, -int(Errno.EGENERIC), {"error": "internal error"})
+        try:
+            while True:
+                m = self.receive()
+                try:
+                    self.dispatch(m)
+                except Exception:  # a bug must not take the file system down
+                    log.exception("request %#x from %d", m.m_type, m.source)
+                    if not m.is_notify and m.m_type > 0:
+                        self.reply(m, -int(Errno.EGENERIC), {"error": "internal error"})
+        finally:
+            with contextlib.suppress(KernelGone):
+                self.flush()  # SIGTERM between a reply and the next receive
 
     def dispatch(self, m: Message) -> None:
         if m.is_notify:
@@ -191,11 +196,32 @@ class VfsServer:
             driver.pending.append(op)
             self.retry(driver)
 
+    def receive(self) -> Message:
+        """The next message; the last reply goes out with it, in one kernel request."""
+        if self.answer is None:
+            return sef.receive()
+        dest, status, fields = self.answer
+        self.answer = None
+        m = sef.reply_receive(dest, status, fields)
+        if m.reply_errno is not None:
+            log.info("reply to %d not taken: %s", dest, m.reply_errno.name)
+        return m
+
     def reply(self, m: Message, status: int, fields: Fields | None = None) -> None:
+        """Answer ``m``: kept for the next receive; an answer still kept goes first."""
+        self.flush()
+        self.answer = (m.source, status, fields or {})
+
+    def flush(self) -> None:
+        """Send the kept answer now: before VFS waits for another process."""
+        if self.answer is None:
+            return
+        dest, status, fields = self.answer
+        self.answer = None
         try:
-            self.conn.sendnb(m.source, status, fields or {})
+            self.conn.sendnb(dest, status, fields)
         except IpcError as exc:
-            log.info("reply to %d not taken: %s", m.source, exc)
+            log.info("reply to %d not taken: %s", dest, exc)
 
     # ------------------------------------------------------------ requests
     def make_op(self, m: Message) -> Op | None:
@@ -401,6 +427,7 @@ class VfsServer:
     def call(self, driver: Driver, m_type: int, **fields: codec.Value) -> tuple[int, Fields]:
         """One request to the driver; a dead or new incarnation raises DriverDown,
         another failure Refused."""
+        self.flush()
         ep = self.endpoint(driver)
         if driver.gen is not None and m_type != bp.BDEV_OPEN:
             fields["gen"] = driver.gen
@@ -528,6 +555,7 @@ class VfsServer:
 
     def ds_changes(self) -> None:
         assert self.ds is not None
+        self.flush()
         try:
             changed = [key for key, _type in self.ds.changes()]
         except DsError as exc:
