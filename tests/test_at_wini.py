@@ -32,6 +32,7 @@ from hwl.system.proto import Policy
 from hwl.system.rs import up_fields
 
 SECTOR = 512
+SHARER = str(Path(__file__).parent / "programs" / "irq_sharer.py")
 AT_DEBUG_IN = 0xBF0
 
 
@@ -271,6 +272,28 @@ def test_device_errors_become_eio_after_retries(disk: Disk) -> None:
     assert "attempt 4" in log and "status 0x" in log
     # The driver serves on.
     assert disk.read(0, 0, SECTOR) == disk.image_bytes(0, SECTOR)
+
+
+def test_dma_on_a_shared_irq_line_takes_its_interrupts_as_notifies(disk: Disk) -> None:
+    """A DMA command waits for its interrupt inside its kernel call only on a line
+    no other hook shares; on a shared one the kernel says EBUSY, and the driver
+    goes on the notify way, so the other hook's owner sees every interrupt."""
+    disk.req(bp.BDEV_OPEN, minor=0, access=bp.BDEV_R_BIT)
+    wini_log, sharer_log = (disk.machine.run_dir / f"{n}.log" for n in ("at_wini", "sharer"))
+    assert "is shared" not in wini_log.read_text()
+    disk.system.rs.up([sys.executable, SHARER, "14"], label="sharer",
+                      conf="service sharer { irq 14; system irqctl; ipc ALL; };")  # fmt: skip
+    try:
+        assert "hooked IRQ 14" in sharer_log.read_text()
+        assert disk.read(0, 3 << 20, 65536) == disk.image_bytes(3 << 20, 65536)
+        assert "IRQ 14 is shared" in wini_log.read_text()
+        deadline = time.monotonic() + 5
+        while "interrupts" not in sharer_log.read_text():
+            assert time.monotonic() < deadline, "the sharer saw no interrupt"
+            time.sleep(0.01)
+        assert disk.read(0, 5 << 20, 4096) == disk.image_bytes(5 << 20, 4096)
+    finally:
+        disk.system.rs.down("sharer")
 
 
 def test_two_instances_share_the_controller_by_channel(disk: Disk) -> None:

@@ -17,7 +17,7 @@ import pytest
 from hwl import Machine, ipc
 from hwl.hw import ata
 from hwl.ipc.arena import Buffer
-from hwl.kernel.calls import MAX_BLOCKS
+from hwl.kernel.calls import IRQ_WAIT_US, MAX_BLOCKS
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
 from hwl.link.batch import Batch
@@ -376,6 +376,90 @@ def test_sdevio_blocks_on_a_shared_line_move_one_block_per_interrupt(process) ->
                                     ready=PIO_READY, irq_enable=hook_a, block=128)  # fmt: skip
                 assert moved.bytes == 512
             assert buf.read() == expected
+    finally:
+        a.irq_rmpolicy(hook_a)
+        b.irq_rmpolicy(hook_b)
+
+
+def test_vdevio_takes_a_commands_interrupt_inside_the_batch(process) -> None:  # type: ignore[no-untyped-def]
+    """Command, interrupt and status read in one call, as at_wini's DMA commands:
+    the interrupt the batch waited for is never the host's (no notify), and the
+    hook is armed for the next one."""
+    conn = process("ide0", IDE0)
+    hook = conn.irq_setpolicy(14)
+    try:
+        expected = identify(conn)
+        assert conn.receive(ipc.HARDWARE, timeout=5).is_notify
+        conn.irq_enable(hook)
+        b = identify_batch()
+        fired = b.irq_wait(14, IRQ_WAIT_US)
+        status = b.inb(0x1F7)  # acknowledges the interrupt
+        values = conn.vdevio(b, irq_enable=hook)
+        assert values[fired] == 1
+        assert values[status] & (ata.BSY | ata.DRQ) == ata.DRQ
+        with granted(conn, conn.endpoint) as (buf, grant):
+            conn.sdevio_in(0x1F0, 128, 4, conn.endpoint, grant)
+            assert buf.read() == expected
+        with pytest.raises(ipc.IpcTimeout):
+            conn.receive(ipc.HARDWARE, timeout=0.3)
+        assert_armed(conn, hook)
+    finally:
+        conn.irq_rmpolicy(hook)
+
+
+def test_a_vdevio_wait_that_times_out_leaves_the_interrupt_to_a_notify(process) -> None:  # type: ignore[no-untyped-def]
+    """No error: the wait's result is 0, what follows it did not run, and the
+    interrupt that comes later is a notify as usual."""
+    conn = process("ide0", IDE0)
+    hook = conn.irq_setpolicy(14)
+    try:
+        b = Batch()
+        b.inb(0x1F7)  # nothing pending, no command: nothing will interrupt
+        fired = b.irq_wait(14, 2000)
+        b.outb(0x1F6, 0xB0)  # would select the slave: must not run
+        assert conn.vdevio(b, irq_enable=hook)[fired] == 0
+        assert conn.devio_in(0x1F6) & 0x10 == 0, "the op after the wait ran"
+        assert_armed(conn, hook)
+    finally:
+        conn.irq_rmpolicy(hook)
+
+
+@pytest.mark.parametrize(
+    ("line", "timeout_us", "with_hook", "errno", "why"),
+    [
+        (14, 1000, False, Errno.EINVAL, "needs a hook"),
+        (15, 1000, True, Errno.EPERM, "not the hook's 14"),
+        (14, IRQ_WAIT_US + 1, True, Errno.EINVAL, f"at most {IRQ_WAIT_US}"),
+    ],
+)
+def test_vdevio_refuses_an_irq_wait_that_is_not_the_hooks(  # type: ignore[no-untyped-def]
+    process, line: int, timeout_us: int, with_hook: bool, errno: Errno, why: str
+) -> None:
+    conn = process("ide0", IDE0)
+    hook = conn.irq_setpolicy(14)
+    try:
+        b = Batch()
+        b.irq_wait(line, timeout_us)
+        with pytest.raises(ipc.IpcError) as err:
+            conn.vdevio(b, irq_enable=hook if with_hook else None)
+        assert err.value.errno is errno and why in str(err.value), err.value
+        assert_armed(conn, hook)  # nothing ran, nothing changed
+    finally:
+        conn.irq_rmpolicy(hook)
+
+
+def test_vdevio_refuses_an_irq_wait_on_a_shared_line(process) -> None:  # type: ignore[no-untyped-def]
+    """Another hook's owner must see every interrupt: EBUSY, and nothing ran."""
+    a, b = process("ide0", IDE0), process("ide0b", IDE0)
+    hook_a, hook_b = a.irq_setpolicy(14), b.irq_setpolicy(14)
+    try:
+        batch = identify_batch()
+        batch.irq_wait(14, 1000)
+        with pytest.raises(ipc.IpcError) as err:
+            a.vdevio(batch, irq_enable=hook_a)
+        assert err.value.errno is Errno.EBUSY and "shared" in str(err.value), err.value
+        with pytest.raises(ipc.IpcTimeout):  # the IDENTIFY in it was not issued either
+            a.receive(ipc.HARDWARE, timeout=0.3)
     finally:
         a.irq_rmpolicy(hook_a)
         b.irq_rmpolicy(hook_b)

@@ -63,6 +63,7 @@ CMD_FLUSH_EXT = 0xEA
 CMD_READ_MULTIPLE_EXT = 0x29
 CMD_WRITE_MULTIPLE = 0xC5
 CMD_WRITE_MULTIPLE_EXT = 0x39
+IRQ_WAIT_US = 10_000  # a DMA command's interrupt, waited for by the stub in its call
 MAX_MULTIPLE = 16  # PIO: sectors per DRQ block (and per interrupt), when the drive allows
 NIEN = 0x02
 SRST = 0x04
@@ -138,6 +139,7 @@ class AtWini:
         self.prd_size = -1
         self.scratch: tuple[int, int] | None = None  # (arena offset, own grant)
         self.busy = False
+        self.irq_wait = True  # DMA commands wait for their interrupt in their vdevio
         self.alarm_at = 0.0  # monotonic time the armed alarm fires (0: none armed)
         self.conn: Connection | None = None
 
@@ -366,11 +368,10 @@ class AtWini:
             drive.multiple = 1
 
     # ------------------------------------------------------------ interrupts
-    def _issued(self, what: str, lba: int) -> None:
+    def _issued(self, what: str) -> None:
         """A command is out; with ``hold``, linger before taking its interrupt."""
         if self.args.hold:
-            log.warning("holding %.3f s after %s at %d, before its interrupt", self.args.hold,
-                        what, lba)  # fmt: skip
+            log.warning("holding %.3f s after %s, before its interrupt", self.args.hold, what)
             time.sleep(self.args.hold)
 
     def _wait_intr(self) -> None:
@@ -419,8 +420,8 @@ class AtWini:
             values = self.conn.vdevio(b, irq_enable=self.hook)
             status = values[st]
             bm_status = values[bm_st] if bm_stop is not None else 0
-            if bm_stop is not None and bm_status & ata.BM_ACTIVE and not bm_status & ata.BM_IRQ:
-                raise CommandError(f"interrupt with the bus master still active ({bm_status:#04x})")
+            if bm_stop is not None:
+                self._check_bus_master(bm_status)
             if not status & ata.BSY:
                 return status, bm_status
 
@@ -482,7 +483,7 @@ class AtWini:
                          CMD_WRITE_MULTIPLE_EXT if multi else CMD_WRITE_EXT)  # fmt: skip
             st = b.wait(ch.cmd + ata.REG_STATUS, ata.BSY | ata.DRQ, ata.DRQ, ata.TIMEOUT_US)
             self._check(conn.vdevio(b)[st], "PIO write")
-            self._issued("PIO write", lba)
+            self._issued(f"PIO write at {lba}")
             # The first block goes when the command asks for it (DRQ), each next one
             # when an interrupt does; the last interrupt says it is written.
             self._blocks(drive, True, lba, count, endpoint, grant, at)
@@ -493,7 +494,7 @@ class AtWini:
                          ata.CMD_READ_MULTIPLE if multi else ata.CMD_READ_SECTORS,
                          CMD_READ_MULTIPLE_EXT if multi else CMD_READ_EXT)  # fmt: skip
             conn.vdevio(b)
-            self._issued("PIO read", lba)
+            self._issued(f"PIO read at {lba}")
             self._blocks(drive, False, lba, count, endpoint, grant, at)
 
     @property
@@ -553,18 +554,51 @@ class AtWini:
         else:
             self._select(b, drive, lba, count, ata.CMD_READ_DMA, ata.CMD_READ_DMA_EXT)
         b.outb(self.bm + ata.BM_COMMAND, direction | ata.BM_START)
-        conn.vdevio(b)
-        self._issued("DMA write" if write else "DMA read", lba)
+        what = f"DMA {'write' if write else 'read'} at {lba}"
         try:
-            status, bm_status = self._status_after_intr(bm_stop=direction)
+            status, bm_status = self._run_dma(b, direction, what)
         except CommandError:
             conn.vdevio(self._batch_out(self.bm + ata.BM_COMMAND, direction))
             raise
         if bm_status & ata.BM_ERROR:
             raise CommandError(f"bus-master error, status {bm_status:#04x}")
-        self._check(status, f"DMA {'write' if write else 'read'} at {lba}")
+        self._check(status, what)
         if not write:
             conn.dma_to_grant(self.dma, 0, size, endpoint, grant, at)
+
+    def _run_dma(self, command: Batch, direction: int, what: str) -> tuple[int, int]:
+        """Issue a DMA command and take its interrupt: (ATA status, bus-master
+        status). The command, the wait for its interrupt, the status reads and the
+        bus master's stop are one kernel call (the stub waits for the line inside
+        the batch), unless ``hold`` wants them apart or the line is shared; an
+        interrupt slower than IRQ_WAIT_US comes as a notify."""
+        assert self.conn is not None
+        if self.args.hold or not self.irq_wait:
+            self.conn.vdevio(command)
+            self._issued(what)
+            return self._status_after_intr(bm_stop=direction)
+        b = Batch(ops=list(command.ops))
+        fired = b.irq_wait(self.ch.irq, IRQ_WAIT_US)
+        bm_st = b.inb(self.bm + ata.BM_STATUS)
+        st = b.inb(self.ch.cmd + ata.REG_STATUS)
+        b.outb(self.bm + ata.BM_COMMAND, direction)
+        try:
+            values = self.conn.vdevio(b, irq_enable=self.hook)
+        except IpcError as exc:
+            if exc.errno is not Errno.EBUSY:
+                raise
+            log.info("IRQ %d is shared (%s): commands wait for its notify", self.ch.irq, exc)
+            self.irq_wait = False
+            return self._run_dma(command, direction, what)
+        if not values[fired] or values[st] & ata.BSY:  # slow, or busy still: as without
+            return self._status_after_intr(bm_stop=direction)
+        self._check_bus_master(values[bm_st])
+        return values[st], values[bm_st]
+
+    @staticmethod
+    def _check_bus_master(bm_status: int) -> None:
+        if bm_status & ata.BM_ACTIVE and not bm_status & ata.BM_IRQ:
+            raise CommandError(f"interrupt with the bus master still active ({bm_status:#04x})")
 
     def _io(
         self, drive: Drive, write: bool, lba: int, count: int, endpoint: int, grant: int, at: int

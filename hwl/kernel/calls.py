@@ -274,26 +274,34 @@ class Calls:
     def vdevio(self, proc: Proc, hook_id: int, ops: bytes) -> bytes | None:
         """``ops`` packed as the stub takes them (no codec: see ``wire.VDEVIO``);
         ``hook_id``: an IRQ hook to re-enable once the batch ran (a driver's status
-        read that acknowledges the interrupt, and its irqenable, in one call)."""
+        read that acknowledges the interrupt, and its irqenable, in one call).
+        With a hook the batch may wait for the hook's interrupt itself (IRQ_WAIT
+        ops on its line, at most IRQ_WAIT_US each, on a line no other hook
+        shares): a command, its interrupt and its status in one call. A wait
+        that times out is no error: its result is 0 and the ops after it did not
+        run; the line is armed, so the interrupt comes as a notify."""
         n, rest = divmod(len(ops), abi.OP_SIZE)
         if rest or not 0 < n <= abi.MAX_OPS:
             fail(Errno.EINVAL, f"vdevio: {len(ops)} bytes are not 1..{abi.MAX_OPS} ops")
         priv = proc.priv
-        if ops not in priv.checked_batches:  # a driver repeats the same few batches
-            self._check_vdevio_ops(proc, ops, n)
-            priv.remember_batch(ops)
         hook = None if hook_id == wire.NO_HOOK else self._hook_numbered(proc, hook_id)
+        waits = False
+        if ops not in priv.checked_batches:  # a driver repeats the same few batches
+            waits = self._check_vdevio_ops(proc, ops, n, hook)
+            if not waits:  # those carry an LBA, and are checked against the hook
+                priv.remember_batch(ops)
         irqs, run, nrun, unmasked = self.k.irqs, ops, n, None
         if hook is not None and n < abi.MAX_OPS:
-            unmasked = irqs.unmask_in_batch(hook)
+            unmasked = irqs.unmask_in_batch(hook, waited=waits)
             if unmasked is not None:
                 run, nrun = ops + _unmask_op(hook.line), n + 1
 
         def finish(status: int, failed: int, done: bytes) -> bytes:
-            if status != abi.ST_OK:
+            waited_out = status == abi.ST_TIMEOUT and _op_code(done, failed) == abi.OP_IRQ_WAIT
+            if status != abi.ST_OK and not (waits and waited_out):
                 self._stub_failure(status, failed, done)
             if hook is not None:
-                irqs.enable(hook, unmasked=unmasked)
+                irqs.enable(hook, unmasked=unmasked)  # a timed-out wait left it unmasked
             # results are each op's last word: no repacking, only an unmask cut off
             return done[: n * abi.OP_SIZE]
 
@@ -301,21 +309,29 @@ class Calls:
             proc, wire.VDEVIO, lambda link: link.submit_packed(run, nrun), nrun, finish
         )
 
-    def _check_vdevio_ops(self, proc: Proc, ops: bytes, n: int) -> None:
-        """Every op a port op on the caller's ports, waits and delays within bounds."""
+    def _check_vdevio_ops(self, proc: Proc, ops: bytes, n: int, hook: IrqHook | None) -> bool:
+        """Every op a port op on the caller's ports, waits and delays within
+        bounds, IRQ waits only on ``hook``'s line; returns whether there are any."""
         # The first word of each op is code | width << 8 | port << 16: the distinct
         # words, taken at C speed, are all a privilege check needs.
         words = set(memoryview(ops).cast("I")[:: abi.OP_SIZE // 4])  # (host order: x86)
         codes = {w & 0xFF for w in words}
+        allowed = VDEVIO_CODES if hook is None else VDEVIO_CODES | {abi.OP_IRQ_WAIT}
+        if not codes <= allowed:
+            bad = sorted(codes - allowed)
+            if hook is None and abi.OP_IRQ_WAIT in codes:
+                fail(Errno.EINVAL, "vdevio: an IRQ wait needs a hook (its interrupt)")
+            fail(Errno.EINVAL, f"vdevio: op codes {bad} are not port ops")
         if not words <= proc.priv.checked_ops:
-            if not codes <= VDEVIO_CODES:
-                bad = sorted(codes - VDEVIO_CODES)
-                fail(Errno.EINVAL, f"vdevio: op codes {bad} are not port ops")
             for w in words - proc.priv.checked_ops:
                 if w & 0xFF in PORT_CODES:
                     self._check_port(proc, "vdevio", w >> 16, w >> 8 & 0xFF)
             proc.priv.checked_ops |= words
-        if abi.OP_WAIT in codes or abi.OP_DELAY in codes:
+        waits = abi.OP_IRQ_WAIT in codes
+        if waits and hook is not None and not self.k.irqs.alone(hook):
+            fail(Errno.EBUSY, f"vdevio: IRQ {hook.line} is shared; its interrupts are not "
+                              "this caller's to wait for")  # fmt: skip
+        if waits or abi.OP_WAIT in codes or abi.OP_DELAY in codes:
             full = ops_struct(n).unpack(ops)
             for i in range(0, len(full), 6):
                 code, a, c = full[i], full[i + 3], full[i + 5]
@@ -325,6 +341,15 @@ class Calls:
                     fail(
                         Errno.EINVAL, f"vdevio: op {i // 6} delays {a} µs (at most {MAX_DELAY_US})"
                     )
+                if code == abi.OP_IRQ_WAIT:
+                    assert hook is not None
+                    if a != hook.line:
+                        fail(Errno.EPERM, f"vdevio: op {i // 6} waits for IRQ {a}, not the "
+                                          f"hook's {hook.line}")  # fmt: skip
+                    if c > IRQ_WAIT_US:
+                        fail(Errno.EINVAL, f"vdevio: op {i // 6} waits {c} µs for IRQ {a} "
+                                           f"(at most {IRQ_WAIT_US})")  # fmt: skip
+        return waits
 
     def do_sdevio(self, proc: Proc, f: dict[str, codec.Value]) -> Reply | None:
         """String I/O between a port and a grant, through a kernel-owned guest buffer.
@@ -827,6 +852,12 @@ class Calls:
 
 def _unmask_op(line: int) -> bytes:
     return abi.OP.pack(abi.OP_IRQ_UNMASK, 0, 0, line, 0, 0)
+
+
+def _op_code(ops: bytes, index: int) -> int:
+    """The code of op ``index`` in a finished batch (0 if there is no such op)."""
+    at = index * abi.OP_SIZE
+    return ops[at] if 0 <= at < len(ops) else 0
 
 
 def _op_result(ops: bytes, index: int) -> int:
