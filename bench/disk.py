@@ -47,6 +47,13 @@ figures:
   units by default) would otherwise dominate a kill a second from the second
   kill on, measuring the policy instead of the recovery.
 
+- path_floor_us: a request through client -> VFS -> at_wini and back that
+  touches no hardware (the geometry ioctl), the IPC and the servers' own work
+  every read pays. randread_floor_ratio and dma_read_floor_ratio are the best
+  randread_ratio and dma_read_ratio the path could reach in this run if a
+  read's hardware work and copies cost the driver no more than the native loop
+  takes: native / (native + path_floor_us).
+
 Every path read is checked against hd0.img (outside the timed parts, except in
 the kills phases); wrong bytes raise :class:`WrongData` and the benchmark fails.
 """
@@ -89,6 +96,7 @@ SEQ_MIB = 16  # MiB per sequential DMA run
 PIO_MIB = 1  # MiB per PIO run
 NATIVE_RANDS = 2000
 PATH_RANDS = 300
+FLOOR_CALLS = 300
 SECONDS = 5.0  # each phase of the kills figure
 KILL_OFFSET = 0.5  # the first kill, seconds into the phase; then one a second
 UP_TIMEOUT = 20.0
@@ -362,13 +370,28 @@ def read_for(
 
 
 # ------------------------------------------------------------------ run
+def floor_us(vfs: Vfs, fd: int) -> float:
+    """Mean time of a request that goes client -> VFS -> at_wini and back and
+    touches no hardware (the geometry ioctl): what every read pays on top of its
+    hardware work."""
+    start = time.perf_counter()
+    for _ in range(FLOOR_CALLS):
+        vfs.ioctl(fd, "geometry")
+    return (time.perf_counter() - start) / FLOOR_CALLS * 1e6
+
+
 def dma_figures(vfs: Vfs, image: Image, runs: int, native: Native) -> dict[str, float]:
     with opened(vfs, vp.O_RDWR) as fd:
         read = median_of(runs, lambda: seq_read_mb_s(vfs, fd, image, SEQ_MIB))
         write = median_of(runs, lambda: seq_write_mb_s(vfs, fd, image, SEQ_MIB))
         rng = random.Random(1)
         rand_us = median_of(runs, lambda: rand_read_us(vfs, fd, image, rng))
+        floor = median_of(runs, lambda: floor_us(vfs, fd))
+    native_mib_us = MIB / native.dma_read  # MB/s is bytes per µs
     return {
+        "path_floor_us": floor,
+        "randread_floor_ratio": native.rand_us / (native.rand_us + floor),
+        "dma_read_floor_ratio": native_mib_us / (native_mib_us + floor),
         "native_dma_read_mb_s": native.dma_read,
         "dma_read_mb_s": read,
         "dma_read_ratio": read / native.dma_read,
