@@ -94,7 +94,6 @@ class _State:
     opens: dict[tuple[int, int], int] = field(default_factory=dict)  # (client, minor) -> count
     mq: deque[Message] = field(default_factory=deque)
     table: BlockDriver | None = None
-    answer: tuple[int, int, Fields] | None = None  # the last reply, sent with the next receive
 
 
 _st = _State()
@@ -199,14 +198,8 @@ def driver_receive() -> Message:
     The last request's reply goes out with the receive, in one kernel round trip."""
     while True:
         if _st.mq:
-            _flush_reply()
+            sef.flush_reply()
             m = _st.mq.popleft()
-        elif _st.answer is not None:
-            dest, status, fields = _st.answer
-            _st.answer = None
-            m = sef.reply_receive(dest, status, fields)
-            if m.reply_errno is not None:
-                log.info("reply to %d not taken: %s", dest, m.reply_errno.name)
         else:
             m = sef.receive()
         if not m.is_notify and proto.is_request(m.m_type):
@@ -227,27 +220,13 @@ def driver_receive() -> Message:
 
 
 def _reply(m: Message, status: int, fields: Fields) -> None:
-    """Answer ``m``: kept for the next receive (a server's reply and receive are
-    one request to the kernel); an answer still kept goes first."""
+    """Answer ``m`` with the next receive (``sef.reply``)."""
     try:
         fields.setdefault("id", m.get("id"))
     except codec.CodecError:
         fields.setdefault("id", None)
     fields["gen"] = _st.gen
-    _flush_reply()
-    _st.answer = (m.source, status, fields)
-
-
-def _flush_reply() -> None:
-    """Send the kept answer now (before anything but the main loop's receive)."""
-    if _st.answer is None:
-        return
-    dest, status, fields = _st.answer
-    _st.answer = None
-    try:
-        sef.connection().sendnb(dest, status, fields)
-    except IpcError as exc:
-        log.info("reply to %d not taken: %s", dest, exc)
+    sef.reply(m.source, status, fields)
 
 
 # --------------------------------------------------------------------- loop
@@ -260,7 +239,7 @@ def task(table: BlockDriver) -> None:
             process(table, m)
     finally:
         with contextlib.suppress(KernelGone):
-            _flush_reply()  # SIGTERM between a request's end and the next receive
+            sef.flush_reply()  # SIGTERM between a request's end and the next receive
         if table.cleanup is not None:
             table.cleanup()
 

@@ -160,6 +160,7 @@ class Sef:
         self.cb_lu_state_dump: StateDumpCallback = lu_state_dump_null
         self.cb_lu_state_save: StateSaveCallback = lu_state_save_null
         self.cb_signal_handler: SignalCallback = signal_handler_term
+        self.kept: tuple[int, int, Fields | bytes | None] | None = None  # see reply()
 
     @property
     def conn(self) -> Connection:
@@ -245,10 +246,38 @@ class Sef:
         return self.cb_init_fresh
 
     # -------------------------------------------------------------- receive
+    def reply(self, dest: int, m_type: int, fields: Fields | bytes | None = None) -> None:
+        """Answer ``dest`` with the next receive (``reply_receive``: one kernel round
+        trip for both); a reply kept already goes out first."""
+        self.flush_reply()
+        self.kept = (dest, m_type, fields)
+
+    def flush_reply(self) -> None:
+        """Send the kept reply now: before the service waits for anything else."""
+        if self.kept is None:
+            return
+        dest, m_type, fields = self.kept
+        self.kept = None
+        try:
+            self.conn.sendnb(dest, m_type, fields)
+        except IpcError as exc:
+            log.info("reply to %d not taken: %s", dest, exc)
+
     def receive(self, nested: bool = False) -> Message:
         """The next message for the service itself; system events are handled here.
         ``nested``: called in the middle of a piece of work, where no live-update
-        state may count as reached (a request arriving is noted for later)."""
+        state may count as reached (a request arriving is noted for later).
+        A reply kept by ``reply`` goes out with it."""
+        if self.kept is not None:
+            if nested:
+                self.flush_reply()
+            else:
+                dest, m_type, fields = self.kept
+                self.kept = None
+                m = self.reply_receive(dest, m_type, fields)
+                if m.reply_errno is not None:
+                    log.info("reply to %d not taken: %s", dest, m.reply_errno.name)
+                return m
         conn = self.conn
         while True:
             if self.lu_state != LuState.NULL and not nested:
@@ -376,6 +405,14 @@ def receive(nested: bool = False) -> Message:
 
 def reply_receive(dest: int, m_type: int, fields: Fields | bytes | None = None) -> Message:
     return _sef.reply_receive(dest, m_type, fields)
+
+
+def reply(dest: int, m_type: int, fields: Fields | bytes | None = None) -> None:
+    _sef.reply(dest, m_type, fields)
+
+
+def flush_reply() -> None:
+    _sef.flush_reply()
 
 
 def serve(handle: Callable[[Message], tuple[int, Fields] | None]) -> NoReturn:

@@ -128,7 +128,6 @@ class VfsServer:
         self.ds: Ds | None = None
         self.bounce: Buffer | None = None
         self.alarm_at: float | None = None  # monotonic deadline of the armed alarm
-        self.answer: tuple[int, int, Fields] | None = None  # sent with the next receive
 
     @property
     def conn(self) -> Connection:
@@ -152,7 +151,7 @@ class VfsServer:
     def serve(self) -> None:
         try:
             while True:
-                m = self.receive()
+                m = sef.receive()
                 try:
                     self.dispatch(m)
                 except Exception:  # a bug must not take the file system down
@@ -161,7 +160,7 @@ class VfsServer:
                         self.reply(m, -int(Errno.EGENERIC), {"error": "internal error"})
         finally:
             with contextlib.suppress(KernelGone):
-                self.flush()  # SIGTERM between a reply and the next receive
+                sef.flush_reply()  # SIGTERM between a reply and the next receive
 
     def dispatch(self, m: Message) -> None:
         if m.is_notify:
@@ -196,32 +195,9 @@ class VfsServer:
             driver.pending.append(op)
             self.retry(driver)
 
-    def receive(self) -> Message:
-        """The next message; the last reply goes out with it, in one kernel request."""
-        if self.answer is None:
-            return sef.receive()
-        dest, status, fields = self.answer
-        self.answer = None
-        m = sef.reply_receive(dest, status, fields)
-        if m.reply_errno is not None:
-            log.info("reply to %d not taken: %s", dest, m.reply_errno.name)
-        return m
-
     def reply(self, m: Message, status: int, fields: Fields | None = None) -> None:
-        """Answer ``m``: kept for the next receive; an answer still kept goes first."""
-        self.flush()
-        self.answer = (m.source, status, fields or {})
-
-    def flush(self) -> None:
-        """Send the kept answer now: before VFS waits for another process."""
-        if self.answer is None:
-            return
-        dest, status, fields = self.answer
-        self.answer = None
-        try:
-            self.conn.sendnb(dest, status, fields)
-        except IpcError as exc:
-            log.info("reply to %d not taken: %s", dest, exc)
+        """Answer ``m`` with the next receive (``sef.reply``)."""
+        sef.reply(m.source, status, fields or {})
 
     # ------------------------------------------------------------ requests
     def make_op(self, m: Message) -> Op | None:
@@ -427,7 +403,7 @@ class VfsServer:
     def call(self, driver: Driver, m_type: int, **fields: codec.Value) -> tuple[int, Fields]:
         """One request to the driver; a dead or new incarnation raises DriverDown,
         another failure Refused."""
-        self.flush()
+        sef.flush_reply()
         ep = self.endpoint(driver)
         if driver.gen is not None and m_type != bp.BDEV_OPEN:
             fields["gen"] = driver.gen
@@ -555,7 +531,7 @@ class VfsServer:
 
     def ds_changes(self) -> None:
         assert self.ds is not None
-        self.flush()
+        sef.flush_reply()
         try:
             changed = [key for key, _type in self.ds.changes()]
         except DsError as exc:
