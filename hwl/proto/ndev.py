@@ -1,0 +1,235 @@
+"""NDEV: the network-driver protocol (MINIX 3.4's, with frames carried inline).
+
+A client (INET, a test, ``hwl net``) talks to one NIC driver built on
+:mod:`hwl.driver.netdriver`. Requests carry ``id`` (echoed in the reply) and
+``sync`` (true: the client waits in ``sendrec`` and the reply goes with the
+driver's next receive; false: the client sent with ``senda`` and the reply comes
+back by ``senda``). Replies have their own message types and a ``result``: a
+count, 0, or a negative MINIX errno with ``error`` saying why.
+
+- ``INIT``: the first request to an incarnation; requests before it are dropped
+  without a reply (a restarted driver must be re-initialised by its client, which
+  learns of the restart from DS's ``drv.net.<label>`` key). The reply names the
+  card: ``hwaddr`` (6 bytes), ``name``, ``link``, ``caps``, ``max_send``/``max_recv``
+  (frames per request). The client becomes the one that gets STATUS messages.
+- ``CONF``: ``set`` (a mask of CONF_*) and the values it names: ``mode`` (MODE_*),
+  ``mcast`` (a list of 6-byte addresses). DOWN answers every pending request EINTR.
+- ``SEND``: ``frames``, a list of 14..1514-byte Ethernet frames without FCS (the
+  driver pads to 60); answered with the count sent once they have left.
+- ``RECV``: up to ``max`` frames; answered at once if frames are waiting, else when
+  they arrive. Several RECVs may be pending; they are answered in order.
+- ``STATUS`` (driver to client, unsolicited, by ``senda``): link state and counters;
+  the client answers ``STATUS_REPLY`` before the next one is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from hwl.proto.fields import FieldError, get_bytes, get_int, get_list
+
+NDEV_BASE: Final = 0x1A00
+INIT: Final = NDEV_BASE + 1
+CONF: Final = NDEV_BASE + 2
+SEND: Final = NDEV_BASE + 3
+RECV: Final = NDEV_BASE + 4
+STATUS_REPLY: Final = NDEV_BASE + 5
+
+REPLY_BASE: Final = 0x1A80
+INIT_REPLY: Final = REPLY_BASE + 1
+CONF_REPLY: Final = REPLY_BASE + 2
+SEND_REPLY: Final = REPLY_BASE + 3
+RECV_REPLY: Final = REPLY_BASE + 4
+STATUS: Final = REPLY_BASE + 5
+
+REQUEST_NAMES: Final = {
+    INIT: "init",
+    CONF: "conf",
+    SEND: "send",
+    RECV: "recv",
+    STATUS_REPLY: "status_reply",
+}
+REPLY_OF: Final = {INIT: INIT_REPLY, CONF: CONF_REPLY, SEND: SEND_REPLY, RECV: RECV_REPLY}
+
+# CONF ``set`` bits
+CONF_MODE: Final = 0x01
+CONF_MCAST: Final = 0x02
+# modes (MINIX's NDEV_MODE_*)
+MODE_DOWN: Final = 0x00
+MODE_UP: Final = 0x01
+MODE_BCAST: Final = 0x02
+MODE_MCAST_LIST: Final = 0x04
+MODE_MCAST_ALL: Final = 0x08
+MODE_PROMISC: Final = 0x10
+MODE_MASK: Final = 0x1F
+MAX_MCAST: Final = 16  # more multicast addresses: the driver takes MCAST_ALL
+
+ETH_MIN: Final = 60  # without FCS; shorter frames are padded by the driver
+ETH_MAX: Final = 1514
+ETH_HEADER: Final = 14
+#: Frame bytes per SEND request or RECV reply: the rest of an 8 KiB message is the codec's.
+MAX_FRAME_BYTES: Final = 7936
+MAX_FRAMES: Final = 128  # frames per SEND request or RECV reply
+
+#: The value of ``drv.net.<label>`` in DS once the driver is up (MINIX's DS_DRIVER_UP).
+DS_DRIVER_UP: Final = 1
+
+
+def is_request(m_type: int) -> bool:
+    return m_type in REQUEST_NAMES
+
+
+def _id(f: Mapping[str, object]) -> int:
+    return get_int(f, "id", 0, (1 << 31) - 1, 0)
+
+
+def _sync(f: Mapping[str, object]) -> bool:
+    value = f.get("sync", False)
+    if not isinstance(value, bool):
+        raise FieldError(f"field 'sync' must be a boolean, not {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class Init:
+    id: int
+    sync: bool
+
+    @classmethod
+    def from_fields(cls, f: Mapping[str, object]) -> Init:
+        return cls(_id(f), _sync(f))
+
+
+@dataclass(frozen=True)
+class Conf:
+    id: int
+    sync: bool
+    set: int
+    mode: int
+    mcast: tuple[bytes, ...] = ()
+
+    @classmethod
+    def from_fields(cls, f: Mapping[str, object]) -> Conf:
+        what = get_int(f, "set", 0, CONF_MODE | CONF_MCAST)
+        mode = get_int(f, "mode", 0, MODE_MASK, MODE_DOWN) if what & CONF_MODE else MODE_DOWN
+        mcast: list[bytes] = []
+        if what & CONF_MCAST:
+            for i, addr in enumerate(get_list(f, "mcast", 256)):
+                if not isinstance(addr, bytes) or len(addr) != 6:
+                    raise FieldError(f"mcast[{i}] is not a 6-byte address")
+                mcast.append(addr)
+        return cls(_id(f), _sync(f), what, mode, tuple(mcast))
+
+
+@dataclass(frozen=True)
+class Send:
+    id: int
+    sync: bool
+    frames: tuple[bytes, ...]
+
+    @classmethod
+    def from_fields(cls, f: Mapping[str, object]) -> Send:
+        raw = get_list(f, "frames", MAX_FRAMES)
+        if not raw:
+            raise FieldError("field 'frames' is empty")
+        frames: list[bytes] = []
+        for i, frame in enumerate(raw):
+            if not isinstance(frame, bytes):
+                raise FieldError(f"frames[{i}] is not bytes")
+            if not ETH_HEADER <= len(frame) <= ETH_MAX:
+                raise FieldError(f"frames[{i}] is {len(frame)} bytes ({ETH_HEADER}..{ETH_MAX})")
+            frames.append(frame)
+        return cls(_id(f), _sync(f), tuple(frames))
+
+
+@dataclass(frozen=True)
+class Recv:
+    id: int
+    sync: bool
+    max: int
+
+    @classmethod
+    def from_fields(cls, f: Mapping[str, object]) -> Recv:
+        return cls(_id(f), _sync(f), get_int(f, "max", 1, MAX_FRAMES, MAX_FRAMES))
+
+
+@dataclass(frozen=True)
+class StatusReply:
+    id: int
+
+    @classmethod
+    def from_fields(cls, f: Mapping[str, object]) -> StatusReply:
+        return cls(_id(f))
+
+
+Request = Init | Conf | Send | Recv | StatusReply
+_PARSERS: Final[dict[int, Callable[[Mapping[str, object]], Request]]] = {
+    INIT: Init.from_fields,
+    CONF: Conf.from_fields,
+    SEND: Send.from_fields,
+    RECV: Recv.from_fields,
+    STATUS_REPLY: StatusReply.from_fields,
+}
+
+
+def parse(m_type: int, fields: Mapping[str, object]) -> Request:
+    """The typed request of a message; FieldError names the bad field."""
+    parser = _PARSERS.get(m_type)
+    if parser is None:
+        raise FieldError(f"message type {m_type:#x} is not an NDEV request")
+    return parser(fields)
+
+
+@dataclass
+class Stats:
+    """A driver's counters (STATUS carries them; ``hwl up`` shows them)."""
+
+    sent: int = 0
+    received: int = 0
+    oerror: int = 0  # frames that could not be sent
+    ierror: int = 0  # frames the device flagged bad
+    iqdrop: int = 0  # frames dropped for want of room (the device's or ours)
+    dropped_requests: int = 0  # requests dropped before INIT
+    bad_requests: int = 0  # malformed requests answered EINVAL
+
+    def as_fields(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class InitReply:
+    """What INIT answers: the card as the client will drive it."""
+
+    hwaddr: bytes
+    name: str
+    link: bool
+    caps: int = 0
+    max_send: int = MAX_FRAMES
+    max_recv: int = MAX_FRAMES
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_fields(cls, f: Mapping[str, object]) -> InitReply:
+        name = f.get("name", "")
+        link = f.get("link", False)
+        return cls(
+            hwaddr=get_bytes(f, "hwaddr", 6),
+            name=name if isinstance(name, str) else "",
+            link=bool(link),
+            caps=get_int(f, "caps", 0, 0xFFFFFFFF, 0),
+            max_send=get_int(f, "max_send", 1, MAX_FRAMES, MAX_FRAMES),
+            max_recv=get_int(f, "max_recv", 1, MAX_FRAMES, MAX_FRAMES),
+        )
+
+
+def frames_fit(frames: list[bytes], start: int, limit: int) -> int:
+    """How many of ``frames[start:]`` (at most ``limit``) fit in one message."""
+    total = n = 0
+    for frame in frames[start:]:
+        if n >= limit or total + len(frame) + 6 > MAX_FRAME_BYTES:
+            break
+        total += len(frame) + 6
+        n += 1
+    return n
