@@ -17,7 +17,7 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-#define HWL_ABI_VERSION 2u
+#define HWL_ABI_VERSION 3u
 #define HWL_MAGIC 0x314c5748u       /* "HWL1" read as little-endian bytes */
 
 #define HWL_NSLOTS 8u               /* request slots in the ring */
@@ -45,10 +45,21 @@ typedef unsigned long long u64;
                                   posted after the slot is published. c := 1 if it fired;
                                   on timeout the slot ends with HWL_ST_TIMEOUT and the
                                   line is left unmasked */
+#define HWL_OP_MMIO_RD 10u     /* c := load<width>(a): a volatile load of exactly that width
+                                  from guest-physical a (1, 2 or 4; QEMU's e1000 takes 4) */
+#define HWL_OP_MMIO_WR 11u     /* store<width>(a, b) */
+#define HWL_OP_MMIO_WAIT 12u   /* poll load<width>(a) until (v & b) == c, at most
+                                  port * 10 µs (port 0: one read); c := last value read;
+                                  on timeout the slot ends with HWL_ST_TIMEOUT as WAIT's.
+                                  MMIO ops: a must be at or above ctl.ram_bytes (never
+                                  RAM, the stub's own included), aligned to the width,
+                                  and a + width must not wrap; else HWL_ST_BADARG */
+#define HWL_MMIO_WAIT_UNIT_US 10u
 #define HWL_OP_NATIVE_PIO 16u  /* native loops: b = guest phys addr of a struct hwl_native; */
 #define HWL_OP_NATIVE_DMA 17u  /*   c := its status. See struct hwl_native. */
 #define HWL_OP_NATIVE_RAND 18u
 #define HWL_OP_NATIVE_DMA_WRITE 19u
+/* 20..23: reserved for the NIC native loops (native_nic.c). */
 
 /* Slot / native status codes. */
 #define HWL_ST_OK 0u

@@ -49,6 +49,35 @@ static void rep_outs(u32 width, u16 port, u32 addr, u32 count)
         asm volatile("rep outsl" : "+S"(p), "+c"(count) : "d"(port) : "memory");
 }
 
+/* MMIO: device memory only, above every byte of RAM (the stub's own included),
+ * naturally aligned, no wrap-around. */
+static int mmio_ok(u32 addr, u32 width)
+{
+    return width_ok(width) && addr >= stub_ram_bytes && (addr & (width - 1)) == 0 &&
+           (u64)addr + width <= 0x100000000ull;
+}
+
+/* Exactly one access of exactly `width` bytes: QEMU's e1000 registers are 32-bit
+ * only, and a split or widened access would be another register access. */
+static u32 mmio_read(u32 width, u32 addr)
+{
+    if (width == 1)
+        return *(volatile u8 *)addr;
+    if (width == 2)
+        return *(volatile u16 *)addr;
+    return *(volatile u32 *)addr;
+}
+
+static void mmio_write(u32 width, u32 addr, u32 v)
+{
+    if (width == 1)
+        *(volatile u8 *)addr = (u8)v;
+    else if (width == 2)
+        *(volatile u16 *)addr = (u16)v;
+    else
+        *(volatile u32 *)addr = v;
+}
+
 /* Lines the host may not touch: 2 = cascade, 3 = COM2 doorbell, 4 = COM1 log. */
 static int line_ok(u32 line)
 {
@@ -106,6 +135,34 @@ static u32 run_op(volatile struct hwl_op *op)
                 return HWL_ST_OK;
             }
             if (c == 0 || expired(dl)) {
+                op->c = v;
+                return HWL_ST_TIMEOUT;
+            }
+        }
+
+    case HWL_OP_MMIO_RD:
+        if (!mmio_ok(a, width))
+            return HWL_ST_BADARG;
+        op->c = mmio_read(width, a);
+        return HWL_ST_OK;
+
+    case HWL_OP_MMIO_WR:
+        if (!mmio_ok(a, width))
+            return HWL_ST_BADARG;
+        mmio_write(width, a, b);
+        return HWL_ST_OK;
+
+    case HWL_OP_MMIO_WAIT:
+        if (!mmio_ok(a, width))
+            return HWL_ST_BADARG;
+        dl = deadline_us((u32)port * HWL_MMIO_WAIT_UNIT_US);
+        for (;;) {
+            v = mmio_read(width, a);
+            if ((v & b) == c) {
+                op->c = v;
+                return HWL_ST_OK;
+            }
+            if (port == 0 || expired(dl)) {
                 op->c = v;
                 return HWL_ST_TIMEOUT;
             }

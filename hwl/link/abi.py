@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-ABI_VERSION: Final = 2
+ABI_VERSION: Final = 3
 MAGIC: Final = 0x314C5748
 
 NSLOTS: Final = 8
@@ -26,6 +26,12 @@ OP_DELAY: Final = 6
 OP_IRQ_UNMASK: Final = 7
 OP_IRQ_MASK: Final = 8
 OP_IRQ_WAIT: Final = 9
+OP_MMIO_RD: Final = 10
+OP_MMIO_WR: Final = 11
+OP_MMIO_WAIT: Final = 12
+MMIO_WAIT_UNIT_US: Final = 10  # MMIO_WAIT's timeout: the op's port field in these units
+MMIO_WAIT_MAX_US: Final = 0xFFFF * MMIO_WAIT_UNIT_US
+MMIO_CODES: Final = frozenset({OP_MMIO_RD, OP_MMIO_WR, OP_MMIO_WAIT})
 OP_NATIVE_PIO: Final = 16
 OP_NATIVE_DMA: Final = 17
 OP_NATIVE_RAND: Final = 18

@@ -1,4 +1,4 @@
-"""Batches: port operations that the stub executes in one round trip.
+"""Batches: port and MMIO operations that the stub executes in one round trip.
 
 A batch is built up with calls that mirror the single operations (``inb``,
 ``outl``, ``wait``, ``ins`` …); each call that produces a value returns an index
@@ -69,6 +69,11 @@ class Batch:
                 raise ValueError(f"width must be 1, 2 or 4 bytes, not {width}")
             if not 0 <= port <= 0xFFFF:
                 raise ValueError(f"port {port:#x} is outside 0..0xffff")
+        elif code in abi.MMIO_CODES:
+            if width not in _WIDTHS:
+                raise ValueError(f"width must be 1, 2 or 4 bytes, not {width}")
+            if a % width or a + width > 1 << 32:
+                raise ValueError(f"MMIO address {a:#x} is not {width}-byte aligned below 4 GiB")
         for name, value in (("a", a), ("b", b), ("c", c)):
             if not 0 <= value <= 0xFFFFFFFF:
                 raise ValueError(f"operand {name}={value} does not fit in 32 bits")
@@ -111,6 +116,26 @@ class Batch:
 
     def out(self, port: int, value: int, width: int) -> None:
         self._add(abi.OP_OUT, width, port, value & ((1 << (8 * width)) - 1))
+
+    # memory-mapped I/O (a device's memory BAR; never RAM)
+    def mmio_read(self, addr: int, width: int = 4) -> int:
+        """One volatile load of exactly ``width`` bytes at guest-physical ``addr``."""
+        return self._add(abi.OP_MMIO_RD, width, 0, addr)
+
+    def mmio_write(self, addr: int, value: int, width: int = 4) -> None:
+        """One volatile store of exactly ``width`` bytes (e1000 registers: 4 only)."""
+        self._add(abi.OP_MMIO_WR, width, 0, addr, value & ((1 << (8 * width)) - 1))
+
+    def mmio_wait(
+        self, addr: int, mask: int, value: int, timeout_us: int = 100_000, width: int = 4
+    ) -> int:
+        """Poll ``addr`` until ``(v & mask) == value``; the result is the last value
+        read. The timeout travels in 10 µs units (at most 655 350 µs; 0: one read).
+        On timeout the rest of the batch is not run and execute raises."""
+        units = -(-timeout_us // abi.MMIO_WAIT_UNIT_US)
+        if not 0 <= units <= 0xFFFF:
+            raise ValueError(f"MMIO wait of {timeout_us} µs (at most {abi.MMIO_WAIT_MAX_US})")
+        return self._add(abi.OP_MMIO_WAIT, width, units, addr, mask, value)
 
     # string operations
     def ins(

@@ -1,4 +1,4 @@
-"""The link to the guest stub: port I/O, string I/O, DMA memory and IRQs.
+"""The link to the guest stub: port I/O, MMIO, string I/O, DMA memory and IRQs.
 
 Requests go through a ring of slots in shared guest RAM. The host writes a
 slot and bumps ``req_head``; the stub, polling, runs the slot and bumps
@@ -303,13 +303,13 @@ class Link:
         start = ticket.slot + abi.SLOT_OPS
         return status, fail, bytes(self._mem[start : start + nops * abi.OP_SIZE])
 
-    def _single(self, code: int, width: int, port: int, a: int = 0) -> int:
+    def _single(self, code: int, width: int, port: int, a: int = 0, b: int = 0) -> int:
         with self._lock:
             slot = self._slot_addr()
-            abi.OP.pack_into(self._mem, slot + abi.SLOT_OPS, code, width, port, a, 0, 0)
+            abi.OP.pack_into(self._mem, slot + abi.SLOT_OPS, code, width, port, a, b, 0)
             self._round_trip(slot, 1, 10.0)
             if _U32.unpack_from(self._mem, slot + abi.SLOT_STATUS)[0] != abi.ST_OK:
-                self._raise_for(slot, [(code, width, port, a, 0, 0)], 0)
+                self._raise_for(slot, [(code, width, port, a, b, 0)], 0)
             value: int = _U32.unpack_from(self._mem, slot + abi.SLOT_OPS + abi.OP_C_OFFSET)[0]
             return value
 
@@ -330,6 +330,17 @@ class Link:
 
     def outl(self, port: int, value: int) -> None:
         self._single(abi.OP_OUT, 4, port, value & 0xFFFFFFFF)
+
+    def mmio_read(self, addr: int, width: int = 4) -> int:
+        """One load of ``width`` bytes from device memory at ``addr`` (not RAM)."""
+        b = Batch()
+        i = b.mmio_read(addr, width)
+        return self.execute(b)[i]
+
+    def mmio_write(self, addr: int, value: int, width: int = 4) -> None:
+        b = Batch()
+        b.mmio_write(addr, value, width)
+        self.execute(b)
 
     def nop(self, value: int = 0) -> int:
         """A round trip that touches no device: echoes ``value``."""
