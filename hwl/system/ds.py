@@ -21,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TypeVar
 
-from hwl.ipc import codec
 from hwl.ipc.client import ClientError, IpcError, Message
-from hwl.kernel.errno import Errno, errno_of
-from hwl.system import proto
-from hwl.system.proto import DsFlag
+from hwl.proto import codec
+from hwl.proto import ds as dsp
+from hwl.proto.ds import DsFlag
+from hwl.proto.errno import Errno, errno_of
 from hwl.system.rs import ServerClient
 
 __all__ = ["Ds", "DsError"]
@@ -78,18 +78,18 @@ class Ds(ServerClient):
     ) -> None:
         fields: dict[str, codec.Value] = {"key": key, "type": type_, "value": value}
         fields["flags"] = _flags(private=private, overwrite=overwrite)
-        self._call(f"publish {key}", proto.DS_PUBLISH, fields)
+        self._call(f"publish {key}", dsp.DS_PUBLISH, fields)
 
     def retrieve(self, key: str, type_: str) -> tuple[int | str | bytes, str]:
         """The value of ``key`` and its owner's label."""
-        reply = self._call(f"retrieve {key}", proto.DS_RETRIEVE, {"key": key, "type": type_})
+        reply = self._call(f"retrieve {key}", dsp.DS_RETRIEVE, {"key": key, "type": type_})
         value, owner = reply.get("value"), reply.get("owner")
         if not isinstance(value, (int, str, bytes)) or not isinstance(owner, str):
             raise DsError(Errno.EGENERIC, f"retrieve {key}", f"malformed reply {reply.fields}")
         return value, owner
 
     def delete(self, key: str, type_: str) -> None:
-        self._call(f"delete {key}", proto.DS_DELETE, {"key": key, "type": type_})
+        self._call(f"delete {key}", dsp.DS_DELETE, {"key": key, "type": type_})
 
     # ------------------------------------------------------------- per type
     def publish_u32(
@@ -122,7 +122,7 @@ class Ds(ServerClient):
 
     def retrieve_label(self, label: str) -> int:
         """The endpoint RS published for ``label``."""
-        reply = self._call(f"retrieve_label {label}", proto.DS_RETRIEVE_LABEL, {"label": label})
+        reply = self._call(f"retrieve_label {label}", dsp.DS_RETRIEVE_LABEL, {"label": label})
         endpoint = reply.get("endpoint")
         if not isinstance(endpoint, int):
             raise DsError(Errno.EGENERIC, "retrieve_label", f"malformed reply {reply.fields}")
@@ -131,7 +131,7 @@ class Ds(ServerClient):
     def retrieve_label_name(self, endpoint: int) -> str:
         """The label RS published for ``endpoint``."""
         reply = self._call(
-            f"retrieve_label {endpoint}", proto.DS_RETRIEVE_LABEL, {"endpoint": endpoint}
+            f"retrieve_label {endpoint}", dsp.DS_RETRIEVE_LABEL, {"endpoint": endpoint}
         )
         label = reply.get("label")
         if not isinstance(label, str):
@@ -163,7 +163,7 @@ class Ds(ServerClient):
         one changes. ``initial`` reports the keys that already match as changed;
         ``overwrite`` replaces this process's subscription (else EEXIST)."""
         flags = _flags(initial=initial, overwrite=overwrite)
-        self._call("subscribe", proto.DS_SUBSCRIBE, {"regex": regex, "flags": flags})
+        self._call("subscribe", dsp.DS_SUBSCRIBE, {"regex": regex, "flags": flags})
 
     def check(self) -> tuple[str, str] | None:
         """One changed key as (key, type), or None when nothing changed."""
@@ -173,7 +173,7 @@ class Ds(ServerClient):
     def check_owner(self) -> tuple[str, str, str] | None:
         """As :meth:`check`, with the label of the entry's owner: (key, type, owner)."""
         try:
-            reply = self._call("check", proto.DS_CHECK, {})
+            reply = self._call("check", dsp.DS_CHECK, {})
         except DsError as exc:
             if exc.errno is Errno.ENOENT:
                 return None

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, Self
 
 from hwl.errors import HwlError
-from hwl.ipc import codec, wire
 from hwl.ipc.client import ClientError, Connection, IpcError, Message
-from hwl.kernel.errno import Errno
-from hwl.system import proto
-from hwl.system.proto import LuState, Policy, UpdateFlag
+from hwl.proto import codec, wire
+from hwl.proto import rs as rsp
+from hwl.proto.errno import Errno
+from hwl.proto.rs import Policy, UpdateFlag
+from hwl.proto.sef import LuState
 
 KERNEL_SOCKET: Final = wire.SOCKET_NAME  # where user processes attach
 
@@ -307,7 +308,7 @@ class Rs:
     # -------------------------------------------------------------- requests
     def request(self, m_type: int, fields: dict[str, codec.Value] | None = None) -> Message:
         """Send one request and return RS's reply; raise :class:`RsError` on failure."""
-        name = proto.RS_REQUEST_NAMES.get(m_type, f"request {m_type:#x}")
+        name = rsp.RS_REQUEST_NAMES.get(m_type, f"request {m_type:#x}")
         try:
             reply = self.conn.sendrec(self.endpoint, m_type, fields or {}, timeout=self.timeout)
         except IpcError as exc:
@@ -350,35 +351,35 @@ class Rs:
         interpreter instead of a fork of the preloaded one.
         """
         fields = up_fields(program_argv, label, period, script, conf, dev, restarts, policy, cold)
-        return reply_endpoint(self.request(proto.RS_UP, fields), "up")
+        return reply_endpoint(self.request(rsp.RS_UP, fields), "up")
 
     def down(self, label: str) -> None:
         """Stop a service for good (RS will not restart it)."""
-        self._label_request(proto.RS_DOWN, label)
+        self._label_request(rsp.RS_DOWN, label)
 
     def refresh(self, label: str) -> None:
         """Stop a service and let RS start it again (a restart on demand)."""
-        self._label_request(proto.RS_REFRESH, label)
+        self._label_request(rsp.RS_REFRESH, label)
 
     def restart(self, label: str) -> None:
         """Restart a service; RS accepts this only from its recovery script."""
-        self._label_request(proto.RS_RESTART, label)
+        self._label_request(rsp.RS_RESTART, label)
 
     def clone(self, label: str) -> None:
         """Keep a warm replica of a service, ready to take over when it dies."""
-        self._label_request(proto.RS_CLONE, label)
+        self._label_request(rsp.RS_CLONE, label)
 
     def unclone(self, label: str) -> None:
         """Drop a service's replica."""
-        self._label_request(proto.RS_UNCLONE, label)
+        self._label_request(rsp.RS_UNCLONE, label)
 
     def lookup(self, label: str) -> int:
         """The endpoint of the service called ``label`` (ESRCH: none)."""
-        return reply_endpoint(self._label_request(proto.RS_LOOKUP, label), "lookup")
+        return reply_endpoint(self._label_request(rsp.RS_LOOKUP, label), "lookup")
 
     def shutdown(self) -> None:
         """Stop every service; RS restarts nothing from then on."""
-        self.request(proto.RS_SHUTDOWN)
+        self.request(rsp.RS_SHUTDOWN)
 
     def update(
         self,
@@ -397,17 +398,17 @@ class Rs:
         ``flags``: :class:`UpdateFlag` (prepare only, forced init failures);
         ``conf``: the new version's system.conf entry (None: keep RS's).
         """
-        self.request(proto.RS_UPDATE, update_fields(label, argv, state, maxtime, flags, conf))
+        self.request(rsp.RS_UPDATE, update_fields(label, argv, state, maxtime, flags, conf))
 
     def edit(self, label: str, **changes: Any) -> None:
         """Change what RS uses for a service's next start: any of ``argv``, ``period``,
         ``script``, ``conf``, ``dev``, ``restarts``, ``policy``, ``cold`` (as in
         :meth:`up`; ``""`` clears a string)."""
-        self.request(proto.RS_EDIT, edit_fields(label, **changes))
+        self.request(rsp.RS_EDIT, edit_fields(label, **changes))
 
     def status(self) -> list[ServiceStatus]:
         """RS's service table, one row per service."""
-        return parse_status(self.request(proto.RS_STATUS))
+        return parse_status(self.request(rsp.RS_STATUS))
 
     def _label_request(self, m_type: int, label: str) -> Message:
         return self.request(m_type, {"label": _label(label)})

@@ -34,38 +34,53 @@ from pathlib import Path
 from typing import Final
 
 from hwl.errors import HwlError
-from hwl.ipc import codec
 from hwl.ipc.arena import Buffer
 from hwl.ipc.client import Connection, IpcError, IpcTimeout, Message
-from hwl.kernel.errno import Errno, errno_of
+from hwl.proto import codec
+from hwl.proto.errno import Errno, errno_of
+from hwl.proto.vfs import (
+    O_ACCMODE as O_ACCMODE,
+)
+from hwl.proto.vfs import (
+    O_RDONLY as O_RDONLY,
+)
+from hwl.proto.vfs import (
+    O_RDWR as O_RDWR,
+)
+from hwl.proto.vfs import (
+    O_WRONLY as O_WRONLY,
+)
+from hwl.proto.vfs import (
+    VFS_BASE as VFS_BASE,
+)
+from hwl.proto.vfs import (
+    VFS_CLOSE as VFS_CLOSE,
+)
+from hwl.proto.vfs import (
+    VFS_IOCTL as VFS_IOCTL,
+)
+from hwl.proto.vfs import (
+    VFS_LSEEK as VFS_LSEEK,
+)
+from hwl.proto.vfs import (
+    VFS_MAX_IO as VFS_MAX_IO,
+)
+from hwl.proto.vfs import (
+    VFS_OPEN as VFS_OPEN,
+)
+from hwl.proto.vfs import (
+    VFS_READ as VFS_READ,
+)
+from hwl.proto.vfs import (
+    VFS_REQUEST_NAMES as VFS_REQUEST_NAMES,
+)
+from hwl.proto.vfs import (
+    VFS_WRITE as VFS_WRITE,
+)
 from hwl.system.rs import KERNEL_SOCKET, Rs, RsError
 
 __all__ = ["DeviceFile", "Vfs", "VfsError"]
 
-VFS_BASE: Final = 0xA00
-VFS_OPEN: Final = VFS_BASE + 1
-VFS_CLOSE: Final = VFS_BASE + 2
-VFS_READ: Final = VFS_BASE + 3
-VFS_WRITE: Final = VFS_BASE + 4
-VFS_LSEEK: Final = VFS_BASE + 5
-VFS_IOCTL: Final = VFS_BASE + 6
-
-VFS_REQUEST_NAMES: Final = {
-    VFS_OPEN: "open",
-    VFS_CLOSE: "close",
-    VFS_READ: "read",
-    VFS_WRITE: "write",
-    VFS_LSEEK: "lseek",
-    VFS_IOCTL: "ioctl",
-}
-
-O_RDONLY: Final = 0
-O_WRONLY: Final = 1
-O_RDWR: Final = 2
-O_ACCMODE: Final = 3
-
-#: The most one READ or WRITE moves (a bigger count gets a short answer).
-VFS_MAX_IO: Final = 1 << 20
 #: The default buffer of :meth:`Vfs.open` (a whole DMA command of at_wini).
 DEFAULT_BUFFER: Final = 128 * 1024
 

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import logging
 
-from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
-from hwl.kernel.errno import Errno
-from hwl.system import proto, sef
+from hwl.proto import codec, wire
+from hwl.proto import ds as dsp
+from hwl.proto.errno import Errno
+from hwl.system import sef
 from hwl.system.proctab import ProcTable
 from servers.ds.store import Caller, Outcome, Store, StoreError, handle
 
@@ -118,7 +119,7 @@ class DataStore:
             # endless exchange of error replies, so DS never replies to a reply.
             log.debug("ignored a reply (status %d) from %d", m.m_type, m.source)
             return None
-        name = proto.DS_REQUEST_NAMES.get(m.m_type, f"{m.m_type:#x}")
+        name = dsp.DS_REQUEST_NAMES.get(m.m_type, f"{m.m_type:#x}")
         try:
             try:
                 fields = m.fields
@@ -141,7 +142,7 @@ class DataStore:
         try:
             return handle(self.store, caller, m_type, fields)
         except StoreError as exc:
-            if exc.errno is not Errno.EAGAIN or m_type != proto.DS_SUBSCRIBE:
+            if exc.errno is not Errno.EAGAIN or m_type != dsp.DS_SUBSCRIBE:
                 raise
             procs = self.procs.refresh()
             if procs is None or not self.store.prune_subscribers(set(procs) | {self.rs}):

@@ -36,10 +36,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from hwl.ipc import codec
-from hwl.kernel.errno import Errno, ErrnoError
-from hwl.system import proto
-from hwl.system.proto import DsFlag
+from hwl.proto import codec
+from hwl.proto import ds as dsp
+from hwl.proto.ds import DsFlag
+from hwl.proto.errno import Errno, ErrnoError
 
 U32_MAX = 0xFFFFFFFF
 ENDPOINT_MIN, ENDPOINT_MAX = -(1 << 31), (1 << 31) - 1
@@ -127,16 +127,16 @@ def check_key(key: object, what: str = "key") -> str:
         raise _invalid(f"{what} must be a str, not {type(key).__name__}")
     if not key:
         raise _invalid(f"{what} is empty")
-    if len(key) > proto.DS_MAX_KEY:
-        raise _invalid(f"{what} is {len(key)} characters long; the limit is {proto.DS_MAX_KEY}")
+    if len(key) > dsp.DS_MAX_KEY:
+        raise _invalid(f"{what} is {len(key)} characters long; the limit is {dsp.DS_MAX_KEY}")
     if "\0" in key:
         raise _invalid(f"{what} contains a NUL character")
     return key
 
 
 def check_type(type_: object) -> str:
-    if not isinstance(type_, str) or type_ not in proto.DS_TYPES:
-        raise _invalid(f"type must be one of {', '.join(proto.DS_TYPES)}, not {type_!r}")
+    if not isinstance(type_, str) or type_ not in dsp.DS_TYPES:
+        raise _invalid(f"type must be one of {', '.join(dsp.DS_TYPES)}, not {type_!r}")
     return type_
 
 
@@ -157,13 +157,13 @@ def check_value(type_: str, value: object) -> Value:
         if not isinstance(value, str):
             raise _invalid(f"a str value must be a str, not {type(value).__name__}")
         size = len(value.encode("utf-8", "surrogatepass"))
-        if size > proto.DS_MAX_MEM:
-            raise _invalid(f"a str value is {size} bytes; the limit is {proto.DS_MAX_MEM}")
+        if size > dsp.DS_MAX_MEM:
+            raise _invalid(f"a str value is {size} bytes; the limit is {dsp.DS_MAX_MEM}")
         return value
     if not isinstance(value, bytes):
         raise _invalid(f"a mem value must be bytes, not {type(value).__name__}")
-    if len(value) > proto.DS_MAX_MEM:
-        raise _invalid(f"a mem value is {len(value)} bytes; the limit is {proto.DS_MAX_MEM}")
+    if len(value) > dsp.DS_MAX_MEM:
+        raise _invalid(f"a mem value is {len(value)} bytes; the limit is {dsp.DS_MAX_MEM}")
     return value
 
 
@@ -431,29 +431,29 @@ def _field(fields: Mapping[str, codec.Value], name: str) -> codec.Value:
 
 def handle(store: Store, caller: Caller, m_type: int, fields: Mapping[str, codec.Value]) -> Outcome:
     """Carry out one DS request; StoreError says why it was refused."""
-    if m_type == proto.DS_PUBLISH:
+    if m_type == dsp.DS_PUBLISH:
         key = check_key(_field(fields, "key"))
         type_ = check_type(_field(fields, "type"))
         value = check_value(type_, _field(fields, "value"))
         flags = check_flags(fields.get("flags", 0), PUBLISH_FLAGS, "publish")
         return Outcome(notify=store.publish(caller, key, type_, value, flags))
-    if m_type == proto.DS_RETRIEVE:
+    if m_type == dsp.DS_RETRIEVE:
         key = check_key(_field(fields, "key"))
         type_ = check_type(_field(fields, "type"))
         entry = store.retrieve(caller, key, type_)
         return Outcome({"value": entry.value, "owner": entry.owner})
-    if m_type == proto.DS_DELETE:
+    if m_type == dsp.DS_DELETE:
         key = check_key(_field(fields, "key"))
         type_ = check_type(_field(fields, "type"))
         return Outcome(notify=store.delete(caller, key, type_))
-    if m_type == proto.DS_SUBSCRIBE:
+    if m_type == dsp.DS_SUBSCRIBE:
         regex = check_key(_field(fields, "regex"), "regex")
         flags = check_flags(fields.get("flags", 0), SUBSCRIBE_FLAGS, "subscribe")
         return Outcome(notify=store.subscribe(caller, regex, flags))
-    if m_type == proto.DS_CHECK:
+    if m_type == dsp.DS_CHECK:
         key, type_, owner = store.check(caller)
         return Outcome({"key": key, "type": type_, "owner": owner})
-    if m_type == proto.DS_RETRIEVE_LABEL:
+    if m_type == dsp.DS_RETRIEVE_LABEL:
         return Outcome(_retrieve_label(store, fields))
     raise StoreError(Errno.ENOSYS, f"DS has no request type {m_type:#x}")
 

@@ -15,8 +15,8 @@ import argparse
 import os
 import time
 
-from hwl.ipc import codec
 from hwl.ipc.client import Message
+from hwl.proto import codec
 from hwl.system import sef
 
 ECHO = 1

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from hwl.config import SystemConfError, load
-from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, Message
-from hwl.kernel.errno import Errno
-from hwl.system import proto
+from hwl.proto import codec, wire
+from hwl.proto import rs as rsp
+from hwl.proto.errno import Errno
+from hwl.proto.sef import InitType
 from hwl.system.proctab import ProcTable
-from hwl.system.proto import InitType
 from servers.rs.manager import Manager, RsError
 from servers.rs.request import Requests, service_from_fields
 from servers.rs.table import State
@@ -92,9 +92,9 @@ class Rs:
             else:
                 self.m.pong(m.source)
             return
-        if m.m_type == proto.RS_INIT:
+        if m.m_type == rsp.RS_INIT:
             self.m.init_done(m.source, _result(m))
-        elif m.m_type == proto.RS_LU_PREPARE:
+        elif m.m_type == rsp.RS_LU_PREPARE:
             self.updater.prepared(m.source, _fields(m))
         elif m.m_type <= 0:  # a server's reply to one of RS's asynchronous sends
             log.debug("reply %d from %s dropped", m.m_type, wire.endpoint_name(m.source))
@@ -102,7 +102,7 @@ class Rs:
             self._request(m)
 
     def _request(self, m: Message) -> None:
-        name = proto.RS_REQUEST_NAMES.get(m.m_type, f"{m.m_type:#x}")
+        name = rsp.RS_REQUEST_NAMES.get(m.m_type, f"{m.m_type:#x}")
         try:
             reply = self.requests.handle(m.source, m.m_type, _fields(m))
         except RsError as exc:

@@ -26,12 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hwl.config import SystemConf, SystemConfError, parse
-from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.kcalls import ExitInfo
-from hwl.kernel.errno import Errno, ErrnoError, errno_of
-from hwl.system import proto
-from hwl.system.proto import InitType, Policy
+from hwl.proto import codec, wire
+from hwl.proto import ds as dsp
+from hwl.proto import sef as sefp
+from hwl.proto.errno import Errno, ErrnoError, errno_of
+from hwl.proto.rs import Policy
+from hwl.proto.sef import InitType
 from hwl.system.rs import default_label
 from servers.rs.events import EventLog
 from servers.rs.table import Instance, Service, ServiceTable, State, Waiter
@@ -153,7 +155,7 @@ class Manager:
         }
         if saved:
             fields["saved"] = saved
-        self.conn.senda(endpoint, proto.SEF_INIT, fields)
+        self.conn.senda(endpoint, sefp.SEF_INIT, fields)
 
     def start(self, svc: Service, kind: InitType, reuse: int | None = None) -> None:
         """Spawn the service's program and ask it to initialise."""
@@ -407,12 +409,12 @@ class Manager:
         """Tell DS the service's endpoint (asynchronously: RS never waits on DS)."""
         if svc.state is State.UP and svc.current is not None:
             fields: dict[str, codec.Value] = {"key": svc.label, "type": "label"}
-            fields.update(value=svc.current.endpoint, flags=int(proto.DsFlag.OVERWRITE))
-            self._tell_ds(proto.DS_PUBLISH, fields)
+            fields.update(value=svc.current.endpoint, flags=int(dsp.DsFlag.OVERWRITE))
+            self._tell_ds(dsp.DS_PUBLISH, fields)
 
     def unpublish_label(self, svc: Service) -> None:
         """The service died: its label (and, in DS, what it owned) goes."""
-        self._tell_ds(proto.DS_DELETE, {"key": svc.label, "type": "label"})
+        self._tell_ds(dsp.DS_DELETE, {"key": svc.label, "type": "label"})
 
     def _tell_ds(self, m_type: int, fields: dict[str, codec.Value]) -> None:
         ds = self.table.get("ds")

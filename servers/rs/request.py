@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from hwl.ipc import codec, wire
-from hwl.kernel.errno import Errno
-from hwl.system import proto
-from hwl.system.proto import InitType, Policy, UpdateFlag
+from hwl.proto import codec, wire
+from hwl.proto import rs as rsp
+from hwl.proto.errno import Errno
+from hwl.proto.rs import Policy, UpdateFlag
+from hwl.proto.sef import InitType
 from servers.rs.manager import Manager, RsError
 from servers.rs.table import Service, State, Waiter
 from servers.rs.update import Updater
@@ -35,17 +36,17 @@ class Requests:
         self.updater = updater
         self.is_operator = is_operator
         self.handlers: dict[int, Callable[[int, Fields], Reply]] = {
-            proto.RS_UP: self.do_up,
-            proto.RS_DOWN: self.do_down,
-            proto.RS_REFRESH: self.do_refresh,
-            proto.RS_RESTART: self.do_restart,
-            proto.RS_SHUTDOWN: self.do_shutdown,
-            proto.RS_UPDATE: self.do_update,
-            proto.RS_CLONE: self.do_clone,
-            proto.RS_UNCLONE: self.do_unclone,
-            proto.RS_EDIT: self.do_edit,
-            proto.RS_LOOKUP: self.do_lookup,
-            proto.RS_STATUS: self.do_status,
+            rsp.RS_UP: self.do_up,
+            rsp.RS_DOWN: self.do_down,
+            rsp.RS_REFRESH: self.do_refresh,
+            rsp.RS_RESTART: self.do_restart,
+            rsp.RS_SHUTDOWN: self.do_shutdown,
+            rsp.RS_UPDATE: self.do_update,
+            rsp.RS_CLONE: self.do_clone,
+            rsp.RS_UNCLONE: self.do_unclone,
+            rsp.RS_EDIT: self.do_edit,
+            rsp.RS_LOOKUP: self.do_lookup,
+            rsp.RS_STATUS: self.do_status,
         }
 
     def handle(self, source: int, m_type: int, fields: Fields) -> Reply:

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-from hwl.ipc import codec, wire
-from hwl.system.proto import InitType, Policy
+from hwl.proto import codec, wire
+from hwl.proto.rs import Policy
+from hwl.proto.sef import InitType
 from servers.rs.timers import Timer
 
 

@@ -23,12 +23,13 @@ import logging
 import time
 from dataclasses import dataclass
 
-from hwl.ipc import codec, wire
 from hwl.ipc.client import IpcError
 from hwl.ipc.kcalls import ExitInfo
-from hwl.kernel.errno import Errno, errno_of
-from hwl.system import proto
-from hwl.system.proto import InitFlag, InitType, UpdateFlag
+from hwl.proto import codec, wire
+from hwl.proto import sef as sefp
+from hwl.proto.errno import Errno, errno_of
+from hwl.proto.rs import UpdateFlag
+from hwl.proto.sef import InitFlag, InitType
 from servers.rs.manager import Manager, RsError, how_it_ended
 from servers.rs.table import Instance, Service, State, Waiter
 from servers.rs.timers import Timer
@@ -117,7 +118,7 @@ class Updater:
         u.phase = "preparing"
         fields: dict[str, codec.Value] = {"state": u.state, "flags": int(u.flags)}
         try:
-            self.m.conn.senda(u.old.endpoint, proto.SEF_LU_PREPARE, fields)
+            self.m.conn.senda(u.old.endpoint, sefp.SEF_LU_PREPARE, fields)
         except IpcError as exc:  # the old version is gone, or the kernel refused
             self._kill_new(u)
             self._finish(u, "update-aborted", -exc.errno, f"cannot ask it to prepare: {exc}")
@@ -235,9 +236,7 @@ class Updater:
         if u.phase in ("spawning", "preparing"):
             if u.phase == "preparing":  # call the request off (MINIX: state 0)
                 try:
-                    self.m.conn.senda(
-                        u.old.endpoint, proto.SEF_LU_PREPARE, {"state": 0, "flags": 0}
-                    )
+                    self.m.conn.senda(u.old.endpoint, sefp.SEF_LU_PREPARE, {"state": 0, "flags": 0})
                 except IpcError as exc:
                     log.info("update of %s: cancel not sent: %s", u.svc.label, exc)
             self._kill_new(u)

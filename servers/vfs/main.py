@@ -40,16 +40,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
-from hwl.driver import proto as bp
-from hwl.ipc import codec, wire
 from hwl.ipc.arena import Buffer
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
-from hwl.kernel.errno import Errno, ErrnoError, errno_of
+from hwl.proto import bdev as bp
+from hwl.proto import codec, wire
+from hwl.proto import vfs as vp
+from hwl.proto.ds import DRIVER_UP_BLK
+from hwl.proto.errno import Errno, ErrnoError, errno_of
 from hwl.system import sef
-from hwl.system import vfs as vp
 from hwl.system.ds import Ds, DsError
 from hwl.system.proctab import ProcTable
-from hwl.system.proto import DRIVER_UP_BLK
 from hwl.system.rs import Rs, RsError
 
 from . import devmap

@@ -1,0 +1,73 @@
+"""The RS protocol: requests to the reincarnation server, and services' answers to it.
+
+Requests to RS (``RS_*``) come from the ``service`` command or the Python API
+(``hwl.system.rs``), by ``sendrec``; RS answers with a non-blocking reply, later
+for the calls that wait for a service's init (up, update, restart). Replies carry
+the result in ``m_type``: 0 (OK) or a negative MINIX errno, with an ``error`` field
+that says why, as the kernel's own replies do.
+
+A service answers SEF_INIT with ``RS_INIT`` (``result``) by ``send``, and
+SEF_LU_PREPARE with ``RS_LU_PREPARE`` by ``sendrec`` (see :mod:`hwl.proto.sef`).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+
+RS_BASE = 0x700
+RS_UP = RS_BASE + 1  # argv, label, [period, script, conf, dev, restarts, policy, cold]
+RS_DOWN = RS_BASE + 2  # label
+RS_REFRESH = RS_BASE + 3  # label: stop it and let RS start it again
+RS_RESTART = RS_BASE + 4  # label: only from the service's recovery script
+RS_SHUTDOWN = RS_BASE + 5  # stop every service; RS restarts nothing from then on
+RS_UPDATE = RS_BASE + 6  # label, argv or self, state, maxtime, flags (UpdateFlag)
+RS_CLONE = RS_BASE + 7  # label: keep a warm replica for recovery
+RS_EDIT = RS_BASE + 8  # label, and up fields to change for the next start
+RS_LOOKUP = RS_BASE + 9  # label -> endpoint
+RS_STATUS = RS_BASE + 10  # -> services: list of status rows (dicts)
+RS_UNCLONE = RS_BASE + 11  # label: drop the replica
+
+# Messages from services to RS.
+RS_INIT = RS_BASE + 0x40  # result (0 or -errno): a service's init is done
+RS_LU_PREPARE = RS_BASE + 0x41  # result, state, saved (bytes): ready, or refused
+
+RS_REQUEST_NAMES = {
+    RS_UP: "up",
+    RS_DOWN: "down",
+    RS_REFRESH: "refresh",
+    RS_RESTART: "restart",
+    RS_SHUTDOWN: "shutdown",
+    RS_UPDATE: "update",
+    RS_CLONE: "clone",
+    RS_EDIT: "edit",
+    RS_LOOKUP: "lookup",
+    RS_STATUS: "status",
+    RS_UNCLONE: "unclone",
+}
+
+
+class UpdateFlag(IntFlag):
+    """Options of ``service update`` (MINIX's -o -x -y -z)."""
+
+    NONE = 0
+    PREPARE_ONLY = 0x1  # -o: reach the state, then resume without updating
+    FORCE_INIT_CRASH = 0x2  # -x
+    FORCE_INIT_FAIL = 0x4  # -y
+    FORCE_INIT_TIMEOUT = 0x8  # -z
+
+    @classmethod
+    def checked(cls, bits: int) -> UpdateFlag:
+        """The flags in ``bits``; ValueError for a bit no flag has (an IntFlag
+        would keep it silently)."""
+        known = sum(cls)
+        if bits < 0 or bits & ~known:
+            raise ValueError(f"unknown update flags {bits:#x} (known: {known:#x})")
+        return cls(bits)
+
+
+class Policy(IntEnum):
+    """What a restart keeps (MINIX's relpol): RESET gives a new endpoint, RESTART
+    keeps the old one so clients need not look the service up again."""
+
+    RESET = 0
+    RESTART = 1
