@@ -39,6 +39,7 @@ from hwl.link import abi
 from hwl.link.link import Link
 from hwl.link.memory import GuestMemory
 from hwl.machine.console import Console
+from hwl.machine.netpeer import NetnsPeer, SocketPeer
 from hwl.machine.profile import Profile
 from hwl.machine.qmp import Qmp
 from hwl.machine.stub import StubImage, build_stub, inspect_stub
@@ -118,6 +119,8 @@ class Machine:
         self.stub: StubImage | None = None
         self.disks: dict[str, Path] = {}
         self.handshake: dict[str, int] = {}
+        self._netns_peer: NetnsPeer | None = None
+        self._socket_peer: SocketPeer | None = None
         self.closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -174,16 +177,34 @@ class Machine:
             "-serial", "chardev:hwl-com2",
             "-qmp", f"unix:{self.run_dir / 'qmp.sock'},server=on,wait=off",
         ]  # fmt: skip
+        args += self._make_peers()
         (self.run_dir / "qemu.cmdline").write_text(shlex.join(args) + "\n")
         parent = os.getpid()
+        tap_fds = self._netns_peer.tap_fds.values() if self._netns_peer else ()
         with (self.run_dir / "qemu.stderr").open("wb") as err:
             self.proc = subprocess.Popen(
                 args,
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,
+                pass_fds=tuple(tap_fds),
                 preexec_fn=lambda: die_with_parent(parent),
             )
+        if self._netns_peer is not None:
+            self._netns_peer.release_fds()  # QEMU holds the taps now
+
+    def _make_peers(self) -> list[str]:
+        """Make the peers of the profile's [hwl-net] groups; return their -netdev args."""
+        args: list[str] = []
+        netns = [n for n in self.profile.nets if n.peer == "netns"]
+        sockets = [n for n in self.profile.nets if n.peer == "socket"]
+        if netns:
+            self._netns_peer = NetnsPeer(netns)
+            args += self._netns_peer.netdev_args()
+        if sockets:
+            self._socket_peer = SocketPeer(sockets)
+            args += self._socket_peer.netdev_args()
+        return args
 
     def _exited_error(self, what: str) -> QemuExitedError:
         assert self.proc is not None
@@ -312,6 +333,9 @@ class Machine:
             self._ram_fd = None
         if self._ram_path is not None:
             self._ram_path.unlink(missing_ok=True)
+        for peer in (self._netns_peer, self._socket_peer):
+            if peer is not None:
+                peer.close()  # after QEMU: a namespace goes only when its taps are free
         if not self.keep_run_dir and self.run_dir != Path():
             shutil.rmtree(self.run_dir, ignore_errors=True)
         _live.discard(self)
@@ -346,6 +370,20 @@ class Machine:
             slots=self.handshake["slots"],
             qemu_pid=self.pid or 0,
         )
+
+    @property
+    def peer(self) -> NetnsPeer:
+        """Linux's stack in the machine's namespace, behind its netns [hwl-net] NICs."""
+        if self._netns_peer is None:
+            raise HwlError(f'profile {self.profile.name} has no [hwl-net] with peer = "netns"')
+        return self._netns_peer
+
+    @property
+    def socket_peer(self) -> SocketPeer:
+        """The frame sockets behind the machine's socket [hwl-net] NICs (no Linux stack)."""
+        if self._socket_peer is None:
+            raise HwlError(f'profile {self.profile.name} has no [hwl-net] with peer = "socket"')
+        return self._socket_peer
 
     @property
     def pid(self) -> int | None:

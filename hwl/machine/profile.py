@@ -10,7 +10,10 @@ the groups it handles:
   ``file`` hwl fills in;
 - ``[hwl-service "LABEL"]`` (``program``, and optionally ``args``, ``period``,
   ``policy``, ``script``, ``restarts``, ``cold``, as ``service up`` takes them):
-  the machine's boot list, started by RS in file order, each up before the next.
+  the machine's boot list, started by RS in file order, each up before the next;
+- ``[hwl-net "ID"]`` (``peer`` = netns | socket): a NIC backend hwl makes and
+  renders as ``-netdev ... id=ID`` at launch (hwl/machine/netpeer.py); a
+  ``[device]`` uses it with ``netdev = "ID"``, as QEMU expects.
 
 Everything else is passed to QEMU unchanged through ``-readconfig``.
 """
@@ -29,8 +32,9 @@ _GROUP = re.compile(r'^\[\s*([A-Za-z0-9_.-]+)\s*(?:"([^"]*)")?\s*\]$')
 _OPTION = re.compile(r'^([A-Za-z0-9_.-]+)\s*=\s*"([^"]*)"$')
 _SIZE = re.compile(r"^(\d+)\s*([KMGT]?)$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-HWL_HANDLED = {"machine", "memory", "hwl-disk", "hwl-service"}
+HWL_HANDLED = {"machine", "memory", "hwl-disk", "hwl-service", "hwl-net"}
 SERVICE_KEYS = {"program", "args", "period", "policy", "script", "restarts", "cold"}
+NET_PEERS = ("netns", "socket")
 
 
 @dataclass
@@ -63,6 +67,16 @@ class DiskSpec:
     seed: int
 
 
+@dataclass(frozen=True)
+class NetSpec:
+    """A NIC backend hwl makes: ``netns`` (a TAP in a namespace with Linux's stack on
+    it) or ``socket`` (a UDP pair on loopback with a frame peer in Python)."""
+
+    id: str
+    peer: str
+    line: int
+
+
 def parse_size(text: str) -> int:
     """Parse ``64M``-style sizes (K, M, G, T are powers of 1024)."""
     m = _SIZE.match(text.strip())
@@ -88,6 +102,7 @@ class Profile:
         self.memory = 128 << 20
         self.disks: list[DiskSpec] = []
         self.services: list[BootService] = []
+        self.nets: list[NetSpec] = []
         self._interpret()
 
     @classmethod
@@ -127,6 +142,39 @@ class Profile:
                 self.disks.append(self._disk(g, drives))
             elif g.name == "hwl-service":
                 self.services.append(self._service(g))
+            elif g.name == "hwl-net":
+                self.nets.append(self._net(g))
+        self._check_netdevs()
+
+    def _net(self, g: Group) -> NetSpec:
+        if not g.id:
+            raise ProfileError(f'{self.path}:{g.line}: [hwl-net] needs an id: [hwl-net "net0"]')
+        for key in g.options:
+            if key != "peer":
+                raise self._error(g.option_lines[key], key, "unknown; use peer")
+        peer = g.options.get("peer", "netns")
+        if peer not in NET_PEERS:
+            raise self._error(
+                g.option_lines["peer"], "peer", f"'{peer}' is not {' or '.join(NET_PEERS)}"
+            )
+        if any(n.id == g.id for n in self.nets):
+            raise ProfileError(f'{self.path}:{g.line}: [hwl-net "{g.id}"] is listed twice')
+        return NetSpec(g.id, peer, g.line)
+
+    def _check_netdevs(self) -> None:
+        """A device's ``netdev`` must name an [hwl-net] (or a [netdev] written for QEMU)."""
+        known = {n.id for n in self.nets} | {g.id for g in self.groups if g.name == "netdev"}
+        for g in self.groups:
+            if g.name != "device" or "netdev" not in g.options:
+                continue
+            name = g.options["netdev"]
+            if name not in known:
+                hint = ", ".join(sorted(i for i in known if i)) or "none defined"
+                raise self._error(
+                    g.option_lines["netdev"],
+                    "netdev",
+                    f"'{name}' names no [hwl-net \"{name}\"] (known: {hint})",
+                )
 
     def _service(self, g: Group) -> BootService:
         if not g.id:
