@@ -43,7 +43,9 @@ MAX_BLOCKS = 16  # sdevio blocks per call, each after an interrupt: bounds the s
 IRQ_WAIT_US = 10_000  # how long the stub waits for a block's interrupt before it hands back
 MAX_INLINE = 4096  # dmacopy read/write bytes carried in the message itself
 MAX_VECTOR = 64  # vsafecopy entries
-VDEVIO_CODES = frozenset({abi.OP_NOP, abi.OP_IN, abi.OP_OUT, abi.OP_WAIT, abi.OP_DELAY})
+VDEVIO_CODES = frozenset(
+    {abi.OP_NOP, abi.OP_IN, abi.OP_OUT, abi.OP_WAIT, abi.OP_DELAY} | abi.MMIO_CODES
+)
 PORT_CODES = frozenset({abi.OP_IN, abi.OP_OUT, abi.OP_WAIT})
 DMA_CALLS = frozenset({"dmaalloc", "dmafree", "dmacopy"})
 
@@ -310,8 +312,9 @@ class Calls:
         )
 
     def _check_vdevio_ops(self, proc: Proc, ops: bytes, n: int, hook: IrqHook | None) -> bool:
-        """Every op a port op on the caller's ports, waits and delays within
-        bounds, IRQ waits only on ``hook``'s line; returns whether there are any."""
+        """Every op a port op on the caller's ports or an MMIO op inside its memory
+        ranges, waits and delays within bounds, IRQ waits only on ``hook``'s line;
+        returns whether there are any IRQ waits."""
         # The first word of each op is code | width << 8 | port << 16: the distinct
         # words, taken at C speed, are all a privilege check needs.
         words = set(memoryview(ops).cast("I")[:: abi.OP_SIZE // 4])  # (host order: x86)
@@ -321,12 +324,15 @@ class Calls:
             bad = sorted(codes - allowed)
             if hook is None and abi.OP_IRQ_WAIT in codes:
                 fail(Errno.EINVAL, "vdevio: an IRQ wait needs a hook (its interrupt)")
-            fail(Errno.EINVAL, f"vdevio: op codes {bad} are not port ops")
+            fail(Errno.EINVAL, f"vdevio: op codes {bad} are not port ops (nor MMIO)")
         if not words <= proc.priv.checked_ops:
             for w in words - proc.priv.checked_ops:
                 if w & 0xFF in PORT_CODES:
                     self._check_port(proc, "vdevio", w >> 16, w >> 8 & 0xFF)
             proc.priv.checked_ops |= words
+        if not codes.isdisjoint(abi.MMIO_CODES):
+            # The op's first word holds no address: check each op's own (a, width).
+            self._check_mmio_ops(proc, ops, n)
         waits = abi.OP_IRQ_WAIT in codes
         if waits and hook is not None and not self.k.irqs.alone(hook):
             fail(Errno.EBUSY, f"vdevio: IRQ {hook.line} is shared; its interrupts are not "
@@ -350,6 +356,26 @@ class Calls:
                         fail(Errno.EINVAL, f"vdevio: op {i // 6} waits {c} µs for IRQ {a} "
                                            f"(at most {IRQ_WAIT_US})")  # fmt: skip
         return waits
+
+    @staticmethod
+    def _check_mmio_ops(proc: Proc, ops: bytes, n: int) -> None:
+        """Each MMIO op's [a, a + width) inside the caller's memory ranges (a
+        reserved device's memory BARs), cached per (address, width). The stub
+        refuses RAM on its own; MMIO_WAIT's timeout (port * 10 µs) is bounded by
+        its 16 bits to 655 ms, under MAX_WAIT_US."""
+        full = ops_struct(n).unpack(ops)
+        priv = proc.priv
+        for i in range(0, len(full), 6):
+            code, width, a = full[i], full[i + 1], full[i + 3]
+            if code not in abi.MMIO_CODES or (a, width) in priv.checked_mmio:
+                continue
+            if width not in (1, 2, 4) or a % width:
+                fail(Errno.EINVAL, f"vdevio: op {i // 6}: MMIO at {a:#x} width {width} "
+                                   "(1, 2 or 4 bytes, aligned)")  # fmt: skip
+            if not priv.allows_memory(a, width):
+                deny(f"vdevio: op {i // 6}: MMIO at {a:#x} (width {width}) is outside "
+                     "its memory ranges")  # fmt: skip
+            priv.checked_mmio.add((a, width))
 
     def do_sdevio(self, proc: Proc, f: dict[str, codec.Value]) -> Reply | None:
         """String I/O between a port and a grant, through a kernel-owned guest buffer.

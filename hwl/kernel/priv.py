@@ -40,6 +40,7 @@ class Priv:
     # Grants only grow while a Priv lives, so neither goes stale but in a swap.
     checked_ops: set[int] = field(default_factory=set, repr=False)
     checked_batches: set[bytes] = field(default_factory=set, repr=False)
+    checked_mmio: set[tuple[int, int]] = field(default_factory=set, repr=False)  # (addr, width)
 
     def swap_grants(self, other: Priv) -> None:
         """Exchange the ``add_*`` grants (not the system.conf entry) with ``other``."""
@@ -50,6 +51,7 @@ class Priv:
         for priv in (self, other):
             priv.checked_ops.clear()
             priv.checked_batches.clear()
+            priv.checked_mmio.clear()
 
     def remember_batch(self, ops: bytes) -> None:
         """``ops`` passed vdevio's checks; a batch with changing values (an LBA)

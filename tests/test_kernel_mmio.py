@@ -1,0 +1,226 @@
+"""MMIO (stub ABI 3) on a real pc machine: the e1000's BAR0 in the PCI hole.
+
+First on the raw link (the stub's own checks), then through the kernel, whose
+vdevio checks every MMIO op against the caller's memory ranges (what the PCI
+server grants with ``privctl add_mem`` when a driver reserves the device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from hwl import Batch, LinkError, LinkWaitTimeoutError, Machine, ipc
+from hwl.kernel.errno import Errno
+from hwl.kernel.launcher import KernelProcess
+from hwl.link import abi
+from hwl.link.pci import PciDevice
+from hwl.pytest_plugin import MachineFactory
+
+E1000 = (0x8086, 0x100E)
+STATUS, STATUS_LU = 0x8, 0x2
+RDBAL = 0x2800
+BAR0_SIZE = 128 << 10
+MakeProc = Callable[[str, str], ipc.Connection]
+
+
+def raw_op(code: int, addr: int, width: int = 4) -> Batch:
+    """A batch holding one op exactly as given (the host's own checks bypassed)."""
+    b = Batch()
+    b.ops.append((code, width, 0, addr, 0, 0))
+    return b
+
+
+@pytest.fixture(scope="module")
+def machine(hwl_machines: MachineFactory) -> Iterator[Machine]:
+    m = hwl_machines.boot("pc")
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture(scope="module")
+def e1000(machine: Machine) -> PciDevice:
+    """The e1000 as the link's own scan sees it (before the kernel takes the link)."""
+    return next(d for d in machine.link.pci_scan() if (d.vendor, d.device) == E1000)
+
+
+def bar0(dev: PciDevice) -> int:
+    bar = dev.bars[0]
+    assert bar.kind == "mem" and bar.size == BAR0_SIZE, bar
+    return bar.address
+
+
+def test_raw_link_reads_writes_and_waits_on_e1000_registers(
+    machine: Machine, e1000: PciDevice
+) -> None:
+    link, base = machine.link, bar0(e1000)
+    assert link.mmio_read(base + STATUS) & STATUS_LU, "e1000 link is not up"
+    link.mmio_write(base + RDBAL, 0x00ABC000)
+    assert link.mmio_read(base + RDBAL) == 0x00ABC000
+    b = Batch()
+    seen = b.mmio_wait(base + STATUS, STATUS_LU, STATUS_LU, timeout_us=1000)
+    assert link.execute(b)[seen] & STATUS_LU
+    b = Batch()
+    b.mmio_wait(base + STATUS, STATUS_LU, 0, timeout_us=300)  # never true
+    with pytest.raises(LinkWaitTimeoutError) as info:
+        link.execute(b)
+    assert info.value.last_value & STATUS_LU
+
+
+@pytest.mark.parametrize("addr", [0, 0x100000, (64 << 20) - 4], ids=["zero", "stub", "ram"])
+def test_stub_refuses_mmio_on_ram(machine: Machine, addr: int) -> None:
+    with pytest.raises(LinkError) as info:
+        machine.link.execute(raw_op(abi.OP_MMIO_RD, addr))
+    assert info.value.status == abi.ST_BADARG
+    assert machine.link.nop(7) == 7  # still serving
+
+
+def test_stub_refuses_misaligned_and_wrapping_mmio(machine: Machine, e1000: PciDevice) -> None:
+    for addr, width in ((bar0(e1000) + 1, 4), (bar0(e1000) + 1, 2), (0xFFFFFFFE, 4)):
+        with pytest.raises(LinkError) as info:
+            machine.link.execute(raw_op(abi.OP_MMIO_WR, addr, width))
+        assert info.value.status == abi.ST_BADARG, (hex(addr), width)
+    with pytest.raises(ValueError):
+        Batch().mmio_read(bar0(e1000) + 2)  # the host refuses it first
+
+
+# --- through the kernel ----------------------------------------------------------
+ICR, ICS, IMS, IMC = 0xC0, 0xC8, 0xD0, 0xD8
+ICR_LSC = 0x04
+E1000_IRQ = 11
+
+
+@pytest.fixture(scope="module")
+def kernel(machine: Machine, e1000: PciDevice) -> Iterator[KernelProcess]:
+    """The kernel takes the link (after the raw tests and the scan)."""
+    k = KernelProcess.start(machine)
+    try:
+        yield k
+    finally:
+        k.stop()
+
+
+@pytest.fixture
+def process(kernel: KernelProcess) -> Iterator[MakeProc]:
+    """A factory of attached processes with a system.conf body's privileges."""
+    assert kernel.root is not None
+    root, made = kernel.root, list[ipc.Connection]()
+
+    def make(label: str, body: str) -> ipc.Connection:
+        conn = kernel.attach()
+        root.privctl_set(conn.endpoint, f"service {label} {{ {body} }};")
+        made.append(conn)
+        return conn
+
+    yield make
+    for conn in made:
+        conn.close()
+
+
+def driver(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice, label: str
+) -> ipc.Connection:
+    """A process granted the e1000's BAR0 (and its I/O BAR and IRQ) as the PCI
+    server's reserve grants them."""
+    conn = process(label, "system vdevio irqctl;")
+    assert kernel.root is not None
+    kernel.root.privctl_add_mem(conn.endpoint, bar0(e1000), BAR0_SIZE)
+    io = e1000.bars[1]
+    kernel.root.privctl_add_io(conn.endpoint, io.address, io.size)
+    kernel.root.privctl_add_irq(conn.endpoint, E1000_IRQ)
+    return conn
+
+
+def test_driver_reads_status_and_writes_a_register_through_vdevio(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    conn, base = driver(process, kernel, e1000, "e1000a"), bar0(e1000)
+    b = Batch()
+    status = b.mmio_read(base + STATUS)
+    b.mmio_write(base + RDBAL, 0x00DEF000)
+    back = b.mmio_read(base + RDBAL)
+    lu = b.mmio_wait(base + STATUS, STATUS_LU, STATUS_LU, timeout_us=1000)
+    values = conn.vdevio(b)
+    assert values[status] & STATUS_LU, f"STATUS {values[status]:#x}"
+    assert values[back] == 0x00DEF000
+    assert values[lu] & STATUS_LU
+    b = Batch()
+    b.mmio_wait(base + STATUS, STATUS_LU, 0, timeout_us=200)
+    with pytest.raises(ipc.IpcError) as info:
+        conn.vdevio(b)
+    assert info.value.errno is Errno.ETIMEDOUT
+
+
+def test_mmio_port_op_and_irq_unmask_in_one_vdevio(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    conn, base = driver(process, kernel, e1000, "e1000b"), bar0(e1000)
+    hook = conn.irq_setpolicy(E1000_IRQ)
+    try:
+        b = Batch()
+        b.mmio_write(base + IMC, 0xFFFFFFFF)
+        b.mmio_read(base + ICR)  # clear what is pending
+        b.mmio_write(base + IMS, ICR_LSC)
+        b.mmio_write(base + ICS, ICR_LSC)  # raise the interrupt
+        conn.vdevio(b)
+        assert conn.receive(ipc.HARDWARE, timeout=5).is_notify
+        for _ in range(2):  # the unmask by the batch let the second one through
+            b = Batch()
+            cause = b.mmio_read(base + ICR)  # read-to-clear: the line drops
+            port = b.inl(e1000.bars[1].address)  # the (dead) I/O BAR: reads 0
+            b.mmio_write(base + ICS, ICR_LSC)  # a later one, for the next turn
+            values = conn.vdevio(b, irq_enable=hook)
+            assert values[cause] & ICR_LSC, f"ICR {values[cause]:#x}"
+            assert values[port] == 0
+            assert conn.receive(ipc.HARDWARE, timeout=5).is_notify
+        b = Batch()
+        b.mmio_write(base + IMC, 0xFFFFFFFF)
+        b.mmio_read(base + ICR)
+        conn.vdevio(b, irq_enable=hook)
+    finally:
+        conn.irq_rmpolicy(hook)
+
+
+def test_mmio_outside_the_granted_bar_is_eperm_and_logged(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    conn, base = driver(process, kernel, e1000, "e1000c"), bar0(e1000)
+    for addr in (base + BAR0_SIZE, base - 4, 0x100000, 0x2000000):  # past, before, stub, RAM
+        b = Batch()
+        b.mmio_read(base + STATUS)  # a good op first: nothing of the batch may run
+        b.mmio_write(addr, 0)
+        with pytest.raises(ipc.IpcError) as info:
+            conn.vdevio(b)
+        assert info.value.errno is Errno.EPERM, hex(addr)
+        assert f"{addr:#x}" in (kernel.run_dir / "kernel.log").read_text()
+    b = Batch()
+    b.mmio_read(base + BAR0_SIZE - 4)  # the BAR's last register: still allowed
+    conn.vdevio(b)
+    nobody = process("e1000d", "system vdevio;")  # no memory ranges at all
+    b = Batch()
+    b.mmio_read(base + STATUS)
+    with pytest.raises(ipc.IpcError) as info:
+        nobody.vdevio(b)
+    assert info.value.errno is Errno.EPERM
+    assert nobody.getinfo("whoami")["label"] == "e1000d"  # the kernel keeps serving
+
+
+def test_kernel_refuses_mmio_on_ram_even_with_a_ram_range(
+    process: MakeProc, kernel: KernelProcess
+) -> None:
+    """A memory range over RAM (umap's business) makes the kernel pass the op;
+    the stub still refuses it: EIO, and the kernel keeps serving."""
+    conn = process("ramdrv", "system vdevio; memory 2000000:1000;")
+    b = Batch()
+    b.mmio_read(0x2000000)
+    with pytest.raises(ipc.IpcError) as info:
+        conn.vdevio(b)
+    assert info.value.errno is Errno.EIO and "bad argument" in info.value.detail
+    b = Batch()
+    b.mmio_read(0x3000000)  # outside the range: the kernel's own refusal
+    with pytest.raises(ipc.IpcError) as info:
+        conn.vdevio(b)
+    assert info.value.errno is Errno.EPERM
