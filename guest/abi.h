@@ -163,4 +163,43 @@ struct hwl_abi_info {
  * hwl_ctl (struct hwl_ctl, 4 KiB aligned, its own page),
  * hwl_slots (struct hwl_slot[HWL_NSLOTS], 4 KiB aligned), _end. */
 
+/* ---- NIC native loops (native_nic.c) -------------------------------------
+ * NATIVE_NIC_TX: b = guest phys addr of a struct hwl_nic_native; c := its status.
+ * The loop sets up the TX side of one NIC by itself (polled, the device's
+ * interrupts masked at the device), sends `count` copies of the frame and
+ * records the TSC time of the sending loop (setup excluded). The host enables
+ * PCI bus mastering (rtl8139, e1000) first. It leaves ne2k stopped, rtl8139
+ * reset (out of C+ mode) and e1000 with TCTL = 0.
+ * ne2k_pci: reset; the frame goes once into NIC memory at page 0x40 by remote
+ *   DMA; per frame TPSR, TBCR0/1, CR = TRANS|START, wait ISR.PTX, ack.
+ * rtl8139 (C+): CR.RST, CpCmd TxEnb, TxAddr = ring, CR.TE; per batch of
+ *   `batch` frames, descriptors 0..batch-1 get OWN|FS|LS|length (EOR on the
+ *   last), one TxPoll write, then every OWN must be clear.
+ * e1000: TCTL = 0, 64 descriptors at ring all pointing at frame (EOP|IFCS|RS),
+ *   TCTL = EN|PSP; per batch one TDT write, then every DD must be set.
+ * A device that did not take a frame ends the loop with HWL_ST_DEVERR, a wait
+ * that ran out (2 s) with HWL_ST_TIMEOUT; `done` counts frames sent before. */
+#define HWL_OP_NATIVE_NIC_TX 20u
+
+#define HWL_NIC_NE2K 1u               /* ne2k_pci, 10ec:8029 */
+#define HWL_NIC_RTL8139 2u            /* rtl8139 in C+ mode, 10ec:8139 */
+#define HWL_NIC_E1000 3u              /* e1000 (82540EM), 8086:100e */
+#define HWL_NIC_RING_BYTES 1024u      /* 64 descriptors of 16 bytes */
+
+struct hwl_nic_native {
+    u32 kind;                  /*  0 HWL_NIC_* */
+    u32 io_base;               /*  4 ne2k, rtl8139: I/O BAR0 */
+    u32 mmio_base;             /*  8 e1000: BAR0, 4 KiB aligned, above RAM */
+    u32 frame;                 /* 12 guest phys; (length + 3) & ~3 bytes readable */
+    u32 length;                /* 16 60..1514, without FCS */
+    u32 ring;                  /* 20 guest phys, 256-byte aligned, HWL_NIC_RING_BYTES
+                                     (rtl8139, e1000; the loop writes it) */
+    u32 count;                 /* 24 frames to send */
+    u32 batch;                 /* 28 frames per doorbell write: rtl8139 1..64, e1000
+                                     1..63, ne2k ignores it; 0 means 1 */
+    u32 status;                /* 32 out: HWL_ST_* */
+    u32 done;                  /* 36 out: frames sent */
+    u64 tsc_elapsed;           /* 40 out: TSC ticks of the sending loop */
+};                             /* 48 bytes */
+
 #endif

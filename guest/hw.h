@@ -130,4 +130,8 @@ u32 native_dma(volatile struct hwl_native *n);
 u32 native_dma_write(volatile struct hwl_native *n);
 u32 native_rand(volatile struct hwl_native *n);
 
+/* ---- native_nic.c ------------------------------------------------------ */
+
+u32 native_nic_tx(volatile struct hwl_nic_native *n);
+
 #endif

@@ -209,6 +209,15 @@ static u32 run_op(volatile struct hwl_op *op)
         op->c = st;
         return st;
 
+    case HWL_OP_NATIVE_NIC_TX:
+        if (!range_ok(b, sizeof(struct hwl_nic_native))) {
+            op->c = HWL_ST_BADARG;
+            return HWL_ST_BADARG;
+        }
+        st = native_nic_tx((volatile struct hwl_nic_native *)b);
+        op->c = st;
+        return st;
+
     default:
         return HWL_ST_BADOP;
     }

@@ -126,3 +126,19 @@ def mismatches(info: tuple[int, ...]) -> list[str]:
         for name, got, want in zip(ABI_INFO_FIELDS, info, EXPECTED_ABI_INFO, strict=True)
         if got != want
     ]
+
+
+# ---- NIC native loops (guest/native_nic.c; struct hwl_nic_native in abi.h)
+OP_NATIVE_NIC_TX: Final = 20
+
+NIC_NE2K: Final = 1
+NIC_RTL8139: Final = 2
+NIC_E1000: Final = 3
+NIC_RING_BYTES: Final = 1024
+
+# kind, io_base, mmio_base, frame, length, ring, count, batch; out: status, done, tsc_elapsed
+NIC_NATIVE: Final = struct.Struct("<IIIIIIIIIIQ")
+NIC_NATIVE_SIZE: Final = 48
+NIC_NATIVE_OUT_OFFSET: Final = 32
+
+assert NIC_NATIVE.size == NIC_NATIVE_SIZE
