@@ -63,3 +63,51 @@ def get_list(
     if len(value) > max_len:
         raise FieldError(f"field {name!r} has {len(value)} items (at most {max_len})")
     return value
+
+
+def get_name(fields: Mapping[str, object], name: str, max_len: int = 256) -> str:
+    """A non-empty string of at most ``max_len`` characters and no NUL: a key, a
+    label, a regex, a path."""
+    value = get_str(fields, name)
+    if not value:
+        raise FieldError(f"field {name!r} is empty")
+    if len(value) > max_len:
+        raise FieldError(f"field {name!r} is {len(value)} characters long; the limit is {max_len}")
+    if "\0" in value:
+        raise FieldError(f"field {name!r} contains a NUL character")
+    return value
+
+
+def get_bool(fields: Mapping[str, object], name: str, default: bool = _MISSING) -> bool:
+    value = fields.get(name, default)
+    if value is _MISSING:
+        raise FieldError(f"field {name!r} is missing")
+    if not isinstance(value, bool):
+        raise FieldError(f"field {name!r} must be a bool, not {type(value).__name__}")
+    return value
+
+
+def get_flags(fields: Mapping[str, object], name: str, allowed: int, default: int = 0) -> int:
+    """An integer of flag bits, each one of ``allowed``."""
+    value = get_int(fields, name, 0, (1 << 63) - 1, default)
+    allowed = int(allowed)  # ~ of an IntFlag keeps only the flag's own bits
+    if value & ~allowed:
+        raise FieldError(f"field {name!r}={value:#x} has bits outside {allowed:#x}")
+    return value
+
+
+def get_str_list(
+    fields: Mapping[str, object], name: str, max_len: int, default: list[str] = _MISSING
+) -> list[str]:
+    """A list of strings (argv, say)."""
+    items = get_list(fields, name, max_len, default)  # type: ignore[arg-type]
+    if not all(isinstance(item, str) for item in items):
+        raise FieldError(f"field {name!r} must be a list of strings")
+    return [str(item) for item in items]
+
+
+def get_optional_int(fields: Mapping[str, object], name: str, low: int, high: int) -> int | None:
+    """An integer field that may be absent (None), as ``position`` in pread/pwrite."""
+    if name not in fields:
+        return None
+    return get_int(fields, name, low, high)

@@ -33,16 +33,15 @@ Everything a request carries is checked here (``handle``): a bad request is a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from hwl.proto import codec
 from hwl.proto import ds as dsp
 from hwl.proto.ds import DsFlag
 from hwl.proto.errno import Errno, ErrnoError
-
-U32_MAX = 0xFFFFFFFF
-ENDPOINT_MIN, ENDPOINT_MAX = -(1 << 31), (1 << 31) - 1
+from hwl.proto.fields import FieldError, get_name
 
 MAX_ENTRIES = 4096
 """Entries DS keeps at most (MINIX: 2 * NR_SYS_PROCS); beyond, publish is ENOMEM."""
@@ -50,8 +49,7 @@ MAX_ENTRIES = 4096
 MAX_SUBSCRIPTIONS = 1024
 """Subscriptions at most (one per process; the kernel has 1024 slots); beyond, EAGAIN."""
 
-PUBLISH_FLAGS = DsFlag.PRIVATE | DsFlag.OVERWRITE
-SUBSCRIBE_FLAGS = DsFlag.INITIAL | DsFlag.OVERWRITE
+T = TypeVar("T")
 
 STATE_VERSION = 1
 
@@ -122,57 +120,25 @@ class Outcome:
 
 
 # ---------------------------------------------------------------- validation
+# The field rules live with the protocol (hwl.proto.ds); these wrappers give their
+# FieldError as a StoreError, for the saved state that a live update hands over.
+def _checked(check: Callable[[], T]) -> T:
+    try:
+        return check()
+    except FieldError as exc:
+        raise _invalid(str(exc)) from exc
+
+
 def check_key(key: object, what: str = "key") -> str:
-    if not isinstance(key, str):
-        raise _invalid(f"{what} must be a str, not {type(key).__name__}")
-    if not key:
-        raise _invalid(f"{what} is empty")
-    if len(key) > dsp.DS_MAX_KEY:
-        raise _invalid(f"{what} is {len(key)} characters long; the limit is {dsp.DS_MAX_KEY}")
-    if "\0" in key:
-        raise _invalid(f"{what} contains a NUL character")
-    return key
+    return _checked(lambda: get_name({what: key}, what, dsp.DS_MAX_KEY))
 
 
 def check_type(type_: object) -> str:
-    if not isinstance(type_, str) or type_ not in dsp.DS_TYPES:
-        raise _invalid(f"type must be one of {', '.join(dsp.DS_TYPES)}, not {type_!r}")
-    return type_
+    return _checked(lambda: dsp.check_type(type_))
 
 
 def check_value(type_: str, value: object) -> Value:
-    if type_ == "u32":
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U32_MAX:
-            raise _invalid(f"a u32 value must be an int in 0..{U32_MAX}, not {value!r:.40}")
-        return value
-    if type_ == "label":
-        if (
-            not isinstance(value, int)
-            or isinstance(value, bool)
-            or not ENDPOINT_MIN <= value <= ENDPOINT_MAX
-        ):
-            raise _invalid(f"a label value must be an endpoint (int), not {value!r:.40}")
-        return value
-    if type_ == "str":
-        if not isinstance(value, str):
-            raise _invalid(f"a str value must be a str, not {type(value).__name__}")
-        size = len(value.encode("utf-8", "surrogatepass"))
-        if size > dsp.DS_MAX_MEM:
-            raise _invalid(f"a str value is {size} bytes; the limit is {dsp.DS_MAX_MEM}")
-        return value
-    if not isinstance(value, bytes):
-        raise _invalid(f"a mem value must be bytes, not {type(value).__name__}")
-    if len(value) > dsp.DS_MAX_MEM:
-        raise _invalid(f"a mem value is {len(value)} bytes; the limit is {dsp.DS_MAX_MEM}")
-    return value
-
-
-def check_flags(flags: object, allowed: DsFlag, what: str) -> DsFlag:
-    if not isinstance(flags, int) or isinstance(flags, bool):
-        raise _invalid(f"flags must be an int, not {type(flags).__name__}")
-    if flags & ~int(allowed):
-        raise _invalid(f"flags {flags:#x}: {what} takes only {allowed!r}")
-    return DsFlag(flags)
+    return _checked(lambda: dsp.check_value(type_, value))
 
 
 def compile_regex(regex: object) -> re.Pattern[str]:
@@ -423,54 +389,47 @@ def _unique(endpoints: list[int]) -> list[int]:
 
 
 # ------------------------------------------------------------------- requests
-def _field(fields: Mapping[str, codec.Value], name: str) -> codec.Value:
-    if name not in fields:
-        raise _invalid(f"the request lacks the field {name!r}")
-    return fields[name]
-
-
 def handle(store: Store, caller: Caller, m_type: int, fields: Mapping[str, codec.Value]) -> Outcome:
-    """Carry out one DS request; StoreError says why it was refused."""
+    """Carry out one DS request; StoreError says why it was refused (EINVAL for a
+    bad field, from the protocol's typed request)."""
+    try:
+        return _handle(store, caller, m_type, fields)
+    except FieldError as exc:
+        raise _invalid(str(exc)) from exc
+
+
+def _handle(
+    store: Store, caller: Caller, m_type: int, fields: Mapping[str, codec.Value]
+) -> Outcome:
     if m_type == dsp.DS_PUBLISH:
-        key = check_key(_field(fields, "key"))
-        type_ = check_type(_field(fields, "type"))
-        value = check_value(type_, _field(fields, "value"))
-        flags = check_flags(fields.get("flags", 0), PUBLISH_FLAGS, "publish")
-        return Outcome(notify=store.publish(caller, key, type_, value, flags))
+        pub = dsp.DsPublish.from_fields(fields)
+        return Outcome(notify=store.publish(caller, pub.key, pub.type, pub.value, pub.flags))
     if m_type == dsp.DS_RETRIEVE:
-        key = check_key(_field(fields, "key"))
-        type_ = check_type(_field(fields, "type"))
-        entry = store.retrieve(caller, key, type_)
+        req = dsp.DsKey.from_fields(fields)
+        entry = store.retrieve(caller, req.key, req.type)
         return Outcome({"value": entry.value, "owner": entry.owner})
     if m_type == dsp.DS_DELETE:
-        key = check_key(_field(fields, "key"))
-        type_ = check_type(_field(fields, "type"))
-        return Outcome(notify=store.delete(caller, key, type_))
+        req = dsp.DsKey.from_fields(fields)
+        return Outcome(notify=store.delete(caller, req.key, req.type))
     if m_type == dsp.DS_SUBSCRIBE:
-        regex = check_key(_field(fields, "regex"), "regex")
-        flags = check_flags(fields.get("flags", 0), SUBSCRIBE_FLAGS, "subscribe")
-        return Outcome(notify=store.subscribe(caller, regex, flags))
+        sub = dsp.DsSubscribe.from_fields(fields)
+        return Outcome(notify=store.subscribe(caller, sub.regex, sub.flags))
     if m_type == dsp.DS_CHECK:
         key, type_, owner = store.check(caller)
         return Outcome({"key": key, "type": type_, "owner": owner})
     if m_type == dsp.DS_RETRIEVE_LABEL:
-        return Outcome(_retrieve_label(store, fields))
+        return Outcome(_retrieve_label(store, dsp.DsRetrieveLabel.from_fields(fields)))
     raise StoreError(Errno.ENOSYS, f"DS has no request type {m_type:#x}")
 
 
-def _retrieve_label(store: Store, fields: Mapping[str, codec.Value]) -> dict[str, codec.Value]:
-    has_label, has_endpoint = "label" in fields, "endpoint" in fields
-    if has_label == has_endpoint:
-        raise _invalid("retrieve_label takes either a label or an endpoint")
-    if has_label:
-        label = check_key(fields["label"], "label")
-        endpoint = store.endpoint_of(label)
+def _retrieve_label(store: Store, req: dsp.DsRetrieveLabel) -> dict[str, codec.Value]:
+    if req.label is not None:
+        endpoint = store.endpoint_of(req.label)
         if endpoint is None:
-            raise StoreError(Errno.ESRCH, f"retrieve_label: no label {label!r}")
-        return {"label": label, "endpoint": endpoint}
-    endpoint_value = check_value("label", fields["endpoint"])
-    assert isinstance(endpoint_value, int)
-    name = store.label_of(endpoint_value)
+            raise StoreError(Errno.ESRCH, f"retrieve_label: no label {req.label!r}")
+        return {"label": req.label, "endpoint": endpoint}
+    assert req.endpoint is not None
+    name = store.label_of(req.endpoint)
     if name is None:
-        raise StoreError(Errno.ESRCH, f"retrieve_label: no label for endpoint {endpoint_value}")
-    return {"label": name, "endpoint": endpoint_value}
+        raise StoreError(Errno.ESRCH, f"retrieve_label: no label for endpoint {req.endpoint}")
+    return {"label": name, "endpoint": req.endpoint}
