@@ -169,3 +169,24 @@ def test_stub_refuses_bad_blocks(net: tuple[Machine, dict[str, Peer]]) -> None:
         nic_native.native_tx(machine.link, "e1000", bytes(59), 1)
     with pytest.raises(ValueError):
         nic_native.native_tx(machine.link, "rtl8139", bytes(60), 1, batch=65)
+
+
+@pytest.mark.parametrize("nic", ["rtl8139", "e1000"])
+def test_no_bus_master_is_a_device_error(
+    net: tuple[Machine, dict[str, Peer]], nic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With bus mastering off the NIC cannot read its descriptors: the loop sees
+    them untaken (OWN still set, DD never written) and says so, and no frame left."""
+    machine, peers = net
+    link = machine.link
+    d = nic_native.find_nic(link, nic)
+    command = link.pci_read(d.bus, d.dev, d.fn, nic_native.PCI_COMMAND, 2)
+    off = command & ~nic_native.CMD_BUS_MASTER
+    link.pci_write(d.bus, d.dev, d.fn, nic_native.PCI_COMMAND, off, 2)
+    monkeypatch.setattr(nic_native, "enable_bus_master", lambda _link, _d: None)
+    try:
+        with pytest.raises(nic_native.NicNativeError, match="device error after 0 of 5"):
+            nic_native.native_tx(link, nic, nic_native.tx_frame(60), 5)
+    finally:
+        link.pci_write(d.bus, d.dev, d.fn, nic_native.PCI_COMMAND, command, 2)
+    assert peers[nic].drain(first=0.5) == []
