@@ -43,11 +43,13 @@ MAX_BLOCKS = 16  # sdevio blocks per call, each after an interrupt: bounds the s
 IRQ_WAIT_US = 10_000  # how long the stub waits for a block's interrupt before it hands back
 MAX_INLINE = 4096  # dmacopy read/write bytes carried in the message itself
 MAX_VECTOR = 64  # vsafecopy entries
+STRING_CODES = frozenset({abi.OP_INS, abi.OP_OUTS})  # on the caller's own DMA buffers only
 VDEVIO_CODES = frozenset(
-    {abi.OP_NOP, abi.OP_IN, abi.OP_OUT, abi.OP_WAIT, abi.OP_DELAY} | abi.MMIO_CODES
+    {abi.OP_NOP, abi.OP_IN, abi.OP_OUT, abi.OP_WAIT, abi.OP_DELAY} | abi.MMIO_CODES | STRING_CODES
 )
-PORT_CODES = frozenset({abi.OP_IN, abi.OP_OUT, abi.OP_WAIT})
-DMA_CALLS = frozenset({"dmaalloc", "dmafree", "dmacopy"})
+PORT_CODES = frozenset({abi.OP_IN, abi.OP_OUT, abi.OP_WAIT, abi.OP_INS, abi.OP_OUTS})
+DMA_CALLS = frozenset({"dmaalloc", "dmafree", "dmacopy", "dmamap", "dmaadopt"})
+PAGE = 4096
 
 Reply = dict[str, codec.Value]
 Answer = Reply | bytes  # bytes: a binary call's reply payload (vdevio)
@@ -141,6 +143,7 @@ class Calls:
     def __init__(self, kernel: Kernel) -> None:
         self.k = kernel
         self.pending: list[Pending] = []
+        self.reply_fds: list[int] = []  # sent with the reply being made (not owned)
         self._dma_ids = 0
         self.handlers: dict[str, Handler] = {
             name: getattr(self, f"do_{name}")
@@ -176,6 +179,7 @@ class Calls:
     def _answer(self, proc: Proc, number: int, run: Callable[[], Answer | None]) -> None:
         """Run a call (or the end of one that waited for the stub) and answer it:
         the reply, or the error with its reason; None means it answers later."""
+        self.reply_fds = []
         try:
             reply = run()
         except CallError as exc:
@@ -191,7 +195,8 @@ class Calls:
         if isinstance(reply, bytes):
             self.k.respond(proc, 0, number, reply)
         elif reply is not None:
-            self.k.respond(proc, 0, number, codec.encode(reply) if reply else b"")
+            fds, self.reply_fds = self.reply_fds, []
+            self.k.respond(proc, 0, number, codec.encode(reply) if reply else b"", fds)
 
     def release(self, proc: Proc) -> None:
         """A process ended: free its DMA buffers (its pending calls finish unanswered)."""
@@ -290,7 +295,9 @@ class Calls:
         waits = False
         if ops not in priv.checked_batches:  # a driver repeats the same few batches
             waits = self._check_vdevio_ops(proc, ops, n, hook)
-            if not waits:  # those carry an LBA, and are checked against the hook
+            # Waits carry an LBA and are checked against the hook; string ops
+            # against DMA buffers that may be gone by the next call.
+            if not waits and STRING_CODES.isdisjoint(ops[:: abi.OP_SIZE]):
                 priv.remember_batch(ops)
         irqs, run, nrun, unmasked = self.k.irqs, ops, n, None
         if hook is not None and n < abi.MAX_OPS:
@@ -333,6 +340,8 @@ class Calls:
         if not codes.isdisjoint(abi.MMIO_CODES):
             # The op's first word holds no address: check each op's own (a, width).
             self._check_mmio_ops(proc, ops, n)
+        if not codes.isdisjoint(STRING_CODES):
+            self._check_string_ops(proc, ops, n)
         waits = abi.OP_IRQ_WAIT in codes
         if waits and hook is not None and not self.k.irqs.alone(hook):
             fail(Errno.EBUSY, f"vdevio: IRQ {hook.line} is shared; its interrupts are not "
@@ -356,6 +365,22 @@ class Calls:
                         fail(Errno.EINVAL, f"vdevio: op {i // 6} waits {c} µs for IRQ {a} "
                                            f"(at most {IRQ_WAIT_US})")  # fmt: skip
         return waits
+
+    @staticmethod
+    def _check_string_ops(proc: Proc, ops: bytes, n: int) -> None:
+        """A string op (rep ins/outs) moves ``a`` units of ``width`` between its port
+        and guest memory at ``b``: that range must lie inside one of the caller's
+        DMA buffers (its own staging memory), never anywhere else in guest RAM."""
+        full = ops_struct(n).unpack(ops)
+        buffers = [(buf.phys, buf.phys + buf.size) for buf in proc.dma.values()]
+        for i in range(0, len(full), 6):
+            code, width, a, b = full[i], full[i + 1], full[i + 3], full[i + 4]
+            if code not in STRING_CODES:
+                continue
+            end = b + a * width
+            if not any(lo <= b and end <= hi for lo, hi in buffers):
+                deny(f"vdevio: op {i // 6} moves [{b:#x}, {end:#x}) of guest memory, "
+                     "outside its DMA buffers")  # fmt: skip
 
     @staticmethod
     def _check_mmio_ops(proc: Proc, ops: bytes, n: int) -> None:
@@ -737,6 +762,22 @@ class Calls:
         del proc.dma[ident]
         self._link().free_dma(buf)
         return {}
+
+    def do_dmamap(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        """The guest-RAM file (over SCM_RIGHTS) and the page range of one of the
+        caller's DMA buffers, for the caller to mmap: its rings and packet buffers
+        without a kernel call each. The trust boundary is ``memory dma`` itself (a
+        bus-master driver can make its device write anywhere: no IOMMU on pc), so
+        the file grants a holder of it nothing new; the client maps only the
+        buffer's pages and closes the fd."""
+        _ident, buf = self._dma_buffer(proc, f)
+        fd = self._link().memory.fd
+        if fd is None:
+            fail(Errno.ENODEV, "dmamap: the kernel has no guest-RAM file to share")
+        start = buf.phys & ~(PAGE - 1)
+        end = (buf.phys + buf.size + PAGE - 1) & ~(PAGE - 1)
+        self.reply_fds = [fd]
+        return {"offset": start, "length": end - start, "phys": buf.phys, "size": buf.size}
 
     def do_dmacopy(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
         """Move bytes between a DMA buffer and the message (read, write), a grant

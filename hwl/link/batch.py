@@ -166,6 +166,15 @@ class Batch:
             raise ValueError(f"outs of {count * width} bytes at {offset} overflows the buffer")
         self._add(abi.OP_OUTS, width, port, count, buf.phys + offset)
 
+    def ins_phys(self, port: int, count: int, width: int, phys: int) -> None:
+        """``rep ins`` into guest memory at ``phys``: for a driver's vdevio, where
+        the kernel checks the range lies in one of the caller's DMA buffers."""
+        self._add(abi.OP_INS, width, port, count, phys)
+
+    def outs_phys(self, port: int, count: int, width: int, phys: int) -> None:
+        """``rep outs`` from guest memory at ``phys`` (see ``ins_phys``)."""
+        self._add(abi.OP_OUTS, width, port, count, phys)
+
     # control
     def wait(
         self, port: int, mask: int, value: int, timeout_us: int = 1_000_000, width: int = 1
