@@ -18,7 +18,11 @@ allows; the client loops).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
+
+from hwl.proto.fields import FieldError, get_int, get_optional_int, get_str
 
 VFS_BASE: Final = 0xA00
 VFS_OPEN: Final = VFS_BASE + 1
@@ -44,3 +48,99 @@ O_ACCMODE: Final = 3
 
 #: The most one READ or WRITE moves (a bigger count gets a short answer).
 VFS_MAX_IO: Final = 1 << 20
+
+MAX_PATH: Final = 1024
+_I64 = (-(1 << 63), (1 << 63) - 1)
+Fields = Mapping[str, object]
+
+
+# ------------------------------------------------------------ typed requests
+# Built from a request's fields; a bad field raises FieldError, which VFS answers
+# with EINVAL and the reason. Values a field may hold but VFS refuses (an unknown
+# access mode, a negative position) are VFS's to check, with their own errno.
+
+
+@dataclass(frozen=True)
+class VfsOpen:
+    path: str
+    flags: int
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> VfsOpen:
+        path = get_str(fields, "path")
+        if len(path) > MAX_PATH:
+            raise FieldError(f"field 'path' is {len(path)} characters; the limit is {MAX_PATH}")
+        return cls(path, get_int(fields, "flags", *_I64))
+
+
+@dataclass(frozen=True)
+class VfsFd:
+    """VFS_CLOSE, and the fd of every request but OPEN."""
+
+    fd: int
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> VfsFd:
+        return cls(get_int(fields, "fd", *_I64))
+
+
+@dataclass(frozen=True)
+class VfsLseek:
+    fd: int
+    offset: int
+    whence: int
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> VfsLseek:
+        return cls(
+            get_int(fields, "fd", *_I64),
+            get_int(fields, "offset", *_I64),
+            get_int(fields, "whence", *_I64),
+        )
+
+
+@dataclass(frozen=True)
+class VfsIo:
+    """VFS_READ / VFS_WRITE; ``position`` None moves the fd's own position."""
+
+    fd: int
+    count: int
+    grant: int
+    position: int | None
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> VfsIo:
+        return cls(
+            get_int(fields, "fd", *_I64),
+            get_int(fields, "count", *_I64),
+            get_int(fields, "grant", *_I64),
+            get_optional_int(fields, "position", *_I64),
+        )
+
+
+@dataclass(frozen=True)
+class VfsIoctl:
+    fd: int
+    request: str
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> VfsIoctl:
+        return cls(get_int(fields, "fd", *_I64), get_str(fields, "request"))
+
+
+VfsRequest = VfsOpen | VfsFd | VfsLseek | VfsIo | VfsIoctl
+
+_TYPES: Final[dict[int, type[VfsOpen | VfsFd | VfsLseek | VfsIo | VfsIoctl]]] = {
+    VFS_OPEN: VfsOpen,
+    VFS_CLOSE: VfsFd,
+    VFS_READ: VfsIo,
+    VFS_WRITE: VfsIo,
+    VFS_LSEEK: VfsLseek,
+    VFS_IOCTL: VfsIoctl,
+}
+
+
+def parse_request(m_type: int, fields: Fields) -> VfsRequest:
+    """The typed request of a VFS message; FieldError for a bad field, KeyError for
+    an unknown ``m_type``."""
+    return _TYPES[m_type].from_fields(fields)

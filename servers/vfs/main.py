@@ -118,6 +118,7 @@ class Op:
     grant: int = 0
     done: int = 0
     opening: tuple[str, int, int, int] | None = None  # path, flags, client, fd (OPEN)
+    req: vp.VfsRequest | None = None  # the typed request (hwl.proto.vfs)
     at: int | None = None  # READ/WRITE with a position (pread/pwrite): the fd's stays
 
 
@@ -202,11 +203,10 @@ class VfsServer:
     # ------------------------------------------------------------ requests
     def make_op(self, m: Message) -> Op | None:
         """Check a request; answer what needs no driver, else the Op to run."""
-        if m.m_type == vp.VFS_OPEN:
+        req = vp.parse_request(m.m_type, m.fields)  # FieldError: EINVAL
+        if isinstance(req, vp.VfsOpen):
             self.reap()
-            path, flags = m["path"], _int(m, "flags")
-            if not isinstance(path, str):
-                raise ValueError("path is not a string")
+            path, flags = req.path, req.flags
             if flags & ~vp.O_ACCMODE or flags & vp.O_ACCMODE == vp.O_ACCMODE:
                 raise Refused(Errno.EINVAL, f"flags {flags:#x}")
             found = devmap.lookup(path)
@@ -219,11 +219,11 @@ class VfsServer:
             label, minor = found
             driver = self.drivers.setdefault(label, Driver(label))
             return Op(m, driver, None, count=minor, opening=(path, flags, m.source, fd))
-        file = self.files.get((m.source, _int(m, "fd")))
+        file = self.files.get((m.source, req.fd))
         if file is None:
-            raise Refused(Errno.EBADF, f"fd {m.get('fd')!r} is not open")
-        if m.m_type == vp.VFS_LSEEK:
-            offset, whence = _int(m, "offset"), _int(m, "whence")
+            raise Refused(Errno.EBADF, f"fd {req.fd!r} is not open")
+        if isinstance(req, vp.VfsLseek):
+            offset, whence = req.offset, req.whence
             size = file.driver.minors[file.minor].size
             base = {os.SEEK_SET: 0, os.SEEK_CUR: file.position, os.SEEK_END: size}.get(whence)
             if base is None:
@@ -233,19 +233,19 @@ class VfsServer:
             file.position = base + offset
             self.reply(m, 0, {"position": file.position})
             return None
-        if m.m_type in (vp.VFS_READ, vp.VFS_WRITE):
+        if isinstance(req, vp.VfsIo):
             write = m.m_type == vp.VFS_WRITE
             mode = file.flags & vp.O_ACCMODE
             if (write and mode == vp.O_RDONLY) or (not write and mode == vp.O_WRONLY):
                 raise Refused(Errno.EBADF, "not open for " + ("writing" if write else "reading"))
-            count, grant = _int(m, "count"), _int(m, "grant")
+            count, grant, at = req.count, req.grant, req.position
             if count < 0:
                 raise Refused(Errno.EINVAL, f"count {count}")
-            at = _int(m, "position") if "position" in m.fields else None
             if at is not None and at < 0:
                 raise Refused(Errno.EINVAL, f"position {at} is negative")
-            return Op(m, file.driver, file, count=min(count, vp.VFS_MAX_IO), grant=grant, at=at)
-        return Op(m, file.driver, file)  # CLOSE, IOCTL
+            count = min(count, vp.VFS_MAX_IO)
+            return Op(m, file.driver, file, count=count, grant=grant, at=at, req=req)
+        return Op(m, file.driver, file, req=req)  # CLOSE, IOCTL
 
     def run(self, driver: Driver, op: Op) -> bool:
         """Run ``op`` to its answer; False (op kept by the caller) if the driver is down."""
@@ -270,12 +270,12 @@ class VfsServer:
             if file.dirty:  # before the fd goes: a driver down keeps the request
                 self.call(driver, bp.BDEV_IOCTL, minor=file.minor, request=bp.IOCTL_FLUSH)
                 file.dirty = False
-            self.close_file((op.m.source, _int(op.m, "fd")))
+            assert isinstance(op.req, vp.VfsFd)
+            self.close_file((op.m.source, op.req.fd))
             return 0, {}
         if t == vp.VFS_IOCTL:
-            request = op.m["request"]
-            if not isinstance(request, str):
-                raise ValueError("request is not a string")
+            assert isinstance(op.req, vp.VfsIoctl)
+            request = op.req.request
             if request not in (bp.IOCTL_GEOMETRY, bp.IOCTL_FLUSH):
                 raise Refused(Errno.ENOTTY, f"ioctl {request!r}")
             _, fields = self.call(driver, bp.BDEV_IOCTL, minor=file.minor, request=request)
@@ -548,13 +548,6 @@ class VfsServer:
             driver.announced = time.monotonic()
             if driver.minors or driver.pending or not driver.up:
                 self.retry(driver)
-
-
-def _int(m: Message, name: str) -> int:
-    value = m[name]
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"field {name!r} is not an integer: {value!r}")
-    return value
 
 
 def main(argv: list[str]) -> int:
