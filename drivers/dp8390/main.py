@@ -1,0 +1,360 @@
+"""dp8390: NE2000-compatible PCI cards (QEMU's ne2k_pci, a Realtek 8029), a NIC driver.
+
+``service up drivers.dp8390 -args "instance=0"`` (system.conf entry ``dp8390``).
+
+The card has no bus master: frames move through its remote-DMA data port, in
+32-bit units, between the card's 48 KiB of memory and a staging buffer of the
+driver's in guest RAM (mapped into the driver, so filling it costs no kernel
+call). Card memory: one transmit buffer at page 0x40, the receive ring at pages
+0x46..0xC0 (the whole rest, as QEMU's card holds 48 KiB).
+
+- A SEND of up to ``TX_PER_CALL`` frames is one kernel call: per frame, the
+  remote write of its bytes, the wait for remote-DMA completion, then TPSR/TBCR
+  and CR.TXP, the wait for PTX (QEMU transmits during that write).
+- Each interrupt: one call reads and clears ISR and reads CURR; one more reads
+  every page between BNRY and CURR in a single remote read (it wraps at PSTOP as
+  the ring does) and moves BNRY, so the whole ring is drained at once and the
+  card never fills while the driver lives. The frames wait in the driver (at
+  most ``MAX_QUEUED``; more are counted as ``iqdrop``) for the client's RECVs.
+- A ring header that makes no sense (a next page outside the ring, a length
+  outside 60..1514) resets the card and is counted as ``ierror``.
+- The MAC is the PROM's (QEMU's unicast filter compares with the PROM, not PAR0-5),
+  so the address cannot be changed. Multicast modes accept every multicast frame
+  (MAR all ones); the client filters. There is no link state: always up.
+
+A restart is a fresh start (reset, re-initialisation). Live update: the new
+version takes the old one's staging buffer, IRQ hook and card from the saved
+state and touches no hardware in its init.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hwl.driver import netdriver, nic
+from hwl.ipc import codec
+from hwl.ipc.client import Connection
+from hwl.ipc.kcalls import DmaHandle
+from hwl.link.batch import Batch
+from hwl.proto import ndev
+from hwl.system import sef
+
+log = logging.getLogger("dp8390")
+
+PCI_IDS = {(0x10EC, 0x8029)}
+
+# registers, page 0 (offsets from the I/O base)
+CR, PSTART, PSTOP, BNRY, TPSR, TBCR0, TBCR1, ISR = range(8)
+RSAR0, RSAR1, RBCR0, RBCR1, RCR, TCR, DCR, IMR = range(8, 16)
+CURR = 0x07  # page 1
+PAR0 = 0x01  # page 1
+MAR0 = 0x08  # page 1
+DATA = 0x10
+RESET = 0x1F
+
+CR_STP, CR_STA, CR_TXP = 0x01, 0x02, 0x04
+CR_RREAD, CR_RWRITE, CR_NODMA = 0x08, 0x10, 0x20
+CR_PAGE1 = 0x40
+ISR_PRX, ISR_PTX, ISR_RXE, ISR_TXE, ISR_OVW, ISR_CNT, ISR_RDC, ISR_RST = (1 << i for i in range(8))
+RCR_AB, RCR_AM, RCR_PRO, RCR_MON = 0x04, 0x08, 0x10, 0x20
+TCR_LOOPBACK = 0x02
+DCR_WORD = 0x49  # word-wide, normal operation, FIFO threshold 8 bytes
+
+PAGE = 256
+TX_PAGE = 0x40
+RX_START = 0x46
+RX_STOP = 0xC0
+RING_PAGES = RX_STOP - RX_START
+TX_SLOT = 1536  # staging bytes per frame
+TX_PER_CALL = 16  # frames per kernel call: 14 ops each, at most 254 ops
+MAX_QUEUED = 1024
+WAIT_US = 2000
+IMR_BITS = ISR_PRX | ISR_RXE | ISR_OVW
+
+
+@dataclass
+class Ring:
+    """The receive ring as the driver last saw it."""
+
+    bnry: int = RX_START  # the last page read
+    curr: int = RX_START + 1  # where the card writes next
+
+    @property
+    def next(self) -> int:
+        return RX_START if self.bnry + 1 >= RX_STOP else self.bnry + 1
+
+    def pending_pages(self) -> int:
+        return (self.curr - self.next) % RING_PAGES
+
+
+class Dp8390:
+    def __init__(self, args: dict[str, str]) -> None:
+        self.instance = int(args.get("instance", "0"))
+        self.conn: Connection | None = None
+        self.io = 0
+        self.irq_hook = -1
+        self.mac = b""
+        self.tx: DmaHandle | None = None
+        self.rx: DmaHandle | None = None
+        self.tx_view: memoryview | None = None
+        self.rx_view: memoryview | None = None
+        self.ring = Ring()
+        self.dirty = True  # frames may wait in the ring
+        self.queue: deque[bytes] = deque()
+        self.rcr = RCR_AB
+        self.restored: dict[str, codec.Value] | None = None
+
+    # ------------------------------------------------------------------ init
+    def init(self, instance: int) -> ndev.InitReply:
+        conn = self.conn = sef.connection()
+        if self.restored is not None:
+            self._adopt(conn, self.restored)
+        else:
+            _pci, card = nic.reserve(conn, PCI_IDS, self.instance, bus_master=False)
+            self.io = card.io_base
+            self.tx = conn.dma_alloc(TX_PER_CALL * TX_SLOT)
+            self.rx = conn.dma_alloc(RING_PAGES * PAGE)
+            self.irq_hook = conn.irq_setpolicy(card.irq, 0, notify_id=0)
+            self.mac = self._reset_card()
+            conn.irq_enable(self.irq_hook)
+        assert self.tx is not None and self.rx is not None
+        self.tx_view = conn.dma_map(self.tx)
+        self.rx_view = conn.dma_map(self.rx)
+        return ndev.InitReply(hwaddr=self.mac, name=f"dp8390#{self.instance}", link=True,
+                              max_send=TX_PER_CALL * 4)  # fmt: skip
+
+    def _adopt(self, conn: Connection, state: dict[str, codec.Value]) -> None:
+        self.io = int(state["io"])  # type: ignore[arg-type]
+        self.irq_hook = int(state["hook"])  # type: ignore[arg-type]
+        self.mac = bytes(state["mac"])  # type: ignore[arg-type]
+        self.tx = DmaHandle(*state["tx"])  # type: ignore[misc]
+        self.rx = DmaHandle(*state["rx"])  # type: ignore[misc]
+        self.ring = Ring(*state["ring"])  # type: ignore[misc]
+        self.rcr = int(state["rcr"])  # type: ignore[arg-type]
+        self.queue.extend(f for f in state.get("queue") or [] if isinstance(f, bytes))  # type: ignore[union-attr]
+
+    def state_save(self) -> codec.Value:
+        assert self.tx is not None and self.rx is not None
+        return {
+            "io": self.io, "hook": self.irq_hook, "mac": self.mac,
+            "tx": [self.tx.id, self.tx.phys, self.tx.size],
+            "rx": [self.rx.id, self.rx.phys, self.rx.size],
+            "ring": [self.ring.bnry, self.ring.curr], "rcr": self.rcr,
+            "queue": list(self.queue),
+        }  # fmt: skip
+
+    def state_restore(self, state: codec.Value) -> None:
+        if isinstance(state, dict):
+            self.restored = state
+
+    def _vdevio(self, b: Batch, irq: bool = False) -> list[int]:
+        assert self.conn is not None
+        return self.conn.vdevio(b, irq_enable=self.irq_hook if irq else None)
+
+    def _reset_card(self) -> bytes:
+        """Reset, read the MAC from the PROM, set up the ring; returns the MAC."""
+        io = self.io
+        b = Batch()
+        b.inb(io + RESET)
+        b.outb(io + RESET, 0)
+        b.wait(io + ISR, ISR_RST, ISR_RST, timeout_us=100_000)
+        b.outb(io + ISR, 0xFF)
+        b.outb(io + CR, CR_STP | CR_NODMA)
+        b.outb(io + DCR, DCR_WORD)
+        b.outb(io + RBCR0, 0)
+        b.outb(io + RBCR1, 0)
+        b.outb(io + RCR, RCR_MON)
+        b.outb(io + TCR, TCR_LOOPBACK)
+        b.outb(io + PSTART, RX_START)
+        b.outb(io + PSTOP, RX_STOP)
+        b.outb(io + BNRY, RX_START)
+        b.outb(io + IMR, 0)
+        b.outb(io + ISR, 0xFF)
+        # the PROM: 6 words, each a MAC byte twice
+        b.outb(io + RBCR0, 12)
+        b.outb(io + RBCR1, 0)
+        b.outb(io + RSAR0, 0)
+        b.outb(io + RSAR1, 0)
+        b.outb(io + CR, CR_STP | CR_RREAD)
+        words = [b.inw(io + DATA) for _ in range(6)]
+        b.wait(io + ISR, ISR_RDC, ISR_RDC, timeout_us=WAIT_US)
+        b.outb(io + ISR, ISR_RDC)
+        values = self._vdevio(b)
+        mac = bytes(values[i] & 0xFF for i in words)
+        self.ring = Ring()
+        b = Batch()
+        b.outb(io + CR, CR_PAGE1 | CR_STP | CR_NODMA)
+        for i in range(6):
+            b.outb(io + PAR0 + i, mac[i])
+        for i in range(8):
+            b.outb(io + MAR0 + i, 0)
+        b.outb(io + CURR, self.ring.curr)
+        b.outb(io + CR, CR_STP | CR_NODMA)
+        b.outb(io + ISR, 0xFF)
+        b.outb(io + IMR, IMR_BITS)
+        b.outb(io + TCR, 0)
+        b.outb(io + RCR, self.rcr)
+        b.outb(io + CR, CR_STA | CR_NODMA)
+        self._vdevio(b)
+        self.dirty = True
+        return mac
+
+    # ------------------------------------------------------------------ modes
+    def set_mode(self, mode: int, mcast: tuple[bytes, ...]) -> None:
+        rcr = 0
+        if mode & ndev.MODE_BCAST:
+            rcr |= RCR_AB
+        if mode & (ndev.MODE_MCAST_LIST | ndev.MODE_MCAST_ALL):
+            rcr |= RCR_AM
+        if mode & ndev.MODE_PROMISC:
+            rcr |= RCR_PRO
+        if mode == ndev.MODE_DOWN:
+            rcr = RCR_MON
+        b = Batch()
+        b.outb(self.io + CR, CR_PAGE1 | CR_STA | CR_NODMA)
+        for i in range(8):
+            b.outb(self.io + MAR0 + i, 0xFF if rcr & RCR_AM else 0)
+        b.outb(self.io + CR, CR_STA | CR_NODMA)
+        b.outb(self.io + RCR, rcr)
+        self._vdevio(b)
+        self.rcr = rcr
+
+    def stop(self) -> None:
+        b = Batch()
+        b.outb(self.io + IMR, 0)
+        b.outb(self.io + CR, CR_STP | CR_NODMA)
+        self._vdevio(b)
+
+    # ------------------------------------------------------------------- send
+    def send(self, frames: Sequence[bytes]) -> int:
+        """Transmit up to TX_PER_CALL frames in one kernel call."""
+        view, tx = self.tx_view, self.tx
+        assert view is not None and tx is not None
+        io, b = self.io, Batch()
+        frames = frames[:TX_PER_CALL]
+        for k, raw in enumerate(frames):
+            frame = nic.pad(raw)
+            size = len(frame)
+            words = (size + 3) // 4
+            at = k * TX_SLOT
+            view[at : at + size] = frame
+            b.outb(io + CR, CR_STA | CR_NODMA)
+            b.outb(io + RBCR0, (words * 4) & 0xFF)
+            b.outb(io + RBCR1, (words * 4) >> 8)
+            b.outb(io + RSAR0, 0)
+            b.outb(io + RSAR1, TX_PAGE)
+            b.outb(io + CR, CR_STA | CR_RWRITE)
+            b.outs_phys(io + DATA, words, 4, tx.phys + at)
+            b.wait(io + ISR, ISR_RDC, ISR_RDC, timeout_us=WAIT_US)
+            b.outb(io + TPSR, TX_PAGE)
+            b.outb(io + TBCR0, size & 0xFF)
+            b.outb(io + TBCR1, size >> 8)
+            b.outb(io + CR, CR_STA | CR_NODMA | CR_TXP)
+            b.wait(io + ISR, ISR_PTX, ISR_PTX, timeout_us=WAIT_US)
+            b.outb(io + ISR, ISR_RDC | ISR_PTX)
+        self._vdevio(b)
+        return len(frames)
+
+    # ---------------------------------------------------------------- receive
+    def intr(self, mask: int) -> None:
+        """Clear ISR, learn CURR, re-enable the line; then drain the whole ring."""
+        io, b = self.io, Batch()
+        isr = b.inb(io + ISR)
+        b.outb(io + ISR, 0x7F)
+        b.outb(io + CR, CR_PAGE1 | CR_STA | CR_NODMA)
+        curr = b.inb(io + CURR)
+        b.outb(io + CR, CR_STA | CR_NODMA)
+        values = self._vdevio(b, irq=True)
+        if values[isr] & ISR_OVW:
+            log.info("ring overflow reported (ISR %#x)", values[isr])
+        self._drain(values[curr])
+
+    def recv(self, most: int) -> list[bytes]:
+        if not self.queue and self.dirty:
+            b = Batch()
+            b.outb(self.io + CR, CR_PAGE1 | CR_STA | CR_NODMA)
+            curr = b.inb(self.io + CURR)
+            b.outb(self.io + CR, CR_STA | CR_NODMA)
+            self._drain(self._vdevio(b)[curr])
+        out: list[bytes] = []
+        while self.queue and len(out) < most:
+            out.append(self.queue.popleft())
+        return out
+
+    def _drain(self, curr: int) -> None:
+        """Read every page from BNRY+1 up to ``curr`` in one remote read, move BNRY."""
+        if not RX_START <= curr < RX_STOP:
+            self._ring_broken(f"CURR {curr:#x} outside the ring")
+            return
+        self.ring.curr = curr
+        pages = self.ring.pending_pages()
+        self.dirty = False
+        if pages == 0:
+            return
+        view, rx = self.rx_view, self.rx
+        assert view is not None and rx is not None
+        start, size = self.ring.next, pages * PAGE
+        new_bnry = RX_STOP - 1 if curr == RX_START else curr - 1
+        io, b = self.io, Batch()
+        b.outb(io + CR, CR_STA | CR_NODMA)
+        b.outb(io + RBCR0, size & 0xFF)
+        b.outb(io + RBCR1, size >> 8)
+        b.outb(io + RSAR0, 0)
+        b.outb(io + RSAR1, start)
+        b.outb(io + CR, CR_STA | CR_RREAD)
+        b.ins_phys(io + DATA, size // 4, 4, rx.phys)
+        b.wait(io + ISR, ISR_RDC, ISR_RDC, timeout_us=WAIT_US)
+        b.outb(io + ISR, ISR_RDC)
+        b.outb(io + BNRY, new_bnry)
+        self._vdevio(b)
+        self.ring.bnry = new_bnry
+        self._parse(bytes(view[:size]), start, pages)
+
+    def _parse(self, data: bytes, start: int, pages: int) -> None:
+        page, stats = start, netdriver.stats()
+        while (page - start) % RING_PAGES < pages:
+            at = ((page - start) % RING_PAGES) * PAGE
+            nxt = data[at + 1]
+            total = data[at + 2] | data[at + 3] << 8
+            if not RX_START <= nxt < RX_STOP or not ndev.ETH_MIN + 4 <= total <= ndev.ETH_MAX + 4:
+                self._ring_broken(f"header at page {page:#x}: next {nxt:#x}, length {total}")
+                return
+            if len(self.queue) < MAX_QUEUED:
+                self.queue.append(data[at + 4 : at + total])
+            else:
+                stats.iqdrop += 1
+            if nxt == page:
+                break
+            page = nxt
+
+    def _ring_broken(self, why: str) -> None:
+        log.warning("receive ring corrupt (%s): resetting the card", why)
+        netdriver.stats().ierror += 1
+        self._reset_card()
+        self.set_mode_keep()
+
+    def set_mode_keep(self) -> None:
+        b = Batch()
+        b.outb(self.io + RCR, self.rcr)
+        self._vdevio(b)
+
+
+def main(argv: list[str]) -> int:
+    driver = Dp8390(nic.instance_arg(argv))
+    table = netdriver.NetDriver(
+        init=driver.init,
+        send=driver.send,
+        recv=driver.recv,
+        intr=driver.intr,
+        set_mode=driver.set_mode,
+        stop=driver.stop,
+        state_save=driver.state_save,
+        state_restore=driver.state_restore,
+    )
+    netdriver.setup(table, driver.instance)
+    sef.startup()
+    netdriver.task(table)
+    return 0

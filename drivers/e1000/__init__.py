@@ -1,0 +1,1 @@
+"""e1000: the Intel PRO/1000 driver (QEMU e1000)."""

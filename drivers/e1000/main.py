@@ -1,0 +1,312 @@
+"""e1000: Intel PRO/1000 cards (QEMU's e1000, an 82540EM, and its 82544/82545 variants).
+
+``service up drivers.e1000 -args "instance=0"`` (system.conf entry ``e1000``).
+
+Registers through MMIO only (BAR0, 32-bit accesses: QEMU's I/O BAR is a stub).
+Both descriptor rings and their packet buffers live in two DMA buffers of the
+driver's, mapped into it, so a frame costs no kernel call of its own:
+
+- SEND: the frames are copied into transmit buffers and their descriptors
+  written in memory (EOP|IFCS|RS), then one kernel call writes TDT and reads TDH
+  back; QEMU transmits during the TDT write.
+- Each interrupt: one call reads ICR (which acknowledges the card) and re-enables
+  the line. Received frames are taken from the ring in memory (RCTL.SECRC: the
+  length has no FCS); one call gives the buffers back with an RDT write.
+- The link is used as it is (CTRL.SLU); the PHY is never touched, since an
+  autonegotiation restart takes QEMU's link down for 500 ms. LSC updates it.
+
+Restart: QEMU ignores CTRL.RST, and any RCTL write holds reception for 1 s. So a
+restarted driver first adopts the rings its previous incarnation left (the
+kernel keeps tagged DMA buffers for the label and turned bus mastering off at the
+death): if RDBAL/TDBAL still point at them and the receiver is on, it takes the
+ring positions from the card, turns bus mastering back on and writes no RCTL.
+Otherwise it re-initialises every register itself (fresh start, ~1 s until the
+first frame). Live update: the new version takes the rings, positions and IRQ
+hook from the saved state and touches no hardware.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Sequence
+
+from hwl.driver import netdriver, nic
+from hwl.ipc import codec
+from hwl.ipc.client import Connection, IpcError
+from hwl.ipc.kcalls import DmaHandle
+from hwl.link.batch import Batch
+from hwl.proto import ndev
+from hwl.system import sef
+
+log = logging.getLogger("e1000")
+
+PCI_IDS = {(0x8086, 0x100E), (0x8086, 0x100F), (0x8086, 0x100C)}
+
+CTRL, STATUS, ICR, ITR, IMS, IMC = 0x0000, 0x0008, 0x00C0, 0x00C4, 0x00D0, 0x00D8
+RCTL, TCTL, TIPG = 0x0100, 0x0400, 0x0410
+RDBAL, RDBAH, RDLEN, RDH, RDT = 0x2800, 0x2804, 0x2808, 0x2810, 0x2818
+TDBAL, TDBAH, TDLEN, TDH, TDT = 0x3800, 0x3804, 0x3808, 0x3810, 0x3818
+MTA, RAL0, RAH0 = 0x5200, 0x5400, 0x5404
+
+CTRL_ASDE, CTRL_SLU = 0x20, 0x40
+STATUS_LU = 0x02
+ICR_TXDW, ICR_LSC, ICR_RXDMT0, ICR_RXO, ICR_RXT0 = 0x01, 0x04, 0x10, 0x40, 0x80
+RCTL_EN, RCTL_UPE, RCTL_MPE, RCTL_BAM, RCTL_SECRC = 0x02, 0x08, 0x10, 0x8000, 0x04000000
+TCTL_EN, TCTL_PSP = 0x02, 0x08
+TCTL_CT, TCTL_COLD = 0x10 << 4, 0x40 << 12
+TIPG_DEFAULT = 10 | 10 << 10 | 10 << 20
+IMS_BITS = ICR_RXT0 | ICR_RXO | ICR_RXDMT0 | ICR_LSC
+
+TX_CMD = 0x01 | 0x02 | 0x08  # EOP | IFCS | RS
+DD, EOP = 0x01, 0x02
+RING = 64  # descriptors per ring (a multiple of 8: RDLEN is masked to 128 bytes)
+DESC = 16
+BUF = 2048
+RING_BYTES = 4096  # the ring, then the buffers, in one DMA buffer
+TX_PER_CALL = RING - 1
+RX_DESC = struct.Struct("<QHHBBH")
+TX_DESC = struct.Struct("<QHBBBBH")
+
+
+class E1000:
+    def __init__(self, args: dict[str, str]) -> None:
+        self.instance = int(args.get("instance", "0"))
+        self.conn: Connection | None = None
+        self.bar = 0
+        self.irq_hook = -1
+        self.mac = b""
+        self.rx: DmaHandle | None = None
+        self.tx: DmaHandle | None = None
+        self.rxv: memoryview | None = None
+        self.txv: memoryview | None = None
+        self.rx_next = 0  # the next descriptor the card fills
+        self.tdt = 0
+        self.rctl = RCTL_EN | RCTL_BAM | RCTL_SECRC
+        self.link = False
+        self.adopted = False
+        self.restored: dict[str, codec.Value] | None = None
+
+    # ------------------------------------------------------------------ init
+    def init(self, instance: int) -> ndev.InitReply:
+        conn = self.conn = sef.connection()
+        if self.restored is not None:
+            self._take_saved(self.restored)
+        else:
+            _pci, card = nic.reserve(conn, PCI_IDS, self.instance, bus_master=True)
+            self.bar = card.mem_base
+            self.irq_hook = conn.irq_setpolicy(card.irq, 0, notify_id=0)
+            kept = {buf.tag: buf for buf in conn.dma_adopt()}
+            if not self._adopt(kept):
+                for buf in kept.values():
+                    conn.dma_free(buf)
+                self.rx = conn.dma_alloc(RING_BYTES + RING * BUF, tag="rx")
+                self.tx = conn.dma_alloc(RING_BYTES + RING * BUF, tag="tx")
+                self.rxv, self.txv = conn.dma_map(self.rx), conn.dma_map(self.tx)
+                self._reinit()
+            conn.irq_enable(self.irq_hook)
+        if self.rxv is None or self.txv is None:
+            assert self.rx is not None and self.tx is not None
+            self.rxv, self.txv = conn.dma_map(self.rx), conn.dma_map(self.tx)
+        return ndev.InitReply(hwaddr=self.mac, name=f"e1000#{self.instance}", link=self.link,
+                              max_send=TX_PER_CALL)  # fmt: skip
+
+    def _read(self, *regs: int) -> list[int]:
+        b = Batch()
+        at = [b.mmio_read(self.bar + r) for r in regs]
+        values = self._vdevio(b)
+        return [values[i] for i in at]
+
+    def _adopt(self, kept: dict[str, DmaHandle]) -> bool:
+        """Take over the rings of the previous incarnation, if the card still uses them."""
+        rx, tx = kept.get("rx"), kept.get("tx")
+        if rx is None or tx is None:
+            return False
+        rdbal, tdbal, rctl, rdh, rdt, tdt, ral, rah, status = self._read(
+            RDBAL, TDBAL, RCTL, RDH, RDT, TDT, RAL0, RAH0, STATUS
+        )
+        if rdbal != rx.phys or tdbal != tx.phys or not rctl & RCTL_EN:
+            log.info("kept rings not in use by the card (RDBAL %#x, RCTL %#x): fresh start",
+                     rdbal, rctl)  # fmt: skip
+            return False
+        self.rx, self.tx, self.rctl = rx, tx, rctl
+        self.rxv, self.txv = self._map(rx), self._map(tx)
+        self.tdt = tdt % RING
+        self.rx_next = (rdt + 1) % RING  # unread frames follow the last one given back
+        self.mac = struct.pack("<IH", ral, rah & 0xFFFF)
+        self.link = bool(status & STATUS_LU)
+        b = Batch()
+        b.mmio_write(self.bar + IMC, 0xFFFFFFFF)
+        b.mmio_read(self.bar + ICR)
+        b.mmio_write(self.bar + IMS, IMS_BITS)
+        self._vdevio(b)
+        self.adopted = True
+        log.info("adopted the rings (RDH %d, RDT %d, TDT %d): no RCTL write", rdh, rdt, tdt)
+        return True
+
+    def _map(self, buf: DmaHandle) -> memoryview:
+        assert self.conn is not None
+        return self.conn.dma_map(buf)
+
+    def _reinit(self) -> None:
+        """Every register a driver relies on, in the order the card needs them."""
+        assert self.rx is not None and self.tx is not None and self.rxv is not None
+        rxv, bar = self.rxv, self.bar
+        for i in range(RING):
+            RX_DESC.pack_into(rxv, i * DESC, self.rx.phys + RING_BYTES + i * BUF, 0, 0, 0, 0, 0)
+        assert self.txv is not None
+        self.txv[: RING * DESC] = bytes(RING * DESC)
+        ctrl, ral, rah, status = self._read(CTRL, RAL0, RAH0, STATUS)
+        self.mac = struct.pack("<IH", ral, rah & 0xFFFF)
+        b = Batch()
+        b.mmio_write(bar + IMC, 0xFFFFFFFF)
+        b.mmio_write(bar + RCTL, 0)
+        b.mmio_write(bar + TCTL, 0)
+        b.mmio_read(bar + ICR)
+        b.mmio_write(bar + CTRL, ctrl | CTRL_SLU | CTRL_ASDE)
+        rings = {RDBAL: self.rx.phys, RDBAH: 0, RDLEN: RING * DESC, RDH: 0, RDT: RING - 1,
+                 TDBAL: self.tx.phys, TDBAH: 0, TDLEN: RING * DESC, TDH: 0, TDT: 0,
+                 TIPG: TIPG_DEFAULT}  # fmt: skip
+        for reg, value in rings.items():
+            b.mmio_write(bar + reg, value)
+        for i in range(128):
+            b.mmio_write(bar + MTA + 4 * i, 0)
+        b.mmio_write(bar + RAL0, ral)
+        b.mmio_write(bar + RAH0, rah | 1 << 31)
+        b.mmio_write(bar + IMS, IMS_BITS)
+        b.mmio_write(bar + RCTL, self.rctl)
+        b.mmio_write(bar + TCTL, TCTL_EN | TCTL_PSP | TCTL_CT | TCTL_COLD)
+        self._vdevio(b)
+        self.rx_next, self.tdt = 0, 0
+        self.link = bool(status & STATUS_LU)
+
+    def _take_saved(self, state: dict[str, codec.Value]) -> None:
+        self.bar = int(state["bar"])  # type: ignore[arg-type]
+        self.irq_hook = int(state["hook"])  # type: ignore[arg-type]
+        self.mac = bytes(state["mac"])  # type: ignore[arg-type]
+        self.rx = DmaHandle(*state["rx"])  # type: ignore[misc]
+        self.tx = DmaHandle(*state["tx"])  # type: ignore[misc]
+        self.rx_next = int(state["rx_next"])  # type: ignore[arg-type]
+        self.tdt = int(state["tdt"])  # type: ignore[arg-type]
+        self.rctl = int(state["rctl"])  # type: ignore[arg-type]
+        self.link = bool(state["link"])
+
+    def state_save(self) -> codec.Value:
+        assert self.rx is not None and self.tx is not None
+        return {
+            "bar": self.bar, "hook": self.irq_hook, "mac": self.mac,
+            "rx": [self.rx.id, self.rx.phys, self.rx.size, self.rx.tag],
+            "tx": [self.tx.id, self.tx.phys, self.tx.size, self.tx.tag],
+            "rx_next": self.rx_next, "tdt": self.tdt, "rctl": self.rctl, "link": self.link,
+        }  # fmt: skip
+
+    def state_restore(self, state: codec.Value) -> None:
+        if isinstance(state, dict):
+            self.restored = state
+
+    def _vdevio(self, b: Batch, irq: bool = False) -> list[int]:
+        assert self.conn is not None
+        return self.conn.vdevio(b, irq_enable=self.irq_hook if irq else None)
+
+    # ----------------------------------------------------------------- modes
+    def set_mode(self, mode: int, mcast: tuple[bytes, ...]) -> None:
+        rctl = RCTL_EN | RCTL_SECRC
+        if mode & ndev.MODE_BCAST:
+            rctl |= RCTL_BAM
+        if mode & (ndev.MODE_MCAST_LIST | ndev.MODE_MCAST_ALL):
+            rctl |= RCTL_MPE  # every multicast frame; the client filters
+        if mode & ndev.MODE_PROMISC:
+            rctl |= RCTL_UPE | RCTL_MPE
+        if mode == ndev.MODE_DOWN:
+            rctl = 0
+        if rctl != self.rctl:  # an RCTL write holds reception for 1 s: only on a change
+            b = Batch()
+            b.mmio_write(self.bar + RCTL, rctl)
+            self._vdevio(b)
+            self.rctl = rctl
+
+    def stop(self) -> None:
+        b = Batch()
+        b.mmio_write(self.bar + IMC, 0xFFFFFFFF)
+        self._vdevio(b)
+
+    # ------------------------------------------------------------------ send
+    def send(self, frames: Sequence[bytes]) -> int:
+        txv, tx = self.txv, self.tx
+        assert txv is not None and tx is not None
+        frames = frames[:TX_PER_CALL]
+        tdt = self.tdt
+        for raw in frames:
+            frame = nic.pad(raw)
+            at = RING_BYTES + tdt * BUF
+            txv[at : at + len(frame)] = frame
+            TX_DESC.pack_into(txv, tdt * DESC, tx.phys + at, len(frame), 0, TX_CMD, 0, 0, 0)
+            tdt = (tdt + 1) % RING
+        b = Batch()
+        b.mmio_write(self.bar + TDT, tdt)
+        tdh = b.mmio_read(self.bar + TDH)
+        head = self._vdevio(b)[tdh]
+        self.tdt = tdt
+        if head != tdt:
+            netdriver.stats().oerror += (tdt - head) % RING
+            log.warning("TDH %d behind TDT %d after the write", head, tdt)
+        return len(frames)
+
+    # --------------------------------------------------------------- receive
+    def intr(self, mask: int) -> None:
+        b = Batch()
+        icr_at = b.mmio_read(self.bar + ICR)
+        icr = self._vdevio(b, irq=True)[icr_at]
+        if icr & ICR_RXO:
+            netdriver.stats().iqdrop += 1
+        if icr & ICR_LSC:
+            (status,) = self._read(STATUS)
+            self.link = bool(status & STATUS_LU)
+
+    def get_link(self) -> bool:
+        return self.link
+
+    def recv(self, most: int) -> list[bytes]:
+        rxv, rx = self.rxv, self.rx
+        assert rxv is not None and rx is not None
+        out: list[bytes] = []
+        i, last = self.rx_next, None
+        while len(out) < most:
+            _addr, length, _csum, status, errors, _sp = RX_DESC.unpack_from(rxv, i * DESC)
+            if not status & DD:
+                break
+            at = RING_BYTES + i * BUF
+            if errors or not status & EOP or length > ndev.ETH_MAX:
+                netdriver.stats().ierror += 1
+            else:
+                out.append(bytes(rxv[at : at + length]))
+            RX_DESC.pack_into(rxv, i * DESC, rx.phys + at, 0, 0, 0, 0, 0)
+            last, i = i, (i + 1) % RING
+        if last is not None:
+            self.rx_next = i
+            b = Batch()
+            b.mmio_write(self.bar + RDT, last)
+            try:
+                self._vdevio(b)
+            except IpcError as exc:
+                log.warning("RDT write failed: %s", exc)
+        return out
+
+
+def main(argv: list[str]) -> int:
+    driver = E1000(nic.instance_arg(argv))
+    table = netdriver.NetDriver(
+        init=driver.init,
+        send=driver.send,
+        recv=driver.recv,
+        intr=driver.intr,
+        set_mode=driver.set_mode,
+        stop=driver.stop,
+        get_link=driver.get_link,
+        state_save=driver.state_save,
+        state_restore=driver.state_restore,
+    )
+    netdriver.setup(table, driver.instance)
+    sef.startup()
+    netdriver.task(table)
+    return 0
