@@ -8,6 +8,9 @@ Registered through the ``pytest11`` entry point, so installing hwl is enough.
 - ``hwl_machine``: one machine of the default profile for a single test.
 - ``--hwl-accel``: tcg, kvm or auto; ``--hwl-keep-run-dir``: keep run directories
   (QEMU stderr, serial log, QMP events) after the machines close.
+
+A failed test's report also shows each machine's network namespace as
+``ip -s link`` and ``ip neigh`` saw it (hwl/machine/netpeer.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from hwl.errors import HwlError
 from hwl.machine.machine import ACCELS, Machine
 
 LOG_FILES = ("qemu.stderr", "serial.log", "qmp-events.jsonl")
@@ -93,6 +97,22 @@ def _tail(path: Path) -> str:
     return data[-TAIL:].decode(errors="replace") or "(empty)"
 
 
+def _namespace_state(machine: Machine) -> str | None:
+    """Links, counters and neighbours in the machine's namespace, if it has one."""
+    try:
+        peer = machine.peer
+    except HwlError:
+        return None
+    parts = []
+    for argv in (["ip", "-s", "link"], ["ip", "neigh"]):
+        try:
+            done = peer.run(argv, timeout=5)
+            parts.append(f"$ {' '.join(argv)}\n{done.stdout}{done.stderr}")
+        except Exception as exc:
+            parts.append(f"$ {' '.join(argv)}\n{exc}")
+    return "\n".join(parts)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -108,4 +128,8 @@ def pytest_runtest_makereport(
                     _tail(machine.run_dir / name),
                 )
             )
+        state = _namespace_state(machine)
+        if state is not None:
+            title = f"hwl {machine.profile.name} namespace {machine.peer.namespace}"
+            report.sections.append((title, state))
     return report
