@@ -80,6 +80,7 @@ def test_namespace_holds_br0_at_10_0_2_2(e1000: Machine) -> None:
         sysctl = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
         assert peer.run(["cat", sysctl], check=True).stdout.strip() == "1"
     assert "UP" in peer.link("lo")["flags"]
+    assert peer.link("br0")["address"] == peer.mac == "02:00:0a:00:02:02"
     assert (peer.address, peer.guest_address, peer.bridge) == ("10.0.2.2", "10.0.2.15", "br0")
 
 

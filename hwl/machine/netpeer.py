@@ -55,6 +55,10 @@ ADDRESS = "10.0.2.2"
 PREFIX_LEN = 24
 GUEST_ADDRESS = "10.0.2.15"
 BRIDGE = "br0"
+# br0's own MAC, fixed: a bridge otherwise takes the lowest MAC among its ports,
+# which for random tap MACs changes from run to run (02: locally administered,
+# then 10.0.2.2 in hex).
+MAC = "02:00:0a:00:02:02"
 IP_TIMEOUT = 10.0
 
 _CLONE_NEWNET = 0x40000000
@@ -184,6 +188,7 @@ class NetnsPeer:
     """Linux in a network namespace of its own, on a bridge with one TAP per NIC."""
 
     address = ADDRESS
+    mac = MAC
     prefix_len = PREFIX_LEN
     guest_address = GUEST_ADDRESS
     bridge = BRIDGE
@@ -195,7 +200,13 @@ class NetnsPeer:
         self.tap_fds: dict[str, int] = {}
         self.closed = False
         sweep_stale_namespaces()
-        _ip(["netns", "add", self.namespace])
+        try:
+            _ip(["netns", "add", self.namespace])
+        except HwlError as exc:
+            raise HwlError(
+                f"{exc}; a network namespace needs CAP_NET_ADMIN (root): where there is "
+                'none, give the [hwl-net] peer = "socket"'
+            ) from None
         try:
             self._build()
         except BaseException:
@@ -224,7 +235,8 @@ class NetnsPeer:
         self.tap_fds = in_namespace(self.path, inside)
         batch = [
             "link set lo up",
-            f"link add {BRIDGE} type bridge stp_state 0 forward_delay 0 mcast_snooping 0",
+            f"link add {BRIDGE} address {MAC} type bridge"
+            " stp_state 0 forward_delay 0 mcast_snooping 0",
             f"addr add {ADDRESS}/{PREFIX_LEN} dev {BRIDGE}",
             f"link set {BRIDGE} up",
         ]
