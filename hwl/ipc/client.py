@@ -265,6 +265,32 @@ class Connection(KernelCalls):
         self._status(answer, name)
         return codec.decode(answer[_HEADER:]) if len(answer) > _HEADER else {}
 
+    def kcall_fds(
+        self, name: str, fields: Fields | None = None
+    ) -> tuple[dict[str, codec.Value], list[int]]:
+        """A kernel call whose reply carries file descriptors (dmamap); the caller
+        owns and closes them."""
+        number = wire.KERNEL_CALL_NUMBERS[name]
+        frame = _REQUEST(wire.Op.KCALL, 0, 0, 0, number) + _payload(fields)
+        with self._lock:
+            if self.closed:
+                raise KernelGone("this connection is closed")
+            try:
+                self.sock.send(frame)
+                answer, fds, _flags, _addr = socket.recv_fds(self.sock, wire.MAX_RESPONSE, 4)
+            except OSError as exc:
+                raise KernelGone(f"{name}: the kernel connection failed: {exc}") from exc
+        if not answer:
+            raise KernelGone(f"{name}: the kernel closed the connection")
+        try:
+            self._status(answer, name)
+            reply = codec.decode(answer[_HEADER:]) if len(answer) > _HEADER else {}
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return reply, fds
+
     def kcall_binary(self, number: int, arg: int, payload: bytes, name: str) -> bytes:
         """A kernel call that skips the codec (see ``wire.VDEVIO``): ``arg`` rides in
         the request's peer field; returns the whole response frame."""

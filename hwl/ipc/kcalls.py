@@ -6,6 +6,8 @@ from the reply; a refused call raises :class:`hwl.ipc.client.IpcError`.
 
 from __future__ import annotations
 
+import mmap
+import os
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,11 +23,13 @@ _RESULTS_AT = wire.RESPONSE.size + abi.OP_C_OFFSET
 
 @dataclass(frozen=True)
 class DmaHandle:
-    """A contiguous buffer in guest RAM owned by this process."""
+    """A contiguous buffer in guest RAM owned by this process. A ``tag``ged one
+    outlives the process: the next process with its label adopts it."""
 
     id: int
     phys: int
     size: int
+    tag: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,11 @@ class KernelCalls:
         raise NotImplementedError
 
     def kcall_binary(self, number: int, arg: int, payload: bytes, name: str) -> bytes:
+        raise NotImplementedError
+
+    def kcall_fds(
+        self, name: str, fields: Mapping[str, codec.Value] | None = None
+    ) -> tuple[dict[str, codec.Value], list[int]]:
         raise NotImplementedError
 
     # ---------------------------------------------------------- port I/O
@@ -220,6 +229,13 @@ class KernelCalls:
             "privctl", {"endpoint": endpoint, "op": "add_mem", "base": base, "length": length}
         )
 
+    def privctl_add_pci(self, endpoint: int, bus: int, dev: int, fn: int) -> None:
+        """A PCI function reserved for ``endpoint``: its bus mastering is turned
+        off when that process dies, before its DMA buffers are freed."""
+        self.kcall(
+            "privctl", {"endpoint": endpoint, "op": "add_pci", "bus": bus, "dev": dev, "fn": fn}
+        )
+
     def statectl_clear_ipc_refs(self) -> None:
         """Fail every call still blocked on this endpoint (a restarted driver)."""
         self.kcall("statectl", {"op": "clear_ipc_refs"})
@@ -257,9 +273,44 @@ class KernelCalls:
         self.kcall("diagctl", {"text": text})
 
     # ------------------------------------------------------------ memory
-    def dma_alloc(self, size: int, align: int = 4096, boundary: int = 0) -> DmaHandle:
-        r = self.kcall("dmaalloc", {"size": size, "align": align, "boundary": boundary})
-        return DmaHandle(_int(r["id"]), _int(r["phys"]), _int(r["size"]))
+    def dma_alloc(
+        self, size: int, align: int = 4096, boundary: int = 0, tag: str = ""
+    ) -> DmaHandle:
+        """A contiguous buffer. With a ``tag`` the kernel keeps it when this process
+        dies (after stopping its PCI functions' bus mastering) for the next
+        process with the same label to ``dma_adopt``; untagged ones are freed."""
+        fields: dict[str, codec.Value] = {"size": size, "align": align, "boundary": boundary}
+        if tag:
+            fields["tag"] = tag
+        r = self.kcall("dmaalloc", fields)
+        return DmaHandle(_int(r["id"]), _int(r["phys"]), _int(r["size"]), tag)
+
+    def dma_adopt(self) -> list[DmaHandle]:
+        """The tagged buffers a dead process with this label left (ids are new);
+        they are this process's from now on. Empty when there are none."""
+        bufs = self.kcall("dmaadopt")["buffers"]
+        assert isinstance(bufs, list)
+        return [
+            DmaHandle(_int(b["id"]), _int(b["phys"]), _int(b["size"]), str(b["tag"]))
+            for b in bufs
+            if isinstance(b, dict)
+        ]
+
+    def dma_map(self, buf: DmaHandle) -> memoryview:
+        """A writable view of exactly the buffer's bytes in guest RAM: the kernel
+        passes the guest-RAM file and this process maps only the buffer's pages.
+        The view stays valid after ``dma_free``; do not use it then."""
+        reply, fds = self.kcall_fds("dmamap", {"id": buf.id})
+        try:
+            if len(fds) != 1:
+                raise ValueError(f"dmamap: {len(fds)} file descriptors in the reply, not 1")
+            offset, length = _int(reply["offset"]), _int(reply["length"])
+            mapping = mmap.mmap(fds[0], length, mmap.MAP_SHARED, offset=offset)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        start = _int(reply["phys"]) - offset
+        return memoryview(mapping)[start : start + _int(reply["size"])]
 
     def dma_free(self, buf: DmaHandle) -> None:
         self.kcall("dmafree", {"id": buf.id})

@@ -48,9 +48,10 @@ def _qemu_alive(pid: int) -> bool:
 
 def open_link(spec: dict[str, Any]) -> Link:
     size = int(spec["ram_size"])
-    mapping = mmap.mmap(int(spec["ram_fd"]), size, mmap.MAP_SHARED)
-    os.close(int(spec["ram_fd"]))
-    memory = GuestMemory(mapping, size)
+    ram_fd = int(spec["ram_fd"])
+    mapping = mmap.mmap(ram_fd, size, mmap.MAP_SHARED)
+    os.set_inheritable(ram_fd, False)
+    memory = GuestMemory(mapping, size, fd=ram_fd)  # kept: dmamap hands it to drivers
     pid = int(spec["qemu_pid"])
     return Link(
         memory,
@@ -79,6 +80,8 @@ def main(config: dict[str, Any]) -> int:
     try:
         link = open_link(config["link"]) if config.get("link") else None
         kernel = Kernel(run_dir, link)
+        if "dma_keep_seconds" in config:
+            kernel.calls.keeper.keep_seconds = float(config["dma_keep_seconds"])
         kernel.listen()
         kernel.start_forkserver()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from hwl.config.system_conf import IoRange, MemoryRange, ServiceConfig, SystemConfError
 from hwl.config.system_conf import parse as parse_conf
 from hwl.ipc import arena, codec, wire
+from hwl.kernel.dmakeep import DmaKeeper
 from hwl.kernel.errno import Errno, ErrnoError
 from hwl.kernel.priv import Priv
 from hwl.kernel.proc import IrqHook, Proc, State
@@ -50,6 +51,8 @@ VDEVIO_CODES = frozenset(
 PORT_CODES = frozenset({abi.OP_IN, abi.OP_OUT, abi.OP_WAIT, abi.OP_INS, abi.OP_OUTS})
 DMA_CALLS = frozenset({"dmaalloc", "dmafree", "dmacopy", "dmamap", "dmaadopt"})
 PAGE = 4096
+PCI_COMMAND, PCI_COMMAND_BUS_MASTER = 0x04, 0x04
+MAX_TAG = 64
 
 Reply = dict[str, codec.Value]
 Answer = Reply | bytes  # bytes: a binary call's reply payload (vdevio)
@@ -145,6 +148,8 @@ class Calls:
         self.pending: list[Pending] = []
         self.reply_fds: list[int] = []  # sent with the reply being made (not owned)
         self._dma_ids = 0
+        self.dma_tags: dict[int, str] = {}  # DMA buffer id -> its tag (tagged ones only)
+        self.keeper = DmaKeeper()
         self.handlers: dict[str, Handler] = {
             name: getattr(self, f"do_{name}")
             for name in wire.KERNEL_CALL_NUMBERS
@@ -199,12 +204,63 @@ class Calls:
             self.k.respond(proc, 0, number, codec.encode(reply) if reply else b"", fds)
 
     def release(self, proc: Proc) -> None:
-        """A process ended: free its DMA buffers (its pending calls finish unanswered)."""
-        link = self.k.link
-        for buf in proc.dma.values():
-            if link is not None:
-                link.free_dma(buf)
+        """A process ended (its pending calls finish unanswered): stop the bus
+        mastering of the PCI functions it held, so its devices write no more into
+        its buffers; then keep its tagged DMA buffers for the next process with its
+        label and free the rest, and what was kept for its label and not adopted."""
+        self.quiesce(proc)
+        now = time.monotonic()
+        for kept in self.keeper.take(proc.label):
+            log.info("%s exited without adopting DMA buffer %r at %#x: freed",
+                     proc.label, kept.tag, kept.buf.phys)  # fmt: skip
+            self._free(kept.buf)
+        for ident, buf in proc.dma.items():
+            tag = self.dma_tags.pop(ident, "")
+            if tag:
+                self.keeper.keep(proc.label, tag, buf, now)
+                log.info("DMA buffer %r of %s at %#x (%d bytes) kept %.0f s for adoption",
+                         tag, proc.label, buf.phys, buf.size,
+                         self.keeper.keep_seconds)  # fmt: skip
+            else:
+                self._free(buf)
         proc.dma.clear()
+
+    def _free(self, buf: DmaBuffer) -> None:
+        if self.k.link is not None:
+            self.k.link.free_dma(buf)
+
+    def expire_kept(self, now: float) -> None:
+        """Free the kept buffers nobody adopted in time."""
+        for kept in self.keeper.expired(now):
+            log.info("kept DMA buffer %r at %#x not adopted in time: freed",
+                     kept.tag, kept.buf.phys)  # fmt: skip
+            self._free(kept.buf)
+
+    def quiesce(self, proc: Proc) -> None:
+        """Clear bus master (PCI command bit 2) of each function the dead process
+        held, through the stub's cf8/cfc. A function another live process still
+        holds (the other channel of the IDE function) is left as it is."""
+        link = self.k.link
+        if not proc.priv.extra_pci or link is None or not self.k.link_ok:
+            return
+        for bdf in sorted(proc.priv.extra_pci):
+            name = f"{bdf[0]:02x}:{bdf[1]:02x}.{bdf[2]}"
+            others = [p.label for p in self.k.table if p is not proc and bdf in p.priv.extra_pci]
+            if others:
+                log.info("%s is dead; %s stays bus master: %s holds it too",
+                         proc.label, name, ", ".join(others))  # fmt: skip
+                continue
+            while len(self.pending) >= abi.NSLOTS:  # the sync path needs a free slot
+                self.poll_pending()
+            try:
+                command = link.pci_read(*bdf, PCI_COMMAND, 2)
+                if command & PCI_COMMAND_BUS_MASTER:
+                    link.pci_write(*bdf, PCI_COMMAND, command & ~PCI_COMMAND_BUS_MASTER, 2)
+            except Exception:
+                log.exception("%s is dead; stopping %s's bus mastering failed", proc.label, name)
+                continue
+            log.info("%s is dead: bus mastering of %s off (command was %#x)",
+                     proc.label, name, command)  # fmt: skip
 
     # ----------------------------------------------------------- the stub
     def _link(self) -> Link:
@@ -573,7 +629,7 @@ class Calls:
         op = get_str(f, "op")
         if op == "get":
             return {"priv": target.priv.describe()}  # type: ignore[dict-item]
-        if op in ("add_io", "add_irq", "add_mem"):
+        if op in ("add_io", "add_irq", "add_mem", "add_pci"):
             # MINIX: adding a resource needs only the PRIVCTL call (the PCI server
             # grants a reserved device to a driver it did not start).
             if not target.priv.system:
@@ -594,8 +650,12 @@ class Calls:
         elif op == "add_mem":
             base = get_int(f, "base", 0, U32)
             priv.extra_memory.append(MemoryRange(base, get_int(f, "length", 1, (1 << 32) - base)))
+        elif op == "add_pci":  # a reserved function: bus mastering off at its death
+            bdf = (get_int(f, "bus", 0, 255), get_int(f, "dev", 0, 31), get_int(f, "fn", 0, 7))
+            priv.extra_pci.add(bdf)
         else:
-            fail(Errno.EINVAL, f"privctl: unknown op {op!r} (set, add_io, add_irq, add_mem, get)")
+            fail(Errno.EINVAL, f"privctl: unknown op {op!r} "
+                 "(set, add_io, add_irq, add_mem, add_pci, get)")  # fmt: skip
         log.info("privctl %s by %s on %s", op, proc.label, target.label)
         return {}
 
@@ -748,6 +808,9 @@ class Calls:
         boundary = get_int(f, "boundary", 0, 1 << 30, 0)
         if align & (align - 1) or boundary & (boundary - 1):
             fail(Errno.EINVAL, "dmaalloc: align and boundary must be powers of two")
+        tag = get_str(f, "tag", "")
+        if len(tag) > MAX_TAG:
+            fail(Errno.EINVAL, f"dmaalloc: a tag of {len(tag)} characters (at most {MAX_TAG})")
         link = self._link()
         try:
             buf = link.alloc_dma(size, align, boundary)
@@ -755,10 +818,26 @@ class Calls:
             fail(Errno.ENOMEM, f"dmaalloc: {exc}")
         self._dma_ids += 1
         proc.dma[self._dma_ids] = buf
+        if tag:
+            self.dma_tags[self._dma_ids] = tag
         return {"id": self._dma_ids, "phys": buf.phys, "size": buf.size}
+
+    def do_dmaadopt(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        """The tagged buffers a dead process with the caller's label left; the
+        caller's from now on, under new ids (its tagged buffers again)."""
+        adopted: list[codec.Value] = []
+        for kept in self.keeper.take(proc.label):
+            self._dma_ids += 1
+            proc.dma[self._dma_ids] = kept.buf
+            self.dma_tags[self._dma_ids] = kept.tag
+            adopted.append({"id": self._dma_ids, "phys": kept.buf.phys, "size": kept.buf.size,
+                            "tag": kept.tag})  # fmt: skip
+            log.info("%s adopted DMA buffer %r at %#x", proc.label, kept.tag, kept.buf.phys)
+        return {"buffers": adopted}
 
     def do_dmafree(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
         ident, buf = self._dma_buffer(proc, f)
+        self.dma_tags.pop(ident, None)
         del proc.dma[ident]
         self._link().free_dma(buf)
         return {}

@@ -23,7 +23,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,9 +107,24 @@ class Kernel:
             self._epoll.unregister(fd)
 
     # ---------------------------------------------------------------- output
-    def respond(self, proc: Proc, status: int, m_type: int = 0, payload: bytes = b"") -> None:
+    def respond(
+        self,
+        proc: Proc,
+        status: int,
+        m_type: int = 0,
+        payload: bytes = b"",
+        fds: Sequence[int] = (),
+    ) -> None:
+        """A status answer; ``fds`` ride along with it (SCM_RIGHTS: dmamap's RAM file)."""
         spare, proc.reply_errno = proc.reply_errno, 0
-        self._write(proc, _MESSAGE_HEADER(wire.Kind.STATUS, 0, spare, status, 0, m_type) + payload)
+        frame = _MESSAGE_HEADER(wire.Kind.STATUS, 0, spare, status, 0, m_type) + payload
+        if fds and proc.alive:
+            try:
+                socket.send_fds(proc.sock, [frame], fds)
+            except OSError as exc:
+                self.doom(proc, f"its connection failed ({exc.strerror or exc})")
+            return
+        self._write(proc, frame)
 
     def deliver(self, proc: Proc, source: int, m_type: int, payload: bytes) -> None:
         spare, proc.reply_errno = proc.reply_errno, 0
@@ -368,7 +383,8 @@ class Kernel:
                 os.kill(proc.pid, signal.SIGKILL)  # no connection, nothing left to do
 
     def _release(self, proc: Proc) -> None:
-        """Free the slot and everything the process held."""
+        """Free the slot and everything the process held: its PCI functions' bus
+        mastering goes off before its DMA buffers are freed or kept (calls.release)."""
         proc.alive = False
         self.table.remove(proc)
         self.irqs.release(proc)
@@ -480,11 +496,14 @@ class Kernel:
     def _timeout(self, link_busy: bool) -> float:
         """How long the loop may sleep: -1 (until an event) unless alarms, stub
         requests or IRQ hooks want it to look again sooner."""
-        if not self.alarms and not link_busy:
+        kept = self.calls.keeper.next_deadline() if self.calls.keeper else None
+        if not self.alarms and not link_busy and kept is None:
             return -1
         timeout = LINK_SLICE if link_busy else 3600.0
         if self.alarms:
             timeout = min(timeout, max(0.0, min(self.alarms.values()) - time.monotonic()))
+        if kept is not None:
+            timeout = min(timeout, max(0.0, kept - time.monotonic()))
         return timeout
 
     def serve_forever(self) -> None:
@@ -511,6 +530,8 @@ class Kernel:
                 self._poll_link()
             if self.alarms:
                 self._fire_alarms(time.monotonic())
+            if self.calls.keeper:
+                self.calls.expire_kept(time.monotonic())
             while self.doomed:
                 proc, reason = self.doomed.pop(0)
                 self.kill_process(proc, reason)

@@ -62,9 +62,12 @@ class KernelProcess:
         root_argv: list[str] | None = None,
         root_label: str = "root",
         timeout: float = 15.0,
+        dma_keep_seconds: float | None = None,
     ) -> KernelProcess:
         """Start the kernel for ``machine`` (or, without one, a kernel with no
-        hardware: IPC only, in ``run_dir`` or a fresh temporary directory)."""
+        hardware: IPC only, in ``run_dir`` or a fresh temporary directory).
+        ``dma_keep_seconds``: how long a dead driver's tagged DMA buffers wait
+        for adoption (tests shorten it)."""
         own_dir = False
         if machine is not None:
             run_dir = machine.run_dir
@@ -76,6 +79,8 @@ class KernelProcess:
         run_dir.chmod(0o700)
         pass_fds: list[int] = []
         config: dict[str, Any] = {"run_dir": str(run_dir), "root_label": root_label, "link": None}
+        if dma_keep_seconds is not None:
+            config["dma_keep_seconds"] = float(dma_keep_seconds)
         if machine is not None:
             handover = machine.hand_over_link("the kernel process")
             config["link"] = {

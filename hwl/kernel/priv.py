@@ -35,6 +35,9 @@ class Priv:
     extra_io: list[IoRange] = field(default_factory=list)
     extra_irq: set[int] = field(default_factory=set)
     extra_memory: list[MemoryRange] = field(default_factory=list)
+    # PCI functions (bus, dev, fn) the PCI server reserved for it: the kernel stops
+    # their bus mastering when it dies, before its DMA buffers are freed.
+    extra_pci: set[tuple[int, int, int]] = field(default_factory=set)
     # vdevio op heads (code | width << 8 | port << 16) already found allowed, and
     # whole vdevio batches already found allowed (a driver repeats a few of them).
     # Grants only grow while a Priv lives, so neither goes stale but in a swap.
@@ -44,7 +47,7 @@ class Priv:
 
     def swap_grants(self, other: Priv) -> None:
         """Exchange the ``add_*`` grants (not the system.conf entry) with ``other``."""
-        for name in ("extra_io", "extra_irq", "extra_memory"):
+        for name in ("extra_io", "extra_irq", "extra_memory", "extra_pci"):
             mine = getattr(self, name)
             setattr(self, name, getattr(other, name))
             setattr(other, name, mine)
@@ -118,4 +121,5 @@ class Priv:
             "io": [[r.base, r.length] for r in self.extra_io],
             "irq": sorted(self.extra_irq),
             "memory": [[r.base, r.length] for r in self.extra_memory],
+            "pci": [list(bdf) for bdf in sorted(self.extra_pci)],
         }

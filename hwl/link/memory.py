@@ -10,6 +10,7 @@ stub leaves free.
 from __future__ import annotations
 
 import mmap
+import os
 from dataclasses import dataclass
 
 from hwl.errors import GuestMemoryError
@@ -44,8 +45,9 @@ class DmaBuffer:
 class GuestMemory:
     """The mapped guest RAM and an allocator for contiguous buffers in it."""
 
-    def __init__(self, mapping: mmap.mmap, size: int) -> None:
+    def __init__(self, mapping: mmap.mmap, size: int, fd: int | None = None) -> None:
         self._map = mapping
+        self.fd = fd  # the guest-RAM file, kept open to hand to drivers (dmamap); owned
         self.view = memoryview(mapping)
         self.size = size
         self._ranges = RangeAllocator()
@@ -92,3 +94,6 @@ class GuestMemory:
     def close(self) -> None:
         self.view.release()
         self._map.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

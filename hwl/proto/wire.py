@@ -141,6 +141,8 @@ KERNEL_CALL_NUMBERS: Final[dict[str, int]] = {
             "exit",
             "diagctl",
             "update",
+            "dmamap",
+            "dmaadopt",
         ),
         start=1,
     )
