@@ -258,3 +258,18 @@ def test_hwl_net_groups_are_read_and_not_given_to_qemu(tmp_path: Path) -> None:
 def test_bad_hwl_net_names_file_line_and_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ProfileError, match=message):
         Profile.load(write(tmp_path, text))
+
+
+def test_the_namespace_goes_when_qemu_fails_to_start(
+    hwl_machines: MachineFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "badnic.cfg"
+    path.write_text(
+        SOCKET_PROFILE.replace('peer = "socket"', 'peer = "netns"').replace(
+            'driver = "ne2k_pci"', 'driver = "ne2k_pci"\n  no-such-property = "1"'
+        )
+    )
+    before = mine()
+    with pytest.raises(HwlError, match="no-such-property"):
+        hwl_machines.boot(path)
+    assert mine() == before
