@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from hwl import HwlError, Machine, Profile, ProfileError
+from hwl.link import pci
 from hwl.machine import netpeer
 from hwl.pytest_plugin import MachineFactory
 
@@ -273,3 +274,58 @@ def test_the_namespace_goes_when_qemu_fails_to_start(
     with pytest.raises(HwlError, match="no-such-property"):
         hwl_machines.boot(path)
     assert mine() == before
+
+
+def ne2k_transmit(machine: Machine, frame: bytes) -> None:
+    """Send one frame from the guest's ne2k_pci by port I/O (DP8390 remote write,
+    then TRANSMIT): just enough of a NIC to show that Linux answers on the segment."""
+    link = machine.link
+    (nic,) = [d for d in link.pci_scan() if d.ids == "10ec:8029"]
+    io = next(b.address for b in nic.bars if b.kind == "io")
+    b = link.batch()
+    pci.write_into(b, nic.bus, nic.dev, nic.fn, 0x04, 0x0001, width=2)  # I/O space on
+    b.outb(io + 0x1F, 0)  # reset
+    b.outb(io + 0x00, 0x21)  # page 0, STOP, no remote DMA
+    b.outb(io + 0x0E, 0x48)  # DCR: byte-wide transfers
+    b.outb(io + 0x0A, len(frame) & 0xFF)
+    b.outb(io + 0x0B, len(frame) >> 8)
+    b.outb(io + 0x08, 0x00)  # remote start address 0x4000: the first page of RAM
+    b.outb(io + 0x09, 0x40)
+    b.outb(io + 0x00, 0x12)  # START, remote write
+    for byte in frame:
+        b.outb(io + 0x10, byte)
+    b.outb(io + 0x04, 0x40)  # transmit from page 0x40
+    b.outb(io + 0x05, len(frame) & 0xFF)
+    b.outb(io + 0x06, len(frame) >> 8)
+    b.outb(io + 0x00, 0x26)  # START, TRANSMIT: the frame has left when this returns
+    link.execute(b)
+
+
+def test_linux_answers_arp_from_the_guest(hwl_machines: MachineFactory) -> None:
+    with closing(hwl_machines.boot("ne2k")) as machine:
+        peer = machine.peer
+        guest_mac = bytes.fromhex("525400123456")
+        guest_ip = socket.inet_aton(peer.guest_address)
+        arp = (
+            b"\xff" * 6 + guest_mac + b"\x08\x06"
+            + bytes.fromhex("0001 0800 06 04 0001") + guest_mac + guest_ip
+            + bytes(6) + socket.inet_aton(peer.address)
+        ).ljust(60, b"\0")  # fmt: skip
+        with peer.packet_socket(peer.tap("ne2k-net"), promisc=False) as tap:
+            tap.settimeout(5)
+            ne2k_transmit(machine, arp)
+            seen = []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                data, addr = tap.recvfrom(2048)
+                seen.append((addr[2], data))
+                if data[12:14] == b"\x08\x06" and data[20:22] == b"\x00\x02":
+                    break
+        assert seen[0] == (socket.PACKET_BROADCAST, arp)  # the guest's request, byte-exact
+        kind, reply = seen[-1]
+        assert kind == socket.PACKET_OUTGOING  # Linux's answer, on its way to the NIC
+        assert reply[:6] == guest_mac and reply[6:12] == bytes.fromhex(peer.mac.replace(":", ""))
+        assert reply[28:32] == socket.inet_aton(peer.address)
+        assert reply[32:38] == guest_mac and reply[38:42] == guest_ip
+        neigh = peer.run(["ip", "neigh", "show", peer.guest_address], check=True).stdout
+        assert "52:54:00:12:34:56" in neigh

@@ -66,7 +66,6 @@ _TUNSETIFF = 0x400454CA
 _IFF_TAP = 0x0002
 _IFF_NO_PI = 0x1000
 _ETH_P_ALL = 0x0003
-_PACKET_OUTGOING = 4
 _SOL_PACKET = 263
 _PACKET_ADD_MEMBERSHIP = 1
 _PACKET_MR_PROMISC = 1
@@ -99,7 +98,7 @@ class FrameSocket(socket.socket):
             if not ready:
                 return None
             data, addr = self.recvfrom(65536)
-            if self.family == socket.AF_PACKET and addr[2] == _PACKET_OUTGOING:
+            if self.family == socket.AF_PACKET and addr[2] == socket.PACKET_OUTGOING:
                 continue
             return data
 
