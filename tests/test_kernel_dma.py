@@ -8,15 +8,24 @@ keeps its tagged buffers for the next process with its label and frees the rest.
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from rs_fixtures import wait_for
 
 from hwl import Machine, ipc
+from hwl.ipc import codec
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
 from hwl.pytest_plugin import MachineFactory
+from hwl.system.boot import System
+from hwl.system.rs import up_fields
 
 DMA = "system vdevio; memory dma;"
 KEEP_SECONDS = 2.0  # the kernel's adoption timeout, shortened for the test
@@ -94,3 +103,132 @@ def test_dma_map_needs_the_buffer_and_the_privilege(process: MakeProc) -> None:
         nodma.dma_map(buf)
     assert info.value.errno is Errno.EPERM
     assert thief.getinfo("whoami")["label"] == "thief"  # the connection stays in step
+
+
+# --- at a driver's death: tagged buffers kept for adoption, the rest freed --------
+BIG = 1 << 20  # alignment that makes first-fit hand a freed buffer out again
+
+
+def test_tagged_buffer_is_adopted_by_the_next_process_with_the_label(
+    process: MakeProc, root: ipc.Connection
+) -> None:
+    first = process("nicdrv", DMA)
+    untagged = first.dma_alloc(65536, align=BIG)
+    ring = first.dma_alloc(8192, tag="rx-ring")
+    assert ring.tag == "rx-ring"
+    first.dma_map(ring)[:11] = b"descriptors"
+    first.close()
+    wait_gone(root, first.endpoint)
+
+    second = process("nicdrv", DMA)
+    assert second.dma_alloc(65536, align=BIG).phys == untagged.phys  # freed at the death
+    (adopted,) = second.dma_adopt()
+    assert (adopted.phys, adopted.size, adopted.tag) == (ring.phys, ring.size, "rx-ring")
+    assert second.dma_read(adopted, 0, 11) == b"descriptors"
+    assert bytes(second.dma_map(adopted)[:11]) == b"descriptors"
+    assert second.dma_adopt() == []  # adopted once
+    other = process("otherdrv", DMA)
+    assert other.dma_adopt() == []  # kept by label, for nobody else
+
+    # Adopted, it is the new owner's tagged buffer: kept again at its death.
+    second.close()
+    wait_gone(root, second.endpoint)
+    third = process("nicdrv", DMA)
+    assert [b.phys for b in third.dma_adopt()] == [ring.phys]
+
+
+def test_kept_buffers_nobody_adopts_are_freed_after_the_timeout(
+    kernel: KernelProcess, process: MakeProc, root: ipc.Connection
+) -> None:
+    first = process("lonely", DMA)
+    kept = first.dma_alloc(8192, align=BIG, tag="ring")
+    first.close()
+    wait_gone(root, first.endpoint)
+    probe = process("probe", DMA)
+    assert probe.dma_alloc(8192, align=BIG).phys != kept.phys  # still kept
+    time.sleep(KEEP_SECONDS + 0.5)
+    assert probe.dma_alloc(8192, align=BIG).phys == kept.phys  # freed by the timer
+    assert "not adopted in time: freed" in (kernel.run_dir / "kernel.log").read_text()
+    assert process("lonely", DMA).dma_adopt() == []
+
+
+def test_kept_buffers_are_freed_when_the_label_exits_without_adopting(
+    process: MakeProc, root: ipc.Connection
+) -> None:
+    first = process("shy", DMA)
+    kept = first.dma_alloc(8192, align=BIG, tag="ring")
+    first.close()
+    wait_gone(root, first.endpoint)
+    second = process("shy", DMA)  # restarts, never adopts, dies
+    second.close()
+    wait_gone(root, second.endpoint)
+    probe = process("probe2", DMA)
+    assert probe.dma_alloc(8192, align=BIG).phys == kept.phys  # well before the timeout
+    assert process("shy", DMA).dma_adopt() == []
+
+
+# --- quiesce: bus mastering off when a PCI holder dies --------------------------
+DRIVER = str(Path(__file__).parent / "programs" / "pci_driver.py")
+CMD, RESULT = 1, 2
+E1000 = (0x8086, 0x100E)
+PCI_COMMAND, BUS_MASTER = 0x04, 0x04
+
+
+@pytest.fixture(scope="module")
+def system(hwl_machines: MachineFactory) -> Iterator[System]:
+    """DS and PCI through RS, as tests/test_pci_server.py boots them."""
+    machine = hwl_machines.boot("pc")
+    try:
+        boot = [
+            up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
+            up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
+        ]
+        s = System.start(machine, boot)
+        try:
+            yield s
+        finally:
+            s.stop()
+    finally:
+        machine.close()
+
+
+def pci_cmd(system: System, endpoint: int, op: str, **args: codec.Value) -> dict[str, Any]:
+    reply = system.rs.conn.sendrec(endpoint, CMD, {"op": op, **args}, timeout=15)
+    assert reply.m_type == RESULT, reply
+    fields = dict(reply.fields)
+    assert fields["status"] == 0, fields
+    return fields
+
+
+def pci_call(system: System, endpoint: int, method: str, *args: codec.Value) -> Any:
+    return pci_cmd(system, endpoint, "pci", method=method, args=list(args))["result"]
+
+
+def test_a_killed_holders_function_stops_bus_mastering(system: System) -> None:
+    label = "e1000quiesce"
+    conf = f"service {label} {{ system DEVIO IRQCTL; ipc ALL_SYS; pci device 8086:100e; }};"
+    endpoint = system.rs.up([sys.executable, DRIVER], label=label, conf=conf)
+    try:
+        devs = pci_cmd(system, endpoint, "devices")["devices"]
+        devind = next(d[0] for d in devs if (d[1], d[2]) == E1000)
+        pci_call(system, endpoint, "reserve", devind)
+        command = pci_call(system, endpoint, "attr_r16", devind, PCI_COMMAND)
+        pci_call(system, endpoint, "attr_w16", devind, PCI_COMMAND, command | BUS_MASTER)
+        assert pci_call(system, endpoint, "attr_r16", devind, PCI_COMMAND) & BUS_MASTER
+        old_pid = int(pci_cmd(system, endpoint, "whoami")["pid"])
+        os.kill(old_pid, signal.SIGKILL)
+        row = wait_for(
+            "the driver's restart",
+            lambda: next(
+                (r for r in system.rs.status() if r.label == label and r.state == "up"
+                 and r.pid not in (-1, old_pid)),
+                None,
+            ),
+        )  # fmt: skip
+        after = pci_call(system, row.endpoint, "attr_r16", devind, PCI_COMMAND)
+        assert not after & BUS_MASTER, f"command {after:#x}: bus master still on"
+        assert after & 0x2, "memory space was turned off too"
+        log = (system.run_dir / "kernel.log").read_text()
+        assert f"{label} is dead: bus mastering of 00:04.0 off" in log
+    finally:
+        system.rs.down(label)

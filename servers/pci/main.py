@@ -21,7 +21,10 @@ Rules (MINIX's pci.c, with hwl's choices where it is silent):
   the legacy ports and IRQs 14 and 15 (``servers.pci.bus``). The reply lists what
   was granted. Reserving a device one already holds grants it again (a driver
   restarted at the same endpoint needs its ports back). If the kernel refuses a
-  grant, the reservation is undone and the kernel's errno is the reply.
+  grant, the reservation is undone and the kernel's errno is the reply. The
+  kernel is also told the function (``privctl add_pci``, channel reserves too):
+  when the holder dies it turns the function's bus mastering off before it frees
+  the holder's DMA buffers, unless another live process holds the function.
 - ``reserve`` with ``channel`` (0 or 1) takes one channel of a compatibility-mode
   IDE function (one at_wini instance per channel): that channel's legacy ports
   and IRQ and its 8-byte half of the bus-master BAR 4. EBUSY if another live
@@ -437,6 +440,7 @@ class PciServer:
             for base, length in io:
                 self.conn.privctl_add_io(caller, base, length)
             self.conn.privctl_add_irq(caller, irq)
+            self.conn.privctl_add_pci(caller, d.bus, d.dev, d.func)  # quiesced at its death
         except IpcError as exc:
             del self.channels[(d.devind, channel)]
             raise RequestError(exc.errno, f"{d.bdf}: the kernel refused a grant: {exc}") from exc
@@ -452,6 +456,9 @@ class PciServer:
             self.conn.privctl_add_mem(endpoint, base, length)
         for irq in irqs:
             self.conn.privctl_add_irq(endpoint, irq)
+        # The kernel turns the function's bus mastering off when the holder dies,
+        # before it frees (or keeps for adoption) the holder's DMA buffers.
+        self.conn.privctl_add_pci(endpoint, d.bus, d.dev, d.func)
         return {
             "io": [[b, n] for b, n in io],
             "mem": [[b, n] for b, n in mem],
