@@ -120,9 +120,8 @@ class Dp8390:
             self.irq_hook = conn.irq_setpolicy(card.irq, 0, notify_id=0)
             self.mac = self._reset_card()
             conn.irq_enable(self.irq_hook)
-        assert self.tx is not None and self.rx is not None
-        self.tx_view = conn.dma_map(self.tx)
-        self.rx_view = conn.dma_map(self.rx)
+        # A live update's new version maps its buffers at its first frame: in its
+        # init it stands at another endpoint, which does not hold them yet.
         return ndev.InitReply(hwaddr=self.mac, name=f"dp8390#{self.instance}", link=True,
                               max_send=TX_PER_CALL * 4)  # fmt: skip
 
@@ -229,10 +228,16 @@ class Dp8390:
         self._vdevio(b)
 
     # ------------------------------------------------------------------- send
+    def _views(self) -> tuple[memoryview, memoryview]:
+        if self.tx_view is None or self.rx_view is None:
+            assert self.conn is not None and self.tx is not None and self.rx is not None
+            self.tx_view, self.rx_view = self.conn.dma_map(self.tx), self.conn.dma_map(self.rx)
+        return self.tx_view, self.rx_view
+
     def send(self, frames: Sequence[bytes]) -> int:
         """Transmit up to TX_PER_CALL frames in one kernel call."""
-        view, tx = self.tx_view, self.tx
-        assert view is not None and tx is not None
+        view, tx = self._views()[0], self.tx
+        assert tx is not None
         io, b = self.io, Batch()
         frames = frames[:TX_PER_CALL]
         for k, raw in enumerate(frames):
@@ -294,8 +299,8 @@ class Dp8390:
         self.dirty = False
         if pages == 0:
             return
-        view, rx = self.rx_view, self.rx
-        assert view is not None and rx is not None
+        view, rx = self._views()[1], self.rx
+        assert rx is not None
         start, size = self.ring.next, pages * PAGE
         new_bnry = RX_STOP - 1 if curr == RX_START else curr - 1
         io, b = self.io, Batch()

@@ -105,9 +105,8 @@ class E1000:
                 self.rxv, self.txv = conn.dma_map(self.rx), conn.dma_map(self.tx)
                 self._reinit()
             conn.irq_enable(self.irq_hook)
-        if self.rxv is None or self.txv is None:
-            assert self.rx is not None and self.tx is not None
-            self.rxv, self.txv = conn.dma_map(self.rx), conn.dma_map(self.tx)
+        # A live update's new version maps its rings at its first frame: in its init
+        # it stands at another endpoint, which does not hold them yet.
         return ndev.InitReply(hwaddr=self.mac, name=f"e1000#{self.instance}", link=self.link,
                               max_send=TX_PER_CALL)  # fmt: skip
 
@@ -231,9 +230,15 @@ class E1000:
         self._vdevio(b)
 
     # ------------------------------------------------------------------ send
+    def _views(self) -> tuple[memoryview, memoryview]:
+        if self.rxv is None or self.txv is None:
+            assert self.rx is not None and self.tx is not None
+            self.rxv, self.txv = self._map(self.rx), self._map(self.tx)
+        return self.rxv, self.txv
+
     def send(self, frames: Sequence[bytes]) -> int:
-        txv, tx = self.txv, self.tx
-        assert txv is not None and tx is not None
+        txv, tx = self._views()[1], self.tx
+        assert tx is not None
         frames = frames[:TX_PER_CALL]
         tdt = self.tdt
         for raw in frames:
@@ -267,8 +272,8 @@ class E1000:
         return self.link
 
     def recv(self, most: int) -> list[bytes]:
-        rxv, rx = self.rxv, self.rx
-        assert rxv is not None and rx is not None
+        rxv, rx = self._views()[0], self.rx
+        assert rx is not None
         out: list[bytes] = []
         i, last = self.rx_next, None
         while len(out) < most:

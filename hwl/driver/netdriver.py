@@ -91,6 +91,7 @@ class _State:
     mcast: tuple[bytes, ...] = ()
     sends: deque[_Pending] = field(default_factory=deque)
     recvs: deque[_Pending] = field(default_factory=deque)
+    backlog: deque[bytes] = field(default_factory=deque)  # received, not yet answered
     stats: ndev.Stats = field(default_factory=ndev.Stats)
     link: bool = False
     status_out: bool = False  # a STATUS is unanswered
@@ -145,6 +146,9 @@ def _restore(state: dict[str, codec.Value]) -> None:
         if isinstance(row, list) and len(row) == 4:
             source, ident, sync, most = row
             _st.recvs.append(_Pending(int(source), int(ident), bool(sync), max=int(most)))  # type: ignore[arg-type]
+    backlog = state.get("backlog")
+    if isinstance(backlog, list):
+        _st.backlog.extend(f for f in backlog if isinstance(f, bytes))
     counters = state.get("stats")
     if isinstance(counters, dict):
         for name, value in counters.items():
@@ -173,6 +177,7 @@ def _lu_state_save(state: int, flags: int) -> bytes:
             "mode": _st.mode,
             "mcast": list(_st.mcast),
             "recvs": recvs,
+            "backlog": list(_st.backlog),
             "stats": _st.stats.as_fields(),  # type: ignore[dict-item]
             "driver": driver,
         }
@@ -332,15 +337,20 @@ def _offer_sends(table: NetDriver) -> None:
 
 
 def _answer_recvs(table: NetDriver) -> None:
-    """Answer pending RECVs with the frames that have arrived."""
+    """Answer pending RECVs with the frames that have arrived, as many in each
+    reply as fit in one message (the rest wait in ``backlog`` for the next RECV)."""
     while _st.recvs:
         p = _st.recvs[0]
-        frames = _filtered(table.recv(p.max))
-        if not frames:
+        if not _st.backlog:
+            frames = _filtered(table.recv(p.max))
+            _st.stats.received += len(frames)
+            _st.backlog.extend(frames)
+        n = ndev.frames_fit(list(_st.backlog), 0, p.max) if _st.backlog else 0
+        if not n:
             return
         _st.recvs.popleft()
-        _st.stats.received += len(frames)
-        _answer(p, ndev.RECV_REPLY, len(frames), {"frames": frames})  # type: ignore[dict-item]
+        frames = [_st.backlog.popleft() for _ in range(n)]
+        _answer(p, ndev.RECV_REPLY, n, {"frames": frames})  # type: ignore[dict-item]
 
 
 def _filtered(frames: list[bytes]) -> list[bytes]:

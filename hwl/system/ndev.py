@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from hwl.errors import HwlError
 from hwl.ipc import codec
-from hwl.ipc.client import Connection, IpcError, Message
+from hwl.ipc.client import Connection, IpcError, IpcTimeout, Message
 from hwl.kernel.errno import Errno
 from hwl.proto import ndev
 from hwl.system.ds import Ds, DsError
@@ -108,7 +108,7 @@ class NetDevice:
             try:
                 m = self.conn.receive(self.endpoint, timeout=left)
             except IpcError as exc:
-                if exc.errno is Errno.ETIMEDOUT or exc.errno is Errno.EINTR:
+                if isinstance(exc, IpcTimeout):
                     return []
                 raise
             if m.m_type == ndev.STATUS:
@@ -141,7 +141,7 @@ class NetDevice:
             reply = self.conn.sendrec(self.endpoint, m_type, {**fields, "id": ident, "sync": True},
                                       timeout=timeout)  # fmt: skip
         except IpcError as exc:
-            if exc.errno is Errno.ETIMEDOUT:
+            if isinstance(exc, IpcTimeout):
                 raise NetDeviceError(
                     f"{name}: {self.label} did not answer within {timeout} s "
                     "(restarted, and not initialised?)",

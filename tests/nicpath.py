@@ -1,0 +1,134 @@
+"""A NIC under test: its machine, its driver up under RS, an NDEV client, and Linux's
+stack in the machine's network namespace as the peer."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from hwl.hw import ether
+from hwl.ipc.client import Connection
+from hwl.machine.machine import Machine
+from hwl.machine.netpeer import NetnsPeer
+from hwl.system.boot import System
+from hwl.system.ndev import NetDevice
+
+GUEST_IP = "10.0.2.15"
+LINUX_IP = "10.0.2.2"
+
+#: profile -> the driver's label in it
+NICS = {"ne2k": "dp8390", "rtl8139": "rtl8139", "e1000": "e1000"}
+
+
+@dataclass
+class Nic:
+    machine: Machine
+    system: System
+    conn: Connection
+    dev: NetDevice
+    label: str
+
+    @property
+    def peer(self) -> NetnsPeer:
+        return self.machine.peer
+
+    @property
+    def mac(self) -> bytes:
+        assert self.dev.card is not None
+        return self.dev.card.hwaddr
+
+    def linux_mac(self) -> bytes:
+        return bytes.fromhex(self.peer.link("br0")["address"].replace(":", ""))
+
+    def arp(self, timeout: float = 5.0) -> ether.Arp:
+        """Ask Linux for 10.0.2.2 until it answers (an e1000 holds reception for 1 s
+        after its receiver is enabled); the answer's ARP."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.dev.send([ether.arp_request(self.mac, GUEST_IP, LINUX_IP)])
+            for frame in self.dev.recv_until(1, 0.2):
+                arp = ether.parse_arp(frame)
+                if arp is not None and arp.op == 2 and arp.sender_ip == ether.ip_bytes(LINUX_IP):
+                    return arp
+        raise AssertionError(f"no ARP reply from Linux within {timeout} s; stats {self.dev.stats}")
+
+    def service_pid_or_none(self) -> int | None:
+        rows = [s for s in self.system.rs.status() if s.label == self.label]
+        return rows[0].pid if rows and rows[0].pid > 0 and rows[0].state == "up" else None
+
+    def service_pid(self) -> int:
+        pid = self.service_pid_or_none()
+        assert pid is not None, f"{self.label} is not up"
+        return pid
+
+
+@contextlib.contextmanager
+def nic_up(profile: str) -> Iterator[Nic]:
+    with Machine(profile) as machine, System.start(machine) as system:
+        conn = Connection.attach(Path(machine.run_dir) / "kernel.sock")
+        try:
+            dev = NetDevice(conn, NICS[profile])
+            dev.open()
+            yield Nic(machine, system, conn, dev, NICS[profile])
+        finally:
+            conn.close()
+
+
+class Responder:
+    """Answers ARP and ICMP echo requests for 10.0.2.15 through the driver, frame by
+    frame, while Linux pings: the guest side of ``ping`` with no INET."""
+
+    def __init__(self, nic: Nic) -> None:
+        self.nic = nic
+        self.answered = 0
+
+    def serve_until(self, proc: subprocess.Popen[str], limit: float) -> None:
+        deadline = time.monotonic() + limit
+        me = ether.ip_bytes(GUEST_IP)
+        while proc.poll() is None and time.monotonic() < deadline:
+            out = []
+            for frame in self.nic.dev.recv(timeout=0.1):
+                arp = ether.parse_arp(frame)
+                if arp is not None and arp.op == 1 and arp.target_ip == me:
+                    out.append(ether.arp_reply(self.nic.mac, GUEST_IP, arp.sender_mac,
+                                               arp.sender_ip))  # fmt: skip
+                echo = ether.parse_echo(frame)
+                if echo is not None and echo.request and echo.dst_ip == me:
+                    out.append(ether.icmp_echo(self.nic.mac, echo.src_mac, me, echo.src_ip,
+                                               echo.ident, echo.seq, echo.payload, reply=True))  # fmt: skip
+                    self.answered += 1
+            if out:
+                self.nic.dev.send(out)
+
+
+class Flood:
+    """Linux floods the NIC with test frames from a thread, bounded in count and time."""
+
+    def __init__(self, nic: Nic, size: int = 128, count: int = 200_000, seconds: float = 20.0):
+        self.sock = nic.peer.packet_socket()
+        self.frame = ether.ethernet(nic.mac, nic.linux_mac(), ether.ETH_P_TEST, bytes(size - 14))
+        self.count, self.seconds = count, seconds
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while not self._stop.is_set() and self.sent < self.count and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):  # a full queue: the tap drops, as a wire would
+                self.sock.send_frame(self.frame)
+                self.sent += 1
+
+    def __enter__(self) -> Flood:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
