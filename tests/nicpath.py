@@ -99,8 +99,9 @@ class Responder:
                                                arp.sender_ip))  # fmt: skip
                 echo = ether.parse_echo(frame)
                 if echo is not None and echo.request and echo.dst_ip == me:
-                    out.append(ether.icmp_echo(self.nic.mac, echo.src_mac, me, echo.src_ip,
-                                               echo.ident, echo.seq, echo.payload, reply=True))  # fmt: skip
+                    mac = self.nic.mac
+                    out.append(ether.icmp_echo(mac, echo.src_mac, me, echo.src_ip, echo.ident,
+                                               echo.seq, echo.payload, reply=True))  # fmt: skip
                     self.answered += 1
             if out:
                 self.nic.dev.send(out)

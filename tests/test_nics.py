@@ -15,9 +15,9 @@ import pytest
 
 from hwl.hw import ether
 from hwl.ipc.client import IpcTimeout
-from hwl.system.ds import Ds
 from hwl.kernel.errno import Errno
 from hwl.proto import ndev
+from hwl.system.ds import Ds
 from hwl.system.ndev import NetDeviceError
 from hwl.system.proto import LuState
 from tests.nicpath import GUEST_IP, LINUX_IP, NICS, Flood, Nic, Responder, nic_up
