@@ -38,6 +38,8 @@
 #define NE_CR_TRANS 0x04
 #define NE_CR_RWRITE 0x10
 #define NE_CR_NODMA 0x20
+#define NE_CR_PAGE1 0x40
+#define NE_CURR 0x07                /* page 1 */
 #define NE_ISR_PTX 0x02
 #define NE_ISR_RDC 0x40
 #define NE_DCR_WTS_LS_FT1 0x49      /* word transfers, normal mode, FIFO threshold 8 */
@@ -134,7 +136,9 @@ static u32 tx_ne2k(struct loop *l)
     outb(io + NE_PSTART, NE_RX_START);
     outb(io + NE_PSTOP, NE_RX_STOP);
     outb(io + NE_BNRY, NE_RX_START);
-    outb(io + NE_CR, NE_CR_START | NE_CR_NODMA);
+    outb(io + NE_CR, NE_CR_STOP | NE_CR_NODMA | NE_CR_PAGE1);
+    outb(io + NE_CURR, NE_RX_START);                /* a stray frame lands in the RX ring, */
+    outb(io + NE_CR, NE_CR_START | NE_CR_NODMA);    /* never on the TX page or the PROM */
 
     /* The frame goes into NIC memory once, by remote DMA through the data port
      * (32-bit accesses move 4 bytes whatever DCR says). */
