@@ -12,15 +12,16 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from nicpath import GUEST_IP, LINUX_IP, NICS, Flood, Nic, Responder, nic_up
 
 from hwl.hw import ether
+from hwl.ipc import codec
 from hwl.ipc.client import IpcTimeout
 from hwl.kernel.errno import Errno
 from hwl.proto import ndev
 from hwl.system.ds import Ds
 from hwl.system.ndev import NetDeviceError
 from hwl.system.proto import LuState
-from tests.nicpath import GUEST_IP, LINUX_IP, NICS, Flood, Nic, Responder, nic_up
 
 SIZES = [60, 61, 63, 64, 65, 127, 128, 255, 256, 511, 512, 1000, 1023, 1024, 1500, 1513, 1514]
 
@@ -74,7 +75,7 @@ def test_frames_of_every_size_arrive_byte_exact_from_the_driver(nic: Nic) -> Non
     frames = [ether.ethernet(linux, nic.mac, ether.ETH_P_TEST, os.urandom(n - 14)) for n in SIZES]
     with nic.peer.packet_socket() as sock:
         assert nic.dev.send(frames) == len(frames)
-        got = []
+        got: list[bytes] = []
         deadline = time.monotonic() + 5
         while len(got) < len(frames) and time.monotonic() < deadline:
             frame = sock.recv_frame(timeout=0.5)
@@ -96,7 +97,7 @@ def test_frames_of_every_size_arrive_byte_exact_at_the_driver(nic: Nic) -> None:
 
 def test_bad_requests_get_einval_and_the_driver_keeps_serving(nic: Nic) -> None:
     conn, ep = nic.conn, nic.dev.endpoint
-    cases = [
+    cases: list[tuple[int, dict[str, codec.Value], str]] = [
         (ndev.SEND, {"frames": [b"short"]}, "frames[0] is 5 bytes"),
         (ndev.SEND, {"frames": []}, "'frames' is empty"),
         (ndev.SEND, {"frames": "not a list"}, "'frames' must be a list"),
