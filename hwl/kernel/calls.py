@@ -53,6 +53,7 @@ DMA_CALLS = frozenset({"dmaalloc", "dmafree", "dmacopy", "dmamap", "dmaadopt"})
 PAGE = 4096
 PCI_COMMAND, PCI_COMMAND_BUS_MASTER = 0x04, 0x04
 MAX_TAG = 64
+CHECKED_MMIO_KEEP = 4096  # (address, width) pairs a Priv remembers as allowed
 
 Reply = dict[str, codec.Value]
 Answer = Reply | bytes  # bytes: a binary call's reply payload (vdevio)
@@ -456,6 +457,8 @@ class Calls:
             if not priv.allows_memory(a, width):
                 deny(f"vdevio: op {i // 6}: MMIO at {a:#x} (width {width}) is outside "
                      "its memory ranges")  # fmt: skip
+            if len(priv.checked_mmio) >= CHECKED_MMIO_KEEP:  # a BAR has few registers
+                priv.checked_mmio.clear()
             priv.checked_mmio.add((a, width))
 
     def do_sdevio(self, proc: Proc, f: dict[str, codec.Value]) -> Reply | None:
