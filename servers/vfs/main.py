@@ -18,7 +18,8 @@ Protocol and client: :mod:`hwl.system.vfs`; the device map: :mod:`servers.vfs.de
   the minor was not re-opened on) marks the driver down and keeps the request
   pending, with what it has done so far; the client is not answered. VFS tries
   to recover at once (the driver may be up already), then on every DS change of
-  ``drv.blk.<label>`` and on a 1 s alarm while a driver is down: look the label
+  ``drv.blk.<label>`` and on a 1 s alarm while a driver is down (the labels, endpoints
+  and waiting requests are kept by :mod:`hwl.system.recovery`): look the label
   up again (a new endpoint with policy reset), re-open every minor VFS has open
   there, re-issue the pending requests in order. The client sees a delay.
 - **Dead clients**: a client process that ends without closing its files (killed,
@@ -34,7 +35,6 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -45,12 +45,17 @@ from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.proto import bdev as bp
 from hwl.proto import codec, wire
 from hwl.proto import vfs as vp
-from hwl.proto.ds import DRIVER_UP_BLK
 from hwl.proto.errno import Errno, ErrnoError, errno_of
 from hwl.system import sef
 from hwl.system.ds import Ds, DsError
 from hwl.system.proctab import ProcTable
-from hwl.system.rs import Rs, RsError
+from hwl.system.recovery import (
+    IMMEDIATE_TRIES,
+    RETRY_SECONDS,
+    DriverTracker,
+    TrackedDriver,
+)
+from hwl.system.rs import RsError
 
 from . import devmap
 
@@ -63,13 +68,7 @@ CHUNK: Final = 1 << 20  # one at_wini DMA command on an LBA48 drive
 #: Driver answers that mean "this incarnation is gone or new": keep the request.
 RECOVERABLE: Final = frozenset({Errno.EDEADSRCDST, Errno.EDEADEPT, Errno.ERESTART, Errno.ESRCH})
 MAX_FDS: Final = 64  # per client
-RETRY_SECONDS: Final = 0.25
-#: After DS said a driver is up: RS may not list it yet (it is still answering
-#: its init), so the next try comes soon.
-SOON_SECONDS: Final = 0.005
-ANNOUNCED_SECONDS: Final = 1.0  # how long after DS's change the tries come soon
 REAP_SECONDS: Final = 2.0
-IMMEDIATE_TRIES: Final = 3
 
 
 class Refused(ErrnoError):
@@ -88,14 +87,16 @@ class Minor:
 
 
 @dataclass
-class Driver:
-    label: str
-    endpoint: int | None = None
+class Driver(TrackedDriver["Op"]):
+    """A block driver as the recovery tracker follows it, with what VFS has open
+    on it (re-opened on a new incarnation) and the incarnation's ``gen``."""
+
     gen: int | None = None
-    up: bool = True
-    announced: float = 0.0  # monotonic time of the last drv.blk.<label> change in DS
     minors: dict[int, Minor] = field(default_factory=dict)
-    pending: deque[Op] = field(default_factory=deque)
+
+    def reset(self) -> None:
+        super().reset()
+        self.gen = None
 
 
 @dataclass
@@ -124,7 +125,7 @@ class Op:
 
 class VfsServer:
     def __init__(self) -> None:
-        self.drivers: dict[str, Driver] = {}
+        self.tracker: DriverTracker[Driver] | None = None
         self.files: dict[tuple[int, int], File] = {}
         self.ds: Ds | None = None
         self.bounce: Buffer | None = None
@@ -134,14 +135,19 @@ class VfsServer:
     def conn(self) -> Connection:
         return sef.connection()
 
+    @property
+    def drivers(self) -> dict[str, Driver]:
+        assert self.tracker is not None, "VFS is not initialised"
+        return self.tracker.drivers
+
     # ------------------------------------------------------------------ init
     def init(self, info: sef.InitInfo) -> int:
         conn = self.conn
         self.bounce = conn.arena.alloc(CHUNK, align=4096)
         try:
             self.ds = Ds.find(conn, timeout=10)
-            # OVERWRITE: a restart that keeps the endpoint keeps the old subscription.
-            self.ds.subscribe(re.escape(DRIVER_UP_BLK) + ".*", overwrite=True)
+            self.tracker = DriverTracker(conn, self.ds, "blk", Driver)
+            self.tracker.subscribe()
         except DsError as exc:
             log.error("cannot subscribe to driver-up events: %s", exc)
             return int(exc.errno)
@@ -217,7 +223,8 @@ class VfsServer:
             if fd is None:
                 raise Refused(Errno.EMFILE, f"{MAX_FDS} files open")
             label, minor = found
-            driver = self.drivers.setdefault(label, Driver(label))
+            assert self.tracker is not None
+            driver = self.tracker.track(label)
             return Op(m, driver, None, count=minor, opening=(path, flags, m.source, fd))
         file = self.files.get((m.source, req.fd))
         if file is None:
@@ -388,17 +395,18 @@ class VfsServer:
 
     # -------------------------------------------------------------- driver
     def endpoint(self, driver: Driver) -> int:
-        if driver.endpoint is None:
-            try:
-                driver.endpoint = Rs(self.conn, timeout=10).lookup(driver.label)
-            except RsError as exc:
-                if isinstance(exc.__cause__, IpcError):  # RS did not answer
-                    raise Refused(exc.errno, f"RS lookup of {driver.label}: {exc}") from exc
-                if driver.minors or driver.pending:
-                    self.mark_down(driver, str(exc))
-                    raise DriverDown from exc
-                raise Refused(Errno.ENXIO, f"no driver {driver.label!r} is running") from exc
-        return driver.endpoint
+        """The driver's endpoint, cached by the tracker; a failed RS lookup is
+        DriverDown while VFS holds something there, else Refused."""
+        assert self.tracker is not None
+        try:
+            return self.tracker.endpoint(driver.label)
+        except RsError as exc:
+            if isinstance(exc.__cause__, IpcError):  # RS did not answer
+                raise Refused(exc.errno, f"RS lookup of {driver.label}: {exc}") from exc
+            if driver.minors or driver.pending:
+                self.mark_down(driver, str(exc))
+                raise DriverDown from exc
+            raise Refused(Errno.ENXIO, f"no driver {driver.label!r} is running") from exc
 
     def call(self, driver: Driver, m_type: int, **fields: codec.Value) -> tuple[int, Fields]:
         """One request to the driver; a dead or new incarnation raises DriverDown,
@@ -428,13 +436,8 @@ class VfsServer:
         return reply.m_type, dict(reply.fields)
 
     def mark_down(self, driver: Driver, why: str) -> None:
-        if driver.up:
-            log.warning("driver %s is down (%s); requests wait for it", driver.label, why)
-        else:
-            log.info("driver %s is still down (%s)", driver.label, why)
-        driver.up = False
-        driver.endpoint = None
-        driver.gen = None
+        assert self.tracker is not None
+        self.tracker.mark_down(driver, why)
 
     def arm(self, seconds: float = RETRY_SECONDS) -> None:
         """The alarm (one per process) at the earliest deadline anyone asked for."""
@@ -511,42 +514,28 @@ class VfsServer:
             log.info("driver %s is up again (gen %s); %d requests re-issued",
                      driver.label, driver.gen, len(driver.pending))  # fmt: skip
         driver.up = True
-        while driver.pending:
-            if not self.run(driver, driver.pending[0]):
-                return False
-            driver.pending.popleft()
-        return True
+        assert self.tracker is not None
+        return self.tracker.resend(driver, lambda op: self.run(driver, op))
 
     def retry(self, driver: Driver) -> None:
         for _ in range(IMMEDIATE_TRIES):
             if self.recover(driver):
                 return
-        soon = time.monotonic() - driver.announced < ANNOUNCED_SECONDS
-        self.arm(SOON_SECONDS if soon else RETRY_SECONDS)
+        assert self.tracker is not None
+        self.arm(self.tracker.retry_delay(driver))
 
     def retry_all(self) -> None:
-        for driver in self.drivers.values():
-            if not driver.up or driver.pending:
+        if self.tracker is not None:
+            for driver in self.tracker.waiting():
                 self.retry(driver)
 
     def ds_changes(self) -> None:
-        assert self.ds is not None
+        assert self.tracker is not None
         sef.flush_reply()
-        try:
-            changed = [key for key, _type in self.ds.changes()]
-        except DsError as exc:
-            log.warning("ds check: %s", exc)
-            return
-        for key in changed:
-            label = key.removeprefix(DRIVER_UP_BLK)
-            driver = self.drivers.get(label)
-            if driver is None:
-                continue
-            if driver.up and not driver.pending and driver.minors:
-                # A restart VFS has not noticed yet: re-open before the next request.
-                log.info("%s%s changed: re-opening", DRIVER_UP_BLK, label)
-            driver.announced = time.monotonic()
+        for event in self.tracker.on_ds_notify():
+            driver = self.drivers[event.label]
             if driver.minors or driver.pending or not driver.up:
+                # A restart VFS may not have noticed yet: re-open before the next request.
                 self.retry(driver)
 
 
