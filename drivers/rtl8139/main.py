@@ -155,12 +155,24 @@ class Rtl8139:
             else:
                 self._start_cplus()
             conn.irq_enable(self.irq_hook)
-        if self.rxv is None or self.txv is None:
-            assert self.rx is not None and self.tx is not None
-            self.rxv, self.txv = conn.dma_map(self.rx), conn.dma_map(self.tx)
         name = f"rtl8139#{self.instance}" + (" classic" if self.classic else "")
         most = CLASSIC_TX_PER_CALL if self.classic else TX_PER_CALL
         return ndev.InitReply(hwaddr=self.mac, name=name, link=self.link, max_send=most)
+
+    def _rx_view(self) -> memoryview:
+        """The receive buffer, mapped at its first use: after a live update the
+        buffers become this process's only when RS has swapped the endpoints, after
+        this init."""
+        if self.rxv is None:
+            assert self.conn is not None and self.rx is not None
+            self.rxv = self.conn.dma_map(self.rx)
+        return self.rxv
+
+    def _tx_view(self) -> memoryview:
+        if self.txv is None:
+            assert self.conn is not None and self.tx is not None
+            self.txv = self.conn.dma_map(self.tx)
+        return self.txv
 
     def _reset(self) -> None:
         """CR.RST: IMR, the ring addresses and C+ mode back to their reset values;
@@ -295,8 +307,8 @@ class Rtl8139:
         return self._send_classic(frames) if self.classic else self._send_cplus(frames)
 
     def _send_cplus(self, frames: Sequence[bytes]) -> int:
-        txv, tx = self.txv, self.tx
-        assert txv is not None and tx is not None
+        txv, tx = self._tx_view(), self.tx
+        assert tx is not None
         frames = frames[:TX_PER_CALL]
         first = i = self.tx_next
         for raw in frames:
@@ -328,8 +340,8 @@ class Rtl8139:
         return len(frames)
 
     def _send_classic(self, frames: Sequence[bytes]) -> int:
-        txv, tx = self.txv, self.tx
-        assert txv is not None and tx is not None
+        txv, tx = self._tx_view(), self.tx
+        assert tx is not None
         frames = frames[:CLASSIC_TX_PER_CALL]
         io, b, reads = self.io, Batch(), []
         slot = self.tx_next
@@ -382,8 +394,7 @@ class Rtl8139:
         return self._recv_classic(most) if self.classic else self._recv_cplus(most)
 
     def _recv_cplus(self, most: int) -> list[bytes]:
-        rxv = self.rxv
-        assert rxv is not None
+        rxv = self._rx_view()
         out: list[bytes] = []
         i, stats = self.rx_next, netdriver.stats()
         while len(out) < most:
@@ -416,8 +427,7 @@ class Rtl8139:
             at = b.inw(self.io + CBR)
             cbr = self._vdevio(b)[at]
         self.dirty = False
-        rxv = self.rxv
-        assert rxv is not None
+        rxv = self._rx_view()
         rd, stats = self.rx_next, netdriver.stats()
         if rd == cbr:
             return
