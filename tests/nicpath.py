@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hwl.hw import ether
+from hwl.hw import ether, nic_native
 from hwl.ipc.client import Connection
 from hwl.machine.machine import Machine
 from hwl.machine.netpeer import NetnsPeer
@@ -32,6 +32,7 @@ class Nic:
     conn: Connection
     dev: NetDevice
     label: str
+    native_pps: float = 0.0  # the stub's own 64-byte transmit loop (nic_up(native=True))
 
     @property
     def peer(self) -> NetnsPeer:
@@ -67,16 +68,29 @@ class Nic:
         return pid
 
 
+#: profile -> the NIC's name for the stub's native loop
+NATIVE_NAMES = {"ne2k": "ne2k_pci", "rtl8139": "rtl8139", "e1000": "e1000"}
+NATIVE_FRAMES = 20_000
+
+
 @contextlib.contextmanager
-def nic_up(profile: str) -> Iterator[Nic]:
-    with Machine(profile) as machine, System.start(machine) as system:
-        conn = Connection.attach(Path(machine.run_dir) / "kernel.sock")
-        try:
-            dev = NetDevice(conn, NICS[profile])
-            dev.open()
-            yield Nic(machine, system, conn, dev, NICS[profile])
-        finally:
-            conn.close()
+def nic_up(profile: str, accel: str = "auto", native: bool = False) -> Iterator[Nic]:
+    """The machine, its system and an opened NDEV client. ``native``: first measure
+    the stub's own 64-byte transmit loop on the link, before the kernel takes it."""
+    with Machine(profile, accel=accel) as machine:
+        native_pps = 0.0
+        if native:
+            name = NATIVE_NAMES[profile]
+            batch = nic_native.MAX_BATCH[name]
+            native_pps = nic_native.native_tx_pps(machine.link, name, 64, NATIVE_FRAMES, batch)
+        with System.start(machine) as system:
+            conn = Connection.attach(Path(machine.run_dir) / "kernel.sock")
+            try:
+                dev = NetDevice(conn, NICS[profile])
+                dev.open()
+                yield Nic(machine, system, conn, dev, NICS[profile], native_pps)
+            finally:
+                conn.close()
 
 
 class Responder:

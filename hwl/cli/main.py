@@ -7,6 +7,7 @@ hwl bench link [--json]     the link benchmark (bench/link.py)
 hwl bench ipc [--json]      the kernel's IPC benchmark (bench/ipc.py)
 hwl bench recovery [--json] restart and live-update downtime (bench/recovery.py)
 hwl bench disk [--json]     the whole block path against the stub's native loops (bench/disk.py)
+hwl bench nic [--nic N]     NIC drivers against the stub's native loop and Linux (bench/nic.py)
 hwl service ...             MINIX's service command (hwl.cli.service; also installed as `service`)
 """
 
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--accel", default="auto", choices=ACCELS)
     bench.add_argument("--profile", default="pc")
+    bench.add_argument("--nic", choices=["ne2k_pci", "rtl8139", "e1000"], help="nic: only this one")
     bench.add_argument(
         "--no-machine", action="store_true", help="no QEMU: only what needs none (ipc)"
     )
