@@ -218,7 +218,10 @@ class AtWini:
             )
         dma = _ints(state.get("dma"), "dma", 0 if self.args.pio else 6)
         if dma:
-            self.dma, self.prd = DmaHandle(dma[0], dma[1], dma[2]), DmaHandle(dma[3], dma[4], dma[5])
+            self.dma, self.prd = (
+                DmaHandle(dma[0], dma[1], dma[2]),
+                DmaHandle(dma[3], dma[4], dma[5]),
+            )
         rows = state.get("drives")
         if not isinstance(rows, list):
             raise ValueError(f"drives {rows!r}")
