@@ -12,7 +12,11 @@ SEF_LU_PREPARE with ``RS_LU_PREPARE`` by ``sendrec`` (see :mod:`hwl.proto.sef`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import IntEnum, IntFlag
+
+from hwl.proto.fields import FieldError, get_int, get_name, get_str, get_str_list
 
 RS_BASE = 0x700
 RS_UP = RS_BASE + 1  # argv, label, [period, script, conf, dev, restarts, policy, cold]
@@ -71,3 +75,89 @@ class Policy(IntEnum):
 
     RESET = 0
     RESTART = 1
+
+
+# ------------------------------------------------------------ typed requests
+# Built from a request's fields; a bad field raises FieldError, which RS answers
+# with EINVAL and the reason.
+Fields = Mapping[str, object]
+_I64 = (-(1 << 63), (1 << 63) - 1)
+MAX_ARGV = 4096
+
+
+@dataclass(frozen=True)
+class RsLabel:
+    """The ``label`` every request about one service names."""
+
+    label: str
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> RsLabel:
+        return cls(get_name(fields, "label"))
+
+
+@dataclass(frozen=True)
+class RsUp:
+    """What RS_UP (and RS_EDIT, and a boot list entry) says about a service to start."""
+
+    argv: tuple[str, ...]
+    conf: str = ""
+    period: int = 0
+    script: str = ""
+    dev: str = ""
+    restarts: int = -1
+    policy: Policy = Policy.RESET
+    cold: bool = False
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> RsUp:
+        argv = get_str_list(fields, "argv", MAX_ARGV, [])
+        if not argv:
+            raise FieldError("no program to start (argv is empty)")
+        period = get_int(fields, "period", *_I64, 0)
+        if period < 0:
+            raise FieldError(f"period {period} is negative")
+        try:
+            policy = Policy(get_int(fields, "policy", *_I64, 0))
+        except ValueError as exc:
+            raise FieldError(f"unknown policy: {exc}") from exc
+        return cls(
+            argv=tuple(argv),
+            conf=get_str(fields, "conf", ""),
+            period=period,
+            script=get_str(fields, "script", ""),
+            dev=get_str(fields, "dev", ""),
+            restarts=get_int(fields, "restarts", *_I64, -1),
+            policy=policy,
+            cold=bool(fields.get("cold", False)),
+        )
+
+
+@dataclass(frozen=True)
+class RsUpdate:
+    """RS_UPDATE; ``maxtime`` in ticks as MINIX's: 0 the default, -1 no limit."""
+
+    label: str
+    argv: tuple[str, ...]
+    conf: str
+    maxtime: int
+    flags: UpdateFlag
+    state: int
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> RsUpdate:
+        maxtime = get_int(fields, "maxtime", *_I64, 0)
+        if maxtime < -1:
+            raise FieldError(f"maxtime {maxtime} is not a duration")
+        try:
+            flags = UpdateFlag.checked(get_int(fields, "flags", *_I64, 0))
+        except ValueError as exc:
+            raise FieldError(str(exc)) from exc
+        return cls(
+            label=get_name(fields, "label"),
+            argv=tuple(get_str_list(fields, "argv", MAX_ARGV, [])),
+            conf=get_str(fields, "conf", ""),
+            maxtime=maxtime,
+            flags=flags,
+            state=get_int(fields, "state", *_I64, 1),
+        )

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from hwl.proto import codec, wire
 from hwl.proto import rs as rsp
 from hwl.proto.errno import Errno
-from hwl.proto.rs import Policy, UpdateFlag
+from hwl.proto.fields import FieldError
+from hwl.proto.rs import RsLabel, RsUp, RsUpdate
 from hwl.proto.sef import InitType
 from servers.rs.manager import Manager, RsError
 from servers.rs.table import Service, State, Waiter
@@ -53,11 +54,14 @@ class Requests:
         handler = self.handlers.get(m_type)
         if handler is None:
             raise RsError(Errno.ENOSYS, f"no RS request {m_type:#x}")
-        return handler(source, fields)
+        try:
+            return handler(source, fields)
+        except FieldError as exc:  # the typed requests of hwl.proto.rs
+            raise RsError(Errno.EINVAL, str(exc)) from exc
 
     # ------------------------------------------------------------- helpers
     def _service(self, source: int, fields: Fields, request: str) -> Service:
-        label = _str(fields, "label")
+        label = RsLabel.from_fields(fields).label
         svc = self.m.table.get(label)
         if svc is None:
             raise RsError(Errno.ESRCH, f"no service with label '{label}'")
@@ -76,7 +80,7 @@ class Requests:
 
     # ------------------------------------------------------------ requests
     def do_up(self, source: int, fields: Fields) -> Reply:
-        label = _str(fields, "label")
+        label = RsLabel.from_fields(fields).label
         self._check_control(source, label, "start")
         if self.m.shutting_down:
             raise RsError(Errno.EBUSY, "RS is shutting down")
@@ -131,27 +135,21 @@ class Requests:
 
     def do_update(self, source: int, fields: Fields) -> Reply:
         svc = self._service(source, fields, "update")
-        argv = _str_list(fields, "argv", [])
-        conf = _str(fields, "conf", "")
-        maxtime = _int(fields, "maxtime", 0)  # as MINIX: 0 the default, -1 no limit
+        req = RsUpdate.from_fields(fields)
+        argv, conf = list(req.argv), req.conf
+        maxtime = req.maxtime  # as MINIX: 0 the default, -1 no limit
         if maxtime == 0:
             maxtime = DEFAULT_MAXTIME_TICKS
         elif maxtime == -1:
             maxtime = NO_LIMIT_TICKS
-        elif maxtime < 0:
-            raise RsError(Errno.EINVAL, f"maxtime {maxtime} is not a duration")
-        try:
-            flags = UpdateFlag.checked(_int(fields, "flags", 0))
-        except ValueError as exc:
-            raise RsError(Errno.EINVAL, str(exc)) from exc
         self.updater.start(
             svc,
             Waiter(source, "update"),
             argv=argv or None,
             conf=self.m.conf_for(svc.label, conf, argv or svc.argv) if conf else None,
-            state=_int(fields, "state", 1),
+            state=req.state,
             maxtime=maxtime / wire.HZ,
-            flags=flags,
+            flags=req.flags,
         )
         return None
 
@@ -180,7 +178,7 @@ class Requests:
         return {}
 
     def do_lookup(self, source: int, fields: Fields) -> Reply:
-        label = _str(fields, "label")
+        label = RsLabel.from_fields(fields).label
         svc = self.m.table.get(label)
         if svc is None or svc.current is None or svc.state not in (State.UP, State.UPDATING):
             raise RsError(Errno.ESRCH, f"no service '{label}' is up")
@@ -191,27 +189,23 @@ class Requests:
 
 
 def service_from_fields(m: Manager, label: str, fields: Fields) -> Service:
-    """A Service from RS_UP fields (also the boot list's entries), checked."""
-    argv = _str_list(fields, "argv", None)
-    if not argv:
-        raise RsError(Errno.EINVAL, "no program to start (argv is empty)")
-    period = _int(fields, "period", 0)
-    if period < 0:
-        raise RsError(Errno.EINVAL, f"period {period} is negative")
+    """A Service from RS_UP fields (also the boot list's entries), checked
+    (RsError EINVAL for a bad field)."""
     try:
-        policy = Policy(_int(fields, "policy", 0))
-    except ValueError as exc:
-        raise RsError(Errno.EINVAL, f"unknown policy: {exc}") from exc
+        up = RsUp.from_fields(fields)
+    except FieldError as exc:
+        raise RsError(Errno.EINVAL, str(exc)) from exc
+    argv = list(up.argv)
     return Service(
         label=label,
         argv=argv,
-        conf=m.conf_for(label, _str(fields, "conf", ""), argv),
-        period=period,
-        script=_str(fields, "script", ""),
-        dev=_str(fields, "dev", ""),
-        max_restarts=_int(fields, "restarts", -1),
-        policy=policy,
-        cold=bool(fields.get("cold", False)),
+        conf=m.conf_for(label, up.conf, argv),
+        period=up.period,
+        script=up.script,
+        dev=up.dev,
+        max_restarts=up.restarts,
+        policy=up.policy,
+        cold=up.cold,
     )
 
 
@@ -226,24 +220,3 @@ def _fields_of(svc: Service) -> Fields:
         "policy": int(svc.policy),
         "cold": svc.cold,
     }
-
-
-def _str(fields: Fields, name: str, default: str | None = None) -> str:
-    value = fields.get(name, default)
-    if not isinstance(value, str) or (default is None and not value):
-        raise RsError(Errno.EINVAL, f"field '{name}' must be a non-empty string")
-    return value
-
-
-def _int(fields: Fields, name: str, default: int) -> int:
-    value = fields.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise RsError(Errno.EINVAL, f"field '{name}' must be an integer, not {value!r}")
-    return value
-
-
-def _str_list(fields: Fields, name: str, default: list[str] | None) -> list[str]:
-    value = fields.get(name, default)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise RsError(Errno.EINVAL, f"field '{name}' must be a list of strings")
-    return [str(v) for v in value]
