@@ -8,9 +8,10 @@ A driver fills a :class:`NetDriver` table, calls :func:`setup` before
   :class:`~hwl.proto.ndev.InitReply` (MAC, name, link). It runs in SEF's init, so a
   driver that cannot find its card fails its init and RS sees it. Then the driver
   is announced as ``drv.net.<label>`` in DS.
-- ``send(frames)`` puts frames on the wire and returns how many it took; fewer than
-  given means the card is full, and the rest is offered again after the next
-  interrupt or tick. ``recv(n)`` returns up to ``n`` frames that have arrived.
+- ``send(frames)`` puts frames on the wire and returns how many it took (a driver
+  may take a few per call: the rest is offered at once); none means the card is
+  full, and the rest is offered again after the next interrupt or tick.
+  ``recv(n)`` returns up to ``n`` frames that have arrived.
 - ``intr(mask)`` acknowledges the card and re-enables its IRQ line; afterwards the
   library offers pending sends and answers pending receives.
 - ``set_mode(mode, mcast)``, ``stop()``, ``tick()`` (every ``tick_seconds``),
@@ -326,12 +327,13 @@ def _offer_sends(table: NetDriver) -> None:
     """Give the card the frames of pending SENDs, oldest first, until it is full."""
     while _st.sends:
         p = _st.sends[0]
-        taken = table.send(p.frames) if p.frames else 0
-        _st.stats.sent += taken
-        p.done += taken
-        del p.frames[:taken]
-        if p.frames:
-            return  # full: offered again after the next interrupt or tick
+        while p.frames:  # a driver may take fewer than offered per call
+            taken = table.send(p.frames)
+            _st.stats.sent += taken
+            p.done += taken
+            del p.frames[:taken]
+            if not taken:
+                return  # full: offered again after the next interrupt or tick
         _st.sends.popleft()
         _answer(p, ndev.SEND_REPLY, p.done)
 
