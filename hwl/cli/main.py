@@ -7,6 +7,7 @@ hwl bench link [--json]     the link benchmark (bench/link.py)
 hwl bench ipc [--json]      the kernel's IPC benchmark (bench/ipc.py)
 hwl bench recovery [--json] restart and live-update downtime (bench/recovery.py)
 hwl bench disk [--json]     the whole block path against the stub's native loops (bench/disk.py)
+hwl net frames PROFILE      ARP and ICMP echo to Linux through the profile's NIC drivers
 hwl bench nic [--nic N]     NIC drivers against the stub's native loop and Linux (bench/nic.py)
 hwl service ...             MINIX's service command (hwl.cli.service; also installed as `service`)
 """
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+from hwl.cli import net as net_cli
 from hwl.cli import service as hwl_service
 from hwl.cli import up as up_cli
 from hwl.errors import HwlError
@@ -148,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     pci.set_defaults(func=cmd_machine_pci)
 
     up_cli.add_parser(top, machine_opts)
+    net_cli.add_parser(top, machine_opts)
 
     bench = top.add_parser("bench", help="benchmarks (bench/)")
     bench.add_argument("name", choices=sorted(p.stem for p in BENCH_DIR.glob("[a-z]*.py")) or None)
