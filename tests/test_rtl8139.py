@@ -9,6 +9,8 @@ at 64 KiB, and a live update in each mode.
 
 from __future__ import annotations
 
+import os
+import signal
 import struct
 import sys
 import time
@@ -19,7 +21,6 @@ import pytest
 
 from hwl import Machine
 from hwl.ipc.client import Connection
-from hwl.machine import netpeer
 from hwl.machine.netpeer import FrameSocket
 from hwl.proto import ndev
 from hwl.pytest_plugin import MachineFactory
@@ -211,9 +212,44 @@ def test_live_update_keeps_frames_flowing(rig: Rig) -> None:
     assert out == set(frames_out)
 
 
-def test_arp_after_all(rig: Rig) -> None:
-    """Still answered by Linux at the end (after the update, in the updated version)."""
+def _pid(rig: Rig) -> int:
+    return next(row.pid for row in rig.system.rs.status() if row.label == LABEL)
+
+
+def test_link_change_reported(rig: Rig) -> None:
+    """QEMU's set_link raises the link-change interrupt; the driver reads Media
+    Status and sends STATUS with the new state, down and then up again."""
+    try:
+        rig.machine.qmp_execute("set_link", {"name": "rtl8139", "up": False})
+        deadline = time.monotonic() + 5
+        while rig.dev.link and time.monotonic() < deadline:
+            rig.dev.recv(timeout=0.2)
+        assert rig.dev.link is False
+    finally:
+        rig.machine.qmp_execute("set_link", {"name": "rtl8139", "up": True})
+    deadline = time.monotonic() + 5
+    while not rig.dev.link and time.monotonic() < deadline:
+        rig.dev.recv(timeout=0.2)
+    assert rig.dev.link is True
+
+
+def test_sigkill_fresh_start(rig: Rig) -> None:
+    """A killed driver comes back at a new endpoint (reset, new rings, in its mode)
+    and frames flow both ways again."""
+    old_pid, old_ep = _pid(rig), rig.dev.endpoint
+    os.kill(old_pid, signal.SIGKILL)
+    rig.dev.reopen(timeout=15, old=old_ep)
+    assert rig.dev.endpoint != old_ep
+    assert _pid(rig) != old_pid
+    frames = [_frame(rig.mac, PEER_MAC, 1514, 3000 + i) for i in range(4)]
+    with rig.machine.peer.frames() as sock:
+        for frame in frames:
+            sock.send_frame(frame)
+        got = [f for f in rig.dev.recv_until(4, timeout=5.0) if f[12:14] == b"\x88\xb5"]
+    assert got == frames
     test_arp_answered_by_linux(rig)
 
 
-_ = netpeer  # the peer module documents the segment's layout these tests rely on
+def test_arp_after_all(rig: Rig) -> None:
+    """Still answered by Linux at the end (after the update, in the updated version)."""
+    test_arp_answered_by_linux(rig)
