@@ -30,8 +30,10 @@ Classic mode (``mode=classic``):
   parsed from memory (4-byte header: status, length with CRC; 4-byte aligned;
   a frame may wrap at 64 KiB) into a queue, and one call writes
   CAPR = read offset - 16, which frees the space and lets QEMU deliver what it held
-  back. Any RCR write resets both ring pointers, so a mode change drains the
-  ring first; frames arriving in between are lost.
+  back: IMR leaves RXOVW out, so QEMU holds frames back while the ring is full
+  instead of dropping them (``rtl8139_can_receive``; read, not measured). Any
+  RCR write resets both ring pointers, so a mode change drains the ring first;
+  frames arriving in between are lost.
 - SEND: the four TSAD/TSD slots strictly in order (QEMU only tries the current
   one); each frame is a TSAD write (its own buffer), a TSD write (which sends it)
   and a TSD read (TOK), so a batch of frames is one call.
@@ -78,6 +80,9 @@ ISR_ROK, ISR_RER, ISR_TOK, ISR_TER, ISR_RXOVW, ISR_LINKCHG, ISR_FOVW = (
     0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40,
 )  # fmt: skip
 IMR_BITS = ISR_ROK | ISR_RER | ISR_RXOVW | ISR_LINKCHG | ISR_FOVW
+# classic: without RXOVW in IMR QEMU holds frames back while the ring is full and
+# delivers them after the CAPR write (flow control); with it, it drops them
+IMR_CLASSIC = IMR_BITS & ~ISR_RXOVW
 RCR_AAP, RCR_APM, RCR_AM, RCR_AB = 0x01, 0x02, 0x04, 0x08
 RCR_MXDMA_UNLIMITED = 0x7 << 8
 RCR_RBLEN_64K = 0x3 << 11
@@ -220,7 +225,7 @@ class Rtl8139:
         b.outl(io + RCR, self._rcr_value(self.rcr))
         self._mar_ops(b, self.mar)
         b.outl(io + MPC, 0)
-        b.outw(io + IMR, IMR_BITS)
+        b.outw(io + IMR, IMR_CLASSIC)
         self._vdevio(b)
         self.rx_next = self.tx_next = 0
         self.dirty = True
@@ -384,7 +389,7 @@ class Rtl8139:
         stats.iqdrop += values[missed] & 0xFFFFFF
         if values[isr] & ISR_RER:
             stats.ierror += 1
-        if cbr is not None and values[isr] & (ISR_ROK | ISR_RXOVW | ISR_FOVW):
+        if cbr is not None:  # whatever ISR said: a frame may have come after its read
             self._drain_classic(values[cbr])
 
     def get_link(self) -> bool:
