@@ -168,19 +168,23 @@ def test_frames_in_byte_exact_through_the_wrap(rig: Rig) -> None:
     assert got == frames
 
 
-def test_classic_burst_without_loss(rig: Rig) -> None:
-    """Classic mode: 300 frames (300 KB, the 64 KiB ring several times over) sent
-    at once all arrive, in order, without the client reading in between: the driver
-    drains the ring into its queue on each interrupt. (It passes with RXOVW in IMR
-    too, so it does not show QEMU's hold-back while the ring is full.)"""
-    if rig.mode != "classic":
-        pytest.skip("C+ mode has no receive flow control: a burst beyond the ring drops")
+def test_burst_arrives_in_order_and_intact(rig: Rig) -> None:
+    """300 frames (300 KB) sent at once. Classic mode: all arrive, in order, without
+    the client reading in between: the driver drains the ring into its queue on
+    each interrupt (this passes with RXOVW in IMR too, so it does not show QEMU's
+    hold-back while the ring is full). C+ mode has no receive flow control: what
+    arrives is an in-order, byte-exact part of what was sent."""
     frames = [_frame(rig.mac, PEER_MAC, 1000, 5000 + i) for i in range(300)]
     with rig.machine.peer.frames() as sock:
         for frame in frames:
             sock.send_frame(frame)
         got = [f for f in rig.dev.recv_until(300, timeout=10.0) if f[12:14] == b"\x88\xb5"]
-    assert got == frames
+    if rig.mode == "classic":
+        assert got == frames
+    else:
+        assert len(got) >= 32
+        sent = iter(frames)
+        assert all(any(f == s for s in sent) for f in got), "out of order or corrupted"
 
 
 def test_unicast_filter(rig: Rig) -> None:
