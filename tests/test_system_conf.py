@@ -60,12 +60,15 @@ def test_shipped_nics_get_io_and_irq_from_pci_reserve(shipped: dict[str, Service
     dp8390 = shipped["dp8390"]
     assert dp8390.pci_devices == (PciDevice(0x10EC, 0x8029),)
     assert dp8390.io == () and dp8390.irq == ()
-    assert dp8390.allows_call("sdevio") and dp8390.allows_call("irqenable")
+    # the data port's string ops ride in vdevio, on its own DMA staging buffers
+    assert dp8390.allows_call("vdevio") and dp8390.allows_call("irqenable")
+    assert not dp8390.allows_call("sdevio") and dp8390.dma
     assert dp8390.allows_ipc("inet") and dp8390.service_type == "net"
     assert shipped["rtl8139"].pci_devices == (PciDevice(0x10EC, 0x8139),)
     e1000 = shipped["e1000"].pci_devices
     assert PciDevice(0x8086, 0x100E) in e1000 and PciDevice(0x8086, 0x100F) in e1000
     assert all(shipped[nic].dma for nic in ("rtl8139", "e1000"))
+    assert all(shipped[nic].allows_ipc("USER") for nic in ("dp8390", "rtl8139", "e1000"))
 
 
 def test_shipped_servers(shipped: dict[str, ServiceConfig]) -> None:
