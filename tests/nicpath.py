@@ -83,7 +83,8 @@ def nic_up(profile: str, accel: str = "auto", native: bool = False) -> Iterator[
             name = NATIVE_NAMES[profile]
             batch = nic_native.MAX_BATCH[name]
             native_pps = nic_native.native_tx_pps(machine.link, name, 64, NATIVE_FRAMES, batch)
-        with System.start(machine) as system:
+        # no restart backoff: the benchmark kills a driver ten times in a row
+        with System.start(machine, backoff_unit=0.0) as system:
             conn = Connection.attach(Path(machine.run_dir) / "kernel.sock")
             try:
                 dev = NetDevice(conn, NICS[profile])
