@@ -8,45 +8,44 @@ raises :class:`FieldError`, which a server answers with EINVAL and the reason.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 _MISSING: Any = object()
+T = TypeVar("T")
 
 
 class FieldError(ValueError):
     """A message field is missing, of the wrong type, or out of range."""
 
 
-def get_int(
-    fields: Mapping[str, object], name: str, low: int, high: int, default: int = _MISSING
-) -> int:
+def _get(fields: Mapping[str, object], name: str, kind: type[T], what: str, default: T) -> T:
+    """The field, present (or defaulted) and of ``kind``, named ``what`` in the error
+    (a bool is no integer here, though Python says it is)."""
     value = fields.get(name, default)
     if value is _MISSING:
         raise FieldError(f"field {name!r} is missing")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise FieldError(f"field {name!r} must be an integer, not {type(value).__name__}")
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise FieldError(f"field {name!r} must be {what}, not {type(value).__name__}")
+    return value
+
+
+def get_int(
+    fields: Mapping[str, object], name: str, low: int, high: int, default: int = _MISSING
+) -> int:
+    value = _get(fields, name, int, "an integer", default)
     if not low <= value <= high:
         raise FieldError(f"field {name!r}={value} is outside {low}..{high}")
     return value
 
 
 def get_str(fields: Mapping[str, object], name: str, default: str = _MISSING) -> str:
-    value = fields.get(name, default)
-    if value is _MISSING:
-        raise FieldError(f"field {name!r} is missing")
-    if not isinstance(value, str):
-        raise FieldError(f"field {name!r} must be a string, not {type(value).__name__}")
-    return value
+    return _get(fields, name, str, "a string", default)
 
 
 def get_bytes(
     fields: Mapping[str, object], name: str, max_len: int, default: bytes = _MISSING
 ) -> bytes:
-    value = fields.get(name, default)
-    if value is _MISSING:
-        raise FieldError(f"field {name!r} is missing")
-    if not isinstance(value, bytes):
-        raise FieldError(f"field {name!r} must be bytes, not {type(value).__name__}")
+    value = _get(fields, name, bytes, "bytes", default)
     if len(value) > max_len:
         raise FieldError(f"field {name!r} holds {len(value)} bytes (at most {max_len})")
     return value
@@ -55,11 +54,7 @@ def get_bytes(
 def get_list(
     fields: Mapping[str, object], name: str, max_len: int, default: list[object] = _MISSING
 ) -> list[object]:
-    value = fields.get(name, default)
-    if value is _MISSING:
-        raise FieldError(f"field {name!r} is missing")
-    if not isinstance(value, list):
-        raise FieldError(f"field {name!r} must be a list, not {type(value).__name__}")
+    value: list[object] = _get(fields, name, list, "a list", default)
     if len(value) > max_len:
         raise FieldError(f"field {name!r} has {len(value)} items (at most {max_len})")
     return value
@@ -79,12 +74,7 @@ def get_name(fields: Mapping[str, object], name: str, max_len: int = 256) -> str
 
 
 def get_bool(fields: Mapping[str, object], name: str, default: bool = _MISSING) -> bool:
-    value = fields.get(name, default)
-    if value is _MISSING:
-        raise FieldError(f"field {name!r} is missing")
-    if not isinstance(value, bool):
-        raise FieldError(f"field {name!r} must be a bool, not {type(value).__name__}")
-    return value
+    return _get(fields, name, bool, "a bool", default)
 
 
 def get_flags(fields: Mapping[str, object], name: str, allowed: int, default: int = 0) -> int:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from hwl.proto.fields import FieldError, get_bytes, get_int, get_list
+from hwl.proto.fields import FieldError, get_bool, get_bytes, get_int, get_list
 
 NDEV_BASE: Final = 0x1A00
 INIT: Final = NDEV_BASE + 1
@@ -86,10 +86,7 @@ def _id(f: Mapping[str, object]) -> int:
 
 
 def _sync(f: Mapping[str, object]) -> bool:
-    value = f.get("sync", False)
-    if not isinstance(value, bool):
-        raise FieldError(f"field 'sync' must be a boolean, not {type(value).__name__}")
-    return value
+    return get_bool(f, "sync", False)
 
 
 @dataclass(frozen=True)
