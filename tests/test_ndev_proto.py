@@ -60,7 +60,7 @@ def test_bad_fields_name_the_field() -> None:
 def test_frames_fit_keeps_a_reply_under_the_message_limit() -> None:
     for size in (60, 64, 512, 1514):
         frames = [bytes(size)] * 200
-        n = ndev.frames_fit(frames, 0, ndev.MAX_FRAMES)
+        n = ndev.frames_fit(frames, ndev.MAX_FRAMES)
         assert n > 0
         payload = codec.encode({"id": 1, "result": n, "frames": frames[:n]})  # type: ignore[dict-item]
         assert len(payload) <= 8192 - 64

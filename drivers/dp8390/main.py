@@ -189,7 +189,7 @@ class Dp8390:
         for i in range(6):
             b.outb(io + PAR0 + i, mac[i])
         for i in range(8):
-            b.outb(io + MAR0 + i, 0)
+            b.outb(io + MAR0 + i, 0xFF if self.rcr & RCR_AM else 0)
         b.outb(io + CURR, self.ring.curr)
         b.outb(io + CR, CR_STP | CR_NODMA)
         b.outb(io + ISR, 0xFF)
@@ -338,28 +338,10 @@ class Dp8390:
     def _ring_broken(self, why: str) -> None:
         log.warning("receive ring corrupt (%s): resetting the card", why)
         netdriver.stats().ierror += 1
-        self._reset_card()
-        self.set_mode_keep()
-
-    def set_mode_keep(self) -> None:
-        b = Batch()
-        b.outb(self.io + RCR, self.rcr)
-        self._vdevio(b)
+        self._reset_card()  # it keeps the mode: RCR and the multicast filter
 
 
 def main(argv: list[str]) -> int:
-    driver = Dp8390(nic.instance_arg(argv))
-    table = netdriver.NetDriver(
-        init=driver.init,
-        send=driver.send,
-        recv=driver.recv,
-        intr=driver.intr,
-        set_mode=driver.set_mode,
-        stop=driver.stop,
-        state_save=driver.state_save,
-        state_restore=driver.state_restore,
-    )
-    netdriver.setup(table, driver.instance)
-    sef.startup()
-    netdriver.task(table)
+    driver = Dp8390(nic.driver_args(argv))
+    netdriver.run(netdriver.NetDriver.of(driver), driver.instance)
     return 0

@@ -93,17 +93,21 @@ class E1000:
         if self.restored is not None:
             self._take_saved(self.restored)
         else:
-            _pci, card = nic.reserve(conn, PCI_IDS, self.instance, bus_master=True)
+            pci, card = nic.reserve(conn, PCI_IDS, self.instance, bus_master=False)
             self.bar = card.mem_base
             self.irq_hook = conn.irq_setpolicy(card.irq, 0, notify_id=0)
             kept = {buf.tag: buf for buf in conn.dma_adopt()}
             if not self._adopt(kept):
-                for buf in kept.values():
-                    conn.dma_free(buf)
                 self.rx = conn.dma_alloc(RING_BYTES + RING * BUF, tag="rx")
                 self.tx = conn.dma_alloc(RING_BYTES + RING * BUF, tag="tx")
                 self.rxv, self.txv = conn.dma_map(self.rx), conn.dma_map(self.tx)
                 self._reinit()
+            # Only now may the card DMA: into the adopted rings, or the new ones;
+            # then the old ones, which the card no longer points at, can go.
+            nic.bus_master_on(pci, card.devind)
+            for buf in kept.values():
+                if buf not in (self.rx, self.tx):
+                    conn.dma_free(buf)
             conn.irq_enable(self.irq_hook)
         # A live update's new version maps its rings at its first frame: in its init
         # it stands at another endpoint, which does not hold them yet.
@@ -299,19 +303,6 @@ class E1000:
 
 
 def main(argv: list[str]) -> int:
-    driver = E1000(nic.instance_arg(argv))
-    table = netdriver.NetDriver(
-        init=driver.init,
-        send=driver.send,
-        recv=driver.recv,
-        intr=driver.intr,
-        set_mode=driver.set_mode,
-        stop=driver.stop,
-        get_link=driver.get_link,
-        state_save=driver.state_save,
-        state_restore=driver.state_restore,
-    )
-    netdriver.setup(table, driver.instance)
-    sef.startup()
-    netdriver.task(table)
+    driver = E1000(nic.driver_args(argv))
+    netdriver.run(netdriver.NetDriver.of(driver), driver.instance)
     return 0

@@ -62,7 +62,6 @@ from hwl.ipc.kcalls import DmaHandle
 from hwl.link.batch import Batch
 from hwl.proto import ndev
 from hwl.system import sef
-from hwl.system.pci import Pci
 
 log = logging.getLogger("rtl8139")
 
@@ -147,7 +146,7 @@ class Rtl8139:
             self.io = card.io_base
             self.irq_hook = conn.irq_setpolicy(card.irq, 0, notify_id=0)
             self._reset()  # the card forgets its old rings before it may DMA again
-            _bus_master_on(pci, card.devind)
+            nic.bus_master_on(pci, card.devind)
             if self.classic:
                 self.rx = conn.dma_alloc(RX_RING_ALLOC)
                 self.tx = conn.dma_alloc(CLASSIC_TX_PER_CALL * BUF)
@@ -467,26 +466,7 @@ def _ring_bytes(view: memoryview, at: int, n: int) -> bytes:
     return bytes(view[at:RX_RING]) + bytes(view[: n - head])
 
 
-def _bus_master_on(pci: Pci, devind: int) -> None:
-    command = pci.attr_r16(devind, nic.PCI_COMMAND)
-    if not command & nic.PCI_COMMAND_BUS_MASTER:
-        pci.attr_w16(devind, nic.PCI_COMMAND, command | nic.PCI_COMMAND_BUS_MASTER)
-
-
 def main(argv: list[str]) -> int:
-    driver = Rtl8139(nic.instance_arg(argv))
-    table = netdriver.NetDriver(
-        init=driver.init,
-        send=driver.send,
-        recv=driver.recv,
-        intr=driver.intr,
-        set_mode=driver.set_mode,
-        stop=driver.stop,
-        get_link=driver.get_link,
-        state_save=driver.state_save,
-        state_restore=driver.state_restore,
-    )
-    netdriver.setup(table, driver.instance)
-    sef.startup()
-    netdriver.task(table)
+    driver = Rtl8139(nic.driver_args(argv))
+    netdriver.run(netdriver.NetDriver.of(driver), driver.instance)
     return 0

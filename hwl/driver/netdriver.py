@@ -34,6 +34,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as table_fields
 
 from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
@@ -65,8 +66,15 @@ class NetDriver:
     other: Callable[[Message], tuple[int, Fields] | None] | None = None
     state_save: Callable[[], codec.Value] | None = None
     state_restore: Callable[[codec.Value], None] | None = None
-    #: frames dropped on purpose (a fault hook for tests: every Nth received frame)
-    drop_every: int = 0
+
+    @classmethod
+    def of(cls, driver: object) -> NetDriver:
+        """The table of a driver object whose methods bear the callbacks' names
+        (``init``, ``send``, ``recv``, and any of the optional ones)."""
+        names = [f.name for f in table_fields(cls) if f.name != "tick_seconds"]
+        table = cls(**{n: getattr(driver, n) for n in names if hasattr(driver, n)})
+        table.tick_seconds = getattr(driver, "tick_seconds", table.tick_seconds)
+        return table
 
 
 @dataclass
@@ -97,7 +105,6 @@ class _State:
     link: bool = False
     status_out: bool = False  # a STATUS is unanswered
     status_due: bool = False
-    recv_seen: int = 0  # frames received, for the drop hook
 
 
 _st = _State()
@@ -199,6 +206,13 @@ def announce(conn: Connection) -> None:
 
 
 # ------------------------------------------------------------------- the loop
+def run(table: NetDriver, instance: int = 0) -> None:
+    """A NIC driver's whole life: SEF's callbacks, its init by RS, then serving."""
+    setup(table, instance)
+    sef.startup()
+    task(table)
+
+
 def task(table: NetDriver) -> None:
     """Announce the driver and serve until SIGTERM (SEF ends the process)."""
     conn = sef.connection()
@@ -344,31 +358,15 @@ def _answer_recvs(table: NetDriver) -> None:
     while _st.recvs:
         p = _st.recvs[0]
         if not _st.backlog:
-            frames = _filtered(table.recv(p.max))
+            frames = table.recv(p.max)
             _st.stats.received += len(frames)
             _st.backlog.extend(frames)
-        n = ndev.frames_fit(list(_st.backlog), 0, p.max) if _st.backlog else 0
+        n = ndev.frames_fit(_st.backlog, p.max)
         if not n:
             return
         _st.recvs.popleft()
         frames = [_st.backlog.popleft() for _ in range(n)]
         _answer(p, ndev.RECV_REPLY, n, {"frames": frames})  # type: ignore[dict-item]
-
-
-def _filtered(frames: list[bytes]) -> list[bytes]:
-    """The drop hook: every ``drop_every``-th received frame is lost on purpose."""
-    table = _st.table
-    every = table.drop_every if table is not None else 0
-    if not every:
-        return frames
-    kept = []
-    for frame in frames:
-        _st.recv_seen += 1
-        if _st.recv_seen % every:
-            kept.append(frame)
-        else:
-            _st.stats.iqdrop += 1
-    return kept
 
 
 def _after_event(table: NetDriver) -> None:

@@ -56,7 +56,8 @@ def reserve(
     conn: Connection, ids: Collection[tuple[int, int]], instance: int, bus_master: bool
 ) -> tuple[Pci, NicCard]:
     """Reserve the ``instance``-th visible card with one of ``ids``; turn on its
-    decoders (and bus mastering, for a card that DMAs). ENODEV if there is none."""
+    decoders (and bus mastering, if asked: a card whose old rings cannot be in use).
+    ENODEV if there is none."""
     pci = Pci.find(conn)
     seen = 0
     for devind, vid, did in pci.devices():
@@ -68,12 +69,9 @@ def reserve(
         granted: Granted = pci.reserve(devind)
         if not granted.irq:
             raise PciError(Errno.ENXIO, "reserve", f"{vid:04x}:{did:04x} has no IRQ line")
-        command = pci.attr_r16(devind, PCI_COMMAND)
-        want = command | PCI_COMMAND_IO | PCI_COMMAND_MEMORY
+        _command_on(pci, devind, PCI_COMMAND_IO | PCI_COMMAND_MEMORY)
         if bus_master:
-            want |= PCI_COMMAND_BUS_MASTER
-        if want != command:
-            pci.attr_w16(devind, PCI_COMMAND, want)
+            bus_master_on(pci, devind)
         card = NicCard(devind, vid, did, granted.io, granted.mem, granted.irq[0],
                        pci.slot_name(devind))  # fmt: skip
         log.info("card %04x:%04x at %s: io %s mem %s irq %d", vid, did, card.slot,
@@ -84,12 +82,24 @@ def reserve(
     raise PciError(Errno.ENODEV, "reserve", f"no card {wanted} with instance {instance} visible")
 
 
+def bus_master_on(pci: Pci, devind: int) -> None:
+    """Let the card DMA again: after it forgot the rings of a dead incarnation (the
+    kernel turned bus mastering off at that death)."""
+    _command_on(pci, devind, PCI_COMMAND_BUS_MASTER)
+
+
+def _command_on(pci: Pci, devind: int, bits: int) -> None:
+    command = pci.attr_r16(devind, PCI_COMMAND)
+    if command & bits != bits:
+        pci.attr_w16(devind, PCI_COMMAND, command | bits)
+
+
 def pad(frame: bytes) -> bytes:
     """A frame as it goes on the wire: at least 60 bytes (the FCS is the card's)."""
     return frame if len(frame) >= ndev.ETH_MIN else frame + bytes(ndev.ETH_MIN - len(frame))
 
 
-def instance_arg(argv: list[str]) -> dict[str, str]:
+def driver_args(argv: list[str]) -> dict[str, str]:
     """MINIX-style ``key=value`` driver arguments."""
     args = {}
     for word in argv:

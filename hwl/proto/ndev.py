@@ -24,8 +24,8 @@ count, 0, or a negative MINIX errno with ``error`` saying why.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from hwl.proto.fields import FieldError, get_bool, get_bytes, get_int, get_list
@@ -205,7 +205,6 @@ class InitReply:
     caps: int = 0
     max_send: int = MAX_FRAMES
     max_recv: int = MAX_FRAMES
-    extra: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_fields(cls, f: Mapping[str, object]) -> InitReply:
@@ -221,10 +220,10 @@ class InitReply:
         )
 
 
-def frames_fit(frames: list[bytes], start: int, limit: int) -> int:
-    """How many of ``frames[start:]`` (at most ``limit``) fit in one message."""
+def frames_fit(frames: Iterable[bytes], limit: int) -> int:
+    """How many of the first ``frames`` (at most ``limit``) fit in one message."""
     total = n = 0
-    for frame in frames[start:]:
+    for frame in frames:
         if n >= limit or total + len(frame) + 6 > MAX_FRAME_BYTES:
             break
         total += len(frame) + 6

@@ -88,7 +88,7 @@ class NetDevice:
         frames = list(frames)
         sent = at = 0
         while at < len(frames):
-            n = ndev.frames_fit(frames, at, ndev.MAX_FRAMES) or 1
+            n = ndev.frames_fit(itertools.islice(frames, at, None), ndev.MAX_FRAMES)
             reply = self._call(ndev.SEND, {"frames": frames[at : at + n]},  # type: ignore[dict-item]
                                ndev.SEND_REPLY, timeout)  # fmt: skip
             sent += int(reply["result"])  # type: ignore[arg-type]
