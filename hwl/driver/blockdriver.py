@@ -42,10 +42,10 @@ from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.kernel.errno import Errno, ErrnoError
 from hwl.system import sef
-from hwl.system.ds import Ds
 from hwl.system.proto import InitType, LuState
 
 from . import proto
+from .announce import announce
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +177,7 @@ def _lu_state_save(state: int, flags: int) -> bytes:
 def driver_announce(conn: Connection, kind: str = "blk") -> None:
     """Tell the world this driver is up: after a restart, fail whatever is still
     blocked on the previous incarnation; then publish ``drv.<kind>.<label>``."""
-    if _st.restarted:
-        try:
-            conn.statectl_clear_ipc_refs()
-        except IpcError as exc:
-            log.warning("statectl clear_ipc_refs failed: %s", exc)
-    key = f"drv.{kind}.{conn.label}"
-    Ds.find(conn).publish_u32(key, proto.DS_DRIVER_UP, overwrite=True)
+    key = announce(conn, kind, _st.restarted)
     log.info("announced %s (gen %d%s)", key, _st.gen, ", restarted" if _st.restarted else "")
 
 

@@ -36,13 +36,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as table_fields
 
+from hwl.driver.announce import announce as driver_up
 from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.kernel.errno import Errno
 from hwl.proto import ndev
 from hwl.proto.fields import FieldError
 from hwl.system import sef
-from hwl.system.ds import Ds
 from hwl.system.proto import InitType, LuState
 
 log = logging.getLogger(__name__)
@@ -193,15 +193,8 @@ def _lu_state_save(state: int, flags: int) -> bytes:
 
 
 def announce(conn: Connection) -> None:
-    """Publish ``drv.net.<label>``: clients (re)initialise the driver on it.
-    After a restart, whatever was blocked on the previous incarnation fails first."""
-    if _st.restarted:
-        try:
-            conn.statectl_clear_ipc_refs()
-        except IpcError as exc:
-            log.warning("statectl clear_ipc_refs failed: %s", exc)
-    key = f"drv.net.{conn.label}"
-    Ds.find(conn).publish_u32(key, ndev.DS_DRIVER_UP, overwrite=True)
+    """Publish ``drv.net.<label>``: clients (re)initialise the driver on it."""
+    key = driver_up(conn, "net", _st.restarted)
     log.info("announced %s%s", key, " (restarted)" if _st.restarted else "")
 
 

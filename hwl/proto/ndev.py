@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from hwl.proto.ds import DS_DRIVER_UP as DS_DRIVER_UP  # the value of drv.net.<label>
 from hwl.proto.fields import FieldError, get_bool, get_bytes, get_int, get_list
 
 NDEV_BASE: Final = 0x1A00
@@ -72,9 +73,6 @@ ETH_HEADER: Final = 14
 #: Frame bytes per SEND request or RECV reply: the rest of an 8 KiB message is the codec's.
 MAX_FRAME_BYTES: Final = 7936
 MAX_FRAMES: Final = 128  # frames per SEND request or RECV reply
-
-#: The value of ``drv.net.<label>`` in DS once the driver is up (MINIX's DS_DRIVER_UP).
-DS_DRIVER_UP: Final = 1
 
 
 def is_request(m_type: int) -> bool:
