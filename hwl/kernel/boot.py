@@ -16,6 +16,7 @@ from hwl.kernel.kernel import Kernel
 from hwl.kernel.priv import Priv
 from hwl.link.link import Link
 from hwl.link.memory import GuestMemory
+from hwl.procs import pid_alive
 
 log = logging.getLogger("hwl.kernel")
 
@@ -36,16 +37,6 @@ class _FdDoorbell:
         return self.fd
 
 
-def _qemu_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def open_link(spec: dict[str, Any]) -> Link:
     size = int(spec["ram_size"])
     ram_fd = int(spec["ram_fd"])
@@ -58,7 +49,7 @@ def open_link(spec: dict[str, Any]) -> Link:
         int(spec["ctl"]),
         int(spec["slots"]),
         _FdDoorbell(int(spec["doorbell_fd"])),
-        alive=lambda: _qemu_alive(pid),
+        alive=lambda: pid_alive(pid),
     )
 
 

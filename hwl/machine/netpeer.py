@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 from hwl.errors import HwlError
 from hwl.machine.profile import NetSpec
+from hwl.procs import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +156,6 @@ def _ip(argv: Sequence[str], *, stdin: str | None = None) -> str:
     return done.stdout
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale_namespaces() -> list[str]:
     """Delete ``hwl-<pid>-*`` namespaces whose creating process is gone (a parent
     killed by SIGKILL runs no atexit); returns the names deleted."""
@@ -174,7 +165,7 @@ def sweep_stale_namespaces() -> list[str]:
     for entry in NETNS_DIR.iterdir():
         parts = entry.name.split("-")
         mine = len(parts) == 3 and parts[0] + "-" == PREFIX and parts[1].isdigit()
-        if mine and not _pid_alive(int(parts[1])):
+        if mine and not pid_alive(int(parts[1])):
             with contextlib.suppress(HwlError):
                 _ip(["netns", "del", entry.name])
                 gone.append(entry.name)
