@@ -24,18 +24,13 @@ import argparse
 import os
 import signal
 import statistics
-import sys
 import time
-from pathlib import Path
 
 from hwl.benchmarks import Targets, report
-from hwl.hw import ether, nic_native
+from hwl.hw import ether
+from hwl.system.nicrig import GUEST_IP, LINUX_IP, NATIVE_NAMES, Flood, Nic, nic_up
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from nicpath import GUEST_IP, LINUX_IP, Flood, Nic, nic_up
-
-PROFILES = {"ne2k_pci": "ne2k", "rtl8139": "rtl8139", "e1000": "e1000"}
-NATIVE_FRAMES = 20_000
+PROFILES = {name: profile for profile, name in NATIVE_NAMES.items()}  # NIC -> its profile
 TX_FRAMES = 20_000
 ECHOES = 200
 KILLS = 10
@@ -128,6 +123,3 @@ def main(args: argparse.Namespace) -> int:
     targets = {k: v for k, v in TARGETS.items() if k in figures}
     report("nic", figures, targets, accel, args.json)
     return 0
-
-
-__all__ = ["main", "nic_native"]

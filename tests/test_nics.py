@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from nicpath import GUEST_IP, LINUX_IP, NICS, Flood, Nic, Responder, nic_up
 
 from hwl.hw import ether
 from hwl.ipc import codec
@@ -21,6 +20,7 @@ from hwl.kernel.errno import Errno
 from hwl.proto import ndev
 from hwl.system.ds import Ds
 from hwl.system.ndev import NetDeviceError
+from hwl.system.nicrig import GUEST_IP, LINUX_IP, NICS, Flood, Nic, Responder, nic_up
 from hwl.system.proto import LuState
 
 SIZES = [60, 61, 63, 64, 65, 127, 128, 255, 256, 511, 512, 1000, 1023, 1024, 1500, 1513, 1514]
