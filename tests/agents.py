@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from hwl.kernel.errno import Errno
 AGENT = str(Path(__file__).parent / "programs" / "agent.py")
 CMD, RESULT = 1, 2
 FULL_IPC = "ipc ALL;"
+#: The ``process`` fixture (conftest.py): label, system.conf body -> an attached process.
+MakeProc = Callable[[str, str], ipc.Connection]
 
 
 def conf(label: str, body: str = FULL_IPC) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agents import MakeProc
 
 from hwl import Machine, ipc
 from hwl.kernel.launcher import KernelProcess
@@ -74,3 +75,19 @@ def kernel() -> Iterator[KernelProcess]:
 def root(kernel: KernelProcess) -> ipc.Connection:
     assert kernel.root is not None
     return kernel.root
+
+
+@pytest.fixture
+def process(kernel: KernelProcess, root: ipc.Connection) -> Iterator[MakeProc]:
+    """A factory of attached processes with a system.conf body's privileges."""
+    made: list[ipc.Connection] = []
+
+    def make(label: str, body: str) -> ipc.Connection:
+        conn = kernel.attach()
+        root.privctl_set(conn.endpoint, f"service {label} {{ {body} }};")
+        made.append(conn)
+        return conn
+
+    yield make
+    for conn in made:
+        conn.close()

@@ -12,11 +12,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from agents import MakeProc
 from rs_fixtures import wait_for
 
 from hwl import Machine, ipc
@@ -29,7 +30,6 @@ from hwl.system.rs import up_fields
 
 DMA = "system vdevio; memory dma;"
 KEEP_SECONDS = 2.0  # the kernel's adoption timeout, shortened for the test
-MakeProc = Callable[[str, str], ipc.Connection]
 
 
 @pytest.fixture(scope="module")
@@ -49,22 +49,6 @@ def kernel(hwl_machines: MachineFactory) -> Iterator[KernelProcess]:
 def root(kernel: KernelProcess) -> ipc.Connection:
     assert kernel.root is not None
     return kernel.root
-
-
-@pytest.fixture
-def process(kernel: KernelProcess, root: ipc.Connection) -> Iterator[MakeProc]:
-    """A factory of attached processes with a system.conf body's privileges."""
-    made: list[ipc.Connection] = []
-
-    def make(label: str, body: str) -> ipc.Connection:
-        conn = kernel.attach()
-        root.privctl_set(conn.endpoint, f"service {label} {{ {body} }};")
-        made.append(conn)
-        return conn
-
-    yield make
-    for conn in made:
-        conn.close()
 
 
 def wait_gone(root: ipc.Connection, endpoint: int, timeout: float = 5.0) -> None:

@@ -7,9 +7,10 @@ server grants with ``privctl add_mem`` when a driver reserves the device).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
+from agents import MakeProc
 
 from hwl import Batch, LinkError, LinkWaitTimeoutError, Machine, ipc
 from hwl.kernel.errno import Errno
@@ -22,7 +23,6 @@ E1000 = (0x8086, 0x100E)
 STATUS, STATUS_LU = 0x8, 0x2
 RDBAL = 0x2800
 BAR0_SIZE = 128 << 10
-MakeProc = Callable[[str, str], ipc.Connection]
 
 
 def raw_op(code: int, addr: int, width: int = 4) -> Batch:
@@ -101,23 +101,6 @@ def kernel(machine: Machine, e1000: PciDevice) -> Iterator[KernelProcess]:
         yield k
     finally:
         k.stop()
-
-
-@pytest.fixture
-def process(kernel: KernelProcess) -> Iterator[MakeProc]:
-    """A factory of attached processes with a system.conf body's privileges."""
-    assert kernel.root is not None
-    root, made = kernel.root, list[ipc.Connection]()
-
-    def make(label: str, body: str) -> ipc.Connection:
-        conn = kernel.attach()
-        root.privctl_set(conn.endpoint, f"service {label} {{ {body} }};")
-        made.append(conn)
-        return conn
-
-    yield make
-    for conn in made:
-        conn.close()
 
 
 def driver(
