@@ -1,4 +1,4 @@
-"""VFS protocol and client: block device files for user processes (docs/vfs.md).
+"""The VFS client: block device files for user processes (docs/vfs.md).
 
 >>> vfs = Vfs.attach(run_dir)                 # a user process, through kernel.sock
 >>> with vfs.open("/dev/c0d0", "r+b") as f:   # io.BufferedRandom over a DeviceFile
@@ -7,21 +7,10 @@
 ...     f.write(b"x" * 512)                   # close() flushes: VFS asks the driver
 ...                                           # for FLUSH CACHE before it answers
 
-Requests are ``sendrec`` to VFS's endpoint; the reply's m_type is the result
-(fd, byte count, 0) or a negative MINIX errno with an ``error`` field:
-
-| request | fields | reply |
-|---|---|---|
-| ``VFS_OPEN`` | path, flags (``O_RDONLY`` / ``O_WRONLY`` / ``O_RDWR``) | fd; field ``size`` |
-| ``VFS_CLOSE`` | fd | 0 (after a flush if the fd wrote) |
-| ``VFS_READ`` | fd, count, grant (VFS writes it); position (pread) | bytes read (0 at the end) |
-| ``VFS_WRITE`` | fd, count, grant (VFS reads it); position (pwrite) | bytes written |
-| ``VFS_LSEEK`` | fd, offset, whence (0 set, 1 cur, 2 end) | 0; field ``position`` |
-| ``VFS_IOCTL`` | fd, request (``"geometry"``, ``"flush"``) | 0; the driver's fields |
-
-One READ or WRITE moves at most :data:`VFS_MAX_IO` bytes (a short count, as POSIX
-allows; the client loops). Byte positions and counts need no alignment: VFS reads
-and merges partial sectors itself.
+The requests, their fields and replies are :mod:`hwl.proto.vfs`'s. One READ or
+WRITE moves at most :data:`VFS_MAX_IO` bytes (a short count, as POSIX allows; the
+client loops). Byte positions and counts need no alignment: VFS reads and merges
+partial sectors itself.
 """
 
 from __future__ import annotations
