@@ -36,14 +36,17 @@ def ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
     return _ETH.pack(dst, src, ethertype) + payload
 
 
+def _arp(op: int, dst: bytes, mac: bytes, ip: str, target_mac: bytes, target_ip: bytes) -> bytes:
+    body = _ARP.pack(1, ETH_P_IP, 6, 4, op, mac, ip_bytes(ip), target_mac, target_ip)
+    return ethernet(dst, mac, ETH_P_ARP, body)
+
+
 def arp_request(mac: bytes, ip: str, target_ip: str) -> bytes:
-    body = _ARP.pack(1, ETH_P_IP, 6, 4, 1, mac, ip_bytes(ip), bytes(6), ip_bytes(target_ip))
-    return ethernet(BROADCAST, mac, ETH_P_ARP, body)
+    return _arp(1, BROADCAST, mac, ip, bytes(6), ip_bytes(target_ip))
 
 
 def arp_reply(mac: bytes, ip: str, to_mac: bytes, to_ip: bytes) -> bytes:
-    body = _ARP.pack(1, ETH_P_IP, 6, 4, 2, mac, ip_bytes(ip), to_mac, to_ip)
-    return ethernet(to_mac, mac, ETH_P_ARP, body)
+    return _arp(2, to_mac, mac, ip, to_mac, to_ip)
 
 
 @dataclass(frozen=True)
