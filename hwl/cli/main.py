@@ -178,11 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signo: int, _frame: object) -> None:
+    raise SystemExit(128 + signo)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["service"]:  # its own syntax (MINIX's): argparse would take its -o, -x...
         return hwl_service.main(argv[1:])
     args = build_parser().parse_args(argv)
+    # SIGTERM (``timeout``, a CI runner) ends the command as an exception would, so
+    # its machines close: QEMU stopped, the network namespace and taps deleted.
+    # Commands that wait until told to stop install their own handler.
+    signal.signal(signal.SIGTERM, _terminated)
     if not args.verbose:  # qemu.qmp logs each failed connect while QEMU dies; hwl reports why
         logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     logging.basicConfig(
