@@ -11,10 +11,14 @@ Registered through the ``pytest11`` entry point, so installing hwl is enough.
 
 A failed test's report also shows each machine's network namespace as
 ``ip -s link`` and ``ip neigh`` saw it (hwl/machine/netpeer.py).
+
+SIGTERM (a CI runner's timeout) stops the session as Ctrl-C does, so fixtures
+tear down and every machine closes, its namespace and taps deleted with it.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,15 @@ class MachineFactory:
 
 
 _factory: MachineFactory | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupted)
+
+
+def _interrupted(signo: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signo}")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
