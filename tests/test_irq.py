@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from hwl import Batch, IrqTimeoutError, LinkError, LinkWaitTimeoutError, Machine
@@ -79,9 +81,22 @@ def polled_sectors(pc: Machine, count: int) -> bytes:
     return b"".join(result.data[i] for i in reads)
 
 
+def forget_latched(pc: Machine) -> None:
+    """The polled read's interrupts came while line 14 was masked, and the PIC
+    latched the edge: unmasked, it is delivered at once. Take it now, so that a
+    batch's first IRQ wait is not answered by it before its own sector is ready
+    (which failed this test in about half the runs after the tests above)."""
+    pc.link.irq_unmask(14)
+    with contextlib.suppress(IrqTimeoutError):
+        pc.link.wait_irq(timeout=0.3)
+    pc.link.irq_mask(14)
+    pc.link.poll_irqs()
+
+
 def test_a_batch_waits_for_its_own_interrupts_and_the_host_sees_none(pc: Machine) -> None:
     link = pc.link
     expected = polled_sectors(pc, 4)
+    forget_latched(pc)
     link.irq_mask(14)
     link.poll_irqs()
     before = link.irq_count(14)
