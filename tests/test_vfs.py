@@ -233,6 +233,25 @@ def test_sigkill_during_a_sequential_read_is_only_a_delay(setup: Setup) -> None:
     _kill_during_read(setup)
 
 
+def test_an_open_while_the_driver_restarts_waits_for_it(setup: Setup) -> None:
+    """Nothing of at_wini's is open and RS is between a kill and the restart (its
+    backoff): the open waits for the new incarnation instead of failing ENXIO."""
+    for _ in range(2):  # a second restart in a row waits a backoff of >= 2 s
+        row = setup.at_wini_row()
+        os.kill(row.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while setup.at_wini_row().state == "up" and time.monotonic() < deadline:
+            time.sleep(0.005)
+        state = setup.at_wini_row().state
+        t0 = time.perf_counter()
+        with setup.vfs.open("/dev/c0d0", "rb") as f:
+            assert f.read(SECTOR) == setup.image_bytes(0, SECTOR)
+        waited = time.perf_counter() - t0
+        setup.wait_at_wini_up(row.pid, row.restarts)
+    assert state == "restarting"
+    assert waited > 0.5, "the second open waited out the backoff"
+
+
 def test_sigkill_with_policy_reset_is_only_a_delay(setup: Setup) -> None:
     setup.system.rs.down("at_wini")
     endpoint = at_wini_up(setup.system, Policy.RESET)

@@ -30,6 +30,9 @@ Reply = Fields | None
 DEFAULT_MAXTIME_TICKS = 3 * wire.HZ  # MINIX's service update default is 3HZ as well
 NO_LIMIT_TICKS = 365 * 24 * 3600 * wire.HZ
 
+#: States a service leaves by itself for UP: a lookup then says EAGAIN, not ESRCH.
+COMING_BACK = frozenset({State.STARTING, State.RESTARTING, State.WAITING_SCRIPT})
+
 
 class Requests:
     def __init__(self, manager: Manager, updater: Updater, is_operator: Callable[[int], bool]):
@@ -180,6 +183,9 @@ class Requests:
     def do_lookup(self, source: int, fields: Fields) -> Reply:
         label = RsLabel.from_fields(fields).label
         svc = self.m.table.get(label)
+        if svc is not None and svc.state in COMING_BACK:
+            # A client waits for it rather than giving up (VFS queues the request).
+            raise RsError(Errno.EAGAIN, f"service '{label}' is {svc.state.value}")
         if svc is None or svc.current is None or svc.state not in (State.UP, State.UPDATING):
             raise RsError(Errno.ESRCH, f"no service '{label}' is up")
         return {"endpoint": svc.current.endpoint}

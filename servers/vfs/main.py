@@ -396,15 +396,16 @@ class VfsServer:
     # -------------------------------------------------------------- driver
     def endpoint(self, driver: Driver) -> int:
         """The driver's endpoint, cached by the tracker; a failed RS lookup is
-        DriverDown while VFS holds something there, else Refused."""
+        DriverDown while VFS holds something there or RS is restarting the driver
+        (EAGAIN), else Refused."""
         assert self.tracker is not None
         try:
             return self.tracker.endpoint(driver.label)
         except RsError as exc:
             if isinstance(exc.__cause__, IpcError):  # RS did not answer
                 raise Refused(exc.errno, f"RS lookup of {driver.label}: {exc}") from exc
-            if driver.minors or driver.pending:
-                self.mark_down(driver, str(exc))
+            if driver.minors or driver.pending or exc.errno is Errno.EAGAIN:
+                self.mark_down(driver, str(exc))  # it comes back: the request waits
                 raise DriverDown from exc
             raise Refused(Errno.ENXIO, f"no driver {driver.label!r} is running") from exc
 
