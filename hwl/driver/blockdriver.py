@@ -7,34 +7,30 @@ calls the callbacks and replies. As MINIX's libblockdriver:
 - ``open`` / ``close`` / ``transfer`` (scatter/gather: a list of (grant, size)
   in the client's arena) / ``ioctl`` / ``geometry`` / ``cleanup`` / ``alarm``
   (a CLOCK notify) / ``intr`` (a HARDWARE notify) / ``other`` (anything else).
-- :func:`driver_receive` takes queued messages first (those a driver deferred
-  while it waited for an interrupt, :func:`mq_queue`), then SEF's receive, and
-  drops requests meant for a previous incarnation of the driver: a request whose
-  ``gen`` field names another incarnation (``gen`` is the driver's pid, handed
-  out in every reply) is answered ERESTART and not served.
-- :func:`driver_announce` clears the IPC references of a previous incarnation
-  (``statectl clear_ipc_refs``) after a restart and publishes ``drv.blk.<label>``
-  in DS.
+- The incarnation (``gen``, the driver's pid, handed out in every reply), the
+  deferred queue, live update and the announcement are the driver core's
+  (:mod:`hwl.driver.core`), shared with libnetdriver; this library adds what is
+  BDEV's. :func:`driver_receive` takes deferred messages first (:func:`mq_queue`:
+  received while the driver waited for an interrupt), then SEF's receive, and
+  answers ERESTART, unserved, a request whose ``gen`` names another incarnation.
+- :func:`driver_announce` publishes ``drv.blk.<label>`` in DS (after a restart,
+  first clearing the previous incarnation's IPC references).
 - After a restart (policy restart keeps the endpoint, so a client's next call
   reaches the new process) every request other than OPEN on a minor that the
   client has not opened since this incarnation started is answered ERESTART: the
   client must re-open and redo the request. A fresh driver serves such requests.
-- Live update: WORK_FREE and REQUEST_FREE are reached at every receive with no
-  deferred messages; PROTOCOL_FREE also needs no open minor; a driver adds its
-  own states in ``lu_states`` (state -> prepare, called at a receive with no
-  deferred message; a prepare that waits for the hardware defers the requests
-  arriving meanwhile). The open table, the incarnation id and the deferred
-  requests travel to the new version (``state_save``), with the driver's own
-  state: to clients the new version is the same incarnation, so nothing is
-  re-opened, and it serves the deferred requests first.
+- Live update: the core's rules (no state while messages are deferred; custom
+  states from ``lu_states``, whose prepare may wait for the hardware and defer
+  the requests arriving meanwhile); for BDEV, PROTOCOL_FREE also needs no open
+  minor. The open table travels with the core's state (incarnation, deferred
+  requests, the driver's ``state_save``): to clients the new version is the same
+  incarnation, so nothing is re-opened, and it serves the deferred requests first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,10 +38,10 @@ from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.kernel.errno import Errno, ErrnoError
 from hwl.system import sef
-from hwl.system.proto import InitType, LuState
+from hwl.system.proto import LuState
 
 from . import proto
-from .announce import announce
+from .core import Driver, Library, core
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +85,7 @@ class BlockDriver:
 
 @dataclass
 class _State:
-    restarted: bool = False
-    gen: int = field(default_factory=os.getpid)
     opens: dict[tuple[int, int], int] = field(default_factory=dict)  # (client, minor) -> count
-    mq: deque[Message] = field(default_factory=deque)
     table: BlockDriver | None = None
 
 
@@ -104,104 +97,66 @@ def open_minors() -> set[int]:
 
 
 # ----------------------------------------------------------------- init, LU
+def _library() -> Library:
+    """libblockdriver as the core sees it: the open table travels in a live update,
+    and PROTOCOL_FREE needs no open minor."""
+    return Library("blk", free=_free, save=_save_opens, restore=_restore_opens)
+
+
+def _driver(table: BlockDriver) -> Driver:
+    return Driver(table.state_save, table.state_restore, table.lu_states)
+
+
 def setup(table: BlockDriver) -> None:
     """Install the live-update callbacks; call before ``sef.startup()``."""
     _st.table = table
-    sef.setcb_lu_prepare(_lu_prepare)
-    sef.setcb_lu_state_isvalid(_lu_state_isvalid)
-    sef.setcb_lu_state_save(_lu_state_save)
+    core.setup(_library(), _driver(table))
 
 
 def init(info: sef.InitInfo) -> None:
     """Called from the driver's init callbacks: note the start type, take the
     saved state of a live update."""
-    _st.restarted = info.type is InitType.RESTART
-    _st.gen = os.getpid()
-    if info.type is InitType.LU and info.saved:
-        state = codec.decode(info.saved)
-        gen = state.get("gen")
-        if isinstance(gen, int):
-            _st.gen = gen  # the same incarnation to clients: they re-open nothing
-        _st.restarted = bool(state.get("restarted"))
-        queued = state.get("queued", [])
-        for row in queued if isinstance(queued, list) else []:
-            if isinstance(row, list) and len(row) == 3:
-                source, m_type, payload = row
-                if isinstance(source, int) and isinstance(m_type, int):
-                    _st.mq.append(Message(source, m_type, bytes(payload)))  # type: ignore[arg-type]
-        opens = state.get("opens", [])
-        if isinstance(opens, list):
-            for row in opens:
-                if isinstance(row, list) and len(row) == 3:
-                    client, minor, count = (int(x) for x in row)  # type: ignore[arg-type]
-                    _st.opens[(client, minor)] = count
-        if _st.table is not None and _st.table.state_restore is not None:
-            _st.table.state_restore(state.get("driver"))
+    core.start(info)
 
 
-def _lu_state_isvalid(state: int, flags: int) -> bool:
-    custom = _st.table.lu_states if _st.table is not None else {}
-    return sef.lu_state_isvalid_standard(state, flags) or state in custom
+def _free(state: int) -> bool:
+    return state != LuState.PROTOCOL_FREE or not _st.opens
 
 
-def _lu_prepare(state: int) -> int:
-    if _st.mq:
-        return int(Errno.ENOTREADY)
-    if state == LuState.REQUEST_FREE:
-        return 0
-    if state == LuState.PROTOCOL_FREE:
-        return 0 if not _st.opens else int(Errno.ENOTREADY)
-    custom = _st.table.lu_states.get(state) if _st.table is not None else None
-    if custom is None:
-        return int(Errno.ENOTREADY)
-    return custom()  # requests queued meanwhile travel to the new version
-
-
-def _lu_state_save(state: int, flags: int) -> bytes:
+def _save_opens() -> dict[str, codec.Value]:
     opens: list[codec.Value] = [[c, m, n] for (c, m), n in sorted(_st.opens.items())]
-    driver: codec.Value = None
-    if _st.table is not None and _st.table.state_save is not None:
-        driver = _st.table.state_save()
-    queued: list[codec.Value] = [[m.source, m.m_type, m.payload] for m in _st.mq if not m.is_notify]
-    return codec.encode(
-        {
-            "opens": opens,
-            "gen": _st.gen,
-            "restarted": _st.restarted,
-            "queued": queued,
-            "driver": driver,
-        }
-    )
+    return {"opens": opens}
+
+
+def _restore_opens(state: dict[str, codec.Value]) -> None:
+    opens = state.get("opens", [])
+    if isinstance(opens, list):
+        for row in opens:
+            if isinstance(row, list) and len(row) == 3:
+                client, minor, count = (int(x) for x in row)  # type: ignore[arg-type]
+                _st.opens[(client, minor)] = count
 
 
 def driver_announce(conn: Connection, kind: str = "blk") -> None:
     """Tell the world this driver is up: after a restart, fail whatever is still
     blocked on the previous incarnation; then publish ``drv.<kind>.<label>``."""
-    key = announce(conn, kind, _st.restarted)
-    log.info("announced %s (gen %d%s)", key, _st.gen, ", restarted" if _st.restarted else "")
+    core.announce(conn, kind)
 
 
 # ------------------------------------------------------------------ receive
 def mq_queue(m: Message) -> None:
     """Keep a message for later (received while waiting for an interrupt)."""
-    _st.mq.append(m)
+    core.queue(m)
 
 
 def driver_receive() -> Message:
     """The next message to serve: deferred ones first; stale requests dropped.
     The last request's reply goes out with the receive, in one kernel round trip."""
     while True:
-        if _st.mq:
-            sef.flush_reply()
-            m = _st.mq.popleft()
-        else:
-            m = sef.receive()
+        m = core.receive()
         if not m.is_notify and proto.is_request(m.m_type):
-            try:
-                gen = m.get("gen")
-            except codec.CodecError:
-                gen = None
-            if isinstance(gen, int) and gen != _st.gen:
+            gen = core.stale(m)
+            if gen is not None:
                 log.info(
                     "dropped %s from %d meant for incarnation %d",
                     proto.BDEV_REQUEST_NAMES[m.m_type],
@@ -219,7 +174,7 @@ def _reply(m: Message, status: int, fields: Fields) -> None:
         fields.setdefault("id", m.get("id"))
     except codec.CodecError:
         fields.setdefault("id", None)
-    fields["gen"] = _st.gen
+    fields["gen"] = core.gen
     sef.reply(m.source, status, fields)
 
 
@@ -227,6 +182,7 @@ def _reply(m: Message, status: int, fields: Fields) -> None:
 def task(table: BlockDriver) -> None:
     """The driver's main loop; never returns (SIGTERM ends it through SEF)."""
     _st.table = table
+    core.bind(_library(), _driver(table))
     try:
         while True:
             m = driver_receive()
@@ -279,7 +235,7 @@ def _request(table: BlockDriver, m: Message) -> tuple[int, Fields]:
             table.open(minor, access)
         _st.opens[(client, minor)] = _st.opens.get((client, minor), 0) + 1
         return 0, {}
-    if _st.restarted and (client, minor) not in _st.opens:
+    if core.restarted and (client, minor) not in _st.opens:
         raise RequestError(Errno.ERESTART, f"minor {minor} not re-opened since the restart")
     if m.m_type == proto.BDEV_CLOSE:
         count = _st.opens.get((client, minor), 0)

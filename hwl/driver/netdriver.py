@@ -22,9 +22,18 @@ so requests in flight at a restart vanish and the client, told by DS, starts ove
 with INIT. SEND and RECV while the mode is DOWN, and every request pending when
 it goes DOWN, are answered EINTR. A malformed request is answered EINVAL with the
 reason and counted; the driver keeps serving. A restart is a fresh start (MINIX's
-"reset" policy). Live update: REQUEST_FREE is reached with no send pending,
-PROTOCOL_FREE with nothing pending at all; the client, the mode, the pending
-receives and the counters travel to the new version with the driver's own state.
+"reset" policy).
+
+The incarnation, the deferred queue, live update and the announcement are the
+driver core's (:mod:`hwl.driver.core`), shared with libblockdriver. INIT_REPLY and
+STATUS carry ``gen``, the incarnation (the pid at start, kept by a live update):
+a client sees a new driver behind the same label by it. The loop serves deferred
+messages first, so a driver may wait for its interrupt mid-work with
+``core.wait_intr`` (at_wini's kind of wait). Live update: REQUEST_FREE is reached with no
+send pending, PROTOCOL_FREE with nothing pending at all (and neither while a
+message is deferred); the client, the mode, the pending receives, the received
+frames not yet answered and the counters travel to the new version with the
+core's state and the driver's own.
 """
 
 from __future__ import annotations
@@ -36,7 +45,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as table_fields
 
-from hwl.driver.announce import announce as driver_up
 from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.kernel.errno import Errno
@@ -44,6 +52,8 @@ from hwl.proto import ndev
 from hwl.proto.fields import FieldError
 from hwl.system import sef
 from hwl.system.proto import InitType, LuState
+
+from .core import Driver, Library, core
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +104,6 @@ class _State:
     table: NetDriver | None = None
     instance: int = 0
     card: ndev.InitReply | None = None
-    restarted: bool = False
     client: int | None = None  # the endpoint that sent INIT; None: not initialised
     mode: int = ndev.MODE_DOWN
     mcast: tuple[bytes, ...] = ()
@@ -116,22 +125,25 @@ def stats() -> ndev.Stats:
 
 
 # ------------------------------------------------------------------- init, LU
+def _library() -> Library:
+    """libnetdriver as the core sees it: what is pending says which live-update
+    state is reached; the session travels to the new version."""
+    return Library("net", free=_free, save=_save, restore=_restore)
+
+
 def setup(table: NetDriver, instance: int = 0) -> None:
     """Install SEF's callbacks; call before ``sef.startup()``."""
     _st.table, _st.instance = table, instance
     sef.setcb_init_fresh(_init)
     sef.setcb_init_restart(_init)
     sef.setcb_init_lu(_init)
-    sef.setcb_lu_prepare(_lu_prepare)
-    sef.setcb_lu_state_save(_lu_state_save)
+    core.setup(_library(), Driver(table.state_save, table.state_restore))
 
 
 def _init(info: sef.InitInfo) -> int:
     table = _st.table
     assert table is not None, "netdriver.setup() was not called"
-    _st.restarted = info.type is InitType.RESTART
-    if info.type is InitType.LU and info.saved:
-        _restore(codec.decode(info.saved))
+    core.start(info)
     try:
         _st.card = table.init(_st.instance)
     except (IpcError, OSError, LookupError, ValueError) as exc:
@@ -141,6 +153,27 @@ def _init(info: sef.InitInfo) -> int:
     log.info("%s %s, link %s", _st.card.name, _st.card.hwaddr.hex(":"),
              "up" if _st.link else "down")  # fmt: skip
     return 0
+
+
+def _free(state: int) -> bool:
+    """REQUEST_FREE: no send pending; PROTOCOL_FREE: nothing pending at all."""
+    if state == LuState.REQUEST_FREE:
+        return not _st.sends
+    if state == LuState.PROTOCOL_FREE:
+        return not _st.sends and not _st.recvs
+    return True
+
+
+def _save() -> dict[str, codec.Value]:
+    recvs: list[codec.Value] = [[p.source, p.id, p.sync, p.max] for p in _st.recvs]
+    return {
+        "client": _st.client,
+        "mode": _st.mode,
+        "mcast": list(_st.mcast),
+        "recvs": recvs,
+        "backlog": list(_st.backlog),
+        "stats": _st.stats.as_fields(),  # type: ignore[dict-item]
+    }
 
 
 def _restore(state: dict[str, codec.Value]) -> None:
@@ -162,40 +195,11 @@ def _restore(state: dict[str, codec.Value]) -> None:
         for name, value in counters.items():
             if hasattr(_st.stats, name) and isinstance(value, int):
                 setattr(_st.stats, name, value)
-    table = _st.table
-    if table is not None and table.state_restore is not None:
-        table.state_restore(state.get("driver"))
-
-
-def _lu_prepare(state: int) -> int:
-    if state == LuState.REQUEST_FREE:
-        return 0 if not _st.sends else int(Errno.ENOTREADY)
-    if state == LuState.PROTOCOL_FREE:
-        return 0 if not _st.sends and not _st.recvs else int(Errno.ENOTREADY)
-    return 0 if state == LuState.WORK_FREE else int(Errno.ENOTREADY)
-
-
-def _lu_state_save(state: int, flags: int) -> bytes:
-    table = _st.table
-    driver = table.state_save() if table is not None and table.state_save is not None else None
-    recvs: list[codec.Value] = [[p.source, p.id, p.sync, p.max] for p in _st.recvs]
-    return codec.encode(
-        {
-            "client": _st.client,
-            "mode": _st.mode,
-            "mcast": list(_st.mcast),
-            "recvs": recvs,
-            "backlog": list(_st.backlog),
-            "stats": _st.stats.as_fields(),  # type: ignore[dict-item]
-            "driver": driver,
-        }
-    )
 
 
 def announce(conn: Connection) -> None:
     """Publish ``drv.net.<label>``: clients (re)initialise the driver on it."""
-    key = driver_up(conn, "net", _st.restarted)
-    log.info("announced %s%s", key, " (restarted)" if _st.restarted else "")
+    core.announce(conn)
 
 
 # ------------------------------------------------------------------- the loop
@@ -216,7 +220,7 @@ def task(table: NetDriver) -> None:
         conn.setalarm(seconds=table.tick_seconds)
     try:
         while True:
-            process(table, sef.receive())
+            process(table, core.receive())
     finally:
         with contextlib.suppress(KernelGone):
             sef.flush_reply()
@@ -309,6 +313,7 @@ def _do_init(source: int, request: ndev.Init) -> None:
         "id": request.id, "result": 0, "hwaddr": card.hwaddr, "name": card.name,
         "link": _st.link, "caps": card.caps, "max_send": card.max_send,
         "max_recv": card.max_recv, "stats": _st.stats.as_fields(),  # type: ignore[dict-item]
+        "gen": core.gen,
     })  # fmt: skip
 
 
@@ -380,7 +385,8 @@ def _send_status() -> None:
     """One STATUS at a time to the client, when something changed."""
     if not _st.status_due or _st.status_out or _st.client is None:
         return
-    fields: Fields = {"id": 0, "link": _st.link, "stats": _st.stats.as_fields()}  # type: ignore[dict-item]
+    fields: Fields = {"id": 0, "link": _st.link, "gen": core.gen,
+                      "stats": _st.stats.as_fields()}  # type: ignore[dict-item]  # fmt: skip
     try:
         sef.connection().senda(_st.client, ndev.STATUS, fields)
     except IpcError as exc:
