@@ -19,6 +19,7 @@ from hwl.ipc import wire
 def serve() -> None:
     """Receive, then answer each message and take the next in one kernel request."""
     conn = ipc.connect()
+    conn.serve_channels()
     try:
         msg = conn.receive()
         while True:

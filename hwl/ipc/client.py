@@ -10,19 +10,24 @@ so the connection stays in step.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from hwl.errors import HwlError
+from hwl.ipc import channels as chan
 from hwl.ipc import codec, wire
 from hwl.ipc.arena import Arena
 from hwl.ipc.kcalls import KernelCalls
 from hwl.kernel.errno import Errno, errno_of
+
+log = logging.getLogger(__name__)
 
 Fields = Mapping[str, codec.Value]
 _REQUEST = wire.REQUEST.pack
@@ -115,6 +120,9 @@ class Connection(KernelCalls):
         self.root_endpoint = int(hello.get("root", wire.NONE))  # type: ignore[arg-type]
         self.arena = Arena(fds[0])
         self.closed = False
+        # Call channels (hwl.ipc.channels): ours to servers, and the ones we serve.
+        self._channels = chan.ClientChannels() if chan.enabled() else None
+        self._server: chan.ChannelServer | None = None
 
     @classmethod
     def from_env(cls) -> Connection:
@@ -140,6 +148,21 @@ class Connection(KernelCalls):
             raise
 
     # ---------------------------------------------------------------- frames
+    def _call_fds(self, frame: bytes, what: str, most: int = 4) -> tuple[bytes, list[int]]:
+        """One request and its response, with the file descriptors riding on it
+        (the caller owns and closes them)."""
+        with self._lock:
+            if self.closed:
+                raise KernelGone("this connection is closed")
+            try:
+                self.sock.send(frame)
+                answer, fds, _flags, _addr = socket.recv_fds(self.sock, wire.MAX_RESPONSE, most)
+            except OSError as exc:
+                raise KernelGone(f"{what}: the kernel connection failed: {exc}") from exc
+        if not answer:
+            raise KernelGone(f"{what}: the kernel closed the connection")
+        return answer, fds
+
     def _call(self, frame: bytes, what: str, timeout: float | None = None) -> bytes:
         with self._lock:
             if self.closed:
@@ -205,12 +228,23 @@ class Connection(KernelCalls):
         )
 
     def sendnb(self, dest: int, m_type: int, fields: Fields | bytes | None = None) -> None:
-        """Send only if ``dest`` is waiting for it (else ENOTREADY): replies of servers."""
+        """Send only if ``dest`` is waiting for it (else ENOTREADY): replies of servers.
+        The reply to a call that came on a channel goes back on it."""
+        server = self._server
+        if server is not None and server.owes(dest):
+            errno = server.reply(self.endpoint, dest, m_type, _payload(fields))
+            if errno is not None:
+                raise IpcError(errno, "sendnb", "the reply on the call channel was not taken")
+            return
         frame = _REQUEST(wire.Op.SENDNB, 0, 0, dest, m_type) + _payload(fields)
         self._status(self._call(frame, "sendnb"), "sendnb")
 
     def receive(self, source: int = wire.ANY, timeout: float | None = None) -> Message:
-        """The next message from ``source`` (or anyone): notifications first."""
+        """The next message from ``source`` (or anyone): notifications first. A
+        channel server's receive from anyone also takes its channels' calls; a
+        receive from one endpoint takes only the kernel path's messages."""
+        if self._server is not None and source == wire.ANY:
+            return self._serve(None, timeout)
         answer = self._call(_REQUEST(wire.Op.RECEIVE, 0, 0, source, 0), "receive", timeout)
         return self._message(answer, "receive", timeout)
 
@@ -221,7 +255,18 @@ class Connection(KernelCalls):
         fields: Fields | bytes | None = None,
         timeout: float | None = None,
     ) -> Message:
-        """Send, then receive the reply from ``dest``."""
+        """Send, then receive the reply from ``dest``: on a call channel if there is
+        one (made on the first call to a server that serves them)."""
+        channels = self._channels
+        if channels is not None:
+            payload = _payload(fields)
+            if channels.wants(dest):
+                self._open_channel(channels, dest)
+            if channels.get(dest) is not None:
+                message = self._channel_call(channels, dest, m_type, payload, timeout)
+                if message is not None:
+                    return message
+            fields = payload
         frame = _REQUEST(wire.Op.SENDREC, 0, 0, dest, m_type) + _payload(fields)
         return self._message(self._call(frame, "sendrec", timeout), "sendrec", timeout)
 
@@ -231,6 +276,15 @@ class Connection(KernelCalls):
         """A server's reply to ``dest`` (sent only if it waits for it, as ``sendnb``)
         and its next receive from anyone, in one round trip to the kernel. The
         reply's fate is ``reply_errno`` of the returned message (None: taken)."""
+        server = self._server
+        if server is not None:
+            if server.owes(dest):
+                errno = server.reply(self.endpoint, dest, m_type, _payload(fields))
+                message = self._serve(None, None)
+                message.reply_errno = errno or message.reply_errno
+                return message
+            first = _REQUEST(wire.Op.REPLY_RECEIVE, wire.FLAG_NONBLOCK, 0, dest, m_type)
+            return self._serve(first + _payload(fields), None)
         frame = _REQUEST(wire.Op.REPLY_RECEIVE, 0, 0, dest, m_type) + _payload(fields)
         return self._message(self._call(frame, "reply_receive"), "reply_receive", None)
 
@@ -271,17 +325,9 @@ class Connection(KernelCalls):
         """A kernel call whose reply carries file descriptors (dmamap); the caller
         owns and closes them."""
         number = wire.KERNEL_CALL_NUMBERS[name]
-        frame = _REQUEST(wire.Op.KCALL, 0, 0, 0, number) + _payload(fields)
-        with self._lock:
-            if self.closed:
-                raise KernelGone("this connection is closed")
-            try:
-                self.sock.send(frame)
-                answer, fds, _flags, _addr = socket.recv_fds(self.sock, wire.MAX_RESPONSE, 4)
-            except OSError as exc:
-                raise KernelGone(f"{name}: the kernel connection failed: {exc}") from exc
-        if not answer:
-            raise KernelGone(f"{name}: the kernel closed the connection")
+        answer, fds = self._call_fds(
+            _REQUEST(wire.Op.KCALL, 0, 0, 0, number) + _payload(fields), name
+        )
         try:
             self._status(answer, name)
             reply = codec.decode(answer[_HEADER:]) if len(answer) > _HEADER else {}
@@ -298,6 +344,110 @@ class Connection(KernelCalls):
         self._status(answer, name)
         return answer
 
+    # --------------------------------------------------------- call channels
+    def serve_channels(self, waiting: chan.Waiting | None = None) -> bool:
+        """Serve call channels from now on (SEF does, once the service runs): a
+        receive from anyone then also takes the calls of clients that have a
+        channel to us. ``waiting``: the calls a live update's old version read
+        and left to this one to answer (``channel_server.waiting()``). False if
+        the kernel refuses (``HWL_CHANNELS=0``)."""
+        if self._server is not None:
+            return True
+        if not chan.enabled():
+            return False
+        try:
+            reply, fds = self.kcall_fds("chanserve")
+        except IpcError as exc:
+            log.info("not serving call channels: %s", exc)
+            return False
+        clients = reply.get("clients", [])
+        if not fds or not isinstance(clients, list) or len(clients) != len(fds) - 1:
+            for fd in fds:
+                os.close(fd)
+            raise HwlError(f"chanserve answered {len(fds)} fds for {clients!r}")
+        self._server = chan.ChannelServer(fds[0], waiting)
+        for client, fd in zip(clients, fds[1:], strict=True):
+            self._server.add(int(client), fd)  # type: ignore[arg-type]
+        return True
+
+    @property
+    def channel_server(self) -> chan.ChannelServer | None:
+        return self._server
+
+    def _open_channel(self, channels: chan.ClientChannels, dest: int) -> None:
+        try:
+            _reply, fds = self.kcall_fds("chanopen", {"dest": dest})
+        except IpcError as exc:
+            channels.refused(dest, exc.errno)
+            return
+        for extra in fds[1:]:
+            os.close(extra)
+        if fds:
+            channels.add(dest, fds[0])
+
+    def _channel_call(
+        self,
+        channels: chan.ClientChannels,
+        dest: int,
+        m_type: int,
+        payload: bytes,
+        timeout: float | None,
+    ) -> Message | None:
+        """A sendrec on ``dest``'s channel; None: it could not leave (kernel path)."""
+        with self._lock:
+            if self.closed:
+                raise KernelGone("this connection is closed")
+            try:
+                answer = channels.call(dest, m_type, payload, timeout)
+            except TimeoutError:
+                raise IpcTimeout(Errno.EINTR, "sendrec", f"no answer within {timeout} s") from None
+            except chan.ChannelDead as exc:
+                raise IpcError(Errno.EDEADSRCDST, "sendrec", str(exc)) from None
+        if answer is None:
+            return None
+        kind, _flags, _ident, status, source, reply_type = _RESPONSE(answer)
+        if status < 0 or kind != wire.Kind.MESSAGE:
+            raise self._error(status or -Errno.EGENERIC, answer, "sendrec", timeout)
+        return Message(source, reply_type, answer[_HEADER:])
+
+    def _serve(self, first: bytes | None, timeout: float | None) -> Message:
+        """A channel server's receive from anyone: what the kernel holds (asked
+        with a non-blocking receive, or ``first``, a non-blocking REPLY_RECEIVE,
+        unless the kernel promised to ring the event fd), else its channels' next
+        call. Channels the kernel grants on the way are taken in."""
+        server = self._server
+        assert server is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        reply_errno: Errno | None = None
+        while True:
+            if first is not None or not server.armed:
+                frame = first or _REQUEST(wire.Op.RECEIVE, wire.FLAG_NONBLOCK, 0, wire.ANY, 0)
+                what = "reply_receive" if first else "receive"
+                answer, fds = self._call_fds(frame, what, 1)
+                first = None
+                kind, _flags, spare, status, source, m_type = _RESPONSE(answer)
+                if spare and reply_errno is None:
+                    reply_errno = errno_of(spare)
+                if m_type == wire.CHANNEL_GRANT and kind == wire.Kind.MESSAGE and fds:
+                    server.add(source, fds[0])
+                    continue
+                for fd in fds:
+                    os.close(fd)
+                if status == -Errno.ENOTREADY and kind == wire.Kind.STATUS:
+                    server.armed = True
+                else:
+                    message = self._message(answer, what, None)
+                    message.reply_errno = reply_errno
+                    return message
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            got = server.poll(left)
+            if got is None:
+                raise IpcTimeout(Errno.EINTR, "receive", f"no answer within {timeout} s")
+            if isinstance(got, chan.KernelEvent):
+                continue
+            client, m_type, payload = got
+            return Message(client, m_type, payload, reply_errno=reply_errno)
+
     def whoami(self) -> int:
         """This process's endpoint as the kernel knows it now, kept in ``endpoint``:
         a live update (kernel call ``update``) moves a process to another endpoint."""
@@ -310,6 +460,10 @@ class Connection(KernelCalls):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self._channels is not None:
+                self._channels.close()
+            if self._server is not None:
+                self._server.close()
             self.sock.close()
             self.arena.close()
 

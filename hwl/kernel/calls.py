@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from hwl.config.system_conf import IoRange, MemoryRange, ServiceConfig, SystemConfError
 from hwl.config.system_conf import parse as parse_conf
 from hwl.ipc import arena, codec, wire
+from hwl.kernel.channels import new_event_fd
 from hwl.kernel.dmakeep import DmaKeeper
 from hwl.kernel.errno import Errno, ErrnoError
 from hwl.kernel.priv import Priv
@@ -53,6 +54,7 @@ DMA_CALLS = frozenset({"dmaalloc", "dmafree", "dmacopy", "dmamap", "dmaadopt"})
 PAGE = 4096
 PCI_COMMAND, PCI_COMMAND_BUS_MASTER = 0x04, 0x04
 MAX_TAG = 64
+MAX_GRANTS = 200  # channels handed over with chanserve's reply (SCM_RIGHTS takes 253 fds)
 CHECKED_MMIO_KEEP = 4096  # (address, width) pairs a Priv remembers as allowed
 
 Reply = dict[str, codec.Value]
@@ -170,7 +172,7 @@ class Calls:
         if name in DMA_CALLS:
             if not proc.priv.dma:
                 raise CallError(Errno.EPERM, f"{name}: no 'memory ... dma' privilege", warn=True)
-        elif not proc.priv.allows_call(name):
+        elif name not in wire.IPC_KERNEL_CALLS and not proc.priv.allows_call(name):
             raise CallError(
                 Errno.ECALLDENIED, f"kernel call '{name}' is not on its system line", warn=True
             )
@@ -644,6 +646,7 @@ class Calls:
             entry = _one_entry("privctl", get_str(f, "conf"), "<privctl>")
             target.priv = Priv(entry)
             target.label = entry.label  # a process is known by its service's label
+            self.k.channels.recheck(target)
         elif op == "add_io":
             base = get_int(f, "base", 0, 0xFFFF)
             length = get_int(f, "length", 1, 0x10000 - base, 1)
@@ -861,6 +864,44 @@ class Calls:
         self.reply_fds = [fd]
         return {"offset": start, "length": end - start, "phys": buf.phys, "size": buf.size}
 
+    # --------------------------------------------------------- call channels
+    def do_chanserve(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        """The caller serves call channels from now on: the reply carries its event
+        fd, which the kernel bumps when a kernel-path message waits while the
+        caller is not in a kernel receive (see hwl.kernel.channels)."""
+        _channels_on()
+        if proc.event_fd < 0:
+            proc.event_fd = new_event_fd()
+        proc.armed = False  # it receives (non-blocking) before it first polls
+        # The channels already granted to the endpoint come along (a live update's
+        # new version may answer their calls before its first receive).
+        granted, proc.grants = proc.grants[:MAX_GRANTS], proc.grants[MAX_GRANTS:]
+        self.reply_fds = [proc.event_fd] + [c.server_end.fileno() for c in granted]
+        return {"clients": [c.client for c in granted]}
+
+    def do_chanopen(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        """A call channel from the caller to ``dest``: checked as a send is (the
+        target lives, the ipc line allows it), refused (ENOTSUP) if ``dest`` does
+        not serve channels; the reply carries the caller's end."""
+        _channels_on()
+        dest = get_int(f, "dest", I32_MIN, I32_MAX)
+        target = self.k.table.lookup(dest)
+        if target is None:
+            fail(Errno.EDEADSRCDST, f"chanopen: {wire.endpoint_name(dest)} is not a live process")
+        if target is proc:
+            fail(Errno.ELOCKED, "chanopen: a channel to itself")
+        if not proc.priv.may_send_to(target.priv):  # no reply exception: a channel is for calls
+            raise CallError(Errno.ECALLDENIED, f"chanopen: {target.label} is not on its ipc line",
+                            warn=True)  # fmt: skip
+        if target.event_fd < 0:
+            fail(Errno.ENOTSUP, f"chanopen: {target.label} does not serve call channels")
+        try:
+            channel = self.k.channels.open(proc, target)
+        except LookupError as exc:
+            fail(Errno.EAGAIN, f"chanopen: {exc}")
+        self.reply_fds = [channel.client_end.fileno()]
+        return {"server": target.endpoint}
+
     def do_dmacopy(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
         """Move bytes between a DMA buffer and the message (read, write), a grant
         (to_grant, from_grant) or the caller's own arena (endpoint SELF)."""
@@ -1013,3 +1054,9 @@ def _op_result(ops: bytes, index: int) -> int:
     """The result word of op ``index`` in a finished batch (0 if there is no such op)."""
     at = index * abi.OP_SIZE + abi.OP_C_OFFSET
     return int(struct.unpack_from("<I", ops, at)[0]) if 0 <= at <= len(ops) - 4 else 0
+
+
+def _channels_on() -> None:
+    """``HWL_CHANNELS=0`` in the kernel's environment: every message on the kernel path."""
+    if os.environ.get(wire.ENV_CHANNELS, "1") == "0":
+        fail(Errno.ENOSYS, f"call channels are off (${wire.ENV_CHANNELS}=0)")

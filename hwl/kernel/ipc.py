@@ -12,7 +12,9 @@ allowed, that is a send to a process blocked in ``sendrec`` on the sender.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
 from hwl.ipc import codec, wire
@@ -44,7 +46,9 @@ class Output(Protocol):
 
     def respond(self, proc: Proc, status: int, m_type: int = 0, payload: bytes = b"") -> None: ...
 
-    def deliver(self, proc: Proc, source: int, m_type: int, payload: bytes) -> None: ...
+    def deliver(
+        self, proc: Proc, source: int, m_type: int, payload: bytes, fds: Sequence[int] = ()
+    ) -> None: ...
 
 
 class Ipc:
@@ -54,6 +58,17 @@ class Ipc:
         self.boot = time.monotonic()
 
     # ------------------------------------------------------------- helpers
+    @staticmethod
+    def ring(proc: Proc) -> None:
+        """Something waits for a channel server that is not in a kernel receive
+        (its last non-blocking receive found nothing): bump its event fd once."""
+        if proc.armed:
+            proc.armed = False
+            try:
+                os.eventfd_write(proc.event_fd, 1)
+            except OSError as exc:  # a full counter cannot happen; a closed fd can
+                log.warning("event fd of %s: %s", proc.label, exc)
+
     def _unblock(self, proc: Proc) -> None:
         proc.state = State.RUNNING
         proc.send_to = proc.recv_from = wire.NONE
@@ -98,7 +113,7 @@ class Ipc:
             ) else EDEADSRCDST
         return target, OK
 
-    def _permitted(self, caller: Proc, target: Proc, what: str) -> bool:
+    def permitted(self, caller: Proc, target: Proc, what: str) -> bool:
         if caller.priv.may_send_to(target.priv):
             return True
         if target.awaiting_reply and target.recv_from == caller.endpoint:
@@ -131,11 +146,13 @@ class Ipc:
         if status != _BLOCKED:
             self.out.respond(caller, status)
 
-    def reply_receive(self, caller: Proc, endpoint: int, m_type: int, payload: bytes) -> None:
+    def reply_receive(
+        self, caller: Proc, endpoint: int, m_type: int, payload: bytes, nonblock: bool = False
+    ) -> None:
         """A server's reply (as SENDNB) and its next receive (from ANY) in one
         request; the reply's errno rides on the next response."""
         caller.reply_errno = -self._send(caller, endpoint, m_type, payload, wire.Op.SENDNB)
-        self.receive(caller, wire.ANY)
+        self.receive(caller, wire.ANY, nonblock)
 
     def _send(self, caller: Proc, endpoint: int, m_type: int, payload: bytes, op: wire.Op) -> int:
         """Send; returns the status to answer, or _BLOCKED if the caller now waits."""
@@ -144,7 +161,7 @@ class Ipc:
             return err
         if target is caller:
             return ELOCKED
-        if not self._permitted(caller, target, "send to"):
+        if not self.permitted(caller, target, "send to"):
             return ECALLDENIED
         if self._accepts(target, caller.endpoint):
             self._take(target, caller.endpoint, m_type, payload)
@@ -165,20 +182,34 @@ class Ipc:
         caller.send_payload = payload
         caller.in_sendrec = op is wire.Op.SENDREC
         target.callers.append(caller)
+        self.ring(target)
         return _BLOCKED
 
-    def receive(self, caller: Proc, source: int) -> None:
+    def receive(self, caller: Proc, source: int, nonblock: bool = False) -> None:
+        """Take what waits from ``source``, else block; ``nonblock`` (a channel
+        server) answers ENOTREADY instead and arms the caller's event fd."""
         if source not in (wire.ANY, *KERNEL_SOURCES) and self.table.lookup(source) is None:
             self.out.respond(caller, EDEADSRCDST if source >= 0 else EINVAL)
             return
-        if not self._take_waiting(caller, source, True):
-            caller.state = State.RECEIVING
-            caller.recv_from = source
+        if self._take_waiting(caller, source, True):
+            return
+        if nonblock:
+            caller.armed = caller.event_fd >= 0
+            self.out.respond(caller, ENOTREADY)
+            return
+        caller.state = State.RECEIVING
+        caller.recv_from = source
 
     def _take_waiting(self, caller: Proc, source: int, extra: bool) -> bool:
         """Deliver to ``caller`` (not blocked) what already waits for it from
         ``source``: a notification or an asynchronous message only if ``extra``,
-        else a blocked sender. Returns whether something was delivered."""
+        else a blocked sender. A channel granted to a channel server goes first:
+        its library takes it and receives on. Returns whether something was delivered."""
+        if extra and caller.grants and caller.event_fd >= 0 and source == wire.ANY:
+            channel = caller.grants.pop(0)
+            fds = [channel.server_end.fileno()]
+            self.out.deliver(caller, channel.client, wire.CHANNEL_GRANT, b"", fds)
+            return True
         if extra and caller.notify_pending:
             for src in caller.notify_pending:
                 if source in (wire.ANY, src):
@@ -217,7 +248,7 @@ class Ipc:
         if target is None:
             self.out.respond(caller, err)
             return
-        if not self._permitted(caller, target, "notify"):
+        if not self.permitted(caller, target, "notify"):
             self.out.respond(caller, ECALLDENIED)
             return
         self.post_notify(target, caller.endpoint, 0)
@@ -231,6 +262,7 @@ class Ipc:
             self._take(target, source, wire.NOTIFY_MESSAGE, self._notify_body(source, bits))
         else:
             target.notify_pending[source] = target.notify_pending.get(source, 0) | bits
+            self.ring(target)
 
     def _notify_body(self, source: int, bits: int) -> bytes:
         fields: dict[str, codec.Value] = {"timestamp": self.ticks()}
@@ -250,7 +282,7 @@ class Ipc:
         if target is None or target is caller:
             self.out.respond(caller, err if target is None else ELOCKED)
             return
-        if not self._permitted(caller, target, "send to"):
+        if not self.permitted(caller, target, "send to"):
             self.out.respond(caller, ECALLDENIED)
             return
         ident = caller.next_async
@@ -264,6 +296,7 @@ class Ipc:
         else:
             target.async_in.append(message)
             caller.async_status[ident] = None
+            self.ring(target)
         self.out.respond(caller, OK, ident)
 
     def async_status(self, caller: Proc, ident: int) -> None:

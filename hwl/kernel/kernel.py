@@ -31,6 +31,7 @@ from typing import Any
 from hwl.ipc import arena, codec, wire
 from hwl.kernel import exec as kexec
 from hwl.kernel.calls import Calls
+from hwl.kernel.channels import Channels
 from hwl.kernel.errno import Errno
 from hwl.kernel.ipc import EVENT_EXIT, Ipc
 from hwl.kernel.irq import Irqs
@@ -79,6 +80,7 @@ class Kernel:
         self.link = link
         self.table = ProcTable()
         self.ipc = Ipc(self.table, self)
+        self.channels = Channels(self.table, self.ipc)
         self.irqs = Irqs(self)
         self.calls = Calls(self)
         self._epoll = select.epoll()
@@ -126,9 +128,19 @@ class Kernel:
             return
         self._write(proc, frame)
 
-    def deliver(self, proc: Proc, source: int, m_type: int, payload: bytes) -> None:
+    def deliver(
+        self, proc: Proc, source: int, m_type: int, payload: bytes, fds: Sequence[int] = ()
+    ) -> None:
+        """A message; ``fds`` ride along with it (SCM_RIGHTS: a channel's server end)."""
         spare, proc.reply_errno = proc.reply_errno, 0
-        self._write(proc, _MESSAGE_HEADER(wire.Kind.MESSAGE, 0, spare, 0, source, m_type) + payload)
+        frame = _MESSAGE_HEADER(wire.Kind.MESSAGE, 0, spare, 0, source, m_type) + payload
+        if fds and proc.alive:
+            try:
+                socket.send_fds(proc.sock, [frame], fds)
+            except OSError as exc:
+                self.doom(proc, f"its connection failed ({exc.strerror or exc})")
+            return
+        self._write(proc, frame)
 
     def _write(self, proc: Proc, frame: bytes) -> None:
         if not proc.alive:
@@ -368,6 +380,7 @@ class Kernel:
             child = self.children.get(proc.pid) if proc.pid is not None else None
             if child is not None:
                 child.endpoint, child.parent = proc.endpoint, proc.parent
+        self.channels.updated(a, b)
         for proc in (a, b):
             self.ipc.resume_receive(proc)
 
@@ -377,6 +390,7 @@ class Kernel:
             return
         log.info("%s (%s) is dead: %s", proc.label, wire.endpoint_name(proc.endpoint), reason)
         self.ipc.process_died(proc)
+        self.channels.process_died(proc)
         self._release(proc)
         if proc.pid is not None and proc.pid in self.children:
             with contextlib.suppress(ProcessLookupError):
@@ -390,6 +404,9 @@ class Kernel:
         self.irqs.release(proc)
         self.calls.release(proc)
         self.alarms.pop(proc, None)
+        if proc.event_fd >= 0:
+            os.close(proc.event_fd)
+            proc.event_fd, proc.armed = -1, False
         with contextlib.suppress(OSError):
             self.unwatch(proc.sock.fileno())
         proc.sock.close()
@@ -432,9 +449,10 @@ class Kernel:
         if op == wire.Op.SENDREC:
             self.ipc.send(proc, peer, m_type, payload, wire.Op.SENDREC)
         elif op == wire.Op.REPLY_RECEIVE:
-            self.ipc.reply_receive(proc, peer, m_type, payload)
+            nonblock = bool(flags & wire.FLAG_NONBLOCK)
+            self.ipc.reply_receive(proc, peer, m_type, payload, nonblock)
         elif op == wire.Op.RECEIVE:
-            self.ipc.receive(proc, peer)
+            self.ipc.receive(proc, peer, bool(flags & wire.FLAG_NONBLOCK))
         elif op == wire.Op.SEND:
             self.ipc.send(proc, peer, m_type, payload, wire.Op.SEND)
         elif op == wire.Op.SENDNB:

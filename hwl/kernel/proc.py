@@ -12,10 +12,14 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from hwl.ipc import wire
 from hwl.kernel.priv import Priv
 from hwl.link.memory import DmaBuffer
+
+if TYPE_CHECKING:
+    from hwl.kernel.channels import Channel
 
 
 class State(Enum):
@@ -77,6 +81,8 @@ PROCESS_FIELDS = (
     "recv_from",
     "awaiting_reply",
     "reply_errno",
+    "event_fd",
+    "armed",
 )
 
 
@@ -110,6 +116,13 @@ class Proc:
     exits: list[ExitRecord] = field(default_factory=list)  # of processes it created
     alive: bool = True
     reply_errno: int = 0  # of a REPLY_RECEIVE's reply, carried by its next response
+    # Call channels (hwl.kernel.channels): a process serving them has an event fd,
+    # bumped when a kernel-path message waits and ``armed`` (its last
+    # non-blocking receive found nothing); channels granted to the endpoint wait
+    # in ``grants`` until its next receive.
+    event_fd: int = -1
+    armed: bool = False
+    grants: list[Channel] = field(default_factory=list)
 
     @property
     def blocked(self) -> bool:

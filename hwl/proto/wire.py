@@ -110,6 +110,21 @@ MAX_RESPONSE: Final = RESPONSE.size + MAX_PAYLOAD
 
 # Request flags.
 FLAG_NOTIFY_DONE: Final = 1  # SENDA: notify the sender (from ASYNCM) on delivery
+# RECEIVE, REPLY_RECEIVE of a process serving call channels: answer ENOTREADY at
+# once if nothing waits, and ring the process's event fd when something arrives.
+FLAG_NONBLOCK: Final = 2
+
+# --- call channels ----------------------------------------------------------------
+# A client's sendrec to a server that serves channels goes on a socket of its own
+# once the kernel made one (kernel call ``chanopen``): a request frame there is a
+# REQUEST header (op SENDREC, spare = the call's id) and payload; the answer a
+# RESPONSE header (kind MESSAGE, reply errno field = the call's id) and payload.
+# The server learns of a new channel as a message of this type from the client's
+# endpoint, with the channel's socket riding along (SCM_RIGHTS).
+CHANNEL_GRANT: Final = 0x1001
+# Kernel calls every process may make: they are IPC, checked by the ipc line.
+IPC_KERNEL_CALLS: Final = frozenset({"chanopen", "chanserve"})
+ENV_CHANNELS: Final = "HWL_CHANNELS"  # "0": every message on the kernel path
 
 # --- kernel calls ----------------------------------------------------------------
 # The number travels in m_type; the names are the system.conf ``system`` names.
@@ -143,6 +158,8 @@ KERNEL_CALL_NUMBERS: Final[dict[str, int]] = {
             "update",
             "dmamap",
             "dmaadopt",
+            "chanopen",
+            "chanserve",
         ),
         start=1,
     )

@@ -190,17 +190,21 @@ class Sef:
                 break
             else:
                 log.warning("before init: ignored message type %#x from RS", m.m_type)
-        self._init(m)
+        waiting = self._init(m)
+        conn.serve_channels(waiting)  # clients' calls now come on channels (HWL_CHANNELS=0: not)
         return conn
 
-    def _init(self, m: Message) -> None:
+    def _init(self, m: Message) -> dict[int, int]:
+        """Run the init callback and report to RS; the channel calls a live
+        update's old version left to this one to answer."""
         try:
+            saved, waiting = _unwrap_saved(bytes(m.get("saved", b"")))  # type: ignore[arg-type]
             info = InitInfo(
                 type=InitType(int(m["type"])),  # type: ignore[arg-type]
                 flags=InitFlag(int(m.get("flags", 0))),  # type: ignore[arg-type]
                 restarts=int(m.get("restarts", 0)),  # type: ignore[arg-type]
                 endpoint=int(m.get("endpoint", self.conn.endpoint)),  # type: ignore[arg-type]
-                saved=bytes(m.get("saved", b"")),  # type: ignore[arg-type]
+                saved=saved,
             )
         except (KeyError, ValueError, TypeError, codec.CodecError) as exc:
             raise SefError(f"RS's init request is malformed: {exc}") from exc
@@ -221,6 +225,7 @@ class Sef:
             raise SystemExit(1)
         if info.type is InitType.LU:
             self._wait_for_swap()
+        return waiting
 
     def _wait_for_swap(self) -> None:
         """A new version runs its init before RS swaps it onto the old endpoint;
@@ -369,6 +374,9 @@ class Sef:
         if result == OK:
             try:
                 saved = self.cb_lu_state_save(state, self.lu_flags) or b""
+                server = self.conn.channel_server
+                if server is not None:
+                    saved = _wrap_saved(saved, server.waiting())
             except Exception:
                 log.exception("state_save failed; the update is aborted")
                 result = int(Errno.EGENERIC)
@@ -465,3 +473,32 @@ def setcb_lu_state_save(cb: StateSaveCallback) -> None:
 
 def setcb_signal_handler(cb: SignalCallback) -> None:
     _sef.cb_signal_handler = cb
+
+
+_WRAPPED = "hwl.sef.lu"
+
+
+def _wrap_saved(saved: bytes, waiting: dict[int, int]) -> bytes:
+    """The service's saved state, with the channel calls it read and has not
+    answered: the new version answers them on the channels it inherits."""
+    pairs: list[codec.Value] = [[client, ident] for client, ident in waiting.items()]
+    return codec.encode({_WRAPPED: 1, "channels": pairs, "service": saved})
+
+
+def _unwrap_saved(saved: bytes) -> tuple[bytes, dict[int, int]]:
+    """The service's own saved state and the channel calls left to answer."""
+    if _WRAPPED.encode() not in saved[:32]:
+        return saved, {}
+    try:
+        outer = codec.decode(saved)
+    except codec.CodecError:
+        return saved, {}
+    inner, pairs = outer.get("service"), outer.get("channels")
+    if outer.get(_WRAPPED) != 1 or not isinstance(inner, bytes) or not isinstance(pairs, list):
+        return saved, {}
+    waiting = {
+        int(p[0]): int(p[1])  # type: ignore[arg-type]
+        for p in pairs
+        if isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p)
+    }
+    return inner, waiting
