@@ -118,8 +118,7 @@ class Dp8390:
             self.tx = conn.dma_alloc(TX_PER_CALL * TX_SLOT)
             self.rx = conn.dma_alloc(RING_PAGES * PAGE)
             self.irq_hook = conn.irq_setpolicy(card.irq, 0, notify_id=0)
-            self.mac = self._reset_card()
-            conn.irq_enable(self.irq_hook)
+            self.mac = self._reset_card(enable_irq=True)
         # A live update's new version maps its buffers at its first frame: in its
         # init it stands at another endpoint, which does not hold them yet.
         return ndev.InitReply(hwaddr=self.mac, name=f"dp8390#{self.instance}", link=True,
@@ -153,8 +152,9 @@ class Dp8390:
         assert self.conn is not None
         return self.conn.vdevio(b, irq_enable=self.irq_hook if irq else None)
 
-    def _reset_card(self) -> bytes:
-        """Reset, read the MAC from the PROM, set up the ring; returns the MAC."""
+    def _reset_card(self, enable_irq: bool = False) -> bytes:
+        """Reset, read the MAC from the PROM, set up the ring (its last call also
+        enables the IRQ hook with ``enable_irq``: the first start); returns the MAC."""
         io = self.io
         b = Batch()
         b.inb(io + RESET)
@@ -197,7 +197,7 @@ class Dp8390:
         b.outb(io + TCR, 0)
         b.outb(io + RCR, self.rcr)
         b.outb(io + CR, CR_STA | CR_NODMA)
-        self._vdevio(b)
+        self._vdevio(b, irq=enable_irq)
         self.dirty = True
         return mac
 

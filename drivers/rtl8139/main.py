@@ -154,11 +154,10 @@ class Rtl8139:
                 self.rx = conn.dma_alloc(RING_BYTES + RING * BUF)
                 self.tx = conn.dma_alloc(RING_BYTES + RING * BUF)
             self.rxv, self.txv = conn.dma_map(self.rx), conn.dma_map(self.tx)
-            if self.classic:
+            if self.classic:  # each start's call also enables the IRQ hook
                 self._start_classic()
             else:
                 self._start_cplus()
-            conn.irq_enable(self.irq_hook)
         name = f"rtl8139#{self.instance}" + (" classic" if self.classic else "")
         most = CLASSIC_TX_PER_CALL if self.classic else TX_PER_CALL
         return ndev.InitReply(hwaddr=self.mac, name=name, link=self.link, max_send=most)
@@ -193,7 +192,8 @@ class Rtl8139:
         self.link = not values[msr] & MSR_LINKB
 
     def _start_cplus(self) -> None:
-        """Both rings in memory, then CpCmd (latches C+), ring addresses, CR, RCR, IMR."""
+        """Both rings in memory, then CpCmd (latches C+), ring addresses, CR, RCR, IMR,
+        and the IRQ hook enabled: one call."""
         rx, tx, rxv, txv = self.rx, self.tx, self.rxv, self.txv
         assert rx is not None and tx is not None and rxv is not None and txv is not None
         for i in range(RING):
@@ -211,11 +211,11 @@ class Rtl8139:
         self._mar_ops(b, self.mar)
         b.outl(io + MPC, 0)
         b.outw(io + IMR, IMR_BITS)
-        self._vdevio(b)
+        self._vdevio(b, irq=True)
         self.rx_next = self.tx_next = 0
 
     def _start_classic(self) -> None:
-        """RBSTART, CR, RCR (which zeroes both ring pointers), IMR."""
+        """RBSTART, CR, RCR (which zeroes both ring pointers), IMR, the IRQ hook: one call."""
         rx = self.rx
         assert rx is not None
         io, b = self.io, Batch()
@@ -225,7 +225,7 @@ class Rtl8139:
         self._mar_ops(b, self.mar)
         b.outl(io + MPC, 0)
         b.outw(io + IMR, IMR_CLASSIC)
-        self._vdevio(b)
+        self._vdevio(b, irq=True)
         self.rx_next = self.tx_next = 0
         self.dirty = True
 
