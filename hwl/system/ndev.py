@@ -23,6 +23,8 @@ from hwl.proto import ndev
 from hwl.system.ds import Ds, DsError
 
 CALL_TIMEOUT = 5.0
+#: How often ``reopen`` asks DS whether the driver is back (one DS call each).
+POLL_SECONDS = 0.005
 
 
 class NetDeviceError(HwlError):
@@ -46,11 +48,13 @@ class NetDevice:
         self.link = False
         self._ids = itertools.count(1)
         self._recv_id: int | None = None  # the RECV posted and not yet answered
+        self._ds: Ds | None = None  # found through RS once, not on every lookup
 
     # ---------------------------------------------------------------- session
-    def open(self, timeout: float = CALL_TIMEOUT) -> ndev.InitReply:
-        """INIT and CONF at the driver's current endpoint; returns the card."""
-        self.endpoint = Ds.find(self.conn).retrieve_label(self.label)
+    def open(self, timeout: float = CALL_TIMEOUT, endpoint: int | None = None) -> ndev.InitReply:
+        """INIT and CONF at the driver's current endpoint (``endpoint``: one just
+        looked up); returns the card."""
+        self.endpoint = self._lookup() if endpoint is None else endpoint
         self._recv_id = None
         reply = self._call(ndev.INIT, {}, ndev.INIT_REPLY, timeout)
         self.card = ndev.InitReply.from_fields(reply.fields)
@@ -61,18 +65,33 @@ class NetDevice:
 
     def reopen(self, timeout: float = 10.0, old: int | None = None) -> ndev.InitReply:
         """Open the driver again once it is back (a new endpoint, or the same one
-        answering INIT); ``old``: an endpoint known to be dead, to wait past."""
+        answering INIT); ``old``: an endpoint known to be dead, to wait past. Each
+        try is one DS call (RS, busy restarting the driver, is not asked)."""
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                ep = Ds.find(self.conn).retrieve_label(self.label)
+                ep = self._lookup()
                 if ep != old:
-                    return self.open(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+                    left = deadline - time.monotonic()
+                    return self.open(timeout=min(1.0, max(0.1, left)), endpoint=ep)
             except (IpcError, DsError, NetDeviceError) as exc:
                 last = exc
-            time.sleep(0.01)
+            time.sleep(POLL_SECONDS)
         raise NetDeviceError(f"{self.label} did not come back within {timeout} s: {last}")
+
+    def _lookup(self) -> int:
+        """The driver's endpoint as RS published it in DS. DS is found through RS
+        on the first lookup, and again after a DS call that failed other than with
+        ESRCH (no such label: the driver is not back yet)."""
+        if self._ds is None:
+            self._ds = Ds.find(self.conn)
+        try:
+            return self._ds.retrieve_label(self.label)
+        except DsError as exc:
+            if exc.errno is not Errno.ESRCH:
+                self._ds = None
+            raise
 
     def conf(self, mode: int, mcast: Sequence[bytes] = ()) -> None:
         fields: dict[str, codec.Value] = {"set": ndev.CONF_MODE, "mode": mode}
