@@ -374,6 +374,19 @@ class Connection(KernelCalls):
     def channel_server(self) -> chan.ChannelServer | None:
         return self._server
 
+    def channel_to(self, dest: int) -> socket.socket | None:
+        """This process's channel to ``dest``, if it has one (tests and tools)."""
+        return self._channels.get(dest) if self._channels is not None else None
+
+    def use_channels(self, on: bool) -> None:
+        """Make this process's own calls on channels or on the kernel path (the
+        benchmark compares both in one run); ``HWL_CHANNELS=0`` starts it off."""
+        if not on and self._channels is not None:
+            self._channels.close()
+            self._channels = None
+        elif on and self._channels is None and chan.enabled():
+            self._channels = chan.ClientChannels()
+
     def _open_channel(self, channels: chan.ClientChannels, dest: int) -> None:
         try:
             _reply, fds = self.kcall_fds("chanopen", {"dest": dest})

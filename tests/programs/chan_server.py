@@ -1,0 +1,27 @@
+"""Call-channel test server: serves channels and answers each call with its pid,
+a count of the calls it served and the call's own ``n``; SLOW sleeps first."""
+
+import contextlib
+import os
+import time
+
+from hwl import ipc
+
+SLOW = 2
+
+conn = ipc.connect()
+assert conn.serve_channels()
+count = 0
+while True:
+    try:
+        msg = conn.receive()
+    except ipc.KernelGone:
+        break
+    if msg.is_notify:
+        continue
+    count += 1
+    if msg.m_type == SLOW:
+        time.sleep(float(msg.get("seconds", 0.5)))  # type: ignore[arg-type]
+    answer = {"pid": os.getpid(), "count": count, "n": msg.get("n")}
+    with contextlib.suppress(ipc.IpcError):
+        conn.sendnb(msg.source, msg.m_type, answer)

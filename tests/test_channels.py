@@ -1,0 +1,202 @@
+"""Call channels (hwl.ipc.channels, hwl.kernel.channels) between real processes:
+made on the first call, ended by a death, a restart, a privctl; timeouts, bad
+frames and a flooding client. The server is tests/programs/chan_server.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agents import MakeProc, conf
+
+from hwl import ipc
+from hwl.ipc import channels, wire
+from hwl.kernel.errno import Errno
+
+SERVER = str(Path(__file__).parent / "programs" / "chan_server.py")
+CALL, SLOW = 1, 2
+
+pytestmark = pytest.mark.skipif(not channels.enabled(), reason="HWL_CHANNELS=0: kernel path only")
+
+
+def spawn_server(root: ipc.Connection, endpoint: int | None = None) -> tuple[int, int]:
+    return root.spawn([sys.executable, SERVER], "chan", conf=conf("chan"), endpoint=endpoint)
+
+
+@pytest.fixture
+def server(root: ipc.Connection) -> Iterator[tuple[int, int]]:
+    ep, pid = spawn_server(root)
+    call_until_served(root, ep)
+    yield ep, pid
+    kill_quietly(pid)
+
+
+def kill_quietly(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def call_until_served(conn: ipc.Connection, ep: int, timeout: float = 10) -> ipc.Message:
+    """The server opens channels once it runs: call until it answers on one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = conn.sendrec(ep, CALL, {"n": 0}, timeout=timeout)
+        if conn.channel_to(ep) is not None or time.monotonic() > deadline:
+            return reply
+        time.sleep(channels.RETRY_REFUSED)
+
+
+def test_calls_go_on_a_channel_after_the_first(
+    root: ipc.Connection, server: tuple[int, int]
+) -> None:
+    ep, pid = server
+    assert root.channel_to(ep) is not None
+    for n in range(1, 50):
+        reply = root.sendrec(ep, CALL, {"n": n}, timeout=5)
+        assert (reply.source, reply.m_type, reply["n"], reply["pid"]) == (ep, CALL, n, pid)
+
+
+def test_server_killed_mid_call_is_edeadsrcdst_at_once(
+    root: ipc.Connection, server: tuple[int, int]
+) -> None:
+    ep, pid = server
+    threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()
+    start = time.monotonic()
+    with pytest.raises(ipc.IpcError) as err:
+        root.sendrec(ep, SLOW, {"seconds": 20}, timeout=10)
+    assert err.value.errno is Errno.EDEADSRCDST
+    assert time.monotonic() - start < 3, "the caller waited for its timeout, not the death"
+    assert root.channel_to(ep) is None
+
+
+def test_restart_at_the_same_endpoint_gets_the_next_call(root: ipc.Connection) -> None:
+    ep, pid = spawn_server(root)
+    call_until_served(root, ep)
+    old = root.channel_to(ep)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while any(p["endpoint"] == ep for p in root.proctab()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    new_ep, new_pid = spawn_server(root, endpoint=ep)  # RS's restart policy keeps it
+    assert new_ep == ep
+    try:
+        reply = root.sendrec(ep, CALL, {"n": 1}, timeout=5)  # the old channel is shut
+        assert reply["pid"] == new_pid
+        call_until_served(root, ep)
+        assert root.channel_to(ep) is not None and root.channel_to(ep) is not old
+        assert root.sendrec(ep, CALL, {"n": 2}, timeout=5)["pid"] == new_pid
+    finally:
+        kill_quietly(new_pid)
+
+
+def test_reset_policy_old_endpoint_is_dead(root: ipc.Connection) -> None:
+    ep, pid = spawn_server(root)
+    call_until_served(root, ep)
+    os.kill(pid, signal.SIGKILL)
+    new_ep, new_pid = spawn_server(root)
+    try:
+        assert new_ep != ep
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                root.sendrec(ep, CALL, {"n": 1}, timeout=5)
+            except ipc.IpcError as exc:
+                assert exc.errno is Errno.EDEADSRCDST
+                break
+            time.sleep(0.02)  # the kernel has not seen the death yet
+        else:
+            pytest.fail("calls to the dead endpoint kept being answered")
+    finally:
+        kill_quietly(new_pid)
+
+
+def test_late_reply_after_a_timeout_is_dropped(
+    root: ipc.Connection, server: tuple[int, int]
+) -> None:
+    ep, _ = server
+    with pytest.raises(ipc.IpcTimeout):
+        root.sendrec(ep, SLOW, {"seconds": 0.5, "n": 1}, timeout=0.1)
+    reply = root.sendrec(ep, CALL, {"n": 2}, timeout=5)  # the late reply to n=1 comes first
+    assert (reply.m_type, reply["n"]) == (CALL, 2)
+    assert root.channel_to(ep) is not None
+
+
+def test_privctl_revocation_closes_the_channel(
+    root: ipc.Connection, server: tuple[int, int], process: MakeProc
+) -> None:
+    ep, _ = server
+    client = process("client", "ipc ALL;")
+    call_until_served(client, ep)
+    assert client.channel_to(ep) is not None
+    root.privctl_set(client.endpoint, conf("client", "ipc SYSTEM;"))
+    with pytest.raises(ipc.IpcError) as err:
+        client.sendrec(ep, CALL, {"n": 1}, timeout=5)
+    assert err.value.errno is Errno.ECALLDENIED
+    assert client.channel_to(ep) is None
+
+
+def test_no_channel_without_the_ipc_right(server: tuple[int, int], process: MakeProc) -> None:
+    ep, _ = server
+    client = process("outsider", "ipc SYSTEM;")
+    with pytest.raises(ipc.IpcError) as err:
+        client.kcall_fds("chanopen", {"dest": ep})
+    assert err.value.errno is Errno.ECALLDENIED
+    with pytest.raises(ipc.IpcError) as err:
+        client.sendrec(ep, CALL, {"n": 1}, timeout=5)
+    assert err.value.errno is Errno.ECALLDENIED
+    assert client.channel_to(ep) is None
+
+
+def test_bad_frames_on_a_channel_get_einval_and_the_server_serves_on(
+    root: ipc.Connection, server: tuple[int, int]
+) -> None:
+    ep, _ = server
+    sock = root.channel_to(ep)
+    assert sock is not None
+    bad = [
+        b"\x01",  # shorter than a header
+        wire.REQUEST.pack(wire.Op.NOTIFY, 0, 7, 0, 0),  # not a call
+        wire.REQUEST.pack(wire.Op.SENDREC, 0, 8, 0, 1) + bytes(wire.MAX_PAYLOAD + 1),  # too big
+    ]
+    for frame in bad:
+        sock.send(frame)
+        answer = sock.recv(wire.MAX_RESPONSE)
+        kind, _flags, _ident, status, _src, _type = wire.RESPONSE.unpack_from(answer)
+        assert (kind, status) == (wire.Kind.STATUS, -int(Errno.EINVAL))
+    assert root.sendrec(ep, CALL, {"n": 9}, timeout=5)["n"] == 9
+
+
+def test_a_flooding_client_starves_no_other(
+    root: ipc.Connection, server: tuple[int, int], process: MakeProc
+) -> None:
+    ep, _ = server
+    flooder = process("flooder", "ipc ALL;")
+    call_until_served(flooder, ep)
+    stop = threading.Event()
+    flooded = [0]
+
+    def flood() -> None:
+        while not stop.is_set():
+            flooder.sendrec(ep, CALL, {"n": 0}, timeout=5)
+            flooded[0] += 1
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    try:
+        worst = 0.0
+        for n in range(100):
+            start = time.monotonic()
+            assert root.sendrec(ep, CALL, {"n": n}, timeout=5)["n"] == n
+            worst = max(worst, time.monotonic() - start)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert flooded[0] > 100, "the flooder did not flood"
+    assert worst < 1.0, f"a call waited {worst:.3f} s behind the flooder"
