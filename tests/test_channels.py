@@ -21,6 +21,7 @@ from hwl.ipc import channels, wire
 from hwl.kernel.errno import Errno
 
 SERVER = str(Path(__file__).parent / "programs" / "chan_server.py")
+FLOODER = str(Path(__file__).parent / "programs" / "chan_flooder.py")
 CALL, SLOW = 1, 2
 
 pytestmark = pytest.mark.skipif(not channels.enabled(), reason="HWL_CHANNELS=0: kernel path only")
@@ -173,30 +174,21 @@ def test_bad_frames_on_a_channel_get_einval_and_the_server_serves_on(
     assert root.sendrec(ep, CALL, {"n": 9}, timeout=5)["n"] == 9
 
 
-def test_a_flooding_client_starves_no_other(
-    root: ipc.Connection, server: tuple[int, int], process: MakeProc
-) -> None:
+def test_a_flooding_client_starves_no_other(root: ipc.Connection, server: tuple[int, int]) -> None:
     ep, _ = server
-    flooder = process("flooder", "ipc ALL;")
-    call_until_served(flooder, ep)
-    stop = threading.Event()
-    flooded = [0]
-
-    def flood() -> None:
-        while not stop.is_set():
-            flooder.sendrec(ep, CALL, {"n": 0}, timeout=5)
-            flooded[0] += 1
-
-    thread = threading.Thread(target=flood, daemon=True)
-    thread.start()
+    argv = [sys.executable, FLOODER, str(ep), "3"]
+    flooder, pid = root.spawn(argv, "flooder", conf=conf("flooder"))
     try:
-        worst = 0.0
-        for n in range(100):
+        time.sleep(0.5)  # it runs and floods
+        worst, calls = 0.0, 0
+        while calls < 100:
             start = time.monotonic()
-            assert root.sendrec(ep, CALL, {"n": n}, timeout=5)["n"] == n
+            assert root.sendrec(ep, CALL, {"n": calls}, timeout=5)["n"] == calls
             worst = max(worst, time.monotonic() - start)
+            calls += 1
+        report = root.receive(flooder, timeout=10)
     finally:
-        stop.set()
-        thread.join(10)
-    assert flooded[0] > 100, "the flooder did not flood"
+        kill_quietly(pid)
+    assert report["channel"] is True
+    assert report["count"] > calls, f"the flooder made only {report['count']} calls"
     assert worst < 1.0, f"a call waited {worst:.3f} s behind the flooder"
