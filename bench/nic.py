@@ -6,7 +6,8 @@ first on ``machine.link`` before the kernel takes it, as bench/disk.py does:
 - ``<nic>_native_tx64_pps``: the stub's own loop sending 64-byte frames
   (hwl.hw.nic_native, as many per doorbell as the driver may batch);
 - ``<nic>_tx64_pps`` / ``<nic>_tx1514_pps``: frames/s a user process pushes
-  through the driver (NDEV SENDs of as many frames as fit in one message);
+  through the driver (NDEV SENDs of as many frames as the driver takes in one
+  call, its INIT reply's max_send, at most 100);
   ``<nic>_tx64_ratio`` is tx64 over the native loop (target >= 0.5);
 - ``<nic>_rx64_pps``: frames/s the client receives while Linux floods the card
   from the namespace (a raw socket; no native limit is printed for it);
@@ -42,7 +43,8 @@ TARGETS: Targets = {
 
 def tx_pps(nic: Nic, size: int, count: int) -> float:
     frame = ether.ethernet(ether.BROADCAST, nic.mac, ether.ETH_P_TEST, bytes(size - 14))
-    chunk = [frame] * 100
+    assert nic.dev.card is not None
+    chunk = [frame] * min(100, nic.dev.card.max_send)  # what the driver takes per call
     nic.dev.send(chunk)  # warm-up
     start = time.perf_counter()
     sent = 0
