@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from rs_fixtures import RsSystem, echo_argv, pid_alive, wait_for
 
+from hwl.ipc import channels
 from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.wire import HZ
 from hwl.kernel.errno import Errno
@@ -298,6 +299,8 @@ def test_client_sees_no_error_across_updates(rs: RsSystem) -> None:
     errors: list[BaseException] = []
     stop = threading.Event()
 
+    on_channel: list[bool] = []
+
     def client() -> None:
         with Connection.attach(rs.kernel.socket_path) as conn:
             try:
@@ -306,6 +309,7 @@ def test_client_sees_no_error_across_updates(rs: RsSystem) -> None:
                     if reply.m_type != 0:
                         raise AssertionError(f"the service answered {reply.m_type}")
                     seen.append((str(reply["tag"]), int(reply["count"])))  # type: ignore[arg-type]
+                    on_channel.append(conn.channel_to(endpoint) is not None)
             except (IpcError, AssertionError) as exc:
                 errors.append(exc)
 
@@ -332,6 +336,8 @@ def test_client_sees_no_error_across_updates(rs: RsSystem) -> None:
     versions = [int(tag[1:]) for tag, _ in seen]
     assert versions == sorted(versions)  # never an old version after a new one
     assert sorted(set(versions)) == list(range(11))  # every version served the client
+    # with call channels on, the calls went on one (each version inherits it)
+    assert any(on_channel) == channels.enabled(), on_channel[-5:]
     row = rs.row(label)
     assert row.endpoint == endpoint and row.restarts == 0
     assert rs.event_names(label).count("update-done") == 10
