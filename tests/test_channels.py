@@ -19,10 +19,11 @@ from agents import MakeProc, conf
 from hwl import ipc
 from hwl.ipc import channels, wire
 from hwl.kernel.errno import Errno
+from hwl.kernel.launcher import KernelProcess
 
 SERVER = str(Path(__file__).parent / "programs" / "chan_server.py")
 FLOODER = str(Path(__file__).parent / "programs" / "chan_flooder.py")
-CALL, SLOW = 1, 2
+CALL, SLOW, PEER = 1, 2, 3
 
 pytestmark = pytest.mark.skipif(not channels.enabled(), reason="HWL_CHANNELS=0: kernel path only")
 
@@ -190,5 +191,30 @@ def test_a_flooding_client_starves_no_other(root: ipc.Connection, server: tuple[
     finally:
         kill_quietly(pid)
     assert report["channel"] is True
-    assert report["count"] > calls, f"the flooder made only {report['count']} calls"
+    flooded = report["count"]
+    assert isinstance(flooded, int) and flooded > calls, f"the flooder made {flooded!r} calls"
     assert worst < 1.0, f"a call waited {worst:.3f} s behind the flooder"
+
+
+def test_a_channel_call_cycle_is_logged_by_the_watchdog(
+    kernel: KernelProcess, root: ipc.Connection
+) -> None:
+    (a, a_pid), (b, b_pid) = spawn_server(root), spawn_server(root)
+    try:
+        for ep in (a, b):
+            call_until_served(root, ep)
+        root.sendrec(a, CALL, {"n": 0}, timeout=5)
+        log = kernel.run_dir / "kernel.log"
+        before = log.read_text().count("channel call cycle")
+        # a calls b, b calls a back: both wait on channels, ELOCKED cannot see it
+        with pytest.raises(ipc.IpcTimeout):
+            root.sendrec(a, PEER, {"peer": b}, timeout=3)
+        text = log.read_text()
+        assert text.count("channel call cycle") == before + 1, text[-2000:]
+        line = text[text.rindex("channel call cycle") :].splitlines()[0]
+        assert f"chan ({a})" in line and f"chan ({b})" in line
+        rows = {row["endpoint"]: row for row in root.proctab()}
+        assert (rows[a]["channel_wait"], rows[b]["channel_wait"]) == (b, a)
+    finally:
+        kill_quietly(a_pid)
+        kill_quietly(b_pid)

@@ -39,7 +39,12 @@ INDIRECT: Final = 8
 ACCESS: Final = READ | WRITE
 _SEQ_SHIFT: Final = 16
 _INDEX_BITS: Final = 10
-assert NR_GRANTS == 1 << _INDEX_BITS and TABLE_END <= DATA_START
+# The endpoint a process's call on a channel waits on (wire.NONE when none): the
+# kernel cannot see such a wait, so the process writes it here, in the arena the
+# kernel maps, for proctab and the channel-cycle watchdog (hwl.kernel.channels).
+CHANNEL_WAIT: Final = struct.Struct("<i")
+CHANNEL_WAIT_AT: Final = TABLE_END
+assert NR_GRANTS == 1 << _INDEX_BITS and CHANNEL_WAIT_AT + CHANNEL_WAIT.size <= DATA_START
 
 INVALID_GRANT: Final = -1
 

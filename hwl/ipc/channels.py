@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 
 from hwl.ipc import wire
+from hwl.ipc.arena import CHANNEL_WAIT
 from hwl.kernel.errno import Errno
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class ChannelDead(Exception):
 class ClientChannels:
     """A client's channels, by server endpoint."""
 
-    def __init__(self) -> None:
+    def __init__(self, wait_word: memoryview | None = None) -> None:
+        self._wait_word = wait_word  # arena.CHANNEL_WAIT in our arena: whom a call waits on
         self._socks: dict[int, socket.socket] = {}
         self._refused: dict[int, float] = {}  # dest -> when to ask again
         self._id = 0
@@ -100,6 +102,7 @@ class ClientChannels:
             self.drop(dest)
             return None
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._mark(dest)
         try:
             while True:
                 if deadline is not None:
@@ -117,12 +120,20 @@ class ClientChannels:
                     return answer
                 # a late reply to a call that timed out: dropped
         finally:
+            self._mark(wire.NONE)
             if deadline is not None and dest in self._socks:
                 sock.settimeout(None)
+
+    def _mark(self, endpoint: int) -> None:
+        if self._wait_word is not None:
+            CHANNEL_WAIT.pack_into(self._wait_word, 0, endpoint)
 
     def close(self) -> None:
         for dest in list(self._socks):
             self.drop(dest)
+        if self._wait_word is not None:
+            self._wait_word.release()  # the arena can then be unmapped
+            self._wait_word = None
 
 
 @dataclass

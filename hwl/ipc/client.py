@@ -23,7 +23,7 @@ from typing import ClassVar
 from hwl.errors import HwlError
 from hwl.ipc import channels as chan
 from hwl.ipc import codec, wire
-from hwl.ipc.arena import Arena
+from hwl.ipc.arena import CHANNEL_WAIT, CHANNEL_WAIT_AT, Arena
 from hwl.ipc.kcalls import KernelCalls
 from hwl.kernel.errno import Errno, errno_of
 
@@ -121,7 +121,7 @@ class Connection(KernelCalls):
         self.arena = Arena(fds[0])
         self.closed = False
         # Call channels (hwl.ipc.channels): ours to servers, and the ones we serve.
-        self._channels = chan.ClientChannels() if chan.enabled() else None
+        self._channels = chan.ClientChannels(self._wait_word()) if chan.enabled() else None
         self._server: chan.ChannelServer | None = None
 
     @classmethod
@@ -385,7 +385,12 @@ class Connection(KernelCalls):
             self._channels.close()
             self._channels = None
         elif on and self._channels is None and chan.enabled():
-            self._channels = chan.ClientChannels()
+            self._channels = chan.ClientChannels(self._wait_word())
+
+    def _wait_word(self) -> memoryview:
+        word = self.arena.view[CHANNEL_WAIT_AT : CHANNEL_WAIT_AT + CHANNEL_WAIT.size]
+        CHANNEL_WAIT.pack_into(word, 0, wire.NONE)
+        return word
 
     def _open_channel(self, channels: chan.ClientChannels, dest: int) -> None:
         try:

@@ -68,6 +68,7 @@ class Channels:
         self.table = table
         self.ringer = ringer
         self._by_pair: dict[tuple[int, int], Channel] = {}
+        self._reported: set[frozenset[int]] = set()  # cycles logged already
 
     def __len__(self) -> int:
         return len(self._by_pair)
@@ -135,6 +136,43 @@ class Channels:
                 self._end(channel)
                 log.info("channel %s -> %s closed: no longer on the ipc line",
                          wire.endpoint_name(client_ep), wire.endpoint_name(server_ep))  # fmt: skip
+
+    def watch_cycles(self) -> list[list[Proc]]:
+        """The watchdog for what ELOCKED no longer catches: cycles of waiting
+        processes with at least one call on a channel among the waits (read from
+        the processes' arenas). Each cycle is logged once, while it lasts."""
+        found: list[list[Proc]] = []
+        seen: set[frozenset[int]] = set()
+        for start in self.table:
+            cycle = self._cycle_from(start)
+            if cycle is None:
+                continue
+            key = frozenset(p.endpoint for p in cycle)
+            if key in seen:
+                continue
+            seen.add(key)
+            found.append(cycle)
+            if key not in self._reported:
+                names = " -> ".join(f"{p.label} ({p.endpoint})" for p in [*cycle, cycle[0]])
+                log.warning("channel call cycle (a deadlock ELOCKED cannot refuse): %s", names)
+        self._reported = seen
+        return found
+
+    def _cycle_from(self, start: Proc) -> list[Proc] | None:
+        path: list[Proc] = []
+        on_channel = False
+        proc: Proc | None = start
+        while proc is not None and proc not in path:
+            path.append(proc)
+            target = proc.channel_wait()
+            if target != wire.NONE:
+                on_channel = True
+            else:
+                target = proc.blocked_on()
+            proc = self.table.lookup(target) if target not in (wire.ANY, wire.NONE) else None
+        if proc is not start or not on_channel:
+            return None
+        return path
 
     def close_all(self) -> None:
         for channel in self._by_pair.values():

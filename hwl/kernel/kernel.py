@@ -46,6 +46,7 @@ log = logging.getLogger("hwl.kernel")
 # before both ends set TCP_NODELAY, Nagle held about one bell in 80 back past it.
 LINK_SLICE = 0.002
 EXITS_KEEP = 1024
+WATCHDOG_PERIOD = 1.0  # s between looks for channel call cycles
 
 _MESSAGE_HEADER = wire.RESPONSE.pack  # bound once: it runs for every message
 _PEERCRED = struct.Struct("3i")
@@ -81,6 +82,7 @@ class Kernel:
         self.table = ProcTable()
         self.ipc = Ipc(self.table, self)
         self.channels = Channels(self.table, self.ipc)
+        self._next_watch = 0.0  # the channel-cycle watchdog's next look
         self.irqs = Irqs(self)
         self.calls = Calls(self)
         self._epoll = select.epoll()
@@ -515,6 +517,8 @@ class Kernel:
         """How long the loop may sleep: -1 (until an event) unless alarms, stub
         requests or IRQ hooks want it to look again sooner."""
         kept = self.calls.keeper.next_deadline() if self.calls.keeper else None
+        if self.channels:
+            kept = self._next_watch if kept is None else min(kept, self._next_watch)
         if not self.alarms and not link_busy and kept is None:
             return -1
         timeout = LINK_SLICE if link_busy else 3600.0
@@ -550,6 +554,9 @@ class Kernel:
                 self._fire_alarms(time.monotonic())
             if self.calls.keeper:
                 self.calls.expire_kept(time.monotonic())
+            if self.channels and time.monotonic() >= self._next_watch:
+                self.channels.watch_cycles()
+                self._next_watch = time.monotonic() + WATCHDOG_PERIOD
             while self.doomed:
                 proc, reason = self.doomed.pop(0)
                 self.kill_process(proc, reason)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap
 import socket
+import struct
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from hwl.ipc import wire
+from hwl.ipc.arena import CHANNEL_WAIT, CHANNEL_WAIT_AT
 from hwl.kernel.priv import Priv
 from hwl.link.memory import DmaBuffer
 
@@ -161,8 +163,18 @@ class Proc:
             "system": self.priv.system,
             "state": self.state.value,
             "blocked_on": self.blocked_on(),
+            "channel_wait": self.channel_wait(),
             "parent": self.parent,
         }
+
+    def channel_wait(self) -> int:
+        """The endpoint this process's call on a channel waits on, as the process
+        wrote it in its arena (wire.NONE: none; the kernel cannot see such a wait)."""
+        try:
+            (endpoint,) = CHANNEL_WAIT.unpack_from(self.arena_view, CHANNEL_WAIT_AT)
+        except (ValueError, struct.error):  # released at death, or a tiny arena
+            return wire.NONE
+        return int(endpoint)
 
 
 class ProcTable:
