@@ -23,6 +23,9 @@ LINUX_IP = "10.0.2.2"
 
 #: profile -> the driver's label in it
 NICS = {"ne2k": "dp8390", "rtl8139": "rtl8139", "e1000": "e1000"}
+#: driver label -> the [hwl-net] id of its card, the same in its one-NIC profile and in
+#: ``nics`` (all three): its own TAP in the namespace
+NETDEVS = {"dp8390": "ne2k-net", "rtl8139": "rtl8139-net", "e1000": "e1000-net"}
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Nic:
     dev: NetDevice
     label: str
     native_pps: float = 0.0  # the stub's own 64-byte transmit loop (nic_up(native=True))
+    netdev: str = ""  # its [hwl-net] id (NETDEVS): its own TAP in the namespace
 
     @property
     def peer(self) -> NetnsPeer:
@@ -87,11 +91,34 @@ def nic_up(profile: str, accel: str = "auto", native: bool = False) -> Iterator[
         with System.start(machine, backoff_unit=0.0) as system:
             conn = Connection.attach(Path(machine.run_dir) / "kernel.sock")
             try:
-                dev = NetDevice(conn, NICS[profile])
+                label = NICS[profile]
+                dev = NetDevice(conn, label)
                 dev.open()
-                yield Nic(machine, system, conn, dev, NICS[profile], native_pps)
+                yield Nic(machine, system, conn, dev, label, native_pps, NETDEVS[label])
             finally:
                 conn.close()
+
+
+@contextlib.contextmanager
+def nics_up(accel: str = "auto") -> Iterator[dict[str, Nic]]:
+    """The three-NIC machine (profile ``nics``) with one opened NDEV client per
+    driver, by label, each on a connection of its own so that each may be driven
+    from a thread of its own."""
+    with (
+        Machine("nics", accel=accel) as machine,
+        System.start(machine, backoff_unit=0.0) as system,
+    ):
+        nics: dict[str, Nic] = {}
+        try:
+            for label, netdev in NETDEVS.items():
+                conn = Connection.attach(Path(machine.run_dir) / "kernel.sock")
+                dev = NetDevice(conn, label)
+                nics[label] = Nic(machine, system, conn, dev, label, netdev=netdev)
+                dev.open()
+            yield nics
+        finally:
+            for nic in nics.values():
+                nic.conn.close()
 
 
 class Responder:
@@ -123,22 +150,44 @@ class Responder:
 
 
 class Flood:
-    """Linux floods the NIC with test frames from a thread, bounded in count and time."""
+    """Linux floods the NIC with test frames from a thread, bounded in count and time.
 
-    def __init__(self, nic: Nic, size: int = 128, count: int = 200_000, seconds: float = 20.0):
-        self.sock = nic.peer.packet_socket()
+    ``tap``: send on the NIC's own TAP (``nic.netdev``) instead of the bridge, so
+    the frames reach that card only, whatever the bridge has learnt. ``rate``:
+    frames per second, sent in bursts of ``burst`` (0: as fast as the socket takes
+    them)."""
+
+    def __init__(
+        self,
+        nic: Nic,
+        size: int = 128,
+        count: int = 200_000,
+        seconds: float = 20.0,
+        *,
+        tap: bool = False,
+        rate: float = 0.0,
+        burst: int = 10,
+    ):
+        self.sock = nic.peer.frames(nic.netdev) if tap else nic.peer.packet_socket()
         self.frame = ether.ethernet(nic.mac, nic.linux_mac(), ether.ETH_P_TEST, bytes(size - 14))
         self.count, self.seconds = count, seconds
+        self.rate, self.burst = rate, burst
         self.sent = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        deadline = time.monotonic() + self.seconds
+        start = time.monotonic()
+        deadline = start + self.seconds
+        tried = 0
         while not self._stop.is_set() and self.sent < self.count and time.monotonic() < deadline:
-            with contextlib.suppress(OSError):  # a full queue: the tap drops, as a wire would
-                self.sock.send_frame(self.frame)
-                self.sent += 1
+            for _ in range(self.burst if self.rate else 1):
+                tried += 1
+                with contextlib.suppress(OSError):  # a full queue: the tap drops, as a wire would
+                    self.sock.send_frame(self.frame)
+                    self.sent += 1
+            if self.rate:  # sleep until the next burst is due
+                self._stop.wait(max(0.0, start + tried / self.rate - time.monotonic()))
 
     def __enter__(self) -> Flood:
         self._thread.start()
