@@ -25,7 +25,9 @@ SERVER = str(Path(__file__).parent / "programs" / "chan_server.py")
 FLOODER = str(Path(__file__).parent / "programs" / "chan_flooder.py")
 CALL, SLOW, PEER = 1, 2, 3
 
-pytestmark = pytest.mark.skipif(not channels.enabled(), reason="HWL_CHANNELS=0: kernel path only")
+on_channels = pytest.mark.skipif(
+    not channels.enabled(), reason="HWL_CHANNELS=0: test_switch_off_keeps_calls_on_the_kernel_path"
+)
 
 
 def spawn_server(root: ipc.Connection, endpoint: int | None = None) -> tuple[int, int]:
@@ -55,6 +57,7 @@ def call_until_served(conn: ipc.Connection, ep: int, timeout: float = 10) -> ipc
         time.sleep(channels.RETRY_REFUSED)
 
 
+@on_channels
 def test_calls_go_on_a_channel_after_the_first(
     root: ipc.Connection, server: tuple[int, int]
 ) -> None:
@@ -65,6 +68,7 @@ def test_calls_go_on_a_channel_after_the_first(
         assert (reply.source, reply.m_type, reply["n"], reply["pid"]) == (ep, CALL, n, pid)
 
 
+@on_channels
 def test_server_killed_mid_call_is_edeadsrcdst_at_once(
     root: ipc.Connection, server: tuple[int, int]
 ) -> None:
@@ -78,6 +82,7 @@ def test_server_killed_mid_call_is_edeadsrcdst_at_once(
     assert root.channel_to(ep) is None
 
 
+@on_channels
 def test_restart_at_the_same_endpoint_gets_the_next_call(root: ipc.Connection) -> None:
     ep, pid = spawn_server(root)
     call_until_served(root, ep)
@@ -98,6 +103,7 @@ def test_restart_at_the_same_endpoint_gets_the_next_call(root: ipc.Connection) -
         kill_quietly(new_pid)
 
 
+@on_channels
 def test_reset_policy_old_endpoint_is_dead(root: ipc.Connection) -> None:
     ep, pid = spawn_server(root)
     call_until_served(root, ep)
@@ -119,6 +125,7 @@ def test_reset_policy_old_endpoint_is_dead(root: ipc.Connection) -> None:
         kill_quietly(new_pid)
 
 
+@on_channels
 def test_late_reply_after_a_timeout_is_dropped(
     root: ipc.Connection, server: tuple[int, int]
 ) -> None:
@@ -130,6 +137,7 @@ def test_late_reply_after_a_timeout_is_dropped(
     assert root.channel_to(ep) is not None
 
 
+@on_channels
 def test_privctl_revocation_closes_the_channel(
     root: ipc.Connection, server: tuple[int, int], process: MakeProc
 ) -> None:
@@ -144,6 +152,7 @@ def test_privctl_revocation_closes_the_channel(
     assert client.channel_to(ep) is None
 
 
+@on_channels
 def test_no_channel_without_the_ipc_right(server: tuple[int, int], process: MakeProc) -> None:
     ep, _ = server
     client = process("outsider", "ipc SYSTEM;")
@@ -156,6 +165,7 @@ def test_no_channel_without_the_ipc_right(server: tuple[int, int], process: Make
     assert client.channel_to(ep) is None
 
 
+@on_channels
 def test_bad_frames_on_a_channel_get_einval_and_the_server_serves_on(
     root: ipc.Connection, server: tuple[int, int]
 ) -> None:
@@ -175,6 +185,7 @@ def test_bad_frames_on_a_channel_get_einval_and_the_server_serves_on(
     assert root.sendrec(ep, CALL, {"n": 9}, timeout=5)["n"] == 9
 
 
+@on_channels
 def test_a_flooding_client_starves_no_other(root: ipc.Connection, server: tuple[int, int]) -> None:
     ep, _ = server
     argv = [sys.executable, FLOODER, str(ep), "3"]
@@ -196,6 +207,7 @@ def test_a_flooding_client_starves_no_other(root: ipc.Connection, server: tuple[
     assert worst < 1.0, f"a call waited {worst:.3f} s behind the flooder"
 
 
+@on_channels
 def test_a_channel_call_cycle_is_logged_by_the_watchdog(
     kernel: KernelProcess, root: ipc.Connection
 ) -> None:
@@ -218,3 +230,17 @@ def test_a_channel_call_cycle_is_logged_by_the_watchdog(
     finally:
         kill_quietly(a_pid)
         kill_quietly(b_pid)
+
+
+@pytest.mark.skipif(channels.enabled(), reason="channels on: the other tests of this module")
+def test_switch_off_keeps_calls_on_the_kernel_path(root: ipc.Connection) -> None:
+    ep, pid = spawn_server(root)
+    try:
+        for n in range(20):
+            assert root.sendrec(ep, CALL, {"n": n}, timeout=5)["n"] == n
+        assert root.channel_to(ep) is None
+        with pytest.raises(ipc.IpcError) as err:
+            root.kcall_fds("chanopen", {"dest": ep})
+        assert err.value.errno is Errno.ENOSYS
+    finally:
+        kill_quietly(pid)

@@ -12,7 +12,7 @@ from hwl import ipc
 SLOW, PEER = 2, 3
 
 conn = ipc.connect()
-assert conn.serve_channels()
+conn.serve_channels()  # False with HWL_CHANNELS=0: the kernel path only
 count = 0
 while True:
     try:
