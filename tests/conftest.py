@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 from agents import MakeProc
+from hypothesis import settings
 
 from hwl import Machine, ipc
 from hwl.kernel.launcher import KernelProcess
 from hwl.pytest_plugin import MachineFactory
 
 pytest_plugins = ["pytester"]
+
+# No per-example deadline: on 2 shared cores with QEMU running, an example's time
+# says more about the host's load than about the code (a 200 ms deadline failed
+# test_ndev_proto once under load).
+settings.register_profile("hwl", deadline=None)
+settings.load_profile("hwl")
 
 
 def children(parent: int) -> list[tuple[int, str, list[bytes]]]:
