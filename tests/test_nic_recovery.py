@@ -44,10 +44,12 @@ def flood_frames(frames: list[bytes]) -> int:
     return sum(1 for f in frames if f[12:14] == TEST_TYPE)
 
 
-def tap_tx(nic: Nic) -> tuple[int, int]:
-    """Frames the card's TAP handed to QEMU, and those it dropped (QEMU not reading)."""
-    tx = nic.peer.link(nic.peer.tap(nic.netdev))["stats64"]["tx"]
-    return int(tx["packets"]), int(tx["dropped"])
+def tap_tx(nic: Nic) -> tuple[int, int, int]:
+    """Frames the card's TAP took for QEMU, those it dropped (its queue full: QEMU
+    not reading in time), and the length of that queue."""
+    link = nic.peer.link(nic.peer.tap(nic.netdev))
+    tx = link["stats64"]["tx"]
+    return int(tx["packets"]), int(tx["dropped"]), int(link["txqlen"])
 
 
 def drain(nic: Nic) -> int:
@@ -61,11 +63,13 @@ def drain(nic: Nic) -> int:
 # --- the ne2k's receive ring overflows; ping still works after -------------------
 def test_ne2k_ring_overflow_then_ping_is_answered() -> None:
     """Linux floods the ne2k with full-size frames while the client reads nothing:
-    the driver's queue fills (iqdrop), and the card's 122-page ring fills faster
-    than the driver drains it, so QEMU's ne2000 drops frames (it sets no OVW; a
-    frame that does not fit is refused). Proof of the card's overflow: frames the
-    TAP handed to QEMU that never reached the driver. Then ping from Linux must be
-    answered (Linux's own driver wedged after such an overflow)."""
+    the card's 122-page ring (20 such frames) fills faster than the driver drains
+    it, so QEMU's ne2000 refuses frames (it sets no OVW, so the driver counts
+    nothing for it). Proof of the card's overflow: more frames that the TAP took
+    for QEMU never reached the driver than the TAP's queue could still hold. The
+    driver's own queue (1024 frames) overflows too if it drained more than that
+    meanwhile (iqdrop; it drains 800-2500 frames/s here, so not always). Then ping
+    from Linux must be answered (Linux's own driver wedged after such an overflow)."""
     with nic_up("ne2k") as nic:
         nic.arp(timeout=10)
         nic.dev.open()  # its counters
@@ -79,17 +83,18 @@ def test_ne2k_ring_overflow_then_ping_is_answered() -> None:
         delivered = tap_after[0] - tap_before[0]
         took = sum(after[k] - before[k] for k in ("received", "iqdrop"))
         figures = (
-            f"flood sent {flood.sent}, TAP handed QEMU {delivered} (dropped "
+            f"flood sent {flood.sent}, TAP took {delivered} for QEMU (dropped "
             f"{tap_after[1] - tap_before[1]}), driver took {took} (client {received}), "
             f"stats {after}"
         )
         print(f"ne2k overflow: {figures}")
-        assert after["iqdrop"] > before["iqdrop"], f"the driver's queue never filled: {figures}"
-        assert delivered - took > 0, f"the card's ring never overflowed: {figures}"
+        assert delivered - took > tap_after[2], f"the card's ring never overflowed: {figures}"
         assert after["ierror"] == before["ierror"], f"a corrupt ring header: {figures}"
         answered, out = ping_from_linux(nic, 20)
     print(f"ne2k after the overflow: {answered} of 20 pings answered")
-    assert answered >= 19, out  # one may go to ARP: Linux's neighbour entry went stale
+    # One may be late: QEMU's ne2000 keeps a frame it refused while the ring was
+    # full until the next one arrives (it does not retry when BNRY moves).
+    assert answered >= 19, out
 
 
 def ping_from_linux(nic: Nic, count: int) -> tuple[int, str]:
@@ -192,6 +197,13 @@ class Meter:
         return sum(n for t, n in self.arrivals if start <= t < end) / (end - start)
 
 
+def flap(nic: Nic) -> None:
+    """The card's link down and up again (QEMU's set_link): a link-change interrupt."""
+    for up in (False, True):
+        nic.machine.qmp_execute("set_link", {"name": nic.netdev, "up": up})
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("victim", sorted(NETDEVS))
 def test_killing_one_driver_leaves_the_other_two_at_their_rate(
     nics: dict[str, Nic], canary: Canary, victim: str
@@ -245,13 +257,6 @@ def test_killing_one_driver_leaves_the_other_two_at_their_rate(
         )
 
 
-def flap(nic: Nic) -> None:
-    """The card's link down and up again (QEMU's set_link): a link-change interrupt."""
-    for up in (False, True):
-        nic.machine.qmp_execute("set_link", {"name": nic.netdev, "up": up})
-        time.sleep(0.05)
-
-
 # --- canary DMA buffers after a kill -----------------------------------------------
 def dma_ranges(pid: int) -> list[tuple[int, int]]:
     """The guest-RAM ranges a driver has mapped (its DMA buffers, page-rounded):
@@ -292,8 +297,11 @@ def test_canaries_allocated_after_a_kill_are_never_written(
     receives, and then no canary byte may have changed.
 
     ne2k and rtl8139 buffers are freed at the death: the canaries must cover all of
-    them (the rtl8139 still points RDSAR at its old ring until the new driver
-    resets it; the kernel turned bus mastering off). The e1000's rings are kept for
+    them. The rtl8139 still points RDSAR at its old ring until the new driver
+    resets it (the kernel turned bus mastering off; with it left on, the card wrote
+    a descriptor's status into the canary there). The ne2k has no bus master: its
+    canaries stand for a late write of the dead driver's last batch (the stub's
+    remote-DMA read into the staging buffer). The e1000's rings are kept for
     adoption: no canary may get any of them (the card's RDBAL still points there),
     and the new incarnation must map exactly those rings again; the canaries then
     prove that nothing else the allocator handed out was written."""
@@ -303,18 +311,20 @@ def test_canaries_allocated_after_a_kill_are_never_written(
         old_pid, old_ep = nic.service_pid(), nic.dev.endpoint
         old = dma_ranges(old_pid)
         assert old, f"{label} has no DMA buffer mapped"
-        with held(canary.rs_pid()):
-            os.kill(old_pid, signal.SIGKILL)
-            canary.wait_gone(old_ep)
-            fill = canary.cmd("fill", targets=[list(r) for r in old], unit=4096, fine=256,
-                              limit=64 << 20)  # fmt: skip
-        nic.dev.reopen(timeout=15, old=old_ep)
-        again = flood_frames(nic.dev.recv_until(50, 10))
-        new = dma_ranges(nic.service_pid())
-        time.sleep(0.3)  # more of the flood into the new incarnation's rings
-        changed = canary.cmd("check")["changed"]
+        try:
+            with held(canary.rs_pid()):
+                os.kill(old_pid, signal.SIGKILL)
+                canary.wait_gone(old_ep)
+                fill = canary.cmd("fill", targets=[list(r) for r in old], unit=4096,
+                                  fine=256, limit=64 << 20)  # fmt: skip
+            nic.dev.reopen(timeout=15, old=old_ep)
+            again = flood_frames(nic.dev.recv_until(50, 10))
+            new = dma_ranges(nic.service_pid())
+            time.sleep(0.3)  # more of the flood into the new incarnation's rings
+            changed = canary.cmd("check")["changed"]
+        finally:
+            canary.cmd("free")
     spans = [(phys, phys + size) for phys, size in fill["canaries"]]
-    canary.cmd("free")
     covered = [r for r in old if not uncovered(r, spans)]
     adopted = [r for r in old if r in new and not overlaps(r, spans)]
     print(
