@@ -8,6 +8,8 @@ Registered through the ``pytest11`` entry point, so installing hwl is enough.
 - ``hwl_machine``: one machine of the default profile for a single test.
 - ``--hwl-accel``: tcg, kvm or auto; ``--hwl-keep-run-dir``: keep run directories
   (QEMU stderr, serial log, QMP events) after the machines close.
+- ``--hwl-placement``: auto, off or ``qemu:CORES;hwl:CORES`` for every machine the
+  session boots (it sets ``$HWL_PLACEMENT``; hwl/machine/placement.py).
 
 A failed test's report also shows each machine's network namespace as
 ``ip -s link`` and ``ip neigh`` saw it (hwl/machine/netpeer.py).
@@ -18,6 +20,7 @@ tear down and every machine closes, its namespace and taps deleted with it.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import Any
 import pytest
 
 from hwl.errors import HwlError
+from hwl.machine import placement as placing
 from hwl.machine.machine import ACCELS, Machine
 
 LOG_FILES = ("qemu.stderr", "serial.log", "qmp-events.jsonl")
@@ -60,6 +64,13 @@ _factory: MachineFactory | None = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    value = config.getoption("--hwl-placement", None)
+    if value is not None:
+        try:
+            placing.resolve(value, source="--hwl-placement")
+        except placing.PlacementError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        os.environ[placing.ENV] = value  # every Machine of the session, however made
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupted)
 
@@ -77,6 +88,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--hwl-keep-run-dir",
         action="store_true",
         help="keep machine run directories after the session",
+    )
+    group.addoption(
+        "--hwl-placement",
+        default=None,
+        metavar="auto|off|qemu:CORES;hwl:CORES",
+        help="where QEMU and hwl's processes run (default: $HWL_PLACEMENT, else auto)",
     )
 
 

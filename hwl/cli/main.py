@@ -10,6 +10,10 @@ hwl bench disk [--json]     the whole block path against the stub's native loops
 hwl net frames PROFILE      ARP and ICMP echo to Linux through the profile's NIC drivers
 hwl bench nic [--nic N]     NIC drivers against the stub's native loop and Linux (bench/nic.py)
 hwl service ...             MINIX's service command (hwl.cli.service; also installed as `service`)
+
+Commands that boot a machine take --placement auto|off|'qemu:CORES;hwl:CORES'
+(default: $HWL_PLACEMENT, else auto: QEMU on its own core, hwl's processes on
+the others; docs/placement.md).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import signal
 import statistics
 import sys
@@ -31,6 +36,7 @@ from hwl.cli import up as up_cli
 from hwl.errors import HwlError
 from hwl.hw import ata
 from hwl.link.pci import PciDevice
+from hwl.machine import placement as placing
 from hwl.machine.machine import ACCELS, Machine
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
@@ -127,6 +133,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return result
 
 
+def placement_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--placement",
+        metavar="auto|off|qemu:CORES;hwl:CORES",
+        help="where QEMU and hwl's processes run (default: $HWL_PLACEMENT, else auto)",
+    )
+
+
+def apply_placement(args: argparse.Namespace) -> None:
+    """--placement, checked, for every machine this command makes (benchmarks make
+    their own, so it goes through the environment, as $HWL_PLACEMENT would)."""
+    value = getattr(args, "placement", None)
+    if value is not None:
+        placing.resolve(value, source="--placement")
+        os.environ[placing.ENV] = value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hwl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -138,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("profile", help="profile name in qemu-configs/ (e.g. pc) or a .cfg path")
         p.add_argument("--accel", default="auto", choices=ACCELS)
         p.add_argument("--keep-run-dir", action="store_true", help="keep the run directory")
+        placement_opt(p)
 
     machine = top.add_parser("machine", help="boot and inspect machines").add_subparsers(
         dest="action", required=True
@@ -157,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--accel", default="auto", choices=ACCELS)
     bench.add_argument("--profile", default="pc")
+    placement_opt(bench)
     bench.add_argument("--nic", choices=["ne2k_pci", "rtl8139", "e1000"], help="nic: only this one")
     bench.add_argument(
         "--no-machine", action="store_true", help="no QEMU: only what needs none (ipc)"
@@ -197,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
     )
     try:
+        apply_placement(args)
         code: int = args.func(args)
         return code
     except HwlError as exc:

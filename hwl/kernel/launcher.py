@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from hwl.errors import HwlError
 from hwl.ipc import wire
 from hwl.ipc.client import Connection
+from hwl.machine import placement as placing
 from hwl.machine.machine import die_with_parent
 
 if TYPE_CHECKING:
@@ -35,6 +36,12 @@ log = logging.getLogger(__name__)
 
 class KernelError(HwlError):
     """The kernel process could not start, or died."""
+
+
+def _start_child(parent: int, cpus: frozenset[int] | None) -> None:
+    """The kernel's preexec: die with the starter, run on ``cpus`` (its children inherit)."""
+    die_with_parent(parent)
+    placing.pin_child(cpus)
 
 
 class KernelProcess:
@@ -63,11 +70,13 @@ class KernelProcess:
         root_label: str = "root",
         timeout: float = 15.0,
         dma_keep_seconds: float | None = None,
+        placement: placing.Placement | None = None,
     ) -> KernelProcess:
         """Start the kernel for ``machine`` (or, without one, a kernel with no
         hardware: IPC only, in ``run_dir`` or a fresh temporary directory).
         ``dma_keep_seconds``: how long a dead driver's tagged DMA buffers wait
-        for adoption (tests shorten it)."""
+        for adoption (tests shorten it). ``placement``: the cores of the kernel and
+        of every process it starts (they inherit them); default: the machine's."""
         own_dir = False
         if machine is not None:
             run_dir = machine.run_dir
@@ -103,6 +112,9 @@ class KernelProcess:
         config["ready_fd"] = ready_w
         pass_fds.append(ready_w)
         parent = os.getpid()
+        if placement is None and machine is not None:
+            placement = machine.placement
+        cpus = placement.hwl if placement is not None else None
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "hwl.kernel", json.dumps(config)],
@@ -110,8 +122,9 @@ class KernelProcess:
                 stdout=(run_dir / "kernel.out").open("ab"),
                 stderr=subprocess.STDOUT,
                 pass_fds=pass_fds,
-                preexec_fn=lambda: die_with_parent(parent),
+                preexec_fn=lambda: _start_child(parent, cpus),
             )
+            placing.check(proc.pid, cpus, "the kernel")
         finally:
             os.close(ready_w)
             if root_argv is None:

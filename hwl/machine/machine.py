@@ -8,6 +8,9 @@ its control block in shared RAM must agree before the machine counts as up.
 QEMU dies with the process that started it (PR_SET_PDEATHSIG), so a killed test
 run leaves no orphan. That signal follows the starting *thread*: start machines
 from a thread that lives as long as they do.
+
+Placement (hwl/machine/placement.py): QEMU starts on its own core(s), and the
+starting process moves to hwl's cores until the machine closes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from hwl.errors import HwlError, QemuExitedError, QemuNotFoundError, StubAbiErro
 from hwl.link import abi
 from hwl.link.link import Link
 from hwl.link.memory import GuestMemory
+from hwl.machine import placement as placing
 from hwl.machine.console import Console
 from hwl.machine.netpeer import NetnsPeer, SocketPeer
 from hwl.machine.profile import Profile
@@ -86,6 +90,12 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _start_child(parent: int, cpus: frozenset[int] | None) -> None:
+    """QEMU's preexec: die with the starter, run on ``cpus`` (all its threads inherit)."""
+    die_with_parent(parent)
+    placing.pin_child(cpus)
+
+
 class Machine:
     """One QEMU machine and its link. Use as a context manager, or call close()."""
 
@@ -98,9 +108,15 @@ class Machine:
         keep_run_dir: bool = False,
         boot_timeout: float = 30.0,
         stub: Path | None = None,
+        placement: str | placing.Placement | None = None,
     ) -> None:
+        """``placement``: ``auto``, ``off``, ``qemu:CORES;hwl:CORES`` or a resolved
+        :class:`~hwl.machine.placement.Placement`; None reads ``$HWL_PLACEMENT``."""
         self.profile = profile if isinstance(profile, Profile) else Profile.load(profile)
         self.accel = resolve_accel(accel)
+        vcpus = placing.vcpus_of([(g.name, g.options) for g in self.profile.groups])
+        self.placement = placing.resolve(placement, vcpus=vcpus)
+        self._client_held = False
         self.keep_run_dir = keep_run_dir or run_dir is not None
         self.boot_timeout = boot_timeout
         self._stub_path = stub
@@ -143,12 +159,19 @@ class Machine:
         _live.add(self)
         try:
             self._launch(qemu)
+            self._client_held = placing.hold_client(self.placement)
             self._connect()
             self._handshake()
         except BaseException:
             self.close()
             raise
-        log.info("machine %s up: pid %s, run dir %s", self.profile.name, self.pid, self.run_dir)
+        log.info(
+            "machine %s up: pid %s, run dir %s, placement %s",
+            self.profile.name,
+            self.pid,
+            self.run_dir,
+            self.placement.describe(),
+        )
         return self
 
     def _launch(self, qemu: str) -> None:
@@ -181,6 +204,7 @@ class Machine:
         (self.run_dir / "qemu.cmdline").write_text(shlex.join(args) + "\n")
         parent = os.getpid()
         tap_fds = self._netns_peer.tap_fds.values() if self._netns_peer else ()
+        qemu_cpus = self.placement.qemu
         with (self.run_dir / "qemu.stderr").open("wb") as err:
             self.proc = subprocess.Popen(
                 args,
@@ -188,8 +212,10 @@ class Machine:
                 stdout=err,
                 stderr=err,
                 pass_fds=tuple(tap_fds),
-                preexec_fn=lambda: die_with_parent(parent),
+                preexec_fn=lambda: _start_child(parent, qemu_cpus),
             )
+        if not placing.check(self.proc.pid, qemu_cpus, "QEMU"):
+            self.placement = placing.UNPINNED
         if self._netns_peer is not None:
             self._netns_peer.release_fds()  # QEMU holds the taps now
 
@@ -338,6 +364,9 @@ class Machine:
                 peer.close()  # after QEMU: a namespace goes only when its taps are free
         if not self.keep_run_dir and self.run_dir != Path():
             shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self._client_held:
+            self._client_held = False
+            placing.release_client()
         _live.discard(self)
 
     # ------------------------------------------------------------- accessors
