@@ -22,6 +22,7 @@ PCI_COMMAND = 0x04
 PCI_COMMAND_IO = 0x1
 PCI_COMMAND_MEMORY = 0x2
 PCI_COMMAND_BUS_MASTER = 0x4
+PCI_COMMAND_INTX_DISABLE = 0x400  # set by the kernel at a dead driver's death
 BROADCAST = b"\xff" * 6
 
 
@@ -69,7 +70,8 @@ def reserve(
         granted: Granted = pci.reserve(devind)
         if not granted.irq:
             raise PciError(Errno.ENXIO, "reserve", f"{vid:04x}:{did:04x} has no IRQ line")
-        _command_on(pci, devind, PCI_COMMAND_IO | PCI_COMMAND_MEMORY)
+        # decoders on; INTx back on (the kernel masked it at a dead driver's death)
+        _command_on(pci, devind, PCI_COMMAND_IO | PCI_COMMAND_MEMORY, PCI_COMMAND_INTX_DISABLE)
         if bus_master:
             bus_master_on(pci, devind)
         card = NicCard(devind, vid, did, granted.io, granted.mem, granted.irq[0],
@@ -88,10 +90,11 @@ def bus_master_on(pci: Pci, devind: int) -> None:
     _command_on(pci, devind, PCI_COMMAND_BUS_MASTER)
 
 
-def _command_on(pci: Pci, devind: int, bits: int) -> None:
+def _command_on(pci: Pci, devind: int, bits: int, clear: int = 0) -> None:
     command = pci.attr_r16(devind, PCI_COMMAND)
-    if command & bits != bits:
-        pci.attr_w16(devind, PCI_COMMAND, command | bits)
+    wanted = (command | bits) & ~clear
+    if wanted != command:
+        pci.attr_w16(devind, PCI_COMMAND, wanted)
 
 
 def pad(frame: bytes) -> bytes:

@@ -53,6 +53,7 @@ PORT_CODES = frozenset({abi.OP_IN, abi.OP_OUT, abi.OP_WAIT, abi.OP_INS, abi.OP_O
 DMA_CALLS = frozenset({"dmaalloc", "dmafree", "dmacopy", "dmamap", "dmaadopt"})
 PAGE = 4096
 PCI_COMMAND, PCI_COMMAND_BUS_MASTER = 0x04, 0x04
+PCI_COMMAND_INTX_DISABLE, PCI_INTERRUPT_PIN = 0x400, 0x3D
 MAX_TAG = 64
 MAX_GRANTS = 200  # channels handed over with chanserve's reply (SCM_RIGHTS takes 253 fds)
 CHECKED_MMIO_KEEP = 4096  # (address, width) pairs a Priv remembers as allowed
@@ -241,8 +242,12 @@ class Calls:
 
     def quiesce(self, proc: Proc) -> None:
         """Clear bus master (PCI command bit 2) of each function the dead process
-        held, through the stub's cf8/cfc. A function another live process still
-        holds (the other channel of the IDE function) is left as it is."""
+        held, through the stub's cf8/cfc, and set its interrupt disable (bit 10)
+        if it signals on an INTx pin: a dead NIC still raises its level-triggered
+        line for every frame, and on a shared line that storm starves the live
+        driver beside it until the restarted driver resets its card (the next
+        reserve clears the bit). A function another live process still holds
+        (the other channel of the IDE function) is left as it is."""
         link = self.k.link
         if not proc.priv.extra_pci or link is None or not self.k.link_ok:
             return
@@ -257,13 +262,16 @@ class Calls:
                 self.poll_pending()
             try:
                 command = link.pci_read(*bdf, PCI_COMMAND, 2)
-                if command & PCI_COMMAND_BUS_MASTER:
-                    link.pci_write(*bdf, PCI_COMMAND, command & ~PCI_COMMAND_BUS_MASTER, 2)
+                quiet = command & ~PCI_COMMAND_BUS_MASTER
+                if link.pci_read(*bdf, PCI_INTERRUPT_PIN, 1):
+                    quiet |= PCI_COMMAND_INTX_DISABLE
+                if quiet != command:
+                    link.pci_write(*bdf, PCI_COMMAND, quiet, 2)
             except Exception:
                 log.exception("%s is dead; stopping %s's bus mastering failed", proc.label, name)
                 continue
-            log.info("%s is dead: bus mastering of %s off (command was %#x)",
-                     proc.label, name, command)  # fmt: skip
+            log.info("%s is dead: bus mastering of %s off, its INTx masked (command %#x -> %#x)",
+                     proc.label, name, command, quiet)  # fmt: skip
 
     # ----------------------------------------------------------- the stub
     def _link(self) -> Link:
