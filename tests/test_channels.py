@@ -244,3 +244,19 @@ def test_switch_off_keeps_calls_on_the_kernel_path(root: ipc.Connection) -> None
         assert err.value.errno is Errno.ENOSYS
     finally:
         kill_quietly(pid)
+
+
+@on_channels
+def test_an_oversized_call_is_emsgsize_as_on_the_kernel_path(
+    root: ipc.Connection, server: tuple[int, int]
+) -> None:
+    ep, _ = server
+    for on in (True, False):
+        root.use_channels(on)
+        try:
+            with pytest.raises(ipc.IpcError) as err:
+                root.sendrec(ep, CALL, bytes(wire.MAX_PAYLOAD + 1), timeout=5)
+            assert err.value.errno is Errno.EMSGSIZE
+        finally:
+            root.use_channels(True)
+    assert root.sendrec(ep, CALL, {"n": 3}, timeout=5)["n"] == 3

@@ -261,6 +261,8 @@ class ChannelServer:
     def reply(self, me: int, client: int, m_type: int, payload: bytes) -> Errno | None:
         """Answer the channel call ``client`` waits on; the errno if the reply
         could not be left (the client is gone or does not read)."""
+        if len(payload) > wire.MAX_PAYLOAD:  # as the kernel path refuses it
+            return Errno.EMSGSIZE
         for served in self._by_client.get(client, ()):
             if served.waiting is not None:
                 ident, served.waiting = served.waiting, None

@@ -412,6 +412,8 @@ class Connection(KernelCalls):
         timeout: float | None,
     ) -> Message | None:
         """A sendrec on ``dest``'s channel; None: it could not leave (kernel path)."""
+        if len(payload) > wire.MAX_PAYLOAD:  # as the kernel path refuses it
+            raise IpcError(Errno.EMSGSIZE, "sendrec", f"a payload over {wire.MAX_PAYLOAD} bytes")
         with self._lock:
             if self.closed:
                 raise KernelGone("this connection is closed")
