@@ -16,6 +16,9 @@ call). Card memory: one transmit buffer at page 0x40, the receive ring at pages
   the ring does) and moves BNRY, so the whole ring is drained at once and the
   card never fills while the driver lives. The frames wait in the driver (at
   most ``MAX_QUEUED``; more are counted as ``iqdrop``) for the client's RECVs.
+  Not while no client has set a mode other than DOWN (a restarted driver before
+  its client's CONF): the frames stay in the ring, which fills and then takes no
+  more, so no drain delays INIT and CONF; the first RECV after them drains it.
 - A ring header that makes no sense (a next page outside the ring, a length
   outside 60..1514) resets the card and is counted as ``ierror``.
 - The MAC is the PROM's (QEMU's unicast filter compares with the PROM, not PAR0-5),
@@ -105,6 +108,7 @@ class Dp8390:
         self.dirty = True  # frames may wait in the ring
         self.queue: deque[bytes] = deque()
         self.rcr = RCR_AB
+        self.up = False  # a client set a mode other than DOWN: interrupts drain the ring
         self.restored: dict[str, codec.Value] | None = None
 
     # ------------------------------------------------------------------ init
@@ -132,6 +136,7 @@ class Dp8390:
         self.rx = DmaHandle(*state["rx"])  # type: ignore[misc]
         self.ring = Ring(*state["ring"])  # type: ignore[misc]
         self.rcr = int(state["rcr"])  # type: ignore[arg-type]
+        self.up = bool(state.get("up", True))
         self.queue.extend(f for f in state.get("queue") or [] if isinstance(f, bytes))  # type: ignore[union-attr]
 
     def state_save(self) -> codec.Value:
@@ -140,7 +145,7 @@ class Dp8390:
             "io": self.io, "hook": self.irq_hook, "mac": self.mac,
             "tx": [self.tx.id, self.tx.phys, self.tx.size],
             "rx": [self.rx.id, self.rx.phys, self.rx.size],
-            "ring": [self.ring.bnry, self.ring.curr], "rcr": self.rcr,
+            "ring": [self.ring.bnry, self.ring.curr], "rcr": self.rcr, "up": self.up,
             "queue": list(self.queue),
         }  # fmt: skip
 
@@ -220,6 +225,7 @@ class Dp8390:
         b.outb(self.io + RCR, rcr)
         self._vdevio(b)
         self.rcr = rcr
+        self.up = mode != ndev.MODE_DOWN
 
     def stop(self) -> None:
         b = Batch()
@@ -265,7 +271,10 @@ class Dp8390:
 
     # ---------------------------------------------------------------- receive
     def intr(self, mask: int) -> None:
-        """Clear ISR, learn CURR, re-enable the line; then drain the whole ring."""
+        """Clear ISR, learn CURR, re-enable the line; then drain the whole ring if a
+        client set the card up. Until then the ring is left to fill: a drain (a port
+        read per 4 bytes of the ring) would delay the INIT and CONF to come, and a
+        full ring makes QEMU take no more flooded frames meanwhile."""
         io, b = self.io, Batch()
         isr = b.inb(io + ISR)
         b.outb(io + ISR, 0x7F)
@@ -275,7 +284,10 @@ class Dp8390:
         values = self._vdevio(b, irq=True)
         if values[isr] & ISR_OVW:
             log.info("ring overflow reported (ISR %#x)", values[isr])
-        self._drain(values[curr])
+        if self.up:
+            self._drain(values[curr])
+        else:
+            self.dirty = True  # the first RECV after the CONF drains it
 
     def recv(self, most: int) -> list[bytes]:
         if not self.queue and self.dirty:
