@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hwl.kernel.launcher import KernelProcess
 from hwl.machine import placement as placing
 from hwl.machine.machine import Machine
 from hwl.machine.placement import Placement, PlacementError
@@ -138,7 +139,7 @@ def test_a_refused_affinity_is_logged_once_and_reported(caplog: pytest.LogCaptur
     with caplog.at_level("WARNING", logger=placing.__name__):
         assert not placing.check(os.getpid(), odd, "QEMU")
         assert not placing.check(os.getpid(), odd, "QEMU")
-        assert placing.check(os.getpid(), None, "QEMU")
+        assert placing.check(os.getpid(), frozenset(os.sched_getaffinity(0)), "QEMU")
     assert len(caplog.records) == 1
     assert "QEMU could not be pinned" in caplog.records[0].getMessage()
 
@@ -238,8 +239,18 @@ def test_qemu_kernel_children_and_client_get_their_cores() -> None:
 
 
 def test_placement_off_pins_nothing() -> None:
-    with Machine("pc", placement="off") as machine:
-        assert not machine.placement.active
-        assert machine.pid is not None
-        assert set(affinity(machine.pid).values()) == {HERE}
-        assert frozenset(os.sched_getaffinity(0)) == HERE
+    """Not even while another placed machine holds this process on hwl's cores:
+    QEMU and the kernel get every core, not the client's."""
+    chosen = placing.choose(HERE)
+    assert placing.hold_client(chosen)
+    try:
+        with Machine("pc", placement="off") as machine:
+            assert not machine.placement.active
+            assert frozenset(os.sched_getaffinity(0)) == chosen.hwl  # held by the other
+            kernel = KernelProcess.start(machine)
+            assert machine.pid is not None
+            assert set(affinity(machine.pid).values()) == {HERE}
+            assert set(affinity(kernel.pid).values()) == {HERE}
+    finally:
+        placing.release_client()
+    assert frozenset(os.sched_getaffinity(0)) == HERE

@@ -38,7 +38,7 @@ class KernelError(HwlError):
     """The kernel process could not start, or died."""
 
 
-def _start_child(parent: int, cpus: frozenset[int] | None) -> None:
+def _start_child(parent: int, cpus: frozenset[int]) -> None:
     """The kernel's preexec: die with the starter, run on ``cpus`` (its children inherit)."""
     die_with_parent(parent)
     placing.pin_child(cpus)
@@ -114,7 +114,7 @@ class KernelProcess:
         parent = os.getpid()
         if placement is None and machine is not None:
             placement = machine.placement
-        cpus = placement.hwl if placement is not None else None
+        cpus = placing.target(placement.hwl if placement is not None else None)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "hwl.kernel", json.dumps(config)],

@@ -90,7 +90,7 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _start_child(parent: int, cpus: frozenset[int] | None) -> None:
+def _start_child(parent: int, cpus: frozenset[int]) -> None:
     """QEMU's preexec: die with the starter, run on ``cpus`` (all its threads inherit)."""
     die_with_parent(parent)
     placing.pin_child(cpus)
@@ -204,7 +204,7 @@ class Machine:
         (self.run_dir / "qemu.cmdline").write_text(shlex.join(args) + "\n")
         parent = os.getpid()
         tap_fds = self._netns_peer.tap_fds.values() if self._netns_peer else ()
-        qemu_cpus = self.placement.qemu
+        qemu_cpus = placing.target(self.placement.qemu)
         with (self.run_dir / "qemu.stderr").open("wb") as err:
             self.proc = subprocess.Popen(
                 args,

@@ -180,18 +180,21 @@ def log_once(message: str) -> None:
     log.warning(message)
 
 
-def pin_child(cpus: Cpus | None) -> None:
+def target(cpus: Cpus | None) -> Cpus:
+    """The cores a started process gets: ``cpus``, or for an unpinned side every
+    core this process may use (not the client's, which a placed machine may hold)."""
+    return available_cpus() if cpus is None else cpus
+
+
+def pin_child(cpus: Cpus) -> None:
     """In a child before exec: take ``cpus``; every thread it makes inherits them.
     A refusal is not fatal: the parent checks with :func:`check` and logs it."""
-    if cpus is not None:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, cpus)
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, cpus)
 
 
-def check(pid: int, cpus: Cpus | None, what: str) -> bool:
+def check(pid: int, cpus: Cpus, what: str) -> bool:
     """After start: did ``pid`` get ``cpus``? Logs once if not (it runs unpinned)."""
-    if cpus is None:
-        return True
     try:
         got = frozenset(os.sched_getaffinity(pid))
     except OSError as exc:
