@@ -1,7 +1,8 @@
 """at_wini and libblockdriver end to end on QEMU.
 
-One pc machine for the module (hd0: 128 MiB of seeded random bytes on the primary
-channel). The test boots DS, PCI and at_wini (instance 0, restart policy) and is
+One pc machine per DMA path of at_wini (``path=new``, ``path=old``: the module runs
+once for each; hd0: 128 MiB of seeded random bytes on the primary channel). The
+test boots DS, PCI and at_wini (instance 0, restart policy) and is
 the client itself: attached as the operator, it grants buffers of its arena to
 the driver and speaks the BDEV protocol (hwl/driver/proto.py). Bytes read are
 compared with the image file; writes are checked on the image after a flush.
@@ -42,6 +43,12 @@ class Disk:
     system: System
     conn: Connection
     image: Path
+    path: str  # at_wini's DMA path: "path=new" or "path=old"
+
+    @property
+    def args(self) -> str:
+        """at_wini's arguments in this module run."""
+        return f"instance=0 debug=1 {self.path}"
 
     def ep(self, label: str = "at_wini") -> int:
         return self.system.rs.lookup(label)
@@ -75,6 +82,12 @@ class Disk:
         finally:
             self.conn.arena.free(buf)
 
+    def stats(self) -> dict[str, int]:
+        """at_wini's DMA commands and separate data copies so far (debug_stats)."""
+        status, f = self.req(bp.BDEV_IOCTL, minor=0, request="debug_stats")
+        assert status == 0, f
+        return {"dma_commands": int(f["dma_commands"]), "copy_calls": int(f["copy_calls"])}
+
     def image_bytes(self, position: int, count: int) -> bytes:
         with self.image.open("rb") as f:
             f.seek(position)
@@ -99,8 +112,8 @@ def at_wini_up(system: System, args: str = "instance=0 debug=1", label: str = "a
     )
 
 
-@pytest.fixture(scope="module")
-def disk(hwl_machines: MachineFactory) -> Iterator[Disk]:
+@pytest.fixture(scope="module", params=["path=new", "path=old"])
+def disk(hwl_machines: MachineFactory, request: pytest.FixtureRequest) -> Iterator[Disk]:
     machine = hwl_machines.boot("pc")
     try:
         boot = [
@@ -109,8 +122,9 @@ def disk(hwl_machines: MachineFactory) -> Iterator[Disk]:
         ]
         system = System.start(machine, boot)
         try:
-            at_wini_up(system)
-            yield Disk(machine, system, system.rs.conn, machine.run_dir / "hd0.img")
+            path = str(request.param)
+            at_wini_up(system, f"instance=0 debug=1 {path}")
+            yield Disk(machine, system, system.rs.conn, machine.run_dir / "hd0.img", path)
         finally:
             system.stop()
     finally:
@@ -137,6 +151,43 @@ def test_dma_read_matches_the_image(disk: Disk) -> None:
     dt = time.perf_counter() - t0
     assert data == disk.image_bytes(8 << 20, n)
     print(f"DMA read: {n / dt / 1e6:.1f} MB/s")
+
+
+def test_a_mib_at_an_odd_sector_is_one_command_byte_exact(disk: Disk) -> None:
+    """1 MiB at an odd sector (every 64 KiB piece of it across a 64 KiB boundary
+    on the disk) into and out of a grant at an odd offset: one READ/WRITE DMA EXT
+    of 2048 sectors each way, the bytes exactly the image's. The new path copies
+    inside the command's kernel call; the old one with a dmacopy of its own."""
+    mib, at = 1 << 20, 1000  # the grant starts 1000 bytes into the buffer
+    disk.req(bp.BDEV_OPEN, minor=0, access=bp.BDEV_R_BIT | bp.BDEV_W_BIT)
+    arena, ep = disk.conn.arena, disk.ep()
+    buf = arena.alloc(mib + 2 * at)
+    try:
+        gid = arena.grant(ep, buf.offset + at, mib, read=True, write=True)
+        before = disk.stats()
+        position = 12345 * SECTOR
+        status, f = disk.req(bp.BDEV_READ, minor=0, position=position, count=mib, grant=gid, id=1)
+        assert status == mib, f
+        assert buf.read(mib, at) == disk.image_bytes(position, mib)
+        data = os.urandom(mib)
+        buf.write(data, at)
+        position = (90 << 20) + 77 * SECTOR
+        status, f = disk.req(bp.BDEV_WRITE, minor=0, position=position, count=mib, grant=gid, id=2)
+        assert status == mib, f
+        after = disk.stats()
+        assert disk.req(bp.BDEV_IOCTL, minor=0, request="flush")[0] == 0
+        assert disk.image_bytes(position, mib) == data
+        assert disk.read(0, position - SECTOR, mib + 2 * SECTOR) == disk.image_bytes(
+            position - SECTOR, mib + 2 * SECTOR
+        )
+        arena.revoke(gid)
+    finally:
+        arena.free(buf)
+    separate = 0 if disk.path == "path=new" else 2
+    assert (
+        after["dma_commands"] - before["dma_commands"],
+        after["copy_calls"] - before["copy_calls"],
+    ) == (2, separate)
 
 
 def test_write_then_flush_reaches_the_image(disk: Disk) -> None:
@@ -245,7 +296,7 @@ def test_restarted_driver_answers_erestart_until_reopen(disk: Disk) -> None:
 @pytest.mark.parametrize("args", ["pio=1", "pio=1 lba48=1", "pio=1 pio32=0", "lba48=1"])
 def test_pio_and_lba48_modes(disk: Disk, args: str) -> None:
     disk.system.rs.down("at_wini")
-    at_wini_up(disk.system, f"instance=0 {args}")
+    at_wini_up(disk.system, f"instance=0 {args} {disk.path}")
     try:
         disk.req(bp.BDEV_OPEN, minor=0, access=bp.BDEV_R_BIT | bp.BDEV_W_BIT)
         position, n = 3 << 20, 300 * SECTOR
@@ -261,7 +312,7 @@ def test_pio_and_lba48_modes(disk: Disk, args: str) -> None:
         assert disk.read(0, 60 << 20, len(data)) == data
     finally:
         disk.system.rs.down("at_wini")
-        at_wini_up(disk.system)
+        at_wini_up(disk.system, disk.args)
 
 
 def test_device_errors_become_eio_after_retries(disk: Disk) -> None:

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -84,8 +84,9 @@ class Client(threading.Thread):
             self.error = exc
 
 
-def _updates(setup: Setup, count: int, **kwargs: Any) -> list[int]:
-    """``count`` live updates of at_wini while a client works; the pids it ran as."""
+def _updates(setup: Setup, count: int, argvs: Sequence[list[str]] = (), **kwargs: Any) -> list[int]:
+    """``count`` live updates of at_wini while a client works (to the programs
+    ``argvs`` name in turn, or the running one's); the pids it ran as."""
     endpoint = setup.system.rs.lookup("at_wini")
     downs = setup.log_text("vfs").count("is down")
     client = Client(setup, seed=count)
@@ -94,9 +95,9 @@ def _updates(setup: Setup, count: int, **kwargs: Any) -> list[int]:
     try:
         while client.ops < 3 and client.is_alive():
             time.sleep(0.01)
-        for _ in range(count):
+        for i in range(count):
             ops = client.ops
-            setup.system.rs.update("at_wini", **kwargs)
+            setup.system.rs.update("at_wini", argvs[i % len(argvs)] if argvs else None, **kwargs)
             pids.append(setup.at_wini_row().pid)
             while client.ops < ops + 2 and client.is_alive():  # work between updates
                 time.sleep(0.01)
@@ -131,6 +132,19 @@ def test_the_flushed_state_flushes_written_drives_first(setup: Setup) -> None:
     flushes = setup.log_text("at_wini").count("flushed drive 0 for the live update")
     _updates(setup, 2, state=AT_LU_STATE_FLUSHED)
     assert setup.log_text("at_wini").count("flushed drive 0 for the live update") >= flushes + 1
+
+
+def test_updates_between_the_dma_paths_lose_nothing(setup: Setup) -> None:
+    """path=old and path=new (drivers/at_wini) hand over to each other: the PRD
+    table each wrote, the DMA buffers and the hook carry over."""
+    restart_at_wini(setup, "path=old")
+    try:
+        with Vfs.attach(setup.machine.run_dir, timeout=30) as vfs, vfs.open("/dev/c0d0") as f:
+            assert f.read(4096) == setup.image_bytes(0, 4096)  # VFS has seen the restart
+        argvs = [at_wini_argv("path=new"), at_wini_argv("path=old")]
+        _updates(setup, 4, argvs, state=LuState.REQUEST_FREE)
+    finally:
+        restart_at_wini(setup)
 
 
 def test_an_update_waits_for_the_command_in_flight(setup: Setup) -> None:

@@ -25,6 +25,7 @@ from hwl.ipc import codec, wire
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
 from hwl.link import abi
+from hwl.proto import vdevio
 
 ECHO = str(Path(__file__).parent / "programs" / "echo.py")
 # Every call but those that end or start processes; ports and an IRQ to talk about.
@@ -181,6 +182,39 @@ def test_bad_vdevio_batches_are_refused_with_the_reason(
     echo_still_serves(root, echo)
 
 
+def _copy_head(direction: int = 1, nchecks: int = 0, spare: int = 0, buffer: int = 1) -> bytes:
+    """A vdevio copy descriptor (hwl.proto.vdevio) with the fields a test spoils."""
+    head = vdevio.HEAD.pack(direction, nchecks, spare, buffer, 0, 512, wire.SELF, 0, 4096)
+    return head + bytes(vdevio.SIZE - len(head))
+
+
+COPY_PEER = vdevio.peer_field(None)
+
+
+@pytest.mark.parametrize(
+    ("peer", "payload", "words"),
+    [
+        (COPY_PEER, b"\x00" * 10, "10 bytes hold no 64-byte copy descriptor"),
+        (COPY_PEER, _copy_head(direction=7) + VDEVIO_INB_1F7, "copy direction 7"),
+        (COPY_PEER, _copy_head(nchecks=4) + VDEVIO_INB_1F7, "4 checks"),
+        (COPY_PEER, _copy_head(spare=1) + VDEVIO_INB_1F7, "spare 1"),
+        (COPY_PEER | 1 << 20, _copy_head() + VDEVIO_INB_1F7, "unknown bits"),
+        (COPY_PEER, _copy_head(buffer=4242) + VDEVIO_INB_1F7, "DMA buffer 4242 is not one"),
+        (COPY_PEER, _copy_head(buffer=-1) + VDEVIO_INB_1F7, "DMA buffer -1 is not one"),
+    ],
+)
+def test_malformed_dma_copies_are_einval_and_the_kernel_serves_on(
+    setup: tuple[ipc.Connection, RawProcess, int], peer: int, payload: bytes, words: str
+) -> None:
+    """vdevio with a DMA copy (hwl.proto.vdevio): a bad descriptor or peer field is
+    refused with the reason, before anything runs."""
+    root, raw, echo = setup
+    answer = raw.ask(wire.REQUEST.pack(wire.Op.KCALL, 0, 0, peer, wire.VDEVIO) + payload)
+    assert answer is not None and raw.status(answer) == -Errno.EINVAL
+    assert words in str(codec.decode(answer[wire.RESPONSE.size :])["error"])
+    echo_still_serves(root, echo)
+
+
 def test_a_request_while_blocked_is_ebusy_and_the_blocked_call_survives(
     setup: tuple[ipc.Connection, RawProcess, int],
 ) -> None:
@@ -232,6 +266,15 @@ _structured = st.builds(
     st.integers(-3, 30) | st.integers(-(2**31), 2**31 - 1),
     _payload,
 )
+_copies = st.builds(  # vdevio with a DMA copy: a descriptor (often a plausible one), ops
+    lambda hook, head, rest: (
+        wire.REQUEST.pack(wire.Op.KCALL, 0, 0, vdevio.COPY | hook, wire.VDEVIO) + head + rest
+    ),
+    st.integers(0, 0xFFFF),
+    st.builds(_copy_head, st.integers(0, 3), st.integers(0, 4), st.just(0), st.integers(-1, 3))
+    | st.binary(max_size=64),
+    st.binary(max_size=64) | st.just(VDEVIO_INB_1F7),
+)
 _kcalls = st.builds(
     lambda number, payload: wire.REQUEST.pack(wire.Op.KCALL, 0, 0, 0, number) + payload,
     st.sampled_from(sorted(set(wire.KERNEL_CALL_NAMES) - {EXIT})),
@@ -240,7 +283,7 @@ _kcalls = st.builds(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(frame=st.one_of(st.binary(min_size=1, max_size=80), _structured, _kcalls))
+@given(frame=st.one_of(st.binary(min_size=1, max_size=80), _structured, _kcalls, _copies))
 def test_fuzzed_frames_always_get_an_answer(
     setup: tuple[ipc.Connection, RawProcess, int], frame: bytes
 ) -> None:

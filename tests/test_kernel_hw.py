@@ -8,6 +8,7 @@ does from system.conf entries.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +17,15 @@ import pytest
 
 from hwl import Machine, ipc
 from hwl.hw import ata
+from hwl.ipc import wire
 from hwl.ipc.arena import Buffer
-from hwl.kernel.calls import IRQ_WAIT_US, MAX_BLOCKS
+from hwl.kernel.calls import IRQ_WAIT_US, MAX_BLOCKS, MAX_WAIT_US
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
-from hwl.link.batch import Batch
+from hwl.link import abi
+from hwl.link.batch import Batch, Patchable
+from hwl.proto import vdevio
+from hwl.proto.vdevio import Check, Copy
 from hwl.pytest_plugin import MachineFactory
 
 IDE0 = "io 1f0:8 3f6; irq 14; system devio vdevio sdevio irqctl;"
@@ -159,6 +164,127 @@ def test_a_batch_checked_once_is_checked_again_under_new_privileges(  # type: ig
     with pytest.raises(ipc.IpcError) as err:
         conn.vdevio(b)
     assert err.value.errno is Errno.EPERM and "0x1f7" in str(err.value)
+
+
+def test_a_checked_shape_is_checked_again_when_a_port_or_a_checked_operand_changes(  # type: ignore[no-untyped-def]
+    process,
+) -> None:
+    """The kernel remembers a batch by its shape (op heads and the operands its
+    checks read), not its bytes: new values written (a sector, a count) keep the
+    shape and pass; another port, or a wait over its bound, is a new shape and is
+    checked, and refused."""
+    conn = process("ide0", IDE0)
+
+    def batch(port: int, value: int, timeout_us: int) -> Patchable:
+        b = Batch()
+        b.outb(port, value)
+        b.wait(0x1F7, ata.BSY, 0, timeout_us)
+        return Patchable(b)
+
+    command = batch(0x1F2, 1, 1000)
+    for value in (1, 2, 3):
+        command.set(0, value)
+        conn.kcall_binary(wire.VDEVIO, wire.NO_HOOK, bytes(command.ops), "vdevio")
+    with pytest.raises(ipc.IpcError) as err:
+        conn.kcall_binary(wire.VDEVIO, wire.NO_HOOK, bytes(batch(0x172, 1, 1000).ops), "vdevio")
+    assert err.value.errno is Errno.EPERM and "port 0x172" in str(err.value)
+    too_long = batch(0x1F2, 1, MAX_WAIT_US + 1)
+    with pytest.raises(ipc.IpcError) as err:
+        conn.kcall_binary(wire.VDEVIO, wire.NO_HOOK, bytes(too_long.ops), "vdevio")
+    assert err.value.errno is Errno.EINVAL and "waits" in str(err.value)
+    command.set(0, 9)
+    conn.kcall_binary(wire.VDEVIO, wire.NO_HOOK, bytes(command.ops), "vdevio")
+
+
+DMAIO = IDE0 + " memory dma;"
+
+
+def vdevio_copy(
+    conn: ipc.Connection, batch: Batch, copy: Copy, hook: int | None = None
+) -> tuple[list[int], int]:
+    """vdevio with a DMA copy (hwl.proto.vdevio): the ops' results, bytes copied."""
+    (ops,) = batch.packed()
+    answer = conn.kcall_binary(wire.VDEVIO, vdevio.peer_field(hook), copy.pack() + ops, "vdevio")
+    end = wire.RESPONSE.size + len(ops)
+    assert len(answer) == end + vdevio.COPIED.size
+    values = memoryview(answer)[wire.RESPONSE.size : end].cast("I")[3 :: abi.OP_SIZE // 4]
+    return values.tolist(), int(vdevio.COPIED.unpack_from(answer, end)[0])
+
+
+def test_vdevio_copies_to_a_grant_after_its_batch_only_when_its_checks_hold(  # type: ignore[no-untyped-def]
+    process, hw_root: ipc.Connection
+) -> None:
+    driver = process("dmaio", DMAIO)
+    driver.devio_out(0x1F6, 0xA0)  # SeaBIOS leaves the (absent) slave selected
+    buf = driver.dma_alloc(8192)
+    data = os.urandom(4096)
+    driver.dma_write(buf, 100, data)
+    with granted(hw_root, driver.endpoint, 4096 + 50) as (client, gid):
+        client.write(bytes(client.size))
+        b = Batch()
+        st = b.inb(0x1F7)
+
+        def copy(*checks: Check) -> Copy:
+            return Copy(vdevio.TO_GRANT, buf.id, 100, 4096, hw_root.endpoint, gid, 50, checks)
+
+        values, copied = vdevio_copy(driver, b, copy(Check(st, 0xFF, 0x100)))  # never holds
+        assert copied == 0 and values[st] & ata.DRDY
+        assert client.read() == bytes(client.size), "a failed check copied"
+        values, copied = vdevio_copy(driver, b, copy(Check(st, ata.BSY, 0)))
+        assert copied == 4096
+        assert client.read(50) == bytes(50) and client.read(4096, 50) == data
+        with pytest.raises(ipc.IpcError) as err:
+            vdevio_copy(driver, b, copy(Check(1, 0, 0)))
+        assert err.value.errno is Errno.EINVAL and "names op 1 of 1" in str(err.value)
+    driver.dma_free(buf)
+
+
+def test_vdevio_copies_from_a_grant_before_its_batch(  # type: ignore[no-untyped-def]
+    process, hw_root: ipc.Connection
+) -> None:
+    driver = process("dmaio", DMAIO)
+    buf = driver.dma_alloc(4096)
+    data = os.urandom(4096)
+    b = Batch()
+    b.inb(0x1F7)
+    with granted(hw_root, driver.endpoint, 4096, write=False) as (client, gid):
+        client.write(data)
+        _values, copied = vdevio_copy(
+            driver, b, Copy(vdevio.FROM_GRANT, buf.id, 0, 4096, hw_root.endpoint, gid, 0)
+        )
+        assert copied == 4096 and driver.dma_read(buf, 0, 4096) == data
+    driver.dma_free(buf)
+
+
+def test_a_refused_dma_copy_runs_nothing(  # type: ignore[no-untyped-def]
+    process, hw_root: ipc.Connection
+) -> None:
+    """A read's grant that does not allow writing, a buffer that is not the
+    caller's, a copy past its end, no 'memory dma': refused before the batch ran."""
+    driver = process("dmaio", DMAIO)
+    buf = driver.dma_alloc(4096)
+    driver.devio_out(0x1F6, 0xA0)
+    b = Batch()
+    b.outb(0x1F6, 0xB0)  # would select the slave
+    with granted(hw_root, driver.endpoint, 4096, write=False) as (_client, gid):
+        bad = [
+            (Copy(vdevio.TO_GRANT, buf.id, 0, 4096, hw_root.endpoint, gid, 0), Errno.EPERM,
+             "does not allow writing"),
+            (Copy(vdevio.TO_GRANT, buf.id + 1000, 0, 512, hw_root.endpoint, gid, 0), Errno.EINVAL,
+             "not one of this process's"),
+            (Copy(vdevio.FROM_GRANT, buf.id, 512, 4096, hw_root.endpoint, gid, 0), Errno.EINVAL,
+             "of a 4096-byte buffer"),
+        ]  # fmt: skip
+        for copy, errno, why in bad:
+            with pytest.raises(ipc.IpcError) as err:
+                vdevio_copy(driver, b, copy)
+            assert err.value.errno is errno and why in str(err.value), err.value
+            assert driver.devio_in(0x1F6) & 0x10 == 0, "the batch ran"
+        nodma = process("nodma", IDE0)
+        with pytest.raises(ipc.IpcError) as err:
+            vdevio_copy(nodma, b, Copy(vdevio.TO_GRANT, 1, 0, 512, hw_root.endpoint, gid, 0))
+        assert err.value.errno is Errno.EPERM and "memory ... dma" in str(err.value)
+    driver.dma_free(buf)
 
 
 def test_a_process_without_devio_on_its_system_line_gets_ecalldenied(process) -> None:  # type: ignore[no-untyped-def]

@@ -6,9 +6,24 @@ channel 0x1F0/0x3F6, IRQ 14; 1: secondary 0x170/0x376, IRQ 15), ``pio=1`` (PIO
 instead of bus-master DMA; its data moves in 32-bit units, which the PIIX's data
 port takes, or with ``pio32=0`` in 16-bit words), ``lba48=1`` (LBA48 commands
 even where LBA28 would do), ``timeout`` (seconds per command), ``debug=1``
-(answer AT_DEBUG_IN, a port read for tests), ``hold=S`` (tests: after issuing
-each command, log "holding" and sleep S seconds before taking its interrupt, so
-a test can kill the driver between an ATA command and its interrupt).
+(tests: answer AT_DEBUG_IN, a port read, and the ioctls ``debug_read``, a raw
+sector, and ``debug_stats``, the DMA commands issued and the separate calls
+that copied their data), ``hold=S`` (tests: after issuing each command, log
+"holding" and sleep S seconds before taking its interrupt, so a test can kill
+the driver between an ATA command and its interrupt), ``path`` (DMA only:
+``new``, the default, or ``old``; below).
+
+DMA path. ``path=new``: a command's batch is built once per drive and direction
+and only its sector and count are patched (the kernel checks a batch by its
+shape, so it is checked once); the PRD table covers the whole 1 MiB buffer and
+is written once (a transfer shorter than the table ends early: PIIX's "larger
+than the transfer" completion); and the command, its interrupt, its status and
+the copy of the data into the client's grant are one kernel call (vdevio with a
+DMA copy, hwl.proto.vdevio; for a write the copy from the grant comes first in
+the same call). ``path=old``: the path before that, kept for ``hwl bench disk``'s
+A/B: each command's batch built anew, a PRD table written for each new size,
+and a second kernel call (``dmacopy``) for the data. Both move up to 1 MiB (2048
+sectors, LBA48) per command.
 
 The controller is found and reserved through the PCI server (class 1/1); that
 reserve grants the compatibility-mode ports and IRQs and the bus-master BAR 4.
@@ -33,6 +48,7 @@ DMA), or its init refuses with EINVAL and RS rolls back.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -44,7 +60,10 @@ from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, Message
 from hwl.ipc.kcalls import DmaHandle
 from hwl.kernel.errno import Errno
-from hwl.link.batch import Batch
+from hwl.link import abi
+from hwl.link.batch import Batch, Patchable
+from hwl.proto import vdevio
+from hwl.proto.vdevio import Check, Copy
 from hwl.system import proto, sef
 from hwl.system.pci import Pci, PciError
 
@@ -69,7 +88,12 @@ NIEN = 0x02
 SRST = 0x04
 PCI_COMMAND = 0x04
 AT_DEBUG_IN = 0xBF0  # debug: {"port"} -> {"value"} (only with debug=1)
+PATHS = ("new", "old")
+PRD_ENTRY_MAX = 1 << 16  # PIIX: a PRD entry moves at most 64 KiB, within one 64 KiB block
+PRD_EOT = 0x80000000
+PRD_MAX_ENTRIES = 512  # one 4 KiB table
 
+PRD_ENTRY = struct.Struct("<II")  # physical address; byte count (0: 64 KiB) | EOT
 CHANNELS = {0: ata.PRIMARY, 1: ata.SECONDARY}
 PIO_READY_MASK = ata.BSY | ata.DRQ | ata.ERR | ata.DF  # DRQ alone: a block to move
 AT_LU_STATE_FLUSHED = proto.LU_STATE_CUSTOM_BASE
@@ -100,6 +124,7 @@ class Args:
     debug: bool = False
     hold: float = 0.0
     pio32: bool = True
+    path: str = "new"  # DMA: "new" (patched batch, one call per command) or "old"
 
 
 def parse_args(argv: list[str]) -> Args:
@@ -120,11 +145,66 @@ def parse_args(argv: list[str]) -> Args:
             args.debug = value not in ("0", "no")
         elif key == "hold":
             args.hold = float(value)
+        elif key == "path":
+            if value not in PATHS:
+                raise SystemExit(f"at_wini: path={value!r} is not one of {', '.join(PATHS)}")
+            args.path = value
         else:
             raise SystemExit(f"at_wini: unknown argument {item!r}")
     if args.instance not in CHANNELS:
         raise SystemExit(f"at_wini: instance {args.instance} is not 0 or 1")
     return args
+
+
+def prd_table(phys: int, size: int) -> bytes:
+    """PRD entries for ``size`` bytes at ``phys``: each at most 64 KiB and inside
+    one 64 KiB block (PIIX's rules), the last marked end of table."""
+    entries, at, end = [], phys, phys + size
+    while at < end:
+        piece = min(end, (at | (PRD_ENTRY_MAX - 1)) + 1) - at
+        last = PRD_EOT if at + piece == end else 0
+        entries.append(PRD_ENTRY.pack(at, piece & 0xFFFF | last))  # 0: 64 KiB
+        at += piece
+    if len(entries) > PRD_MAX_ENTRIES:
+        raise ValueError(f"{len(entries)} PRD entries (at most {PRD_MAX_ENTRIES})")
+    return b"".join(entries)
+
+
+@dataclass
+class DmaCommand:
+    """One drive's DMA command in one direction, packed once (``path=new``):
+    only the sector and count ops are patched between commands, so the kernel
+    finds its shape checked already."""
+
+    batch: Patchable
+    use48: bool
+    device: int  # op index of the device register write (LBA28 patches its low nibble)
+    device_bits: int  # its value without LBA bits
+    first: int  # op index of the first count/LBA write
+    fired: int = -1  # op indexes of the IRQ wait and the status reads (-1: no wait)
+    bm_st: int = -1
+    st: int = -1
+
+    def patch(self, lba: int, count: int) -> None:
+        b, at = self.batch, self.first
+        values = [count, lba, lba >> 8, lba >> 16]  # an LBA48 count of 65536 is 0
+        if self.use48:  # the previous-content bytes first
+            values[:0] = [count >> 8, lba >> 24, lba >> 32, lba >> 40]
+        else:
+            b.set(self.device, self.device_bits | (lba >> 24 & 0x0F))
+        for i, value in enumerate(values):
+            b.set(at + i, value)
+
+    def checks(self) -> tuple[Check, ...]:
+        """What the kernel must see before it copies a read to the client: the
+        interrupt came, the drive is done without error, the bus master too."""
+        if self.fired < 0:
+            return ()
+        return (
+            Check(self.fired, 1, 1),
+            Check(self.st, ata.BSY | ata.ERR | ata.DF, 0),
+            Check(self.bm_st, ata.BM_ERROR | ata.BM_IRQ, ata.BM_IRQ),
+        )
 
 
 class AtWini:
@@ -140,6 +220,9 @@ class AtWini:
         self.scratch: tuple[int, int] | None = None  # (arena offset, own grant)
         self.busy = False
         self.irq_wait = True  # DMA commands wait for their interrupt in their vdevio
+        self.commands: dict[tuple[int, bool, bool, bool], DmaCommand] = {}  # path=new
+        self.dma_commands = 0  # DMA commands issued, and copies of their data by a
+        self.copy_calls = 0  # kernel call of their own (debug_stats, for tests)
         self.alarm_at = 0.0  # monotonic time the armed alarm fires (0: none armed)
         self.conn: Connection | None = None
 
@@ -535,14 +618,18 @@ class AtWini:
             if status & PIO_READY_MASK != ata.DRQ:
                 raise CommandError(f"{what}: the drive asks for no data (status {status:#04x})")
 
-    def _dma(
+    def _dma_old(
         self, drive: Drive, write: bool, lba: int, count: int, endpoint: int, grant: int, at: int
     ) -> None:
+        """``path=old``: the batch built for each command, the data moved by a
+        kernel call of its own (dmacopy) before a write and after a read."""
         assert self.conn is not None and self.dma is not None and self.prd is not None
         conn, ch = self.conn, self.ch
         size = count * SECTOR
+        self.dma_commands += 1
         if write:
             conn.dma_from_grant(self.dma, 0, size, endpoint, grant, at)
+            self.copy_calls += 1
         if self.prd_size != size:
             conn.dma_write(self.prd, 0, ata.prd_table(self.dma.phys, size))
             self.prd_size = size
@@ -568,6 +655,126 @@ class AtWini:
         self._check(status, what)
         if not write:
             conn.dma_to_grant(self.dma, 0, size, endpoint, grant, at)
+            self.copy_calls += 1
+
+    def _dma(
+        self, drive: Drive, write: bool, lba: int, count: int, endpoint: int, grant: int, at: int
+    ) -> None:
+        """One DMA command; ``path=new``: one kernel call for the data's copy, the
+        command, its interrupt and its status, unless the interrupt is slow (or
+        ``hold``, or a shared line), when the status and a read's copy follow."""
+        if self.args.path == "old":
+            self._dma_old(drive, write, lba, count, endpoint, grant, at)
+            return
+        assert self.conn is not None and self.dma is not None and self.prd is not None
+        if self.prd_size != self.dma.size:  # once: the table for the whole buffer
+            self.conn.dma_write(self.prd, 0, prd_table(self.dma.phys, self.dma.size))
+            self.prd_size = self.dma.size
+        size = count * SECTOR
+        direction = 0 if write else ata.BM_TO_MEMORY
+        what = f"DMA {'write' if write else 'read'} at {lba}"
+        self.dma_commands += 1
+        try:
+            status, bm_status, copied = self._run_command(drive, write, lba, count,
+                                                          (endpoint, grant, at))  # fmt: skip
+        except CommandError:
+            self.conn.vdevio(self._batch_out(self.bm + ata.BM_COMMAND, direction))
+            raise
+        if bm_status & ata.BM_ERROR:
+            raise CommandError(f"bus-master error, status {bm_status:#04x}")
+        self._check(status, what)
+        if not write and copied != size:  # the interrupt came late: copy on its own
+            self.conn.dma_to_grant(self.dma, 0, size, endpoint, grant, at)
+            self.copy_calls += 1
+
+    def _run_command(
+        self, drive: Drive, write: bool, lba: int, count: int, client: tuple[int, int, int]
+    ) -> tuple[int, int, int]:
+        """Patch and run the drive's command with the copy between the DMA buffer
+        and ``client`` (endpoint, grant, offset): (ATA status, bus-master status,
+        bytes the kernel copied). A shared line (EBUSY: its interrupts are not
+        ours to wait for) switches to the commands that wait for the notify."""
+        assert self.conn is not None and self.dma is not None
+        direction = 0 if write else ata.BM_TO_MEMORY
+        what = f"DMA {'write' if write else 'read'} at {lba}"
+        waits = self.irq_wait and not self.args.hold
+        command = self._command(drive, write, lba, count, waits)
+        command.patch(lba, count)
+        copy = Copy(vdevio.FROM_GRANT if write else vdevio.TO_GRANT, self.dma.id, 0,
+                    count * SECTOR, *client, command.checks())  # fmt: skip
+        try:
+            values, copied = self._vdevio_copy(command.batch, copy, self.hook if waits else None)
+        except IpcError as exc:
+            if exc.errno is not Errno.EBUSY or not waits:
+                raise
+            log.info("IRQ %d is shared (%s): commands wait for its notify", self.ch.irq, exc)
+            self.irq_wait = False
+            return self._run_command(drive, write, lba, count, client)
+        if not waits:
+            self._issued(what)
+        elif values[command.fired] and not values[command.st] & ata.BSY:
+            self._check_bus_master(values[command.bm_st])
+            return values[command.st], values[command.bm_st], copied
+        # no wait in the call, or the interrupt slower than IRQ_WAIT_US, or busy still
+        status, bm_status = self._status_after_intr(bm_stop=direction)
+        return status, bm_status, copied if write else 0
+
+    def _command(self, drive: Drive, write: bool, lba: int, count: int, waits: bool) -> DmaCommand:
+        """The drive's DMA command for this direction and addressing, built the
+        first time it is needed."""
+        use48 = drive.lba48 and (
+            self.args.lba48 or lba + count > 1 << 28 or count > MAX_SECTORS_LBA28
+        )
+        key = (drive.number, write, use48, waits)
+        command = self.commands.get(key)
+        if command is None:
+            command = self.commands[key] = self._build_command(drive, write, use48, waits)
+        return command
+
+    def _build_command(self, drive: Drive, write: bool, use48: bool, waits: bool) -> DmaCommand:
+        assert self.prd is not None
+        ch, bm = self.ch, self.bm
+        direction = 0 if write else ata.BM_TO_MEMORY
+        b = Batch()
+        b.outb(bm + ata.BM_COMMAND, direction)
+        b.inb(ch.cmd + ata.REG_STATUS)  # acknowledge a stale INTRQ
+        b.outb(bm + ata.BM_STATUS, ata.BM_ERROR | ata.BM_IRQ)
+        b.outl(bm + ata.BM_PRD, self.prd.phys)
+        device_bits = (0x40 if use48 else 0xE0) | drive.number << 4
+        b.outb(ch.cmd + ata.REG_DEVICE, device_bits)
+        device = len(b) - 1
+        b.wait(ch.cmd + ata.REG_STATUS, ata.BSY, 0, ata.TIMEOUT_US)
+        b.outb(ch.ctl, 0)
+        first = len(b)
+        regs = (ata.REG_COUNT, ata.REG_LBA_LOW, ata.REG_LBA_MID, ata.REG_LBA_HIGH)
+        for reg in regs * 2 if use48 else regs:  # LBA48: the previous-content bytes first
+            b.outb(ch.cmd + reg, 0)
+        if use48:
+            b.outb(ch.cmd + ata.REG_COMMAND, CMD_WRITE_DMA_EXT if write else ata.CMD_READ_DMA_EXT)
+        else:
+            b.outb(ch.cmd + ata.REG_COMMAND, CMD_WRITE_DMA if write else ata.CMD_READ_DMA)
+        b.outb(bm + ata.BM_COMMAND, direction | ata.BM_START)
+        if not waits:
+            return DmaCommand(Patchable(b), use48, device, device_bits, first)
+        fired = b.irq_wait(ch.irq, IRQ_WAIT_US)
+        bm_st = b.inb(bm + ata.BM_STATUS)
+        st = b.inb(ch.cmd + ata.REG_STATUS)
+        b.outb(bm + ata.BM_COMMAND, direction)  # the bus master stopped
+        return DmaCommand(Patchable(b), use48, device, device_bits, first, fired, bm_st, st)
+
+    def _vdevio_copy(self, ops: Patchable, copy: Copy, hook: int | None) -> tuple[list[int], int]:
+        """vdevio with a DMA copy (hwl.proto.vdevio): each op's result and the
+        bytes the kernel copied."""
+        assert self.conn is not None
+        answer = self.conn.kcall_binary(
+            wire.VDEVIO, vdevio.peer_field(hook), copy.pack() + ops.ops, "vdevio"
+        )
+        n = len(ops)
+        end = wire.RESPONSE.size + n * abi.OP_SIZE
+        if len(answer) != end + vdevio.COPIED.size:
+            raise ValueError(f"vdevio: a {len(answer)}-byte answer to {n} ops and a copy")
+        values = memoryview(answer)[wire.RESPONSE.size : end].cast("I")[3 :: abi.OP_SIZE // 4]
+        return values.tolist(), vdevio.COPIED.unpack_from(answer, end)[0]
 
     def _run_dma(self, command: Batch, direction: int, what: str) -> tuple[int, int]:
         """Issue a DMA command and take its interrupt: (ATA status, bus-master
@@ -729,6 +936,8 @@ class AtWini:
                 drive, False, lba, 1, self.conn.endpoint, grant, 0 if self.args.pio else offset
             )
             return None
+        if request == "debug_stats" and self.args.debug:
+            return {"dma_commands": self.dma_commands, "copy_calls": self.copy_calls}
         raise RequestError(Errno.ENOTTY, f"ioctl {request!r}")
 
     def _flush(self, drive: Drive) -> None:

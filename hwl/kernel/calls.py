@@ -31,6 +31,8 @@ from hwl.link import abi
 from hwl.link.batch import Batch, ops_struct
 from hwl.link.link import Link, Ticket
 from hwl.link.memory import DmaBuffer
+from hwl.proto import vdevio as vdevio_proto
+from hwl.proto.vdevio import Copy
 
 if TYPE_CHECKING:
     from hwl.kernel.kernel import Kernel
@@ -345,27 +347,32 @@ class Calls:
             return {}
         return {"value": {1: link.inb, 2: link.inw, 4: link.inl}[width](port)}
 
-    def vdevio(self, proc: Proc, hook_id: int, ops: bytes) -> bytes | None:
-        """``ops`` packed as the stub takes them (no codec: see ``wire.VDEVIO``);
-        ``hook_id``: an IRQ hook to re-enable once the batch ran (a driver's status
-        read that acknowledges the interrupt, and its irqenable, in one call).
-        With a hook the batch may wait for the hook's interrupt itself (IRQ_WAIT
-        ops on its line, at most IRQ_WAIT_US each, on a line no other hook
-        shares): a command, its interrupt and its status in one call. A wait
-        that times out is no error: its result is 0 and the ops after it did not
-        run; the line is armed, so the interrupt comes as a notify."""
+    def vdevio(self, proc: Proc, peer: int, payload: bytes) -> bytes | None:
+        """``payload`` the ops packed as the stub takes them (no codec: see
+        ``wire.VDEVIO``); ``peer``: an IRQ hook to re-enable once the batch ran (a
+        driver's status read that acknowledges the interrupt, and its irqenable,
+        in one call). With a hook the batch may wait for the hook's interrupt
+        itself (IRQ_WAIT ops on its line, at most IRQ_WAIT_US each, on a line no
+        other hook shares): a command, its interrupt and its status in one call. A
+        wait that times out is no error: its result is 0 and the ops after it did
+        not run; the line is armed, so the interrupt comes as a notify. With
+        ``vdevio.COPY`` in ``peer`` a copy descriptor leads the payload and the
+        call also moves the data between a DMA buffer and a grant
+        (hwl.proto.vdevio): a whole DMA read or write in one call."""
+        copy: Copy | None = None
+        hook_id: int | None = None if peer == wire.NO_HOOK else peer
+        if peer >= 0 and peer & vdevio_proto.COPY:
+            if peer & ~(vdevio_proto.COPY | vdevio_proto.HOOK_MASK):
+                fail(Errno.EINVAL, f"vdevio: peer field {peer:#x} has unknown bits")
+            copy, payload = self._copy_of(proc, payload), payload[vdevio_proto.SIZE :]
+            hook_id = vdevio_proto.hook_of(peer)
+        ops = payload
         n, rest = divmod(len(ops), abi.OP_SIZE)
         if rest or not 0 < n <= abi.MAX_OPS:
             fail(Errno.EINVAL, f"vdevio: {len(ops)} bytes are not 1..{abi.MAX_OPS} ops")
-        priv = proc.priv
-        hook = None if hook_id == wire.NO_HOOK else self._hook_numbered(proc, hook_id)
-        waits = False
-        if ops not in priv.checked_batches:  # a driver repeats the same few batches
-            waits = self._check_vdevio_ops(proc, ops, n, hook)
-            # Waits carry an LBA and are checked against the hook; string ops
-            # against DMA buffers that may be gone by the next call.
-            if not waits and STRING_CODES.isdisjoint(ops[:: abi.OP_SIZE]):
-                priv.remember_batch(ops)
+        hook = None if hook_id is None else self._hook_numbered(proc, hook_id)
+        waits = self._checked(proc, ops, n, hook)
+        moved = self._copy_before(proc, copy, n) if copy is not None else None
         irqs, run, nrun, unmasked = self.k.irqs, ops, n, None
         if hook is not None and n < abi.MAX_OPS:
             unmasked = irqs.unmask_in_batch(hook, waited=waits)
@@ -379,11 +386,93 @@ class Calls:
             if hook is not None:
                 irqs.enable(hook, unmasked=unmasked)  # a timed-out wait left it unmasked
             # results are each op's last word: no repacking, only an unmask cut off
-            return done[: n * abi.OP_SIZE]
+            if copy is None:
+                return done[: n * abi.OP_SIZE]
+            if moved is None:  # to the grant, if the batch ran through and its checks hold
+                copied = self._copy_after(proc, copy, done) if status == abi.ST_OK else 0
+            else:
+                copied = moved
+            return done[: n * abi.OP_SIZE] + vdevio_proto.COPIED.pack(copied)
 
         return self._submit(
             proc, wire.VDEVIO, lambda link: link.submit_packed(run, nrun), nrun, finish
         )
+
+    def _checked(self, proc: Proc, ops: bytes, n: int, hook: IrqHook | None) -> bool:
+        """Check a batch, or find its shape checked already (the ports, widths and
+        op kinds, and every operand a check reads, but not the values OUTs write:
+        a driver's command with a new sector has the shape it had); whether it
+        waits for IRQs. Each Priv has its own memory of shapes, so new privileges
+        (privctl set, an update's swap) check everything again."""
+        priv = proc.priv
+        key = _shape(ops, -1 if hook is None else hook.line)
+        waits = priv.checked_shapes.get(key)
+        if waits is None:
+            waits = self._check_vdevio_ops(proc, ops, n, hook)
+            # String ops are checked against DMA buffers that may be gone by the next call.
+            if STRING_CODES.isdisjoint(ops[:: abi.OP_SIZE]):
+                priv.remember_shape(key, waits)
+        elif waits:
+            assert hook is not None  # in the key: a wait without a hook never passed
+            self._check_alone(hook)  # another hook may have come to the line since
+        return waits
+
+    def _check_alone(self, hook: IrqHook) -> None:
+        if not self.k.irqs.alone(hook):
+            fail(Errno.EBUSY, f"vdevio: IRQ {hook.line} is shared; its interrupts are not "
+                              "this caller's to wait for")  # fmt: skip
+
+    # ------------------------------------------------------- vdevio's DMA copy
+    def _copy_of(self, proc: Proc, payload: bytes) -> Copy:
+        """The copy descriptor leading ``payload``, its buffer and range checked."""
+        if not proc.priv.dma:
+            deny("vdevio: a DMA copy needs the 'memory ... dma' privilege")
+        try:
+            copy = Copy.unpack(payload)
+        except ValueError as exc:
+            fail(Errno.EINVAL, f"vdevio: {exc}")
+        buf = proc.dma.get(copy.buffer)
+        if buf is None:
+            fail(Errno.EINVAL, f"vdevio: DMA buffer {copy.buffer} is not one of this process's")
+        if not 0 < copy.length <= buf.size - copy.offset:
+            fail(Errno.EINVAL, f"vdevio: copy of {copy.length} bytes at {copy.offset} "
+                               f"of a {buf.size}-byte buffer")  # fmt: skip
+        return copy
+
+    def _copy_grant(self, proc: Proc, copy: Copy) -> tuple[memoryview, int]:
+        """Where the copy's grant puts its bytes, checked for its direction."""
+        if copy.endpoint in (wire.SELF, proc.endpoint):
+            return self._own(proc, copy.grant_offset, copy.length)
+        access = arena.WRITE if copy.direction == vdevio_proto.TO_GRANT else arena.READ
+        return self.resolve(proc, copy.endpoint, copy.grant, access, copy.grant_offset,
+                            copy.length)  # fmt: skip
+
+    def _copy_before(self, proc: Proc, copy: Copy, n: int) -> int | None:
+        """Before the batch runs: a write's data into the DMA buffer (returns its
+        length); for a read (None), its grant checked so that a bad one runs no
+        command. Checks must name ops of the batch."""
+        for check in copy.checks:
+            if check.index >= n:
+                fail(Errno.EINVAL, f"vdevio: a copy check names op {check.index} of {n}")
+        view, start = self._copy_grant(proc, copy)
+        if copy.direction != vdevio_proto.FROM_GRANT:
+            return None
+        buf = proc.dma[copy.buffer]
+        buf.view[copy.offset : copy.offset + copy.length] = view[start : start + copy.length]
+        return copy.length
+
+    def _copy_after(self, proc: Proc, copy: Copy, done: bytes) -> int:
+        """A read's data into the grant once the batch ran through, if every check
+        holds (the command succeeded); the bytes copied. The buffer may have gone
+        with a dmafree meanwhile, the grant with a revoke or its owner: checked again."""
+        if any(_op_result(done, c.index) & c.mask != c.value for c in copy.checks):
+            return 0
+        buf = proc.dma.get(copy.buffer)
+        if buf is None or copy.offset + copy.length > buf.size:
+            fail(Errno.EINVAL, f"vdevio: DMA buffer {copy.buffer} was freed meanwhile")
+        view, start = self._copy_grant(proc, copy)
+        view[start : start + copy.length] = buf.view[copy.offset : copy.offset + copy.length]
+        return copy.length
 
     def _check_vdevio_ops(self, proc: Proc, ops: bytes, n: int, hook: IrqHook | None) -> bool:
         """Every op a port op on the caller's ports or an MMIO op inside its memory
@@ -410,9 +499,8 @@ class Calls:
         if not codes.isdisjoint(STRING_CODES):
             self._check_string_ops(proc, ops, n)
         waits = abi.OP_IRQ_WAIT in codes
-        if waits and hook is not None and not self.k.irqs.alone(hook):
-            fail(Errno.EBUSY, f"vdevio: IRQ {hook.line} is shared; its interrupts are not "
-                              "this caller's to wait for")  # fmt: skip
+        if waits and hook is not None:
+            self._check_alone(hook)
         if waits or abi.OP_WAIT in codes or abi.OP_DELAY in codes:
             full = ops_struct(n).unpack(ops)
             for i in range(0, len(full), 6):
@@ -1046,6 +1134,43 @@ class Calls:
         view, start = self.resolve(proc, granter, gid, arena.WRITE, offset, length)
         view[start : start + length] = bytes([byte]) * length
         return {}
+
+
+# The operands of each op kind that _check_vdevio_ops reads, as struct formats over
+# the op's 16 bytes: with the op heads (code, width, port) they are a batch's shape.
+# An OUT's value, an IN's, a NOP's echo are left out: patching them keeps the shape.
+# (String ops are never remembered.)
+_CHECKED_OPERANDS = {
+    abi.OP_WAIT: "12xI",  # c: its timeout
+    abi.OP_DELAY: "4xI8x",  # a: microseconds
+    abi.OP_IRQ_WAIT: "4xI4xI",  # a: the line, c: the timeout
+    abi.OP_MMIO_RD: "4xI8x",  # a: the address
+    abi.OP_MMIO_WR: "4xI8x",
+    abi.OP_MMIO_WAIT: "4xI8x",
+}
+_PICKERS: dict[bytes, struct.Struct | None] = {}  # op heads -> what to pick of the operands
+PICKERS_KEEP = 1024
+
+
+def _picker(heads: bytes) -> struct.Struct | None:
+    """The struct that reads the checked operands of a batch with these heads."""
+    picker = _PICKERS.get(heads, _MISSING)
+    if picker is _MISSING:
+        codes = heads[::4]  # the low byte of each 4-byte head
+        formats = [_CHECKED_OPERANDS.get(code, "16x") for code in codes]
+        picker = None if all(f == "16x" for f in formats) else struct.Struct("<" + "".join(formats))
+        if len(_PICKERS) >= PICKERS_KEEP:
+            _PICKERS.clear()
+        _PICKERS[heads] = picker
+    return picker  # type: ignore[no-any-return]
+
+
+def _shape(ops: bytes, line: int) -> tuple[object, ...]:
+    """A batch's shape, what its check depends on: each op's head (code, width,
+    port), the operands a check reads, and the line of the hook it names (-1)."""
+    heads = memoryview(ops).cast("I")[:: abi.OP_SIZE // 4].tobytes()
+    picker = _picker(heads)
+    return (heads, line) if picker is None else (heads, line, picker.unpack_from(ops))
 
 
 def _unmask_op(line: int) -> bytes:

@@ -9,6 +9,7 @@ processes and make no kernel calls. The root process may do everything.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from hwl.config.system_conf import (
@@ -23,7 +24,7 @@ from hwl.config.system_conf import (
     ServiceConfig,
 )
 
-CHECKED_BATCHES_KEEP = 256  # whole vdevio batches a Priv remembers as checked
+CHECKED_SHAPES_KEEP = 256  # vdevio batch shapes a Priv remembers as checked
 
 
 @dataclass
@@ -39,10 +40,12 @@ class Priv:
     # their bus mastering when it dies, before its DMA buffers are freed.
     extra_pci: set[tuple[int, int, int]] = field(default_factory=set)
     # vdevio op heads (code | width << 8 | port << 16) already found allowed, and
-    # whole vdevio batches already found allowed (a driver repeats a few of them).
-    # Grants only grow while a Priv lives, so neither goes stale but in a swap.
+    # the shapes of vdevio batches already found allowed (a driver sends a few
+    # shapes, their sectors patched: see calls._shape), each with whether it
+    # waits for IRQs. Grants only grow while a Priv lives, so neither goes stale
+    # but in a swap; privctl set makes a new Priv.
     checked_ops: set[int] = field(default_factory=set, repr=False)
-    checked_batches: set[bytes] = field(default_factory=set, repr=False)
+    checked_shapes: dict[Hashable, bool] = field(default_factory=dict, repr=False)
     checked_mmio: set[tuple[int, int]] = field(default_factory=set, repr=False)  # (addr, width)
 
     def swap_grants(self, other: Priv) -> None:
@@ -53,15 +56,15 @@ class Priv:
             setattr(other, name, mine)
         for priv in (self, other):
             priv.checked_ops.clear()
-            priv.checked_batches.clear()
+            priv.checked_shapes.clear()
             priv.checked_mmio.clear()
 
-    def remember_batch(self, ops: bytes) -> None:
-        """``ops`` passed vdevio's checks; a batch with changing values (an LBA)
-        never repeats, so the set is bounded by starting over."""
-        if len(self.checked_batches) >= CHECKED_BATCHES_KEEP:
-            self.checked_batches.clear()
-        self.checked_batches.add(ops)
+    def remember_shape(self, shape: Hashable, waits: bool) -> None:
+        """A batch of this shape passed vdevio's checks (``waits``: it waits for
+        IRQs, whose line is checked again on every call); bounded by starting over."""
+        if len(self.checked_shapes) >= CHECKED_SHAPES_KEEP:
+            self.checked_shapes.clear()
+        self.checked_shapes[shape] = waits
 
     @classmethod
     def root(cls, label: str) -> Priv:

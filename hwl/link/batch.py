@@ -203,6 +203,36 @@ class Batch:
         return self._add(abi.OP_IRQ_WAIT, 0, 0, line, 0, timeout_us)
 
 
+class Patchable:
+    """A batch packed once whose OUT values are patched in place between runs: a
+    driver's command whose sector and count change and nothing else. Nothing is
+    rebuilt or repacked; only the value an OUT writes may change, which is also
+    all the kernel's check of a batch's shape leaves out."""
+
+    def __init__(self, batch: Batch) -> None:
+        if batch.strings or not 0 < len(batch) <= abi.MAX_OPS:
+            raise ValueError(f"a patchable batch is 1..{abi.MAX_OPS} ops without strings")
+        (packed,) = batch.packed()
+        self.ops = bytearray(packed)  # what vdevio sends
+        self._words = memoryview(self.ops).cast("I")
+        # op index -> the mask of its value, for OUT ops only
+        self._masks = {
+            i: (1 << 8 * width) - 1
+            for i, (code, width, *_rest) in enumerate(batch.ops)
+            if code == abi.OP_OUT
+        }
+
+    def __len__(self) -> int:
+        return len(self.ops) // abi.OP_SIZE
+
+    def set(self, index: int, value: int) -> None:
+        """The value OUT op ``index`` writes (cut to the op's width)."""
+        mask = self._masks.get(index)
+        if mask is None:
+            raise ValueError(f"op {index} is not an OUT: only an OUT's value is patched")
+        self._words[index * 4 + 1] = value & mask  # the op's ``a`` word
+
+
 @dataclass(frozen=True)
 class BatchResult:
     """Values of a run batch: ``result[i]`` is an int, or bytes for an ``ins``."""

@@ -1,0 +1,108 @@
+"""vdevio with a DMA copy: a command and the move of its data in one kernel call.
+
+A disk read by DMA is a command, its interrupt, its status, and then the copy of
+the DMA buffer into the client's grant; a write copies from the grant first. The
+plain vdevio (``wire.VDEVIO``: the payload is the packed ops, the request's peer
+field the IRQ hook or ``NO_HOOK``) needs a second call (``dmacopy``) for the
+copy. With :data:`COPY` set in the peer field the payload starts with a
+:class:`Copy` descriptor (:data:`SIZE` bytes), then the ops, and the kernel does
+both:
+
+- ``FROM_GRANT``: the copy, then the batch (a write's data reaches the DMA
+  buffer before the command starts).
+- ``TO_GRANT``: the batch, then the copy, only if the batch ran to its end (an
+  IRQ wait that timed out stops it) and every check holds: ``(result of op
+  index) & mask == value``. A command that failed (ERR, a bus-master error)
+  copies nothing, so a client never gets the bytes an earlier command left in
+  the buffer.
+
+The reply's payload is the ops with their results, as plain vdevio's, then a u32:
+the bytes copied (0: not copied). The caller needs ``memory ... dma`` and
+``vdevio``; the buffer must be its own, the grant must allow the access (or be
+the caller's own arena, endpoint ``SELF``). A malformed descriptor is EINVAL.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+COPY: Final = 1 << 30  # in the peer field: a Copy descriptor leads the payload
+HOOK_MASK: Final = 0xFFFF  # the hook id in the peer field's low bits with COPY
+NO_HOOK: Final = 0xFFFF  # no hook, with COPY
+
+TO_GRANT: Final = 1  # DMA buffer -> grant, after the batch
+FROM_GRANT: Final = 2  # grant -> DMA buffer, before the batch
+MAX_CHECKS: Final = 3
+
+# direction, number of checks, spare, buffer id, buffer offset, length,
+# granter endpoint, grant id, grant offset; then MAX_CHECKS checks
+HEAD: Final = struct.Struct("<BBHiIIiII")
+CHECK: Final = struct.Struct("<HHII")  # op index, spare, mask, value
+SIZE: Final = HEAD.size + MAX_CHECKS * CHECK.size  # 64: four ops' worth
+COPIED: Final = struct.Struct("<I")  # after the ops in the reply
+
+
+@dataclass(frozen=True)
+class Check:
+    """Copy only if ``(result of op index) & mask == value``."""
+
+    index: int
+    mask: int
+    value: int
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A copy between one of the caller's DMA buffers and a grant."""
+
+    direction: int
+    buffer: int  # DMA buffer id
+    offset: int  # in the buffer
+    length: int
+    endpoint: int  # the granter (SELF: the caller's own arena)
+    grant: int
+    grant_offset: int  # with SELF: the arena offset
+    checks: tuple[Check, ...] = ()
+
+    def pack(self) -> bytes:
+        if len(self.checks) > MAX_CHECKS:
+            raise ValueError(f"{len(self.checks)} checks (at most {MAX_CHECKS})")
+        head = HEAD.pack(self.direction, len(self.checks), 0, self.buffer, self.offset,
+                         self.length, self.endpoint, self.grant, self.grant_offset)  # fmt: skip
+        checks = b"".join(CHECK.pack(c.index, 0, c.mask, c.value) for c in self.checks)
+        return head + checks + bytes(SIZE - len(head) - len(checks))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Copy:
+        """The descriptor at the start of ``data``; ValueError if it is malformed
+        (the kernel checks buffers, grants and op indexes itself)."""
+        if len(data) < SIZE:
+            raise ValueError(f"{len(data)} bytes hold no {SIZE}-byte copy descriptor")
+        head = HEAD.unpack_from(data)
+        direction, nchecks, spare, buffer, offset, length, endpoint, grant, goff = head
+        if direction not in (TO_GRANT, FROM_GRANT):
+            raise ValueError(f"copy direction {direction} (1 to_grant, 2 from_grant)")
+        if nchecks > MAX_CHECKS or spare:
+            raise ValueError(f"{nchecks} checks, spare {spare} (at most {MAX_CHECKS}, 0)")
+        checks = tuple(
+            Check(index, mask, value)
+            for index, _spare, mask, value in (
+                CHECK.unpack_from(data, HEAD.size + i * CHECK.size) for i in range(nchecks)
+            )
+        )
+        return cls(direction, buffer, offset, length, endpoint, grant, goff, checks)
+
+
+def peer_field(hook: int | None) -> int:
+    """The request's peer field for a vdevio with a copy and ``hook`` (or none)."""
+    if hook is not None and not 0 <= hook < NO_HOOK:
+        raise ValueError(f"hook {hook} does not fit the peer field")
+    return COPY | (NO_HOOK if hook is None else hook)
+
+
+def hook_of(peer: int) -> int | None:
+    """The hook a COPY peer field names (None: no hook)."""
+    hook = peer & HOOK_MASK
+    return None if hook == NO_HOOK else hook
