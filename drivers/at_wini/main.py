@@ -47,6 +47,7 @@ DMA), or its init refuses with EINVAL and RS rolls back.
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 import time
@@ -195,6 +196,7 @@ class DmaCommand:
         for i, value in enumerate(values):
             b.set(at + i, value)
 
+    @functools.cached_property
     def checks(self) -> tuple[Check, ...]:
         """What the kernel must see before it copies a read to the client: the
         interrupt came, the drive is done without error, the bus master too."""
@@ -701,7 +703,7 @@ class AtWini:
         command = self._command(drive, write, lba, count, waits)
         command.patch(lba, count)
         copy = Copy(vdevio.FROM_GRANT if write else vdevio.TO_GRANT, self.dma.id, 0,
-                    count * SECTOR, *client, command.checks())  # fmt: skip
+                    count * SECTOR, *client, command.checks)  # fmt: skip
         try:
             values, copied = self._vdevio_copy(command.batch, copy, self.hook if waits else None)
         except IpcError as exc:

@@ -25,8 +25,7 @@ the caller's own arena, endpoint ``SELF``). A malformed descriptor is EINVAL.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 COPY: Final = 1 << 30  # in the peer field: a Copy descriptor leads the payload
 HOOK_MASK: Final = 0xFFFF  # the hook id in the peer field's low bits with COPY
@@ -39,23 +38,24 @@ MAX_CHECKS: Final = 3
 # direction, number of checks, spare, buffer id, buffer offset, length,
 # granter endpoint, grant id, grant offset; then MAX_CHECKS checks
 HEAD: Final = struct.Struct("<BBHiIIiII")
-CHECK: Final = struct.Struct("<HHII")  # op index, spare, mask, value
+CHECK: Final = struct.Struct("<HHII")  # op number, spare, mask, value
 SIZE: Final = HEAD.size + MAX_CHECKS * CHECK.size  # 64: four ops' worth
+_WHOLE: Final = struct.Struct(HEAD.format + CHECK.format[1:] * MAX_CHECKS)  # one unpack
+_HEAD_FIELDS: Final = 9
 COPIED: Final = struct.Struct("<I")  # after the ops in the reply
 
 
-@dataclass(frozen=True)
-class Check:
-    """Copy only if ``(result of op index) & mask == value``."""
+class Check(NamedTuple):
+    """Copy only if ``(result of op number op) & mask == value``."""
 
-    index: int
+    op: int
     mask: int
     value: int
 
 
-@dataclass(frozen=True)
-class Copy:
-    """A copy between one of the caller's DMA buffers and a grant."""
+class Copy(NamedTuple):
+    """A copy between one of the caller's DMA buffers and a grant (NamedTuples:
+    made and read on every DMA command, in the driver and in the kernel)."""
 
     direction: int
     buffer: int  # DMA buffer id
@@ -71,7 +71,7 @@ class Copy:
             raise ValueError(f"{len(self.checks)} checks (at most {MAX_CHECKS})")
         head = HEAD.pack(self.direction, len(self.checks), 0, self.buffer, self.offset,
                          self.length, self.endpoint, self.grant, self.grant_offset)  # fmt: skip
-        checks = b"".join(CHECK.pack(c.index, 0, c.mask, c.value) for c in self.checks)
+        checks = b"".join(CHECK.pack(c.op, 0, c.mask, c.value) for c in self.checks)
         return head + checks + bytes(SIZE - len(head) - len(checks))
 
     @classmethod
@@ -80,19 +80,16 @@ class Copy:
         (the kernel checks buffers, grants and op indexes itself)."""
         if len(data) < SIZE:
             raise ValueError(f"{len(data)} bytes hold no {SIZE}-byte copy descriptor")
-        head = HEAD.unpack_from(data)
-        direction, nchecks, spare, buffer, offset, length, endpoint, grant, goff = head
+        v = _WHOLE.unpack_from(data)
+        direction, nchecks, spare = v[0], v[1], v[2]
         if direction not in (TO_GRANT, FROM_GRANT):
             raise ValueError(f"copy direction {direction} (1 to_grant, 2 from_grant)")
         if nchecks > MAX_CHECKS or spare:
             raise ValueError(f"{nchecks} checks, spare {spare} (at most {MAX_CHECKS}, 0)")
-        checks = tuple(
-            Check(index, mask, value)
-            for index, _spare, mask, value in (
-                CHECK.unpack_from(data, HEAD.size + i * CHECK.size) for i in range(nchecks)
-            )
-        )
-        return cls(direction, buffer, offset, length, endpoint, grant, goff, checks)
+        at = _HEAD_FIELDS  # then each check's op, spare, mask, value
+        checks = tuple(Check(v[i], v[i + 2], v[i + 3]) for i in range(at, at + 4 * nchecks, 4))
+        buffer, offset, length, endpoint, grant, grant_offset = v[3:at]
+        return cls(direction, buffer, offset, length, endpoint, grant, grant_offset, checks)
 
 
 def peer_field(hook: int | None) -> int:
