@@ -54,6 +54,16 @@ figures:
   read's hardware work and copies cost the driver no more than the native loop
   takes: native / (native + path_floor_us).
 
+- The old path, A/B (issue 17): first, on a machine of its own, the path as it
+  was before call channels, placement and at_wini's short path: every message
+  on the kernel path (``HWL_CHANNELS=0`` for the kernel, its processes and this
+  client), no placement, at_wini with ``OLD_AT_WINI``. Its figures are
+  ``old_dma_read_mb_s``, ``old_dma_write_mb_s``, ``old_randread_iops`` and
+  ``old_path_floor_us``; then the figures above describe today's path and
+  ``randread_speedup`` (IOPS after / before), ``dma_read_speedup``,
+  ``dma_write_speedup`` (MB/s after / before) and ``path_floor_speedup``
+  (floor before / after) compare the two (targets 2.5, 2.0, -, 2.5).
+
 Every path read is checked against hd0.img (outside the timed parts, except in
 the kills phases); wrong bytes raise :class:`WrongData` and the benchmark fails.
 """
@@ -78,6 +88,7 @@ from hwl import Machine
 from hwl.benchmarks import Targets, median_of, native_seconds, report
 from hwl.errors import HwlError
 from hwl.hw import ata
+from hwl.ipc.wire import ENV_CHANNELS
 from hwl.link import abi
 from hwl.link.link import Link
 from hwl.system import vfs as vp
@@ -100,6 +111,7 @@ FLOOR_CALLS = 300
 SECONDS = 5.0  # each phase of the kills figure
 KILL_OFFSET = 0.5  # the first kill, seconds into the phase; then one a second
 UP_TIMEOUT = 20.0
+OLD_AT_WINI = ("path=old",)  # at_wini's arguments for the path before issue 17
 
 assert vp.VFS_MAX_IO >= MIB, "VFS moves less than 1 MiB per request"
 
@@ -181,14 +193,29 @@ def at_wini_up(system: System, *args: str) -> None:
 
 
 @contextlib.contextmanager
-def started(machine: Machine) -> Iterator[tuple[System, Vfs]]:
+def kernel_path_only() -> Iterator[None]:
+    """Every message on the kernel path for what starts inside: the kernel, its
+    processes and this process's connections read ``HWL_CHANNELS`` when made."""
+    old = os.environ.get(ENV_CHANNELS)
+    os.environ[ENV_CHANNELS] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[ENV_CHANNELS]
+        else:
+            os.environ[ENV_CHANNELS] = old
+
+
+@contextlib.contextmanager
+def started(machine: Machine, *at_wini_args: str) -> Iterator[tuple[System, Vfs]]:
     boot = [
         up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
         up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
     ]
     system = System.start(machine, boot, backoff_unit=0.0)
     try:
-        at_wini_up(system)
+        at_wini_up(system, *at_wini_args)
         system.rs.up([sys.executable, "-m", "servers.vfs"], label="vfs")
         with Vfs.attach(machine.run_dir, timeout=60) as vfs:
             yield system, vfs
@@ -381,27 +408,21 @@ def floor_us(vfs: Vfs, fd: int) -> float:
 
 
 def dma_figures(vfs: Vfs, image: Image, runs: int, native: Native) -> dict[str, float]:
-    with opened(vfs, vp.O_RDWR) as fd:
-        read = median_of(runs, lambda: seq_read_mb_s(vfs, fd, image, SEQ_MIB))
-        write = median_of(runs, lambda: seq_write_mb_s(vfs, fd, image, SEQ_MIB))
-        rng = random.Random(1)
-        rand_us = median_of(runs, lambda: rand_read_us(vfs, fd, image, rng))
-        floor = median_of(runs, lambda: floor_us(vfs, fd))
+    path = path_figures(vfs, image, runs)
+    read, write, floor = path["dma_read_mb_s"], path["dma_write_mb_s"], path["path_floor_us"]
+    rand_us = 1e6 / path["randread_iops"]
     native_mib_us = MIB / native.dma_read  # MB/s is bytes per µs
     return {
-        "path_floor_us": floor,
+        **path,
         "randread_floor_ratio": native.rand_us / (native.rand_us + floor),
         "dma_read_floor_ratio": native_mib_us / (native_mib_us + floor),
         "native_dma_read_mb_s": native.dma_read,
-        "dma_read_mb_s": read,
         "dma_read_ratio": read / native.dma_read,
         "native_dma_write_mb_s": native.dma_write,
-        "dma_write_mb_s": write,
         "dma_write_ratio": write / native.dma_write,
         "native_dma128k_mb_s": native.dma128k,
         "native_randread_us": native.rand_us,
         "randread_us": rand_us,
-        "randread_iops": 1e6 / rand_us,
         "randread_ratio": native.rand_us / rand_us,
     }
 
@@ -451,6 +472,40 @@ def pio_figures(vfs: Vfs, image: Image, runs: int, native: Native) -> dict[str, 
     }
 
 
+def path_figures(vfs: Vfs, image: Image, runs: int) -> dict[str, float]:
+    """The path's own figures, without the native ratios (the old path's A side)."""
+    with opened(vfs, vp.O_RDWR) as fd:
+        read = median_of(runs, lambda: seq_read_mb_s(vfs, fd, image, SEQ_MIB))
+        write = median_of(runs, lambda: seq_write_mb_s(vfs, fd, image, SEQ_MIB))
+        rng = random.Random(1)
+        rand_us = median_of(runs, lambda: rand_read_us(vfs, fd, image, rng))
+        floor = median_of(runs, lambda: floor_us(vfs, fd))
+    return {"dma_read_mb_s": read, "dma_write_mb_s": write, "randread_iops": 1e6 / rand_us,
+            "path_floor_us": floor}  # fmt: skip
+
+
+def old_path(profile: str, accel: str, runs: int) -> dict[str, float]:
+    """The A side: the path before issue 17, on a machine of its own."""
+    with (
+        kernel_path_only(),
+        Machine(profile, accel=accel, placement="off") as machine,
+        started(machine, *OLD_AT_WINI) as (_system, vfs),
+    ):
+        image = Image(machine.disks["hd0"])
+        image.load()
+        return path_figures(vfs, image, runs)
+
+
+def speedups(old: dict[str, float], new: dict[str, float]) -> dict[str, float]:
+    return {
+        **{f"old_{k}": v for k, v in old.items()},
+        "randread_speedup": new["randread_iops"] / old["randread_iops"],
+        "dma_read_speedup": new["dma_read_mb_s"] / old["dma_read_mb_s"],
+        "dma_write_speedup": new["dma_write_mb_s"] / old["dma_write_mb_s"],
+        "path_floor_speedup": old["path_floor_us"] / new["path_floor_us"],
+    }
+
+
 def run(machine: Machine, runs: int, seconds: float) -> dict[str, float]:
     native = native_figures(machine.link, runs)  # the link is the kernel's after this
     image = Image(machine.disks["hd0"])
@@ -470,14 +525,19 @@ TARGETS: Targets = {
     "pio_read_ratio": (">=", 0.7),
     "randread_ratio": (">=", 0.25),
     "under_kills_ratio": (">=", 0.8),
+    "randread_speedup": (">=", 2.5),
+    "dma_read_speedup": (">=", 2.0),
+    "path_floor_speedup": (">=", 2.5),
 }
 
 
 def main(args: argparse.Namespace) -> int:
     runs = args.repeat or 3
     seconds = getattr(args, "seconds", 0) or SECONDS
+    old = old_path(args.profile, args.accel, runs)
     with Machine(args.profile, accel=args.accel) as machine:
         figures = run(machine, runs, seconds)
+    figures.update(speedups(old, figures))
     figures["runs"] = runs
     report("disk", figures, TARGETS, machine.accel, args.json)
     return 0
