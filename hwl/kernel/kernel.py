@@ -122,13 +122,7 @@ class Kernel:
         """A status answer; ``fds`` ride along with it (SCM_RIGHTS: dmamap's RAM file)."""
         spare, proc.reply_errno = proc.reply_errno, 0
         frame = _MESSAGE_HEADER(wire.Kind.STATUS, 0, spare, status, 0, m_type) + payload
-        if fds and proc.alive:
-            try:
-                socket.send_fds(proc.sock, [frame], fds)
-            except OSError as exc:
-                self.doom(proc, f"its connection failed ({exc.strerror or exc})")
-            return
-        self._write(proc, frame)
+        self._write(proc, frame, fds)
 
     def deliver(
         self, proc: Proc, source: int, m_type: int, payload: bytes, fds: Sequence[int] = ()
@@ -136,19 +130,17 @@ class Kernel:
         """A message; ``fds`` ride along with it (SCM_RIGHTS: a channel's server end)."""
         spare, proc.reply_errno = proc.reply_errno, 0
         frame = _MESSAGE_HEADER(wire.Kind.MESSAGE, 0, spare, 0, source, m_type) + payload
-        if fds and proc.alive:
-            try:
-                socket.send_fds(proc.sock, [frame], fds)
-            except OSError as exc:
-                self.doom(proc, f"its connection failed ({exc.strerror or exc})")
-            return
-        self._write(proc, frame)
+        self._write(proc, frame, fds)
 
-    def _write(self, proc: Proc, frame: bytes) -> None:
+    def _write(self, proc: Proc, frame: bytes, fds: Sequence[int] = ()) -> None:
+        """One frame to the process, with ``fds`` riding along (SCM_RIGHTS)."""
         if not proc.alive:
             return
         try:
-            proc.sock.send(frame)
+            if fds:
+                socket.send_fds(proc.sock, [frame], fds)
+            else:
+                proc.sock.send(frame)
         except BlockingIOError:
             self.doom(proc, "does not read its replies")
         except OSError as exc:
