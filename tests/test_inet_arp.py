@@ -141,3 +141,9 @@ def test_parse_and_input_never_raise(data: bytes) -> None:
 @given(st.integers(1, 2), st.binary(min_size=6, max_size=6), st.binary(min_size=4, max_size=4))
 def test_build_then_parse(op: int, mac: bytes, ip: bytes) -> None:
     assert arp.parse(arp.build(op, mac, ip, MAC, IP)) == arp.Packet(op, mac, ip, MAC, IP)
+
+
+def test_another_host_claiming_our_address_teaches_nothing() -> None:
+    rig = Rig()
+    rig.table.input(arp.build(arp.REQUEST, PEER_MAC, IP, bytes(6), IP), 0.0)
+    assert rig.table.cache == {} and rig.sent == [] and rig.table.counters.conflicts == 1

@@ -302,3 +302,58 @@ def test_any_ip_header_with_a_fixed_checksum_is_handled(raw: bytes, proto_pick: 
         "eth0", hw.ethernet(MAC, PEER_MAC, ether.ETH_P_IP, bytes(header) + raw[20:]), 0.0
     )
     assert len(out) <= 1
+
+
+@pytest.mark.parametrize(
+    "source", ["10.0.2.255", "255.255.255.255", "224.0.0.1", "240.0.0.1", "0.1.2.3"]
+)
+def test_martian_sources_are_dropped(source: str) -> None:
+    stack = learned(make_stack())
+    stack.udp_bind(port=7)
+    frame = hw.ethernet(
+        MAC,
+        PEER_MAC,
+        ether.ETH_P_IP,
+        hw.ipv4(ipv4.address(source), IP, 1, icmp.echo_request(1, 1, b"")),
+    )
+    assert stack.input("eth0", frame, 0.0) == []
+    assert stack.ip.bad_source == 1 and stack.icmp.rx == 0
+
+
+def test_datagrams_to_ourselves_loop_back_at_the_next_tick() -> None:
+    stack = make_stack()
+    server = stack.udp_bind(port=7)
+    client = stack.udp_bind()
+    stack.udp_send(client, IP, 7, b"to me", 0.0)
+    seq = stack.ping(IP, 0.0, b"self")
+    assert server.recv() is None and stack.deadline() == 0.0
+    assert stack.tick(0.0) == []
+    assert server.recv() == udp.Received(IP, client.port, b"to me")
+    assert stack.deadline() == 0.0  # the echo reply, caused by the request, waits a tick
+    assert stack.tick(0.1) == []
+    [reply] = stack.echo_replies()
+    assert (reply.src, reply.seq, reply.payload) == (IP, seq, b"self")
+    assert stack.deadline() is None and stack.ip.loopback == 3
+
+
+def test_the_loopback_queue_is_bounded() -> None:
+    stack = make_stack()
+    sock = stack.udp_bind()
+    for _ in range(256):
+        stack.udp_send(sock, IP, 9, b"", 0.0)
+    with pytest.raises(OSError) as caught:
+        stack.udp_send(sock, IP, 9, b"", 0.0)
+    assert caught.value.errno == errno.ENOBUFS
+
+
+def test_a_new_config_moves_routes_and_is_announced() -> None:
+    stack = learned(make_stack())
+    new = ipv4.address("10.0.3.15")
+    stack.set_config("eth0", ipv4.Config(new, MASK), 1.0)
+    [(_, frame)] = stack.take_output()
+    assert hw.parse_arp(frame) == hw.Arp(arp.REQUEST, MAC, new, bytes(6), new)
+    assert stack.source_for(ipv4.address("10.0.3.1")) == new
+    with pytest.raises(OSError):
+        stack.source_for(PEER)
+    assert stack.input("eth0", hw.icmp_echo(PEER_MAC, MAC, PEER, IP, 1, 1, b""), 1.1) == []
+    assert stack.ip.not_ours == 1

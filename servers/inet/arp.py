@@ -101,6 +101,9 @@ class ArpTable:
             self.counters.requests_in += 1
         else:
             self.counters.replies_in += 1
+        if packet.sender_ip == self.ip and packet.sender_mac != self.mac and self.ip != ZERO_IP:
+            self.counters.conflicts += 1  # another host claims our address: learn nothing
+            return
         sender_ok = packet.sender_ip != ZERO_IP and not ether.is_multicast(packet.sender_mac)
         sender_ok = sender_ok and packet.sender_mac != self.mac
         merged = False

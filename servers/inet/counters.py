@@ -63,6 +63,7 @@ class ArpCounters(Counters):
     queue_drops: int = 0
     failed: int = 0
     gratuitous: int = 0
+    conflicts: int = 0
 
 
 @dataclass
@@ -76,10 +77,12 @@ class IpCounters(Counters):
     bad_checksum: int = 0
     fragments: int = 0
     not_ours: int = 0
+    bad_source: int = 0
     no_protocol: int = 0
     no_route: int = 0
     too_big: int = 0
     unreachable: int = 0
+    loopback: int = 0
 
 
 @dataclass

@@ -164,6 +164,15 @@ class Routes:
             return True
         return any(dst in (c.address, c.broadcast) for c in self.configs.values())
 
+    def is_own(self, dst: bytes) -> bool:
+        """Whether ``dst`` is the address of one of our interfaces."""
+        return any(dst == c.address for c in self.configs.values())
+
+    def is_martian_source(self, src: bytes) -> bool:
+        """Whether ``src`` cannot be a sender's address (RFC 1122 3.2.1.3): a broadcast,
+        multicast or class E address, or the zero network with a host part."""
+        return src[0] >= 224 or self.is_broadcast(src) or (src[0] == 0 and src != ANY)
+
     def is_broadcast(self, dst: bytes) -> bool:
         if dst == LIMITED_BROADCAST:
             return True

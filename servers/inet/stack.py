@@ -13,12 +13,17 @@ two places whose signatures stay as they are:
   OSError ENETUNREACH (no route) or EMSGSIZE (over the MTU: no fragmentation).
   ``stack.source_for(dst)`` gives the source address it will use, for the pseudo-header.
 
+A datagram to one of our own addresses is looped back, never from inside
+``ip_output``: it is delivered by the next ``tick`` (``deadline`` says it is due at
+once) or ``input``, so no protocol is re-entered while it sends.
+
 Optionally ``stack.tcp_unreachable = fn``: ``fn(dst, errno, segment)`` for a segment
 whose next hop never answered ARP (EHOSTUNREACH) or whose queue was full (ENOBUFS)."""
 
 from __future__ import annotations
 
 import errno
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,6 +40,8 @@ Output = list[tuple[str, bytes]]
 ICMP_RATE = 10.0
 """Port-unreachable messages a second, after a burst of ICMP_BURST."""
 ICMP_BURST = 10.0
+LOOPBACK_LEN = 256
+"""Datagrams to ourselves waiting for the next tick; more are dropped (ENOBUFS)."""
 
 
 class StackError(LookupError):
@@ -69,6 +76,7 @@ class Stack:
         self.pinger = icmp.Pinger(ping_ident)
         self.unreach_bucket = icmp.TokenBucket(icmp_rate, icmp_burst)
         self.outbox: Output = []
+        self.loopback: deque[bytes] = deque()
         self.tcp_input: TcpInput | None = None
         self.tcp_unreachable: TcpUnreachable | None = None
         self._ident = ident & 0xFFFF
@@ -91,6 +99,15 @@ class Stack:
             return self.interfaces[name]
         except KeyError:
             raise StackError(f"no interface {name!r}") from None
+
+    def set_config(self, name: str, config: Config, now: float) -> None:
+        """Give ``name`` a new IPv4 configuration (routes follow) and announce it."""
+        iface = self.interface(name)
+        iface.config = config
+        iface.arp.ip = config.address
+        self.routes.set(name, config)
+        if iface.up:
+            iface.arp.announce()
 
     def enable(self, name: str, now: float) -> None:
         """Bring ``name`` up (again, after its driver restarted): announce our address."""
@@ -121,13 +138,22 @@ class Stack:
         return out
 
     def tick(self, now: float) -> Output:
-        """Run the timers (ARP retries and expiry); returns the frames to send."""
+        """Run the timers (ARP retries and expiry) and deliver looped-back datagrams;
+        returns the frames to send."""
         for iface in self.interfaces.values():
             iface.arp.tick(now)
+        self._deliver_loopback(now)
         return self.take_output()
+
+    def _deliver_loopback(self, now: float) -> None:
+        """Deliver the datagrams queued so far (not those they cause: next tick)."""
+        for _ in range(len(self.loopback)):
+            self._ip_input(self.loopback.popleft(), now)
 
     def deadline(self) -> float | None:
         """When ``tick`` next has work, or None."""
+        if self.loopback:
+            return 0.0
         times = [t for i in self.interfaces.values() if (t := i.arp.deadline()) is not None]
         return min(times) if times else None
 
@@ -150,6 +176,7 @@ class Stack:
             iface.arp.input(decoded.payload, now)
         else:
             self._ip_input(decoded.payload, now)
+        self._deliver_loopback(now)
         return self.take_output()
 
     # --- IP ---------------------------------------------------------------------------
@@ -165,7 +192,8 @@ class Stack:
         self, dst: bytes, proto: int, payload: bytes, now: float, *, df: bool = False
     ) -> None:
         """Send ``payload`` as one datagram of protocol ``proto`` to ``dst`` (resolving
-        the next hop first); OSError ENETUNREACH or EMSGSIZE when it cannot."""
+        the next hop first); OSError ENETUNREACH or EMSGSIZE when it cannot (ENOBUFS
+        when ``dst`` is ours and the loopback queue is full)."""
         route = self.routes.lookup(dst)
         if route is None:
             self.ip.no_route += 1
@@ -173,11 +201,17 @@ class Stack:
         if len(payload) > ipv4.MAX_PAYLOAD:
             self.ip.too_big += 1
             raise OSError(errno.EMSGSIZE, f"{len(payload)} bytes is over {ipv4.MAX_PAYLOAD}")
+        own = self.routes.is_own(dst)
+        if own and len(self.loopback) >= LOOPBACK_LEN:
+            raise OSError(errno.ENOBUFS, "the loopback queue is full")
         packet = ipv4.build(route.src, dst, proto, payload, self._ident, df=df)
         self._ident = (self._ident + 1) & 0xFFFF
         self.ip.tx += 1
         iface = self.interfaces[route.ifname]
-        if self.routes.is_broadcast(dst):
+        if own:
+            self.loopback.append(packet)
+            self.ip.loopback += 1
+        elif self.routes.is_broadcast(dst):
             self._emit(iface, ether.build(ether.BROADCAST, iface.mac, ether.ETH_P_IP, packet))
         else:
             iface.arp.output(route.next_hop, ether.ETH_P_IP, packet, now)
@@ -197,6 +231,9 @@ class Stack:
             return
         if not self.routes.is_local(packet.dst):
             self.ip.not_ours += 1
+            return
+        if self.routes.is_martian_source(packet.src):
+            self.ip.bad_source += 1
             return
         self.ip.rx += 1
         if packet.proto == PROTO_ICMP:
