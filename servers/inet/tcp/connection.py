@@ -175,6 +175,7 @@ class Connection:
         self.heard_at = now
         """Last time an acceptable segment came from the peer."""
         self.persist_backoffs = 0
+        self.probed_at = now
         self.rtt_seq: int | None = None
         self.rtt_sent = 0.0
         self.counters: dict[str, int] = {}
@@ -402,9 +403,11 @@ class Connection:
 
     def _on_persist_timeout(self, now: float) -> None:
         self.persist_at = None
-        if now - self.heard_at >= self.cfg.r2:
+        if self.heard_at < self.probed_at and now - self.heard_at >= self.cfg.r2:
+            # The last probe went unanswered and the peer is silent since r2.
             self._close_now(errno.ETIMEDOUT)
             return
+        self.probed_at = now
         self._count("window_probes")
         self.persist_backoffs += 1
         self.snd_nxt = self.snd_una
@@ -462,6 +465,20 @@ class Connection:
             self._send_syn(now)
 
     def _input_synced(self, seg: Segment, now: float) -> None:
+        if (
+            self.state is State.SYN_RECEIVED
+            and seg.flags & (SYN | ACK | RST) == SYN | ACK
+            and seg.seq == self.irs
+            and seg.ack == self.snd_max
+        ):
+            # Simultaneous open: the peer's SYN-ACK answers ours.
+            self._sample_rtt(seg.ack, now)
+            self.snd_una = seg.ack
+            self.rexmit_at = None
+            self._update_window(seg, force=True)
+            self._established()
+            self.ack_now = True
+            return
         if not self._acceptable(seg):
             self._count("unacceptable")
             if seg.has(RST):
@@ -704,10 +721,7 @@ class Connection:
         if self.state in _SYNCED_SEND:
             self._output(now)
         elif self.ack_now and self.state in (State.FIN_WAIT_2, State.TIME_WAIT, State.SYN_RECEIVED):
-            if self.state is State.SYN_RECEIVED:
-                self.ack_now = False  # the SYN-ACK's timer answers for it
-            else:
-                self._send_ack()
+            self._send_ack()
         self._arm_persist(now)
 
     def _unsent(self) -> int:
@@ -768,7 +782,9 @@ class Connection:
                 self.rtt_seq = None  # Karn: what is being timed was sent again
         elif n and self.rtt_seq is None:
             self.rtt_seq, self.rtt_sent = self.snd_nxt, now
-        self._emit(self.snd_nxt, flags, payload)
+        # A pure ACK carries SND.MAX, as BSD's: after a go-back the peer may have
+        # everything up to it, and an ACK below its RCV.NXT would be unacceptable.
+        self._emit(self.snd_nxt if n or fin else self.snd_max, flags, payload)
         self.snd_nxt = seq.add(self.snd_nxt, n + fin)
         if seq.gt(self.snd_nxt, self.snd_max):
             self.snd_max = self.snd_nxt
@@ -790,7 +806,7 @@ class Connection:
         self.rexmit_at = self.now + self.rto.rto
 
     def _send_ack(self) -> None:
-        self._emit(self.snd_nxt, ACK, b"")
+        self._emit(self.snd_max, ACK, b"")
 
     def _emit(self, sequence: int, flags: int, payload: bytes) -> None:
         window = self._window()
