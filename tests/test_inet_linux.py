@@ -124,12 +124,11 @@ class Wire:
         assert finished, f"{argv} did not finish in {timeout} s: {out}"
         return subprocess.CompletedProcess(argv, proc.returncode, out, "")
 
-    def ping_from_linux(self, count: int) -> int:
-        """How many of ``count`` pings from the namespace were answered."""
-        done = self.run(
-            ["ping", "-n", "-c", str(count), "-i", "0.01", "-W", "2", netpeer.GUEST_ADDRESS],
-            timeout=10 + count * 0.1,
-        )
+    def ping_from_linux(self, count: int, size: int = 56) -> int:
+        """How many of ``count`` pings of ``size`` data bytes from the namespace were
+        answered."""
+        argv = ["ping", "-n", "-c", str(count), "-i", "0.01", "-W", "2", "-s", str(size)]
+        done = self.run([*argv, netpeer.GUEST_ADDRESS], timeout=10 + count * 0.1)
         found = re.search(r"(\d+) received", done.stdout)
         assert found, done.stdout
         return int(found.group(1))
@@ -156,6 +155,17 @@ def test_linux_pings_the_stack_100_of_100(wire: Wire) -> None:
     assert counters["icmp"]["echo_requests"] == 100 and counters["icmp"]["tx"] == 100
     assert counters["eth0.arp"]["requests_in"] >= 1 and counters["eth0.arp"]["replies_out"] >= 1
     assert wire.stack.interface("eth0").arp.lookup(PEER, time.monotonic()) == PEER_MAC
+
+
+def test_the_largest_unfragmented_ping_is_answered_and_fragments_are_counted(
+    wire: Wire,
+) -> None:
+    """1472 data bytes fill a 1500-byte datagram; 1473 make Linux fragment it in two,
+    which the stack drops and counts, answering nothing."""
+    assert wire.ping_from_linux(5, size=1472) == 5
+    assert wire.ping_from_linux(3, size=1473) == 0
+    assert wire.stack.ip.fragments == 6
+    assert wire.stack.icmp.echo_requests == 5
 
 
 def test_the_stack_pings_linux_100_of_100(wire: Wire) -> None:
