@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ from hwl.ipc import codec
 from hwl.ipc.wire import HZ
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
+from hwl.proto.rs import RS_FI
+from hwl.proto.sef import FiType
 from hwl.system import proto
 from hwl.system.durations import MAX_TICKS, format_ticks, parse_ticks
 from hwl.system.proto import LuState, Policy, UpdateFlag
@@ -192,6 +195,42 @@ def test_requests_without_arguments(name: str, m_type: int) -> None:
     m_type = m_type or proto.RS_STATUS
     assert request(name) == Request(name, m_type, {})
     assert refused(name, "now").code == Errno.EINVAL
+
+
+# --- fi, run -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(FiType))
+def test_fi_types(kind: FiType) -> None:
+    assert request("fi", "at_wini", "-type", kind.option) == Request(
+        "fi", RS_FI, {"label": "at_wini", "type": int(kind)}
+    )
+
+
+def test_fi_defaults_to_minix_crash() -> None:
+    assert request("fi", "at_wini") == Request("fi", RS_FI, {"label": "at_wini", "type": 0})
+
+
+def test_run_is_up_never_restarted(script: Path) -> None:
+    sent = request("run", str(script), "-label", "once", "-policy", "restart")
+    up = request("up", str(script), "-label", "once", "-policy", "restart")
+    assert sent.m_type == up.m_type == proto.RS_UP
+    assert sent.fields == {**up.fields, "run": True}
+    assert "run" not in up.fields  # an up is as it was on the wire
+
+
+def test_installed_as_minix_service_not_service() -> None:
+    """Debian's /usr/sbin/service is another program: ours must not shadow it."""
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("minix-service") == "hwl.cli.service:main"
+    assert "service" not in scripts
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "minix-service"), "-h"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and "service fi LABEL [-type crash|hang|" in out.stdout
 
 
 # --- up ------------------------------------------------------------------------
@@ -395,7 +434,13 @@ def test_update_refuses_malformed_commands(argv: list[str], message: str) -> Non
         ([], Errno.EINVAL, "no request given"),
         (["-o"], Errno.EINVAL, "no request given"),
         (["start", "x"], Errno.ENOSYS, "illegal request type 'start'"),
-        (["fi", "x"], Errno.ENOSYS, "request 'fi' is MINIX's; hwl does not have it"),
+        (["sysctl", "x"], Errno.ENOSYS, "request 'sysctl' is MINIX's; hwl does not have it"),
+        (["fi"], Errno.EINVAL, "fi needs a target label"),
+        (["fi", "x", "-type"], Errno.EINVAL, "fi: option -type needs a value"),
+        (["fi", "x", "-type", "boom"], Errno.EINVAL, "fi: bad fault type 'boom': expected crash|"),
+        (["fi", "x", "-label", "y"], Errno.EINVAL, "fi: unknown option -label"),
+        (["-x", "fi", "x"], Errno.EINVAL, "options -x apply only to update, not fi"),
+        (["run"], Errno.EINVAL, "run needs a program to start"),
         (["-k", "down", "x"], Errno.EINVAL, "unknown option -k"),
         (["--verbose", "down", "x"], Errno.EINVAL, "unknown option --verbose"),
         (["-p", "down", "x"], Errno.EINVAL, "option -p (create a replica"),
@@ -563,6 +608,7 @@ def fake_rs(root: ipc.Connection) -> Iterator[FakeRs]:
                     "last_heartbeat": -1.0,
                     "state": "restarting",
                     "policy": "restart",
+                    "flags": "run,cold",
                     "program": "drivers.at_wini",
                 },
             ]
@@ -594,10 +640,24 @@ def test_service_status_lookup_and_errors_over_the_wire(
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split() == [
-        "LABEL", "ENDPOINT", "PID", "RESTARTS", "PERIOD", "HEARTBEAT", "STATE"
+        "LABEL", "ENDPOINT", "PID", "RESTARTS", "PERIOD", "HEARTBEAT", "STATE", "POLICY", "FLAGS"
     ]  # fmt: skip
-    assert lines[1].split() == ["ds", "32771", "4242", "2", "5HZ", "0.2s", "ago", "up"]
-    assert lines[2].split() == ["at_wini", "65540", "-", "0", "-", "-", "restarting"]
+    # An RS that sends no flags (ds's row) shows "-".
+    assert lines[1].split() == [
+        "ds",
+        "32771",
+        "4242",
+        "2",
+        "5HZ",
+        "0.2s",
+        "ago",
+        "up",
+        "reset",
+        "-",
+    ]
+    assert lines[2].split() == [
+        "at_wini", "65540", "-", "0", "-", "-", "restarting", "restart", "run,cold"
+    ]  # fmt: skip
     assert fake_rs.seen[-1] == (proto.RS_STATUS, {})
 
     out = run_service(kernel, "lookup", "ds")

@@ -9,7 +9,7 @@ hwl bench recovery [--json] restart and live-update downtime (bench/recovery.py)
 hwl bench disk [--json]     the whole block path against the stub's native loops (bench/disk.py)
 hwl net frames PROFILE      ARP and ICMP echo to Linux through the profile's NIC drivers
 hwl bench nic [--nic N]     NIC drivers against the stub's native loop and Linux (bench/nic.py)
-hwl service ...             MINIX's service command (hwl.cli.service; also installed as `service`)
+hwl service ...             MINIX's service command (hwl.cli.service; also `minix-service`)
 
 Commands that boot a machine take --placement auto|off|'qemu:CORES;hwl:CORES'
 (default: $HWL_PLACEMENT, else auto: QEMU on its own core, hwl's processes on

@@ -12,9 +12,17 @@ are ``-name value`` pairs after its first argument. What hwl changes:
   (``servers.ds``), not only an absolute path (:func:`hwl.system.rs.program_argv`).
 - ``edit LABEL [options]`` names the service directly; MINIX's ``edit PROGRAM
   -label LABEL [options]`` also works and sets the program too.
-- ``lookup LABEL`` (print the endpoint) and ``status`` (print RS's table) are new;
-  ``-policy`` and ``-cold`` are hwl's; ``run``, ``fi`` and ``sysctl`` are MINIX
-  requests hwl does not have.
+- ``lookup LABEL`` (print the endpoint) and ``status`` (print RS's table, with
+  each service's recovery policy and flags) are new; ``-policy`` and ``-cold``
+  are hwl's; ``sysctl`` is a MINIX request hwl does not have.
+- ``run PROGRAM [options of up]`` starts a service RS never restarts, as MINIX's.
+- ``fi LABEL`` asks the service to crash itself, as MINIX's; ``-type`` chooses
+  hwl's other faults: ``hang`` (it stops answering; the heartbeat catches it),
+  ``exception`` (raised inside its next request), ``drop-reply`` (its next reply
+  is not sent), ``corrupt-reply`` (its next reply's payload is garbled).
+
+Installed as ``minix-service`` (MINIX 3.4's own name; Debian's ``service`` in
+/usr/sbin is another program) and as ``hwl service``.
 - ``-config FILE`` sends the entry for the label from FILE; without it RS uses the
   entry in its own system.conf.
 - ``-x -y -z`` apply to ``update`` only: ``up`` has no flags field in hwl's protocol.
@@ -46,6 +54,8 @@ from hwl.config import SystemConfError, load
 from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.kernel.errno import Errno
+from hwl.proto.rs import RS_FI
+from hwl.proto.sef import FiType
 from hwl.system import proto
 from hwl.system.durations import format_ticks, parse_ticks
 from hwl.system.proto import LU_STATE_CUSTOM_BASE, LuState, Policy, UpdateFlag
@@ -71,6 +81,8 @@ USAGE: Final = """\
 usage: service [-o] [-x] [-y] [-z] [-c] [-r] [--run-dir DIR] REQUEST ...
   service up PROGRAM [-args "ARGS"] [-dev DEV] [-label LABEL] [-period T]
              [-script PATH] [-config FILE] [-restarts N] [-policy reset|restart] [-cold]
+  service run PROGRAM [the options of up]    (up, never restarted)
+  service fi LABEL [-type crash|hang|exception|drop-reply|corrupt-reply]
   service edit LABEL [the options of up but -label]
   service edit PROGRAM -label LABEL [the options of up]
   service update PROGRAM|self [-label LABEL] [-state S] [-maxtime T] [-args "ARGS"]
@@ -177,7 +189,7 @@ def parse_command(argv: Sequence[str]) -> Command:
     name, words = argv[i], list(argv[i + 1 :])
     parser = _REQUESTS.get(name)
     if parser is None:
-        if name in ("run", "fi", "sysctl"):
+        if name == "sysctl":
             raise _usage(f"request '{name}' is MINIX's; hwl does not have it", Errno.ENOSYS)
         raise _usage(f"illegal request type '{name}'", Errno.ENOSYS)
     if flags and name != "update":
@@ -341,13 +353,29 @@ def _checked(request: str, build: Callable[[], dict[str, codec.Value]]) -> dict[
 
 
 def _parse_up(name: str, words: list[str], flags: UpdateFlag) -> Request:
+    """up, and run (the same request with run set: RS never restarts it)."""
     program = _first(name, words, "a program to start")
     options = _options(name, words[1:], _UP_OPTIONS, _SWITCHES)
     argv = _program(program, _args(options.get("-args", "")))
     label = options["-label"] if "-label" in options else default_label(argv)
     changes = _up_changes(options, label)
+    if name == "run":
+        changes["run"] = True
     fields = _checked(name, lambda: up_fields(argv, label, **changes))
     return Request(name, proto.RS_UP, fields)
+
+
+_FI_TYPES: Final = {kind.option: kind for kind in FiType}
+
+
+def _parse_fi(name: str, words: list[str], flags: UpdateFlag) -> Request:
+    label = _first(name, words, "a target label")
+    options = _options(name, words[1:], frozenset({"-type"}), frozenset())
+    text = options.get("-type", FiType.CRASH.option)
+    kind = _FI_TYPES.get(text)
+    if kind is None:
+        raise _usage(f"{name}: bad fault type {text!r}: expected {'|'.join(_FI_TYPES)}")
+    return Request(name, RS_FI, {"label": label, "type": int(kind)})
 
 
 def _parse_edit(name: str, words: list[str], flags: UpdateFlag) -> Request:
@@ -417,6 +445,8 @@ def _parse_plain(name: str, words: list[str], flags: UpdateFlag) -> Request:
 
 _REQUESTS: Final[dict[str, Callable[[str, list[str], UpdateFlag], Request]]] = {
     "up": _parse_up,
+    "run": _parse_up,
+    "fi": _parse_fi,
     "edit": _parse_edit,
     "update": _parse_update,
     **dict.fromkeys(_LABEL_REQUESTS, _parse_label_request),
@@ -429,7 +459,9 @@ _REQUESTS: Final[dict[str, Callable[[str, list[str], UpdateFlag], Request]]] = {
 
 def format_status(rows: Sequence[ServiceStatus]) -> str:
     """RS's table as ``service status`` prints it, one aligned row per service."""
-    table = [("LABEL", "ENDPOINT", "PID", "RESTARTS", "PERIOD", "HEARTBEAT", "STATE")]
+    table = [
+        ("LABEL", "ENDPOINT", "PID", "RESTARTS", "PERIOD", "HEARTBEAT", "STATE", "POLICY", "FLAGS")
+    ]
     for row in rows:
         table.append(
             (
@@ -440,6 +472,8 @@ def format_status(rows: Sequence[ServiceStatus]) -> str:
                 format_ticks(row.period) if row.period else "-",
                 "-" if row.last_heartbeat < 0 else f"{row.last_heartbeat:.1f}s ago",
                 row.state,
+                row.policy,
+                row.flags or "-",
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]

@@ -19,7 +19,7 @@ from enum import IntEnum, IntFlag
 from hwl.proto.fields import FieldError, get_int, get_name, get_str, get_str_list
 
 RS_BASE = 0x700
-RS_UP = RS_BASE + 1  # argv, label, [period, script, conf, dev, restarts, policy, cold]
+RS_UP = RS_BASE + 1  # argv, label, [period, script, conf, dev, restarts, policy, cold, run]
 RS_DOWN = RS_BASE + 2  # label
 RS_REFRESH = RS_BASE + 3  # label: stop it and let RS start it again
 RS_RESTART = RS_BASE + 4  # label: only from the service's recovery script
@@ -30,6 +30,7 @@ RS_EDIT = RS_BASE + 8  # label, and up fields to change for the next start
 RS_LOOKUP = RS_BASE + 9  # label -> endpoint
 RS_STATUS = RS_BASE + 10  # -> services: list of status rows (dicts)
 RS_UNCLONE = RS_BASE + 11  # label: drop the replica
+RS_FI = RS_BASE + 12  # label, type (hwl.proto.sef.FiType): the service injects a fault
 
 # Messages from services to RS.
 RS_INIT = RS_BASE + 0x40  # result (0 or -errno): a service's init is done
@@ -47,6 +48,7 @@ RS_REQUEST_NAMES = {
     RS_LOOKUP: "lookup",
     RS_STATUS: "status",
     RS_UNCLONE: "unclone",
+    RS_FI: "fi",
 }
 
 
@@ -108,6 +110,7 @@ class RsUp:
     restarts: int = -1
     policy: Policy = Policy.RESET
     cold: bool = False
+    run: bool = False  # service run: never restarted (MINIX's RSS_NORESTART)
 
     @classmethod
     def from_fields(cls, fields: Fields) -> RsUp:
@@ -130,6 +133,7 @@ class RsUp:
             restarts=get_int(fields, "restarts", *_I64, -1),
             policy=policy,
             cold=bool(fields.get("cold", False)),
+            run=bool(fields.get("run", False)),
         )
 
 

@@ -28,7 +28,7 @@ from hwl.proto import codec, wire
 from hwl.proto import rs as rsp
 from hwl.proto.errno import Errno
 from hwl.proto.rs import Policy, UpdateFlag
-from hwl.proto.sef import LuState
+from hwl.proto.sef import FiType, LuState
 
 KERNEL_SOCKET: Final = wire.SOCKET_NAME  # where user processes attach
 
@@ -133,6 +133,7 @@ class ServiceStatus:
     state: str  # "up", "starting", "restarting", "updating", "down", ...
     policy: str
     program: str
+    flags: str = ""  # comma-separated: run, cold, script, clone, fi
 
     @classmethod
     def from_fields(cls, row: codec.Value) -> ServiceStatus:
@@ -158,6 +159,7 @@ class ServiceStatus:
             state=get("state", str),
             policy=get("policy", str),
             program=get("program", str),
+            flags=get("flags", str) if "flags" in row else "",
         )
 
 
@@ -187,9 +189,12 @@ def up_fields(
     restarts: int = -1,
     policy: Policy = Policy.RESET,
     cold: bool = False,
+    run: bool = False,
 ) -> dict[str, codec.Value]:
-    """The fields of ``RS_UP`` (see :meth:`Rs.up`); ValueError for a bad value."""
+    """The fields of ``RS_UP`` (see :meth:`Rs.up`); ValueError for a bad value.
+    ``run``: never restart it (``service run``)."""
     argv = _argv(program_argv)
+    run_field: dict[str, codec.Value] = {"run": True} if run else {}
     return {
         "argv": argv,
         "label": default_label(program_argv) if label is None else _label(label),
@@ -200,6 +205,7 @@ def up_fields(
         "restarts": _restarts(restarts),
         "policy": int(Policy(policy)),
         "cold": bool(cold),
+        **run_field,
     }
 
 
@@ -405,6 +411,11 @@ class Rs:
         ``script``, ``conf``, ``dev``, ``restarts``, ``policy``, ``cold`` (as in
         :meth:`up`; ``""`` clears a string)."""
         self.request(rsp.RS_EDIT, edit_fields(label, **changes))
+
+    def fi(self, label: str, kind: FiType = FiType.CRASH) -> None:
+        """Ask a service to inject a fault into itself (``service fi``); RS answers
+        once it has asked, the crash and restart come as events."""
+        self.request(rsp.RS_FI, {"label": _label(label), "type": int(kind)})
 
     def status(self) -> list[ServiceStatus]:
         """RS's service table, one row per service."""

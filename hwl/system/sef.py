@@ -16,6 +16,12 @@ returns every other message. As in MINIX's libsys:
   ``state_save`` runs and SEF tells RS, then blocks until RS either aborts the
   update (SEF resumes, state NULL) or kills this process (the new version serves).
 - SIGTERM ends the service gracefully (``signal_handler``, default: exit 0).
+- fault injection (``service fi``): RS's ``SEF_FI`` crashes the service at once
+  (a log line, then exit status ``FI_CRASH_STATUS``: MINIX's panic), or hangs it
+  (nothing answered, pings included), or arms a fault for the next request (an
+  exception raised as it arrives) or the next reply (not sent, or its payload
+  garbled so the client's decoder fails); every service that receives and
+  replies through SEF gets them.
 
 The predefined callbacks (``init_fail``, ``lu_prepare_never_ready``, ...) are
 MINIX's test callbacks.
@@ -37,6 +43,7 @@ from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, Message
 from hwl.kernel.errno import Errno, errno_of
+from hwl.proto.sef import FI_CRASH_STATUS, SEF_FI, FiType
 from hwl.system import proto
 from hwl.system.proto import InitFlag, InitType, LuState
 
@@ -59,6 +66,11 @@ class InitInfo:
 
 class SefError(HwlError):
     """SEF was used out of order (receive before startup) or RS spoke nonsense."""
+
+
+class FaultInjected(HwlError):
+    """Raised inside a request on RS's request (``service fi -type exception``):
+    uncaught, it ends the service with a traceback, as a bug would."""
 
 
 InitCallback = Callable[[InitInfo], int]
@@ -161,6 +173,7 @@ class Sef:
         self.cb_lu_state_save: StateSaveCallback = lu_state_save_null
         self.cb_signal_handler: SignalCallback = signal_handler_term
         self.kept: tuple[int, int, Fields | bytes | None] | None = None  # see reply()
+        self.fi_armed: FiType | None = None  # a fault for the next request or reply
 
     @property
     def conn(self) -> Connection:
@@ -263,6 +276,9 @@ class Sef:
             return
         dest, m_type, fields = self.kept
         self.kept = None
+        send, fields = self._fi_reply(dest, fields)
+        if not send:
+            return
         try:
             self.conn.sendnb(dest, m_type, fields)
         except IpcError as exc:
@@ -289,7 +305,7 @@ class Sef:
                 self._lu_check()
             m = conn.receive()
             if not self._system_event(m):
-                return m
+                return self._fi_request_arrives(m)
 
     def reply_receive(
         self, dest: int, m_type: int, fields: Fields | bytes | None = None
@@ -297,6 +313,9 @@ class Sef:
         """A server's reply and its next receive in one round trip (see
         ``Connection.reply_receive``); system events are handled as in receive."""
         conn = self.conn
+        send, fields = self._fi_reply(dest, fields)
+        if not send:
+            return self.receive()
         if self.lu_state != LuState.NULL:
             try:
                 conn.sendnb(dest, m_type, fields)
@@ -312,7 +331,7 @@ class Sef:
             if self.lu_state != LuState.NULL:
                 return self.receive()
             m = conn.receive()
-        return m
+        return self._fi_request_arrives(m)
 
     def serve(self, handle: Callable[[Message], tuple[int, Fields] | None]) -> NoReturn:
         """A server's loop: each message goes to ``handle``; its answer (status,
@@ -331,7 +350,57 @@ class Sef:
         if m.m_type == proto.SEF_LU_PREPARE:
             self._lu_request(m)
             return True
+        if m.m_type == SEF_FI:
+            self._fi_request(m)
+            return True
         return False
+
+    # ------------------------------------------------------ fault injection
+    def _fi_request(self, m: Message) -> None:
+        """RS's ``service fi``: a crash or a hang now, the others armed."""
+        try:
+            kind = FiType(int(m.get("type", int(FiType.CRASH))))  # type: ignore[arg-type]
+        except (ValueError, TypeError, codec.CodecError) as exc:
+            log.error("malformed fault-injection request: %s", exc)
+            return
+        if kind is FiType.CRASH:
+            log.error(
+                "fault injection: crashing on RS's request (service fi), exit status %d",
+                FI_CRASH_STATUS,
+            )
+            logging.shutdown()
+            os._exit(FI_CRASH_STATUS)
+        if kind is FiType.HANG:
+            log.error("fault injection: hanging on RS's request (service fi), answering nothing")
+            while True:
+                time.sleep(3600)
+        log.warning("fault injection: %s armed (service fi)", kind.option)
+        self.fi_armed = kind
+
+    def _fi_request_arrives(self, m: Message) -> Message:
+        """A request for the service: raise inside it if an exception is armed."""
+        if self.fi_armed is FiType.EXCEPTION and not m.is_notify:
+            self.fi_armed = None
+            raise FaultInjected(
+                f"fault injection (service fi): exception inside request {m.m_type:#x} "
+                f"from {m.source}"
+            )
+        return m
+
+    def _fi_reply(
+        self, dest: int, fields: Fields | bytes | None
+    ) -> tuple[bool, Fields | bytes | None]:
+        """Whether to send a reply, and its payload: an armed reply fault applies once."""
+        kind = self.fi_armed
+        if kind is FiType.DROP_REPLY:
+            self.fi_armed = None
+            log.warning("fault injection: the reply to %d is dropped (service fi)", dest)
+            return False, fields
+        if kind is FiType.CORRUPT_REPLY:
+            self.fi_armed = None
+            log.warning("fault injection: the reply to %d is garbled (service fi)", dest)
+            return True, garble(fields)
+        return True, fields
 
     # ---------------------------------------------------------- live update
     def _lu_request(self, m: Message) -> None:
@@ -473,6 +542,13 @@ def setcb_lu_state_save(cb: StateSaveCallback) -> None:
 
 def setcb_signal_handler(cb: SignalCallback) -> None:
     _sef.cb_signal_handler = cb
+
+
+def garble(fields: Fields | bytes | None) -> bytes:
+    """A payload no decoder takes: 65535 entries declared (more than any message
+    holds), then the real payload with its bits flipped."""
+    payload = fields if isinstance(fields, bytes) else codec.encode(fields or {})
+    return b"\xff\xff" + bytes(b ^ 0xFF for b in payload)
 
 
 _WRAPPED = "hwl.sef.lu"

@@ -2,7 +2,8 @@
 
 Events: boot-done, boot-failed, up, init-failed, exit, crash, restart,
 heartbeat-missed, script, down, gave-up, update-prepared, update-done,
-update-aborted, update-rolled-back, clone.
+update-aborted, update-rolled-back, clone, fi (a fault asked for: service fi; the crash
+it causes has the reason "fault injection (TYPE)").
 """
 
 from __future__ import annotations

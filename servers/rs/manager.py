@@ -12,6 +12,10 @@ service with a recovery script is not restarted by RS: the script is run as
 ``script label reason repetition`` (reason: terminated, no-heartbeat, or restart
 for a refresh) and may call ``service restart LABEL``.
 The restart policy decides the endpoint: reset gives a new one, restart keeps it.
+A service started with ``service run`` is never restarted: its death takes it
+out of the table. ``service fi`` asks a service to inject a fault into itself
+(MINIX's RS_FI_CRASH and hwl's other kinds); a death it causes is logged as a
+crash with the reason "fault injection" and recovered by the service's policy.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from hwl.proto import ds as dsp
 from hwl.proto import sef as sefp
 from hwl.proto.errno import Errno, ErrnoError, errno_of
 from hwl.proto.rs import Policy
-from hwl.proto.sef import InitType
+from hwl.proto.sef import FI_CRASH_STATUS, FiType, InitType
 from hwl.system.rs import default_label
 from servers.rs.events import EventLog
 from servers.rs.table import Instance, Service, ServiceTable, State, Waiter
@@ -231,6 +235,29 @@ class Manager:
         except IpcError as exc:
             log.debug("kill %s: %s", wire.endpoint_name(endpoint), exc)
 
+    # ----------------------------------------------------- fault injection
+    def inject_fault(self, svc: Service, kind: FiType) -> None:
+        """Ask the service's SEF for the fault (MINIX's fi_service: an asynchronous
+        send RS does not wait on); a fault that kills is remembered for its crash."""
+        assert svc.current is not None
+        current = svc.current
+        try:
+            self.conn.senda(current.endpoint, sefp.SEF_FI, {"type": int(kind)})
+        except IpcError as exc:
+            raise RsError(exc.errno, f"cannot reach {svc.label}: {exc.detail or exc}") from exc
+        if kind.kills:
+            svc.fi_pending = kind
+        self.events.write(
+            "fi", svc.label, type=kind.option, endpoint=current.endpoint, pid=current.pid
+        )
+
+    def _fault_of(self, svc: Service, info: ExitInfo) -> FiType | None:
+        """The injected fault this death is the result of, if any (then forgotten)."""
+        fault, svc.fi_pending = svc.fi_pending, None
+        if fault is None and not info.signal and info.status == FI_CRASH_STATUS:
+            fault = FiType.CRASH
+        return fault
+
     # ----------------------------------------------------------- heartbeat
     def schedule_ping(self, svc: Service) -> None:
         if svc.ping_timer:
@@ -293,10 +320,20 @@ class Manager:
                 svc, -Errno.ERESTART, {"error": f"{svc.label} died during its init ({how})"}
             )
             return
-        event = "crash" if info.signal and not svc.refreshing else "exit"
-        self.events.write(event, svc.label, endpoint=info.endpoint, pid=info.pid, how=how)
+        fault = self._fault_of(svc, info)
+        crashed = (info.signal and not svc.refreshing) or fault is not None
+        why: dict[str, str] = {}
+        if fault is not None:
+            why["reason"] = f"fault injection ({fault.option})"
+            log.warning("%s crashed (%s): %s", svc.label, how, why["reason"])
+        event = "crash" if crashed else "exit"
+        self.events.write(event, svc.label, endpoint=info.endpoint, pid=info.pid, how=how, **why)
         if self.shutting_down:
             svc.state = State.DOWN
+            return
+        if svc.run:  # service run: never restarted
+            self.events.write("down", svc.label, pid=info.pid, how=how, reason="not restarted")
+            self._forget(svc, 0, {})
             return
         reason = (
             "restart" if svc.refreshing else "no-heartbeat" if svc.no_ping_reply else "terminated"

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from hwl.proto import codec, wire
 from hwl.proto import rs as rsp
 from hwl.proto.errno import Errno
-from hwl.proto.fields import FieldError
+from hwl.proto.fields import FieldError, get_int
 from hwl.proto.rs import RsLabel, RsUp, RsUpdate
-from hwl.proto.sef import InitType
+from hwl.proto.sef import FiType, InitType
 from servers.rs.manager import Manager, RsError
 from servers.rs.table import Service, State, Waiter
 from servers.rs.update import Updater
@@ -51,6 +51,7 @@ class Requests:
             rsp.RS_EDIT: self.do_edit,
             rsp.RS_LOOKUP: self.do_lookup,
             rsp.RS_STATUS: self.do_status,
+            rsp.RS_FI: self.do_fi,
         }
 
     def handle(self, source: int, m_type: int, fields: Fields) -> Reply:
@@ -180,6 +181,18 @@ class Requests:
         self.m.events.write("edit", svc.label, changed=sorted(k for k in fields if k != "label"))
         return {}
 
+    def do_fi(self, source: int, fields: Fields) -> Reply:
+        """MINIX's do_fi: checked as every request on a service, then the service is
+        asked (asynchronously: RS never waits on it) to inject the fault itself;
+        the answer is at once, the crash and restart come as events."""
+        svc = self._service(source, fields, "inject a fault into")
+        number = get_int(fields, "type", 0, max(FiType), int(FiType.CRASH))
+        kind = FiType(number)
+        if svc.state is not State.UP or svc.current is None:
+            raise RsError(Errno.EBUSY, f"{svc.label} is {svc.state.value}, not up")
+        self.m.inject_fault(svc, kind)
+        return {}
+
     def do_lookup(self, source: int, fields: Fields) -> Reply:
         label = RsLabel.from_fields(fields).label
         svc = self.m.table.get(label)
@@ -212,6 +225,7 @@ def service_from_fields(m: Manager, label: str, fields: Fields) -> Service:
         max_restarts=up.restarts,
         policy=up.policy,
         cold=up.cold,
+        run=up.run,
     )
 
 
@@ -225,4 +239,5 @@ def _fields_of(svc: Service) -> Fields:
         "restarts": svc.max_restarts,
         "policy": int(svc.policy),
         "cold": svc.cold,
+        "run": svc.run,
     }

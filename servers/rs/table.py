@@ -9,7 +9,7 @@ from enum import Enum
 
 from hwl.proto import codec, wire
 from hwl.proto.rs import Policy
-from hwl.proto.sef import InitType
+from hwl.proto.sef import FiType, InitType
 from servers.rs.timers import Timer
 
 
@@ -50,6 +50,7 @@ class Service:
     max_restarts: int = -1
     policy: Policy = Policy.RESET
     cold: bool = False
+    run: bool = False  # service run: never restarted; its death takes it out of the table
 
     state: State = State.STARTING
     current: Instance | None = None
@@ -67,6 +68,7 @@ class Service:
     want_replica: bool = False
     init_kind: InitType = InitType.FRESH  # what the pending init is for
     last_endpoint: int = wire.NONE  # of the instance that died, for the restart policy
+    fi_pending: FiType | None = None  # a fault asked for (service fi) that ends the process
 
     @property
     def endpoint(self) -> int:
@@ -87,8 +89,20 @@ class Service:
             "last_heartbeat": round(since, 3) if self.period else -1.0,
             "state": self.state.value,
             "policy": self.policy.name.lower(),
+            "flags": ",".join(self.flags()),
             "program": " ".join(self.argv),
         }
+
+    def flags(self) -> list[str]:
+        """What sets this service apart, as ``service status`` shows it."""
+        marks = {
+            "run": self.run,  # never restarted
+            "cold": self.cold,  # started from a fresh interpreter
+            "script": bool(self.script),  # a recovery script decides
+            "clone": self.want_replica,  # a warm replica is kept
+            "fi": self.fi_pending is not None,  # a fault injection is under way
+        }
+        return [name for name, on in marks.items() if on]
 
 
 class ServiceTable:

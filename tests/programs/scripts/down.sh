@@ -4,8 +4,8 @@
 calls="$HWL_RUN_DIR/recovery.calls"
 echo "called $*" >>"$calls"
 bin="$(dirname "$(command -v python)")"
-if [ -x "$bin/service" ]; then
-	"$bin/service" down "$1"
+if [ -x "$bin/minix-service" ]; then
+	"$bin/minix-service" down "$1"
 else
 	python -m hwl.cli.service down "$1"
 fi

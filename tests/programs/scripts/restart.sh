@@ -5,8 +5,8 @@
 calls="$HWL_RUN_DIR/recovery.calls"
 echo "called $*" >>"$calls"
 bin="$(dirname "$(command -v python)")"
-if [ -x "$bin/service" ]; then
-	"$bin/service" restart "$1"
+if [ -x "$bin/minix-service" ]; then
+	"$bin/minix-service" restart "$1"
 else
 	python -m hwl.cli.service restart "$1"
 fi
