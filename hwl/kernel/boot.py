@@ -6,6 +6,7 @@ import contextlib
 import logging
 import mmap
 import os
+import resource
 import signal
 import socket
 import traceback
@@ -59,6 +60,19 @@ def _drain(fd: int) -> None:
         os.read(fd, 512)
 
 
+def _more_files() -> None:
+    """Raise the open-file limit to the hard one (at most 1 << 16): the kernel holds
+    both ends of every call channel, two descriptors each, besides a socket, an
+    arena and a pidfd per process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard if hard != resource.RLIM_INFINITY else 1 << 16, 1 << 16)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("open-file limit stays %d: %s", soft, exc)
+
+
 def main(config: dict[str, Any]) -> int:
     run_dir = Path(config["run_dir"])
     logging.basicConfig(
@@ -68,6 +82,7 @@ def main(config: dict[str, Any]) -> int:
         datefmt="%H:%M:%S",
     )
     ready = os.fdopen(int(config["ready_fd"]), "w")
+    _more_files()
     try:
         link = open_link(config["link"]) if config.get("link") else None
         kernel = Kernel(run_dir, link)

@@ -996,6 +996,8 @@ class Calls:
             channel = self.k.channels.open(proc, target)
         except LookupError as exc:
             fail(Errno.EAGAIN, f"chanopen: {exc}")
+        except OSError as exc:  # out of descriptors: the caller stays on the kernel path
+            fail(Errno.EAGAIN, f"chanopen: no channel now ({exc.strerror or exc})")
         self.reply_fds = [channel.client_end.fileno()]
         return {"server": target.endpoint}
 
