@@ -742,6 +742,10 @@ class Connection:
     def _output(self, now: float, force: bool = False) -> None:
         """Send what the windows, Nagle and SWS avoidance allow (the shape of BSD's
         tcp_output); ``force`` sends one segment regardless (timeouts, probes)."""
+        if not force and self.rexmit_at is None and seq.gt(self.snd_nxt, self.snd_una):
+            # Only a window probe is out (it has no retransmission timer): the window
+            # opened, so the stream goes on from the byte the probe carried.
+            self.snd_nxt = self.snd_una
         for _ in range(4096):
             flight = seq.diff(self.snd_nxt, self.snd_una)
             index = seq.diff(self.snd_nxt, self.buf_seq)
@@ -790,6 +794,7 @@ class Connection:
             self.snd_max = self.snd_nxt
         if (n or fin) and not probe and self.rexmit_at is None:
             self.rexmit_at = now + self.rto.rto
+            self.progress_at = now  # R2 counts from the first send of what is outstanding
             self.persist_at = None
 
     def _retransmit_first(self) -> None:
