@@ -409,3 +409,106 @@ def test_backlog_bounds_the_listen_queue() -> None:
     assert len(listener.ready) == 2
     assert wire.b.accept(listener) is not None
     wire.run(lambda: all(c.state is State.ESTABLISHED for c in conns), 10.0)
+
+
+# --- details ----------------------------------------------------------------------------------
+
+
+def test_isns_differ_per_four_tuple_and_advance_with_the_clock() -> None:
+    tcp = Tcp(lambda *a, **k: None, lambda _d: A, CFG, secret=bytes(16))
+    key = (A, 40000, B, 80)
+    first = tcp._isn(key, 0.0)
+    assert tcp._isn(key, 0.0) == first
+    assert tcp._isn((A, 40001, B, 80), 0.0) != first
+    assert (tcp._isn(key, 1.0) - first) % 2**32 == 250_000  # RFC 6528's 4 us timer
+    other = Tcp(lambda *a, **k: None, lambda _d: A, CFG, secret=bytes(range(16)))
+    assert other._isn(key, 0.0) != first
+
+
+def test_a_segment_for_no_socket_gets_the_rfc9293_reset() -> None:
+    wire = Wire(19)
+    syn = Segment(1234, 80, 1000, 0, SYN, 100, b"", 1460)
+    wire.b.input(A, B, build(syn, A, B), 0.0)
+    data = Segment(1234, 80, 1000, 777, ACK, 100, b"abc")
+    wire.b.input(A, B, build(data, A, B), 0.0)
+    wire.b.input(A, B, build(Segment(1234, 80, 1, 2, RST, 0), A, B), 0.0)
+    resets = [s for _, s in wire.sent_by(B)]
+    assert resets[0].flags == RST | ACK and resets[0].seq == 0 and resets[0].ack == 1001
+    assert resets[1].flags == RST and resets[1].seq == 777
+    assert len(resets) == 2  # never a RST for a RST
+    wire.b.input(A, B, b"\0" * 19, 0.0)
+    assert wire.b.counters["bad_segments"] == 1
+
+
+def test_a_syn_without_mss_means_536_and_ours_is_announced() -> None:
+    wire = Wire(20)
+    wire.b.listen(ANY, PORT, 4)
+    wire.b.input(A, B, build(Segment(1234, PORT, 1000, 0, SYN, 65535), A, B), 0.0)
+    conn = next(iter(wire.b.conns.values()))
+    assert conn.send_mss == 536 and conn.state is State.SYN_RECEIVED
+    synack = wire.sent_by(B)[-1][1]
+    assert synack.flags == SYN | ACK and synack.mss == 1460 and synack.ack == 1001
+
+
+def test_one_segment_is_acked_after_the_delayed_ack_timer() -> None:
+    wire = Wire(21, latency=0.01)
+    client, _server = wire.connect()
+    sent_at = wire.now
+    client.send(b"a" * 100, wire.now)
+    wire.run(lambda: client.snd_una == client.snd_max, 2.0)
+    ack_time = next(t for t, s in wire.sent_by(B) if t > sent_at and not s.payload)
+    assert ack_time - (sent_at + 0.01) == pytest.approx(CFG.delack, abs=0.005)
+    two = wire.now
+    client.send(b"b" * 2920, wire.now)  # two full segments: acked at once
+    wire.run(lambda: client.snd_una == client.snd_max, 2.0)
+    ack_time = next(t for t, s in wire.sent_by(B) if t > two and not s.payload)
+    assert ack_time - two < 0.02 + 0.005
+    assert client.counters.get("retransmits", 0) == 0
+
+
+def test_fin_wait_2_gives_up_on_a_peer_that_never_closes() -> None:
+    wire = Wire(22)
+    client, server = wire.connect()
+    client.close(wire.now)
+    wire.run(lambda: client.state is State.FIN_WAIT_2, 5.0)
+    closed_at = wire.now
+    wire.run(lambda: client.state is State.CLOSED, CFG.fin_wait_2 + 5)
+    assert wire.now - closed_at == pytest.approx(CFG.fin_wait_2, abs=0.5)
+    assert client.error is None and server.state is State.CLOSE_WAIT
+
+
+def test_a_new_syn_reopens_a_time_wait_pair() -> None:
+    wire = Wire(23)
+    client, server = wire.connect()
+    port = client.local[1]
+    server.close(wire.now)
+    wire.run(lambda: client.at_eof, 5.0)
+    client.close(wire.now)
+    wire.run(lambda: server.state is State.TIME_WAIT and client.state is State.CLOSED, 5.0)
+    again = wire.a.connect(B, PORT, wire.now + 0.5, local_port=port)
+    listener = wire.b.listeners[(ANY, PORT)]
+    wire.run(lambda: again.state is State.ESTABLISHED and bool(listener.ready), 5.0)
+    assert server.state is State.CLOSED
+    assert wire.now < 2 * CFG.msl
+
+
+def test_closing_a_listener_resets_what_was_not_accepted() -> None:
+    wire = Wire(24)
+    listener = wire.b.listen(ANY, PORT, 4)
+    conn = wire.a.connect(B, PORT, 0.0)
+    wire.run(lambda: bool(listener.ready), 5.0)
+    wire.b.close_listener(listener, wire.now)
+    wire.run(lambda: conn.state is State.CLOSED, 5.0)
+    assert conn.error == errno.ECONNRESET
+    wire.b.listen(ANY, 6000, 1)
+    with pytest.raises(OSError, match="already listened"):
+        wire.b.listen(B, 6000, 1)
+
+
+def test_an_unreachable_peer_times_out_with_ehostunreach() -> None:
+    wire = Wire(25)
+    wire.drop_all = True
+    conn = wire.a.connect(B, PORT, 0.0)
+    wire.a.unreachable(B, errno.EHOSTUNREACH, build(wire.sent_by(A)[0][1], A, B))
+    wire.run(lambda: conn.state is State.CLOSED, 30.0)
+    assert conn.error == errno.EHOSTUNREACH

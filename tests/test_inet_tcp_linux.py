@@ -29,7 +29,7 @@ from hwl.machine.profile import NetSpec
 from servers.inet.ipv4 import Config, address
 from servers.inet.stack import Stack
 from servers.inet.tcp.connection import Connection, State, TcpConfig
-from servers.inet.tcp.segment import RST, SYN, Segment, parse
+from servers.inet.tcp.segment import FIN, RST, SYN, Segment, parse
 from servers.inet.tcp.tcp import ANY, Tcp
 
 OURS = address("10.0.2.15")
@@ -396,6 +396,30 @@ def test_linux_closes_first_and_keeps_time_wait(peer: NetnsPeer, driver: Driver)
     driver.run(lambda: conn.state is State.CLOSED, 10.0)
     assert conn.error is None
     assert f"10.0.2.15:{conn.local[1]}" in ss(peer, "time-wait")
+    listener.close()
+
+
+def test_simultaneous_close_with_linux_leaves_both_in_time_wait(
+    peer: NetnsPeer, driver: Driver
+) -> None:
+    listener = linux_listener(peer)
+    accepted: list[socket.socket] = []
+    side = Thread(lambda: accepted.append(listener.accept()[0]))
+    conn = driver.connect()
+    side.outcome(10.0)
+    # Both FINs leave while the wire drops everything, so they cross on the retries.
+    driver.drop = True
+    accepted[0].close()
+    conn.close(time.monotonic())
+    quiet_until = time.monotonic() + 0.1
+    driver.run(lambda: time.monotonic() > quiet_until, 1.0)
+    assert conn.state is State.FIN_WAIT_1
+    driver.drop = False
+    driver.run(lambda: conn.state is State.TIME_WAIT, 10.0)
+    fins_in = [seg for _, seg, _ in driver.received if seg.has(FIN)]
+    assert fins_in and conn.fin_received
+    linux_tw = ss(peer, "time-wait")
+    assert f"10.0.2.15:{conn.local[1]}" in linux_tw
     listener.close()
 
 

@@ -102,8 +102,11 @@ class TcpConfig:
     """The same for a SYN or SYN-ACK that is never answered."""
     msl: float = 30.0
     """TIME_WAIT lasts 2*msl."""
-    delack: float = 0.2
-    """Longest an ACK is delayed (RFC 1122: under 0.5 s; RFC 5681: 200 ms is a good choice)."""
+    delack: float = 0.04
+    """Longest an ACK is delayed (RFC 1122: under 0.5 s). Linux's minimum, 40 ms: it
+    must stay well under the RTO's floor, else a lone segment's ACK comes after the
+    sender's timer and every request-response exchange costs a spurious retransmission
+    and a collapsed window (seen at 200 ms against a 200 ms floor)."""
     persist_max: float = 60.0
     fin_wait_2: float = 60.0
     """How long a connection closed by its user waits in FIN-WAIT-2 for the peer's FIN."""
@@ -131,6 +134,9 @@ class Connection:
         self.emit = emit
         self.state = State.CLOSED
         self.error: int | None = None
+        self.soft_error: int | None = None
+        """The last ICMP-like failure below us (EHOSTUNREACH...), reported instead of
+        ETIMEDOUT if the connection times out (RFC 1122 4.2.3.9: soft errors do not abort)."""
         self.nodelay = cfg.nodelay
         self.passive = False
         self.user_closed = False
@@ -387,7 +393,7 @@ class Connection:
             self.cfg.r2_syn if self.state in (State.SYN_SENT, State.SYN_RECEIVED) else self.cfg.r2
         )
         if now - self.progress_at >= limit:
-            self._close_now(errno.ETIMEDOUT)
+            self._close_now(self.soft_error or errno.ETIMEDOUT)
             return
         self.rto.backoff()
         if self.state in (State.SYN_SENT, State.SYN_RECEIVED):
@@ -405,7 +411,7 @@ class Connection:
         self.persist_at = None
         if self.heard_at < self.probed_at and now - self.heard_at >= self.cfg.r2:
             # The last probe went unanswered and the peer is silent since r2.
-            self._close_now(errno.ETIMEDOUT)
+            self._close_now(self.soft_error or errno.ETIMEDOUT)
             return
         self.probed_at = now
         self._count("window_probes")
@@ -488,6 +494,7 @@ class Connection:
             self.ack_now = True
             return
         self.heard_at = now
+        self.soft_error = None
         if seg.has(RST):
             self._on_rst(seg)
             return
@@ -601,6 +608,9 @@ class Connection:
         self._sample_rtt(ack, now)
         self.rto.reset_backoff()
         acked = seq.diff(ack, self.snd_una)
+        if self.snd_una == self.iss:
+            acked -= 1  # our SYN: not data, no congestion credit
+            flight -= 1
         self.snd_una = ack
         if seq.lt(self.snd_nxt, ack):
             self.snd_nxt = ack
@@ -723,9 +733,6 @@ class Connection:
         elif self.ack_now and self.state in (State.FIN_WAIT_2, State.TIME_WAIT, State.SYN_RECEIVED):
             self._send_ack()
         self._arm_persist(now)
-
-    def _unsent(self) -> int:
-        return len(self.sndbuf) - seq.diff(self.snd_nxt, self.buf_seq)
 
     def _arm_persist(self, now: float) -> None:
         if self.state not in _SYNCED_SEND or self.rexmit_at is not None:

@@ -7,8 +7,10 @@ numbers (RFC 6528), and keeps connections in TIME_WAIT until their 2*MSL is over
 It meets IP through two callables that ``servers.inet.stack.Stack`` provides:
 ``ip_output(dst, proto, payload, now, df=...)`` to send (OSError when it cannot),
 and ``source_for(dst)`` for the source address of a connect; IP calls
-``input(src, dst, segment, now)`` for each segment addressed to us. Still pure:
-time is passed in and nothing blocks.
+``input(src, dst, segment, now)`` for each segment addressed to us
+(``stack.tcp_input``) and ``unreachable(dst, errno, segment)`` for one it could
+not deliver (``stack.tcp_unreachable``). Still pure: time is passed in and
+nothing blocks.
 """
 
 from __future__ import annotations
@@ -168,6 +170,19 @@ class Tcp:
             return
         self._count("no_socket")
         self._reset(key, seg, now)
+
+    def unreachable(self, dst: bytes, err: int, segment: bytes) -> None:
+        """IP could not deliver a segment we sent to ``dst`` (its next hop never
+        answered ARP, or its queue was full): a soft error for the connection, which
+        keeps retrying and reports ``err`` only if it then times out
+        (``Stack.tcp_unreachable``)."""
+        if len(segment) < 4:
+            return
+        sport, dport = struct.unpack_from("!HH", segment)
+        for key, conn in self.conns.items():
+            if key[1] == sport and key[2] == dst and key[3] == dport:
+                conn.soft_error = err
+                self._count("soft_errors")
 
     def _reopens(self, conn: Connection, seg: Segment) -> bool:
         return seg.flags & (SYN | ACK | RST) == SYN and seq.gt(seg.seq, conn.rcv_nxt)
