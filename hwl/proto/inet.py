@@ -88,7 +88,7 @@ MAX_PING: Final = 1472
 MAX_TIMEOUT: Final = 86400.0
 MAX_SOCK: Final = (1 << 31) - 1
 #: Socket options INET supports, by SO_/IP_ name lowercased; values are integers.
-SOCKOPTS: Final = ("reuseaddr", "broadcast", "rcvbuf", "ttl")
+SOCKOPTS: Final = ("reuseaddr", "broadcast", "rcvbuf")
 
 Fields = Mapping[str, object]
 

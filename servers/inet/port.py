@@ -66,6 +66,7 @@ class Port:
     endpoint: int = 0  # 0: down
     card: ndev.InitReply | None = None
     link: bool = False
+    gen: int | None = None  # the incarnation INIT named (the driver's pid at its start)
     stats: PortStats = field(default_factory=PortStats)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _unconfirmed: deque[_Send] = field(default_factory=deque)  # posted or waiting to be
@@ -85,6 +86,8 @@ class Port:
         try:
             init = self._call(ndev.INIT, {}, timeout)
             self.card = ndev.InitReply.from_fields(init.fields)
+            gen = init.fields.get("gen")
+            self.gen = gen if isinstance(gen, int) else None
             self.link = self.card.link
             self._call(ndev.CONF, {"set": ndev.CONF_MODE, "mode": self.mode}, timeout)
         except BaseException:

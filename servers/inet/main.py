@@ -1,0 +1,268 @@
+"""inet: the TCP/IP server. Sockets for user processes over the NIC drivers.
+
+Run by RS (``[hwl-service "inet"]`` in a profile, entry ``service inet`` in
+system.conf) with one ``if=LABEL:ADDRESS/PREFIX[,gw=GATEWAY]`` argument per NIC
+driver. Protocol: :mod:`hwl.proto.inet`; client: :mod:`hwl.net`; design:
+docs/inet.md. The roles, each a module:
+
+- :mod:`servers.inet.stack` (and the layers beside it): pure, frames in and out;
+- :mod:`servers.inet.ifaces`: the drivers (a :class:`~servers.inet.port.Port`
+  each) and their recovery;
+- :mod:`servers.inet.sockets`: the clients' sockets and the late answers;
+- this module: SEF, the receive loop, the alarm.
+
+One loop: each message is a client's request, a driver's answer (its frames go
+through the stack), DS's notify (a driver incarnation) or the CLOCK's (timers).
+After each, the stack's output goes to the ports, waiting requests are answered
+when they can be, and the alarm is set for the earliest deadline of the stack,
+the waiting requests, a driver retry and the reaping of dead clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import time
+from typing import Final
+
+from hwl.ipc.client import Connection, IpcError, KernelGone, Message
+from hwl.proto import codec, wire
+from hwl.proto import inet as ip
+from hwl.proto.errno import Errno
+from hwl.proto.fields import FieldError
+from hwl.system import sef
+from hwl.system.ds import Ds, DsError
+from hwl.system.proctab import ProcTable
+from hwl.system.recovery import DriverTracker
+from servers.inet import ipv4
+from servers.inet.ifaces import ConfigError, Ifaces, IfConfig, NicDriver, parse_if
+from servers.inet.sockets import Refused, Sockets
+from servers.inet.stack import Stack, StackError
+
+log = logging.getLogger(__name__)
+
+Fields = dict[str, codec.Value]
+REAP_SECONDS: Final = 2.0
+#: The alarm never waits longer than this (ARP expiry and such need no precision).
+MAX_SLEEP: Final = 5.0
+
+
+class Inet:
+    def __init__(self, configs: list[IfConfig]) -> None:
+        self.configs = configs
+        self.stack = Stack()
+        self.ifaces: Ifaces | None = None
+        self.sockets = Sockets(self.stack, self._reply, self._local)
+        self.ds: Ds | None = None
+        self.alarm_at: float | None = None
+        self.reap_at: float | None = None
+        self.requests = 0
+        self.out: list[tuple[str, bytes]] = []  # frames the stack handed back, to send
+        self.refused = 0
+
+    @property
+    def conn(self) -> Connection:
+        return sef.connection()
+
+    def _local(self, addr: bytes) -> bool:
+        return self.ifaces is not None and self.ifaces.local(addr)
+
+    @staticmethod
+    def _reply(dest: int, status: int, fields: Fields) -> None:
+        sef.reply(dest, status, fields)
+
+    # ------------------------------------------------------------------ init
+    def init(self, info: sef.InitInfo) -> int:
+        conn = self.conn
+        try:
+            self.ds = Ds.find(conn, timeout=10)
+            tracker = DriverTracker(conn, self.ds, "net", NicDriver)
+            tracker.subscribe()
+        except DsError as exc:
+            log.error("cannot subscribe to driver-up events: %s", exc)
+            return int(exc.errno)
+        self.ifaces = Ifaces(conn, self.stack, self.configs, tracker, self._frames)
+        now = time.monotonic()
+        self.ifaces.start(now)
+        self.flush(now)
+        names = ", ".join(f"{c.label} {ipv4.dotted(c.config.address)}" for c in self.configs)
+        log.info("inet up (%s): %s", info.type.name, names)
+        return 0
+
+    def _frames(self, ifname: str, frames: list[bytes]) -> None:
+        now = time.monotonic()
+        for frame in frames:
+            self.out += self.stack.input(ifname, frame, now)  # sent by flush()
+
+    # ------------------------------------------------------------------ loop
+    def serve(self) -> None:
+        try:
+            while True:
+                m = sef.receive()
+                try:
+                    self.dispatch(m)
+                except Exception:  # a bug must not take the network down
+                    log.exception("message %#x from %d", m.m_type, m.source)
+                    if not m.is_notify and ip.is_request(m.m_type):
+                        sef.reply(m.source, -int(Errno.EGENERIC), {"error": "internal error"})
+                self.flush(time.monotonic())
+        finally:
+            with contextlib.suppress(KernelGone):
+                sef.flush_reply()
+
+    def dispatch(self, m: Message) -> None:
+        assert self.ifaces is not None
+        now = time.monotonic()
+        if m.is_notify:
+            if m.source == wire.CLOCK:
+                self.alarm_at = None
+                self.on_alarm(now)
+            elif self.ds is not None and m.source == self.ds.endpoint:
+                sef.flush_reply()
+                self.ifaces.on_ds_notify(now)
+            return
+        if self.ifaces.handle(m.source, m):
+            return
+        if m.m_type <= 0:
+            return  # a stray status or a late driver message: never answered
+        self.request(m, now)
+
+    def on_alarm(self, now: float) -> None:
+        assert self.ifaces is not None
+        self.out += self.stack.tick(now)  # sent by flush()
+        self.ifaces.retry(now)
+        if self.reap_at is not None and self.reap_at <= now:
+            self.reap_at = None
+            self.reap()
+
+    def flush(self, now: float) -> None:
+        """After each message: frames out, waiting requests answered, the alarm set."""
+        if self.ifaces is None:
+            return
+        if (due := self.stack.deadline()) is not None and due <= now:
+            self.out += self.stack.tick(now)
+        out, self.out = self.out + self.stack.take_output(), []
+        self.ifaces.send(out, now)
+        self.sockets.wake(now)
+        if self.sockets.table and self.reap_at is None:
+            self.reap_at = now + REAP_SECONDS
+        self.arm(now)
+
+    def arm(self, now: float) -> None:
+        assert self.ifaces is not None
+        times = [t for t in (self.stack.deadline(), self.sockets.deadline(),
+                             self.ifaces.deadline(), self.reap_at) if t is not None]  # fmt: skip
+        at = min(times) if times else now + MAX_SLEEP
+        at = min(at, now + MAX_SLEEP)
+        if self.alarm_at is not None and now < self.alarm_at <= at:
+            return  # an earlier alarm is set: it re-arms when it rings
+        try:
+            self.conn.setalarm(seconds=max(0.001, at - now))
+            self.alarm_at = at
+        except IpcError as exc:
+            log.warning("setalarm: %s", exc)
+
+    def reap(self) -> None:
+        """Close the sockets of clients that ended without closing them."""
+        if not self.sockets.owners():
+            return
+        procs = ProcTable(self.conn, log).refresh()
+        if procs is not None:
+            n = self.sockets.reap(set(procs))
+            if n:
+                log.info("closed the sockets of %d clients that have ended", n)
+
+    # ------------------------------------------------------------------ requests
+    def request(self, m: Message, now: float) -> None:
+        self.requests += 1
+        if not ip.is_request(m.m_type):
+            self.refused += 1
+            sef.reply(m.source, -int(Errno.ENOSYS), {"error": f"unknown request {m.m_type:#x}"})
+            return
+        try:
+            req = ip.parse(m.m_type, m.fields)
+            answer = self.execute(m.m_type, m.source, req, now)
+        except Refused as exc:
+            self.refused += 1
+            sef.reply(m.source, -int(exc.errno), {"error": str(exc)})
+            return
+        except (FieldError, codec.CodecError) as exc:
+            self.refused += 1
+            name = ip.REQUEST_NAMES[m.m_type]
+            sef.reply(m.source, -int(Errno.EINVAL), {"error": f"malformed {name}: {exc}"})
+            return
+        if answer is not None:
+            sef.reply(m.source, *answer)
+
+    def execute(
+        self, m_type: int, client: int, req: ip.Request, now: float
+    ) -> tuple[int, Fields] | None:
+        """The answer to ``req`` now, or None: it waits and is answered late."""
+        s = self.sockets
+        if isinstance(req, ip.Socket):
+            return s.socket(client, req), {}
+        if isinstance(req, ip.Address):
+            if m_type == ip.BIND:
+                return 0, s.bind(client, req)
+            s.connect(client, req)
+            return 0, {}
+        if isinstance(req, ip.SendTo):
+            return s.sendto(client, req, now), {}
+        if isinstance(req, ip.RecvFrom):
+            return s.recvfrom(client, req, now)
+        if isinstance(req, ip.SockOpt):
+            return 0, {"value": s.sockopt(client, req)}
+        if isinstance(req, ip.Ping):
+            s.ping(client, req, now)
+            return None
+        if isinstance(req, ip.IfStatus):
+            return 0, self.status()
+        return self.on_sock(m_type, client, req.sock)
+
+    def on_sock(self, m_type: int, client: int, ident: int) -> tuple[int, Fields]:
+        s = self.sockets
+        if m_type == ip.CANCEL:
+            cancelled = s.cancel(client, ident) if ident in s.table else 0
+            return 0, {"cancelled": cancelled + s.cancel_pings(client)}
+        if m_type == ip.CLOSE:
+            s.close(client, ident)
+            return 0, {}
+        if m_type == ip.GETSOCKNAME:
+            return 0, s.name(s.get(client, ident))
+        if m_type == ip.GETPEERNAME:
+            return 0, s.peername(client, ident)
+        s.get(client, ident)  # LISTEN, ACCEPT, SHUTDOWN: EBADF first, as a kernel would
+        raise Refused(Errno.EOPNOTSUPP, f"{ip.REQUEST_NAMES[m_type]} on a datagram socket")
+
+    def status(self) -> Fields:
+        assert self.ifaces is not None
+        try:
+            counters: codec.Value = self.stack.counters()  # type: ignore[assignment]
+        except StackError:
+            counters = {}
+        return {
+            "interfaces": self.ifaces.status(),
+            "counters": counters,
+            "sockets": len(self.sockets.table),
+            "requests": self.requests,
+            "refused": self.refused,
+        }
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="inet")
+    p.add_argument("interfaces", nargs="*", metavar="if=LABEL:ADDRESS/PREFIX[,gw=GATEWAY]")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    try:
+        configs = [parse_if(a) for a in args.interfaces]
+    except ConfigError as exc:
+        p.error(str(exc))
+    server = Inet(configs)
+    sef.setcb_init_fresh(server.init)
+    sef.startup()
+    server.serve()
+    return 0

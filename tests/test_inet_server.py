@@ -1,0 +1,297 @@
+"""INET as a server on a real e1000 (profile ``inet``), Linux's stack in the machine's
+namespace as the peer: ping both ways, UDP echo through ``hwl.net`` both ways, the
+driver SIGKILLed during a UDP exchange (INET re-opens the next incarnation, nothing
+is lost, no client sees an error), and bad client input answered with clear errors
+while INET keeps serving. One machine for the module."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import hwl.net
+from hwl.machine.machine import Machine
+from hwl.proto import inet as ip
+from hwl.proto.errno import Errno
+from hwl.system.boot import System
+from hwl.system.nicrig import GUEST_IP, LINUX_IP
+
+LABEL = "e1000"
+
+
+@dataclass
+class Rig:
+    machine: Machine
+    system: System
+    net: hwl.net.Inet
+
+    def inet_log(self) -> str:
+        return (self.machine.run_dir / "inet.log").read_text(errors="replace")
+
+    def driver_pid(self) -> int:
+        rows = [s for s in self.system.rs.status() if s.label == LABEL and s.state == "up"]
+        assert rows and rows[0].pid > 0, f"{LABEL} is not up"
+        return rows[0].pid
+
+    def iface(self) -> dict[str, Any]:
+        rows = hwl.net.ifstatus(inet=self.net)["interfaces"]
+        assert isinstance(rows, list)
+        return next(r for r in rows if isinstance(r, dict) and r["name"] == LABEL)
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[Rig]:
+    with Machine("inet") as machine, System.start(machine, backoff_unit=0.0) as system:
+        net = hwl.net.Inet.attach(machine.run_dir)
+        try:
+            rig = Rig(machine, system, net)
+            reach(rig)
+            yield rig
+        finally:
+            net.close()
+
+
+def reach(rig: Rig, timeout: float = 15.0) -> None:
+    """Ping Linux until it answers: an e1000 holds reception for 1 s after its
+    receiver is enabled."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            hwl.net.ping(LINUX_IP, timeout=0.5, inet=rig.net)
+            return
+    raise AssertionError(f"Linux not reachable through INET; {rig.iface()}")
+
+
+def test_linux_pings_inet_100_of_100(rig: Rig) -> None:
+    out = rig.machine.peer.run(["ping", "-c", "100", "-i", "0.01", "-W", "2", "-q", GUEST_IP],
+                               timeout=120)  # fmt: skip
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out.stdout)
+    assert m is not None, out.stdout + out.stderr
+    assert (int(m[1]), int(m[2])) == (100, 100), (out.stdout, hwl.net.ifstatus(inet=rig.net),
+                                                  rig.inet_log()[-3000:])  # fmt: skip
+
+
+def test_inet_pings_linux_100_of_100(rig: Rig) -> None:
+    rtts = [hwl.net.ping(LINUX_IP, timeout=2.0, inet=rig.net) for _ in range(100)]
+    assert len(rtts) == 100 and all(0 < r < 2.0 for r in rtts)
+    rtts.sort()
+    print(f"ping 10.0.2.2 through INET: min {rtts[0] * 1e6:.0f} us, "
+          f"p50 {rtts[50] * 1e6:.0f} us, max {rtts[-1] * 1e6:.0f} us")  # fmt: skip
+    with pytest.raises(TimeoutError):
+        hwl.net.ping("10.0.2.99", timeout=0.3, inet=rig.net)  # nobody there: ARP fails
+
+
+ECHO_PORT = 7007
+
+
+class LinuxEcho:
+    """A UDP socket of Linux's in the namespace sending back what it gets, from a
+    thread, for at most ``seconds``."""
+
+    def __init__(self, rig: Rig, port: int = ECHO_PORT, seconds: float = 120.0) -> None:
+        self.sock = rig.machine.peer.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LINUX_IP, port))
+        self.sock.settimeout(0.2)
+        self.echoed = 0
+        self.deadline = time.monotonic() + seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and time.monotonic() < self.deadline:
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            self.sock.sendto(data, peer)
+            self.echoed += 1
+
+    def __enter__(self) -> LinuxEcho:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+def sizes(n: int, seed: int) -> list[int]:
+    """``n`` sizes over 0..1472 with both ends in."""
+    rng = random.Random(seed)
+    return [0, ip.MAX_DGRAM] + [rng.randint(0, ip.MAX_DGRAM) for _ in range(n - 2)]
+
+
+def test_udp_echo_through_linux_200_datagrams(rig: Rig) -> None:
+    with LinuxEcho(rig) as echo, hwl.net.socket(hwl.net.AF_INET, hwl.net.SOCK_DGRAM,
+                                                inet=rig.net) as s:  # fmt: skip
+        s.settimeout(3.0)
+        for i, size in enumerate(sizes(200, 18)):
+            data = random.Random(i).randbytes(size)
+            assert s.sendto(data, (LINUX_IP, ECHO_PORT)) == size
+            got, peer = s.recvfrom(2048)
+            assert got == data and peer == (LINUX_IP, ECHO_PORT), (i, size, len(got))
+        assert echo.echoed == 200
+        addr, port = s.getsockname()
+        assert addr == "0.0.0.0" and port >= 49152  # bound on the first sendto
+        # connected: send/recv/recv_into to the default peer
+        s.connect((LINUX_IP, ECHO_PORT))
+        assert s.getpeername() == (LINUX_IP, ECHO_PORT)
+        s.send(b"connected")
+        assert s.recv(100) == b"connected"
+        buf = bytearray(8)
+        s.send(b"0123456789")  # longer than the buffer: the rest is dropped, as Linux does
+        assert s.recv_into(buf) == 8 and bytes(buf) == b"01234567"
+        s.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            s.recv(10)
+        s.settimeout(0.2)
+        with pytest.raises(hwl.net.timeout):
+            s.recv(10)
+
+
+def test_linux_sends_to_a_bound_hwl_socket_200_datagrams(rig: Rig) -> None:
+    linux = rig.machine.peer.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    linux.settimeout(3.0)
+    try:
+        linux.bind((LINUX_IP, 0))
+        with hwl.net.socket(inet=rig.net) as s:
+            s.setsockopt(hwl.net.SOL_SOCKET, hwl.net.SO_RCVBUF, 64 * 2048)
+            s.bind((GUEST_IP, 9000))
+            assert s.getsockname() == (GUEST_IP, 9000)
+            s.settimeout(3.0)
+            for i, size in enumerate(sizes(200, 81)):
+                data = random.Random(-i).randbytes(size)
+                linux.sendto(data, (GUEST_IP, 9000))
+                got, peer = s.recvfrom(ip.MAX_DGRAM)
+                assert got == data and peer == linux.getsockname(), (i, size, len(got))
+                s.sendto(got[::-1], peer)  # and back: Linux checks it
+                assert linux.recvfrom(2048) == (data[::-1], (GUEST_IP, 9000))
+    finally:
+        linux.close()
+
+
+def exchange(s: hwl.net.socket, tag: str, n: int, stale: frozenset[bytes] = frozenset()) -> int:
+    """``n`` round trips; echoes in ``stale`` (duplicates of earlier ones) are skipped
+    and counted."""
+    skipped = 0
+    for i in range(n):
+        data = f"{tag} {i}".encode() * (1 + i % 20)
+        s.sendto(data, (LINUX_IP, ECHO_PORT))
+        while (got := s.recvfrom(2048)[0]) in stale:
+            skipped += 1
+        assert got == data
+    return skipped
+
+
+def wait_dead(pid: int, timeout: float = 5.0) -> None:
+    """Until ``pid`` is gone or a zombie: what is sent next finds no driver."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"{pid} still alive after SIGKILL")
+
+
+def test_driver_sigkilled_during_udp_exchange(rig: Rig) -> None:
+    before = rig.iface()
+    assert before["driver"] == "up"
+    with LinuxEcho(rig) as echo, hwl.net.socket(inet=rig.net) as s:
+        s.settimeout(15.0)  # the restarted e1000 holds reception for 1 s
+        exchange(s, "before", 20)
+        pid = rig.driver_pid()
+        os.kill(pid, signal.SIGKILL)
+        wait_dead(pid)
+        sent_down = [f"while down {i}".encode() * 10 for i in range(20)]
+        for data in sent_down:  # at once: the driver is dead or not yet back
+            s.sendto(data, (LINUX_IP, ECHO_PORT))
+        got: list[bytes] = []
+        while not set(sent_down) <= set(got):
+            got.append(s.recvfrom(2048)[0])
+            assert len(got) <= 3 * len(sent_down), got
+        assert set(got) == set(sent_down)  # each arrived; some maybe twice (the port re-sends)
+        dups = len(got) - len(sent_down) + exchange(s, "after", 20, frozenset(sent_down))
+        assert echo.echoed >= 60 + dups  # a duplicate's echo may still be on its way
+    after = rig.iface()
+    print(f"INET's e1000 before {before}\nafter {after}\nduplicates echoed {dups}")
+    assert after["driver"] == "up" and after["restarts"] == before["restarts"] + 1, rig.inet_log()
+    assert after["endpoint"] != before["endpoint"]
+    assert after["resent"] > before["resent"]  # SENDs the dead driver never confirmed
+    assert "re-opened at endpoint" in rig.inet_log()
+
+
+def test_bad_client_input_gets_clear_errors_and_inet_keeps_serving(rig: Rig) -> None:
+    net = rig.net
+
+    def refused(m_type: int, fields: dict[str, Any], err: int, text: str = "") -> None:
+        with pytest.raises(OSError) as info:
+            net.call(m_type, fields)
+        assert info.value.errno == err, info.value
+        assert text in str(info.value)
+
+    refused(ip.RECVFROM, {"sock": 999, "max": 10, "timeout": 0}, errno.EBADF, "not open")
+    refused(ip.SENDTO, {"sock": 999, "data": b"x"}, errno.EBADF)
+    refused(ip.BIND, {"sock": 3, "addr": "10.0.2", "port": 1}, errno.EINVAL, "'addr'")
+    refused(ip.SENDTO, {"sock": 3, "data": bytes(5000), "addr": LINUX_IP, "port": 7},
+            errno.EINVAL, "'data' holds 5000 bytes")  # fmt: skip
+    refused(ip.SOCKET, {"type": "dgram"}, errno.EINVAL, "'type' must be an integer")
+    refused(ip.INET_BASE + 99, {}, errno.ENOSYS, "unknown request")
+    refused(ip.SOCKET, {"type": ip.SOCK_STREAM}, errno.EOPNOTSUPP, "TCP")
+    # not even a message INET can decode
+    reply = net.conn.sendrec(net.endpoint, ip.SOCKET, b"\xff\x00garbage", timeout=10)
+    assert reply.m_type == -int(Errno.EINVAL) and "malformed" in str(reply.get("error"))
+
+    s = hwl.net.socket(inet=net)
+    with pytest.raises(OSError) as info:
+        s.bind(("10.0.2.99", 0))
+    assert info.value.errno == errno.EADDRNOTAVAIL
+    with pytest.raises(PermissionError):  # broadcast without SO_BROADCAST, as Linux
+        s.sendto(b"x", ("10.0.2.255", 9))
+    with pytest.raises(OSError) as info:
+        s.sendto(bytes(ip.MAX_DGRAM + 1), (LINUX_IP, 9))
+    assert info.value.errno == errno.EMSGSIZE
+    refused(ip.SENDTO, {"sock": s.fileno(), "data": b"x", "addr": LINUX_IP, "port": 0},
+            errno.EINVAL, "port 0")  # fmt: skip
+    with pytest.raises(OSError) as info:
+        s.send(b"unconnected")
+    assert info.value.errno == errno.EDESTADDRREQ
+    with pytest.raises(OSError) as info:
+        s.setsockopt(hwl.net.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    assert info.value.errno == errno.ENOPROTOOPT
+    s.bind((GUEST_IP, 9100))
+    t = hwl.net.socket(inet=net)
+    with pytest.raises(OSError) as info:
+        t.bind(("", 9100))
+    assert info.value.errno == errno.EADDRINUSE
+    # another client cannot use this client's socket
+    with hwl.net.Inet.attach(rig.machine.run_dir) as other:
+        with pytest.raises(OSError) as info:
+            other.call(ip.CLOSE, {"sock": s.fileno()})
+        assert info.value.errno == errno.EBADF
+    closed = s.fileno()
+    s.close()
+    t.close()
+    refused(ip.SENDTO, {"sock": closed, "data": b"x", "addr": LINUX_IP, "port": 9}, errno.EBADF)
+    refused(ip.CLOSE, {"sock": closed}, errno.EBADF)
+    # and INET still serves
+    assert hwl.net.ping(LINUX_IP, timeout=2.0, inet=net) > 0
+    status = hwl.net.ifstatus(inet=net)
+    assert isinstance(status["refused"], int) and status["refused"] >= 10
