@@ -13,6 +13,8 @@ import random
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -295,3 +297,57 @@ def test_bad_client_input_gets_clear_errors_and_inet_keeps_serving(rig: Rig) -> 
     assert hwl.net.ping(LINUX_IP, timeout=2.0, inet=net) > 0
     status = hwl.net.ifstatus(inet=net)
     assert isinstance(status["refused"], int) and status["refused"] >= 10
+
+
+def test_a_cancelled_receive_takes_no_datagram(rig: Rig) -> None:
+    """A client whose blocking RECVFROM timed out on the IPC side cancels it: the
+    next datagram stays queued for its next receive instead of going to nobody."""
+    linux = rig.machine.peer.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with hwl.net.socket(inet=rig.net) as s:
+            s.bind(("", 9300))
+            with pytest.raises(TimeoutError):  # no timeout for INET: the IPC wait runs out
+                rig.net.call(ip.RECVFROM, {"sock": s.fileno(), "max": 100}, wait=0.3)
+            linux.sendto(b"kept for the next receive", (GUEST_IP, 9300))
+            s.settimeout(5.0)
+            assert s.recv(100) == b"kept for the next receive"
+    finally:
+        linux.close()
+
+
+def test_the_sockets_of_a_client_that_dies_are_closed(rig: Rig) -> None:
+    script = (
+        "import hwl.net\n"
+        f"hwl.net.attach({str(rig.machine.run_dir)!r})\n"
+        "s = hwl.net.socket()\n"
+        "s.bind(('', 9400))\n"
+        "print('ready', flush=True)\n"
+        "s.recv(100)\n"  # blocks: a late answer INET holds for a client about to die
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        with hwl.net.socket(inet=rig.net) as s:
+            with pytest.raises(OSError) as info:
+                s.bind(("", 9400))
+            assert info.value.errno == errno.EADDRINUSE
+            proc.kill()
+            proc.wait(10)
+            deadline = time.monotonic() + 10
+            while not bound(s, 9400):
+                assert time.monotonic() < deadline, "INET never closed the dead client's socket"
+                time.sleep(0.1)
+        assert "closed the sockets of 1 clients" in rig.inet_log()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def bound(s: hwl.net.socket, port: int) -> bool:
+    try:
+        s.bind(("", port))
+    except OSError as exc:
+        assert exc.errno == errno.EADDRINUSE
+        return False
+    return True
