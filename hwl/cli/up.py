@@ -7,6 +7,10 @@ prints how long the service was gone and the table again. For a disk driver
 compared with the disk image on the host. Without ``--once``
 it keeps the system up until Ctrl-C; ``service`` commands reach it through the
 run directory it prints (``export HWL_RUN_DIR=...``).
+
+Meanwhile it watches the trusted core, which nothing recovers: if QEMU, the
+kernel or RS dies, it says at once which and how, stops the rest (the machine
+closed, its namespace and run directory removed) and exits with CORE_DIED.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,12 +31,15 @@ from hwl.machine.machine import Machine
 from hwl.system.boot import System
 from hwl.system.events import Event
 from hwl.system.vfs import Vfs
+from hwl.system.watch import CoreWatch, Death, kernel_log_pid, kernel_log_says
 
 # Block drivers whose device a reader goes through VFS for while they are killed:
 # label -> (device file, the profile's disk image behind it).
 DISKS = {"at_wini": ("/dev/c0d0", "hd0"), "at_wini1": ("/dev/c1d0", "hd1")}
 READ_BYTES = 16 << 20
 READ_AT = 8 << 20
+CORE_DIED = 3  # the exit status when QEMU, the kernel or RS died under hwl up
+POLL_S = 0.1  # how often a Ctrl-C or SIGTERM is looked for while watching
 
 
 class Reader(threading.Thread):
@@ -106,24 +114,65 @@ def show_recovery(system: System, label: str) -> None:
     print(format_status(system.rs.status()))
 
 
+def rs_pid(system: System) -> int:
+    """RS's pid, as the kernel logged it when it spawned RS (the operator may not
+    read the kernel's process table, and a forked RS's command line is the fork
+    server's)."""
+    pid = kernel_log_pid(system.run_dir, "rs")
+    if pid is None:
+        raise SystemExit(f"hwl up: the kernel's log names no pid for RS (in {system.run_dir})")
+    return pid
+
+
+def watch_core(machine: Machine, system: System) -> CoreWatch:
+    """QEMU, the kernel and RS, in the order a death is blamed when several are
+    seen at once (QEMU's takes the kernel's link, the kernel's takes RS)."""
+    watch = CoreWatch()
+    if machine.proc is not None:
+        watch.add_child("QEMU", machine.proc)
+    watch.add_child("the kernel", system.kernel.proc)
+    watch.add_pid("RS", rs_pid(system), lambda: kernel_log_says(system.run_dir, "rs"))
+    return watch
+
+
+def wait_until_stopped(watch: CoreWatch, stop: threading.Event) -> Death | None:
+    """Until Ctrl-C, SIGTERM or a death in the core (returned)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        while not stop.is_set():
+            death = watch.wait(POLL_S)
+            if death is not None:
+                return death
+    return None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    death: Death | None = None
     with Machine(args.profile, accel=args.accel, keep_run_dir=args.keep_run_dir) as machine:
         system = System.start(machine)
         try:
-            print(f"machine '{machine.profile.name}' up: QEMU pid {machine.pid}, accel "
-                  f"{machine.accel}; kernel pid {system.kernel.proc.pid}")  # fmt: skip
-            print(f"run dir {system.run_dir} (export HWL_RUN_DIR={system.run_dir} for `service`)")
-            print(format_status(system.rs.status()))
-            for label in args.kill or ():
-                show_recovery(system, label)
-            if not args.once:
-                print("\nup; Ctrl-C stops the system")
-                with contextlib.suppress(KeyboardInterrupt):
-                    stop.wait()
+            with watch_core(machine, system) as watch:
+                print(f"machine '{machine.profile.name}' up: QEMU pid {machine.pid}, accel "
+                      f"{machine.accel}; kernel pid {system.kernel.proc.pid}")  # fmt: skip
+                print(f"run dir {system.run_dir} (export HWL_RUN_DIR={system.run_dir} "
+                      "for `minix-service`)")  # fmt: skip
+                print(format_status(system.rs.status()))
+                for label in args.kill or ():
+                    show_recovery(system, label)
+                death = watch.wait(0)
+                if death is None and not args.once:
+                    print("\nup; Ctrl-C stops the system", flush=True)
+                    death = wait_until_stopped(watch, stop)
+                if death is not None:
+                    print(f"hwl up: {death}; nothing recovers it: stopping the system",
+                          file=sys.stderr, flush=True)  # fmt: skip
         finally:
             system.stop()
+    if death is not None:
+        print(f"hwl up: stopped: machine closed, processes ended ({death.component} died)",
+              file=sys.stderr)  # fmt: skip
+        return CORE_DIED
     return 0
 
 
