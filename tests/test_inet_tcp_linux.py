@@ -54,17 +54,22 @@ class Driver:
     peer: NetnsPeer
     cfg: TcpConfig = CFG
     drop: bool = False
+    loss: float = 0.0
+    """Chance that a frame, in or out, is lost (seeded)."""
     sent: list[tuple[float, Segment]] = field(default_factory=list)
     received: list[tuple[float, Segment, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.fd = self.peer.tap_fds["net0"]
+        self.rng = random.Random(0)
+        self.lost = 0
         os.set_blocking(self.fd, False)
         now = time.monotonic()
         self.stack = Stack()
         self.stack.add_interface("tap", MAC, Config(OURS, address("255.255.255.0")), now)
         self.tcp = Tcp(self._ip_output, self.stack.source_for, self.cfg)
         self.stack.tcp_input = self._tcp_input
+        self.stack.tcp_unreachable = self.tcp.unreachable
         self.flush()
 
     def _ip_output(
@@ -80,8 +85,14 @@ class Driver:
     def flush(self, frames: list[tuple[str, bytes]] | None = None) -> None:
         """Write ``frames`` (what Stack.input or tick returned) and whatever else it queued."""
         for _ifname, frame in [*(frames or []), *self.stack.take_output()]:
-            if not self.drop:
+            if not self.drop and not self._lose():
                 os.write(self.fd, frame)
+
+    def _lose(self) -> bool:
+        if self.loss and self.rng.random() < self.loss:
+            self.lost += 1
+            return True
+        return False
 
     def poll(self, timeout: float) -> None:
         """Wait for frames or the next deadline (at most ``timeout``), then handle both."""
@@ -95,7 +106,7 @@ class Driver:
                     frame = os.read(self.fd, 65536)
                 except BlockingIOError:
                     break
-                if not self.drop:
+                if not self.drop and not self._lose():
                     self.flush(self.stack.input("tap", frame, time.monotonic()))
         now = time.monotonic()
         self.flush(self.stack.tick(now))
@@ -253,7 +264,7 @@ def test_we_connect_and_transfer_8_mib_each_way(peer: NetnsPeer, driver: Driver)
     assert conn.state is State.ESTABLISHED and conn.send_mss == 1460
     pump = Pump(conn, ours)
     started = time.monotonic()
-    driver.run(lambda: pump.done, 120.0, pump)
+    driver.run(lambda: pump.done and not side.is_alive(), 120.0, pump)
     elapsed = time.monotonic() - started
     assert side.outcome(60.0) == hashlib.sha256(ours).hexdigest()
     assert pump.count == BIG and pump.got.hexdigest() == hashlib.sha256(theirs).hexdigest()
@@ -290,13 +301,45 @@ def test_linux_connects_to_us_and_transfers_8_mib_each_way(peer: NetnsPeer, driv
     driver.run(lambda: bool(accepted), 10.0, accept)
     pump = Pump(accepted[0], ours)
     started = time.monotonic()
-    driver.run(lambda: pump.done, 120.0, pump)
+    driver.run(lambda: pump.done and not side.is_alive(), 120.0, pump)
     elapsed = time.monotonic() - started
     assert side.outcome(60.0) == hashlib.sha256(ours).hexdigest()
     assert pump.count == BIG and pump.got.hexdigest() == hashlib.sha256(theirs).hexdigest()
     print(f"8 MiB each way in {elapsed:.2f} s ({2 * BIG / elapsed / 1e6:.1f} MB/s total)")
     assert_plain_tcp_from_linux(driver)
     assert csum_errors(peer) == 0
+
+
+def test_8_mib_each_way_with_two_percent_loss_both_ways(peer: NetnsPeer, driver: Driver) -> None:
+    """Losses make Linux's segments arrive out of order (the queue keeps them) and ours
+    need fast retransmits and NewReno; every byte still arrives."""
+    rng = random.Random(4)
+    ours, theirs = rng.randbytes(BIG), rng.randbytes(BIG)
+    listener = linux_listener(peer)
+
+    def linux() -> str:
+        conn, _ = listener.accept()
+        conn.settimeout(60.0)
+        sender = Thread(lambda: send_all(conn, theirs))
+        digest = recv_all(conn)
+        sender.outcome(60.0)
+        conn.close()
+        return digest
+
+    side = Thread(linux)
+    conn = driver.connect()
+    driver.loss = 0.02
+    pump = Pump(conn, ours)
+    started = time.monotonic()
+    driver.run(lambda: pump.done and not side.is_alive(), 180.0, pump)
+    elapsed = time.monotonic() - started
+    assert side.outcome(60.0) == hashlib.sha256(ours).hexdigest()
+    assert pump.got.hexdigest() == hashlib.sha256(theirs).hexdigest()
+    print(f"lossy: {elapsed:.2f} s, {driver.lost} frames lost, {conn.counters}")
+    assert driver.lost > 100
+    assert conn.counters["ooo_segments"] > 0 and conn.counters["fast_retransmits"] > 0
+    assert conn.error is None
+    listener.close()
 
 
 # --- refusals -------------------------------------------------------------------------------
