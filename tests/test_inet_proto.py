@@ -12,7 +12,21 @@ from hwl.proto import inet
 from hwl.proto.fields import FieldError
 
 names = st.sampled_from(
-    ["sock", "type", "addr", "port", "data", "max", "timeout", "name", "value", "size", "x"]
+    [
+        "sock",
+        "type",
+        "addr",
+        "port",
+        "data",
+        "max",
+        "timeout",
+        "name",
+        "value",
+        "size",
+        "backlog",
+        "how",
+        "x",
+    ]
 )
 scalars = (
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=True)
@@ -43,7 +57,7 @@ def test_any_fields_decode_or_raise_field_error(
 
 @given(
     st.integers(0, inet.MAX_SOCK),
-    st.binary(max_size=inet.MAX_DGRAM),
+    st.binary(max_size=inet.MAX_IO),
     st.ip_addresses(v=4).map(str),
     st.integers(0, 0xFFFF),
 )
@@ -65,8 +79,10 @@ def test_bad_fields_name_the_field() -> None:
         inet.parse(inet.BIND, {"sock": 1, "addr": "10.0.2", "port": 7})
     with pytest.raises(FieldError, match="'port'=70000"):
         inet.parse(inet.CONNECT, {"sock": 1, "addr": "10.0.2.2", "port": 70000})
-    with pytest.raises(FieldError, match="'data' holds 1473 bytes"):
-        inet.parse(inet.SENDTO, {"sock": 1, "data": bytes(1473), "addr": "1.2.3.4", "port": 9})
+    with pytest.raises(FieldError, match="'data' holds 7681 bytes"):
+        inet.parse(inet.SENDTO, {"sock": 1, "data": bytes(7681), "addr": "1.2.3.4", "port": 9})
+    with pytest.raises(FieldError, match="'how'=3"):
+        inet.parse(inet.SHUTDOWN, {"sock": 1, "how": 3})
     with pytest.raises(FieldError, match="'port' without 'addr'"):
         inet.parse(inet.SENDTO, {"sock": 1, "data": b"", "port": 9})
     with pytest.raises(FieldError, match="'timeout'"):
@@ -85,4 +101,7 @@ def test_defaults() -> None:
     assert inet.parse(inet.SENDTO, {"sock": 3, "data": b"x"}) == inet.SendTo(3, b"x", None, 0)
     assert inet.parse(inet.RECVFROM, {"sock": 3, "max": 9}) == inet.RecvFrom(3, 9, None)
     assert inet.parse(inet.PING, {"addr": "10.0.2.2"}) == inet.Ping("10.0.2.2", 1.0, 56)
+    assert inet.parse(inet.LISTEN, {"sock": 3}) == inet.Listen(3, 5)
+    assert inet.parse(inet.LISTEN, {"sock": 3, "backlog": -4}) == inet.Listen(3, 1)
+    assert inet.parse(inet.ACCEPT, {"sock": 3}) == inet.Accept(3, None)
     assert inet.parse(inet.GETSOCKOPT, {"sock": 3, "name": "ttl"}) == inet.SockOpt(3, "ttl", None)

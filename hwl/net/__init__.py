@@ -1,4 +1,4 @@
-"""The INET client: AF_INET datagram sockets that mirror Python's :mod:`socket`.
+"""The INET client: AF_INET sockets (UDP and TCP) that mirror Python's :mod:`socket`.
 
 >>> net = hwl.net.attach(run_dir)          # a user process, through kernel.sock
 >>> with hwl.net.socket(hwl.net.AF_INET, hwl.net.SOCK_DGRAM) as s:
@@ -13,8 +13,9 @@ attaches first (:func:`attach`) or passes ``inet=`` to each call. The requests a
 :mod:`hwl.proto.inet`'s; a blocking receive is a request INET answers late, with
 its timeout in the request (INET answers ETIMEDOUT itself). Errors are
 :class:`OSError` with Python's errno (so ``TimeoutError``, ``BlockingIOError``,
-``ConnectionRefusedError`` ... as Python's own sockets raise them); stream sockets
-(TCP) are refused with EOPNOTSUPP until INET's TCP engine is wired in.
+``ConnectionRefusedError`` ... as Python's own sockets raise them). A stream's
+``send`` moves at most :data:`hwl.proto.inet.MAX_IO` bytes per request (a short
+count); ``sendall`` loops.
 """
 
 from __future__ import annotations
@@ -22,13 +23,18 @@ from __future__ import annotations
 from hwl.net.client import (
     AF_INET,
     INADDR_ANY,
+    IPPROTO_TCP,
     IPPROTO_UDP,
+    SHUT_RD,
+    SHUT_RDWR,
+    SHUT_WR,
     SO_BROADCAST,
     SO_RCVBUF,
     SO_REUSEADDR,
     SOCK_DGRAM,
     SOCK_STREAM,
     SOL_SOCKET,
+    TCP_NODELAY,
     Inet,
     attach,
     default,
@@ -41,13 +47,18 @@ from hwl.net.client import (
 __all__ = [
     "AF_INET",
     "INADDR_ANY",
+    "IPPROTO_TCP",
     "IPPROTO_UDP",
+    "SHUT_RD",
+    "SHUT_RDWR",
+    "SHUT_WR",
     "SOCK_DGRAM",
     "SOCK_STREAM",
     "SOL_SOCKET",
     "SO_BROADCAST",
     "SO_RCVBUF",
     "SO_REUSEADDR",
+    "TCP_NODELAY",
     "Inet",
     "attach",
     "default",

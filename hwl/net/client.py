@@ -19,6 +19,11 @@ AF_INET: Final = _pysocket.AF_INET
 SOCK_STREAM: Final = ip.SOCK_STREAM
 SOCK_DGRAM: Final = ip.SOCK_DGRAM
 IPPROTO_UDP: Final = _pysocket.IPPROTO_UDP
+IPPROTO_TCP: Final = _pysocket.IPPROTO_TCP
+TCP_NODELAY: Final = _pysocket.TCP_NODELAY
+SHUT_RD: Final = ip.SHUT_RD
+SHUT_WR: Final = ip.SHUT_WR
+SHUT_RDWR: Final = ip.SHUT_RDWR
 SOL_SOCKET: Final = _pysocket.SOL_SOCKET
 SO_REUSEADDR: Final = _pysocket.SO_REUSEADDR
 SO_BROADCAST: Final = _pysocket.SO_BROADCAST
@@ -31,6 +36,7 @@ _OPTIONS: Final = {
     (SOL_SOCKET, SO_REUSEADDR): "reuseaddr",
     (SOL_SOCKET, SO_BROADCAST): "broadcast",
     (SOL_SOCKET, SO_RCVBUF): "rcvbuf",
+    (IPPROTO_TCP, TCP_NODELAY): "nodelay",
 }
 #: Slack on a timed request's IPC wait beyond its own timeout (INET answers first).
 IPC_SLACK: Final = 5.0
@@ -173,15 +179,19 @@ class socket:
         proto: int = 0,
         *,
         inet: Inet | None = None,
+        _ident: int | None = None,
     ) -> None:
         if family != AF_INET:
             raise OSError(pyerrno.EAFNOSUPPORT, "hwl.net has AF_INET only")
-        if proto not in (0, IPPROTO_UDP if type == SOCK_DGRAM else _pysocket.IPPROTO_TCP):
+        if proto not in (0, IPPROTO_UDP if type == SOCK_DGRAM else IPPROTO_TCP):
             raise OSError(pyerrno.EPROTONOSUPPORT, f"protocol {proto}")
         self.inet = inet or default()
         self.family, self.type, self.proto = family, type, proto
         self._timeout: float | None = _pysocket.getdefaulttimeout()
-        self._sock: int | None = self.inet.call(ip.SOCKET, {"type": type}).m_type
+        self._sock: int | None = None
+        if _ident is None:
+            _ident = self.inet.call(ip.SOCKET, {"type": type}).m_type
+        self._sock = _ident
 
     def __repr__(self) -> str:
         return f"<hwl.net.socket sock={self._sock} type={self.type}>"
@@ -196,6 +206,18 @@ class socket:
 
     def _call(self, m_type: int, wait: float | None = 10.0, **fields: Any) -> Message:
         return self.inet.call(m_type, {"sock": self._id(), **fields}, wait)
+
+    def _timed(self, m_type: int, **fields: Any) -> Message:
+        """A request INET may answer late: the socket's timeout goes with it (INET
+        answers ETIMEDOUT itself), and the IPC waits a little longer."""
+        wait: float | None = None
+        if self._timeout is not None:
+            fields["timeout"] = self._timeout
+            wait = self._timeout + IPC_SLACK
+        try:
+            return self._call(m_type, wait, **fields)
+        except TimeoutError:
+            raise timeout("timed out") from None
 
     # ----------------------------------------------------------------- timeouts
     def settimeout(self, value: float | None) -> None:
@@ -221,7 +243,22 @@ class socket:
 
     def connect(self, address: tuple[str, int]) -> None:
         host, port = _addr(address, "connect")
-        self._call(ip.CONNECT, addr=host, port=port)
+        if self.type == SOCK_STREAM:
+            self._timed(ip.CONNECT, addr=host, port=port)
+        else:
+            self._call(ip.CONNECT, addr=host, port=port)
+
+    def listen(self, backlog: int = 5) -> None:
+        self._call(ip.LISTEN, backlog=backlog)
+
+    def accept(self) -> tuple[socket, tuple[str, int]]:
+        reply = self._timed(ip.ACCEPT)
+        new = socket(self.family, self.type, self.proto, inet=self.inet, _ident=reply.m_type)
+        new._timeout = self._timeout if self._timeout != 0.0 else None
+        return new, self._address(reply)
+
+    def shutdown(self, how: int) -> None:
+        self._call(ip.SHUTDOWN, how=how)
 
     def connect_ex(self, address: tuple[str, int]) -> int:
         try:
@@ -238,7 +275,7 @@ class socket:
 
     @staticmethod
     def _address(reply: Message) -> tuple[str, int]:
-        addr, port = reply.get("addr"), reply.get("port")
+        addr, port = reply.get("addr", "0.0.0.0"), reply.get("port", 0)
         assert isinstance(addr, str) and isinstance(port, int)
         return addr, port
 
@@ -271,25 +308,27 @@ class socket:
             raise OSError(pyerrno.EMSGSIZE, "Message too long")
         return self._call(ip.SENDTO, data=bytes(data), addr=host, port=port).m_type
 
-    def send(self, data: bytes, flags: int = 0) -> int:
+    def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
+        """A datagram to the connected peer; on a stream, what INET's buffer took of
+        the first MAX_IO bytes (waiting for room as the timeout allows)."""
+        if self.type == SOCK_STREAM:
+            return self._timed(ip.SENDTO, data=bytes(memoryview(data)[: ip.MAX_IO])).m_type
         if len(bytes(data)) > ip.MAX_DGRAM:
             raise OSError(pyerrno.EMSGSIZE, "Message too long")
         return self._call(ip.SENDTO, data=bytes(data)).m_type
 
-    sendall = send
+    def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
+        view = memoryview(data).cast("B")
+        if self.type != SOCK_STREAM:
+            self.send(view)
+            return
+        while view:
+            view = view[self.send(view) :]
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, tuple[str, int]]:
         if bufsize < 0:
             raise ValueError("negative buffersize in recvfrom")
-        fields: dict[str, Any] = {"max": bufsize}
-        wait: float | None = None
-        if self._timeout is not None:
-            fields["timeout"] = self._timeout
-            wait = self._timeout + IPC_SLACK
-        try:
-            reply = self._call(ip.RECVFROM, wait, **fields)
-        except TimeoutError:
-            raise timeout("timed out") from None
+        reply = self._timed(ip.RECVFROM, max=bufsize)
         data = reply.get("data")
         assert isinstance(data, bytes)
         return data, self._address(reply)
@@ -307,7 +346,7 @@ class socket:
         n = nbytes or len(view)
         if n > len(view):
             raise ValueError("nbytes is greater than the length of the buffer")
-        data, peer = self.recvfrom(n, flags)
+        data, peer = self.recvfrom(min(n, ip.MAX_RECV), flags)
         view[: len(data)] = data
         return len(data), peer
 

@@ -7,23 +7,28 @@ is the result (a socket number, a byte count, 0) or a negative MINIX errno with 
 
 | request | fields | reply |
 |---|---|---|
-| ``SOCKET`` | type (``SOCK_DGRAM``; ``SOCK_STREAM`` reserved for TCP) | socket number |
+| ``SOCKET`` | type (``SOCK_DGRAM`` UDP, ``SOCK_STREAM`` TCP) | socket number |
 | ``BIND`` | sock, addr, port (0: ephemeral) | 0; addr, port |
-| ``CONNECT`` | sock, addr, port (a datagram socket's default peer) | 0 |
-| ``SENDTO`` | sock, data; addr, port (absent: the connected peer) | bytes sent |
+| ``CONNECT`` | sock, addr, port; timeout (stream) | 0 (stream: once established) |
+| ``SENDTO`` | sock, data; addr, port (absent: the connected peer); timeout | bytes taken |
 | ``RECVFROM`` | sock, max; timeout (s; 0 polls; absent blocks) | bytes; data, addr, port |
-| ``CANCEL`` | sock | 0; the caller's waiting RECVFROM/PING is forgotten |
+| ``LISTEN`` | sock, backlog (stream) | 0 |
+| ``ACCEPT`` | sock; timeout (stream) | the new socket; addr, port of the peer |
+| ``SHUTDOWN`` | sock, how (``SHUT_RD`` 0, ``SHUT_WR`` 1, ``SHUT_RDWR`` 2) | 0 |
+| ``CANCEL`` | sock | 0; the caller's waiting requests on it (and pings) are forgotten |
 | ``CLOSE`` | sock | 0; anyone waiting on it is answered EBADF |
 | ``GETSOCKNAME`` / ``GETPEERNAME`` | sock | 0; addr, port |
 | ``SETSOCKOPT`` / ``GETSOCKOPT`` | sock, name (:data:`SOCKOPTS`); value | 0; value |
 | ``PING`` | addr; timeout, size | 0; rtt (s), seq |
 | ``IFSTATUS`` | | 0; interfaces, counters |
 
-RECVFROM and PING are answered late, as VFS answers a read of a disk whose
-driver is down: INET keeps the request and replies when a datagram or an echo
-reply arrives, or with ETIMEDOUT (PING) / EAGAIN (RECVFROM) when the request's
-``timeout`` runs out, so a client never needs an IPC timeout of its own. A client
-that gave up anyway (an IPC timeout, an interrupt) sends ``CANCEL``.
+RECVFROM, PING, and on stream sockets CONNECT, ACCEPT and a SENDTO that finds the
+send buffer full, are answered late, as VFS answers a read of a disk whose driver
+is down: INET keeps the request and replies when it can, or with ETIMEDOUT when
+the request's ``timeout`` runs out (0: EAGAIN at once, EINPROGRESS for CONNECT),
+so a client never needs an IPC timeout of its own. A client that gave up anyway
+(an IPC timeout, an interrupt) sends ``CANCEL``. A stream SENDTO takes at most
+:data:`MAX_IO` bytes (a short count, as POSIX allows; the client loops).
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ SETSOCKOPT: Final = INET_BASE + 10
 GETSOCKOPT: Final = INET_BASE + 11
 PING: Final = INET_BASE + 12
 IFSTATUS: Final = INET_BASE + 13
-# Reserved for TCP (answered EOPNOTSUPP until the engine is wired in).
+# Stream sockets only (EOPNOTSUPP on a datagram socket).
 LISTEN: Final = INET_BASE + 14
 ACCEPT: Final = INET_BASE + 15
 SHUTDOWN: Final = INET_BASE + 16
@@ -80,15 +85,22 @@ SOCK_TYPES: Final = (SOCK_STREAM, SOCK_DGRAM)
 
 #: The largest datagram: a 1500-byte MTU less the IP and UDP headers (no fragmentation).
 MAX_DGRAM: Final = 1472
+#: The most data one SENDTO or RECVFROM carries (a stream's short count; the rest
+#: of an 8 KiB message is the codec's).
+MAX_IO: Final = 7680
 #: The largest ``max`` a RECVFROM may ask for (more is no error: it is cut to this).
-MAX_RECV: Final = 65535
+MAX_RECV: Final = MAX_IO
 #: The largest PING payload (the MTU less the IP and ICMP headers).
 MAX_PING: Final = 1472
 #: The longest a request may wait (s); longer is refused EINVAL, absent waits forever.
 MAX_TIMEOUT: Final = 86400.0
 MAX_SOCK: Final = (1 << 31) - 1
 #: Socket options INET supports, by SO_/IP_ name lowercased; values are integers.
-SOCKOPTS: Final = ("reuseaddr", "broadcast", "rcvbuf")
+SOCKOPTS: Final = ("reuseaddr", "broadcast", "rcvbuf", "nodelay")
+SHUT_RD: Final = 0
+SHUT_WR: Final = 1
+SHUT_RDWR: Final = 2
+MAX_BACKLOG: Final = 128
 
 Fields = Mapping[str, object]
 
@@ -146,7 +158,7 @@ class Socket:
 
 @dataclass(frozen=True)
 class Sock:
-    """CANCEL, CLOSE, GETSOCKNAME, GETPEERNAME, LISTEN, ACCEPT, SHUTDOWN."""
+    """CANCEL, CLOSE, GETSOCKNAME, GETPEERNAME."""
 
     sock: int
 
@@ -157,34 +169,69 @@ class Sock:
 
 @dataclass(frozen=True)
 class Address:
-    """BIND and CONNECT."""
+    """BIND and CONNECT (``timeout``: a stream's CONNECT)."""
 
     sock: int
     addr: str
     port: int
+    timeout: float | None = None
 
     @classmethod
     def from_fields(cls, f: Fields) -> Address:
-        return cls(_sock(f), get_addr(f, "addr"), get_port(f))
+        return cls(_sock(f), get_addr(f, "addr"), get_port(f), get_timeout(f))
+
+
+@dataclass(frozen=True)
+class Listen:
+    sock: int
+    backlog: int
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> Listen:
+        backlog = get_int(f, "backlog", -(1 << 31), (1 << 31) - 1, 5)
+        return cls(_sock(f), max(1, min(backlog, MAX_BACKLOG)))
+
+
+@dataclass(frozen=True)
+class Accept:
+    sock: int
+    timeout: float | None
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> Accept:
+        return cls(_sock(f), get_timeout(f))
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    sock: int
+    how: int
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> Shutdown:
+        return cls(_sock(f), get_int(f, "how", SHUT_RD, SHUT_RDWR))
 
 
 @dataclass(frozen=True)
 class SendTo:
-    """``addr`` None: to the connected peer (SEND)."""
+    """``addr`` None: to the connected peer (SEND); ``timeout``: how long a stream's
+    SEND waits for room in its buffer."""
 
     sock: int
     data: bytes
     addr: str | None
     port: int
+    timeout: float | None = None
 
     @classmethod
     def from_fields(cls, f: Fields) -> SendTo:
-        data = get_bytes(f, "data", MAX_DGRAM)
+        data = get_bytes(f, "data", MAX_IO)
+        timeout = get_timeout(f)
         if "addr" in f:
-            return cls(_sock(f), data, get_addr(f, "addr"), get_port(f))
+            return cls(_sock(f), data, get_addr(f, "addr"), get_port(f), timeout)
         if "port" in f:
             raise FieldError("field 'port' without 'addr'")
-        return cls(_sock(f), data, None, 0)
+        return cls(_sock(f), data, None, 0, timeout)
 
 
 @dataclass(frozen=True)
@@ -237,7 +284,10 @@ class IfStatus:
         return cls()
 
 
-Request = Socket | Sock | Address | SendTo | RecvFrom | SockOpt | Ping | IfStatus
+Request = (
+    Socket | Sock | Address | SendTo | RecvFrom | SockOpt | Ping | IfStatus | Listen | Accept
+    | Shutdown
+)  # fmt: skip
 
 _PARSERS: Final[dict[int, Callable[[Fields], Request]]] = {
     SOCKET: Socket.from_fields,
@@ -253,9 +303,9 @@ _PARSERS: Final[dict[int, Callable[[Fields], Request]]] = {
     GETSOCKOPT: SockOpt.from_fields,
     PING: Ping.from_fields,
     IFSTATUS: IfStatus.from_fields,
-    LISTEN: Sock.from_fields,
-    ACCEPT: Sock.from_fields,
-    SHUTDOWN: Sock.from_fields,
+    LISTEN: Listen.from_fields,
+    ACCEPT: Accept.from_fields,
+    SHUTDOWN: Shutdown.from_fields,
 }
 
 

@@ -37,8 +37,11 @@ from hwl.system.proctab import ProcTable
 from hwl.system.recovery import DriverTracker
 from servers.inet import ipv4
 from servers.inet.ifaces import ConfigError, Ifaces, IfConfig, NicDriver, parse_if
-from servers.inet.sockets import Refused, Sockets
+from servers.inet.sockets import Sockets
+from servers.inet.socktypes import Refused
 from servers.inet.stack import Stack, StackError
+from servers.inet.tcp.connection import TcpConfig
+from servers.inet.tcp.tcp import Tcp
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +49,20 @@ Fields = dict[str, codec.Value]
 REAP_SECONDS: Final = 2.0
 #: The alarm never waits longer than this (ARP expiry and such need no precision).
 MAX_SLEEP: Final = 5.0
+#: TCP as Linux tunes it where RFC 6298 leaves room: a 200 ms RTO floor, so a segment
+#: lost while a NIC driver restarts costs a fifth of a second, not a whole one.
+TCP_CONFIG: Final = TcpConfig(rto_min=0.2)
 
 
 class Inet:
     def __init__(self, configs: list[IfConfig]) -> None:
         self.configs = configs
         self.stack = Stack()
+        self.tcp = Tcp(self.stack.ip_output, self.stack.source_for, TCP_CONFIG)
+        self.stack.tcp_input = self.tcp.input
+        self.stack.tcp_unreachable = self.tcp.unreachable
         self.ifaces: Ifaces | None = None
-        self.sockets = Sockets(self.stack, self._reply, self._local)
+        self.sockets = Sockets(self.stack, self.tcp, self._reply, self._local)
         self.ds: Ds | None = None
         self.alarm_at: float | None = None
         self.reap_at: float | None = None
@@ -131,6 +140,7 @@ class Inet:
     def on_alarm(self, now: float) -> None:
         assert self.ifaces is not None
         self.out += self.stack.tick(now)  # sent by flush()
+        self.tcp.tick(now)
         self.ifaces.retry(now)
         if self.reap_at is not None and self.reap_at <= now:
             self.reap_at = None
@@ -142,6 +152,8 @@ class Inet:
             return
         if (due := self.stack.deadline()) is not None and due <= now:
             self.out += self.stack.tick(now)
+        if (due := self.tcp.next_deadline()) is not None and due <= now:
+            self.tcp.tick(now)
         out, self.out = self.out + self.stack.take_output(), []
         self.ifaces.send(out, now)
         self.sockets.wake(now)
@@ -151,8 +163,9 @@ class Inet:
 
     def arm(self, now: float) -> None:
         assert self.ifaces is not None
-        times = [t for t in (self.stack.deadline(), self.sockets.deadline(),
-                             self.ifaces.deadline(), self.reap_at) if t is not None]  # fmt: skip
+        times = [t for t in (self.stack.deadline(), self.tcp.next_deadline(),
+                             self.sockets.deadline(), self.ifaces.deadline(), self.reap_at)
+                 if t is not None]  # fmt: skip
         at = min(times) if times else now + MAX_SLEEP
         at = min(at, now + MAX_SLEEP)
         if self.alarm_at is not None and now < self.alarm_at <= at:
@@ -169,7 +182,7 @@ class Inet:
             return
         procs = ProcTable(self.conn, log).refresh()
         if procs is not None:
-            n = self.sockets.reap(set(procs))
+            n = self.sockets.reap(set(procs), time.monotonic())
             if n:
                 log.info("closed the sockets of %d clients that have ended", n)
 
@@ -205,35 +218,39 @@ class Inet:
         if isinstance(req, ip.Address):
             if m_type == ip.BIND:
                 return 0, s.bind(client, req)
-            s.connect(client, req)
-            return 0, {}
+            return s.connect(client, req, now)
         if isinstance(req, ip.SendTo):
-            return s.sendto(client, req, now), {}
+            return s.sendto(client, req, now)
         if isinstance(req, ip.RecvFrom):
             return s.recvfrom(client, req, now)
         if isinstance(req, ip.SockOpt):
-            return 0, {"value": s.sockopt(client, req)}
+            return 0, {"value": s.sockopt(client, req, now)}
+        if isinstance(req, ip.Listen):
+            s.listen(client, req)
+            return 0, {}
+        if isinstance(req, ip.Accept):
+            return s.accept(client, req, now)
+        if isinstance(req, ip.Shutdown):
+            s.shutdown(client, req, now)
+            return 0, {}
         if isinstance(req, ip.Ping):
             s.ping(client, req, now)
             return None
         if isinstance(req, ip.IfStatus):
             return 0, self.status()
-        return self.on_sock(m_type, client, req.sock)
+        return self.on_sock(m_type, client, req.sock, now)
 
-    def on_sock(self, m_type: int, client: int, ident: int) -> tuple[int, Fields]:
+    def on_sock(self, m_type: int, client: int, ident: int, now: float) -> tuple[int, Fields]:
         s = self.sockets
         if m_type == ip.CANCEL:
             cancelled = s.cancel(client, ident) if ident in s.table else 0
             return 0, {"cancelled": cancelled + s.cancel_pings(client)}
         if m_type == ip.CLOSE:
-            s.close(client, ident)
+            s.close(client, ident, now)
             return 0, {}
         if m_type == ip.GETSOCKNAME:
             return 0, s.name(s.get(client, ident))
-        if m_type == ip.GETPEERNAME:
-            return 0, s.peername(client, ident)
-        s.get(client, ident)  # LISTEN, ACCEPT, SHUTDOWN: EBADF first, as a kernel would
-        raise Refused(Errno.EOPNOTSUPP, f"{ip.REQUEST_NAMES[m_type]} on a datagram socket")
+        return 0, s.peername(client, ident)  # GETPEERNAME
 
     def status(self) -> Fields:
         assert self.ifaces is not None
@@ -244,6 +261,8 @@ class Inet:
         return {
             "interfaces": self.ifaces.status(),
             "counters": counters,
+            "tcp": dict(self.tcp.counters),
+            "tcp_connections": len(self.tcp.conns),
             "sockets": len(self.sockets.table),
             "requests": self.requests,
             "refused": self.refused,

@@ -10,18 +10,19 @@ reaches a client blocked in its ``sendrec`` whenever it is sent."""
 
 from __future__ import annotations
 
-import errno as pyerrno
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Final
 
 from hwl.proto import codec
 from hwl.proto import inet as ip
 from hwl.proto.errno import Errno
 from servers.inet import ipv4, udp
+from servers.inet.socktypes import RCVBUF_UNIT, PingWait, Refused, Sock, Waiter, minix_errno
 from servers.inet.stack import Stack
+from servers.inet.streams import Streams
+from servers.inet.tcp.tcp import Tcp
 
 Fields = dict[str, codec.Value]
 Reply = Callable[[int, int, Fields], None]
@@ -30,64 +31,29 @@ MAX_PER_CLIENT: Final = 64
 MAX_SOCKETS: Final = 1024
 MAX_WAITERS: Final = 16
 """RECVFROMs one socket may have waiting (each client thread one, in practice)."""
-RCVBUF_UNIT: Final = 2048
-"""SO_RCVBUF bytes per queued datagram: the queue holds rcvbuf // RCVBUF_UNIT."""
 MAX_QUEUE: Final = 1024
-DEFAULT_OPTS: Final = {"reuseaddr": 0, "broadcast": 0, "rcvbuf": udp.QUEUE_LEN * RCVBUF_UNIT}
-
-
-class Refused(Exception):
-    """A request answered ``-errno`` at once, with a reason."""
-
-    def __init__(self, err: Errno, reason: str) -> None:
-        super().__init__(reason)
-        self.errno = err
-
-
-def minix_errno(exc: OSError) -> Errno:
-    """The MINIX errno of an OSError the stack raised (Python's numbering), by name."""
-    name = pyerrno.errorcode.get(exc.errno or 0, "EIO")
-    return Errno.__members__.get(name, Errno.EIO)
-
-
-@dataclass
-class Waiter:
-    """A client blocked in RECVFROM (or PING): answered late."""
-
-    client: int
-    max: int
-    deadline: float | None
-
-
-@dataclass
-class Sock:
-    ident: int
-    owner: int
-    type: int
-    udp: udp.UdpSocket | None = None
-    peer: tuple[bytes, int] | None = None
-    opts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_OPTS))
-    waiters: deque[Waiter] = field(default_factory=deque)
-
-
-@dataclass
-class PingWait:
-    client: int
-    seq: int
-    deadline: float
 
 
 class Sockets:
     """The socket table over ``stack``; ``local`` says whether an address is one of
     the configured interfaces' (a bind to any other is EADDRNOTAVAIL)."""
 
-    def __init__(self, stack: Stack, reply: Reply, local: Callable[[bytes], bool]) -> None:
+    def __init__(
+        self, stack: Stack, tcp: Tcp, reply: Reply, local: Callable[[bytes], bool]
+    ) -> None:
         self.stack = stack
         self.reply = reply
         self.local = local
         self.table: dict[int, Sock] = {}
         self.pings: dict[int, PingWait] = {}
         self._ids = itertools.count(3)  # 0-2 look like stdio: never a socket
+        self.streams = Streams(tcp, reply, self._adopt)
+
+    def _adopt(self, owner: int) -> Sock:
+        """A stream socket for a connection ACCEPT hands ``owner``."""
+        ident = next(self._ids)
+        sock = self.table[ident] = Sock(ident, owner, ip.SOCK_STREAM)
+        return sock
 
     # ------------------------------------------------------------------ lookup
     def get(self, client: int, ident: int) -> Sock:
@@ -104,8 +70,6 @@ class Sockets:
 
     # ------------------------------------------------------------------ requests
     def socket(self, client: int, req: ip.Socket) -> int:
-        if req.type == ip.SOCK_STREAM:
-            raise Refused(Errno.EOPNOTSUPP, "stream sockets (TCP) are not wired into INET yet")
         if sum(1 for _ in self.of(client)) >= MAX_PER_CLIENT:
             raise Refused(Errno.EMFILE, f"{MAX_PER_CLIENT} sockets open")
         if len(self.table) >= MAX_SOCKETS:
@@ -116,11 +80,14 @@ class Sockets:
 
     def bind(self, client: int, req: ip.Address) -> Fields:
         sock = self.get(client, req.sock)
-        if sock.udp is not None:
-            raise Refused(Errno.EINVAL, "the socket is bound already")
         addr = ipv4.address(req.addr)
         if addr != ipv4.ANY and not self.local(addr):
             raise Refused(Errno.EADDRNOTAVAIL, f"{req.addr} is not an address of this host")
+        if sock.stream:
+            self.streams.bind(sock, addr, req.port)
+            return self.name(sock)
+        if sock.udp is not None:
+            raise Refused(Errno.EINVAL, "the socket is bound already")
         self._bind(sock, addr, req.port)
         return self.name(sock)
 
@@ -132,8 +99,14 @@ class Sockets:
             raise Refused(minix_errno(exc), exc.strerror or str(exc)) from None
         return sock.udp
 
-    def connect(self, client: int, req: ip.Address) -> None:
+    def connect(self, client: int, req: ip.Address, now: float) -> tuple[int, Fields] | None:
         sock = self.get(client, req.sock)
+        if sock.stream:
+            return self.streams.connect(client, sock, req, now)
+        self._connect(sock, req)
+        return 0, {}
+
+    def _connect(self, sock: Sock, req: ip.Address) -> None:
         addr = ipv4.address(req.addr)
         if addr == ipv4.ANY:  # as Linux: connecting to 0.0.0.0 (AF_UNSPEC) dissolves it
             sock.peer = None
@@ -154,8 +127,15 @@ class Sockets:
         except OSError as exc:
             raise Refused(minix_errno(exc), exc.strerror or str(exc)) from None
 
-    def sendto(self, client: int, req: ip.SendTo, now: float) -> int:
+    def sendto(self, client: int, req: ip.SendTo, now: float) -> tuple[int, Fields] | None:
         sock = self.get(client, req.sock)
+        if sock.stream:
+            if req.addr is not None:
+                raise Refused(Errno.EISCONN, "a stream socket sends to its peer only")
+            return self.streams.send(client, sock, req, now)
+        return self._sendto(sock, req, now), {}
+
+    def _sendto(self, sock: Sock, req: ip.SendTo, now: float) -> int:
         if req.addr is None:
             if sock.peer is None:
                 raise Refused(Errno.EDESTADDRREQ, "the socket is not connected: name a peer")
@@ -175,6 +155,8 @@ class Sockets:
     def recvfrom(self, client: int, req: ip.RecvFrom, now: float) -> tuple[int, Fields] | None:
         """The answer now, or None: the request waits (answered by :meth:`wake`)."""
         sock = self.get(client, req.sock)
+        if sock.stream:
+            return self.streams.recv(client, sock, req, now)
         got = self._take(sock)
         if got is not None:
             return self._datagram(got, req.max)
@@ -201,6 +183,24 @@ class Sockets:
         return len(data), {"data": data, "addr": ipv4.dotted(got.src), "port": got.src_port,
                            "truncated": len(got.payload) > limit}  # fmt: skip
 
+    def listen(self, client: int, req: ip.Listen) -> None:
+        self.streams.listen(self._stream(client, req.sock), req.backlog)
+
+    def accept(self, client: int, req: ip.Accept, now: float) -> tuple[int, Fields] | None:
+        sock = self._stream(client, req.sock)
+        if len(self.table) >= MAX_SOCKETS:
+            raise Refused(Errno.ENFILE, f"{MAX_SOCKETS} sockets open in INET")
+        return self.streams.accept(client, sock, req, now)
+
+    def shutdown(self, client: int, req: ip.Shutdown, now: float) -> None:
+        self.streams.shutdown(self._stream(client, req.sock), req.how, now)
+
+    def _stream(self, client: int, ident: int) -> Sock:
+        sock = self.get(client, ident)
+        if not sock.stream:
+            raise Refused(Errno.EOPNOTSUPP, "not on a datagram socket")
+        return sock
+
     def cancel(self, client: int, ident: int) -> int:
         """Forget ``client``'s waiting receives on ``ident`` (it gave up on them)."""
         sock = self.get(client, ident)
@@ -208,29 +208,35 @@ class Sockets:
         sock.waiters = deque(w for w in sock.waiters if w.client != client)
         return before - len(sock.waiters)
 
-    def close(self, client: int, ident: int) -> None:
-        self._close(self.get(client, ident), "the socket was closed")
+    def close(self, client: int, ident: int, now: float) -> None:
+        self._close(self.get(client, ident), "the socket was closed", now)
 
-    def _close(self, sock: Sock, why: str) -> None:
+    def _close(self, sock: Sock, why: str, now: float) -> None:
         for w in sock.waiters:
             self.reply(w.client, -int(Errno.EBADF), {"error": why})
         sock.waiters.clear()
         if sock.udp is not None:
             self.stack.udp_close(sock.udp)
+        if sock.stream:
+            self.streams.close(sock, now)
         del self.table[sock.ident]
 
     def name(self, sock: Sock) -> Fields:
+        if sock.stream:
+            return self.streams.name(sock)
         if sock.udp is None:
             return {"addr": "0.0.0.0", "port": 0}
         return {"addr": ipv4.dotted(sock.udp.address), "port": sock.udp.port}
 
     def peername(self, client: int, ident: int) -> Fields:
         sock = self.get(client, ident)
+        if sock.stream:
+            return self.streams.peer(sock)
         if sock.peer is None:
             raise Refused(Errno.ENOTCONN, "the socket is not connected")
         return {"addr": ipv4.dotted(sock.peer[0]), "port": sock.peer[1]}
 
-    def sockopt(self, client: int, req: ip.SockOpt) -> int:
+    def sockopt(self, client: int, req: ip.SockOpt, now: float) -> int:
         sock = self.get(client, req.sock)
         if req.name not in ip.SOCKOPTS:
             raise Refused(
@@ -246,6 +252,8 @@ class Sockets:
                     sock.udp.limit = limit
             else:
                 sock.opts[req.name] = int(req.value != 0)
+            if req.name == "nodelay":
+                self.streams.set_nodelay(sock, bool(sock.opts["nodelay"]), now)
         return sock.opts[req.name]
 
     # ------------------------------------------------------------------ ping
@@ -278,7 +286,10 @@ class Sockets:
                 self.reply(p.client, -int(Errno.ETIMEDOUT), {"error": "no echo reply"})
         for sock in list(self.table.values()):
             if sock.waiters:
-                self._wake(sock, now)
+                if sock.stream:
+                    self.streams.wake(sock, now)
+                else:
+                    self._wake(sock, now)
 
     def _wake(self, sock: Sock, now: float) -> None:
         while sock.waiters and (got := self._take(sock)) is not None:
@@ -300,12 +311,12 @@ class Sockets:
                   if w.deadline is not None]  # fmt: skip
         return min(times) if times else None
 
-    def reap(self, alive: set[int]) -> int:
+    def reap(self, alive: set[int], now: float) -> int:
         """Close the sockets and forget the pings of clients that have ended."""
         dead = self.owners() - alive
         for client in dead:
             for sock in self.of(client):
-                self._close(sock, "its owner ended")
+                self._close(sock, "its owner ended", now)
             self.cancel_pings(client)
         for sock in self.table.values():  # waiters of other clients (none today)
             sock.waiters = deque(w for w in sock.waiters if w.client in alive)
