@@ -512,3 +512,15 @@ def test_an_unreachable_peer_times_out_with_ehostunreach() -> None:
     wire.a.unreachable(B, errno.EHOSTUNREACH, build(wire.sent_by(A)[0][1], A, B))
     wire.run(lambda: conn.state is State.CLOSED, 30.0)
     assert conn.error == errno.EHOSTUNREACH
+
+
+def test_a_fin_at_a_zero_window_is_taken() -> None:
+    wire = Wire(26)
+    client, server = wire.connect()
+    data = bytes(range(256)) * 256  # 65536: the window and one byte more
+    up = Pump(client, server, data[:65535], wire, reading=False, close_when_done=True)
+    wire.run(lambda: up.sent == 65535 and server.state is State.CLOSE_WAIT, 10.0, up)
+    assert server._window() == 0 and server.readable == 65535
+    up.reading = True
+    wire.run(lambda: up.done and server.at_eof, 5.0, up)
+    assert up.got == data[:65535]

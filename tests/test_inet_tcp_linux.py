@@ -490,3 +490,36 @@ def test_dropped_frames_back_off_the_rto_and_abort_at_r2(peer: NetnsPeer, driver
         assert 1.6 * prev <= nxt <= 2.5 * prev
     accepted[0].close()
     listener.close()
+
+
+def test_linux_probes_our_zero_window_and_its_fin_waits_for_our_reader(
+    peer: NetnsPeer, driver: Driver
+) -> None:
+    listener = linux_listener(peer)
+    data = random.Random(5).randbytes(1 << 20)
+
+    def linux() -> None:
+        sock, _ = listener.accept()
+        sock.settimeout(30.0)
+        send_all(sock, data)
+        sock.close()
+
+    side = Thread(linux)
+    conn = driver.connect()
+    driver.run(lambda: conn.readable == conn.rcv_cap, 10.0)
+    assert conn._window() == 0
+    paused = time.monotonic()
+    driver.run(lambda: time.monotonic() > paused + 3.0, 5.0)
+    probes = [seg for t, seg, _ in driver.received if t > paused + 0.1]
+    assert probes, "Linux sent no zero-window probe"
+    assert conn.state.name == "ESTABLISHED"
+    got = bytearray()
+
+    def read() -> None:
+        while conn.readable:
+            got.extend(conn.recv(1 << 16, time.monotonic()))
+
+    driver.run(lambda: conn.at_eof and not side.is_alive(), 30.0, read)
+    side.outcome()
+    assert bytes(got) == data and conn.state is State.CLOSE_WAIT
+    listener.close()

@@ -517,6 +517,8 @@ class Connection:
         if self._closed():
             return
         start, payload, fin = self._trim(seg)
+        if len(payload) < len(seg.payload) or fin != seg.has(FIN):
+            self.ack_now = True  # old or out-of-window bytes: say where we are
         if (payload or fin) and self.state in _RECEIVING:
             if self.user_closed and payload:
                 # Nobody will read it: tell the peer (Linux does the same).
@@ -530,12 +532,13 @@ class Connection:
         wnd = max(0, seq.diff(self.rcv_adv, self.rcv_nxt))
         length = seg.seg_len
         right = seq.add(self.rcv_nxt, wnd)
-        if length == 0:
-            if wnd == 0:
-                return seg.seq == self.rcv_nxt
-            return seq.between(self.rcv_nxt, seg.seq, right)
         if wnd == 0:
-            return False
+            # RFC 9293 says nothing is acceptable but ACKs, URGs and RSTs; like Linux,
+            # take a segment at exactly RCV.NXT (its data is trimmed away): its ACK and
+            # window count, a probe gets its answer and a FIN is not kept waiting.
+            return seg.seq == self.rcv_nxt
+        if length == 0:
+            return seq.between(self.rcv_nxt, seg.seq, right)
         last = seq.add(seg.seq, length - 1)
         return seq.between(self.rcv_nxt, seg.seq, right) or seq.between(self.rcv_nxt, last, right)
 
@@ -657,7 +660,8 @@ class Connection:
         """Segment text and FIN (RFC 9293 3.10.7.4 seventh and eighth)."""
         if start == self.rcv_nxt:
             room = self.rcv_cap - len(self.rcvbuf)
-            payload = payload[:room]
+            if len(payload) > room:
+                payload, fin = payload[:room], False
             filled_hole = bool(self.ooo)
             self.rcvbuf += payload
             self.rcv_nxt = seq.add(self.rcv_nxt, len(payload))
