@@ -1,8 +1,10 @@
-"""INET as a server on a real e1000 (profile ``inet``), Linux's stack in the machine's
-namespace as the peer: ping both ways, UDP echo through ``hwl.net`` both ways, the
-driver SIGKILLed during a UDP exchange (INET re-opens the next incarnation, nothing
-is lost, no client sees an error), and bad client input answered with clear errors
-while INET keeps serving. One machine for the module."""
+"""INET as a server on each real NIC (profiles ``inet`` (e1000), ``inet-ne2k`` and
+``inet-rtl8139``), Linux's stack in the machine's namespace as the peer: ping both
+ways, UDP echo through ``hwl.net`` both ways, the driver SIGKILLed during a UDP
+exchange (INET re-opens the next incarnation, nothing is lost, no client sees an
+error), bad client input answered with clear errors while INET keeps serving, and
+TCP with Linux both ways, refused, and through 5 driver kills. One machine per NIC,
+each running the whole module."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from hwl.proto.errno import Errno
 from hwl.system.boot import System
 from hwl.system.nicrig import GUEST_IP, LINUX_IP
 
-LABEL = "e1000"
+#: profile -> the NIC driver's label in it
+PROFILES = {"inet": "e1000", "inet-ne2k": "dp8390", "inet-rtl8139": "rtl8139"}
 
 
 @dataclass
@@ -40,37 +43,40 @@ class Rig:
     machine: Machine
     system: System
     net: hwl.net.Inet
+    label: str
 
     def inet_log(self) -> str:
         return (self.machine.run_dir / "inet.log").read_text(errors="replace")
 
     def driver_pid(self) -> int:
-        rows = [s for s in self.system.rs.status() if s.label == LABEL and s.state == "up"]
-        assert rows and rows[0].pid > 0, f"{LABEL} is not up"
+        rows = [s for s in self.system.rs.status() if s.label == self.label and s.state == "up"]
+        assert rows and rows[0].pid > 0, f"{self.label} is not up"
         return rows[0].pid
 
     def driver_pid_when_up(self, timeout: float = 20.0) -> int:
         """The driver's pid once it is up again (after a kill), and INET has it open."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rows = [s for s in self.system.rs.status() if s.label == LABEL]
+            rows = [s for s in self.system.rs.status() if s.label == self.label]
             if rows and rows[0].state == "up" and rows[0].pid > 0:
                 return rows[0].pid
             time.sleep(0.01)
-        raise AssertionError(f"{LABEL} not up again within {timeout} s")
+        raise AssertionError(f"{self.label} not up again within {timeout} s")
 
     def iface(self) -> dict[str, Any]:
         rows = hwl.net.ifstatus(inet=self.net)["interfaces"]
         assert isinstance(rows, list)
-        return next(r for r in rows if isinstance(r, dict) and r["name"] == LABEL)
+        return next(r for r in rows if isinstance(r, dict) and r["name"] == self.label)
 
 
-@pytest.fixture(scope="module")
-def rig() -> Iterator[Rig]:
-    with Machine("inet") as machine, System.start(machine, backoff_unit=0.0) as system:
+@pytest.fixture(scope="module", params=sorted(PROFILES))
+def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """One machine per NIC (pytest runs the module's tests on each in turn)."""
+    profile = request.param
+    with Machine(profile) as machine, System.start(machine, backoff_unit=0.0) as system:
         net = hwl.net.Inet.attach(machine.run_dir)
         try:
-            rig = Rig(machine, system, net)
+            rig = Rig(machine, system, net, PROFILES[profile])
             reach(rig)
             yield rig
         finally:
@@ -101,7 +107,7 @@ def test_inet_pings_linux_100_of_100(rig: Rig) -> None:
     rtts = [hwl.net.ping(LINUX_IP, timeout=2.0, inet=rig.net) for _ in range(100)]
     assert len(rtts) == 100 and all(0 < r < 2.0 for r in rtts)
     rtts.sort()
-    print(f"ping 10.0.2.2 through INET: min {rtts[0] * 1e6:.0f} us, "
+    print(f"{rig.label}: ping 10.0.2.2 through INET: min {rtts[0] * 1e6:.0f} us, "
           f"p50 {rtts[50] * 1e6:.0f} us, max {rtts[-1] * 1e6:.0f} us")  # fmt: skip
     with pytest.raises(TimeoutError):
         hwl.net.ping("10.0.2.99", timeout=0.3, inet=rig.net)  # nobody there: ARP fails
@@ -244,7 +250,7 @@ def test_driver_sigkilled_during_udp_exchange(rig: Rig) -> None:
         dups = len(got) - len(sent_down) + exchange(s, "after", 20, frozenset(sent_down))
         assert echo.echoed >= 60 + dups  # a duplicate's echo may still be on its way
     after = rig.iface()
-    print(f"INET's e1000 before {before}\nafter {after}\nduplicates echoed {dups}")
+    print(f"INET's {rig.label} before {before}\nafter {after}\nduplicates echoed {dups}")
     assert after["driver"] == "up" and after["restarts"] == before["restarts"] + 1, rig.inet_log()
     assert after["endpoint"] != before["endpoint"]
     assert after["resent"] > before["resent"]  # SENDs the dead driver never confirmed
@@ -450,7 +456,8 @@ def test_tcp_to_linux_both_ways_sha256_equal(rig: Rig) -> None:
     assert linux.error is None, linux.error
     assert linux.count == len(out) and linux.received.digest() == hashlib.sha256(out).digest()
     assert hashlib.sha256(got).digest() == hashlib.sha256(back).digest()
-    print(f"TCP to Linux, {TCP_BYTES >> 20} MiB each way: {2 * TCP_BYTES / took / 1e6:.2f} MB/s")
+    rate = 2 * TCP_BYTES / took / 1e6
+    print(f"{rig.label}: TCP to Linux, {TCP_BYTES >> 20} MiB each way: {rate:.2f} MB/s")
 
 
 def test_tcp_from_linux_to_an_hwl_listener(rig: Rig) -> None:
@@ -519,8 +526,8 @@ def test_tcp_transfer_survives_the_driver_sigkilled_5_times(rig: Rig) -> None:
     after = rig.iface()
     assert after["restarts"] == before["restarts"] + KILLS and after["driver"] == "up"
     print(
-        f"TCP {KILL_BYTES >> 20} MiB out + 1 MiB back with {KILLS} driver kills: "
-        f"{(KILL_BYTES + len(back)) / took / 1e6:.2f} MB/s; e1000 resent {after['resent']}"
+        f"{rig.label}: TCP {KILL_BYTES >> 20} MiB out + 1 MiB back with {KILLS} driver kills: "
+        f"{(KILL_BYTES + len(back)) / took / 1e6:.2f} MB/s; resent {after['resent']}"
     )
 
 
