@@ -113,6 +113,8 @@ class TcpConfig:
     nodelay: bool = False
     ooo_segments: int = 256
     """Most out-of-order blocks kept."""
+    challenge_acks: int = 10
+    """Most RFC 5961 challenge ACKs a connection sends in a second."""
 
 
 class Connection:
@@ -182,6 +184,8 @@ class Connection:
         """Last time an acceptable segment came from the peer."""
         self.persist_backoffs = 0
         self.probed_at = now
+        self.challenge_window = now
+        self.challenges = 0
         self.rtt_seq: int | None = None
         self.rtt_sent = 0.0
         self.counters: dict[str, int] = {}
@@ -501,8 +505,7 @@ class Connection:
         if seg.has(SYN):
             if self.state is State.SYN_RECEIVED and self.passive and seg.seq == self.irs:
                 return  # a retransmitted SYN: our SYN-ACK will be repeated by the timer
-            self._count("challenge_acks")
-            self.ack_now = True
+            self._challenge(now)
             return
         if not seg.has(ACK):
             return
@@ -564,8 +567,7 @@ class Connection:
 
     def _on_rst(self, seg: Segment) -> None:
         if seg.seq != self.rcv_nxt:
-            self._count("challenge_acks")
-            self.ack_now = True  # RFC 5961 3.2: in the window but not exact
+            self._challenge(self.now)  # RFC 5961 3.2: in the window but not exact
             return
         self._count("resets_in")
         if self.state is State.SYN_RECEIVED:
@@ -574,6 +576,19 @@ class Connection:
             self._close_now(None)
         else:
             self._close_now(errno.ECONNRESET)
+
+    def _challenge(self, now: float) -> None:
+        """A challenge ACK (RFC 5961 3.2, 4.2), at most ``challenge_acks`` a second
+        (section 7), so forged segments cannot make us a traffic amplifier."""
+        if now - self.challenge_window >= 1.0:
+            self.challenge_window = now
+            self.challenges = 0
+        if self.challenges >= self.cfg.challenge_acks:
+            self._count("challenge_acks_limited")
+            return
+        self.challenges += 1
+        self._count("challenge_acks")
+        self.ack_now = True
 
     def _on_ack(self, seg: Segment, now: float) -> bool:
         """The ACK field (RFC 9293 3.10.7.4 fifth): False when the segment is dropped."""
