@@ -29,6 +29,7 @@ import pytest
 
 import hwl.net
 from hwl.machine.machine import Machine
+from hwl.net.status import format_interfaces
 from hwl.proto import inet as ip
 from hwl.proto.errno import Errno
 from hwl.system.boot import System
@@ -539,3 +540,22 @@ def test_linux_saw_no_checksum_or_header_errors(rig: Rig) -> None:
     for name in ("TcpInCsumErrors", "UdpInCsumErrors", "IpInHdrErrors", "TcpInErrs",
                  "IcmpInCsumErrors", "IpInAddrErrors"):  # fmt: skip
         assert counters.get(name, 0) == 0, (name, counters.get(name))
+
+
+def test_interface_table_as_hwl_up_prints_it(rig: Rig) -> None:
+    text = format_interfaces(hwl.net.ifstatus(inet=rig.net))
+    header, row = text.splitlines()
+    assert header.split()[:3] == ["IFACE", "ADDRESS", "GATEWAY"]
+    assert row.split()[:3] == [rig.label, "10.0.2.15/24", LINUX_IP]
+    assert f"up (ep {rig.iface()['endpoint']})" in row
+
+
+def test_hwl_up_shows_interfaces_next_to_services() -> None:
+    out = subprocess.run([sys.executable, "-m", "hwl.cli.main", "up", "inet", "--once"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    inet_row = next(i for i, line in enumerate(lines) if line.startswith("inet "))
+    iface = next(i for i, line in enumerate(lines) if line.startswith("IFACE "))
+    assert iface > inet_row
+    assert lines[iface + 1].split()[:4] == ["e1000", "10.0.2.15/24", LINUX_IP, "52:54:00:12:34:58"]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from hwl.cli.service import format_status
 from hwl.machine.machine import Machine
+from hwl.net.status import interfaces_text
 from hwl.system.boot import System
 from hwl.system.events import Event
 from hwl.system.vfs import Vfs
@@ -157,7 +158,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                       f"{machine.accel}; kernel pid {system.kernel.proc.pid}")  # fmt: skip
                 print(f"run dir {system.run_dir} (export HWL_RUN_DIR={system.run_dir} "
                       "for `minix-service`)")  # fmt: skip
-                print(format_status(system.rs.status()))
+                services = system.rs.status()
+                print(format_status(services))
+                if (interfaces := interfaces_text(system.run_dir, services)) is not None:
+                    print(f"\n{interfaces}")  # INET's, next to the services
                 for label in args.kill or ():
                     show_recovery(system, label)
                 death = watch.wait(0)
