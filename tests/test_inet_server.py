@@ -34,6 +34,7 @@ from hwl.proto import inet as ip
 from hwl.proto.errno import Errno
 from hwl.system.boot import System
 from hwl.system.nicrig import GUEST_IP, LINUX_IP
+from hwl.system.proto import LuState
 
 #: profile -> the NIC driver's label in it
 PROFILES = {"inet": "e1000", "inet-ne2k": "dp8390", "inet-rtl8139": "rtl8139"}
@@ -530,6 +531,47 @@ def test_tcp_transfer_survives_the_driver_sigkilled_5_times(rig: Rig) -> None:
         f"{rig.label}: TCP {KILL_BYTES >> 20} MiB out + 1 MiB back with {KILLS} driver kills: "
         f"{(KILL_BYTES + len(back)) / took / 1e6:.2f} MB/s; resent {after['resent']}"
     )
+
+
+def test_tcp_transfer_survives_service_refresh_and_live_update(rig: Rig) -> None:
+    """``service refresh`` (a new incarnation) at a third of the stream and ``service
+    update`` (the same incarnation to clients, a new program) at two thirds."""
+    out, back = random.Random(7).randbytes(KILL_BYTES), random.Random(8).randbytes(1 << 20)
+    before = rig.iface()
+    done: list[str] = []
+    with LinuxTcp(rig, back) as linux, hwl.net.socket(hwl.net.AF_INET, hwl.net.SOCK_STREAM,
+                                                      inet=rig.net) as s:  # fmt: skip
+        s.settimeout(60.0)
+        s.connect((LINUX_IP, linux.port))
+
+        def disturb() -> None:
+            for k, what in enumerate(("refresh", "update"), 1):
+                while linux.count < KILL_BYTES * k // 3 and linux.error is None:
+                    time.sleep(0.002)
+                old = rig.driver_pid_when_up()
+                if what == "refresh":
+                    rig.system.rs.refresh(rig.label)
+                else:
+                    rig.system.rs.update(rig.label, state=int(LuState.REQUEST_FREE), maxtime=120)
+                deadline = time.monotonic() + 20
+                while rig.driver_pid_when_up() == old:
+                    assert time.monotonic() < deadline, f"{what}: the old {old} still serves"
+                    time.sleep(0.01)
+                done.append(what)
+
+        thread = threading.Thread(target=disturb, daemon=True)
+        thread.start()
+        got = transfer(s, out)
+        thread.join(timeout=60)
+    assert done == ["refresh", "update"]
+    assert linux.error is None, linux.error
+    assert linux.received.digest() == hashlib.sha256(out).digest()
+    assert got == back
+    after = rig.iface()
+    # the refresh is a new incarnation INET re-opens; the update keeps the session
+    assert after["driver"] == "up" and after["restarts"] == before["restarts"] + 1
+    print(f"{rig.label}: refresh + update mid-stream: {after['restarts'] - before['restarts']} "
+          f"re-opens, history {after['history'][-2:]}")  # fmt: skip
 
 
 def test_linux_saw_no_checksum_or_header_errors(rig: Rig) -> None:
