@@ -524,3 +524,13 @@ def test_a_fin_at_a_zero_window_is_taken() -> None:
     up.reading = True
     wire.run(lambda: up.done and server.at_eof, 5.0, up)
     assert up.got == data[:65535]
+
+
+def test_segments_from_or_to_non_unicast_addresses_are_dropped_silently() -> None:
+    wire = Wire(27)
+    wire.b.listen(ANY, PORT, 4)
+    group, everyone = bytes([224, 0, 0, 1]), b"\xff" * 4
+    for src, dst in ((group, B), (A, everyone), (bytes(4), B)):
+        wire.b.input(src, dst, build(Segment(1, PORT, 5, 0, SYN, 100), src, dst), 0.0)
+    assert not wire.sent_by(B) and not wire.b.conns
+    assert wire.b.counters["not_unicast"] == 3

@@ -40,13 +40,6 @@ BIG = 8 << 20
 PORT = 5555
 
 
-def _have_netns() -> bool:
-    return os.geteuid() == 0 and os.path.exists("/dev/net/tun")
-
-
-pytestmark = pytest.mark.skipif(not _have_netns(), reason="needs root and /dev/net/tun")
-
-
 @dataclass
 class Driver:
     """Our side of the TAP: frames to and from the Stack, timers, and a drop switch."""

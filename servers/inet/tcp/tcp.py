@@ -164,6 +164,9 @@ class Tcp:
         if conn is not None:
             conn.input(seg, now)
             return
+        if not (_unicast(src) and _unicast(dst)):
+            self._count("not_unicast")  # TCP is unicast only; never a RST to a group
+            return
         listener = self.listeners.get((dst, seg.dport)) or self.listeners.get((ANY, seg.dport))
         if listener is not None:
             self._to_listener(listener, key, seg, now)
@@ -300,3 +303,9 @@ class Tcp:
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+
+def _unicast(address: bytes) -> bool:
+    """Not 0.0.0.0, 255.255.255.255 or a multicast group (224/4). A directed broadcast
+    is IP's to filter: only it knows the netmask."""
+    return address not in (ANY, b"\xff\xff\xff\xff") and not 224 <= address[0] <= 239
