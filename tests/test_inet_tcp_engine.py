@@ -534,3 +534,18 @@ def test_segments_from_or_to_non_unicast_addresses_are_dropped_silently() -> Non
         wire.b.input(src, dst, build(Segment(1, PORT, 5, 0, SYN, 100), src, dst), 0.0)
     assert not wire.sent_by(B) and not wire.b.conns
     assert wire.b.counters["not_unicast"] == 3
+
+
+def test_after_an_idle_rto_the_sender_restarts_from_the_initial_window() -> None:
+    wire = Wire(28, latency=0.02)
+    client, server = wire.connect()
+    up = Pump(client, server, bytes(300_000), wire)
+    wire.run(lambda: up.done, 30.0, up)
+    assert client.cc.cwnd > 10 * client.send_mss
+    wire.run(lambda: client.snd_una == client.snd_max and not wire.heap, 5.0)
+    assert wire.a.next_deadline() is None and wire.b.next_deadline() is None
+    wire.now += 2.0  # idle: nothing is armed, so time just passes
+    restart = wire.now
+    client.send(bytes(100_000), wire.now)
+    burst = [s for t, s in wire.sent_by(A) if t >= restart and t < restart + 0.01 and s.payload]
+    assert len(burst) == 3  # RFC 5681's IW for a 1460-byte MSS

@@ -116,6 +116,15 @@ def test_newreno_fast_retransmit_partial_and_full_ack() -> None:
     assert not cc.in_recovery and cc.cwnd <= cc.ssthresh
 
 
+def test_an_idle_connection_restarts_from_the_initial_window() -> None:
+    cc = NewReno(1000, cwnd=30_000, ssthresh=20_000)
+    cc.restart_after_idle()
+    assert cc.cwnd == 4000 and cc.ssthresh == 20_000
+    small = NewReno(1000, cwnd=2000)
+    small.restart_after_idle()
+    assert small.cwnd == 2000
+
+
 def test_timeout_collapses_the_window_and_blocks_stale_dupacks() -> None:
     cc = NewReno(1000, cwnd=20_000, recover=0)
     cc.on_timeout(20_000, 21_000)

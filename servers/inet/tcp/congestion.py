@@ -72,6 +72,11 @@ class NewReno:
         self.in_recovery = True
         return True
 
+    def restart_after_idle(self) -> None:
+        """Nothing was sent for an RTO (RFC 5681 4.1): the ACK clock is gone, so start
+        again from the initial window (ssthresh keeps what was learnt)."""
+        self.cwnd = min(self.cwnd, initial_window(self.mss))
+
     def on_timeout(self, flight: int, snd_max: int) -> None:
         """The retransmission timer expired (RFC 5681 3.1 (4), RFC 6582 4)."""
         self.ssthresh = max(flight // 2, 2 * self.mss)

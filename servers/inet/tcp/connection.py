@@ -184,6 +184,8 @@ class Connection:
         """Last time an acceptable segment came from the peer."""
         self.persist_backoffs = 0
         self.probed_at = now
+        self.sent_at = now
+        """When data last went out, for RFC 5681 4.1's restart after idle."""
         self.challenge_window = now
         self.challenges = 0
         self.rtt_seq: int | None = None
@@ -332,7 +334,7 @@ class Connection:
         """Reset the connection (RFC 9293 3.10.5): a RST to the peer, nothing queued kept."""
         self.now = now
         if self.state in (State.SYN_RECEIVED, *_SYNCED_SEND, State.FIN_WAIT_2):
-            self._send_rst(self.snd_nxt)
+            self._send_rst(self.snd_max)
         self.user_closed = True
         self._close_now(None)
 
@@ -525,7 +527,7 @@ class Connection:
         if (payload or fin) and self.state in _RECEIVING:
             if self.user_closed and payload:
                 # Nobody will read it: tell the peer (Linux does the same).
-                self._send_rst(self.snd_nxt)
+                self._send_rst(self.snd_max)
                 self._close_now(None)
                 return
             self._text(start, payload, fin, now)
@@ -800,6 +802,9 @@ class Connection:
         return fin or self.ack_now or force
 
     def _send_segment(self, index: int, n: int, fin: bool, now: float, probe: bool) -> None:
+        if n and self.snd_una == self.snd_max and now - self.sent_at > self.rto.rto:
+            self.cc.restart_after_idle()
+        self.sent_at = now
         payload = bytes(self.sndbuf[index : index + n])
         flags = ACK
         if n and index + n == len(self.sndbuf):
