@@ -4,7 +4,10 @@ It prints the status table, then (with ``--kill LABEL``) shows recovery: it
 kills the service's process with SIGKILL, waits for RS's restart event and
 prints how long the service was gone and the table again. For a disk driver
 (at_wini), a reader goes through VFS across the kill and its bytes are
-compared with the disk image on the host. Without ``--once``
+compared with the disk image on the host. With ``--tcp-transfer MIB`` (a profile
+running inet) it sends MIB MiB over TCP to Linux's own socket in the machine's
+namespace while INET's NIC driver is SIGKILLed, and says whether every byte
+arrived (SHA-256) and the connection stayed up (hwl.system.netdemo). Without ``--once``
 it keeps the system up until Ctrl-C; ``service`` commands reach it through the
 run directory it prints (``export HWL_RUN_DIR=...``).
 
@@ -29,8 +32,10 @@ from pathlib import Path
 from hwl.cli.service import format_status
 from hwl.machine.machine import Machine
 from hwl.net.status import interfaces_text
+from hwl.system import netdemo
 from hwl.system.boot import System
 from hwl.system.events import Event
+from hwl.system.rs import ServiceStatus
 from hwl.system.vfs import Vfs
 from hwl.system.watch import CoreWatch, Death, kernel_log_pid, kernel_log_says
 
@@ -115,6 +120,15 @@ def show_recovery(system: System, label: str) -> None:
     print(format_status(system.rs.status()))
 
 
+def show_tcp_transfer(machine: Machine, services: list[ServiceStatus], mib: int) -> None:
+    """A TCP transfer to Linux in the namespace while INET's NIC driver is killed."""
+    if not any(s.label == "inet" for s in services):
+        raise SystemExit("hwl up: --tcp-transfer needs a profile that runs inet (inet, "
+                         "inet-ne2k, inet-rtl8139)")  # fmt: skip
+    if not netdemo.demo(machine, mib):
+        raise SystemExit(1)
+
+
 def rs_pid(system: System) -> int:
     """RS's pid, as the kernel logged it when it spawned RS (the operator may not
     read the kernel's process table, and a forked RS's command line is the fork
@@ -164,6 +178,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                     print(f"\n{interfaces}")  # INET's, next to the services
                 for label in args.kill or ():
                     show_recovery(system, label)
+                if args.tcp_transfer:
+                    show_tcp_transfer(machine, services, args.tcp_transfer)
                 death = watch.wait(0)
                 if death is None and not args.once:
                     print("\nup; Ctrl-C stops the system", flush=True)
@@ -189,6 +205,12 @@ def add_parser(
     machine_opts(up)
     up.add_argument(
         "--kill", action="append", metavar="LABEL", help="show recovery: kill LABEL once booted"
+    )
+    up.add_argument(
+        "--tcp-transfer",
+        type=int,
+        metavar="MIB",
+        help="inet profiles: send MIB MiB to Linux over TCP while the NIC driver is killed",
     )
     up.add_argument("--once", action="store_true", help="stop after printing, do not wait")
     up.set_defaults(func=cmd_up)

@@ -102,6 +102,7 @@ class Killer:
     marks: list[int]
     seconds: float = 600.0
     kills: list[float] = field(default_factory=list)  # time.monotonic() of each
+    killed: list[tuple[int, int, int]] = field(default_factory=list)  # (pid, new pid, at byte)
     kill_to_up: list[float] = field(default_factory=list)
     error: BaseException | None = None
     stop: threading.Event = field(default_factory=threading.Event)
@@ -116,10 +117,12 @@ class Killer:
                         if self.stop.wait(0.002) or time.monotonic() > deadline:
                             return
                     os.kill(pid, signal.SIGKILL)
-                    killed = time.monotonic()
+                    killed, at = time.monotonic(), self.progress()
                     self.kills.append(killed)
-                    pid = driver_pid(rs, self.label, not_pid=pid)
+                    new = driver_pid(rs, self.label, not_pid=pid)
                     self.kill_to_up.append(time.monotonic() - killed)
+                    self.killed.append((pid, new, at))
+                    pid = new
         except BaseException as exc:  # reported by the caller
             self.error = exc
 
@@ -148,6 +151,7 @@ class Result:
     back_seconds: float  # from there to hwl.net's end of stream
     kills: int
     kill_to_up_ms: list[float]
+    killed: list[tuple[int, int, int]]  # (pid, its successor's, at byte) per kill
     error: str = ""  # an exception on either side (a reset, a timeout): "" if none
 
     @property
@@ -218,5 +222,51 @@ def transfer(
         back_seconds=end - fin,
         kills=len(killer.kills),
         kill_to_up_ms=[t * 1e3 for t in killer.kill_to_up],
+        killed=killer.killed,
         error=error,
     )
+
+
+def reach(inet: hwl.net.Inet, timeout: float = 15.0) -> None:
+    """Ping Linux until it answers: an e1000 holds reception for 1 s after its
+    receiver is enabled."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            hwl.net.ping(LINUX_IP, timeout=0.5, inet=inet)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise HwlError(f"Linux ({LINUX_IP}) not reachable through INET") from None
+
+
+DEMO_KILLS = 3  # with RS's own backoff (1 s units): restarts at once, after 2 s, after 4 s
+
+
+def demo(machine: Machine, mib: int, kills: int = DEMO_KILLS) -> bool:
+    """``hwl up --tcp-transfer``: ``mib`` MiB from hwl.net to Linux's own socket in
+    the namespace and 1 MiB back on one connection, the NIC driver SIGKILLed
+    ``kills`` times meanwhile; prints what happened; True if every byte arrived."""
+    with hwl.net.Inet.attach(machine.run_dir) as inet:
+        rows = hwl.net.ifstatus(inet=inet)["interfaces"]
+        label = str(rows[0]["name"]) if isinstance(rows, list) and isinstance(rows[0], dict) else ""
+        reach(inet)
+        out, back = payload(mib * MIB, 1), payload(MIB, 2)
+        print(f"\nTCP: {mib} MiB from hwl.net to Linux's own socket at {LINUX_IP} (in the "
+              f"machine's namespace) and 1 MiB back, one connection; meanwhile kill -9 "
+              f"{label} {kills} times:", flush=True)  # fmt: skip
+        result = transfer(machine, inet, out, back, label=label, kills=kills)
+    for (pid, new, at), up_ms in zip(result.killed, result.kill_to_up_ms, strict=True):
+        print(f"  kill -9 {pid} ({label}) at {at / MIB:.1f} MiB: back as pid {new} "
+              f"{up_ms:.0f} ms later")  # fmt: skip
+    if result.kills > 1:
+        print("  (the waits are RS's restart backoff: none the first time, then 2^n s)")
+    if result.intact and result.kills == kills:
+        print(f"every byte arrived: SHA-256 equal both ways ({mib} MiB to Linux, 1 MiB back); "
+              f"the connection stayed up through {kills} kills of {label} (no reset, no error; "
+              f"{result.out_mb_s:.1f} MB/s to Linux)")  # fmt: skip
+        return True
+    print(f"TCP transfer FAILED: {result.error or 'bytes differ'}; SHA-256 equal to Linux "
+          f"{result.to_linux_equal}, from Linux {result.from_linux_equal}; "
+          f"{result.kills} of {kills} kills")  # fmt: skip
+    return False
