@@ -9,6 +9,7 @@ hwl bench recovery [--json] restart and live-update downtime (bench/recovery.py)
 hwl bench disk [--json]     the whole block path against the stub's native loops (bench/disk.py)
 hwl net frames PROFILE      ARP and ICMP echo to Linux through the profile's NIC drivers
 hwl bench nic [--nic N]     NIC drivers against the stub's native loop and Linux (bench/nic.py)
+hwl bench net [--nic N]     INET's UDP and TCP against Linux, also under driver kills (bench/net.py)
 hwl service ...             MINIX's service command (hwl.cli.service; also `minix-service`)
 
 Commands that boot a machine take --placement auto|off|'qemu:CORES;hwl:CORES'
@@ -193,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seconds",
         type=float,
         default=0,
-        help="length of each timed phase (0: the benchmark's default; disk)",
+        help="length of each timed phase (0: the benchmark's default; disk, net)",
     )
     bench.set_defaults(func=cmd_bench)
 
