@@ -25,6 +25,9 @@ from typing import Any
 
 #: How long to look for the kernel's word on how a process it started ended.
 KERNEL_LOG_WAIT_S = 2.0
+#: After a death, how long a process named before it (its likely cause) may take
+#: to be seen dead too.
+SETTLE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -232,10 +235,25 @@ class CoreWatch:
                     self.events.drain(pids)  # keep ours, so the queue never overflows
                 gone = [w for w in self._watched if w.fd in ready]
             if gone:
-                first = gone[0]
+                first = self._cause(gone[0])
                 return Death(first.component, first.pid, first.how())
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+
+    def _cause(self, seen: _Watched) -> _Watched:
+        """The first-named process among ``seen`` and those named before it that
+        die within SETTLE_S: a SIGKILLed kernel closes its sockets before it
+        becomes a zombie, so RS, cut off, can end first; the kernel is the cause."""
+        earlier = [w for w in self._watched[: self._watched.index(seen)] if w.fd >= 0]
+        deadline = time.monotonic() + SETTLE_S
+        while earlier:
+            left = max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([w.fd for w in earlier], [], [], left)
+            if ready:
+                return next(w for w in earlier if w.fd in ready)
+            if left == 0.0:
+                break
+        return seen
 
     def close(self) -> None:
         for w in self._watched:
