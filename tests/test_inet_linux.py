@@ -247,20 +247,22 @@ def _patched(raw: bytes, **fields: int) -> bytes:
     return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + raw[20:]
 
 
-def bad_frames() -> list[tuple[str, bytes, str, str]]:
-    """(name, frame, counter group, field) for each bad frame Linux's side sends."""
+def bad_frames(mac: bytes = MAC, ifname: str = "eth0") -> list[tuple[str, bytes, str, str]]:
+    """(name, frame, counter group, field) for each bad frame Linux's side sends to
+    the interface ``ifname`` at ``mac`` (tests/test_inet_server.py sends them
+    through each NIC too)."""
     good = hw.ipv4(PEER, IP, 1, icmp.echo_request(0x99, 1, b"x" * 16))
     bad_udp = bytearray(udp.build(PEER, IP, 40000, ECHO_PORT, b"payload"))
     bad_udp[-1] ^= 0x5A
 
     def frame(payload: bytes, ethertype: int = ether.ETH_P_IP) -> bytes:
-        return hw.ethernet(MAC, PEER_MAC, ethertype, payload)
+        return hw.ethernet(mac, PEER_MAC, ethertype, payload)
 
     return [
         ("short ip", frame(good[:10]), "ip", "truncated"),
-        ("short arp", frame(bytes(20), ether.ETH_P_ARP), "eth0.arp", "bad"),
-        ("unknown type", frame(bytes(46), 0x88B5), "eth0.ether", "unknown_type"),
-        ("802.3", frame(bytes(46), 46), "eth0.ether", "ieee8023"),
+        ("short arp", frame(bytes(20), ether.ETH_P_ARP), f"{ifname}.arp", "bad"),
+        ("unknown type", frame(bytes(46), 0x88B5), f"{ifname}.ether", "unknown_type"),
+        ("802.3", frame(bytes(46), 46), f"{ifname}.ether", "ieee8023"),
         ("bad ip checksum", frame(good[:10] + b"\x12\x34" + good[12:]), "ip", "bad_checksum"),
         ("ihl < 5", frame(_patched(good, vihl=0x44)), "ip", "bad_ihl"),
         ("length beyond frame", frame(_patched(good, total=1000)), "ip", "bad_length"),
