@@ -389,14 +389,17 @@ class LinuxTcp:
     ``listen``: Linux listens and accepts one connection; else it connects."""
 
     def __init__(self, rig: Rig, reply: bytes, *, connect_to: tuple[str, int] | None = None,
-                 seconds: float = 300.0) -> None:  # fmt: skip
+                 seconds: float = 300.0, pause: float = 0.0, rcvbuf: int = 0) -> None:  # fmt: skip
         self.rig, self.reply, self.connect_to = rig, reply, connect_to
+        self.pause = pause  # s before the first read: the window closes meanwhile
         self.received = hashlib.sha256()
         self.count = 0
         self.error: BaseException | None = None
         self.listener: socket.socket | None = None
         if connect_to is None:
             self.listener = rig.machine.peer.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if rcvbuf:  # a small buffer (the accepted socket inherits it) closes the window
+                self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             self.listener.bind((LINUX_IP, 0))
             self.listener.listen(1)
             self.listener.settimeout(seconds)
@@ -419,6 +422,7 @@ class LinuxTcp:
                 conn.connect(self.connect_to)
             with conn:
                 conn.settimeout(self.seconds)
+                time.sleep(self.pause)
                 while chunk := conn.recv(65536):
                     self.received.update(chunk)
                     self.count += len(chunk)
@@ -576,6 +580,40 @@ def test_tcp_transfer_survives_service_refresh_and_live_update(rig: Rig) -> None
     assert after["driver"] == "up" and after["restarts"] == before["restarts"] + 1
     print(f"{rig.label}: refresh + update mid-stream: {after['restarts'] - before['restarts']} "
           f"re-opens, history {after['history'][-2:]}")  # fmt: skip
+
+
+def linux_counters(rig: Rig) -> dict[str, int]:
+    """Linux's absolute counters in the namespace (``nstat -az``)."""
+    out = rig.machine.peer.run(["nstat", "-az"]).stdout
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)", out, re.M)}
+
+
+def test_a_paused_linux_reader_gets_window_probes_and_no_reset(rig: Rig) -> None:
+    out = random.Random(7).randbytes(1 << 20)
+    resets = ("TcpEstabResets", "TcpOutRsts", "TcpExtTCPAbortOnData", "TcpExtTCPAbortOnTimeout")
+    before, linux_before = inet_tcp(rig), linux_counters(rig)
+    with (
+        LinuxTcp(rig, b"", pause=4.0, rcvbuf=4096) as linux,
+        hwl.net.socket(hwl.net.AF_INET, hwl.net.SOCK_STREAM, inet=rig.net) as s,
+    ):
+        s.settimeout(60.0)
+        s.connect((LINUX_IP, linux.port))
+        assert transfer(s, out) == b""
+    after, linux_after = inet_tcp(rig), linux_counters(rig)
+    assert linux.error is None, linux.error
+    assert linux.received.digest() == hashlib.sha256(out).digest()
+    assert after.get("window_probes", 0) > before.get("window_probes", 0), after
+    for name in resets:  # nobody reset the connection while the window was shut
+        assert linux_after.get(name, 0) == linux_before.get(name, 0), name
+    assert after.get("resets_out", 0) == before.get("resets_out", 0)
+    assert after.get("resets_in", 0) == before.get("resets_in", 0)
+
+
+def inet_tcp(rig: Rig) -> dict[str, int]:
+    """INET's TCP counters (IFSTATUS)."""
+    got = hwl.net.ifstatus(inet=rig.net)["tcp"]
+    assert isinstance(got, dict)
+    return {k: v for k, v in got.items() if isinstance(v, int)}
 
 
 def test_linux_saw_no_checksum_or_header_errors(rig: Rig) -> None:

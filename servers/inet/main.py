@@ -252,6 +252,14 @@ class Inet:
             return 0, s.name(s.get(client, ident))
         return 0, s.peername(client, ident)  # GETPEERNAME
 
+    def tcp_counters(self) -> dict[str, codec.Value]:
+        """TCP's counters: the closed connections' (kept by Tcp) and the live ones'."""
+        total: dict[str, codec.Value] = dict(self.tcp.counters)
+        for conn in self.tcp.conns.values():
+            for name, n in conn.counters.items():
+                total[name] = int(total.get(name, 0) or 0) + n  # type: ignore[arg-type]
+        return total
+
     def status(self) -> Fields:
         assert self.ifaces is not None
         try:
@@ -261,7 +269,7 @@ class Inet:
         return {
             "interfaces": self.ifaces.status(),
             "counters": counters,
-            "tcp": dict(self.tcp.counters),
+            "tcp": self.tcp_counters(),
             "tcp_connections": len(self.tcp.conns),
             "sockets": len(self.sockets.table),
             "requests": self.requests,

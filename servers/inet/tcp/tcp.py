@@ -266,6 +266,8 @@ class Tcp:
             self.time_wait.pop(key, None)
             if self.conns.get(key) is conn:
                 del self.conns[key]
+                for name, n in conn.counters.items():  # kept beyond the connection
+                    self.counters[name] = self.counters.get(name, 0) + n
         if self.on_change is not None:
             self.on_change(conn)
 
