@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, Message
 from hwl.kernel.launcher import KernelProcess
+from hwl.procs import descendants
 from hwl.system.events import read_events
 from hwl.system.rs import Rs, RsError, ServiceStatus
 
@@ -122,7 +123,7 @@ class RsSystem:
         finally:
             pids = _reported_pids(run_dir)
             if kernel is not None:
-                pids |= _descendants(kernel.pid)
+                pids |= descendants(kernel.pid)
                 kernel.stop()
             left = [pid for pid in pids if pid_alive(pid)]
             deadline = time.monotonic() + 5
@@ -205,27 +206,6 @@ class RsSystem:
             return found if len(found) >= count else None
 
         return wait_for(f"{count} recovery-script lines for {label}", check, timeout)
-
-
-def _descendants(root: int) -> set[int]:
-    """Every process below ``root`` (RS, the fork server, services, scripts)."""
-    parents: dict[int, int] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                stat = (proc / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(proc.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        parent = todo.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in found:
-                found.add(pid)
-                todo.append(pid)
-    return found
 
 
 def _reported_pids(run_dir: Path) -> set[int]:

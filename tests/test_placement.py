@@ -14,6 +14,7 @@ from hwl.kernel.launcher import KernelProcess
 from hwl.machine import placement as placing
 from hwl.machine.machine import Machine
 from hwl.machine.placement import Placement, PlacementError
+from hwl.procs import descendants
 from hwl.system.boot import System
 from hwl.system.vfs import Vfs
 
@@ -192,21 +193,6 @@ def affinity(pid: int) -> dict[int, frozenset[int]]:
             found[int(task.name)] = frozenset(os.sched_getaffinity(int(task.name)))
         except ProcessLookupError:
             continue
-    return found
-
-
-def descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        here = todo.pop()
-        for task in Path(f"/proc/{here}/task").glob("*/children"):
-            try:
-                kids = {int(k) for k in task.read_text().split()}
-            except OSError:
-                continue
-            todo += kids - found
-            found |= kids
     return found
 
 

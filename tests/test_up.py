@@ -21,6 +21,7 @@ from rs_fixtures import pid_alive, wait_for
 
 from hwl.cli.up import CORE_DIED
 from hwl.machine.netpeer import NETNS_DIR, PREFIX
+from hwl.procs import descendants
 from hwl.system.watch import kernel_log_pid
 
 HWL = [sys.executable, "-m", "hwl.cli.main"]
@@ -72,27 +73,6 @@ class Up:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-
-
-def descendants(root: int) -> set[int]:
-    """Every process below ``root`` now."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        parent = todo.pop()
-        for pid, ppid in parents.items():
-            if ppid == parent and pid not in found:
-                found.add(pid)
-                todo.append(pid)
-    return found
 
 
 @pytest.mark.parametrize("victim", ["the kernel", "RS", "QEMU"])
