@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Final
@@ -55,10 +56,10 @@ TCP_CONFIG: Final = TcpConfig(rto_min=0.2)
 
 
 class Inet:
-    def __init__(self, configs: list[IfConfig]) -> None:
+    def __init__(self, configs: list[IfConfig], tcp_config: TcpConfig = TCP_CONFIG) -> None:
         self.configs = configs
         self.stack = Stack()
-        self.tcp = Tcp(self.stack.ip_output, self.stack.source_for, TCP_CONFIG)
+        self.tcp = Tcp(self.stack.ip_output, self.stack.source_for, tcp_config)
         self.stack.tcp_input = self.tcp.input
         self.stack.tcp_unreachable = self.tcp.unreachable
         self.ifaces: Ifaces | None = None
@@ -281,14 +282,25 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="inet")
     p.add_argument("interfaces", nargs="*", metavar="if=LABEL:ADDRESS/PREFIX[,gw=GATEWAY]")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument(
+        "--tcp-r2",
+        type=float,
+        default=TCP_CONFIG.r2,
+        metavar="SECONDS",
+        help="abort a connection that made no progress this long (RFC 1122 R2)",
+    )
+    p.add_argument("--tcp-msl", type=float, default=TCP_CONFIG.msl, metavar="SECONDS",
+                   help="TIME_WAIT lasts twice this")  # fmt: skip
     args = p.parse_args(argv)
+    if not 0 < args.tcp_r2 <= 3600 or not 0 <= args.tcp_msl <= 600:
+        p.error(f"--tcp-r2 {args.tcp_r2} or --tcp-msl {args.tcp_msl} out of range")
     if args.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
     try:
         configs = [parse_if(a) for a in args.interfaces]
     except ConfigError as exc:
         p.error(str(exc))
-    server = Inet(configs)
+    server = Inet(configs, dataclasses.replace(TCP_CONFIG, r2=args.tcp_r2, msl=args.tcp_msl))
     sef.setcb_init_fresh(server.init)
     sef.startup()
     server.serve()
