@@ -3,7 +3,7 @@
 wait them out: with Linux's frames dropped (the TAP set down in the namespace)
 the retransmission timer backs off and the connection aborts with ETIMEDOUT at
 R2; the side that closes first keeps TIME_WAIT for 2*MSL (INET's connection
-table, Linux's ``ss``)."""
+table, Linux's ``ss``), and so do both after a simultaneous close."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ PROFILES = {
     "inet-ne2k": ("dp8390", "ne2k-net"),
     "inet-rtl8139": ("rtl8139", "rtl8139-net"),
 }
-R2, MSL = 4.0, 1.0
+R2, MSL = 4.0, 3.0  # TIME_WAIT (6 s) outlasts the FIN retransmits of a simultaneous close
 
 
 @dataclass
@@ -138,3 +138,33 @@ def test_linux_closes_first_and_keeps_time_wait(rig: Rig) -> None:
     time.sleep(0.3)
     out = rig.machine.peer.run(["ss", "-tan", "state", "time-wait"]).stdout
     assert f"{LINUX_IP}:{port}" in out, out
+
+
+def test_simultaneous_close_leaves_both_sides_in_time_wait(rig: Rig) -> None:
+    """Both ends close before either sees the other's FIN (their FINs are lost
+    while the TAP is down, then retransmitted): both keep TIME_WAIT."""
+    with linux_listener(rig) as listener:
+        s = hwl.net.socket(hwl.net.AF_INET, hwl.net.SOCK_STREAM, inet=rig.net)
+        s.settimeout(10)
+        s.connect(listener.getsockname())
+        peer, _ = listener.accept()
+        port = peer.getsockname()[1]
+        before = rig.connections()
+        rig.link(False)
+        try:
+            s.close()
+            peer.close()
+            time.sleep(0.5)  # both FINs sent into the void
+        finally:
+            rig.link(True)
+        deadline = time.monotonic() + 10
+        out = ""
+        while f"{LINUX_IP}:{port}" not in out:
+            assert time.monotonic() < deadline, f"Linux never reached TIME_WAIT: {out}"
+            time.sleep(0.1)
+            out = rig.machine.peer.run(["ss", "-tan", "state", "time-wait"]).stdout
+        assert rig.connections() == before  # ours is in TIME_WAIT too (or about to end)
+        deadline = time.monotonic() + 2 * MSL + 5
+        while rig.connections() >= before:
+            assert time.monotonic() < deadline, "our TIME_WAIT never ended"
+            time.sleep(0.1)
