@@ -541,10 +541,13 @@ def test_tcp_transfer_survives_the_driver_sigkilled_5_times(rig: Rig) -> None:
     )
 
 
+STREAM_BYTES = 64 << 20  # the issue's 64 MiB stream
+
+
 def test_tcp_transfer_survives_service_refresh_and_live_update(rig: Rig) -> None:
-    """``service refresh`` (a new incarnation) at a third of the stream and ``service
-    update`` (the same incarnation to clients, a new program) at two thirds."""
-    out, back = random.Random(7).randbytes(KILL_BYTES), random.Random(8).randbytes(1 << 20)
+    """``service refresh`` (a new incarnation) at a third of a 64 MiB stream and
+    ``service update`` (the same incarnation to clients, a new program) at two thirds."""
+    out, back = random.Random(7).randbytes(STREAM_BYTES), random.Random(8).randbytes(1 << 20)
     before = rig.iface()
     done: list[str] = []
     with LinuxTcp(rig, back) as linux, hwl.net.socket(hwl.net.AF_INET, hwl.net.SOCK_STREAM,
@@ -554,7 +557,7 @@ def test_tcp_transfer_survives_service_refresh_and_live_update(rig: Rig) -> None
 
         def disturb() -> None:
             for k, what in enumerate(("refresh", "update"), 1):
-                while linux.count < KILL_BYTES * k // 3 and linux.error is None:
+                while linux.count < STREAM_BYTES * k // 3 and linux.error is None:
                     time.sleep(0.002)
                 old = rig.driver_pid_when_up()
                 if what == "refresh":
