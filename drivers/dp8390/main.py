@@ -93,7 +93,7 @@ class Ring:
         return (self.curr - self.next) % RING_PAGES
 
 
-class Dp8390:
+class Dp8390(nic.NicDriverBase):
     def __init__(self, args: dict[str, str]) -> None:
         self.instance = int(args.get("instance", "0"))
         self.conn: Connection | None = None
@@ -148,14 +148,6 @@ class Dp8390:
             "ring": [self.ring.bnry, self.ring.curr], "rcr": self.rcr, "up": self.up,
             "queue": list(self.queue),
         }  # fmt: skip
-
-    def state_restore(self, state: codec.Value) -> None:
-        if isinstance(state, dict):
-            self.restored = state
-
-    def _vdevio(self, b: Batch, irq: bool = False) -> list[int]:
-        assert self.conn is not None
-        return self.conn.vdevio(b, irq_enable=self.irq_hook if irq else None)
 
     def _reset_card(self, enable_irq: bool = False) -> bytes:
         """Reset, read the MAC from the PROM, set up the ring (its last call also

@@ -69,7 +69,7 @@ RX_DESC = struct.Struct("<QHHBBH")
 TX_DESC = struct.Struct("<QHBBBBH")
 
 
-class E1000:
+class E1000(nic.NicDriverBase):
     def __init__(self, args: dict[str, str]) -> None:
         self.instance = int(args.get("instance", "0"))
         self.conn: Connection | None = None
@@ -202,14 +202,6 @@ class E1000:
             "tx": [self.tx.id, self.tx.phys, self.tx.size, self.tx.tag],
             "rx_next": self.rx_next, "tdt": self.tdt, "rctl": self.rctl, "link": self.link,
         }  # fmt: skip
-
-    def state_restore(self, state: codec.Value) -> None:
-        if isinstance(state, dict):
-            self.restored = state
-
-    def _vdevio(self, b: Batch, irq: bool = False) -> list[int]:
-        assert self.conn is not None
-        return self.conn.vdevio(b, irq_enable=self.irq_hook if irq else None)
 
     # ----------------------------------------------------------------- modes
     def set_mode(self, mode: int, mcast: tuple[bytes, ...]) -> None:

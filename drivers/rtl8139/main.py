@@ -112,7 +112,7 @@ MAX_QUEUED = 1024
 RESET_WAIT_US = 100_000
 
 
-class Rtl8139:
+class Rtl8139(nic.NicDriverBase):
     def __init__(self, args: dict[str, str]) -> None:
         self.instance = int(args.get("instance", "0"))
         mode = args.get("mode", "cplus")
@@ -265,14 +265,6 @@ class Rtl8139:
             "rx_next": self.rx_next, "tx_next": self.tx_next, "rcr": self.rcr,
             "mar": self.mar, "link": self.link, "queue": list(self.queue),
         }  # fmt: skip
-
-    def state_restore(self, state: codec.Value) -> None:
-        if isinstance(state, dict):
-            self.restored = state
-
-    def _vdevio(self, b: Batch, irq: bool = False) -> list[int]:
-        assert self.conn is not None
-        return self.conn.vdevio(b, irq_enable=self.irq_hook if irq else None)
 
     # ----------------------------------------------------------------- modes
     def set_mode(self, mode: int, mcast: tuple[bytes, ...]) -> None:

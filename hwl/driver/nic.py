@@ -11,8 +11,10 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from hwl.ipc import codec
 from hwl.ipc.client import Connection
 from hwl.kernel.errno import Errno
+from hwl.link.batch import Batch
 from hwl.proto import ndev
 from hwl.system.pci import Granted, Pci, PciError
 
@@ -111,3 +113,21 @@ def driver_args(argv: list[str]) -> dict[str, str]:
             raise SystemExit(f"argument {word!r} is not key=value")
         args[key] = value
     return args
+
+
+class NicDriverBase:
+    """What the NIC drivers keep alike: a batch on the card with the IRQ hook
+    re-enabled after it if asked, and a live update's saved state taken for the
+    next init (a driver's ``init`` takes over from ``restored`` when it is set)."""
+
+    conn: Connection | None
+    irq_hook: int
+    restored: dict[str, codec.Value] | None
+
+    def state_restore(self, state: codec.Value) -> None:
+        if isinstance(state, dict):
+            self.restored = state
+
+    def _vdevio(self, b: Batch, irq: bool = False) -> list[int]:
+        assert self.conn is not None
+        return self.conn.vdevio(b, irq_enable=self.irq_hook if irq else None)
