@@ -68,6 +68,8 @@ from hwl.proto.vdevio import Check, Copy
 from hwl.system import proto, sef
 from hwl.system.pci import Pci, PciError
 
+from . import lie
+
 log = logging.getLogger("at_wini")
 
 SECTOR = 512
@@ -999,14 +1001,15 @@ def _ints(value: codec.Value, what: str, count: int, or_none: bool = False) -> l
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     wini = AtWini(args)
+    liar = lie.Liar(lambda: wini.conn)  # AT_LIE from operators (tests, campaigns)
     table = bd.BlockDriver(
         open=wini.open,
-        transfer=wini.transfer,
+        transfer=liar.wrap(wini.transfer),
         ioctl=wini.ioctl,
         geometry=wini.geometry,
         cleanup=wini.cleanup,
         intr=wini.intr,
-        other=wini.other,
+        other=lambda m: liar.other(m) or wini.other(m),
         state_save=wini.state_save,
         state_restore=wini.state_restore,
         lu_states={AT_LU_STATE_FLUSHED: wini.lu_flushed},

@@ -543,7 +543,15 @@ class VfsServer:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="vfs")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--channel", action="append", default=[], metavar="C=LABEL",
+                   help="the driver of channel C's device files (default at_wini[1])")  # fmt: skip
     args = p.parse_args(argv)
+    for item in args.channel:
+        channel, _, label = item.partition("=")
+        try:
+            devmap.set_label(int(channel), label)
+        except ValueError as exc:
+            p.error(f"--channel {item}: {exc}")
     if args.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
     server = VfsServer()

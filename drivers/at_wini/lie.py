@@ -1,0 +1,177 @@
+"""Making at_wini lie, for tests and fault campaigns: the disk driver that keeps
+running and returns wrong bytes, drops a reply, or hangs on one request: the
+failures a crash-only recovery does not see (the filter driver's reason to be).
+
+``AT_LIE`` (``{"action", ...}``) is accepted only from an operator: a user process
+attached through kernel.sock, which RS trusts as its operator too (not a system
+process: no driver or server can make another lie). Actions:
+
+- ``flip``: flip bit ``bit`` (0..7) of the read data, in the next ``count`` reads
+  (-1: every one) that cover byte ``position`` of the minor (default: any read;
+  the bit flipped is then the read's first byte). The flip is made in the
+  client's grant after the driver's copy, so the grant must let at_wini read.
+- ``drop``: the reply to the next ``count`` matching transfers is not sent (the
+  transfer itself is done).
+- ``hang``: the next matching transfer never finishes: the driver answers
+  nothing more (pings included) until it is killed.
+- ``clear``: no more lies.
+
+With ``sticky`` the lie is kept in the run directory (``lie.<label>.json``) and
+every next incarnation of the driver takes it up at start: a driver that keeps
+lying after RS refreshed it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Final
+
+from hwl.driver.blockdriver import Iov
+from hwl.ipc import codec
+from hwl.ipc.client import Connection, IpcError, Message
+from hwl.kernel.errno import Errno
+from hwl.proto.sef import FiType
+from hwl.system import sef
+from hwl.system.proctab import ProcTable
+
+log = logging.getLogger("at_wini")
+
+AT_LIE: Final = 0xBF1  # {"action", "count", "position", "bit", "sticky"} -> 0
+ACTIONS: Final = ("flip", "drop", "hang", "clear")
+
+Fields = dict[str, codec.Value]
+Transfer = Callable[[int, bool, int, int, Iov], int]
+
+
+@dataclass
+class Lie:
+    action: str = "clear"
+    count: int = 0  # -1: no end
+    position: int = -1  # a byte of the minor a transfer must cover; -1: any
+    bit: int = 0
+    minor: int = -1  # -1: any
+
+
+class Liar:
+    """The lie at_wini tells now; wraps its transfer callback."""
+
+    def __init__(self, conn: Callable[[], Connection | None]) -> None:
+        self._conn = conn
+        self.lie = Lie()
+        self.path: Path | None = None
+        label = os.environ.get("HWL_SERVICE_LABEL")
+        run_dir = os.environ.get("HWL_RUN_DIR")
+        if label and run_dir:
+            self.path = Path(run_dir) / f"lie.{label}.json"
+            self._load()
+
+    def _load(self) -> None:
+        assert self.path is not None
+        try:
+            self.lie = Lie(**json.loads(self.path.read_text()))
+            log.warning("lie taken up from %s: %s", self.path, self.lie)
+        except FileNotFoundError:
+            pass
+        except (ValueError, TypeError) as exc:
+            log.error("lie file %s unusable: %s", self.path, exc)
+
+    # ---------------------------------------------------------------- request
+    def other(self, m: Message) -> tuple[int, Fields] | None:
+        """AT_LIE, or None for a message that is not one."""
+        if m.m_type != AT_LIE:
+            return None
+        conn = self._conn()
+        if conn is None:
+            return -int(Errno.EAGAIN), {"error": "not initialised"}
+        try:
+            caller = ProcTable(conn, log).get(m.source, strict=True)
+        except IpcError as exc:
+            return -int(exc.errno), {"error": str(exc)}
+        if caller is None or caller.system:
+            log.warning("AT_LIE from %d refused: not an operator", m.source)
+            return -int(Errno.EPERM), {"error": "AT_LIE is for operators (user processes)"}
+        try:
+            lie = Lie(
+                action=str(m["action"]),
+                count=int(m.get("count", 1)),  # type: ignore[arg-type]
+                position=int(m.get("position", -1)),  # type: ignore[arg-type]
+                bit=int(m.get("bit", 0)) & 7,  # type: ignore[arg-type]
+                minor=int(m.get("minor", -1)),  # type: ignore[arg-type]
+            )
+        except (KeyError, TypeError, ValueError, codec.CodecError) as exc:
+            return -int(Errno.EINVAL), {"error": f"malformed AT_LIE: {exc}"}
+        if lie.action not in ACTIONS:
+            return -int(Errno.EINVAL), {"error": f"action {lie.action!r}: one of {ACTIONS}"}
+        self.lie = lie
+        if self.path is not None:
+            if m.get("sticky") and lie.action != "clear":
+                self.path.write_text(json.dumps(asdict(lie)))
+            else:
+                self.path.unlink(missing_ok=True)
+        log.warning("told to lie by %d: %s", m.source, lie)
+        return 0, {}
+
+    # --------------------------------------------------------------- transfer
+    def wrap(self, transfer: Transfer) -> Transfer:
+        def lying(minor: int, write: bool, position: int, endpoint: int, iov: Iov) -> int:
+            lie = self.lie
+            size = sum(s for _, s in iov)
+            if not self._matches(lie, minor, position, size):
+                return transfer(minor, write, position, endpoint, iov)
+            if lie.action == "hang":
+                self._spend(lie)
+                log.error("lie: hanging on the %s at %d, answering nothing",
+                          "write" if write else "read", position)  # fmt: skip
+                while True:
+                    time.sleep(3600)
+            done = transfer(minor, write, position, endpoint, iov)
+            if lie.action == "drop":
+                self._spend(lie)
+                log.warning("lie: the reply to the transfer at %d is dropped", position)
+                sef._sef.fi_armed = FiType.DROP_REPLY  # SEF's own drop of the next reply
+            elif lie.action == "flip" and not write:
+                self._spend(lie)
+                at = position if lie.position < 0 else lie.position
+                self._flip(endpoint, iov, at - position, lie.bit)
+            return done
+
+        return lying
+
+    @staticmethod
+    def _matches(lie: Lie, minor: int, position: int, size: int) -> bool:
+        if lie.action == "clear" or lie.count == 0:
+            return False
+        if lie.minor >= 0 and lie.minor != minor:
+            return False
+        return lie.position < 0 or position <= lie.position < position + size
+
+    def _spend(self, lie: Lie) -> None:
+        if lie.count > 0:
+            lie.count -= 1
+
+    def _flip(self, endpoint: int, iov: Iov, offset: int, bit: int) -> None:
+        """Flip one bit of the data the transfer put in the client's grants."""
+        conn = self._conn()
+        assert conn is not None
+        for grant, size in iov:
+            if offset < size:
+                buf = conn.arena.alloc(1)
+                try:
+                    conn.safecopyfrom(endpoint, grant, offset, buf.offset, 1)
+                    old = buf.view[0]
+                    buf.view[0] = old ^ (1 << bit)
+                    conn.safecopyto(endpoint, grant, offset, buf.offset, 1)
+                    log.warning("lie: flipped bit %d of byte %d of a read (%#04x -> %#04x)",
+                                bit, offset, old, buf.view[0])  # fmt: skip
+                except IpcError as exc:
+                    log.error("lie: cannot flip (the grant must be readable): %s", exc)
+                finally:
+                    conn.arena.free(buf)
+                return
+            offset -= size

@@ -1,0 +1,1 @@
+"""The filter driver: checksums and mirroring between VFS and the disk drivers (docs/filter.md)."""
