@@ -15,6 +15,10 @@ the groups it handles:
   renders as ``-netdev ... id=ID`` at launch (hwl/machine/netpeer.py); a
   ``[device]`` uses it with ``netdev = "ID"``, as QEMU expects.
 
+A drive with an ``[hwl-disk]`` is rendered with node names ``ID-format`` and
+``ID-file`` and ``rerror``/``werror`` = ``report`` (unless the profile sets them),
+which hwl.faults relies on to put a disk error where the driver sees it.
+
 Everything else is passed to QEMU unchanged through ``-readconfig``.
 """
 
@@ -243,6 +247,12 @@ class Profile:
             if g.name == "drive" and g.id in disk_ids:
                 options.setdefault("file", str(self.disk_path(run_dir, g.id)))
                 options.setdefault("format", "raw")
+                # hwl.faults: stable node names to insert a blkdebug filter under,
+                # and an I/O error reported to the driver rather than stopping the VM.
+                options.setdefault("node-name", f"{g.id}-format")
+                options.setdefault("file.node-name", f"{g.id}-file")
+                options.setdefault("rerror", "report")
+                options.setdefault("werror", "report")
             out.append(f'[{g.name} "{g.id}"]' if g.id is not None else f"[{g.name}]")
             out.extend(f'  {k} = "{v}"' for k, v in options.items())
             out.append("")

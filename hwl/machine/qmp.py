@@ -55,6 +55,37 @@ class Qmp:
     ) -> Any:
         return self._run(self._client.execute(cmd, args), timeout)
 
+    def hmp(self, command_line: str, timeout: float = 10.0) -> str:
+        """A human-monitor command (``info network``, ``qemu-io hd0 "..."``) through
+        QMP; its text. ``qemu-io`` prints its own results on QEMU's stdout."""
+        args: dict[str, object] = {"command-line": command_line}
+        return str(self.execute("human-monitor-command", args, timeout))
+
+    def drive_nodes(self, drive: str) -> tuple[str, str]:
+        """The node names under the block backend ``drive`` (a ``-drive`` id): its
+        format node and that node's ``file`` child, from QEMU's block graph."""
+        graph = self.execute("x-debug-query-block-graph")
+        names = {n["id"]: n["name"] for n in graph["nodes"]}
+        backend = next(
+            (
+                n["id"]
+                for n in graph["nodes"]
+                if n["type"] == "block-backend" and n["name"] == drive
+            ),
+            None,
+        )
+        if backend is None:
+            raise KeyError(f"QEMU has no drive '{drive}'")
+
+        def child(parent: int, role: str) -> int:
+            for edge in graph["edges"]:
+                if edge["parent"] == parent and edge["name"] == role:
+                    return int(edge["child"])
+            raise KeyError(f"drive '{drive}': node {names[parent]!r} has no {role!r} child")
+
+        fmt = child(backend, "root")
+        return names[fmt], names[child(fmt, "file")]
+
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         """The events received so far, optionally only those called ``name``."""
         return [e for e in self._events if name is None or e.get("event") == name]
