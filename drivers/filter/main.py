@@ -293,10 +293,21 @@ class Filter:
             return
 
     def mend(self, problem: DiskProblem, repair: Callable[[Disk], None] | None) -> None:
-        """After a side failed a read the other served: recover that side, write the
-        good data back to it, or drop it from the mirror after ``restarts`` in a row."""
+        """After a side failed a read the other served: recover that side and write
+        the good data back to it, or drop it from the mirror after ``restarts``
+        problems in a row (only a read that works resets the count: a driver that
+        keeps corrupting stays refreshable and writable). A dead driver is only
+        awaited; one that does not come back within ``deadwait`` is dropped."""
         assert self.disks is not None
         disk = problem.disk
+        if problem.kind is Kind.DEAD:  # RS's business: nothing read wrong, nothing to mend
+            try:
+                self.disks.recover(problem)
+                disk.strikes = 0
+            except DiskProblem as again:
+                self.note(again)
+                self.disable(disk, again)
+            return
         if disk.strikes >= self.opts.restarts:
             self.disable(disk, problem)
             return
