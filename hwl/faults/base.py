@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from hwl.errors import HwlError
 from hwl.faults.trigger import Trigger
@@ -129,7 +129,7 @@ class Fault(abc.ABC):
         self.inject()
         return True
 
-    def __enter__(self) -> Fault:
+    def __enter__(self) -> Self:
         self.inject()
         return self
 
