@@ -7,6 +7,7 @@ hwl bench link [--json]     the link benchmark (bench/link.py)
 hwl bench ipc [--json]      the kernel's IPC benchmark (bench/ipc.py)
 hwl bench recovery [--json] restart and live-update downtime (bench/recovery.py)
 hwl bench disk [--json]     the whole block path against the stub's native loops (bench/disk.py)
+hwl bench filter [--json]   the filter driver against the same path without it (bench/filter.py)
 hwl net frames PROFILE      ARP and ICMP echo to Linux through the profile's NIC drivers
 hwl bench nic [--nic N]     NIC drivers against the stub's native loop and Linux (bench/nic.py)
 hwl bench net [--nic N]     INET's UDP and TCP against Linux, also under driver kills (bench/net.py)

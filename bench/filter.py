@@ -1,0 +1,256 @@
+"""hwl bench filter: the filter driver's cost, as ratios to the same figures
+without it in the same run, and the time it takes to recover a corrupted read.
+
+One machine (profile ``filter-mirror``: hd0 and hd1, 32 MiB each). The system is
+booted with ds, pci, at_wini, at_wini1 and VFS with ``--channel 1=filter``, so
+``/dev/c0d0`` is at_wini without the filter (the baseline) and ``/dev/c1d0`` the
+filter over at_wini (and at_wini1 when mirrored). For each configuration,
+checksum ``none``, ``crc`` and ``md5`` without mirroring, and ``crc`` mirrored,
+the filter is started with it (``format``: every sum written and hd0 copied to
+hd1 first), then each run measures the baseline and the filter back to back:
+
+- ``*_read_ratio``: sequential reads, 8 x 1 MiB, filter MB/s over baseline MB/s;
+- ``*_write_ratio``: the same for 8 x 1 MiB writes (flushed, outside the timing);
+- ``*_randread_ratio``: 4 KiB reads at random 4 KiB-aligned positions in the
+  first 8 MiB, queue depth 1: filter IOPS over baseline IOPS.
+
+Each figure is the median of the runs' ratios; ``baseline_*`` are the baseline's
+medians. Every byte read is compared with the disk image (through the layout
+for the filter), outside the timed parts.
+
+``corruption_recovery_ms``: with checksum ``crc`` (no mirror), at_wini is told
+(AT_LIE, drivers/at_wini/lie.py) to flip a bit in the next read; the time of a
+4 KiB read through VFS that meets it (the filter's detection, RS's refresh of
+at_wini, the re-read), p50 over :data:`CORRUPTIONS`; the bytes must be right.
+``corruption_recovery_mirror_ms``: the same mirrored (served from at_wini1,
+at_wini refreshed and repaired before the answer).
+
+Targets: ``filter_crc_read_ratio`` >= 0.7, ``corruption_recovery_ms`` <= 100.
+Regions: the baseline reads raw [0, 8 MiB) and writes raw [24, 32 MiB); the
+filter reads logical [0, 8 MiB) and writes logical [8, 16 MiB) (raw < 18 MiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from drivers.at_wini.lie import AT_LIE
+from drivers.filter.layout import Layout
+from hwl import Machine
+from hwl.benchmarks import Targets, report
+from hwl.errors import HwlError
+from hwl.ipc import codec
+from hwl.system import vfs as vp
+from hwl.system.boot import System
+from hwl.system.rs import up_fields
+from hwl.system.vfs import Vfs
+
+MIB = 1 << 20
+BLOCK = 4096
+SECTOR = 512
+SEQ_MIB = 8
+RANDS = 200
+CORRUPTIONS = 25
+BASE_READ, BASE_WRITE = 0, 24 * MIB  # raw, /dev/c0d0
+FLT_READ, FLT_WRITE = 0, 8 * MIB  # logical, /dev/c1d0
+CONFIGS = {
+    "none": "checksum=none",
+    "crc": "checksum=crc,format",
+    "md5": "checksum=md5,format",
+    "crc_mirror": "checksum=crc,mirror,driver2=at_wini1,format",
+}
+
+
+class WrongData(HwlError):
+    """A read returned bytes that are not on the disk image."""
+
+
+class Disk:
+    """hd0.img read as the baseline or the filter (through its layout) sees it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.layout: Layout | None = None
+
+    def raw(self, position: int, count: int) -> bytes:
+        with self.path.open("rb") as f:
+            f.seek(position)
+            return f.read(count)
+
+    def logical(self, position: int, count: int) -> bytes:
+        if self.layout is None:
+            return self.raw(position, count)
+        lay = self.layout
+        first, n = position // SECTOR, count // SECTOR
+        span = lay.span(first, n)
+        ext = memoryview(bytearray(self.raw(span.phys * SECTOR, span.count * SECTOR)))
+        out = memoryview(bytearray(count))
+        lay.collapse(ext, first, out, n)
+        return bytes(out)
+
+    def raw_position(self, position: int) -> int:
+        if self.layout is None:
+            return position
+        return self.layout.phys(position // SECTOR) * SECTOR + position % SECTOR
+
+
+def check(got: bytes | bytearray, want: bytes, what: str) -> None:
+    if got != want:
+        raise WrongData(f"{what}: {len(got)} bytes differ from the image")
+
+
+@contextlib.contextmanager
+def opened(vfs: Vfs, path: str, flags: int) -> Iterator[int]:
+    fd = vfs.open_fd(path, flags)
+    try:
+        yield fd
+    finally:
+        with contextlib.suppress(HwlError):
+            vfs.close_fd(fd)
+
+
+def seq_read(vfs: Vfs, path: str, base: int, want: bytes) -> float:
+    out = bytearray(SEQ_MIB * MIB)
+    view = memoryview(out)
+    with opened(vfs, path, vp.O_RDONLY) as fd:
+        vfs.lseek(fd, base)
+        t0 = time.perf_counter()
+        for i in range(SEQ_MIB):
+            if vfs.read_into(fd, view[i * MIB : (i + 1) * MIB]) != MIB:
+                raise WrongData(f"{path}: a short read")
+        seconds = time.perf_counter() - t0
+    check(out, want, f"sequential read of {path}")
+    return SEQ_MIB * MIB / seconds / 1e6
+
+
+def seq_write(vfs: Vfs, path: str, base: int) -> tuple[float, bytes]:
+    data = os.urandom(SEQ_MIB * MIB)
+    view = memoryview(data)
+    with opened(vfs, path, vp.O_RDWR) as fd:
+        vfs.lseek(fd, base)
+        t0 = time.perf_counter()
+        for i in range(SEQ_MIB):
+            if vfs.write_from(fd, view[i * MIB : (i + 1) * MIB]) != MIB:
+                raise WrongData(f"{path}: a short write")
+        seconds = time.perf_counter() - t0
+        vfs.ioctl(fd, "flush")
+    return SEQ_MIB * MIB / seconds / 1e6, data
+
+
+def rand_read(vfs: Vfs, path: str, want: bytes, rng: random.Random) -> float:
+    offsets = [BLOCK * rng.randrange(SEQ_MIB * MIB // BLOCK) for _ in range(RANDS)]
+    out = bytearray(RANDS * BLOCK)
+    view = memoryview(out)
+    with opened(vfs, path, vp.O_RDONLY) as fd:
+        t0 = time.perf_counter()
+        for i, offset in enumerate(offsets):
+            if vfs.read_into(fd, view[i * BLOCK : (i + 1) * BLOCK], offset) != BLOCK:
+                raise WrongData(f"{path}: a short random read")
+        seconds = time.perf_counter() - t0
+    for i, offset in enumerate(offsets):
+        check(out[i * BLOCK : (i + 1) * BLOCK], want[offset : offset + BLOCK], "random read")
+    return RANDS / seconds
+
+
+def filter_up(system: System, args: str) -> None:
+    with contextlib.suppress(HwlError):
+        system.rs.down("filter")
+    system.rs.up([sys.executable, "-m", "drivers.filter", f"driver=at_wini,{args}"],
+                 label="filter")  # fmt: skip
+
+
+def corruption_ms(system: System, vfs: Vfs, disk: Disk) -> list[float]:
+    """The time of a 4 KiB read that meets a flipped bit, each at another place."""
+    conn, rng = system.rs.conn, random.Random(21)
+    times = []
+    with opened(vfs, "/dev/c1d0", vp.O_RDONLY) as fd:
+        for _ in range(CORRUPTIONS):
+            position = FLT_READ + BLOCK * rng.randrange(SEQ_MIB * MIB // BLOCK)
+            fields: dict[str, codec.Value] = {
+                "action": "flip", "count": 1, "position": disk.raw_position(position + 7),
+            }  # fmt: skip
+            reply = conn.sendrec(system.rs.lookup("at_wini"), AT_LIE, fields, timeout=10)
+            if reply.m_type != 0:
+                raise HwlError(f"AT_LIE refused: {reply.fields}")
+            t0 = time.perf_counter()
+            got = vfs.pread(fd, BLOCK, position)
+            times.append((time.perf_counter() - t0) * 1e3)
+            check(got, disk.logical(position, BLOCK), "a corrupted read, recovered")
+    return times
+
+
+def run(machine: Machine, runs: int) -> dict[str, float]:
+    boot = [
+        up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
+        up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
+        up_fields([sys.executable, "-m", "drivers.at_wini", "instance=0"], label="at_wini"),
+        up_fields([sys.executable, "-m", "drivers.at_wini", "instance=1"], label="at_wini1"),
+        up_fields([sys.executable, "-m", "servers.vfs", "--channel", "1=filter"], label="vfs"),
+    ]
+    figures: dict[str, float] = {}
+    disk = Disk(machine.disks["hd0"])
+    base_read: list[float] = []
+    base_write: list[float] = []
+    base_rand: list[float] = []
+    rng = random.Random(1)
+    with System.start(machine, boot, backoff_unit=0.0, timeout=60) as system:
+        vfs = Vfs(system.rs.conn, timeout=120)
+        for name, args in CONFIGS.items():
+            filter_up(system, args)
+            disk.layout = None if name == "none" else Layout(8, name.split("_")[0])
+            ratios: dict[str, list[float]] = {"read": [], "write": [], "randread": []}
+            for _ in range(runs):
+                raw_want = disk.raw(BASE_READ, SEQ_MIB * MIB)
+                flt_want = disk.logical(FLT_READ, SEQ_MIB * MIB)
+                b = seq_read(vfs, "/dev/c0d0", BASE_READ, raw_want)
+                f = seq_read(vfs, "/dev/c1d0", FLT_READ, flt_want)
+                base_read.append(b)
+                ratios["read"].append(f / b)
+                b, data = seq_write(vfs, "/dev/c0d0", BASE_WRITE)
+                check(disk.raw(BASE_WRITE, len(data)), data, "baseline write on hd0.img")
+                f, data = seq_write(vfs, "/dev/c1d0", FLT_WRITE)
+                check(disk.logical(FLT_WRITE, len(data)), data, "filter write on hd0.img")
+                base_write.append(b)
+                ratios["write"].append(f / b)
+                b = rand_read(vfs, "/dev/c0d0", raw_want, rng)
+                f = rand_read(vfs, "/dev/c1d0", flt_want, rng)
+                base_rand.append(b)
+                ratios["randread"].append(f / b)
+            for key, values in ratios.items():
+                figures[f"filter_{name}_{key}_ratio"] = statistics.median(values)
+            if name == "crc":
+                figures["corruption_recovery_ms"] = statistics.median(
+                    corruption_ms(system, vfs, disk)
+                )
+            if name == "crc_mirror":
+                figures["corruption_recovery_mirror_ms"] = statistics.median(
+                    corruption_ms(system, vfs, disk)
+                )
+    figures["baseline_read_mb_s"] = statistics.median(base_read)
+    figures["baseline_write_mb_s"] = statistics.median(base_write)
+    figures["baseline_randread_iops"] = statistics.median(base_rand)
+    return figures
+
+
+TARGETS: Targets = {
+    "filter_crc_read_ratio": (">=", 0.7),
+    "corruption_recovery_ms": ("<=", 100.0),
+}
+
+
+def main(args: argparse.Namespace) -> int:
+    runs = args.repeat or 3
+    profile = args.profile if args.profile != "pc" else "filter-mirror"
+    with Machine(profile, accel=args.accel) as machine:
+        figures = run(machine, runs)
+    figures["runs"] = runs
+    report("filter", figures, TARGETS, machine.accel, args.json)
+    return 0
