@@ -22,7 +22,7 @@ from hwl.ipc import codec
 from hwl.ipc.wire import HZ
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
-from hwl.proto.rs import RS_FI
+from hwl.proto.rs import RS_FI, RS_SYSCTL, SysctlType
 from hwl.proto.sef import FiType
 from hwl.system import proto
 from hwl.system.durations import MAX_TICKS, format_ticks, parse_ticks
@@ -31,6 +31,8 @@ from hwl.system.rs import (
     ProgramNotFound,
     RsError,
     ServiceStatus,
+    UpdateRow,
+    UpdateStatus,
     default_label,
     edit_fields,
     program_argv,
@@ -395,6 +397,52 @@ def test_update_flags_go_before_the_request(script: Path) -> None:
     assert request("-c", "-r", "update", str(script)).fields["flags"] == UpdateFlag.NONE
 
 
+def test_q_queues_an_update_with_its_other_flags(script: Path) -> None:
+    """MINIX's -q (batch mode): the update is queued for ``sysctl upd_run``."""
+    assert request("-q", "update", str(script)).fields["flags"] == UpdateFlag.BATCH
+    fields = request("-qx", "update", "self", "-label", "ds").fields
+    assert fields["flags"] == UpdateFlag.BATCH | UpdateFlag.FORCE_INIT_CRASH
+    assert request("-o", "-q", "update", str(script)).fields["flags"] == (
+        UpdateFlag.BATCH | UpdateFlag.PREPARE_ONLY
+    )
+
+
+@pytest.mark.parametrize("kind", list(SysctlType))
+def test_sysctl_types_are_minix_names_and_numbers(kind: SysctlType) -> None:
+    assert request("sysctl", kind.name.lower()) == Request(
+        f"sysctl {kind.name.lower()}", RS_SYSCTL, {"subtype": int(kind)}
+    )
+    # MINIX's com.h numbers
+    numbers = {"srv_status": 1, "upd_start": 2, "upd_run": 3, "upd_stop": 4, "upd_status": 5}
+    assert numbers[kind.option] == kind
+
+
+def test_upd_status_is_printed_in_queue_order() -> None:
+    queued: dict[str, codec.Value] = {"state": 1, "maxtime": 3.0, "endpoint": 32770}
+    queued["program"] = "servers.echo"
+    rows: list[codec.Value] = [
+        {**queued, "label": "a", "phase": "prepared", "flags": 0x10, "new_endpoint": 32773,
+         "batch": True},
+        {**queued, "label": "b", "phase": "queued", "flags": 0x11, "new_endpoint": 0x6ACE,
+         "batch": True},
+        {**queued, "label": "c", "phase": "init", "flags": 0x2, "new_endpoint": 32780,
+         "batch": False},
+    ]  # fmt: skip
+    status = UpdateStatus("running", tuple(UpdateRow.from_fields(row) for row in rows))
+    lines = service.format_upd_status(status).splitlines()
+    assert lines[0] == "A 2-service update is running:"
+    assert lines[1].split()[:8] == [
+        "#", "LABEL", "PHASE", "STATE", "FLAGS", "MAXTIME", "ENDPOINT", "NEW"
+    ]  # fmt: skip
+    assert lines[2].split()[:8] == ["1", "a", "prepared", "1", "-", "3s", "32770", "32773"]
+    assert lines[3].split()[:8] == ["2", "b", "queued", "1", "-o", "3s", "32770", "-"]
+    assert lines[4].split()[:8] == ["-", "c", "init", "1", "-x", "3s", "32770", "32780"]
+    empty = UpdateStatus("none", ())
+    assert service.format_upd_status(empty) == "No update is in progress or queued"
+    with pytest.raises(ValueError, match="'batch' is 1, not a bool"):
+        UpdateRow.from_fields({**rows[0], "batch": 1})  # type: ignore[dict-item]
+
+
 def test_update_to_a_program_with_state_maxtime_and_args(script: Path) -> None:
     fields = request(
         "update", str(script), "-state", "request_free", "-maxtime", "2HZ", "-args", "--v2"
@@ -434,7 +482,11 @@ def test_update_refuses_malformed_commands(argv: list[str], message: str) -> Non
         ([], Errno.EINVAL, "no request given"),
         (["-o"], Errno.EINVAL, "no request given"),
         (["start", "x"], Errno.ENOSYS, "illegal request type 'start'"),
-        (["sysctl", "x"], Errno.ENOSYS, "request 'sysctl' is MINIX's; hwl does not have it"),
+        (["sysctl", "x"], Errno.EINVAL, "bad sysctl type 'x' (known: srv_status|upd_start|"),
+        (["sysctl"], Errno.EINVAL, "sysctl requires an action type"),
+        (["sysctl", "upd_run", "now"], Errno.EINVAL, "sysctl: unexpected argument 'now'"),
+        (["-q", "sysctl", "upd_run"], Errno.EINVAL, "options -q apply only to update, not sysctl"),
+        (["-q", "down", "x"], Errno.EINVAL, "options -q apply only to update, not down"),
         (["fi"], Errno.EINVAL, "fi needs a target label"),
         (["fi", "x", "-type"], Errno.EINVAL, "fi: option -type needs a value"),
         (["fi", "x", "-type", "boom"], Errno.EINVAL, "fi: bad fault type 'boom': expected crash|"),

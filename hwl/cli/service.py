@@ -3,7 +3,7 @@
 The syntax is MINIX 3's (``minix/commands/minix-service``), so its manual and its
 system scripts read the same here::
 
-    service [-o] [-x] [-y] [-z] [-c] [-r] [--run-dir DIR] REQUEST ...
+    service [-o] [-x] [-y] [-z] [-q] [-c] [-r] [--run-dir DIR] REQUEST ...
 
 Options come before the request, as with MINIX's getopt; the request's own options
 are ``-name value`` pairs after its first argument. What hwl changes:
@@ -14,7 +14,13 @@ are ``-name value`` pairs after its first argument. What hwl changes:
   -label LABEL [options]`` also works and sets the program too.
 - ``lookup LABEL`` (print the endpoint) and ``status`` (print RS's table, with
   each service's recovery policy and flags) are new; ``-policy`` and ``-cold``
-  are hwl's; ``sysctl`` is a MINIX request hwl does not have.
+  are hwl's.
+- ``-q update ...`` queues the update (answered at once) and ``sysctl upd_run``
+  updates the queue together, rolling all of it back on any failure, as MINIX's
+  multi-component live update; ``sysctl upd_start`` starts it and returns at
+  once, ``upd_stop`` drops the queue (or aborts it), ``upd_status`` and
+  ``srv_status`` print the queue and every service instance. RS prints nothing
+  on a console here: the command prints what RS answers.
 - ``run PROGRAM [options of up]`` starts a service RS never restarts, as MINIX's.
 - ``fi LABEL`` asks the service to crash itself, as MINIX's; ``-type`` chooses
   hwl's other faults: ``hang`` (it stops answering; the heartbeat catches it),
@@ -25,7 +31,7 @@ Installed as ``minix-service`` (MINIX 3.4's own name; Debian's ``service`` in
 /usr/sbin is another program) and as ``hwl service``.
 - ``-config FILE`` sends the entry for the label from FILE; without it RS uses the
   entry in its own system.conf.
-- ``-x -y -z`` apply to ``update`` only: ``up`` has no flags field in hwl's protocol.
+- ``-x -y -z -q`` apply to ``update`` only: ``up`` has no flags field in hwl's protocol.
   ``-c`` and ``-r`` (copy or reuse the executable image) are accepted and do nothing:
   RS starts every service from its fork server's preloaded interpreter.
 - ``-restarts -1`` means no limit (the default); MINIX accepts only N >= 0.
@@ -54,8 +60,9 @@ from hwl.config import SystemConfError, load
 from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.kernel.errno import Errno
-from hwl.proto.rs import RS_FI
+from hwl.proto.rs import RS_FI, RS_SYSCTL, SysctlType
 from hwl.proto.sef import FiType
+from hwl.proto.wire import NONE
 from hwl.system import proto
 from hwl.system.durations import format_ticks, parse_ticks
 from hwl.system.proto import LU_STATE_CUSTOM_BASE, LuState, Policy, UpdateFlag
@@ -65,9 +72,13 @@ from hwl.system.rs import (
     Rs,
     RsError,
     ServiceStatus,
+    SrvStatus,
+    UpdateStatus,
     default_label,
     edit_fields,
+    parse_srv_status,
     parse_status,
+    parse_upd_status,
     program_argv,
     reply_endpoint,
     up_fields,
@@ -78,7 +89,7 @@ RUN_DIR_ENV: Final = "HWL_RUN_DIR"
 CONFIG_ERROR: Final = 1  # MINIX: errx(1, "couldn't parse config")
 
 USAGE: Final = """\
-usage: service [-o] [-x] [-y] [-z] [-c] [-r] [--run-dir DIR] REQUEST ...
+usage: service [-o] [-x] [-y] [-z] [-q] [-c] [-r] [--run-dir DIR] REQUEST ...
   service up PROGRAM [-args "ARGS"] [-dev DEV] [-label LABEL] [-period T]
              [-script PATH] [-config FILE] [-restarts N] [-policy reset|restart] [-cold]
   service run PROGRAM [the options of up]    (up, never restarted)
@@ -90,11 +101,13 @@ usage: service [-o] [-x] [-y] [-z] [-c] [-r] [--run-dir DIR] REQUEST ...
   service down|refresh|restart|clone|unclone|lookup LABEL
   service shutdown
   service status
+  service sysctl srv_status|upd_start|upd_run|upd_stop|upd_status
 PROGRAM: a .py file, an executable, or a module run with python -m (servers.ds).
 T: ticks (120) or seconds as NHZ (2HZ). S: a number, or work_free, request_free,
 protocol_free. update: -maxtime 0 means no limit, -label is needed with self.
-Options: -o prepare only, -x/-y/-z force init crash/fail/timeout (update);
--c/-r accepted, no effect. --run-dir DIR or $HWL_RUN_DIR: the machine's run
+Options: -o prepare only, -x/-y/-z force init crash/fail/timeout, -q queue it
+for 'sysctl upd_run', which updates the queue together (update); -c/-r accepted,
+no effect. --run-dir DIR or $HWL_RUN_DIR: the machine's run
 directory (it holds kernel.sock).
 Exit status: 0, or the errno RS answered (EINVAL: bad command line)."""
 
@@ -137,13 +150,13 @@ _UPDATE_FLAGS: Final = {
     "x": UpdateFlag.FORCE_INIT_CRASH,
     "y": UpdateFlag.FORCE_INIT_FAIL,
     "z": UpdateFlag.FORCE_INIT_TIMEOUT,
+    "q": UpdateFlag.BATCH,
 }
 _NO_EFFECT: Final = frozenset("cr")
 _NOT_IN_HWL: Final = {
     "b": "no binary exponential backoff",
     "n": "unblock the caller at once",
     "p": "create a replica (use 'service clone LABEL')",
-    "q": "batch mode",
     "a": "ASR update",
     "s": "force self update",
     "d": "force the default init callback",
@@ -189,8 +202,6 @@ def parse_command(argv: Sequence[str]) -> Command:
     name, words = argv[i], list(argv[i + 1 :])
     parser = _REQUESTS.get(name)
     if parser is None:
-        if name == "sysctl":
-            raise _usage(f"request '{name}' is MINIX's; hwl does not have it", Errno.ENOSYS)
         raise _usage(f"illegal request type '{name}'", Errno.ENOSYS)
     if flags and name != "update":
         letters = "".join(k for k, v in _UPDATE_FLAGS.items() if v in flags)
@@ -437,6 +448,20 @@ def _parse_label_request(name: str, words: list[str], flags: UpdateFlag) -> Requ
     return Request(name, _LABEL_REQUESTS[name], {"label": label})
 
 
+_SYSCTL_TYPES: Final = {kind.option: kind for kind in SysctlType}
+
+
+def _parse_sysctl(name: str, words: list[str], flags: UpdateFlag) -> Request:
+    if not words:
+        raise _usage(f"{name} requires an action type ({'|'.join(_SYSCTL_TYPES)})")
+    kind = _SYSCTL_TYPES.get(words[0])
+    if kind is None:
+        raise _usage(f"bad sysctl type '{words[0]}' (known: {'|'.join(_SYSCTL_TYPES)})")
+    if len(words) > 1:
+        raise _usage(f"{name}: unexpected argument '{words[1]}'")
+    return Request(f"{name} {kind.option}", RS_SYSCTL, {"subtype": int(kind)})
+
+
 def _parse_plain(name: str, words: list[str], flags: UpdateFlag) -> Request:
     if words:
         raise _usage(f"{name}: unexpected argument '{words[0]}'")
@@ -449,6 +474,7 @@ _REQUESTS: Final[dict[str, Callable[[str, list[str], UpdateFlag], Request]]] = {
     "fi": _parse_fi,
     "edit": _parse_edit,
     "update": _parse_update,
+    "sysctl": _parse_sysctl,
     **dict.fromkeys(_LABEL_REQUESTS, _parse_label_request),
     **dict.fromkeys(_PLAIN_REQUESTS, _parse_plain),
 }
@@ -476,6 +502,57 @@ def format_status(rows: Sequence[ServiceStatus]) -> str:
                 row.flags or "-",
             )
         )
+    return _aligned(table)
+
+
+def _flag_letters(flags: UpdateFlag) -> str:
+    """An update's flags as the command's letters (-q left out: the queue says it)."""
+    letters = "".join(k for k, v in _UPDATE_FLAGS.items() if v in flags and k != "q")
+    return f"-{letters}" if letters else "-"
+
+
+def format_upd_status(status: UpdateStatus) -> str:
+    """``sysctl upd_status``: what is queued or under way, each service's phase."""
+    if not status.updates:
+        return "No update is in progress or queued"
+    queued = [row for row in status.updates if row.batch]
+    lines = []
+    if queued:
+        what = "is queued (sysctl upd_run runs it)" if status.batch == "queued" else "is running"
+        lines.append(f"A {len(queued)}-service update {what}:")
+    table = [("#", "LABEL", "PHASE", "STATE", "FLAGS", "MAXTIME", "ENDPOINT", "NEW", "PROGRAM")]
+    for i, row in enumerate(status.updates, 1):
+        table.append(
+            (
+                str(i) if row.batch else "-",
+                row.label,
+                row.phase,
+                str(row.state),
+                _flag_letters(row.flags),
+                f"{row.maxtime:g}s",
+                str(row.endpoint),
+                str(row.new_endpoint) if row.new_endpoint != NONE else "-",
+                row.program,
+            )
+        )
+    return "\n".join([*lines, _aligned(table)])
+
+
+def format_srv_status(status: SrvStatus) -> str:
+    """``sysctl srv_status``: the table, then every process behind it (MINIX's list
+    of service instances, new versions of updates and replicas included)."""
+    table = [("LABEL", "ROLE", "ENDPOINT", "PID", "STATE")]
+    for inst in status.instances:
+        table.append((inst.label, inst.role, str(inst.endpoint), str(inst.pid), inst.state))
+    active = sum(row.state in ("up", "updating") for row in status.services)
+    found = (
+        f"Found {len(status.instances)} service instances, of which {active} are active services"
+    )
+    return "\n".join([format_status(status.services), "", _aligned(table), found])
+
+
+def _aligned(table: Sequence[Sequence[str]]) -> str:
+    """Rows of cells in columns two spaces apart."""
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table
@@ -500,6 +577,10 @@ def send(rs: Rs, request: Request, out: TextIO) -> None:
         print(reply_endpoint(reply, request.name), file=out)
     elif request.m_type == proto.RS_STATUS:
         print(format_status(parse_status(reply)), file=out)
+    elif request.m_type == RS_SYSCTL and request.fields.get("subtype") == SysctlType.UPD_STATUS:
+        print(format_upd_status(parse_upd_status(reply)), file=out)
+    elif request.m_type == RS_SYSCTL and request.fields.get("subtype") == SysctlType.SRV_STATUS:
+        print(format_srv_status(parse_srv_status(reply)), file=out)
 
 
 def _connect(run_dir: Path) -> Rs:

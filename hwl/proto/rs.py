@@ -31,6 +31,7 @@ RS_LOOKUP = RS_BASE + 9  # label -> endpoint
 RS_STATUS = RS_BASE + 10  # -> services: list of status rows (dicts)
 RS_UNCLONE = RS_BASE + 11  # label: drop the replica
 RS_FI = RS_BASE + 12  # label, type (hwl.proto.sef.FiType): the service injects a fault
+RS_SYSCTL = RS_BASE + 13  # subtype (SysctlType): the update queue, and status reports
 
 # Messages from services to RS.
 RS_INIT = RS_BASE + 0x40  # result (0 or -errno): a service's init is done
@@ -49,6 +50,7 @@ RS_REQUEST_NAMES = {
     RS_STATUS: "status",
     RS_UNCLONE: "unclone",
     RS_FI: "fi",
+    RS_SYSCTL: "sysctl",
 }
 
 
@@ -60,6 +62,7 @@ class UpdateFlag(IntFlag):
     FORCE_INIT_CRASH = 0x2  # -x
     FORCE_INIT_FAIL = 0x4  # -y
     FORCE_INIT_TIMEOUT = 0x8  # -z
+    BATCH = 0x10  # -q: queue it; ``sysctl upd_run`` updates the queue together
 
     @classmethod
     def checked(cls, bits: int) -> UpdateFlag:
@@ -69,6 +72,21 @@ class UpdateFlag(IntFlag):
         if bits < 0 or bits & ~known:
             raise ValueError(f"unknown update flags {bits:#x} (known: {known:#x})")
         return cls(bits)
+
+
+class SysctlType(IntEnum):
+    """What ``service sysctl`` asks for (MINIX's RS_SYSCTL_*, same numbers)."""
+
+    SRV_STATUS = 1  # every service instance, the new versions of updates included
+    UPD_START = 2  # start the queued update; answered at once
+    UPD_RUN = 3  # start the queued update; answered with its result
+    UPD_STOP = 4  # drop the queue, or abort the update under way (EINTR)
+    UPD_STATUS = 5  # the queued or running update, each service's phase
+
+    @property
+    def option(self) -> str:
+        """The name ``service sysctl`` takes (``upd_run``)."""
+        return self.name.lower()
 
 
 class Policy(IntEnum):
@@ -165,3 +183,18 @@ class RsUpdate:
             flags=flags,
             state=get_int(fields, "state", *_I64, 1),
         )
+
+
+@dataclass(frozen=True)
+class RsSysctl:
+    """RS_SYSCTL: which one."""
+
+    subtype: SysctlType
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> RsSysctl:
+        number = get_int(fields, "subtype", *_I64, 0)
+        try:
+            return cls(SysctlType(number))
+        except ValueError as exc:
+            raise FieldError(f"bad sysctl type {number}") from exc

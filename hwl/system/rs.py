@@ -27,7 +27,7 @@ from hwl.ipc.client import ClientError, Connection, IpcError, Message
 from hwl.proto import codec, wire
 from hwl.proto import rs as rsp
 from hwl.proto.errno import Errno
-from hwl.proto.rs import Policy, UpdateFlag
+from hwl.proto.rs import Policy, SysctlType, UpdateFlag
 from hwl.proto.sef import FiType, LuState
 
 KERNEL_SOCKET: Final = wire.SOCKET_NAME  # where user processes attach
@@ -163,6 +163,91 @@ class ServiceStatus:
         )
 
 
+def _row_getter(row: codec.Value, what: str) -> Any:
+    """A typed field reader for one row of a reply; ValueError names the field."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{what} is a {type(row).__name__}, not a dict")
+
+    def get(name: str, kind: type[Any]) -> Any:
+        value = row.get(name)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+            raise ValueError(f"{what} field {name!r} is {value!r}, not a {kind.__name__}")
+        return value
+
+    return get
+
+
+@dataclass(frozen=True)
+class UpdateRow:
+    """One service's part of an update, as ``sysctl upd_status`` shows it."""
+
+    label: str
+    phase: str  # queued, spawning, preparing, prepared, init, ready, swapped
+    state: int  # the live-update state asked for
+    flags: UpdateFlag
+    maxtime: float  # seconds
+    endpoint: int
+    new_endpoint: int  # of the new version (NONE: prepare only)
+    program: str
+    batch: bool  # part of the multi-component update (-q)
+
+    @classmethod
+    def from_fields(cls, row: codec.Value) -> UpdateRow:
+        get = _row_getter(row, "an update row")
+        return cls(
+            label=get("label", str),
+            phase=get("phase", str),
+            state=get("state", int),
+            flags=UpdateFlag.checked(get("flags", int)),
+            maxtime=get("maxtime", float),
+            endpoint=get("endpoint", int),
+            new_endpoint=get("new_endpoint", int),
+            program=get("program", str),
+            batch=get("batch", bool),
+        )
+
+
+@dataclass(frozen=True)
+class UpdateStatus:
+    """``sysctl upd_status``: the queue ("none", "queued" or "running") and every
+    update under way, the queue's in its order first."""
+
+    batch: str
+    updates: tuple[UpdateRow, ...]
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """One process RS runs for a service (``sysctl srv_status``)."""
+
+    label: str
+    role: str  # current, replica, or new (the new version of an update)
+    endpoint: int
+    pid: int
+    state: str
+
+    @classmethod
+    def from_fields(cls, row: codec.Value) -> InstanceRow:
+        get = _row_getter(row, "an instance row")
+        return cls(
+            label=get("label", str),
+            role=get("role", str),
+            endpoint=get("endpoint", int),
+            pid=get("pid", int),
+            state=get("state", str),
+        )
+
+
+@dataclass(frozen=True)
+class SrvStatus:
+    """``sysctl srv_status``: the service table and every instance behind it."""
+
+    services: tuple[ServiceStatus, ...]
+    instances: tuple[InstanceRow, ...]
+
+
 # ------------------------------------------------------------ request fields
 # Built here, checked once, for both the Rs methods and the service command.
 
@@ -257,6 +342,29 @@ def parse_status(reply: Message) -> list[ServiceStatus]:
         return [ServiceStatus.from_fields(row) for row in rows]
     except ValueError as exc:
         raise RsError(Errno.EGENERIC, "status", f"RS's reply is malformed: {exc}") from exc
+
+
+def parse_upd_status(reply: Message) -> UpdateStatus:
+    """The ``sysctl upd_status`` reply; RsError if RS sent something else."""
+    mode, rows = reply.get("batch"), reply.get("updates")
+    if not isinstance(mode, str) or not isinstance(rows, list):
+        raise RsError(Errno.EGENERIC, "sysctl", f"RS's upd_status reply is malformed: {mode!r}")
+    try:
+        return UpdateStatus(mode, tuple(UpdateRow.from_fields(row) for row in rows))
+    except ValueError as exc:
+        raise RsError(Errno.EGENERIC, "sysctl", f"RS's reply is malformed: {exc}") from exc
+
+
+def parse_srv_status(reply: Message) -> SrvStatus:
+    """The ``sysctl srv_status`` reply; RsError if RS sent something else."""
+    rows = reply.get("instances")
+    if not isinstance(rows, list):
+        raise RsError(Errno.EGENERIC, "sysctl", f"RS's reply has no list 'instances': {rows!r}")
+    try:
+        instances = tuple(InstanceRow.from_fields(row) for row in rows)
+    except ValueError as exc:
+        raise RsError(Errno.EGENERIC, "sysctl", f"RS's reply is malformed: {exc}") from exc
+    return SrvStatus(tuple(parse_status(reply)), instances)
 
 
 def reply_endpoint(reply: Message, request: str) -> int:
@@ -405,6 +513,48 @@ class Rs:
         ``conf``: the new version's system.conf entry (None: keep RS's).
         """
         self.request(rsp.RS_UPDATE, update_fields(label, argv, state, maxtime, flags, conf))
+
+    def queue_update(
+        self,
+        label: str,
+        argv: Sequence[str] | None = None,
+        state: int = LuState.WORK_FREE,
+        maxtime: int = 0,
+        flags: UpdateFlag = UpdateFlag.NONE,
+        conf: str | None = None,
+    ) -> int:
+        """Queue an update (``service -q update``) for :meth:`upd_run`, which updates
+        the queue together; as :meth:`update`, answered at once: the position."""
+        fields = update_fields(label, argv, state, maxtime, flags | UpdateFlag.BATCH, conf)
+        position = self.request(rsp.RS_UPDATE, fields).get("position")
+        if not isinstance(position, int) or isinstance(position, bool):
+            raise RsError(Errno.EGENERIC, "update", f"RS's reply has no position: {position!r}")
+        return position
+
+    def sysctl(self, kind: SysctlType) -> Message:
+        """``service sysctl``: one of :class:`SysctlType`; RS's reply."""
+        return self.request(rsp.RS_SYSCTL, {"subtype": int(SysctlType(kind))})
+
+    def upd_run(self) -> None:
+        """Update the queued services together; answered when it is over, with the
+        errno of the first failure (every service is then rolled back)."""
+        self.sysctl(SysctlType.UPD_RUN)
+
+    def upd_start(self) -> None:
+        """As :meth:`upd_run`, answered at once (the result is in the event log)."""
+        self.sysctl(SysctlType.UPD_START)
+
+    def upd_stop(self) -> None:
+        """Drop the queue, or abort the queued update under way (it fails EINTR)."""
+        self.sysctl(SysctlType.UPD_STOP)
+
+    def upd_status(self) -> UpdateStatus:
+        """The queued or running update, and single updates under way."""
+        return parse_upd_status(self.sysctl(SysctlType.UPD_STATUS))
+
+    def srv_status(self) -> SrvStatus:
+        """The service table and every process behind it (new versions included)."""
+        return parse_srv_status(self.sysctl(SysctlType.SRV_STATUS))
 
     def edit(self, label: str, **changes: Any) -> None:
         """Change what RS uses for a service's next start: any of ``argv``, ``period``,

@@ -17,9 +17,10 @@ from hwl.proto import codec, wire
 from hwl.proto import rs as rsp
 from hwl.proto.errno import Errno
 from hwl.proto.fields import FieldError, get_int
-from hwl.proto.rs import RsLabel, RsUp, RsUpdate
+from hwl.proto.rs import RsLabel, RsSysctl, RsUp, RsUpdate, SysctlType, UpdateFlag
 from hwl.proto.sef import FiType, InitType
 from servers.rs.manager import Manager, RsError
+from servers.rs.multiupdate import MultiUpdater
 from servers.rs.table import Service, State, Waiter
 from servers.rs.update import Updater
 
@@ -38,6 +39,7 @@ class Requests:
     def __init__(self, manager: Manager, updater: Updater, is_operator: Callable[[int], bool]):
         self.m = manager
         self.updater = updater
+        self.multi = MultiUpdater(updater)
         self.is_operator = is_operator
         self.handlers: dict[int, Callable[[int, Fields], Reply]] = {
             rsp.RS_UP: self.do_up,
@@ -52,6 +54,7 @@ class Requests:
             rsp.RS_LOOKUP: self.do_lookup,
             rsp.RS_STATUS: self.do_status,
             rsp.RS_FI: self.do_fi,
+            rsp.RS_SYSCTL: self.do_sysctl,
         }
 
     def handle(self, source: int, m_type: int, fields: Fields) -> Reply:
@@ -138,6 +141,8 @@ class Requests:
         return {}
 
     def do_update(self, source: int, fields: Fields) -> Reply:
+        """One service (answered when it is done), or with -q (``UpdateFlag.BATCH``)
+        queued for ``sysctl upd_run`` and answered at once with its position."""
         svc = self._service(source, fields, "update")
         req = RsUpdate.from_fields(fields)
         argv, conf = list(req.argv), req.conf
@@ -146,11 +151,28 @@ class Requests:
             maxtime = DEFAULT_MAXTIME_TICKS
         elif maxtime == -1:
             maxtime = NO_LIMIT_TICKS
+        new_conf = self.m.conf_for(svc.label, conf, argv or svc.argv) if conf else None
+        if req.flags & UpdateFlag.BATCH:
+            position = self.multi.queue(
+                svc,
+                argv=argv or None,
+                conf=new_conf,
+                state=req.state,
+                maxtime=maxtime / wire.HZ,
+                flags=req.flags,
+            )
+            return {"endpoint": svc.endpoint, "position": position}
+        if self.multi.batch is not None:
+            raise RsError(
+                Errno.EBUSY,
+                "a multi-component update is queued or under way "
+                "(sysctl upd_run runs it, upd_stop drops it)",
+            )
         self.updater.start(
             svc,
             Waiter(source, "update"),
             argv=argv or None,
-            conf=self.m.conf_for(svc.label, conf, argv or svc.argv) if conf else None,
+            conf=new_conf,
             state=req.state,
             maxtime=maxtime / wire.HZ,
             flags=req.flags,
@@ -205,6 +227,46 @@ class Requests:
 
     def do_status(self, source: int, fields: Fields) -> Reply:
         return {"services": [svc.status_row() for svc in self.m.table]}
+
+    def do_sysctl(self, source: int, fields: Fields) -> Reply:
+        """MINIX's do_sysctl: the update queue (run, start, stop) and two reports.
+        The reports are open to all; running or stopping the queue needs the
+        right to update every service in it."""
+        kind = RsSysctl.from_fields(fields).subtype
+        if kind is SysctlType.SRV_STATUS:
+            return {
+                "services": [svc.status_row() for svc in self.m.table],
+                "instances": self._instances(),
+            }
+        if kind is SysctlType.UPD_STATUS:
+            return self.multi.status()
+        batch = self.multi.batch
+        for label in batch.labels if batch is not None else []:
+            self._check_control(source, label, f"sysctl {kind.option}")
+        if kind is SysctlType.UPD_STOP:
+            self.multi.stop()
+            return {}
+        waiter = Waiter(source, "sysctl upd_run") if kind is SysctlType.UPD_RUN else None
+        self.multi.run(waiter)
+        return None if waiter is not None else {}
+
+    def _instances(self) -> list[codec.Value]:
+        """Every process RS runs for a service, as MINIX's srv_status lists its
+        slots: the current one, a replica, the new version of an update."""
+        rows: list[codec.Value] = []
+        for svc in self.m.table:
+            found = [("current", svc.current), ("replica", svc.replica)]
+            update = self.updater.updates.get(svc.label)
+            if update is not None:
+                found.append(("new", update.new))
+            for role, inst in found:
+                if inst is not None:
+                    # a new version's state is its update's phase
+                    state = update.phase if role == "new" and update else svc.state.value
+                    row: dict[str, codec.Value] = {"label": svc.label, "role": role}
+                    row.update(endpoint=inst.endpoint, pid=inst.pid, state=state)
+                    rows.append(row)
+        return rows
 
 
 def service_from_fields(m: Manager, label: str, fields: Fields) -> Service:

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 SWAP_RETRY_S = 0.001
 READY_POLL_S = 0.001
+NO_LIMIT_S = 1e6  # a maxtime this long is no limit (the kernel's alarms stop at 1e7 s)
 
 
 class Owner(Protocol):
@@ -304,10 +305,14 @@ class Updater:
             self.m.events.write(event, svc.label, endpoint=svc.endpoint, pid=svc.pid, **extra)
 
     def arm(self, u: Update) -> None:
-        """Give the update's current phase its maxtime (the previous phase's is off)."""
+        """Give the update's current phase its maxtime (the previous phase's is off);
+        "no limit" (maxtime -1, a year) sets no timer: the kernel's alarm would
+        refuse it, and RS with it."""
         if u.timer:
             u.timer.cancel()
-        u.timer = self.m.timers.after(u.maxtime, lambda: self._timed_out(u))
+            u.timer = None
+        if u.maxtime < NO_LIMIT_S:
+            u.timer = self.m.timers.after(u.maxtime, lambda: self._timed_out(u))
 
     def _timed_out(self, u: Update) -> None:
         if self.updates.get(u.svc.label) is u and u.owner is not None:
