@@ -61,14 +61,18 @@ def calc(kind: str, sector: int, data: bytes | memoryview) -> bytes:
     return FUNCS[kind](sector, memoryview(data))
 
 
-def run(kind: str, first: int, data: memoryview, count: int) -> bytes:
-    """The sums of ``count`` consecutive sectors from logical ``first``, concatenated."""
-    f = FUNCS[kind]
+def run(kind: str, first: int, data: bytes | memoryview, count: int, at: int = 0) -> bytes:
+    """The sums of ``count`` consecutive sectors from logical ``first``, whose data
+    starts at byte ``at`` of ``data``, concatenated."""
     if kind == "crc":  # the hot path: one pack for the run
         crc32 = zlib.crc32
         values = [
-            crc32(data[i * SECTOR : (i + 1) * SECTOR]) ^ ((first + i) & 0xFFFFFFFF)
+            crc32(data[at + i * SECTOR : at + (i + 1) * SECTOR]) ^ ((first + i) & 0xFFFFFFFF)
             for i in range(count)
         ]
         return struct.pack(f"<{count}I", *values)
-    return b"".join(f(first + i, data[i * SECTOR : (i + 1) * SECTOR]) for i in range(count))
+    f = FUNCS[kind]
+    view = memoryview(data)
+    return b"".join(
+        f(first + i, view[at + i * SECTOR : at + (i + 1) * SECTOR]) for i in range(count)
+    )
