@@ -32,6 +32,8 @@ from hwl.system.ds import Ds
 from hwl.system.proto import Policy
 from hwl.system.rs import up_fields
 
+pytestmark = pytest.mark.qemu
+
 SECTOR = 512
 SHARER = str(Path(__file__).parent / "programs" / "irq_sharer.py")
 AT_DEBUG_IN = 0xBF0

@@ -28,6 +28,8 @@ from hwl.system.proto import LU_STATE_CUSTOM_BASE, LuState, Policy
 from hwl.system.rs import RsError
 from hwl.system.vfs import Vfs
 
+pytestmark = pytest.mark.qemu
+
 SECTOR = 512
 AT_LU_STATE_FLUSHED = LU_STATE_CUSTOM_BASE
 REGION = 64 << 20  # the client works in [REGION, REGION + SPAN)

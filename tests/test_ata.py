@@ -11,6 +11,8 @@ from hwl import Machine
 from hwl.hw import ata
 from hwl.link import abi
 
+pytestmark = pytest.mark.qemu
+
 
 def image_bytes(path: Path, lba: int, count: int) -> bytes:
     with path.open("rb") as fh:

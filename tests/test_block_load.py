@@ -38,6 +38,8 @@ from hwl.pytest_plugin import MachineFactory
 from hwl.system.proto import Policy
 from hwl.system.vfs import DeviceFile, Vfs
 
+pytestmark = pytest.mark.qemu
+
 SECTOR = 512
 MIB = 1 << 20
 BACKOFF_UNIT = 0.002

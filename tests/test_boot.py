@@ -71,6 +71,7 @@ def test_a_boot_service_that_fails_init_fails_the_boot_by_name() -> None:
         System.start(None, boot)
 
 
+@pytest.mark.qemu
 def test_hwl_up_boots_the_pc_and_shows_recovery() -> None:
     """The README's main job, end to end on QEMU: a disk read through VFS while
     at_wini is killed sees no error, and its bytes are the image's."""

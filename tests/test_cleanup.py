@@ -13,6 +13,8 @@ import pytest
 
 from hwl import Machine
 
+pytestmark = pytest.mark.qemu
+
 
 def gone(pid: int, within: float) -> bool:
     deadline = time.monotonic() + within

@@ -8,9 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 HWL = [sys.executable, "-m", "hwl.cli.main"]
 
 
+@pytest.mark.qemu
 def test_machine_pci_prints_the_devices_and_disks() -> None:
     out = subprocess.run(
         [*HWL, "machine", "pci", "pc"], capture_output=True, text=True, timeout=120
@@ -22,6 +25,7 @@ def test_machine_pci_prints_the_devices_and_disks() -> None:
     assert "0:mem@" in out.stdout and "/0x20000" in out.stdout  # e1000's 128 KiB BAR0
 
 
+@pytest.mark.qemu
 def test_machine_up_runs_until_terminated() -> None:
     proc = subprocess.Popen([*HWL, "machine", "up", "pc"], stdout=subprocess.PIPE, text=True)
     try:
@@ -62,6 +66,7 @@ def bench_json(name: str, *args: str) -> dict[str, float]:
     return figures
 
 
+@pytest.mark.qemu
 def test_bench_link_json_has_the_figures() -> None:
     """Not a timed test: it checks the benchmark runs and reports what the issue asks for."""
     figures = bench_json("link")
@@ -69,6 +74,7 @@ def test_bench_link_json_has_the_figures() -> None:
         assert isinstance(figures[key], float) and figures[key] > 0, key
 
 
+@pytest.mark.qemu
 def test_bench_ipc_json_has_the_figures() -> None:
     """Not a timed test: the kernel benchmark runs on a machine, its vdevio goes
     through the stub, and the relay (the floor under sendrec) was built and run."""
@@ -79,6 +85,7 @@ def test_bench_ipc_json_has_the_figures() -> None:
     assert figures["relay_us"] > figures["raw_us"]
 
 
+@pytest.mark.qemu
 def test_bench_disk_json_has_the_figures() -> None:
     """Not a timed test: the whole-path disk benchmark runs (short kills phases, at
     least one kill each) and reports what the issue asks for."""

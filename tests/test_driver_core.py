@@ -22,6 +22,8 @@ from hwl.system.nicrig import Nic, nic_up
 from hwl.system.proto import InitFlag, InitType, LuState
 from hwl.system.sef import InitInfo
 
+pytestmark = pytest.mark.qemu
+
 CUSTOM = 7
 
 

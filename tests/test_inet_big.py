@@ -27,6 +27,8 @@ from hwl.system import netdemo
 from hwl.system.boot import System
 from hwl.system.nicrig import LINUX_IP
 
+pytestmark = pytest.mark.qemu
+
 MIB = 1 << 20
 #: profile -> (the NIC driver's label, MiB per direction)
 PROFILES = {"inet": ("e1000", 64), "inet-ne2k": ("dp8390", 64), "inet-rtl8139": ("rtl8139", 64)}

@@ -18,6 +18,8 @@ import pytest
 from hwl.machine.machine import Machine
 from hwl.system.boot import System
 
+pytestmark = pytest.mark.qemu
+
 #: driver label -> INET's address on it (inet-nics.cfg) and Linux's on that subnet
 SUBNETS = {
     "dp8390": ("10.0.2.15", "10.0.2.2"),

@@ -18,6 +18,8 @@ from hwl.system.ds import Ds, DsError
 from hwl.system.nicrig import GUEST_IP, LINUX_IP, Nic, nic_up
 from servers.inet.port import Port
 
+pytestmark = pytest.mark.qemu
+
 
 @pytest.fixture(scope="module")
 def nic() -> Iterator[Nic]:

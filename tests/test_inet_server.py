@@ -37,6 +37,8 @@ from hwl.system.boot import System
 from hwl.system.nicrig import GUEST_IP, LINUX_IP
 from hwl.system.proto import LuState
 
+pytestmark = pytest.mark.qemu
+
 #: profile -> the NIC driver's label in it
 PROFILES = {"inet": "e1000", "inet-ne2k": "dp8390", "inet-rtl8139": "rtl8139"}
 

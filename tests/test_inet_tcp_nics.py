@@ -22,6 +22,8 @@ from hwl.system.boot import System
 from hwl.system.nicrig import GUEST_IP, LINUX_IP
 from hwl.system.proto import Policy
 
+pytestmark = pytest.mark.qemu
+
 #: profile -> (the NIC driver's label, its netdev id)
 PROFILES = {
     "inet": ("e1000", "e1000-net"),

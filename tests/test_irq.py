@@ -9,6 +9,8 @@ import pytest
 from hwl import Batch, IrqTimeoutError, LinkError, LinkWaitTimeoutError, Machine
 from hwl.hw import ata
 
+pytestmark = pytest.mark.qemu
+
 
 def start_read(pc: Machine) -> None:
     """A one-sector READ SECTORS; the drive raises INTRQ when the data is ready."""

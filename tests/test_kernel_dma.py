@@ -28,6 +28,8 @@ from hwl.pytest_plugin import MachineFactory
 from hwl.system.boot import System
 from hwl.system.rs import up_fields
 
+pytestmark = pytest.mark.qemu
+
 DMA = "system vdevio; memory dma;"
 KEEP_SECONDS = 2.0  # the kernel's adoption timeout, shortened for the test
 

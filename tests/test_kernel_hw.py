@@ -28,6 +28,8 @@ from hwl.proto import vdevio
 from hwl.proto.vdevio import Check, Copy
 from hwl.pytest_plugin import MachineFactory
 
+pytestmark = pytest.mark.qemu
+
 IDE0 = "io 1f0:8 3f6; irq 14; system devio vdevio sdevio irqctl;"
 
 

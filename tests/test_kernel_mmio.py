@@ -19,6 +19,8 @@ from hwl.link import abi
 from hwl.link.pci import PciDevice
 from hwl.pytest_plugin import MachineFactory
 
+pytestmark = pytest.mark.qemu
+
 E1000 = (0x8086, 0x100E)
 STATUS, STATUS_LU = 0x8, 0x2
 RDBAL = 0x2800

@@ -11,6 +11,8 @@ import pytest
 from hwl import Batch, GuestMemoryError, LinkError, LinkWaitTimeoutError, Machine
 from hwl.link import abi
 
+pytestmark = pytest.mark.qemu
+
 
 def test_single_ops_and_echo(pc: Machine) -> None:
     link = pc.link

@@ -421,6 +421,40 @@ def test_upd_start_then_stop_aborts_the_running_batch(rs: RsSystem) -> None:
         svc.down()
 
 
+def test_q_while_a_single_update_is_under_way_is_ebusy(rs: RsSystem) -> None:
+    """MINIX: no update is queued while one is in progress."""
+    held = Echo(rs, "mu", "--prepare", "never")
+    other = Echo(rs, "mu")
+    results: list[Errno | None] = []
+
+    def slow_update() -> None:
+        with Connection.attach(rs.kernel.socket_path) as conn:
+            try:
+                Rs(conn, timeout=10).update(held.label, state=LuState.REQUEST_FREE, maxtime=SHORT)
+                results.append(None)
+            except RsError as exc:
+                results.append(exc.errno)
+
+    thread = threading.Thread(target=slow_update)
+    thread.start()
+    try:
+        wait_for("the update to start", lambda: rs.row(held.label).state == "updating")
+        with pytest.raises(RsError) as info:
+            rs.rs.queue_update(other.label, echo_argv("new"))
+        assert info.value.errno is Errno.EBUSY and held.label in str(info.value), info.value
+        status = rs.rs.upd_status()
+        assert [(u.label, u.batch) for u in status.updates] == [(held.label, False)]
+        assert status.batch == "none"
+    finally:
+        thread.join(10)
+    assert results == [Errno.EINTR]
+    held.check("old")
+    other.check("old")
+    assert new_pids(rs) == {}
+    for svc in (held, other):
+        svc.down()
+
+
 def test_a_queued_service_restarted_before_the_run(rs: RsSystem) -> None:
     """The queue was made for processes that are gone: the run is ESRCH and the
     queue is dropped; the other service serves on unchanged."""

@@ -18,6 +18,8 @@ from hwl import (
 from hwl.link import abi
 from hwl.machine.stub import build_stub, guest_dir, inspect_stub
 
+pytestmark = pytest.mark.qemu
+
 
 def stub_variant(tmp_path: Path, file: str, old: str, new: str) -> Path:
     """Build a stub from a copy of guest/ with one edit."""

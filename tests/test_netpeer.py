@@ -22,6 +22,8 @@ from hwl.link import pci
 from hwl.machine import netpeer
 from hwl.pytest_plugin import MachineFactory
 
+pytestmark = pytest.mark.qemu
+
 FRAME = bytes.fromhex("ffffffffffff 020000000001 0806") + bytes(range(46))
 
 

@@ -26,6 +26,8 @@ from hwl.link import abi
 from hwl.link.batch import Batch
 from hwl.pytest_plugin import MachineFactory
 
+pytestmark = pytest.mark.qemu
+
 NICS = ("ne2k_pci", "rtl8139", "e1000")
 FRAMES = 200
 RCVBUF = 4 << 20

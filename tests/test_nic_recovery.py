@@ -28,6 +28,8 @@ import pytest
 from hwl.ipc.client import Connection
 from hwl.system.nicrig import GUEST_IP, NETDEVS, Flood, Nic, Responder, nic_up, nics_up
 
+pytestmark = pytest.mark.qemu
+
 CANARY = str(Path(__file__).parent / "programs" / "dma_canary.py")
 CANARY_CONF = "service canary { system GETINFO; ipc SYSTEM rs USER; memory dma; };"
 CMD, RESULT = 1, 2

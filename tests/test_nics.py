@@ -23,6 +23,8 @@ from hwl.system.ndev import NetDeviceError
 from hwl.system.nicrig import GUEST_IP, LINUX_IP, NICS, Flood, Nic, Responder, nic_up
 from hwl.system.proto import LuState
 
+pytestmark = pytest.mark.qemu
+
 SIZES = [60, 61, 63, 64, 65, 127, 128, 255, 256, 511, 512, 1000, 1023, 1024, 1500, 1513, 1514]
 
 

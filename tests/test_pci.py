@@ -13,6 +13,8 @@ from hwl import Machine, PciDevice
 from hwl.link import pci
 from servers.pci import bus
 
+pytestmark = pytest.mark.qemu
+
 EXPECTED = {
     "8086:7010": 0x0101,  # PIIX3 IDE: mass storage / IDE
     "10ec:8029": 0x0200,  # ne2k_pci: network / ethernet

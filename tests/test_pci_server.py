@@ -34,6 +34,8 @@ from hwl.system.boot import System
 from hwl.system.pci import Pci, PciError
 from hwl.system.rs import up_fields
 
+pytestmark = pytest.mark.qemu
+
 DRIVER = str(Path(__file__).parent / "programs" / "pci_driver.py")
 CMD, RESULT = 1, 2
 RTL8139 = (0x10EC, 0x8139)

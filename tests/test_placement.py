@@ -18,6 +18,8 @@ from hwl.procs import descendants
 from hwl.system.boot import System
 from hwl.system.vfs import Vfs
 
+pytestmark = pytest.mark.qemu
+
 HERE = frozenset(os.sched_getaffinity(0))
 
 

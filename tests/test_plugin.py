@@ -6,7 +6,13 @@ import pytest
 
 from hwl.link import abi
 
+pytestmark = pytest.mark.qemu
+
 INNER = """
+import pytest
+
+pytestmark = pytest.mark.qemu
+
 def test_fails_with_a_machine(hwl_machine):
     assert hwl_machine.accel == "tcg"
     assert hwl_machine.link.nop(1) == 2, "fails on purpose"
@@ -40,3 +46,99 @@ def test_bad_accel_is_refused(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--hwl-accel=warp")
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*--hwl-accel*invalid choice*warp*"])
+
+
+SYSTEM_INNER = """
+import os, signal, time
+import pytest
+from hwl.proto.ds import DS_DRIVER_UP
+from hwl.system.running import rs_pid
+
+pytestmark = pytest.mark.qemu
+seen = []
+
+def test_clients_of_the_booted_system(hwl_system):
+    labels = {row.label for row in hwl_system.rs.status()}
+    assert {"ds", "pci", "at_wini", "vfs"} <= labels
+    assert hwl_system.ds.retrieve_u32("drv.blk.at_wini") == DS_DRIVER_UP
+    with hwl_system.vfs.open("/dev/c0d0", "rb") as disk:
+        assert len(disk.read(4096)) == 4096
+    seen.append(hwl_system.run_dir)
+
+def test_the_module_shares_one_system(hwl_system):
+    assert seen == [hwl_system.run_dir]
+    assert 0, "fails on purpose"
+
+def test_rs_killed(hwl_system):
+    os.kill(rs_pid(hwl_system.system), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while hwl_system.watch.wait(0.1) is None and time.monotonic() < deadline:
+        pass
+
+def test_after_the_death(hwl_system):
+    pass
+"""
+
+
+def test_hwl_system_boots_the_profile_and_fails_on_a_core_death(pytester: pytest.Pytester) -> None:
+    """One system per module with its RS, DS and VFS clients; a failed test carries
+    the event log and each service's log; RS's death fails the test it happened in,
+    naming it, and every later test of the module."""
+    pytester.makepyfile(SYSTEM_INNER)
+    result = pytester.runpytest_subprocess("--hwl-accel=tcg", "-p", "no:cacheprovider", "-rA")
+    result.assert_outcomes(passed=2, failed=1, errors=2)  # RS's death: 1 teardown, 1 setup
+    out = result.stdout.str()
+    assert "fails on purpose" in out
+    result.stdout.fnmatch_lines(["*hwl pc (*) events.jsonl*", '*"event": "boot-done"*'])
+    result.stdout.fnmatch_lines(["*hwl pc (*) at_wini.log*"])
+    result.stdout.fnmatch_lines(["*hwl pc (*) kernel.log*"])
+    result.stdout.fnmatch_lines(
+        ["*the trusted core died during this test: RS (pid *) died: killed by signal 9 (SIGKILL)*"]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_after_the_death*",
+            "*core died in an earlier test: RS (pid *) died: killed by signal 9*",
+        ]
+    )
+
+
+UNMARKED_INNER = """
+def test_boots_without_the_marker(hwl_machines):
+    hwl_machines.boot("pc").close()
+
+def test_no_machine():
+    pass
+"""
+
+
+def test_a_test_booting_qemu_without_the_qemu_marker_fails(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(UNMARKED_INNER)
+    result = pytester.runpytest_subprocess("--hwl-accel=tcg", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*test_boots_without_the_marker boots a QEMU machine but is not*"])
+
+
+SEED_INNER = """
+def test_draw(hwl_rng, hwl_seed):
+    print(f"draw {hwl_seed} {hwl_rng.random()!r}")
+"""
+
+
+def draw(pytester: pytest.Pytester, *args: str) -> tuple[str, str]:
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", *args)
+    result.assert_outcomes(passed=1)
+    header = next(line for line in result.outlines if line.startswith("hwl: seed"))
+    return header, next(line for line in result.outlines if "draw " in line).split(" ", 1)[1]
+
+
+def test_the_seed_is_printed_and_repeats_the_draws(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SEED_INNER)
+    header, first = draw(pytester, "--hwl-seed", "1234")
+    assert header == "hwl: seed 1234 (repeat with --hwl-seed 1234)"
+    assert first.startswith("draw 1234 ")
+    assert draw(pytester, "--hwl-seed", "1234")[1] == first
+    assert draw(pytester, "--hwl-seed", "1235")[1] != first
+    drawn_header, drawn = draw(pytester)
+    seed = drawn_header.split()[2]
+    assert draw(pytester, "--hwl-seed", seed)[1] == drawn

@@ -29,6 +29,8 @@ from hwl.system.ndev import NetDevice
 from hwl.system.proto import LuState
 from hwl.system.rs import up_fields
 
+pytestmark = pytest.mark.qemu
+
 LABEL = "rtl8139"
 LINUX_IP = bytes([10, 0, 2, 2])
 OUR_IP = bytes([10, 0, 2, 15])

@@ -24,6 +24,8 @@ from hwl.machine.netpeer import NETNS_DIR, PREFIX
 from hwl.procs import descendants
 from hwl.system.watch import kernel_log_pid
 
+pytestmark = pytest.mark.qemu
+
 HWL = [sys.executable, "-m", "hwl.cli.main"]
 PROFILE = "e1000"
 BOOT_TIMEOUT_S = 180.0

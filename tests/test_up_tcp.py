@@ -11,6 +11,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.qemu
+
 HWL = [sys.executable, "-m", "hwl.cli.main"]
 
 

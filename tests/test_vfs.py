@@ -29,6 +29,8 @@ from hwl.system import vfs as vp
 from hwl.system.proto import Policy
 from hwl.system.vfs import Vfs, VfsError
 
+pytestmark = pytest.mark.qemu
+
 SECTOR = 512
 DISK = 128 << 20
 

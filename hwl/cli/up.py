@@ -36,8 +36,9 @@ from hwl.system import netdemo
 from hwl.system.boot import System
 from hwl.system.events import Event
 from hwl.system.rs import ServiceStatus
+from hwl.system.running import watch_core
 from hwl.system.vfs import Vfs
-from hwl.system.watch import CoreWatch, Death, kernel_log_pid, kernel_log_says
+from hwl.system.watch import CoreWatch, Death
 
 # Block drivers whose device a reader goes through VFS for while they are killed:
 # label -> (device file, the profile's disk image behind it).
@@ -127,27 +128,6 @@ def show_tcp_transfer(machine: Machine, services: list[ServiceStatus], mib: int)
                          "inet-ne2k, inet-rtl8139)")  # fmt: skip
     if not netdemo.demo(machine, mib):
         raise SystemExit(1)
-
-
-def rs_pid(system: System) -> int:
-    """RS's pid, as the kernel logged it when it spawned RS (the operator may not
-    read the kernel's process table, and a forked RS's command line is the fork
-    server's)."""
-    pid = kernel_log_pid(system.run_dir, "rs")
-    if pid is None:
-        raise SystemExit(f"hwl up: the kernel's log names no pid for RS (in {system.run_dir})")
-    return pid
-
-
-def watch_core(machine: Machine, system: System) -> CoreWatch:
-    """QEMU, the kernel and RS, in the order a death is blamed when several are
-    seen at once (QEMU's takes the kernel's link, the kernel's takes RS)."""
-    watch = CoreWatch()
-    if machine.proc is not None:
-        watch.add_child("QEMU", machine.proc)
-    watch.add_child("the kernel", system.kernel.proc)
-    watch.add_pid("RS", rs_pid(system), lambda: kernel_log_says(system.run_dir, "rs"))
-    return watch
 
 
 def wait_until_stopped(watch: CoreWatch, stop: threading.Event) -> Death | None:

@@ -57,6 +57,16 @@ HANDSHAKE = re.compile(
     rb"ctl=0x([0-9a-fA-F]+) slots=0x([0-9a-fA-F]+)\r?\n"
 )
 _live: weakref.WeakSet[Machine] = weakref.WeakSet()
+#: A file each machine start appends a line to, in this process and its children
+#: (the pytest plugin's check that tests booting QEMU are marked so).
+BOOT_TALLY_ENV = "HWL_BOOT_TALLY"
+
+
+def _tally_boot() -> None:
+    path = os.environ.get(BOOT_TALLY_ENV)
+    if path:
+        with open(path, "a", encoding="ascii") as tally:
+            tally.write(f"{os.getpid()}\n")
 
 
 def resolve_accel(accel: str) -> str:
@@ -156,6 +166,7 @@ class Machine:
             root = os.environ.get("HWL_RUN_ROOT")
             self.run_dir = Path(tempfile.mkdtemp(prefix=f"hwl-{self.profile.name}-", dir=root))
         self.run_dir.chmod(0o700)
+        _tally_boot()
         _live.add(self)
         try:
             self._launch(qemu)
