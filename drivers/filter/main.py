@@ -27,6 +27,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from hwl.driver import blockdriver as bd
@@ -46,8 +47,18 @@ from .layout import SECTOR, Layout, Span
 log = logging.getLogger("filter")
 
 MAX_IO: Final = 1 << 20  # logical bytes per piece of a transfer (VFS's chunk)
+MEND_SECONDS: Final = 0.001  # the alarm after an answer that left a side to mend
 T = TypeVar("T")
 Parts = list[tuple[int, int, int]]  # (grant, size, offset in the grant)
+
+
+@dataclass
+class Mend:
+    """A side to mend: its problem, and the good raw groups (first sector, bytes)
+    to write back to it (None: nothing was read wrong, e.g. it died)."""
+
+    problem: DiskProblem
+    data: tuple[int, bytes] | None
 
 
 class GiveUp(Exception):
@@ -71,6 +82,7 @@ class Filter:
         self.user: Buffer | None = None  # the client's data, contiguous
         self.ext: Buffer | None = None  # the same in the layout, whole groups
         self.back: Buffer | None = None  # read-back of a write
+        self.mends: list[Mend] = []  # sides to mend once the answer is out
         self.stats: dict[str, int] = {"reads": 0, "writes": 0, "bad_sums": 0, "recovered": 0,
                                       "repairs": 0, "eio": 0}  # fmt: skip
 
@@ -87,7 +99,7 @@ class Filter:
         self.user = conn.arena.alloc(MAX_IO, align=4096)
         if self.layout is not None:
             self.ext = conn.arena.alloc(ext, align=4096)
-            if self.opts.readback:
+            if self.opts.readback or self.opts.mirror:  # a write's or a repair's read-back
                 self.back = conn.arena.alloc(ext, align=4096)
         try:
             ds = Ds.find(conn, timeout=10)
@@ -151,6 +163,7 @@ class Filter:
     def ioctl(
         self, minor: int, request: str, endpoint: int, fields: dict[str, codec.Value]
     ) -> dict[str, codec.Value] | None:
+        self.run_mends()
         if request == bp.IOCTL_FLUSH:
             for disk in self.live():
                 self.on_side(f"flush of {disk.label}", disk, lambda d: self._flush(d))
@@ -170,6 +183,7 @@ class Filter:
     def transfer(self, minor: int, write: bool, position: int, endpoint: int, iov: Iov) -> int:
         if minor != 0:
             raise RequestError(Errno.ENXIO, f"no minor {minor}")
+        self.run_mends()
         total = sum(size for _, size in iov)
         if position % SECTOR or total % SECTOR:
             raise RequestError(Errno.EINVAL, "the filter moves whole, aligned sectors")
@@ -257,17 +271,25 @@ class Filter:
             return
         first, n = position // SECTOR, count // SECTOR
         span = self.layout.span(first, n)
-        self.read_sides(what, lambda d: self.read_checked(d, span, first, n),
-                        lambda d: self.repair(d, span))  # fmt: skip
+
+        def good_groups() -> tuple[int, bytes]:
+            assert self.ext is not None
+            return span.phys, bytes(self.ext.view[: span.count * SECTOR])
+
+        self.read_sides(what, lambda d: self.read_checked(d, span, first, n), good_groups)
         assert self.ext is not None and self.user is not None
         self.layout.collapse(self.ext.view, first, self.user.view, n)
         self._copy_client(False, client, parts, count)
 
     def read_sides(
-        self, what: str, op: Callable[[Disk], None], repair: Callable[[Disk], None] | None
+        self,
+        what: str,
+        op: Callable[[Disk], None],
+        good: Callable[[], tuple[int, bytes]] | None,
     ) -> None:
-        """Read from the first live side; on a problem, from the next one at once
-        (then recover the first and repair it); the last side left retries."""
+        """Read from the first live side; on a problem, from the next one at once,
+        and mend the first after the answer (``good``: the raw groups to write back
+        to it); the last side left retries."""
         live = self.live()
         for i, disk in enumerate(live):
             if i == len(live) - 1:  # the only one, or the last resort
@@ -289,36 +311,48 @@ class Filter:
             except GiveUp:
                 continue  # the first side, with its retries, is the last resort now
             log.warning("%s served from %s (%s failed)", what, other.label, disk.label)
-            self.mend(bad, repair)
+            data = good() if good is not None and bad.kind is not Kind.DEAD else None
+            self.mends.append(Mend(bad, data))
+            self.arm_mends()
             return
 
-    def mend(self, problem: DiskProblem, repair: Callable[[Disk], None] | None) -> None:
-        """After a side failed a read the other served: recover that side and write
-        the good data back to it, or drop it from the mirror after ``restarts``
-        problems in a row (only a read that works resets the count: a driver that
-        keeps corrupting stays refreshable and writable). A dead driver is only
-        awaited; one that does not come back within ``deadwait`` is dropped."""
+    def arm_mends(self) -> None:
+        """Mend after the answer: on the alarm right after it, or before the next
+        request, whichever comes first (so no write comes between)."""
+        assert self.conn is not None
+        try:
+            self.conn.setalarm(seconds=MEND_SECONDS)
+        except IpcError as exc:
+            log.warning("setalarm: %s (mending before the next request)", exc)
+
+    def run_mends(self) -> None:
+        while self.mends:
+            self.mend(self.mends.pop(0))
+
+    def mend(self, m: Mend) -> None:
+        """A side failed a read the other served: recover it (a dead one is only
+        awaited) and write the good groups back to it, then read them back. A
+        read-back that matches makes it healthy again; ``restarts`` problems in a
+        row drop it from the mirror (a driver that keeps corrupting never reads
+        back right), as does a dead one that does not come back in ``deadwait``."""
         assert self.disks is not None
-        disk = problem.disk
-        if problem.kind is Kind.DEAD:  # RS's business: nothing read wrong, nothing to mend
-            try:
-                self.disks.recover(problem)
-                disk.strikes = 0
-            except DiskProblem as again:
-                self.note(again)
-                self.disable(disk, again)
+        problem, disk = m.problem, m.problem.disk
+        if not disk.enabled:
             return
         if disk.strikes >= self.opts.restarts:
             self.disable(disk, problem)
             return
+        t0 = time.monotonic()
         try:
             self.disks.recover(problem)
-            if repair is not None:
-                repair(disk)
+            if m.data is not None:
+                self.repair(disk, *m.data)
                 self.stats["repairs"] += 1
+            disk.strikes = 0
+            log.info("%s mended in %.1f ms", disk.label, (time.monotonic() - t0) * 1e3)
         except DiskProblem as again:
             self.note(again)
-            if disk.strikes >= self.opts.restarts:
+            if again.kind is Kind.DEAD or disk.strikes >= self.opts.restarts:
                 self.disable(disk, again)
 
     def read_checked(self, disk: Disk, span: Span, first: int, n: int) -> None:
@@ -328,11 +362,17 @@ class Filter:
         if bad is not None:
             raise DiskProblem(disk, Kind.DATA, f"bad checksum at sector {bad}")
 
-    def repair(self, disk: Disk, span: Span) -> None:
-        """Write the groups just read (and checked) from the other side to ``disk``."""
-        assert self.disks is not None and self.ext is not None
-        self.disks.io(disk, True, span.phys * SECTOR, self.ext.offset, span.count * SECTOR)
-        log.info("repaired %d sectors at raw sector %d on %s", span.count, span.phys, disk.label)
+    def repair(self, disk: Disk, phys: int, data: bytes) -> None:
+        """Write the groups read (and checked) from the other side to ``disk``, and
+        read them back: a difference is a data problem of ``disk``."""
+        assert self.disks is not None and self.ext is not None and self.back is not None
+        size = len(data)
+        self.ext.view[:size] = data
+        self.disks.io(disk, True, phys * SECTOR, self.ext.offset, size)
+        self.disks.io(disk, False, phys * SECTOR, self.back.offset, size)
+        if self.back.view[:size] != data:
+            raise DiskProblem(disk, Kind.DATA, f"the repair at raw sector {phys} reads back wrong")
+        log.info("repaired %d sectors at raw sector %d on %s", size // SECTOR, phys, disk.label)
 
     # ------------------------------------------------------------ writes
     def write(self, position: int, client: int, parts: Parts, count: int) -> None:
@@ -460,6 +500,7 @@ def main(argv: list[str]) -> int:
         cleanup=flt.cleanup,
         state_save=flt.state_save,
         state_restore=flt.state_restore,
+        alarm=flt.run_mends,
     )
     bd.setup(table)
     sef.setcb_init_fresh(flt.init)
