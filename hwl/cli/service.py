@@ -107,8 +107,8 @@ T: ticks (120) or seconds as NHZ (2HZ). S: a number, or work_free, request_free,
 protocol_free. update: -maxtime 0 means no limit, -label is needed with self.
 Options: -o prepare only, -x/-y/-z force init crash/fail/timeout, -q queue it
 for 'sysctl upd_run', which updates the queue together (update); -c/-r accepted,
-no effect. --run-dir DIR or $HWL_RUN_DIR: the machine's run
-directory (it holds kernel.sock).
+no effect. --run-dir DIR or $HWL_RUN_DIR: the machine's run directory (it holds
+kernel.sock).
 Exit status: 0, or the errno RS answered (EINVAL: bad command line)."""
 
 
