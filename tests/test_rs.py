@@ -34,6 +34,7 @@ from hwl.kernel.errno import Errno
 from hwl.system import proto
 from hwl.system.proto import Policy
 from hwl.system.rs import RsError
+from hwl.system.watch import kernel_log_pid
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +227,29 @@ def test_hung_service_is_killed_and_restarted(rs: RsSystem) -> None:
     missed = rs.events(label)[1]
     # Not before two periods after its last answer (at most a period before the hang).
     assert missed["mono"] - hung_at >= period_s - 0.02, missed["mono"] - hung_at
+    rs.rs.down(label)
+
+
+def test_rs_stalled_for_periods_kills_no_healthy_service(rs: RsSystem) -> None:
+    """RS stopped for five periods (an overloaded host, a debugger) and resumed:
+    the service answered every ping RS sent, so nothing missed a heartbeat even
+    though its last answer RS has read is old."""
+    label = rs.label("stall")
+    period = 6  # ticks
+    period_s = period / HZ
+    rs.rs.up(echo_argv("S"), label=label, period=period)
+    before = rs.row(label)
+    time.sleep(2 * period_s)
+    rs_pid = kernel_log_pid(rs.run_dir, "rs")
+    assert rs_pid is not None
+    os.kill(rs_pid, signal.SIGSTOP)
+    try:
+        time.sleep(5 * period_s)
+    finally:
+        os.kill(rs_pid, signal.SIGCONT)
+    time.sleep(3 * period_s)  # pings go on; a wrong kill would have come by now
+    assert rs.row(label).restarts == 0 and pid_alive(before.pid)
+    assert "heartbeat-missed" not in rs.event_names(label)
     rs.rs.down(label)
 
 

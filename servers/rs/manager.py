@@ -268,13 +268,16 @@ class Manager:
     def _ping(self, svc: Service) -> None:
         if svc.state is not State.UP or svc.current is None:
             return
-        period_s = svc.period / wire.HZ
-        if time.monotonic() - svc.last_alive > 2 * period_s:
+        # Two pings sent since the last answer, each given a period: a hang. Counted
+        # in pings RS sent, not in time, so RS's own stall (stopped, starved) is no
+        # service's hang: the answers it has not read yet are to earlier pings.
+        if svc.pings_sent[0] > svc.last_alive:
             log.warning("%s missed its heartbeat for two periods: killing it", svc.label)
             self.events.write("heartbeat-missed", svc.label, endpoint=svc.current.endpoint)
             svc.no_ping_reply = True
             self.kill(svc.current.endpoint)
             return
+        svc.pings_sent = (svc.pings_sent[1], time.monotonic())
         try:
             self.conn.notify(svc.current.endpoint)
         except IpcError as exc:

@@ -56,6 +56,7 @@ class Service:
     current: Instance | None = None
     restarts: int = 0
     last_alive: float = 0.0  # monotonic time of the last heartbeat answer
+    pings_sent: tuple[float, float] = (0.0, 0.0)  # monotonic times of the last two pings
     ping_timer: Timer | None = None
     init_timer: Timer | None = None
     kill_timer: Timer | None = None
