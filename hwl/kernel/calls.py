@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from hwl.config.system_conf import IoRange, MemoryRange, ServiceConfig, SystemConfError
 from hwl.config.system_conf import parse as parse_conf
+from hwl.faults.trigger import Trigger
 from hwl.ipc import arena, codec, wire
 from hwl.kernel.channels import new_event_fd
 from hwl.kernel.dmakeep import DmaKeeper
 from hwl.kernel.errno import Errno, ErrnoError
+from hwl.kernel.hwfaults import HwFault, HwFaults
 from hwl.kernel.priv import Priv
 from hwl.kernel.proc import IrqHook, Proc, State
 from hwl.link import abi
@@ -156,6 +158,7 @@ class Calls:
         self._dma_ids = 0
         self.dma_tags: dict[int, str] = {}  # DMA buffer id -> its tag (tagged ones only)
         self.keeper = DmaKeeper()
+        self.hw = HwFaults()  # faultctl's hardware faults (hwl/kernel/hwfaults.py)
         self.handlers: dict[str, Handler] = {
             name: getattr(self, f"do_{name}")
             for name in wire.KERNEL_CALL_NUMBERS
@@ -345,7 +348,8 @@ class Calls:
             value = get_int(f, "value", 0, U32)
             {1: link.outb, 2: link.outw, 4: link.outl}[width](port, value)
             return {}
-        return {"value": {1: link.inb, 2: link.inw, 4: link.inl}[width](port)}
+        value = {1: link.inb, 2: link.inw, 4: link.inl}[width](port)
+        return {"value": self.hw.port_read(port, width, value) if self.hw.faults else value}
 
     def vdevio(self, proc: Proc, peer: int, payload: bytes) -> bytes | None:
         """``payload`` the ops packed as the stub takes them (no codec: see
@@ -386,6 +390,8 @@ class Calls:
             if hook is not None:
                 irqs.enable(hook, unmasked=unmasked)  # a timed-out wait left it unmasked
             # results are each op's last word: no repacking, only an unmask cut off
+            if self.hw.faults:
+                done = self.hw.batch_results(done, n)
             if copy is None:
                 return done[: n * abi.OP_SIZE]
             if moved is None:  # to the grant, if the batch ran through and its checks hold
@@ -847,6 +853,53 @@ class Calls:
     def do_diagctl(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
         log.info("diag %s: %s", proc.label, get_str(f, "text")[:1000])
         return {}
+
+    def do_faultctl(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        """Hardware faults at the kernel's layer, the root's only (hwl/kernel/hwfaults.py):
+        ``op`` add (``kind`` port-flip with ``port`` and ``bit``, or irq-lost with
+        ``line``; the trigger's ``probability``, ``interval``, ``times``, ``space``,
+        ``seed``) -> ``id``; remove (``id``) -> the fault as it ended; spurious
+        (``line``) -> ``hooks`` notified; list -> ``faults``."""
+        if proc.endpoint != self.k.root_endpoint:
+            fail(Errno.EPERM, "faultctl: only the root sets hardware faults")
+        op = get_str(f, "op")
+        if op == "list":
+            return {"faults": self.hw.describe()}  # type: ignore[dict-item]
+        if op == "remove":
+            fault_id = get_int(f, "id", 0, I32_MAX)
+            if fault_id not in self.hw.faults:
+                fail(Errno.ESRCH, f"faultctl: no hardware fault {fault_id}")
+            return {"fault": self.hw.remove(fault_id).describe()}
+        if op == "spurious":
+            line = get_int(f, "line", 0, 15)
+            return {"hooks": self.k.irqs.spurious(line)}
+        if op != "add":
+            fail(Errno.EINVAL, f"faultctl: unknown op {op!r} (add, remove, spurious, list)")
+        kind = get_str(f, "kind")
+        try:
+            trigger = Trigger(
+                probability=get_int(f, "probability", 0, 100, 100),
+                interval=get_int(f, "interval", 1, I32_MAX, 1),
+                times=get_int(f, "times", -1, I32_MAX, -1),
+                space=get_int(f, "space", 0, I32_MAX, 0),
+                seed=get_int(f, "seed", 0, U32, 0),
+            )
+        except ValueError as exc:
+            fail(Errno.EINVAL, f"faultctl: {exc}")
+        fault = HwFault(self.hw.new_id(), kind, trigger)
+        if kind == "port-flip":
+            fault.port = get_int(f, "port", 0, 0xFFFF)
+            fault.bit = get_int(f, "bit", 0, 31)
+        elif kind == "irq-lost":
+            fault.line = get_int(f, "line", 0, 15)
+        else:
+            fail(Errno.EINVAL, f"faultctl: unknown kind {kind!r} (port-flip, irq-lost)")
+        try:
+            self.hw.add(fault)
+        except LookupError as exc:
+            fail(Errno.ENOSPC, f"faultctl: {exc}")
+        log.warning("hardware fault %d set by %s: %s", fault.id, proc.label, fault.describe())
+        return {"id": fault.id}
 
     def do_getinfo(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
         what = get_str(f, "what")

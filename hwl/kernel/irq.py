@@ -57,6 +57,12 @@ class Irqs:
         if not hooks:
             log.debug("IRQ %d fired with no hook; it stays masked", line)
             return
+        hw = self.kernel.calls.hw
+        if hw.faults and hw.irq_lost(line):
+            log.warning("IRQ %d lost (a hardware fault); the line stays masked", line)
+            for hook in hooks:
+                hook.active = True  # as if seen: the owner's irqenable unmasks it
+            return
         for hook in hooks:
             owner = self.kernel.table.lookup(hook.owner)
             if owner is None:
@@ -66,6 +72,15 @@ class Irqs:
             self.kernel.ipc.post_notify(owner, wire.HARDWARE, 1 << hook.notify_id)
         if not any(h.active for h in hooks):
             self._link().irq_unmask(line)
+
+    def spurious(self, line: int) -> int:
+        """A spurious interrupt on ``line`` (faultctl): masked and notified as if
+        the stub had forwarded one; returns how many hooks were notified."""
+        hooks = self._on_line(line)
+        if hooks:
+            self._link().irq_mask(line)
+            self.fire(line)
+        return len(hooks)
 
     def alone(self, hook: IrqHook) -> bool:
         """Whether no other hook shares ``hook``'s line (so a batch may consume its

@@ -160,6 +160,7 @@ KERNEL_CALL_NUMBERS: Final[dict[str, int]] = {
             "dmaadopt",
             "chanopen",
             "chanserve",
+            "faultctl",
         ),
         start=1,
     )
