@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -113,7 +114,8 @@ def _reader(r: Rig, stop: threading.Event, errors: list[str], moved: list[int]) 
 
 
 def _under_load(r: Rig, action: str, label: str, times: int) -> None:
-    stop, errors, moved = threading.Event(), [], [0]
+    stop, moved = threading.Event(), [0]
+    errors: list[str] = []
     thread = threading.Thread(target=_reader, args=(r, stop, errors, moved))
     thread.start()
     try:
@@ -174,3 +176,25 @@ def test_a_driver_that_keeps_corrupting_gets_eio_and_the_filter_serves_on(r: Rig
     with r.vfs.open("/dev/c0d0", "rb") as f:  # the lie gone, the data was right all along
         f.seek(position)
         assert f.read(4096) == r.logical(position, 4096)
+
+
+def test_readback_catches_a_write_that_reads_back_wrong(r: Rig) -> None:
+    """The filter live-updated to a version with ``readback``: at_wini flips a bit
+    of the write's read-back; the filter refreshes it and writes again."""
+    argv = [sys.executable, "-m", "drivers.filter"]
+    r.system.rs.update("filter", [*argv, "driver=at_wini,checksum=crc,readback"])
+    try:
+        position = 14 << 20  # whole groups: the write reads nothing before it
+        data = random.Random(8).randbytes(64 << 10)
+        pid = r.row("at_wini").pid
+        r.lie("at_wini", "flip", count=1, bit=5)  # the next read is the read-back
+        with r.vfs.open("/dev/c0d0", "r+b") as f:
+            f.seek(position)
+            f.write(data)
+        r.wait_up("at_wini", pid)
+        assert r.logical(position, len(data)) == data
+        assert f"read-back of raw sector {LAYOUT.phys(position // SECTOR)} differs" in r.log(
+            "filter"
+        )
+    finally:
+        r.system.rs.update("filter", [*argv, "driver=at_wini,checksum=crc"])

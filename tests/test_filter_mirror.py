@@ -89,7 +89,8 @@ def test_a_bad_copy_on_the_disk_is_repaired_from_the_other(r: Rig) -> None:
 
 
 def test_sigkill_of_either_driver_under_load_costs_nothing(r: Rig) -> None:
-    stop, errors, moved = threading.Event(), [], [0]
+    stop, moved = threading.Event(), [0]
+    errors: list[str] = []
 
     def reader() -> None:
         rng = random.Random(11)
