@@ -6,7 +6,9 @@ ERESTART, init failure ENOSYS, init timeout and an unreachable state EINTR).
 
 The services are ``servers.echo``: each counts the requests it answered and hands
 the count to its new version, so a count that goes on proves the state moved, and
-a count that goes on in the same pid proves the old version served on.
+a count that goes on in the same pid proves the old version served on. The last
+two tests drive RS's update code over a fake kernel, for the one failure the real
+kernel cannot be made to produce on cue: a refused swap.
 """
 
 from __future__ import annotations
@@ -24,12 +26,19 @@ from typing import Any
 import pytest
 from rs_fixtures import ECHO, RsSystem, echo_argv, pid_alive, wait_for
 
+from hwl.config import load
 from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.wire import HZ
 from hwl.kernel.errno import Errno
+from hwl.proto import sef as sefp
 from hwl.proto.rs import RS_SYSCTL
+from hwl.system.events import read_events
 from hwl.system.proto import LuState, UpdateFlag
 from hwl.system.rs import Rs, RsError
+from servers.rs.manager import Manager
+from servers.rs.multiupdate import MultiUpdater
+from servers.rs.table import Instance, Service, State, Waiter
+from servers.rs.update import Updater
 
 SHORT = 30  # ticks (0.5 s): maxtime for the updates that are meant to time out
 ROOT = Path(__file__).resolve().parents[1]
@@ -560,3 +569,115 @@ def test_srv_status_lists_every_instance_and_bad_types_are_einval(rs: RsSystem) 
     assert reply.m_type == -Errno.EINVAL and "bad sysctl type 9" in str(reply["error"])
     svc.check("old")
     svc.down()
+
+
+# ------------------------------------- a swap the kernel refuses (fake kernel)
+
+
+class FakeKernel:
+    """The kernel calls RS's update code makes, recorded, with a swap refused on
+    demand: the real kernel refuses a swap only of a process caught in a call or
+    dying, a moment no test can choose."""
+
+    def __init__(self, refuse: dict[int, list[Errno]]) -> None:
+        self.refuse = refuse  # old endpoint -> the errnos its next swaps get
+        self.endpoints = iter(range(0x9000, 0x9100))
+        self.pids = iter(range(70000, 70100))
+        self.swaps: list[tuple[int, int]] = []
+        self.sent: list[tuple[int, int, dict[str, Any]]] = []  # dest, m_type, fields
+        self.killed: list[int] = []
+        self.notified: list[int] = []
+
+    def spawn(self, argv: list[str], label: str, **_: Any) -> tuple[int, int]:
+        return next(self.endpoints), next(self.pids)
+
+    def senda(self, dest: int, m_type: int, fields: dict[str, Any]) -> None:
+        self.sent.append((dest, m_type, dict(fields)))
+
+    def sendnb(self, dest: int, m_type: int, fields: dict[str, Any]) -> None:
+        self.sent.append((dest, m_type, dict(fields)))
+
+    def notify(self, dest: int) -> None:
+        self.notified.append(dest)
+
+    def update(self, src: int, dst: int) -> None:
+        errnos = self.refuse.get(src)
+        if errnos:
+            raise IpcError(errnos.pop(0), "update", "refused by the test")
+        self.swaps.append((src, dst))
+
+    def kill(self, endpoint: int, signo: int = signal.SIGKILL) -> None:
+        self.killed.append(endpoint)
+
+    def proctab(self) -> list[dict[str, Any]]:
+        return []  # nobody listed: a new version counts as waiting for its init
+
+    def setalarm(self, *, seconds: float | None = None, ticks: int | None = None) -> float:
+        return 0.0
+
+
+Batch = tuple[Manager, FakeKernel, list[Service], dict[str, int]]
+
+
+def fake_batch(tmp_path: Path, refuse: dict[int, list[Errno]]) -> Batch:
+    """RS's manager and updaters over a FakeKernel, with three services up and
+    queued, run with ``upd_run`` and driven to the swap."""
+    kernel = FakeKernel(refuse)
+    m = Manager(kernel, tmp_path, load())  # type: ignore[arg-type]
+    up = Updater(m)
+    multi = MultiUpdater(up)
+    group = []
+    for i in range(3):
+        svc = Service(label=f"f{i}", argv=["x"], conf="")
+        svc.state, svc.current = State.UP, Instance(0x8000 + i, 60000 + i)
+        m.table.add(svc)
+        group.append(svc)
+        multi.queue(svc, argv=None, conf=None, state=1, maxtime=3.0, flags=UpdateFlag.BATCH)
+    news = {u.svc.label: u.new.endpoint for u in up.updates.values() if u.new}
+    multi.run(Waiter(0x7777, "sysctl upd_run"))
+    for svc in group:  # each asked in order, only once the one before is prepared
+        asked = [dest for dest, m_type, f in kernel.sent if m_type == sefp.SEF_LU_PREPARE]
+        assert asked[-1] == svc.endpoint, (asked, svc.label)
+        up.prepared(svc.endpoint, {"result": 0, "saved": b"state"})
+    inits = [dest for dest, m_type, _ in kernel.sent if m_type == sefp.SEF_INIT]
+    assert inits == [news[svc.label] for svc in group]
+    for svc in group:
+        assert up.on_init(news[svc.label], 0)
+    return m, kernel, group, news
+
+
+def reply_to_run(kernel: FakeKernel) -> tuple[int, dict[str, Any]]:
+    return next((m_type, f) for dest, m_type, f in reversed(kernel.sent) if dest == 0x7777)
+
+
+def test_a_refused_swap_swaps_back_and_rolls_all_back(tmp_path: Path) -> None:
+    m, kernel, group, news = fake_batch(tmp_path, {0x8001: [Errno.EPERM]})
+    m.events.close()
+    first = (group[0].endpoint, news[group[0].label])
+    assert kernel.swaps == [first, first]  # swapped, then swapped back
+    status, fields = reply_to_run(kernel)
+    assert status == -Errno.EPERM and "refused the swap of f1" in fields["error"]
+    for i, svc in enumerate(group):
+        assert svc.state is State.UP and svc.current == Instance(0x8000 + i, 60000 + i)
+        resumed = [t for d, t, _ in kernel.sent if d == svc.endpoint and t == -Errno.EINTR]
+        assert resumed == [-Errno.EINTR]  # answered: it serves on
+    assert sorted(kernel.killed) == sorted(news.values())  # only the new versions
+    assert kernel.notified == []  # no new version was let serve
+    found = read_events(tmp_path / "events.jsonl")
+    assert [e["event"] for e in found if e.get("label") == "f0"][-1] == "update-rolled-back"
+
+
+def test_a_busy_swap_is_retried(tmp_path: Path) -> None:
+    """EBUSY (a process in a call for a moment): RS tries again; the batch succeeds."""
+    m, kernel, group, news = fake_batch(tmp_path, {0x8002: [Errno.EBUSY, Errno.EBUSY]})
+    assert len(kernel.swaps) == 2  # the third waits for its retry
+    deadline = time.monotonic() + 5
+    while len(kernel.swaps) < 3 and time.monotonic() < deadline:
+        time.sleep(0.002)
+        m.timers.run_due()
+    assert kernel.swaps == [(svc.endpoint, news[svc.label]) for svc in group]
+    assert reply_to_run(kernel)[0] == 0
+    assert kernel.notified == [svc.endpoint for svc in group]  # all go-aheads after all swaps
+    for svc in group:
+        assert svc.state is State.UP and svc.pid != 60000 + int(svc.label[1])
+    m.events.close()
