@@ -509,7 +509,8 @@ class Rs:
         ``state``: the live-update state to reach first (a :class:`LuState`, or a
         custom state >= ``LU_STATE_CUSTOM_BASE``); ``maxtime``: ticks to reach it,
         0 for RS's default and -1 for no limit (MINIX's ``prepare_maxtime``);
-        ``flags``: :class:`UpdateFlag` (prepare only, forced init failures);
+        ``flags``: :class:`UpdateFlag` (prepare only, forced init failures;
+        ``BATCH`` queues it instead, answered at once: see :meth:`queue_update`);
         ``conf``: the new version's system.conf entry (None: keep RS's).
         """
         self.request(rsp.RS_UPDATE, update_fields(label, argv, state, maxtime, flags, conf))
