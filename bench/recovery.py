@@ -15,6 +15,12 @@ process is the client, attached as a user process.
   time between the last reply from the old version and the first from the new,
   over ``updates`` updates. The thread also counts failed calls (must be 0).
 
+- heartbeat: the host CPU one ping costs (RS's notify, the service's answer,
+  the kernel between them): four echo services pinged every tick (60 per second
+  each) against the same four unpinged, CPU of the kernel and everything below it
+  read from /proc over the same window; and what the stock profile's periods
+  (qemu-configs/pc.cfg) cost at that price, in percent of one core.
+
 RS runs with a backoff unit of 0: MINIX restarts a service's first crash at
 once and backs off the later ones; here every kill is measured as a first crash.
 """
@@ -34,14 +40,20 @@ import time
 from pathlib import Path
 
 from hwl.benchmarks import Targets, report
+from hwl.ipc import wire
 from hwl.ipc.client import Connection, IpcError
 from hwl.kernel.launcher import KernelProcess
+from hwl.machine.profile import Profile
+from hwl.procs import descendants
+from hwl.system.durations import parse_ticks
 from hwl.system.proto import Policy, UpdateFlag
 from hwl.system.rs import Rs
 
 ECHO_ARGV = [sys.executable, "-m", "servers.echo", "--tag", "bench"]
 ECHO = 1  # servers/echo's request type
 RETRY_S = 0.0002
+PINGED = 4  # echo services in the heartbeat phase
+PING_WINDOW_S = 3.0
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -123,6 +135,50 @@ def downtimes(rs: Rs, caller_conn: Connection, label: str, updates: int) -> tupl
     return gaps[1:], caller.errors  # the first update is the warm-up
 
 
+def cpu_seconds(pids: set[int]) -> float:
+    """User and system time of ``pids`` so far (a process gone meanwhile counts 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def window_cpu(kernel_pid: int) -> float:
+    """CPU the kernel and everything below it spend in PING_WINDOW_S."""
+    pids = {kernel_pid} | descendants(kernel_pid)
+    before = cpu_seconds(pids)
+    time.sleep(PING_WINDOW_S)
+    return cpu_seconds(pids) - before
+
+
+def ping_cost_us(rs: Rs, kernel_pid: int) -> float:
+    """Microseconds of host CPU per ping: PINGED services at one tick's period
+    against the same services unpinged."""
+    costs = {}
+    for period in (0, 1):
+        labels = [f"bench-ping{period}-{i}" for i in range(PINGED)]
+        for label in labels:
+            rs.up(ECHO_ARGV, label=label, period=period)
+        try:
+            time.sleep(0.5)  # past the starts
+            costs[period] = window_cpu(kernel_pid)
+        finally:
+            for label in labels:
+                rs.down(label)
+    pings = PINGED * PING_WINDOW_S * wire.HZ
+    return max(0.0, costs[1] - costs[0]) / pings * 1e6
+
+
+def stock_pings_per_s(profile: str = "pc") -> float:
+    """Pings per second RS sends under the stock profile's periods."""
+    periods = [parse_ticks(s.options.get("period", "0")) for s in Profile.load(profile).services]
+    return sum(wire.HZ / p for p in periods if p > 0)
+
+
 def run(kills: int, updates: int) -> dict[str, float]:
     run_dir = Path(tempfile.mkdtemp(prefix="hwl-bench-rs-", dir=os.environ.get("HWL_RUN_ROOT")))
     rs_argv = [sys.executable, "-m", "servers.rs", "--run-dir", str(run_dir), "--backoff-unit", "0"]
@@ -135,6 +191,7 @@ def run(kills: int, updates: int) -> dict[str, float]:
             fork = recoveries(rs, conn, "bench-forked", kills, cold=False)
             cold = recoveries(rs, conn, "bench-cold", kills, cold=True)
             gaps, errors = downtimes(rs, caller_conn, "bench-update", updates)
+            ping_us = ping_cost_us(rs, kernel.proc.pid)
         finally:
             conn.close()
             caller_conn.close()
@@ -154,6 +211,9 @@ def run(kills: int, updates: int) -> dict[str, float]:
         "update_client_errors": errors,
         "kills": kills,
         "updates": len(gaps),
+        "heartbeat_ping_cpu_us": ping_us,
+        "heartbeat_stock_pings_per_s": stock_pings_per_s(),
+        "heartbeat_stock_cpu_pct": ping_us * stock_pings_per_s() / 1e4,
     }
 
 
