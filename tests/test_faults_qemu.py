@@ -315,6 +315,32 @@ def test_a_stalled_disk_holds_the_read_until_healed(rig: Rig) -> None:
     assert (after.pid, after.restarts) == (before.pid, before.restarts)
 
 
+def test_a_stall_past_the_drivers_timeout_is_its_timeout_and_retry(rig: Rig) -> None:
+    """Held past at_wini's 2 s timeout: the driver gives up the command (stopping
+    the bus master makes QEMU drain the held request), resets the channel and
+    retries; the retry is held too until heal, then the read returns the right
+    bytes, no client error, no restart."""
+    timeouts = rig.log("at_wini").count("timeout after")
+    before = rig.at_wini()
+    position = 33 * MIB
+    got: list[bytes] = []
+    fd = rig.vfs.open_fd("/dev/c0d0", vp.O_RDONLY)
+    reader = threading.Thread(target=lambda: got.append(rig.vfs.pread(fd, MIB, position)))
+    with DiskStall(rig.machine, "hd0", op="read"):
+        reader.start()
+        deadline = time.monotonic() + 10
+        while rig.log("at_wini").count("timeout after") == timeouts:
+            assert time.monotonic() < deadline, "at_wini never timed out"
+            time.sleep(0.05)
+        assert reader.is_alive() and not got  # the retry is held as well
+    reader.join(10)
+    rig.vfs.close_fd(fd)
+    assert got == [rig.image(position, MIB)]
+    assert rig.log("at_wini").count("timeout after") == timeouts + 1
+    after = rig.at_wini()
+    assert (after.pid, after.restarts) == (before.pid, before.restarts)
+
+
 def test_a_two_second_pause_is_only_a_delay(rig: Rig) -> None:
     """The machine paused for 2 s in the middle of a 16 MiB read: no client error,
     every byte right; at_wini is restarted only if RS's heartbeat timed out."""
