@@ -15,8 +15,11 @@ Registered through the ``pytest11`` entry point, so installing hwl is enough.
 - ``hwl_seed``: the session's seed (``--hwl-seed``, else drawn and printed in the
   header, so a failing run can be repeated); ``hwl_rng`` a ``random.Random`` per
   test, seeded from it and the test's id.
-- ``hwl_faults``: every fault a test injected through ``hwl.faults`` is healed at
-  its teardown, also when it fails.
+- ``hwl_fault(make)`` marker: ``make(hwl_system)`` builds a fault (hwl.faults)
+  that ``hwl_faults`` injects before the test and heals after it; ``hwl_faults``
+  is the list of them. Every fault a test left injected is healed at its
+  teardown, also when it fails, with or without the fixture; a failed test's
+  report lists those still active.
 - ``--hwl-accel``: tcg, kvm or auto; ``--hwl-keep-run-dir``: keep run directories
   (QEMU stderr, serial log, QMP events) after the machines close.
 - ``--hwl-placement``: auto, off or ``qemu:CORES;hwl:CORES`` for every machine the
@@ -38,13 +41,15 @@ tear down and every machine closes, its namespace and taps deleted with it.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import sys
 import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -52,6 +57,9 @@ from hwl.errors import HwlError
 from hwl.machine import placement as placing
 from hwl.machine.machine import ACCELS, BOOT_TALLY_ENV, Machine
 from hwl.system.running import RunningSystem
+
+if TYPE_CHECKING:
+    from hwl.faults.base import Fault
 
 LOG_FILES = ("qemu.stderr", "serial.log", "qmp-events.jsonl", "events.jsonl")
 TAIL = 4000
@@ -132,6 +140,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_TALLY] = Path(tally)
     config.addinivalue_line("markers", "qemu: the test boots a QEMU machine")
     config.addinivalue_line("markers", "hwl_profile(name): the profile hwl_system boots")
+    config.addinivalue_line(
+        "markers", "hwl_fault(make): make(hwl_system) -> a fault hwl_faults injects and heals"
+    )
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupted)
 
@@ -268,6 +279,30 @@ def _fail_on_core_death(item: pytest.Item, phase: str, when: str) -> None:
         pytest.fail(f"the trusted core died {when} this test: " + "; ".join(deaths))
 
 
+@pytest.fixture
+def hwl_faults(request: pytest.FixtureRequest, hwl_system: RunningSystem) -> Iterator[list[Fault]]:
+    """The faults the test's ``hwl_fault`` markers declare, injected in order."""
+    declared = [
+        m.args[0](hwl_system) for m in reversed(list(request.node.iter_markers("hwl_fault")))
+    ]
+    for fault in declared:
+        fault.inject()
+    yield declared  # _hwl_heal_faults heals them after every fixture of the test
+
+
+@pytest.fixture(autouse=True)
+def _hwl_heal_faults() -> Iterator[None]:
+    """Heals whatever fault a test left injected; a failed heal fails the test."""
+    yield
+    if "hwl.faults.base" not in sys.modules:  # no test used hwl.faults: nothing to heal
+        return
+    from hwl.faults.base import heal_all
+
+    failed = heal_all()
+    if failed:
+        pytest.fail("healing faults failed: " + "; ".join(f"{f}: {e}" for f, e in failed))
+
+
 @pytest.fixture(scope="session")
 def hwl_seed(request: pytest.FixtureRequest) -> int:
     return request.config.stash[_SEED]
@@ -327,6 +362,12 @@ def pytest_runtest_makereport(
         )
     if not report.failed or _factory is None:
         return report
+    if "hwl.faults.base" in sys.modules:
+        from hwl.faults.base import active
+
+        if faults := active():
+            listing = "\n".join(json.dumps(f.describe()) for f in faults)
+            report.sections.append(("hwl faults still injected", listing))
     for machine in _factory.live():
         report.sections.extend(_log_sections(machine))
     return report

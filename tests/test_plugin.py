@@ -142,3 +142,40 @@ def test_the_seed_is_printed_and_repeats_the_draws(pytester: pytest.Pytester) ->
     drawn_header, drawn = draw(pytester)
     seed = drawn_header.split()[2]
     assert draw(pytester, "--hwl-seed", seed)[1] == drawn
+
+
+FAULT_INNER = """
+import pytest
+from hwl.faults import SlowDisk
+
+pytestmark = pytest.mark.qemu
+
+def iops(system):
+    block = next(b for b in system.qmp.execute("query-block") if b.get("device") == "hd0")
+    return block["inserted"].get("iops", 0)
+
+@pytest.mark.hwl_fault(lambda system: SlowDisk(system, "hd0", iops=50))
+def test_a_declared_fault_is_in_place(hwl_system, hwl_faults):
+    assert [f.kind for f in hwl_faults] == ["slow-disk"]
+    assert iops(hwl_system) == 50
+
+def test_healed_after_the_test_that_declared_it(hwl_system):
+    assert iops(hwl_system) == 0
+    SlowDisk(hwl_system, "hd0", iops=70).inject()
+    assert iops(hwl_system) == 70
+    assert 0, "fails on purpose"
+
+def test_a_fault_left_injected_is_healed_too(hwl_system):
+    assert iops(hwl_system) == 0
+"""
+
+
+def test_declared_faults_are_injected_and_every_fault_healed(pytester: pytest.Pytester) -> None:
+    """A hwl_fault marker's fault is in place during its test; any fault a test
+    leaves injected is healed at its teardown and listed in its failure report;
+    the event log has every inject and heal."""
+    pytester.makepyfile(FAULT_INNER)
+    result = pytester.runpytest_subprocess("--hwl-accel=tcg", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*hwl faults still injected*", '*"kind": "slow-disk"*"iops": 70*'])
+    result.stdout.fnmatch_lines(['*"event": "fault-inject"*', '*"event": "fault-heal"*'])

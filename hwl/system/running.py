@@ -15,6 +15,7 @@ from typing import Any
 
 from hwl.errors import HwlError
 from hwl.machine.machine import Machine
+from hwl.machine.qmp import Qmp
 from hwl.net.client import Inet
 from hwl.system.boot import System
 from hwl.system.ds import Ds
@@ -86,6 +87,12 @@ class RunningSystem:
     @property
     def rs(self) -> Rs:
         return self.system.rs
+
+    @property
+    def qmp(self) -> Qmp | None:
+        """The machine's QMP client: a RunningSystem is a host for every hwl.faults
+        fault, process and QEMU alike."""
+        return self.machine.qmp
 
     @property
     def ds(self) -> Ds:
