@@ -109,10 +109,13 @@ class DiskError(QemuFault):
         ]
 
     def _inject(self) -> None:
+        qmp = self.qmp
         try:
-            fmt, file = self.qmp.drive_nodes(self.drive)
+            fmt, file = qmp.drive_nodes(self.drive)
         except KeyError as exc:
             raise FaultError(f"{self}: {exc.args[0]}") from exc
+        except Exception as exc:  # QMP's own errors, a QEMU without the block graph
+            raise FaultError(f"{self}: the block graph: {exc}") from exc
         if file.startswith(FAULT_NODE_PREFIX):
             raise FaultError(f"{self}: drive {self.drive} has a disk error in place: heal it first")
         self.select.reset()
