@@ -44,6 +44,8 @@ log = logging.getLogger("filter")
 
 #: IPC failures that mean the driver's incarnation is gone.
 DEAD_ERRNOS: Final = frozenset({Errno.EDEADSRCDST, Errno.EDEADEPT, Errno.ESRCH})
+#: A receive between a refresh and the re-issue, for RS's pings.
+BREATHE_SECONDS: Final = 0.001
 #: Waits between attempts to open a driver's next incarnation (then the last one).
 WAITS: Final = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 
@@ -197,6 +199,9 @@ class Disks:
         disk.endpoint = None
         self.wait_new(disk)
         log.info("%s refreshed and re-opened in %.1f ms", disk.label, (time.monotonic() - t0) * 1e3)
+        # Blocked in the call that failed and in RS's refresh: answer RS's pings
+        # before the request is re-issued (two unanswered ones and RS kills us).
+        self.pause(BREATHE_SECONDS)
 
     def wait_new(self, disk: Disk) -> None:
         """Open the driver's next incarnation, waiting up to ``deadwait`` for it."""
