@@ -1,10 +1,24 @@
 """Host processes: whether one still exists (for the cleanups that outlive their
-owner) and which run below one (for the checks that nothing was left behind)."""
+owner), which run below one (for the checks that nothing was left behind), and
+what each of hwl's own says it is in ``ps`` and ``top``."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import setproctitle
+
+TITLE_PREFIX = "hwl: "
+
+
+def set_title(name: str, detail: str = "") -> None:
+    """Name this process for ``ps`` (``hwl: at_wini (ep 32771)``) and ``top``
+    (its command, ``at_wini``), so a developer finds the process to attach a
+    debugger or profiler to among the fork server's children, which would
+    otherwise all read ``python3 -m hwl.kernel.forkserver``."""
+    setproctitle.setproctitle(f"{TITLE_PREFIX}{name}{f' ({detail})' if detail else ''}")
+    setproctitle.setthreadtitle(name[:15])  # the kernel's comm: 15 bytes
 
 
 def pid_alive(pid: int) -> bool:

@@ -12,6 +12,9 @@ import json
 import sys
 
 from hwl.kernel.boot import main
+from hwl.procs import set_title
 
 if __name__ == "__main__":
-    sys.exit(main(json.loads(sys.argv[1])))
+    config = json.loads(sys.argv[1])
+    set_title("kernel", f"run dir {config['run_dir']}")
+    sys.exit(main(config))

@@ -43,6 +43,7 @@ import hwl.system.pci
 import hwl.system.rs
 import hwl.system.sef  # noqa: F401
 from hwl.ipc import wire
+from hwl.procs import set_title
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
@@ -68,6 +69,7 @@ def _become(request: dict[str, Any], conn_fd: int, control: socket.socket) -> No
     code = 1
     try:
         control.close()
+        set_title(os.path.basename(request["log"]).removesuffix(".log"))  # SEF adds the endpoint
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -155,6 +157,7 @@ def serve(control: socket.socket) -> None:
 
 def main() -> int:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    set_title("forkserver")
     control = socket.socket(fileno=int(sys.argv[1]))
     serve(control)
     return 0

@@ -43,6 +43,7 @@ from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, Message
 from hwl.kernel.errno import Errno, errno_of
+from hwl.procs import set_title
 from hwl.proto.sef import FI_CRASH_STATUS, SEF_FI, FiType
 from hwl.system import proto
 from hwl.system.proto import InitFlag, InitType, LuState
@@ -193,6 +194,7 @@ class Sef:
                 datefmt="%H:%M:%S",
             )
         self._conn = conn = Connection.from_env()
+        set_title(conn.label, f"ep {conn.endpoint}")
         self.rs = conn.parent
         signal.signal(signal.SIGTERM, self._on_signal)
         while True:
