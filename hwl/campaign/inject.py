@@ -1,0 +1,176 @@
+"""A plan's fault as a :mod:`hwl.faults` object, and its timing carried out.
+
+- ``after-bytes``: the trial offers the fault, between two operations, the bytes
+  it moved (a ``Trigger(space=K, times=1)``): injected once K bytes are through;
+- ``at-random``: a timer thread injects it ``at_ms`` after the workload began,
+  most likely while a request is under way;
+- ``in-command``: at ``at_ms`` the drive is stalled (QEMU holds the next
+  request, so at_wini's DMA command waits for its interrupt inside the stub),
+  ``hold_ms`` later the fault hits, then the stall is healed. This is the window
+  between an ATA command and its interrupt; the interrupt itself cannot be lost
+  there (the kernel never sees an interrupt a batch waits for: docs/faults.md).
+
+A fault that can be healed is healed ``heal_after_ms`` after its inject by the
+same thread, since a stalled or paused disk blocks the client's own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from hwl.campaign.schedule import Plan
+from hwl.faults import DiskError, DiskStall, Fault, Fi, Kill, Pause, SlowDisk, Stop, Trigger
+from hwl.proto.sef import FiType
+from hwl.system.running import RunningSystem
+
+log = logging.getLogger(__name__)
+
+_FI = {t.option: t for t in FiType}
+#: fi types after which RS restarts the service (the others are answered by VFS).
+RESTARTING_FI = frozenset({"crash", "hang", "exception"})
+
+
+def expects_restart(plan: Plan) -> bool:
+    """Whether the plan's fault should end with RS restarting its target."""
+    if plan.kind in ("kill", "stop"):
+        return True
+    return plan.kind == "fi" and plan.settings.get("type") in RESTARTING_FI
+
+
+def make_fault(system: RunningSystem, plan: Plan, drive: str) -> Fault:
+    s = plan.settings
+    trigger = Trigger(space=plan.after_bytes or 0, times=1)
+    if plan.kind == "kill":
+        sig = signal.Signals[str(s.get("signal", "SIGKILL"))]
+        return Kill(system, plan.target, sig, trigger=trigger)
+    if plan.kind == "stop":
+        return Stop(system, plan.target, trigger=trigger)
+    if plan.kind == "fi":
+        return Fi(system, plan.target, _FI[str(s.get("type", "crash"))], trigger=trigger)
+    if plan.kind == "disk-error":
+        return DiskError(
+            system.machine,
+            plan.target,
+            int(s["sector"]),
+            str(s.get("op", "read")),
+            once=bool(s.get("once", True)),
+            trigger=trigger,
+        )
+    if plan.kind == "slow-disk":
+        return SlowDisk(system.machine, plan.target, bps=int(s["bps"]), trigger=trigger)
+    if plan.kind == "disk-stall":
+        return DiskStall(system.machine, plan.target, trigger=trigger)
+    if plan.kind == "pause":
+        return Pause(system.machine, trigger=trigger)
+    raise ValueError(f"no fault kind {plan.kind!r}")
+
+
+class Injector:
+    """Carries out one plan's timing; :meth:`close` stops it and heals what is left."""
+
+    def __init__(self, system: RunningSystem, plan: Plan, drive: str) -> None:
+        self.plan = plan
+        self.fault = make_fault(system, plan, drive)
+        self.stall = DiskStall(system.machine, drive) if plan.timing == "in-command" else None
+        self.inject_mono: float | None = None
+        self.heal_mono: float | None = None
+        self.error: str | None = None  # a fault that could not be injected or healed
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start = 0.0
+
+    @property
+    def healable(self) -> bool:
+        return not self.fault.instant
+
+    def start(self, start_mono: float) -> None:
+        """The workload begins now (``start_mono``)."""
+        self._start = start_mono
+        if self.plan.timing != "after-bytes":
+            self._thread = threading.Thread(target=self._timed, name="campaign-fault", daemon=True)
+            self._thread.start()
+
+    def after_op(self, size: int) -> None:
+        """The client moved ``size`` more bytes (after-bytes timing)."""
+        if self.plan.timing != "after-bytes" or self.inject_mono is not None or self.error:
+            return
+        if self.fault.trigger.should_fail(size) and self._inject() and self.healable:
+            self._thread = threading.Thread(target=self._heal_later, daemon=True)
+            self._thread.start()
+
+    @property
+    def done(self) -> bool:
+        """Injected, and healed if it can be (or failed: nothing more will happen)."""
+        if self.error:
+            return True
+        if self.inject_mono is None:
+            return False
+        return not self.healable or self.heal_mono is not None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for fault in (self.fault, self.stall):
+            if fault is not None and fault.injected:
+                self._heal(fault)
+
+    # ------------------------------------------------------------ internals
+    def _wait_until(self, at_ms: float) -> bool:
+        delay = self._start + at_ms / 1000 - time.monotonic()
+        return not self._stop.wait(max(0.0, delay))
+
+    def _timed(self) -> None:
+        if not self._wait_until(self.plan.at_ms or 0):
+            return
+        if self.stall is not None:
+            try:
+                self.stall.inject()
+            except Exception as exc:
+                self.error = f"stall for in-command: {exc}"
+                return
+            hold = (self.plan.hold_ms or 0) / 1000
+            if self._stop.wait(hold):
+                self._heal(self.stall)
+                return
+            injected = self._inject()
+            self._heal(self.stall)
+            if not injected:
+                return
+        elif not self._inject():
+            return
+        if self.healable:
+            self._heal_later()
+
+    def _heal_later(self) -> None:
+        assert self.inject_mono is not None
+        due = self.inject_mono + (self.plan.heal_after_ms or 0) / 1000
+        self._stop.wait(max(0.0, due - time.monotonic()))
+        self._heal(self.fault)
+        if not self.fault.injected:
+            self.heal_mono = time.monotonic()
+
+    def _inject(self) -> bool:
+        mono = time.monotonic()
+        try:
+            self.fault.inject()
+        except Exception as exc:
+            log.warning("%s: inject failed: %s", self.fault, exc)
+            self.error = f"inject: {exc}"
+            return False
+        self.inject_mono = mono
+        return True
+
+    def _heal(self, fault: Fault) -> None:
+        try:
+            fault.heal()
+        except Exception as exc:
+            log.warning("%s: heal failed: %s", fault, exc)
+            self.error = self.error or f"heal: {exc}"
+
+    def describe(self) -> dict[str, Any]:
+        return self.fault.describe()
