@@ -34,7 +34,7 @@ class Agent:
         """Run ``op`` in the agent and wait for its result (root waits in sendrec)."""
         reply = self.root.sendrec(self.ep, CMD, {"op": op, **args}, timeout=timeout)
         assert reply.m_type == RESULT, reply
-        return dict(reply.fields)
+        return own_answer(dict(reply.fields))
 
     def start(self, op: str, reply: str = "send", **args: Any) -> None:
         """Start ``op`` in the agent; collect its result later with ``result``
@@ -44,7 +44,14 @@ class Agent:
     def result(self, timeout: float = 10) -> dict[str, Any]:
         msg = self.root.receive(self.ep, timeout=timeout)
         assert msg.m_type == RESULT, msg
-        return dict(msg.fields)
+        return own_answer(dict(msg.fields))
+
+
+def own_answer(result: dict[str, Any]) -> dict[str, Any]:
+    """An agent's result, failing the test when the agent itself failed (its own
+    exception, tests/programs/helper_error.py) rather than the system answering."""
+    assert "traceback" not in result, f"the agent failed by itself:\n{result['traceback']}"
+    return result
 
 
 def spawn_agent(root: ipc.Connection, label: str, body: str | None = FULL_IPC) -> Agent:

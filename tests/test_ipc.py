@@ -14,12 +14,14 @@ import threading
 import time
 
 import pytest
-from agents import AGENT, Agent, conf, spawn_agent, wait_state
+from agents import AGENT, CMD, Agent, conf, spawn_agent, wait_state
 
 from hwl import ipc
 from hwl.ipc import wire
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
+
+HELPER_ERROR = 1000  # tests/programs/helper_error.py
 
 
 @pytest.fixture(scope="module")
@@ -198,14 +200,17 @@ def _sendrec_in_thread(
 
 
 def test_sendrec_blocked_in_send_gets_edeadsrcdst_when_peer_is_sigkilled(
-    root: ipc.Connection,
+    root: ipc.Connection, kernel: KernelProcess
 ) -> None:
     victim = spawn_agent(root, "victim1")
     victim.start("sleep", seconds=30)  # takes the CMD, then never receives again
-    thread, outcome = _sendrec_in_thread(root, victim.ep)
-    time.sleep(0.3)  # root is blocked in the send half of its sendrec
-    os.kill(victim.pid, signal.SIGKILL)
-    thread.join(timeout=10)
+    with kernel.attach() as user:
+        thread, outcome = _sendrec_in_thread(user, victim.ep)
+        # the kernel's table shows the user blocked in the send half of its sendrec
+        wait_state(root, user.endpoint, "sending", on=victim.ep)
+        os.kill(victim.pid, signal.SIGKILL)
+        thread.join(timeout=10)
+    assert not thread.is_alive()
     error = outcome.get("error")
     assert isinstance(error, ipc.IpcError) and error.errno is Errno.EDEADSRCDST, outcome
 
@@ -321,6 +326,23 @@ def test_exit_is_reported_to_the_parent_with_a_system_notify(root: ipc.Connectio
         assert note.is_notify and note["events"] == 1
         records = [r for r in root.exits() if r.endpoint == quitter.ep]
     assert [(r.endpoint, r.label, r.status) for r in records] == [(quitter.ep, "quitter", 3)]
+
+
+def test_an_agents_own_error_is_no_errno(
+    root: ipc.Connection, kernel: KernelProcess, pair: tuple[Agent, Agent]
+) -> None:
+    """tests/programs/helper_error.py: the agent's own exception answers a status no
+    errno has, with its traceback (also in its log), while the kernel's EINVAL
+    still arrives as EINVAL; the agent keeps serving."""
+    a, _ = pair
+    own = root.sendrec(a.ep, CMD, {"op": "no such op"}, timeout=10).fields
+    assert own["status"] == HELPER_ERROR and own["status"] not in {int(e) for e in Errno}
+    assert "ValueError: unknown op 'no such op'" in str(own["traceback"])
+    log = kernel.run_dir / "alpha.log"
+    assert "ValueError: unknown op 'no such op'" in log.read_text()
+    kernel_says = a.cmd("copyfrom", endpoint=root.endpoint, grant=12345, length=4)
+    assert Errno(kernel_says["status"]) is Errno.EINVAL and "traceback" not in kernel_says
+    assert a.cmd("whoami")["endpoint"] == a.ep
 
 
 # --- grants ---------------------------------------------------------------------

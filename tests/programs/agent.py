@@ -2,8 +2,10 @@
 
 A test sends ``CMD`` with ``op`` and arguments; the agent runs it on its own
 connection and answers ``RESULT`` with ``status`` (0, or the errno of an IpcError
-or DsError) and what the step returned. ``reply`` says how: "sendnb" (the test
-waits in sendrec, the default), "send" (the test receives later), or "none".
+or DsError) and what the step returned; any other exception is the agent's own
+(helper_error.py: status HELPER_ERROR and its traceback, never an errno).
+``reply`` says how: "sendnb" (the test waits in sendrec, the default), "send"
+(the test receives later), or "none".
 Other messages are kept in an inbox that the "inbox" op returns.
 """
 
@@ -13,6 +15,8 @@ import os
 import time
 from collections.abc import Callable
 from typing import Any
+
+from helper_error import helper_failed
 
 from hwl import ipc
 from hwl.system.ds import DsError
@@ -90,8 +94,8 @@ def main(run_op: Run = run) -> None:
             result["status"] = 0
         except (ipc.IpcError, DsError) as exc:
             result = {"status": int(exc.errno), "error": str(exc)}
-        except Exception as exc:  # a bad command must not end the agent
-            result = {"status": 22, "error": repr(exc)}
+        except Exception as exc:  # the helper's own error; it must not end the agent
+            result = helper_failed(exc)
         mode = fields.get("reply", "sendnb")
         try:
             if mode == "sendnb":

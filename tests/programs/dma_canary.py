@@ -3,7 +3,8 @@ known pattern and later reports any byte that changed.
 
 RS starts it with a system.conf entry of the test's (``memory dma`` and
 ``system GETINFO``). The test sends ``CMD`` by sendrec; the service answers
-``RESULT`` with ``status`` (0 or the errno) and ``error``, plus:
+``RESULT`` with ``status`` (0 or the errno; its own exception: helper_error.py's
+HELPER_ERROR with the traceback) and ``error``, plus:
 
 - "pid": ``pid`` of the process with label ``label`` in the kernel's table (-1: none)
 - "present": whether endpoint ``endpoint`` is still in the kernel's table (once
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import struct
 from typing import Any
+
+from helper_error import helper_failed
 
 from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.kcalls import DmaHandle
@@ -140,8 +143,8 @@ def main() -> None:
             result["status"] = 0
         except IpcError as exc:
             result = {"status": int(exc.errno), "error": str(exc)}
-        except Exception as exc:  # a bad command must not end the service
-            result = {"status": 22, "error": repr(exc)}
+        except Exception as exc:  # the helper's own error; it must not end the service
+            result = helper_failed(exc)
         try:
             m = sef.reply_receive(m.source, RESULT, result)
         except IpcError:

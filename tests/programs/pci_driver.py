@@ -2,8 +2,9 @@
 
 RS starts it with a system.conf entry of the test's choosing (its ``pci device`` /
 ``pci class`` lines are its ACL). The test (an operator, a user process) sends
-``CMD`` by sendrec; the driver answers ``RESULT`` with ``status`` (0 or the errno)
-and ``error``, plus what the step returned:
+``CMD`` by sendrec; the driver answers ``RESULT`` with ``status`` (0 or the errno;
+the driver's own exception: helper_error.py's HELPER_ERROR with its traceback) and
+``error``, plus what the step returned:
 
 - "pci": ``Pci(conn, pci).<method>(*args)``; the result is ``result``
 - "devices": every visible device, by first_dev/next_dev -> ``devices``
@@ -23,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import os
 from typing import Any
+
+from helper_error import helper_failed
 
 from hwl.ipc import codec
 from hwl.ipc.client import IpcError
@@ -100,8 +103,8 @@ def main() -> None:
             result = {"status": int(exc.errno), "error": exc.detail}
         except IpcError as exc:
             result = {"status": int(exc.errno), "error": str(exc)}
-        except Exception as exc:  # a bad command must not end the driver
-            result = {"status": 22, "error": repr(exc)}
+        except Exception as exc:  # the helper's own error; it must not end the driver
+            result = helper_failed(exc)
         try:
             m = sef.reply_receive(m.source, RESULT, result)
         except IpcError:
