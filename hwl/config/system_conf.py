@@ -68,7 +68,6 @@ with ``file:line:`` outside any entry.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -76,6 +75,7 @@ from pathlib import Path
 from typing import Final, Literal, NoReturn, TypeAlias
 
 from hwl.errors import HwlError
+from hwl.share import shared
 
 
 class SystemConfError(HwlError):
@@ -123,6 +123,7 @@ KERNEL_CALLS: Final[dict[str, str]] = {
     "setgrant": "publish this process's grant table",
     "safememset": "fill a memory grant",
     "getinfo": "read kernel information (machine, endpoints, uptime)",
+    "keep": "keep state in the kernel across this process's death (hwl)",
     "spawn": "start a program as a new process, with the privileges given",
     "times": "read process and system times",
     "diagctl": "write to the kernel's diagnostics log",
@@ -159,6 +160,7 @@ BASIC_CALLS: Final = frozenset(
         "diagctl",
         "statectl",
         "safememset",
+        "keep",
     }
 )
 
@@ -343,9 +345,9 @@ class SystemConf:
 
 
 def default_path() -> Path:
-    """Where the stock system.conf lives: $HWL_SYSTEM_CONF, or the repository root."""
-    env = os.environ.get("HWL_SYSTEM_CONF")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "system.conf"
+    """Where the stock system.conf lives: $HWL_SYSTEM_CONF, the checkout's root, or
+    the installed copy (hwl/share.py)."""
+    return shared("system.conf", "HWL_SYSTEM_CONF")
 
 
 def load(path: str | Path | None = None) -> SystemConf:

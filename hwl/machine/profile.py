@@ -24,13 +24,13 @@ Everything else is passed to QEMU unchanged through ``-readconfig``.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hwl.errors import ProfileError
+from hwl.share import shared
 
 _GROUP = re.compile(r'^\[\s*([A-Za-z0-9_.-]+)\s*(?:"([^"]*)")?\s*\]$')
 _OPTION = re.compile(r'^([A-Za-z0-9_.-]+)\s*=\s*"([^"]*)"$')
@@ -90,9 +90,9 @@ def parse_size(text: str) -> int:
 
 
 def profile_dir() -> Path:
-    """Where named profiles live: $HWL_PROFILE_DIR, or qemu-configs/ beside the package."""
-    env = os.environ.get("HWL_PROFILE_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "qemu-configs"
+    """Where named profiles live: $HWL_PROFILE_DIR, qemu-configs/ of the checkout,
+    or the installed copy (hwl/share.py)."""
+    return shared("qemu-configs", "HWL_PROFILE_DIR")
 
 
 class Profile:

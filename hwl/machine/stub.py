@@ -20,6 +20,7 @@ from elftools.elf.elffile import ELFFile
 
 from hwl.errors import StubAbiError, StubBuildError
 from hwl.link import abi
+from hwl.share import shared
 
 CFLAGS = [
     "-m32",
@@ -43,9 +44,9 @@ ELF_NAME = "hwl-stub.elf"
 
 
 def guest_dir() -> Path:
-    """The stub's source folder: $HWL_GUEST_DIR, or guest/ beside the hwl package."""
-    env = os.environ.get("HWL_GUEST_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "guest"
+    """The stub's source folder: $HWL_GUEST_DIR, guest/ of the checkout, or the
+    installed copy (hwl/share.py)."""
+    return shared("guest", "HWL_GUEST_DIR")
 
 
 def _sources(src: Path) -> list[Path]:
