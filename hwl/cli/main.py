@@ -12,6 +12,8 @@ hwl net frames PROFILE      ARP and ICMP echo to Linux through the profile's NIC
 hwl bench nic [--nic N]     NIC drivers against the stub's native loop and Linux (bench/nic.py)
 hwl bench net [--nic N]     INET's UDP and TCP against Linux, also under driver kills (bench/net.py)
 hwl service ...             MINIX's service command (hwl.cli.service; also `minix-service`)
+hwl campaign run|replay    fault campaigns with invariants per trial (docs/campaigns.md)
+hwl report DIR [--html F]  a campaign's outcome tables and figures
 
 Commands that boot a machine take --placement auto|off|'qemu:CORES;hwl:CORES'
 (default: $HWL_PLACEMENT, else auto: QEMU on its own core, hwl's processes on
@@ -32,7 +34,9 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+from hwl.cli import campaign as campaign_cli
 from hwl.cli import net as net_cli
+from hwl.cli import report as report_cli
 from hwl.cli import service as hwl_service
 from hwl.cli import up as up_cli
 from hwl.errors import HwlError
@@ -177,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     up_cli.add_parser(top, machine_opts)
     net_cli.add_parser(top, machine_opts)
+    campaign_cli.add_parser(top)
+    report_cli.add_parser(top)
 
     bench = top.add_parser("bench", help="benchmarks (bench/)")
     bench.add_argument("name", choices=sorted(p.stem for p in BENCH_DIR.glob("[a-z]*.py")) or None)
