@@ -29,13 +29,12 @@ calls the callbacks and replies. As MINIX's libblockdriver:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hwl.ipc import codec, wire
-from hwl.ipc.client import Connection, IpcError, KernelGone, Message
+from hwl.ipc.client import Connection, IpcError, Message
 from hwl.kernel.errno import Errno, ErrnoError
 from hwl.system import sef
 from hwl.system.proto import LuState
@@ -188,8 +187,6 @@ def task(table: BlockDriver) -> None:
             m = driver_receive()
             process(table, m)
     finally:
-        with contextlib.suppress(KernelGone):
-            sef.flush_reply()  # SIGTERM between a request's end and the next receive
         if table.cleanup is not None:
             table.cleanup()
 

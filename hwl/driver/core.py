@@ -87,19 +87,16 @@ Receive = Callable[[bool], Message]
 class DriverCore:
     """One driver process's incarnation, deferred queue and live-update state.
 
-    ``receive`` / ``flush``: where messages come from and how a kept reply goes
-    out; SEF's, unless a unit test feeds messages of its own."""
+    ``receive``: where messages come from; SEF's, unless a unit test feeds
+    messages of its own."""
 
-    def __init__(
-        self, receive: Receive | None = None, flush: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, receive: Receive | None = None) -> None:
         self.gen = os.getpid()
         self.restarted = False
         self.mq: deque[Message] = deque()
         self.library = Library("drv")
         self.driver = Driver()
         self._receive = receive
-        self._flush = flush
 
     # ------------------------------------------------------------ binding
     def setup(self, library: Library, driver: Driver) -> None:
@@ -145,10 +142,8 @@ class DriverCore:
         self.mq.append(m)
 
     def receive(self) -> Message:
-        """The next message: deferred ones first (a kept reply goes out before,
-        since no receive carries it), then SEF's receive."""
+        """The next message: deferred ones first, then SEF's receive."""
         if self.mq:
-            self._flush_reply()
             return self.mq.popleft()
         return self._next(False)
 
@@ -172,12 +167,6 @@ class DriverCore:
         if self._receive is not None:
             return self._receive(nested)
         return sef.receive(nested=nested)
-
-    def _flush_reply(self) -> None:
-        if self._flush is not None:
-            self._flush()
-        else:
-            sef.flush_reply()
 
     # ------------------------------------------------------- live update
     def lu_state_isvalid(self, state: int, flags: int) -> bool:

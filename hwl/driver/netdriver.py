@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from dataclasses import fields as table_fields
 
 from hwl.ipc import codec, wire
-from hwl.ipc.client import Connection, IpcError, KernelGone, Message
+from hwl.ipc.client import Connection, IpcError, Message
 from hwl.kernel.errno import Errno
 from hwl.proto import ndev
 from hwl.proto.fields import FieldError
@@ -222,8 +222,6 @@ def task(table: NetDriver) -> None:
         while True:
             process(table, core.receive())
     finally:
-        with contextlib.suppress(KernelGone):
-            sef.flush_reply()
         if table.stop is not None:
             with contextlib.suppress(Exception):
                 table.stop()

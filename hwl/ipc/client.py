@@ -6,6 +6,12 @@ process (``Connection.attach(path)``). The kernel's first frame says who the
 process is and carries its arena. Every call is one request frame and one
 response frame; a call with a timeout that runs out is cancelled in the kernel,
 so the connection stays in step.
+
+A server's reply may wait to travel with its next receive (SEF's kept reply):
+whoever keeps one sets ``before_block``, and the connection runs it once before
+any call that may block (every receive, send, sendrec and reply_receive, on the
+kernel path or a channel, and the kernel calls that wait for the machine,
+:data:`BLOCKING_KCALLS`), so a kept reply never waits behind anything else.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -33,6 +39,10 @@ Fields = Mapping[str, codec.Value]
 _REQUEST = wire.REQUEST.pack
 _RESPONSE = wire.RESPONSE.unpack_from
 _HEADER = wire.RESPONSE.size
+
+#: The kernel calls whose answer waits for the machine (the kernel defers it).
+BLOCKING_KCALLS: frozenset[str] = frozenset({"devio", "vdevio", "sdevio"})
+_BLOCKING_NUMBERS = frozenset(wire.KERNEL_CALL_NUMBERS[name] for name in BLOCKING_KCALLS)
 
 
 class ClientError(HwlError):
@@ -123,6 +133,8 @@ class Connection(KernelCalls):
         # Call channels (hwl.ipc.channels): ours to servers, and the ones we serve.
         self._channels = chan.ClientChannels(self._wait_word()) if chan.enabled() else None
         self._server: chan.ChannelServer | None = None
+        # Run once before the next call that may block (a kept reply's send).
+        self.before_block: Callable[[], None] | None = None
 
     @classmethod
     def from_env(cls) -> Connection:
@@ -148,6 +160,13 @@ class Connection(KernelCalls):
             raise
 
     # ---------------------------------------------------------------- frames
+    def _unblock(self) -> None:
+        """Run ``before_block`` once (it is cleared first: it may call us back)."""
+        hook = self.before_block
+        if hook is not None:
+            self.before_block = None
+            hook()
+
     def _call_fds(self, frame: bytes, what: str, most: int = 4) -> tuple[bytes, list[int]]:
         """One request and its response, with the file descriptors riding on it
         (the caller owns and closes them)."""
@@ -222,6 +241,8 @@ class Connection(KernelCalls):
     # ------------------------------------------------------------ primitives
     def send(self, dest: int, m_type: int, fields: Fields | bytes | None = None) -> None:
         """Send and wait until ``dest`` has taken the message."""
+        if self.before_block is not None:
+            self._unblock()
         self._status(
             self._call(_REQUEST(wire.Op.SEND, 0, 0, dest, m_type) + _payload(fields), "send"),
             "send",
@@ -243,6 +264,8 @@ class Connection(KernelCalls):
         """The next message from ``source`` (or anyone): notifications first. A
         channel server's receive from anyone also takes its channels' calls; a
         receive from one endpoint takes only the kernel path's messages."""
+        if self.before_block is not None:
+            self._unblock()
         if self._server is not None and source == wire.ANY:
             return self._serve(None, timeout)
         answer = self._call(_REQUEST(wire.Op.RECEIVE, 0, 0, source, 0), "receive", timeout)
@@ -257,6 +280,8 @@ class Connection(KernelCalls):
     ) -> Message:
         """Send, then receive the reply from ``dest``: on a call channel if there is
         one (made on the first call to a server that serves them)."""
+        if self.before_block is not None:
+            self._unblock()
         channels = self._channels
         if channels is not None:
             payload = _payload(fields)
@@ -276,6 +301,8 @@ class Connection(KernelCalls):
         """A server's reply to ``dest`` (sent only if it waits for it, as ``sendnb``)
         and its next receive from anyone, in one round trip to the kernel. The
         reply's fate is ``reply_errno`` of the returned message (None: taken)."""
+        if self.before_block is not None:
+            self._unblock()  # a reply kept before this one leaves first
         server = self._server
         if server is not None:
             if server.owes(dest):
@@ -315,6 +342,8 @@ class Connection(KernelCalls):
         number = wire.KERNEL_CALL_NUMBERS.get(name)
         if number is None:
             raise ValueError(f"no kernel call named {name!r}")
+        if self.before_block is not None and number in _BLOCKING_NUMBERS:
+            self._unblock()
         answer = self._call(_REQUEST(wire.Op.KCALL, 0, 0, 0, number) + _payload(fields), name)
         self._status(answer, name)
         return codec.decode(answer[_HEADER:]) if len(answer) > _HEADER else {}
@@ -340,6 +369,8 @@ class Connection(KernelCalls):
     def kcall_binary(self, number: int, arg: int, payload: bytes, name: str) -> bytes:
         """A kernel call that skips the codec (see ``wire.VDEVIO``): ``arg`` rides in
         the request's peer field; returns the whole response frame."""
+        if self.before_block is not None and number in _BLOCKING_NUMBERS:
+            self._unblock()
         answer = self._call(_REQUEST(wire.Op.KCALL, 0, 0, arg, number) + payload, name)
         self._status(answer, name)
         return answer

@@ -15,6 +15,9 @@ returns every other message. As in MINIX's libsys:
   its interrupt, never counts); once it is,
   ``state_save`` runs and SEF tells RS, then blocks until RS either aborts the
   update (SEF resumes, state NULL) or kills this process (the new version serves).
+- replies: ``reply`` keeps an answer to leave with the next receive (one kernel
+  round trip for both); the connection sends it first if the service blocks on
+  anything else, and SEF at the process's exit, so a server never flushes it.
 - SIGTERM ends the service gracefully (``signal_handler``, default: exit 0).
 - fault injection (``service fi``): RS's ``SEF_FI`` crashes the service at once
   (a log line, then exit status ``FI_CRASH_STATUS``: MINIX's panic), or hangs it
@@ -29,6 +32,8 @@ MINIX's test callbacks.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -41,7 +46,7 @@ from typing import NoReturn
 
 from hwl.errors import HwlError
 from hwl.ipc import codec
-from hwl.ipc.client import Connection, IpcError, Message
+from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.kernel.errno import Errno, errno_of
 from hwl.procs import set_title
 from hwl.proto.sef import FI_CRASH_STATUS, SEF_FI, FiType
@@ -194,6 +199,7 @@ class Sef:
                 datefmt="%H:%M:%S",
             )
         self._conn = conn = Connection.from_env()
+        atexit.register(self._flush_at_exit)
         set_title(conn.label, f"ep {conn.endpoint}")
         self.rs = conn.parent
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -268,16 +274,18 @@ class Sef:
     # -------------------------------------------------------------- receive
     def reply(self, dest: int, m_type: int, fields: Fields | bytes | None = None) -> None:
         """Answer ``dest`` with the next receive (``reply_receive``: one kernel round
-        trip for both); a reply kept already goes out first."""
+        trip for both). Until then the reply is kept; the connection sends it first
+        if the service blocks on anything else (``Connection.before_block``), and
+        so does the process's exit. A reply kept already goes out first."""
         self.flush_reply()
         self.kept = (dest, m_type, fields)
+        self.conn.before_block = self.flush_reply
 
     def flush_reply(self) -> None:
-        """Send the kept reply now: before the service waits for anything else."""
+        """Send the kept reply now (the connection's ``before_block``)."""
         if self.kept is None:
             return
-        dest, m_type, fields = self.kept
-        self.kept = None
+        dest, m_type, fields = self._take_kept()
         send, fields = self._fi_reply(dest, fields)
         if not send:
             return
@@ -286,21 +294,30 @@ class Sef:
         except IpcError as exc:
             log.info("reply to %d not taken: %s", dest, exc)
 
+    def _take_kept(self) -> tuple[int, int, Fields | bytes | None]:
+        kept, self.kept = self.kept, None
+        assert kept is not None
+        self.conn.before_block = None
+        return kept
+
+    def _flush_at_exit(self) -> None:
+        """A reply kept when the service ends (SIGTERM between a reply and the next
+        receive) still goes out."""
+        if self.kept is not None and self._conn is not None and not self._conn.closed:
+            with contextlib.suppress(KernelGone):
+                self.flush_reply()
+
     def receive(self, nested: bool = False) -> Message:
         """The next message for the service itself; system events are handled here.
         ``nested``: called in the middle of a piece of work, where no live-update
         state may count as reached (a request arriving is noted for later).
-        A reply kept by ``reply`` goes out with it."""
-        if self.kept is not None:
-            if nested:
-                self.flush_reply()
-            else:
-                dest, m_type, fields = self.kept
-                self.kept = None
-                m = self.reply_receive(dest, m_type, fields)
-                if m.reply_errno is not None:
-                    log.info("reply to %d not taken: %s", dest, m.reply_errno.name)
-                return m
+        A reply kept by ``reply`` goes out with it (before it, if nested)."""
+        if self.kept is not None and not nested:
+            dest, m_type, fields = self._take_kept()
+            m = self.reply_receive(dest, m_type, fields)
+            if m.reply_errno is not None:
+                log.info("reply to %d not taken: %s", dest, m.reply_errno.name)
+            return m
         conn = self.conn
         while True:
             if self.lu_state != LuState.NULL and not nested:
@@ -488,10 +505,6 @@ def reply_receive(dest: int, m_type: int, fields: Fields | bytes | None = None) 
 
 def reply(dest: int, m_type: int, fields: Fields | bytes | None = None) -> None:
     _sef.reply(dest, m_type, fields)
-
-
-def flush_reply() -> None:
-    _sef.flush_reply()
 
 
 def serve(handle: Callable[[Message], tuple[int, Fields] | None]) -> NoReturn:

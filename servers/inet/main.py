@@ -21,13 +21,12 @@ the waiting requests, a driver retry and the reaping of dead clients.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import time
 from typing import Final
 
-from hwl.ipc.client import Connection, IpcError, KernelGone, Message
+from hwl.ipc.client import Connection, IpcError, Message
 from hwl.proto import codec, wire
 from hwl.proto import inet as ip
 from hwl.proto.errno import Errno
@@ -107,19 +106,15 @@ class Inet:
 
     # ------------------------------------------------------------------ loop
     def serve(self) -> None:
-        try:
-            while True:
-                m = sef.receive()
-                try:
-                    self.dispatch(m)
-                except Exception:  # a bug must not take the network down
-                    log.exception("message %#x from %d", m.m_type, m.source)
-                    if not m.is_notify and ip.is_request(m.m_type):
-                        sef.reply(m.source, -int(Errno.EGENERIC), {"error": "internal error"})
-                self.flush(time.monotonic())
-        finally:
-            with contextlib.suppress(KernelGone):
-                sef.flush_reply()
+        while True:
+            m = sef.receive()
+            try:
+                self.dispatch(m)
+            except Exception:  # a bug must not take the network down
+                log.exception("message %#x from %d", m.m_type, m.source)
+                if not m.is_notify and ip.is_request(m.m_type):
+                    sef.reply(m.source, -int(Errno.EGENERIC), {"error": "internal error"})
+            self.flush(time.monotonic())
 
     def dispatch(self, m: Message) -> None:
         assert self.ifaces is not None
@@ -129,7 +124,6 @@ class Inet:
                 self.alarm_at = None
                 self.on_alarm(now)
             elif self.ds is not None and m.source == self.ds.endpoint:
-                sef.flush_reply()
                 self.ifaces.on_ds_notify(now)
             return
         if self.ifaces.handle(m.source, m):

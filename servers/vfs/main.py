@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from hwl.ipc.arena import Buffer
-from hwl.ipc.client import Connection, IpcError, KernelGone, Message
+from hwl.ipc.client import Connection, IpcError, Message
 from hwl.proto import bdev as bp
 from hwl.proto import codec, wire
 from hwl.proto import vfs as vp
@@ -156,18 +156,14 @@ class VfsServer:
 
     # ------------------------------------------------------------------ loop
     def serve(self) -> None:
-        try:
-            while True:
-                m = sef.receive()
-                try:
-                    self.dispatch(m)
-                except Exception:  # a bug must not take the file system down
-                    log.exception("request %#x from %d", m.m_type, m.source)
-                    if not m.is_notify and m.m_type > 0:
-                        self.reply(m, -int(Errno.EGENERIC), {"error": "internal error"})
-        finally:
-            with contextlib.suppress(KernelGone):
-                sef.flush_reply()  # SIGTERM between a reply and the next receive
+        while True:
+            m = sef.receive()
+            try:
+                self.dispatch(m)
+            except Exception:  # a bug must not take the file system down
+                log.exception("request %#x from %d", m.m_type, m.source)
+                if not m.is_notify and m.m_type > 0:
+                    self.reply(m, -int(Errno.EGENERIC), {"error": "internal error"})
 
     def dispatch(self, m: Message) -> None:
         if m.is_notify:
@@ -412,7 +408,6 @@ class VfsServer:
     def call(self, driver: Driver, m_type: int, **fields: codec.Value) -> tuple[int, Fields]:
         """One request to the driver; a dead or new incarnation raises DriverDown,
         another failure Refused."""
-        sef.flush_reply()
         ep = self.endpoint(driver)
         if driver.gen is not None and m_type != bp.BDEV_OPEN:
             fields["gen"] = driver.gen
@@ -532,7 +527,6 @@ class VfsServer:
 
     def ds_changes(self) -> None:
         assert self.tracker is not None
-        sef.flush_reply()
         for event in self.tracker.on_ds_notify():
             driver = self.drivers[event.label]
             if driver.minors or driver.pending or not driver.up:
