@@ -1,16 +1,23 @@
 """DS's store alone (servers/ds/store.py): ownership, flags, types, subscriptions.
 
-These are unit tests of pure logic; tests/test_ds.py runs DS as a real process.
+These are unit tests of pure logic; tests/test_ds.py runs DS as a real process. At
+the end, the store across DS's death: the restart callback with a stand-in for the
+kernel's ``keep``, then DS as RS's service (no QEMU) SIGKILLed and restarted.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import pytest
+from test_ds import gone, kill, spawn_party, start_ds
 
+from hwl import ipc
 from hwl.ipc import codec
 from hwl.kernel.errno import Errno
+from hwl.kernel.keep import KeptState
 from hwl.system import proto
 from hwl.system.proto import DsFlag, InitFlag, InitType
 from hwl.system.sef import InitInfo
@@ -399,3 +406,112 @@ def test_live_update_callbacks_of_the_server() -> None:
     for i in range(4):
         old.store.publish(A, f"big{i}", "mem", bytes(proto.DS_MAX_MEM))
     refused(Errno.E2BIG, old.state_save, int(proto.LuState.WORK_FREE), 0)
+
+
+# ------------------------------------------------------- across DS's death
+class FakeKernel:
+    """The kernel's ``keep`` for the label ds, without a kernel."""
+
+    def __init__(self) -> None:
+        self.kept = KeptState()
+
+    def keep_put(self, data: bytes) -> None:
+        self.kept.put("ds", data)
+
+    def keep_get(self) -> bytes | None:
+        return self.kept.get("ds")
+
+
+def restarted(kernel: FakeKernel, alive: set[int]) -> tuple[DataStore, list[int]]:
+    """A new DS's restart init against ``kernel``, with ``alive`` the kernel's
+    endpoints; the server and whom it notified."""
+    new = DataStore(kernel)
+    notified: list[int] = []
+    new.alive = lambda: alive  # type: ignore[method-assign]
+    new.notify = notified.extend  # type: ignore[method-assign,assignment]
+    info = InitInfo(InitType.RESTART, InitFlag.NONE, 1, 1, b"")
+    assert new.init_restart(info) == 0
+    return new, notified
+
+
+def test_a_restarted_ds_has_what_the_dead_one_kept() -> None:
+    kernel = FakeKernel()
+    old = DataStore(kernel)
+    assert old.init_fresh(InitInfo(InitType.FRESH, InitFlag.NONE, 0, 1, b"")) == 0
+    request(old.store, RS, proto.DS_PUBLISH, key="alpha", type="label", value=10, flags=0)
+    request(old.store, RS, proto.DS_PUBLISH, key="beta", type="label", value=20, flags=0)
+    old.store.publish(A, "drv.blk.alpha", "u32", 1)
+    old.store.publish(B, "secret", "str", "b", DsFlag.PRIVATE)
+    old.store.subscribe(A, r"drv\..*")
+    old.store.subscribe(B, r"drv\..*")
+    old.store.publish(A, "drv.net.alpha", "u32", 2)
+    old.keep()
+    assert old.keeps == 2  # the fresh empty store, then this
+
+    new, notified = restarted(kernel, {1, 10, 20})
+    assert new.store.retrieve(B, "drv.blk.alpha", "u32").owner == "alpha"
+    assert new.store.retrieve(B, "secret", "str").value == "b"
+    refused(Errno.EPERM, new.store.retrieve, A, "secret", "str")
+    assert new.store.endpoint_of("alpha") == 10 and new.store.label_of(20) == "beta"
+    # Both subscriptions, with the change not yet checked.
+    assert set(new.store.subs) == {10, 20} and notified == []
+    assert drain(new.store, A) == [("drv.net.alpha", "u32", "alpha")]
+    assert new.store.publish(A, "drv.blk.alpha", "u32", 3, DsFlag.OVERWRITE) == [10, 20]
+
+
+def test_a_restarted_ds_drops_what_died_meanwhile() -> None:
+    kernel = FakeKernel()
+    old = DataStore(kernel)
+    request(old.store, RS, proto.DS_PUBLISH, key="alpha", type="label", value=10, flags=0)
+    request(old.store, RS, proto.DS_PUBLISH, key="beta", type="label", value=20, flags=0)
+    old.store.publish(B, "drv.blk.beta", "u32", 1)
+    old.store.subscribe(A, r"drv\..*")
+    old.store.subscribe(B, r"drv\..*")
+    old.keep()
+    new, notified = restarted(kernel, {1, 10})  # beta (endpoint 20) died while DS was down
+    assert new.store.endpoint_of("beta") is None and new.store.label_of(20) is None
+    refused(Errno.ESRCH, new.store.retrieve, A, "drv.blk.beta", "u32")
+    assert set(new.store.subs) == {10} and notified == [10]
+    assert drain(new.store, A) == [("drv.blk.beta", "u32", "beta")]  # its deletion
+
+
+def test_a_restart_without_kept_state_starts_empty() -> None:
+    new, _ = restarted(FakeKernel(), {1})
+    assert not new.store.entries and not new.store.subs
+
+
+def test_ds_sigkilled_comes_back_with_its_store(root: ipc.Connection) -> None:
+    """DS as a real process (the test plays RS, as tests/test_ds.py), SIGKILLed and
+    started again with a restart init: the new DS has every key, label and
+    subscription (no re-announce, no new subscribe), and its next change notifies
+    the old subscriber."""
+    ds, init = start_ds(root)
+    assert init["result"] == 0
+    alpha = spawn_party(root, "alpha", ds)
+    beta = spawn_party(root, "beta", ds)
+    try:
+        root.send(ds, proto.DS_PUBLISH, {"key": "alpha", "type": "label", "value": alpha.ep})
+        alpha.call("publish_u32", "count", 7)
+        beta.call("subscribe", r"drv\..*")
+        alpha.call("publish_str", "drv.blk.alpha", "up")
+        beta.wait_notify()
+        assert beta.call("check") == ["drv.blk.alpha", "str"]
+        alpha.call("publish_str", "drv.net.alpha", "up")  # not checked before the death
+        beta.wait_notify()
+
+        pid = next(p["pid"] for p in root.proctab() if p["endpoint"] == ds)
+        os.kill(pid, signal.SIGKILL)
+        gone(root, ds)
+        ds, init = start_ds(root, type=int(InitType.RESTART), restarts=1)
+        assert init["result"] == 0
+        alpha.ds = beta.ds = ds
+        assert beta.call("retrieve_u32", "count") == 7
+        assert beta.call("retrieve_label", "alpha") == alpha.ep
+        assert beta.call("check") == ["drv.net.alpha", "str"]  # its subscription, kept
+        assert beta.call("check") is None
+        alpha.call("publish_str", "drv.blk.alpha2", "up")
+        beta.wait_notify()  # from the new DS
+        assert beta.call("check") == ["drv.blk.alpha2", "str"]
+    finally:
+        for ep in (alpha.ep, beta.ep, ds):
+            kill(root, ep)

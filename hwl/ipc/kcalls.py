@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hwl.ipc import codec, wire
+from hwl.ipc.arena import Arena
 from hwl.link import abi
 from hwl.link.batch import Batch
 
@@ -51,7 +52,9 @@ class ExitInfo:
 
 
 class KernelCalls:
-    """Mixed into the connection, which supplies ``kcall``."""
+    """Mixed into the connection, which supplies ``kcall`` and ``arena``."""
+
+    arena: Arena
 
     def kcall(
         self, name: str, fields: Mapping[str, codec.Value] | None = None
@@ -268,6 +271,37 @@ class KernelCalls:
         records = self.getinfo("exits")["exits"]
         assert isinstance(records, list)
         return [ExitInfo(**r) for r in records if isinstance(r, dict)]  # type: ignore[arg-type]
+
+    def keep_put(self, data: bytes) -> None:
+        """Keep ``data`` in the kernel under this process's label, for its next
+        incarnation (kernel call ``keep``); empty data forgets it."""
+        if not data:
+            self.kcall("keep", {"op": "put", "length": 0})
+            return
+        buf = self.arena.alloc(len(data))
+        try:
+            buf.write(data)
+            self.kcall("keep", {"op": "put", "offset": buf.offset, "length": len(data)})
+        finally:
+            self.arena.free(buf)
+
+    def keep_get(self) -> bytes | None:
+        """What a process with this label kept (None: nothing)."""
+        reply = self.kcall("keep", {"op": "get"})
+        for _ in range(3):  # another holder of the label may put meanwhile: look again
+            if not reply.get("kept"):
+                return None
+            size = _int(reply["length"])
+            if size == 0:
+                return b""
+            buf = self.arena.alloc(size)
+            try:
+                reply = self.kcall("keep", {"op": "get", "offset": buf.offset, "length": size})
+                if reply.get("copied"):
+                    return buf.read(_int(reply["length"]))
+            finally:
+                self.arena.free(buf)
+        raise ValueError("keep: the kept state changed size at every look")
 
     def diag(self, text: str) -> None:
         self.kcall("diagctl", {"text": text})

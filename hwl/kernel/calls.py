@@ -27,6 +27,7 @@ from hwl.kernel.channels import new_event_fd
 from hwl.kernel.dmakeep import DmaKeeper
 from hwl.kernel.errno import Errno, ErrnoError
 from hwl.kernel.hwfaults import HwFault, HwFaults
+from hwl.kernel.keep import KeepError, KeptState
 from hwl.kernel.priv import Priv
 from hwl.kernel.proc import IrqHook, Proc, State
 from hwl.link import abi
@@ -159,6 +160,7 @@ class Calls:
         self.dma_tags: dict[int, str] = {}  # DMA buffer id -> its tag (tagged ones only)
         self.keeper = DmaKeeper()
         self.hw = HwFaults()  # faultctl's hardware faults (hwl/kernel/hwfaults.py)
+        self.kept = KeptState()  # keep's blobs (hwl/kernel/keep.py)
         self.handlers: dict[str, Handler] = {
             name: getattr(self, f"do_{name}")
             for name in wire.KERNEL_CALL_NUMBERS
@@ -900,6 +902,36 @@ class Calls:
             fail(Errno.ENOSPC, f"faultctl: {exc}")
         log.warning("hardware fault %d set by %s: %s", fault.id, proc.label, fault.describe())
         return {"id": fault.id}
+
+    def do_keep(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
+        """State kept across the caller's death under its label (hwl/kernel/keep.py):
+        ``op`` put copies ``length`` bytes at ``offset`` of its arena into the blob;
+        get says the blob's ``length`` and, when ``offset`` is given and ``length``
+        (the room there) holds it, copies it there (``copied``)."""
+        if not proc.priv.system:
+            deny("keep: only system processes keep state")
+        op = get_str(f, "op")
+        if op == "put":
+            length = get_int(f, "length", 0, I32_MAX)
+            data = b""
+            if length:
+                view, start = self._own(proc, get_int(f, "offset", 0, I32_MAX), length)
+                data = bytes(view[start : start + length])
+            try:
+                self.kept.put(proc.label, data)
+            except KeepError as exc:
+                fail(Errno.E2BIG, f"keep: {exc}")
+            return {}
+        if op != "get":
+            fail(Errno.EINVAL, f"keep: unknown op {op!r} (put, get)")
+        blob = self.kept.get(proc.label)
+        size = len(blob) if blob is not None else 0
+        room = get_int(f, "length", 0, I32_MAX, 0)
+        copied = blob is not None and "offset" in f and size <= room
+        if copied and blob:
+            view, start = self._own(proc, get_int(f, "offset", 0, I32_MAX), size)
+            view[start : start + size] = blob
+        return {"length": size, "kept": blob is not None, "copied": copied}
 
     def do_getinfo(self, proc: Proc, f: dict[str, codec.Value]) -> Reply:
         what = get_str(f, "what")

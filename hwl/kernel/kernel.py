@@ -23,6 +23,7 @@ import socket
 import struct
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,11 @@ log = logging.getLogger("hwl.kernel")
 LINK_SLICE = 0.002
 EXITS_KEEP = 1024
 WATCHDOG_PERIOD = 1.0  # s between looks for channel call cycles
+# The root (RS) is restarted when it dies, unless it died more than ROOT_RESTARTS
+# times within ROOT_WINDOW_S: then it keeps dying for a reason a restart does not
+# cure, and the kernel says so and leaves it dead.
+ROOT_RESTARTS = 5
+ROOT_WINDOW_S = 10.0
 
 _MESSAGE_HEADER = wire.RESPONSE.pack  # bound once: it runs for every message
 _PEERCRED = struct.Struct("3i")
@@ -73,6 +79,17 @@ class Child:
     popen: subprocess.Popen[bytes] | None  # None: forked by the fork server
 
 
+@dataclass
+class RootSpec:
+    """How the root program was started, to start it again after its death."""
+
+    argv: list[str]
+    label: str
+    env: dict[str, str] | None
+    arena_size: int
+    cold: bool
+
+
 class Kernel:
     """Run with :meth:`serve_forever`; :meth:`stop` (or SIGTERM) ends it."""
 
@@ -94,6 +111,13 @@ class Kernel:
         self.listener: socket.socket | None = None
         self.forkserver: kexec.ForkServer | None = None
         self.root_endpoint = wire.NONE  # the process started with every privilege
+        # A root the kernel spawned is restarted at its death (same label, argv,
+        # privileges and endpoint); exits of its children meanwhile wait for it.
+        self.root_spec: RootSpec | None = None
+        self.root_deaths: deque[float] = deque()
+        self.root_gave_up = False
+        self._root_due = False
+        self.held_exits: list[ExitRecord] = []
         self.socket_path = run_dir / wire.SOCKET_NAME
         self._link_ok = link is not None
         if link is not None:
@@ -295,6 +319,8 @@ class Kernel:
             theirs.close()
         pid, pidfd = forked
         proc.pid = pid
+        if root:
+            self.root_spec = RootSpec(list(argv), label, env, arena_size, cold)
         child = Child(pid, pidfd, proc.endpoint, label, parent_ep, popen)
         self.children[pid] = child
         self.watch(pidfd, lambda: self._on_child(child))
@@ -362,6 +388,73 @@ class Kernel:
             parent.exits.append(record)
             del parent.exits[:-EXITS_KEEP]
             self.ipc.post_notify(parent, wire.SYSTEM, EVENT_EXIT)
+        elif self._restarts_root(child.parent):
+            # No root runs right now: the next one learns of this death from it.
+            self.held_exits.append(record)
+            del self.held_exits[:-EXITS_KEEP]
+
+    def _restarts_root(self, endpoint: int) -> bool:
+        """Whether ``endpoint`` is a root the kernel restarts (or is restarting)."""
+        return (
+            endpoint == self.root_endpoint
+            and self.root_spec is not None
+            and not self.root_gave_up
+            and not self.stopping
+        )
+
+    def _root_died(self, proc: Proc) -> None:
+        """The root is dead: keep its unread exit records and restart it at the end
+        of this loop turn (after every death of the turn is known)."""
+        self.held_exits[:0] = proc.exits
+        del self.held_exits[:-EXITS_KEEP]
+        proc.exits = []
+        self._root_due = True
+
+    def restart_root(self) -> Proc | None:
+        """Start the root program again, at the same endpoint (clients name RS by
+        the endpoint their hello gave), and hand it the exits held meanwhile.
+        None when it died too often or cannot be started: then it stays dead."""
+        self._root_due = False
+        spec = self.root_spec
+        assert spec is not None
+        now = time.monotonic()
+        self.root_deaths.append(now)
+        while self.root_deaths and self.root_deaths[0] < now - ROOT_WINDOW_S:
+            self.root_deaths.popleft()
+        if len(self.root_deaths) > ROOT_RESTARTS:
+            log.error("root %s died %d times within %.0f s: not restarted again; "
+                      "nothing recovers the services now", spec.label,
+                      len(self.root_deaths), ROOT_WINDOW_S)  # fmt: skip
+            self._give_up_root()
+            return None
+        try:
+            proc = self.spawn(
+                None,
+                spec.argv,
+                spec.label,
+                Priv.root(spec.label),
+                env=spec.env,
+                arena_size=spec.arena_size,
+                endpoint=self.root_endpoint,
+                cold=spec.cold,
+                root=True,
+            )
+        except (OSError, LookupError) as exc:
+            log.error("root %s cannot be restarted: %s; nothing recovers the services now",
+                      spec.label, exc)  # fmt: skip
+            self._give_up_root()
+            return None
+        log.warning("root %s restarted (%d deaths within %.0f s): pid %s at %s, %d exits held",
+                    spec.label, len(self.root_deaths), ROOT_WINDOW_S, proc.pid,
+                    wire.endpoint_name(proc.endpoint), len(self.held_exits))  # fmt: skip
+        if self.held_exits:
+            proc.exits, self.held_exits = self.held_exits, []
+            self.ipc.post_notify(proc, wire.SYSTEM, EVENT_EXIT)
+        return proc
+
+    def _give_up_root(self) -> None:
+        self.root_gave_up = True
+        self.held_exits.clear()
 
     def update(self, a: Proc, b: Proc) -> None:
         """Swap the OS processes behind two endpoints (MINIX's SYS_UPDATE): each
@@ -386,6 +479,8 @@ class Kernel:
         self.ipc.process_died(proc)
         self.channels.process_died(proc)
         self._release(proc)
+        if self._restarts_root(proc.endpoint):
+            self._root_died(proc)
         if proc.pid is not None and proc.pid in self.children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)  # no connection, nothing left to do
@@ -552,6 +647,8 @@ class Kernel:
             while self.doomed:
                 proc, reason = self.doomed.pop(0)
                 self.kill_process(proc, reason)
+            if self._root_due and not self.stopping:
+                self.restart_root()
 
     def stop(self, *_args: Any) -> None:
         self.stopping = True

@@ -161,6 +161,7 @@ KERNEL_CALL_NUMBERS: Final[dict[str, int]] = {
             "chanopen",
             "chanserve",
             "faultctl",
+            "keep",
         ),
         start=1,
     )

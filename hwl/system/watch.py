@@ -85,6 +85,17 @@ def kernel_log_pid(run_dir: Path, label: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def kernel_log_pids(run_dir: Path, label: str) -> list[int]:
+    """The pids of every process the kernel spawned as ``label``, in order: the
+    root (RS) again after each restart by the kernel."""
+    pattern = re.compile(rf" spawned {re.escape(label)} \((?:cold|forked)\): pid (\d+)")
+    try:
+        text = (run_dir / "kernel.log").read_text(errors="replace")
+    except OSError:
+        return []
+    return [int(pid) for pid in pattern.findall(text)]
+
+
 # Linux's process events connector (linux/cn_proc.h, linux/connector.h).
 _NETLINK_CONNECTOR = 11
 _CN_IDX_PROC = _CN_VAL_PROC = 1

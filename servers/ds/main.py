@@ -17,15 +17,23 @@ that fails (the subscriber died, EDEADSRCDST) drops the subscription. When the
 subscription table is full, DS asks the kernel which subscribers still live and
 drops the others before refusing (EAGAIN).
 
-Init: fresh and restart start from an empty store (as MINIX's DS; after a restart RS
-publishes the labels again). A live update carries the store to the new version:
-``state_save`` encodes it (``Store.save``, the hwl codec, no pickle) and the new
-version's ``init_lu`` restores it from ``InitInfo.saved``.
+Init: fresh starts from an empty store. A live update carries the store to the new
+version: ``state_save`` encodes it (``Store.save``, the hwl codec, no pickle) and the
+new version's ``init_lu`` restores it from ``InitInfo.saved``. Beyond MINIX (whose
+restarted DS starts empty and learns only the labels RS publishes again), the store
+also survives DS's death: after every request that changed it DS keeps it in the
+kernel (kernel call ``keep``, under its label), and a restarted DS (init type
+restart) takes it back: every key, owner, label and subscription, so subscribers
+keep theirs and need not announce again. What died while DS was down is dropped
+then: subscriptions of dead endpoints, and labels (with what they own) of dead
+endpoints, as RS's delete would have done.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Protocol
 
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.proto import codec, wire
@@ -42,13 +50,32 @@ MAX_SAVED = wire.MAX_PAYLOAD - 256
 
 Reply = tuple[int, dict[str, codec.Value]]
 
+_READS = frozenset({dsp.DS_RETRIEVE, dsp.DS_RETRIEVE_LABEL})  # requests that change nothing
+
+
+class Keeper(Protocol):
+    """Where the store outlives DS: the kernel's ``keep`` (the connection)."""
+
+    def keep_put(self, data: bytes) -> None: ...
+    def keep_get(self) -> bytes | None: ...
+
 
 class DataStore:
-    """The server: the store, the connection and what DS knows about processes."""
+    """The server: the store, the connection and what DS knows about processes.
+    ``keeper``: where the store is kept across DS's death (default: the kernel,
+    through DS's connection)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keeper: Keeper | None = None) -> None:
         self.store = Store()
         self._procs: ProcTable | None = None
+        self._keeper = keeper
+        self._kept = b""  # what was kept last, so an unchanged store is not kept again
+        self.keeps = 0
+        self.keep_seconds = 0.0  # spent encoding and keeping: the cost of a change
+
+    @property
+    def keeper(self) -> Keeper:
+        return self._keeper if self._keeper is not None else self.conn
 
     @property
     def conn(self) -> Connection:
@@ -68,7 +95,54 @@ class DataStore:
     # ------------------------------------------------------------ SEF callbacks
     def init_fresh(self, info: sef.InitInfo) -> int:
         self.store = Store()
+        self.keep()  # an earlier DS's store is not this one's
         return 0
+
+    def init_restart(self, info: sef.InitInfo) -> int:
+        """After a crash (or a refresh): the store the dead DS kept, less what died
+        meanwhile; an empty one if it kept nothing or something unusable."""
+        try:
+            saved = self.keeper.keep_get()
+        except IpcError as exc:
+            log.error("restart: the kept store cannot be read (%s): starting empty", exc)
+            saved = None
+        self.store = Store()
+        if saved:
+            try:
+                self.store = Store.restore(saved)
+            except StoreError as exc:
+                log.error("restart: the kept store is unusable (%s): starting empty", exc.why)
+        self._kept = self.store.save() if saved else b""
+        alive = self.alive()
+        if alive is not None:
+            self.notify(self.store.drop_dead(alive))
+        log.info(
+            "restart: %d entries and %d subscriptions kept across DS's death",
+            len(self.store.entries),
+            len(self.store.subs),
+        )
+        self.keep()
+        return 0
+
+    def alive(self) -> set[int] | None:
+        """The endpoints the kernel has now, and RS's (None: the kernel would not say)."""
+        procs = self.procs.refresh()
+        return None if procs is None else set(procs) | {self.rs}
+
+    def keep(self) -> None:
+        """Keep the store in the kernel if it changed since it was last kept."""
+        started = time.perf_counter()
+        data = self.store.save()
+        if data == self._kept:
+            return
+        try:
+            self.keeper.keep_put(data)
+        except (IpcError, ValueError, MemoryError) as exc:
+            log.error("the store could not be kept (%d bytes): %s", len(data), exc)
+            return
+        self._kept = data
+        self.keeps += 1
+        self.keep_seconds += time.perf_counter() - started
 
     def init_lu(self, info: sef.InitInfo) -> int:
         if not info.saved:
@@ -134,6 +208,8 @@ class DataStore:
             log.exception("%s from %d failed", name, m.source)
             return -int(Errno.EGENERIC), {"error": f"DS failed: {exc!r}"}
         self.notify(outcome.notify)
+        if m.m_type not in _READS:
+            self.keep()
         return 0, outcome.fields
 
     def _handle(self, caller: Caller, m_type: int, fields: dict[str, codec.Value]) -> Outcome:
@@ -156,6 +232,7 @@ class DataStore:
             except IpcError as exc:
                 if self.store.drop_subscriber(endpoint):
                     log.info("subscriber %d unreachable (%s): subscription dropped", endpoint, exc)
+                    self.keep()
 
     # -------------------------------------------------------------------- loop
     def run(self) -> None:
@@ -165,7 +242,7 @@ class DataStore:
 def main() -> int:
     server = DataStore()
     sef.setcb_init_fresh(server.init_fresh)
-    sef.setcb_init_restart(server.init_fresh)
+    sef.setcb_init_restart(server.init_restart)
     sef.setcb_init_lu(server.init_lu)
     sef.setcb_lu_state_save(server.state_save)
     sef.startup()

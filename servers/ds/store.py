@@ -316,6 +316,19 @@ class Store:
             del self.subs[ep]
         return dead
 
+    def drop_dead(self, alive: Iterable[int]) -> list[int]:
+        """What died while no DS ran (a restarted DS's store is its predecessor's):
+        subscriptions of endpoints not in ``alive``, and labels of such endpoints
+        with what their service owned, as RS's delete would have removed them.
+        Returns the subscribers to notify."""
+        living = set(alive)
+        self.prune_subscribers(living)
+        notify: list[int] = []
+        for entry in [e for e in self.entries.values() if e.type == "label"]:
+            if int(entry.value) not in living and (entry.type, entry.key) in self.entries:
+                notify += self.delete(Caller(0, entry.owner, True), entry.key, "label")
+        return _unique(notify)
+
     # --------------------------------------------------------- state transfer
     def save(self) -> bytes:
         """The whole store as a codec body, for the new version of a live update."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ from hwl.proto import rs as rsp
 from hwl.proto.errno import Errno
 from hwl.proto.sef import InitType
 from hwl.system.proctab import ProcTable
+from servers.rs.adopt import adopt
+from servers.rs.keep import TableKeeper
 from servers.rs.manager import Manager, RsError
 from servers.rs.request import Requests, service_from_fields
 from servers.rs.table import State
@@ -39,6 +42,7 @@ class Rs:
         self.updater = Updater(manager)
         self.requests = Requests(manager, self.updater, self.is_operator)
         self.procs = ProcTable(conn, log)
+        self.keeper = TableKeeper(conn, manager.table)
 
     def is_operator(self, endpoint: int) -> bool:
         """A user process (attached through kernel.sock, same uid as the kernel)."""
@@ -48,9 +52,18 @@ class Rs:
     # ------------------------------------------------------------------ boot
     def boot(self, entries: list[dict[str, Any]]) -> bool:
         """Start the boot services one by one, each up before the next (MINIX's
-        synchronous boot init). False if one fails: the event names it."""
+        synchronous boot init). False if one fails: the event names it. A service
+        already in the table (adopted by a restarted RS) is not started again."""
+        try:
+            return self._boot(entries)
+        finally:
+            self.keeper.booted = True
+
+    def _boot(self, entries: list[dict[str, Any]]) -> bool:
         for entry in entries:
             label = str(entry.get("label", ""))
+            if self.m.table.get(label) is not None:
+                continue
             try:
                 svc = service_from_fields(self.m, label, entry)
                 self.m.table.add(svc)
@@ -71,8 +84,29 @@ class Rs:
         while True:
             self.serve_one()
 
+    def start(self, entries: list[dict[str, Any]]) -> None:
+        """Boot, or after a restart by the kernel (a kept table), take the services
+        over and finish the boot list if the old RS had not."""
+        try:
+            kept = self.keeper.load()
+        except ValueError as exc:
+            log.error("the kept service table is unusable (%s): booting afresh", exc)
+            self.m.events.write("rs-restart", reason=f"kept table unusable: {exc}")
+            kept = None
+        if kept is None:
+            self.boot(entries)
+            return
+        outcome = adopt(self.m, kept)
+        log.info("RS restarted by the kernel: %s", outcome)
+        self.m.events.write("rs-restart", pid=os.getpid(), **outcome)  # type: ignore[arg-type]
+        if kept.booted:
+            self.keeper.booted = True
+        else:
+            self.boot(entries)
+
     def serve_one(self) -> None:
         self.m.timers.arm()
+        self.keeper.save()  # what changed since the last receive, before waiting
         m = self.conn.receive()
         try:
             self.dispatch(m)
@@ -171,6 +205,6 @@ def main(argv: list[str]) -> int:
     )
     rs = Rs(conn, manager)
     log.info("RS up: %s, %d boot services", wire.endpoint_name(conn.endpoint), len(boot_list))
-    rs.boot(boot_list)
+    rs.start(boot_list)
     rs.serve_forever()
     return 0

@@ -284,6 +284,18 @@ class Manager:
             log.debug("ping %s: %s", svc.label, exc)
         self.schedule_ping(svc)
 
+    def adopt(self, svc: Service) -> None:
+        """A restarted RS takes over a running instance (servers/rs/adopt.py): up,
+        heartbeats from now, its label published again (DS may have missed a change)."""
+        assert svc.current is not None
+        svc.last_alive = time.monotonic()
+        svc.pings_sent = (0.0, 0.0)
+        svc.no_ping_reply = svc.refreshing = False
+        self.events.write("adopt", svc.label, endpoint=svc.current.endpoint,
+                          pid=svc.current.pid, restarts=svc.restarts)  # fmt: skip
+        self.publish_label(svc)
+        self.schedule_ping(svc)
+
     def pong(self, source: int) -> None:
         svc = self.table.by_endpoint(source)
         if svc is not None:

@@ -1,0 +1,225 @@
+"""RS is no single point of failure: the kernel restarts it, and the new RS adopts
+the services the old one ran (its table kept in the kernel with ``keep``).
+
+Without QEMU (a kernel whose root is RS, tests/rs_fixtures.py): the keep call's
+rules; SIGKILL of RS under a client's load: the services keep serving, a new RS
+adopts them (same pids, endpoints and restart counts), a later crash is
+recovered as before; a death while RS was stopped reaches the new RS; an
+operator's request in flight gets an error it can retry; the restart-rate limit.
+On QEMU (the pc profile): SIGKILL of RS during a VFS read loop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+import pytest
+from rs_fixtures import RsSystem, echo_argv, pid_alive, service_argv, wait_for
+
+from hwl.ipc.client import Connection, IpcError
+from hwl.kernel.errno import Errno
+from hwl.kernel.keep import MAX_BLOB, KeepError, KeptState
+from hwl.kernel.kernel import ROOT_RESTARTS
+from hwl.system.proto import Policy
+from hwl.system.rs import Rs, RsError
+from hwl.system.watch import kernel_log_pids, kernel_log_says
+
+
+@pytest.fixture(scope="module")
+def rs() -> Iterator[RsSystem]:
+    with RsSystem.running() as system:
+        yield system
+
+
+def rs_pids(rs: RsSystem) -> list[int]:
+    return kernel_log_pids(rs.run_dir, "rs")
+
+
+def answers(rs: RsSystem) -> bool:
+    """Whether RS answers a status request now."""
+    try:
+        rs.rs.status()
+    except RsError:
+        return False
+    return True
+
+
+def kill_rs(rs: RsSystem) -> int:
+    """SIGKILL the running RS; the pid of the one the kernel starts instead, once
+    it has adopted its services (its rs-restart event is written)."""
+    pids = rs_pids(rs)
+    restarts = len([e for e in rs.events() if e["event"] == "rs-restart"])
+    os.kill(pids[-1], signal.SIGKILL)
+    wait_for(
+        "the new RS's rs-restart event",
+        lambda: len([e for e in rs.events() if e["event"] == "rs-restart"]) > restarts,
+        10,
+    )
+    new = rs_pids(rs)
+    assert len(new) == len(pids) + 1 and pid_alive(new[-1]), new
+    return new[-1]
+
+
+# ------------------------------------------------------------------ keep
+
+
+def test_kept_state_bounds() -> None:
+    kept = KeptState()
+    kept.put("a", b"x" * MAX_BLOB)
+    assert kept.get("a") == b"x" * MAX_BLOB
+    with pytest.raises(KeepError):
+        kept.put("a", b"x" * (MAX_BLOB + 1))
+    assert kept.get("a") == b"x" * MAX_BLOB  # a refused put keeps the old blob
+    kept.put("a", b"")
+    assert kept.get("a") is None and len(kept) == 0
+
+
+def test_keep_is_for_system_processes_only(rs: RsSystem) -> None:
+    """The operator (a user process) may not keep anything: ECALLDENIED."""
+    with pytest.raises(IpcError) as info:
+        rs.conn.keep_put(b"mine")
+    assert info.value.errno is Errno.ECALLDENIED
+
+
+# ----------------------------------------------------------- RS's restart
+
+
+def test_rs_killed_under_load_adopts_its_services(rs: RsSystem) -> None:
+    reset, keep = rs.label("adr"), rs.label("adk")
+    rs.rs.up(echo_argv("R"), label=reset, period=6)
+    rs.rs.up(echo_argv("K"), label=keep, policy=Policy.RESTART, period=6)
+    # One crash before, so the restart count has something to keep.
+    os.kill(rs.row(keep).pid, signal.SIGKILL)
+    before = {label: rs.wait_up(label, 1 if label == keep else 0) for label in (reset, keep)}
+    assert before[keep].restarts == 1
+
+    errors: list[BaseException] = []
+    answers = [0]
+    stop = threading.Event()
+
+    def load() -> None:  # a client of both services the whole time
+        with Connection.attach(rs.kernel.socket_path) as conn:
+            while not stop.is_set():
+                try:
+                    for row in before.values():
+                        rs.echo(row.endpoint, conn)
+                    answers[0] += 1
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+    client = threading.Thread(target=load, daemon=True)
+    client.start()
+    try:
+        wait_for("the client's first answers", lambda: answers[0] > 10, 10)
+        new_rs = kill_rs(rs)
+        counted = answers[0]
+        wait_for("answers after RS's restart", lambda: answers[0] > counted + 10, 10)
+    finally:
+        stop.set()
+        client.join(10)
+    assert not errors, errors
+
+    after = {label: rs.row(label) for label in (reset, keep)}
+    for label, row in after.items():
+        assert row.state == "up", row
+        assert (row.pid, row.endpoint, row.restarts) == (
+            before[label].pid,
+            before[label].endpoint,
+            before[label].restarts,
+        ), (before[label], row)
+        assert row.period == 6 and pid_alive(row.pid)
+    assert after[keep].policy == "restart" and after[reset].policy == "reset"
+    event = [e for e in rs.events() if e["event"] == "rs-restart"][-1]
+    assert {reset, keep} <= set(event["adopted"]) and event["pid"] == new_rs
+    assert "adopt" in rs.event_names(reset)
+
+    # Recovered as before: a crash restarts it by its policy, counted on.
+    os.kill(after[keep].pid, signal.SIGKILL)
+    row = rs.wait_up(keep, 2)
+    assert row.endpoint == before[keep].endpoint and row.pid != before[keep].pid
+    os.kill(after[reset].pid, signal.SIGKILL)
+    row = rs.wait_up(reset, 1)
+    assert row.endpoint != before[reset].endpoint
+    # ... and the heartbeat watches the adopted ones: a hang is caught.
+    rs.down(reset)
+    rs.down(keep)
+
+
+def test_a_death_rs_did_not_read_reaches_the_new_rs(rs: RsSystem) -> None:
+    """RS stopped (it reads nothing), a service killed, then RS killed: the exit the
+    old RS never read (or that came while no RS ran) is handed to the new one,
+    which restarts the service."""
+    label = rs.label("unread")
+    rs.rs.up(echo_argv("U"), label=label)
+    victim = rs.row(label)
+    old_rs = rs_pids(rs)[-1]
+    os.kill(old_rs, signal.SIGSTOP)
+    try:
+        os.kill(victim.pid, signal.SIGKILL)
+        # The kernel saw it die: its exit record waits for the stopped RS (or, if
+        # the fork server's word on it comes after RS's death, for the next RS).
+        assert "log does not say" not in kernel_log_says(rs.run_dir, label)
+    finally:
+        restarts = len([e for e in rs.events() if e["event"] == "rs-restart"])
+        os.kill(old_rs, signal.SIGKILL)  # a stopped process dies of it too
+    wait_for(
+        "the new RS",
+        lambda: len([e for e in rs.events() if e["event"] == "rs-restart"]) > restarts,
+        10,
+    )
+    row = rs.wait_up(label, 1)
+    assert row.pid != victim.pid
+    assert "crash" in rs.event_names(label)
+    rs.down(label)
+
+
+def test_a_request_in_flight_gets_an_error_it_can_retry(rs: RsSystem) -> None:
+    """service up waits for an init that never comes; RS dies meanwhile: the
+    operator's call ends with EDEADSRCDST (no hang), and the same up then works."""
+    label = rs.label("inflight")
+    outcome: list[BaseException | None] = []
+
+    def up() -> None:  # on a connection of its own, as another operator would
+        try:
+            with Rs.attach(rs.run_dir, timeout=30) as other:
+                other.up(service_argv("--init", "timeout"), label=label)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=up, daemon=True)
+    caller.start()
+    wait_for("the service to start", lambda: rs.status(label))
+    kill_rs(rs)
+    caller.join(10)
+    assert outcome and isinstance(outcome[0], RsError), outcome
+    assert outcome[0].errno is Errno.EDEADSRCDST
+    assert rs.status(label) is None  # a fresh up under way is dropped: retry it
+    rs.rs.up(echo_argv("again"), label=label)
+    assert rs.row(label).state == "up"
+    rs.down(label)
+
+
+def test_rs_that_keeps_dying_is_given_up() -> None:
+    """More than ROOT_RESTARTS deaths within the window: the kernel says so in its
+    log and leaves RS dead; the services it ran keep running."""
+    with RsSystem.running() as rs:
+        label = rs.label("orphan")
+        rs.rs.up(echo_argv("O"), label=label)
+        svc = rs.row(label)
+        for n in range(ROOT_RESTARTS + 1):
+            wait_for(f"RS #{n + 1}", lambda: answers(rs))
+            pids = rs_pids(rs)
+            assert len(pids) == n + 1, pids
+            os.kill(pids[-1], signal.SIGKILL)
+        log = rs.run_dir / "kernel.log"
+        wait_for("the kernel to give up", lambda: "not restarted again" in log.read_text())
+        assert len(rs_pids(rs)) == ROOT_RESTARTS + 1  # the last death: no RS started
+        assert pid_alive(svc.pid)
+        with pytest.raises(RsError) as info:
+            rs.rs.status()
+        assert info.value.errno is Errno.EDEADSRCDST
