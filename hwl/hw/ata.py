@@ -1,12 +1,15 @@
-"""ATA over the PIIX IDE controller, by raw port I/O through the link.
+"""ATA over the PIIX IDE controller: its facts, and raw port I/O through the link.
 
-These helpers turn one ATA command, its waits and its data transfer into one
-batch (one round trip). They are what the link's tests and benchmark use; the
-at_wini driver speaks the same registers through the kernel.
+The facts (registers, commands, status and control bits, the IDENTIFY layout,
+the bus master's registers and PRD table) are the only copy hwl has: the at_wini
+driver speaks the same registers through the kernel. The helpers turn one ATA
+command, its waits and its data transfer into one batch (one round trip); they
+are what the link's tests and benchmark use.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from hwl.errors import HwlError
@@ -20,21 +23,48 @@ REG_LBA_LOW, REG_LBA_MID, REG_LBA_HIGH, REG_DEVICE = 3, 4, 5, 6
 REG_STATUS, REG_COMMAND = 7, 7
 # Status bits.
 BSY, DRDY, DF, DRQ, ERR = 0x80, 0x40, 0x20, 0x08, 0x01
+# Device register: the always-one bits of old drives, LBA addressing, drive 1.
+DEV_OBS, DEV_LBA, DEV_DRIVE1 = 0xA0, 0x40, 0x10
+DEV_LBA28 = DEV_OBS | DEV_LBA  # LBA28: the LBA's bits 24..27 go in the low nibble
+# Device control register (the channel's control port).
+NIEN, SRST = 0x02, 0x04  # interrupts off; software reset
 # Commands.
 CMD_IDENTIFY = 0xEC
 CMD_READ_SECTORS = 0x20
+CMD_READ_EXT = 0x24
+CMD_READ_DMA_EXT = 0x25
+CMD_READ_MULTIPLE_EXT = 0x29
 CMD_WRITE_SECTORS = 0x30
+CMD_WRITE_EXT = 0x34
+CMD_WRITE_DMA_EXT = 0x35
+CMD_WRITE_MULTIPLE_EXT = 0x39
 CMD_READ_MULTIPLE = 0xC4
+CMD_WRITE_MULTIPLE = 0xC5
 CMD_SET_MULTIPLE = 0xC6
 CMD_READ_DMA = 0xC8
-CMD_READ_DMA_EXT = 0x25
+CMD_WRITE_DMA = 0xCA
 CMD_FLUSH_CACHE = 0xE7
+CMD_FLUSH_CACHE_EXT = 0xEA
+# Sector counts: an LBA28 command moves 1..256 sectors (256 written as 0), an
+# LBA48 one 1..65536 (65536 written as 0); LBA28 addresses stop at 2**28.
+MAX_SECTORS_LBA28 = 256
+MAX_SECTORS_LBA48 = 65536
+LBA28_LIMIT = 1 << 28
 # PIIX bus-master registers (offsets from the channel's bus-master base).
 BM_COMMAND, BM_STATUS, BM_PRD = 0, 2, 4
 BM_START, BM_TO_MEMORY = 0x01, 0x08
 BM_ACTIVE, BM_ERROR, BM_IRQ = 0x01, 0x02, 0x04
+# PRD table entries: physical address; byte count (0: 64 KiB) | end of table. An
+# entry moves at most 64 KiB within one 64 KiB block; one 4 KiB table holds 512.
+PRD_ENTRY = struct.Struct("<II")
+PRD_ENTRY_MAX = 1 << 16
+PRD_EOT = 0x80000000
+PRD_MAX_ENTRIES = 512
 SECTOR = 512
 TIMEOUT_US = 2_000_000
+
+
+COMMAND_BLOCK_PORTS = 8  # a channel's command block: REG_DATA..REG_COMMAND
 
 
 @dataclass(frozen=True)
@@ -58,6 +88,7 @@ class Identify:
     sectors: int  # LBA28 capacity (words 60-61)
     sectors48: int  # LBA48 capacity (words 100-103)
     max_multiple: int  # word 47: most sectors per DRQ block for READ MULTIPLE
+    lba48: bool = False  # word 83 bit 10: the LBA48 command set is supported
 
     @classmethod
     def parse(cls, data: bytes) -> Identify:
@@ -73,9 +104,13 @@ class Identify:
             sectors=words[60] | words[61] << 16,
             sectors48=sum(words[100 + i] << (16 * i) for i in range(4)),
             max_multiple=words[47] & 0xFF,
+            lba48=bool(words[83] & 1 << 10),
         )
 
 
+# The PIIX IDE function in PCI configuration space.
+PCI_CLASS_IDE = 0x0101  # class 1 (mass storage), subclass 1 (IDE)
+PCI_COMMAND = 0x04  # the command register
 PCI_COMMAND_BUS_MASTER = 0x4
 
 
@@ -97,7 +132,7 @@ def _select_lba28(b: Batch, ch: Channel, drive: int, lba: int, count: int) -> No
         raise ValueError(f"LBA28 command for {count} sectors at {lba} is out of range")
     b.outb(ch.ctl, 0)  # nIEN clear: the drive raises INTRQ (the PIC decides delivery)
     b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
-    b.outb(ch.cmd + REG_DEVICE, 0xE0 | drive << 4 | (lba >> 24 & 0x0F))
+    b.outb(ch.cmd + REG_DEVICE, DEV_LBA28 | drive << 4 | (lba >> 24 & 0x0F))
     b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
     b.outb(ch.cmd + REG_COUNT, count & 0xFF)
     b.outb(ch.cmd + REG_LBA_LOW, lba & 0xFF)
@@ -113,7 +148,7 @@ def _check_status(status: int, what: str) -> None:
 def identify(link: Link, ch: Channel = PRIMARY, drive: int = 0) -> Identify:
     b = Batch()
     b.outb(ch.ctl, 0)
-    b.outb(ch.cmd + REG_DEVICE, 0xA0 | drive << 4)
+    b.outb(ch.cmd + REG_DEVICE, DEV_OBS | drive << 4)
     b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
     b.outb(ch.cmd + REG_COMMAND, CMD_IDENTIFY)
     b.wait(ch.cmd + REG_STATUS, BSY | DRQ, DRQ, TIMEOUT_US)
@@ -126,7 +161,7 @@ def identify(link: Link, ch: Channel = PRIMARY, drive: int = 0) -> Identify:
 
 def set_multiple(link: Link, ch: Channel, drive: int, multiple: int) -> None:
     b = Batch()
-    b.outb(ch.cmd + REG_DEVICE, 0xE0 | drive << 4)
+    b.outb(ch.cmd + REG_DEVICE, DEV_LBA28 | drive << 4)
     b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
     b.outb(ch.cmd + REG_COUNT, multiple)
     b.outb(ch.cmd + REG_COMMAND, CMD_SET_MULTIPLE)
@@ -191,15 +226,16 @@ def pio_write(link: Link, ch: Channel, drive: int, lba: int, data: bytes) -> Non
 
 
 def prd_table(phys: int, size: int) -> bytes:
-    """A PRD table for ``size`` bytes of contiguous memory at ``phys`` (64 KiB pieces,
-    the last one marked end of table)."""
-    entries = []
-    for off in range(0, size, 1 << 16):
-        piece = min(1 << 16, size - off)
-        last = 0x80000000 if off + piece >= size else 0
-        entries.append(
-            (phys + off).to_bytes(4, "little") + ((piece & 0xFFFF) | last).to_bytes(4, "little")
-        )
+    """PRD entries for ``size`` bytes at ``phys``: each at most 64 KiB and inside
+    one 64 KiB block (PIIX's rules), the last marked end of table."""
+    entries, at, end = [], phys, phys + size
+    while at < end:
+        piece = min(end, (at | (PRD_ENTRY_MAX - 1)) + 1) - at
+        last = PRD_EOT if at + piece == end else 0
+        entries.append(PRD_ENTRY.pack(at, piece & 0xFFFF | last))  # 0: 64 KiB
+        at += piece
+    if len(entries) > PRD_MAX_ENTRIES:
+        raise ValueError(f"{len(entries)} PRD entries (at most {PRD_MAX_ENTRIES})")
     return b"".join(entries)
 
 
@@ -223,7 +259,7 @@ def dma_read_batch(
     b.outb(ch.bm + BM_STATUS, BM_ERROR | BM_IRQ)
     b.outl(ch.bm + BM_PRD, prd.phys)
     b.outb(ch.ctl, 0)
-    b.outb(ch.cmd + REG_DEVICE, 0x40 | drive << 4)
+    b.outb(ch.cmd + REG_DEVICE, DEV_LBA | drive << 4)
     b.wait(ch.cmd + REG_STATUS, BSY, 0, TIMEOUT_US)
     n = count & 0xFFFF  # 65536 sectors is written as 0
     high = [

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from hwl.hw import ata
 from hwl.ipc import codec
 from hwl.link import pci
 from hwl.link.pci import CONFIG_ADDRESS, CONFIG_DATA, Access, config_address
@@ -50,9 +51,9 @@ IDE_SEC_NATIVE = 0x04
 
 #: The ports and IRQ of each IDE channel in compatibility mode:
 #: (BARs it replaces, command block, control port, IRQ).
-IDE_LEGACY = (
-    ((0, 1), (0x1F0, 8), (0x3F6, 1), 14),
-    ((2, 3), (0x170, 8), (0x376, 1), 15),
+IDE_LEGACY = tuple(
+    (bars, (ch.cmd, ata.COMMAND_BLOCK_PORTS), (ch.ctl, 1), ch.irq)
+    for bars, ch in (((0, 1), ata.PRIMARY), ((2, 3), ata.SECONDARY))
 )
 
 NO_IRQ = (0, 0xFF)  # interrupt-line values that mean "no IRQ assigned"
