@@ -6,7 +6,7 @@ Invariants (each ``{"ok": bool, "detail": str}`` in the record):
   closed the image holds the model (every write the client was told succeeded);
 - ``isolation``: QEMU, the kernel and RS lived, and every service but the
   fault's target kept its process and its restart count;
-- ``recovery``: every crash in the event log was followed by a restart, and a
+- ``recovery``: every crash (or exit) in the event log was followed by a restart, and a
   fault that crashes its target by a restart and a good reply within the spec's
   bound (``recovery_bound_ms``, from the inject);
 - ``client_errors``: the client saw an error only where the fault makes one the
@@ -70,7 +70,7 @@ def marks(obs: Observed) -> dict[str, float | None]:
     for e in obs.events:
         if e.get("label") != target or e["mono"] < inject_mono:
             continue
-        if e["event"] == "crash" and m["crash"] is None:
+        if e["event"] in ("crash", "exit") and m["crash"] is None:
             m["crash"] = obs.ms(e["mono"])
         elif e["event"] == "restart" and m["restart"] is None:
             m["restart"] = m["driver_up"] = obs.ms(e["mono"])
@@ -114,13 +114,13 @@ def _recovery(obs: Observed, spec: Spec, m: dict[str, float | None]) -> dict[str
     crashes: dict[str, int] = {}
     for e in obs.events:
         label = e.get("label")
-        if e["event"] == "crash" and label:
+        if e["event"] in ("crash", "exit") and label:
             crashes[label] = crashes.get(label, 0) + 1
         elif e["event"] == "restart" and label and crashes.get(label):
             crashes[label] -= 1
     unrestarted = sorted(label for label, n in crashes.items() if n > 0)
     if unrestarted:
-        return _check(False, f"crashed and not restarted: {', '.join(unrestarted)}")
+        return _check(False, f"died and not restarted: {', '.join(unrestarted)}")
     if not obs.expect_restart or m["inject"] is None:
         return _check(True)
     if m["restart"] is None:

@@ -209,6 +209,9 @@ def run(spec: Spec, plan: Plan, run_dir: Path, keep: bool = False) -> dict[str, 
     try:
         system = RunningSystem.boot(spec.profile, run_dir=run_dir, backoff_unit=1.0)
         obs.boot_ms = (time.monotonic() - t0) * 1000
+        death = system.death()
+        if death is not None:  # before any fault: the trial cannot be run as planned
+            raise HwlError(f"at boot, before the fault: {death}")
         obs.before = _table(system)
         inj = Injector(system, plan, spec.workload.drive)
         try:
