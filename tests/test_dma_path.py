@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.at_wini.main import PRD_ENTRY, PRD_EOT, prd_table
+from hwl.hw.ata import PRD_ENTRY, PRD_EOT, prd_table
 from hwl.kernel.calls import _shape
 from hwl.link import abi
 from hwl.link.batch import Batch, Patchable
