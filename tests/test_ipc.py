@@ -56,16 +56,31 @@ def test_sendrec_between_two_agents(pair: tuple[Agent, Agent]) -> None:
 
 
 def test_send_completes_only_when_the_receiver_takes_the_message(
-    root: ipc.Connection, pair: tuple[Agent, Agent]
+    root: ipc.Connection, kernel: KernelProcess, pair: tuple[Agent, Agent]
 ) -> None:
-    a, _ = pair
-    a.start("sleep", reply="none", seconds=0.4)
-    begin = time.monotonic()
-    root.send(a.ep, 99, b"late")  # a sleeps, so this waits for its next receive
-    waited = time.monotonic() - begin
-    assert waited >= 0.3, f"send returned after {waited:.3f} s, before the receiver took it"
-    inbox = a.cmd("inbox")["messages"]
-    assert inbox == [{"source": root.endpoint, "m_type": 99, "payload": b"late"}]
+    a, b = pair
+    a.start("receive", source=b.ep)  # a receives from b only: not the user's send
+    wait_state(root, a.ep, "receiving", on=b.ep)
+    with kernel.attach() as user:
+        outcome: dict[str, object] = {}
+
+        def send() -> None:
+            try:
+                user.send(a.ep, 99, b"late")
+                outcome["sent"] = True
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=send)
+        thread.start()
+        wait_state(root, user.endpoint, "sending", on=a.ep)
+        assert thread.is_alive() and not outcome  # the kernel holds the send
+        assert b.cmd("send", dest=a.ep, m_type=5)["status"] == 0
+        assert a.result()["source"] == b.ep  # a took b's message, then receives again
+        thread.join(10)
+        assert outcome == {"sent": True}
+        inbox = a.cmd("inbox")["messages"]
+    assert inbox == [{"source": user.endpoint, "m_type": 99, "payload": b"late"}]
 
 
 def test_receive_from_one_endpoint_leaves_others_queued(

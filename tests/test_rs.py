@@ -19,6 +19,7 @@ import pytest
 from rs_fixtures import (
     BACKOFF_UNIT,
     HANG,
+    INIT_TIMEOUT,
     RsSystem,
     echo_argv,
     pid_alive,
@@ -35,6 +36,8 @@ from hwl.system import proto
 from hwl.system.proto import Policy
 from hwl.system.rs import RsError
 from hwl.system.watch import kernel_log_pid
+
+STOP_GRACE_S = 1.0  # servers/rs/manager.py: SIGTERM, then SIGKILL after this long
 
 
 @pytest.fixture(scope="module")
@@ -212,21 +215,27 @@ def test_hung_service_is_killed_and_restarted(rs: RsSystem) -> None:
     before = rs.row(label)
     time.sleep(3 * period_s)  # it answers its pings
     assert rs.row(label).restarts == 0 and pid_alive(before.pid)
-    assert 0 <= rs.row(label).last_heartbeat < 2 * period_s
+    # it answers them: an answer younger than a period comes (RS's figure is seconds
+    # since the last answer it read; a single reading is at the mercy of the host)
+    wait_for("a fresh ping answer", lambda: 0 <= rs.row(label).last_heartbeat < period_s)
     hung_at = time.monotonic()
     hang(rs, before.endpoint)
     after = rs.wait_up(label, 1, timeout=5)
     took = time.monotonic() - hung_at
-    # Missed for two periods (after the last answer, up to one period before the
-    # hang), found at the next ping: within three periods plus slack.
-    assert took < 3 * period_s + 0.5, took
+    assert took < 5, took  # wait_up's own limit: the restart is the host's speed
     assert not pid_alive(before.pid)
     assert after.pid != before.pid
     names = rs.event_names(label)
     assert names == ["up", "heartbeat-missed", "crash", "restart"], names
     missed = rs.events(label)[1]
+    found = missed["mono"] - hung_at  # RS's clock and ours are both CLOCK_MONOTONIC
     # Not before two periods after its last answer (at most a period before the hang).
-    assert missed["mono"] - hung_at >= period_s - 0.02, missed["mono"] - hung_at
+    assert found >= period_s - 0.02, found
+    # Missed for two pings (after the last answer, up to one period before the hang),
+    # found at the next: three periods, plus 1 s for RS's timers on a loaded host
+    # (each ping may come late); a detection by anything slower than the heartbeat
+    # (the 5 s above, a timeout) would not fit.
+    assert found < 3 * period_s + 1.0, found
     rs.rs.down(label)
 
 
@@ -417,8 +426,10 @@ def test_down_of_a_graceful_service_is_sigterm(rs: RsSystem) -> None:
     rs.rs.up(service_argv(), label=label)
     started = time.monotonic()
     rs.rs.down(label)
-    assert time.monotonic() - started < 0.8
-    assert rs.wait_event(label, "down")["how"] == "status 0"
+    took = time.monotonic() - started
+    assert rs.wait_event(label, "down")["how"] == "status 0"  # SIGTERM, never SIGKILL
+    # answered at its exit: waiting out RS's SIGKILL grace would take at least 1 s
+    assert took < STOP_GRACE_S, took
 
 
 # ----------------------------------------------------------- init failures
@@ -512,8 +523,16 @@ def test_requests_while_a_service_starts(rs: RsSystem) -> None:
         row = wait_for(f"{label} starting", lambda: rs.status(label))
         assert row.state == "starting"
         started = time.monotonic()
-        assert rs.request(proto.RS_STATUS, {}).m_type == 0
-        assert time.monotonic() - started < 0.5
+        status = rs.request(proto.RS_STATUS, {})
+        took = time.monotonic() - started
+        assert status.m_type == 0
+        # answered while the init is pending: the service is still starting in it
+        rows = status["services"]
+        assert isinstance(rows, list)
+        assert [r["state"] for r in rows if isinstance(r, dict) and r["label"] == label] == [
+            "starting"
+        ]
+        assert took < INIT_TIMEOUT, took  # RS did not wait for the init to time out
     finally:
         thread.join(10)
     assert result == [-Errno.EINTR]
