@@ -473,14 +473,27 @@ def test_dropped_frames_back_off_the_rto_and_abort_at_r2(peer: NetnsPeer, driver
     driver.drop = True
     start = time.monotonic()
     conn.send(b"x" * 1000, start)
-    driver.run(lambda: conn.state is State.CLOSED, 3 * CFG.r2 + 5)
+    armed: list[float] = []  # every retransmission deadline, in order
+
+    def note_deadline() -> None:
+        if conn.rexmit_at is not None and (not armed or conn.rexmit_at != armed[-1]):
+            armed.append(conn.rexmit_at)
+
+    driver.run(lambda: conn.state is State.CLOSED, 3 * CFG.r2 + 5, app=note_deadline)
     assert conn.error == errno.ETIMEDOUT
     assert CFG.r2 <= time.monotonic() - start <= 2 * CFG.r2 + 2
     times = [t for t, seg in driver.sent if t >= start and seg.payload == b"x" * 1000]
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert len(gaps) >= 3
-    for prev, nxt in itertools.pairwise(gaps):
-        assert 1.6 * prev <= nxt <= 2.5 * prev
+    assert len(times) >= 4
+    # Each timer is armed when its segment leaves, so a late wake on a loaded host
+    # lengthens one gap and not the next: the timeouts the stack armed double
+    # exactly, and each retransmission leaves at its deadline, never before and
+    # within a poll of it (0.5 s of slack; the timeouts grow past that).
+    timeouts = [deadline - sent for sent, deadline in zip(times, armed, strict=False)]
+    assert len(timeouts) >= 3, (times, armed)
+    for prev, nxt in itertools.pairwise(timeouts):
+        assert nxt == pytest.approx(2 * prev, rel=1e-6), timeouts
+    for deadline, sent in zip(armed, times[1:], strict=False):
+        assert deadline <= sent < deadline + 0.5, (deadline, sent)
     accepted[0].close()
     listener.close()
 
