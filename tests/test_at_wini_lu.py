@@ -10,6 +10,7 @@ hook and the DMA buffers).
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
 import signal
@@ -44,6 +45,23 @@ def restart_at_wini(setup: Setup, *extra: str) -> None:
     """A fresh at_wini (down, then up with these extra arguments)."""
     setup.system.rs.down("at_wini")
     at_wini_up(setup.system, Policy.RESTART, *extra)
+
+
+def day_seconds(wall: float) -> float:
+    """Seconds since local midnight of a ``time.time()`` value (as the logs write it)."""
+    t = datetime.datetime.fromtimestamp(wall)
+    return t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
+
+
+def holding_lines(setup: Setup) -> list[float]:
+    """When at_wini logged each "holding" line, in seconds since local midnight."""
+    found = []
+    for line in setup.log_text("at_wini").splitlines():
+        if "holding" in line:
+            clock = line.split()[0]  # HH:MM:SS.mmm (hwl.system.sef's log format)
+            hours, minutes, seconds = clock.split(":")
+            found.append(int(hours) * 3600 + int(minutes) * 60 + float(seconds))
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +168,14 @@ def test_updates_between_the_dma_paths_lose_nothing(setup: Setup) -> None:
 
 
 def test_an_update_waits_for_the_command_in_flight(setup: Setup) -> None:
-    """With hold=0.5 the driver lingers between a command and its interrupt; the
-    update requested meanwhile is reached only after the request is answered."""
-    restart_at_wini(setup, "hold=0.5")
+    """With hold=1.0 the driver lingers between a command and its interrupt; the
+    update requested meanwhile is reached only after the request is answered.
+
+    Timed by the processes themselves: the hold's start by at_wini's log line, the
+    state reached by RS's update-prepared event (both the host's wall clock), so how
+    late this test's poll saw the hold does not shorten what is measured."""
+    hold = 1.0
+    restart_at_wini(setup, f"hold={hold}")
     try:
         result: dict[str, Any] = {}
 
@@ -163,26 +186,33 @@ def test_an_update_waits_for_the_command_in_flight(setup: Setup) -> None:
             ):
                 f.seek(REGION)
                 result["data"] = f.read(64 << 10)
-                result["done"] = time.monotonic()
 
-        holds = setup.log_text("at_wini").count("holding")
+        holds = holding_lines(setup)
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         deadline = time.monotonic() + 20
-        while setup.log_text("at_wini").count("holding") <= holds + 1:  # past the MBR read
+        while len(holding_lines(setup)) <= len(holds) + 1:  # past the MBR read
             assert time.monotonic() < deadline, "at_wini never held a command"
             time.sleep(0.005)
-        held = time.monotonic()  # at most a few ms after the hold began
         old_pid = setup.at_wini_row().pid
+        requested = time.time()
         setup.system.rs.update("at_wini", at_wini_argv(), state=LuState.REQUEST_FREE)
-        updated = time.monotonic()
         reader.join(30)
         assert result["data"] == setup.image_bytes(REGION, 64 << 10)
-        # No swap during the 0.5 s hold (an update alone takes a few ms). Had the
-        # state counted at the receive that waits for the interrupt, the old
-        # version would have been swapped out mid-command and the read above
-        # would never have been answered.
-        assert updated - held >= 0.4, updated - held
+        hold_began = holding_lines(setup)[len(holds) + 1]
+        prepared = [
+            e
+            for e in read_events(setup.machine.run_dir / "events.jsonl")
+            if e.get("event") == "update-prepared" and e.get("label") == "at_wini"
+        ][-1]
+        # the update was asked for during the hold (the test saw it in time) ...
+        assert 0 <= day_seconds(requested) - hold_began < hold, (requested, hold_began)
+        # ... and the state was reached only after it (the log has milliseconds). Had
+        # the state counted at the receive that waits for the interrupt, the old
+        # version would have been swapped out mid-command and the read above would
+        # never have been answered.
+        reached = day_seconds(prepared["time"]) - hold_began
+        assert reached >= hold - 0.001, reached
         assert setup.at_wini_row().pid != old_pid
         assert "holding" not in setup.log_text("at_wini").split("took over channel")[-1]
     finally:
