@@ -282,7 +282,11 @@ def test_a_slow_disk_is_only_slower(rig: Rig) -> None:
     assert read_sha(rig, position, count) == image_sha(rig, position, count)
     fast = time.monotonic() - t0
     print(f"8 MiB: {slow:.2f} s at 4 MiB/s, {fast:.2f} s unthrottled")
-    assert slow > 1.2 and slow > 3 * fast
+    # The throttle's floor: 8 MiB at 4 MiB/s past its first second's burst. Its wait
+    # adds to the host's work (at_wini issues one command after the other), so the
+    # difference holds on a loaded host where a ratio to the unthrottled time did not:
+    # the throttle cost at least half a second, and healing it took it away.
+    assert slow > 1.2 and slow - fast > 0.5, (slow, fast)
     after = rig.at_wini()
     assert (after.pid, after.restarts) == (before.pid, before.restarts)
 
@@ -309,7 +313,9 @@ def test_a_stalled_disk_holds_the_read_until_healed(rig: Rig) -> None:
     held = time.monotonic() - t0
     rig.vfs.close_fd(fd)
     assert got == [rig.image(position, MIB)]
-    assert 0.8 <= held < 2.0
+    # held for the 0.8 s the test waited; once healed, answered without at_wini's 2 s
+    # timeout (no second attempt, below), so well within 5 s even on a loaded host
+    assert 0.8 <= held < 5.0, held
     assert rig.log("at_wini").count("attempt 1:") == attempts
     after = rig.at_wini()
     assert (after.pid, after.restarts) == (before.pid, before.restarts)
