@@ -52,7 +52,6 @@ SYSTEM_INNER = """
 import os, signal, time
 import pytest
 from hwl.proto.ds import DS_DRIVER_UP
-from hwl.system.running import rs_pid
 
 pytestmark = pytest.mark.qemu
 seen = []
@@ -69,8 +68,8 @@ def test_the_module_shares_one_system(hwl_system):
     assert seen == [hwl_system.run_dir]
     assert 0, "fails on purpose"
 
-def test_rs_killed(hwl_system):
-    os.kill(rs_pid(hwl_system.system), signal.SIGKILL)
+def test_kernel_killed(hwl_system):
+    os.kill(hwl_system.system.kernel.proc.pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while hwl_system.watch.wait(0.1) is None and time.monotonic() < deadline:
         pass
@@ -82,23 +81,27 @@ def test_after_the_death(hwl_system):
 
 def test_hwl_system_boots_the_profile_and_fails_on_a_core_death(pytester: pytest.Pytester) -> None:
     """One system per module with its RS, DS and VFS clients; a failed test carries
-    the event log and each service's log; RS's death fails the test it happened in,
-    naming it, and every later test of the module."""
+    the event log and each service's log; the kernel's death fails the test it
+    happened in, naming it, and every later test of the module (RS's is not a
+    death: the kernel restarts RS, tests/test_rs_restart.py)."""
     pytester.makepyfile(SYSTEM_INNER)
     result = pytester.runpytest_subprocess("--hwl-accel=tcg", "-p", "no:cacheprovider", "-rA")
-    result.assert_outcomes(passed=2, failed=1, errors=2)  # RS's death: 1 teardown, 1 setup
+    result.assert_outcomes(passed=2, failed=1, errors=2)  # the death: 1 teardown, 1 setup
     out = result.stdout.str()
     assert "fails on purpose" in out
     result.stdout.fnmatch_lines(["*hwl pc (*) events.jsonl*", '*"event": "boot-done"*'])
     result.stdout.fnmatch_lines(["*hwl pc (*) at_wini.log*"])
     result.stdout.fnmatch_lines(["*hwl pc (*) kernel.log*"])
     result.stdout.fnmatch_lines(
-        ["*the trusted core died during this test: RS (pid *) died: killed by signal 9 (SIGKILL)*"]
+        [
+            "*the trusted core died during this test: the kernel (pid *) died: "
+            "killed by signal 9 (SIGKILL)*"
+        ]
     )
     result.stdout.fnmatch_lines(
         [
             "*ERROR at setup of test_after_the_death*",
-            "*core died in an earlier test: RS (pid *) died: killed by signal 9*",
+            "*core died in an earlier test: the kernel (pid *) died: killed by signal 9*",
         ]
     )
 

@@ -11,9 +11,11 @@ On QEMU (the pc profile): SIGKILL of RS during a VFS read loop.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -25,7 +27,12 @@ from hwl.kernel.keep import MAX_BLOB, KeepError, KeptState
 from hwl.kernel.kernel import ROOT_RESTARTS
 from hwl.system.proto import Policy
 from hwl.system.rs import Rs, RsError
+from hwl.system.running import RunningSystem, rs_pid
+from hwl.system.vfs import Vfs
 from hwl.system.watch import kernel_log_pids, kernel_log_says
+
+READ = 16 << 20
+CHUNK = 256 << 10
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +230,66 @@ def test_rs_that_keeps_dying_is_given_up() -> None:
         with pytest.raises(RsError) as info:
             rs.rs.status()
         assert info.value.errno is Errno.EDEADSRCDST
+
+
+# ------------------------------------------------------------------ QEMU
+
+
+@pytest.mark.qemu
+def test_rs_killed_during_a_vfs_read_loop(hwl_system: RunningSystem) -> None:
+    """The pc profile: SIGKILL of RS while a client reads the disk through VFS: no
+    client error and every byte right, no service restarted (same pids), the new
+    RS adopted them, and a later SIGKILL of at_wini is recovered as before."""
+    before = {r.label: r for r in hwl_system.rs.status()}
+    started = threading.Event()
+    result: dict[str, object] = {}
+
+    def read() -> None:
+        digest = hashlib.sha256()
+        try:
+            with Vfs.attach(hwl_system.run_dir) as vfs, vfs.open("/dev/c0d0", "rb") as disk:
+                for offset in range(0, READ, CHUNK):
+                    digest.update(disk.read(CHUNK))
+                    if offset == CHUNK:
+                        started.set()
+            result["digest"] = digest.hexdigest()
+        except BaseException as exc:
+            result["error"] = exc
+            started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert started.wait(30)
+    old_rs = rs_pid(hwl_system.system)
+    os.kill(old_rs, signal.SIGKILL)
+    adopted = hwl_system.system.wait_event(lambda e: e["event"] == "rs-restart", timeout=20)
+    reader.join(120)
+    assert not reader.is_alive(), "the reader hangs"
+    assert "error" not in result, result.get("error")
+    image = hwl_system.machine.disks["hd0"].read_bytes()[:READ]
+    assert result["digest"] == hashlib.sha256(image).hexdigest()
+
+    new_rs = rs_pid(hwl_system.system)
+    assert new_rs != old_rs and adopted["pid"] == new_rs
+    assert set(before) <= set(adopted["adopted"]), adopted
+    after = {r.label: r for r in hwl_system.rs.status()}
+    for label, row in before.items():
+        assert (after[label].pid, after[label].endpoint, after[label].restarts) == (
+            row.pid,
+            row.endpoint,
+            row.restarts,
+        ), label
+    assert hwl_system.death() is None
+    assert [(r.pid, r.new_pid) for r in hwl_system.restarts()] == [(old_rs, new_rs)]
+
+    killed_at = time.monotonic()
+    os.kill(after["at_wini"].pid, signal.SIGKILL)
+    hwl_system.system.wait_event(
+        lambda e: e["event"] == "restart" and e["label"] == "at_wini" and e["mono"] > killed_at,
+        timeout=20,
+    )
+    now = {r.label: r for r in hwl_system.rs.status()}
+    assert now["at_wini"].pid != after["at_wini"].pid
+    assert now["at_wini"].restarts == after["at_wini"].restarts + 1
+    with Vfs.attach(hwl_system.run_dir) as vfs, vfs.open("/dev/c0d0", "rb") as disk:
+        assert disk.read(CHUNK) == image[:CHUNK]

@@ -11,9 +11,12 @@ arrived (SHA-256) and the connection stayed up (hwl.system.netdemo). Without ``-
 it keeps the system up until Ctrl-C; ``service`` commands reach it through the
 run directory it prints (``export HWL_RUN_DIR=...``).
 
-Meanwhile it watches the trusted core, which nothing recovers: if QEMU, the
-kernel or RS dies, it says at once which and how, stops the rest (the machine
-closed, its namespace and run directory removed) and exits with CORE_DIED.
+Meanwhile it watches the trusted core: if QEMU or the kernel dies, which nothing
+recovers, it says at once which and how, stops the rest (the machine closed, its
+namespace and run directory removed) and exits with CORE_DIED. RS's death is said
+too, with the pid the kernel restarted it as (the new RS adopts the running
+services), and watched on; only when the kernel gives up restarting RS does
+``hwl up`` stop and exit with CORE_DIED naming RS.
 """
 
 from __future__ import annotations
@@ -38,14 +41,14 @@ from hwl.system.events import Event
 from hwl.system.rs import ServiceStatus
 from hwl.system.running import watch_core
 from hwl.system.vfs import Vfs
-from hwl.system.watch import CoreWatch, Death
+from hwl.system.watch import CoreWatch, Death, Restarted
 
 # Block drivers whose device a reader goes through VFS for while they are killed:
 # label -> (device file, the profile's disk image behind it).
 DISKS = {"at_wini": ("/dev/c0d0", "hd0"), "at_wini1": ("/dev/c1d0", "hd1")}
 READ_BYTES = 16 << 20
 READ_AT = 8 << 20
-CORE_DIED = 3  # the exit status when QEMU, the kernel or RS died under hwl up
+CORE_DIED = 3  # the exit status when QEMU or the kernel died under hwl up, or RS for good
 POLL_S = 0.1  # how often a Ctrl-C or SIGTERM is looked for while watching
 
 
@@ -140,6 +143,11 @@ def wait_until_stopped(watch: CoreWatch, stop: threading.Event) -> Death | None:
     return None
 
 
+def say_restarted(restarted: Restarted) -> None:
+    """RS died and the kernel restarted it: the system recovers, so it goes on."""
+    print(f"hwl up: {restarted}; the new RS adopts the running services", flush=True)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -148,6 +156,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         system = System.start(machine)
         try:
             with watch_core(machine, system) as watch:
+                watch.on_restart = say_restarted
                 print(f"machine '{machine.profile.name}' up: QEMU pid {machine.pid}, accel "
                       f"{machine.accel}; kernel pid {system.kernel.proc.pid}")  # fmt: skip
                 print(f"run dir {system.run_dir} (export HWL_RUN_DIR={system.run_dir} "

@@ -22,11 +22,19 @@ from hwl.system.ds import Ds
 from hwl.system.events import Event, read_events
 from hwl.system.rs import Rs
 from hwl.system.vfs import Vfs
-from hwl.system.watch import CoreWatch, Death, kernel_log_pid, kernel_log_says
+from hwl.system.watch import (
+    CoreWatch,
+    Death,
+    Restarted,
+    kernel_log_pids,
+    kernel_log_says,
+    kernel_restarted,
+)
 
 
 class CoreDied(HwlError):
-    """QEMU, the kernel or RS is dead: the system can no longer recover anything."""
+    """QEMU or the kernel is dead, or RS and the kernel gave up restarting it: the
+    system can no longer recover anything."""
 
     def __init__(self, death: Death, run_dir: Path) -> None:
         super().__init__(f"{death}; nothing recovers it (logs in {run_dir})")
@@ -34,23 +42,30 @@ class CoreDied(HwlError):
 
 
 def rs_pid(system: System) -> int:
-    """RS's pid, as the kernel logged it when it spawned RS (the operator may not
-    read the kernel's process table, and a forked RS's command line is the fork
-    server's)."""
-    pid = kernel_log_pid(system.run_dir, "rs")
-    if pid is None:
+    """RS's pid, as the kernel logged it when it spawned RS, the last time (the
+    operator may not read the kernel's process table, and a forked RS's command
+    line is the fork server's)."""
+    pids = kernel_log_pids(system.run_dir, "rs")
+    if not pids:
         raise HwlError(f"the kernel's log names no pid for RS (in {system.run_dir})")
-    return pid
+    return pids[-1]
 
 
 def watch_core(machine: Machine | None, system: System) -> CoreWatch:
     """QEMU, the kernel and RS, in the order a death is blamed when several are
-    seen at once (QEMU's takes the kernel's link, the kernel's takes RS)."""
+    seen at once (QEMU's takes the kernel's link, the kernel's takes RS). RS's
+    death is a restart (``watch.restarts``) while the kernel restarts it."""
     watch = CoreWatch()
     if machine is not None and machine.proc is not None:
         watch.add_child("QEMU", machine.proc)
     watch.add_child("the kernel", system.kernel.proc)
-    watch.add_pid("RS", rs_pid(system), lambda: kernel_log_says(system.run_dir, "rs"))
+    run_dir = system.run_dir
+    watch.add_pid(
+        "RS",
+        rs_pid(system),
+        lambda: kernel_log_says(run_dir, "rs"),
+        kernel_restarted(run_dir, "rs"),
+    )
     return watch
 
 
@@ -128,8 +143,13 @@ class RunningSystem:
             self.died = self.watch.wait(0)
         return self.died
 
+    def restarts(self) -> list[Restarted]:
+        """RS's deaths the kernel recovered from, so far."""
+        self.death()
+        return list(self.watch.restarts)
+
     def check_core(self) -> None:
-        """Raise :class:`CoreDied` if QEMU, the kernel or RS has died."""
+        """Raise :class:`CoreDied` if QEMU or the kernel has died, or RS for good."""
         death = self.death()
         if death is not None:
             raise CoreDied(death, self.run_dir)

@@ -1,11 +1,14 @@
 """Watching the trusted core: QEMU, the kernel and RS.
 
-RS recovers every service, but nothing recovers QEMU, the kernel or RS itself
-(in MINIX, RS's death is a panic). Whoever started them (``hwl up``; later the
-pytest fixtures and the campaign runner) must notice their death at once, say
-which died and how, clean up and stop, rather than go on with a system that can
-no longer recover. One pidfd per process, all polled together: a death is seen
-within one poll, not at the next command.
+RS recovers every service, and the kernel recovers RS (in MINIX, RS's death is a
+panic; hwl's kernel restarts it, at most ROOT_RESTARTS times in a window), but
+nothing recovers QEMU or the kernel. Whoever started them (``hwl up``, the pytest
+fixtures, the campaign runner) must notice their death at once, say which died
+and how, clean up and stop, rather than go on with a system that can no longer
+recover. RS's death is said too, with the pid the kernel restarted it as, and
+watched on; it is a death only when the kernel gives up on it. One pidfd per
+process, all polled together: a death is seen within one poll, not at the next
+command.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ KERNEL_LOG_WAIT_S = 2.0
 #: After a death, how long a process named before it (its likely cause) may take
 #: to be seen dead too.
 SETTLE_S = 0.5
+#: How long to wait for the kernel's word that it restarted RS (or gave up).
+RESTART_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,22 @@ class Death:
 
     def __str__(self) -> str:
         return f"{self.component} (pid {self.pid}) died: {self.how}"
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """A core process that died and was started again (RS, by the kernel)."""
+
+    component: str
+    pid: int
+    how: str
+    new_pid: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.component} (pid {self.pid}) died: {self.how}; "
+            f"the kernel restarted it: pid {self.new_pid}"
+        )
 
 
 def describe_exit(code: int | None) -> str:
@@ -94,6 +115,33 @@ def kernel_log_pids(run_dir: Path, label: str) -> list[int]:
     except OSError:
         return []
     return [int(pid) for pid in pattern.findall(text)]
+
+
+def kernel_restarted(
+    run_dir: Path, label: str, timeout: float = RESTART_WAIT_S
+) -> Callable[[int], int | None]:
+    """For CoreWatch: the pid the kernel restarted its root ``label`` as after the
+    death of ``pid`` (from kernel.log), or None when the kernel says it gave up,
+    or says nothing within ``timeout``."""
+    gave_up = re.compile(
+        rf"root {re.escape(label)} (?:died \d+ times .* not restarted again|cannot be restarted)"
+    )
+
+    def successor(pid: int) -> int | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = kernel_log_pids(run_dir, label)
+            if pid in pids and pids[-1] != pid:
+                return pids[pids.index(pid) + 1]
+            try:
+                text = (run_dir / "kernel.log").read_text(errors="replace")
+            except OSError:
+                text = ""
+            if gave_up.search(text) or time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
+
+    return successor
 
 
 # Linux's process events connector (linux/cn_proc.h, linux/connector.h).
@@ -187,6 +235,8 @@ class _Watched:
     pid: int
     fd: int  # the pidfd; -1: it was gone before the watch began
     how: Callable[[], str]
+    successor: Callable[[int], int | None] | None = None  # who restarts it, if anyone
+    fallback: Callable[[], str] | None = None  # how it ended, when nothing else says
 
 
 class CoreWatch:
@@ -198,6 +248,8 @@ class CoreWatch:
     def __init__(self) -> None:
         self._watched: list[_Watched] = []
         self.events = ExitEvents.open()
+        self.restarts: list[Restarted] = []  # deaths that were recovered, in order
+        self.on_restart: Callable[[Restarted], None] | None = None
 
     def add_child(self, component: str, proc: subprocess.Popen[Any]) -> None:
         """A process this one started: its exit status is ours to read."""
@@ -210,10 +262,21 @@ class CoreWatch:
 
         self._add(component, proc.pid, how)
 
-    def add_pid(self, component: str, pid: int, fallback: Callable[[], str] | None = None) -> None:
+    def add_pid(
+        self,
+        component: str,
+        pid: int,
+        fallback: Callable[[], str] | None = None,
+        successor: Callable[[int], int | None] | None = None,
+    ) -> None:
         """Another's child: how it ended comes from the exit events, else from
-        /proc while it is a zombie, else from ``fallback``."""
+        /proc while it is a zombie, else from ``fallback``. ``successor``
+        (the dead pid -> the pid that took its place, or None) makes its death a
+        restart, watched on, unless it names no successor."""
+        self._add(component, pid, self._how_of(pid, fallback), successor)
+        self._watched[-1].fallback = fallback
 
+    def _how_of(self, pid: int, fallback: Callable[[], str] | None) -> Callable[[], str]:
         def how() -> str:
             found = self.events.how(pid) if self.events is not None else None
             found = found or zombie_exit(pid)
@@ -221,14 +284,20 @@ class CoreWatch:
                 return fallback() if fallback is not None else "ended, how unknown"
             return found
 
-        self._add(component, pid, how)
+        return how
 
-    def _add(self, component: str, pid: int, how: Callable[[], str]) -> None:
+    def _add(
+        self,
+        component: str,
+        pid: int,
+        how: Callable[[], str],
+        successor: Callable[[int], int | None] | None = None,
+    ) -> None:
         try:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:
             fd = -1
-        self._watched.append(_Watched(component, pid, fd, how))
+        self._watched.append(_Watched(component, pid, fd, how, successor))
 
     def wait(self, timeout: float | None) -> Death | None:
         """The first death within ``timeout`` seconds (None: wait for one), else None."""
@@ -247,9 +316,31 @@ class CoreWatch:
                 gone = [w for w in self._watched if w.fd in ready]
             if gone:
                 first = self._cause(gone[0])
-                return Death(first.component, first.pid, first.how())
+                how = first.how()
+                new_pid = first.successor(first.pid) if first.successor is not None else None
+                if new_pid is None:
+                    if first.successor is not None:
+                        how += "; the kernel gave up restarting it"
+                    return Death(first.component, first.pid, how)
+                self._restarted(first, how, new_pid)
+                continue
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+
+    def _restarted(self, w: _Watched, how: str, new_pid: int) -> None:
+        """``w`` died and ``new_pid`` took its place: watch that one instead."""
+        restarted = Restarted(w.component, w.pid, how, new_pid)
+        self.restarts.append(restarted)
+        if w.fd >= 0:
+            os.close(w.fd)
+        try:
+            w.fd = os.pidfd_open(new_pid)
+        except ProcessLookupError:
+            w.fd = -1  # dead already: the next look says so
+        w.pid = new_pid
+        w.how = self._how_of(new_pid, w.fallback)
+        if self.on_restart is not None:
+            self.on_restart(restarted)
 
     def _cause(self, seen: _Watched) -> _Watched:
         """The first-named process among ``seen`` and those named before it that
