@@ -198,7 +198,9 @@ def test_decoder_raises_only_its_own_error_on_noise(data: bytes) -> None:
     started = time.perf_counter()
     with contextlib.suppress(SegmentError):
         parse(data, SRC, DST)
-    assert time.perf_counter() - started < 0.5
+    # microseconds normally: the bound catches a decoder that loops on noise, with
+    # room for a loaded host descheduling the test for a while
+    assert time.perf_counter() - started < 2.0
 
 
 @given(st.binary(min_size=20, max_size=80), st.binary(max_size=40))
