@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import threading
 import time
@@ -25,6 +26,8 @@ from hwl.ipc.client import Connection, IpcError
 from hwl.kernel.errno import Errno
 from hwl.kernel.keep import MAX_BLOB, KeepError, KeptState
 from hwl.kernel.kernel import ROOT_RESTARTS
+from hwl.proto.ds import DS_DRIVER_UP
+from hwl.system.ds import Ds
 from hwl.system.proto import Policy
 from hwl.system.rs import Rs, RsError
 from hwl.system.running import RunningSystem, rs_pid
@@ -293,3 +296,42 @@ def test_rs_killed_during_a_vfs_read_loop(hwl_system: RunningSystem) -> None:
     assert now["at_wini"].restarts == after["at_wini"].restarts + 1
     with Vfs.attach(hwl_system.run_dir) as vfs, vfs.open("/dev/c0d0", "rb") as disk:
         assert disk.read(CHUNK) == image[:CHUNK]
+
+
+@pytest.mark.qemu
+def test_ds_killed_keeps_its_store_and_vfs_its_subscription(hwl_system: RunningSystem) -> None:
+    """The pc profile: SIGKILL of DS; RS restarts it and the new DS has the drivers'
+    keys and labels without their announcing again, and the subscriptions (VFS's
+    drv.blk one); a read through VFS across a crash of at_wini after that gets
+    every byte."""
+    before = {r.label: r for r in hwl_system.rs.status()}
+    killed_at = time.monotonic()
+    os.kill(before["ds"].pid, signal.SIGKILL)
+    hwl_system.system.wait_event(
+        lambda e: e["event"] == "restart" and e["label"] == "ds" and e["mono"] > killed_at,
+        timeout=20,
+    )
+    ds = Ds.find(hwl_system.rs.conn, timeout=10)
+    after = {r.label: r for r in hwl_system.rs.status()}
+    assert ds.endpoint == after["ds"].endpoint and after["ds"].pid != before["ds"].pid
+    assert ds.retrieve_u32("drv.blk.at_wini") == DS_DRIVER_UP
+    assert ds.retrieve_label("at_wini") == after["at_wini"].endpoint
+    for label in ("at_wini", "at_wini1", "vfs", "pci"):  # nobody had to start over
+        assert after[label].pid == before[label].pid, label
+    ds_log = (hwl_system.run_dir / "ds.log").read_text()
+    kept = re.search(r"restart: (\d+) entries and (\d+) subscriptions kept", ds_log)
+    assert kept is not None, ds_log
+    # labels and driver-up keys (the dead DS's own label dropped); VFS's subscription
+    assert int(kept.group(1)) >= 6 and int(kept.group(2)) >= 1, kept.group(0)
+
+    image = hwl_system.machine.disks["hd0"].read_bytes()[:READ]
+    killed_at = time.monotonic()
+    with Vfs.attach(hwl_system.run_dir) as vfs, vfs.open("/dev/c0d0", "rb") as disk:
+        first = disk.read(CHUNK)
+        os.kill(after["at_wini"].pid, signal.SIGKILL)
+        rest = disk.read(READ - CHUNK)
+    assert first + rest == image
+    hwl_system.system.wait_event(
+        lambda e: e["event"] == "restart" and e["label"] == "at_wini" and e["mono"] > killed_at,
+        timeout=20,
+    )
