@@ -19,7 +19,7 @@ from rs_fixtures import PROGRAMS, RsSystem
 
 from hwl.ipc.client import Connection, Message
 
-PLAIN, SENDREC, RECEIVE_FROM, DEVIO, ALARM, HOLD, LOG = range(1, 8)
+PLAIN, SENDREC, RECEIVE_FROM, DEVIO, ALARM, HOLD, LOG, TERM = range(1, 9)
 PING = 0x70
 KEEPER = [sys.executable, str(PROGRAMS / "sef_keeper.py")]
 
@@ -30,11 +30,15 @@ def rs() -> Iterator[RsSystem]:
         yield system
 
 
+def start_keeper(rs: RsSystem, label: str) -> int:
+    # ipc ALL: it calls the test's user processes (a service may not by default).
+    return rs.rs.up(KEEPER, label=label, conf=f"service {label} {{ ipc ALL; }};")
+
+
 @pytest.fixture(scope="module")
 def keeper(rs: RsSystem) -> Iterator[int]:
     label = rs.label("keeper")
-    # ipc ALL: it calls the test's user processes (a service may not by default).
-    yield rs.rs.up(KEEPER, label=label, conf=f"service {label} {{ ipc ALL; }};")
+    yield start_keeper(rs, label)
     rs.down(label)
 
 
@@ -150,3 +154,19 @@ def test_kept_replies_leave_in_the_order_they_were_made(
         ["sendnb", first],
         ["reply_receive", second],
     ], log
+
+
+def test_a_reply_kept_when_sigterm_ends_the_service_still_goes_out(
+    rs: RsSystem, a: Connection
+) -> None:
+    label = rs.label("term")
+    try:
+        ended = start_keeper(rs, label)
+        # The keeper signals itself between the reply and its next receive; the
+        # fork server ends the process with os._exit (no atexit handler runs):
+        # without SEF's flush the call fails (the process is gone) or times out.
+        assert call(a, ended, TERM)["n"] == 1
+        exit = rs.wait_event(label, "exit")  # SEF's SIGTERM handler ended it: status 0
+        assert (exit["endpoint"], exit["how"]) == (ended, "status 0")
+    finally:
+        rs.down(label)

@@ -136,6 +136,11 @@ class Connection(KernelCalls):
         # Run once before the next call that may block (a kept reply's send).
         self.before_block: Callable[[], None] | None = None
 
+    @property
+    def in_call(self) -> bool:
+        """Whether a call is under way: a signal handler must not start another."""
+        return self._lock.locked()
+
     @classmethod
     def from_env(cls) -> Connection:
         """The connection a process started by the kernel inherited."""

@@ -17,7 +17,8 @@ returns every other message. As in MINIX's libsys:
   update (SEF resumes, state NULL) or kills this process (the new version serves).
 - replies: ``reply`` keeps an answer to leave with the next receive (one kernel
   round trip for both); the connection sends it first if the service blocks on
-  anything else, and SEF at the process's exit, so a server never flushes it.
+  anything else, and SEF when SIGTERM ends the service, so a server never
+  flushes it.
 - SIGTERM ends the service gracefully (``signal_handler``, default: exit 0).
 - fault injection (``service fi``): RS's ``SEF_FI`` crashes the service at once
   (a log line, then exit status ``FI_CRASH_STATUS``: MINIX's panic), or hangs it
@@ -199,7 +200,7 @@ class Sef:
                 datefmt="%H:%M:%S",
             )
         self._conn = conn = Connection.from_env()
-        atexit.register(self._flush_at_exit)
+        atexit.register(self._flush_at_exit)  # a process that ends by returning
         set_title(conn.label, f"ep {conn.endpoint}")
         self.rs = conn.parent
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -276,7 +277,7 @@ class Sef:
         """Answer ``dest`` with the next receive (``reply_receive``: one kernel round
         trip for both). Until then the reply is kept; the connection sends it first
         if the service blocks on anything else (``Connection.before_block``), and
-        so does the process's exit. A reply kept already goes out first."""
+        SEF does when a signal ends the service. A reply kept already goes out first."""
         self.flush_reply()
         self.kept = (dest, m_type, fields)
         self.conn.before_block = self.flush_reply
@@ -302,8 +303,9 @@ class Sef:
 
     def _flush_at_exit(self) -> None:
         """A reply kept when the service ends (SIGTERM between a reply and the next
-        receive) still goes out."""
-        if self.kept is not None and self._conn is not None and not self._conn.closed:
+        receive) still goes out, unless the signal came in the middle of a call."""
+        conn = self._conn
+        if self.kept is not None and conn is not None and not conn.closed and not conn.in_call:
             with contextlib.suppress(KernelGone):
                 self.flush_reply()
 
@@ -485,7 +487,14 @@ class Sef:
 
     # -------------------------------------------------------------- signals
     def _on_signal(self, signo: int, _frame: FrameType | None) -> None:
-        self.cb_signal_handler(signo)
+        """A handler that ends the service (SystemExit) sends the kept reply first:
+        a process the kernel's fork server started ends with ``os._exit``, which
+        runs no atexit handler."""
+        try:
+            self.cb_signal_handler(signo)
+        except SystemExit:
+            self._flush_at_exit()
+            raise
 
 
 _sef = Sef()

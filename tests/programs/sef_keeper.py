@@ -15,11 +15,15 @@ carried each reply. Requests, each answered {"n": requests so far}:
 - HOLD (6) {count}: held until ``count`` HOLDs arrived, then all answered in
   arrival order, each with {"order": the senders in that order}.
 - LOG (7): {"log": the calls since the last LOG}.
+- TERM (8): the answer kept, then SIGTERM to itself: SEF ends the service (the
+  reply must still go out).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +32,7 @@ from hwl.ipc.client import Connection, IpcError, Message
 from hwl.proto import codec
 from hwl.system import sef
 
-PLAIN, SENDREC, RECEIVE_FROM, DEVIO, ALARM, HOLD, LOG = range(1, 8)
+PLAIN, SENDREC, RECEIVE_FROM, DEVIO, ALARM, HOLD, LOG, TERM = range(1, 9)
 PING = 0x70
 
 calls: list[codec.Value] = []
@@ -90,6 +94,9 @@ def main() -> int:
                 conn.devio_in(0x1F7)
         elif m.m_type == ALARM:
             conn.setalarm(seconds=60)
+        elif m.m_type == TERM:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pause()  # not reached: the handler ends the process
 
 
 if __name__ == "__main__":
