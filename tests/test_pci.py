@@ -1,6 +1,7 @@
 """PCI enumeration through the link, checked against what QEMU itself reports over QMP;
 and the same scan over the PCI server's devio access, on an in-memory bus with what
-QEMU's machines lack (bridges, 64-bit BARs, a failing access)."""
+the pc profile lacks (bridges, 64-bit BARs, a BAR above 4 GiB, a loop, a failing
+access). A real bridge and real 64-bit BARs: tests/test_pci_bridge.py."""
 
 from __future__ import annotations
 
