@@ -27,7 +27,9 @@ SOURCE_TREE = Path(__file__).resolve().parents[2]
 
 @functools.cache
 def hwl_commit() -> str | None:
-    """The commit of the hwl tree this process runs (None outside a git checkout)."""
+    """The commit of the hwl tree this process runs (None outside a git checkout),
+    asked once per process: a worker is the code it loaded when it started. A
+    campaign asks afresh when it starts (``hwl_commit.cache_clear()``)."""
     try:
         out = subprocess.run(
             ["git", "-C", str(SOURCE_TREE), "rev-parse", "HEAD"],

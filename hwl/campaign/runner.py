@@ -128,6 +128,7 @@ class Campaign:
         """Every trial, each line appended as it ends; the summary."""
         if (self.out / record.TRIALS).exists():
             raise HwlError(f"{self.out} holds a campaign already: give another --out")
+        record.hwl_commit.cache_clear()  # the tree as it is now, not at import
         record.write_header(self.out, self.header())
         (self.out / record.TRIALS).touch()
         plans = schedule(self.spec, self.seed, self.trials)
