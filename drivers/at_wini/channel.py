@@ -90,7 +90,7 @@ class Channel:
             # of the bus-master BAR 4 (the PCI server's per-channel reserve).
             pci.reserve(devind, channel=self.args.instance)
             if not self.args.pio:
-                base, _size, is_io = pci.get_bar(devind, 0x20)
+                base, _size, is_io = pci.get_bar(devind, ata.PCI_BAR_BM)
                 if not is_io:
                     raise CommandError(f"BAR4 of {vid:04x}:{did:04x} is not an I/O BAR")
                 self.bm = base + 8 * self.args.instance

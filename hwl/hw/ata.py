@@ -111,6 +111,7 @@ class Identify:
 # The PIIX IDE function in PCI configuration space.
 PCI_CLASS_IDE = 0x0101  # class 1 (mass storage), subclass 1 (IDE)
 PCI_COMMAND = 0x04  # the command register
+PCI_BAR_BM = 0x20  # BAR 4: the bus master's I/O ports, 8 per channel
 PCI_COMMAND_BUS_MASTER = 0x4
 
 
@@ -118,7 +119,7 @@ def bus_master_base(link: Link, secondary: bool = False) -> int:
     """Enable bus mastering on the PIIX IDE function (00:01.1) and return this
     channel's bus-master base from BAR4. SeaBIOS leaves bus mastering off; with it
     off, QEMU's DMA sees no guest RAM and reads an all-zero PRD table."""
-    bar4 = link.pci_read(0, 1, 1, 0x20)
+    bar4 = link.pci_read(0, 1, 1, PCI_BAR_BM)
     if not bar4 & 1:
         raise HwlError(f"PIIX IDE BAR4 {bar4:#x} is not an I/O BAR: is this a PIIX machine?")
     command = link.pci_read(0, 1, 1, 0x04, width=2)

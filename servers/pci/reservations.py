@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from hwl.hw import ata
 from hwl.ipc import codec
 from hwl.ipc.client import IpcError
 from hwl.kernel.errno import Errno
@@ -109,7 +110,7 @@ class Reservations:
         if self.holders.get(d.devind) not in (None, caller):
             del self.holders[d.devind]  # its holder died
         io = [cmd, ctl]
-        bm = d.bar_at(0x20)
+        bm = d.bar_at(ata.PCI_BAR_BM)
         if bm is not None and bm.is_io and not bm.incomplete and bm.size >= 16:
             io.append((bm.base + 8 * channel, 8))
         self.channels[(d.devind, channel)] = caller
