@@ -7,7 +7,8 @@ booted with ds, pci, at_wini, at_wini1 and VFS with ``--channel 1=filter``, so
 filter over at_wini (and at_wini1 when mirrored). For each configuration,
 checksum ``none``, ``crc`` and ``md5`` without mirroring, and ``crc`` mirrored,
 the filter is started with it (``format``: every sum written and hd0 copied to
-hd1 first), then each run measures the baseline and the filter back to back:
+hd1 first), then each run measures the baseline and the filter back to back,
+the filter first in every other run:
 
 - ``*_read_ratio``: sequential reads, 8 x 1 MiB, filter MB/s over baseline MB/s;
 - ``*_write_ratio``: the same for 8 x 1 MiB writes (flushed, outside the timing);
@@ -39,8 +40,10 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from drivers.at_wini.lie import AT_LIE
 from drivers.filter.layout import Layout
@@ -53,6 +56,7 @@ from hwl.system.boot import System
 from hwl.system.rs import up_fields
 from hwl.system.vfs import Vfs
 
+T = TypeVar("T")
 MIB = 1 << 20
 BLOCK = 4096
 SECTOR = 512
@@ -160,6 +164,16 @@ def rand_read(vfs: Vfs, path: str, want: bytes, rng: random.Random) -> float:
     return RANDS / seconds
 
 
+def paired(base: Callable[[], T], filtered: Callable[[], T], flip: bool) -> tuple[T, T]:
+    """The baseline's and the filter's figure, measured back to back; ``flip``
+    measures the filter first."""
+    if flip:
+        f = filtered()
+        return base(), f
+    b = base()
+    return b, filtered()
+
+
 def filter_up(system: System, args: str) -> None:
     with contextlib.suppress(HwlError):
         system.rs.down("filter")
@@ -207,21 +221,31 @@ def run(machine: Machine, runs: int) -> dict[str, float]:
             filter_up(system, args)
             disk.layout = None if name == "none" else Layout(8, name.split("_")[0])
             ratios: dict[str, list[float]] = {"read": [], "write": [], "randread": []}
-            for _ in range(runs):
+            for i in range(runs):
                 raw_want = disk.raw(BASE_READ, SEQ_MIB * MIB)
                 flt_want = disk.logical(FLT_READ, SEQ_MIB * MIB)
-                b = seq_read(vfs, "/dev/c0d0", BASE_READ, raw_want)
-                f = seq_read(vfs, "/dev/c1d0", FLT_READ, flt_want)
+                flip = i % 2 == 1  # who goes first alternates: no order effect in the median
+                b, f = paired(
+                    partial(seq_read, vfs, "/dev/c0d0", BASE_READ, raw_want),
+                    partial(seq_read, vfs, "/dev/c1d0", FLT_READ, flt_want),
+                    flip,
+                )
                 base_read.append(b)
                 ratios["read"].append(f / b)
-                b, data = seq_write(vfs, "/dev/c0d0", BASE_WRITE)
-                check(disk.raw(BASE_WRITE, len(data)), data, "baseline write on hd0.img")
-                f, data = seq_write(vfs, "/dev/c1d0", FLT_WRITE)
-                check(disk.logical(FLT_WRITE, len(data)), data, "filter write on hd0.img")
+                (b, base_data), (f, flt_data) = paired(
+                    partial(seq_write, vfs, "/dev/c0d0", BASE_WRITE),
+                    partial(seq_write, vfs, "/dev/c1d0", FLT_WRITE),
+                    flip,
+                )
+                check(disk.raw(BASE_WRITE, len(base_data)), base_data, "baseline write on hd0.img")
+                check(disk.logical(FLT_WRITE, len(flt_data)), flt_data, "filter write on hd0.img")
                 base_write.append(b)
                 ratios["write"].append(f / b)
-                b = rand_read(vfs, "/dev/c0d0", raw_want, rng)
-                f = rand_read(vfs, "/dev/c1d0", flt_want, rng)
+                b, f = paired(
+                    partial(rand_read, vfs, "/dev/c0d0", raw_want, rng),
+                    partial(rand_read, vfs, "/dev/c1d0", flt_want, rng),
+                    flip,
+                )
                 base_rand.append(b)
                 ratios["randread"].append(f / b)
             for key, values in ratios.items():
