@@ -187,6 +187,22 @@ def test_a_death_rs_did_not_read_reaches_the_new_rs(rs: RsSystem) -> None:
     rs.down(label)
 
 
+def test_a_service_waiting_for_its_script_waits_on_under_the_new_rs(rs: RsSystem) -> None:
+    """A crash whose recovery script (here one that decides nothing) has not yet
+    restarted the service when RS dies: the new RS keeps waiting for the script,
+    and service restart then brings it back with its restart count."""
+    label = rs.label("script")
+    rs.rs.up(echo_argv("S"), label=label, script="/bin/true")
+    os.kill(rs.row(label).pid, signal.SIGKILL)
+    wait_for("the script's turn", lambda: rs.row(label).state == "waiting-script")
+    kill_rs(rs)
+    assert rs.row(label).state == "waiting-script"
+    rs.rs.restart(label)
+    row = rs.wait_up(label, 1)
+    assert row.restarts == 1 and pid_alive(row.pid)
+    rs.down(label)
+
+
 def test_a_request_in_flight_gets_an_error_it_can_retry(rs: RsSystem) -> None:
     """service up waits for an init that never comes; RS dies meanwhile: the
     operator's call ends with EDEADSRCDST (no hang), and the same up then works."""
@@ -208,6 +224,7 @@ def test_a_request_in_flight_gets_an_error_it_can_retry(rs: RsSystem) -> None:
     caller.join(10)
     assert outcome and isinstance(outcome[0], RsError), outcome
     assert outcome[0].errno is Errno.EDEADSRCDST
+    assert "may be retried" in str(outcome[0])
     assert rs.status(label) is None  # a fresh up under way is dropped: retry it
     rs.rs.up(echo_argv("again"), label=label)
     assert rs.row(label).state == "up"

@@ -421,12 +421,17 @@ class Rs:
 
     # -------------------------------------------------------------- requests
     def request(self, m_type: int, fields: dict[str, codec.Value] | None = None) -> Message:
-        """Send one request and return RS's reply; raise :class:`RsError` on failure."""
+        """Send one request and return RS's reply; raise :class:`RsError` on failure.
+        RS dying during the request is EDEADSRCDST: the kernel restarts RS at the
+        same endpoint, so the same request may be made again."""
         name = rsp.RS_REQUEST_NAMES.get(m_type, f"request {m_type:#x}")
         try:
             reply = self.conn.sendrec(self.endpoint, m_type, fields or {}, timeout=self.timeout)
         except IpcError as exc:
-            raise RsError(exc.errno, name, f"no answer from RS: {exc.detail or exc}") from exc
+            detail = f"no answer from RS: {exc.detail or exc}"
+            if exc.errno is Errno.EDEADSRCDST:
+                detail += " (RS died; the kernel restarts it: the request may be retried)"
+            raise RsError(exc.errno, name, detail) from exc
         if reply.m_type == 0:
             return reply
         try:

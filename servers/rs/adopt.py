@@ -89,13 +89,12 @@ def _settle_running(m: Manager, svc: Service, outcome: dict[str, list[str]]) -> 
     assert svc.current is not None
     if svc.state is State.STARTING:
         # Its init answer went to the dead RS (or never came): start it over.
-        fresh = svc.init_kind is InitType.FRESH
-        m.kill_current(svc)
-        if fresh:
+        if svc.init_kind is InitType.FRESH:
+            m.kill_current(svc)  # its exit is then nobody's
             m.table.remove(svc)
             outcome["dropped"].append(svc.label)
-        else:
-            m.schedule_restart(svc, "terminated")
+        else:  # its exit restarts it, as a crash during a restart's init does
+            m.kill(svc.current.endpoint)
             outcome["restarted"].append(svc.label)
         return
     if svc.state is State.STOPPING or svc.stopping:

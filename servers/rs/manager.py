@@ -55,7 +55,10 @@ class RsError(ErrnoError):
 
 
 def how_it_ended(info: ExitInfo) -> str:
-    """An exit as events and errors tell it: "signal N" or "status N"."""
+    """An exit as events and errors tell it: "signal N" or "status N" (or, for a
+    death a restarted RS found but nobody reported, "unseen")."""
+    if info.signal is None and info.status is None:
+        return "unseen"
     return f"signal {info.signal}" if info.signal else f"status {info.status}"
 
 
