@@ -94,6 +94,7 @@ class Rs:
             self.m.events.write("rs-restart", reason=f"kept table unusable: {exc}")
             kept = None
         if kept is None:
+            self._kill_orphans()
             self.boot(entries)
             return
         outcome = adopt(self.m, kept)
@@ -103,6 +104,22 @@ class Rs:
             self.keeper.booted = True
         else:
             self.boot(entries)
+
+    def _kill_orphans(self) -> None:
+        """Processes an RS before this one started and never kept (it died before
+        its first save): nobody knows their service, so they go before the boot
+        list starts them again. On a first boot there are none."""
+        me = self.conn.endpoint
+        try:
+            procs = self.conn.proctab()
+        except IpcError as exc:
+            log.warning("process table: %s", exc)
+            return
+        for proc in procs:
+            if proc.get("parent") == me:
+                log.warning("killing %s (pid %s): started by an RS that kept nothing",
+                            proc.get("label"), proc.get("pid"))  # fmt: skip
+                self.m.kill(int(proc["endpoint"]))
 
     def serve_one(self) -> None:
         self.m.timers.arm()
