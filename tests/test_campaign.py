@@ -6,6 +6,7 @@ recorded campaign made here (tests/test_campaign_qemu.py runs real ones)."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import random
 from collections import Counter
@@ -339,3 +340,22 @@ def test_report_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     text = capsys.readouterr().out
     assert "kill" in text and "3 [30-95%]" in text  # 3 of 4 recovered, Wilson in %
     assert "failing trials" in text and "  5: silent corruption (fi crash)" in text
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_only_on_a_terminal() -> None:
+    term = Terminal()
+    bar = runner.Progress(4, term)
+    for ok in (True, False, True, True):
+        bar.update(ok)
+    lines = term.getvalue().split("\r")[1:]
+    assert len(lines) == 4 and lines[0].startswith("[" + "#" * 7 + ".")
+    assert "2/4 trials, 1 failing" in lines[1] and lines[3].endswith("\n")
+    plain = io.StringIO()
+    quiet = runner.Progress(2, plain)
+    quiet.update(True)
+    assert plain.getvalue() == "" and quiet.done == 1

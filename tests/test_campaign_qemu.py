@@ -64,6 +64,10 @@ def test_twenty_trials_every_invariant_holds(smoke: tuple[Path, dict[str, Any]])
         }  # fmt: skip
         assert t["fault"]["kind"] == t["plan"]["kind"]  # injected, as planned
         assert "run_dir" not in t  # kept only for failing trials
+        if t["plan"]["timing"] == "after-bytes":  # between two requests
+            assert t["during_request"] is False
+        elif t["plan"]["timing"] == "in-command":  # the stalled request is under way
+            assert t["during_request"] is True
         if t["plan"]["kind"] in ("kill",) or t["plan"]["settings"].get("type") == "crash":
             assert t["timings"]["recovery_ms"] is not None
             assert t["marks"]["inject"] <= t["marks"]["crash"] <= t["marks"]["restart"]

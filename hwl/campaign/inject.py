@@ -79,6 +79,8 @@ class Injector:
         self.inject_mono: float | None = None
         self.heal_mono: float | None = None
         self.error: str | None = None  # a fault that could not be injected or healed
+        self.during_request: bool | None = None  # whether a client request was under way
+        self.busy: threading.Event = threading.Event()  # set by the client during a request
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start = 0.0
@@ -156,6 +158,7 @@ class Injector:
 
     def _inject(self) -> bool:
         mono = time.monotonic()
+        self.during_request = self.busy.is_set()
         try:
             self.fault.inject()
         except Exception as exc:

@@ -210,6 +210,7 @@ def judge(spec: Spec, obs: Observed) -> dict[str, Any]:
             "recovery_ms": recovery,
         },
         "marks": m,
+        "during_request": obs.during_request,
         "client": {
             "ops": obs.ops,
             "bytes": obs.moved,

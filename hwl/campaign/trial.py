@@ -69,6 +69,7 @@ class Observed:
     pids: set[int] = field(default_factory=set)
     leftovers: list[int] = field(default_factory=list)
     infra: str | None = None  # the harness, not the system, failed
+    during_request: bool | None = None  # the fault came while a request was under way
     model: Model | None = None
 
     def ms(self, mono: float | None) -> float | None:
@@ -120,25 +121,28 @@ def _workload(spec: Spec, system: RunningSystem, obs: Observed, inj: Injector) -
             ok = True
             begun = obs.ms(time.monotonic())
             try:
-                if op.write:
-                    done = vfs.pwrite(fd, data, op.position)
-                    if done == op.size:
-                        model.write(op.position, data)
-                    else:  # a short write: what reached the disk is unknown
-                        ok = False
-                        obs.errors.append({"op": op.name, "position": op.position,
-                                           "size": op.size, "errno": "short", "start_ms": begun,
-                                           "t_ms": obs.ms(time.monotonic())})  # fmt: skip
-                else:
-                    got = vfs.pread(fd, op.size, op.position)
-                    want = model.expect(op.position, op.size)
-                    if got != want:
-                        ok = False
-                        obs.corrupt_reads.append({
-                            "position": op.position, "size": op.size,
-                            "sectors": first_differences(op.position, want, got),
-                            "t_ms": obs.ms(time.monotonic()),
-                        })  # fmt: skip
+                inj.busy.set()  # an inject now meets this request under way
+                try:
+                    if op.write:
+                        done, got = vfs.pwrite(fd, data, op.position), b""
+                    else:
+                        done, got = 0, vfs.pread(fd, op.size, op.position)
+                finally:
+                    inj.busy.clear()
+                if op.write and done == op.size:
+                    model.write(op.position, data)
+                elif op.write:  # a short write: what reached the disk is unknown
+                    ok = False
+                    obs.errors.append({"op": op.name, "position": op.position,
+                                       "size": op.size, "errno": "short", "start_ms": begun,
+                                       "t_ms": obs.ms(time.monotonic())})  # fmt: skip
+                elif got != (want := model.expect(op.position, op.size)):
+                    ok = False
+                    obs.corrupt_reads.append({
+                        "position": op.position, "size": op.size,
+                        "sectors": first_differences(op.position, want, got),
+                        "t_ms": obs.ms(time.monotonic()),
+                    })  # fmt: skip
             except VfsError as exc:
                 ok = False
                 obs.errors.append({"op": op.name, "position": op.position, "size": op.size,
@@ -219,6 +223,7 @@ def run(spec: Spec, plan: Plan, run_dir: Path, keep: bool = False) -> dict[str, 
         finally:
             inj.close()
         obs.fault_error = inj.error
+        obs.during_request = inj.during_request
         obs.fault = inj.describe() if inj.inject_mono is not None else {}
         death = system.death()
         obs.core_death = str(death) if death is not None else None
