@@ -211,6 +211,10 @@ def test_outcomes_worst_first() -> None:
         (observed(infra="boot failed"), "infrastructure error"),
         (observed(core_death="RS died", corrupt_reads=bad_read), "isolation breach"),
         (observed(leftovers=[123]), "isolation breach"),
+        (
+            observed(core_restarts=["RS (pid 9) died: ...; the kernel restarted it: pid 10"]),
+            "isolation breach",
+        ),
         (observed(corrupt_reads=bad_read), "silent corruption"),
         (observed(image_mismatches=[4096]), "silent corruption"),
         (observed(timed_out="vfs read: timeout"), "hang"),

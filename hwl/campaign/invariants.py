@@ -4,8 +4,9 @@ Invariants (each ``{"ok": bool, "detail": str}`` in the record):
 
 - ``bytes``: every read returned the model's bytes, and after the machine
   closed the image holds the model (every write the client was told succeeded);
-- ``isolation``: QEMU, the kernel and RS lived, and every service but the
-  fault's target kept its process and its restart count;
+- ``isolation``: QEMU, the kernel and RS lived (RS restarted by the kernel
+  counts as a death), and every service but the fault's target kept its
+  process and its restart count;
 - ``recovery``: every crash (or exit) in the event log was followed by a restart, and a
   fault that crashes its target by a restart and a good reply within the spec's
   bound (``recovery_bound_ms``, from the inject);
@@ -97,6 +98,8 @@ def _bytes(obs: Observed) -> dict[str, Any]:
 def _isolation(obs: Observed) -> dict[str, Any]:
     if obs.core_death:
         return _check(False, obs.core_death)
+    if obs.core_restarts and obs.plan.target != "rs":
+        return _check(False, "; ".join(obs.core_restarts))
     if not obs.after:
         return _check(False, "RS's table could not be read after the trial")
     moved = [

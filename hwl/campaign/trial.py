@@ -62,6 +62,7 @@ class Observed:
     before: dict[str, tuple[int, int]] = field(default_factory=dict)  # label: (pid, restarts)
     after: dict[str, tuple[int, int]] = field(default_factory=dict)
     core_death: str | None = None
+    core_restarts: list[str] = field(default_factory=list)  # RS restarted by the kernel
     events: list[Event] = field(default_factory=list)
     fault: dict[str, Any] = field(default_factory=dict)
     fault_error: str | None = None
@@ -214,8 +215,9 @@ def run(spec: Spec, plan: Plan, run_dir: Path, keep: bool = False) -> dict[str, 
         system = RunningSystem.boot(spec.profile, run_dir=run_dir, backoff_unit=1.0)
         obs.boot_ms = (time.monotonic() - t0) * 1000
         death = system.death()
-        if death is not None:  # before any fault: the trial cannot be run as planned
-            raise HwlError(f"at boot, before the fault: {death}")
+        restarts = system.restarts()
+        if death is not None or restarts:  # before any fault: not the trial planned
+            raise HwlError(f"at boot, before the fault: {death or restarts[0]}")
         obs.before = _table(system)
         inj = Injector(system, plan, spec.workload.drive)
         try:
@@ -227,6 +229,7 @@ def run(spec: Spec, plan: Plan, run_dir: Path, keep: bool = False) -> dict[str, 
         obs.fault = inj.describe() if inj.inject_mono is not None else {}
         death = system.death()
         obs.core_death = str(death) if death is not None else None
+        obs.core_restarts = [str(r) for r in system.restarts()]
         if death is None:
             obs.after = _table(system)
         obs.events = system.events()
