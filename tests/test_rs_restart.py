@@ -15,17 +15,22 @@ import hashlib
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from rs_fixtures import RsSystem, echo_argv, pid_alive, service_argv, wait_for
 
 from hwl.ipc.client import Connection, IpcError
 from hwl.kernel.errno import Errno
+from hwl.kernel.ipc import EVENT_EXIT
 from hwl.kernel.keep import MAX_BLOB, KeepError, KeptState
-from hwl.kernel.kernel import ROOT_RESTARTS
+from hwl.kernel.kernel import ROOT_RESTARTS, Kernel
+from hwl.kernel.priv import Priv
+from hwl.proto import wire
 from hwl.proto.ds import DS_DRIVER_UP
 from hwl.system.ds import Ds
 from hwl.system.proto import Policy
@@ -92,6 +97,45 @@ def test_keep_is_for_system_processes_only(rs: RsSystem) -> None:
     with pytest.raises(IpcError) as info:
         rs.conn.keep_put(b"mine")
     assert info.value.errno is Errno.ECALLDENIED
+
+
+def test_the_kernel_holds_exits_while_no_root_runs(tmp_path: Path) -> None:
+    """The kernel alone, in this process (its loop not running, so each step is
+    taken in order): the root dies, then one of its children; the new root, at
+    the same endpoint, gets that child's exit record and a SYSTEM notify. After
+    ROOT_RESTARTS restarts within the window the next death is not restarted."""
+    kernel = Kernel(tmp_path, None)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    try:
+        root = kernel.spawn(None, sleeper, "rs", Priv.root("rs"), cold=True, root=True)
+        child = kernel.spawn(root, sleeper, "svc", Priv.root("svc"), cold=True)
+        assert child.parent == root.endpoint and child.pid is not None
+        kernel.kill_process(root, "test: the root dies")
+        entry = kernel.children[child.pid]
+        assert entry.popen is not None
+        os.kill(child.pid, signal.SIGKILL)
+        kernel._child_exited(entry, entry.popen.wait(10))  # reaped, as the loop would
+        assert [r.endpoint for r in kernel.held_exits] == [child.endpoint]
+
+        new = kernel.restart_root()
+        assert new is not None and new.endpoint == root.endpoint and new.pid != root.pid
+        assert kernel.root_endpoint == root.endpoint
+        assert [(r.endpoint, r.signal) for r in new.exits] == [(child.endpoint, 9)]
+        assert new.notify_pending.get(wire.SYSTEM, 0) & EVENT_EXIT
+        assert not kernel.held_exits
+
+        for _ in range(ROOT_RESTARTS - 1):
+            current = kernel.table.lookup(root.endpoint)
+            assert current is not None
+            kernel.kill_process(current, "test: the root dies again")
+            assert kernel.restart_root() is not None
+        current = kernel.table.lookup(root.endpoint)
+        assert current is not None
+        kernel.kill_process(current, "test: once too often")
+        assert kernel.restart_root() is None and kernel.root_gave_up
+        assert kernel.table.lookup(root.endpoint) is None
+    finally:
+        kernel.shutdown()
 
 
 # ----------------------------------------------------------- RS's restart
