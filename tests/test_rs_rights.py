@@ -189,3 +189,25 @@ def test_control_grants_what_it_names(world: World) -> None:
     # the outsider may not do the same to it
     refresh: Fields = {"label": world.controlled}
     assert_refused(world, world.outsider, rsp.RS_REFRESH, refresh, "may not refresh 'at_wini'")
+
+
+def test_rights_come_from_the_conf_a_service_was_started_with(world: World) -> None:
+    """``control`` is read from the entry the caller runs with, not from the stock
+    file's entry for its label: a conf given at up grants what it names, and the
+    stock label ``filter`` lends nothing to a conf without the line."""
+    rs = world.rs
+    granted = rs.label("granted")
+    conf = f"service {granted} {{ ipc ALL_SYS; control {world.target}; }};"
+    given = rs.rs.up(FI_CALLER, label=granted, conf=conf)
+    try:
+        before = rs.row(world.target)
+        assert forward(world, given, rsp.RS_REFRESH, {"label": world.target}) == (0, "")
+        assert rs.wait_up(world.target, before.restarts + 1).pid != before.pid
+    finally:
+        rs.rs.down(granted)
+    with RsSystem.running() as other:  # its own RS: this module's filter stays as it is
+        other.rs.up(echo_argv("W2"), label="at_wini", conf="service at_wini { };")
+        bare = other.rs.up(FI_CALLER, label="filter", conf="service filter { ipc ALL_SYS; };")
+        elsewhere = replace(world, rs=other)
+        refresh: Fields = {"label": "at_wini"}
+        assert_refused(elsewhere, bare, rsp.RS_REFRESH, refresh, "may not refresh 'at_wini'")

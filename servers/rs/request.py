@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from hwl.config.system_conf import parse
 from hwl.proto import codec, wire
 from hwl.proto import rs as rsp
 from hwl.proto.errno import Errno
@@ -80,7 +81,10 @@ class Requests:
             return
         caller = self.m.table.by_endpoint(source)
         if caller is not None:
-            entry = self.m.system_conf.get(caller.label)
+            # The entry the caller was started with (given or the stock one), not
+            # the stock file's entry for its label: a conf given at `service up`
+            # decides its rights, and a stock label lends none to another conf.
+            entry = parse(caller.conf, f"<config of {caller.label}>").get(caller.label)
             if entry is not None and entry.may_control(label):
                 return
         raise RsError(Errno.EPERM, f"{wire.endpoint_name(source)} may not {request} '{label}'")
