@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, Message
-from hwl.kernel.errno import Errno, ErrnoError
+from hwl.proto.errno import Errno, ErrnoError
 from hwl.system import sef
 from hwl.system.proto import LuState
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, Message
-from hwl.kernel.errno import Errno
+from hwl.proto.errno import Errno
 from hwl.system import sef
 from hwl.system.proto import InitType, LuState
 

@@ -47,8 +47,8 @@ from dataclasses import fields as table_fields
 
 from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, Message
-from hwl.kernel.errno import Errno
 from hwl.proto import ndev
+from hwl.proto.errno import Errno
 from hwl.proto.fields import FieldError
 from hwl.system import sef
 from hwl.system.proto import InitType, LuState

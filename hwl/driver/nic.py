@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from hwl.ipc import codec
 from hwl.ipc.client import Connection
-from hwl.kernel.errno import Errno
 from hwl.link.batch import Batch
 from hwl.proto import ndev
+from hwl.proto.errno import Errno
 from hwl.system.pci import Granted, Pci, PciError
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from hwl.ipc import wire
 from hwl.ipc.arena import CHANNEL_WAIT
-from hwl.kernel.errno import Errno
+from hwl.proto.errno import Errno
 
 log = logging.getLogger(__name__)
 

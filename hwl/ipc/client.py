@@ -31,7 +31,7 @@ from hwl.ipc import channels as chan
 from hwl.ipc import codec, wire
 from hwl.ipc.arena import CHANNEL_WAIT, CHANNEL_WAIT_AT, Arena
 from hwl.ipc.kcalls import KernelCalls
-from hwl.kernel.errno import Errno, errno_of
+from hwl.proto.errno import Errno, errno_of
 
 log = logging.getLogger(__name__)
 

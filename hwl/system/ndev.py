@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, IpcTimeout, Message
-from hwl.kernel.errno import Errno
 from hwl.proto import ndev
+from hwl.proto.errno import Errno
 from hwl.system.ds import Ds, DsError
 
 CALL_TIMEOUT = 5.0

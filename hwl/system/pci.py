@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from hwl.ipc import codec
 from hwl.ipc.client import ClientError, IpcError, Message
-from hwl.kernel.errno import Errno, errno_of
+from hwl.proto.errno import Errno, errno_of
 from hwl.system import proto
 from hwl.system.rs import ServerClient
 

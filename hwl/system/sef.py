@@ -48,8 +48,8 @@ from typing import NoReturn
 from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
-from hwl.kernel.errno import Errno, errno_of
 from hwl.procs import set_title
+from hwl.proto.errno import Errno, errno_of
 from hwl.proto.sef import FI_CRASH_STATUS, SEF_FI, FiType
 from hwl.system import proto
 from hwl.system.proto import InitFlag, InitType, LuState
