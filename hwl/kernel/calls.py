@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from hwl.config.system_conf import IoRange, MemoryRange, ServiceConfig, SystemConfError
 from hwl.config.system_conf import parse as parse_conf
-from hwl.faults.trigger import Trigger
 from hwl.ipc import arena, codec, wire
 from hwl.kernel.channels import new_event_fd
 from hwl.kernel.dmakeep import DmaKeeper
@@ -30,6 +29,7 @@ from hwl.kernel.hwfaults import HwFault, HwFaults
 from hwl.kernel.keep import KeepError, KeptState
 from hwl.kernel.priv import Priv
 from hwl.kernel.proc import IrqHook, Proc, State
+from hwl.kernel.trigger import Trigger
 from hwl.link import abi
 from hwl.link.batch import Batch, ops_struct
 from hwl.link.link import Link, Ticket

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse  # noqa: F401  (most services parse their arguments with it)
 import contextlib
 import ctypes
+import importlib
 import json
 import os
 import runpy
@@ -26,24 +27,27 @@ import sys
 import traceback
 from typing import Any
 
-# What services and drivers import, loaded once here (hwl.system.sef: every
-# service). A restarted driver that compiled the driver libraries itself spent
-# 20-130 ms in imports (no .pyc cache when PYTHONDONTWRITEBYTECODE is set), most
-# of a NIC's kill-to-first-frame. Drivers' and servers' own modules are not
-# preloaded, so a live update runs their code as it is on disk.
-import hwl.driver.blockdriver
-import hwl.driver.netdriver
-import hwl.driver.nic
-import hwl.ipc
-import hwl.ipc.client
-import hwl.kernel.errno
-import hwl.link.batch
-import hwl.system.ds
-import hwl.system.pci
-import hwl.system.rs
-import hwl.system.sef  # noqa: F401
 from hwl.ipc import wire
 from hwl.procs import set_title
+
+# What services and drivers import, loaded once when the fork server starts
+# (hwl.system.sef: every service). A restarted driver that compiled the driver
+# libraries itself spent 20-130 ms in imports (no .pyc cache when
+# PYTHONDONTWRITEBYTECODE is set), most of a NIC's kill-to-first-frame. Drivers'
+# and servers' own modules are not preloaded, so a live update runs their code as
+# it is on disk. By name, in main(): the kernel's package imports nothing above it.
+PRELOAD = (
+    "hwl.driver.blockdriver",
+    "hwl.driver.netdriver",
+    "hwl.driver.nic",
+    "hwl.ipc",
+    "hwl.ipc.client",
+    "hwl.link.batch",
+    "hwl.system.ds",
+    "hwl.system.pci",
+    "hwl.system.rs",
+    "hwl.system.sef",
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
@@ -158,6 +162,8 @@ def serve(control: socket.socket) -> None:
 def main() -> int:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     set_title("forkserver")
+    for name in PRELOAD:
+        importlib.import_module(name)
     control = socket.socket(fileno=int(sys.argv[1]))
     serve(control)
     return 0

@@ -12,7 +12,7 @@
   device raised nothing (``Irqs.spurious``), once per ``faultctl``.
 
 Each port read from the port, and each interrupt on the line, is an
-opportunity for the fault's :class:`~hwl.faults.trigger.Trigger` (Linux's
+opportunity for the fault's :class:`~hwl.kernel.trigger.Trigger` (Linux's
 probability, interval, times, space; seeded), so a run is reproducible.
 """
 
@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from hwl.faults.trigger import Trigger
+from hwl.kernel.trigger import Trigger
 from hwl.link import abi
 
 KINDS = ("port-flip", "irq-lost")
