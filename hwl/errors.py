@@ -1,10 +1,59 @@
-"""Exceptions raised by hwl. Each keeps its cause and says what to do about it."""
+"""Exceptions raised by hwl. Each keeps its cause and says what to do about it.
+
+The tree (docs/errors.md): :class:`HwlError` is the root; :class:`ErrnoError`
+carries a MINIX errno; a server refuses with a :class:`Refusal`, a client raises a
+:class:`CallError` for an error answer.
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+from hwl.proto.errno import Errno
 
 
 class HwlError(Exception):
     """Base class of every error hwl raises on purpose."""
+
+
+class ErrnoError(HwlError):
+    """An error with a MINIX errno: ``errno`` says how, ``why`` (default: the errno's
+    description) says why; ``str()`` is ``why``. Raise it as ``raise X(...) from
+    exc`` so the cause stays with it."""
+
+    def __init__(self, errno: Errno, why: str = "") -> None:
+        self.errno = errno
+        self.why = why or errno.description
+        super().__init__(str(self))  # args (and so repr) carry the text, as usual
+
+    def __str__(self) -> str:
+        return self.why
+
+
+class Refusal(ErrnoError):
+    """What a server or driver answers a request with, raised in its handler: the
+    reply is ``-errno`` with ``why`` as its ``error`` field (:meth:`reply`)."""
+
+    def reply(self) -> tuple[int, dict[str, str]]:
+        """The answer on the wire: the negative errno and ``{"error": why}``."""
+        return -int(self.errno), {"error": self.why}
+
+
+class CallError(ErrnoError):
+    """A call's error answer, as its client raises it: ``errno``, the ``call`` that
+    failed and the server's (or the kernel's) ``detail``. ``str()`` is
+    "<prefix><call>: ENAME (description): detail"; ``prefix`` names the server."""
+
+    prefix: ClassVar[str] = ""
+
+    def __init__(self, errno: Errno, call: str, detail: str = "") -> None:
+        self.call = call
+        self.detail = detail
+        super().__init__(errno, detail)
+
+    def __str__(self) -> str:
+        text = f"{self.prefix}{self.call}: {self.errno.name} ({self.errno.description})"
+        return f"{text}: {self.detail}" if self.detail else text
 
 
 class ProfileError(HwlError):

@@ -33,9 +33,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hwl.errors import Refusal
 from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, Message
-from hwl.proto.errno import Errno, ErrnoError
+from hwl.proto.errno import Errno
 from hwl.system import sef
 from hwl.system.proto import LuState
 
@@ -48,7 +49,7 @@ Fields = dict[str, codec.Value]
 Iov = list[tuple[int, int]]  # (grant, size)
 
 
-class RequestError(ErrnoError):
+class RequestError(Refusal):
     """A callback's refusal: the request is answered with ``-errno``."""
 
 

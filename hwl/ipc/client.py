@@ -24,9 +24,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
-from hwl.errors import HwlError
+from hwl.errors import CallError, HwlError
 from hwl.ipc import channels as chan
 from hwl.ipc import codec, wire
 from hwl.ipc.arena import CHANNEL_WAIT, CHANNEL_WAIT_AT, Arena
@@ -45,22 +44,11 @@ BLOCKING_KCALLS: frozenset[str] = frozenset({"devio", "vdevio", "sdevio"})
 _BLOCKING_NUMBERS = frozenset(wire.KERNEL_CALL_NUMBERS[name] for name in BLOCKING_KCALLS)
 
 
-class ClientError(HwlError):
-    """A call failed: ``errno`` is the MINIX error, ``detail`` the reason. The base of
-    :class:`IpcError` and of the system clients' errors, whose ``prefix`` names the
-    server ("ds ", "pci ")."""
-
-    prefix: ClassVar[str] = ""
-
-    def __init__(self, errno: Errno, call: str, detail: str = "") -> None:
-        text = f"{self.prefix}{call}: {errno.name} ({errno.description})"
-        super().__init__(f"{text}: {detail}" if detail else text)
-        self.errno = errno
-        self.call = call
-        self.detail = detail
+ClientError = CallError
+"""The client-side error's earlier name (:class:`hwl.errors.CallError`)."""
 
 
-class IpcError(ClientError):
+class IpcError(CallError):
     """A call failed: ``errno`` is the MINIX error, ``detail`` the kernel's reason."""
 
 

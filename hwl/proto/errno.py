@@ -13,6 +13,10 @@ restarted"), not NetBSD's kernel-internal -3.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hwl.errors import ErrnoError as ErrnoError
 
 
 class Errno(enum.IntEnum):
@@ -171,21 +175,15 @@ def errno_of(code: int) -> Errno:
         return Errno.EGENERIC
 
 
-class ErrnoError(Exception):
-    """A request a server, driver or the kernel refuses, raised in its handler:
-    ``errno`` goes back as the reply's status (negative), ``why`` as its error text.
+def __getattr__(name: str) -> object:
+    """``ErrnoError`` lives in :mod:`hwl.errors` now (the error tree's root is
+    there); this name stays for the kernel's imports, found on first use so this
+    package still imports nothing else of hwl."""
+    if name == "ErrnoError":
+        from hwl.errors import ErrnoError
 
-    ``why`` defaults to the errno's description; ``str()`` is ``why``. Each
-    server subclasses it (RS's ``RsError``, the kernel's ``CallError``, ...).
-    """
-
-    def __init__(self, errno: Errno, why: str = "") -> None:
-        self.errno = errno
-        self.why = why or errno.description
-        super().__init__(str(self))  # args (and so repr) carry the text, as usual
-
-    def __str__(self) -> str:
-        return self.why
+        return ErrnoError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _DESCRIPTIONS: dict[Errno, str] = {

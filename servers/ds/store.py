@@ -37,10 +37,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from hwl.errors import Refusal
 from hwl.proto import codec
 from hwl.proto import ds as dsp
 from hwl.proto.ds import DsFlag
-from hwl.proto.errno import Errno, ErrnoError
+from hwl.proto.errno import Errno
 from hwl.proto.fields import FieldError, get_name
 
 MAX_ENTRIES = 4096
@@ -57,7 +58,7 @@ Value = int | str | bytes
 Key = tuple[str, str]  # (type, key)
 
 
-class StoreError(ErrnoError):
+class StoreError(Refusal):
     """A request DS refuses: ``errno`` goes back as the reply's status, ``why``
     (also ``message``) as its ``error`` field; ``str()`` is "EINVAL: why"."""
 

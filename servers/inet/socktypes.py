@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
+from hwl.errors import Refusal
 from hwl.proto.errno import Errno
 from hwl.proto.inet import SOCK_STREAM
 from servers.inet import udp
@@ -20,12 +21,8 @@ DEFAULT_OPTS: Final = {"reuseaddr": 0, "broadcast": 0, "rcvbuf": udp.QUEUE_LEN *
                        "nodelay": 0}  # fmt: skip
 
 
-class Refused(Exception):
+class Refused(Refusal):
     """A request answered ``-errno`` at once, with a reason."""
-
-    def __init__(self, err: Errno, reason: str) -> None:
-        super().__init__(reason)
-        self.errno = err
 
 
 def minix_errno(exc: OSError) -> Errno:

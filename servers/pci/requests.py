@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from hwl.errors import Refusal
 from hwl.ipc import codec
-from hwl.kernel.errno import Errno, ErrnoError
+from hwl.kernel.errno import Errno
 from hwl.system import proto
 from servers.pci import bus
 from servers.pci.acl import Acl
@@ -27,7 +28,7 @@ _READS = {proto.PCI_ATTR_R8: 1, proto.PCI_ATTR_R16: 2, proto.PCI_ATTR_R32: 4}
 _WRITES = {proto.PCI_ATTR_W8: 1, proto.PCI_ATTR_W16: 2, proto.PCI_ATTR_W32: 4}
 
 
-class RequestError(ErrnoError):
+class RequestError(Refusal):
     """A request is refused: ``errno`` goes back as the status, ``why`` as ``error``."""
 
 

@@ -30,12 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hwl.config import SystemConf, SystemConfError, parse
+from hwl.errors import Refusal
 from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.kcalls import ExitInfo
 from hwl.proto import codec, wire
 from hwl.proto import ds as dsp
 from hwl.proto import sef as sefp
-from hwl.proto.errno import Errno, ErrnoError, errno_of
+from hwl.proto.errno import Errno, errno_of
 from hwl.proto.rs import Policy
 from hwl.proto.sef import FI_CRASH_STATUS, FiType, InitType
 from hwl.system.rs import default_label
@@ -50,7 +51,7 @@ STOP_GRACE_S = 1.0  # SIGTERM, then SIGKILL after this long
 SCRIPT_REAP_S = 0.2  # how often finished recovery scripts are collected
 
 
-class RsError(ErrnoError):
+class RsError(Refusal):
     """A request RS refuses: the errno and why, for the reply."""
 
 

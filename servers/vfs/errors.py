@@ -3,10 +3,10 @@ driver is down (recovery re-issues it)."""
 
 from __future__ import annotations
 
-from hwl.proto.errno import ErrnoError
+from hwl.errors import Refusal
 
 
-class Refused(ErrnoError):
+class Refused(Refusal):
     """A request answered with ``-errno`` at once."""
 
 
