@@ -9,10 +9,11 @@ import socket as _pysocket
 from pathlib import Path
 from typing import Any, Final
 
-from hwl.ipc.client import Connection, IpcError, IpcTimeout, Message
+from hwl.ipc.client import Connection, IpcError, Message
 from hwl.proto import codec, wire
 from hwl.proto import inet as ip
-from hwl.proto.errno import Errno, errno_of
+from hwl.proto.errno import Errno
+from hwl.system.call import request
 from hwl.system.rs import KERNEL_SOCKET, Rs, RsError
 
 AF_INET: Final = _pysocket.AF_INET
@@ -90,20 +91,12 @@ class Inet:
         """One request; ``wait`` bounds the IPC (None: as long as INET takes). A
         negative answer raises OSError. A request interrupted or timed out on the
         IPC side is cancelled at INET, so no late answer is left behind."""
-        name = ip.REQUEST_NAMES.get(m_type, hex(m_type))
-        try:
-            reply = self.conn.sendrec(self.endpoint, m_type, fields, timeout=wait)
-        except IpcTimeout as exc:
-            self._cancel(fields)
-            raise os_error(Errno.ETIMEDOUT, name, str(exc)) from exc
-        except IpcError as exc:
-            raise os_error(exc.errno, name, str(exc)) from exc
-        except KeyboardInterrupt:
-            self._cancel(fields)
-            raise
-        if reply.m_type < 0:
-            raise os_error(errno_of(reply.m_type), name, str(reply.get("error", "")))
-        return reply
+        return request(
+            self.conn, self.endpoint, m_type, fields,
+            call=ip.REQUEST_NAMES.get(m_type, hex(m_type)), server="INET", error=os_error,
+            timeout=wait, counts=True, timed_out=Errno.ETIMEDOUT,
+            abandon=lambda: self._cancel(fields),
+        )  # fmt: skip
 
     def _cancel(self, fields: dict[str, codec.Value]) -> None:
         sock = fields.get("sock", 0)

@@ -13,10 +13,6 @@ restarted"), not NetBSD's kernel-internal -3.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from hwl.errors import ErrnoError as ErrnoError
 
 
 class Errno(enum.IntEnum):
@@ -173,17 +169,6 @@ def errno_of(code: int) -> Errno:
         return from_minix(code)
     except ValueError:
         return Errno.EGENERIC
-
-
-def __getattr__(name: str) -> object:
-    """``ErrnoError`` lives in :mod:`hwl.errors` now (the error tree's root is
-    there); this name stays for the kernel's imports, found on first use so this
-    package still imports nothing else of hwl."""
-    if name == "ErrnoError":
-        from hwl.errors import ErrnoError
-
-        return ErrnoError
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _DESCRIPTIONS: dict[Errno, str] = {

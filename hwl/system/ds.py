@@ -21,11 +21,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TypeVar
 
-from hwl.ipc.client import ClientError, IpcError, Message
+from hwl.errors import CallError
+from hwl.ipc.client import Message
 from hwl.proto import codec
 from hwl.proto import ds as dsp
 from hwl.proto.ds import DsFlag
-from hwl.proto.errno import Errno, errno_of
+from hwl.proto.errno import Errno
+from hwl.system.call import request
 from hwl.system.rs import ServerClient
 
 __all__ = ["Ds", "DsError"]
@@ -33,7 +35,7 @@ __all__ = ["Ds", "DsError"]
 T = TypeVar("T", int, str, bytes)
 
 
-class DsError(ClientError):
+class DsError(CallError):
     """A DS call failed: ``errno`` says how, ``detail`` is DS's (or the kernel's) reason."""
 
     prefix = "ds "
@@ -59,13 +61,8 @@ class Ds(ServerClient):
 
     # ------------------------------------------------------------------ call
     def _call(self, call: str, m_type: int, fields: dict[str, codec.Value]) -> Message:
-        try:
-            reply = self.conn.sendrec(self.endpoint, m_type, fields, timeout=self.timeout)
-        except IpcError as exc:
-            raise DsError(exc.errno, call, str(exc)) from exc
-        if reply.m_type != 0:
-            raise DsError(errno_of(reply.m_type), call, str(reply.get("error", "")))
-        return reply
+        return request(self.conn, self.endpoint, m_type, fields, call=call, server="DS",
+                       error=DsError, timeout=self.timeout)  # fmt: skip
 
     def publish(
         self,

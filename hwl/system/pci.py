@@ -22,16 +22,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from hwl.errors import CallError
 from hwl.ipc import codec
-from hwl.ipc.client import ClientError, IpcError, Message
-from hwl.proto.errno import Errno, errno_of
+from hwl.ipc.client import Message
+from hwl.proto.errno import Errno
 from hwl.system import proto
+from hwl.system.call import request
 from hwl.system.rs import ServerClient
 
 __all__ = ["Granted", "Pci", "PciError"]
 
 
-class PciError(ClientError):
+class PciError(CallError):
     """A PCI call failed: ``errno`` says how, ``detail`` is the server's (or kernel's) reason."""
 
     prefix = "pci "
@@ -57,18 +59,11 @@ class Pci(ServerClient):
     # ------------------------------------------------------------------ call
     def call(self, m_type: int, fields: dict[str, codec.Value] | None = None) -> Message:
         """One request; the reply if its status is 0, else :class:`PciError`."""
-        name = proto.PCI_REQUEST_NAMES.get(m_type, f"request {m_type:#x}")
-        try:
-            reply = self.conn.sendrec(self.endpoint, m_type, fields or {}, timeout=self.timeout)
-        except IpcError as exc:
-            raise PciError(exc.errno, name, str(exc)) from exc
-        if reply.m_type != 0:
-            try:
-                detail = str(reply.get("error", ""))
-            except codec.CodecError:
-                detail = "(the reply does not decode)"
-            raise PciError(errno_of(reply.m_type), name, detail)
-        return reply
+        return request(
+            self.conn, self.endpoint, m_type, fields or {},
+            call=proto.PCI_REQUEST_NAMES.get(m_type, f"request {m_type:#x}"),
+            server="PCI", error=PciError, timeout=self.timeout,
+        )  # fmt: skip
 
     def _int(self, reply: Message, name: str, call: str) -> int:
         value = reply.get(name)

@@ -22,25 +22,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Final, Self
 
-from hwl.errors import HwlError
-from hwl.ipc.client import ClientError, Connection, IpcError, Message
+from hwl.errors import CallError, HwlError
+from hwl.ipc.client import Connection, IpcError, Message
 from hwl.proto import codec, wire
 from hwl.proto import rs as rsp
 from hwl.proto.errno import Errno
 from hwl.proto.rs import Policy, SysctlType, UpdateFlag
 from hwl.proto.sef import FiType, LuState
+from hwl.system import call
 
 KERNEL_SOCKET: Final = wire.SOCKET_NAME  # where user processes attach
 
 
-class RsError(HwlError):
-    """RS refused or failed a request: ``errno`` is its answer, ``detail`` its reason."""
+class RsError(CallError):
+    """RS refused or failed a request: ``errno`` is its answer, ``detail`` its reason
+    (the errno's description if RS gave none); ``request`` is the call's name."""
 
     def __init__(self, errno: Errno, request: str, detail: str = "") -> None:
-        self.errno = errno
-        self.request = request
-        self.detail = detail or errno.description
-        super().__init__(f"{request} failed: {errno.name}: {self.detail}")
+        super().__init__(errno, request, detail or errno.description)
+
+    @property
+    def request(self) -> str:
+        return self.call
+
+    def __str__(self) -> str:
+        return f"{self.call} failed: {self.errno.name}: {self.detail}"
 
 
 class ProgramNotFound(HwlError):
@@ -424,27 +430,11 @@ class Rs:
         """Send one request and return RS's reply; raise :class:`RsError` on failure.
         RS dying during the request is EDEADSRCDST: the kernel restarts RS at the
         same endpoint, so the same request may be made again."""
-        name = rsp.RS_REQUEST_NAMES.get(m_type, f"request {m_type:#x}")
-        try:
-            reply = self.conn.sendrec(self.endpoint, m_type, fields or {}, timeout=self.timeout)
-        except IpcError as exc:
-            detail = f"no answer from RS: {exc.detail or exc}"
-            if exc.errno is Errno.EDEADSRCDST:
-                detail += " (RS died; the kernel restarts it: the request may be retried)"
-            raise RsError(exc.errno, name, detail) from exc
-        if reply.m_type == 0:
-            return reply
-        try:
-            detail = str(reply.get("error", "") or "")
-        except codec.CodecError as exc:
-            detail = f"(RS's reply does not decode: {exc})"
-        if reply.m_type > 0:
-            raise RsError(Errno.EGENERIC, name, f"RS answered {reply.m_type}, not 0 or an errno")
-        try:
-            errno = Errno(-reply.m_type)
-        except ValueError:
-            errno, detail = Errno.EGENERIC, f"unknown errno {-reply.m_type}: {detail}"
-        raise RsError(errno, name, detail)
+        return call.request(
+            self.conn, self.endpoint, m_type, fields or {},
+            call=rsp.RS_REQUEST_NAMES.get(m_type, f"request {m_type:#x}"),
+            server="RS", error=RsError, timeout=self.timeout, no_answer=_no_answer,
+        )  # fmt: skip
 
     def up(
         self,
@@ -586,7 +576,7 @@ class ServerClient:
     each call. A subclass names the server's ``label`` at RS and its ``error`` class."""
 
     label: ClassVar[str]
-    error: ClassVar[type[ClientError]]
+    error: ClassVar[type[CallError]]
 
     def __init__(self, conn: Connection, endpoint: int, timeout: float | None = None) -> None:
         self.conn = conn
@@ -603,6 +593,13 @@ class ServerClient:
 
 
 # ------------------------------------------------------------ field checks
+
+
+def _no_answer(exc: IpcError) -> str:
+    detail = f"no answer from RS: {exc.detail or exc}"
+    if exc.errno is Errno.EDEADSRCDST:
+        detail += " (RS died; the kernel restarts it: the request may be retried)"
+    return detail
 
 
 def _label(label: str) -> str:

@@ -22,11 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from hwl.errors import HwlError
+from hwl.errors import CallError
 from hwl.ipc.arena import Buffer
-from hwl.ipc.client import Connection, IpcError, IpcTimeout, Message
+from hwl.ipc.client import Connection, Message
 from hwl.proto import codec
-from hwl.proto.errno import Errno, errno_of
+from hwl.proto.errno import Errno
 from hwl.proto.vfs import (
     O_ACCMODE as O_ACCMODE,
 )
@@ -66,6 +66,7 @@ from hwl.proto.vfs import (
 from hwl.proto.vfs import (
     VFS_WRITE as VFS_WRITE,
 )
+from hwl.system.call import request
 from hwl.system.rs import KERNEL_SOCKET, Rs, RsError
 
 __all__ = ["DeviceFile", "Vfs", "VfsError"]
@@ -74,15 +75,20 @@ __all__ = ["DeviceFile", "Vfs", "VfsError"]
 DEFAULT_BUFFER: Final = 128 * 1024
 
 
-class VfsError(HwlError, OSError):
-    """A VFS call failed: ``errno`` is the MINIX errno (also ``OSError.errno``)."""
+class VfsError(CallError, OSError):  # type: ignore[misc]  # errno: an Errno is an int
+    """A VFS call failed: ``errno`` (also ``minix_errno``) is the MINIX errno, which
+    is ``OSError.errno`` too; ``str()`` is OSError's ("[Errno 5] vfs read: ...")."""
+
+    prefix = "vfs "
 
     def __init__(self, errno: Errno, call: str, detail: str = "") -> None:
-        text = f"vfs {call}: {errno.name} ({errno.description})"
-        OSError.__init__(self, int(errno), f"{text}: {detail}" if detail else text)
-        self.minix_errno = errno
-        self.call = call
-        self.detail = detail
+        super().__init__(errno, call, detail)
+        self.errno = errno  # OSError's __init__ (next after HwlError's) cleared it
+        OSError.__init__(self, int(errno), CallError.__str__(self))  # args: (errno, text)
+        self.errno = self.minix_errno = errno
+
+    def __str__(self) -> str:
+        return OSError.__str__(self)
 
 
 def mode_flags(mode: str) -> int:
@@ -138,17 +144,13 @@ class Vfs:
     # ------------------------------------------------------------- raw calls
     def call(self, m_type: int, fields: dict[str, codec.Value]) -> Message:
         """One request; a negative answer raises :class:`VfsError`."""
-        name = VFS_REQUEST_NAMES.get(m_type, hex(m_type))
-        try:
-            reply = self.conn.sendrec(self.endpoint, m_type, fields, timeout=self.timeout)
-        except IpcTimeout as exc:
-            # Not EINTR: io's buffered objects would silently retry an EINTR OSError.
-            raise VfsError(Errno.ETIMEDOUT, name, str(exc)) from exc
-        except IpcError as exc:
-            raise VfsError(exc.errno, name, str(exc)) from exc
-        if reply.m_type < 0:
-            raise VfsError(errno_of(reply.m_type), name, str(reply.get("error", "")))
-        return reply
+        # A timeout is ETIMEDOUT, not EINTR: io's buffered objects would silently
+        # retry an EINTR OSError.
+        return request(
+            self.conn, self.endpoint, m_type, fields,
+            call=VFS_REQUEST_NAMES.get(m_type, hex(m_type)), server="VFS", error=VfsError,
+            timeout=self.timeout, counts=True, timed_out=Errno.ETIMEDOUT,
+        )  # fmt: skip
 
     def open_fd(self, path: str, flags: int = O_RDONLY) -> int:
         return self.call(VFS_OPEN, {"path": path, "flags": flags}).m_type
