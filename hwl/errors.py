@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from hwl.proto.codec import Value
 from hwl.proto.errno import Errno
 
 
@@ -34,7 +35,7 @@ class Refusal(ErrnoError):
     """What a server or driver answers a request with, raised in its handler: the
     reply is ``-errno`` with ``why`` as its ``error`` field (:meth:`reply`)."""
 
-    def reply(self) -> tuple[int, dict[str, str]]:
+    def reply(self) -> tuple[int, dict[str, Value]]:
         """The answer on the wire: the negative errno and ``{"error": why}``."""
         return -int(self.errno), {"error": self.why}
 

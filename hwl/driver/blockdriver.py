@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 
 from hwl.errors import Refusal
 from hwl.ipc import codec, wire
-from hwl.ipc.client import Connection, IpcError, Message
+from hwl.ipc.client import Connection, Message
 from hwl.proto.errno import Errno
 from hwl.system import sef
 from hwl.system.proto import LuState
+from hwl.system.serve import Answering
 
 from . import proto
 from .core import Driver, Library, core
@@ -47,6 +48,16 @@ log = logging.getLogger(__name__)
 
 Fields = dict[str, codec.Value]
 Iov = list[tuple[int, int]]  # (grant, size)
+
+
+#: A missing or ill-typed field is EINVAL; a failed kernel call (a client's grant)
+#: answers its errno; a bug ends the driver, and RS restarts it.
+_ANSWERING = Answering(
+    log,
+    malformed=(KeyError, TypeError, ValueError, codec.CodecError),
+    call_text=lambda name, exc: str(exc),
+    answer_bugs=False,
+)
 
 
 class RequestError(Refusal):
@@ -206,15 +217,8 @@ def process(table: BlockDriver, m: Message) -> None:
             if answer is not None:
                 _reply(m, answer[0], answer[1])
         return
-    try:
-        status, fields = _request(table, m)
-    except RequestError as exc:
-        status, fields = -int(exc.errno), {"error": str(exc)}
-    except (KeyError, TypeError, ValueError, codec.CodecError) as exc:
-        status, fields = -int(Errno.EINVAL), {"error": f"malformed request: {exc}"}
-    except IpcError as exc:
-        status, fields = -int(exc.errno), {"error": str(exc)}
-    _reply(m, status, fields)
+    name = proto.BDEV_REQUEST_NAMES.get(m.m_type, f"{m.m_type:#x}")
+    _reply(m, *_ANSWERING.answer(lambda: _request(table, m), name, m.source))
 
 
 def _int(m: Message, name: str, default: int | None = None) -> int:

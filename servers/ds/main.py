@@ -41,6 +41,7 @@ from hwl.proto import ds as dsp
 from hwl.proto.errno import Errno
 from hwl.system import sef
 from hwl.system.proctab import ProcTable
+from hwl.system.serve import Answering
 from servers.ds.store import Caller, Outcome, Store, StoreError, handle
 
 log = logging.getLogger("servers.ds")
@@ -50,6 +51,12 @@ MAX_SAVED = wire.MAX_PAYLOAD - 256
 
 Reply = tuple[int, dict[str, codec.Value]]
 
+_ANSWERING = Answering(
+    log,
+    malformed=(),  # a request that does not decode is a StoreError already
+    failed_text=lambda name, exc: f"DS failed: {exc!r}",
+    level=lambda exc: logging.WARNING if exc.errno is Errno.EINVAL else logging.DEBUG,
+)
 _READS = frozenset({dsp.DS_RETRIEVE, dsp.DS_RETRIEVE_LABEL})  # requests that change nothing
 
 
@@ -194,23 +201,20 @@ class DataStore:
             log.debug("ignored a reply (status %d) from %d", m.m_type, m.source)
             return None
         name = dsp.DS_REQUEST_NAMES.get(m.m_type, f"{m.m_type:#x}")
-        try:
-            try:
-                fields = m.fields
-            except codec.CodecError as exc:
-                raise StoreError(Errno.EINVAL, f"the request does not decode: {exc}") from exc
-            outcome = self._handle(self.caller(m), m.m_type, fields)
-        except StoreError as exc:
-            level = logging.WARNING if exc.errno is Errno.EINVAL else logging.DEBUG
-            log.log(level, "%s from %d refused: %s", name, m.source, exc.why)
-            return -int(exc.errno), {"error": exc.why}
-        except Exception as exc:  # a bug in DS must not take the store down
-            log.exception("%s from %d failed", name, m.source)
-            return -int(Errno.EGENERIC), {"error": f"DS failed: {exc!r}"}
+        outcome = _ANSWERING.answer(lambda: self._request(m), name, m.source)
+        if not isinstance(outcome, Outcome):
+            return outcome
         self.notify(outcome.notify)
         if m.m_type not in _READS:
             self.keep()
         return 0, outcome.fields
+
+    def _request(self, m: Message) -> Outcome:
+        try:
+            fields = m.fields
+        except codec.CodecError as exc:
+            raise StoreError(Errno.EINVAL, f"the request does not decode: {exc}") from exc
+        return self._handle(self.caller(m), m.m_type, fields)
 
     def _handle(self, caller: Caller, m_type: int, fields: dict[str, codec.Value]) -> Outcome:
         """The store's answer; a subscribe that finds the table full has the dead

@@ -30,20 +30,20 @@ from hwl.ipc.client import Connection, IpcError, Message
 from hwl.proto import codec, wire
 from hwl.proto import inet as ip
 from hwl.proto.errno import Errno
-from hwl.proto.fields import FieldError
 from hwl.system import sef
 from hwl.system.ds import Ds, DsError
 from hwl.system.proctab import ProcTable
 from hwl.system.recovery import DriverTracker
+from hwl.system.serve import Answering
 from servers.inet import ipv4
 from servers.inet.ifaces import ConfigError, Ifaces, IfConfig, NicDriver, parse_if
 from servers.inet.sockets import Sockets
-from servers.inet.socktypes import Refused
 from servers.inet.stack import Stack, StackError
 from servers.inet.tcp.connection import TcpConfig
 from servers.inet.tcp.tcp import Tcp
 
 log = logging.getLogger(__name__)
+_ANSWERING = Answering(log, malformed_text=lambda name, exc: f"malformed {name}: {exc}")
 
 Fields = dict[str, codec.Value]
 REAP_SECONDS: Final = 2.0
@@ -188,20 +188,16 @@ class Inet:
             self.refused += 1
             sef.reply(m.source, -int(Errno.ENOSYS), {"error": f"unknown request {m.m_type:#x}"})
             return
-        try:
-            req = ip.parse(m.m_type, m.fields)
-            answer = self.execute(m.m_type, m.source, req, now)
-        except Refused as exc:
+        answer = _ANSWERING.answer(
+            lambda: [self.execute(m.m_type, m.source, ip.parse(m.m_type, m.fields), now)],
+            ip.REQUEST_NAMES[m.m_type],
+            m.source,
+        )
+        if not isinstance(answer, list):  # refused, malformed or failed
             self.refused += 1
-            sef.reply(m.source, -int(exc.errno), {"error": str(exc)})
-            return
-        except (FieldError, codec.CodecError) as exc:
-            self.refused += 1
-            name = ip.REQUEST_NAMES[m.m_type]
-            sef.reply(m.source, -int(Errno.EINVAL), {"error": f"malformed {name}: {exc}"})
-            return
-        if answer is not None:
             sef.reply(m.source, *answer)
+        elif answer[0] is not None:  # None: it waits and is answered late
+            sef.reply(m.source, *answer[0])
 
     def execute(
         self, m_type: int, client: int, req: ip.Request, now: float

@@ -193,7 +193,7 @@ class Streams:
             try:
                 answer = self._try(sock, w, now)
             except Refused as exc:
-                self.reply(w.client, -int(exc.errno), {"error": str(exc)})
+                self.reply(w.client, *exc.reply())
                 continue
             if answer is not None:
                 self.reply(w.client, *answer)

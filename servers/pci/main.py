@@ -63,6 +63,7 @@ from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.kernel.errno import Errno
 from hwl.system import proto, sef
+from hwl.system.serve import Answering
 from servers.pci import bus, state
 from servers.pci.acl import Callers
 from servers.pci.bus import ConfigSpace, Device
@@ -77,6 +78,13 @@ PIIX_PIRQRC = 0x60
 # How loud a refusal is: the end of an iteration is routine, a busy device worth a
 # line, anything else (bad input, an ACL violation) a warning.
 _LEVELS = {Errno.ENOENT: logging.DEBUG, Errno.EBUSY: logging.INFO}
+_ANSWERING = Answering(
+    log,
+    malformed=(),  # a request that does not decode is a RequestError already
+    failed_text=lambda name, exc: f"{name} failed in the PCI server: {exc!r}",
+    level=lambda exc: _LEVELS.get(exc.errno, logging.WARNING),
+    call_text=lambda name, exc: f"{name}: {exc}",  # a kernel call (devio) failed
+)
 
 
 class PciServer:
@@ -183,27 +191,17 @@ class PciServer:
             log.debug("ignored a reply (status %d) from %d", m.m_type, m.source)
             return None
         name = proto.PCI_REQUEST_NAMES.get(m.m_type, f"request {m.m_type:#x}")
+        return _ANSWERING.answer(lambda: self._request(m, name), name, m.source)
+
+    def _request(self, m: Message, name: str) -> Reply:
+        handler = self.requests.handlers.get(m.m_type)
+        if handler is None:
+            raise RequestError(Errno.EBADREQUEST, f"{name} is not a PCI request")
         try:
-            handler = self.requests.handlers.get(m.m_type)
-            if handler is None:
-                raise RequestError(Errno.EBADREQUEST, f"{name} is not a PCI request")
-            try:
-                fields: Fields = m.fields
-            except codec.CodecError as exc:
-                raise RequestError(Errno.EINVAL, f"the request does not decode: {exc}") from exc
-            return 0, handler(m.source, fields)
-        except RequestError as exc:
-            level = _LEVELS.get(exc.errno, logging.WARNING)
-            log.log(level, "%s from %d refused: %s", name, m.source, exc.why)
-            return -int(exc.errno), {"error": exc.why}
-        except KernelGone:
-            raise
-        except IpcError as exc:
-            log.warning("%s from %d failed in a kernel call: %s", name, m.source, exc)
-            return -int(exc.errno), {"error": f"{name}: {exc}"}
-        except Exception as exc:  # a bug here must not take the bus server down
-            log.exception("%s from %d failed", name, m.source)
-            return -int(Errno.EGENERIC), {"error": f"{name} failed in the PCI server: {exc!r}"}
+            fields: Fields = m.fields
+        except codec.CodecError as exc:
+            raise RequestError(Errno.EINVAL, f"the request does not decode: {exc}") from exc
+        return 0, handler(m.source, fields)
 
     def run(self) -> None:
         sef.serve(self.serve)

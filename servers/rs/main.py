@@ -25,6 +25,7 @@ from hwl.proto import rs as rsp
 from hwl.proto.errno import Errno
 from hwl.proto.sef import InitType
 from hwl.system.proctab import ProcTable
+from hwl.system.serve import Answering
 from servers.rs.adopt import adopt
 from servers.rs.keep import TableKeeper
 from servers.rs.manager import Manager, RsError
@@ -33,6 +34,7 @@ from servers.rs.table import State
 from servers.rs.update import Updater
 
 log = logging.getLogger("servers.rs")
+_ANSWERING = Answering(log, level=lambda exc: logging.INFO)
 
 
 class Rs:
@@ -154,16 +156,12 @@ class Rs:
 
     def _request(self, m: Message) -> None:
         name = rsp.RS_REQUEST_NAMES.get(m.m_type, f"{m.m_type:#x}")
-        try:
-            reply = self.requests.handle(m.source, m.m_type, _fields(m))
-        except RsError as exc:
-            log.info("%s from %s refused: %s", name, wire.endpoint_name(m.source), exc.why)
-            self._reply(m.source, -exc.errno, {"error": exc.why})
-            return
-        except codec.CodecError as exc:
-            self._reply(m.source, -Errno.EINVAL, {"error": f"malformed request: {exc}"})
-            return
-        if reply is not None:
+        reply = _ANSWERING.answer(
+            lambda: self.requests.handle(m.source, m.m_type, _fields(m)), name, m.source
+        )
+        if isinstance(reply, tuple):  # refused
+            self._reply(m.source, *reply)
+        elif reply is not None:  # None: answered when the work is done
             self._reply(m.source, 0, reply)
 
     def _reply(self, dest: int, status: int, fields: dict[str, codec.Value]) -> None:

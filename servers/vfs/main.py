@@ -45,15 +45,17 @@ from hwl.proto.errno import Errno
 from hwl.system import sef
 from hwl.system.ds import Ds, DsError
 from hwl.system.recovery import RETRY_SECONDS, DriverTracker
+from hwl.system.serve import Answering
 
 from . import devmap
 from .devices import Devices, Driver, Fields
-from .errors import Refused
 from .files import Files
 from .requests import Requests
 from .transfer import CHUNK, Transfers
 
 log = logging.getLogger(__name__)
+#: A request's checks: a field that is missing or of the wrong type is EINVAL.
+_CHECKING = Answering(log, malformed=(KeyError, TypeError, ValueError, codec.CodecError))
 
 
 class VfsServer:
@@ -114,13 +116,10 @@ class VfsServer:
         if m.m_type not in vp.VFS_REQUEST_NAMES:
             self.reply(m, -int(Errno.ENOSYS), {"error": f"unknown request {m.m_type:#x}"})
             return
-        try:
-            op = self.requests.make_op(m)
-        except Refused as exc:
-            self.reply(m, -int(exc.errno), {"error": str(exc)})
-            return
-        except (KeyError, TypeError, ValueError, codec.CodecError) as exc:
-            self.reply(m, -int(Errno.EINVAL), {"error": f"malformed request: {exc}"})
+        name = vp.VFS_REQUEST_NAMES[m.m_type]
+        op = _CHECKING.answer(lambda: self.requests.make_op(m), name, m.source)
+        if isinstance(op, tuple):
+            self.reply(m, *op)
             return
         if op is None:
             return

@@ -8,10 +8,11 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hwl.ipc.client import IpcError, Message
+from hwl.ipc.client import KernelGone, Message
 from hwl.proto import bdev as bp
 from hwl.proto import vfs as vp
 from hwl.proto.errno import Errno
+from hwl.system.serve import Answering
 
 from . import devmap
 from .devices import Driver, Fields, Minor
@@ -22,6 +23,11 @@ if TYPE_CHECKING:
     from .main import VfsServer
 
 log = logging.getLogger(__name__)
+#: A request's work: a failed kernel call is the client's grant (safecopy), not the
+#: driver's (a driver's failure is Refused or DriverDown), answered with its errno.
+_RUNNING = Answering(
+    log, malformed=(), call_text=lambda name, exc: str(exc), passes=(KernelGone, DriverDown)
+)
 
 
 @dataclass
@@ -92,14 +98,11 @@ class Requests:
 
     def run(self, driver: Driver, op: Op) -> bool:
         """Run ``op`` to its answer; False (op kept by the caller) if the driver is down."""
+        name = vp.VFS_REQUEST_NAMES[op.m.m_type]
         try:
-            status, fields = self.execute(driver, op)
+            status, fields = _RUNNING.answer(lambda: self.execute(driver, op), name, op.m.source)
         except DriverDown:
             return False
-        except Refused as exc:
-            status, fields = -int(exc.errno), {"error": str(exc)}
-        except IpcError as exc:  # the client's grant (safecopy), not the driver
-            status, fields = -int(exc.errno), {"error": str(exc)}
         self.server.reply(op.m, status, fields)
         return True
 
