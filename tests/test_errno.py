@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from hwl.errors import HwlError, Refusal
 from hwl.kernel.errno import Errno, ErrnoError, from_minix, to_minix
 
 
@@ -67,13 +68,15 @@ def test_the_server_side_errors_share_errno_error() -> None:
     from hwl.driver.blockdriver import RequestError as BlockRequestError
     from hwl.kernel.calls import CallError
     from servers.ds.store import StoreError
+    from servers.inet.socktypes import Refused as InetRefused
     from servers.pci.main import RequestError as PciRequestError
     from servers.rs.manager import RsError
-    from servers.vfs.main import Refused
+    from servers.vfs.errors import Refused
 
-    for cls in (RsError, PciRequestError, Refused, BlockRequestError, CallError):
+    for cls in (RsError, PciRequestError, Refused, BlockRequestError, InetRefused, CallError):
         exc = cls(Errno.EINVAL, "bad field")
-        assert isinstance(exc, ErrnoError)
+        assert isinstance(exc, ErrnoError) and isinstance(exc, HwlError)
+        assert isinstance(exc, Refusal) or cls is CallError  # the kernel's, its own
         assert (exc.errno, exc.why, str(exc)) == (Errno.EINVAL, "bad field", "bad field")
     assert str(Refused(Errno.EIO)) == str(BlockRequestError(Errno.EIO)) == Errno.EIO.description
     store = StoreError(Errno.ENOENT, "no key 'k'")

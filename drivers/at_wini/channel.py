@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from hwl.driver import blockdriver as bd
+from hwl.errors import HwlError
 from hwl.hw import ata
 from hwl.ipc import wire
 from hwl.ipc.client import Connection, IpcError
@@ -25,7 +26,7 @@ log = logging.getLogger("at_wini")
 MAX_MULTIPLE = 16  # PIO: sectors per DRQ block (and per interrupt), when the drive allows
 
 
-class CommandError(Exception):
+class CommandError(HwlError):
     """A command failed (ERR/DF, timeout, bus-master error); retried, then EIO.
     ``timeout``: no interrupt came in time, so the channel is reset before the retry."""
 
