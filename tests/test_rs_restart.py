@@ -114,7 +114,7 @@ def test_the_kernel_holds_exits_while_no_root_runs(tmp_path: Path) -> None:
         entry = kernel.children[child.pid]
         assert entry.popen is not None
         os.kill(child.pid, signal.SIGKILL)
-        kernel._child_exited(entry, entry.popen.wait(10))  # reaped, as the loop would
+        kernel.lifecycle.child_exited(entry, entry.popen.wait(10))  # reaped, as the loop would
         assert [r.endpoint for r in kernel.held_exits] == [child.endpoint]
 
         new = kernel.restart_root()

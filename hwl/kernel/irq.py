@@ -9,14 +9,13 @@ re-enable policy, at once). ``irqdisable`` masks the line; the last
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from hwl.ipc import wire
+from hwl.kernel.hwfaults import HwFaults
 from hwl.kernel.proc import IrqHook, Proc
+from hwl.kernel.stublink import HasLink
 from hwl.link.link import Link
-
-if TYPE_CHECKING:
-    from hwl.kernel.kernel import Kernel
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +23,24 @@ NR_HOOKS = 64
 IRQ_REENABLE = 1  # policy bit, as MINIX's
 
 
+class Owners(Protocol):
+    """The process table, for a hook's owner."""
+
+    def lookup(self, endpoint: int) -> Proc | None: ...
+
+
+class Notifier(Protocol):
+    """IPC's notify (hwl.kernel.ipc.Ipc.post_notify)."""
+
+    def post_notify(self, target: Proc, source: int, bits: int) -> None: ...
+
+
 class Irqs:
-    def __init__(self, kernel: Kernel) -> None:
-        self.kernel = kernel
+    def __init__(self, machine: HasLink, owners: Owners, notifier: Notifier, hw: HwFaults) -> None:
+        self.machine = machine
+        self.owners = owners
+        self.notifier = notifier
+        self.hw = hw  # faultctl's lost interrupts
         self.hooks: dict[int, IrqHook] = {}
         self._next = 0
 
@@ -34,8 +48,8 @@ class Irqs:
         return [h for h in self.hooks.values() if h.line == line]
 
     def _link(self) -> Link:
-        link = self.kernel.link
-        if link is None or not self.kernel.link_ok:
+        link = self.machine.link
+        if link is None or not self.machine.link_ok:
             raise OSError("no machine: the kernel runs without a link to a stub")
         return link
 
@@ -57,19 +71,19 @@ class Irqs:
         if not hooks:
             log.debug("IRQ %d fired with no hook; it stays masked", line)
             return
-        hw = self.kernel.calls.hw
+        hw = self.hw
         if hw.faults and hw.irq_lost(line):
             log.warning("IRQ %d lost (a hardware fault); the line stays masked", line)
             for hook in hooks:
                 hook.active = True  # as if seen: the owner's irqenable unmasks it
             return
         for hook in hooks:
-            owner = self.kernel.table.lookup(hook.owner)
+            owner = self.owners.lookup(hook.owner)
             if owner is None:
                 continue
             hook.active = not hook.reenable
             hook.fired += 1
-            self.kernel.ipc.post_notify(owner, wire.HARDWARE, 1 << hook.notify_id)
+            self.notifier.post_notify(owner, wire.HARDWARE, 1 << hook.notify_id)
         if not any(h.active for h in hooks):
             self._link().irq_unmask(line)
 
@@ -120,12 +134,13 @@ class Irqs:
     def remove(self, proc: Proc, hook: IrqHook) -> None:
         del self.hooks[hook.hook]
         proc.irq_hooks.remove(hook)
-        if self.kernel.link_ok and self.kernel.link is not None:
+        link = self.machine.link
+        if self.machine.link_ok and link is not None:
             rest = self._on_line(hook.line)
             if not rest:
-                self.kernel.link.irq_mask(hook.line)
+                link.irq_mask(hook.line)
             elif not any(h.active for h in rest):
-                self.kernel.link.irq_unmask(hook.line)
+                link.irq_unmask(hook.line)
 
     def release(self, proc: Proc) -> None:
         """A process ended: its hooks go, and lines nobody else holds are masked."""

@@ -1,0 +1,133 @@
+"""Memory grants (MINIX's ``safecopy``): copies between the caller's arena and a
+granter's, checked against the grant's grantee, access and range.
+
+A grant is an entry in the granter's arena (hwl.ipc.arena); an indirect one names
+another grant, followed at most 4 deep. :meth:`Grants.resolve` is also how the DMA
+and port I/O calls reach a grant.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from hwl.ipc import arena, wire
+from hwl.kernel.calls.base import (
+    I32_MAX,
+    I32_MIN,
+    CallError,
+    Fields,
+    Reply,
+    deny,
+    fail,
+    get_bool,
+    get_int,
+)
+from hwl.kernel.errno import Errno
+from hwl.kernel.proc import Proc
+
+MAX_VECTOR = 64  # vsafecopy entries
+
+
+class Procs(Protocol):
+    """The process table, for the granters' arenas."""
+
+    def lookup(self, endpoint: int) -> Proc | None: ...
+
+
+class Grants:
+    def __init__(self, table: Procs) -> None:
+        self.table = table
+
+    @staticmethod
+    def own(proc: Proc, offset: int, length: int) -> tuple[memoryview, int]:
+        """Where ``length`` bytes at ``offset`` of the caller's own arena are."""
+        size = len(proc.arena_view)
+        if offset < arena.DATA_START or offset + length > size:
+            fail(Errno.EFAULT, f"arena range [{offset}, {offset + length}) is outside "
+                 f"its data area [{arena.DATA_START}, {size})")  # fmt: skip
+        return proc.arena_view, offset
+
+    def resolve(
+        self, caller: Proc, granter_ep: int, gid: int, access: int, offset: int, length: int
+    ) -> tuple[memoryview, int]:
+        """Where grant ``gid`` of ``granter_ep`` puts ``length`` bytes at ``offset``,
+        after checking that ``caller`` may use it for ``access``."""
+        requester = caller.endpoint
+        for _depth in range(4):
+            granter = self.table.lookup(granter_ep)
+            if granter is None:
+                fail(Errno.EDEADSRCDST, f"granter {wire.endpoint_name(granter_ep)} is not alive")
+            entry = arena.read_entry(granter.arena_view, gid)
+            if entry is None:
+                fail(Errno.EINVAL, f"{granter.label} has no grant {gid} (revoked or never made)")
+            flags, grantee, g_off, g_len, ind_ep, ind_gid = entry
+            if grantee not in (wire.ANY, requester):
+                deny(f"grant {gid} of {granter.label} is for {wire.endpoint_name(grantee)}, "
+                     f"not {wire.endpoint_name(requester)}")  # fmt: skip
+            if flags & access != access:
+                deny(f"grant {gid} of {granter.label} does not allow "
+                     f"{'writing' if access & arena.WRITE else 'reading'}")  # fmt: skip
+            if offset < 0 or length < 0 or offset + length > g_len:
+                deny(f"[{offset}, {offset + length}) is outside grant {gid} of "
+                     f"{granter.label} ({g_len} bytes)")  # fmt: skip
+            if flags & arena.INDIRECT:
+                requester, granter_ep, gid, offset = (
+                    granter.endpoint,
+                    ind_ep,
+                    ind_gid,
+                    g_off + offset,
+                )
+                continue
+            start = g_off + offset
+            if g_off < arena.DATA_START or start + length > len(granter.arena_view):
+                fail(Errno.EFAULT, f"grant {gid} of {granter.label} lies outside its arena")
+            return granter.arena_view, start
+        fail(Errno.EINVAL, f"grant {gid}: indirect grants nested more than 4 deep")
+
+    def _copy(self, proc: Proc, f: Fields, to_grant: bool) -> None:
+        granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
+        gid = get_int(f, "grant", 0, I32_MAX)
+        offset = get_int(f, "offset", 0, I32_MAX, 0)
+        length = get_int(f, "length", 0, I32_MAX)
+        local = get_int(f, "local", 0, I32_MAX)
+        view, start = self.resolve(
+            proc, granter, gid, arena.WRITE if to_grant else arena.READ, offset, length
+        )
+        own, at = self.own(proc, local, length)
+        if to_grant:
+            view[start : start + length] = own[at : at + length]
+        else:
+            own[at : at + length] = view[start : start + length]
+
+    def do_safecopyfrom(self, proc: Proc, f: Fields) -> Reply:
+        self._copy(proc, f, to_grant=False)
+        return {}
+
+    def do_safecopyto(self, proc: Proc, f: Fields) -> Reply:
+        self._copy(proc, f, to_grant=True)
+        return {}
+
+    def do_vsafecopy(self, proc: Proc, f: Fields) -> Reply:
+        copies = f.get("copies")
+        if not isinstance(copies, list) or len(copies) > MAX_VECTOR:
+            fail(Errno.EINVAL, f"vsafecopy: copies must be a list of at most {MAX_VECTOR}")
+        for i, copy in enumerate(copies):
+            if not isinstance(copy, dict):
+                fail(Errno.EINVAL, f"vsafecopy: entry {i} is not a dict")
+            try:
+                self._copy(proc, copy, to_grant=get_bool(copy, "to_grant"))
+            except CallError as exc:
+                raise CallError(
+                    exc.errno, f"vsafecopy entry {i}: {exc.why}", warn=exc.warn
+                ) from exc
+        return {"done": len(copies)}
+
+    def do_safememset(self, proc: Proc, f: Fields) -> Reply:
+        granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
+        gid = get_int(f, "grant", 0, I32_MAX)
+        offset = get_int(f, "offset", 0, I32_MAX, 0)
+        length = get_int(f, "length", 0, I32_MAX)
+        byte = get_int(f, "byte", 0, 255, 0)
+        view, start = self.resolve(proc, granter, gid, arena.WRITE, offset, length)
+        view[start : start + length] = bytes([byte]) * length
+        return {}

@@ -1,0 +1,109 @@
+"""Calls that wait for the stub: submitted, spun on briefly, else finished from the loop.
+
+A call that hands the stub a batch (``vdevio``, ``sdevio``) waits up to SPIN for
+it; then the caller is left in KCALL and the kernel's loop, which polls
+:attr:`Stub.pending` while it is not empty, answers it when the stub is done, so the
+kernel keeps serving everyone else while a device works.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NoReturn, Protocol
+
+from hwl.kernel.calls.base import Answer, AnswerT, CallError, require_link
+from hwl.kernel.errno import Errno
+from hwl.kernel.proc import Proc, State
+from hwl.kernel.stublink import HasLink
+from hwl.link import abi
+from hwl.link.link import Link, Ticket
+
+SPIN = 100e-6  # how long a call waits for the stub before the loop takes over
+
+
+class Answerer(Protocol):
+    """How a call that finishes later answers its caller (the dispatcher)."""
+
+    def answer(self, proc: Proc, number: int, run: Callable[[], Answer | None]) -> None: ...
+
+
+@dataclass
+class Pending:
+    """A call waiting for the stub."""
+
+    proc: Proc
+    ticket: Ticket
+    nops: int
+    finish: Callable[[int, int, bytes], None]  # answers the caller (if it is alive)
+
+
+class Stub:
+    def __init__(self, machine: HasLink, answerer: Answerer) -> None:
+        self.machine = machine
+        self.answerer = answerer
+        self.pending: list[Pending] = []
+
+    def link(self) -> Link:
+        return require_link(self.machine)
+
+    def submit(
+        self,
+        proc: Proc,
+        number: int,
+        ticket_of: Callable[[Link], Ticket],
+        nops: int,
+        finish: Callable[[int, int, bytes], AnswerT],
+    ) -> AnswerT | None:
+        link = self.link()
+        while len(self.pending) >= abi.NSLOTS:
+            self.poll_pending()
+        ticket = ticket_of(link)
+        end = time.perf_counter() + SPIN
+        while not link.done(ticket):
+            if time.perf_counter() > end:
+                proc.state = State.KCALL
+                self.pending.append(Pending(proc, ticket, nops, self._wrap(proc, number, finish)))
+                return None
+        return finish(*link.collect_raw(ticket, nops))
+
+    def _wrap(
+        self, proc: Proc, number: int, finish: Callable[[int, int, bytes], Answer]
+    ) -> Callable[[int, int, bytes], None]:
+        def finish_later(status: int, failed: int, ops: bytes) -> None:
+            proc.state = State.RUNNING
+            self.answerer.answer(proc, number, lambda: finish(status, failed, ops))
+
+        return finish_later
+
+    def poll_pending(self) -> None:
+        link = self.machine.link
+        if link is None:
+            return
+        for p in list(self.pending):
+            if link.done(p.ticket):
+                self.pending.remove(p)
+                p.finish(*link.collect_raw(p.ticket, p.nops))
+
+    @staticmethod
+    def failure(status: int, failed: int, ops: bytes) -> NoReturn:
+        """Raise the error of a batch the stub stopped."""
+        last = op_result(ops, failed)
+        if status == abi.ST_TIMEOUT:
+            raise CallError(Errno.ETIMEDOUT, f"op {failed}: wait timed out, last value {last:#x}")
+        name = abi.STATUS_NAMES.get(status, f"status {status}")
+        raise CallError(Errno.EIO, f"op {failed}: the stub refused it ({name})")
+
+
+def op_code(ops: bytes, index: int) -> int:
+    """The code of op ``index`` in a finished batch (0 if there is no such op)."""
+    at = index * abi.OP_SIZE
+    return ops[at] if 0 <= at < len(ops) else 0
+
+
+def op_result(ops: bytes, index: int) -> int:
+    """The result word of op ``index`` in a finished batch (0 if there is no such op)."""
+    at = index * abi.OP_SIZE + abi.OP_C_OFFSET
+    return int(struct.unpack_from("<I", ops, at)[0]) if 0 <= at <= len(ops) - 4 else 0
