@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import logging
 import time
+from functools import partial
 from typing import Final
 
 from hwl.ipc.client import Connection, IpcError, Message
@@ -43,6 +44,7 @@ from servers.inet.tcp.connection import TcpConfig
 from servers.inet.tcp.tcp import Tcp
 
 log = logging.getLogger(__name__)
+_GUARD = Answering(log, malformed=())
 _ANSWERING = Answering(log, malformed_text=lambda name, exc: f"malformed {name}: {exc}")
 
 Fields = dict[str, codec.Value]
@@ -108,12 +110,10 @@ class Inet:
     def serve(self) -> None:
         while True:
             m = sef.receive()
-            try:
-                self.dispatch(m)
-            except Exception:  # a bug must not take the network down
-                log.exception("message %#x from %d", m.m_type, m.source)
-                if not m.is_notify and ip.is_request(m.m_type):
-                    sef.reply(m.source, -int(Errno.EGENERIC), {"error": "internal error"})
+            # A bug must not take the network down; a request it hit is answered.
+            failed = _GUARD.answer(partial(self.dispatch, m), f"message {m.m_type:#x}", m.source)
+            if failed is not None and not m.is_notify and ip.is_request(m.m_type):
+                sef.reply(m.source, *failed)
             self.flush(time.monotonic())
 
     def dispatch(self, m: Message) -> None:

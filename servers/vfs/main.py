@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from functools import partial
 
 from hwl.ipc.client import Connection, IpcError, Message
 from hwl.proto import codec, wire
@@ -55,6 +56,7 @@ from .transfer import CHUNK, Transfers
 
 log = logging.getLogger(__name__)
 #: A request's checks: a field that is missing or of the wrong type is EINVAL.
+_GUARD = Answering(log, malformed=())
 _CHECKING = Answering(log, malformed=(KeyError, TypeError, ValueError, codec.CodecError))
 
 
@@ -95,12 +97,10 @@ class VfsServer:
     def serve(self) -> None:
         while True:
             m = sef.receive()
-            try:
-                self.dispatch(m)
-            except Exception:  # a bug must not take the file system down
-                log.exception("request %#x from %d", m.m_type, m.source)
-                if not m.is_notify and m.m_type > 0:
-                    self.reply(m, -int(Errno.EGENERIC), {"error": "internal error"})
+            # A bug must not take the file system down; a request it hit is answered.
+            failed = _GUARD.answer(partial(self.dispatch, m), f"message {m.m_type:#x}", m.source)
+            if failed is not None and not m.is_notify and m.m_type > 0:
+                self.reply(m, *failed)
 
     def dispatch(self, m: Message) -> None:
         if m.is_notify:
