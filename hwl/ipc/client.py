@@ -44,10 +44,6 @@ BLOCKING_KCALLS: frozenset[str] = frozenset({"devio", "vdevio", "sdevio"})
 _BLOCKING_NUMBERS = frozenset(wire.KERNEL_CALL_NUMBERS[name] for name in BLOCKING_KCALLS)
 
 
-ClientError = CallError
-"""The client-side error's earlier name (:class:`hwl.errors.CallError`)."""
-
-
 class IpcError(CallError):
     """A call failed: ``errno`` is the MINIX error, ``detail`` the kernel's reason."""
 
