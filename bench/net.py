@@ -12,7 +12,7 @@ in count and time:
   second (``TX_DGRAMS`` SENDTOs back to back); ``<nic>_udp_tx64_delivered`` is
   the fraction Linux's socket received;
 - ``<nic>_tcp_tx_mb_s`` / ``<nic>_tcp_rx_mb_s``: ``TCP_MIB`` MiB to Linux, then as
-  much back on the same connection (hwl.system.netdemo), SHA-256 checked both
+  much back on the same connection (hwl.net.demo), SHA-256 checked both
   ways; median over the runs;
 - ``<nic>_under_kills_ratio``: one connection sends to Linux for 2 x runs + 1
   phases of ``--seconds`` (default 5), alternately quiet and with the NIC driver
@@ -41,7 +41,7 @@ import hwl.net
 from hwl.benchmarks import Targets, report
 from hwl.errors import HwlError
 from hwl.machine.machine import Machine
-from hwl.system import netdemo
+from hwl.net import demo as netdemo
 from hwl.system.boot import System
 from hwl.system.nicrig import LINUX_IP
 

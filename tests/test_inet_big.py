@@ -1,6 +1,6 @@
 """The big TCP transfers of issue 18, on each real NIC behind INET (profiles ``inet``
 (e1000), ``inet-ne2k`` and ``inet-rtl8139``), Linux's own sockets in the machine's
-namespace as the peer (hwl.system.netdemo): bytes each way on one connection,
+namespace as the peer (hwl.net.demo): bytes each way on one connection,
 SHA-256 equal, and Linux's ``nstat`` showing no checksum or header errors; then a
 transfer during which the NIC driver is SIGKILLed 10 times: SHA-256 equal, no
 reset counted by Linux, no error on either side, the same connection to the end.
@@ -23,7 +23,7 @@ import pytest
 
 import hwl.net
 from hwl.machine.machine import Machine
-from hwl.system import netdemo
+from hwl.net import demo as netdemo
 from hwl.system.boot import System
 from hwl.system.nicrig import LINUX_IP
 

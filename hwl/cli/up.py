@@ -7,7 +7,7 @@ prints how long the service was gone and the table again. For a disk driver
 compared with the disk image on the host. With ``--tcp-transfer MIB`` (a profile
 running inet) it sends MIB MiB over TCP to Linux's own socket in the machine's
 namespace while INET's NIC driver is SIGKILLed, and says whether every byte
-arrived (SHA-256) and the connection stayed up (hwl.system.netdemo). Without ``--once``
+arrived (SHA-256) and the connection stayed up (hwl.net.demo). Without ``--once``
 it keeps the system up until Ctrl-C; ``service`` commands reach it through the
 run directory it prints (``export HWL_RUN_DIR=...``).
 
@@ -34,8 +34,8 @@ from pathlib import Path
 
 from hwl.cli.service import format_status
 from hwl.machine.machine import Machine
+from hwl.net import demo as netdemo
 from hwl.net.status import interfaces_text
-from hwl.system import netdemo
 from hwl.system.boot import System
 from hwl.system.events import Event
 from hwl.system.rs import ServiceStatus

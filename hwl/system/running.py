@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwl.errors import HwlError
 from hwl.machine.machine import Machine
 from hwl.machine.qmp import Qmp
-from hwl.net.client import Inet
 from hwl.system.boot import System
 from hwl.system.ds import Ds
 from hwl.system.events import Event, read_events
@@ -30,6 +29,9 @@ from hwl.system.watch import (
     kernel_log_says,
     kernel_restarted,
 )
+
+if TYPE_CHECKING:
+    from hwl.net.client import Inet
 
 
 class CoreDied(HwlError):
@@ -129,6 +131,10 @@ class RunningSystem:
                 raise HwlError(
                     f"profile '{self.machine.profile.name}' runs no inet (try inet, inet-nics)"
                 )
+            # INET's client is loaded when asked for: hwl.net finds INET through
+            # RS's client (hwl.system.rs), so hwl.system imports it only here.
+            from hwl.net.client import Inet
+
             self._inet = Inet.attach(self.run_dir)
         return self._inet
 
