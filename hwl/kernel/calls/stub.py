@@ -41,6 +41,9 @@ class Pending:
 
 
 class Stub:
+    """The stub's request slots as the calls use them; :attr:`pending` the calls
+    the loop finishes."""
+
     def __init__(self, machine: HasLink, answerer: Answerer) -> None:
         self.machine = machine
         self.answerer = answerer
@@ -57,6 +60,8 @@ class Stub:
         nops: int,
         finish: Callable[[int, int, bytes], AnswerT],
     ) -> AnswerT | None:
+        """Hand the stub a batch (``ticket_of``) and, if it is done within SPIN,
+        return ``finish``'s answer; else None: the loop answers later."""
         link = self.link()
         while len(self.pending) >= abi.NSLOTS:
             self.poll_pending()
