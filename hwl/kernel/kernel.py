@@ -211,9 +211,6 @@ class Kernel:
     def kill_process(self, proc: Proc, reason: str) -> None:
         self.lifecycle.kill_process(proc, reason)
 
-    def doom(self, proc: Proc, reason: str) -> None:
-        self.lifecycle.doom(proc, reason)
-
     def restart_root(self) -> Proc | None:
         return self.lifecycle.restart_root()
 
@@ -392,6 +389,3 @@ class Kernel:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
         self._epoll.close()
-
-    def uptime(self) -> float:
-        return time.monotonic() - self.ipc.boot
