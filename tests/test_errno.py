@@ -69,7 +69,7 @@ def test_the_server_side_errors_share_errno_error() -> None:
     from hwl.kernel.calls import CallError
     from servers.ds.store import StoreError
     from servers.inet.socktypes import Refused as InetRefused
-    from servers.pci.main import RequestError as PciRequestError
+    from servers.pci.requests import RequestError as PciRequestError
     from servers.rs.manager import RsError
     from servers.vfs.errors import Refused
 
