@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import distributed
 import pytest
 
 from hwl.campaign import record
@@ -87,13 +88,13 @@ def test_dask_runs_the_same_schedule_to_the_same_outcomes(
 ) -> None:
     """A second run, through a local Dask cluster (two worker processes on
     loopback): the same fault, target and timing per trial, the same outcomes."""
-    distributed = pytest.importorskip("distributed")
     first = record.read_trials(smoke[0])
     out = tmp_path / "dask"
-    with distributed.LocalCluster(
+    cluster = distributed.LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=JOBS, threads_per_worker=1, processes=True,
         host="127.0.0.1", dashboard_address=None,
-    ) as cluster:  # fmt: skip
+    )  # fmt: skip
+    with cluster:
         summary = Campaign(
             builtin("smoke"), SEED, TRIALS, out, JOBS, "dask", cluster.scheduler_address
         ).run()
