@@ -185,7 +185,7 @@ def at_wini_up(system: System, *args: str) -> None:
     if stock is None:
         raise HwlError("system.conf has no at_wini entry")
     system.rs.up(
-        [sys.executable, "-m", "drivers.at_wini", "instance=0", *args],
+        [sys.executable, "-m", "hwl.drivers.at_wini", "instance=0", *args],
         label="at_wini",
         conf=stock.to_text(),
         policy=Policy.RESTART,
@@ -210,13 +210,13 @@ def kernel_path_only() -> Iterator[None]:
 @contextlib.contextmanager
 def started(machine: Machine, *at_wini_args: str) -> Iterator[tuple[System, Vfs]]:
     boot = [
-        up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
-        up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
+        up_fields([sys.executable, "-m", "hwl.servers.ds"], label="ds"),
+        up_fields([sys.executable, "-m", "hwl.servers.pci"], label="pci"),
     ]
     system = System.start(machine, boot, backoff_unit=0.0)
     try:
         at_wini_up(system, *at_wini_args)
-        system.rs.up([sys.executable, "-m", "servers.vfs"], label="vfs")
+        system.rs.up([sys.executable, "-m", "hwl.servers.vfs"], label="vfs")
         with Vfs.attach(machine.run_dir, timeout=60) as vfs:
             yield system, vfs
     finally:

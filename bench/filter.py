@@ -45,10 +45,10 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from drivers.at_wini.lie import AT_LIE
-from drivers.filter.layout import Layout
 from hwl import Machine
 from hwl.benchmarks import Targets, report
+from hwl.drivers.at_wini.lie import AT_LIE
+from hwl.drivers.filter.layout import Layout
 from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.system import vfs as vp
@@ -177,7 +177,7 @@ def paired(base: Callable[[], T], filtered: Callable[[], T], flip: bool) -> tupl
 def filter_up(system: System, args: str) -> None:
     with contextlib.suppress(HwlError):
         system.rs.down("filter")
-    system.rs.up([sys.executable, "-m", "drivers.filter", f"driver=at_wini,{args}"],
+    system.rs.up([sys.executable, "-m", "hwl.drivers.filter", f"driver=at_wini,{args}"],
                  label="filter")  # fmt: skip
 
 
@@ -203,11 +203,11 @@ def corruption_ms(system: System, vfs: Vfs, disk: Disk) -> list[float]:
 
 def run(machine: Machine, runs: int) -> dict[str, float]:
     boot = [
-        up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
-        up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
-        up_fields([sys.executable, "-m", "drivers.at_wini", "instance=0"], label="at_wini"),
-        up_fields([sys.executable, "-m", "drivers.at_wini", "instance=1"], label="at_wini1"),
-        up_fields([sys.executable, "-m", "servers.vfs", "--channel", "1=filter"], label="vfs"),
+        up_fields([sys.executable, "-m", "hwl.servers.ds"], label="ds"),
+        up_fields([sys.executable, "-m", "hwl.servers.pci"], label="pci"),
+        up_fields([sys.executable, "-m", "hwl.drivers.at_wini", "instance=0"], label="at_wini"),
+        up_fields([sys.executable, "-m", "hwl.drivers.at_wini", "instance=1"], label="at_wini1"),
+        up_fields([sys.executable, "-m", "hwl.servers.vfs", "--channel", "1=filter"], label="vfs"),
     ]
     figures: dict[str, float] = {}
     disk = Disk(machine.disks["hd0"])

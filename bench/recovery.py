@@ -49,7 +49,7 @@ from hwl.system.durations import parse_ticks
 from hwl.system.proto import Policy, UpdateFlag
 from hwl.system.rs import Rs
 
-ECHO_ARGV = [sys.executable, "-m", "servers.echo", "--tag", "bench"]
+ECHO_ARGV = [sys.executable, "-m", "hwl.servers.echo", "--tag", "bench"]
 ECHO = 1  # servers/echo's request type
 RETRY_S = 0.0002
 PINGED = 4  # echo services in the heartbeat phase
@@ -181,7 +181,15 @@ def stock_pings_per_s(profile: str = "pc") -> float:
 
 def run(kills: int, updates: int) -> dict[str, float]:
     run_dir = Path(tempfile.mkdtemp(prefix="hwl-bench-rs-", dir=os.environ.get("HWL_RUN_ROOT")))
-    rs_argv = [sys.executable, "-m", "servers.rs", "--run-dir", str(run_dir), "--backoff-unit", "0"]
+    rs_argv = [
+        sys.executable,
+        "-m",
+        "hwl.servers.rs",
+        "--run-dir",
+        str(run_dir),
+        "--backoff-unit",
+        "0",
+    ]
     kernel = KernelProcess.start(run_dir=run_dir, root_argv=rs_argv, root_label="rs")
     try:
         conn = Connection.attach(kernel.socket_path)

@@ -62,11 +62,11 @@ class Setup:
 
 
 def at_wini_up(system: System, policy: Policy, *args: str) -> int:
-    """``service up drivers.at_wini instance=0 ARGS`` under the stock entry."""
+    """``service up hwl.drivers.at_wini instance=0 ARGS`` under the stock entry."""
     stock = hwl.config.load().get("at_wini")
     assert stock is not None
     return system.rs.up(
-        [sys.executable, "-m", "drivers.at_wini", "instance=0", *args],
+        [sys.executable, "-m", "hwl.drivers.at_wini", "instance=0", *args],
         label="at_wini",
         conf=stock.to_text(),
         policy=policy,
@@ -82,13 +82,13 @@ def block_path(
     machine = hwl_machines.boot("pc")
     try:
         boot = [
-            up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
-            up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
+            up_fields([sys.executable, "-m", "hwl.servers.ds"], label="ds"),
+            up_fields([sys.executable, "-m", "hwl.servers.pci"], label="pci"),
         ]
         system = System.start(machine, boot, backoff_unit=backoff_unit)
         try:
             at_wini_up(system, Policy.RESTART)
-            system.rs.up([sys.executable, "-m", "servers.vfs"], label="vfs")
+            system.rs.up([sys.executable, "-m", "hwl.servers.vfs"], label="vfs")
             conn = system.rs.conn
             vfs = Vfs(conn, timeout=vfs_timeout)
             yield Setup(machine, system, conn, vfs, machine.run_dir / "hd0.img")

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers.at_wini.lie import AT_LIE
-from drivers.filter.layout import Layout
 from hwl import Machine
+from hwl.drivers.at_wini.lie import AT_LIE
+from hwl.drivers.filter.layout import Layout
 from hwl.ipc import codec
 from hwl.pytest_plugin import MachineFactory
 from hwl.system.boot import System

@@ -1,13 +1,13 @@
 """A kernel whose root process is RS, and what RS tests do with it.
 
-:class:`RsSystem` starts ``python -m servers.rs`` as the kernel's root in a short
+:class:`RsSystem` starts ``python -m hwl.servers.rs`` as the kernel's root in a short
 run directory under /tmp (Unix socket paths must stay short), attaches to the
 kernel as a user process (the operator, as the ``service`` command does) and
 talks to RS through :class:`hwl.system.rs.Rs`. At the end it stops the kernel,
 checks that every process RS ever reported (services, replicas, new versions of
 live updates) is gone, and removes the run directory.
 
-The test programs: ``servers.echo`` (the stock SEF service: answers ECHO with
+The test programs: ``hwl.servers.echo`` (the stock SEF service: answers ECHO with
 tag, pid, request count and restarts, HANG stops serving) and
 ``tests/programs/rs_service.py`` (init failures, SIGTERM ignored). Recovery
 scripts live in ``tests/programs/scripts``; they log their arguments to
@@ -49,7 +49,7 @@ T = TypeVar("T")
 
 def echo_argv(tag: str, *extra: str) -> list[str]:
     """The stock echo service with a tag (it answers with it: which version serves)."""
-    return [sys.executable, "-m", "servers.echo", "--tag", tag, *extra]
+    return [sys.executable, "-m", "hwl.servers.echo", "--tag", tag, *extra]
 
 
 def service_argv(*args: str) -> list[str]:
@@ -109,7 +109,7 @@ class RsSystem:
                 root_argv=[
                     sys.executable,
                     "-m",
-                    "servers.rs",
+                    "hwl.servers.rs",
                     "--run-dir",
                     str(run_dir),
                     "--backoff-unit",

@@ -107,7 +107,7 @@ def entry(label: str) -> str:
 
 def at_wini_up(system: System, args: str = "instance=0 debug=1", label: str = "at_wini") -> int:
     return system.rs.up(
-        [sys.executable, "-m", "drivers.at_wini", *args.split()],
+        [sys.executable, "-m", "hwl.drivers.at_wini", *args.split()],
         label=label,
         conf=entry(label),
         policy=Policy.RESTART,
@@ -119,8 +119,8 @@ def disk(hwl_machines: MachineFactory, request: pytest.FixtureRequest) -> Iterat
     machine = hwl_machines.boot("pc")
     try:
         boot = [
-            up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
-            up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
+            up_fields([sys.executable, "-m", "hwl.servers.ds"], label="ds"),
+            up_fields([sys.executable, "-m", "hwl.servers.pci"], label="pci"),
         ]
         system = System.start(machine, boot)
         try:
@@ -353,7 +353,7 @@ def test_two_instances_share_the_controller_by_channel(disk: Disk) -> None:
     status, f = disk.req(AT_DEBUG_IN, port=0x177)  # instance 0 has no secondary ports
     assert status == -Errno.EPERM, f
     endpoint = disk.system.rs.up(
-        [sys.executable, "-m", "drivers.at_wini", "instance=1", "debug=1"],
+        [sys.executable, "-m", "hwl.drivers.at_wini", "instance=1", "debug=1"],
         label="at_wini1",
         conf=entry("at_wini1"),
     )

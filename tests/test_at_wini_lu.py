@@ -38,7 +38,7 @@ SPAN = 16 << 20
 
 
 def at_wini_argv(*extra: str) -> list[str]:
-    return [sys.executable, "-m", "drivers.at_wini", "instance=0", *extra]
+    return [sys.executable, "-m", "hwl.drivers.at_wini", "instance=0", *extra]
 
 
 def restart_at_wini(setup: Setup, *extra: str) -> None:

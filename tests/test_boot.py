@@ -13,7 +13,7 @@ from hwl import Profile, ProfileError
 from hwl.system.boot import BootError, System, boot_entries
 from hwl.system.rs import up_fields
 
-ECHO = [sys.executable, "-m", "servers.echo"]
+ECHO = [sys.executable, "-m", "hwl.servers.echo"]
 LABELS = ["ds", "pci", "at_wini", "at_wini1", "vfs", "echo"]
 FAILING = str(Path(__file__).with_name("programs") / "init_fails.py")
 
@@ -27,8 +27,8 @@ def profile_with(tmp_path: Path, services: str) -> Profile:
 def test_shipped_boot_list() -> None:
     entries = boot_entries(Profile.load("pc"))
     assert [e["label"] for e in entries] == LABELS
-    assert entries[0]["argv"] == [sys.executable, "-m", "servers.ds"]
-    assert entries[3]["argv"] == [sys.executable, "-m", "drivers.at_wini", "instance=1"]
+    assert entries[0]["argv"] == [sys.executable, "-m", "hwl.servers.ds"]
+    assert entries[3]["argv"] == [sys.executable, "-m", "hwl.drivers.at_wini", "instance=1"]
     assert entries[5]["period"] == 60  # "1HZ"
 
 
@@ -36,11 +36,15 @@ def test_shipped_boot_list() -> None:
     ("group", "line", "message"),
     [
         ('[hwl-service "x"]\n  args = "-v"\n', 3, 'needs program = "..."'),
-        ('[hwl-service "x"]\n  program = "servers.echo"\n  colour = "red"\n', 5, "key 'colour'"),
-        ('[hwl-service]\n  program = "servers.echo"\n', 3, "needs a label"),
+        (
+            '[hwl-service "x"]\n  program = "hwl.servers.echo"\n  colour = "red"\n',
+            5,
+            "key 'colour'",
+        ),
+        ('[hwl-service]\n  program = "hwl.servers.echo"\n', 3, "needs a label"),
         ('[hwl-service "x"]\n  program = "no.such.module"\n', 3, "no such program"),
-        ('[hwl-service "x"]\n  program = "servers.echo"\n  period = "1s"\n', 3, "period"),
-        ('[hwl-service "x"]\n  program = "servers.echo"\n  policy = "often"\n', 3, "policy"),
+        ('[hwl-service "x"]\n  program = "hwl.servers.echo"\n  period = "1s"\n', 3, "period"),
+        ('[hwl-service "x"]\n  program = "hwl.servers.echo"\n  policy = "often"\n', 3, "policy"),
     ],
 )
 def test_a_bad_boot_entry_names_file_and_line(

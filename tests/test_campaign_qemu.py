@@ -108,7 +108,7 @@ def write_wrong_spec(tmp_path: Path) -> Path:
     """The stock pc profile with at_wini replaced by the wrong driver, and a spec
     that kills it (so that its second incarnation serves the reads)."""
     cfg = (REPO / "qemu-configs" / "pc.cfg").read_text()
-    stock = '[hwl-service "at_wini"]\n  program = "drivers.at_wini"'
+    stock = '[hwl-service "at_wini"]\n  program = "hwl.drivers.at_wini"'
     assert stock in cfg
     (tmp_path / "wrong.cfg").write_text(
         cfg.replace(stock, f'[hwl-service "at_wini"]\n  program = "{WRONG}"')

@@ -1,4 +1,4 @@
-"""DS end to end: ``python -m servers.ds`` on a kernel without a machine.
+"""DS end to end: ``python -m hwl.servers.ds`` on a kernel without a machine.
 
 The test process is the kernel's root and plays RS: it starts DS, sends SEF_INIT,
 publishes labels and answers RS_LOOKUP. Agents (tests/programs/ds_agent.py) with
@@ -28,7 +28,7 @@ from hwl.system.proto import InitType, LuState
 
 ROOT = Path(__file__).resolve().parent.parent
 DS_AGENT = str(Path(__file__).parent / "programs" / "ds_agent.py")
-DS_ARGV = [sys.executable, "-m", "servers.ds"]
+DS_ARGV = [sys.executable, "-m", "hwl.servers.ds"]
 
 
 def ds_conf() -> str:

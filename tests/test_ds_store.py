@@ -18,11 +18,11 @@ from hwl import ipc
 from hwl.ipc import codec
 from hwl.kernel.errno import Errno
 from hwl.kernel.keep import KeptState
+from hwl.servers.ds.main import DataStore
+from hwl.servers.ds.store import Caller, Store, StoreError, handle
 from hwl.system import proto
 from hwl.system.proto import DsFlag, InitFlag, InitType
 from hwl.system.sef import InitInfo
-from servers.ds.main import DataStore
-from servers.ds.store import Caller, Store, StoreError, handle
 
 RS = Caller(1, "rs", is_rs=True)
 A = Caller(10, "alpha")

@@ -67,11 +67,11 @@ def test_errno_error_carries_the_errno_and_why() -> None:
 def test_the_server_side_errors_share_errno_error() -> None:
     from hwl.driver.blockdriver import RequestError as BlockRequestError
     from hwl.kernel.calls import CallError
-    from servers.ds.store import StoreError
-    from servers.inet.socktypes import Refused as InetRefused
-    from servers.pci.requests import RequestError as PciRequestError
-    from servers.rs.manager import RsError
-    from servers.vfs.errors import Refused
+    from hwl.servers.ds.store import StoreError
+    from hwl.servers.inet.socktypes import Refused as InetRefused
+    from hwl.servers.pci.requests import RequestError as PciRequestError
+    from hwl.servers.rs.manager import RsError
+    from hwl.servers.vfs.errors import Refused
 
     for cls in (RsError, PciRequestError, Refused, BlockRequestError, InetRefused, CallError):
         exc = cls(Errno.EINVAL, "bad field")

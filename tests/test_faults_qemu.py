@@ -95,21 +95,21 @@ def rig(hwl_machines: MachineFactory) -> Iterator[Rig]:
     machine = hwl_machines.boot("pc")
     try:
         boot = [
-            up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
-            up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
+            up_fields([sys.executable, "-m", "hwl.servers.ds"], label="ds"),
+            up_fields([sys.executable, "-m", "hwl.servers.pci"], label="pci"),
         ]
         system = System.start(machine, boot, backoff_unit=0.0)
         try:
             stock = hwl.config.load().get("at_wini")
             assert stock is not None
             system.rs.up(
-                [sys.executable, "-m", "drivers.at_wini", "instance=0"],
+                [sys.executable, "-m", "hwl.drivers.at_wini", "instance=0"],
                 label="at_wini",
                 conf=stock.to_text(),
                 policy=Policy.RESTART,
                 period=PERIOD,
             )
-            system.rs.up([sys.executable, "-m", "servers.vfs"], label="vfs")
+            system.rs.up([sys.executable, "-m", "hwl.servers.vfs"], label="vfs")
             yield Rig(machine, system, Vfs(system.rs.conn, timeout=60))
         finally:
             system.stop()
@@ -440,7 +440,7 @@ def test_a_link_goes_down_and_up(rig: Rig) -> None:
     """The rtl8139 (no peer on pc) under its driver: the driver reports the link
     down while the fault is in place (the card's link-change interrupt) and up
     after heal."""
-    rig.system.rs.up([sys.executable, "-m", "drivers.rtl8139", "instance=0"], label="rtl8139")
+    rig.system.rs.up([sys.executable, "-m", "hwl.drivers.rtl8139", "instance=0"], label="rtl8139")
     try:
         with Connection.attach(rig.machine.run_dir / "kernel.sock") as conn:
             dev = NetDevice(conn, "rtl8139")

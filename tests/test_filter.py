@@ -181,7 +181,7 @@ def test_a_driver_that_keeps_corrupting_gets_eio_and_the_filter_serves_on(r: Rig
 def test_readback_catches_a_write_that_reads_back_wrong(r: Rig) -> None:
     """The filter live-updated to a version with ``readback``: at_wini flips a bit
     of the write's read-back; the filter refreshes it and writes again."""
-    argv = [sys.executable, "-m", "drivers.filter"]
+    argv = [sys.executable, "-m", "hwl.drivers.filter"]
     r.system.rs.update("filter", [*argv, "driver=at_wini,checksum=crc,readback"])
     try:
         position = 14 << 20  # whole groups: the write reads nothing before it

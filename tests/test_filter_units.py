@@ -13,9 +13,9 @@ import zlib
 
 import pytest
 
-from drivers.filter import options, sums
-from drivers.filter.layout import SECTOR, Layout
-from drivers.filter.main import slice_iov
+from hwl.drivers.filter import options, sums
+from hwl.drivers.filter.layout import SECTOR, Layout
+from hwl.drivers.filter.main import slice_iov
 
 
 def sector(seed: int) -> bytes:

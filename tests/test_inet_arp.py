@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hwl.hw import ether as hw
-from servers.inet import arp, ether
-from servers.inet.counters import Drop
+from hwl.servers.inet import arp, ether
+from hwl.servers.inet.counters import Drop
 
 MAC = bytes.fromhex("525400123456")
 IP = bytes([10, 0, 2, 15])

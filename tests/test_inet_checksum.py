@@ -7,7 +7,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from servers.inet.checksum import checksum, pseudo_sum, valid
+from hwl.servers.inet.checksum import checksum, pseudo_sum, valid
 
 
 def rfc1071(data: bytes, start: int = 0) -> int:

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hwl.hw import ether as hw
-from servers.inet import ether
-from servers.inet.counters import Drop, EtherCounters
+from hwl.servers.inet import ether
+from hwl.servers.inet.counters import Drop, EtherCounters
 
 MAC = bytes.fromhex("525400123456")
 PEER = bytes.fromhex("020000000202")

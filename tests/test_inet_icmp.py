@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hwl.hw import ether as hw
-from servers.inet import icmp, ipv4
-from servers.inet.counters import Drop
+from hwl.servers.inet import icmp, ipv4
+from hwl.servers.inet.counters import Drop
 
 A = ipv4.address("10.0.2.15")
 B = ipv4.address("10.0.2.2")

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hwl.hw import ether as hw
-from servers.inet import ipv4
-from servers.inet.checksum import checksum
-from servers.inet.counters import Drop, IpCounters
+from hwl.servers.inet import ipv4
+from hwl.servers.inet.checksum import checksum
+from hwl.servers.inet.counters import Drop, IpCounters
 
 A = ipv4.address("10.0.2.15")
 B = ipv4.address("10.0.2.2")

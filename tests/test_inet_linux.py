@@ -27,9 +27,9 @@ import pytest
 from hwl.hw import ether as hw
 from hwl.machine import netpeer
 from hwl.machine.profile import NetSpec
-from servers.inet import ether, icmp, ipv4, udp
-from servers.inet.checksum import checksum
-from servers.inet.stack import Stack
+from hwl.servers.inet import ether, icmp, ipv4, udp
+from hwl.servers.inet.checksum import checksum
+from hwl.servers.inet.stack import Stack
 
 MAC = bytes.fromhex("525400123456")
 IP = ipv4.address(netpeer.GUEST_ADDRESS)

@@ -14,9 +14,9 @@ import pytest
 
 from hwl.hw import ether
 from hwl.ipc.client import Connection, IpcError
+from hwl.servers.inet.port import Port
 from hwl.system.ds import Ds, DsError
 from hwl.system.nicrig import GUEST_IP, LINUX_IP, Nic, nic_up
-from servers.inet.port import Port
 
 pytestmark = pytest.mark.qemu
 

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwl.hw import ether as hw
-from servers.inet import arp, ether, icmp, ipv4, udp
-from servers.inet.checksum import checksum
-from servers.inet.stack import Stack, StackError
+from hwl.servers.inet import arp, ether, icmp, ipv4, udp
+from hwl.servers.inet.checksum import checksum
+from hwl.servers.inet.stack import Stack, StackError
 
 MAC = bytes.fromhex("525400123456")
 IP = ipv4.address("10.0.2.15")

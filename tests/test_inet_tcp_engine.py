@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from servers.inet.tcp.connection import Connection, State, TcpConfig
-from servers.inet.tcp.segment import ACK, FIN, RST, SYN, Segment, build, parse
-from servers.inet.tcp.tcp import ANY, Tcp
+from hwl.servers.inet.tcp.connection import Connection, State, TcpConfig
+from hwl.servers.inet.tcp.segment import ACK, FIN, RST, SYN, Segment, build, parse
+from hwl.servers.inet.tcp.tcp import ANY, Tcp
 
 A = bytes([10, 0, 0, 1])
 B = bytes([10, 0, 0, 2])

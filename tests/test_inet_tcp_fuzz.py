@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_inet_tcp_engine import CFG, PORT, A, B, Wire
 
-from servers.inet.tcp import seq
-from servers.inet.tcp.connection import MAX_WINDOW, State
-from servers.inet.tcp.segment import ACK, RST, SYN, Segment, build
+from hwl.servers.inet.tcp import seq
+from hwl.servers.inet.tcp.connection import MAX_WINDOW, State
+from hwl.servers.inet.tcp.segment import ACK, RST, SYN, Segment, build
 
 SEGMENT = st.tuples(
     st.integers(0, 0x3F),  # flags

@@ -26,11 +26,11 @@ import pytest
 
 from hwl.machine.netpeer import NetnsPeer
 from hwl.machine.profile import NetSpec
-from servers.inet.ipv4 import Config, address
-from servers.inet.stack import Stack
-from servers.inet.tcp.connection import Connection, State, TcpConfig
-from servers.inet.tcp.segment import FIN, RST, SYN, Segment, parse
-from servers.inet.tcp.tcp import ANY, Tcp
+from hwl.servers.inet.ipv4 import Config, address
+from hwl.servers.inet.stack import Stack
+from hwl.servers.inet.tcp.connection import Connection, State, TcpConfig
+from hwl.servers.inet.tcp.segment import FIN, RST, SYN, Segment, parse
+from hwl.servers.inet.tcp.tcp import ANY, Tcp
 
 OURS = address("10.0.2.15")
 LINUX = address("10.0.2.2")

@@ -58,7 +58,7 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
         assert stock is not None
         system.rs.down("inet")
         interface = f"if={label}:{GUEST_IP}/24,gw={LINUX_IP}"
-        argv = [sys.executable, "-m", "servers.inet", interface, f"--tcp-r2={R2}",
+        argv = [sys.executable, "-m", "hwl.servers.inet", interface, f"--tcp-r2={R2}",
                 f"--tcp-msl={MSL}"]  # fmt: skip
         system.rs.up(argv, label="inet", conf=stock.to_text(), policy=Policy.RESTART)
         net = hwl.net.Inet.attach(machine.run_dir)

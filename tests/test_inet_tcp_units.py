@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from servers.inet.checksum import checksum, pseudo_sum
-from servers.inet.tcp import seq
-from servers.inet.tcp.congestion import NewReno, initial_window
-from servers.inet.tcp.rto import Rto
-from servers.inet.tcp.segment import (
+from hwl.servers.inet.checksum import checksum, pseudo_sum
+from hwl.servers.inet.tcp import seq
+from hwl.servers.inet.tcp.congestion import NewReno, initial_window
+from hwl.servers.inet.tcp.rto import Rto
+from hwl.servers.inet.tcp.segment import (
     ACK,
     FIN,
     PSH,

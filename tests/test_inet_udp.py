@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from servers.inet import ipv4, udp
-from servers.inet.checksum import checksum, pseudo_sum
-from servers.inet.counters import Drop
+from hwl.servers.inet import ipv4, udp
+from hwl.servers.inet.checksum import checksum, pseudo_sum
+from hwl.servers.inet.counters import Drop
 
 A = ipv4.address("10.0.2.15")
 B = ipv4.address("10.0.2.2")

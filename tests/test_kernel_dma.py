@@ -166,8 +166,8 @@ def system(hwl_machines: MachineFactory) -> Iterator[System]:
     machine = hwl_machines.boot("pc")
     try:
         boot = [
-            up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
-            up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
+            up_fields([sys.executable, "-m", "hwl.servers.ds"], label="ds"),
+            up_fields([sys.executable, "-m", "hwl.servers.pci"], label="pci"),
         ]
         s = System.start(machine, boot)
         try:

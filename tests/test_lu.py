@@ -3,7 +3,7 @@
 failure and timeout with rollback, unreachable states, and a client that keeps
 calling the service while it is replaced.
 
-The service is ``servers.echo``: it counts the requests it answered and hands the
+The service is ``hwl.servers.echo``: it counts the requests it answered and hands the
 count to the new version (``state_save``, then the new version's init), so the
 count going on proves the state transfer; ``--tag`` tells the versions apart.
 """

@@ -4,7 +4,7 @@ them together, and rolls every one back on any failure, with MINIX's result code
 (testrelpol.sh's lu_test run on a batch: plain 0, prepare-only 0, init crash
 ERESTART, init failure ENOSYS, init timeout and an unreachable state EINTR).
 
-The services are ``servers.echo``: each counts the requests it answered and hands
+The services are ``hwl.servers.echo``: each counts the requests it answered and hands
 the count to its new version, so a count that goes on proves the state moved, and
 a count that goes on in the same pid proves the old version served on. The last
 two tests drive RS's update code over a fake kernel, for the one failure the real
@@ -32,13 +32,13 @@ from hwl.ipc.wire import HZ
 from hwl.kernel.errno import Errno
 from hwl.proto import sef as sefp
 from hwl.proto.rs import RS_SYSCTL
+from hwl.servers.rs.manager import Manager
+from hwl.servers.rs.multiupdate import MultiUpdater
+from hwl.servers.rs.table import Instance, Service, State, Waiter
+from hwl.servers.rs.update import Updater
 from hwl.system.events import read_events
 from hwl.system.proto import LuState, UpdateFlag
 from hwl.system.rs import Rs, RsError
-from servers.rs.manager import Manager
-from servers.rs.multiupdate import MultiUpdater
-from servers.rs.table import Instance, Service, State, Waiter
-from servers.rs.update import Updater
 
 SHORT = 30  # ticks (0.5 s): maxtime for the updates that are meant to time out
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import pytest
 
 from hwl import Machine, PciDevice
 from hwl.link import pci
-from servers.pci import bus
+from hwl.servers.pci import bus
 
 pytestmark = pytest.mark.qemu
 

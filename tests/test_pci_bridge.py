@@ -49,8 +49,8 @@ def bus(hwl_machines: MachineFactory) -> Iterator[Bus]:
         scan = machine.link.pci_scan()  # before System.start hands the link over
         qmp = flatten(machine.qmp_execute("query-pci")[0]["devices"])
         boot = [
-            up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
-            up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
+            up_fields([sys.executable, "-m", "hwl.servers.ds"], label="ds"),
+            up_fields([sys.executable, "-m", "hwl.servers.pci"], label="pci"),
         ]
         system = System.start(machine, boot)
         try:

@@ -2,7 +2,7 @@
 
 One pc machine for the module. Before the kernel takes the link, the test scans
 the bus itself (``hwl.link.pci``) and asks QEMU (``query-pci``); then it boots the
-system with DS and PCI (``servers.pci``, its stock system.conf entry) and starts
+system with DS and PCI (``hwl.servers.pci``, its stock system.conf entry) and starts
 test drivers (tests/programs/pci_driver.py) through RS, each with a system.conf
 entry of its own whose ``pci device`` / ``pci class`` lines are its ACL. The test
 is the operator: it asks a driver, by sendrec, to make a PCI call, a port read,
@@ -127,8 +127,8 @@ def bus(hwl_machines: MachineFactory) -> Iterator[Bus]:
         scan = machine.link.pci_scan()  # before System.start hands the link over
         qmp = machine.qmp_execute("query-pci")[0]["devices"]
         boot = [
-            up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
-            up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
+            up_fields([sys.executable, "-m", "hwl.servers.ds"], label="ds"),
+            up_fields([sys.executable, "-m", "hwl.servers.pci"], label="pci"),
         ]
         system = System.start(machine, boot)
         try:

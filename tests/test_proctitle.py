@@ -19,8 +19,8 @@ def title(pid: int) -> tuple[str, str]:
 
 def test_kernel_fork_server_rs_and_services_are_named() -> None:
     boot = [
-        up_fields(program_argv("servers.echo", ["--tag", "a"]), label="echo_a"),
-        up_fields(program_argv("servers.echo", ["--tag", "b"]), label="echo_b"),
+        up_fields(program_argv("hwl.servers.echo", ["--tag", "a"]), label="echo_a"),
+        up_fields(program_argv("hwl.servers.echo", ["--tag", "b"]), label="echo_b"),
     ]
     with System.start(None, boot) as system:
         kernel = system.kernel.proc.pid

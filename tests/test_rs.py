@@ -2,7 +2,7 @@
 service up/down/refresh/restart/clone, the restart policies, heartbeats, backoff
 and recovery scripts.
 
-One kernel per module, whose root is ``python -m servers.rs``; the test attaches
+One kernel per module, whose root is ``python -m hwl.servers.rs``; the test attaches
 as a user process (the operator). Each test uses its own labels and takes its
 services down at the end.
 """
@@ -100,7 +100,7 @@ def test_up_of_a_missing_program(rs: RsSystem) -> None:
     ("fields", "words"),
     [
         ({"argv": echo_argv("x")}, "label"),
-        ({"label": "bad0", "argv": "python -m servers.echo"}, "argv"),
+        ({"label": "bad0", "argv": "python -m hwl.servers.echo"}, "argv"),
         ({"label": "bad1", "argv": []}, "argv"),
         ({"label": "bad2", "argv": echo_argv("x"), "policy": 7}, "policy"),
         ({"label": "bad3", "argv": echo_argv("x"), "period": -1}, "period"),

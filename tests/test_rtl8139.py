@@ -52,7 +52,7 @@ class Rig:
 
 
 def _argv(mode: str) -> list[str]:
-    return [sys.executable, "-m", "drivers.rtl8139", "instance=0", f"mode={mode}"]
+    return [sys.executable, "-m", "hwl.drivers.rtl8139", "instance=0", f"mode={mode}"]
 
 
 @pytest.fixture(scope="module", params=["cplus", "classic"])
@@ -62,8 +62,8 @@ def rig(request: pytest.FixtureRequest, hwl_machines: MachineFactory) -> Iterato
     machine = hwl_machines.boot("rtl8139")
     try:
         boot = [
-            up_fields([sys.executable, "-m", "servers.ds"], label="ds"),
-            up_fields([sys.executable, "-m", "servers.pci"], label="pci"),
+            up_fields([sys.executable, "-m", "hwl.servers.ds"], label="ds"),
+            up_fields([sys.executable, "-m", "hwl.servers.pci"], label="pci"),
         ]
         system = System.start(machine, boot, backoff_unit=0.0)
         try:
@@ -219,7 +219,7 @@ def test_live_update_keeps_frames_flowing(rig: Rig) -> None:
     """The new version takes the rings from the saved state: frames flow both ways
     after it, at the same endpoint, without a new INIT."""
     before = rig.dev.endpoint
-    argv = [sys.executable, "-m", "drivers.rtl8139", "instance=0"]  # the mode is in the state
+    argv = [sys.executable, "-m", "hwl.drivers.rtl8139", "instance=0"]  # the mode is in the state
     rig.system.rs.update(LABEL, argv, state=LuState.REQUEST_FREE)
     assert rig.system.rs.lookup(LABEL) == before
     frames_in = [_frame(rig.mac, PEER_MAC, 300, 1000 + i) for i in range(8)]

@@ -163,7 +163,7 @@ def test_a_plain_file_is_not_a_program(tmp_path: Path) -> None:
 
 
 def test_default_labels() -> None:
-    assert default_label([sys.executable, "-m", "servers.ds"]) == "ds"
+    assert default_label([sys.executable, "-m", "hwl.servers.ds"]) == "ds"
     assert default_label(["python3", "/x/at_wini.py", "-q"]) == "at_wini"
     assert default_label(["/usr/bin/filter.py"]) == "filter"
     assert default_label(["/sbin/e1000"]) == "e1000"
@@ -419,7 +419,7 @@ def test_sysctl_types_are_minix_names_and_numbers(kind: SysctlType) -> None:
 
 def test_upd_status_is_printed_in_queue_order() -> None:
     queued: dict[str, codec.Value] = {"state": 1, "maxtime": 3.0, "endpoint": 32770}
-    queued["program"] = "servers.echo"
+    queued["program"] = "hwl.servers.echo"
     rows: list[codec.Value] = [
         {**queued, "label": "a", "phase": "prepared", "flags": 0x10, "new_endpoint": 32773,
          "batch": True},
@@ -552,7 +552,7 @@ def test_status_rows_are_checked() -> None:
         "last_heartbeat": 1,
         "state": "up",
         "policy": "reset",
-        "program": "servers.ds",
+        "program": "hwl.servers.ds",
     }
     assert ServiceStatus.from_fields(row).last_heartbeat == 1.0
     with pytest.raises(ValueError, match="field 'pid' is None"):
@@ -649,7 +649,7 @@ def fake_rs(root: ipc.Connection) -> Iterator[FakeRs]:
                     "last_heartbeat": 0.25,
                     "state": "up",
                     "policy": "reset",
-                    "program": "servers.ds",
+                    "program": "hwl.servers.ds",
                 },
                 {
                     "label": "at_wini",
@@ -661,7 +661,7 @@ def fake_rs(root: ipc.Connection) -> Iterator[FakeRs]:
                     "state": "restarting",
                     "policy": "restart",
                     "flags": "run,cold",
-                    "program": "drivers.at_wini",
+                    "program": "hwl.drivers.at_wini",
                 },
             ]
             return 0, {"services": rows}

@@ -271,7 +271,7 @@ def test_the_second_instance_serves_c1d0(setup: Setup) -> None:
     stock = hwl.config.load().get("at_wini")
     assert stock is not None
     setup.system.rs.up(
-        [sys.executable, "-m", "drivers.at_wini", "instance=1"],
+        [sys.executable, "-m", "hwl.drivers.at_wini", "instance=1"],
         label="at_wini1",
         conf=stock.to_text(),
         policy=Policy.RESTART,

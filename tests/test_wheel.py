@@ -1,7 +1,8 @@
 """hwl as a user installs a library: the wheel built from this tree, installed
 (not editable) into a fresh venv, run from another folder. Its profiles, the
-stub's sources and system.conf come with it (hwl/share.py), and its servers and
-drivers run: a machine boots and a whole system comes up."""
+stub's sources and system.conf come with it (hwl/share.py), its servers and
+drivers are installed as hwl.servers and hwl.drivers (no top-level package of
+those common names), and they run: a machine boots and a whole system comes up."""
 
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def test_the_installed_package_finds_its_shared_files(installed: Path) -> None:
         venv.parent,
     ).splitlines()
     assert out[0].startswith(str(venv)), out  # not this checkout
+    site = Path(out[0]).parent.parent
+    assert (site / "hwl/servers/rs/main.py").is_file() and (site / "hwl/drivers/at_wini").is_dir()
+    assert not (site / "servers").exists() and not (site / "drivers").exists()
     assert out[1:] == [
         str(venv / "share/hwl/qemu-configs"),
         str(venv / "share/hwl/guest"),

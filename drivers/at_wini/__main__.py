@@ -1,5 +1,5 @@
 import sys
 
-from drivers.at_wini.main import main
+from hwl.drivers.at_wini.main import main
 
 sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,6 @@
 """at_wini: ATA disks on QEMU's PIIX IDE controller, a block driver.
 
-``service up drivers.at_wini -args "instance=0"`` (RS, system.conf entry
+``service up hwl.drivers.at_wini -args "instance=0"`` (RS, system.conf entry
 ``at_wini``). Arguments, MINIX style ``key=value``: ``instance`` (0: primary
 channel 0x1F0/0x3F6, IRQ 14; 1: secondary 0x170/0x376, IRQ 15), ``pio=1`` (PIO
 instead of bus-master DMA; its data moves in 32-bit units, which the PIIX's data

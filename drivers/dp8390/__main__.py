@@ -1,5 +1,5 @@
 import sys
 
-from drivers.dp8390.main import main
+from hwl.drivers.dp8390.main import main
 
 sys.exit(main(sys.argv[1:]))

@@ -1,5 +1,5 @@
 import sys
 
-from drivers.e1000.main import main
+from hwl.drivers.e1000.main import main
 
 sys.exit(main(sys.argv[1:]))

@@ -1,5 +1,5 @@
 import sys
 
-from drivers.filter.main import main
+from hwl.drivers.filter.main import main
 
 sys.exit(main(sys.argv[1:]))

@@ -1,8 +1,8 @@
 """filter: a block driver between VFS and one or two disk drivers that checksums
 every sector and mirrors over two disks, as MINIX 3's filter driver (docs/filter.md).
 
-``service up drivers.filter -args "driver=at_wini,driver2=at_wini1,checksum=crc,mirror"``
-(the options: :mod:`drivers.filter.options`). Three layers, as MINIX's:
+``service up hwl.drivers.filter -args "driver=at_wini,driver2=at_wini1,checksum=crc,mirror"``
+(the options: :mod:`hwl.drivers.filter.options`). Three layers, as MINIX's:
 
 - **top** (this module): the block interface (libblockdriver) to VFS; one minor,
   0, the filtered disk; a transfer is cut into pieces of at most :data:`MAX_IO`.

@@ -1,5 +1,5 @@
 import sys
 
-from drivers.rtl8139.main import main
+from hwl.drivers.rtl8139.main import main
 
 sys.exit(main(sys.argv[1:]))

@@ -9,7 +9,7 @@ Options come before the request, as with MINIX's getopt; the request's own optio
 are ``-name value`` pairs after its first argument. What hwl changes:
 
 - PROGRAM is a ``.py`` file, an executable, or a module run with ``python -m``
-  (``servers.ds``), not only an absolute path (:func:`hwl.system.rs.program_argv`).
+  (``hwl.servers.ds``), not only an absolute path (:func:`hwl.system.rs.program_argv`).
 - ``edit LABEL [options]`` names the service directly; MINIX's ``edit PROGRAM
   -label LABEL [options]`` also works and sets the program too.
 - ``lookup LABEL`` (print the endpoint) and ``status`` (print RS's table, with
@@ -102,7 +102,7 @@ usage: service [-o] [-x] [-y] [-z] [-q] [-c] [-r] [--run-dir DIR] REQUEST ...
   service shutdown
   service status
   service sysctl srv_status|upd_start|upd_run|upd_stop|upd_status
-PROGRAM: a .py file, an executable, or a module run with python -m (servers.ds).
+PROGRAM: a .py file, an executable, or a module run with python -m (hwl.servers.ds).
 T: ticks (120) or seconds as NHZ (2HZ). S: a number, or work_free, request_free,
 protocol_free. update: -maxtime 0 means no limit, -label is needed with self.
 Options: -o prepare only, -x/-y/-z force init crash/fail/timeout, -q queue it

@@ -1,7 +1,7 @@
 """Booting a system: the kernel with RS as its root, and the boot services up.
 
 ``System.start(machine)`` is what ``hwl up`` does: the machine's kernel starts
-RS (``servers.rs``), RS starts the profile's ``[hwl-service]`` entries one by
+RS (``hwl.servers.rs``), RS starts the profile's ``[hwl-service]`` entries one by
 one, each initialised before the next, and writes ``boot-done`` (or
 ``boot-failed``, naming the service) to the event log, which this module waits
 for. The caller is then an operator: a user process talking to RS through
@@ -100,7 +100,7 @@ class System:
                 boot = boot_entries(machine.profile)
         else:
             run_dir = Path(tempfile.mkdtemp(prefix="hwl-sys-", dir=os.environ.get("HWL_RUN_ROOT")))
-        argv = [sys.executable, "-m", "servers.rs", "--run-dir", str(run_dir)]
+        argv = [sys.executable, "-m", "hwl.servers.rs", "--run-dir", str(run_dir)]
         argv += ["--backoff-unit", str(backoff_unit), "--boot", json.dumps(boot or [])]
         kernel = KernelProcess.start(machine, run_dir=run_dir, root_argv=argv, root_label="rs")
         try:

@@ -61,7 +61,7 @@ def program_argv(program: str, args: Sequence[str] = ()) -> list[str]:
 
     - a ``.py`` file: ``[sys.executable, /abs/file.py, *args]``;
     - another executable file: ``[/abs/file, *args]``;
-    - a dotted module name that imports here (``servers.ds``):
+    - a dotted module name that imports here (``hwl.servers.ds``):
       ``[sys.executable, "-m", name, *args]``; a package needs a ``__main__``.
 
     Anything that names a path (has a ``/`` or ends in ``.py``) is taken as a

@@ -1,5 +1,5 @@
-"""``python -m servers.ds``: the data store server."""
+"""``python -m hwl.servers.ds``: the data store server."""
 
-from servers.ds.main import main
+from hwl.servers.ds.main import main
 
 raise SystemExit(main())

@@ -6,7 +6,7 @@ send) does not get one, unless it happens to sit in ``receive(ANY)`` at that mom
 in which case it receives a status message (m_type 0 or -errno) from DS that it
 should drop. DS itself never answers a message whose m_type is 0 or negative (a
 status, not a request), so two servers cannot bounce error replies forever. The
-rules are in :mod:`servers.ds.store`.
+rules are in :mod:`hwl.servers.ds.store`.
 
 Who a caller is: its label from the ``label`` entries RS publishes, else from the
 kernel's process table (``getinfo proctab``), kept until a lookup misses. The
@@ -39,12 +39,12 @@ from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.proto import codec, wire
 from hwl.proto import ds as dsp
 from hwl.proto.errno import Errno
+from hwl.servers.ds.store import Caller, Outcome, Store, StoreError, handle
 from hwl.system import sef
 from hwl.system.proctab import ProcTable
 from hwl.system.serve import Answering
-from servers.ds.store import Caller, Outcome, Store, StoreError, handle
 
-log = logging.getLogger("servers.ds")
+log = logging.getLogger("hwl.servers.ds")
 
 MAX_SAVED = wire.MAX_PAYLOAD - 256
 """The largest state a live update can carry: it travels in one SEF message."""

@@ -1,5 +1,5 @@
 import sys
 
-from servers.echo.main import main
+from hwl.servers.echo.main import main
 
 sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,6 @@
 """echo: answers every request with its tag, pid and request count.
 
-Run by RS (``service up servers.echo -args "--tag A"``). It shows what every
+Run by RS (``service up hwl.servers.echo -args "--tag A"``). It shows what every
 service does: SEF callbacks set before ``sef.startup()``, a receive loop with
 ``sef.reply_receive``, and live update with state transfer (the request count
 survives an update through ``state_save`` and the new version's init).

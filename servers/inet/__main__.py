@@ -1,5 +1,5 @@
 import sys
 
-from servers.inet.main import main
+from hwl.servers.inet.main import main
 
 sys.exit(main(sys.argv[1:]))

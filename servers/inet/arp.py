@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from servers.inet import ether
-from servers.inet.counters import ArpCounters, Drop
+from hwl.servers.inet import ether
+from hwl.servers.inet.counters import ArpCounters, Drop
 
 REQUEST = 1
 REPLY = 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from servers.inet.counters import Drop
+from hwl.servers.inet.counters import Drop
 
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806

@@ -10,8 +10,8 @@ import struct
 from collections import deque
 from dataclasses import dataclass
 
-from servers.inet.checksum import checksum, valid
-from servers.inet.counters import Drop
+from hwl.servers.inet.checksum import checksum, valid
+from hwl.servers.inet.counters import Drop
 
 ECHO_REPLY = 0
 DEST_UNREACH = 3

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 from hwl.ipc.client import Connection, Message
 from hwl.proto import codec
+from hwl.servers.inet import ipv4
+from hwl.servers.inet.port import Port
+from hwl.servers.inet.stack import Stack
 from hwl.system.proctab import ProcTable
 from hwl.system.recovery import DriverTracker, TrackedDriver
-from servers.inet import ipv4
-from servers.inet.port import Port
-from servers.inet.stack import Stack
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from servers.inet.checksum import checksum, valid
-from servers.inet.counters import Drop
+from hwl.servers.inet.checksum import checksum, valid
+from hwl.servers.inet.counters import Drop
 
 HEADER = 20
 MTU = 1500

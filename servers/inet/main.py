@@ -5,10 +5,10 @@ system.conf) with one ``if=LABEL:ADDRESS/PREFIX[,gw=GATEWAY]`` argument per NIC
 driver. Protocol: :mod:`hwl.proto.inet`; client: :mod:`hwl.net`; design:
 docs/inet.md. The roles, each a module:
 
-- :mod:`servers.inet.stack` (and the layers beside it): pure, frames in and out;
-- :mod:`servers.inet.ifaces`: the drivers (a :class:`~servers.inet.port.Port`
+- :mod:`hwl.servers.inet.stack` (and the layers beside it): pure, frames in and out;
+- :mod:`hwl.servers.inet.ifaces`: the drivers (a :class:`~hwl.servers.inet.port.Port`
   each) and their recovery;
-- :mod:`servers.inet.sockets`: the clients' sockets and the late answers;
+- :mod:`hwl.servers.inet.sockets`: the clients' sockets and the late answers;
 - this module: SEF, the receive loop, the alarm.
 
 One loop: each message is a client's request, a driver's answer (its frames go
@@ -31,17 +31,17 @@ from hwl.ipc.client import Connection, IpcError, Message
 from hwl.proto import codec, wire
 from hwl.proto import inet as ip
 from hwl.proto.errno import Errno
+from hwl.servers.inet import ipv4
+from hwl.servers.inet.ifaces import ConfigError, Ifaces, IfConfig, NicDriver, parse_if
+from hwl.servers.inet.sockets import Sockets
+from hwl.servers.inet.stack import Stack, StackError
+from hwl.servers.inet.tcp.connection import TcpConfig
+from hwl.servers.inet.tcp.tcp import Tcp
 from hwl.system import sef
 from hwl.system.ds import Ds, DsError
 from hwl.system.proctab import ProcTable
 from hwl.system.recovery import DriverTracker
 from hwl.system.serve import Answering
-from servers.inet import ipv4
-from servers.inet.ifaces import ConfigError, Ifaces, IfConfig, NicDriver, parse_if
-from servers.inet.sockets import Sockets
-from servers.inet.stack import Stack, StackError
-from servers.inet.tcp.connection import TcpConfig
-from servers.inet.tcp.tcp import Tcp
 
 log = logging.getLogger(__name__)
 _GUARD = Answering(log, malformed=())

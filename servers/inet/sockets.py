@@ -18,11 +18,11 @@ from typing import Final
 from hwl.proto import codec
 from hwl.proto import inet as ip
 from hwl.proto.errno import Errno
-from servers.inet import ipv4, udp
-from servers.inet.socktypes import RCVBUF_UNIT, PingWait, Refused, Sock, Waiter, minix_errno
-from servers.inet.stack import Stack
-from servers.inet.streams import Streams
-from servers.inet.tcp.tcp import Tcp
+from hwl.servers.inet import ipv4, udp
+from hwl.servers.inet.socktypes import RCVBUF_UNIT, PingWait, Refused, Sock, Waiter, minix_errno
+from hwl.servers.inet.stack import Stack
+from hwl.servers.inet.streams import Streams
+from hwl.servers.inet.tcp.tcp import Tcp
 
 Fields = dict[str, codec.Value]
 Reply = Callable[[int, int, Fields], None]

@@ -11,9 +11,9 @@ from typing import Final
 from hwl.errors import Refusal
 from hwl.proto.errno import Errno
 from hwl.proto.inet import SOCK_STREAM
-from servers.inet import udp
-from servers.inet.tcp.connection import Connection
-from servers.inet.tcp.tcp import Listener
+from hwl.servers.inet import udp
+from hwl.servers.inet.tcp.connection import Connection
+from hwl.servers.inet.tcp.tcp import Listener
 
 RCVBUF_UNIT: Final = 2048
 """SO_RCVBUF bytes per queued datagram: the queue holds rcvbuf // RCVBUF_UNIT."""

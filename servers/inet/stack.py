@@ -27,9 +27,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from servers.inet import arp, ether, icmp, ipv4, udp
-from servers.inet.counters import Drop, EtherCounters, IcmpCounters, IpCounters, UdpCounters
-from servers.inet.ipv4 import ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Config
+from hwl.servers.inet import arp, ether, icmp, ipv4, udp
+from hwl.servers.inet.counters import Drop, EtherCounters, IcmpCounters, IpCounters, UdpCounters
+from hwl.servers.inet.ipv4 import ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Config
 
 TcpInput = Callable[[bytes, bytes, bytes, float], None]
 """(src, dst, segment, now): a TCP segment for us."""

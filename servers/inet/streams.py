@@ -18,10 +18,10 @@ from typing import Final
 from hwl.proto import codec
 from hwl.proto import inet as ip
 from hwl.proto.errno import Errno
-from servers.inet import ipv4
-from servers.inet.socktypes import Refused, Sock, Waiter, minix_errno
-from servers.inet.tcp.connection import Connection, State
-from servers.inet.tcp.tcp import EPHEMERAL, Tcp
+from hwl.servers.inet import ipv4
+from hwl.servers.inet.socktypes import Refused, Sock, Waiter, minix_errno
+from hwl.servers.inet.tcp.connection import Connection, State
+from hwl.servers.inet.tcp.tcp import EPHEMERAL, Tcp
 
 Fields = dict[str, codec.Value]
 Reply = Callable[[int, int, Fields], None]

@@ -13,9 +13,9 @@ import struct
 from collections import deque
 from dataclasses import dataclass
 
-from servers.inet.checksum import checksum, pseudo_sum, valid
-from servers.inet.counters import Drop
-from servers.inet.ipv4 import ANY, MAX_PAYLOAD, PROTO_UDP
+from hwl.servers.inet.checksum import checksum, pseudo_sum, valid
+from hwl.servers.inet.counters import Drop
+from hwl.servers.inet.ipv4 import ANY, MAX_PAYLOAD, PROTO_UDP
 
 HEADER = 8
 MAX_DATA = MAX_PAYLOAD - HEADER

@@ -1,7 +1,7 @@
-"""``python -m servers.pci``: the PCI bus server."""
+"""``python -m hwl.servers.pci``: the PCI bus server."""
 
 import sys
 
-from servers.pci.main import main
+from hwl.servers.pci.main import main
 
 raise SystemExit(main(sys.argv[1:]))

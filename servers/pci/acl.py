@@ -31,8 +31,8 @@ from typing import Any, Protocol
 from hwl.config import PciClass, PciDevice, SystemConf, SystemConfError, load, parse
 from hwl.ipc import codec
 from hwl.ipc.client import IpcError
+from hwl.servers.pci.bus import Device
 from hwl.system.proctab import Proc, ProcTable
-from servers.pci.bus import Device
 
 log = logging.getLogger(__name__)
 

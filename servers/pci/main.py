@@ -14,7 +14,7 @@ answered.
 
 Rules (MINIX's pci.c, with hwl's choices where it is silent):
 
-- A caller sees the devices its ACL allows (``servers.pci.acl``); every request that
+- A caller sees the devices its ACL allows (``hwl.servers.pci.acl``); every request that
   names a device (first/next, find, ids, attribute reads, BARs, slot name, info,
   reserve) refuses an invisible one with EPERM, an unknown devind with EINVAL.
 - ``reserve``: EBUSY, naming the holder, if another live endpoint holds the device.
@@ -22,7 +22,7 @@ Rules (MINIX's pci.c, with hwl's choices where it is silent):
   loses the device there and then. Otherwise the caller becomes the holder and
   the kernel grants it (``privctl add_io``/``add_mem``/``add_irq``) the device's
   I/O BARs, memory BARs and IRQ line, and for a compatibility-mode IDE function
-  the legacy ports and IRQs 14 and 15 (``servers.pci.bus``). The reply lists what
+  the legacy ports and IRQs 14 and 15 (``hwl.servers.pci.bus``). The reply lists what
   was granted. Reserving a device one already holds grants it again (a driver
   restarted at the same endpoint needs its ports back). If the kernel refuses a
   grant, the reservation is undone and the kernel's errno is the reply. The
@@ -62,15 +62,15 @@ import logging
 from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, IpcError, KernelGone, Message
 from hwl.kernel.errno import Errno
+from hwl.servers.pci import bus, state
+from hwl.servers.pci.acl import Callers
+from hwl.servers.pci.bus import ConfigSpace, Device
+from hwl.servers.pci.requests import Fields, Reply, RequestError, Requests
+from hwl.servers.pci.reservations import Reservations
 from hwl.system import proto, sef
 from hwl.system.serve import Answering
-from servers.pci import bus, state
-from servers.pci.acl import Callers
-from servers.pci.bus import ConfigSpace, Device
-from servers.pci.requests import Fields, Reply, RequestError, Requests
-from servers.pci.reservations import Reservations
 
-log = logging.getLogger("servers.pci")
+log = logging.getLogger("hwl.servers.pci")
 
 PIIX_ELCR = (0x4D0, 0x4D1)
 PIIX_PIRQRC = 0x60

@@ -1,6 +1,6 @@
 """The PCI server's requests: each handler takes the caller and the request's
 fields and returns the reply's fields, or raises RequestError (the reply's errno
-and ``error``). Reserve and release are :mod:`servers.pci.reservations`'."""
+and ``error``). Reserve and release are :mod:`hwl.servers.pci.reservations`'."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 from hwl.errors import Refusal
 from hwl.ipc import codec
 from hwl.kernel.errno import Errno
+from hwl.servers.pci import bus
+from hwl.servers.pci.acl import Acl
+from hwl.servers.pci.bus import Device
 from hwl.system import proto
-from servers.pci import bus
-from servers.pci.acl import Acl
-from servers.pci.bus import Device
 
 if TYPE_CHECKING:
-    from servers.pci.main import PciServer
+    from hwl.servers.pci.main import PciServer
 
 Fields = dict[str, codec.Value]
 Reply = tuple[int, Fields]

@@ -1,7 +1,7 @@
 """Who holds which PCI device, or which channel of a compatibility-mode IDE
 function: reserve (the kernel grants the holder the device's ranges), release,
 the dead holders' devices freed, and after a restart the holders found again
-from the kernel's grants. The rules are in :mod:`servers.pci.main`'s docstring."""
+from the kernel's grants. The rules are in :mod:`hwl.servers.pci.main`'s docstring."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from hwl.hw import ata
 from hwl.ipc import codec
 from hwl.ipc.client import IpcError
 from hwl.kernel.errno import Errno
-from servers.pci import bus
-from servers.pci.bus import Device
-from servers.pci.requests import Fields, RequestError, device, get_devind, not_in_acl
+from hwl.servers.pci import bus
+from hwl.servers.pci.bus import Device
+from hwl.servers.pci.requests import Fields, RequestError, device, get_devind, not_in_acl
 
 if TYPE_CHECKING:
-    from servers.pci.main import PciServer
+    from hwl.servers.pci.main import PciServer
 
-log = logging.getLogger("servers.pci")
+log = logging.getLogger("hwl.servers.pci")
 
 
 class Reservations:

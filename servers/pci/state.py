@@ -4,7 +4,7 @@ reservations, so the new version does not probe the bus while drivers use it."""
 from __future__ import annotations
 
 from hwl.ipc import codec, wire
-from servers.pci.bus import Device
+from hwl.servers.pci.bus import Device
 
 MAX_SAVED = wire.MAX_PAYLOAD - 256
 

@@ -1,5 +1,5 @@
 import sys
 
-from servers.rs.main import main
+from hwl.servers.rs.main import main
 
 sys.exit(main(sys.argv[1:]))

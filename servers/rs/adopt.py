@@ -27,9 +27,9 @@ from hwl.ipc.client import IpcError
 from hwl.ipc.kcalls import ExitInfo
 from hwl.proto import wire
 from hwl.proto.sef import InitType
-from servers.rs.keep import Kept
-from servers.rs.manager import Manager
-from servers.rs.table import Instance, Service, State
+from hwl.servers.rs.keep import Kept
+from hwl.servers.rs.manager import Manager
+from hwl.servers.rs.table import Instance, Service, State
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from hwl.ipc.client import Connection, IpcError
 from hwl.proto import codec, wire
 from hwl.proto.rs import Policy
 from hwl.proto.sef import InitType
-from servers.rs.table import Instance, Service, ServiceTable, State
+from hwl.servers.rs.table import Instance, Service, ServiceTable, State
 
 log = logging.getLogger(__name__)
 

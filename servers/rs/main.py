@@ -24,16 +24,16 @@ from hwl.proto import codec, wire
 from hwl.proto import rs as rsp
 from hwl.proto.errno import Errno
 from hwl.proto.sef import InitType
+from hwl.servers.rs.adopt import adopt
+from hwl.servers.rs.keep import TableKeeper
+from hwl.servers.rs.manager import Manager, RsError
+from hwl.servers.rs.request import Requests, service_from_fields
+from hwl.servers.rs.table import State
+from hwl.servers.rs.update import Updater
 from hwl.system.proctab import ProcTable
 from hwl.system.serve import Answering
-from servers.rs.adopt import adopt
-from servers.rs.keep import TableKeeper
-from servers.rs.manager import Manager, RsError
-from servers.rs.request import Requests, service_from_fields
-from servers.rs.table import State
-from servers.rs.update import Updater
 
-log = logging.getLogger("servers.rs")
+log = logging.getLogger("hwl.servers.rs")
 _ANSWERING = Answering(log, level=lambda exc: logging.INFO)
 
 

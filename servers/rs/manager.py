@@ -39,10 +39,10 @@ from hwl.proto import sef as sefp
 from hwl.proto.errno import Errno, errno_of
 from hwl.proto.rs import Policy
 from hwl.proto.sef import FI_CRASH_STATUS, FiType, InitType
+from hwl.servers.rs.events import EventLog
+from hwl.servers.rs.table import Instance, Service, ServiceTable, State, Waiter
+from hwl.servers.rs.timers import Timers
 from hwl.system.rs import default_label
-from servers.rs.events import EventLog
-from servers.rs.table import Instance, Service, ServiceTable, State, Waiter
-from servers.rs.timers import Timers
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class Manager:
     def conf_for(self, label: str, text: str = "", argv: list[str] | None = None) -> str:
         """The system.conf entry for a new service: the text given (checked), the
         stock file's entry for the label, else the entry for the program's name (as
-        MINIX finds an instance's entry: at_wini1 runs drivers.at_wini, so it gets
+        MINIX finds an instance's entry: at_wini1 runs hwl.drivers.at_wini, so it gets
         at_wini's privileges), else a default one."""
         if text:
             try:

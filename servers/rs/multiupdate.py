@@ -46,9 +46,9 @@ from hwl.ipc.kcalls import ExitInfo
 from hwl.proto import codec
 from hwl.proto.errno import Errno, errno_of
 from hwl.proto.rs import UpdateFlag
-from servers.rs.manager import RsError, how_it_ended
-from servers.rs.table import Service, State, Waiter
-from servers.rs.update import SWAP_RETRY_S, Update, Updater
+from hwl.servers.rs.manager import RsError, how_it_ended
+from hwl.servers.rs.table import Service, State, Waiter
+from hwl.servers.rs.update import SWAP_RETRY_S, Update, Updater
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from hwl.proto.errno import Errno
 from hwl.proto.fields import FieldError, get_int
 from hwl.proto.rs import RsLabel, RsSysctl, RsUp, RsUpdate, SysctlType, UpdateFlag
 from hwl.proto.sef import FiType, InitType
-from servers.rs.manager import Manager, RsError
-from servers.rs.multiupdate import MultiUpdater
-from servers.rs.table import Service, State, Waiter
-from servers.rs.update import Updater
+from hwl.servers.rs.manager import Manager, RsError
+from hwl.servers.rs.multiupdate import MultiUpdater
+from hwl.servers.rs.table import Service, State, Waiter
+from hwl.servers.rs.update import Updater
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from enum import Enum
 from hwl.proto import codec, wire
 from hwl.proto.rs import Policy
 from hwl.proto.sef import FiType, InitType
-from servers.rs.timers import Timer
+from hwl.servers.rs.timers import Timer
 
 
 class State(Enum):

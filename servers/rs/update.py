@@ -20,7 +20,7 @@ swap, so a crash there never touches the old endpoint.
 the phases above, one call each; RS's events (a prepare answer, an init answer,
 an exit, a timer) go to the update's owner, which decides what comes next:
 :class:`Single` for ``service update`` and, for a queue of them updated together,
-:class:`servers.rs.multiupdate.Batch`.
+:class:`hwl.servers.rs.multiupdate.Batch`.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from hwl.proto import sef as sefp
 from hwl.proto.errno import Errno, errno_of
 from hwl.proto.rs import UpdateFlag
 from hwl.proto.sef import InitFlag, InitType
-from servers.rs.manager import Manager, RsError, how_it_ended
-from servers.rs.table import Instance, Service, State, Waiter
-from servers.rs.timers import Timer
+from hwl.servers.rs.manager import Manager, RsError, how_it_ended
+from hwl.servers.rs.table import Instance, Service, State, Waiter
+from hwl.servers.rs.timers import Timer
 
 log = logging.getLogger(__name__)
 

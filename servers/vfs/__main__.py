@@ -1,5 +1,5 @@
 import sys
 
-from servers.vfs.main import main
+from hwl.servers.vfs.main import main
 
 sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,6 @@
 """vfs: block device files for user processes, and recovery from driver crashes.
 
-Run by RS (``service up servers.vfs``, entry ``service vfs`` in system.conf).
+Run by RS (``service up hwl.servers.vfs``, entry ``service vfs`` in system.conf).
 Protocol and client: :mod:`hwl.system.vfs`. The modules: ``devmap`` (device file
 names), ``requests`` (checking and running a request), ``files`` (the fd table and
 dead clients), ``transfer`` (the data path), ``devices`` (driver calls and

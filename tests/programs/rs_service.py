@@ -1,4 +1,4 @@
-"""A SEF service for RS tests: answers like servers.echo, with its init and its
+"""A SEF service for RS tests: answers like hwl.servers.echo, with its init and its
 SIGTERM handling chosen on the command line.
 
 - ``--init ok|fail|crash|timeout``: the init callback (SEF's predefined ones);

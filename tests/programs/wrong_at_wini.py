@@ -15,8 +15,8 @@ import os
 import runpy
 from pathlib import Path
 
-from drivers.at_wini import lie as at_lie
 from hwl.driver.blockdriver import Iov
+from hwl.drivers.at_wini import lie as at_lie
 
 MARK = b"HWL-WRONG-DRIVER"
 
@@ -47,4 +47,4 @@ if marker.exists():
     at_lie.Liar._flip = overwrite  # type: ignore[method-assign]
 else:
     marker.touch()
-runpy.run_module("drivers.at_wini", run_name="__main__", alter_sys=True)
+runpy.run_module("hwl.drivers.at_wini", run_name="__main__", alter_sys=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from servers.inet.tcp import seq
+from hwl.servers.inet.tcp import seq
 
 DUPACK_THRESHOLD = 3
 

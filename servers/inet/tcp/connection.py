@@ -37,10 +37,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from servers.inet.tcp import seq
-from servers.inet.tcp.congestion import NewReno
-from servers.inet.tcp.rto import Rto
-from servers.inet.tcp.segment import ACK, FIN, PSH, RST, SYN, Segment
+from hwl.servers.inet.tcp import seq
+from hwl.servers.inet.tcp.congestion import NewReno
+from hwl.servers.inet.tcp.rto import Rto
+from hwl.servers.inet.tcp.segment import ACK, FIN, PSH, RST, SYN, Segment
 
 __all__ = ["Connection", "Emit", "State", "TcpConfig"]
 

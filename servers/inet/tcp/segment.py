@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from servers.inet.checksum import checksum, pseudo_sum, valid
+from hwl.servers.inet.checksum import checksum, pseudo_sum, valid
 
 __all__ = [
     "ACK",

@@ -4,7 +4,7 @@ answers a segment for no socket with a RST (RFC 9293 3.10.7.1), keeps listen and
 accept queues bounded by the backlog, picks ephemeral ports and initial sequence
 numbers (RFC 6528), and keeps connections in TIME_WAIT until their 2*MSL is over.
 
-It meets IP through two callables that ``servers.inet.stack.Stack`` provides:
+It meets IP through two callables that ``hwl.servers.inet.stack.Stack`` provides:
 ``ip_output(dst, proto, payload, now, df=...)`` to send (OSError when it cannot),
 and ``source_for(dst)`` for the source address of a connect; IP calls
 ``input(src, dst, segment, now)`` for each segment addressed to us
@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from servers.inet.tcp import seq
-from servers.inet.tcp.connection import Connection, State, TcpConfig
-from servers.inet.tcp.segment import ACK, PROTO, RST, SYN, Segment, SegmentError, build, parse
+from hwl.servers.inet.tcp import seq
+from hwl.servers.inet.tcp.connection import Connection, State, TcpConfig
+from hwl.servers.inet.tcp.segment import ACK, PROTO, RST, SYN, Segment, SegmentError, build, parse
 
 __all__ = ["ANY", "EPHEMERAL", "IpOut", "Listener", "Tcp"]
 
