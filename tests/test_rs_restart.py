@@ -105,34 +105,35 @@ def test_the_kernel_holds_exits_while_no_root_runs(tmp_path: Path) -> None:
     the same endpoint, gets that child's exit record and a SYSTEM notify. After
     ROOT_RESTARTS restarts within the window the next death is not restarted."""
     kernel = Kernel(tmp_path, None)
+    life = kernel.lifecycle
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
     try:
-        root = kernel.spawn(None, sleeper, "rs", Priv.root("rs"), cold=True, root=True)
-        child = kernel.spawn(root, sleeper, "svc", Priv.root("svc"), cold=True)
+        root = life.spawn(None, sleeper, "rs", Priv.root("rs"), cold=True, root=True)
+        child = life.spawn(root, sleeper, "svc", Priv.root("svc"), cold=True)
         assert child.parent == root.endpoint and child.pid is not None
-        kernel.kill_process(root, "test: the root dies")
-        entry = kernel.children[child.pid]
+        life.kill_process(root, "test: the root dies")
+        entry = life.children[child.pid]
         assert entry.popen is not None
         os.kill(child.pid, signal.SIGKILL)
-        kernel.lifecycle.child_exited(entry, entry.popen.wait(10))  # reaped, as the loop would
-        assert [r.endpoint for r in kernel.held_exits] == [child.endpoint]
+        life.child_exited(entry, entry.popen.wait(10))  # reaped, as the loop would
+        assert [r.endpoint for r in life.held_exits] == [child.endpoint]
 
-        new = kernel.restart_root()
+        new = life.restart_root()
         assert new is not None and new.endpoint == root.endpoint and new.pid != root.pid
-        assert kernel.root_endpoint == root.endpoint
+        assert life.root_endpoint == root.endpoint
         assert [(r.endpoint, r.signal) for r in new.exits] == [(child.endpoint, 9)]
         assert new.notify_pending.get(wire.SYSTEM, 0) & EVENT_EXIT
-        assert not kernel.held_exits
+        assert not life.held_exits
 
         for _ in range(ROOT_RESTARTS - 1):
             current = kernel.table.lookup(root.endpoint)
             assert current is not None
-            kernel.kill_process(current, "test: the root dies again")
-            assert kernel.restart_root() is not None
+            life.kill_process(current, "test: the root dies again")
+            assert life.restart_root() is not None
         current = kernel.table.lookup(root.endpoint)
         assert current is not None
-        kernel.kill_process(current, "test: once too often")
-        assert kernel.restart_root() is None and kernel.root_gave_up
+        life.kill_process(current, "test: once too often")
+        assert life.restart_root() is None and life.root_gave_up
         assert kernel.table.lookup(root.endpoint) is None
     finally:
         kernel.shutdown()

@@ -89,7 +89,7 @@ def main(config: dict[str, Any]) -> int:
         if "dma_keep_seconds" in config:
             kernel.calls.keeper.keep_seconds = float(config["dma_keep_seconds"])
         kernel.listen()
-        kernel.start_forkserver()
+        kernel.lifecycle.start_forkserver()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGTERM, kernel.stop)
@@ -99,9 +99,10 @@ def main(config: dict[str, Any]) -> int:
         root = config["root"]
         if "fd" in root:
             conn = socket.socket(fileno=int(root["fd"]))
-            kernel.add_process(conn, label, Priv.root(label), root=True)
+            kernel.lifecycle.add_process(conn, label, Priv.root(label), root=True)
         else:
-            kernel.spawn(None, [str(a) for a in root["argv"]], label, Priv.root(label), root=True)
+            argv = [str(a) for a in root["argv"]]
+            kernel.lifecycle.spawn(None, argv, label, Priv.root(label), root=True)
     except Exception:
         ready.write("error " + traceback.format_exc().replace("\n", "\\n") + "\n")
         ready.close()

@@ -26,16 +26,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hwl.ipc import arena, codec, wire
+from hwl.ipc import codec, wire
 from hwl.kernel.calls import Calls
 from hwl.kernel.channels import Channels
 from hwl.kernel.errno import Errno
 from hwl.kernel.hwfaults import HwFaults
 from hwl.kernel.ipc import Ipc
 from hwl.kernel.irq import Irqs
-from hwl.kernel.lifecycle import ROOT_RESTARTS, Child, Lifecycle
+from hwl.kernel.lifecycle import ROOT_RESTARTS, Lifecycle
 from hwl.kernel.priv import Priv
-from hwl.kernel.proc import ExitRecord, Proc, ProcTable
+from hwl.kernel.proc import Proc, ProcTable
 from hwl.link.link import Link
 
 __all__ = ["ROOT_RESTARTS", "Kernel"]
@@ -45,8 +45,6 @@ log = logging.getLogger("hwl.kernel")
 # after this long, a safety net only: the doorbell is a byte on a TCP socket, and
 # before both ends set TCP_NODELAY, Nagle held about one bell in 80 back past it.
 LINK_SLICE = 0.002
-EXITS_KEEP = 1024
-WATCHDOG_PERIOD = 1.0  # s between looks for channel call cycles
 WATCHDOG_PERIOD = 1.0  # s between looks for channel call cycles
 
 _MESSAGE_HEADER = wire.RESPONSE.pack  # bound once: it runs for every message
@@ -170,65 +168,6 @@ class Kernel:
         self.irqs.release(proc)
         self.calls.release(proc)
         self.alarms.pop(proc, None)
-
-    # The lifecycle's, under the kernel's name (boot, tests).
-    def add_process(
-        self,
-        conn: socket.socket,
-        label: str,
-        priv: Priv,
-        *,
-        parent: int = wire.NONE,
-        arena_size: int = arena.DEFAULT_SIZE,
-        endpoint: int | None = None,
-        root: bool = False,
-    ) -> Proc:
-        return self.lifecycle.add_process(
-            conn, label, priv, parent=parent, arena_size=arena_size, endpoint=endpoint, root=root
-        )
-
-    def spawn(
-        self,
-        parent: Proc | None,
-        argv: list[str],
-        label: str,
-        priv: Priv,
-        *,
-        env: dict[str, str] | None = None,
-        arena_size: int = arena.DEFAULT_SIZE,
-        endpoint: int | None = None,
-        cold: bool = False,
-        root: bool = False,
-    ) -> Proc:
-        return self.lifecycle.spawn(
-            parent, argv, label, priv, env=env, arena_size=arena_size, endpoint=endpoint,
-            cold=cold, root=root,
-        )  # fmt: skip
-
-    def start_forkserver(self) -> None:
-        self.lifecycle.start_forkserver()
-
-    def kill_process(self, proc: Proc, reason: str) -> None:
-        self.lifecycle.kill_process(proc, reason)
-
-    def restart_root(self) -> Proc | None:
-        return self.lifecycle.restart_root()
-
-    @property
-    def root_endpoint(self) -> int:
-        return self.lifecycle.root_endpoint
-
-    @property
-    def root_gave_up(self) -> bool:
-        return self.lifecycle.root_gave_up
-
-    @property
-    def children(self) -> dict[int, Child]:
-        return self.lifecycle.children
-
-    @property
-    def held_exits(self) -> list[ExitRecord]:
-        return self.lifecycle.held_exits
 
     # -------------------------------------------------------------- requests
     def _on_request(self, proc: Proc) -> None:
