@@ -17,10 +17,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Final, Self, TypeVar
 
 from hwl.errors import CallError, HwlError
 from hwl.ipc.client import Connection, IpcError, Message
@@ -32,6 +32,8 @@ from hwl.proto.sef import FiType, LuState
 from hwl.system import call
 
 KERNEL_SOCKET: Final = wire.SOCKET_NAME  # where user processes attach
+T = TypeVar("T")
+_ABSENT: Any = object()  # a row field with no default must be there
 
 
 class RsError(CallError):
@@ -144,17 +146,7 @@ class ServiceStatus:
     @classmethod
     def from_fields(cls, row: codec.Value) -> ServiceStatus:
         """A row of the status reply; ValueError says which field is wrong."""
-        if not isinstance(row, dict):
-            raise ValueError(f"a status row is a {type(row).__name__}, not a dict")
-
-        def get(name: str, kind: type[Any]) -> Any:
-            value = row.get(name)
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if isinstance(value, bool) or not isinstance(value, kind):
-                raise ValueError(f"status row field {name!r} is {value!r}, not a {kind.__name__}")
-            return value
-
+        get = _row_getter(row, "a status row")
         return cls(
             label=get("label", str),
             endpoint=get("endpoint", int),
@@ -165,16 +157,19 @@ class ServiceStatus:
             state=get("state", str),
             policy=get("policy", str),
             program=get("program", str),
-            flags=get("flags", str) if "flags" in row else "",
+            flags=get("flags", str, ""),
         )
 
 
 def _row_getter(row: codec.Value, what: str) -> Any:
-    """A typed field reader for one row of a reply; ValueError names the field."""
+    """A typed field reader for one row of a reply, ``get(name, kind[, default])``
+    (an int is also a float; a bool is nothing else); ValueError names the field."""
     if not isinstance(row, dict):
         raise ValueError(f"{what} is a {type(row).__name__}, not a dict")
 
-    def get(name: str, kind: type[Any]) -> Any:
+    def get(name: str, kind: type[Any], default: Any = _ABSENT) -> Any:
+        if default is not _ABSENT and name not in row:
+            return default
         value = row.get(name)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -339,37 +334,36 @@ def edit_fields(label: str, **changes: Any) -> dict[str, codec.Value]:
     return fields
 
 
+def _rows(
+    reply: Message, name: str, read: Callable[[codec.Value], T], request: str
+) -> tuple[T, ...]:
+    """The list ``name`` of a reply to ``request``, each row read by ``read``;
+    RsError if RS sent something else."""
+    rows = reply.get(name)
+    if not isinstance(rows, list):
+        raise RsError(Errno.EGENERIC, request, f"RS's reply has no list {name!r}: {rows!r}")
+    try:
+        return tuple(read(row) for row in rows)
+    except ValueError as exc:
+        raise RsError(Errno.EGENERIC, request, f"RS's reply is malformed: {exc}") from exc
+
+
 def parse_status(reply: Message) -> list[ServiceStatus]:
     """The rows of an ``RS_STATUS`` reply; RsError if RS sent something else."""
-    rows = reply.get("services")
-    if not isinstance(rows, list):
-        raise RsError(Errno.EGENERIC, "status", f"RS's reply has no list 'services': {rows!r}")
-    try:
-        return [ServiceStatus.from_fields(row) for row in rows]
-    except ValueError as exc:
-        raise RsError(Errno.EGENERIC, "status", f"RS's reply is malformed: {exc}") from exc
+    return list(_rows(reply, "services", ServiceStatus.from_fields, "status"))
 
 
 def parse_upd_status(reply: Message) -> UpdateStatus:
     """The ``sysctl upd_status`` reply; RsError if RS sent something else."""
-    mode, rows = reply.get("batch"), reply.get("updates")
-    if not isinstance(mode, str) or not isinstance(rows, list):
+    mode = reply.get("batch")
+    if not isinstance(mode, str):
         raise RsError(Errno.EGENERIC, "sysctl", f"RS's upd_status reply is malformed: {mode!r}")
-    try:
-        return UpdateStatus(mode, tuple(UpdateRow.from_fields(row) for row in rows))
-    except ValueError as exc:
-        raise RsError(Errno.EGENERIC, "sysctl", f"RS's reply is malformed: {exc}") from exc
+    return UpdateStatus(mode, _rows(reply, "updates", UpdateRow.from_fields, "sysctl"))
 
 
 def parse_srv_status(reply: Message) -> SrvStatus:
     """The ``sysctl srv_status`` reply; RsError if RS sent something else."""
-    rows = reply.get("instances")
-    if not isinstance(rows, list):
-        raise RsError(Errno.EGENERIC, "sysctl", f"RS's reply has no list 'instances': {rows!r}")
-    try:
-        instances = tuple(InstanceRow.from_fields(row) for row in rows)
-    except ValueError as exc:
-        raise RsError(Errno.EGENERIC, "sysctl", f"RS's reply is malformed: {exc}") from exc
+    instances = _rows(reply, "instances", InstanceRow.from_fields, "sysctl")
     return SrvStatus(tuple(parse_status(reply)), instances)
 
 
