@@ -66,7 +66,7 @@ def identify(conn: ipc.Connection) -> None:
     buf = conn.arena.alloc(512)
     grant = conn.arena.grant(conn.endpoint, buf.offset, 512, read=True, write=True)
     try:
-        conn.sdevio_in(0x1F0, 256, 2, conn.endpoint, grant)
+        conn.sdevio("in", 0x1F0, 256, 2, conn.endpoint, grant)
     finally:
         conn.arena.revoke(grant)
         conn.arena.free(buf)

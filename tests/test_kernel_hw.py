@@ -99,7 +99,7 @@ def identify(conn: ipc.Connection) -> bytes:
     """IDENTIFY through vdevio, its 512 bytes through sdevio into our own grant."""
     conn.vdevio(identify_batch())
     with granted(conn, conn.endpoint) as (buf, grant):
-        conn.sdevio_in(0x1F0, 256, 2, conn.endpoint, grant)
+        conn.sdevio("in", 0x1F0, 256, 2, conn.endpoint, grant)
         conn.devio_in(0x1F7)  # acknowledge
         return buf.read()
 
@@ -309,7 +309,7 @@ def test_sdevio_into_a_grant_it_may_not_write_is_refused(process, hw_root: ipc.C
     conn = process("ide0", IDE0)
     with granted(hw_root, conn.endpoint, write=False) as (_buf, read_only):
         with pytest.raises(ipc.IpcError) as err:
-            conn.sdevio_in(0x1F0, 256, 2, hw_root.endpoint, read_only)
+            conn.sdevio("in", 0x1F0, 256, 2, hw_root.endpoint, read_only)
         assert err.value.errno is Errno.EPERM
 
 
@@ -394,7 +394,7 @@ def test_sdevio_with_ready_moves_the_block_and_reenables_the_irq(process) -> Non
             conn.vdevio(identify_batch())  # IDENTIFY again: DRQ up, an interrupt posted
             conn.receive(ipc.HARDWARE, timeout=5)
             buf.write(bytes(512))
-            moved = conn.sdevio_in(0x1F0, 128, 4, conn.endpoint, grant, ready=PIO_READY,
+            moved = conn.sdevio("in", 0x1F0, 128, 4, conn.endpoint, grant, ready=PIO_READY,
                                    irq_enable=hook)  # fmt: skip
             assert moved.ready is not None and moved.ready & PIO_READY[1] == ata.DRQ
             assert moved.bytes == 512
@@ -403,7 +403,7 @@ def test_sdevio_with_ready_moves_the_block_and_reenables_the_irq(process) -> Non
             # Not ready (no command, no DRQ): the status comes back, nothing moves,
             # and the hook is re-enabled all the same.
             buf.write(b"\xaa" * 512)
-            moved = conn.sdevio_in(0x1F0, 256, 2, conn.endpoint, grant, ready=PIO_READY,
+            moved = conn.sdevio("in", 0x1F0, 256, 2, conn.endpoint, grant, ready=PIO_READY,
                                    irq_enable=hook)  # fmt: skip
             assert moved.ready is not None and not moved.ready & ata.DRQ
             assert moved.bytes == 0
@@ -435,7 +435,7 @@ def polled_sectors(conn: ipc.Connection, count: int) -> bytes:
         drq.wait(0x1F7, ata.BSY | ata.DRQ, ata.DRQ)
         for i in range(count):
             conn.vdevio(drq)
-            conn.sdevio_in(0x1F0, 128, 4, conn.endpoint, grant, i * 512)
+            conn.sdevio("in", 0x1F0, 128, 4, conn.endpoint, grant, i * 512)
         conn.devio_in(0x1F7)
         return buf.read()
 
@@ -455,7 +455,7 @@ def test_sdevio_blocks_move_a_multi_sector_read_on_the_hooks_interrupts(process)
             while sum(calls) < count * 512:
                 assert conn.receive(ipc.HARDWARE, timeout=5).is_notify
                 done = sum(calls)
-                moved = conn.sdevio_in(0x1F0, (count * 512 - done) // 4, 4, conn.endpoint,
+                moved = conn.sdevio("in", 0x1F0, (count * 512 - done) // 4, 4, conn.endpoint,
                                        grant, done, ready=PIO_READY, irq_enable=hook,
                                        block=128)  # fmt: skip
                 assert moved.ready is not None and moved.ready & PIO_READY[1] == ata.DRQ
@@ -478,7 +478,7 @@ def test_sdevio_blocks_stop_short_when_an_interrupt_does_not_come(process) -> No
         with granted(conn, conn.endpoint, 4 * 512) as (buf, grant):
             conn.vdevio(read_sectors_batch(2))  # two sectors, the call asks for four
             conn.receive(ipc.HARDWARE, timeout=5)
-            moved = conn.sdevio_in(0x1F0, 4 * 128, 4, conn.endpoint, grant,
+            moved = conn.sdevio("in", 0x1F0, 4 * 128, 4, conn.endpoint, grant,
                                    ready=PIO_READY, irq_enable=hook, block=128)  # fmt: skip
             assert moved.bytes == 2 * 512
             assert moved.ready is not None and moved.ready & PIO_READY[1] == ata.DRQ
@@ -500,7 +500,7 @@ def test_sdevio_blocks_on_a_shared_line_move_one_block_per_interrupt(process) ->
                 assert a.receive(ipc.HARDWARE, timeout=5).is_notify
                 assert b.receive(ipc.HARDWARE, timeout=5).is_notify
                 b.irq_enable(hook_b)
-                moved = a.sdevio_in(0x1F0, (2 - i) * 128, 4, a.endpoint, grant, i * 512,
+                moved = a.sdevio("in", 0x1F0, (2 - i) * 128, 4, a.endpoint, grant, i * 512,
                                     ready=PIO_READY, irq_enable=hook_a, block=128)  # fmt: skip
                 assert moved.bytes == 512
             assert buf.read() == expected
@@ -526,7 +526,7 @@ def test_vdevio_takes_a_commands_interrupt_inside_the_batch(process) -> None:  #
         assert values[fired] == 1
         assert values[status] & (ata.BSY | ata.DRQ) == ata.DRQ
         with granted(conn, conn.endpoint) as (buf, grant):
-            conn.sdevio_in(0x1F0, 128, 4, conn.endpoint, grant)
+            conn.sdevio("in", 0x1F0, 128, 4, conn.endpoint, grant)
             assert buf.read() == expected
         with pytest.raises(ipc.IpcTimeout):
             conn.receive(ipc.HARDWARE, timeout=0.3)

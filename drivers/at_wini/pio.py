@@ -4,6 +4,8 @@ interrupt."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from hwl.hw import ata
 from hwl.link.batch import Batch
 
@@ -61,7 +63,7 @@ class Pio:
         an interrupt while still busy is waited past."""
         channel = self.channel
         conn, ch = channel.kernel, channel.ch
-        sdevio = conn.sdevio_out if write else conn.sdevio_in
+        direction: Literal["in", "out"] = "out" if write else "in"
         ready = (ch.cmd + ata.REG_STATUS, PIO_READY_MASK, ata.DRQ)
         width = self.width
         units, block = ata.SECTOR // width, drive.multiple * ata.SECTOR // width
@@ -70,9 +72,9 @@ class Pio:
             if interrupt_first:
                 channel.wait_intr()
             interrupt_first = True
-            moved = sdevio(ch.cmd + ata.REG_DATA, (count - done) * units, width, endpoint,
-                           grant, at + done * ata.SECTOR, ready=ready, irq_enable=channel.hook,
-                           block=block)  # fmt: skip
+            moved = conn.sdevio(direction, ch.cmd + ata.REG_DATA, (count - done) * units,
+                                width, endpoint, grant, at + done * ata.SECTOR, ready=ready,
+                                irq_enable=channel.hook, block=block)  # fmt: skip
             done += moved.bytes // ata.SECTOR
             status = moved.ready
             assert status is not None

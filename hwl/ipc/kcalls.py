@@ -11,7 +11,7 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from hwl.ipc import codec, wire
 from hwl.ipc.arena import Arena
@@ -91,8 +91,9 @@ class KernelCalls:
             raise ValueError(f"vdevio: a {len(answer)}-byte answer to {len(batch)} ops")
         return memoryview(answer).cast("I")[_RESULTS_AT // 4 :: abi.OP_SIZE // 4].tolist()
 
-    def sdevio_in(
+    def sdevio(
         self,
+        direction: Literal["in", "out"],
         port: int,
         count: int,
         width: int,
@@ -104,7 +105,9 @@ class KernelCalls:
         irq_enable: int | None = None,
         block: int | None = None,
     ) -> Moved:
-        """``count`` units from ``port`` into grant ``grant`` of ``endpoint``.
+        """``count`` units of ``width`` bytes between ``port`` and grant ``grant`` of
+        ``endpoint`` at ``offset``: ``"in"`` into the grant, ``"out"`` from it (MINIX's
+        ``sys_sdevio`` with DIO_INPUT or DIO_OUTPUT).
 
         A driver's interrupt handler in one call: with ``ready`` (port, mask, value)
         the kernel first reads that byte port (an ATA status read acknowledges the
@@ -113,40 +116,6 @@ class KernelCalls:
         per interrupt: a PIO transfer's DRQ blocks) the kernel moves block after
         block, each after the hook's next interrupt and its ``ready`` check, up to
         its per-call limit. :class:`Moved` says how far it got and what it read."""
-        return self._sdevio("in", port, count, width, endpoint, grant, offset,
-                            ready, irq_enable, block)  # fmt: skip
-
-    def sdevio_out(
-        self,
-        port: int,
-        count: int,
-        width: int,
-        endpoint: int,
-        grant: int,
-        offset: int = 0,
-        *,
-        ready: tuple[int, int, int] | None = None,
-        irq_enable: int | None = None,
-        block: int | None = None,
-    ) -> Moved:
-        """``count`` units from the grant out to ``port``; ``ready``, ``irq_enable``
-        and ``block`` as for :meth:`sdevio_in`."""
-        return self._sdevio("out", port, count, width, endpoint, grant, offset,
-                            ready, irq_enable, block)  # fmt: skip
-
-    def _sdevio(
-        self,
-        direction: str,
-        port: int,
-        count: int,
-        width: int,
-        endpoint: int,
-        grant: int,
-        offset: int,
-        ready: tuple[int, int, int] | None,
-        irq_enable: int | None,
-        block: int | None,
-    ) -> Moved:
         fields: dict[str, codec.Value] = {"port": port, "width": width, "count": count,
                                           "dir": direction, "endpoint": endpoint,
                                           "grant": grant, "offset": offset}  # fmt: skip
