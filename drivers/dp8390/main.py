@@ -40,10 +40,8 @@ from dataclasses import dataclass
 from hwl.driver import netdriver, nic
 from hwl.ipc import codec
 from hwl.ipc.client import Connection
-from hwl.ipc.kcalls import DmaHandle
 from hwl.link.batch import Batch
 from hwl.proto import ndev
-from hwl.system import sef
 
 log = logging.getLogger("dp8390")
 
@@ -95,58 +93,38 @@ class Ring:
 
 class Dp8390(nic.NicDriverBase):
     def __init__(self, args: dict[str, str]) -> None:
-        self.instance = int(args.get("instance", "0"))
-        self.conn: Connection | None = None
+        super().__init__(args)
         self.io = 0
-        self.irq_hook = -1
-        self.mac = b""
-        self.tx: DmaHandle | None = None
-        self.rx: DmaHandle | None = None
-        self.tx_view: memoryview | None = None
-        self.rx_view: memoryview | None = None
         self.ring = Ring()
         self.dirty = True  # frames may wait in the ring
         self.queue: deque[bytes] = deque()
         self.rcr = RCR_AB
         self.up = False  # a client set a mode other than DOWN: interrupts drain the ring
-        self.restored: dict[str, codec.Value] | None = None
 
     # ------------------------------------------------------------------ init
-    def init(self, instance: int) -> ndev.InitReply:
-        conn = self.conn = sef.connection()
-        if self.restored is not None:
-            self._adopt(conn, self.restored)
-        else:
-            _pci, card = nic.reserve(conn, PCI_IDS, self.instance, bus_master=False)
-            self.io = card.io_base
-            self.tx = conn.dma_alloc(TX_PER_CALL * TX_SLOT)
-            self.rx = conn.dma_alloc(RING_PAGES * PAGE)
-            self.irq_hook = conn.irq_setpolicy(card.irq, 0, notify_id=0)
-            self.mac = self._reset_card(enable_irq=True)
-        # A live update's new version maps its buffers at its first frame: in its
-        # init it stands at another endpoint, which does not hold them yet.
+    def start(self, conn: Connection) -> None:
+        _pci, card = nic.reserve(conn, PCI_IDS, self.instance, bus_master=False)
+        self.io = card.io_base
+        self.tx = conn.dma_alloc(TX_PER_CALL * TX_SLOT)
+        self.rx = conn.dma_alloc(RING_PAGES * PAGE)
+        self.irq_hook = conn.irq_setpolicy(card.irq, 0, notify_id=0)
+        self.mac = self._reset_card(enable_irq=True)
+
+    def init_reply(self) -> ndev.InitReply:
         return ndev.InitReply(hwaddr=self.mac, name=f"dp8390#{self.instance}", link=True,
                               max_send=TX_PER_CALL * 4)  # fmt: skip
 
-    def _adopt(self, conn: Connection, state: dict[str, codec.Value]) -> None:
+    def take_saved(self, state: dict[str, codec.Value]) -> None:
         self.io = int(state["io"])  # type: ignore[arg-type]
-        self.irq_hook = int(state["hook"])  # type: ignore[arg-type]
-        self.mac = bytes(state["mac"])  # type: ignore[arg-type]
-        self.tx = DmaHandle(*state["tx"])  # type: ignore[misc]
-        self.rx = DmaHandle(*state["rx"])  # type: ignore[misc]
         self.ring = Ring(*state["ring"])  # type: ignore[misc]
         self.rcr = int(state["rcr"])  # type: ignore[arg-type]
         self.up = bool(state.get("up", True))
         self.queue.extend(f for f in state.get("queue") or [] if isinstance(f, bytes))  # type: ignore[union-attr]
 
-    def state_save(self) -> codec.Value:
-        assert self.tx is not None and self.rx is not None
+    def saved(self) -> dict[str, codec.Value]:
         return {
-            "io": self.io, "hook": self.irq_hook, "mac": self.mac,
-            "tx": [self.tx.id, self.tx.phys, self.tx.size],
-            "rx": [self.rx.id, self.rx.phys, self.rx.size],
-            "ring": [self.ring.bnry, self.ring.curr], "rcr": self.rcr, "up": self.up,
-            "queue": list(self.queue),
+            "io": self.io, "ring": [self.ring.bnry, self.ring.curr], "rcr": self.rcr,
+            "up": self.up, "queue": list(self.queue),
         }  # fmt: skip
 
     def _reset_card(self, enable_irq: bool = False) -> bytes:
@@ -226,15 +204,9 @@ class Dp8390(nic.NicDriverBase):
         self._vdevio(b)
 
     # ------------------------------------------------------------------- send
-    def _views(self) -> tuple[memoryview, memoryview]:
-        if self.tx_view is None or self.rx_view is None:
-            assert self.conn is not None and self.tx is not None and self.rx is not None
-            self.tx_view, self.rx_view = self.conn.dma_map(self.tx), self.conn.dma_map(self.rx)
-        return self.tx_view, self.rx_view
-
     def send(self, frames: Sequence[bytes]) -> int:
         """Transmit up to TX_PER_CALL frames in one kernel call."""
-        view, tx = self._views()[0], self.tx
+        view, tx = self.tx_view(), self.tx
         assert tx is not None
         io, b = self.io, Batch()
         frames = frames[:TX_PER_CALL]
@@ -303,7 +275,7 @@ class Dp8390(nic.NicDriverBase):
         self.dirty = False
         if pages == 0:
             return
-        view, rx = self._views()[1], self.rx
+        view, rx = self.rx_view(), self.rx
         assert rx is not None
         start, size = self.ring.next, pages * PAGE
         new_bnry = RX_STOP - 1 if curr == RX_START else curr - 1
@@ -346,6 +318,4 @@ class Dp8390(nic.NicDriverBase):
 
 
 def main(argv: list[str]) -> int:
-    driver = Dp8390(nic.driver_args(argv))
-    netdriver.run(netdriver.NetDriver.of(driver), driver.instance)
-    return 0
+    return nic.run(Dp8390(nic.driver_args(argv)))

@@ -37,7 +37,6 @@ from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.kcalls import DmaHandle
 from hwl.link.batch import Batch
 from hwl.proto import ndev
-from hwl.system import sef
 
 log = logging.getLogger("e1000")
 
@@ -71,46 +70,34 @@ TX_DESC = struct.Struct("<QHBBBBH")
 
 class E1000(nic.NicDriverBase):
     def __init__(self, args: dict[str, str]) -> None:
-        self.instance = int(args.get("instance", "0"))
-        self.conn: Connection | None = None
+        super().__init__(args)
         self.bar = 0
-        self.irq_hook = -1
-        self.mac = b""
-        self.rx: DmaHandle | None = None
-        self.tx: DmaHandle | None = None
-        self.rxv: memoryview | None = None
-        self.txv: memoryview | None = None
         self.rx_next = 0  # the next descriptor the card fills
         self.tdt = 0
         self.rctl = RCTL_EN | RCTL_BAM | RCTL_SECRC
         self.link = False
         self.adopted = False
-        self.restored: dict[str, codec.Value] | None = None
 
     # ------------------------------------------------------------------ init
-    def init(self, instance: int) -> ndev.InitReply:
-        conn = self.conn = sef.connection()
-        if self.restored is not None:
-            self._take_saved(self.restored)
-        else:
-            pci, card = nic.reserve(conn, PCI_IDS, self.instance, bus_master=False)
-            self.bar = card.mem_base
-            self.irq_hook = conn.irq_setpolicy(card.irq, 0, notify_id=0)
-            kept = {buf.tag: buf for buf in conn.dma_adopt()}
-            if not self._adopt(kept):
-                self.rx = conn.dma_alloc(RING_BYTES + RING * BUF, tag="rx")
-                self.tx = conn.dma_alloc(RING_BYTES + RING * BUF, tag="tx")
-                self.rxv, self.txv = conn.dma_map(self.rx), conn.dma_map(self.tx)
-                self._reinit()
-            # Only now may the card DMA: into the adopted rings, or the new ones;
-            # then the old ones, which the card no longer points at, can go.
-            nic.bus_master_on(pci, card.devind)
-            for buf in kept.values():
-                if buf not in (self.rx, self.tx):
-                    conn.dma_free(buf)
-            conn.irq_enable(self.irq_hook)
-        # A live update's new version maps its rings at its first frame: in its init
-        # it stands at another endpoint, which does not hold them yet.
+    def start(self, conn: Connection) -> None:
+        pci, card = nic.reserve(conn, PCI_IDS, self.instance, bus_master=False)
+        self.bar = card.mem_base
+        self.irq_hook = conn.irq_setpolicy(card.irq, 0, notify_id=0)
+        kept = {buf.tag: buf for buf in conn.dma_adopt()}
+        if not self._adopt(kept):
+            self.rx = conn.dma_alloc(RING_BYTES + RING * BUF, tag="rx")
+            self.tx = conn.dma_alloc(RING_BYTES + RING * BUF, tag="tx")
+            self.rxv, self.txv = conn.dma_map(self.rx), conn.dma_map(self.tx)
+            self._reinit()
+        # Only now may the card DMA: into the adopted rings, or the new ones;
+        # then the old ones, which the card no longer points at, can go.
+        nic.bus_master_on(pci, card.devind)
+        for buf in kept.values():
+            if buf not in (self.rx, self.tx):
+                conn.dma_free(buf)
+        conn.irq_enable(self.irq_hook)
+
+    def init_reply(self) -> ndev.InitReply:
         return ndev.InitReply(hwaddr=self.mac, name=f"e1000#{self.instance}", link=self.link,
                               max_send=TX_PER_CALL)  # fmt: skip
 
@@ -133,7 +120,7 @@ class E1000(nic.NicDriverBase):
                      rdbal, rctl)  # fmt: skip
             return False
         self.rx, self.tx, self.rctl = rx, tx, rctl
-        self.rxv, self.txv = self._map(rx), self._map(tx)
+        self.rxv, self.txv = self.rx_view(), self.tx_view()
         self.tdt = tdt % RING
         self.rx_next = (rdt + 1) % RING  # unread frames follow the last one given back
         self.mac = struct.pack("<IH", ral, rah & 0xFFFF)
@@ -146,10 +133,6 @@ class E1000(nic.NicDriverBase):
         self.adopted = True
         log.info("adopted the rings (RDH %d, RDT %d, TDT %d): no RCTL write", rdh, rdt, tdt)
         return True
-
-    def _map(self, buf: DmaHandle) -> memoryview:
-        assert self.conn is not None
-        return self.conn.dma_map(buf)
 
     def _reinit(self) -> None:
         """Every register a driver relies on, in the order the card needs them."""
@@ -183,25 +166,16 @@ class E1000(nic.NicDriverBase):
         self.rx_next, self.tdt = 0, 0
         self.link = bool(status & STATUS_LU)
 
-    def _take_saved(self, state: dict[str, codec.Value]) -> None:
+    def take_saved(self, state: dict[str, codec.Value]) -> None:
         self.bar = int(state["bar"])  # type: ignore[arg-type]
-        self.irq_hook = int(state["hook"])  # type: ignore[arg-type]
-        self.mac = bytes(state["mac"])  # type: ignore[arg-type]
-        self.rx = DmaHandle(*state["rx"])  # type: ignore[misc]
-        self.tx = DmaHandle(*state["tx"])  # type: ignore[misc]
         self.rx_next = int(state["rx_next"])  # type: ignore[arg-type]
         self.tdt = int(state["tdt"])  # type: ignore[arg-type]
         self.rctl = int(state["rctl"])  # type: ignore[arg-type]
         self.link = bool(state["link"])
 
-    def state_save(self) -> codec.Value:
-        assert self.rx is not None and self.tx is not None
-        return {
-            "bar": self.bar, "hook": self.irq_hook, "mac": self.mac,
-            "rx": [self.rx.id, self.rx.phys, self.rx.size, self.rx.tag],
-            "tx": [self.tx.id, self.tx.phys, self.tx.size, self.tx.tag],
-            "rx_next": self.rx_next, "tdt": self.tdt, "rctl": self.rctl, "link": self.link,
-        }  # fmt: skip
+    def saved(self) -> dict[str, codec.Value]:
+        return {"bar": self.bar, "rx_next": self.rx_next, "tdt": self.tdt, "rctl": self.rctl,
+                "link": self.link}  # fmt: skip
 
     # ----------------------------------------------------------------- modes
     def set_mode(self, mode: int, mcast: tuple[bytes, ...]) -> None:
@@ -226,14 +200,8 @@ class E1000(nic.NicDriverBase):
         self._vdevio(b)
 
     # ------------------------------------------------------------------ send
-    def _views(self) -> tuple[memoryview, memoryview]:
-        if self.rxv is None or self.txv is None:
-            assert self.rx is not None and self.tx is not None
-            self.rxv, self.txv = self._map(self.rx), self._map(self.tx)
-        return self.rxv, self.txv
-
     def send(self, frames: Sequence[bytes]) -> int:
-        txv, tx = self._views()[1], self.tx
+        txv, tx = self.tx_view(), self.tx
         assert tx is not None
         frames = frames[:TX_PER_CALL]
         tdt = self.tdt
@@ -268,7 +236,7 @@ class E1000(nic.NicDriverBase):
         return self.link
 
     def recv(self, most: int) -> list[bytes]:
-        rxv, rx = self._views()[0], self.rx
+        rxv, rx = self.rx_view(), self.rx
         assert rx is not None
         out: list[bytes] = []
         i, last = self.rx_next, None
@@ -295,6 +263,4 @@ class E1000(nic.NicDriverBase):
 
 
 def main(argv: list[str]) -> int:
-    driver = E1000(nic.driver_args(argv))
-    netdriver.run(netdriver.NetDriver.of(driver), driver.instance)
-    return 0
+    return nic.run(E1000(nic.driver_args(argv)))

@@ -58,10 +58,8 @@ from collections.abc import Sequence
 from hwl.driver import netdriver, nic
 from hwl.ipc import codec
 from hwl.ipc.client import Connection
-from hwl.ipc.kcalls import DmaHandle
 from hwl.link.batch import Batch
 from hwl.proto import ndev
-from hwl.system import sef
 
 log = logging.getLogger("rtl8139")
 
@@ -114,19 +112,12 @@ RESET_WAIT_US = 100_000
 
 class Rtl8139(nic.NicDriverBase):
     def __init__(self, args: dict[str, str]) -> None:
-        self.instance = int(args.get("instance", "0"))
+        super().__init__(args)
         mode = args.get("mode", "cplus")
         if mode not in ("cplus", "classic"):
             raise SystemExit(f"mode={mode!r}: cplus or classic")
         self.classic = mode == "classic"
-        self.conn: Connection | None = None
         self.io = 0
-        self.irq_hook = -1
-        self.mac = b""
-        self.rx: DmaHandle | None = None
-        self.tx: DmaHandle | None = None
-        self.rxv: memoryview | None = None
-        self.txv: memoryview | None = None
         self.rx_next = 0  # C+: the next descriptor the card fills; classic: the read offset
         self.tx_next = 0  # C+: the next TX descriptor; classic: the next TSD slot
         self.rcr = RCR_APM | RCR_AB
@@ -134,48 +125,30 @@ class Rtl8139(nic.NicDriverBase):
         self.link = False
         self.queue: deque[bytes] = deque()  # classic: frames drained from the ring
         self.dirty = True  # classic: frames may wait in the ring
-        self.restored: dict[str, codec.Value] | None = None
 
     # ------------------------------------------------------------------ init
-    def init(self, instance: int) -> ndev.InitReply:
-        conn = self.conn = sef.connection()
-        if self.restored is not None:
-            self._take_saved(self.restored)
+    def start(self, conn: Connection) -> None:
+        pci, card = nic.reserve(conn, PCI_IDS, self.instance, bus_master=False)
+        self.io = card.io_base
+        self.irq_hook = conn.irq_setpolicy(card.irq, 0, notify_id=0)
+        self._reset()  # the card forgets its old rings before it may DMA again
+        nic.bus_master_on(pci, card.devind)
+        if self.classic:
+            self.rx = conn.dma_alloc(RX_RING_ALLOC)
+            self.tx = conn.dma_alloc(CLASSIC_TX_PER_CALL * BUF)
         else:
-            pci, card = nic.reserve(conn, PCI_IDS, self.instance, bus_master=False)
-            self.io = card.io_base
-            self.irq_hook = conn.irq_setpolicy(card.irq, 0, notify_id=0)
-            self._reset()  # the card forgets its old rings before it may DMA again
-            nic.bus_master_on(pci, card.devind)
-            if self.classic:
-                self.rx = conn.dma_alloc(RX_RING_ALLOC)
-                self.tx = conn.dma_alloc(CLASSIC_TX_PER_CALL * BUF)
-            else:
-                self.rx = conn.dma_alloc(RING_BYTES + RING * BUF)
-                self.tx = conn.dma_alloc(RING_BYTES + RING * BUF)
-            self.rxv, self.txv = conn.dma_map(self.rx), conn.dma_map(self.tx)
-            if self.classic:  # each start's call also enables the IRQ hook
-                self._start_classic()
-            else:
-                self._start_cplus()
+            self.rx = conn.dma_alloc(RING_BYTES + RING * BUF)
+            self.tx = conn.dma_alloc(RING_BYTES + RING * BUF)
+        self.rxv, self.txv = conn.dma_map(self.rx), conn.dma_map(self.tx)
+        if self.classic:  # each start's call also enables the IRQ hook
+            self._start_classic()
+        else:
+            self._start_cplus()
+
+    def init_reply(self) -> ndev.InitReply:
         name = f"rtl8139#{self.instance}" + (" classic" if self.classic else "")
         most = CLASSIC_TX_PER_CALL if self.classic else TX_PER_CALL
         return ndev.InitReply(hwaddr=self.mac, name=name, link=self.link, max_send=most)
-
-    def _rx_view(self) -> memoryview:
-        """The receive buffer, mapped at its first use: after a live update the
-        buffers become this process's only when RS has swapped the endpoints, after
-        this init."""
-        if self.rxv is None:
-            assert self.conn is not None and self.rx is not None
-            self.rxv = self.conn.dma_map(self.rx)
-        return self.rxv
-
-    def _tx_view(self) -> memoryview:
-        if self.txv is None:
-            assert self.conn is not None and self.tx is not None
-            self.txv = self.conn.dma_map(self.tx)
-        return self.txv
 
     def _reset(self) -> None:
         """CR.RST: IMR, the ring addresses and C+ mode back to their reset values;
@@ -241,13 +214,9 @@ class Rtl8139(nic.NicDriverBase):
         """dw0 of RX descriptor ``i`` handed to the card."""
         return OWN | (EOR if i == RING - 1 else 0) | BUF
 
-    def _take_saved(self, state: dict[str, codec.Value]) -> None:
+    def take_saved(self, state: dict[str, codec.Value]) -> None:
         self.classic = bool(state["classic"])
         self.io = int(state["io"])  # type: ignore[arg-type]
-        self.irq_hook = int(state["hook"])  # type: ignore[arg-type]
-        self.mac = bytes(state["mac"])  # type: ignore[arg-type]
-        self.rx = DmaHandle(*state["rx"])  # type: ignore[misc]
-        self.tx = DmaHandle(*state["tx"])  # type: ignore[misc]
         self.rx_next = int(state["rx_next"])  # type: ignore[arg-type]
         self.tx_next = int(state["tx_next"])  # type: ignore[arg-type]
         self.rcr = int(state["rcr"])  # type: ignore[arg-type]
@@ -256,14 +225,11 @@ class Rtl8139(nic.NicDriverBase):
         self.queue.extend(f for f in state.get("queue") or [] if isinstance(f, bytes))  # type: ignore[union-attr]
         self.dirty = True
 
-    def state_save(self) -> codec.Value:
-        assert self.rx is not None and self.tx is not None
+    def saved(self) -> dict[str, codec.Value]:
         return {
-            "classic": self.classic, "io": self.io, "hook": self.irq_hook, "mac": self.mac,
-            "rx": [self.rx.id, self.rx.phys, self.rx.size, self.rx.tag],
-            "tx": [self.tx.id, self.tx.phys, self.tx.size, self.tx.tag],
-            "rx_next": self.rx_next, "tx_next": self.tx_next, "rcr": self.rcr,
-            "mar": self.mar, "link": self.link, "queue": list(self.queue),
+            "classic": self.classic, "io": self.io, "rx_next": self.rx_next,
+            "tx_next": self.tx_next, "rcr": self.rcr, "mar": self.mar, "link": self.link,
+            "queue": list(self.queue),
         }  # fmt: skip
 
     # ----------------------------------------------------------------- modes
@@ -303,7 +269,7 @@ class Rtl8139(nic.NicDriverBase):
         return self._send_classic(frames) if self.classic else self._send_cplus(frames)
 
     def _send_cplus(self, frames: Sequence[bytes]) -> int:
-        txv, tx = self._tx_view(), self.tx
+        txv, tx = self.tx_view(), self.tx
         assert tx is not None
         frames = frames[:TX_PER_CALL]
         first = i = self.tx_next
@@ -336,7 +302,7 @@ class Rtl8139(nic.NicDriverBase):
         return len(frames)
 
     def _send_classic(self, frames: Sequence[bytes]) -> int:
-        txv, tx = self._tx_view(), self.tx
+        txv, tx = self.tx_view(), self.tx
         assert tx is not None
         frames = frames[:CLASSIC_TX_PER_CALL]
         io, b, reads = self.io, Batch(), []
@@ -390,7 +356,7 @@ class Rtl8139(nic.NicDriverBase):
         return self._recv_classic(most) if self.classic else self._recv_cplus(most)
 
     def _recv_cplus(self, most: int) -> list[bytes]:
-        rxv = self._rx_view()
+        rxv = self.rx_view()
         out: list[bytes] = []
         i, stats = self.rx_next, netdriver.stats()
         while len(out) < most:
@@ -423,7 +389,7 @@ class Rtl8139(nic.NicDriverBase):
             at = b.inw(self.io + CBR)
             cbr = self._vdevio(b)[at]
         self.dirty = False
-        rxv = self._rx_view()
+        rxv = self.rx_view()
         rd, stats = self.rx_next, netdriver.stats()
         if rd == cbr:
             return
@@ -459,6 +425,4 @@ def _ring_bytes(view: memoryview, at: int, n: int) -> bytes:
 
 
 def main(argv: list[str]) -> int:
-    driver = Rtl8139(nic.driver_args(argv))
-    netdriver.run(netdriver.NetDriver.of(driver), driver.instance)
-    return 0
+    return nic.run(Rtl8139(nic.driver_args(argv)))

@@ -1,5 +1,6 @@
 """What every PCI NIC driver does before it moves a frame: find its card, reserve it,
-hook its interrupt; and the Ethernet facts they share.
+hook its interrupt; the Ethernet facts they share; and their common base
+(:class:`NicDriverBase`: init, live-update state, DMA buffer views).
 
 ``instance`` n takes the n-th visible device with one of the driver's PCI ids,
 in bus order, as MINIX's drivers do with their ``instance`` argument.
@@ -11,11 +12,14 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from hwl.driver import netdriver
 from hwl.ipc import codec
 from hwl.ipc.client import Connection
+from hwl.ipc.kcalls import DmaHandle
 from hwl.link.batch import Batch
 from hwl.proto import ndev
 from hwl.proto.errno import Errno
+from hwl.system import sef
 from hwl.system.pci import Granted, Pci, PciError
 
 log = logging.getLogger(__name__)
@@ -115,19 +119,98 @@ def driver_args(argv: list[str]) -> dict[str, str]:
     return args
 
 
-class NicDriverBase:
-    """What the NIC drivers keep alike: a batch on the card with the IRQ hook
-    re-enabled after it if asked, and a live update's saved state taken for the
-    next init (a driver's ``init`` takes over from ``restored`` when it is set)."""
+def saved_dma(buf: DmaHandle) -> list[codec.Value]:
+    """A DMA buffer as a live update's saved state holds it (:func:`restored_dma`)."""
+    return [buf.id, buf.phys, buf.size, buf.tag]
 
-    conn: Connection | None
-    irq_hook: int
-    restored: dict[str, codec.Value] | None
+
+def restored_dma(value: codec.Value) -> DmaHandle:
+    """The DMA buffer :func:`saved_dma` saved (a state without the tag: untagged)."""
+    if not isinstance(value, list) or not 3 <= len(value) <= 4:
+        raise ValueError(f"a saved DMA buffer is [id, phys, size, tag], not {value!r}")
+    return DmaHandle(*value)  # type: ignore[arg-type]
+
+
+class NicDriverBase:
+    """What the NIC drivers keep alike: ``instance=n`` and the fields every driver
+    has; ``init``'s two ways in (:meth:`start` on the card, or a live update's saved
+    state, which touches no hardware); the saved state's common part (the IRQ hook,
+    the MAC, the ``rx`` and ``tx`` DMA buffers); those buffers mapped at their first
+    use (a live update's new version holds them only once RS swapped the endpoints,
+    after its init); and a batch on the card with the IRQ hook re-enabled after it
+    if asked. A driver supplies :meth:`start`, :meth:`init_reply`, :meth:`saved`
+    and :meth:`take_saved`, and the netdriver callbacks it has."""
+
+    def __init__(self, args: dict[str, str]) -> None:
+        self.instance = int(args.get("instance", "0"))
+        self.conn: Connection | None = None
+        self.irq_hook = -1
+        self.mac = b""
+        self.rx: DmaHandle | None = None
+        self.tx: DmaHandle | None = None
+        self.rxv: memoryview | None = None
+        self.txv: memoryview | None = None
+        self.restored: dict[str, codec.Value] | None = None
+
+    # the driver's part
+    def start(self, conn: Connection) -> None:
+        """A fresh start: reserve the card, allocate the buffers, start the card."""
+        raise NotImplementedError
+
+    def init_reply(self) -> ndev.InitReply:
+        raise NotImplementedError
+
+    def saved(self) -> dict[str, codec.Value]:
+        """The driver's own part of the saved state."""
+        raise NotImplementedError
+
+    def take_saved(self, state: dict[str, codec.Value]) -> None:
+        """Take the driver's own part of the saved state (:meth:`saved`)."""
+        raise NotImplementedError
+
+    # netdriver's callbacks
+    def init(self, instance: int) -> ndev.InitReply:
+        conn = self.conn = sef.connection()
+        if self.restored is None:
+            self.start(conn)
+        else:
+            state = self.restored
+            self.irq_hook = int(state["hook"])  # type: ignore[arg-type]
+            self.mac = bytes(state["mac"])  # type: ignore[arg-type]
+            self.rx, self.tx = restored_dma(state["rx"]), restored_dma(state["tx"])
+            self.take_saved(state)
+        return self.init_reply()
+
+    def state_save(self) -> codec.Value:
+        assert self.rx is not None and self.tx is not None
+        rx, tx = saved_dma(self.rx), saved_dma(self.tx)
+        return {"hook": self.irq_hook, "mac": self.mac, "rx": rx, "tx": tx, **self.saved()}
 
     def state_restore(self, state: codec.Value) -> None:
         if isinstance(state, dict):
             self.restored = state
 
+    # helpers
+    def rx_view(self) -> memoryview:
+        """The receive buffer, mapped at its first use."""
+        if self.rxv is None:
+            assert self.conn is not None and self.rx is not None
+            self.rxv = self.conn.dma_map(self.rx)
+        return self.rxv
+
+    def tx_view(self) -> memoryview:
+        """The transmit buffer, mapped at its first use."""
+        if self.txv is None:
+            assert self.conn is not None and self.tx is not None
+            self.txv = self.conn.dma_map(self.tx)
+        return self.txv
+
     def _vdevio(self, b: Batch, irq: bool = False) -> list[int]:
         assert self.conn is not None
         return self.conn.vdevio(b, irq_enable=self.irq_hook if irq else None)
+
+
+def run(driver: NicDriverBase) -> int:
+    """A NIC driver's whole life (:func:`hwl.driver.netdriver.run`); its exit status."""
+    netdriver.run(netdriver.NetDriver.of(driver), driver.instance)
+    return 0
