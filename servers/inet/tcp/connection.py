@@ -118,8 +118,8 @@ class TcpConfig:
 
 
 class Connection:
-    """One TCB. Create it with ``open_active`` (connect) or ``open_passive`` (a SYN
-    a listener accepted)."""
+    """One TCB, opened by :meth:`connect` or by :meth:`accept` (a SYN a listener
+    accepted) right after it is made."""
 
     def __init__(
         self,
@@ -194,40 +194,19 @@ class Connection:
 
     # --- opening ----------------------------------------------------------------------
 
-    @classmethod
-    def open_active(
-        cls,
-        cfg: TcpConfig,
-        local: tuple[bytes, int],
-        remote: tuple[bytes, int],
-        iss: int,
-        emit: Emit,
-        now: float,
-    ) -> Connection:
+    def connect(self) -> Connection:
         """connect(): send a SYN and wait in SYN-SENT."""
-        conn = cls(cfg, local, remote, iss, emit, now)
-        conn.state = State.SYN_SENT
-        conn._send_syn(now)
-        return conn
+        self.state = State.SYN_SENT
+        self._send_syn(self.now)
+        return self
 
-    @classmethod
-    def open_passive(
-        cls,
-        cfg: TcpConfig,
-        local: tuple[bytes, int],
-        remote: tuple[bytes, int],
-        iss: int,
-        emit: Emit,
-        syn: Segment,
-        now: float,
-    ) -> Connection:
+    def accept(self, syn: Segment) -> Connection:
         """A listener's answer to ``syn``: a SYN-ACK, and SYN-RECEIVED."""
-        conn = cls(cfg, local, remote, iss, emit, now)
-        conn.passive = True
-        conn._take_syn(syn)
-        conn.state = State.SYN_RECEIVED
-        conn._send_syn(now)
-        return conn
+        self.passive = True
+        self._take_syn(syn)
+        self.state = State.SYN_RECEIVED
+        self._send_syn(self.now)
+        return self
 
     def _take_syn(self, syn: Segment) -> None:
         self.irs = syn.seq

@@ -139,9 +139,9 @@ class Tcp:
         key = (local, lport, remote, port)
         if key in self.conns:
             raise OSError(errno.EADDRINUSE, "that 4-tuple is in use")
-        conn = Connection.open_active(
+        conn = Connection(
             self.cfg, (local, lport), (remote, port), self._isn(key, now), self._emitter(key), now
-        )
+        ).connect()
         self._add(key, conn)
         return conn
 
@@ -202,9 +202,9 @@ class Tcp:
         if len(listener.pending) + len(listener.ready) >= listener.backlog:
             self._count("listen_overflows")
             return  # as Linux: the SYN is dropped and the peer retries
-        conn = Connection.open_passive(
-            self.cfg, key[:2], key[2:], self._isn(key, now), self._emitter(key), seg, now
-        )
+        conn = Connection(
+            self.cfg, key[:2], key[2:], self._isn(key, now), self._emitter(key), now
+        ).accept(seg)
         listener.pending.add(conn)
         self.parents[conn] = listener
         self._add(key, conn)
