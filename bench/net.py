@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import socket
 import statistics
 import threading
 import time
@@ -43,7 +42,7 @@ from hwl.errors import HwlError
 from hwl.machine.machine import Machine
 from hwl.net import demo as netdemo
 from hwl.system.boot import System
-from hwl.system.nicrig import LINUX_IP
+from hwl.system.nicrig import LinuxUdp
 
 #: NIC -> (its inet profile, its driver's label)
 PROFILES = {"ne2k_pci": ("inet-ne2k", "dp8390"), "rtl8139": ("inet-rtl8139", "rtl8139"),
@@ -60,47 +59,6 @@ TARGETS: Targets = {f"{n}_under_kills_ratio": (">=", 0.8) for n in PROFILES}
 
 class WrongData(HwlError):
     """Linux read other bytes than hwl.net sent."""
-
-
-class LinuxUdp:
-    """Linux's UDP socket in the namespace, in a thread, for at most ``count``
-    datagrams and ``seconds``: it echoes each back (``echo``) or only counts it."""
-
-    def __init__(self, machine: Machine, *, echo: bool, count: int, seconds: float) -> None:
-        self.sock = machine.peer.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.sock.bind((LINUX_IP, 0))
-        self.sock.settimeout(0.2)
-        self.echo, self.count, self.seconds = echo, count, seconds
-        self.received = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return LINUX_IP, int(self.sock.getsockname()[1])
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.seconds
-        while not self._stop.is_set() and self.received < self.count:
-            if time.monotonic() > deadline:
-                return
-            try:
-                data, peer = self.sock.recvfrom(2048)
-            except TimeoutError:
-                continue
-            self.received += 1
-            if self.echo:
-                self.sock.sendto(data, peer)
-
-    def __enter__(self) -> LinuxUdp:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
 
 
 def udp_rtts_us(machine: Machine, inet: hwl.net.Inet) -> list[float]:

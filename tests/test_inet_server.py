@@ -34,7 +34,7 @@ from hwl.net.status import format_interfaces
 from hwl.proto import inet as ip
 from hwl.proto.errno import Errno
 from hwl.system.boot import System
-from hwl.system.nicrig import GUEST_IP, LINUX_IP
+from hwl.system.nicrig import GUEST_IP, LINUX_IP, LinuxUdp
 from hwl.system.proto import LuState
 
 pytestmark = pytest.mark.qemu
@@ -121,36 +121,9 @@ def test_inet_pings_linux_100_of_100(rig: Rig) -> None:
 ECHO_PORT = 7007
 
 
-class LinuxEcho:
-    """A UDP socket of Linux's in the namespace sending back what it gets, from a
-    thread, for at most ``seconds``."""
-
-    def __init__(self, rig: Rig, port: int = ECHO_PORT, seconds: float = 120.0) -> None:
-        self.sock = rig.machine.peer.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((LINUX_IP, port))
-        self.sock.settimeout(0.2)
-        self.echoed = 0
-        self.deadline = time.monotonic() + seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set() and time.monotonic() < self.deadline:
-            try:
-                data, peer = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            self.sock.sendto(data, peer)
-            self.echoed += 1
-
-    def __enter__(self) -> LinuxEcho:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
+def linux_echo(rig: Rig) -> LinuxUdp:
+    """Linux's UDP socket at ECHO_PORT, sending back what it gets for at most 120 s."""
+    return LinuxUdp(rig.machine, echo=True, count=10**9, seconds=120.0, port=ECHO_PORT)
 
 
 UDP_ECHOES = 1000  # the issue's count: datagrams of 0..1472 bytes, contents checked
@@ -163,7 +136,7 @@ def sizes(n: int, seed: int) -> list[int]:
 
 
 def test_udp_echo_through_linux_1000_datagrams(rig: Rig) -> None:
-    with LinuxEcho(rig) as echo, hwl.net.socket(hwl.net.AF_INET, hwl.net.SOCK_DGRAM,
+    with linux_echo(rig) as echo, hwl.net.socket(hwl.net.AF_INET, hwl.net.SOCK_DGRAM,
                                                 inet=rig.net) as s:  # fmt: skip
         s.settimeout(3.0)
         for i, size in enumerate(sizes(UDP_ECHOES, 18)):
@@ -171,7 +144,7 @@ def test_udp_echo_through_linux_1000_datagrams(rig: Rig) -> None:
             assert s.sendto(data, (LINUX_IP, ECHO_PORT)) == size
             got, peer = s.recvfrom(2048)
             assert got == data and peer == (LINUX_IP, ECHO_PORT), (i, size, len(got))
-        assert echo.echoed == UDP_ECHOES
+        assert echo.received == UDP_ECHOES
         addr, port = s.getsockname()
         assert addr == "0.0.0.0" and port >= 49152  # bound on the first sendto
         # connected: send/recv/recv_into to the default peer
@@ -241,7 +214,7 @@ def wait_dead(pid: int, timeout: float = 5.0) -> None:
 def test_driver_sigkilled_during_udp_exchange(rig: Rig) -> None:
     before = rig.iface()
     assert before["driver"] == "up"
-    with LinuxEcho(rig) as echo, hwl.net.socket(inet=rig.net) as s:
+    with linux_echo(rig) as echo, hwl.net.socket(inet=rig.net) as s:
         s.settimeout(15.0)  # the restarted e1000 holds reception for 1 s
         exchange(s, "before", 20)
         pid = rig.driver_pid()
@@ -256,7 +229,7 @@ def test_driver_sigkilled_during_udp_exchange(rig: Rig) -> None:
             assert len(got) <= 3 * len(sent_down), got
         assert set(got) == set(sent_down)  # each arrived; some maybe twice (the port re-sends)
         dups = len(got) - len(sent_down) + exchange(s, "after", 20, frozenset(sent_down))
-        assert echo.echoed >= 60 + dups  # a duplicate's echo may still be on its way
+        assert echo.received >= 60 + dups  # a duplicate's echo may still be on its way
     after = rig.iface()
     print(f"INET's {rig.label} before {before}\nafter {after}\nduplicates echoed {dups}")
     assert after["driver"] == "up" and after["restarts"] == before["restarts"] + 1, rig.inet_log()

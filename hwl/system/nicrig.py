@@ -4,17 +4,19 @@ stack in the machine's network namespace as the peer."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, Self
 
 from hwl.hw import ether, nic_native
 from hwl.ipc.client import Connection
 from hwl.machine.machine import Machine
-from hwl.machine.netpeer import NetnsPeer
+from hwl.machine.netpeer import FrameSocket, NetnsPeer
 from hwl.system.boot import System
 from hwl.system.ndev import NetDevice
 
@@ -26,6 +28,10 @@ NICS = {"ne2k": "dp8390", "rtl8139": "rtl8139", "e1000": "e1000"}
 #: driver label -> the [hwl-net] id of its card, the same in its one-NIC profile and in
 #: ``nics`` (all three): its own TAP in the namespace
 NETDEVS = {"dp8390": "ne2k-net", "rtl8139": "rtl8139-net", "e1000": "e1000-net"}
+
+
+class Closes(Protocol):
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -149,7 +155,31 @@ class Responder:
                 self.nic.dev.send(out)
 
 
-class Flood:
+class PeerThread:
+    """Linux's side of a test in a thread for the ``with`` block: :meth:`_run` loops
+    (bounded by its own count and time) until ``_stop`` is set; at the block's end
+    the thread is joined (for at most 5 s) and ``sock`` closed."""
+
+    sock: Closes
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+class Flood(PeerThread):
     """Linux floods the NIC with test frames from a thread, bounded in count and time.
 
     ``tap``: send on the NIC's own TAP (``nic.netdev``) instead of the bridge, so
@@ -168,13 +198,12 @@ class Flood:
         rate: float = 0.0,
         burst: int = 10,
     ):
-        self.sock = nic.peer.frames(nic.netdev) if tap else nic.peer.packet_socket()
+        self.sock: FrameSocket = nic.peer.frames(nic.netdev) if tap else nic.peer.packet_socket()
         self.frame = ether.ethernet(nic.mac, nic.linux_mac(), ether.ETH_P_TEST, bytes(size - 14))
         self.count, self.seconds = count, seconds
         self.rate, self.burst = rate, burst
         self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def _run(self) -> None:
         start = time.monotonic()
@@ -189,11 +218,35 @@ class Flood:
             if self.rate:  # sleep until the next burst is due
                 self._stop.wait(max(0.0, start + tried / self.rate - time.monotonic()))
 
-    def __enter__(self) -> Flood:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
+class LinuxUdp(PeerThread):
+    """Linux's UDP socket in the namespace at ``port`` (0: any), for at most ``count``
+    datagrams and ``seconds``: it echoes each back (``echo``) or only counts it."""
+
+    def __init__(
+        self, machine: Machine, *, echo: bool, count: int, seconds: float, port: int = 0
+    ) -> None:
+        self.sock: socket.socket = machine.peer.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((LINUX_IP, port))
+        self.sock.settimeout(0.2)
+        self.echo, self.count, self.seconds = echo, count, seconds
+        self.received = 0
+        super().__init__()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return LINUX_IP, int(self.sock.getsockname()[1])
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while not self._stop.is_set() and self.received < self.count:
+            if time.monotonic() > deadline:
+                return
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            self.received += 1
+            if self.echo:
+                self.sock.sendto(data, peer)
