@@ -6,6 +6,7 @@ recorded campaign made here (tests/test_campaign_qemu.py runs real ones)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import random
@@ -15,14 +16,30 @@ from typing import Any
 
 import pytest
 
-from hwl.campaign import invariants, record, report, runner
+from hwl.campaign import invariants, record, report, runner, tcp
 from hwl.campaign.schedule import Plan, plan, schedule
-from hwl.campaign.spec import BUILTINS, Spec, SpecError, builtin, load, size_of
+from hwl.campaign.spec import (
+    BUILTINS,
+    Spec,
+    SpecError,
+    TcpWorkload,
+    Workload,
+    builtin,
+    load,
+    parse,
+    size_of,
+)
 from hwl.campaign.trial import Observed
 from hwl.campaign.workload import Model, first_differences, operations
 from hwl.cli.main import main as hwl_main
 
 # ------------------------------------------------------------------ spec
+
+
+def disk(spec: Spec) -> Workload:
+    """The spec's disk workload (the tcp one has no region)."""
+    assert isinstance(spec.workload, Workload)
+    return spec.workload
 
 
 def test_builtins_parse_and_travel_as_json() -> None:
@@ -32,7 +49,7 @@ def test_builtins_parse_and_travel_as_json() -> None:
         assert again == spec
     smoke = builtin("smoke")
     assert {f.kind for f in smoke.faults} >= {"kill", "fi", "disk-error", "slow-disk", "pause"}
-    assert smoke.workload.region == 8 << 20 and smoke.workload.bytes == 24 << 20
+    assert disk(smoke).region == 8 << 20 and smoke.workload.bytes == 24 << 20
 
 
 def test_a_spec_file(tmp_path: Path) -> None:
@@ -45,8 +62,8 @@ def test_a_spec_file(tmp_path: Path) -> None:
     )
     spec = load(path)
     assert spec.name == "mine" and spec.profile == str(tmp_path / "my.cfg")
-    assert spec.recovery_bound_ms == 900 and spec.workload.mix == {"rand-write": 1.0}
-    assert spec.workload.region == 1 << 20 and spec.timing.at_ms == (10, 20)
+    assert spec.recovery_bound_ms == 900 and disk(spec).mix == {"rand-write": 1.0}
+    assert disk(spec).region == 1 << 20 and spec.timing.at_ms == (10, 20)
     (fault,) = spec.faults
     assert (fault.kind, fault.weight, fault.targets) == ("fi", 2.5, ("vfs",))
     assert fault.settings == {"type": "exception"}
@@ -69,6 +86,21 @@ def test_a_spec_file(tmp_path: Path) -> None:
         ('[workload]\nmix = { dance = 1 }\n[[fault]]\nkind = "kill"\n', "unknown key 'dance'"),
         ('[[fault]]\nkind = "kill"\nsignal = 9\n', "a signal's name"),
         ("[[fault]\n", "not TOML"),
+        ('[workload]\nkind = "ftp"\n[[fault]]\nkind = "kill"\n', "workload.kind: 'ftp'"),
+        (
+            '[workload]\nkind = "tcp"\ndevice = "x"\n[[fault]]\nkind = "kill"\n',
+            "unknown key 'device'",
+        ),
+        ('[workload]\nkind = "tcp"\nchunk = "1M"\n[[fault]]\nkind = "kill"\n', "at most 65536"),
+        (
+            '[workload]\nkind = "tcp"\n[[fault]]\nkind = "disk-error"\n',
+            "disk-error is not a fault of the tcp workload",
+        ),
+        ('[[fault]]\nkind = "link-down"\n', "link-down is not a fault of the disk workload"),
+        (
+            '[workload]\nkind = "tcp"\n[[fault]]\nkind = "kill"\ntiming = "in-command"\n',
+            "disk only",
+        ),
     ],
 )
 def test_spec_errors_name_the_file_and_the_key(tmp_path: Path, text: str, says: str) -> None:
@@ -77,6 +109,22 @@ def test_spec_errors_name_the_file_and_the_key(tmp_path: Path, text: str, says: 
     with pytest.raises(SpecError) as info:
         load(path)
     assert says in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_tcp_spec_aims_its_faults_at_the_nic() -> None:
+    spec = parse(
+        {"profile": "inet-nics", "workload": {"kind": "tcp", "nic": "rtl8139", "bytes": "1M"},
+         "fault": [{"kind": "kill"}, {"kind": "link-down"}, {"kind": "fi", "type": "hang"}]},
+        "t.toml",
+    )  # fmt: skip
+    assert spec.workload == TcpWorkload(nic="rtl8139", bytes=1 << 20)
+    # process faults hit the driver, a link down its card's [hwl-net] (set_link's name)
+    assert [f.targets for f in spec.faults] == [("rtl8139",), ("rtl8139-net",), ("rtl8139",)]
+    assert Spec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert builtin("smoke").to_dict()["workload"]["kind"] == "disk"
+    old = builtin("smoke").to_dict()
+    del old["workload"]["kind"]  # a record from before the tcp workload
+    assert Spec.from_dict(old) == builtin("smoke")
 
 
 def test_sizes() -> None:
@@ -117,7 +165,7 @@ def test_the_mix_follows_its_weights() -> None:
 
 def test_timings_are_drawn_within_their_ranges() -> None:
     spec = builtin("smoke")
-    w = spec.workload
+    w = disk(spec)
     for p in schedule(spec, 11, 400):
         if p.timing == "after-bytes":
             assert p.after_bytes is not None
@@ -134,11 +182,46 @@ def test_timings_are_drawn_within_their_ranges() -> None:
             assert p.heal_after_ms is None
 
 
+def test_the_tcp_schedule() -> None:
+    """tcp-smoke: the NIC driver's faults and its link's, timed by the bytes echoed
+    or the clock, never in a disk command; a link down carries how long it stays."""
+    spec = builtin("tcp-smoke")
+    assert isinstance(spec.workload, TcpWorkload) and spec.profile == "inet"
+    plans = schedule(spec, 5, 400)
+    assert plans == schedule(spec, 5, 400) and plans[:7] == schedule(spec, 5, 7)
+    assert {p.kind for p in plans} == {"kill", "fi", "link-down", "pause"}
+    for p in plans:
+        assert p.timing in ("after-bytes", "at-random")
+        if p.timing == "after-bytes":
+            assert p.after_bytes is not None
+            assert spec.timing.after_bytes[0] <= p.after_bytes <= spec.timing.after_bytes[1]
+        want = {"kill": "e1000", "fi": "e1000", "link-down": "e1000-net", "pause": "machine"}
+        assert p.target == want[p.kind]
+        if p.kind == "link-down":
+            assert p.heal_after_ms is not None and 100 <= p.heal_after_ms <= 1000
+        else:
+            assert (p.heal_after_ms is None) == (p.kind != "pause")
+    kinds = Counter(p.kind for p in schedule(spec, 8, 3000))
+    total = sum(f.weight for f in spec.faults)
+    expected = 3000 * 2 / total  # link-down's weight
+    assert abs(kinds["link-down"] - expected) < 5 * expected**0.5
+
+
+def test_the_tcp_stream_is_seeded_and_its_prefix_digest_is_sha256() -> None:
+    a, b = tcp.stream(3, 1000), tcp.stream(3, 1000)
+    rounds = [next(a) for _ in range(5)]
+    assert rounds == [next(b) for _ in range(5)] and all(len(r) == 1000 for r in rounds)
+    assert next(tcp.stream(4, 1000)) != rounds[0]
+    whole = b"".join(rounds)
+    for size in (0, 1, 999, 1000, 2500, 5000):
+        assert tcp.prefix_digest(3, 1000, size) == hashlib.sha256(whole[:size]).hexdigest()
+
+
 # -------------------------------------------------------------- workload
 
 
 def test_operations_are_seeded_aligned_and_inside_the_region() -> None:
-    w = builtin("smoke").workload
+    w = disk(builtin("smoke"))
     a = operations(w, 5)
     b = operations(w, 5)
     ops = [next(a) for _ in range(500)]
@@ -249,6 +332,91 @@ def test_client_errors_only_where_the_fault_makes_them_right() -> None:
         assert (result["outcome"], result["ok"]) == ("degraded", False), error
     kill = invariants.judge(spec, observed(errors=[right]))
     assert not kill["invariants"]["client_errors"]["ok"]  # a kill must cost no error
+
+
+def tcp_observed(kind: str = "kill", held_ms: int = 500, **tcp_changes: Any) -> Observed:
+    """A tcp trial that went right: its fault on the e1000 driver (or its link)."""
+    target = {"kill": "e1000", "link-down": "e1000-net"}[kind]
+    p = Plan(0, 1, kind, target, "at-random", {}, at_ms=5,
+             heal_after_ms=held_ms if kind == "link-down" else None)  # fmt: skip
+    obs = Observed(p, kind == "kill", start_mono=100.0)
+    obs.ops, obs.moved = 64, 2 << 20
+    obs.fault = {"kind": kind, "id": 7}
+    table = {"e1000": (10, 0), "inet": (11, 0)}
+    obs.before, obs.after = dict(table), dict(table)
+    obs.events = [{"event": "fault-inject", "mono": 100.010, "fault": {"id": 7}}]
+    if kind == "kill":
+        obs.after["e1000"] = (12, 1)
+        obs.events += [
+            {"event": "crash", "label": "e1000", "mono": 100.012},
+            {"event": "restart", "label": "e1000", "mono": 100.050},
+        ]
+    else:
+        heal = 100.010 + held_ms / 1000
+        obs.events.append({"event": "fault-heal", "mono": heal, "fault": {"id": 7}})
+    obs.timeline = [[5.0, 7680, 1], [1300.0, 7680, 1], [1400.0, 7680, 1]]
+    obs.tcp = {"sent": 2 << 20, "received": 2 << 20, "linux_read": 2 << 20,
+               "to_linux_equal": True, "from_linux_equal": True, "complete": True,
+               "linux_error": None, "linux_resets": dict.fromkeys(tcp.RESETS, 0),
+               "r2_s": 100.0, **tcp_changes}  # fmt: skip
+    return obs
+
+
+def test_tcp_invariants() -> None:
+    spec = builtin("tcp-smoke")
+    good = invariants.judge(spec, tcp_observed())
+    assert (good["outcome"], good["ok"]) == ("recovered", True), good["invariants"]
+    assert set(good["invariants"]) == {"bytes", "connection", "isolation", "recovery",
+                                       "no_leftovers"}  # fmt: skip
+    assert "SHA-256 equal both ways" in good["invariants"]["bytes"]["detail"]
+    assert good["timings"]["recovery_ms"] == pytest.approx(1290.0)  # inject -> first byte
+    assert good["tcp"]["r2_s"] == 100.0
+    link = invariants.judge(spec, tcp_observed("link-down"))
+    assert link["ok"], link["invariants"]
+    assert "after the heal" in link["invariants"]["recovery"]["detail"]
+    cases = [
+        (tcp_observed(to_linux_equal=False), "silent corruption", "bytes"),
+        (tcp_observed(from_linux_equal=False), "silent corruption", "bytes"),
+        (tcp_observed(complete=False, linux_read=1 << 20), "silent corruption", "bytes"),
+        (tcp_observed(linux_error="ConnectionResetError: reset"), "degraded", "connection"),
+        (tcp_observed(linux_resets={"TcpEstabResets": 1}), "degraded", "connection"),
+    ]
+    for obs, outcome, broken in cases:
+        result = invariants.judge(spec, obs)
+        assert (result["outcome"], result["ok"]) == (outcome, False), result["invariants"]
+        assert not result["invariants"][broken]["ok"]
+    wrong = tcp_observed()
+    wrong.corrupt_reads = [{"position": 0, "size": 7680, "first": 12, "t_ms": 1350.0}]
+    result = invariants.judge(spec, wrong)
+    assert result["outcome"] == "silent corruption"
+    assert "differs at byte 12" in result["invariants"]["bytes"]["detail"]
+    slow = tcp_observed("link-down")
+    slow.timeline = [[5.0, 7680, 1], [6000.0, 7680, 1]]  # 5.5 s after the heal, bound 5
+    assert invariants.judge(spec, slow)["outcome"] == "hang"
+
+
+def test_an_abort_is_right_only_after_a_link_down_as_long_as_r2() -> None:
+    """ETIMEDOUT ends the connection rightly when the link stayed down at least R2
+    (nothing could move for that long); after a shorter one, or a kill, it is wrong."""
+    spec = builtin("tcp-smoke")
+    abort = {"op": "recv", "position": 1 << 20, "size": 32768, "errno": "ETIMEDOUT",
+             "start_ms": 100.0, "t_ms": 2100.0}  # fmt: skip
+    ended: dict[str, Any] = {"complete": False, "linux_read": 1 << 20, "received": 1 << 20,
+             "linux_error": "ConnectionResetError: reset",
+             "linux_resets": {"TcpEstabResets": 1}}  # fmt: skip
+    right = tcp_observed("link-down", held_ms=3000, r2_s=2.0, **ended)
+    right.errors = [abort]
+    result = invariants.judge(spec, right)
+    assert (result["outcome"], result["ok"]) == ("degraded", True), result["invariants"]
+    assert "a prefix of the stream" in result["invariants"]["bytes"]["detail"]
+    short = tcp_observed("link-down", held_ms=1000, r2_s=2.0, **ended)
+    reset = tcp_observed("link-down", held_ms=3000, r2_s=2.0, **ended)
+    kill = tcp_observed(r2_s=2.0, **ended)
+    for obs, error in ((short, abort), (reset, {**abort, "errno": "ECONNRESET"}), (kill, abort)):
+        obs.errors = [error]
+        result = invariants.judge(spec, obs)
+        assert (result["outcome"], result["ok"]) == ("degraded", False), result["invariants"]
+        assert "no fault explains" in result["invariants"]["connection"]["detail"]
 
 
 def test_a_worker_refuses_a_trial_from_another_commit(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """A plan's fault as a :mod:`hwl.faults` object, and its timing carried out.
 
-- ``after-bytes``: the trial offers the fault, between two operations, the bytes
-  it moved (a ``Trigger(space=K, times=1)``): injected once K bytes are through;
+- ``after-bytes``: the trial offers the fault, between two operations (or as the
+  TCP client reads), the bytes it moved (a ``Trigger(space=K, times=1)``):
+  injected once K bytes are through;
 - ``at-random``: a timer thread injects it ``at_ms`` after the workload began,
   most likely while a request is under way;
 - ``in-command``: at ``at_ms`` the drive is stalled (QEMU holds the next
@@ -23,13 +24,29 @@ import time
 from typing import Any
 
 from hwl.campaign.schedule import Plan
-from hwl.faults import DiskError, DiskStall, Fault, Fi, Kill, Pause, SlowDisk, Stop, Trigger
+from hwl.faults import (
+    DiskError,
+    DiskStall,
+    Fault,
+    Fi,
+    Kill,
+    LinkDown,
+    Pause,
+    SlowDisk,
+    Stop,
+    Trigger,
+)
 from hwl.proto.sef import FiType
 from hwl.system.running import RunningSystem
 
 log = logging.getLogger(__name__)
 
 _FI = {t.option: t for t in FiType}
+#: Requests (disk operations, TCP rounds) a trial makes after its fault has played
+#: out: proof that the system serves again, and the first good reply for the recovery.
+AFTER_OPS = 2
+#: Per request: a client blocked longer than this is a hang.
+REQUEST_TIMEOUT = 20.0
 #: fi types after which RS restarts the service (the others are answered by VFS).
 RESTARTING_FI = frozenset({"crash", "hang", "exception"})
 
@@ -41,7 +58,24 @@ def expects_restart(plan: Plan) -> bool:
     return plan.kind == "fi" and plan.settings.get("type") in RESTARTING_FI
 
 
-def make_fault(system: RunningSystem, plan: Plan, drive: str) -> Fault:
+def settled(inj: Injector, system: RunningSystem, expect_restart: bool, good_after: int) -> bool:
+    """The fault has played out: done, and for a restart the target is back, and
+    AFTER_OPS requests were answered right since."""
+    if not inj.done:
+        return False
+    if inj.error or not expect_restart:
+        return good_after >= AFTER_OPS
+    assert inj.inject_mono is not None
+    restarted = any(
+        e["event"] == "restart"
+        and e.get("label") == inj.plan.target
+        and e["mono"] >= inj.inject_mono
+        for e in system.events()
+    )
+    return restarted and good_after >= AFTER_OPS
+
+
+def make_fault(system: RunningSystem, plan: Plan, drive: str | None) -> Fault:
     s = plan.settings
     trigger = Trigger(space=plan.after_bytes or 0, times=1)
     if plan.kind == "kill":
@@ -51,6 +85,12 @@ def make_fault(system: RunningSystem, plan: Plan, drive: str) -> Fault:
         return Stop(system, plan.target, trigger=trigger)
     if plan.kind == "fi":
         return Fi(system, plan.target, _FI[str(s.get("type", "crash"))], trigger=trigger)
+    if plan.kind == "pause":
+        return Pause(system.machine, trigger=trigger)
+    if plan.kind == "link-down":
+        return LinkDown(system, plan.target, trigger=trigger)
+    if drive is None:
+        raise ValueError(f"{plan.kind} needs a drive: the disk workload's")
     if plan.kind == "disk-error":
         return DiskError(
             system.machine,
@@ -64,18 +104,20 @@ def make_fault(system: RunningSystem, plan: Plan, drive: str) -> Fault:
         return SlowDisk(system.machine, plan.target, bps=int(s["bps"]), trigger=trigger)
     if plan.kind == "disk-stall":
         return DiskStall(system.machine, plan.target, trigger=trigger)
-    if plan.kind == "pause":
-        return Pause(system.machine, trigger=trigger)
     raise ValueError(f"no fault kind {plan.kind!r}")
 
 
 class Injector:
     """Carries out one plan's timing; :meth:`close` stops it and heals what is left."""
 
-    def __init__(self, system: RunningSystem, plan: Plan, drive: str) -> None:
+    def __init__(self, system: RunningSystem, plan: Plan, drive: str | None) -> None:
         self.plan = plan
         self.fault = make_fault(system, plan, drive)
-        self.stall = DiskStall(system.machine, drive) if plan.timing == "in-command" else None
+        self.stall = (
+            DiskStall(system.machine, drive)
+            if plan.timing == "in-command" and drive is not None
+            else None
+        )
         self.inject_mono: float | None = None
         self.heal_mono: float | None = None
         self.error: str | None = None  # a fault that could not be injected or healed

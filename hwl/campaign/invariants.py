@@ -16,6 +16,13 @@ Invariants (each ``{"ok": bool, "detail": str}`` in the record):
 - ``no_leftovers``: no process of the system (QEMU, the kernel, RS, any
   incarnation of any service) outlived its close.
 
+The tcp workload (:mod:`hwl.campaign.tcp`) reads ``bytes`` as the stream's SHA-256
+both ways (all of it, or the prefix before an error the fault makes right), has
+``connection`` in place of ``client_errors`` (no error on the client or Linux's
+end, no reset in Linux's counters, unless a link down as long as INET's R2 aborted
+the connection), and for a fault that heals asks ``recovery`` for bytes moving
+again within the bound of the heal.
+
 The outcome says what happened, worst first: ``infrastructure error`` (the
 harness failed: a boot, an inject), ``isolation breach`` (isolation or
 leftovers), ``silent corruption`` (wrong bytes and no error), ``hang`` (the
@@ -83,7 +90,31 @@ def marks(obs: Observed) -> dict[str, float | None]:
     return m
 
 
+def _stream_bytes(obs: Observed, tcp: dict[str, Any]) -> dict[str, Any]:
+    """The tcp workload: every byte echoed back as sent, and Linux read the stream's
+    prefix (SHA-256 both ways); all of it, unless the connection ended in an error."""
+    if obs.corrupt_reads:
+        first = obs.corrupt_reads[0]
+        return _check(False, f"{len(obs.corrupt_reads)} reads came back wrong, the first "
+                             f"differs at byte {first['first']}")  # fmt: skip
+    if not tcp["to_linux_equal"]:
+        return _check(False, f"Linux's {tcp['linux_read']} bytes differ from what was sent")
+    if not tcp["from_linux_equal"]:
+        return _check(False, f"the {tcp['received']} bytes back differ from what was sent")
+    ended = obs.errors or obs.timed_out
+    if not ended and not tcp["complete"]:
+        return _check(False, f"lost: sent {tcp['sent']}, Linux read {tcp['linux_read']}, "
+                             f"{tcp['received']} came back, stream closed "
+                             f"{'cleanly' if tcp['complete'] else 'uncleanly'}")  # fmt: skip
+    what = "a prefix" if ended else "all"
+    return _check(True, f"{obs.ops} rounds, {what} of the stream each way: "
+                        f"{tcp['linux_read']} bytes to Linux, {tcp['received']} back, "
+                        f"SHA-256 equal both ways")  # fmt: skip
+
+
 def _bytes(obs: Observed) -> dict[str, Any]:
+    if obs.tcp is not None:
+        return _stream_bytes(obs, obs.tcp)
     if obs.corrupt_reads:
         first = obs.corrupt_reads[0]
         return _check(False, f"{len(obs.corrupt_reads)} reads wrong, the first at "
@@ -124,6 +155,8 @@ def _recovery(obs: Observed, spec: Spec, m: dict[str, float | None]) -> dict[str
     unrestarted = sorted(label for label, n in crashes.items() if n > 0)
     if unrestarted:
         return _check(False, f"died and not restarted: {', '.join(unrestarted)}")
+    if obs.tcp is not None and not obs.expect_restart and m["heal"] is not None:
+        return _flowed_again(obs, spec, m)
     if not obs.expect_restart or m["inject"] is None:
         return _check(True)
     if m["restart"] is None:
@@ -136,10 +169,29 @@ def _recovery(obs: Observed, spec: Spec, m: dict[str, float | None]) -> dict[str
     return _check(True, f"{took:.1f} ms")
 
 
+def _flowed_again(obs: Observed, spec: Spec, m: dict[str, float | None]) -> dict[str, Any]:
+    """The tcp workload, a fault that heals (a link down, a pause): bytes moved again
+    within the bound of the heal, unless an error ended the connection (whether
+    rightly is the ``connection`` invariant's verdict)."""
+    assert m["heal"] is not None
+    if obs.errors:
+        return _check(True, "the connection ended in an error: no flow to wait for")
+    if m["first_good"] is None:
+        return _check(False, "no byte moved after the heal")
+    took = m["first_good"] - m["heal"]
+    if took > spec.recovery_bound_ms:
+        return _check(False, f"bytes moved {took:.0f} ms after the heal, "
+                             f"bound {spec.recovery_bound_ms:.0f}")  # fmt: skip
+    return _check(True, f"bytes moved {took:.1f} ms after the heal")
+
+
 def error_allowed(obs: Observed, error: dict[str, Any], m: dict[str, float | None]) -> bool:
     """A persistent read error on a sector makes EIO the answer to a read that
-    touches it, while the fault is in place."""
+    touches it, while the fault is in place; a link down for at least INET's R2
+    makes ETIMEDOUT (the connection aborted) the answer to the TCP client."""
     p = obs.plan
+    if obs.tcp is not None:
+        return _abort_allowed(obs, obs.tcp, error, m)
     if p.kind != "disk-error" or p.settings.get("once", True) or error["errno"] != "EIO":
         return False
     op = str(p.settings.get("op", "read"))
@@ -154,6 +206,36 @@ def error_allowed(obs: Observed, error: dict[str, Any], m: dict[str, float | Non
         and error["t_ms"] >= inject
         and (heal is None or error["start_ms"] <= heal)
     )
+
+
+def _abort_allowed(
+    obs: Observed, tcp: dict[str, Any], error: dict[str, Any], m: dict[str, float | None]
+) -> bool:
+    """RFC 1122's R2: a connection that made no progress for R2 is aborted. A link
+    held down at least that long leaves none possible, so the abort (ETIMEDOUT)
+    after the inject is right; a shorter one must be ridden out."""
+    p = obs.plan
+    if p.kind != "link-down" or error["errno"] != "ETIMEDOUT" or m["inject"] is None:
+        return False
+    held_s = (p.heal_after_ms or 0) / 1000
+    return held_s >= float(tcp["r2_s"]) and error["t_ms"] >= m["inject"]
+
+
+def _connection(obs: Observed, tcp: dict[str, Any], m: dict[str, float | None]) -> dict[str, Any]:
+    """The tcp workload: the connection stayed up (no error on the client, none on
+    Linux's end, no reset or abort in Linux's counters) unless the fault ended it
+    rightly (:func:`_abort_allowed`), which then explains Linux's side too."""
+    errors = _client_errors(obs, m)
+    if not errors["ok"]:
+        return errors
+    if obs.errors:  # each the right answer: Linux may have seen the abort as well
+        return errors
+    if tcp["linux_error"]:
+        return _check(False, f"Linux's end: {tcp['linux_error']}")
+    resets = {k: v for k, v in tcp["linux_resets"].items() if v}
+    if resets:
+        return _check(False, f"Linux counted resets or aborts: {resets}")
+    return _check(True, "no error on either end, no reset")
 
 
 def _client_errors(obs: Observed, m: dict[str, float | None]) -> dict[str, Any]:
@@ -180,7 +262,7 @@ def outcome(inv: dict[str, dict[str, Any]], obs: Observed) -> str:
         return "silent corruption"
     if obs.timed_out or not inv["recovery"]["ok"]:
         return "hang"
-    if obs.errors:
+    if obs.errors or not inv.get("connection", {"ok": True})["ok"]:
         return "degraded"
     return "recovered"
 
@@ -195,6 +277,9 @@ def judge(spec: Spec, obs: Observed) -> dict[str, Any]:
         "client_errors": _client_errors(obs, m),
         "no_leftovers": _leftovers(obs),
     }
+    if obs.tcp is not None:  # the client's errors are the connection's
+        del inv["client_errors"]
+        inv["connection"] = _connection(obs, obs.tcp, m)
     if obs.timed_out:
         inv["recovery"] = _check(False, obs.timed_out)
     result = outcome(inv, obs)
@@ -222,4 +307,5 @@ def judge(spec: Spec, obs: Observed) -> dict[str, Any]:
         },
         "infra": obs.infra or obs.fault_error,
         "timeline": obs.timeline,
+        **({"tcp": obs.tcp} if obs.tcp is not None else {}),
     }

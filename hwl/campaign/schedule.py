@@ -13,7 +13,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hwl.campaign.spec import PROCESS_KINDS, FaultSpec, Spec
+from hwl.campaign.spec import PROCESS_KINDS, FaultSpec, Spec, Workload
 
 SECTOR = 512
 
@@ -64,7 +64,7 @@ def plan(spec: Spec, seed: int, index: int) -> Plan:
     timing = rng.choice(fault.timing)
     settings = dict(fault.settings)
     w = spec.workload
-    if fault.kind == "disk-error":
+    if fault.kind == "disk-error" and isinstance(w, Workload):  # the spec says it is
         first = w.offset // SECTOR
         settings["sector"] = rng.randrange(first, first + w.region // SECTOR)
     after_bytes = at_ms = hold_ms = heal_after_ms = None

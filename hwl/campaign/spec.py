@@ -1,5 +1,6 @@
-"""The SPEC of a campaign: what the client does, which faults hit it, how often and
-when, and the bounds the invariants use. A TOML file (docs/campaigns.md) or a
+"""The SPEC of a campaign: what the client does (disk operations through VFS, or a
+TCP stream through INET), which faults hit it, how often and when, and the bounds
+the invariants use. A TOML file (docs/campaigns.md) or a
 builtin (:data:`BUILTINS`); both become a :class:`Spec`, which travels to workers
 as plain JSON (:meth:`Spec.to_dict`), never pickled objects.
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hwl.errors import HwlError
+from hwl.system.nicrig import NETDEVS
 
 #: The fault kinds a spec may name, and the settings each takes besides the common ones.
 KINDS: dict[str, frozenset[str]] = {
@@ -25,9 +27,15 @@ KINDS: dict[str, frozenset[str]] = {
     "slow-disk": frozenset({"bps"}),
     "disk-stall": frozenset(),
     "pause": frozenset(),
+    "link-down": frozenset(),
 }
 #: Faults of a service process (the target is a label); the rest hit a drive or the machine.
 PROCESS_KINDS = frozenset({"kill", "stop", "fi"})
+#: Faults of a drive: for the disk workload only; a NIC's link: for the tcp workload only.
+DISK_KINDS = frozenset({"disk-error", "slow-disk", "disk-stall"})
+NET_KINDS = frozenset({"link-down"})
+#: The workloads: disk operations through VFS, or a TCP stream through INET.
+WORKLOADS = ("disk", "tcp")
 #: When a fault is injected: after the client moved K bytes; at a random moment of the
 #: workload; while at_wini's command waits for its interrupt (a stalled disk holds it).
 TIMINGS = ("after-bytes", "at-random", "in-command")
@@ -37,8 +45,13 @@ _COMMON = frozenset({"kind", "weight", "targets", "timing", "heal_after_ms"})
 _TOP = frozenset(
     {"name", "profile", "trial_timeout", "recovery_bound_ms", "workload", "timing", "fault"}
 )
-_WORKLOAD = frozenset({"device", "drive", "offset", "region", "bytes", "chunk", "rand_size", "mix"})
+_WORKLOAD = frozenset(
+    {"kind", "device", "drive", "offset", "region", "bytes", "chunk", "rand_size", "mix"}
+)
+_TCP_WORKLOAD = frozenset({"kind", "nic", "bytes", "chunk"})
 _TIMING = frozenset({"after_bytes", "at_ms", "hold_ms"})
+#: A TCP round's most: INET's receive window (65535, no window scaling) holds its echo.
+MAX_CHUNK = 64 << 10
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(i?B)?\s*$", re.IGNORECASE)
 
 
@@ -77,6 +90,26 @@ class Workload:
     mix: dict[str, float] = field(
         default_factory=lambda: {"seq-read": 4.0, "rand-read": 3.0, "rand-write": 2.0}
     )
+    kind: str = "disk"
+
+
+@dataclass(frozen=True)
+class TcpWorkload:
+    """The client: one TCP connection through INET to an echo server on Linux's own
+    stack in the machine's namespace; ``chunk`` bytes sent, then the same read back,
+    round after round, ``bytes`` each way at least (hwl/campaign/tcp.py). ``nic`` is
+    the NIC driver's label INET sends through: process faults hit it, a link-down
+    hits its card."""
+
+    nic: str = "e1000"
+    bytes: int = 4 << 20
+    chunk: int = 32 << 10
+    kind: str = "tcp"
+
+    @property
+    def netdev(self) -> str:
+        """The id of the nic's ``[hwl-net]`` (its TAP), which ``set_link`` takes."""
+        return NETDEVS.get(self.nic, self.nic)
 
 
 @dataclass(frozen=True)
@@ -108,7 +141,7 @@ class Spec:
     profile: str = "pc"
     trial_timeout: float = 60.0  # seconds: the whole trial, boot to close
     recovery_bound_ms: float = 5000.0  # a crash -> restart and a good reply within this
-    workload: Workload = field(default_factory=Workload)
+    workload: Workload | TcpWorkload = field(default_factory=Workload)
     timing: Timing = field(default_factory=Timing)
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +151,11 @@ class Spec:
     def from_dict(cls, d: dict[str, Any]) -> Spec:
         """The inverse of :meth:`to_dict` (a record's spec, a worker's task)."""
         w, t = d["workload"], d["timing"]
+        workload: Workload | TcpWorkload
+        if w.get("kind", "disk") == "tcp":
+            workload = TcpWorkload(**w)
+        else:
+            workload = Workload(**{**w, "rand_size": tuple(w["rand_size"])})
         return cls(
             name=d["name"],
             faults=tuple(
@@ -134,7 +172,7 @@ class Spec:
             profile=d["profile"],
             trial_timeout=d["trial_timeout"],
             recovery_bound_ms=d["recovery_bound_ms"],
-            workload=Workload(**{**w, "rand_size": tuple(w["rand_size"])}),
+            workload=workload,
             timing=Timing(
                 after_bytes=(t["after_bytes"][0], t["after_bytes"][1]),
                 at_ms=(t["at_ms"][0], t["at_ms"][1]),
@@ -190,7 +228,26 @@ def _one(value: object, where: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _workload(t: dict[str, Any], where: str) -> Workload:
+def _tcp_workload(t: dict[str, Any], where: str) -> TcpWorkload:
+    _unknown(t, _TCP_WORKLOAD, where)
+    base = TcpWorkload()
+    nic = t.get("nic", base.nic)
+    if not isinstance(nic, str) or not nic:
+        raise SpecError(f"{where}.nic: the NIC driver's label, like e1000")
+    w = TcpWorkload(
+        nic=nic,
+        bytes=size_of(t.get("bytes", base.bytes), f"{where}.bytes"),
+        chunk=size_of(t.get("chunk", base.chunk), f"{where}.chunk"),
+    )
+    if w.bytes <= 0 or not 0 < w.chunk <= MAX_CHUNK:
+        raise SpecError(f"{where}: bytes above 0, chunk above 0 and at most {MAX_CHUNK}")
+    return w
+
+
+def _workload(t: dict[str, Any], where: str) -> Workload | TcpWorkload:
+    kind = _one(t.get("kind", "disk"), f"{where}.kind", WORKLOADS)
+    if kind == "tcp":
+        return _tcp_workload(t, where)
     _unknown(t, _WORKLOAD, where)
     base = Workload()
     mix = base.mix
@@ -225,14 +282,20 @@ def _workload(t: dict[str, Any], where: str) -> Workload:
     return w
 
 
-def _fault(t: object, where: str) -> FaultSpec:
+def _fault(t: object, where: str, workload: Workload | TcpWorkload) -> FaultSpec:
     if not isinstance(t, dict):
         raise SpecError(f"{where}: a [[fault]] is a table")
     kind = t.get("kind")
     if kind not in KINDS:
         raise SpecError(f"{where}.kind: {kind!r} is not one of {', '.join(KINDS)}")
     _unknown(t, _COMMON | KINDS[kind], where)
-    default_targets = ("at_wini",) if kind in PROCESS_KINDS else ("hd0",)
+    wrong = DISK_KINDS if isinstance(workload, TcpWorkload) else NET_KINDS
+    if kind in wrong:
+        raise SpecError(f"{where}.kind: {kind} is not a fault of the {workload.kind} workload")
+    if isinstance(workload, TcpWorkload):
+        default_targets = (workload.netdev,) if kind == "link-down" else (workload.nic,)
+    else:
+        default_targets = ("at_wini",) if kind in PROCESS_KINDS else ("hd0",)
     if kind == "pause":
         default_targets = ("machine",)
     settings = {k: v for k, v in t.items() if k in KINDS[kind]}
@@ -251,6 +314,8 @@ def _fault(t: object, where: str) -> FaultSpec:
     timing = _strings(t.get("timing", ["after-bytes", "at-random"]), f"{where}.timing", TIMINGS)
     if "in-command" in timing and kind not in PROCESS_KINDS:
         raise SpecError(f"{where}.timing: in-command is for process faults (kill, stop, fi)")
+    if "in-command" in timing and isinstance(workload, TcpWorkload):
+        raise SpecError(f"{where}.timing: in-command is an ATA command's window (disk only)")
     return FaultSpec(
         kind=kind,
         weight=_number(t.get("weight", 1.0), f"{where}.weight"),
@@ -283,18 +348,19 @@ def parse(data: dict[str, Any], source: str = "<spec>", base: Path | None = None
     hold = timing.get("hold_ms", t0.hold_ms)
     if isinstance(hold, bool) or not isinstance(hold, int) or hold < 0:
         raise SpecError(f"{source}: timing.hold_ms: whole milliseconds, at least 0")
-    workload = data.get("workload", {})
-    if not isinstance(workload, dict):
+    table = data.get("workload", {})
+    if not isinstance(table, dict):
         raise SpecError(f"{source}: [workload] is a table")
+    workload = _workload(table, f"{source}: workload")
     return Spec(
         name=name,
-        faults=tuple(_fault(f, f"{source}: fault[{i}]") for i, f in enumerate(faults)),
+        faults=tuple(_fault(f, f"{source}: fault[{i}]", workload) for i, f in enumerate(faults)),
         profile=profile,
         trial_timeout=_number(data.get("trial_timeout", 60.0), f"{source}: trial_timeout"),
         recovery_bound_ms=_number(
             data.get("recovery_bound_ms", 5000.0), f"{source}: recovery_bound_ms"
         ),
-        workload=_workload(workload, f"{source}: workload"),
+        workload=workload,
         timing=Timing(
             after_bytes=_pair(timing["after_bytes"], f"{source}: timing.after_bytes")
             if "after_bytes" in timing
@@ -401,7 +467,52 @@ type = "hang"
 weight = 1
 """
 
-BUILTINS: dict[str, str] = {"smoke": SMOKE, "hang": HANG}
+#: tcp-smoke: the e1000 driver under a TCP echo stream through INET: its crashes
+#: (kill, fi crash and exception), its card's link down for up to 1 s, short machine
+#: pauses. An e1000 holds reception for 1 s after its driver's restart: a recovery
+#: takes over a second, well within the bound.
+TCP_SMOKE = """
+name = "tcp-smoke"
+profile = "inet"
+trial_timeout = 60
+recovery_bound_ms = 5000
+
+[workload]
+kind = "tcp"
+nic = "e1000"
+bytes = "2M"
+chunk = "32K"
+
+[timing]
+after_bytes = ["128K", "1536K"]
+at_ms = [20, 600]
+
+[[fault]]
+kind = "kill"
+weight = 3
+
+[[fault]]
+kind = "fi"
+type = "crash"
+weight = 2
+
+[[fault]]
+kind = "fi"
+type = "exception"
+weight = 1
+
+[[fault]]
+kind = "link-down"
+heal_after_ms = [100, 1000]
+weight = 2
+
+[[fault]]
+kind = "pause"
+heal_after_ms = [50, 300]
+weight = 1
+"""
+
+BUILTINS: dict[str, str] = {"smoke": SMOKE, "hang": HANG, "tcp-smoke": TCP_SMOKE}
 
 
 def builtin(name: str) -> Spec:

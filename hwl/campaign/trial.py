@@ -1,5 +1,8 @@
 """One trial: a fresh system, the workload with the plan's fault, the invariants.
 
+The workload is the disk's (here) or the TCP stream's (:mod:`hwl.campaign.tcp`);
+the rest of a trial is the same for both.
+
 The system is booted for the trial alone (trials stay independent, and a trial's
 run directory is its own), the workload runs until its bytes are moved and the
 fault has played out (injected, healed, and for a crash the target restarted and
@@ -22,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from hwl import procs
-from hwl.campaign import invariants
-from hwl.campaign.inject import Injector, expects_restart
+from hwl.campaign import invariants, tcp
+from hwl.campaign.inject import REQUEST_TIMEOUT, Injector, expects_restart, settled
 from hwl.campaign.schedule import Plan
-from hwl.campaign.spec import Spec
+from hwl.campaign.spec import Spec, TcpWorkload, Workload
 from hwl.campaign.workload import Model, first_differences, operations
 from hwl.errors import HwlError
 from hwl.ipc.client import IpcError
@@ -36,12 +39,6 @@ from hwl.system.running import RunningSystem, rs_pid
 from hwl.system.vfs import Vfs, VfsError
 
 log = logging.getLogger(__name__)
-
-#: Operations a trial makes after its fault has played out: proof that the
-#: system serves again, and the first good reply for the recovery time.
-AFTER_OPS = 2
-#: Per request: a client blocked longer than this is a hang.
-REQUEST_TIMEOUT = 20.0
 
 
 @dataclass
@@ -71,7 +68,8 @@ class Observed:
     leftovers: list[int] = field(default_factory=list)
     infra: str | None = None  # the harness, not the system, failed
     during_request: bool | None = None  # the fault came while a request was under way
-    model: Model | None = None
+    model: Model | None = None  # the disk workload's
+    tcp: dict[str, Any] | None = None  # the tcp workload's (hwl/campaign/tcp.py)
 
     def ms(self, mono: float | None) -> float | None:
         return None if mono is None else round((mono - self.start_mono) * 1000, 3)
@@ -88,25 +86,8 @@ def _table(system: RunningSystem) -> dict[str, tuple[int, int]]:
     return {r.label: (r.pid, r.restarts) for r in system.rs.status()}
 
 
-def _settled(obs: Observed, inj: Injector, system: RunningSystem, good_after: int) -> bool:
-    """The fault has played out: done, and for a restart the target is back and
-    AFTER_OPS requests were answered since."""
-    if not inj.done:
-        return False
-    if inj.error or not obs.expect_restart:
-        return good_after >= AFTER_OPS
-    assert inj.inject_mono is not None
-    restarted = any(
-        e["event"] == "restart"
-        and e.get("label") == obs.plan.target
-        and e["mono"] >= inj.inject_mono
-        for e in system.events()
-    )
-    return restarted and good_after >= AFTER_OPS
-
-
-def _workload(spec: Spec, system: RunningSystem, obs: Observed, inj: Injector) -> None:
-    w = spec.workload
+def _disk(w: Workload, spec: Spec, system: RunningSystem, obs: Observed, inj: Injector) -> None:
+    """The disk workload: operations through VFS, each read checked against the model."""
     model = Model(system.machine.disks[w.drive], w.offset, w.region)
     vfs = Vfs.attach(system.run_dir, timeout=REQUEST_TIMEOUT)
     deadline = time.monotonic() + spec.trial_timeout
@@ -161,7 +142,7 @@ def _workload(spec: Spec, system: RunningSystem, obs: Observed, inj: Injector) -
             inj.after_op(op.size)
             if inj.done and ok:
                 good_after += 1
-            if obs.moved >= w.bytes and _settled(obs, inj, system, good_after):
+            if obs.moved >= w.bytes and settled(inj, system, obs.expect_restart, good_after):
                 break
         with contextlib.suppress(HwlError, OSError):
             vfs.close_fd(fd)
@@ -219,9 +200,13 @@ def run(spec: Spec, plan: Plan, run_dir: Path, keep: bool = False) -> dict[str, 
         if death is not None or restarts:  # before any fault: not the trial planned
             raise HwlError(f"at boot, before the fault: {death or restarts[0]}")
         obs.before = _table(system)
-        inj = Injector(system, plan, spec.workload.drive)
+        w = spec.workload
+        inj = Injector(system, plan, w.drive if isinstance(w, Workload) else None)
         try:
-            _workload(spec, system, obs, inj)
+            if isinstance(w, TcpWorkload):
+                tcp.run(w, spec, system, obs, inj)
+            else:
+                _disk(w, spec, system, obs, inj)
         finally:
             inj.close()
         obs.fault_error = inj.error
@@ -248,7 +233,7 @@ def run(spec: Spec, plan: Plan, run_dir: Path, keep: bool = False) -> dict[str, 
                 obs.infra = obs.infra or f"close: {type(exc).__name__}: {exc}"
             obs.leftovers = _leftovers(obs.pids)
     model = obs.model
-    if system is not None and model is not None:
+    if system is not None and model is not None and isinstance(spec.workload, Workload):
         image = system.machine.disks[spec.workload.drive]
         try:
             obs.image_mismatches = model.mismatches(image)

@@ -1,0 +1,274 @@
+"""The TCP workload: one connection through INET to an echo server on Linux's own
+stack in the machine's namespace, round after round (``chunk`` bytes sent, the
+same bytes read back), while the plan's fault hits the NIC driver or its card.
+
+The stream is drawn from the trial's seed. Linux's end hashes what it reads
+(SHA-256) and echoes it; the client checks every byte it reads back against what it
+sent, in order, and hashes it too. After the trial both digests are compared with
+the digest of the stream's prefix of the same length, so a byte lost, added,
+reordered or changed is found, and on which leg. The rounds go on past ``bytes``
+until the fault has played out (as the disk workload's operations do).
+
+The connection must stay up: no error on the client, none on Linux's end, and no
+reset or abort in Linux's counters (``nstat``), unless the fault makes one the
+right answer: a link down for at least INET's R2 (RFC 1122: a connection that
+made no progress that long is aborted, ETIMEDOUT). R2 is the profile's INET
+``--tcp-r2`` (100 s by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as pyerrno
+import hashlib
+import random
+import re
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import hwl.net
+from hwl.campaign.inject import REQUEST_TIMEOUT, Injector, settled
+from hwl.campaign.spec import Spec, TcpWorkload
+from hwl.errors import HwlError
+from hwl.machine.netpeer import NetnsPeer
+from hwl.machine.profile import Profile
+from hwl.net.demo import reach
+from hwl.proto.inet import MAX_RECV
+from hwl.system.nicrig import LINUX_IP
+from hwl.system.running import RunningSystem
+
+if TYPE_CHECKING:
+    from hwl.campaign.trial import Observed
+
+#: Linux's counters of resets and aborts (``nstat``): any rise is a connection broken.
+RESETS = ("TcpEstabResets", "TcpOutRsts", "TcpExtTCPAbortOnData", "TcpExtTCPAbortOnClose",
+          "TcpExtTCPAbortOnTimeout")  # fmt: skip
+#: How long Linux's end may take to see the client's FIN and close, after the rounds.
+CLOSE_WAIT = 10.0
+
+
+def stream(seed: int, chunk: int) -> Iterator[bytes]:
+    """The client's rounds: ``chunk`` pseudo-random bytes each, fixed by ``seed``."""
+    rng = random.Random(f"hwl-tcp:{seed}")
+    while True:
+        yield rng.randbytes(chunk)
+
+
+def prefix_digest(seed: int, chunk: int, size: int) -> str:
+    """SHA-256 of the stream's first ``size`` bytes."""
+    h = hashlib.sha256()
+    left = size
+    for data in stream(seed, chunk):
+        if left <= 0:
+            break
+        h.update(data[:left])
+        left -= len(data)
+    return h.hexdigest()
+
+
+def r2_of(profile: Profile) -> float:
+    """INET's R2 in ``profile``: its ``--tcp-r2`` argument, else INET's default."""
+    for svc in profile.services:
+        if svc.label != "inet":
+            continue
+        args = shlex.split(svc.options.get("args", ""))
+        for i, arg in enumerate(args):
+            if arg.startswith("--tcp-r2="):
+                return float(arg.split("=", 1)[1])
+            if arg == "--tcp-r2" and i + 1 < len(args):
+                return float(args[i + 1])
+    from hwl.servers.inet.tcp.connection import TcpConfig  # loaded only when asked
+
+    return TcpConfig().r2
+
+
+def linux_counters(peer: NetnsPeer) -> dict[str, int]:
+    """Linux's absolute SNMP counters in the namespace (``nstat -az``)."""
+    out = peer.run(["nstat", "-az"]).stdout
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)", out, re.M)}
+
+
+def errno_name(exc: OSError) -> str:
+    return pyerrno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
+class EchoEnd:
+    """Linux's end, in a thread with a bounded life: it accepts one connection and
+    echoes what it reads, hashing it, until the client's FIN; then it closes."""
+
+    def __init__(self, peer: NetnsPeer, seconds: float) -> None:
+        self.seconds = seconds
+        self.digest = hashlib.sha256()
+        self.count = 0
+        self.error: str | None = None
+        self.closed_clean = False
+        self.listener = peer.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind((LINUX_IP, 0))
+        self.listener.listen(1)
+        self.listener.settimeout(seconds)
+        self._conn: socket.socket | None = None
+        self._thread = threading.Thread(target=self._run, name="campaign-echo", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return LINUX_IP, int(self.listener.getsockname()[1])
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        try:
+            conn, _ = self.listener.accept()
+            self._conn = conn
+            with conn:
+                conn.settimeout(self.seconds)
+                while data := conn.recv(64 << 10):
+                    self.digest.update(data)
+                    self.count += len(data)
+                    conn.sendall(data)
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"still echoing after {self.seconds} s")
+                self.closed_clean = True
+        except OSError as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def __enter__(self) -> EchoEnd:
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive() and self._conn is not None:
+            with contextlib.suppress(OSError):  # the client gave up: unblock the thread
+                self._conn.shutdown(socket.SHUT_RDWR)
+        self._thread.join(5.0)
+        self.listener.close()
+
+
+def run(w: TcpWorkload, spec: Spec, system: RunningSystem, obs: Observed, inj: Injector) -> None:
+    """The rounds, until ``w.bytes`` went each way and the fault has played out;
+    what was seen goes to ``obs`` (``tcp``, ``errors``, ``corrupt_reads``, the timeline)."""
+    peer = system.machine.peer
+    inet = system.inet
+    reach(inet)  # an e1000 holds reception for 1 s after its receiver is enabled
+    before = linux_counters(peer)
+    deadline = time.monotonic() + spec.trial_timeout
+    sent = received = 0
+    got = hashlib.sha256()
+    clean_close = False
+    with EchoEnd(peer, spec.trial_timeout) as linux:
+        s = hwl.net.socket(hwl.net.AF_INET, hwl.net.SOCK_STREAM, inet=inet)
+        try:
+            s.settimeout(REQUEST_TIMEOUT)
+            s.connect(linux.address)
+            obs.start_mono = time.monotonic()
+            inj.start(obs.start_mono)
+            inj.busy.set()  # the stream is under way from here to its end
+            good_after = 0  # rounds done right since the fault was done
+            for data in stream(obs.plan.seed, w.chunk):
+                if time.monotonic() > deadline:
+                    obs.timed_out = f"the workload did not end within {spec.trial_timeout} s"
+                    break
+                ok, back, stop = _round(s, data, sent, obs, inj, got)
+                sent += len(data)
+                received += back
+                if stop:
+                    break
+                obs.ops += 1
+                obs.moved += len(data)
+                if inj.done and ok:
+                    good_after += 1
+                if obs.moved >= w.bytes and settled(inj, system, obs.expect_restart, good_after):
+                    break
+            if not obs.errors and not obs.timed_out:
+                clean_close = _close(s, obs)
+        finally:
+            inj.busy.clear()
+            obs.workload_ms = (time.monotonic() - obs.start_mono) * 1000 if obs.start_mono else 0
+            with contextlib.suppress(OSError, HwlError):
+                s.close()
+        if clean_close:
+            linux.join(CLOSE_WAIT)
+    after = linux_counters(peer)
+    obs.tcp = {
+        "sent": sent,  # handed to sendall (a failed round's too)
+        "received": received,
+        "linux_read": linux.count,
+        "to_linux_equal": linux.digest.hexdigest()
+        == prefix_digest(obs.plan.seed, w.chunk, linux.count),
+        "from_linux_equal": got.hexdigest() == prefix_digest(obs.plan.seed, w.chunk, received),
+        "complete": clean_close and linux.closed_clean and linux.count == received == sent,
+        "linux_error": linux.error,
+        "linux_resets": {n: after.get(n, 0) - before.get(n, 0) for n in RESETS},
+        "r2_s": r2_of(system.machine.profile),
+    }
+
+
+def _round(
+    s: hwl.net.socket,
+    data: bytes,
+    position: int,
+    obs: Observed,
+    inj: Injector,
+    got: hashlib._Hash,
+) -> tuple[bool, int, bool]:
+    """One round: ``data`` out, then read back and checked. Returns whether it was
+    right, the bytes read back, and whether the stream must stop (an error, or the
+    client stuck)."""
+    begun = time.monotonic()
+    back = 0
+    ok = True
+    op = "send"
+    try:
+        s.sendall(data)
+        op = "recv"
+        while back < len(data):
+            piece = s.recv(min(MAX_RECV, len(data) - back))
+            now = time.monotonic()
+            if not piece:
+                raise ConnectionError(0, "the stream ended (EOF) mid-round")
+            if piece != data[back : back + len(piece)]:
+                ok = False
+                obs.corrupt_reads.append({
+                    "position": position + back, "size": len(piece),
+                    "first": next(i for i, (a, b) in enumerate(
+                        zip(piece, data[back:], strict=False)) if a != b) + position + back,
+                    "t_ms": obs.ms(now),
+                })  # fmt: skip
+            got.update(piece)
+            back += len(piece)
+            obs.timeline.append([obs.ms(now) or 0.0, len(piece), 1 if ok else 0])
+            inj.after_op(len(piece))
+    except OSError as exc:
+        now = time.monotonic()
+        name = "EOF" if isinstance(exc, ConnectionError) and not exc.errno else errno_name(exc)
+        if isinstance(exc, TimeoutError) and now - begun >= REQUEST_TIMEOUT - 0.5:
+            obs.timed_out = f"{op} at byte {position + back}: no answer in {REQUEST_TIMEOUT} s"
+        else:
+            obs.errors.append({"op": op, "position": position + back, "size": len(data),
+                               "errno": name, "start_ms": obs.ms(begun),
+                               "t_ms": obs.ms(now)})  # fmt: skip
+        return False, back, True
+    return ok, back, False
+
+
+def _close(s: hwl.net.socket, obs: Observed) -> bool:
+    """Our FIN, then Linux's: True when the stream ended cleanly with nothing more."""
+    begun = time.monotonic()
+    try:
+        s.shutdown(hwl.net.SHUT_WR)
+        rest = s.recv(MAX_RECV)
+    except OSError as exc:
+        obs.errors.append({"op": "close", "position": obs.moved, "size": 0,
+                           "errno": errno_name(exc), "start_ms": obs.ms(begun),
+                           "t_ms": obs.ms(time.monotonic())})  # fmt: skip
+        return False
+    if rest:
+        obs.corrupt_reads.append({"position": obs.moved, "size": len(rest), "first": obs.moved,
+                                  "t_ms": obs.ms(time.monotonic()), "extra": True})  # fmt: skip
+        return False
+    return True
