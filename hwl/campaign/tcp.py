@@ -7,7 +7,8 @@ The stream is drawn from the trial's seed. Linux's end hashes what it reads
 sent, in order, and hashes it too. After the trial both digests are compared with
 the digest of the stream's prefix of the same length, so a byte lost, added,
 reordered or changed is found, and on which leg. The rounds go on past ``bytes``
-until the fault has played out (as the disk workload's operations do).
+until the fault has played out (as the disk workload's operations do), or stop at
+the first round that came back wrong.
 
 The connection must stay up: no error on the client, none on Linux's end, and no
 reset or abort in Linux's counters (``nstat``), unless the fault makes one the
@@ -25,7 +26,6 @@ import random
 import re
 import shlex
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -38,7 +38,7 @@ from hwl.machine.netpeer import NetnsPeer
 from hwl.machine.profile import Profile
 from hwl.net.demo import reach
 from hwl.proto.inet import MAX_RECV
-from hwl.system.nicrig import LINUX_IP
+from hwl.system.nicrig import LINUX_IP, PeerThread
 from hwl.system.running import RunningSystem
 
 if TYPE_CHECKING:
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 #: Linux's counters of resets and aborts (``nstat``): any rise is a connection broken.
 RESETS = ("TcpEstabResets", "TcpOutRsts", "TcpExtTCPAbortOnData", "TcpExtTCPAbortOnClose",
           "TcpExtTCPAbortOnTimeout")  # fmt: skip
+#: How often Linux's end looks whether its ``with`` block has ended.
+POLL = 0.2
 #: How long Linux's end may take to see the client's FIN and close, after the rounds.
 CLOSE_WAIT = 10.0
 
@@ -96,9 +98,10 @@ def errno_name(exc: OSError) -> str:
     return pyerrno.errorcode.get(exc.errno or 0, type(exc).__name__)
 
 
-class EchoEnd:
-    """Linux's end, in a thread with a bounded life: it accepts one connection and
-    echoes what it reads, hashing it, until the client's FIN; then it closes."""
+class EchoEnd(PeerThread):
+    """Linux's end, in a thread for the ``with`` block and at most ``seconds``: it
+    accepts one connection and echoes what it reads, hashing it, until the client's
+    FIN (``closed_clean``), an error (``error``), or the block's end."""
 
     def __init__(self, peer: NetnsPeer, seconds: float) -> None:
         self.seconds = seconds
@@ -106,47 +109,59 @@ class EchoEnd:
         self.count = 0
         self.error: str | None = None
         self.closed_clean = False
-        self.listener = peer.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind((LINUX_IP, 0))
-        self.listener.listen(1)
-        self.listener.settimeout(seconds)
+        self.sock: socket.socket = peer.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((LINUX_IP, 0))
+        self.sock.listen(1)
+        self.sock.settimeout(POLL)
         self._conn: socket.socket | None = None
-        self._thread = threading.Thread(target=self._run, name="campaign-echo", daemon=True)
+        super().__init__()
 
     @property
     def address(self) -> tuple[str, int]:
-        return LINUX_IP, int(self.listener.getsockname()[1])
+        return LINUX_IP, int(self.sock.getsockname()[1])
+
+    def _accept(self, deadline: float) -> socket.socket | None:
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                return self.sock.accept()[0]
+        return None
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.seconds
         try:
-            conn, _ = self.listener.accept()
+            conn = self._accept(deadline)
+            if conn is None:
+                return
             self._conn = conn
             with conn:
-                conn.settimeout(self.seconds)
-                while data := conn.recv(64 << 10):
-                    self.digest.update(data)
-                    self.count += len(data)
-                    conn.sendall(data)
+                while not self._stop.is_set():
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"still echoing after {self.seconds} s")
-                self.closed_clean = True
+                    conn.settimeout(POLL)
+                    try:
+                        data = conn.recv(64 << 10)
+                    except TimeoutError:
+                        continue
+                    if not data:
+                        self.closed_clean = True
+                        return
+                    self.digest.update(data)
+                    self.count += len(data)
+                    conn.settimeout(max(POLL, deadline - time.monotonic()))
+                    conn.sendall(data)
         except OSError as exc:
             self.error = f"{type(exc).__name__}: {exc}"
 
-    def __enter__(self) -> EchoEnd:
-        self._thread.start()
-        return self
-
-    def join(self, timeout: float) -> None:
+    def wait_closed(self, timeout: float) -> None:
+        """Until the client's FIN has been seen (or an error, or ``timeout``)."""
         self._thread.join(timeout)
 
     def __exit__(self, *exc: object) -> None:
-        if self._thread.is_alive() and self._conn is not None:
-            with contextlib.suppress(OSError):  # the client gave up: unblock the thread
-                self._conn.shutdown(socket.SHUT_RDWR)
-        self._thread.join(5.0)
-        self.listener.close()
+        conn = self._conn
+        if self._thread.is_alive() and conn is not None:
+            with contextlib.suppress(OSError):  # a sendall blocked on a dead connection
+                conn.shutdown(socket.SHUT_RDWR)
+        super().__exit__(*exc)
 
 
 def run(w: TcpWorkload, spec: Spec, system: RunningSystem, obs: Observed, inj: Injector) -> None:
@@ -192,7 +207,7 @@ def run(w: TcpWorkload, spec: Spec, system: RunningSystem, obs: Observed, inj: I
             with contextlib.suppress(OSError, HwlError):
                 s.close()
         if clean_close:
-            linux.join(CLOSE_WAIT)
+            linux.wait_closed(CLOSE_WAIT)
     after = linux_counters(peer)
     obs.tcp = {
         "sent": sent,  # handed to sendall (a failed round's too)
@@ -253,7 +268,7 @@ def _round(
                                "errno": name, "start_ms": obs.ms(begun),
                                "t_ms": obs.ms(now)})  # fmt: skip
         return False, back, True
-    return ok, back, False
+    return ok, back, not ok  # a byte came back wrong: the verdict is in, the stream stops
 
 
 def _close(s: hwl.net.socket, obs: Observed) -> bool:
