@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno as pyerrno
 import hashlib
+import ipaddress
 import random
 import re
 import shlex
@@ -34,9 +35,8 @@ import hwl.net
 from hwl.campaign.inject import REQUEST_TIMEOUT, Injector, settled
 from hwl.campaign.spec import Spec, TcpWorkload
 from hwl.errors import HwlError
-from hwl.machine.netpeer import NetnsPeer
+from hwl.machine.netpeer import BRIDGE, NetnsPeer
 from hwl.machine.profile import Profile
-from hwl.net.demo import reach
 from hwl.proto.inet import MAX_RECV
 from hwl.system.nicrig import LINUX_IP, PeerThread
 from hwl.system.running import RunningSystem
@@ -94,6 +94,37 @@ def linux_counters(peer: NetnsPeer) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)", out, re.M)}
 
 
+def linux_address(peer: NetnsPeer, inet: hwl.net.Inet, nic: str) -> str:
+    """Linux's address on the subnet of INET's interface on ``nic`` (.2 of it), given
+    to Linux's bridge if it is not 10.0.2.2 (profile inet-nics: a subnet per NIC, all
+    on one bridge), so the stream goes through that NIC and no other."""
+    rows = hwl.net.ifstatus(inet=inet)["interfaces"]
+    assert isinstance(rows, list)
+    row = next((r for r in rows if isinstance(r, dict) and r.get("name") == nic), None)
+    if row is None:
+        raise HwlError(f"INET has no interface on {nic!r}")
+    net = ipaddress.ip_interface(str(row["address"])).network
+    linux = str(net.network_address + 2)
+    if linux != LINUX_IP:
+        done = peer.run(["ip", "addr", "replace", f"{linux}/{net.prefixlen}", "dev", BRIDGE])
+        if done.returncode != 0:
+            raise HwlError(f"Linux's address {linux} on {BRIDGE}: {done.stderr.strip()}")
+    return linux
+
+
+def reach(inet: hwl.net.Inet, address: str, timeout: float = 15.0) -> None:
+    """Ping ``address`` through INET until it answers: an e1000 holds reception for
+    1 s after its receiver is enabled (as :func:`hwl.net.demo.reach`, any address)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            hwl.net.ping(address, timeout=0.5, inet=inet)
+            return
+        except OSError:  # a timeout, or no ARP answer yet
+            if time.monotonic() > deadline:
+                raise HwlError(f"Linux ({address}) not reachable through INET") from None
+
+
 def errno_name(exc: OSError) -> str:
     return pyerrno.errorcode.get(exc.errno or 0, type(exc).__name__)
 
@@ -103,14 +134,14 @@ class EchoEnd(PeerThread):
     accepts one connection and echoes what it reads, hashing it, until the client's
     FIN (``closed_clean``), an error (``error``), or the block's end."""
 
-    def __init__(self, peer: NetnsPeer, seconds: float) -> None:
+    def __init__(self, peer: NetnsPeer, address: str, seconds: float) -> None:
         self.seconds = seconds
         self.digest = hashlib.sha256()
         self.count = 0
         self.error: str | None = None
         self.closed_clean = False
         self.sock: socket.socket = peer.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((LINUX_IP, 0))
+        self.sock.bind((address, 0))
         self.sock.listen(1)
         self.sock.settimeout(POLL)
         self._conn: socket.socket | None = None
@@ -118,7 +149,8 @@ class EchoEnd(PeerThread):
 
     @property
     def address(self) -> tuple[str, int]:
-        return LINUX_IP, int(self.sock.getsockname()[1])
+        host, port = self.sock.getsockname()
+        return str(host), int(port)
 
     def _accept(self, deadline: float) -> socket.socket | None:
         while not self._stop.is_set() and time.monotonic() < deadline:
@@ -169,13 +201,14 @@ def run(w: TcpWorkload, spec: Spec, system: RunningSystem, obs: Observed, inj: I
     what was seen goes to ``obs`` (``tcp``, ``errors``, ``corrupt_reads``, the timeline)."""
     peer = system.machine.peer
     inet = system.inet
-    reach(inet)  # an e1000 holds reception for 1 s after its receiver is enabled
+    address = linux_address(peer, inet, w.nic)
+    reach(inet, address)
     before = linux_counters(peer)
     deadline = time.monotonic() + spec.trial_timeout
     sent = received = 0
     got = hashlib.sha256()
     clean_close = False
-    with EchoEnd(peer, spec.trial_timeout) as linux:
+    with EchoEnd(peer, address, spec.trial_timeout) as linux:
         s = hwl.net.socket(hwl.net.AF_INET, hwl.net.SOCK_STREAM, inet=inet)
         try:
             s.settimeout(REQUEST_TIMEOUT)
