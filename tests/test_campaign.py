@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from hwl.campaign import invariants, record, report, runner, tcp
+from hwl.campaign.inject import REQUEST_TIMEOUT
 from hwl.campaign.schedule import Plan, plan, schedule
 from hwl.campaign.spec import (
     BUILTINS,
@@ -32,6 +33,7 @@ from hwl.campaign.spec import (
 from hwl.campaign.trial import Observed
 from hwl.campaign.workload import Model, first_differences, operations
 from hwl.cli.main import main as hwl_main
+from hwl.machine.profile import Profile
 
 # ------------------------------------------------------------------ spec
 
@@ -215,6 +217,21 @@ def test_the_tcp_stream_is_seeded_and_its_prefix_digest_is_sha256() -> None:
     whole = b"".join(rounds)
     for size in (0, 1, 999, 1000, 2500, 5000):
         assert tcp.prefix_digest(3, 1000, size) == hashlib.sha256(whole[:size]).hexdigest()
+
+
+def test_r2_comes_from_the_profile_and_stretches_the_client_timeout(tmp_path: Path) -> None:
+    stock = Profile.load("inet")
+    assert tcp.r2_of(stock) == 100.0  # INET's default (RFC 1122: at least 100 s)
+    old = 'args = "if=e1000:10.0.2.15/24,gw=10.0.2.2"'
+    cfg = stock.path.read_text()
+    assert old in cfg
+    (tmp_path / "r2.cfg").write_text(cfg.replace(old, old[:-1] + ' --tcp-r2=2.5"'))
+    assert tcp.r2_of(Profile.load(tmp_path / "r2.cfg")) == 2.5
+    link = Plan(0, 1, "link-down", "e1000-net", "at-random", {}, at_ms=5, heal_after_ms=3000)
+    assert tcp.request_timeout(link, 2.5) == 2.5 + REQUEST_TIMEOUT  # the abort comes first
+    assert tcp.request_timeout(link, 100.0) == REQUEST_TIMEOUT
+    kill = Plan(0, 1, "kill", "e1000", "at-random", {}, at_ms=5)
+    assert tcp.request_timeout(kill, 2.5) == REQUEST_TIMEOUT
 
 
 # -------------------------------------------------------------- workload

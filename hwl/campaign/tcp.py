@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import hwl.net
 from hwl.campaign.inject import REQUEST_TIMEOUT, Injector, settled
+from hwl.campaign.schedule import Plan
 from hwl.campaign.spec import Spec, TcpWorkload
 from hwl.errors import HwlError
 from hwl.machine.netpeer import BRIDGE, NetnsPeer
@@ -125,6 +126,15 @@ def reach(inet: hwl.net.Inet, address: str, timeout: float = 15.0) -> None:
                 raise HwlError(f"Linux ({address}) not reachable through INET") from None
 
 
+def request_timeout(plan: Plan, r2: float) -> float:
+    """The client socket's timeout: a request unanswered this long is the client
+    stuck. Beyond R2 when the plan's link down lasts R2: INET's abort (ETIMEDOUT) must
+    come first, and be told from the socket's own timeout."""
+    if plan.kind == "link-down" and (plan.heal_after_ms or 0) / 1000 >= r2:
+        return r2 + REQUEST_TIMEOUT
+    return REQUEST_TIMEOUT
+
+
 def errno_name(exc: OSError) -> str:
     return pyerrno.errorcode.get(exc.errno or 0, type(exc).__name__)
 
@@ -204,6 +214,8 @@ def run(w: TcpWorkload, spec: Spec, system: RunningSystem, obs: Observed, inj: I
     address = linux_address(peer, inet, w.nic)
     reach(inet, address)
     before = linux_counters(peer)
+    r2 = r2_of(system.machine.profile)
+    wait = request_timeout(obs.plan, r2)
     deadline = time.monotonic() + spec.trial_timeout
     sent = received = 0
     got = hashlib.sha256()
@@ -211,7 +223,7 @@ def run(w: TcpWorkload, spec: Spec, system: RunningSystem, obs: Observed, inj: I
     with EchoEnd(peer, address, spec.trial_timeout) as linux:
         s = hwl.net.socket(hwl.net.AF_INET, hwl.net.SOCK_STREAM, inet=inet)
         try:
-            s.settimeout(REQUEST_TIMEOUT)
+            s.settimeout(wait)
             s.connect(linux.address)
             obs.start_mono = time.monotonic()
             inj.start(obs.start_mono)
@@ -221,7 +233,7 @@ def run(w: TcpWorkload, spec: Spec, system: RunningSystem, obs: Observed, inj: I
                 if time.monotonic() > deadline:
                     obs.timed_out = f"the workload did not end within {spec.trial_timeout} s"
                     break
-                ok, back, stop = _round(s, data, sent, obs, inj, got)
+                ok, back, stop = _round(s, data, sent, obs, inj, got, wait)
                 sent += len(data)
                 received += back
                 if stop:
@@ -252,7 +264,7 @@ def run(w: TcpWorkload, spec: Spec, system: RunningSystem, obs: Observed, inj: I
         "complete": clean_close and linux.closed_clean and linux.count == received == sent,
         "linux_error": linux.error,
         "linux_resets": {n: after.get(n, 0) - before.get(n, 0) for n in RESETS},
-        "r2_s": r2_of(system.machine.profile),
+        "r2_s": r2,
     }
 
 
@@ -263,11 +275,12 @@ def _round(
     obs: Observed,
     inj: Injector,
     got: hashlib._Hash,
+    wait: float,
 ) -> tuple[bool, int, bool]:
     """One round: ``data`` out, then read back and checked. Returns whether it was
     right, the bytes read back, and whether the stream must stop (an error, or the
-    client stuck)."""
-    begun = time.monotonic()
+    client stuck: a request unanswered for ``wait``, the socket's timeout)."""
+    begun = call = time.monotonic()
     back = 0
     ok = True
     op = "send"
@@ -275,6 +288,7 @@ def _round(
         s.sendall(data)
         op = "recv"
         while back < len(data):
+            call = time.monotonic()
             piece = s.recv(min(MAX_RECV, len(data) - back))
             now = time.monotonic()
             if not piece:
@@ -294,8 +308,8 @@ def _round(
     except OSError as exc:
         now = time.monotonic()
         name = "EOF" if isinstance(exc, ConnectionError) and not exc.errno else errno_name(exc)
-        if isinstance(exc, TimeoutError) and now - begun >= REQUEST_TIMEOUT - 0.5:
-            obs.timed_out = f"{op} at byte {position + back}: no answer in {REQUEST_TIMEOUT} s"
+        if isinstance(exc, TimeoutError) and now - call >= wait - 0.5:  # not INET's abort
+            obs.timed_out = f"{op} at byte {position + back}: no answer in {wait:.0f} s"
         else:
             obs.errors.append({"op": op, "position": position + back, "size": len(data),
                                "errno": name, "start_ms": obs.ms(begun),
