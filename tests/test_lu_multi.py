@@ -35,7 +35,7 @@ from hwl.proto.rs import RS_SYSCTL
 from hwl.servers.rs.manager import Manager
 from hwl.servers.rs.multiupdate import MultiUpdater
 from hwl.servers.rs.table import Instance, Service, State, Waiter
-from hwl.servers.rs.update import Updater
+from hwl.servers.rs.update import Asked, Updater
 from hwl.system.events import read_events
 from hwl.system.proto import LuState, UpdateFlag
 from hwl.system.rs import Rs, RsError
@@ -632,7 +632,7 @@ def fake_batch(tmp_path: Path, refuse: dict[int, list[Errno]]) -> Batch:
         svc.state, svc.current = State.UP, Instance(0x8000 + i, 60000 + i)
         m.table.add(svc)
         group.append(svc)
-        multi.queue(svc, argv=None, conf=None, state=1, maxtime=3.0, flags=UpdateFlag.BATCH)
+        multi.queue(svc, Asked(argv=None, conf=None, state=1, maxtime=3.0, flags=UpdateFlag.BATCH))
     news = {u.svc.label: u.new.endpoint for u in up.updates.values() if u.new}
     multi.run(Waiter(0x7777, "sysctl upd_run"))
     for svc in group:  # each asked in order, only once the one before is prepared

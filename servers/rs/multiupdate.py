@@ -45,10 +45,9 @@ from hwl.ipc.client import IpcError
 from hwl.ipc.kcalls import ExitInfo
 from hwl.proto import codec
 from hwl.proto.errno import Errno, errno_of
-from hwl.proto.rs import UpdateFlag
 from hwl.servers.rs.manager import RsError, how_it_ended
 from hwl.servers.rs.table import Service, State, Waiter
-from hwl.servers.rs.update import SWAP_RETRY_S, Update, Updater
+from hwl.servers.rs.update import SWAP_RETRY_S, Asked, Update, Updater
 
 log = logging.getLogger(__name__)
 
@@ -231,16 +230,7 @@ class MultiUpdater:
         self.up = updater
         self.batch: Batch | None = None  # queued or running
 
-    def queue(
-        self,
-        svc: Service,
-        *,
-        argv: list[str] | None,
-        conf: str | None,
-        state: int,
-        maxtime: float,
-        flags: UpdateFlag,
-    ) -> int:
+    def queue(self, svc: Service, asked: Asked) -> int:
         """Queue an update of ``svc`` (its new version starts now); its position."""
         if self.batch is not None and self.batch.running:
             raise RsError(Errno.EBUSY, "a multi-component update is under way")
@@ -249,7 +239,7 @@ class MultiUpdater:
             raise RsError(Errno.EBUSY, f"an update is under way ({busy})")
         if self.batch is not None and svc.label in self.batch.labels:
             raise RsError(Errno.EINVAL, f"{svc.label} is already in the queued update")
-        u = self.up.new_update(svc, argv=argv, conf=conf, state=state, maxtime=maxtime, flags=flags)
+        u = self.up.new_update(svc, asked)
         if self.batch is None:
             self.batch = Batch(self)
         u.phase = "queued"
@@ -258,7 +248,8 @@ class MultiUpdater:
         self.batch.members.append(u)
         new = {"new_pid": u.new.pid, "new_endpoint": u.new.endpoint} if u.new else {}
         position = len(self.batch.members)
-        self.up.m.events.write("update-queued", svc.label, position=position, state=state, **new)
+        events = self.up.m.events
+        events.write("update-queued", svc.label, position=position, state=asked.state, **new)
         return len(self.batch.members)
 
     def run(self, waiter: Waiter | None) -> None:

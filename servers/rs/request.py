@@ -23,7 +23,7 @@ from hwl.proto.sef import FiType, InitType
 from hwl.servers.rs.manager import Manager, RsError
 from hwl.servers.rs.multiupdate import MultiUpdater
 from hwl.servers.rs.table import Service, State, Waiter
-from hwl.servers.rs.update import Updater
+from hwl.servers.rs.update import Asked, Updater
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +156,9 @@ class Requests:
         elif maxtime == -1:
             maxtime = NO_LIMIT_TICKS
         new_conf = self.m.conf_for(svc.label, conf, argv or svc.argv) if conf else None
+        asked = Asked(argv or None, new_conf, req.state, maxtime / wire.HZ, req.flags)
         if req.flags & UpdateFlag.BATCH:
-            position = self.multi.queue(
-                svc,
-                argv=argv or None,
-                conf=new_conf,
-                state=req.state,
-                maxtime=maxtime / wire.HZ,
-                flags=req.flags,
-            )
+            position = self.multi.queue(svc, asked)
             return {"endpoint": svc.endpoint, "position": position}
         if self.multi.batch is not None:
             raise RsError(
@@ -172,15 +166,7 @@ class Requests:
                 "a multi-component update is queued or under way "
                 "(sysctl upd_run runs it, upd_stop drops it)",
             )
-        self.updater.start(
-            svc,
-            Waiter(source, "update"),
-            argv=argv or None,
-            conf=new_conf,
-            state=req.state,
-            maxtime=maxtime / wire.HZ,
-            flags=req.flags,
-        )
+        self.updater.start(svc, Waiter(source, "update"), asked)
         return None
 
     def do_clone(self, source: int, fields: Fields) -> Reply:

@@ -49,6 +49,19 @@ READY_POLL_S = 0.001
 NO_LIMIT_S = 1e6  # a maxtime this long is no limit (the kernel's alarms stop at 1e7 s)
 
 
+@dataclass(frozen=True)
+class Asked:
+    """What an update request asks: the new version's ``argv`` and ``conf`` (None: the
+    service's own), the live-update ``state`` to reach, ``maxtime`` in seconds to
+    reach it, and its flags."""
+
+    argv: list[str] | None
+    conf: str | None
+    state: int
+    maxtime: float
+    flags: UpdateFlag
+
+
 class Owner(Protocol):
     """What drives an update: told of each event of one of its updates."""
 
@@ -121,43 +134,25 @@ class Updater:
         manager.on_updating_died = self.old_died
 
     # ------------------------------------------------------------- requests
-    def start(
-        self,
-        svc: Service,
-        waiter: Waiter,
-        *,
-        argv: list[str] | None,
-        conf: str | None,
-        state: int,
-        maxtime: float,
-        flags: UpdateFlag,
-    ) -> None:
+    def start(self, svc: Service, waiter: Waiter, asked: Asked) -> None:
         """``service update``: this service alone, answered when it is done."""
-        u = self.new_update(svc, argv=argv, conf=conf, state=state, maxtime=maxtime, flags=flags)
-        Single(self, u, waiter).start()
+        Single(self, self.new_update(svc, asked), waiter).start()
 
     # --------------------------------------------------------------- phases
-    def new_update(
-        self,
-        svc: Service,
-        *,
-        argv: list[str] | None,
-        conf: str | None,
-        state: int,
-        maxtime: float,
-        flags: UpdateFlag,
-    ) -> Update:
+    def new_update(self, svc: Service, asked: Asked) -> Update:
         """Check the request and start the new version (not for a prepare-only one)."""
         if svc.label in self.updates:
             raise RsError(Errno.EBUSY, f"{svc.label} is already being updated")
         if svc.state is not State.UP or svc.current is None:
             raise RsError(Errno.EBUSY, f"{svc.label} is {svc.state.value}, not up")
-        if state <= 0:
-            raise RsError(Errno.EINVAL, f"live-update state {state} is not a state to reach")
+        if asked.state <= 0:
+            raise RsError(Errno.EINVAL, f"live-update state {asked.state} is not a state to reach")
         new = None
-        if not flags & UpdateFlag.PREPARE_ONLY:
+        argv, conf = asked.argv, asked.conf
+        if not asked.flags & UpdateFlag.PREPARE_ONLY:
             new = self.m.spawn(svc, argv=argv, conf=conf)
-        u = Update(svc, state, flags, maxtime, svc.current, new, argv=argv, conf=conf)
+        u = Update(svc, asked.state, asked.flags, asked.maxtime, svc.current, new, argv=argv,
+                   conf=conf)  # fmt: skip
         u.spawned_at = time.monotonic()
         return u
 
