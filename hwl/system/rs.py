@@ -18,9 +18,10 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any, ClassVar, Final, Self, TypeVar
+from typing import Any, ClassVar, Final, Self, TypeVar, get_type_hints
 
 from hwl.errors import CallError, HwlError
 from hwl.ipc.client import Connection, IpcError, Message
@@ -33,6 +34,7 @@ from hwl.system import call
 
 KERNEL_SOCKET: Final = wire.SOCKET_NAME  # where user processes attach
 T = TypeVar("T")
+R = TypeVar("R")
 _ABSENT: Any = object()  # a row field with no default must be there
 
 
@@ -146,19 +148,7 @@ class ServiceStatus:
     @classmethod
     def from_fields(cls, row: codec.Value) -> ServiceStatus:
         """A row of the status reply; ValueError says which field is wrong."""
-        get = _row_getter(row, "a status row")
-        return cls(
-            label=get("label", str),
-            endpoint=get("endpoint", int),
-            pid=get("pid", int),
-            restarts=get("restarts", int),
-            period=get("period", int),
-            last_heartbeat=get("last_heartbeat", float),
-            state=get("state", str),
-            policy=get("policy", str),
-            program=get("program", str),
-            flags=get("flags", str, ""),
-        )
+        return _read_row(cls, row, "a status row")
 
 
 def _row_getter(row: codec.Value, what: str) -> Any:
@@ -180,6 +170,21 @@ def _row_getter(row: codec.Value, what: str) -> Any:
     return get
 
 
+def _read_row(cls: type[R], row: codec.Value, what: str) -> R:
+    """A reply row as the dataclass ``cls``: each field read as its annotated type
+    (update flags checked; a field with a default may be absent)."""
+    get = _row_getter(row, what)
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclass_fields(cls):  # type: ignore[arg-type]
+        kind = hints[f.name]
+        if kind is UpdateFlag:
+            values[f.name] = UpdateFlag.checked(get(f.name, int))
+        else:
+            values[f.name] = get(f.name, kind, _ABSENT if f.default is MISSING else f.default)
+    return cls(**values)
+
+
 @dataclass(frozen=True)
 class UpdateRow:
     """One service's part of an update, as ``sysctl upd_status`` shows it."""
@@ -196,18 +201,7 @@ class UpdateRow:
 
     @classmethod
     def from_fields(cls, row: codec.Value) -> UpdateRow:
-        get = _row_getter(row, "an update row")
-        return cls(
-            label=get("label", str),
-            phase=get("phase", str),
-            state=get("state", int),
-            flags=UpdateFlag.checked(get("flags", int)),
-            maxtime=get("maxtime", float),
-            endpoint=get("endpoint", int),
-            new_endpoint=get("new_endpoint", int),
-            program=get("program", str),
-            batch=get("batch", bool),
-        )
+        return _read_row(cls, row, "an update row")
 
 
 @dataclass(frozen=True)
@@ -231,14 +225,7 @@ class InstanceRow:
 
     @classmethod
     def from_fields(cls, row: codec.Value) -> InstanceRow:
-        get = _row_getter(row, "an instance row")
-        return cls(
-            label=get("label", str),
-            role=get("role", str),
-            endpoint=get("endpoint", int),
-            pid=get("pid", int),
-            state=get("state", str),
-        )
+        return _read_row(cls, row, "an instance row")
 
 
 @dataclass(frozen=True)
