@@ -72,10 +72,12 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Final, Literal, NoReturn, TypeAlias
+from typing import Final, Literal, NoReturn, TypeAlias, TypeVar
 
 from hwl.errors import HwlError
 from hwl.share import shared
+
+_V = TypeVar("_V")
 
 
 class SystemConfError(HwlError):
@@ -755,6 +757,16 @@ class _ServiceBuilder:
 
     # -- shared value shapes --
 
+    def each(self, st: _Statement, parse: Callable[[str], _V | None], what: str) -> list[_V]:
+        """Every value word parsed by ``parse``; a word it refuses is not ``what``."""
+        values = []
+        for token in self.words(st):
+            value = parse(token.text)
+            if value is None:
+                self.fail(st, token.line, f"'{token.text}' is not {what}")
+            values.append(value)
+        return values
+
     def words(self, st: _Statement) -> list[_Token]:
         """The values, which must be one or more words (not strings)."""
         if not st.values:
@@ -875,25 +887,15 @@ class _ServiceBuilder:
 
     def key_pci_device(self, st: _Statement) -> None:
         """pci device: hex ids ``vid:did[/subvid:subdid]``; may be repeated."""
-        devices = list(self.conf.pci_devices)
-        for token in self.words(st):
-            device = _pci_device(token.text)
-            if device is None:
-                detail = f"'{token.text}' is not a PCI device id vid:did[/subvid:subdid] in hex"
-                self.fail(st, token.line, detail)
-            devices.append(device)
-        self.conf = replace(self.conf, pci_devices=tuple(dict.fromkeys(devices)))
+        devices = self.each(st, _pci_device, "a PCI device id vid:did[/subvid:subdid] in hex")
+        added = dict.fromkeys([*self.conf.pci_devices, *devices])
+        self.conf = replace(self.conf, pci_devices=tuple(added))
 
     def key_pci_class(self, st: _Statement) -> None:
         """pci class: hex ``class[/subclass[/interface]]``; may be repeated."""
-        classes = list(self.conf.pci_classes)
-        for token in self.words(st):
-            cls = _pci_class(token.text)
-            if cls is None:
-                detail = f"'{token.text}' is not a PCI class class[/subclass[/interface]] in hex"
-                self.fail(st, token.line, detail)
-            classes.append(cls)
-        self.conf = replace(self.conf, pci_classes=tuple(dict.fromkeys(classes)))
+        classes = self.each(st, _pci_class, "a PCI class class[/subclass[/interface]] in hex")
+        added = dict.fromkeys([*self.conf.pci_classes, *classes])
+        self.conf = replace(self.conf, pci_classes=tuple(added))
 
     def key_memory(self, st: _Statement) -> None:
         """memory: NONE, or hex guest-physical ranges and ``dma``."""
