@@ -13,8 +13,9 @@ from hwl.ipc.client import Connection, IpcError, Message
 from hwl.proto import codec, wire
 from hwl.proto import inet as ip
 from hwl.proto.errno import Errno
-from hwl.system.call import request
-from hwl.system.rs import KERNEL_SOCKET, Rs, RsError
+from hwl.system import call
+from hwl.system.call import Attachable, request
+from hwl.system.rs import Rs, RsError
 
 AF_INET: Final = _pysocket.AF_INET
 SOCK_STREAM: Final = ip.SOCK_STREAM
@@ -51,12 +52,11 @@ def os_error(minix: Errno, what: str, detail: str = "") -> OSError:
     return OSError(number, text)
 
 
-class Inet:
+class Inet(Attachable):
     """INET at ``endpoint`` (looked up at RS as ``inet`` if None), called over ``conn``."""
 
     def __init__(self, conn: Connection, endpoint: int | None = None) -> None:
         self.conn = conn
-        self._owns_conn = False
         if endpoint is None:
             try:
                 endpoint = Rs(conn, timeout=10).lookup("inet")
@@ -66,24 +66,7 @@ class Inet:
 
     @classmethod
     def attach(cls, run_dir: str | Path) -> Inet:
-        conn = Connection.attach(Path(run_dir) / KERNEL_SOCKET)
-        try:
-            inet = cls(conn)
-        except BaseException:
-            conn.close()
-            raise
-        inet._owns_conn = True
-        return inet
-
-    def close(self) -> None:
-        if self._owns_conn:
-            self.conn.close()
-
-    def __enter__(self) -> Inet:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return call.attach(run_dir, cls)
 
     def call(
         self, m_type: int, fields: dict[str, codec.Value], wait: float | None = 10.0

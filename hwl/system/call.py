@@ -1,18 +1,56 @@
 """The client side of a request, written once for the RS, DS, PCI, VFS and INET
 clients: one ``sendrec`` bounded by a timeout, and a failure (no answer, or an
-error answer) raised as the client's own error. See docs/errors.md."""
+error answer) raised as the client's own error; and a client's own connection
+(:class:`Attachable`, :func:`attach`). See docs/errors.md."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Self, TypeVar
 
 from hwl.ipc.client import Connection, IpcError, IpcTimeout, Message
-from hwl.proto import codec
+from hwl.proto import codec, wire
 from hwl.proto.errno import Errno, from_minix
 
 #: Makes the client's error from (errno, call, detail): a CallError subclass, or
 #: for INET's sockets an OSError.
 ErrorMaker = Callable[[Errno, str, str], Exception]
+
+
+class Attachable:
+    """A client over ``conn``, a context manager: a connection :func:`attach` made
+    is closed with the client; one passed in is the caller's to close."""
+
+    conn: Connection
+    _owns_conn = False
+
+    def close(self) -> None:
+        """Close the connection if :func:`attach` made it."""
+        if self._owns_conn:
+            self.conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+A = TypeVar("A", bound=Attachable)
+
+
+def attach(run_dir: str | Path, make: Callable[[Connection], A]) -> A:
+    """``make`` a client over a new connection to the kernel of the machine in
+    ``run_dir``, as a user process; the client owns the connection."""
+    conn = Connection.attach(Path(run_dir) / wire.SOCKET_NAME)
+    try:
+        client = make(conn)
+    except BaseException:
+        conn.close()
+        raise
+    client._owns_conn = True
+    return client
 
 
 def error_detail(reply: Message, server: str) -> str:

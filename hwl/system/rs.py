@@ -365,7 +365,7 @@ def reply_endpoint(reply: Message, request: str) -> int:
 # ---------------------------------------------------------------------- API
 
 
-class Rs:
+class Rs(call.Attachable):
     """Requests to RS over one connection; ``with Rs.attach(run_dir) as rs: ...``.
 
     ``Rs(conn)`` talks to ``conn.root_endpoint`` (RS is the kernel's root process)
@@ -381,30 +381,11 @@ class Rs:
         self.conn = conn
         self.endpoint = conn.root_endpoint if endpoint is None else endpoint
         self.timeout = timeout
-        self._owns_conn = False
 
     @classmethod
     def attach(cls, run_dir: str | Path, *, timeout: float | None = None) -> Rs:
         """Attach to the kernel of the machine in ``run_dir`` as a user process."""
-        conn = Connection.attach(Path(run_dir) / KERNEL_SOCKET)
-        try:
-            rs = cls(conn, timeout=timeout)
-        except BaseException:
-            conn.close()
-            raise
-        rs._owns_conn = True
-        return rs
-
-    def close(self) -> None:
-        """Close the connection if :meth:`attach` made it."""
-        if self._owns_conn:
-            self.conn.close()
-
-    def __enter__(self) -> Rs:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return call.attach(run_dir, lambda conn: cls(conn, timeout=timeout))
 
     # -------------------------------------------------------------- requests
     def request(self, m_type: int, fields: dict[str, codec.Value] | None = None) -> Message:

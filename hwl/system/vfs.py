@@ -66,8 +66,8 @@ from hwl.proto.vfs import (
 from hwl.proto.vfs import (
     VFS_WRITE as VFS_WRITE,
 )
-from hwl.system.call import request
-from hwl.system.rs import KERNEL_SOCKET, Rs, RsError
+from hwl.system.call import Attachable, attach, request
+from hwl.system.rs import Rs, RsError
 
 __all__ = ["DeviceFile", "Vfs", "VfsError"]
 
@@ -103,7 +103,7 @@ def mode_flags(mode: str) -> int:
     return O_RDONLY
 
 
-class Vfs:
+class Vfs(Attachable):
     """VFS at ``endpoint`` (looked up at RS as ``vfs`` if None), called over ``conn``."""
 
     def __init__(
@@ -111,7 +111,6 @@ class Vfs:
     ) -> None:
         self.conn = conn
         self.timeout = timeout
-        self._owns_conn = False
         if endpoint is None:
             try:
                 endpoint = Rs(conn, timeout=timeout).lookup("vfs")
@@ -122,24 +121,7 @@ class Vfs:
     @classmethod
     def attach(cls, run_dir: str | Path, *, timeout: float | None = None) -> Vfs:
         """A user process's VFS: attach to the kernel of the machine in ``run_dir``."""
-        conn = Connection.attach(Path(run_dir) / KERNEL_SOCKET)
-        try:
-            vfs = cls(conn, timeout=timeout)
-        except BaseException:
-            conn.close()
-            raise
-        vfs._owns_conn = True
-        return vfs
-
-    def close(self) -> None:
-        if self._owns_conn:
-            self.conn.close()
-
-    def __enter__(self) -> Vfs:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return attach(run_dir, lambda conn: cls(conn, timeout=timeout))
 
     # ------------------------------------------------------------- raw calls
     def call(self, m_type: int, fields: dict[str, codec.Value]) -> Message:
