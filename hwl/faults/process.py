@@ -53,6 +53,14 @@ class _ServiceFault(Fault):
         self.detail.update(pid=row.pid, endpoint=row.endpoint, restarts=row.restarts)
         return row
 
+    def _signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the service's process of now."""
+        row = self._row()
+        try:
+            os.kill(row.pid, sig)
+        except ProcessLookupError as exc:
+            raise FaultError(f"{self}: pid {row.pid} is gone already") from exc
+
 
 class Kill(_ServiceFault):
     """Send ``sig`` (default SIGKILL) to the service's process. Instant: what
@@ -75,11 +83,7 @@ class Kill(_ServiceFault):
         return {"signal": self.sig.name}
 
     def _inject(self) -> None:
-        row = self._row()
-        try:
-            os.kill(row.pid, self.sig)
-        except ProcessLookupError as exc:
-            raise FaultError(f"{self}: pid {row.pid} is gone already") from exc
+        self._signal(self.sig)
 
 
 class Stop(_ServiceFault):
@@ -90,11 +94,7 @@ class Stop(_ServiceFault):
     kind = "stop"
 
     def _inject(self) -> None:
-        row = self._row()
-        try:
-            os.kill(row.pid, signal.SIGSTOP)
-        except ProcessLookupError as exc:
-            raise FaultError(f"{self}: pid {row.pid} is gone already") from exc
+        self._signal(signal.SIGSTOP)
 
     def _heal(self) -> None:
         pid = int(self.detail["pid"])
