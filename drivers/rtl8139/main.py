@@ -179,13 +179,7 @@ class Rtl8139(nic.NicDriverBase):
         b.outl(io + RDSAR_HI, 0)
         b.outl(io + TNPDS_LO, tx.phys)
         b.outl(io + TNPDS_HI, 0)
-        b.outb(io + CR, CR_RE | CR_TE)  # both ring positions back to descriptor 0
-        b.outl(io + RCR, self._rcr_value(self.rcr))
-        self._mar_ops(b, self.mar)
-        b.outl(io + MPC, 0)
-        b.outw(io + IMR, IMR_BITS)
-        self._vdevio(b, irq=True)
-        self.rx_next = self.tx_next = 0
+        self._start(b, IMR_BITS)  # CR: both ring positions back to descriptor 0
 
     def _start_classic(self) -> None:
         """RBSTART, CR, RCR (which zeroes both ring pointers), IMR, the IRQ hook: one call."""
@@ -193,14 +187,20 @@ class Rtl8139(nic.NicDriverBase):
         assert rx is not None
         io, b = self.io, Batch()
         b.outl(io + RBSTART, rx.phys)
+        self._start(b, IMR_CLASSIC)
+        self.dirty = True
+
+    def _start(self, b: Batch, imr: int) -> None:
+        """After either mode's ring addresses: CR (receiver and transmitter on), RCR,
+        MAR, MPC cleared, IMR, and the IRQ hook enabled, in the same call."""
+        io = self.io
         b.outb(io + CR, CR_RE | CR_TE)
         b.outl(io + RCR, self._rcr_value(self.rcr))
         self._mar_ops(b, self.mar)
         b.outl(io + MPC, 0)
-        b.outw(io + IMR, IMR_CLASSIC)
+        b.outw(io + IMR, imr)
         self._vdevio(b, irq=True)
         self.rx_next = self.tx_next = 0
-        self.dirty = True
 
     def _rcr_value(self, accept: int) -> int:
         return accept | RCR_MXDMA_UNLIMITED | (RCR_RBLEN_64K if self.classic else 0)
