@@ -1,38 +1,13 @@
-"""Multi-component live update (MINIX's update chain: ``service -q update`` and
-``service sysctl upd_run``).
+"""Multi-component live update (MINIX's update chain: ``service -q update``, then
+``sysctl upd_run``/``upd_start``/``upd_stop``/``upd_status``) (docs/services.md).
 
-``service -q update ...`` queues an update and is answered at once; RS starts
-the new version then, as MINIX creates it at that point, and it waits for its
-init. ``sysctl upd_run`` (or ``upd_start``, answered at once) runs the queue:
-
-1. RS asks each old version in queue order for its state; each reaches it,
-   saves its state and blocks (callers queue on its endpoint), and only then is
-   the next one asked. Each has its own maxtime from the moment it is asked.
-2. With every one blocked, RS initialises every new version (type lu) with its
-   saved state.
-3. With every init answered OK, RS swaps them all (the kernel's ``update``
-   call, one per service), and only then lets each new version serve and kills
-   the old ones. A prepare-only service (``-o``) is held with the others and
-   resumed at this point: it gets no new version.
-
-Any failure rolls every service back, whatever its phase: the one being
-prepared gets a cancel, the blocked ones are answered and serve on, the new
-versions are killed, swaps already made are swapped back. The result is
-MINIX's: 0; ERESTART if a new version crashed; ENOSYS (or the errno the init
-returned) if one failed its init; EINTR if a state was not reached or an init
-did not answer within maxtime; the errno a service refused its state with.
-Endpoints never change, and nothing counts as a restart.
-
-The same checks as MINIX's ``do_update``: while anything is being updated a
-new update is EBUSY; while a queue exists an update without ``-q`` is EBUSY,
-and queueing a service twice is EINVAL. ``upd_run`` with nothing queued is
-EINVAL; ``upd_stop`` drops the queue, or aborts the running batch (EINTR).
-
-Where hwl differs: MINIX asks a prepare-only service for its state and goes
-on without waiting for it; hwl waits for it as for the others, so the moment of
-the swap is quiet for every service in the queue. A queued service that dies,
-is restarted or goes down before ``upd_run`` makes the run fail (ESRCH) and
-the queue is dropped; MINIX keeps its slot pointers instead.
+:class:`MultiUpdater` holds the one queue; :class:`Batch` runs it through the
+phases of :mod:`hwl.servers.rs.update` for all its services at once. What a caller
+relies on: every service is asked for its state in queue order and swapped only
+when all inits answered OK; any failure rolls every one back (cancel, answer the
+blocked, kill the new versions, swap back) with MINIX's result errno; endpoints
+never change and nothing counts as a restart. The request checks (EBUSY, EINVAL)
+are MINIX's ``do_update``'s; how hwl differs from MINIX is in the docs page.
 """
 
 from __future__ import annotations

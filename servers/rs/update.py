@@ -1,26 +1,15 @@
-"""Live update (MINIX's rs/update.c): the phases, and the update of one service.
-
-1. RS starts the new version; it waits in ``sef.startup`` for its init.
-2. RS asks the old version for the state (``SEF_LU_PREPARE``). The old one
-   keeps serving until it reaches the state, then saves its state and blocks
-   in a ``sendrec`` to RS: from here on it serves nobody, and callers queue on
-   its endpoint.
-3. RS hands the saved state to the new version's init (type lu).
-4. Init OK: the kernel's ``update`` call moves the new process onto the old
-   endpoint (the queued callers are now its callers), RS notifies it there (it
-   waits for that before serving) and kills the old process.
-   Init failed, crashed or timed out: RS kills the new process and answers the
-   old one's ``sendrec``: it resumes serving (rollback).
-
-The state not reached within maxtime aborts the update with EINTR; the old
-version gets a cancel and serves on. The new version's init runs before the
-swap, so a crash there never touches the old endpoint.
+"""Live update (MINIX's rs/update.c): the phases, and the update of one service
+(docs/services.md, "Live update, step by step").
 
 :class:`Updater` holds every service's part of an update (:class:`Update`) and
-the phases above, one call each; RS's events (a prepare answer, an init answer,
-an exit, a timer) go to the update's owner, which decides what comes next:
-:class:`Single` for ``service update`` and, for a queue of them updated together,
-:class:`hwl.servers.rs.multiupdate.Batch`.
+the phases, one call each: start the new version, ask the old one for its state,
+init the new one with the saved state, swap (the kernel's ``update``) or roll
+back. RS's events (a prepare answer, an init answer, an exit, a timer) go to the
+update's owner, which decides what comes next: :class:`Single` for ``service
+update`` and, for a queue updated together,
+:class:`hwl.servers.rs.multiupdate.Batch`. The old version serves on after any
+failure; the new version's init runs before the swap, so a crash there never
+touches the endpoint clients use.
 """
 
 from __future__ import annotations
