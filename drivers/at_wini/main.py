@@ -1,43 +1,17 @@
-"""at_wini: ATA disks on QEMU's PIIX IDE controller, a block driver.
+"""at_wini: ATA disks on QEMU's PIIX IDE controller, a block driver (docs/drivers.md).
 
-``service up hwl.drivers.at_wini -args "instance=0"`` (RS, system.conf entry
-``at_wini``). Arguments, MINIX style ``key=value``: ``instance`` (0: primary
-channel 0x1F0/0x3F6, IRQ 14; 1: secondary 0x170/0x376, IRQ 15), ``pio=1`` (PIO
-instead of bus-master DMA; its data moves in 32-bit units, which the PIIX's data
-port takes, or with ``pio32=0`` in 16-bit words), ``lba48=1`` (LBA48 commands
-even where LBA28 would do), ``timeout`` (seconds per command), ``debug=1``
-(tests: answer AT_DEBUG_IN, a port read, and the ioctls ``debug_read``, a raw
-sector, and ``debug_stats``, the DMA commands issued and the separate calls
-that copied their data), ``hold=S`` (tests: after issuing each command, log
-"holding" and sleep S seconds before taking its interrupt, so a test can kill
-the driver between an ATA command and its interrupt), ``path`` (DMA only:
-``new``, the default, or ``old``; below).
+``service up hwl.drivers.at_wini -args "instance=0"`` (system.conf entry
+``at_wini``); the arguments are ``args``'s. This module is the block driver's
+callbacks, the minors (drive * 5 + n: n = 0 the whole disk, 1..4 the MBR's primary
+partitions) and the retries: an ERR/DF status, a bus-master error or a timeout
+(``CommandError.timeout``, which also resets the channel) is retried up to
+``RETRIES`` times, then answered EIO, and the driver serves on. The other jobs are
+``channel``, ``pio``, ``dma``, ``state`` and ``lie``.
 
-DMA path (``path``): ``dma.py``. The modules: ``args`` (the arguments),
-``channel`` (the controller's reservation, IDENTIFY, a command's registers, its
-interrupt and timeout, the reset), ``pio`` and ``dma`` (the two ways data moves),
-``state`` (what a live update hands over), ``lie`` (tests' lying driver), and
-this one: the block driver's callbacks, minors and partitions, retries.
-
-The controller is found and reserved through the PCI server (class 1/1); that
-reserve grants the compatibility-mode ports and IRQs and the bus-master BAR 4.
-Commands are interrupt driven: the command is issued with one ``vdevio``, the
-driver waits for the HARDWARE notify (other requests are deferred) with a
-``setalarm`` timeout, then checks the status. A timeout (``CommandError.timeout``)
-resets the channel; an ERR/DF status or a timeout is retried up to ``RETRIES``
-times, then EIO.
-Minor devices: drive * 5 + n, n = 0 the whole disk, 1..4 the MBR's primary
-partitions (read when a drive goes from no open minor to one).
-
-Live update (``service update``): a command in flight never counts as a state
-reached (the interrupt wait is a nested receive). Besides the standard states,
-``AT_LU_STATE_FLUSHED`` (7) is reached once nothing is queued and every drive
-written since its last FLUSH CACHE has been flushed. The new version takes over
-what the old one held at the endpoint (the PCI reservation's grants, the IRQ
-hook, the DMA buffers, all of which stay with the endpoint through the kernel's
-``update``) from the saved state, with the drives found by IDENTIFY; it touches
-no hardware in its init. It must use the same instance and the same mode (PIO or
-DMA), or its init refuses with EINVAL and RS rolls back.
+Live update: no state is reached while a command is in flight; besides the
+standard states, ``AT_LU_STATE_FLUSHED`` (7) is reached once nothing is queued and
+every written drive is flushed. The new version's init touches no hardware and
+refuses (EINVAL) another instance or another mode (PIO or DMA) than the old one's.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """dp8390: NE2000-compatible PCI cards (QEMU's ne2k_pci, a Realtek 8029), a NIC driver.
 
-``service up hwl.drivers.dp8390 -args "instance=0"`` (system.conf entry ``dp8390``).
+``service up hwl.drivers.dp8390 -args "instance=0"``
+(system.conf entry ``dp8390``; docs/network.md).
 
 The card has no bus master: frames move through its remote-DMA data port, in
 32-bit units, between the card's 48 KiB of memory and a staging buffer of the

@@ -1,6 +1,6 @@
 """e1000: Intel PRO/1000 cards (QEMU's e1000, an 82540EM, and its 82544/82545 variants).
 
-``service up hwl.drivers.e1000 -args "instance=0"`` (system.conf entry ``e1000``).
+``service up hwl.drivers.e1000 -args "instance=0"`` (system.conf entry ``e1000``; docs/network.md).
 
 Registers through MMIO only (BAR0, 32-bit accesses: QEMU's I/O BAR is a stub).
 Both descriptor rings and their packet buffers live in two DMA buffers of the

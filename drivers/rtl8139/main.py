@@ -1,4 +1,5 @@
-"""rtl8139: Realtek 8139 cards (QEMU's rtl8139, an 8139C+ at PCI revision 0x20).
+"""rtl8139: Realtek 8139 cards (QEMU's rtl8139, an 8139C+ at PCI revision 0x20;
+docs/network.md).
 
 ``service up hwl.drivers.rtl8139 -args "instance=0"`` (system.conf entry ``rtl8139``);
 ``mode=classic`` selects the classic ring-buffer mode (MINIX's driver), the

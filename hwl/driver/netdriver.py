@@ -1,39 +1,25 @@
-"""libnetdriver: the main loop of a NIC driver and its dispatch table (MINIX 3.4's model).
+"""libnetdriver: the main loop of a NIC driver and its dispatch table (MINIX 3.4's
+model; docs/network.md, "NDEV and libnetdriver").
 
-A driver fills a :class:`NetDriver` table, calls :func:`setup` before
-``sef.startup()`` and :func:`task` after it. The library speaks NDEV
+A driver fills a :class:`NetDriver` table (or :meth:`NetDriver.of` an object with
+methods of the callbacks' names), calls :func:`setup` before ``sef.startup()`` and
+:func:`task` after it (:func:`run` does all three). The library speaks NDEV
 (:mod:`hwl.proto.ndev`) with one client; the driver only moves frames:
 
-- ``init(instance)`` finds, reserves and initialises the card and returns its
-  :class:`~hwl.proto.ndev.InitReply` (MAC, name, link). It runs in SEF's init, so a
-  driver that cannot find its card fails its init and RS sees it. Then the driver
-  is announced as ``drv.net.<label>`` in DS.
-- ``send(frames)`` puts frames on the wire and returns how many it took (a driver
-  may take a few per call: the rest is offered at once); none means the card is
-  full, and the rest is offered again after the next interrupt or tick.
-  ``recv(n)`` returns up to ``n`` frames that have arrived.
-- ``intr(mask)`` acknowledges the card and re-enables its IRQ line; afterwards the
-  library offers pending sends and answers pending receives.
-- ``set_mode(mode, mcast)``, ``stop()``, ``tick()`` (every ``tick_seconds``),
-  ``get_link()``, ``other(m)``, ``state_save()``/``state_restore(state)``.
+- ``init(instance)`` finds, reserves and starts the card and returns its
+  :class:`~hwl.proto.ndev.InitReply`; it runs in SEF's init, so a driver that
+  cannot find its card fails its init. Then the driver is announced in DS.
+- ``send(frames)`` returns how many frames it took (0: the card is full; the rest
+  is offered again after the next interrupt or tick); ``recv(n)`` returns up to
+  ``n`` frames that arrived.
+- ``intr(mask)`` acknowledges the card and re-enables its IRQ line.
+- optional: ``set_mode(mode, mcast)``, ``stop()``, ``tick()`` (every
+  ``tick_seconds``), ``get_link()``, ``other(m)``, ``state_save()`` /
+  ``state_restore(state)``.
 
-As in MINIX: every NDEV request before INIT is dropped without a reply (counted),
-so requests in flight at a restart vanish and the client, told by DS, starts over
-with INIT. SEND and RECV while the mode is DOWN, and every request pending when
-it goes DOWN, are answered EINTR. A malformed request is answered EINVAL with the
-reason and counted; the driver keeps serving. A restart is a fresh start (MINIX's
-"reset" policy).
-
-The incarnation, the deferred queue, live update and the announcement are the
-driver core's (:mod:`hwl.driver.core`), shared with libblockdriver. INIT_REPLY and
-STATUS carry ``gen``, the incarnation (the pid at start, kept by a live update):
-a client sees a new driver behind the same label by it. The loop serves deferred
-messages first, so a driver may wait for its interrupt mid-work with
-``core.wait_intr`` (at_wini's kind of wait). Live update: REQUEST_FREE is reached with no
-send pending, PROTOCOL_FREE with nothing pending at all (and neither while a
-message is deferred); the client, the mode, the pending receives, the received
-frames not yet answered and the counters travel to the new version with the
-core's state and the driver's own.
+The library keeps MINIX's rules for requests before INIT, while DOWN and when
+malformed, and carries its own state through a live update; the incarnation, the
+deferred queue and the interrupt wait are :mod:`hwl.driver.core`'s.
 """
 
 from __future__ import annotations

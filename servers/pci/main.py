@@ -1,57 +1,16 @@
-"""The PCI server's loop: SEF startup, the bus scan, one request at a time.
+"""The PCI server's loop: SEF startup, the bus scan, one request at a time (docs/pci.md).
 
 The jobs are split: ``requests`` answers the requests, ``reservations`` keeps who
 holds which device or IDE channel, ``state`` is what a live update carries,
 ``bus`` scans configuration space and ``acl`` says who may see what.
 
-Requests are ``sendrec`` with the ``proto.PCI_*`` types; the reply's m_type is 0 or
-a negative MINIX errno with an ``error`` field that says why, and the request is
-logged. Nothing a caller sends ends the server: malformed fields, unknown device
-indexes, a port that is not a BAR, a write to a device the caller did not reserve,
-a kernel call that fails, all become error replies. As in DS, a message whose
-m_type is 0 or negative (a stray reply) and notifications from processes are not
-answered.
-
-Rules (MINIX's pci.c, with hwl's choices where it is silent):
-
-- A caller sees the devices its ACL allows (``hwl.servers.pci.acl``); every request that
-  names a device (first/next, find, ids, attribute reads, BARs, slot name, info,
-  reserve) refuses an invisible one with EPERM, an unknown devind with EINVAL.
-- ``reserve``: EBUSY, naming the holder, if another live endpoint holds the device.
-  A holder that died (its endpoint is no longer in the kernel's process table)
-  loses the device there and then. Otherwise the caller becomes the holder and
-  the kernel grants it (``privctl add_io``/``add_mem``/``add_irq``) the device's
-  I/O BARs, memory BARs and IRQ line, and for a compatibility-mode IDE function
-  the legacy ports and IRQs 14 and 15 (``hwl.servers.pci.bus``). The reply lists what
-  was granted. Reserving a device one already holds grants it again (a driver
-  restarted at the same endpoint needs its ports back). If the kernel refuses a
-  grant, the reservation is undone and the kernel's errno is the reply. The
-  kernel is also told the function (``privctl add_pci``, channel reserves too):
-  when the holder dies it turns the function's bus mastering off before it frees
-  the holder's DMA buffers, unless another live process holds the function.
-- ``reserve`` with ``channel`` (0 or 1) takes one channel of a compatibility-mode
-  IDE function (one at_wini instance per channel): that channel's legacy ports
-  and IRQ and its 8-byte half of the bus-master BAR 4. EBUSY if another live
-  process holds that channel or the whole function; a whole-function reserve is
-  EBUSY while another live process holds a channel. Channel holders may write
-  the function's configuration (bus mastering). Channel reservations travel in a
-  live update; after a PCI restart they are not recovered (docs/drivers.md).
-- ``release``: gives the device (or, without ``devind``, every device the caller
-  holds) back. The kernel has no call to take port ranges away, so what was
-  granted stays granted until the process ends, as in MINIX.
-- A dead holder's devices are released lazily (at the next ``reserve`` of the
-  device) and eagerly: every ``--check-period`` seconds (default 2) a CLOCK alarm
-  has the server read the process table and release what dead endpoints held.
-- Attribute writes need the reservation (EPERM otherwise) and may not touch the
-  BAR registers (0x10..0x27): the grants follow the BARs found at the scan.
-- ``find_dev``/``ids``/``dev_name``/``slot_name`` answer as MINIX's do;
-  ``dev_info`` (hwl's addition) returns the whole record, with the holder.
-
-Init: fresh and restart scan the bus. A restart also recovers reservations: a
-device whose ranges all lie in exactly one live process's run-time grants (the
-kernel's ``privctl get``) is taken to be that process's. A live update carries
-the device table and the reservations to the new version (``state_save``), so the
-new version does not probe the bus while drivers use it.
+What a caller relies on: each ``sendrec`` with a ``proto.PCI_*`` type is answered
+0 or a negative MINIX errno with an ``error`` field, and nothing it sends ends the
+server; stray replies (m_type 0 or below) and notifications other than its alarm
+are not answered. A CLOCK alarm every ``--check-period`` seconds releases what dead
+holders held. Init: fresh and restart scan the bus (a restart recovers the
+reservations from the kernel's grants); a live update carries the device table and
+the reservations, so the new version does not probe the bus while drivers use it.
 """
 
 from __future__ import annotations
