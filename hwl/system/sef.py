@@ -1,34 +1,18 @@
-"""SEF, the system event framework: what every service does the same way.
+"""SEF, the system event framework: what every service does the same way, as MINIX's
+libsys (docs/services.md, "SEF").
 
 A service sets its callbacks, calls :func:`startup` (which waits for RS's init
-request, runs the matching init callback and reports the result), then loops on
-:func:`receive`, which answers RS's pings, handles live-update requests and
-returns every other message. As in MINIX's libsys:
+request, runs the matching init callback, fresh, restart or lu, and reports its
+result), then loops on :func:`receive`, which answers RS's pings, handles
+live-update and fault-injection requests and returns every other message.
 
-- init: ``fresh`` on a first start, ``restart`` after a crash or refresh, ``lu``
-  for the new version of a live update (``InitInfo.saved`` then holds what the old
-  version's ``state_save`` returned). Each returns OK (0) or an errno.
-- ping: a notify from RS; the default answer is a notify back.
-- live update: RS asks for a state; before each receive SEF asks ``prepare``
-  whether the state is reached (WORK_FREE always is, at a receive; a
-  ``receive(nested=True)`` inside a piece of work, such as a driver waiting for
-  its interrupt, never counts); once it is,
-  ``state_save`` runs and SEF tells RS, then blocks until RS either aborts the
-  update (SEF resumes, state NULL) or kills this process (the new version serves).
-- replies: ``reply`` keeps an answer to leave with the next receive (one kernel
-  round trip for both); the connection sends it first if the service blocks on
-  anything else, and SEF when SIGTERM ends the service, so a server never
-  flushes it.
-- SIGTERM ends the service gracefully (``signal_handler``, default: exit 0).
-- fault injection (``service fi``): RS's ``SEF_FI`` crashes the service at once
-  (a log line, then exit status ``FI_CRASH_STATUS``: MINIX's panic), or hangs it
-  (nothing answered, pings included), or arms a fault for the next request (an
-  exception raised as it arrives) or the next reply (not sent, or its payload
-  garbled so the client's decoder fails); every service that receives and
-  replies through SEF gets them.
-
-The predefined callbacks (``init_fail``, ``lu_prepare_never_ready``, ...) are
-MINIX's test callbacks.
+What a service relies on: a reply kept with :func:`reply` leaves with the next
+receive, or before the service blocks on anything else, or when SIGTERM ends it,
+so a server never flushes it; a ``receive(nested=True)`` inside a piece of work
+never counts as a live-update state reached; once a state is reached
+``state_save`` runs and the service blocks until RS kills it or aborts the update
+(then it serves on); SIGTERM ends it through ``SystemExit``. The predefined
+callbacks (``init_fail``, ``lu_prepare_never_ready``, ...) are MINIX's test callbacks.
 """
 
 from __future__ import annotations

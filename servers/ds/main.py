@@ -1,32 +1,14 @@
-"""The data store server's loop: SEF startup, one request at a time, notifications.
+"""The data store server's loop: SEF startup, one request at a time, notifications
+(docs/ds.md). The rules are :mod:`hwl.servers.ds.store`'s.
 
-DS answers every request with a non-blocking reply (``sef.reply_receive``): a
-caller that does not wait for the answer (RS publishes labels with an asynchronous
-send) does not get one, unless it happens to sit in ``receive(ANY)`` at that moment,
-in which case it receives a status message (m_type 0 or -errno) from DS that it
-should drop. DS itself never answers a message whose m_type is 0 or negative (a
-status, not a request), so two servers cannot bounce error replies forever. The
-rules are in :mod:`hwl.servers.ds.store`.
-
-Who a caller is: its label from the ``label`` entries RS publishes, else from the
-kernel's process table (``getinfo proctab``), kept until a lookup misses. The
-process that started DS (its parent, RS) is the only one that may publish labels.
-
-Subscribers are notified with ``notify`` when a key they watch changes; a notify
-that fails (the subscriber died, EDEADSRCDST) drops the subscription. When the
-subscription table is full, DS asks the kernel which subscribers still live and
-drops the others before refusing (EAGAIN).
-
-Init: fresh starts from an empty store. A live update carries the store to the new
-version: ``state_save`` encodes it (``Store.save``, the hwl codec, no pickle) and the
-new version's ``init_lu`` restores it from ``InitInfo.saved``. Beyond MINIX (whose
-restarted DS starts empty and learns only the labels RS publishes again), the store
-also survives DS's death: after every request that changed it DS keeps it in the
-kernel (kernel call ``keep``, under its label), and a restarted DS (init type
-restart) takes it back: every key, owner, label and subscription, so subscribers
-keep theirs and need not announce again. What died while DS was down is dropped
-then: subscriptions of dead endpoints, and labels (with what they own) of dead
-endpoints, as RS's delete would have done.
+What a caller relies on: every request is answered with a non-blocking reply (a
+caller that sent asynchronously may find a status message from DS in a
+``receive(ANY)`` and must drop it), and DS never answers a message whose m_type is 0
+or negative. A caller is known by the label RS published for it, else by the
+kernel's process table; only DS's parent (RS) publishes labels. A subscriber is
+notified when a key it watches changes; a notify that fails drops the subscription.
+The store survives a live update and, beyond MINIX, DS's own death (kept in the
+kernel after every change; what died meanwhile is dropped at the restart).
 """
 
 from __future__ import annotations

@@ -1,30 +1,12 @@
-"""The data store's state and rules, without any IPC: what DS does with a request.
+"""The data store's state and rules, without any IPC: what DS does with a request
+(MINIX's ``servers/ds/store.c``; the rules, and where hwl differs, in docs/ds.md).
 
-The model is MINIX's ``servers/ds/store.c``:
-
-- An entry is identified by its key *and* its type: ``u32``, ``str``, ``mem`` and
-  ``label`` are separate name spaces, so ``foo`` as a u32 and ``foo`` as a str are two
-  entries, and retrieving or deleting with the wrong type finds nothing (ESRCH).
-- Every entry is owned by the label of the process that published it. Publishing an
-  existing key is EEXIST without OVERWRITE; another owner's key is EPERM (hwl checks
-  ownership first, so a non-owner learns EPERM with or without OVERWRITE; MINIX says
-  EEXIST without the flag and lets anyone overwrite an entry not marked private).
-  Only the owner deletes (EPERM). A PRIVATE entry is retrieved only by its owner
-  (EPERM), and its changes are reported only to its owner's subscription.
-- ``label`` entries map a service's label (the key) to its endpoint. Only RS
-  publishes them (EPERM for anyone else). A label entry is also found by endpoint:
-  publishing a label for an endpoint that already has one is EEXIST without
-  OVERWRITE, and renames the entry with it. Deleting a label entry (RS does when a
-  service goes away) deletes the subscriptions and the entries that label owns, as
-  MINIX's ``do_delete`` does, so subscribers see a dead driver's keys disappear.
-- A subscription is one anchored regular expression (the whole key must match, as
-  MINIX compiles ``^regex$``) per process; a second one is EEXIST unless OVERWRITE
-  replaces it. A key changes when it is published (also overwritten) or deleted; the
-  subscription remembers each changed key once, in the order of the first change,
-  and ``check`` hands them out one at a time (ENOENT when none is left). INITIAL
-  marks every key that already matches as changed right away. Subscriptions belong
-  to a process (its endpoint), not to a label: a dead subscriber's subscription is
-  dropped when DS learns of the death (``drop_subscriber``).
+An entry is named by its key and its type and owned by its publisher's label;
+only the owner overwrites (with OVERWRITE) or deletes it, and a PRIVATE entry is
+its owner's alone. Only RS publishes ``label`` entries; deleting one deletes the
+subscriptions and entries of that label. A subscription is one anchored regex per
+process; each changed key is handed out once by ``check``, in the order of its
+first change; a dead subscriber's subscription goes with ``drop_subscriber``.
 
 Everything a request carries is checked here (``handle``): a bad request is a
 :class:`StoreError` with EINVAL and a message that says what is wrong, never a crash.

@@ -1,4 +1,5 @@
-"""vfs: block device files for user processes, and recovery from driver crashes.
+"""vfs: block device files for user processes, and recovery from driver crashes
+(docs/vfs.md).
 
 Run by RS (``service up hwl.servers.vfs``, entry ``service vfs`` in system.conf).
 Protocol and client: :mod:`hwl.system.vfs`. The modules: ``devmap`` (device file
@@ -6,30 +7,10 @@ names), ``requests`` (checking and running a request), ``files`` (the fd table a
 dead clients), ``transfer`` (the data path), ``devices`` (driver calls and
 recovery), ``errors``, and this one: init and the loop.
 
-- **Files**: an fd belongs to (client endpoint, number) and holds the device, the
-  access mode and the byte position. The first open of a minor opens it on the
-  driver (``BDEV_OPEN``) and asks its geometry; the last close closes it.
-- **Data** moves in chunks of :data:`CHUNK` bytes. A chunk of whole sectors goes
-  straight between the driver and the client: VFS hands the driver an indirect
-  grant, narrowed to that chunk, of the client's grant (one copy). Other chunks go
-  through VFS's bounce buffer: whole sectors from the driver, then ``safecopyto``
-  the client's grant (the reverse for writes, merging partial sectors first). So
-  clients need no alignment.
-- **Recovery** (as MINIX's VFS ``bdev_up``): VFS subscribes to ``drv\\.blk\\..*``
-  in DS. A driver call that fails with EDEADSRCDST / EDEADEPT (the process died;
-  with policy reset its endpoint is gone) or ERESTART (a new incarnation that
-  the minor was not re-opened on) marks the driver down and keeps the request
-  pending, with what it has done so far; the client is not answered. VFS tries
-  to recover at once (the driver may be up already), then on every DS change of
-  ``drv.blk.<label>`` and on a 1 s alarm while a driver is down (the labels, endpoints
-  and waiting requests are kept by :mod:`hwl.system.recovery`): look the label
-  up again (a new endpoint with policy reset), re-open every minor VFS has open
-  there, re-issue the pending requests in order. The client sees a delay.
-- **Dead clients**: a client process that ends without closing its files (killed,
-  crashed) would keep its minors open on the driver. Every :data:`REAP_SECONDS`
-  while files are open, and before each open, VFS compares its clients with the
-  kernel's process table and closes the files of those that are gone (flushing
-  what they wrote), as MINIX's VFS does at a process's exit.
+What a client relies on: an fd belongs to (client endpoint, number); data needs
+no alignment; a driver's death costs a delay, not an error (the request stays
+pending and is re-issued once the driver is back, its minors re-opened); files of
+a client that died without closing them are closed, flushing what it wrote.
 """
 
 from __future__ import annotations
