@@ -1,28 +1,19 @@
-"""Disk faults, done by QEMU's block layer under a running machine.
+"""Disk faults, done by QEMU's block layer under a running machine (docs/faults.md,
+"Disk faults").
 
 - :class:`DiskError`: an I/O error on chosen sectors, for reads, writes or both,
-  once per sector or until healed. A ``blkdebug`` node is added above the
-  drive's file node and the format node is reopened onto it
-  (``blockdev-add`` + ``blockdev-reopen``, QEMU 6.1 on); heal reopens the format
-  node onto its file again and deletes the blkdebug node. blkdebug matches a
-  request that *touches* a listed sector, so a 1 MiB read over a bad sector
-  fails as a whole. The profile renders hwl's disks with ``rerror`` and
-  ``werror`` = ``report``: the IDE device then answers the command with ERR in
-  its status (ABRT in its error register) instead of stopping the machine.
+  once per sector or until healed (a ``blkdebug`` node reopened under the drive's
+  format node). A request that touches a bad sector fails as a whole, and the IDE
+  device answers it with ERR (the profile renders ``rerror``/``werror`` =
+  ``report``) instead of stopping the machine.
 - :class:`SlowDisk`: I/O throttling (``block_set_io_throttle``) of bytes or
   requests per second.
-- :class:`DiskStall`: requests held until heal: a throttle of 1 byte/s whose
-  budget hwl spends at once with a 512-byte read of its own (QEMU lets the first
-  request through an empty bucket). QEMU releases held requests whenever it
-  drains the drive: a machine pause, a reopen, and a driver that stops the bus
-  master after its own timeout. A blkdebug breakpoint (``break``/``resume``
-  through ``qemu-io``) would hold one request exactly, but a drain then waits for
-  it for ever with the big lock held, and QEMU stops answering QMP.
+- :class:`DiskStall`: requests held until heal, or until QEMU drains the drive (a
+  pause, a reopen, a driver stopping the bus master after its own timeout).
 
-Which sectors fail is decided when the fault is injected (QEMU does not ask hwl
-at each request): ``select``, a :class:`~hwl.faults.trigger.Trigger`, is offered
-each sector of the range in order, so ``Trigger(probability=10, seed=1)`` makes
-about one sector in ten bad, the same ones for the same seed.
+Which sectors fail is decided when the fault is injected: ``select``, a
+:class:`~hwl.faults.trigger.Trigger`, is offered each sector of the range in order,
+so the same seed makes the same sectors bad.
 """
 
 from __future__ import annotations

@@ -1,24 +1,18 @@
-"""Call channels: the kernel makes them and can end them; Linux carries them.
+"""Call channels: the kernel makes them and can end them; Linux carries them
+(docs/channels.md).
 
 A client's first ``sendrec`` to a server that serves channels asks the kernel for
-one (kernel call ``chanopen``). The kernel checks the ``ipc`` line and that the
-server lives, exactly as for a send, makes a SEQPACKET socketpair, answers the
-client with one end and queues the other for the server as a CHANNEL_GRANT
-message from the client's endpoint. Later calls and their replies go on the
-socket and never wake the kernel.
+one (kernel call ``chanopen``), checked as a send is; the client gets one end of a
+SEQPACKET socketpair and the server the other, as a CHANNEL_GRANT from the client's
+endpoint. Later calls and replies never wake the kernel.
 
-The kernel keeps both ends open: they are its handle for ending a channel.
-Shutting an end down ends the socket for every holder, so a client blocked on a
-channel whose server died reads EOF at once (its EDEADSRCDST), and its next send
-fails with EPIPE (the request never left: it goes on the kernel path, to a
-restarted server if there is one). A channel belongs to one client and one server
-incarnation: the death of either, a live update of either, or a ``privctl`` that
-no longer allows the call ends it.
-
-What the kernel no longer sees: a client blocked on a channel is RUNNING to it,
-so a cycle made only of channel calls is not refused with ELOCKED, and the
-callers of one server are served in the order the server's poll finds them, not
-strictly first come first served.
+The kernel keeps both ends: shutting one down ends the channel for every holder.
+A channel belongs to one client and one server incarnation: the death of either,
+a live update of either, or a ``privctl`` that no longer allows the call ends it;
+a client blocked on it then reads EOF (EDEADSRCDST), and a send on an ended
+channel fails EPIPE (the request never left). A cycle with a channel call in it
+is not refused with ELOCKED (:meth:`Channels.watch_cycles` logs it), and a server's
+callers are served round robin, not strictly first come first served.
 """
 
 from __future__ import annotations

@@ -1,27 +1,20 @@
-"""The network peer of a machine's NICs: Linux's own stack, or a frame socket.
+"""The network peer of a machine's NICs: Linux's own stack, or a frame socket
+(docs/network.md, "The peer").
 
-``netns`` (the default for an ``[hwl-net]``): one network namespace per machine,
-``hwl-<pid>-<random>``, holding a bridge ``br0`` with Linux at 10.0.2.2/24 and one
-TAP per netns ``[hwl-net]``, enslaved to ``br0``, so all of a machine's NICs share
-one L2 segment with Linux. Each TAP is made by opening ``/dev/net/tun`` from a
-thread that has joined the namespace (``setns`` through ctypes: ``os.setns`` is
-3.12+), so the device lives in the namespace while QEMU, which stays in the root
-namespace because COM1/COM2 are TCP chardevs on 127.0.0.1, receives its fd. The
-TAP is not persistent: it goes with the last fd, and everything goes with
-``ip netns del``. IPv6 is off in the namespace (no router solicitations or MLD
-reports on the wire), the bridge does no multicast snooping (else it joins
-224.0.0.106 and sends IGMP reports), ``rp_filter`` is off and ARP keeps Linux's
-defaults, so Linux answers ARP and ICMP for 10.0.2.2 as any host would and is
-otherwise silent: every frame on the segment was sent on purpose. Teardown order is
-fixed by Machine.close(): QEMU first, then the namespace.
+``netns`` (the default for an ``[hwl-net]``): one network namespace per machine
+holding a bridge ``br0`` with Linux at 10.0.2.2/24 and one TAP per ``[hwl-net]``
+enslaved to it, so all of a machine's NICs share one L2 segment with Linux, which
+answers ARP and ICMP as any host would and is otherwise silent. Each TAP is made
+from a thread that joined the namespace (``setns`` through ctypes: ``os.setns`` is
+3.12+) and its fd handed to QEMU, which stays in the root namespace; nothing is
+persistent: everything goes with ``ip netns del``, after QEMU (Machine.close()).
 
-``socket``: where no namespace can be made (no CAP_NET_ADMIN). QEMU gets
-``-netdev dgram`` between two UDP ports on 127.0.0.1 and the test gets the other
-end as a FrameSocket. There is no Linux stack behind it: frames go only where
-the test sends them.
+``socket``: where no namespace can be made (no CAP_NET_ADMIN): ``-netdev dgram``
+between two UDP ports on 127.0.0.1, the test holding the other end. Frames go only
+where the test sends them.
 
-Both peers hand out FrameSocket, so a test written against ``send_frame`` /
-``recv_frame`` runs on either.
+Both peers hand out :class:`FrameSocket`, so a test written against
+``send_frame`` / ``recv_frame`` runs on either.
 """
 
 from __future__ import annotations

@@ -1,22 +1,13 @@
-"""A restarted RS takes over the services its predecessor ran (beyond MINIX).
+"""A restarted RS takes over the services its predecessor ran (beyond MINIX; docs/
+services.md, "RS's own death").
 
 The kernel restarts RS at its old endpoint, so every service's parent is this RS
-again and the kernel's exit records reach it. The new RS:
-
-1. reads the table the old one kept (servers/rs/keep.py);
-2. takes the exits the kernel held while no RS ran, and handles each as a
-   death (restart by the service's policy, as before);
-3. asks the kernel's process table which of the kept instances still run:
-   those are adopted as they are (up, heartbeats rescheduled, restart count
-   kept, no restart); one the kernel no longer has died unseen and is restarted;
-4. settles what was half done: a service whose init was under way is killed
-   and restarted (a fresh ``service up`` of it is dropped: the operator's
-   request failed and may be retried), one being stopped is killed, one
-   waiting for its backoff is restarted now, one whose recovery script runs
-   waits for it as before;
-5. kills the processes it started that are nobody's current instance now
-   (replicas, new versions of live updates that were under way): their owner's
-   state went with the old RS; a wanted replica is made again.
+again and the kernel's exit records reach it. From the table the old RS kept
+(:mod:`hwl.servers.rs.keep`), the new one handles the exits held meanwhile as any
+death, adopts every kept instance the kernel still runs (no restart, restart count
+kept), restarts the ones that died unseen, settles what was half done (an init, a
+stop, a backoff, a recovery script) and kills the processes that are nobody's
+current instance now. What a caller relies on: nothing that runs is restarted.
 """
 
 from __future__ import annotations
