@@ -1,30 +1,18 @@
-"""libblockdriver: the main loop of a block driver and its dispatch table.
+"""libblockdriver: the main loop of a block driver and its dispatch table, as
+MINIX's (docs/drivers.md, "libblockdriver").
 
-A driver fills a :class:`BlockDriver` table with its callbacks and calls
-:func:`task` after ``sef.startup()``; the loop receives requests, checks them,
-calls the callbacks and replies. As MINIX's libblockdriver:
+A driver fills a :class:`BlockDriver` table (``open``, ``close``, ``transfer``,
+``ioctl``, ``geometry``, ``cleanup``, ``alarm``, ``intr``, ``other``,
+``state_save``/``state_restore``) and calls :func:`task` after ``sef.startup()``;
+the loop receives requests, checks them, calls the callbacks and replies. The
+incarnation, the deferred queue, live update and the announcement are the driver
+core's (:mod:`hwl.driver.core`); this library adds what is BDEV's.
 
-- ``open`` / ``close`` / ``transfer`` (scatter/gather: a list of (grant, size)
-  in the client's arena) / ``ioctl`` / ``geometry`` / ``cleanup`` / ``alarm``
-  (a CLOCK notify) / ``intr`` (a HARDWARE notify) / ``other`` (anything else).
-- The incarnation (``gen``, the driver's pid, handed out in every reply), the
-  deferred queue, live update and the announcement are the driver core's
-  (:mod:`hwl.driver.core`), shared with libnetdriver; this library adds what is
-  BDEV's. :func:`driver_receive` takes deferred messages first (:func:`mq_queue`:
-  received while the driver waited for an interrupt), then SEF's receive, and
-  answers ERESTART, unserved, a request whose ``gen`` names another incarnation.
-- :func:`driver_announce` publishes ``drv.blk.<label>`` in DS (after a restart,
-  first clearing the previous incarnation's IPC references).
-- After a restart (policy restart keeps the endpoint, so a client's next call
-  reaches the new process) every request other than OPEN on a minor that the
-  client has not opened since this incarnation started is answered ERESTART: the
-  client must re-open and redo the request. A fresh driver serves such requests.
-- Live update: the core's rules (no state while messages are deferred; custom
-  states from ``lu_states``, whose prepare may wait for the hardware and defer
-  the requests arriving meanwhile); for BDEV, PROTOCOL_FREE also needs no open
-  minor. The open table travels with the core's state (incarnation, deferred
-  requests, the driver's ``state_save``): to clients the new version is the same
-  incarnation, so nothing is re-opened, and it serves the deferred requests first.
+What a client relies on: every reply carries ``gen``, the incarnation; a request
+naming another incarnation, and after a restart any request but OPEN on a minor
+it has not re-opened, is answered ERESTART, unserved; a malformed request is
+answered EINVAL and the driver serves on; a live update keeps the incarnation and
+the open table, so nothing needs re-opening.
 """
 
 from __future__ import annotations

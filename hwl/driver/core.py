@@ -1,20 +1,17 @@
-"""The driver core: what every driver library does the same way, whatever it speaks.
+"""The driver core: what every driver library does the same way, whatever it speaks
+(docs/drivers.md, "libblockdriver"; docs/network.md, "NDEV and libnetdriver").
 
-libblockdriver (BDEV) and libnetdriver (NDEV) differ in their protocol and in
-what they track per client; the rest of a driver's life is the same and lives
-here, once, so a fix or a new live-update rule reaches every driver:
+libblockdriver (BDEV) and libnetdriver (NDEV) differ in their protocol and in what
+they track per client; the rest of a driver's life lives here, once:
 
-- the **incarnation** (``gen``): the driver's pid at its start, kept across a
-  live update (clients see the same driver) and new after a restart. Replies carry
-  it; a request naming another incarnation was meant for a dead process
-  (:meth:`DriverCore.stale`);
-- the **deferred queue**: messages a driver received while it waited for its
-  interrupt (:meth:`DriverCore.wait_intr`) or while a live-update state was
-  prepared; :meth:`DriverCore.receive` serves them before SEF's receive;
-- **live update**: the standard states, with the library saying what "free"
-  means for it (pending requests, open minors), and the driver's custom states;
-  one saved-state map holding the core's part, the library's part and the
-  driver's ``state_save()``, restored in the new version by :meth:`DriverCore.start`;
+- the **incarnation** (``gen``): the driver's pid at its start, kept across a live
+  update and new after a restart (:meth:`DriverCore.stale`);
+- the **deferred queue**: messages received while the driver waited for its
+  interrupt (:meth:`DriverCore.wait_intr`) or prepared a live-update state, served
+  by :meth:`DriverCore.receive` before SEF's receive;
+- **live update**: the standard states (the library says what "free" means for it)
+  and the driver's own; one saved-state map with the core's, the library's and the
+  driver's parts, restored in the new version by :meth:`DriverCore.start`;
 - the **announcement** ``drv.<kind>.<label>`` (:mod:`hwl.driver.announce`).
 
 A driver process has one core (:data:`core`); a library binds it with

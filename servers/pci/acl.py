@@ -1,24 +1,14 @@
-"""Who may see which PCI device: per-service ACLs from system.conf.
+"""Who may see which PCI device: per-service ACLs from system.conf (docs/pci.md,
+"ACLs").
 
-A driver's ``pci device`` and ``pci class`` lines are its ACL (MINIX's ``struct
-rs_pci``, checked by ``visible()`` in MINIX's pci.c): a device is visible to a
-caller if one ``pci device`` line names its ids (and, when the line has them,
-its subsystem ids), or one ``pci class`` line matches its class, subclass and
-programming interface as far as the line goes. A caller with neither sees nothing.
-
-Where the lines come from: the system.conf entry the caller actually runs under.
-MINIX's RS hands each service's ACL to PCI when it starts the service; in hwl RS
-hands the entry to the kernel, so the PCI server asks the kernel for it
-(``privctl get``: the entry's text), which covers a service started with an
-entry of its own (``service up ... -config``) as well as the stock ones. When the
-kernel will not say, the entry for the caller's label in the stock system.conf
-(``hwl.config.load()``: $HWL_SYSTEM_CONF or the repository's file) is used. User
-processes have no entry and see nothing.
-
-Labels and ACLs are cached by endpoint, with the pid the kernel reported: the
-periodic liveness check (:meth:`Callers.sweep`) drops an entry whose endpoint
-died or now runs another process (a restart that kept the endpoint, a live
-update). ``reserve`` always reads the ACL afresh.
+A device is visible to a caller if one of its ``pci device`` lines names the ids
+(and subsystem ids, when the line has them) or one of its ``pci class`` lines
+matches as far as the line goes (MINIX's ``visible()``); a caller with neither,
+and every user process, sees nothing. The lines are the entry the caller runs
+under, read from the kernel (``privctl get``), else the stock system.conf's entry
+for its label. Labels and ACLs are cached by endpoint and pid, and dropped by
+:meth:`Callers.sweep` when the endpoint died or runs another process; ``reserve``
+always reads the ACL afresh.
 """
 
 from __future__ import annotations

@@ -1,27 +1,14 @@
 """The PCI bus as the server sees it: configuration space through kernel calls,
-and the devices found on it.
+and the devices found on it (docs/pci.md, "Enumeration").
 
-Configuration mechanism #1: a 32-bit write of the address to 0xCF8 selects bus,
-device, function and dword, and 0xCFC..0xCFF carry the data. Every access is two
-``devio`` kernel calls (the server's system.conf entry grants ``io cf8:8`` and
-``system DEVIO``); nobody else has those ports, so the pair cannot be torn.
-
-Enumeration (:func:`scan`) is ``hwl.link.pci.scan_config`` over :class:`ConfigSpace`,
-the link's own scan (MINIX's ``probe_bus``: bus 0, functions 1..7 of multi-function
-devices, buses behind bridges, BARs sized); this module adds what a holder is granted.
-
-What a driver that reserves a device gets (:meth:`Device.io_ranges`,
-:meth:`Device.mem_ranges`, :meth:`Device.irqs`):
-
-- every I/O and memory BAR with an address (a BAR that reads 0 is *incomplete*,
-  as MINIX calls it, and is granted nothing; a 64-bit BAR above 4 GiB is skipped);
-- the interrupt line, unless it is 0 or 0xFF (no IRQ assigned);
-- for an IDE controller (class 1/1) whose channels run in compatibility mode
-  (programming-interface bits 0 and 2 clear), the legacy ports and IRQs of each
-  such channel instead of BARs 0-3, which then decode nothing: 0x1F0:8, 0x3F6 and
-  IRQ 14 for the primary, 0x170:8, 0x376 and IRQ 15 for the secondary. The
-  bus-master BAR 4 stays an ordinary I/O BAR. This is what MINIX's
-  ``record_bars_normal`` and at_wini's legacy ports add up to.
+Configuration mechanism #1, each access two ``devio`` calls (the address to 0xCF8,
+the data at 0xCFC..0xCFF); only the PCI server has those ports, so a pair cannot
+be torn. :func:`scan` is ``hwl.link.pci.scan_config`` over :class:`ConfigSpace`
+(MINIX's ``probe_bus``); this module adds what a holder is granted
+(:meth:`Device.io_ranges`, :meth:`Device.mem_ranges`, :meth:`Device.irqs`): every
+BAR with an address below 4 GiB, the interrupt line unless 0 or 0xFF, and for an
+IDE controller's compatibility-mode channels their legacy ports and IRQs instead
+of BARs 0-3 (MINIX's ``record_bars_normal``).
 """
 
 from __future__ import annotations
