@@ -1,7 +1,10 @@
 """at_wini's IDE channel: the controller reserved through PCI, the drives found by
 IDENTIFY, a command's register block, its interrupt (with the command's timeout)
 and the channel's reset. PIO (``pio.py``) and DMA (``dma.py``) issue their
-commands through it."""
+commands through it.
+
+See docs/drivers.md.
+"""
 
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ command, its interrupt, its status and the copy to or from the client's grant ar
 one kernel call (vdevio with a DMA copy, hwl.proto.vdevio). ``path=old``, kept for
 ``hwl bench disk``'s A/B: each batch built anew, a PRD table per new size, and a
 kernel call of its own (``dmacopy``) for the data.
+
+See docs/drivers.md.
 """
 
 from __future__ import annotations

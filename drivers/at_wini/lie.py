@@ -19,6 +19,8 @@ process: no driver or server can make another lie). Actions:
 With ``sticky`` the lie is kept in the run directory (``lie.<label>.json``) and
 every next incarnation of the driver takes it up at start: a driver that keeps
 lying after RS refreshed it.
+
+See docs/filter.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """at_wini's PIO commands (``pio=1``): READ/WRITE (MULTIPLE), their data moved by
 ``sdevio`` between the data port and the client's grant, one DRQ block per
-interrupt."""
+interrupt.
+
+See docs/drivers.md.
+"""
 
 from __future__ import annotations
 

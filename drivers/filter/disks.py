@@ -20,6 +20,8 @@ A call's failure is a :class:`DiskProblem` of one of four kinds (MINIX's BD_*):
 While it waits the filter defers the requests that arrive (libblockdriver's
 queue) and wakes on DS's notify of a ``drv.blk.*`` change (it subscribes at
 init) or on its own alarm.
+
+See docs/filter.md.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ buffer in the layout (the "extended" buffer); ``expand`` / ``collapse`` move the
 data between it and the client's contiguous bytes, ``fill`` and ``check`` write
 and verify the sums of the sectors the request covers (the other sectors of a
 partial group keep the sums they have on the disk).
+
+See docs/filter.md.
 """
 
 from __future__ import annotations

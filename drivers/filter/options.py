@@ -14,6 +14,8 @@ arguments), e.g. ``driver=at_wini,driver2=at_wini1,checksum=crc,mirror``.
 - ``deadwait``: seconds to wait for a dead driver's next incarnation.
 - ``format``: at a fresh start, write the checksum of every sector (the data is
   kept) and, with ``mirror``, copy the main disk to the backup.
+
+See docs/filter.md.
 """
 
 from __future__ import annotations

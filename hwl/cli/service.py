@@ -1,4 +1,5 @@
-"""``service``: MINIX's command for starting, stopping and updating system services.
+"""``service``: MINIX's command for starting, stopping and updating system services
+(docs/services.md).
 
 The syntax is MINIX 3's (``minix/commands/minix-service``), so its manual and its
 system scripts read the same here::

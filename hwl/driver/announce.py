@@ -3,6 +3,8 @@
 After a restart it first fails whatever is still blocked on the previous
 incarnation (``statectl clear_ipc_refs``), so no client waits on a dead process;
 then it publishes the key its clients (VFS, INET) subscribe to.
+
+See docs/drivers.md.
 """
 
 from __future__ import annotations

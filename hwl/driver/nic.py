@@ -4,6 +4,8 @@ hook its interrupt; the Ethernet facts they share; and their common base
 
 ``instance`` n takes the n-th visible device with one of the driver's PCI ids,
 in bus order, as MINIX's drivers do with their ``instance`` argument.
+
+See docs/network.md.
 """
 
 from __future__ import annotations

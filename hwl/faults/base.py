@@ -12,6 +12,8 @@ Injected faults stay in a registry until healed: :func:`active` lists them and
 :func:`heal_all` undoes them (a test fixture's teardown, a campaign's trial end).
 A fault whose effect cannot be undone (a kill, a ``service fi``) is ``instant``:
 it logs its inject and is never active; recovering from it is the system's job.
+
+See docs/faults.md.
 """
 
 from __future__ import annotations

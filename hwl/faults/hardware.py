@@ -8,6 +8,8 @@ Under ``hwl up`` the root is RS, and these faults are not at hand. The trigger
 is handed to the kernel, which offers it each read of the port or each
 interrupt on the line; heal reports how often it fired (``fired``,
 ``opportunities``, in the heal event).
+
+See docs/faults.md.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ drains its block devices when it stops; the requests in flight complete first.
 
 A link down (QMP ``set_link``) is what the NIC model shows its driver (the
 link-status bit, and frames no longer leave or arrive), not a host-side change.
+
+See docs/faults.md.
 """
 
 from __future__ import annotations

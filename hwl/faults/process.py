@@ -4,6 +4,8 @@ The service is named by its label; RS's table gives its pid at the moment of the
 inject (recorded in the event as ``pid``), so a fault always hits the current
 incarnation. A host is anything with the run directory and an RS client:
 :class:`hwl.system.boot.System`, :class:`hwl.system.running.RunningSystem`.
+
+See docs/faults.md.
 """
 
 from __future__ import annotations

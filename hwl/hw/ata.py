@@ -5,6 +5,8 @@ the bus master's registers and PRD table) are the only copy hwl has: the at_wini
 driver speaks the same registers through the kernel. The helpers turn one ATA
 command, its waits and its data transfer into one batch (one round trip); they
 are what the link's tests and benchmark use.
+
+See docs/drivers.md.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ An entry is 24 bytes: flags (sequence << 16 | access bits), grantee, offset,
 length, and for an *indirect* grant the endpoint and grant it refers to (a server
 passing a client's grant on to a driver: the driver copies straight from the
 client's arena, the range narrowed to ``offset``/``length`` of that grant).
+
+See docs/kernel.md.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ channels.
 
 A call that timed out on a channel may still be served (the request cannot be
 taken back from the server's socket), unlike on the kernel path.
+
+See docs/channels.md.
 """
 
 from __future__ import annotations

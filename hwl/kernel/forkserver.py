@@ -9,6 +9,8 @@ child's pid and a pidfd for it, and reports each child's exit status when it
 reaps it.
 
 Requests and reports are JSON over a SOCK_SEQPACKET socketpair (no pickle).
+
+See docs/kernel.md.
 """
 
 from __future__ import annotations

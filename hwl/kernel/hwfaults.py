@@ -14,6 +14,8 @@
 Each port read from the port, and each interrupt on the line, is an
 opportunity for the fault's :class:`~hwl.kernel.trigger.Trigger` (Linux's
 probability, interval, times, space; seeded), so a run is reproducible.
+
+See docs/faults.md.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ fails with ELOCKED; a send to or a receive from a dead endpoint, and every call
 blocked on a process when it dies, fail with EDEADSRCDST; a send the sender's
 ``ipc`` line forbids fails with ECALLDENIED. One hwl rule: a reply is always
 allowed, that is a send to a process blocked in ``sendrec`` on the sender.
+
+See docs/kernel.md.
 """
 
 from __future__ import annotations

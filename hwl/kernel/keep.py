@@ -8,6 +8,8 @@ process reaches only the blob of its own label (the kernel gave it that label
 when it spawned it, so nobody can claim another's), and only system processes
 keep anything. Blobs stay until the kernel stops; their size and number are
 bounded so no process can exhaust the kernel's memory.
+
+See docs/kernel.md.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ The machine hands over its link (guest RAM and the doorbell line, as fds); from
 then on only the kernel drives the stub. Unless a root program is given, the
 starter itself becomes the root process: it keeps the other end of a socketpair,
 with full privileges, as :attr:`KernelProcess.root`.
+
+See docs/kernel.md.
 """
 
 from __future__ import annotations

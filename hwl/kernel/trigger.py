@@ -15,6 +15,8 @@ framework (Documentation/fault-injection/fault-injection.rst, lib/fault-inject.c
 Linux draws the probability from the kernel's random pool; here it comes from a
 ``random.Random`` seeded with ``seed``, so the same seed and the same sequence of
 opportunities give the same failures, and :meth:`Trigger.reset` replays them.
+
+See docs/faults.md.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ slot and bumps ``req_head``; the stub, polling, runs the slot and bumps
 trip is a few microseconds); when it runs long the host sets ``host_waiting``
 and sleeps on COM2, where the stub rings a doorbell byte on completion. A
 stub that went idle halts; the host rings COM2 to wake it.
+
+See docs/link.md.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Requests to DS (``DS_*``) are ``sendrec`` from any system process; the reply's
 ``m_type`` is 0 or a negative MINIX errno with an ``error`` field.
+
+See docs/ds.md.
 """
 
 from __future__ import annotations

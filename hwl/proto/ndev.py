@@ -20,6 +20,8 @@ count, 0, or a negative MINIX errno with ``error`` saying why.
   they arrive. Several RECVs may be pending; they are answered in order.
 - ``STATUS`` (driver to client, unsolicited, by ``senda``): link state and counters;
   the client answers ``STATUS_REPLY`` before the next one is sent.
+
+See docs/network.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The PCI protocol: a driver's requests to the PCI server (MINIX's BUSC_PCI_*)."""
+"""The PCI protocol: a driver's requests to the PCI server (MINIX's BUSC_PCI_*) (docs/pci.md)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,8 @@ The reply's payload is the ops with their results, as plain vdevio's, then a u32
 the bytes copied (0: not copied). The caller needs ``memory ... dma`` and
 ``vdevio``; the buffer must be its own, the grant must allow the access (or be
 the caller's own arena, endpoint ``SELF``). A malformed descriptor is EINVAL.
+
+See docs/kernel.md.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ lines allow. Every failure is a :class:`PciError` with the MINIX errno: EPERM
 (not in the caller's ACL, or a write to a device it did not reserve), EBUSY
 (another live process holds the device), EINVAL (a bad devind, port or value),
 ENOENT (no such device), or the IPC error when PCI cannot be reached.
+
+See docs/pci.md.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ with the client. The endpoint is learned from RS's service table (``lookup``): a
 driver with policy reset comes back with a new endpoint, and RS lists it only
 once its init is answered, so right after an announcement a lookup may fail for
 a little while: :meth:`DriverTracker.retry_delay` says how soon to try again.
+
+See docs/vfs.md and docs/inet.md.
 """
 
 from __future__ import annotations

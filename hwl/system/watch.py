@@ -9,6 +9,8 @@ recover. RS's death is said too, with the pid the kernel restarted it as, and
 watched on; it is a death only when the kernel gives up on it. One pidfd per
 process, all polled together: a death is seen within one poll, not at the next
 command.
+
+See docs/services.md.
 """
 
 from __future__ import annotations

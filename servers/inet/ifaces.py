@@ -11,7 +11,10 @@ Recovery, lwip's model: DS announces each incarnation (``drv.net.<label>``); the
 opens the port (INIT, CONF, a RECV; the SENDs the dead driver never confirmed go
 again, first and in order), and re-enables the interface, which announces its
 address (gratuitous ARP). The ARP cache, routes and sockets are kept. A port that
-finds the driver dead when posting marks it down and INET retries on its alarm."""
+finds the driver dead when posting marks it down and INET retries on its alarm.
+
+See docs/inet.md.
+"""
 
 from __future__ import annotations
 

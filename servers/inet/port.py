@@ -18,6 +18,8 @@ requests and the server's loop hands it the driver's answers (:meth:`handle`):
 
 Messages of an earlier incarnation (another source, or ids of an earlier
 session) are not the port's: :meth:`handle` says so and the server drops them.
+
+See docs/inet.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ number gets EBADF, as another process's fd would. A RECVFROM that finds nothing
 queued waits (a :class:`Waiter`) until a datagram comes, its ``timeout`` runs out
 (ETIMEDOUT; 0: EAGAIN at once), the client cancels, or the socket is closed
 (EBADF). Answers go through ``reply(dest, status, fields)``: SEF's reply, which
-reaches a client blocked in its ``sendrec`` whenever it is sent."""
+reaches a client blocked in its ``sendrec`` whenever it is sent.
+
+See docs/inet.md.
+"""
 
 from __future__ import annotations
 

@@ -18,7 +18,10 @@ A datagram to one of our own addresses is looped back, never from inside
 once) or ``input``, so no protocol is re-entered while it sends.
 
 Optionally ``stack.tcp_unreachable = fn``: ``fn(dst, errno, segment)`` for a segment
-whose next hop never answered ARP (EHOSTUNREACH) or whose queue was full (ENOBUFS)."""
+whose next hop never answered ARP (EHOSTUNREACH) or whose queue was full (ENOBUFS).
+
+See docs/inet.md.
+"""
 
 from __future__ import annotations
 

@@ -6,7 +6,10 @@ buffer (it takes what fits: a short count, as POSIX allows) and RECVFROM for dat
 or the end of the stream; each is a :class:`Waiter` answered by :meth:`wake`
 after anything happened, or ETIMEDOUT when its timeout runs out. Errors the
 engine reports (ECONNREFUSED, ECONNRESET, ETIMEDOUT, EPIPE) are the client's, in
-MINIX's numbering."""
+MINIX's numbering.
+
+See docs/inet.md.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """The PCI server's requests: each handler takes the caller and the request's
 fields and returns the reply's fields, or raises RequestError (the reply's errno
-and ``error``). Reserve and release are :mod:`hwl.servers.pci.reservations`'."""
+and ``error``). Reserve and release are :mod:`hwl.servers.pci.reservations`'.
+
+See docs/pci.md.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """Who holds which PCI device, or which channel of a compatibility-mode IDE
 function: reserve (the kernel grants the holder the device's ranges), release,
 the dead holders' devices freed, and after a restart the holders found again
-from the kernel's grants. The rules are in :mod:`hwl.servers.pci.main`'s docstring."""
+from the kernel's grants. The rules are in :mod:`hwl.servers.pci.main`'s docstring.
+
+See docs/pci.md.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """What a live update of the PCI server carries: the device table and the
-reservations, so the new version does not probe the bus while drivers use it."""
+reservations, so the new version does not probe the bus while drivers use it.
+
+See docs/pci.md.
+"""
 
 from __future__ import annotations
 

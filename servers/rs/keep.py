@@ -12,6 +12,8 @@ afresh (servers/rs/adopt.py).
 RS saves before each receive, and only when something kept changed: a cheap
 tuple of the kept fields is compared first, so a heartbeat answer costs no kernel
 call.
+
+See docs/services.md.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ every service, so the kernel tells it (a SYSTEM notify) when one exits. The loop
 takes one message at a time: the kernel's notifies (CLOCK: timers, SYSTEM:
 exits), heartbeat answers (a notify from a service), init and live-update
 answers from services, and requests from the ``service`` command.
+
+See docs/services.md.
 """
 
 from __future__ import annotations

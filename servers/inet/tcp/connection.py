@@ -27,6 +27,8 @@ What it does, and where from:
 
 Errors reach the user as OSError with the errno a socket would give
 (ECONNREFUSED, ECONNRESET, ETIMEDOUT, EPIPE, ENOTCONN, EAGAIN).
+
+See docs/inet.md.
 """
 
 from __future__ import annotations
