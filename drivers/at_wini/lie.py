@@ -1,26 +1,11 @@
-"""Making at_wini lie, for tests and fault campaigns: the disk driver that keeps
-running and returns wrong bytes, drops a reply, or hangs on one request: the
-failures a crash-only recovery does not see (the filter driver's reason to be).
+"""Making at_wini lie, for tests and fault campaigns (docs/filter.md, "Making at_wini
+lie"): the disk driver that keeps running and returns wrong bytes (``flip``), drops
+a reply (``drop``) or hangs on one request (``hang``), until ``clear``: the failures
+a crash-only recovery does not see.
 
-``AT_LIE`` (``{"action", ...}``) is accepted only from an operator: a user process
-attached through kernel.sock, which RS trusts as its operator too (not a system
-process: no driver or server can make another lie). Actions:
-
-- ``flip``: flip bit ``bit`` (0..7) of the read data, in the next ``count`` reads
-  (-1: every one) that cover byte ``position`` of the minor (default: any read;
-  the bit flipped is then the read's first byte). The flip is made in the
-  client's grant after the driver's copy, so the grant must let at_wini read.
-- ``drop``: the reply to the next ``count`` matching transfers is not sent (the
-  transfer itself is done).
-- ``hang``: the next matching transfer never finishes: the driver answers
-  nothing more (pings included) until it is killed.
-- ``clear``: no more lies.
-
-With ``sticky`` the lie is kept in the run directory (``lie.<label>.json``) and
-every next incarnation of the driver takes it up at start: a driver that keeps
-lying after RS refreshed it.
-
-See docs/filter.md.
+``AT_LIE`` is accepted only from an operator (a user process attached through
+kernel.sock); no driver or server can make another lie. A ``sticky`` lie is kept in
+the run directory and taken up by every next incarnation of the driver.
 """
 
 from __future__ import annotations
