@@ -61,8 +61,15 @@ def check(status: int, what: str) -> None:
 
 
 def check_bus_master(bm_status: int) -> None:
-    if bm_status & ata.BM_ACTIVE and not bm_status & ata.BM_IRQ:
+    if not_the_end(bm_status):
         raise CommandError(f"interrupt with the bus master still active ({bm_status:#04x})")
+
+
+def not_the_end(bm_status: int) -> bool:
+    """The bus master still moves data and raised no interrupt of its own: the
+    interrupt just taken is not this transfer's end (a stale one, from a command
+    a reset cut short and QEMU then drained), so the wait goes on."""
+    return bool(bm_status & ata.BM_ACTIVE and not bm_status & ata.BM_IRQ)
 
 
 class Channel:
@@ -293,13 +300,14 @@ class Channel:
             b = Batch()
             bm_st = b.inb(self.bm + ata.BM_STATUS) if bm_stop is not None else -1
             st = b.inb(self.ch.cmd + ata.REG_STATUS)
-            if bm_stop is not None:
-                b.outb(self.bm + ata.BM_COMMAND, bm_stop)
             values = self.kernel.vdevio(b, irq_enable=self.hook)
             status = values[st]
             bm_status = values[bm_st] if bm_stop is not None else 0
+            if bm_stop is not None and not_the_end(bm_status):
+                log.info("an interrupt before the transfer's end (%#04x): waiting on", bm_status)
+                continue  # the engine keeps running: stopping it now would cut the transfer
             if bm_stop is not None:
-                check_bus_master(bm_status)
+                self.kernel.vdevio(batch_out(self.bm + ata.BM_COMMAND, bm_stop))
             if not status & ata.BSY:
                 return status, bm_status
 

@@ -28,7 +28,7 @@ from hwl.link.batch import Batch, Patchable
 from hwl.proto import vdevio
 from hwl.proto.vdevio import Check, Copy
 
-from .channel import Channel, CommandError, Drive, batch_out, check, check_bus_master
+from .channel import Channel, CommandError, Drive, batch_out, check, check_bus_master, not_the_end
 
 log = logging.getLogger("at_wini")
 
@@ -156,8 +156,11 @@ class Dma:
             return self._run_command(drive, write, lba, count, client)
         if not waits:
             channel.issued(what)
-        elif values[command.fired] and not values[command.st] & ata.BSY:
-            check_bus_master(values[command.bm_st])
+        elif (
+            values[command.fired]
+            and not values[command.st] & ata.BSY
+            and not not_the_end(values[command.bm_st])  # else a stale one: wait below
+        ):
             return values[command.st], values[command.bm_st], copied
         # no wait in the call, or the interrupt slower than IRQ_WAIT_US, or busy still
         status, bm_status = channel.status_after_intr(bm_stop=direction)
