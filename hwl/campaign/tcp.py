@@ -136,6 +136,11 @@ def request_timeout(plan: Plan, r2: float) -> float:
 
 
 def errno_name(exc: OSError) -> str:
+    """The error's errno by name. hwl.net raises any ETIMEDOUT of a timed request as
+    ``socket.timeout`` without its errno, INET's abort at R2 too: a TimeoutError is
+    ETIMEDOUT (whether it was the socket's own timeout the caller tells by the time)."""
+    if isinstance(exc, TimeoutError):
+        return "ETIMEDOUT"
     return pyerrno.errorcode.get(exc.errno or 0, type(exc).__name__)
 
 
