@@ -1,5 +1,6 @@
 """Campaigns without QEMU: the SPEC format and its errors, the schedule's
-determinism, the workload and its model, the invariants' verdicts, a worker's
+determinism, the workload and its model, the tcp workload's spec, schedule,
+stream and verdicts, the invariants' verdicts, a worker's
 refusal of another commit's trial, and the report's arithmetic and page on a
 recorded campaign made here (tests/test_campaign_qemu.py runs real ones)."""
 

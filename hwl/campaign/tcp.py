@@ -91,8 +91,12 @@ def r2_of(profile: Profile) -> float:
 
 def linux_counters(peer: NetnsPeer) -> dict[str, int]:
     """Linux's absolute SNMP counters in the namespace (``nstat -az``)."""
-    out = peer.run(["nstat", "-az"]).stdout
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)", out, re.M)}
+    done = peer.run(["nstat", "-az"])
+    counters = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)", done.stdout, re.M)}
+    missing = [n for n in RESETS if n not in counters]
+    if done.returncode != 0 or missing:  # else "no reset" would be said unseen
+        raise HwlError(f"nstat in the namespace: {done.stderr.strip() or f'no {missing}'}")
+    return counters
 
 
 def linux_address(peer: NetnsPeer, inet: hwl.net.Inet, nic: str) -> str:
@@ -268,7 +272,7 @@ def run(w: TcpWorkload, spec: Spec, system: RunningSystem, obs: Observed, inj: I
         "from_linux_equal": got.hexdigest() == prefix_digest(obs.plan.seed, w.chunk, received),
         "complete": clean_close and linux.closed_clean and linux.count == received == sent,
         "linux_error": linux.error,
-        "linux_resets": {n: after.get(n, 0) - before.get(n, 0) for n in RESETS},
+        "linux_resets": {n: after[n] - before[n] for n in RESETS},
         "r2_s": r2,
     }
 
