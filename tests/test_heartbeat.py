@@ -7,15 +7,14 @@ import hashlib
 import itertools
 import os
 import signal
-import threading
 from pathlib import Path
 
 import pytest
 
+from hwl.cli.up import Reader
 from hwl.machine.profile import Profile, profile_dir
 from hwl.system.durations import parse_ticks
 from hwl.system.running import RunningSystem
-from hwl.system.vfs import Vfs
 
 #: Who calls whom with a blocking sendrec, by tier: drivers (0, the default) are
 #: called by the filter (1), both by VFS and INET (2). While a callee hangs its
@@ -24,7 +23,6 @@ from hwl.system.vfs import Vfs
 TIERS = {"filter": 1, "vfs": 2, "inet": 2}
 OUTSIDE = {"ds", "pci"}
 READ = 16 << 20
-CHUNK = 256 << 10
 
 
 def stock_profiles() -> list[Path]:
@@ -56,25 +54,9 @@ def test_a_stopped_disk_driver_is_found_by_its_heartbeat_and_the_reader_sees_no_
     byte equals the disk image and the client sees no error."""
     at_wini = next(r for r in hwl_system.rs.status() if r.label == "at_wini")
     assert at_wini.period > 0
-    started = threading.Event()
-    result: dict[str, object] = {}
-
-    def read() -> None:
-        digest = hashlib.sha256()
-        try:
-            with Vfs.attach(hwl_system.run_dir) as vfs, vfs.open("/dev/c0d0", "rb") as disk:
-                for offset in range(0, READ, CHUNK):
-                    digest.update(disk.read(CHUNK))
-                    if offset == CHUNK:
-                        started.set()
-            result["digest"] = digest.hexdigest()
-        except BaseException as exc:
-            result["error"] = exc
-            started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
+    reader = Reader(hwl_system.run_dir, "/dev/c0d0", at=0, size=READ)
     reader.start()
-    assert started.wait(30)
+    assert reader.started.wait(30)
     os.kill(at_wini.pid, signal.SIGSTOP)
     missed = hwl_system.system.wait_event(
         lambda e: e["event"] == "heartbeat-missed" and e["label"] == "at_wini",
@@ -85,9 +67,9 @@ def test_a_stopped_disk_driver_is_found_by_its_heartbeat_and_the_reader_sees_no_
     )
     reader.join(60)
     assert not reader.is_alive(), "the reader hangs"
-    assert "error" not in result, result.get("error")
+    assert reader.error is None, reader.error
     image = hwl_system.machine.disks["hd0"].read_bytes()[:READ]
-    assert result["digest"] == hashlib.sha256(image).hexdigest()
+    assert reader.digest == hashlib.sha256(image).hexdigest()
     assert restarted["mono"] > missed["mono"]
     now = {r.label: r for r in hwl_system.rs.status()}
     assert now["at_wini"].pid != at_wini.pid and now["at_wini"].restarts == at_wini.restarts + 1

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from rs_fixtures import RsSystem, echo_argv, pid_alive, service_argv, wait_for
 
+from hwl.cli.up import Reader
 from hwl.ipc.client import Connection, IpcError
 from hwl.kernel.errno import Errno
 from hwl.kernel.ipc import EVENT_EXIT
@@ -306,33 +307,17 @@ def test_rs_killed_during_a_vfs_read_loop(hwl_system: RunningSystem) -> None:
     client error and every byte right, no service restarted (same pids), the new
     RS adopted them, and a later SIGKILL of at_wini is recovered as before."""
     before = {r.label: r for r in hwl_system.rs.status()}
-    started = threading.Event()
-    result: dict[str, object] = {}
-
-    def read() -> None:
-        digest = hashlib.sha256()
-        try:
-            with Vfs.attach(hwl_system.run_dir) as vfs, vfs.open("/dev/c0d0", "rb") as disk:
-                for offset in range(0, READ, CHUNK):
-                    digest.update(disk.read(CHUNK))
-                    if offset == CHUNK:
-                        started.set()
-            result["digest"] = digest.hexdigest()
-        except BaseException as exc:
-            result["error"] = exc
-            started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
+    reader = Reader(hwl_system.run_dir, "/dev/c0d0", at=0, size=READ)
     reader.start()
-    assert started.wait(30)
+    assert reader.started.wait(30)
     old_rs = rs_pid(hwl_system.system)
     os.kill(old_rs, signal.SIGKILL)
     adopted = hwl_system.system.wait_event(lambda e: e["event"] == "rs-restart", timeout=20)
     reader.join(120)
     assert not reader.is_alive(), "the reader hangs"
-    assert "error" not in result, result.get("error")
+    assert reader.error is None, reader.error
     image = hwl_system.machine.disks["hd0"].read_bytes()[:READ]
-    assert result["digest"] == hashlib.sha256(image).hexdigest()
+    assert reader.digest == hashlib.sha256(image).hexdigest()
 
     new_rs = rs_pid(hwl_system.system)
     assert new_rs != old_rs and adopted["pid"] == new_rs

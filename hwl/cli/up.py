@@ -53,11 +53,17 @@ POLL_S = 0.1  # how often a Ctrl-C or SIGTERM is looked for while watching
 
 
 class Reader(threading.Thread):
-    """Reads a disk through VFS while its driver is killed; notes errors and a hash."""
+    """Reads ``size`` bytes of a disk from ``at`` through VFS, in 256 KiB calls,
+    while its driver (or RS) is killed; notes the error, if any, and a hash.
+    ``started`` is set once the first call has come back."""
 
-    def __init__(self, run_dir: Path, device: str) -> None:
+    CHUNK = 256 << 10
+
+    def __init__(
+        self, run_dir: Path, device: str, at: int = READ_AT, size: int = READ_BYTES
+    ) -> None:
         super().__init__(daemon=True)
-        self.run_dir, self.device = run_dir, device
+        self.run_dir, self.device, self.at, self.size = run_dir, device, at, size
         self.started = threading.Event()
         self.digest = ""
         self.error: BaseException | None = None
@@ -66,9 +72,9 @@ class Reader(threading.Thread):
         digest = hashlib.sha256()
         try:
             with Vfs.attach(self.run_dir, timeout=30) as vfs, vfs.open(self.device, "rb") as f:
-                f.seek(READ_AT)
-                for _ in range(READ_BYTES // (256 << 10)):
-                    digest.update(f.read(256 << 10))
+                f.seek(self.at)
+                for _ in range(self.size // self.CHUNK):
+                    digest.update(f.read(self.CHUNK))
                     self.started.set()
         except BaseException as exc:
             self.error = exc
