@@ -124,6 +124,14 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _outcome_counts(row: dict[str, Any]) -> list[tuple[int, float, float]]:
+    """A table row's count of each outcome with its 95 % interval in per cent."""
+    return [
+        (c["n"], c["ci95"][0] * 100, c["ci95"][1] * 100)
+        for c in (row["outcomes"][o] for o in OUTCOMES)
+    ]
+
+
 def text(lines: list[dict[str, Any]]) -> str:
     """The tables as plain text: outcomes (count and 95 % interval in %), then
     recovery times."""
@@ -133,10 +141,7 @@ def text(lines: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         cells = [r["fault"], str(r["trials"]), str(r["injected"])]
-        for o in OUTCOMES:
-            c = r["outcomes"][o]
-            lo, hi = c["ci95"]
-            cells.append(f"{c['n']} [{lo * 100:.0f}-{hi * 100:.0f}%]")
+        cells += [f"{n} [{lo:.0f}-{hi:.0f}%]" for n, lo, hi in _outcome_counts(r)]
         body.append(cells)
     out = [
         _grid(head, body),
@@ -284,10 +289,7 @@ def page(header: dict[str, Any], lines: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         cells = [r["fault"], str(r["trials"]), str(r["injected"])]
-        for o in OUTCOMES:
-            c = r["outcomes"][o]
-            lo, hi = c["ci95"]
-            cells.append(f"{c['n']} <small>[{lo * 100:.0f}-{hi * 100:.0f} %]</small>")
+        cells += [f"{n} <small>[{lo:.0f}-{hi:.0f} %]</small>" for n, lo, hi in _outcome_counts(r)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     rec_rows = "".join(
         f"<tr><td>{html.escape(r['fault'])}</td><td>{r['recovery_ms']['n']}</td>"
