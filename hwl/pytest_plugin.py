@@ -320,9 +320,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def _unmarked_boot(item: pytest.Item) -> bool:
-    return item.get_closest_marker("qemu") is None and boot_count() > item.stash.get(
-        _BOOTS_BEFORE, boot_count()
-    )
+    before = item.stash.get(_BOOTS_BEFORE, None)
+    return before is not None and item.get_closest_marker("qemu") is None and boot_count() > before
 
 
 def _tail(path: Path) -> str:

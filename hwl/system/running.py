@@ -160,11 +160,6 @@ class RunningSystem:
         if death is not None:
             raise CoreDied(death, self.run_dir)
 
-    def service_logs(self) -> dict[str, Path]:
-        """Each log in the run directory by name: the kernel's, the fork server's
-        and every service's own ``LABEL.log``."""
-        return {p.name: p for p in sorted(self.run_dir.glob("*.log"))}
-
     def close(self) -> None:
         if self.closed:
             return
