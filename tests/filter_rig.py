@@ -23,6 +23,8 @@ from hwl.system.vfs import Vfs
 
 SECTOR = 512
 LAYOUT = Layout(8, "crc")
+RAW = 32 << 20  # hd0 and hd1 of the filter profiles
+SIZE = LAYOUT.filtered_sectors(RAW // SECTOR) * SECTOR  # what the filter offers of it
 
 
 @dataclass

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from filter_rig import LAYOUT, SECTOR, Rig, rig
+from filter_rig import LAYOUT, SECTOR, SIZE, Rig, rig
 
 from hwl.kernel.errno import Errno
 from hwl.pytest_plugin import MachineFactory
@@ -23,9 +23,6 @@ from hwl.system import vfs as vp
 from hwl.system.vfs import VfsError
 
 pytestmark = pytest.mark.qemu
-
-RAW = 32 << 20
-SIZE = LAYOUT.filtered_sectors(RAW // SECTOR) * SECTOR
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from filter_rig import LAYOUT, SECTOR, Rig, rig
+from filter_rig import SECTOR, SIZE, Rig, rig
 
 from hwl.pytest_plugin import MachineFactory
 from hwl.system import vfs as vp
 
 pytestmark = pytest.mark.qemu
-
-RAW = 32 << 20
-SIZE = LAYOUT.filtered_sectors(RAW // SECTOR) * SECTOR
 
 
 @pytest.fixture(scope="module")
