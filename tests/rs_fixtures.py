@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,9 +30,11 @@ from typing import Any, TypeVar
 
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, Message
+from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
 from hwl.procs import descendants
 from hwl.system.events import read_events
+from hwl.system.proto import LuState
 from hwl.system.rs import Rs, RsError, ServiceStatus
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -215,3 +218,27 @@ def _reported_pids(run_dir: Path) -> set[int]:
         if isinstance(pid, int) and pid > 0:
             pids.add(pid)
     return pids
+
+
+@contextlib.contextmanager
+def update_under_way(rs: RsSystem, label: str, maxtime: int) -> Iterator[list[Errno | None]]:
+    """An update of ``label`` (a service that never reaches the state) asked by
+    another client in a thread; inside the block RS shows it updating. The list
+    gets the update's result (None: it succeeded) once the block is left."""
+    results: list[Errno | None] = []
+
+    def update() -> None:
+        with Connection.attach(rs.kernel.socket_path) as client:
+            try:
+                Rs(client, timeout=10).update(label, state=LuState.REQUEST_FREE, maxtime=maxtime)
+                results.append(None)
+            except RsError as exc:
+                results.append(exc.errno)
+
+    thread = threading.Thread(target=update)
+    thread.start()
+    try:
+        wait_for("the update to start", lambda: rs.row(label).state == "updating")
+        yield results
+    finally:
+        thread.join(10)

@@ -18,14 +18,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from rs_fixtures import RsSystem, echo_argv, pid_alive, wait_for
+from rs_fixtures import RsSystem, echo_argv, pid_alive, update_under_way, wait_for
 
 from hwl.ipc import channels
 from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.wire import HZ
 from hwl.kernel.errno import Errno
 from hwl.system.proto import RS_UPDATE, LuState, Policy, UpdateFlag
-from hwl.system.rs import Rs, RsError, update_fields
+from hwl.system.rs import RsError, update_fields
 
 SHORT = 30  # ticks (0.5 s): maxtime for the updates that are meant to time out
 
@@ -241,24 +241,9 @@ def test_update_refusals(rs: RsSystem) -> None:
     err = update_error(rs, "no-such-service")
     assert err.errno is Errno.ESRCH
     svc = Service(rs, "lubusy", "--prepare", "never")
-    results: list[Errno | None] = []
-
-    def slow_update() -> None:
-        with Connection.attach(rs.kernel.socket_path) as client:
-            try:
-                Rs(client, timeout=10).update(svc.label, state=LuState.REQUEST_FREE, maxtime=SHORT)
-                results.append(None)
-            except RsError as exc:
-                results.append(exc.errno)
-
-    thread = threading.Thread(target=slow_update)
-    thread.start()
-    try:
-        wait_for("the update to start", lambda: rs.row(svc.label).state == "updating")
+    with update_under_way(rs, svc.label, SHORT) as results:
         err = update_error(rs, svc.label)
         assert err.errno is Errno.EBUSY, err
-    finally:
-        thread.join(10)
     assert results == [Errno.EINTR]
     svc.assert_unchanged()
     svc.down()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rs_fixtures import ECHO, RsSystem, echo_argv, pid_alive, wait_for
+from rs_fixtures import ECHO, RsSystem, echo_argv, pid_alive, update_under_way, wait_for
 
 from hwl.config import load
 from hwl.ipc.client import Connection, IpcError
@@ -434,28 +434,13 @@ def test_q_while_a_single_update_is_under_way_is_ebusy(rs: RsSystem) -> None:
     """MINIX: no update is queued while one is in progress."""
     held = Echo(rs, "mu", "--prepare", "never")
     other = Echo(rs, "mu")
-    results: list[Errno | None] = []
-
-    def slow_update() -> None:
-        with Connection.attach(rs.kernel.socket_path) as conn:
-            try:
-                Rs(conn, timeout=10).update(held.label, state=LuState.REQUEST_FREE, maxtime=SHORT)
-                results.append(None)
-            except RsError as exc:
-                results.append(exc.errno)
-
-    thread = threading.Thread(target=slow_update)
-    thread.start()
-    try:
-        wait_for("the update to start", lambda: rs.row(held.label).state == "updating")
+    with update_under_way(rs, held.label, SHORT) as results:
         with pytest.raises(RsError) as info:
             rs.rs.queue_update(other.label, echo_argv("new"))
         assert info.value.errno is Errno.EBUSY and held.label in str(info.value), info.value
         status = rs.rs.upd_status()
         assert [(u.label, u.batch) for u in status.updates] == [(held.label, False)]
         assert status.batch == "none"
-    finally:
-        thread.join(10)
     assert results == [Errno.EINTR]
     held.check("old")
     other.check("old")
