@@ -11,18 +11,14 @@ same machine, must show, describe and reserve the same devices
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from test_pci_server import E1000, Bus
+from test_pci_server import E1000, Bus, pci_bus
 
 from hwl.kernel.errno import Errno
 from hwl.link.pci import PciDevice
 from hwl.pytest_plugin import MachineFactory
-from hwl.system.boot import System
-from hwl.system.rs import up_fields
 
 pytestmark = pytest.mark.qemu
 
@@ -32,33 +28,10 @@ MEMBAR = 2  # pci-testdev's 64-bit BAR
 MEMBAR_SIZES = {0: 1 << 20, 1: 2 << 20}  # pci-bridge.cfg's membar, by bus
 
 
-def flatten(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """query-pci's devices, with those behind each bridge, in one list."""
-    found = []
-    for d in devices:
-        found.append(d)
-        behind = d.get("pci_bridge", {}).get("devices", [])
-        found += flatten(behind)
-    return found
-
-
 @pytest.fixture(scope="module")
 def bus(hwl_machines: MachineFactory) -> Iterator[Bus]:
-    machine = hwl_machines.boot("pci-bridge")
-    try:
-        scan = machine.link.pci_scan()  # before System.start hands the link over
-        qmp = flatten(machine.qmp_execute("query-pci")[0]["devices"])
-        boot = [
-            up_fields([sys.executable, "-m", "hwl.servers.ds"], label="ds"),
-            up_fields([sys.executable, "-m", "hwl.servers.pci"], label="pci"),
-        ]
-        system = System.start(machine, boot)
-        try:
-            yield Bus(machine, system, scan, qmp)
-        finally:
-            system.stop()
-    finally:
-        machine.close()
+    with pci_bus(hwl_machines, "pci-bridge") as booted:
+        yield booted
 
 
 def scanned(bus: Bus, ids: tuple[int, int]) -> list[PciDevice]:

@@ -50,7 +50,7 @@ class Bus:
     machine: Machine
     system: System
     scan: list[PciDevice]  # the link's own scan, before the kernel took the link
-    qmp: list[dict[str, Any]]  # QEMU's query-pci, bus 0
+    qmp: list[dict[str, Any]]  # QEMU's query-pci, every bus's devices in one list
     labels: Iterator[int] = field(default_factory=itertools.count)
 
     def scanned(self, ids: tuple[int, int]) -> PciDevice:
@@ -120,12 +120,24 @@ class Driver:
         return int(self.cmd("whoami")["pid"])
 
 
-@pytest.fixture(scope="module")
-def bus(hwl_machines: MachineFactory) -> Iterator[Bus]:
-    machine = hwl_machines.boot("pc")
+def flatten(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """query-pci's devices, with those behind each bridge, in one list."""
+    found = []
+    for d in devices:
+        found.append(d)
+        behind = d.get("pci_bridge", {}).get("devices", [])
+        found += flatten(behind)
+    return found
+
+
+@contextlib.contextmanager
+def pci_bus(hwl_machines: MachineFactory, profile: str) -> Iterator[Bus]:
+    """``profile`` booted with DS and the PCI server, and what the link's scan and
+    QEMU's query-pci saw of its bus first."""
+    machine = hwl_machines.boot(profile)
     try:
         scan = machine.link.pci_scan()  # before System.start hands the link over
-        qmp = machine.qmp_execute("query-pci")[0]["devices"]
+        qmp = flatten(machine.qmp_execute("query-pci")[0]["devices"])
         boot = [
             up_fields([sys.executable, "-m", "hwl.servers.ds"], label="ds"),
             up_fields([sys.executable, "-m", "hwl.servers.pci"], label="pci"),
@@ -137,6 +149,12 @@ def bus(hwl_machines: MachineFactory) -> Iterator[Bus]:
             system.stop()
     finally:
         machine.close()
+
+
+@pytest.fixture(scope="module")
+def bus(hwl_machines: MachineFactory) -> Iterator[Bus]:
+    with pci_bus(hwl_machines, "pc") as booted:
+        yield booted
 
 
 # ----------------------------------------------------------------- enumeration
