@@ -90,6 +90,11 @@ class StubTimeoutError(StubError):
     """The stub never reported ready, or stopped answering requests."""
 
 
+class NativeBuildError(HwlError):
+    """A host-side C helper (hwl/native.py) did not compile; the message carries
+    the compiler output."""
+
+
 class LinkError(HwlError):
     """A request batch failed inside the stub."""
 

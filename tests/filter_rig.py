@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from crc32c_ref import crc32c
 
 from hwl import Machine
 from hwl.drivers.at_wini.lie import AT_LIE
@@ -57,7 +58,7 @@ class Rig:
 
     def computed_sum(self, sector: int, disk: str = "hd0") -> int:
         data = self.raw(LAYOUT.phys(sector) * SECTOR, SECTOR, disk)
-        return zlib.crc32(data) ^ sector
+        return crc32c(data) ^ sector
 
     def row(self, label: str) -> ServiceStatus:
         return next(r for r in self.system.rs.status() if r.label == label)

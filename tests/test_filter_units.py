@@ -1,4 +1,5 @@
-"""The filter's checksum layout and sums, without QEMU (drivers/filter/layout.py, sums.py).
+"""The filter's checksum layout and sums, without QEMU (drivers/filter/layout.py, sums.py,
+and their loops in C, native.py and sectors.c, against a CRC32C written here).
 
 The layout is MINIX's: groups of ``sum_sec`` data sectors, each followed by a
 checksum sector; every sum covers the data and the logical sector number.
@@ -9,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
-import zlib
 
 import pytest
+from crc32c_ref import crc32c
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hwl.drivers.filter import options, sums
+from hwl.drivers.filter import native, options, sums
 from hwl.drivers.filter.layout import SECTOR, Layout
 from hwl.drivers.filter.main import slice_iov
 
@@ -22,11 +25,21 @@ def sector(seed: int) -> bytes:
     return random.Random(seed).randbytes(SECTOR)
 
 
+def test_crc32c_matches_the_reference() -> None:
+    assert crc32c(b"123456789") == 0xE3069283  # the standard check value
+    assert native.crc32c(b"123456789") == 0xE3069283
+    rng = random.Random(5)
+    for size in (0, 1, 7, 8, 9, 511, 512, 513, 1536, 1537):
+        data = rng.randbytes(size)
+        assert native.crc32c(data) == crc32c(data), size
+        assert native.crc32c(data[size // 2 :], native.crc32c(data[: size // 2])) == crc32c(data)
+
+
 def test_sums_follow_minix() -> None:
     data = sector(1)
     n = 12345
     assert sums.calc("nil", n, data) == struct.pack("<I", n)
-    assert sums.calc("crc", n, data) == struct.pack("<I", zlib.crc32(data) ^ n)
+    assert sums.calc("crc", n, data) == struct.pack("<I", crc32c(data) ^ n)
     assert sums.calc("md5", n, data) == hashlib.md5(data + struct.pack("<I", n)).digest()
     words = [int.from_bytes(data[i : i + 16], "little") for i in range(0, SECTOR, 16)]
     x = 0
@@ -102,3 +115,56 @@ def test_slice_iov() -> None:
     assert slice_iov(iov, 0, 4000) == [(1, 1000, 0), (2, 3000, 0)]
     assert slice_iov(iov, 500, 1000) == [(1, 500, 500), (2, 500, 0)]
     assert slice_iov(iov, 2000, 2000) == [(2, 2000, 1000)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sum_sec=st.sampled_from([1, 2, 3, 7, 8, 64, 128]),
+    first=st.integers(0, 5000),
+    count=st.integers(1, 700),
+    flip=st.floats(0, 1, exclude_max=True),
+)
+def test_native_crc_against_the_reference(
+    sum_sec: int, first: int, count: int, flip: float
+) -> None:
+    """The C loops (any group size, any alignment) write the sums the reference
+    computes, find the first wrong one, and leave the other sums of a partial
+    group alone."""
+    lay = Layout(sum_sec, "crc")
+    rng = random.Random(first * 131 + count * 7 + sum_sec)
+    data = rng.randbytes(count * SECTOR)
+    span = lay.span(first, count)
+    junk = rng.randbytes(span.count * SECTOR)  # what the disk held before
+    ext = memoryview(bytearray(junk))
+    lay.expand(ext, first, memoryview(data), count)
+    lay.fill(ext, first, count)
+    for n in range(span.group * sum_sec, (span.group + span.count // lay.stride) * sum_sec):
+        at = (lay.sum_sector(n) - span.phys) * SECTOR + n % sum_sec * 4
+        got = int.from_bytes(ext[at : at + 4], "little")
+        if first <= n < first + count:
+            raw = (lay.phys(n) - span.phys) * SECTOR
+            assert got == crc32c(bytes(ext[raw : raw + SECTOR])) ^ n, n
+        else:  # a sector of a partial group the request does not cover
+            assert bytes(ext[at : at + 4]) == junk[at : at + 4], n
+    assert lay.check(ext, first, count) is None
+    out = memoryview(bytearray(count * SECTOR))
+    lay.collapse(ext, first, out, count)
+    assert bytes(out) == data
+    bad = first + int(flip * count)
+    raw = (lay.phys(bad) - span.phys) * SECTOR + rng.randrange(SECTOR)
+    ext[raw] ^= 1 << rng.randrange(8)
+    assert lay.check(ext, first, count) == bad
+
+
+def test_native_checks_lengths() -> None:
+    """C never sees a buffer shorter than the request, nor writes a read-only one."""
+    lay = Layout(8, "crc")
+    short = memoryview(bytearray(lay.span(0, 16).count * SECTOR - 1))
+    with pytest.raises(ValueError, match="needs"):
+        lay.check(short, 0, 16)
+    with pytest.raises(ValueError, match="read-only"):
+        lay.fill(memoryview(bytes(18 * SECTOR)), 0, 16)
+    with pytest.raises(ValueError, match="needs"):
+        lay.collapse(memoryview(bytearray(18 * SECTOR)), 0, memoryview(bytearray(100)), 16)
+    with pytest.raises(ValueError, match="sum_sec"):
+        native.crc_check(bytearray(SECTOR * 200), 0, 1, 129)

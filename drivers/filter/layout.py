@@ -12,7 +12,8 @@ count)`` becomes one transfer of the groups that hold them (``span``), into a
 buffer in the layout (the "extended" buffer); ``expand`` / ``collapse`` move the
 data between it and the client's contiguous bytes, ``fill`` and ``check`` write
 and verify the sums of the sectors the request covers (the other sectors of a
-partial group keep the sums they have on the disk).
+partial group keep the sums they have on the disk). The copies and the ``crc``
+sums run in C, one call per request (native.py); the other kinds in Python.
 
 See docs/filter.md.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from . import sums
+from . import native, sums
 
 SECTOR = sums.SECTOR
 
@@ -84,17 +85,11 @@ class Layout:
 
     def expand(self, ext: memoryview, first: int, data: memoryview, count: int) -> None:
         """Contiguous ``data`` (``count`` sectors from ``first``) into ``ext``."""
-        at = 0
-        for _g, _lo, n, off in self.pieces(first, count):
-            ext[off : off + n * SECTOR] = data[at : at + n * SECTOR]
-            at += n * SECTOR
+        native.expand(ext, first, count, self.sum_sec, data)
 
     def collapse(self, ext: memoryview, first: int, out: memoryview, count: int) -> None:
         """The data of ``count`` sectors from ``first`` out of ``ext``, contiguous."""
-        at = 0
-        for _g, _lo, n, off in self.pieces(first, count):
-            out[at : at + n * SECTOR] = ext[off : off + n * SECTOR]
-            at += n * SECTOR
+        native.collapse(ext, first, count, self.sum_sec, out)
 
     def _sum_at(self, g: int, sector: int) -> int:
         """Byte offset in ``ext`` of the sum of logical ``sector`` (in span group g)."""
@@ -108,6 +103,9 @@ class Layout:
 
     def fill(self, ext: memoryview, first: int, count: int) -> None:
         """Write the sums of ``count`` sectors from ``first`` into their checksum sectors."""
+        if self.kind == "crc":
+            native.crc_fill(ext, first, count, self.sum_sec)
+            return
         data = self._bytes(ext, first, count)
         for g, lo, n, off in self.pieces(first, count):
             if n == self.sum_sec:  # a whole group: its checksum sector is all ours
@@ -118,6 +116,8 @@ class Layout:
 
     def check(self, ext: memoryview, first: int, count: int) -> int | None:
         """The first of the ``count`` sectors from ``first`` whose sum is wrong, or None."""
+        if self.kind == "crc":
+            return native.crc_check(ext, first, count, self.sum_sec)
         size, data = self.size, self._bytes(ext, first, count)
         pieces = list(self.pieces(first, count))
         want = b"".join(sums.run(self.kind, lo, data, n, off) for _g, lo, n, off in pieces)

@@ -32,6 +32,7 @@ from typing import Final, TypeVar
 
 from hwl.driver import blockdriver as bd
 from hwl.driver.blockdriver import Geometry, Iov, RequestError
+from hwl.errors import NativeBuildError
 from hwl.ipc import codec
 from hwl.ipc.arena import Buffer
 from hwl.ipc.client import Connection, IpcError
@@ -40,7 +41,7 @@ from hwl.proto import bdev as bp
 from hwl.system import proto, sef
 from hwl.system.ds import Ds, DsError
 
-from . import options
+from . import native, options
 from .disks import Disk, DiskProblem, Disks, Kind
 from .layout import SECTOR, Layout, Span
 
@@ -98,6 +99,13 @@ class Filter:
         ext = self.layout.ext_bytes(MAX_IO // SECTOR) if self.layout else 0
         self.user = conn.arena.alloc(MAX_IO, align=4096)
         if self.layout is not None:
+            try:  # the C loops, built now rather than on the first request
+                hw = native.ready()
+            except (NativeBuildError, OSError) as exc:
+                log.error("the filter's C loops (sectors.c) did not load: %s", exc)
+                return int(Errno.ENOSYS)
+            if self.layout.kind == "crc" and not hw:
+                log.warning("this CPU has no crc32 instruction: CRC32C sums in software")
             self.ext = conn.arena.alloc(ext, align=4096)
             if self.opts.readback or self.opts.mirror:  # a write's or a repair's read-back
                 self.back = conn.arena.alloc(ext, align=4096)

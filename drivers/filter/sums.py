@@ -7,8 +7,10 @@ as 4 little-endian bytes (MINIX's ``unsigned long`` on i386):
 - ``nil``: the sector number alone (4 bytes): the layout, no checksum.
 - ``xor``: the XOR of the sector's 32 16-byte words, its first 4 bytes XORed
   with the sector number (16 bytes).
-- ``crc``: CRC32 (zlib's, the IEEE polynomial) of the data, XORed with the
-  sector number (4 bytes).
+- ``crc``: CRC32C (the Castagnoli polynomial, as ext4 and iSCSI use) of the
+  data, XORed with the sector number (4 bytes). MINIX used the IEEE CRC32;
+  CRC32C is the one the CPU computes (``crc32`` instruction), so a 1 MiB read
+  checks its 2048 sums in tens of microseconds (sectors.c, native.py).
 - ``md5``: MD5 of the data followed by the sector number (16 bytes).
 """
 
@@ -16,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import zlib
 from collections.abc import Callable
 from typing import Final
+
+from . import native
 
 SECTOR: Final = 512
 SIZES: Final = {"nil": 4, "xor": 16, "crc": 4, "md5": 16}
@@ -39,7 +42,7 @@ def _xor(sector: int, data: memoryview) -> bytes:
 
 
 def _crc(sector: int, data: memoryview) -> bytes:
-    return _U32.pack(zlib.crc32(data) ^ (sector & 0xFFFFFFFF))
+    return _U32.pack(native.crc32c(data) ^ (sector & 0xFFFFFFFF))
 
 
 def _md5(sector: int, data: memoryview) -> bytes:
@@ -64,13 +67,6 @@ def calc(kind: str, sector: int, data: bytes | memoryview) -> bytes:
 def run(kind: str, first: int, data: bytes | memoryview, count: int, at: int = 0) -> bytes:
     """The sums of ``count`` consecutive sectors from logical ``first``, whose data
     starts at byte ``at`` of ``data``, concatenated."""
-    if kind == "crc":  # the hot path: one pack for the run
-        crc32 = zlib.crc32
-        values = [
-            crc32(data[at + i * SECTOR : at + (i + 1) * SECTOR]) ^ ((first + i) & 0xFFFFFFFF)
-            for i in range(count)
-        ]
-        return struct.pack(f"<{count}I", *values)
     f = FUNCS[kind]
     view = memoryview(data)
     return b"".join(
