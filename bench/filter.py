@@ -15,9 +15,12 @@ the filter first in every other run:
 - ``*_randread_ratio``: 4 KiB reads at random 4 KiB-aligned positions in the
   first 8 MiB, queue depth 1: filter IOPS over baseline IOPS.
 
-Each figure is the median of the runs' ratios; ``baseline_*`` are the baseline's
-medians. Every byte read is compared with the disk image (through the layout
-for the filter), outside the timed parts.
+Every rate is taken from the median time of one request (1 MiB or 4 KiB) in
+the run, so a scheduler hiccup of a few milliseconds on a shared 2-core host
+does not decide a figure that is itself a few milliseconds long. Each figure is
+the median of the runs' ratios (5 runs unless ``--repeat``); ``baseline_*`` are
+the baseline's medians. Every byte read is compared with the disk image (through
+the layout for the filter), outside the timed parts.
 
 ``corruption_recovery_ms``: with checksum ``crc`` (no mirror), at_wini is told
 (AT_LIE, drivers/at_wini/lie.py) to flip a bit in the next read; the time of a
@@ -126,13 +129,14 @@ def seq_read(vfs: Vfs, path: str, base: int, want: bytes) -> float:
     view = memoryview(out)
     with opened(vfs, path, vp.O_RDONLY) as fd:
         vfs.lseek(fd, base)
-        t0 = time.perf_counter()
+        times = []
         for i in range(SEQ_MIB):
+            t0 = time.perf_counter()
             if vfs.read_into(fd, view[i * MIB : (i + 1) * MIB]) != MIB:
                 raise WrongData(f"{path}: a short read")
-        seconds = time.perf_counter() - t0
+            times.append(time.perf_counter() - t0)
     check(out, want, f"sequential read of {path}")
-    return SEQ_MIB * MIB / seconds / 1e6
+    return MIB / statistics.median(times) / 1e6
 
 
 def seq_write(vfs: Vfs, path: str, base: int) -> tuple[float, bytes]:
@@ -140,13 +144,14 @@ def seq_write(vfs: Vfs, path: str, base: int) -> tuple[float, bytes]:
     view = memoryview(data)
     with opened(vfs, path, vp.O_RDWR) as fd:
         vfs.lseek(fd, base)
-        t0 = time.perf_counter()
+        times = []
         for i in range(SEQ_MIB):
+            t0 = time.perf_counter()
             if vfs.write_from(fd, view[i * MIB : (i + 1) * MIB]) != MIB:
                 raise WrongData(f"{path}: a short write")
-        seconds = time.perf_counter() - t0
+            times.append(time.perf_counter() - t0)
         vfs.ioctl(fd, "flush")
-    return SEQ_MIB * MIB / seconds / 1e6, data
+    return MIB / statistics.median(times) / 1e6, data
 
 
 def rand_read(vfs: Vfs, path: str, want: bytes, rng: random.Random) -> float:
@@ -154,14 +159,15 @@ def rand_read(vfs: Vfs, path: str, want: bytes, rng: random.Random) -> float:
     out = bytearray(RANDS * BLOCK)
     view = memoryview(out)
     with opened(vfs, path, vp.O_RDONLY) as fd:
-        t0 = time.perf_counter()
+        times = []
         for i, offset in enumerate(offsets):
+            t0 = time.perf_counter()
             if vfs.read_into(fd, view[i * BLOCK : (i + 1) * BLOCK], offset) != BLOCK:
                 raise WrongData(f"{path}: a short random read")
-        seconds = time.perf_counter() - t0
+            times.append(time.perf_counter() - t0)
     for i, offset in enumerate(offsets):
         check(out[i * BLOCK : (i + 1) * BLOCK], want[offset : offset + BLOCK], "random read")
-    return RANDS / seconds
+    return 1 / statistics.median(times)
 
 
 def paired(base: Callable[[], T], filtered: Callable[[], T], flip: bool) -> tuple[T, T]:
@@ -271,7 +277,7 @@ TARGETS: Targets = {
 
 
 def main(args: argparse.Namespace) -> int:
-    runs = args.repeat or 3
+    runs = args.repeat or 5
     profile = args.profile if args.profile != "pc" else "filter-mirror"
     with Machine(profile, accel=args.accel) as machine:
         figures = run(machine, runs)

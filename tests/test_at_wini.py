@@ -192,6 +192,27 @@ def test_a_mib_at_an_odd_sector_is_one_command_byte_exact(disk: Disk) -> None:
     ) == (2, separate)
 
 
+def test_a_filter_span_is_one_command(disk: Disk) -> None:
+    """The filter reads 1 MiB of its data as 1.125 MiB of groups (data and sums,
+    drivers/filter/layout.py): one DMA command of 2304 sectors, not a MiB and a
+    remainder (the DMA buffer holds 2 MiB)."""
+    size = 2304 * SECTOR
+    disk.req(bp.BDEV_OPEN, minor=0, access=bp.BDEV_R_BIT)
+    arena, ep = disk.conn.arena, disk.ep()
+    buf = arena.alloc(size)
+    try:
+        gid = arena.grant(ep, buf.offset, size, read=True, write=True)
+        before = disk.stats()
+        position = 3 << 20
+        status, f = disk.req(bp.BDEV_READ, minor=0, position=position, count=size, grant=gid, id=3)
+        assert status == size, f
+        assert buf.read(size) == disk.image_bytes(position, size)
+        arena.revoke(gid)
+    finally:
+        arena.free(buf)
+    assert disk.stats()["dma_commands"] - before["dma_commands"] == 1
+
+
 def test_write_then_flush_reaches_the_image(disk: Disk) -> None:
     disk.req(bp.BDEV_OPEN, minor=0, access=bp.BDEV_R_BIT | bp.BDEV_W_BIT)
     data = os.urandom(70 * SECTOR)

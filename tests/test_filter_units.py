@@ -89,6 +89,9 @@ def test_expand_fill_check_collapse(kind: str, first: int, count: int) -> None:
     out = memoryview(bytearray(count * SECTOR))
     lay.collapse(ext, first, out, count)
     assert bytes(out) == data
+    both = memoryview(bytearray(count * SECTOR))
+    assert lay.check(ext, first, count, out=both) is None
+    assert both == out
     if kind == "nil":
         return  # no checksum of the data: a flip goes unseen, by definition
     bad = first + count // 2
@@ -146,9 +149,8 @@ def test_native_crc_against_the_reference(
             assert got == crc32c(bytes(ext[raw : raw + SECTOR])) ^ n, n
         else:  # a sector of a partial group the request does not cover
             assert bytes(ext[at : at + 4]) == junk[at : at + 4], n
-    assert lay.check(ext, first, count) is None
     out = memoryview(bytearray(count * SECTOR))
-    lay.collapse(ext, first, out, count)
+    assert lay.check(ext, first, count, out=out) is None  # checked and collapsed in one pass
     assert bytes(out) == data
     bad = first + int(flip * count)
     raw = (lay.phys(bad) - span.phys) * SECTOR + rng.randrange(SECTOR)

@@ -32,7 +32,7 @@ from .channel import Channel, CommandError, Drive, batch_out, check, check_bus_m
 
 log = logging.getLogger("at_wini")
 
-DMA_SIZE = 1 << 20  # the DMA buffer: one command moves up to 1 MiB (LBA48 drives)
+DMA_SIZE = 2 << 20  # the DMA buffer: one command moves up to 2 MiB (LBA48 drives)
 IRQ_WAIT_US = 10_000  # a DMA command's interrupt, waited for by the stub in its call
 
 

@@ -114,10 +114,19 @@ class Layout:
             at = self._sum_at(g, lo)
             ext[at : at + n * self.size] = sums.run(self.kind, lo, data, n, off)
 
-    def check(self, ext: memoryview, first: int, count: int) -> int | None:
-        """The first of the ``count`` sectors from ``first`` whose sum is wrong, or None."""
+    def check(
+        self, ext: memoryview, first: int, count: int, out: memoryview | None = None
+    ) -> int | None:
+        """The first of the ``count`` sectors from ``first`` whose sum is wrong, or
+        None; with ``out``, a request whose sums are right is also collapsed into it."""
         if self.kind == "crc":
-            return native.crc_check(ext, first, count, self.sum_sec)
+            return native.crc_check(ext, first, count, self.sum_sec, out)
+        bad = self._check(ext, first, count)
+        if bad is None and out is not None:
+            self.collapse(ext, first, out, count)
+        return bad
+
+    def _check(self, ext: memoryview, first: int, count: int) -> int | None:
         size, data = self.size, self._bytes(ext, first, count)
         pieces = list(self.pieces(first, count))
         want = b"".join(sums.run(self.kind, lo, data, n, off) for _g, lo, n, off in pieces)

@@ -285,8 +285,6 @@ class Filter:
             return span.phys, bytes(self.ext.view[: span.count * SECTOR])
 
         self.read_sides(what, lambda d: self.read_checked(d, span, first, n), good_groups)
-        assert self.ext is not None and self.user is not None
-        self.layout.collapse(self.ext.view, first, self.user.view, n)
         self._copy_client(False, client, parts, count)
 
     def read_sides(
@@ -364,9 +362,11 @@ class Filter:
                 self.disable(disk, again)
 
     def read_checked(self, disk: Disk, span: Span, first: int, n: int) -> None:
+        """Read the span into ``ext``, check it and collapse it into ``user``."""
         assert self.disks is not None and self.ext is not None and self.layout is not None
+        assert self.user is not None
         self.disks.io(disk, False, span.phys * SECTOR, self.ext.offset, span.count * SECTOR)
-        bad = self.layout.check(self.ext.view, first, n)
+        bad = self.layout.check(self.ext.view, first, n, out=self.user.view)
         if bad is not None:
             raise DiskProblem(disk, Kind.DATA, f"bad checksum at sector {bad}")
 

@@ -28,7 +28,7 @@ def _lib() -> ctypes.CDLL:
     lib.filter_init.restype = ctypes.c_int
     lib.filter_crc32c.argtypes = [_U32, _P, ctypes.c_size_t]
     lib.filter_crc32c.restype = _U32
-    lib.filter_crc_check.argtypes = [_P, _U32, _U32, _U32]
+    lib.filter_crc_check.argtypes = [_P, _U32, _U32, _U32, _P]
     lib.filter_crc_check.restype = ctypes.c_long
     lib.filter_crc_fill.argtypes = [_P, _U32, _U32, _U32]
     lib.filter_crc_fill.restype = None
@@ -76,11 +76,13 @@ def crc32c(data: Buf, crc: int = 0) -> int:
     return int(_lib().filter_crc32c(crc, at, size))
 
 
-def crc_check(ext: Buf, first: int, count: int, sum_sec: int) -> int | None:
+def crc_check(ext: Buf, first: int, count: int, sum_sec: int, out: Buf | None = None) -> int | None:
     """The first of ``count`` sectors from logical ``first`` whose sum in ``ext``
-    (the request's groups) is wrong, or None."""
+    (the request's groups) is wrong, or None; with ``out``, the data is collapsed
+    into it in the same pass (whole only when None is returned)."""
     at = _pointer(ext, _span_bytes(first, count, sum_sec), "the extended buffer")
-    bad = int(_lib().filter_crc_check(at, first, count, sum_sec))
+    to = None if out is None else _pointer(out, count * SECTOR, "the output", True)
+    bad = int(_lib().filter_crc_check(at, first, count, sum_sec, to))
     return None if bad < 0 else first + bad
 
 

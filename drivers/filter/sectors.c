@@ -137,8 +137,11 @@ static struct piece piece_at(uint64_t lo, uint64_t first, uint64_t end, uint32_t
 #define MAX_SUM_SEC 128 /* 4-byte sums in one 512-byte sector */
 
 /* Index (from 0) of the first sector of [first, first + count) whose stored
- * sum is wrong, or -1 when every sum is right. */
-long filter_crc_check(const uint8_t *ext, uint32_t first, uint32_t count, uint32_t s) {
+ * sum is wrong, or -1 when every sum is right. With out, each group's data is
+ * also copied there, contiguous, once its sums are right (while it is in the
+ * cache): one pass over the request instead of two. */
+long filter_crc_check(const uint8_t *ext, uint32_t first, uint32_t count, uint32_t s,
+                      uint8_t *out) {
     uint32_t sums[MAX_SUM_SEC];
     uint64_t end = (uint64_t)first + count;
     for (uint64_t lo = first; lo < end;) {
@@ -148,6 +151,10 @@ long filter_crc_check(const uint8_t *ext, uint32_t first, uint32_t count, uint32
         for (uint64_t i = 0; i < p.sectors; i++)
             if ((sums[i] ^ (uint32_t)(lo + i)) != get32(stored + i * 4))
                 return (long)(lo + i - first);
+        if (out) {
+            memcpy(out, ext + p.offset, p.sectors * SECTOR);
+            out += p.sectors * SECTOR;
+        }
         lo += p.sectors;
     }
     return -1;
