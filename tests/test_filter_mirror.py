@@ -1,7 +1,8 @@
 """The filter's mirroring on QEMU: VFS -> filter -> at_wini (hd0) + at_wini1 (hd1)
 (profile ``filter-mirror``: CRC32 sums, hd0 formatted and copied to hd1 at boot).
 
-One machine for the module; the last test drops the main side for good.
+One machine for the module; the next to last test drops the main side, the last
+one brings it back (``filter_resync``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from collections.abc import Iterator
 import pytest
 from filter_rig import SECTOR, SIZE, Rig, rig
 
+from hwl.ipc import codec
+from hwl.kernel.errno import Errno
+from hwl.proto import bdev as bp
 from hwl.pytest_plugin import MachineFactory
 from hwl.system import vfs as vp
 
@@ -144,3 +148,52 @@ def test_a_side_that_keeps_failing_is_dropped_and_the_other_serves_on(r: Rig) ->
         r.lie("at_wini", "clear")
     line = next(x for x in r.log("filter").splitlines() if "dropped" in x)
     assert "serving from at_wini1 alone" in line, line
+
+
+def filter_ioctl(r: Rig, request: str, status: int = 0) -> dict[str, codec.Value]:
+    """An ioctl sent to the filter itself (VFS passes only geometry and flush)."""
+    conn = r.system.rs.conn
+    reply = conn.sendrec(r.system.rs.lookup("filter"), bp.BDEV_IOCTL,
+                         {"minor": 0, "request": request}, timeout=30)  # fmt: skip
+    assert reply.m_type == status, reply.fields
+    return {k: v for k, v in reply.fields.items() if k not in ("gen", "id")}  # the protocol's
+
+
+def test_a_dropped_side_is_resynced_and_serves_again(r: Rig) -> None:
+    main = filter_ioctl(r, "filter_stats")["main"]
+    assert isinstance(main, dict)
+    if main["enabled"]:  # run alone: drop it as the test before does
+        test_a_side_that_keeps_failing_is_dropped_and_the_other_serves_on(r)
+    position, data = 5 << 20, random.Random(9).randbytes(1 << 20)
+    with r.vfs.open("/dev/c0d0", "r+b") as f:  # written while main is dropped: hd1 only
+        f.seek(position)
+        f.write(data)
+    assert r.logical(position, len(data), "hd0") != data
+    r.lie("at_wini", "flip", count=-1, sticky=1)  # still lying: the resync must fail
+    try:
+        why = filter_ioctl(r, "filter_resync", -int(Errno.EIO))["error"]
+        assert "resync of at_wini" in str(why), why
+        main = filter_ioctl(r, "filter_stats")["main"]
+        assert isinstance(main, dict) and main["enabled"] == 0  # still dropped
+        with r.vfs.open("/dev/c0d0", "rb", buffering=0) as f:  # and at_wini1 serves on
+            f.seek(position)
+            assert f.read(len(data)) == data
+    finally:
+        r.lie("at_wini", "clear")
+    assert filter_ioctl(r, "filter_resync") == {"resynced": 1}
+    assert filter_ioctl(r, "filter_resync") == {"resynced": 0}  # nothing dropped now
+    after = filter_ioctl(r, "filter_stats")
+    assert isinstance(after["main"], dict) and after["main"]["enabled"] == 1, after
+    assert after["resyncs"] == 1, after
+    r.wait_log("filter", "mirror side at_wini (main) resynced from at_wini1")
+    filtered = SIZE // SECTOR
+    raw = (filtered // 8 * 9) * SECTOR  # every group of the filtered disk
+    assert r.raw(0, raw, "hd0") == r.raw(0, raw, "hd1")  # data and sums, byte for byte
+    # main is read first again: a flip there is seen, and at_wini1 serves the read
+    line = f"read of {1 << 20} bytes at {position} served from at_wini1"
+    served = r.log("filter").count(line)
+    r.lie("at_wini", "flip", count=1, position=r.raw_position(position + 3))
+    with r.vfs.open("/dev/c0d0", "rb", buffering=0) as f:
+        f.seek(position)
+        assert f.read(len(data)) == data
+    r.wait_log("filter", line, served + 1)

@@ -85,7 +85,7 @@ class Filter:
         self.back: Buffer | None = None  # read-back of a write
         self.mends: list[Mend] = []  # sides to mend once the answer is out
         self.stats: dict[str, int] = {"reads": 0, "writes": 0, "bad_sums": 0, "recovered": 0,
-                                      "repairs": 0, "eio": 0}  # fmt: skip
+                                      "repairs": 0, "eio": 0, "resyncs": 0}  # fmt: skip
 
     # ------------------------------------------------------------------ init
     def init(self, info: sef.InitInfo) -> int:
@@ -176,6 +176,8 @@ class Filter:
             for disk in self.live():
                 self.on_side(f"flush of {disk.label}", disk, lambda d: self._flush(d))
             return None
+        if request == "filter_resync":
+            return self.resync()
         if request == "filter_stats":
             out: dict[str, codec.Value] = dict(self.stats)
             for disk in self.sides:
@@ -469,6 +471,47 @@ class Filter:
                 self.attempt(disk, functools.partial(self._put, phys=span.phys, size=size))
         log.info("formatted %d sectors (checksum %s) in %.1f s", sectors, self.opts.checksum,
                  time.monotonic() - t0)  # fmt: skip
+
+    # ------------------------------------------------------------ resync
+    def resync(self) -> dict[str, codec.Value]:
+        """Bring every dropped mirror side back (the ``filter_resync`` ioctl): its
+        driver refreshed by RS, then every group copied to it from a live side,
+        checked there, written and read back, before the side serves again. Runs
+        inside the ioctl, so no write comes between (about 0.1 s per 32 MiB)."""
+        assert self.disks is not None and self.layout is not None
+        dropped = [d for d in self.sides if not d.enabled]
+        live = self.live()
+        if not dropped or not live:
+            return {"resynced": 0}
+        for disk in dropped:
+            t0 = time.monotonic()
+            try:
+                self.disks.recover(DiskProblem(disk, Kind.DATA, "resync after it was dropped"))
+                self.copy_groups(live[0], disk)
+            except (DiskProblem, GiveUp) as exc:
+                log.error("resync of %s from %s failed: %s", disk.label, live[0].label, exc)
+                raise RequestError(Errno.EIO, f"resync of {disk.label}: {exc}") from exc
+            disk.enabled, disk.strikes = True, 0
+            self.stats["resyncs"] += 1
+            log.info("mirror side %s (%s) resynced from %s in %.2f s: serving from both",
+                     disk.label, disk.role, live[0].label, time.monotonic() - t0)  # fmt: skip
+        return {"resynced": len(dropped)}
+
+    def copy_groups(self, source: Disk, target: Disk) -> None:
+        """Every group of the filtered disk from ``source`` (sums checked, with its
+        retries) to ``target`` (read back: a difference is a problem of it)."""
+        assert self.layout is not None and self.ext is not None and self.back is not None
+        assert self.disks is not None
+        sectors, step = self.size // SECTOR, MAX_IO // SECTOR
+        for first in range(0, sectors, step):
+            n = min(step, sectors - first)
+            span = self.layout.span(first, n)
+            size = span.count * SECTOR
+            self.attempt(source, functools.partial(self.read_checked, span=span, first=first, n=n))
+            self.disks.io(target, True, span.phys * SECTOR, self.ext.offset, size)
+            self.disks.io(target, False, span.phys * SECTOR, self.back.offset, size)
+            if self.back.view[:size] != self.ext.view[:size]:
+                raise DiskProblem(target, Kind.DATA, f"raw sector {span.phys} reads back wrong")
 
     def _put(self, disk: Disk, phys: int, size: int) -> None:
         assert self.disks is not None and self.ext is not None
