@@ -45,6 +45,7 @@ from hwl.ipc.client import Connection, IpcError
 from hwl.kernel.launcher import KernelProcess
 from hwl.machine.profile import Profile
 from hwl.procs import descendants
+from hwl.system.boot import rs_argv
 from hwl.system.durations import parse_ticks
 from hwl.system.proto import Policy, UpdateFlag
 from hwl.system.rs import Rs
@@ -181,16 +182,8 @@ def stock_pings_per_s(profile: str = "pc") -> float:
 
 def run(kills: int, updates: int) -> dict[str, float]:
     run_dir = Path(tempfile.mkdtemp(prefix="hwl-bench-rs-", dir=os.environ.get("HWL_RUN_ROOT")))
-    rs_argv = [
-        sys.executable,
-        "-m",
-        "hwl.servers.rs",
-        "--run-dir",
-        str(run_dir),
-        "--backoff-unit",
-        "0",
-    ]
-    kernel = KernelProcess.start(run_dir=run_dir, root_argv=rs_argv, root_label="rs")
+    argv = rs_argv(run_dir, "--backoff-unit", "0")
+    kernel = KernelProcess.start(run_dir=run_dir, root_argv=argv, root_label="rs")
     try:
         conn = Connection.attach(kernel.socket_path)
         caller_conn = Connection.attach(kernel.socket_path)

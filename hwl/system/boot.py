@@ -71,6 +71,12 @@ def boot_entries(profile: Profile) -> list[dict[str, codec.Value]]:
     return entries
 
 
+def rs_argv(run_dir: Path, *options: str) -> list[str]:
+    """The command line of RS as the kernel's root for ``run_dir`` (its events,
+    its table), with more of RS's ``options`` (``--backoff-unit 0`` ...)."""
+    return [sys.executable, "-m", "hwl.servers.rs", "--run-dir", str(run_dir), *options]
+
+
 class System:
     """A running kernel whose root is RS, with its boot services up."""
 
@@ -100,8 +106,9 @@ class System:
                 boot = boot_entries(machine.profile)
         else:
             run_dir = Path(tempfile.mkdtemp(prefix="hwl-sys-", dir=os.environ.get("HWL_RUN_ROOT")))
-        argv = [sys.executable, "-m", "hwl.servers.rs", "--run-dir", str(run_dir)]
-        argv += ["--backoff-unit", str(backoff_unit), "--boot", json.dumps(boot or [])]
+        argv = rs_argv(
+            run_dir, "--backoff-unit", str(backoff_unit), "--boot", json.dumps(boot or [])
+        )
         kernel = KernelProcess.start(machine, run_dir=run_dir, root_argv=argv, root_label="rs")
         try:
             done = wait_event(
