@@ -68,13 +68,18 @@ class ForkServer:
         return self.sock.fileno()
 
     def spawn(
-        self, argv: list[str], conn_fd: int, log_path: Path, env: dict[str, str] | None = None
+        self,
+        argv: list[str],
+        conn_fd: int,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        label: str = "",
     ) -> tuple[int, int]:
-        """Fork a process running ``argv``; returns its pid and a pidfd for it.
-        Raises OSError when the fork server does not answer (the caller then
-        starts the program cold)."""
+        """Fork a process running ``argv`` (``label``: its process title until SEF
+        adds the endpoint); returns its pid and a pidfd for it. Raises OSError
+        when the fork server does not answer (the caller then starts it cold)."""
         # The fork server started with the kernel's environment; only additions travel.
-        request = {"argv": argv, "env": env or {}, "log": str(log_path)}
+        request = {"argv": argv, "env": env or {}, "log": str(log_path), "label": label}
         self.sock.setblocking(True)
         self.sock.settimeout(5)
         try:

@@ -75,7 +75,7 @@ def _become(request: dict[str, Any], conn_fd: int, control: socket.socket) -> No
     code = 1
     try:
         control.close()
-        set_title(os.path.basename(request["log"]).removesuffix(".log"))  # SEF adds the endpoint
+        set_title(str(request.get("label") or "child"))  # SEF adds the endpoint
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -227,7 +227,7 @@ class Lifecycle:
             forked = None
             if not cold and self.forkserver is not None:
                 try:
-                    forked = self.forkserver.spawn(argv, theirs.fileno(), log_path, env)
+                    forked = self.forkserver.spawn(argv, theirs.fileno(), log_path, env, label)
                 except OSError as exc:
                     log.warning("fork server failed (%s); starting %s cold", exc, label)
             if forked is None:
