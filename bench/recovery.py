@@ -45,6 +45,7 @@ from hwl.ipc.client import Connection, IpcError
 from hwl.kernel.launcher import KernelProcess
 from hwl.machine.profile import Profile
 from hwl.procs import descendants
+from hwl.proto.rs import RS_LABEL
 from hwl.system.boot import rs_argv
 from hwl.system.durations import parse_ticks
 from hwl.system.proto import Policy, UpdateFlag
@@ -183,7 +184,7 @@ def stock_pings_per_s(profile: str = "pc") -> float:
 def run(kills: int, updates: int) -> dict[str, float]:
     run_dir = Path(tempfile.mkdtemp(prefix="hwl-bench-rs-", dir=os.environ.get("HWL_RUN_ROOT")))
     argv = rs_argv(run_dir, "--backoff-unit", "0")
-    kernel = KernelProcess.start(run_dir=run_dir, root_argv=argv, root_label="rs")
+    kernel = KernelProcess.start(run_dir=run_dir, root_argv=argv, root_label=RS_LABEL)
     try:
         conn = Connection.attach(kernel.socket_path)
         caller_conn = Connection.attach(kernel.socket_path)

@@ -49,6 +49,9 @@ AFTER_OPS = 2
 REQUEST_TIMEOUT = 20.0
 #: fi types after which RS restarts the service (the others are answered by VFS).
 RESTARTING_FI = frozenset({"crash", "hang", "exception"})
+#: The events that say a target is back: RS's restart of a service, and a new RS
+#: (label ``rs``) that took the services over after the kernel restarted it.
+RESTART_EVENTS = frozenset({"restart", "rs-restart"})
 
 
 def expects_restart(plan: Plan) -> bool:
@@ -67,7 +70,7 @@ def settled(inj: Injector, system: RunningSystem, expect_restart: bool, good_aft
         return good_after >= AFTER_OPS
     assert inj.inject_mono is not None
     restarted = any(
-        e["event"] == "restart"
+        e["event"] in RESTART_EVENTS
         and e.get("label") == inj.plan.target
         and e["mono"] >= inj.inject_mono
         for e in system.events()

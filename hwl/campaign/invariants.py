@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from hwl.campaign.inject import RESTART_EVENTS
 from hwl.campaign.spec import Spec
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def marks(obs: Observed) -> dict[str, float | None]:
             continue
         if e["event"] in ("crash", "exit") and m["crash"] is None:
             m["crash"] = obs.ms(e["mono"])
-        elif e["event"] == "restart" and m["restart"] is None:
+        elif e["event"] in RESTART_EVENTS and m["restart"] is None:
             m["restart"] = m["driver_up"] = obs.ms(e["mono"])
     after = (
         m["restart"] if obs.expect_restart else m["heal"] if m["heal"] is not None else m["inject"]

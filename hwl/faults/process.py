@@ -2,8 +2,11 @@
 
 The service is named by its label; RS's table gives its pid at the moment of the
 inject (recorded in the event as ``pid``), so a fault always hits the current
-incarnation. A host is anything with the run directory and an RS client:
-:class:`hwl.system.boot.System`, :class:`hwl.system.running.RunningSystem`.
+incarnation. RS itself (label ``rs``) is no row of its own table: its pid is the
+one the kernel logged when it last started RS, and only signals reach it (the
+kernel restarts it; ``service fi`` goes through RS). A host is anything with the
+run directory and an RS client: :class:`hwl.system.boot.System`,
+:class:`hwl.system.running.RunningSystem`.
 
 See docs/faults.md.
 """
@@ -18,8 +21,10 @@ from typing import Any, Protocol
 
 from hwl.faults.base import Fault, FaultError
 from hwl.faults.trigger import Trigger
+from hwl.proto.rs import RS_LABEL
 from hwl.proto.sef import FiType
 from hwl.system.rs import Rs, RsError, ServiceStatus
+from hwl.system.watch import kernel_log_pids
 
 
 class ServiceHost(Protocol):
@@ -55,13 +60,23 @@ class _ServiceFault(Fault):
         self.detail.update(pid=row.pid, endpoint=row.endpoint, restarts=row.restarts)
         return row
 
+    def _pid(self) -> int:
+        """The pid of the service's process of now (RS's own from the kernel's log)."""
+        if self.label != RS_LABEL:
+            return self._row().pid
+        pids = kernel_log_pids(self.host.run_dir, RS_LABEL)
+        if not pids:
+            raise FaultError(f"{self}: the kernel's log names no pid for RS")
+        self.detail.update(pid=pids[-1])
+        return pids[-1]
+
     def _signal(self, sig: signal.Signals) -> None:
         """Send ``sig`` to the service's process of now."""
-        row = self._row()
+        pid = self._pid()
         try:
-            os.kill(row.pid, sig)
+            os.kill(pid, sig)
         except ProcessLookupError as exc:
-            raise FaultError(f"{self}: pid {row.pid} is gone already") from exc
+            raise FaultError(f"{self}: pid {pid} is gone already") from exc
 
 
 class Kill(_ServiceFault):
@@ -129,6 +144,9 @@ class Fi(_ServiceFault):
         return {"type": self.fi_type.option}
 
     def _inject(self) -> None:
+        if self.label == RS_LABEL:
+            raise FaultError(f"{self}: service fi goes through RS, which cannot be its own "
+                             "target (kill RS instead: the kernel restarts it)")  # fmt: skip
         self._row()
         try:
             self.host.rs.fi(self.label, self.fi_type)

@@ -18,6 +18,8 @@ from enum import IntEnum, IntFlag
 
 from hwl.proto.fields import FieldError, get_int, get_name, get_str, get_str_list
 
+RS_LABEL = "rs"  # RS's own label (the kernel's root): not a row of its own table
+
 RS_BASE = 0x700
 RS_UP = RS_BASE + 1  # argv, label, [period, script, conf, dev, restarts, policy, cold, run]
 RS_DOWN = RS_BASE + 2  # label

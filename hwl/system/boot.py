@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from hwl.errors import HwlError, ProfileError
 from hwl.ipc import codec
 from hwl.kernel.launcher import KernelProcess
+from hwl.proto.rs import RS_LABEL
 from hwl.system.durations import parse_ticks
 from hwl.system.events import Event, read_events, wait_event
 from hwl.system.proto import Policy
@@ -109,7 +110,7 @@ class System:
         argv = rs_argv(
             run_dir, "--backoff-unit", str(backoff_unit), "--boot", json.dumps(boot or [])
         )
-        kernel = KernelProcess.start(machine, run_dir=run_dir, root_argv=argv, root_label="rs")
+        kernel = KernelProcess.start(machine, run_dir=run_dir, root_argv=argv, root_label=RS_LABEL)
         try:
             done = wait_event(
                 run_dir / "events.jsonl",

@@ -25,6 +25,7 @@ from hwl.ipc.client import Connection, IpcError, Message
 from hwl.proto import codec, wire
 from hwl.proto import rs as rsp
 from hwl.proto.errno import Errno
+from hwl.proto.rs import RS_LABEL
 from hwl.proto.sef import InitType
 from hwl.servers.rs.adopt import adopt
 from hwl.servers.rs.keep import TableKeeper
@@ -95,7 +96,7 @@ class Rs:
             kept = self.keeper.load()
         except ValueError as exc:
             log.error("the kept service table is unusable (%s): booting afresh", exc)
-            self.m.events.write("rs-restart", reason=f"kept table unusable: {exc}")
+            self.m.events.write("rs-restart", RS_LABEL, reason=f"kept table unusable: {exc}")
             kept = None
         if kept is None:
             self._kill_orphans()
@@ -103,7 +104,7 @@ class Rs:
             return
         outcome = adopt(self.m, kept)
         log.info("RS restarted by the kernel: %s", outcome)
-        self.m.events.write("rs-restart", pid=os.getpid(), **outcome)  # type: ignore[arg-type]
+        self.m.events.write("rs-restart", RS_LABEL, pid=os.getpid(), **outcome)
         if kept.booted:
             self.keeper.booted = True
         else:
