@@ -3,56 +3,41 @@
 For the few loops where CPython's per-call cost is the whole cost (the filter's
 2048 sector sums per MiB, drivers/filter/native.py). As with the guest stub
 (hwl/machine/stub.py), the library lands in a cache directory named by a hash of
-the source and flags, so an edited source means a new build and an unchanged one
-costs one hash; gcc is already one of hwl's install steps (scripts/setup).
+the source and flags (hwl/buildcache.py), so an edited source means a new build
+and an unchanged one costs one hash; gcc is already one of hwl's install steps
+(scripts/setup).
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
+from hwl.buildcache import cache_root, cached
 from hwl.errors import NativeBuildError
 
 CFLAGS = ["-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror"]
-
-
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hwl" / "native"
 
 
 def build(source: Path, cache: Path | None = None) -> Path:
     """The path of an up-to-date shared library built from ``source``."""
     text = source.read_bytes()
     digest = hashlib.sha256(" ".join(CFLAGS).encode() + b"\0" + text).hexdigest()[:16]
-    out_dir = (cache or _cache_root()) / f"{source.stem}-{digest}"
-    lib = out_dir / f"{source.stem}.so"
-    if lib.is_file():
-        return lib
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise NativeBuildError(f"'gcc' not found to build {source.name}: apt-get install gcc")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent))
-    try:
-        cmd = [gcc, *CFLAGS, "-o", str(tmp / lib.name), str(source)]
+    out_dir = (cache or cache_root("native")) / f"{source.stem}-{digest}"
+
+    def make(tmp: Path) -> None:
+        gcc = shutil.which("gcc")
+        if gcc is None:
+            raise NativeBuildError(f"'gcc' not found to build {source.name}: apt-get install gcc")
+        cmd = [gcc, *CFLAGS, "-o", str(tmp / f"{source.stem}.so"), str(source)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise NativeBuildError(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
-        try:
-            tmp.rename(out_dir)
-        except OSError:
-            if not lib.is_file():  # lost a race with a parallel build only if it finished
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return lib
+
+    return cached(out_dir, f"{source.stem}.so", make)
 
 
 def load(source: Path) -> ctypes.CDLL:

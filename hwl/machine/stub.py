@@ -9,15 +9,14 @@ new build and an unchanged tree costs one hash. Only gcc and ld are needed
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
+from hwl.buildcache import cache_root, cached
 from hwl.errors import StubAbiError, StubBuildError
 from hwl.link import abi
 from hwl.share import shared
@@ -53,11 +52,6 @@ def _sources(src: Path) -> list[Path]:
     return sorted(p for p in src.iterdir() if p.suffix in {".c", ".S", ".h", ".ld"})
 
 
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hwl" / "stub"
-
-
 def build_stub(src: Path | None = None, cache: Path | None = None) -> Path:
     """Return the path of an up-to-date stub ELF, compiling it if its sources changed."""
     src = src or guest_dir()
@@ -67,16 +61,12 @@ def build_stub(src: Path | None = None, cache: Path | None = None) -> Path:
     digest = hashlib.sha256(" ".join(CFLAGS + LDFLAGS).encode())
     for f in files:
         digest.update(f.name.encode() + b"\0" + f.read_bytes())
-    out_dir = (cache or _cache_root()) / digest.hexdigest()[:16]
-    elf = out_dir / ELF_NAME
-    if elf.is_file():
-        return elf
-    for tool in ("gcc", "ld"):
-        if shutil.which(tool) is None:
-            raise StubBuildError(f"'{tool}' not found: install it with 'apt-get install gcc'")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent))
-    try:
+    out_dir = (cache or cache_root("stub")) / digest.hexdigest()[:16]
+
+    def make(tmp: Path) -> None:
+        for tool in ("gcc", "ld"):
+            if shutil.which(tool) is None:
+                raise StubBuildError(f"'{tool}' not found: install it with 'apt-get install gcc'")
         objs = []
         for f in files:
             if f.suffix in {".c", ".S"}:
@@ -84,14 +74,8 @@ def build_stub(src: Path | None = None, cache: Path | None = None) -> Path:
                 _run(["gcc", *CFLAGS, f"-I{src}", "-c", str(f), "-o", str(obj)])
                 objs.append(str(obj))
         _run(["ld", *LDFLAGS, "-T", str(src / "link.ld"), "-o", str(tmp / ELF_NAME), *objs])
-        try:
-            tmp.rename(out_dir)
-        except OSError:
-            if not elf.is_file():  # lost a race with a parallel build only if it finished
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return elf
+
+    return cached(out_dir, ELF_NAME, make)
 
 
 def _run(cmd: list[str]) -> None:

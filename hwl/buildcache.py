@@ -1,0 +1,40 @@
+"""Build products cached under a hash of their inputs: the guest stub
+(hwl/machine/stub.py) and the host's C helpers (hwl/native.py).
+
+A product lands in ``$XDG_CACHE_HOME/hwl/<kind>/<key>/``: built in a temporary
+directory beside it and renamed into place, so a reader never sees half a build
+and of two parallel builds the first to finish wins.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def cache_root(kind: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hwl" / kind
+
+
+def cached(out_dir: Path, name: str, make: Callable[[Path], None]) -> Path:
+    """``out_dir / name``; unless it exists, ``make(tmp)`` builds ``tmp / name``
+    first, and ``tmp`` becomes ``out_dir``."""
+    product = out_dir / name
+    if product.is_file():
+        return product
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent))
+    try:
+        make(tmp)
+        try:
+            tmp.rename(out_dir)
+        except OSError:
+            if not product.is_file():  # lost a race with a parallel build only if it finished
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return product
