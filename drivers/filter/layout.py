@@ -127,6 +127,7 @@ class Layout:
         return bad
 
     def _check(self, ext: memoryview, first: int, count: int) -> int | None:
+        """:meth:`check` in Python, for the kinds without a C loop."""
         size, data = self.size, self._bytes(ext, first, count)
         pieces = list(self.pieces(first, count))
         want = b"".join(sums.run(self.kind, lo, data, n, off) for _g, lo, n, off in pieces)

@@ -477,7 +477,7 @@ class Filter:
         """Bring every dropped mirror side back (the ``filter_resync`` ioctl): its
         driver refreshed by RS, then every group copied to it from a live side,
         checked there, written and read back, before the side serves again. Runs
-        inside the ioctl, so no write comes between (about 0.1 s per 32 MiB)."""
+        inside the ioctl, so no write comes between (32 MiB: about 0.3 s)."""
         assert self.disks is not None and self.layout is not None
         dropped = [d for d in self.sides if not d.enabled]
         live = self.live()
