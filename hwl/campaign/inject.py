@@ -36,6 +36,7 @@ from hwl.faults import (
     Stop,
     Trigger,
 )
+from hwl.proto.rs import RS_LABEL
 from hwl.proto.sef import FiType
 from hwl.system.running import RunningSystem
 
@@ -55,7 +56,11 @@ RESTART_EVENTS = frozenset({"restart", "rs-restart"})
 
 
 def expects_restart(plan: Plan) -> bool:
-    """Whether the plan's fault should end with RS restarting its target."""
+    """Whether the plan's fault should end with RS restarting its target (for RS
+    itself: the kernel). Nothing watches RS's heartbeat: a stopped RS is not
+    restarted but goes on at the heal."""
+    if plan.kind == "stop" and plan.target == RS_LABEL:
+        return False
     if plan.kind in ("kill", "stop"):
         return True
     return plan.kind == "fi" and plan.settings.get("type") in RESTARTING_FI
