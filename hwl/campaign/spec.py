@@ -511,7 +511,33 @@ heal_after_ms = [50, 300]
 weight = 1
 """
 
-BUILTINS: dict[str, str] = {"smoke": SMOKE, "hang": HANG, "tcp-smoke": TCP_SMOKE}
+#: rs: RS itself killed (the kernel restarts it, the new RS adopts every service)
+#: and stopped past a driver's heartbeat period (it goes on at the heal), under
+#: the disk workload: no service may be restarted, no byte may be wrong.
+RS = """
+name = "rs"
+profile = "pc"
+trial_timeout = 60
+recovery_bound_ms = 5000
+
+[workload]
+bytes = "8M"
+
+[[fault]]
+kind = "kill"
+targets = ["rs"]
+weight = 2
+timing = ["after-bytes", "at-random"]
+
+[[fault]]
+kind = "stop"
+targets = ["rs"]
+heal_after_ms = [1500, 2000]
+weight = 1
+timing = ["after-bytes"]
+"""
+
+BUILTINS: dict[str, str] = {"smoke": SMOKE, "hang": HANG, "tcp-smoke": TCP_SMOKE, "rs": RS}
 
 
 def builtin(name: str) -> Spec:
