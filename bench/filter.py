@@ -23,7 +23,7 @@ the baseline's medians. Every byte read is compared with the disk image (through
 the layout for the filter), outside the timed parts.
 
 ``corruption_recovery_ms``: with checksum ``crc`` (no mirror), at_wini is told
-(AT_LIE, drivers/at_wini/lie.py) to flip a bit in the next read; the time of a
+(``lie.tell``, drivers/at_wini/lie.py) to flip a bit in the next read; the time of a
 4 KiB read through VFS that meets it (the filter's detection, RS's refresh of
 at_wini, the re-read), p50 over :data:`CORRUPTIONS`; the bytes must be right.
 ``corruption_recovery_mirror_ms``: the same mirrored (served from at_wini1,
@@ -50,7 +50,7 @@ from typing import TypeVar
 
 from hwl import Machine
 from hwl.benchmarks import Targets, report
-from hwl.drivers.at_wini.lie import AT_LIE
+from hwl.drivers.at_wini import lie
 from hwl.drivers.filter.layout import Layout
 from hwl.errors import HwlError
 from hwl.ipc import codec
@@ -189,7 +189,7 @@ def filter_up(system: System, args: str) -> None:
 
 def corruption_ms(system: System, vfs: Vfs, disk: Disk) -> list[float]:
     """The time of a 4 KiB read that meets a flipped bit, each at another place."""
-    conn, rng = system.rs.conn, random.Random(21)
+    rng = random.Random(21)
     times = []
     with opened(vfs, "/dev/c1d0", vp.O_RDONLY) as fd:
         for _ in range(CORRUPTIONS):
@@ -197,9 +197,7 @@ def corruption_ms(system: System, vfs: Vfs, disk: Disk) -> list[float]:
             fields: dict[str, codec.Value] = {
                 "action": "flip", "count": 1, "position": disk.raw_position(position + 7),
             }  # fmt: skip
-            reply = conn.sendrec(system.rs.lookup("at_wini"), AT_LIE, fields, timeout=10)
-            if reply.m_type != 0:
-                raise HwlError(f"AT_LIE refused: {reply.fields}")
+            lie.tell(system.rs, "at_wini", fields)
             t0 = time.perf_counter()
             got = vfs.pread(fd, BLOCK, position)
             times.append((time.perf_counter() - t0) * 1e3)

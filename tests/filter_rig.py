@@ -14,7 +14,7 @@ from pathlib import Path
 from crc32c_ref import crc32c
 
 from hwl import Machine
-from hwl.drivers.at_wini.lie import AT_LIE
+from hwl.drivers.at_wini import lie
 from hwl.drivers.filter.layout import Layout
 from hwl.ipc import codec
 from hwl.pytest_plugin import MachineFactory
@@ -75,10 +75,7 @@ class Rig:
 
     def lie(self, label: str, action: str, **fields: codec.Value) -> None:
         """Tell the at_wini instance ``label`` to lie (drivers/at_wini/lie.py)."""
-        conn = self.system.rs.conn
-        reply = conn.sendrec(self.system.rs.lookup(label), AT_LIE, {"action": action, **fields},
-                             timeout=10)  # fmt: skip
-        assert reply.m_type == 0, reply.fields
+        lie.tell(self.system.rs, label, {"action": action, **fields})
 
     def log(self, label: str) -> str:
         path = self.machine.run_dir / f"{label}.log"

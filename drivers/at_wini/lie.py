@@ -5,7 +5,8 @@ a crash-only recovery does not see.
 
 ``AT_LIE`` is accepted only from an operator (a user process attached through
 kernel.sock); no driver or server can make another lie. A ``sticky`` lie is kept in
-the run directory and taken up by every next incarnation of the driver.
+the run directory and taken up by every next incarnation of the driver. An
+operator sends it with :func:`tell`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from pathlib import Path
 from typing import Final
 
 from hwl.driver.blockdriver import Iov
+from hwl.errors import HwlError
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, Message
 from hwl.kernel.errno import Errno
 from hwl.proto.sef import FiType
 from hwl.system import sef
 from hwl.system.proctab import ProcTable
+from hwl.system.rs import Rs, RsError
 
 log = logging.getLogger("at_wini")
 
@@ -34,6 +37,27 @@ ACTIONS: Final = ("flip", "drop", "hang", "clear")
 
 Fields = dict[str, codec.Value]
 Transfer = Callable[[int, bool, int, int, Iov], int]
+
+
+def tell(rs: Rs, label: str, fields: Fields, timeout: float = 10.0) -> None:
+    """AT_LIE (``fields``: action, count, position, ...) to the incarnation of
+    ``label`` that runs now. One that dies under the call (a refresh under way,
+    such as a mirror side the filter mends after its answer) is not lied to: the
+    call goes again to RS's next answer for ``label`` (EAGAIN while it starts),
+    until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reply = rs.conn.sendrec(rs.lookup(label), AT_LIE, fields, timeout=timeout)
+        except (IpcError, RsError) as exc:
+            gone = exc.errno in (Errno.EDEADSRCDST, Errno.ESRCH, Errno.EDEADEPT, Errno.EAGAIN)
+            if not gone or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        if reply.m_type != 0:
+            raise HwlError(f"AT_LIE to {label} refused: {reply.fields}")
+        return
 
 
 @dataclass
