@@ -31,12 +31,15 @@ def run(argv: list[str | Path], cwd: Path, timeout: float = 600) -> str:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with the wheel installed; returns its bin/ folder."""
+    """A fresh venv with the wheel installed; returns its bin/ folder. The venv
+    has no pip of its own (ensurepip took most of the fixture's time on 2 cores):
+    this pip installs into it (``--python``), dependencies and all."""
     tmp = tmp_path_factory.mktemp("wheel")
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp / "dist", ROOT], tmp)
     (wheel,) = (tmp / "dist").glob("hwl-*.whl")
-    run([sys.executable, "-m", "venv", tmp / "venv"], tmp)
-    run([tmp / "venv/bin/python", "-m", "pip", "install", "-q", wheel], tmp)
+    run([sys.executable, "-m", "venv", "--without-pip", tmp / "venv"], tmp)
+    python = tmp / "venv/bin/python"
+    run([sys.executable, "-m", "pip", "--python", python, "install", "-q", wheel], tmp)
     return tmp / "venv/bin"
 
 
