@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from hwl.link import abi
 
 pytestmark = pytest.mark.qemu
+
+#: The build cache of this session (hwl/buildcache.py). pytester points HOME at each
+#: test's own folder, so without it every inner session built the stub again.
+CACHE = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+
+
+@pytest.fixture(autouse=True)
+def _shared_build_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", CACHE)
+
 
 INNER = """
 import pytest
@@ -129,7 +142,9 @@ def test_draw(hwl_rng, hwl_seed):
 
 
 def draw(pytester: pytest.Pytester, *args: str) -> tuple[str, str]:
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", *args)
+    # In this process: no machine, and five sessions' start-up in a subprocess each
+    # cost more than the rest of the test.
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-s", *args)
     result.assert_outcomes(passed=1)
     header = next(line for line in result.outlines if line.startswith("hwl: seed"))
     return header, next(line for line in result.outlines if "draw " in line).split(" ", 1)[1]
