@@ -238,11 +238,18 @@ def test_sigkill_during_a_sequential_read_is_only_a_delay(setup: Setup) -> None:
 def test_an_open_while_the_driver_restarts_waits_for_it(setup: Setup) -> None:
     """Nothing of at_wini's is open and RS is between a kill and the restart (its
     backoff): the open waits for the new incarnation instead of failing ENXIO."""
+    # A fresh at_wini: the earlier tests' kills would make the backoffs 4 s and 8 s.
+    setup.system.rs.down("at_wini")
+    at_wini_up(setup.system, Policy.RESTART)
     for _ in range(2):  # a second restart in a row waits a backoff of >= 2 s
         row = setup.at_wini_row()
         os.kill(row.pid, signal.SIGKILL)
+        # Until RS saw the death: not up, or (the first restart is at once) a new pid.
         deadline = time.monotonic() + 5
-        while setup.at_wini_row().state == "up" and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            now = setup.at_wini_row()
+            if now.state != "up" or now.pid != row.pid:
+                break
             time.sleep(0.005)
         state = setup.at_wini_row().state
         t0 = time.perf_counter()
