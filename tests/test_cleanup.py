@@ -57,13 +57,15 @@ def test_sigkilled_owner_takes_qemu_with_it() -> None:
         "import sys, time\n"
         "from hwl import Machine\n"
         "m = Machine('pc').start()\n"
-        "print(m.pid, flush=True)\n"
+        "print(m.pid, m.run_dir, flush=True)\n"
         "time.sleep(60)\n"
     )
     owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    run_dir = None
     try:
         assert owner.stdout is not None
-        qemu_pid = int(owner.stdout.readline())
+        pid, run_dir = owner.stdout.readline().rstrip("\n").split(" ", 1)
+        qemu_pid = int(pid)
         assert not gone(qemu_pid, 0.2)
         owner.send_signal(signal.SIGKILL)
         owner.wait()
@@ -71,3 +73,5 @@ def test_sigkilled_owner_takes_qemu_with_it() -> None:
     finally:
         owner.kill()
         owner.wait()
+        if run_dir is not None:  # nobody is left to remove it (its disks: 160 MiB)
+            subprocess.run(["rm", "-rf", run_dir], check=False)
