@@ -1,5 +1,6 @@
 """Build products cached under a hash of their inputs: the guest stub
-(hwl/machine/stub.py) and the host's C helpers (hwl/native.py).
+(hwl/machine/stub.py), the host's C helpers (hwl/native.py) and the profiles'
+seeded random disk images (hwl/machine/profile.py).
 
 A product lands in ``$XDG_CACHE_HOME/hwl/<kind>/<key>/``: built in a temporary
 directory beside it and renamed into place, so a reader never sees half a build
