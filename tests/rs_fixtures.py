@@ -33,6 +33,8 @@ from hwl.ipc.client import Connection, Message
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
 from hwl.procs import descendants
+from hwl.proto.rs import RS_LABEL
+from hwl.system.boot import rs_argv
 from hwl.system.events import read_events
 from hwl.system.proto import LuState
 from hwl.system.rs import Rs, RsError, ServiceStatus
@@ -108,18 +110,12 @@ class RsSystem:
         try:
             kernel = KernelProcess.start(
                 run_dir=run_dir,
-                root_label="rs",
-                root_argv=[
-                    sys.executable,
-                    "-m",
-                    "hwl.servers.rs",
-                    "--run-dir",
-                    str(run_dir),
-                    "--backoff-unit",
-                    str(BACKOFF_UNIT),
-                    "--init-timeout",
-                    str(INIT_TIMEOUT),
-                ],
+                root_label=RS_LABEL,
+                root_argv=rs_argv(
+                    run_dir,
+                    *("--backoff-unit", str(BACKOFF_UNIT)),
+                    *("--init-timeout", str(INIT_TIMEOUT)),
+                ),
             )
             with Connection.attach(kernel.socket_path) as conn:
                 yield cls(kernel, run_dir, conn)
