@@ -1,4 +1,4 @@
-"""The filter driver on QEMU: VFS -> filter -> at_wini (profile ``filter``: CRC32
+"""The filter driver on QEMU: VFS -> filter -> at_wini (profile ``filter``: CRC32C
 sums in MINIX's layout on hd0, formatted at boot), with at_wini told to lie.
 
 One machine for the module. The filter's timeout is its default (3 s).

@@ -1,5 +1,5 @@
 """The filter's mirroring on QEMU: VFS -> filter -> at_wini (hd0) + at_wini1 (hd1)
-(profile ``filter-mirror``: CRC32 sums, hd0 formatted and copied to hd1 at boot).
+(profile ``filter-mirror``: CRC32C sums, hd0 formatted and copied to hd1 at boot).
 
 One machine for the module; the next to last test drops the main side, the last
 one brings it back (``filter_resync``).

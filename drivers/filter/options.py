@@ -4,7 +4,7 @@ arguments), e.g. ``driver=at_wini,driver2=at_wini1,checksum=crc,mirror``.
 - ``driver`` / ``driver2``: the labels of the main and the backup disk driver;
   ``minor`` / ``minor2`` their minors (default 0, the whole disk).
 - ``checksum``: ``none`` (no layout: requests pass through), ``nil`` (the layout,
-  each sum only the sector number), ``xor``, ``crc`` (CRC32) or ``md5``.
+  each sum only the sector number), ``xor``, ``crc`` (CRC32C) or ``md5``.
 - ``sum_sec``: data sectors per group (default 8, as MINIX's NR_SUM_SEC).
 - ``mirror``: write both drivers, read the main one, fall back on the other.
 - ``readback``: read every write back and compare (MINIX does it always).
