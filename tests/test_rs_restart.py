@@ -36,9 +36,9 @@ from hwl.proto.ds import DS_DRIVER_UP
 from hwl.system.ds import Ds
 from hwl.system.proto import Policy
 from hwl.system.rs import Rs, RsError
-from hwl.system.running import RunningSystem, rs_pid
+from hwl.system.running import RunningSystem
 from hwl.system.vfs import Vfs
-from hwl.system.watch import kernel_log_pids, kernel_log_says
+from hwl.system.watch import kernel_log_pids, kernel_log_says, rs_pid
 
 READ = 16 << 20
 CHUNK = 256 << 10
@@ -310,7 +310,7 @@ def test_rs_killed_during_a_vfs_read_loop(hwl_system: RunningSystem) -> None:
     reader = Reader(hwl_system.run_dir, "/dev/c0d0", at=0, size=READ)
     reader.start()
     assert reader.started.wait(30)
-    old_rs = rs_pid(hwl_system.system)
+    old_rs = rs_pid(hwl_system.run_dir)
     os.kill(old_rs, signal.SIGKILL)
     adopted = hwl_system.system.wait_event(lambda e: e["event"] == "rs-restart", timeout=20)
     reader.join(120)
@@ -319,7 +319,7 @@ def test_rs_killed_during_a_vfs_read_loop(hwl_system: RunningSystem) -> None:
     image = hwl_system.machine.disks["hd0"].read_bytes()[:READ]
     assert reader.digest == hashlib.sha256(image).hexdigest()
 
-    new_rs = rs_pid(hwl_system.system)
+    new_rs = rs_pid(hwl_system.run_dir)
     assert new_rs != old_rs and adopted["pid"] == new_rs
     assert set(before) <= set(adopted["adopted"]), adopted
     after = {r.label: r for r in hwl_system.rs.status()}

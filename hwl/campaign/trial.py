@@ -35,8 +35,9 @@ from hwl.ipc.client import IpcError
 from hwl.proto.errno import Errno
 from hwl.system import vfs as vp
 from hwl.system.events import Event
-from hwl.system.running import RunningSystem, rs_pid
+from hwl.system.running import RunningSystem
 from hwl.system.vfs import Vfs, VfsError
+from hwl.system.watch import rs_pid
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def _pids(system: RunningSystem) -> set[int]:
     pids.add(kernel)
     pids |= procs.descendants(kernel)
     with contextlib.suppress(HwlError):
-        pids.add(rs_pid(system.system))
+        pids.add(rs_pid(system.run_dir))
     pids |= {int(e["pid"]) for e in system.events() if isinstance(e.get("pid"), int)}
     return {p for p in pids if p > 0}
 

@@ -19,12 +19,13 @@ import signal
 from pathlib import Path
 from typing import Any, Protocol
 
+from hwl.errors import HwlError
 from hwl.faults.base import Fault, FaultError
 from hwl.faults.trigger import Trigger
 from hwl.proto.rs import RS_LABEL
 from hwl.proto.sef import FiType
 from hwl.system.rs import Rs, RsError, ServiceStatus
-from hwl.system.watch import kernel_log_pids
+from hwl.system.watch import rs_pid
 
 
 class ServiceHost(Protocol):
@@ -64,11 +65,12 @@ class _ServiceFault(Fault):
         """The pid of the service's process of now (RS's own from the kernel's log)."""
         if self.label != RS_LABEL:
             return self._row().pid
-        pids = kernel_log_pids(self.host.run_dir, RS_LABEL)
-        if not pids:
-            raise FaultError(f"{self}: the kernel's log names no pid for RS")
-        self.detail.update(pid=pids[-1])
-        return pids[-1]
+        try:
+            pid = rs_pid(self.host.run_dir)
+        except HwlError as exc:
+            raise FaultError(f"{self}: {exc}") from exc
+        self.detail.update(pid=pid)
+        return pid
 
     def _signal(self, sig: signal.Signals) -> None:
         """Send ``sig`` to the service's process of now."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from hwl.errors import HwlError
 from hwl.machine.machine import Machine
 from hwl.machine.qmp import Qmp
+from hwl.proto.rs import RS_LABEL
 from hwl.system.boot import System
 from hwl.system.ds import Ds
 from hwl.system.events import Event, read_events
@@ -25,9 +26,9 @@ from hwl.system.watch import (
     CoreWatch,
     Death,
     Restarted,
-    kernel_log_pids,
     kernel_log_says,
     kernel_restarted,
+    rs_pid,
 )
 
 if TYPE_CHECKING:
@@ -43,16 +44,6 @@ class CoreDied(HwlError):
         self.death = death
 
 
-def rs_pid(system: System) -> int:
-    """RS's pid, as the kernel logged it when it spawned RS, the last time (the
-    operator may not read the kernel's process table, and a forked RS's command
-    line is the fork server's)."""
-    pids = kernel_log_pids(system.run_dir, "rs")
-    if not pids:
-        raise HwlError(f"the kernel's log names no pid for RS (in {system.run_dir})")
-    return pids[-1]
-
-
 def watch_core(machine: Machine | None, system: System) -> CoreWatch:
     """QEMU, the kernel and RS, in the order a death is blamed when several are
     seen at once (QEMU's takes the kernel's link, the kernel's takes RS). RS's
@@ -64,9 +55,9 @@ def watch_core(machine: Machine | None, system: System) -> CoreWatch:
     run_dir = system.run_dir
     watch.add_pid(
         "RS",
-        rs_pid(system),
-        lambda: kernel_log_says(run_dir, "rs"),
-        kernel_restarted(run_dir, "rs"),
+        rs_pid(run_dir),
+        lambda: kernel_log_says(run_dir, RS_LABEL),
+        kernel_restarted(run_dir, RS_LABEL),
     )
     return watch
 

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hwl.errors import HwlError
+from hwl.proto.rs import RS_LABEL
+
 #: How long to look for the kernel's word on how a process it started ended.
 KERNEL_LOG_WAIT_S = 2.0
 #: After a death, how long a process named before it (its likely cause) may take
@@ -100,12 +103,8 @@ def kernel_log_says(run_dir: Path, label: str, timeout: float = KERNEL_LOG_WAIT_
 
 def kernel_log_pid(run_dir: Path, label: str) -> int | None:
     """The pid of the first process the kernel spawned as ``label``, from kernel.log."""
-    pattern = re.compile(rf" spawned {re.escape(label)} \((?:cold|forked)\): pid (\d+)")
-    try:
-        found = pattern.search((run_dir / "kernel.log").read_text(errors="replace"))
-    except OSError:
-        return None
-    return int(found.group(1)) if found else None
+    pids = kernel_log_pids(run_dir, label)
+    return pids[0] if pids else None
 
 
 def kernel_log_pids(run_dir: Path, label: str) -> list[int]:
@@ -117,6 +116,16 @@ def kernel_log_pids(run_dir: Path, label: str) -> list[int]:
     except OSError:
         return []
     return [int(pid) for pid in pattern.findall(text)]
+
+
+def rs_pid(run_dir: Path) -> int:
+    """RS's pid, as the kernel logged it when it spawned RS, the last time (the
+    operator may not read the kernel's process table, and a forked RS's command
+    line is the fork server's)."""
+    pids = kernel_log_pids(run_dir, RS_LABEL)
+    if not pids:
+        raise HwlError(f"the kernel's log names no pid for RS (in {run_dir})")
+    return pids[-1]
 
 
 def kernel_restarted(
