@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -452,12 +452,8 @@ class Filter:
         result to the backup side."""
         assert self.layout is not None and self.ext is not None and self.disks is not None
         t0 = time.monotonic()
-        sectors = self.size // SECTOR
-        step = MAX_IO // SECTOR
         main, *rest = self.live()
-        for first in range(0, sectors, step):
-            n = min(step, sectors - first)
-            span = self.layout.span(first, n)
+        for first, n, span in self.whole_disk():
             size = span.count * SECTOR
 
             def fmt(d: Disk, span: Span = span, first: int = first, n: int = n) -> None:
@@ -469,8 +465,17 @@ class Filter:
             self.attempt(main, fmt)
             for disk in rest:
                 self.attempt(disk, functools.partial(self._put, phys=span.phys, size=size))
-        log.info("formatted %d sectors (checksum %s) in %.1f s", sectors, self.opts.checksum,
-                 time.monotonic() - t0)  # fmt: skip
+        log.info("formatted %d sectors (checksum %s) in %.1f s", self.size // SECTOR,
+                 self.opts.checksum, time.monotonic() - t0)  # fmt: skip
+
+    def whole_disk(self) -> Iterator[tuple[int, int, Span]]:
+        """The filtered disk in pieces of MAX_IO: (first logical sector, sectors,
+        the groups that hold them)."""
+        assert self.layout is not None
+        sectors, step = self.size // SECTOR, MAX_IO // SECTOR
+        for first in range(0, sectors, step):
+            n = min(step, sectors - first)
+            yield first, n, self.layout.span(first, n)
 
     # ------------------------------------------------------------ resync
     def resync(self) -> dict[str, codec.Value]:
@@ -502,10 +507,7 @@ class Filter:
         retries) to ``target`` (read back: a difference is a problem of it)."""
         assert self.layout is not None and self.ext is not None and self.back is not None
         assert self.disks is not None
-        sectors, step = self.size // SECTOR, MAX_IO // SECTOR
-        for first in range(0, sectors, step):
-            n = min(step, sectors - first)
-            span = self.layout.span(first, n)
+        for first, n, span in self.whole_disk():
             size = span.count * SECTOR
             self.attempt(source, functools.partial(self.read_checked, span=span, first=first, n=n))
             self.disks.io(target, True, span.phys * SECTOR, self.ext.offset, size)
