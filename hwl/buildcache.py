@@ -16,9 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def cache_home() -> Path:
+    """``$XDG_CACHE_HOME``, else ``~/.cache``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
 def cache_root(kind: str) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hwl" / kind
+    return cache_home() / "hwl" / kind
 
 
 def cached(out_dir: Path, name: str, make: Callable[[Path], None]) -> Path:

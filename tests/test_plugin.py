@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
+from hwl.buildcache import cache_home
 from hwl.link import abi
 
 pytestmark = pytest.mark.qemu
 
 #: The build cache of this session (hwl/buildcache.py). pytester points HOME at each
 #: test's own folder, so without it every inner session built the stub again.
-CACHE = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+CACHE = str(cache_home())
 
 
 @pytest.fixture(autouse=True)
