@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from hwl.errors import HwlError
 
 
 def cache_home() -> Path:
@@ -23,6 +26,14 @@ def cache_home() -> Path:
 
 def cache_root(kind: str) -> Path:
     return cache_home() / "hwl" / kind
+
+
+def run_tool(cmd: list[str], what: str, error: type[HwlError]) -> None:
+    """Run a compiler or linker for ``what``; ``error`` with the command line and
+    its output if it fails."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise error(f"{what} failed: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
 
 
 def cached(out_dir: Path, name: str, make: Callable[[Path], None]) -> Path:

@@ -13,10 +13,9 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import shutil
-import subprocess
 from pathlib import Path
 
-from hwl.buildcache import cache_root, cached
+from hwl.buildcache import cache_root, cached, run_tool
 from hwl.errors import NativeBuildError
 
 CFLAGS = ["-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror"]
@@ -33,9 +32,7 @@ def build(source: Path, cache: Path | None = None) -> Path:
         if gcc is None:
             raise NativeBuildError(f"'gcc' not found to build {source.name}: apt-get install gcc")
         cmd = [gcc, *CFLAGS, "-o", str(tmp / f"{source.stem}.so"), str(source)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise NativeBuildError(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
+        run_tool(cmd, f"building {source.name}", NativeBuildError)
 
     return cached(out_dir, f"{source.stem}.so", make)
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from hwl.buildcache import cache_root, cached
+from hwl.buildcache import cache_root, cached, run_tool
 from hwl.errors import StubAbiError, StubBuildError
 from hwl.link import abi
 from hwl.share import shared
@@ -71,17 +70,13 @@ def build_stub(src: Path | None = None, cache: Path | None = None) -> Path:
         for f in files:
             if f.suffix in {".c", ".S"}:
                 obj = tmp / f"{f.name}.o"
-                _run(["gcc", *CFLAGS, f"-I{src}", "-c", str(f), "-o", str(obj)])
+                cmd = ["gcc", *CFLAGS, f"-I{src}", "-c", str(f), "-o", str(obj)]
+                run_tool(cmd, "stub build", StubBuildError)
                 objs.append(str(obj))
-        _run(["ld", *LDFLAGS, "-T", str(src / "link.ld"), "-o", str(tmp / ELF_NAME), *objs])
+        ld = ["ld", *LDFLAGS, "-T", str(src / "link.ld"), "-o", str(tmp / ELF_NAME), *objs]
+        run_tool(ld, "stub build", StubBuildError)
 
     return cached(out_dir, ELF_NAME, make)
-
-
-def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise StubBuildError(f"stub build failed: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
 
 
 @dataclass(frozen=True)
