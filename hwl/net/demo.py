@@ -9,6 +9,7 @@ and driven from a thread with a bounded lifetime; it listens and this process's
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -23,6 +24,7 @@ from pathlib import Path
 import hwl.net
 from hwl.errors import HwlError
 from hwl.machine.machine import Machine
+from hwl.net.status import format_interfaces
 from hwl.proto.inet import MAX_RECV
 from hwl.system.nicrig import LINUX_IP
 from hwl.system.rs import Rs
@@ -54,6 +56,7 @@ class LinuxEnd:
         self.listener.listen(1)
         self.listener.settimeout(seconds)
         self.done_reading = 0.0  # time.monotonic() of the peer's FIN
+        self._conn: socket.socket | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @property
@@ -63,6 +66,7 @@ class LinuxEnd:
     def _run(self) -> None:
         try:
             conn, _ = self.listener.accept()
+            self._conn = conn
             with conn:
                 conn.settimeout(self.seconds)
                 self._read(conn)
@@ -80,6 +84,14 @@ class LinuxEnd:
                 self.reads.append((time.monotonic(), self.count))
             if time.monotonic() > deadline:
                 raise TimeoutError(f"Linux still reading after {self.seconds} s")
+
+    def abort(self) -> None:
+        """End the thread now (hwl.net's side failed): a read or accept waiting for
+        a peer that will not come back returns at once instead of at ``seconds``."""
+        for sock in (self._conn, self.listener):
+            if sock is not None:
+                with contextlib.suppress(OSError):  # not connected, or closed already
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> LinuxEnd:
         self._thread.start()
@@ -152,6 +164,7 @@ class Result:
     kills: int
     kill_to_up_ms: list[float]
     killed: list[tuple[int, int, int]]  # (pid, its successor's, at byte) per kill
+    sent_seen: int = 0  # bytes Linux read
     error: str = ""  # an exception on either side (a reset, a timeout): "" if none
 
     @property
@@ -191,7 +204,7 @@ def transfer(
         start = end = time.monotonic()
         try:
             with hwl.net.socket(hwl.net.AF_INET, hwl.net.SOCK_STREAM, inet=inet) as s:
-                s.settimeout(60.0)
+                s.settimeout(min(60.0, seconds))
                 s.connect(linux.address)
                 start = time.monotonic()
                 if marks:
@@ -204,6 +217,7 @@ def transfer(
                 end = time.monotonic()
         except OSError as exc:
             error = f"hwl.net: {exc!r}"
+            linux.abort()
         killer.stop.set()
         if thread.ident is not None:
             thread.join(UP_TIMEOUT + 5)
@@ -223,6 +237,7 @@ def transfer(
         kills=len(killer.kills),
         kill_to_up_ms=[t * 1e3 for t in killer.kill_to_up],
         killed=killer.killed,
+        sent_seen=linux.count,
         error=error,
     )
 
@@ -241,6 +256,7 @@ def reach(inet: hwl.net.Inet, timeout: float = 15.0) -> None:
 
 
 DEMO_KILLS = 3  # with RS's own backoff (1 s units): restarts at once, after 2 s, after 4 s
+DEMO_SECONDS = 150.0  # a bound on the whole transfer: 8 MiB takes about 15 s here
 
 
 def demo(machine: Machine, mib: int, kills: int = DEMO_KILLS) -> bool:
@@ -255,7 +271,9 @@ def demo(machine: Machine, mib: int, kills: int = DEMO_KILLS) -> bool:
         print(f"\nTCP: {mib} MiB from hwl.net to Linux's own socket at {LINUX_IP} (in the "
               f"machine's namespace) and 1 MiB back, one connection; meanwhile kill -9 "
               f"{label} {kills} times:", flush=True)  # fmt: skip
-        result = transfer(machine, inet, out, back, label=label, kills=kills)
+        result = transfer(machine, inet, out, back, label=label, kills=kills,
+                          seconds=DEMO_SECONDS)  # fmt: skip
+        status = "" if result.intact else inet_state(inet)
     for (pid, new, at), up_ms in zip(result.killed, result.kill_to_up_ms, strict=True):
         print(f"  kill -9 {pid} ({label}) at {at / MIB:.1f} MiB: back as pid {new} "
               f"{up_ms:.0f} ms later")  # fmt: skip
@@ -268,5 +286,19 @@ def demo(machine: Machine, mib: int, kills: int = DEMO_KILLS) -> bool:
         return True
     print(f"TCP transfer FAILED: {result.error or 'bytes differ'}; SHA-256 equal to Linux "
           f"{result.to_linux_equal}, from Linux {result.from_linux_equal}; "
-          f"{result.kills} of {kills} kills")  # fmt: skip
+          f"{result.kills} of {kills} kills; {result.sent_seen} bytes reached Linux")  # fmt: skip
+    print(status)
     return False
+
+
+def inet_state(inet: hwl.net.Inet) -> str:
+    """INET's interfaces and counters after a failed transfer, for the report."""
+    try:
+        status = hwl.net.ifstatus(inet=inet)
+    except OSError as exc:
+        return f"INET's status: none ({exc})"
+    counters = status.get("counters")
+    lines = [format_interfaces(status), "INET's counters:"]
+    for name, values in sorted(counters.items()) if isinstance(counters, dict) else []:
+        lines.append(f"  {name}: {values!r}")
+    return "\n".join(lines)
