@@ -41,6 +41,18 @@ log = logging.getLogger(__name__)
 
 _REQUEST = wire.REQUEST
 _RESPONSE = wire.RESPONSE
+_PACK_REQUEST = wire.REQUEST.pack
+_UNPACK_REQUEST = wire.REQUEST.unpack_from
+_REQUEST_SIZE = wire.REQUEST.size
+_MAX_REQUEST = wire.MAX_REQUEST
+_UNPACK_RESPONSE = wire.RESPONSE.unpack_from
+_PACK_RESPONSE = wire.RESPONSE.pack
+_MESSAGE = int(wire.Kind.MESSAGE)
+_MAX_PAYLOAD = wire.MAX_PAYLOAD
+_RESPONSE_SIZE = wire.RESPONSE.size
+_MAX_RESPONSE = wire.MAX_RESPONSE
+_SENDREC = int(wire.Op.SENDREC)
+_PACK_WAIT = CHANNEL_WAIT.pack_into
 _NO_CHANNEL = frozenset({wire.ANY, wire.NONE, wire.SELF})
 RETRY_REFUSED = 0.5  # s before asking again for a channel the kernel refused
 MAX_ID = 0xFFFF
@@ -63,22 +75,22 @@ class ClientChannels:
 
     def __init__(self, wait_word: memoryview | None = None) -> None:
         self._wait_word = wait_word  # arena.CHANNEL_WAIT in our arena: whom a call waits on
-        self._socks: dict[int, socket.socket] = {}
+        self.socks: dict[int, socket.socket] = {}  # by server endpoint; add and drop change it
         self._refused: dict[int, float] = {}  # dest -> when to ask again
         self._id = 0
         self.off = False  # the kernel said channels are off
 
     def wants(self, dest: int) -> bool:
         """Whether to ask the kernel for a channel to ``dest`` now."""
-        if self.off or dest < 0 or dest in _NO_CHANNEL or dest in self._socks:
+        if self.off or dest < 0 or dest in _NO_CHANNEL or dest in self.socks:
             return False
         return time.monotonic() >= self._refused.get(dest, 0.0)
 
     def get(self, dest: int) -> socket.socket | None:
-        return self._socks.get(dest)
+        return self.socks.get(dest)
 
     def add(self, dest: int, fd: int) -> None:
-        self._socks[dest] = socket.socket(fileno=fd)
+        self.socks[dest] = socket.socket(fileno=fd)
 
     def refused(self, dest: int, errno: Errno) -> None:
         if errno is Errno.ENOSYS:
@@ -86,7 +98,7 @@ class ClientChannels:
         self._refused[dest] = time.monotonic() + RETRY_REFUSED
 
     def drop(self, dest: int) -> None:
-        sock = self._socks.pop(dest, None)
+        sock = self.socks.pop(dest, None)
         if sock is not None:
             sock.close()
 
@@ -94,44 +106,58 @@ class ClientChannels:
         """One call on ``dest``'s channel: the reply frame, or None if the request
         could not leave (the channel was ended: the caller uses the kernel path).
         Raises ChannelDead if the server's end closed while we waited, TimeoutError
-        when ``timeout`` ran out."""
-        sock = self._socks[dest]
-        self._id = self._id % MAX_ID + 1
-        ident = self._id
+        when ``timeout`` ran out. Every call takes this path: it is kept short."""
+        sock = self.socks[dest]
+        ident = self._id = self._id % MAX_ID + 1
         try:
-            sock.send(_REQUEST.pack(wire.Op.SENDREC, 0, ident, 0, m_type) + payload)
+            sock.send(_PACK_REQUEST(_SENDREC, 0, ident, 0, m_type) + payload)
         except OSError:  # EPIPE, ECONNRESET: ended before the request left
             self.drop(dest)
             return None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._mark(dest)
+        word = self._wait_word
+        if word is not None:
+            _PACK_WAIT(word, 0, dest)
         try:
+            if timeout is not None:
+                return self._reply_within(sock, dest, ident, timeout)
             while True:
-                if deadline is not None:
-                    sock.settimeout(max(0.0, deadline - time.monotonic()))
                 try:
-                    answer = sock.recv(wire.MAX_RESPONSE)
-                except OSError as exc:
-                    if isinstance(exc, TimeoutError):
-                        raise
+                    answer = sock.recv(_MAX_RESPONSE)
+                except OSError:
                     answer = b""
                 if not answer:
                     self.drop(dest)
                     raise ChannelDead(f"the channel to {wire.endpoint_name(dest)} closed")
-                if len(answer) >= _RESPONSE.size and _RESPONSE.unpack_from(answer)[2] == ident:
+                if len(answer) >= _RESPONSE_SIZE and _UNPACK_RESPONSE(answer)[2] == ident:
                     return answer
                 # a late reply to a call that timed out: dropped
         finally:
-            self._mark(wire.NONE)
-            if deadline is not None and dest in self._socks:
+            if word is not None and self._wait_word is not None:
+                _PACK_WAIT(word, 0, wire.NONE)
+
+    def _reply_within(self, sock: socket.socket, dest: int, ident: int, timeout: float) -> bytes:
+        """The reply to call ``ident``, waited for at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                sock.settimeout(max(0.0, deadline - time.monotonic()))
+                try:
+                    answer = sock.recv(_MAX_RESPONSE)
+                except TimeoutError:
+                    raise
+                except OSError:
+                    answer = b""
+                if not answer:
+                    self.drop(dest)
+                    raise ChannelDead(f"the channel to {wire.endpoint_name(dest)} closed")
+                if len(answer) >= _RESPONSE_SIZE and _UNPACK_RESPONSE(answer)[2] == ident:
+                    return answer
+        finally:
+            if dest in self.socks:
                 sock.settimeout(None)
 
-    def _mark(self, endpoint: int) -> None:
-        if self._wait_word is not None:
-            CHANNEL_WAIT.pack_into(self._wait_word, 0, endpoint)
-
     def close(self) -> None:
-        for dest in list(self._socks):
+        for dest in list(self.socks):
             self.drop(dest)
         if self._wait_word is not None:
             self._wait_word.release()  # the arena can then be unmapped
@@ -166,7 +192,7 @@ class ChannelServer:
         self._epoll = select.epoll()
         self._epoll.register(event_fd, select.EPOLLIN)
         self._by_fd: dict[int, _Served] = {}
-        self._by_client: dict[int, list[_Served]] = {}
+        self.owed: dict[int, _Served] = {}  # client -> the channel whose call it waits on
         self._ready: collections.deque[int] = collections.deque()
         self.armed = False  # the kernel will bump the event fd: no need to ask it
         self.bad_frames = 0
@@ -177,29 +203,36 @@ class ChannelServer:
         sock.setblocking(False)
         served = _Served(sock, client, self._handed.pop(client, None))
         self._by_fd[fd] = served
-        self._by_client.setdefault(client, []).append(served)
+        if served.waiting is not None:
+            self._owe(served)
         self._epoll.register(fd, select.EPOLLIN)
+
+    def _owe(self, served: _Served) -> None:
+        """``served``'s client waits on its last call: an older one it left on
+        another channel timed out, and is answered no more."""
+        before = self.owed.get(served.client)
+        if before is not None and before is not served:
+            before.waiting = None
+        self.owed[served.client] = served
 
     def _remove(self, served: _Served) -> None:
         fd = served.sock.fileno()
         self._by_fd.pop(fd, None)
         with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(fd)
-        rows = self._by_client.get(served.client, [])
-        if served in rows:
-            rows.remove(served)
-        if not rows:
-            self._by_client.pop(served.client, None)
+        if self.owed.get(served.client) is served:
+            del self.owed[served.client]
         served.sock.close()
 
     def poll(self, timeout: float | None) -> tuple[int, int, bytes] | KernelEvent | None:
         """The next request (client, m_type, payload); KERNEL_EVENT when the event
         fd rang; None when ``timeout`` ran out."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        ready, event_fd = self._ready, self.event_fd
         while True:
-            while self._ready:
-                fd = self._ready.popleft()
-                if fd == self.event_fd:
+            while ready:
+                fd = ready.popleft()
+                if fd == event_fd:
                     with contextlib.suppress(BlockingIOError):
                         os.eventfd_read(fd)
                     self.armed = False
@@ -211,6 +244,13 @@ class ChannelServer:
             events = self._epoll.poll(left)
             if not events:
                 return None
+            if len(events) == 1 and events[0][0] != event_fd:  # one call: the usual case
+                request = self._read(events[0][0])
+                if request is not None:
+                    return request
+                continue
+            # Level-triggered: a channel with more calls is reported again on the
+            # next poll, after the others ready now (each ready channel one call).
             fds = [fd for fd, _ in events]
             if self.event_fd in fds:  # the kernel's messages first: notifications
                 fds.remove(self.event_fd)
@@ -222,24 +262,30 @@ class ChannelServer:
         if served is None:
             return None
         try:
-            frame = served.sock.recv(wire.MAX_REQUEST + 1)
+            frame = served.sock.recv(_MAX_REQUEST + 1)
         except BlockingIOError:
             return None
         except OSError:
             frame = b""
-        if not frame:  # the kernel ended the channel, or the client is gone
+        size = len(frame)
+        if not size:  # the kernel ended the channel, or the client is gone
             self._remove(served)
             return None
-        if len(frame) > wire.MAX_REQUEST or len(frame) < _REQUEST.size:
-            self._bad(served, frame, f"a {len(frame)}-byte frame")
+        if size > _MAX_REQUEST or size < _REQUEST_SIZE:
+            self._bad(served, frame, f"a {size}-byte frame")
             return None
-        op, _flags, ident, _peer, m_type = _REQUEST.unpack_from(frame)
-        if op != wire.Op.SENDREC:
+        op, _flags, ident, _peer, m_type = _UNPACK_REQUEST(frame)
+        if op != _SENDREC:
             self._bad(served, frame, f"operation {op} (only SENDREC goes on a channel)")
             return None
-        self._ready.append(fd)  # more may wait: after the others that are ready
         served.waiting = ident
-        return served.client, m_type, frame[_REQUEST.size :]
+        client = served.client
+        owed = self.owed
+        if client in owed:
+            self._owe(served)
+        else:
+            owed[client] = served
+        return client, m_type, frame[_REQUEST_SIZE:]
 
     def _bad(self, served: _Served, frame: bytes, why: str) -> None:
         self.bad_frames += 1
@@ -253,34 +299,33 @@ class ChannelServer:
     def waiting(self) -> Waiting:
         """The calls read and not answered, by client: what a live update's new
         version must answer (SEF carries it in the saved state)."""
-        table = {s.client: s.waiting for s in self._by_fd.values() if s.waiting is not None}
+        table = {client: s.waiting for client, s in self.owed.items() if s.waiting is not None}
         return {**self._handed, **table}
 
     def owes(self, client: int) -> bool:
         """Whether a call from ``client`` came on a channel and is unanswered."""
-        return any(s.waiting is not None for s in self._by_client.get(client, ()))
+        return client in self.owed
 
     def reply(self, me: int, client: int, m_type: int, payload: bytes) -> Errno | None:
         """Answer the channel call ``client`` waits on; the errno if the reply
         could not be left (the client is gone or does not read)."""
-        if len(payload) > wire.MAX_PAYLOAD:  # as the kernel path refuses it
+        if len(payload) > _MAX_PAYLOAD:  # as the kernel path refuses it
             return Errno.EMSGSIZE
-        for served in self._by_client.get(client, ()):
-            if served.waiting is not None:
-                ident, served.waiting = served.waiting, None
-                frame = _RESPONSE.pack(wire.Kind.MESSAGE, 0, ident, 0, me, m_type) + payload
-                try:
-                    served.sock.send(frame)
-                except BlockingIOError:
-                    log.warning("%s does not read its channel's replies: channel closed",
-                                wire.endpoint_name(client))  # fmt: skip
-                    self._remove(served)
-                    return Errno.ENOTREADY
-                except OSError:
-                    self._remove(served)
-                    return Errno.EDEADSRCDST
-                return None
-        return Errno.ENOTREADY
+        served = self.owed.pop(client, None)
+        if served is None or served.waiting is None:
+            return Errno.ENOTREADY
+        ident, served.waiting = served.waiting, None
+        try:
+            served.sock.send(_PACK_RESPONSE(_MESSAGE, 0, ident, 0, me, m_type) + payload)
+        except BlockingIOError:
+            log.warning("%s does not read its channel's replies: channel closed",
+                        wire.endpoint_name(client))  # fmt: skip
+            self._remove(served)
+            return Errno.ENOTREADY
+        except OSError:
+            self._remove(served)
+            return Errno.EDEADSRCDST
+        return None
 
     def close(self) -> None:
         for served in list(self._by_fd.values()):

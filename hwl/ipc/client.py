@@ -38,6 +38,8 @@ Fields = Mapping[str, codec.Value]
 _REQUEST = wire.REQUEST.pack
 _RESPONSE = wire.RESPONSE.unpack_from
 _HEADER = wire.RESPONSE.size
+_MESSAGE = int(wire.Kind.MESSAGE)
+_MAX_PAYLOAD = wire.MAX_PAYLOAD
 
 #: The kernel calls whose answer waits for the machine (the kernel defers it).
 BLOCKING_KCALLS: frozenset[str] = frozenset({"devio", "vdevio", "sdevio"})
@@ -56,7 +58,7 @@ class KernelGone(HwlError, ConnectionError):
     """The connection to the kernel closed: the kernel stopped, or cut us off."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     """A received message. ``fields`` decodes the payload on first use."""
 
@@ -273,13 +275,16 @@ class Connection(KernelCalls):
             self._unblock()
         channels = self._channels
         if channels is not None:
-            payload = _payload(fields)
-            if channels.wants(dest):
+            payload = fields if isinstance(fields, bytes) else _payload(fields)
+            if dest not in channels.socks and channels.wants(dest):
                 self._open_channel(channels, dest)
-            if channels.get(dest) is not None:
-                message = self._channel_call(channels, dest, m_type, payload, timeout)
-                if message is not None:
-                    return message
+            if dest in channels.socks:
+                answer = self._channel_call(channels, dest, m_type, payload, timeout)
+                if answer is not None:
+                    kind, _flags, _ident, status, source, reply_type = _RESPONSE(answer)
+                    if status < 0 or kind != _MESSAGE:
+                        raise self._error(status or -Errno.EGENERIC, answer, "sendrec", timeout)
+                    return Message(source, reply_type, answer[_HEADER:])
             fields = payload
         frame = _REQUEST(wire.Op.SENDREC, 0, 0, dest, m_type) + _payload(fields)
         return self._message(self._call(frame, "sendrec", timeout), "sendrec", timeout)
@@ -294,10 +299,12 @@ class Connection(KernelCalls):
             self._unblock()  # a reply kept before this one leaves first
         server = self._server
         if server is not None:
-            if server.owes(dest):
-                errno = server.reply(self.endpoint, dest, m_type, _payload(fields))
+            if dest in server.owed:
+                payload = fields if isinstance(fields, bytes) else _payload(fields)
+                errno = server.reply(self.endpoint, dest, m_type, payload)
                 message = self._serve(None, None)
-                message.reply_errno = errno or message.reply_errno
+                if errno is not None:
+                    message.reply_errno = errno
                 return message
             first = _REQUEST(wire.Op.REPLY_RECEIVE, wire.FLAG_NONBLOCK, 0, dest, m_type)
             return self._serve(first + _payload(fields), None)
@@ -430,25 +437,20 @@ class Connection(KernelCalls):
         m_type: int,
         payload: bytes,
         timeout: float | None,
-    ) -> Message | None:
-        """A sendrec on ``dest``'s channel; None: it could not leave (kernel path)."""
-        if len(payload) > wire.MAX_PAYLOAD:  # as the kernel path refuses it
-            raise IpcError(Errno.EMSGSIZE, "sendrec", f"a payload over {wire.MAX_PAYLOAD} bytes")
+    ) -> bytes | None:
+        """A sendrec on ``dest``'s channel: the reply frame; None: it could not
+        leave (the caller takes the kernel path)."""
+        if len(payload) > _MAX_PAYLOAD:  # as the kernel path refuses it
+            raise IpcError(Errno.EMSGSIZE, "sendrec", f"a payload over {_MAX_PAYLOAD} bytes")
         with self._lock:
             if self.closed:
                 raise KernelGone("this connection is closed")
             try:
-                answer = channels.call(dest, m_type, payload, timeout)
+                return channels.call(dest, m_type, payload, timeout)
             except TimeoutError:
                 raise IpcTimeout(Errno.EINTR, "sendrec", f"no answer within {timeout} s") from None
             except chan.ChannelDead as exc:
                 raise IpcError(Errno.EDEADSRCDST, "sendrec", str(exc)) from None
-        if answer is None:
-            return None
-        kind, _flags, _ident, status, source, reply_type = _RESPONSE(answer)
-        if status < 0 or kind != wire.Kind.MESSAGE:
-            raise self._error(status or -Errno.EGENERIC, answer, "sendrec", timeout)
-        return Message(source, reply_type, answer[_HEADER:])
 
     def _serve(self, first: bytes | None, timeout: float | None) -> Message:
         """A channel server's receive from anyone: what the kernel holds (asked
@@ -457,6 +459,11 @@ class Connection(KernelCalls):
         call. Channels the kernel grants on the way are taken in."""
         server = self._server
         assert server is not None
+        if first is None and timeout is None and server.armed:  # the usual case: a call
+            got = server.poll(None)
+            if got.__class__ is tuple:
+                client, m_type, payload = got
+                return Message(client, m_type, payload)
         deadline = None if timeout is None else time.monotonic() + timeout
         reply_errno: Errno | None = None
         while True:
