@@ -1,7 +1,7 @@
 """Host-side C helpers: a C file compiled with gcc on first use, loaded with ctypes.
 
 For the few loops where CPython's per-call cost is the whole cost (the filter's
-2048 sector sums per MiB, drivers/filter/native.py). As with the guest stub
+2048 sector sums per MiB, hwl/sectors.py). As with the guest stub
 (hwl/machine/stub.py), the library lands in a cache directory named by a hash of
 the source and flags (hwl/buildcache.py), so an edited source means a new build
 and an unchanged one costs one hash; gcc is already one of hwl's install steps

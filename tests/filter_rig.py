@@ -17,6 +17,7 @@ from hwl import Machine
 from hwl.drivers.at_wini import lie
 from hwl.drivers.filter.layout import Layout
 from hwl.ipc import codec
+from hwl.proto import bdev as bp
 from hwl.pytest_plugin import MachineFactory
 from hwl.system.boot import System
 from hwl.system.rs import ServiceStatus
@@ -105,3 +106,12 @@ def rig(hwl_machines: MachineFactory, profile: str) -> Iterator[Rig]:
             system.stop()
     finally:
         machine.close()
+
+
+def filter_ioctl(r: Rig, request: str, status: int = 0) -> dict[str, codec.Value]:
+    """An ioctl sent to the filter itself (VFS passes only geometry and flush)."""
+    conn = r.system.rs.conn
+    reply = conn.sendrec(r.system.rs.lookup("filter"), bp.BDEV_IOCTL,
+                         {"minor": 0, "request": request}, timeout=30)  # fmt: skip
+    assert reply.m_type == status, reply.fields
+    return {k: v for k, v in reply.fields.items() if k not in ("gen", "id")}  # the protocol's

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from filter_rig import LAYOUT, SECTOR, SIZE, Rig, rig
+from filter_rig import LAYOUT, SECTOR, SIZE, Rig, filter_ioctl, rig
 
 from hwl.kernel.errno import Errno
 from hwl.pytest_plugin import MachineFactory
@@ -67,11 +67,16 @@ def test_patterns_are_written_and_read_back_byte_exact(r: Rig) -> None:
 def test_a_flipped_bit_is_caught_at_wini_refreshed_and_the_read_redone(r: Rig) -> None:
     position = 6 << 20
     pid = r.row("at_wini").pid
+    before = filter_ioctl(r, "filter_stats")
     r.lie("at_wini", "flip", count=1, position=r.raw_position(position + 77), bit=3)
     with r.vfs.open("/dev/c0d0", "rb") as f:
         f.seek(position)
         assert f.read(65536) == r.logical(position, 65536)
     r.wait_up("at_wini", pid)
+    after = filter_ioctl(r, "filter_stats")
+    assert after["bad_sums"] == before["bad_sums"] + 1  # type: ignore[operator]
+    # the kernel checked the sums as it copied to the client (sumcopyto), the re-read too
+    assert after["sumcopies"] == before["sumcopies"] + 1  # type: ignore[operator]
     log = r.log("filter")
     assert f"bad checksum at sector {position // SECTOR}" in log
     assert "asking RS to refresh at_wini" in log

@@ -15,11 +15,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from filter_rig import SECTOR, SIZE, Rig, rig
+from filter_rig import SECTOR, SIZE, Rig, filter_ioctl, rig
 
-from hwl.ipc import codec
 from hwl.kernel.errno import Errno
-from hwl.proto import bdev as bp
 from hwl.pytest_plugin import MachineFactory
 from hwl.system import vfs as vp
 
@@ -148,15 +146,6 @@ def test_a_side_that_keeps_failing_is_dropped_and_the_other_serves_on(r: Rig) ->
         r.lie("at_wini", "clear")
     line = next(x for x in r.log("filter").splitlines() if "dropped" in x)
     assert "serving from at_wini1 alone" in line, line
-
-
-def filter_ioctl(r: Rig, request: str, status: int = 0) -> dict[str, codec.Value]:
-    """An ioctl sent to the filter itself (VFS passes only geometry and flush)."""
-    conn = r.system.rs.conn
-    reply = conn.sendrec(r.system.rs.lookup("filter"), bp.BDEV_IOCTL,
-                         {"minor": 0, "request": request}, timeout=30)  # fmt: skip
-    assert reply.m_type == status, reply.fields
-    return {k: v for k, v in reply.fields.items() if k not in ("gen", "id")}  # the protocol's
 
 
 def test_a_dropped_side_is_resynced_and_serves_again(r: Rig) -> None:

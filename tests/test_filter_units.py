@@ -1,5 +1,5 @@
 """The filter's checksum layout and sums, without QEMU (drivers/filter/layout.py, sums.py,
-and their loops in C, native.py and sectors.c, against a CRC32C written here).
+and their loops in C, sectors.py and sectors.c, against a CRC32C written here).
 
 The layout is MINIX's: groups of ``sum_sec`` data sectors, each followed by a
 checksum sector; every sum covers the data and the logical sector number.
@@ -16,7 +16,8 @@ from crc32c_ref import crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwl.drivers.filter import native, options, sums
+from hwl import sectors
+from hwl.drivers.filter import options, sums
 from hwl.drivers.filter.layout import SECTOR, Layout
 from hwl.drivers.filter.main import slice_iov
 
@@ -27,12 +28,12 @@ def sector(seed: int) -> bytes:
 
 def test_crc32c_matches_the_reference() -> None:
     assert crc32c(b"123456789") == 0xE3069283  # the standard check value
-    assert native.crc32c(b"123456789") == 0xE3069283
+    assert sectors.crc32c(b"123456789") == 0xE3069283
     rng = random.Random(5)
     for size in (0, 1, 7, 8, 9, 511, 512, 513, 1536, 1537):
         data = rng.randbytes(size)
-        assert native.crc32c(data) == crc32c(data), size
-        assert native.crc32c(data[size // 2 :], native.crc32c(data[: size // 2])) == crc32c(data)
+        assert sectors.crc32c(data) == crc32c(data), size
+        assert sectors.crc32c(data[size // 2 :], sectors.crc32c(data[: size // 2])) == crc32c(data)
 
 
 def test_sums_follow_minix() -> None:
@@ -169,4 +170,4 @@ def test_native_checks_lengths() -> None:
     with pytest.raises(ValueError, match="needs"):
         lay.collapse(memoryview(bytearray(18 * SECTOR)), 0, memoryview(bytearray(100)), 16)
     with pytest.raises(ValueError, match="sum_sec"):
-        native.crc_check(bytearray(SECTOR * 200), 0, 1, 129)
+        sectors.crc_check(bytearray(SECTOR * 200), 0, 1, 129)

@@ -13,7 +13,7 @@ buffer in the layout (the "extended" buffer); ``expand`` / ``collapse`` move the
 data between it and the client's contiguous bytes, ``fill`` and ``check`` write
 and verify the sums of the sectors the request covers (the other sectors of a
 partial group keep the sums they have on the disk). The copies and the ``crc``
-sums run in C, one call per request (native.py); the other kinds in Python.
+sums run in C, one call per request (sectors.py); the other kinds in Python.
 
 See docs/filter.md.
 """
@@ -23,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from . import native, sums
+from hwl import sectors
+
+from . import sums
 
 SECTOR = sums.SECTOR
 
@@ -85,11 +87,11 @@ class Layout:
 
     def expand(self, ext: memoryview, first: int, data: memoryview, count: int) -> None:
         """Contiguous ``data`` (``count`` sectors from ``first``) into ``ext``."""
-        native.expand(ext, first, count, self.sum_sec, data)
+        sectors.expand(ext, first, count, self.sum_sec, data)
 
     def collapse(self, ext: memoryview, first: int, out: memoryview, count: int) -> None:
         """The data of ``count`` sectors from ``first`` out of ``ext``, contiguous."""
-        native.collapse(ext, first, count, self.sum_sec, out)
+        sectors.collapse(ext, first, count, self.sum_sec, out)
 
     def _sum_at(self, g: int, sector: int) -> int:
         """Byte offset in ``ext`` of the sum of logical ``sector`` (in span group g)."""
@@ -104,7 +106,7 @@ class Layout:
     def fill(self, ext: memoryview, first: int, count: int) -> None:
         """Write the sums of ``count`` sectors from ``first`` into their checksum sectors."""
         if self.kind == "crc":
-            native.crc_fill(ext, first, count, self.sum_sec)
+            sectors.crc_fill(ext, first, count, self.sum_sec)
             return
         data = self._bytes(ext, first, count)
         for g, lo, n, off in self.pieces(first, count):
@@ -120,7 +122,7 @@ class Layout:
         """The first of the ``count`` sectors from ``first`` whose sum is wrong, or
         None; with ``out``, a request whose sums are right is also collapsed into it."""
         if self.kind == "crc":
-            return native.crc_check(ext, first, count, self.sum_sec, out)
+            return sectors.crc_check(ext, first, count, self.sum_sec, out)
         bad = self._check(ext, first, count)
         if bad is None and out is not None:
             self.collapse(ext, first, out, count)

@@ -10,7 +10,7 @@ as 4 little-endian bytes (MINIX's ``unsigned long`` on i386):
 - ``crc``: CRC32C (the Castagnoli polynomial, as ext4 and iSCSI use) of the
   data, XORed with the sector number (4 bytes). MINIX used the IEEE CRC32;
   CRC32C is the one the CPU computes (``crc32`` instruction), so a 1 MiB read
-  checks its 2048 sums in tens of microseconds (sectors.c, native.py).
+  checks its 2048 sums in tens of microseconds (sectors.c, sectors.py).
 - ``md5``: MD5 of the data followed by the sector number (16 bytes).
 """
 
@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
-from . import native
+from hwl import sectors
 
 SECTOR: Final = 512
 SIZES: Final = {"nil": 4, "xor": 16, "crc": 4, "md5": 16}
@@ -42,7 +42,7 @@ def _xor(sector: int, data: memoryview) -> bytes:
 
 
 def _crc(sector: int, data: memoryview) -> bytes:
-    return _U32.pack(native.crc32c(data) ^ (sector & 0xFFFFFFFF))
+    return _U32.pack(sectors.crc32c(data) ^ (sector & 0xFFFFFFFF))
 
 
 def _md5(sector: int, data: memoryview) -> bytes:

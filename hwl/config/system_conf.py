@@ -124,6 +124,7 @@ KERNEL_CALLS: Final[dict[str, str]] = {
     "vsafecopy": "a vector of grant copies",
     "setgrant": "publish this process's grant table",
     "safememset": "fill a memory grant",
+    "sumcopyto": "copy checksummed sectors into a memory grant, checking their sums (hwl)",
     "getinfo": "read kernel information (machine, endpoints, uptime)",
     "keep": "keep state in the kernel across this process's death (hwl)",
     "spawn": "start a program as a new process, with the privileges given",

@@ -362,6 +362,19 @@ class KernelCalls:
         self.kcall("safecopyto", {"endpoint": endpoint, "grant": grant, "offset": offset,
                                   "local": local, "length": length})  # fmt: skip
 
+    def sumcopyto(
+        self, endpoint: int, grant: int, offset: int, local: int, first: int, count: int,
+        sum_sec: int,
+    ) -> int | None:  # fmt: skip
+        """The data of ``count`` sectors from logical ``first`` out of the checksummed
+        groups at arena ``local`` into the grant at ``offset``, their CRC32C sums
+        checked on the way (hwl/sectors.py's layout); the first bad sector, or None."""
+        reply = self.kcall("sumcopyto", {"endpoint": endpoint, "grant": grant, "offset": offset,
+                                         "local": local, "first": first, "count": count,
+                                         "sum_sec": sum_sec})  # fmt: skip
+        bad = reply.get("bad")
+        return bad if isinstance(bad, int) and bad >= 0 else None
+
     def safememset(
         self, endpoint: int, grant: int, offset: int, length: int, byte: int = 0
     ) -> None:

@@ -162,6 +162,7 @@ KERNEL_CALL_NUMBERS: Final[dict[str, int]] = {
             "chanserve",
             "faultctl",
             "keep",
+            "sumcopyto",
         ),
         start=1,
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from hwl import sectors
+from hwl.errors import NativeBuildError
 from hwl.ipc import arena, wire
 from hwl.kernel.calls.base import (
     I32_MAX,
@@ -26,6 +28,7 @@ from hwl.kernel.errno import Errno
 from hwl.kernel.proc import Proc
 
 MAX_VECTOR = 64  # vsafecopy entries
+MAX_SUM_SECTORS = 1 << 16  # sumcopyto: 32 MiB of data, far above any request
 
 
 class Procs(Protocol):
@@ -121,6 +124,34 @@ class Grants:
                     exc.errno, f"vsafecopy entry {i}: {exc.why}", warn=exc.warn
                 ) from exc
         return {"done": len(copies)}
+
+    def do_sumcopyto(self, proc: Proc, f: Fields) -> Reply:
+        """The data sectors of a checksummed layout in the caller's arena (``local``:
+        the groups holding ``count`` sectors from logical sector ``first``, ``sum_sec``
+        data sectors and one sector of their CRC32C sums per group; the filter's
+        layout, hwl/sectors.py) into a grant, contiguous, each sector's sum checked
+        in the same pass. ``bad``: the first sector whose sum is wrong (the grant's
+        bytes are then not all the request's), or -1. One pass over the data, where
+        a check, a collapse and a safecopyto took three."""
+        granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
+        gid = get_int(f, "grant", 0, I32_MAX)
+        offset = get_int(f, "offset", 0, I32_MAX, 0)
+        local = get_int(f, "local", 0, I32_MAX)
+        first = get_int(f, "first", 0, I32_MAX)
+        count = get_int(f, "count", 1, MAX_SUM_SECTORS)
+        sum_sec = get_int(f, "sum_sec", 1, sectors.MAX_SUM_SEC)
+        try:
+            span = sectors.span_bytes(first, count, sum_sec)
+        except ValueError as exc:
+            fail(Errno.EINVAL, f"sumcopyto: {exc}")
+        view, start = self.resolve(proc, granter, gid, arena.WRITE, offset, count * sectors.SECTOR)
+        own, at = self.own(proc, local, span)
+        try:
+            bad = sectors.crc_check(own[at : at + span], first, count, sum_sec,
+                                    view[start : start + count * sectors.SECTOR])  # fmt: skip
+        except NativeBuildError as exc:
+            fail(Errno.ENOSYS, f"sumcopyto: the sector loops are not built: {exc}")
+        return {"bad": -1 if bad is None else bad}
 
     def do_safememset(self, proc: Proc, f: Fields) -> Reply:
         granter = get_int(f, "endpoint", I32_MIN, I32_MAX)

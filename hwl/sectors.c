@@ -1,4 +1,5 @@
-/* The filter's per-request loops in C (drivers/filter/native.py loads this).
+/* The checksummed sector layout's loops in C (hwl/sectors.py loads this): the
+ * filter driver's (drivers/filter) and the kernel's sumcopyto call's.
  *
  * A 1 MiB read through the filter checks 2048 sector sums. In CPython that is
  * 2048 calls and slices, 0.7-1.6 ms: more than the disk driver's whole read.
@@ -6,7 +7,7 @@
  * three sectors at a time because each sum is independent) and the copies
  * between the layout's groups and the client's contiguous bytes.
  *
- * The layout (drivers/filter/layout.py): groups of S data sectors and one sum
+ * The layout (drivers/filter/layout.py, MINIX's filter): groups of S data sectors and one sum
  * sector; the sum of logical sector n is 4 bytes little-endian at
  * (g * (S + 1) + S) * 512 + (n % S) * 4 of the extended buffer, where g is n's
  * group counted from the request's first group. A sum is CRC32C of the

@@ -1,10 +1,14 @@
-"""The filter's per-request loops in C (sectors.c), through ctypes.
+"""The checksummed sector layout's loops in C (sectors.c), through ctypes.
 
-One call per request instead of one Python call per sector: the CRC32C sums of
-a request are checked or written, and its data collapsed out of the layout or
-expanded into it. Every length is checked here, before C sees a pointer. The
-library is built on first use (hwl/native.py); :func:`ready` builds it early, so
-the filter pays the compiler at init, not on its first read.
+The layout is the filter driver's (drivers/filter/layout.py, MINIX's): groups of
+data sectors, each followed by a sector of their CRC32C sums. One call per
+request instead of one Python call per sector: a request's sums are checked or
+written, and its data collapsed out of the layout or expanded into it. The
+filter uses these, and so does the kernel's ``sumcopyto`` call (the check and
+the copy into a client's grant in one pass). Every length is checked here,
+before C sees a pointer. The library is built on first use (hwl/native.py);
+:func:`ready` builds it early, so the caller pays the compiler at its start,
+not on its first request.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ def _pointer(buf: Buf, need: int, what: str, write: bool = False) -> Any:
     return (ctypes.c_char * view.nbytes).from_buffer(view)
 
 
-def _span_bytes(first: int, count: int, sum_sec: int) -> int:
+def span_bytes(first: int, count: int, sum_sec: int) -> int:
+    """The bytes of the groups that hold ``count`` sectors from ``first``."""
     if count <= 0 or first < 0 or first + count > 1 << 32:
         raise ValueError(f"sectors [{first}, {first + count}) out of range")
     if not 0 < sum_sec <= MAX_SUM_SEC:
@@ -80,7 +85,7 @@ def crc_check(ext: Buf, first: int, count: int, sum_sec: int, out: Buf | None = 
     """The first of ``count`` sectors from logical ``first`` whose sum in ``ext``
     (the request's groups) is wrong, or None; with ``out``, the data is collapsed
     into it in the same pass (whole only when None is returned)."""
-    at = _pointer(ext, _span_bytes(first, count, sum_sec), "the extended buffer")
+    at = _pointer(ext, span_bytes(first, count, sum_sec), "the extended buffer")
     to = None if out is None else _pointer(out, count * SECTOR, "the output", True)
     bad = int(_lib().filter_crc_check(at, first, count, sum_sec, to))
     return None if bad < 0 else first + bad
@@ -88,19 +93,19 @@ def crc_check(ext: Buf, first: int, count: int, sum_sec: int, out: Buf | None = 
 
 def crc_fill(ext: Buf, first: int, count: int, sum_sec: int) -> None:
     """Write the sums of ``count`` sectors from ``first`` into ``ext``."""
-    at = _pointer(ext, _span_bytes(first, count, sum_sec), "the extended buffer", True)
+    at = _pointer(ext, span_bytes(first, count, sum_sec), "the extended buffer", True)
     _lib().filter_crc_fill(at, first, count, sum_sec)
 
 
 def collapse(ext: Buf, first: int, count: int, sum_sec: int, out: Buf) -> None:
     """The data of ``count`` sectors from ``first`` out of ``ext``, contiguous in ``out``."""
-    at = _pointer(ext, _span_bytes(first, count, sum_sec), "the extended buffer")
+    at = _pointer(ext, span_bytes(first, count, sum_sec), "the extended buffer")
     to = _pointer(out, count * SECTOR, "the output", True)
     _lib().filter_collapse(at, first, count, sum_sec, to)
 
 
 def expand(ext: Buf, first: int, count: int, sum_sec: int, data: Buf) -> None:
     """Contiguous ``data`` of ``count`` sectors from ``first`` into ``ext``."""
-    at = _pointer(ext, _span_bytes(first, count, sum_sec), "the extended buffer", True)
+    at = _pointer(ext, span_bytes(first, count, sum_sec), "the extended buffer", True)
     src = _pointer(data, count * SECTOR, "the data")
     _lib().filter_expand(at, first, count, sum_sec, src)
