@@ -224,6 +224,21 @@ class ChannelServer:
             del self.owed[served.client]
         served.sock.close()
 
+    def next_call(self) -> tuple[int, int, bytes] | KernelEvent:
+        """``poll(None)``, shortened for the usual case: nothing queued, one epoll
+        wait, and it reports one channel's call."""
+        if not self._ready:
+            events = self._epoll.poll(-1.0)
+            if len(events) == 1 and events[0][0] != self.event_fd:
+                request = self._read(events[0][0])
+                if request is not None:
+                    return request
+            else:
+                self._queue(events)
+        got = self.poll(None)
+        assert got is not None  # no timeout
+        return got
+
     def poll(self, timeout: float | None) -> tuple[int, int, bytes] | KernelEvent | None:
         """The next request (client, m_type, payload); KERNEL_EVENT when the event
         fd rang; None when ``timeout`` ran out."""
@@ -249,13 +264,16 @@ class ChannelServer:
                 if request is not None:
                     return request
                 continue
-            # Level-triggered: a channel with more calls is reported again on the
-            # next poll, after the others ready now (each ready channel one call).
-            fds = [fd for fd, _ in events]
-            if self.event_fd in fds:  # the kernel's messages first: notifications
-                fds.remove(self.event_fd)
-                fds.insert(0, self.event_fd)
-            self._ready.extend(fds)
+            self._queue(events)
+
+    def _queue(self, events: list[tuple[int, int]]) -> None:
+        """Level-triggered: a channel with more calls is reported again on the next
+        poll, after the others ready now (each ready channel one call)."""
+        fds = [fd for fd, _ in events]
+        if self.event_fd in fds:  # the kernel's messages first: notifications
+            fds.remove(self.event_fd)
+            fds.insert(0, self.event_fd)
+        self._ready.extend(fds)
 
     def _read(self, fd: int) -> tuple[int, int, bytes] | None:
         served = self._by_fd.get(fd)

@@ -460,9 +460,9 @@ class Connection(KernelCalls):
         server = self._server
         assert server is not None
         if first is None and timeout is None and server.armed:  # the usual case: a call
-            got = server.poll(None)
-            if got.__class__ is tuple:
-                client, m_type, payload = got
+            call = server.next_call()
+            if call.__class__ is tuple:
+                client, m_type, payload = call
                 return Message(client, m_type, payload)
         deadline = None if timeout is None else time.monotonic() + timeout
         reply_errno: Errno | None = None
