@@ -200,3 +200,41 @@ def test_readback_catches_a_write_that_reads_back_wrong(r: Rig) -> None:
         )
     finally:
         r.system.rs.update("filter", [*argv, "driver=at_wini,checksum=crc"])
+
+
+FILTER_ENTRY = """service filter
+{
+	type		blk;
+	ipc		SYSTEM rs ds vfs at_wini at_wini1;
+	control		at_wini at_wini1;
+	%s
+};"""
+
+
+def test_without_sumcopyto_the_filter_checks_and_copies_itself(r: Rig) -> None:
+    """An entry without ``system SUMCOPYTO``: the kernel refuses the checked copy,
+    the filter says so once and goes back to its own check and copy; every read is
+    still right, and a flipped bit still caught."""
+    position = 9 << 20
+    updates = r.log("filter").count("filter up (LU)")
+    r.system.rs.update("filter", conf=FILTER_ENTRY % "")
+    try:
+        r.wait_log("filter", "filter up (LU)", updates + 1)
+        before = filter_ioctl(r, "filter_stats")
+        with r.vfs.open("/dev/c0d0", "rb") as f:
+            f.seek(position)
+            assert f.read(1 << 20) == r.logical(position, 1 << 20)
+            r.lie("at_wini", "flip", count=1, position=r.raw_position(position + 4096), bit=1)
+            f.seek(position)
+            assert f.read(65536) == r.logical(position, 65536)
+        after = filter_ioctl(r, "filter_stats")
+        assert after["sumcopies"] == before["sumcopies"] == 0
+        assert after["bad_sums"] == before["bad_sums"] + 1  # type: ignore[operator]
+        log = r.log("filter")
+        assert log.count("sumcopyto refused") == 1 and "ECALLDENIED" in log
+    finally:
+        r.system.rs.update("filter", conf=FILTER_ENTRY % "system\t\tSUMCOPYTO;")
+    with r.vfs.open("/dev/c0d0", "rb") as f:  # back on the checked copy
+        f.seek(position)
+        assert f.read(65536) == r.logical(position, 65536)
+    assert filter_ioctl(r, "filter_stats")["sumcopies"] == 1
