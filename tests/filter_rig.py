@@ -109,9 +109,17 @@ def rig(hwl_machines: MachineFactory, profile: str) -> Iterator[Rig]:
 
 
 def filter_ioctl(r: Rig, request: str, status: int = 0) -> dict[str, codec.Value]:
-    """An ioctl sent to the filter itself (VFS passes only geometry and flush)."""
+    """An ioctl sent to the filter itself (VFS passes only geometry and flush);
+    opened first, since an incarnation answers only for minors opened since it began."""
     conn = r.system.rs.conn
-    reply = conn.sendrec(r.system.rs.lookup("filter"), bp.BDEV_IOCTL,
-                         {"minor": 0, "request": request}, timeout=30)  # fmt: skip
+    filter_ep = r.system.rs.lookup("filter")
+    opened = conn.sendrec(filter_ep, bp.BDEV_OPEN, {"minor": 0, "access": bp.BDEV_R_BIT},
+                          timeout=30)  # fmt: skip
+    assert opened.m_type == 0, opened.fields
+    try:
+        reply = conn.sendrec(filter_ep, bp.BDEV_IOCTL, {"minor": 0, "request": request},
+                             timeout=30)  # fmt: skip
+    finally:
+        conn.sendrec(filter_ep, bp.BDEV_CLOSE, {"minor": 0}, timeout=30)
     assert reply.m_type == status, reply.fields
     return {k: v for k, v in reply.fields.items() if k not in ("gen", "id")}  # the protocol's
