@@ -30,6 +30,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import time
 from dataclasses import dataclass
 
@@ -56,6 +57,7 @@ _PACK_WAIT = CHANNEL_WAIT.pack_into
 _NO_CHANNEL = frozenset({wire.ANY, wire.NONE, wire.SELF})
 RETRY_REFUSED = 0.5  # s before asking again for a channel the kernel refused
 MAX_ID = 0xFFFF
+_TIMEVAL = struct.Struct("@ll")  # SO_RCVTIMEO's struct timeval
 
 
 def enabled() -> bool:
@@ -77,6 +79,7 @@ class ClientChannels:
         self._wait_word = wait_word  # arena.CHANNEL_WAIT in our arena: whom a call waits on
         self.socks: dict[int, socket.socket] = {}  # by server endpoint; add and drop change it
         self._refused: dict[int, float] = {}  # dest -> when to ask again
+        self._limits: dict[int, float] = {}  # dest -> its socket's SO_RCVTIMEO (0: none)
         self._id = 0
         self.off = False  # the kernel said channels are off
 
@@ -90,7 +93,9 @@ class ClientChannels:
         return self.socks.get(dest)
 
     def add(self, dest: int, fd: int) -> None:
-        self.socks[dest] = socket.socket(fileno=fd)
+        sock = self.socks[dest] = socket.socket(fileno=fd)
+        sock.settimeout(None)  # blocking, whatever the default: timeouts are SO_RCVTIMEO
+        self._limits[dest] = 0.0
 
     def refused(self, dest: int, errno: Errno) -> None:
         if errno is Errno.ENOSYS:
@@ -98,6 +103,7 @@ class ClientChannels:
         self._refused[dest] = time.monotonic() + RETRY_REFUSED
 
     def drop(self, dest: int) -> None:
+        self._limits.pop(dest, None)
         sock = self.socks.pop(dest, None)
         if sock is not None:
             sock.close()
@@ -120,6 +126,8 @@ class ClientChannels:
         try:
             if timeout is not None:
                 return self._reply_within(sock, dest, ident, timeout)
+            if self._limits.get(dest):
+                self._limit(sock, dest, 0.0)
             while True:
                 try:
                     answer = sock.recv(_MAX_RESPONSE)
@@ -136,25 +144,38 @@ class ClientChannels:
                 _PACK_WAIT(word, 0, wire.NONE)
 
     def _reply_within(self, sock: socket.socket, dest: int, ident: int, timeout: float) -> bytes:
-        """The reply to call ``ident``, waited for at most ``timeout`` seconds."""
+        """The reply to call ``ident``, waited for at most ``timeout`` seconds. The
+        socket stays blocking with the kernel's receive timeout (SO_RCVTIMEO), set
+        only when it changes: a call with the usual timeout is a send and a recv,
+        where Python's settimeout adds a poll and two mode switches to each."""
         deadline = time.monotonic() + timeout
-        try:
-            while True:
-                sock.settimeout(max(0.0, deadline - time.monotonic()))
-                try:
-                    answer = sock.recv(_MAX_RESPONSE)
-                except TimeoutError:
-                    raise
-                except OSError:
-                    answer = b""
+        if self._limits.get(dest) != timeout:
+            self._limit(sock, dest, timeout)
+        while True:
+            try:
+                answer = sock.recv(_MAX_RESPONSE)
+            except BlockingIOError:  # the receive timeout ran out
+                answer = None
+            except OSError:
+                answer = b""
+            if answer is not None:
                 if not answer:
                     self.drop(dest)
                     raise ChannelDead(f"the channel to {wire.endpoint_name(dest)} closed")
                 if len(answer) >= _RESPONSE_SIZE and _UNPACK_RESPONSE(answer)[2] == ident:
                     return answer
-        finally:
-            if dest in self.socks:
-                sock.settimeout(None)
+            left = deadline - time.monotonic()  # a late reply, or woken a little early
+            if left <= 0:
+                raise TimeoutError("timed out")
+            self._limit(sock, dest, left)
+
+    def _limit(self, sock: socket.socket, dest: int, seconds: float) -> None:
+        """The channel's receive timeout (0: none); at least a microsecond, since a
+        zero timeval means none."""
+        micros = max(1, round(seconds * 1e6)) if seconds > 0 else 0
+        timeval = _TIMEVAL.pack(*divmod(micros, 10**6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        self._limits[dest] = seconds
 
     def close(self) -> None:
         for dest in list(self.socks):
