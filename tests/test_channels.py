@@ -135,6 +135,13 @@ def test_late_reply_after_a_timeout_is_dropped(
     reply = root.sendrec(ep, CALL, {"n": 2}, timeout=5)  # the late reply to n=1 comes first
     assert (reply.m_type, reply["n"]) == (CALL, 2)
     assert root.channel_to(ep) is not None
+    # a call without a timeout after timed ones waits as long as it takes: the
+    # channel's receive timeout (SO_RCVTIMEO, 0.1 s just now) is gone for it
+    with pytest.raises(ipc.IpcTimeout):
+        root.sendrec(ep, SLOW, {"seconds": 0.4, "n": 3}, timeout=0.1)
+    reply = root.sendrec(ep, SLOW, {"seconds": 0.3, "n": 4})  # after n=3's late reply
+    assert (reply.m_type, reply["n"]) == (SLOW, 4)
+    assert root.channel_to(ep) is not None
 
 
 @on_channels
