@@ -124,33 +124,21 @@ class ClientChannels:
         if word is not None:
             _PACK_WAIT(word, 0, dest)
         try:
-            if timeout is not None:
-                return self._reply_within(sock, dest, ident, timeout)
-            if self._limits.get(dest):
-                self._limit(sock, dest, 0.0)
-            while True:
-                try:
-                    answer = sock.recv(_MAX_RESPONSE)
-                except OSError:
-                    answer = b""
-                if not answer:
-                    self.drop(dest)
-                    raise ChannelDead(f"the channel to {wire.endpoint_name(dest)} closed")
-                if len(answer) >= _RESPONSE_SIZE and _UNPACK_RESPONSE(answer)[2] == ident:
-                    return answer
-                # a late reply to a call that timed out: dropped
+            return self._reply(sock, dest, ident, timeout)
         finally:
             if word is not None and self._wait_word is not None:
                 _PACK_WAIT(word, 0, wire.NONE)
 
-    def _reply_within(self, sock: socket.socket, dest: int, ident: int, timeout: float) -> bytes:
-        """The reply to call ``ident``, waited for at most ``timeout`` seconds. The
+    def _reply(self, sock: socket.socket, dest: int, ident: int, timeout: float | None) -> bytes:
+        """The reply to call ``ident``, waited for at most ``timeout`` seconds (None:
+        as long as it takes); a late reply to a call that timed out is dropped. The
         socket stays blocking with the kernel's receive timeout (SO_RCVTIMEO), set
-        only when it changes: a call with the usual timeout is a send and a recv,
-        where Python's settimeout adds a poll and two mode switches to each."""
-        deadline = time.monotonic() + timeout
-        if self._limits.get(dest) != timeout:
-            self._limit(sock, dest, timeout)
+        only when it changes: a call is a send and a recv, where Python's settimeout
+        adds a poll and two mode switches to each timed one."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        limit = timeout or 0.0
+        if self._limits.get(dest) != limit:
+            self._limit(sock, dest, limit)
         while True:
             try:
                 answer = sock.recv(_MAX_RESPONSE)
@@ -164,6 +152,8 @@ class ClientChannels:
                     raise ChannelDead(f"the channel to {wire.endpoint_name(dest)} closed")
                 if len(answer) >= _RESPONSE_SIZE and _UNPACK_RESPONSE(answer)[2] == ident:
                     return answer
+            if deadline is None:
+                continue
             left = deadline - time.monotonic()  # a late reply, or woken a little early
             if left <= 0:
                 raise TimeoutError("timed out")
@@ -280,11 +270,6 @@ class ChannelServer:
             events = self._epoll.poll(left)
             if not events:
                 return None
-            if len(events) == 1 and events[0][0] != event_fd:  # one call: the usual case
-                request = self._read(events[0][0])
-                if request is not None:
-                    return request
-                continue
             self._queue(events)
 
     def _queue(self, events: list[tuple[int, int]]) -> None:
@@ -318,13 +303,8 @@ class ChannelServer:
             self._bad(served, frame, f"operation {op} (only SENDREC goes on a channel)")
             return None
         served.waiting = ident
-        client = served.client
-        owed = self.owed
-        if client in owed:
-            self._owe(served)
-        else:
-            owed[client] = served
-        return client, m_type, frame[_REQUEST_SIZE:]
+        self._owe(served)
+        return served.client, m_type, frame[_REQUEST_SIZE:]
 
     def _bad(self, served: _Served, frame: bytes, why: str) -> None:
         self.bad_frames += 1
