@@ -379,7 +379,11 @@ class Filter:
         assert self.disks is not None and self.ext is not None and self.layout is not None
         assert self.user is not None
         self.disks.io(disk, False, span.phys * SECTOR, self.ext.offset, span.count * SECTOR)
-        bad = self.layout.check(self.ext.view, first, n, out=self.user.view)
+        self._check_bad(disk, self.layout.check(self.ext.view, first, n, out=self.user.view))
+
+    @staticmethod
+    def _check_bad(disk: Disk, bad: int | None) -> None:
+        """A read's check found sector ``bad`` wrong (None: all right)."""
         if bad is not None:
             raise DiskProblem(disk, Kind.DATA, f"bad checksum at sector {bad}")
 
@@ -401,13 +405,11 @@ class Filter:
             log.warning("sumcopyto refused (%s): the filter checks and copies itself", exc)
             self.sumcopy = False
             assert self.user is not None
-            bad = self.layout.check(self.ext.view, first, n, out=self.user.view)
-            if bad is None:
-                self._copy_client(False, client, [(grant, n * SECTOR, offset)], n * SECTOR)
-        if bad is not None:
-            raise DiskProblem(disk, Kind.DATA, f"bad checksum at sector {bad}")
-        if self.sumcopy:  # not when this request fell back
-            self.stats["sumcopies"] += 1
+            self._check_bad(disk, self.layout.check(self.ext.view, first, n, out=self.user.view))
+            self._copy_client(False, client, [(grant, n * SECTOR, offset)], n * SECTOR)
+            return
+        self._check_bad(disk, bad)
+        self.stats["sumcopies"] += 1
 
     def repair(self, disk: Disk, phys: int, data: bytes) -> None:
         """Write the groups read (and checked) from the other side to ``disk``, and

@@ -144,11 +144,12 @@ class Grants:
             span = sectors.span_bytes(first, count, sum_sec)
         except ValueError as exc:
             fail(Errno.EINVAL, f"sumcopyto: {exc}")
-        view, start = self.resolve(proc, granter, gid, arena.WRITE, offset, count * sectors.SECTOR)
+        size = count * sectors.SECTOR
+        view, start = self.resolve(proc, granter, gid, arena.WRITE, offset, size)
         own, at = self.own(proc, local, span)
         try:
             bad = sectors.crc_check(own[at : at + span], first, count, sum_sec,
-                                    view[start : start + count * sectors.SECTOR])  # fmt: skip
+                                    view[start : start + size])  # fmt: skip
         except NativeBuildError as exc:
             fail(Errno.ENOSYS, f"sumcopyto: the sector loops are not built: {exc}")
         return {"bad": -1 if bad is None else bad}
