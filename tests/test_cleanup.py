@@ -25,8 +25,10 @@ def gone(pid: int, within: float) -> bool:
         except ProcessLookupError:
             return True
         # a zombie child of ours counts as gone once reaped by its parent
-        stat = Path(f"/proc/{pid}/stat")
-        if stat.exists() and stat.read_text().split(") ")[1].startswith("Z"):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+                return True
+        except OSError:  # reaped since the kill(0)
             return True
         time.sleep(0.05)
     return False

@@ -203,7 +203,7 @@ def wait_dead(pid: int, timeout: float = 5.0) -> None:
     while time.monotonic() < deadline:
         try:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, IndexError):
+        except (OSError, IndexError):  # gone: reaped between the open and the read too
             return
         if state in ("Z", "X"):
             return
