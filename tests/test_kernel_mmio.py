@@ -7,6 +7,7 @@ server grants with ``privctl add_mem`` when a driver reserves the device).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -209,3 +210,53 @@ def test_kernel_refuses_mmio_on_ram_even_with_a_ram_range(
     with pytest.raises(ipc.IpcError) as info:
         conn.vdevio(b)
     assert info.value.errno is Errno.EPERM
+
+
+def test_posted_vdevio_is_answered_queued_and_runs_in_order(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    """A posted batch comes back with the count of the caller's finished posted
+    batches; a plain vdevio after it runs after it (it sees its write)."""
+    conn, base = driver(process, kernel, e1000, "e1000p"), bar0(e1000)
+    finished = 0
+    for i in range(20):
+        b = Batch()
+        b.mmio_write(base + RDBAL, 0x00100000 + i * 0x1000)
+        now = conn.vdevio_posted(b)
+        assert finished <= now <= i + 1  # counted once run, in order; never more than queued
+        finished = now
+    b = Batch()
+    back = b.mmio_read(base + RDBAL)
+    assert conn.vdevio(b)[back] == 0x00100000 + 19 * 0x1000  # the last posted write ran
+    b = Batch()
+    b.mmio_write(base + RDBAL, 0)
+    assert conn.vdevio_posted(b) in (20, 21)  # all the earlier ones counted, this one maybe
+
+
+def test_posted_vdevio_is_checked_as_any_and_a_stopped_one_is_logged(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    conn, base = driver(process, kernel, e1000, "e1000q"), bar0(e1000)
+    b = Batch()
+    b.mmio_write(base + BAR0_SIZE, 0)  # past the BAR: refused before it is queued
+    with pytest.raises(ipc.IpcError) as info:
+        conn.vdevio_posted(b)
+    assert info.value.errno is Errno.EPERM
+    b = Batch()
+    b.irq_wait(E1000_IRQ, timeout_us=100)  # waits need a hook, and a posted batch has none
+    with pytest.raises(ipc.IpcError) as info:
+        conn.vdevio_posted(b)
+    assert info.value.errno is Errno.EINVAL
+    b = Batch()
+    b.mmio_wait(base + STATUS, STATUS_LU, 0, timeout_us=200)  # never true: the stub stops it
+    conn.vdevio_posted(b)
+    b = Batch()
+    status = b.mmio_read(base + STATUS)
+    assert conn.vdevio(b)[status] & STATUS_LU  # the kernel keeps serving the caller
+    log = kernel.run_dir / "kernel.log"
+    deadline = time.monotonic() + 5
+    while "e1000q" not in log.read_text() or "posted vdevio stopped" not in log.read_text():
+        assert time.monotonic() < deadline, "no log line for the stopped posted batch"
+        time.sleep(0.05)
+    line = next(x for x in log.read_text().splitlines() if "posted vdevio stopped" in x)
+    assert "e1000q" in line and "timeout" in line, line

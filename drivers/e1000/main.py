@@ -6,9 +6,12 @@ Registers through MMIO only (BAR0, 32-bit accesses: QEMU's I/O BAR is a stub).
 Both descriptor rings and their packet buffers live in two DMA buffers of the
 driver's, mapped into it, so a frame costs no kernel call of its own:
 
-- SEND: the frames are copied into transmit buffers and their descriptors
-  written in memory (EOP|IFCS|RS), then one kernel call writes TDT and reads TDH
-  back; QEMU transmits during the TDT write.
+- SEND: the frames are copied into free transmit buffers and their descriptors
+  written in memory (EOP|IFCS|RS), then one *posted* kernel call writes TDT: the
+  driver answers at once while QEMU transmits during the TDT write, so the next
+  SEND is prepared while the card sends this one. A buffer is free again once
+  the card wrote DD into its descriptor (RS asks for that), read from memory;
+  with none free the driver reads TDH, a call that runs after its posted writes.
 - Each interrupt: one call reads ICR (which acknowledges the card) and re-enables
   the line. Received frames are taken from the ring in memory (RCTL.SECRC: the
   length has no FCS); one call gives the buffers back with an RDT write.
@@ -59,13 +62,15 @@ IMS_BITS = ICR_RXT0 | ICR_RXO | ICR_RXDMT0 | ICR_LSC
 
 TX_CMD = 0x01 | 0x02 | 0x08  # EOP | IFCS | RS
 DD, EOP = 0x01, 0x02
-RING = 64  # descriptors per ring (a multiple of 8: RDLEN is masked to 128 bytes)
+RING = 256  # descriptors per ring (a multiple of 8: RDLEN is masked to 128 bytes);
+# room for two SENDs in flight, so the next is written while the card sends one
 DESC = 16
 BUF = 2048
 RING_BYTES = 4096  # the ring, then the buffers, in one DMA buffer
-TX_PER_CALL = RING - 1
+TX_PER_CALL = ndev.MAX_FRAMES  # frames a SEND may offer (taken as far as the ring has room)
 RX_DESC = struct.Struct("<QHHBBH")
 TX_DESC = struct.Struct("<QHBBBBH")
+TX_STATUS = 12  # the status byte's offset in a transmit descriptor (DD: sent)
 
 
 class E1000(nic.NicDriverBase):
@@ -74,6 +79,7 @@ class E1000(nic.NicDriverBase):
         self.bar = 0
         self.rx_next = 0  # the next descriptor the card fills
         self.tdt = 0
+        self.tx_clean = 0  # the oldest descriptor given to the card and not seen sent
         self.rctl = RCTL_EN | RCTL_BAM | RCTL_SECRC
         self.link = False
         self.adopted = False
@@ -112,16 +118,16 @@ class E1000(nic.NicDriverBase):
         rx, tx = kept.get("rx"), kept.get("tx")
         if rx is None or tx is None:
             return False
-        rdbal, tdbal, rctl, rdh, rdt, tdt, ral, rah, status = self._read(
-            RDBAL, TDBAL, RCTL, RDH, RDT, TDT, RAL0, RAH0, STATUS
+        rdbal, tdbal, rdlen, rctl, rdh, rdt, tdt, ral, rah, status = self._read(
+            RDBAL, TDBAL, RDLEN, RCTL, RDH, RDT, TDT, RAL0, RAH0, STATUS
         )
-        if rdbal != rx.phys or tdbal != tx.phys or not rctl & RCTL_EN:
+        if rdbal != rx.phys or tdbal != tx.phys or rdlen != RING * DESC or not rctl & RCTL_EN:
             log.info("kept rings not in use by the card (RDBAL %#x, RCTL %#x): fresh start",
                      rdbal, rctl)  # fmt: skip
             return False
         self.rx, self.tx, self.rctl = rx, tx, rctl
         self.rxv, self.txv = self.rx_view(), self.tx_view()
-        self.tdt = tdt % RING
+        self.tdt = self.tx_clean = tdt % RING  # a dead driver's posted writes ran
         self.rx_next = (rdt + 1) % RING  # unread frames follow the last one given back
         self.mac = struct.pack("<IH", ral, rah & 0xFFFF)
         self.link = bool(status & STATUS_LU)
@@ -163,19 +169,20 @@ class E1000(nic.NicDriverBase):
         b.mmio_write(bar + RCTL, self.rctl)
         b.mmio_write(bar + TCTL, TCTL_EN | TCTL_PSP | TCTL_CT | TCTL_COLD)
         self._vdevio(b)
-        self.rx_next, self.tdt = 0, 0
+        self.rx_next, self.tdt, self.tx_clean = 0, 0, 0
         self.link = bool(status & STATUS_LU)
 
     def take_saved(self, state: dict[str, codec.Value]) -> None:
         self.bar = int(state["bar"])  # type: ignore[arg-type]
         self.rx_next = int(state["rx_next"])  # type: ignore[arg-type]
         self.tdt = int(state["tdt"])  # type: ignore[arg-type]
+        self.tx_clean = int(state.get("tx_clean", self.tdt))  # type: ignore[arg-type]
         self.rctl = int(state["rctl"])  # type: ignore[arg-type]
         self.link = bool(state["link"])
 
     def saved(self) -> dict[str, codec.Value]:
-        return {"bar": self.bar, "rx_next": self.rx_next, "tdt": self.tdt, "rctl": self.rctl,
-                "link": self.link}  # fmt: skip
+        return {"bar": self.bar, "rx_next": self.rx_next, "tdt": self.tdt,
+                "tx_clean": self.tx_clean, "rctl": self.rctl, "link": self.link}  # fmt: skip
 
     # ----------------------------------------------------------------- modes
     def set_mode(self, mode: int, mcast: tuple[bytes, ...]) -> None:
@@ -203,23 +210,34 @@ class E1000(nic.NicDriverBase):
     def send(self, frames: Sequence[bytes]) -> int:
         txv, tx = self.tx_view(), self.tx
         assert tx is not None
-        frames = frames[:TX_PER_CALL]
-        tdt = self.tdt
+        free = self._tx_free(txv)
+        if not free:  # wait for the card: this read runs after the posted TDT writes
+            self._read(TDH)
+            free = self._tx_free(txv)
+            if not free:
+                return 0  # the card is stuck: offered again after the next interrupt or tick
+        frames = frames[:free]
+        tdt, phys = self.tdt, tx.phys
         for raw in frames:
-            frame = nic.pad(raw)
+            frame = raw if len(raw) >= ndev.ETH_MIN else nic.pad(raw)
             at = RING_BYTES + tdt * BUF
             txv[at : at + len(frame)] = frame
-            TX_DESC.pack_into(txv, tdt * DESC, tx.phys + at, len(frame), 0, TX_CMD, 0, 0, 0)
+            TX_DESC.pack_into(txv, tdt * DESC, phys + at, len(frame), 0, TX_CMD, 0, 0, 0)
             tdt = (tdt + 1) % RING
         b = Batch()
         b.mmio_write(self.bar + TDT, tdt)
-        tdh = b.mmio_read(self.bar + TDH)
-        head = self._vdevio(b)[tdh]
+        assert self.conn is not None
+        self.conn.vdevio_posted(b)
         self.tdt = tdt
-        if head != tdt:
-            netdriver.stats().oerror += (tdt - head) % RING
-            log.warning("TDH %d behind TDT %d after the write", head, tdt)
         return len(frames)
+
+    def _tx_free(self, txv: memoryview) -> int:
+        """Descriptors free for new frames, after taking back those the card sent."""
+        clean, tdt = self.tx_clean, self.tdt
+        while clean != tdt and txv[clean * DESC + TX_STATUS] & DD:
+            clean = (clean + 1) % RING
+        self.tx_clean = clean
+        return RING - 1 - (tdt - clean) % RING
 
     # --------------------------------------------------------------- receive
     def intr(self, mask: int) -> None:

@@ -17,6 +17,7 @@ from hwl.ipc import codec, wire
 from hwl.ipc.arena import Arena
 from hwl.link import abi
 from hwl.link.batch import Batch
+from hwl.proto import vdevio as vdevio_proto
 
 # Where the first op's result word sits in a vdevio answer (header, then the ops).
 _RESULTS_AT = wire.RESPONSE.size + abi.OP_C_OFFSET
@@ -90,6 +91,23 @@ class KernelCalls:
         if len(answer) != wire.RESPONSE.size + len(packed):
             raise ValueError(f"vdevio: a {len(answer)}-byte answer to {len(batch)} ops")
         return memoryview(answer).cast("I")[_RESULTS_AT // 4 :: abi.OP_SIZE // 4].tolist()
+
+    def vdevio_posted(self, batch: Batch) -> int:
+        """Queue a batch of port or MMIO operations and go on without waiting for
+        the device (hwl.proto.vdevio.POSTED: a NIC's tail-register write). Errors
+        of the checks come back as vdevio's; a batch the stub stops later is the
+        kernel's log line. Returns how many of this process's posted batches have
+        finished (they run in order, and before any later vdevio)."""
+        if batch.strings:
+            raise ValueError("vdevio takes no string operations; use sdevio")
+        if len(batch) > abi.MAX_OPS:
+            raise ValueError(f"vdevio takes at most {abi.MAX_OPS} ops, not {len(batch)}")
+        (packed,) = batch.packed()
+        answer = self.kcall_binary(wire.VDEVIO, vdevio_proto.POSTED, packed, "vdevio")
+        if len(answer) != wire.RESPONSE.size + vdevio_proto.POSTED_DONE.size:
+            raise ValueError(f"vdevio: a {len(answer)}-byte answer to a posted batch")
+        done: int = vdevio_proto.POSTED_DONE.unpack_from(answer, wire.RESPONSE.size)[0]
+        return done
 
     def sdevio(
         self,

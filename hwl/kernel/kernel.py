@@ -275,9 +275,10 @@ class Kernel:
         kept = self.calls.keeper.next_deadline() if self.calls.keeper else None
         if self.channels:
             kept = self._next_watch if kept is None else min(kept, self._next_watch)
-        if not self.alarms and not link_busy and kept is None:
+        posted = self._link_ok and bool(self.calls.posted)  # collected within a slice
+        if not self.alarms and not link_busy and not posted and kept is None:
             return -1
-        timeout = LINK_SLICE if link_busy else 3600.0
+        timeout = LINK_SLICE if link_busy or posted else 3600.0
         if self.alarms:
             timeout = min(timeout, max(0.0, min(self.alarms.values()) - time.monotonic()))
         if kept is not None:
@@ -307,6 +308,8 @@ class Kernel:
                     callback()
             if self._link_busy():
                 self._poll_link()
+            elif self.calls.posted and self._link_ok:
+                self.calls.stub.collect_posted()
             if self.alarms:
                 self._fire_alarms(time.monotonic())
             if self.calls.keeper:

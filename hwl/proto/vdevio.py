@@ -21,6 +21,16 @@ the bytes copied (0: not copied). The caller needs ``memory ... dma`` and
 ``vdevio``; the buffer must be its own, the grant must allow the access (or be
 the caller's own arena, endpoint ``SELF``). A malformed descriptor is EINVAL.
 
+A *posted* vdevio (:data:`POSTED` alone in the peer field: no hook, no copy)
+is answered once the kernel has checked the batch and queued it for the stub,
+as a PCI posted write is: the caller goes on while the device works (a NIC's
+tail-register write, which transmits in the write). Its results are not
+returned: the reply's payload is a u32, how many of the caller's posted batches
+have finished so far (they run in the order posted, and a later plain vdevio
+runs after all of them), so a driver knows which staging memory the device has
+read. A posted batch that the stub stops (a wait timed out) is logged by the
+kernel and counted in the caller's ``posted_failed``.
+
 See docs/kernel.md.
 """
 
@@ -30,6 +40,7 @@ import struct
 from typing import Final, NamedTuple
 
 COPY: Final = 1 << 30  # in the peer field: a Copy descriptor leads the payload
+POSTED: Final = 1 << 29  # in the peer field, alone: answer once queued (above)
 HOOK_MASK: Final = 0xFFFF  # the hook id in the peer field's low bits with COPY
 NO_HOOK: Final = 0xFFFF  # no hook, with COPY
 
@@ -45,6 +56,7 @@ SIZE: Final = HEAD.size + MAX_CHECKS * CHECK.size  # 64: four ops' worth
 _WHOLE: Final = struct.Struct(HEAD.format + CHECK.format[1:] * MAX_CHECKS)  # one unpack
 _HEAD_FIELDS: Final = 9
 COPIED: Final = struct.Struct("<I")  # after the ops in the reply
+POSTED_DONE: Final = struct.Struct("<I")  # a posted vdevio's reply
 
 
 class Check(NamedTuple):

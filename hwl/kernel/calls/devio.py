@@ -93,6 +93,8 @@ class PortIo:
         (hwl.proto.vdevio): a whole DMA read or write in one call."""
         copy: Copy | None = None
         hook_id: int | None = None if peer == wire.NO_HOOK else peer
+        if peer == vdevio_proto.POSTED:
+            return self._posted(proc, payload)
         if peer >= 0 and peer & vdevio_proto.COPY:
             if peer & ~(vdevio_proto.COPY | vdevio_proto.HOOK_MASK):
                 fail(Errno.EINVAL, f"vdevio: peer field {peer:#x} has unknown bits")
@@ -131,6 +133,15 @@ class PortIo:
         return self.stub.submit(
             proc, wire.VDEVIO, lambda link: link.submit_packed(run, nrun), nrun, finish
         )
+
+    def _posted(self, proc: Proc, ops: bytes) -> bytes:
+        """A posted vdevio (hwl.proto.vdevio.POSTED): checked as any, queued, answered."""
+        n, rest = divmod(len(ops), abi.OP_SIZE)
+        if rest or not 0 < n <= abi.MAX_OPS:
+            fail(Errno.EINVAL, f"vdevio: {len(ops)} bytes are not 1..{abi.MAX_OPS} ops")
+        self._checked(proc, ops, n, None)
+        done = self.stub.post(proc, lambda link: link.submit_packed(ops, n), n)
+        return vdevio_proto.POSTED_DONE.pack(done & U32)
 
     def _checked(self, proc: Proc, ops: bytes, n: int, hook: IrqHook | None) -> bool:
         """Check a batch, or find its shape checked already (the ports, widths and

@@ -70,6 +70,7 @@ class Calls:
         self.stub = Stub(machine, self)
         self.pending = self.stub.pending  # calls waiting for the stub (the loop polls them)
         self.poll_pending = self.stub.poll_pending
+        self.posted = self.stub.posted  # posted batches (collected without a doorbell)
         grants = Grants(table)
         self.devio = PortIo(self.stub, grants, irqs, hw)
         self.dma = dma.DmaCalls(machine, self.stub, grants, table)

@@ -4,12 +4,18 @@ A call that hands the stub a batch (``vdevio``, ``sdevio``) waits up to SPIN for
 it; then the caller is left in KCALL and the kernel's loop, which polls
 :attr:`Stub.pending` while it is not empty, answers it when the stub is done, so the
 kernel keeps serving everyone else while a device works.
+
+A posted batch (a posted vdevio) is answered once queued; the kernel collects
+it when the stub has run it, at its next call to the stub or within the loop's
+slice, without a doorbell: nobody waits for it.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
@@ -20,6 +26,8 @@ from hwl.kernel.proc import Proc, State
 from hwl.kernel.stublink import HasLink
 from hwl.link import abi
 from hwl.link.link import Link, Ticket
+
+log = logging.getLogger(__name__)
 
 SPIN = 100e-6  # how long a call waits for the stub before the loop takes over
 
@@ -40,14 +48,24 @@ class Pending:
     finish: Callable[[int, int, bytes], None]  # answers the caller (if it is alive)
 
 
+@dataclass
+class Posted:
+    """A posted batch not collected yet."""
+
+    proc: Proc
+    ticket: Ticket
+    nops: int
+
+
 class Stub:
     """The stub's request slots as the calls use them; :attr:`pending` the calls
-    the loop finishes."""
+    the loop finishes, :attr:`posted` the posted batches it collects."""
 
     def __init__(self, machine: HasLink, answerer: Answerer) -> None:
         self.machine = machine
         self.answerer = answerer
         self.pending: list[Pending] = []
+        self.posted: deque[Posted] = deque()
 
     def link(self) -> Link:
         return require_link(self.machine)
@@ -63,8 +81,7 @@ class Stub:
         """Hand the stub a batch (``ticket_of``) and, if it is done within SPIN,
         return ``finish``'s answer; else None: the loop answers later."""
         link = self.link()
-        while len(self.pending) >= abi.NSLOTS:
-            self.poll_pending()
+        self._make_room()
         ticket = ticket_of(link)
         end = time.perf_counter() + SPIN
         while not link.done(ticket):
@@ -73,6 +90,34 @@ class Stub:
                 self.pending.append(Pending(proc, ticket, nops, self._wrap(proc, number, finish)))
                 return None
         return finish(*link.collect_raw(ticket, nops))
+
+    def post(self, proc: Proc, ticket_of: Callable[[Link], Ticket], nops: int) -> int:
+        """Queue a posted batch; how many of ``proc``'s posted batches have finished."""
+        self._make_room()
+        self.posted.append(Posted(proc, ticket_of(self.link()), nops))
+        proc.posted += 1
+        self.collect_posted()
+        return proc.posted_done
+
+    def _make_room(self) -> None:
+        """Wait until a slot is free (the stub runs them in order)."""
+        while len(self.pending) + len(self.posted) >= abi.NSLOTS:
+            self.poll_pending()
+
+    def collect_posted(self) -> None:
+        """Collect the posted batches the stub has run, oldest first; log one it stopped."""
+        link = self.machine.link
+        posted = self.posted
+        while posted and link is not None and link.done(posted[0].ticket):
+            p = posted.popleft()
+            status, failed, ops = link.collect_raw(p.ticket, p.nops)
+            p.proc.posted_done += 1
+            if status != abi.ST_OK:
+                p.proc.posted_failed += 1
+                name = abi.STATUS_NAMES.get(status, f"status {status}")
+                log.warning("%s (%s): posted vdevio stopped at op %d (code %d): %s, "
+                            "last value %#x", p.proc.label, p.proc.endpoint, failed,
+                            op_code(ops, failed), name, op_result(ops, failed))  # fmt: skip
 
     def _wrap(
         self, proc: Proc, number: int, finish: Callable[[int, int, bytes], Answer]
@@ -87,6 +132,8 @@ class Stub:
         link = self.machine.link
         if link is None:
             return
+        if self.posted:
+            self.collect_posted()
         for p in list(self.pending):
             if link.done(p.ticket):
                 self.pending.remove(p)
