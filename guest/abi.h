@@ -86,7 +86,9 @@ struct hwl_slot {              /* 4096 bytes */
     u32 nops;                  /* host: number of ops (1..HWL_MAX_OPS) */
     u32 status;                /* stub: HWL_ST_* */
     u32 fail_index;            /* stub: index of the op that failed (status != OK) */
-    u32 reserved[5];
+    u32 quiet;                 /* host: 1 = no doorbell at this slot's completion even
+                                  while host_waiting (a posted batch nobody waits for) */
+    u32 reserved[4];
     struct hwl_op ops[HWL_MAX_OPS];
 };
 

@@ -65,11 +65,13 @@ static void serve_forever(void)
 
     for (;;) {
         if (work_pending(tail)) {
-            run_slot(&hwl_slots[tail % HWL_NSLOTS]);
+            volatile struct hwl_slot *slot = &hwl_slots[tail % HWL_NSLOTS];
+
+            run_slot(slot);
             barrier();
             c->req_tail = ++tail;
             full_barrier();         /* publish req_tail before reading host_waiting */
-            if (c->host_waiting) {
+            if (c->host_waiting && !slot->quiet) {
                 u32 f = irq_save();
                 bell_send(HWL_BELL_DONE);
                 irq_restore(f);

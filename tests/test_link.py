@@ -198,3 +198,24 @@ def test_submitted_batch_failure_surfaces_at_collect(pc: Machine) -> None:
         scratch = Batch()
         scratch.ins(0x1F0, 4)
         link.submit(scratch)
+
+
+def test_a_quiet_slot_rings_no_doorbell_while_the_host_waits(pc: Machine) -> None:
+    """A posted batch (submit_packed quiet) completes without a doorbell byte even
+    while the host waits; any other slot rings one."""
+    link = pc.link
+    (packed,) = Batch([(abi.OP_NOP, 0, 0, 5, 0, 0)]).packed()
+    link.set_host_waiting(True)
+    try:
+        for quiet, more in ((True, 0), (False, 1)):
+            bells = link.bells_sent
+            ticket = link.submit_packed(packed, 1, quiet=quiet)
+            deadline = time.monotonic() + 2
+            while not link.done(ticket):
+                assert time.monotonic() < deadline
+            link.collect_raw(ticket, 1)
+            time.sleep(0.05)  # the bell follows the completion
+            assert link.bells_sent == bells + more, f"quiet={quiet}"
+    finally:
+        link.set_host_waiting(False)
+        link.drain_doorbell()

@@ -64,6 +64,7 @@ SLOT_SIZE: Final = 4096
 SLOT_NOPS: Final = 0
 SLOT_STATUS: Final = 4
 SLOT_FAIL_INDEX: Final = 8
+SLOT_QUIET: Final = 12  # host: 1 = no doorbell at this slot's completion
 SLOT_OPS: Final = 32
 
 # struct hwl_ctl, as indexes of u32 words

@@ -118,9 +118,11 @@ class Link:
             self._waiters += delta
             self._ctl[abi.W_HOST_WAITING] = self._waiters
 
-    def _post(self, slot: int, nops: int) -> int:
-        """Publish the slot already written at ``slot``; returns its ticket (new head)."""
+    def _post(self, slot: int, nops: int, quiet: bool = False) -> int:
+        """Publish the slot already written at ``slot``; returns its ticket (new head).
+        ``quiet``: no doorbell when it completes (nobody waits for it)."""
         ctl = self._ctl
+        _U32.pack_into(self._mem, slot + abi.SLOT_QUIET, quiet)
         _U32.pack_into(self._mem, slot, nops)
         target = (self._head + 1) & 0xFFFFFFFF
         ctl[abi.W_REQ_HEAD] = target
@@ -273,20 +275,21 @@ class Link:
             data[index] = bytes(target.buffer.view[target.offset : target.offset + target.size])
         return BatchResult(values, data)
 
-    def submit_packed(self, packed: bytes, nops: int) -> Ticket:
+    def submit_packed(self, packed: bytes, nops: int, quiet: bool = False) -> Ticket:
         """Queue ops already in the stub's wire format (the kernel's ``vdevio``, which
-        checked them). Collect with ``collect_raw``."""
+        checked them). Collect with ``collect_raw``. ``quiet``: the stub rings no
+        doorbell when it is done, even while the host waits (a posted batch)."""
         if not 0 < nops <= abi.MAX_OPS or len(packed) != nops * abi.OP_SIZE:
             raise ValueError(f"{len(packed)} bytes are not {nops} packed ops (1..{abi.MAX_OPS})")
-        return self._queue(packed, nops, Batch())
+        return self._queue(packed, nops, Batch(), quiet)
 
-    def _queue(self, packed: bytes, nops: int, batch: Batch) -> Ticket:
+    def _queue(self, packed: bytes, nops: int, batch: Batch, quiet: bool = False) -> Ticket:
         """Write packed ops into the next slot and post it; the slot is the ticket's
         until it is collected."""
         with self._lock:
             slot = self._slot_addr()
             self._mem[slot + abi.SLOT_OPS : slot + abi.SLOT_OPS + len(packed)] = packed
-            ticket = Ticket(self._post(slot, nops), slot, batch)
+            ticket = Ticket(self._post(slot, nops, quiet), slot, batch)
             self._owners[(ticket.target - 1) % abi.NSLOTS] = ticket
             return ticket
 
@@ -484,6 +487,11 @@ class Link:
     @property
     def halts(self) -> int:
         return int(self._ctl[abi.W_HALTS])
+
+    @property
+    def bells_sent(self) -> int:
+        """Doorbell bytes the stub has rung (completions and IRQs while the host waited)."""
+        return int(self._ctl[abi.W_BELLS_SENT])
 
     def close(self) -> None:
         self._ctl.release()

@@ -140,7 +140,7 @@ class PortIo:
         if rest or not 0 < n <= abi.MAX_OPS:
             fail(Errno.EINVAL, f"vdevio: {len(ops)} bytes are not 1..{abi.MAX_OPS} ops")
         self._checked(proc, ops, n, None)
-        done = self.stub.post(proc, lambda link: link.submit_packed(ops, n), n)
+        done = self.stub.post(proc, lambda link: link.submit_packed(ops, n, quiet=True), n)
         return vdevio_proto.POSTED_DONE.pack(done & U32)
 
     def _checked(self, proc: Proc, ops: bytes, n: int, hook: IrqHook | None) -> bool:
