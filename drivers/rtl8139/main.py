@@ -11,10 +11,13 @@ start resets the card (CR.RST): C+ mode latches until a reset, and a classic
 driver may follow a C+ one.
 
 C+ mode:
-- SEND: the frames are copied into transmit buffers, their descriptors written
-  in memory (OWN|FS|LS, EOR on the ring's last), then one kernel call writes
-  TxPoll's normal-priority bit; QEMU sends every owned descriptor during that
-  write, so the descriptors are free again when the call returns.
+- SEND: the frames are copied into free transmit buffers, their descriptors
+  written in memory (OWN|FS|LS, EOR on the ring's last), then one *posted*
+  kernel call writes TxPoll's normal-priority bit: the driver answers at once
+  while QEMU sends every owned descriptor during that write. A descriptor is
+  free again once the card cleared its OWN, read from memory; with none free
+  the driver makes a call that runs after its posted writes, and takes back
+  (counted as ``oerror``) what the card still leaves owned after it.
 - Each interrupt: one call reads ISR and clears it (write 1 to clear), reads the
   Media Status register (link) and RxMissed (frames dropped for want of a
   descriptor, then cleared), and re-enables the line. Received frames are taken
@@ -94,6 +97,7 @@ OWN, EOR, FS, LS = 1 << 31, 1 << 30, 1 << 29, 1 << 28
 RX_SIZE_MASK = 0x1FFF
 RX_ERR = 1 << 21 | 1 << 20 | 1 << 19 | 1 << 18  # RES, RWT, RUNT, CRC (8139cp's view)
 DESC = struct.Struct("<IIII")
+_DW0 = struct.Struct("<I")  # a descriptor's first word: OWN, EOR, FS, LS, length
 RING = 64  # descriptors per ring (QEMU wraps the TX ring at 64 anyway)
 BUF = 2048
 RING_BYTES = RING * DESC.size  # the ring, then the buffers, in one DMA buffer
@@ -121,6 +125,7 @@ class Rtl8139(nic.NicDriverBase):
         self.io = 0
         self.rx_next = 0  # C+: the next descriptor the card fills; classic: the read offset
         self.tx_next = 0  # C+: the next TX descriptor; classic: the next TSD slot
+        self.tx_clean = 0  # C+: the oldest descriptor given to the card, not seen sent
         self.rcr = RCR_APM | RCR_AB
         self.mar = 0  # the multicast filter byte (0 or 0xFF)
         self.link = False
@@ -201,7 +206,7 @@ class Rtl8139(nic.NicDriverBase):
         b.outl(io + MPC, 0)
         b.outw(io + IMR, imr)
         self._vdevio(b, irq=True)
-        self.rx_next = self.tx_next = 0
+        self.rx_next = self.tx_next = self.tx_clean = 0
 
     def _rcr_value(self, accept: int) -> int:
         return accept | RCR_MXDMA_UNLIMITED | (RCR_RBLEN_64K if self.classic else 0)
@@ -220,6 +225,7 @@ class Rtl8139(nic.NicDriverBase):
         self.io = int(state["io"])  # type: ignore[arg-type]
         self.rx_next = int(state["rx_next"])  # type: ignore[arg-type]
         self.tx_next = int(state["tx_next"])  # type: ignore[arg-type]
+        self.tx_clean = int(state.get("tx_clean", self.tx_next))  # type: ignore[arg-type]
         self.rcr = int(state["rcr"])  # type: ignore[arg-type]
         self.mar = int(state["mar"])  # type: ignore[arg-type]
         self.link = bool(state["link"])
@@ -229,7 +235,8 @@ class Rtl8139(nic.NicDriverBase):
     def saved(self) -> dict[str, codec.Value]:
         return {
             "classic": self.classic, "io": self.io, "rx_next": self.rx_next,
-            "tx_next": self.tx_next, "rcr": self.rcr, "mar": self.mar, "link": self.link,
+            "tx_next": self.tx_next, "tx_clean": self.tx_clean, "rcr": self.rcr,
+            "mar": self.mar, "link": self.link,
             "queue": list(self.queue),
         }  # fmt: skip
 
@@ -272,35 +279,49 @@ class Rtl8139(nic.NicDriverBase):
     def _send_cplus(self, frames: Sequence[bytes]) -> int:
         txv, tx = self.tx_view(), self.tx
         assert tx is not None
-        frames = frames[:TX_PER_CALL]
-        first = i = self.tx_next
+        free = self._tx_free(txv)
+        if not free:  # wait for the card: this call runs after the posted TxPoll writes
+            b = Batch()
+            b.inb(self.io + CR)
+            self._vdevio(b)
+            free = self._tx_free(txv) or self._take_back(txv)
+        frames = frames[:free]
+        i = self.tx_next
         for raw in frames:
-            frame = nic.pad(raw)
+            frame = raw if len(raw) >= ndev.ETH_MIN else nic.pad(raw)
             at = RING_BYTES + i * BUF
             txv[at : at + len(frame)] = frame
             flags = OWN | FS | LS | (EOR if i == RING - 1 else 0)
-            struct.pack_into("<I", txv, i * DESC.size, flags | len(frame))
+            _DW0.pack_into(txv, i * DESC.size, flags | len(frame))
             i = (i + 1) % RING
         b = Batch()
         b.outb(self.io + TXPOLL, TXPOLL_NPQ)
-        self._vdevio(b)
-        # QEMU sent every owned descriptor during the write: each OWN is clear now
-        k = first
-        for _ in frames:
-            (dw0,) = struct.unpack_from("<I", txv, k * DESC.size)
-            if dw0 & OWN:
-                break
-            k = (k + 1) % RING
-        left = (i - k) % RING
-        if left:
-            netdriver.stats().oerror += left
-            log.warning("%d frames not taken by the card (descriptor %d still owned)", left, k)
-            j = k
-            for _ in range(left):  # take them back; the card waits at descriptor k
-                struct.pack_into("<I", txv, j * DESC.size, 0)
-                j = (j + 1) % RING
-        self.tx_next = k
+        assert self.conn is not None
+        self.conn.vdevio_posted(b)
+        self.tx_next = i
         return len(frames)
+
+    def _tx_free(self, txv: memoryview) -> int:
+        """C+ descriptors free for new frames, after taking back those the card sent."""
+        clean, end = self.tx_clean, self.tx_next
+        while clean != end and not _DW0.unpack_from(txv, clean * DESC.size)[0] & OWN:
+            clean = (clean + 1) % RING
+        self.tx_clean = clean
+        return RING - 1 - (end - clean) % RING
+
+    def _take_back(self, txv: memoryview) -> int:
+        """The card left descriptors owned after a TxPoll write ran: it will not
+        send them. Clear them, count them, and go on from where the card waits."""
+        left = (self.tx_next - self.tx_clean) % RING
+        netdriver.stats().oerror += left
+        log.warning("%d frames not taken by the card (descriptor %d still owned)", left,
+                    self.tx_clean)  # fmt: skip
+        j = self.tx_clean
+        for _ in range(left):
+            _DW0.pack_into(txv, j * DESC.size, 0)
+            j = (j + 1) % RING
+        self.tx_next = self.tx_clean
+        return RING - 1
 
     def _send_classic(self, frames: Sequence[bytes]) -> int:
         txv, tx = self.tx_view(), self.tx
