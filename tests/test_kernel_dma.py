@@ -20,7 +20,7 @@ import pytest
 from agents import MakeProc
 from rs_fixtures import wait_for
 
-from hwl import Machine, ipc
+from hwl import Batch, Machine, ipc
 from hwl.ipc import codec
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
@@ -218,3 +218,29 @@ def test_a_killed_holders_function_stops_bus_mastering(system: System) -> None:
         assert f"{label} is dead: bus mastering of 00:04.0 off" in log
     finally:
         system.rs.down(label)
+
+
+def test_string_ops_stay_inside_the_callers_dma_buffers_on_every_call(
+    process: MakeProc,
+) -> None:
+    """A vdevio's string ops are checked against the caller's DMA buffers on each
+    call, also once the batch's shape passed: the same shape at an address past
+    the buffer, posted or not, or after the buffer was freed, is EPERM."""
+    conn = process("strdrv", "system vdevio; memory dma; io 80:1;")
+    buf = conn.dma_alloc(4096)
+
+    def outs(at: int) -> Batch:
+        b = Batch()
+        b.outs_phys(0x80, 16, 1, at)  # 16 bytes to the POST port
+        return b
+
+    conn.vdevio(outs(buf.phys))
+    conn.vdevio_posted(outs(buf.phys + 4096 - 16))  # the buffer's last bytes: fine
+    for call in (conn.vdevio, conn.vdevio_posted):
+        with pytest.raises(ipc.IpcError) as info:
+            call(outs(buf.phys + 4096 - 8))  # 8 bytes past its end
+        assert info.value.errno is Errno.EPERM
+    conn.dma_free(buf)
+    with pytest.raises(ipc.IpcError) as info:
+        conn.vdevio(outs(buf.phys))
+    assert info.value.errno is Errno.EPERM

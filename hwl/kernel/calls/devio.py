@@ -154,12 +154,15 @@ class PortIo:
         waits = priv.checked_shapes.get(key)
         if waits is None:
             waits = self._check_vdevio_ops(proc, ops, n, hook)
-            # String ops are checked against DMA buffers that may be gone by the next call.
-            if STRING_CODES.isdisjoint(ops[:: abi.OP_SIZE]):
-                priv.remember_shape(key, waits)
-        elif waits:
+            priv.remember_shape(key, waits)
+            return waits
+        if waits:
             assert hook is not None  # in the key: a wait without a hook never passed
             self._check_alone(hook)  # another hook may have come to the line since
+        # String ops move memory at addresses the shape leaves out, checked against
+        # DMA buffers that may be gone by now: every call.
+        if not STRING_CODES.isdisjoint(ops[:: abi.OP_SIZE]):
+            self._check_string_ops(proc, ops, n)
         return waits
 
     def _check_alone(self, hook: IrqHook) -> None:
@@ -272,15 +275,14 @@ class PortIo:
         """A string op (rep ins/outs) moves ``a`` units of ``width`` between its port
         and guest memory at ``b``: that range must lie inside one of the caller's
         DMA buffers (its own staging memory), never anywhere else in guest RAM."""
-        full = ops_struct(n).unpack(ops)
         buffers = [(buf.phys, buf.phys + buf.size) for buf in proc.dma.values()]
-        for i in range(0, len(full), 6):
-            code, width, a, b = full[i], full[i + 1], full[i + 3], full[i + 4]
+        for i, code in enumerate(ops[: n * abi.OP_SIZE : abi.OP_SIZE]):
             if code not in STRING_CODES:
                 continue
+            _code, width, _port, a, b, _c = abi.OP.unpack_from(ops, i * abi.OP_SIZE)
             end = b + a * width
             if not any(lo <= b and end <= hi for lo, hi in buffers):
-                deny(f"vdevio: op {i // 6} moves [{b:#x}, {end:#x}) of guest memory, "
+                deny(f"vdevio: op {i} moves [{b:#x}, {end:#x}) of guest memory, "
                      "outside its DMA buffers")  # fmt: skip
 
     @staticmethod
