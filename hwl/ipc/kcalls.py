@@ -86,10 +86,15 @@ class KernelCalls:
         if len(batch) > abi.MAX_OPS:
             raise ValueError(f"vdevio takes at most {abi.MAX_OPS} ops, not {len(batch)}")
         (packed,) = batch.packed()
+        return self.vdevio_packed(packed, irq_enable)
+
+    def vdevio_packed(self, packed: bytes | bytearray, irq_enable: int | None = None) -> list[int]:
+        """:meth:`vdevio` of ops already in the stub's wire format (abi.OP each): a
+        driver that patches a template per frame instead of building a Batch."""
         hook = wire.NO_HOOK if irq_enable is None else irq_enable
-        answer = self.kcall_binary(wire.VDEVIO, hook, packed, "vdevio")
+        answer = self.kcall_binary(wire.VDEVIO, hook, bytes(packed), "vdevio")
         if len(answer) != wire.RESPONSE.size + len(packed):
-            raise ValueError(f"vdevio: a {len(answer)}-byte answer to {len(batch)} ops")
+            raise ValueError(f"vdevio: a {len(answer)}-byte answer to {len(packed)} bytes of ops")
         return memoryview(answer).cast("I")[_RESULTS_AT // 4 :: abi.OP_SIZE // 4].tolist()
 
     def vdevio_posted(self, batch: Batch) -> int:
