@@ -4,10 +4,11 @@ Per NIC, on its own machine (profile ``ne2k``, ``rtl8139`` or ``e1000``), native
 first on ``machine.link`` before the kernel takes it, as bench/disk.py does:
 
 - ``<nic>_native_tx64_pps``: the stub's own loop sending 64-byte frames
-  (hwl.hw.nic_native, as many per doorbell as the driver may batch);
+  (hwl.hw.nic_native, as many per doorbell as the driver may batch; the median
+  of five runs of 20,000 frames);
 - ``<nic>_tx64_pps`` / ``<nic>_tx1514_pps``: frames/s a user process pushes
   through the driver (NDEV SENDs of as many frames as the driver takes in one
-  call, its INIT reply's max_send, at most 100);
+  call, its INIT reply's max_send, at most 100; the median of five rounds);
   ``<nic>_tx64_ratio`` is tx64 over the native loop (target >= 0.5);
 - ``<nic>_rx64_pps``: frames/s the client receives while Linux floods the card
   from the namespace (a raw socket; no native limit is printed for it);
@@ -33,6 +34,7 @@ from hwl.system.nicrig import GUEST_IP, LINUX_IP, NATIVE_NAMES, Flood, Nic, nic_
 
 PROFILES = {name: profile for profile, name in NATIVE_NAMES.items()}  # NIC -> its profile
 TX_FRAMES = 20_000
+TX_ROUNDS = 5
 ECHOES = 200
 KILLS = 10
 TARGETS: Targets = {
@@ -42,15 +44,19 @@ TARGETS: Targets = {
 
 
 def tx_pps(nic: Nic, size: int, count: int) -> float:
+    """The median of TX_ROUNDS rounds of ``count`` frames (as the native loop's)."""
     frame = ether.ethernet(ether.BROADCAST, nic.mac, ether.ETH_P_TEST, bytes(size - 14))
     assert nic.dev.card is not None
     chunk = [frame] * min(100, nic.dev.card.max_send)  # what the driver takes per call
     nic.dev.send(chunk)  # warm-up
-    start = time.perf_counter()
-    sent = 0
-    while sent < count:
-        sent += nic.dev.send(chunk)
-    return sent / (time.perf_counter() - start)
+    rounds = []
+    for _ in range(TX_ROUNDS):
+        start = time.perf_counter()
+        sent = 0
+        while sent < count:
+            sent += nic.dev.send(chunk)
+        rounds.append(sent / (time.perf_counter() - start))
+    return statistics.median(rounds)
 
 
 def rx_pps(nic: Nic, seconds: float = 2.0) -> float:
