@@ -172,8 +172,10 @@ struct hwl_abi_info {
  * records the TSC time of the sending loop (setup excluded). The host enables
  * PCI bus mastering (rtl8139, e1000) first. It leaves ne2k stopped, rtl8139
  * reset (out of C+ mode) and e1000 with TCTL = 0.
- * ne2k_pci: reset; the frame goes once into NIC memory at page 0x40 by remote
- *   DMA; per frame TPSR, TBCR0/1, CR = TRANS|START, wait ISR.PTX, ack.
+ * ne2k_pci: reset; per frame the frame goes into NIC memory at page 0x40 by
+ *   remote DMA (RBCR, RSAR, CR = RWRITE, rep outsl, wait ISR.RDC, ack), then
+ *   TPSR, TBCR0/1, CR = TRANS|START, wait ISR.PTX, ack: what a driver does for
+ *   each new frame on a card without DMA.
  * rtl8139 (C+): CR.RST, CpCmd TxEnb, TxAddr = ring, CR.TE; per batch of
  *   `batch` frames, descriptors 0..batch-1 get OWN|FS|LS|length (EOR on the
  *   last), one TxPoll write, then every OWN must be clear.

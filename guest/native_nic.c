@@ -140,20 +140,22 @@ static u32 tx_ne2k(struct loop *l)
     outb(io + NE_CURR, NE_RX_START);                /* a stray frame lands in the RX ring, */
     outb(io + NE_CR, NE_CR_START | NE_CR_NODMA);    /* never on the TX page or the PROM */
 
-    /* The frame goes into NIC memory once, by remote DMA through the data port
-     * (32-bit accesses move 4 bytes whatever DCR says). */
-    outb(io + NE_RBCR0, (u8)len4);
-    outb(io + NE_RBCR1, (u8)(len4 >> 8));
-    outb(io + NE_RSAR0, 0);
-    outb(io + NE_RSAR1, NE_TX_PAGE);
-    outb(io + NE_CR, NE_CR_RWRITE | NE_CR_START);
-    asm volatile("rep outsl" : "+S"(p), "+c"(dwords) : "d"(io + NE_DATA) : "memory");
-    st = ne_wait_isr(io, NE_ISR_RDC);
-    if (st != HWL_ST_OK)
-        return finish(l, st, 0);
-
     l->t0 = rdtsc();
     for (done = 0; done < l->count; done++) {
+        /* Each frame goes into NIC memory by remote DMA through the data port
+         * (32-bit accesses move 4 bytes whatever DCR says), as a driver must
+         * move every new frame: the card has no DMA of its own. */
+        p = (void *)l->frame;
+        dwords = len4 / 4;
+        outb(io + NE_RBCR0, (u8)len4);
+        outb(io + NE_RBCR1, (u8)(len4 >> 8));
+        outb(io + NE_RSAR0, 0);
+        outb(io + NE_RSAR1, NE_TX_PAGE);
+        outb(io + NE_CR, NE_CR_RWRITE | NE_CR_START);
+        asm volatile("rep outsl" : "+S"(p), "+c"(dwords) : "d"(io + NE_DATA) : "memory");
+        st = ne_wait_isr(io, NE_ISR_RDC);
+        if (st != HWL_ST_OK)
+            return finish(l, st, done);
         outb(io + NE_TPSR, NE_TX_PAGE);
         outb(io + NE_TBCR0, (u8)l->len);
         outb(io + NE_TBCR1, (u8)(l->len >> 8));

@@ -14,10 +14,12 @@ import pytest
 from agents import MakeProc
 
 from hwl import Batch, LinkError, LinkWaitTimeoutError, Machine, ipc
+from hwl.ipc import wire
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
 from hwl.link import abi
 from hwl.link.pci import PciDevice
+from hwl.proto import vdevio
 from hwl.pytest_plugin import MachineFactory
 
 pytestmark = pytest.mark.qemu
@@ -222,7 +224,7 @@ def test_posted_vdevio_is_answered_queued_and_runs_in_order(
     for i in range(20):
         b = Batch()
         b.mmio_write(base + RDBAL, 0x00100000 + i * 0x1000)
-        now = conn.vdevio_posted(b)
+        now = conn.vdevio_posted(b).finished
         assert finished <= now <= i + 1  # counted once run, in order; never more than queued
         finished = now
     b = Batch()
@@ -230,7 +232,20 @@ def test_posted_vdevio_is_answered_queued_and_runs_in_order(
     assert conn.vdevio(b)[back] == 0x00100000 + 19 * 0x1000  # the last posted write ran
     b = Batch()
     b.mmio_write(base + RDBAL, 0)
-    assert conn.vdevio_posted(b) in (20, 21)  # all the earlier ones counted, this one maybe
+    assert conn.vdevio_posted(b).finished in (20, 21)  # the earlier ones counted, this maybe
+    b = Batch()
+    for i in range(2 * abi.MAX_OPS):  # two slots' worth in one posted batch
+        b.mmio_write(base + RDBAL, 0x00200000 + i * 0x10)
+    conn.vdevio_posted(b)
+    b = Batch()
+    back = b.mmio_read(base + RDBAL)
+    assert conn.vdevio(b)[back] == 0x00200000 + (2 * abi.MAX_OPS - 1) * 0x10  # all of it ran
+    b = Batch()
+    for _ in range(vdevio.MAX_POSTED_SLOTS * abi.MAX_OPS + 1):
+        b.mmio_write(base + RDBAL, 0)
+    with pytest.raises(ipc.IpcError) as info:  # the client's own check bypassed
+        conn.kcall_binary(wire.VDEVIO, vdevio.POSTED, b"".join(b.packed()), "vdevio")
+    assert info.value.errno is Errno.EINVAL
 
 
 def test_posted_vdevio_is_checked_as_any_and_a_stopped_one_is_logged(
@@ -249,10 +264,13 @@ def test_posted_vdevio_is_checked_as_any_and_a_stopped_one_is_logged(
     assert info.value.errno is Errno.EINVAL
     b = Batch()
     b.mmio_wait(base + STATUS, STATUS_LU, 0, timeout_us=200)  # never true: the stub stops it
-    conn.vdevio_posted(b)
+    assert conn.vdevio_posted(b).stopped == 0  # not run yet, or not counted yet
     b = Batch()
     status = b.mmio_read(base + STATUS)
     assert conn.vdevio(b)[status] & STATUS_LU  # the kernel keeps serving the caller
+    b = Batch()
+    b.mmio_read(base + STATUS)
+    assert conn.vdevio_posted(b).stopped == 1  # the stopped one, collected by now
     log = kernel.run_dir / "kernel.log"
     deadline = time.monotonic() + 5
     while "e1000q" not in log.read_text() or "posted vdevio stopped" not in log.read_text():

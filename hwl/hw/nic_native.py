@@ -2,7 +2,9 @@
 
 This is the physical limit `hwl bench nic` divides a driver's transmit rate by:
 the stub itself sends ``count`` copies of one frame through ne2k_pci, rtl8139
-(C+ descriptors) or e1000, polled, with no link round trip per frame. Like the
+(C+ descriptors) or e1000, polled, with no link round trip per frame. On
+ne2k_pci each copy first goes into the card's memory through the data port, as
+every new frame must (the card has no DMA); rtl8139 and e1000 DMA it themselves. Like the
 disk's native loops (bench/disk.py) it runs on a :class:`Link` before the kernel
 takes it, since it reprograms the NIC from scratch.
 

@@ -11,7 +11,7 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from hwl.ipc import codec, wire
 from hwl.ipc.arena import Arena
@@ -21,6 +21,14 @@ from hwl.proto import vdevio as vdevio_proto
 
 # Where the first op's result word sits in a vdevio answer (header, then the ops).
 _RESULTS_AT = wire.RESPONSE.size + abi.OP_C_OFFSET
+
+
+class Posted(NamedTuple):
+    """What a posted vdevio's answer says of the caller's posted batches so far:
+    how many have finished (they run in order) and how many slots the stub stopped."""
+
+    finished: int
+    stopped: int
 
 
 @dataclass(frozen=True)
@@ -97,22 +105,25 @@ class KernelCalls:
             raise ValueError(f"vdevio: a {len(answer)}-byte answer to {len(packed)} bytes of ops")
         return memoryview(answer).cast("I")[_RESULTS_AT // 4 :: abi.OP_SIZE // 4].tolist()
 
-    def vdevio_posted(self, batch: Batch) -> int:
+    def vdevio_posted(self, batch: Batch) -> Posted:
         """Queue a batch of port or MMIO operations and go on without waiting for
         the device (hwl.proto.vdevio.POSTED: a NIC's tail-register write). Errors
         of the checks come back as vdevio's; a batch the stub stops later is the
-        kernel's log line. Returns how many of this process's posted batches have
-        finished (they run in order, and before any later vdevio)."""
+        kernel's log line and counted in :attr:`Posted.stopped`."""
         if batch.strings:
             raise ValueError("vdevio takes no string operations; use sdevio")
-        if len(batch) > abi.MAX_OPS:
-            raise ValueError(f"vdevio takes at most {abi.MAX_OPS} ops, not {len(batch)}")
-        (packed,) = batch.packed()
-        answer = self.kcall_binary(wire.VDEVIO, vdevio_proto.POSTED, packed, "vdevio")
-        if len(answer) != wire.RESPONSE.size + vdevio_proto.POSTED_DONE.size:
+        return self.vdevio_posted_packed(b"".join(batch.packed()))
+
+    def vdevio_posted_packed(self, packed: bytes | bytearray) -> Posted:
+        """:meth:`vdevio_posted` of ops already in the stub's wire format, up to
+        MAX_POSTED_SLOTS slots' worth."""
+        most = vdevio_proto.MAX_POSTED_SLOTS * abi.MAX_OPS
+        if not 0 < len(packed) <= most * abi.OP_SIZE:
+            raise ValueError(f"a posted vdevio takes 1..{most} ops, not {len(packed) // 16}")
+        answer = self.kcall_binary(wire.VDEVIO, vdevio_proto.POSTED, bytes(packed), "vdevio")
+        if len(answer) != wire.RESPONSE.size + vdevio_proto.POSTED_REPLY.size:
             raise ValueError(f"vdevio: a {len(answer)}-byte answer to a posted batch")
-        done: int = vdevio_proto.POSTED_DONE.unpack_from(answer, wire.RESPONSE.size)[0]
-        return done
+        return Posted(*vdevio_proto.POSTED_REPLY.unpack_from(answer, wire.RESPONSE.size))
 
     def sdevio(
         self,

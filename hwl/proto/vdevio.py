@@ -24,12 +24,13 @@ the caller's own arena, endpoint ``SELF``). A malformed descriptor is EINVAL.
 A *posted* vdevio (:data:`POSTED` alone in the peer field: no hook, no copy)
 is answered once the kernel has checked the batch and queued it for the stub,
 as a PCI posted write is: the caller goes on while the device works (a NIC's
-tail-register write, which transmits in the write). Its results are not
-returned: the reply's payload is a u32, how many of the caller's posted batches
-have finished so far (they run in the order posted, and a later plain vdevio
-runs after all of them), so a driver knows which staging memory the device has
-read. A posted batch that the stub stops (a wait timed out) is logged by the
-kernel and counted in the caller's ``posted_failed``.
+tail-register write, which transmits in the write). It may hold up to
+:data:`MAX_POSTED_SLOTS` slots' worth of ops (a ne2k SEND of 42 frames). Its
+results are not returned: the reply's payload is two u32, how many of the
+caller's posted batches have finished so far (they run in the order posted, and
+a later plain vdevio runs after all of them), so a driver knows which staging
+memory the device has read, and how many slots of them the stub stopped (a wait
+that timed out), each also a line in the kernel's log.
 
 See docs/kernel.md.
 """
@@ -41,6 +42,7 @@ from typing import Final, NamedTuple
 
 COPY: Final = 1 << 30  # in the peer field: a Copy descriptor leads the payload
 POSTED: Final = 1 << 29  # in the peer field, alone: answer once queued (above)
+MAX_POSTED_SLOTS: Final = 2  # stub slots one posted batch may fill (8 KiB messages)
 HOOK_MASK: Final = 0xFFFF  # the hook id in the peer field's low bits with COPY
 NO_HOOK: Final = 0xFFFF  # no hook, with COPY
 
@@ -56,7 +58,7 @@ SIZE: Final = HEAD.size + MAX_CHECKS * CHECK.size  # 64: four ops' worth
 _WHOLE: Final = struct.Struct(HEAD.format + CHECK.format[1:] * MAX_CHECKS)  # one unpack
 _HEAD_FIELDS: Final = 9
 COPIED: Final = struct.Struct("<I")  # after the ops in the reply
-POSTED_DONE: Final = struct.Struct("<I")  # a posted vdevio's reply
+POSTED_REPLY: Final = struct.Struct("<II")  # a posted vdevio's reply: finished, stopped
 
 
 class Check(NamedTuple):

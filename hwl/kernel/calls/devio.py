@@ -135,13 +135,17 @@ class PortIo:
         )
 
     def _posted(self, proc: Proc, ops: bytes) -> bytes:
-        """A posted vdevio (hwl.proto.vdevio.POSTED): checked as any, queued, answered."""
+        """A posted vdevio (hwl.proto.vdevio.POSTED): checked as any, queued in as
+        many slots as it fills, answered."""
         n, rest = divmod(len(ops), abi.OP_SIZE)
-        if rest or not 0 < n <= abi.MAX_OPS:
-            fail(Errno.EINVAL, f"vdevio: {len(ops)} bytes are not 1..{abi.MAX_OPS} ops")
+        most = vdevio_proto.MAX_POSTED_SLOTS * abi.MAX_OPS
+        if rest or not 0 < n <= most:
+            fail(Errno.EINVAL, f"vdevio: {len(ops)} bytes are not 1..{most} ops")
         self._checked(proc, ops, n, None)
-        done = self.stub.post(proc, lambda link: link.submit_packed(ops, n, quiet=True), n)
-        return vdevio_proto.POSTED_DONE.pack(done & U32)
+        step = abi.MAX_OPS * abi.OP_SIZE
+        chunks = [ops[at : at + step] for at in range(0, len(ops), step)]
+        self.stub.post(proc, chunks)
+        return vdevio_proto.POSTED_REPLY.pack(proc.posted_done & U32, proc.posted_failed & U32)
 
     def _checked(self, proc: Proc, ops: bytes, n: int, hook: IrqHook | None) -> bool:
         """Check a batch, or find its shape checked already (the ports, widths and

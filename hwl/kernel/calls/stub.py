@@ -55,6 +55,7 @@ class Posted:
     proc: Proc
     ticket: Ticket
     nops: int
+    last: bool  # the batch's last slot: its end is the batch's
 
 
 class Stub:
@@ -91,17 +92,21 @@ class Stub:
                 return None
         return finish(*link.collect_raw(ticket, nops))
 
-    def post(self, proc: Proc, ticket_of: Callable[[Link], Ticket], nops: int) -> int:
-        """Queue a posted batch; how many of ``proc``'s posted batches have finished."""
-        self._make_room()
-        self.posted.append(Posted(proc, ticket_of(self.link()), nops))
+    def post(self, proc: Proc, chunks: list[bytes]) -> None:
+        """Queue a posted batch, one slot per chunk of packed ops (quiet: nobody
+        waits for them), and collect what has finished."""
+        self._make_room(len(chunks))
+        link = self.link()
+        for i, packed in enumerate(chunks):
+            nops = len(packed) // abi.OP_SIZE
+            ticket = link.submit_packed(packed, nops, quiet=True)
+            self.posted.append(Posted(proc, ticket, nops, i == len(chunks) - 1))
         proc.posted += 1
         self.collect_posted()
-        return proc.posted_done
 
-    def _make_room(self) -> None:
-        """Wait until a slot is free (the stub runs them in order)."""
-        while len(self.pending) + len(self.posted) >= abi.NSLOTS:
+    def _make_room(self, slots: int = 1) -> None:
+        """Wait until ``slots`` slots are free (the stub runs them in order)."""
+        while len(self.pending) + len(self.posted) > abi.NSLOTS - slots:
             self.poll_pending()
 
     def collect_posted(self) -> None:
@@ -111,7 +116,7 @@ class Stub:
         while posted and link is not None and link.done(posted[0].ticket):
             p = posted.popleft()
             status, failed, ops = link.collect_raw(p.ticket, p.nops)
-            p.proc.posted_done += 1
+            p.proc.posted_done += p.last
             if status != abi.ST_OK:
                 p.proc.posted_failed += 1
                 name = abi.STATUS_NAMES.get(status, f"status {status}")
