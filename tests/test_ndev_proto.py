@@ -11,7 +11,7 @@ from hwl.ipc import codec
 from hwl.proto import ndev
 from hwl.proto.fields import FieldError
 
-names = st.sampled_from(["id", "sync", "set", "mode", "mcast", "frames", "max", "x"])
+names = st.sampled_from(["id", "sync", "set", "mode", "mcast", "frames", "lens", "max", "x"])
 scalars = (
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.binary(max_size=1600)
     | st.text(max_size=20)
@@ -42,15 +42,25 @@ def test_any_fields_decode_or_raise_field_error(
     st.integers(0, 2**31 - 1),
 )
 def test_send_round_trips_through_the_codec(frames: list[bytes], ident: int) -> None:
-    payload = codec.encode({"frames": frames, "id": ident, "sync": True})  # type: ignore[dict-item]
+    payload = codec.encode({**ndev.frames_fields(frames), "id": ident, "sync": True})
     request = ndev.parse(ndev.SEND, codec.decode(payload))
     assert isinstance(request, ndev.Send)
     assert request.frames == tuple(frames) and request.id == ident and request.sync
 
 
 def test_bad_fields_name_the_field() -> None:
-    with pytest.raises(FieldError, match=r"frames\[1\] is 3 bytes"):
-        ndev.parse(ndev.SEND, {"frames": [bytes(60), b"abc"]})
+    packed = ndev.frames_fields([bytes(60), bytes(61)])
+    bad_lens: list[tuple[dict[str, object], str]] = [
+        ({"frames": bytes(63), "lens": b"\x3c\x00\x03\x00"}, r"frames\[1\] is 3 bytes"),
+        ({**packed, "frames": bytes(120)}, "add up to 121 bytes, 'frames' holds 120"),
+        ({**packed, "lens": b"\x3c\x00\x3d"}, "holds 3 bytes, not u16 lengths"),
+        ({**packed, "lens": b""}, "'lens' is empty"),
+        ({"lens": packed["lens"]}, "frames"),
+        ({"frames": [bytes(60)], "lens": packed["lens"]}, "frames"),  # the old list form
+    ]
+    for fields, why in bad_lens:
+        with pytest.raises(FieldError, match=why):
+            ndev.parse(ndev.SEND, fields)
     with pytest.raises(FieldError, match="mcast"):
         ndev.parse(ndev.CONF, {"set": ndev.CONF_MCAST, "mcast": [b"12345"]})
     with pytest.raises(FieldError, match="not an NDEV request"):
@@ -62,5 +72,5 @@ def test_frames_fit_keeps_a_reply_under_the_message_limit() -> None:
         frames = [bytes(size)] * 200
         n = ndev.frames_fit(frames, ndev.MAX_FRAMES)
         assert n > 0
-        payload = codec.encode({"id": 1, "result": n, "frames": frames[:n]})  # type: ignore[dict-item]
+        payload = codec.encode({"id": 1, "result": n, **ndev.frames_fields(frames[:n])})
         assert len(payload) <= 8192 - 64

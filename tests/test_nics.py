@@ -100,9 +100,10 @@ def test_frames_of_every_size_arrive_byte_exact_at_the_driver(nic: Nic) -> None:
 def test_bad_requests_get_einval_and_the_driver_keeps_serving(nic: Nic) -> None:
     conn, ep = nic.conn, nic.dev.endpoint
     cases: list[tuple[int, dict[str, codec.Value], str]] = [
-        (ndev.SEND, {"frames": [b"short"]}, "frames[0] is 5 bytes"),
-        (ndev.SEND, {"frames": []}, "'frames' is empty"),
-        (ndev.SEND, {"frames": "not a list"}, "'frames' must be a list"),
+        (ndev.SEND, {"frames": b"short", "lens": b"\x05\x00"}, "frames[0] is 5 bytes"),
+        (ndev.SEND, {"frames": b"", "lens": b""}, "'lens' is empty"),
+        (ndev.SEND, {"frames": ["a list"], "lens": b"\x0e\x00"}, "'frames' must be bytes"),
+        (ndev.SEND, {"frames": bytes(60), "lens": b"\x3d\x00"}, "add up to 61 bytes"),
         (ndev.RECV, {"max": 0}, "'max'=0 is outside"),
         (ndev.CONF, {"set": 0x80}, "'set'=128 is outside"),
     ]
@@ -139,7 +140,8 @@ def test_requests_before_init_are_dropped_after_a_restart(nic: Nic) -> None:
     assert ep != old_ep
     frame = ether.arp_request(nic.mac, GUEST_IP, LINUX_IP)
     with pytest.raises(IpcTimeout):  # no reply at all: the request was dropped
-        nic.conn.sendrec(ep, ndev.SEND, {"frames": [frame], "id": 1, "sync": True}, timeout=1)
+        nic.conn.sendrec(ep, ndev.SEND, {**ndev.frames_fields([frame]), "id": 1, "sync": True},
+                         timeout=1)  # fmt: skip
     nic.dev.reopen(timeout=10, old=old_ep)
     assert nic.dev.stats["dropped_requests"] >= 1
     nic.arp()

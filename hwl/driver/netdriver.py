@@ -348,7 +348,7 @@ def _answer_recvs(table: NetDriver) -> None:
             return
         _st.recvs.popleft()
         frames = [_st.backlog.popleft() for _ in range(n)]
-        _answer(p, ndev.RECV_REPLY, n, {"frames": frames})  # type: ignore[dict-item]
+        _answer(p, ndev.RECV_REPLY, n, ndev.frames_fields(frames))  # type: ignore[arg-type]
 
 
 def _after_event(table: NetDriver) -> None:

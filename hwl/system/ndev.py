@@ -20,6 +20,7 @@ from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, IpcTimeout, Message
 from hwl.proto import ndev
 from hwl.proto.errno import Errno
+from hwl.proto.fields import FieldError
 from hwl.system.ds import Ds, DsError
 
 CALL_TIMEOUT = 5.0
@@ -108,8 +109,8 @@ class NetDevice:
         sent = at = 0
         while at < len(frames):
             n = ndev.frames_fit(itertools.islice(frames, at, None), ndev.MAX_FRAMES)
-            reply = self._call(ndev.SEND, {"frames": frames[at : at + n]},  # type: ignore[dict-item]
-                               ndev.SEND_REPLY, timeout)  # fmt: skip
+            fields = ndev.frames_fields(frames[at : at + n])
+            reply = self._call(ndev.SEND, fields, ndev.SEND_REPLY, timeout)  # type: ignore[arg-type]
             sent += int(reply["result"])  # type: ignore[arg-type]
             at += n
         return sent
@@ -139,8 +140,12 @@ class NetDevice:
             result = int(m["result"])  # type: ignore[arg-type]
             if result < 0:
                 raise NetDeviceError(f"RECV: {m.get('error')!r}", Errno(-result))
-            frames = m.get("frames") or []
-            return [f for f in frames if isinstance(f, bytes)]  # type: ignore[union-attr]
+            if result == 0:
+                return []
+            try:
+                return ndev.frames_of(m.fields)
+            except FieldError as exc:
+                raise NetDeviceError(f"RECV reply: {exc}", Errno.EINVAL) from exc
 
     def recv_until(self, count: int, timeout: float) -> list[bytes]:
         """Receive until ``count`` frames arrived or ``timeout`` passed."""

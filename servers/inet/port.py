@@ -34,6 +34,7 @@ from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError, Message
 from hwl.proto import ndev
 from hwl.proto.errno import Errno
+from hwl.proto.fields import FieldError
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +136,15 @@ class Port:
         ident = fields.get("id")
         if m.m_type == ndev.RECV_REPLY and ident == self._recv_id:
             self._recv_id = None
-            frames = fields.get("frames")
-            if isinstance(frames, list) and int(fields.get("result", -1)) > 0:  # type: ignore[arg-type]
-                got = [f for f in frames if isinstance(f, bytes)]
-                self.stats.received += len(got)
-                self.on_frames(got)
+            if int(fields.get("result", -1)) > 0:  # type: ignore[arg-type]
+                try:
+                    got = ndev.frames_of(fields)
+                except FieldError as exc:
+                    log.warning("%s: a RECV reply with bad frames: %s", self.label, exc)
+                    self.stats.stale += 1
+                else:
+                    self.stats.received += len(got)
+                    self.on_frames(got)
             self._post_recv()
         elif m.m_type == ndev.SEND_REPLY and isinstance(ident, int) and ident in self._posted:
             self._posted.discard(ident)
@@ -167,7 +172,7 @@ class Port:
     def _post_send(self, send: _Send) -> None:
         self._posted.add(send.ident)
         self.stats.sends += 1
-        self._post(ndev.SEND, {"id": send.ident, "frames": send.frames})  # type: ignore[dict-item]
+        self._post(ndev.SEND, {"id": send.ident, **ndev.frames_fields(send.frames)})
 
     def _post(self, m_type: int, fields: dict[str, codec.Value]) -> None:
         try:
