@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import logging
 import struct
+from array import array
+from collections import deque
 from collections.abc import Sequence
 
 from hwl.driver import netdriver, nic
@@ -69,8 +71,8 @@ BUF = 2048
 RING_BYTES = 4096  # the ring, then the buffers, in one DMA buffer
 TX_PER_CALL = ndev.MAX_FRAMES  # frames a SEND may offer (taken as far as the ring has room)
 RX_DESC = struct.Struct("<QHHBBH")
-TX_DESC = struct.Struct("<QHBBBBH")
-TX_STATUS = 12  # the status byte's offset in a transmit descriptor (DD: sent)
+TX_DESC_ADDR = struct.Struct("<Q")
+TX_CMD_AT, TX_STATUS = 11, 12  # the command and status bytes' offsets (DD: sent)
 
 
 class E1000(nic.NicDriverBase):
@@ -80,6 +82,8 @@ class E1000(nic.NicDriverBase):
         self.rx_next = 0  # the next descriptor the card fills
         self.tdt = 0
         self.tx_clean = 0  # the oldest descriptor given to the card and not seen sent
+        self.tx_ends: deque[int] = deque()  # each posted SEND's last descriptor
+        self.tx_ready = False  # the descriptors' fixed fields written by this process
         self.rctl = RCTL_EN | RCTL_BAM | RCTL_SECRC
         self.link = False
         self.adopted = False
@@ -148,6 +152,7 @@ class E1000(nic.NicDriverBase):
             RX_DESC.pack_into(rxv, i * DESC, self.rx.phys + RING_BYTES + i * BUF, 0, 0, 0, 0, 0)
         assert self.txv is not None
         self.txv[: RING * DESC] = bytes(RING * DESC)
+        self.tx_ready = False
         ctrl, ral, rah, status = self._read(CTRL, RAL0, RAH0, STATUS)
         self.mac = struct.pack("<IH", ral, rah & 0xFFFF)
         b = Batch()
@@ -170,6 +175,7 @@ class E1000(nic.NicDriverBase):
         b.mmio_write(bar + TCTL, TCTL_EN | TCTL_PSP | TCTL_CT | TCTL_COLD)
         self._vdevio(b)
         self.rx_next, self.tdt, self.tx_clean = 0, 0, 0
+        self.tx_ends.clear()
         self.link = bool(status & STATUS_LU)
 
     def take_saved(self, state: dict[str, codec.Value]) -> None:
@@ -208,36 +214,57 @@ class E1000(nic.NicDriverBase):
 
     # ------------------------------------------------------------------ send
     def send(self, frames: Sequence[bytes]) -> int:
-        txv, tx = self.tx_view(), self.tx
-        assert tx is not None
+        txv = self.tx_view()
         free = self._tx_free(txv)
         if not free:  # wait for the card: this read runs after the posted TDT writes
-            self._read(TDH)
-            free = self._tx_free(txv)
+            (tdh,) = self._read(TDH)
+            self.tx_clean, free = tdh, RING - 1 - (self.tdt - tdh) % RING
+            self.tx_ends.clear()
             if not free:
                 return 0  # the card is stuck: offered again after the next interrupt or tick
+        if not self.tx_ready:
+            self._tx_template(txv)
         frames = frames[:free]
-        tdt, phys = self.tdt, tx.phys
+        first = tdt = self.tdt
+        lens = array("H")
         for raw in frames:
             frame = raw if len(raw) >= ndev.ETH_MIN else nic.pad(raw)
             at = RING_BYTES + tdt * BUF
             txv[at : at + len(frame)] = frame
-            TX_DESC.pack_into(txv, tdt * DESC, phys + at, len(frame), 0, TX_CMD, 0, 0, 0)
-            tdt = (tdt + 1) % RING
+            lens.append(len(frame))
+            tdt = tdt + 1 if tdt < RING - 1 else 0
+        # each descriptor's length and status, in at most two strided writes per field
+        halves = txv[:RING_BYTES].cast("H")  # x86: little-endian, as the card reads them
+        head = min(len(lens), RING - first)
+        for at, part in ((first, lens[:head]), (0, lens[head:])):
+            if part:
+                halves[at * 8 + 4 : (at + len(part)) * 8 : 8] = part
+                txv[at * DESC + TX_STATUS : (at + len(part)) * DESC : DESC] = bytes(len(part))
         b = Batch()
         b.mmio_write(self.bar + TDT, tdt)
         assert self.conn is not None
         self.conn.vdevio_posted(b)
         self.tdt = tdt
+        self.tx_ends.append((tdt - 1) % RING)
         return len(frames)
 
+    def _tx_template(self, txv: memoryview) -> None:
+        """What never changes in a transmit descriptor: its buffer's address and the
+        command (EOP|IFCS|RS), the same values any incarnation writes."""
+        assert self.tx is not None
+        for i in range(RING):
+            TX_DESC_ADDR.pack_into(txv, i * DESC, self.tx.phys + RING_BYTES + i * BUF)
+            txv[i * DESC + TX_CMD_AT] = TX_CMD
+        self.tx_ready = True
+
     def _tx_free(self, txv: memoryview) -> int:
-        """Descriptors free for new frames, after taking back those the card sent."""
-        clean, tdt = self.tx_clean, self.tdt
-        while clean != tdt and txv[clean * DESC + TX_STATUS] & DD:
-            clean = (clean + 1) % RING
+        """Descriptors free for new frames, after taking back the SENDs the card
+        sent (in order: DD on a SEND's last descriptor is all of it)."""
+        ends, clean = self.tx_ends, self.tx_clean
+        while ends and txv[ends[0] * DESC + TX_STATUS] & DD:
+            clean = (ends.popleft() + 1) % RING
         self.tx_clean = clean
-        return RING - 1 - (tdt - clean) % RING
+        return RING - 1 - (self.tdt - clean) % RING
 
     # --------------------------------------------------------------- receive
     def intr(self, mask: int) -> None:

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from array import array
 from collections import deque
 from collections.abc import Sequence
 
@@ -126,6 +127,8 @@ class Rtl8139(nic.NicDriverBase):
         self.rx_next = 0  # C+: the next descriptor the card fills; classic: the read offset
         self.tx_next = 0  # C+: the next TX descriptor; classic: the next TSD slot
         self.tx_clean = 0  # C+: the oldest descriptor given to the card, not seen sent
+        self.tx_ends: deque[int] = deque()  # C+: each posted SEND's last descriptor
+        self.tx_words: memoryview | None = None
         self.rcr = RCR_APM | RCR_AB
         self.mar = 0  # the multicast filter byte (0 or 0xFF)
         self.link = False
@@ -207,6 +210,7 @@ class Rtl8139(nic.NicDriverBase):
         b.outw(io + IMR, imr)
         self._vdevio(b, irq=True)
         self.rx_next = self.tx_next = self.tx_clean = 0
+        self.tx_ends.clear()
 
     def _rcr_value(self, accept: int) -> int:
         return accept | RCR_MXDMA_UNLIMITED | (RCR_RBLEN_64K if self.classic else 0)
@@ -277,32 +281,56 @@ class Rtl8139(nic.NicDriverBase):
         return self._send_classic(frames) if self.classic else self._send_cplus(frames)
 
     def _send_cplus(self, frames: Sequence[bytes]) -> int:
-        txv, tx = self.tx_view(), self.tx
-        assert tx is not None
+        txv = self.tx_view()
         free = self._tx_free(txv)
         if not free:  # wait for the card: this call runs after the posted TxPoll writes
             b = Batch()
             b.inb(self.io + CR)
             self._vdevio(b)
-            free = self._tx_free(txv) or self._take_back(txv)
+            free = self._tx_scan(txv) or self._take_back(txv)
         frames = frames[:free]
-        i = self.tx_next
+        first = i = self.tx_next
+        dw0 = array("I")
         for raw in frames:
             frame = raw if len(raw) >= ndev.ETH_MIN else nic.pad(raw)
             at = RING_BYTES + i * BUF
             txv[at : at + len(frame)] = frame
-            flags = OWN | FS | LS | (EOR if i == RING - 1 else 0)
-            _DW0.pack_into(txv, i * DESC.size, flags | len(frame))
-            i = (i + 1) % RING
+            dw0.append(OWN | FS | LS | len(frame))
+            i = i + 1 if i < RING - 1 else 0
+        # each descriptor's first word, in at most two strided writes (x86: little-endian)
+        words, head = self._tx_words(), min(len(dw0), RING - first)
+        words[first * 4 : (first + head) * 4 : 4] = dw0[:head]
+        if head < len(dw0):
+            words[0 : (len(dw0) - head) * 4 : 4] = dw0[head:]
+        if first + head == RING:
+            words[(RING - 1) * 4] |= EOR
         b = Batch()
         b.outb(self.io + TXPOLL, TXPOLL_NPQ)
         assert self.conn is not None
         self.conn.vdevio_posted(b)
         self.tx_next = i
+        self.tx_ends.append((i - 1) % RING)
         return len(frames)
 
+    def _tx_words(self) -> memoryview:
+        """The TX ring as 32-bit words (four per descriptor)."""
+        if self.tx_words is None:
+            self.tx_words = self.tx_view()[:RING_BYTES].cast("I")
+        return self.tx_words
+
     def _tx_free(self, txv: memoryview) -> int:
-        """C+ descriptors free for new frames, after taking back those the card sent."""
+        """C+ descriptors free for new frames, after taking back the SENDs the card
+        sent (it sends in order: a SEND's last descriptor without OWN is all of it)."""
+        ends, clean = self.tx_ends, self.tx_clean
+        while ends and not _DW0.unpack_from(txv, ends[0] * DESC.size)[0] & OWN:
+            clean = (ends.popleft() + 1) % RING
+        self.tx_clean = clean
+        return RING - 1 - (self.tx_next - clean) % RING
+
+    def _tx_scan(self, txv: memoryview) -> int:
+        """:meth:`_tx_free` descriptor by descriptor: after a call that ran after
+        every posted write, or a live update, which keeps no SEND ends."""
+        self.tx_ends.clear()
         clean, end = self.tx_clean, self.tx_next
         while clean != end and not _DW0.unpack_from(txv, clean * DESC.size)[0] & OWN:
             clean = (clean + 1) % RING
