@@ -3,10 +3,13 @@ another exception; well-formed requests survive the codec unchanged."""
 
 from __future__ import annotations
 
+from array import array
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hwl import frames as hwl_frames
 from hwl.ipc import codec
 from hwl.proto import ndev
 from hwl.proto.fields import FieldError
@@ -45,7 +48,7 @@ def test_send_round_trips_through_the_codec(frames: list[bytes], ident: int) -> 
     payload = codec.encode({**ndev.frames_fields(frames), "id": ident, "sync": True})
     request = ndev.parse(ndev.SEND, codec.decode(payload))
     assert isinstance(request, ndev.Send)
-    assert request.frames == tuple(frames) and request.id == ident and request.sync
+    assert list(request.frames) == frames and request.id == ident and request.sync
 
 
 def test_bad_fields_name_the_field() -> None:
@@ -74,3 +77,33 @@ def test_frames_fit_keeps_a_reply_under_the_message_limit() -> None:
         assert n > 0
         payload = codec.encode({"id": 1, "result": n, **ndev.frames_fields(frames[:n])})
         assert len(payload) <= 8192 - 64
+
+
+@given(st.lists(st.binary(min_size=ndev.ETH_HEADER, max_size=200), min_size=1, max_size=20),
+       st.integers(0, 19), st.integers(0, 7))  # fmt: skip
+def test_packed_frames_slice_like_a_list_and_scatter_into_a_ring(
+    frames: list[bytes], cut: int, first: int
+) -> None:
+    packed = ndev.Frames.of(frames)
+    assert list(packed) == frames and list(packed[cut:]) == frames[cut:]
+    assert ndev.frames_fields(packed[cut:]) == ndev.frames_fields(frames[cut:])
+    slots, stride, base = 32, 256, 64
+    ring = memoryview(bytearray(b"\xee" * (base + slots * stride)))
+    lens = hwl_frames.scatter(ring, base, stride, slots, first, packed, ndev.ETH_MIN)
+    for k, frame in enumerate(frames):
+        at = base + (first + k) % slots * stride
+        padded = frame + bytes(max(0, ndev.ETH_MIN - len(frame)))
+        assert lens[k] == len(padded) and bytes(ring[at : at + len(padded)]) == padded
+
+
+def test_scatter_refuses_what_does_not_fit() -> None:
+    ring = memoryview(bytearray(4 * 128))
+    with pytest.raises(ValueError, match="5 frames from slot 0 of 4"):
+        hwl_frames.scatter(ring, 0, 128, 4, 0, ndev.Frames.of([bytes(60)] * 5), 60)
+    with pytest.raises(ValueError, match="128-byte slots"):
+        hwl_frames.scatter(ring, 0, 128, 4, 0, ndev.Frames.of([bytes(129)]), 60)
+    with pytest.raises(ValueError, match="ring"):
+        hwl_frames.scatter(ring, 128, 128, 4, 0, ndev.Frames.of([bytes(60)]), 60)
+    bad = ndev.Frames(b"x" * 60, array("H", [60, 60]), array("I", [0, 30]))
+    with pytest.raises(ValueError, match="outside their data"):
+        hwl_frames.scatter(ring, 0, 128, 4, 0, bad, 60)

@@ -32,16 +32,17 @@ from __future__ import annotations
 
 import logging
 import struct
-from array import array
 from collections import deque
 from collections.abc import Sequence
 
 from hwl.driver import netdriver, nic
+from hwl.frames import scatter
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.kcalls import DmaHandle
 from hwl.link.batch import Batch
 from hwl.proto import ndev
+from hwl.proto.ndev import Frames
 
 log = logging.getLogger("e1000")
 
@@ -224,15 +225,9 @@ class E1000(nic.NicDriverBase):
                 return 0  # the card is stuck: offered again after the next interrupt or tick
         if not self.tx_ready:
             self._tx_template(txv)
-        frames = frames[:free]
-        first = tdt = self.tdt
-        lens = array("H")
-        for raw in frames:
-            frame = raw if len(raw) >= ndev.ETH_MIN else nic.pad(raw)
-            at = RING_BYTES + tdt * BUF
-            txv[at : at + len(frame)] = frame
-            lens.append(len(frame))
-            tdt = tdt + 1 if tdt < RING - 1 else 0
+        first = self.tdt
+        lens = scatter(txv, RING_BYTES, BUF, RING, first, Frames.of(frames)[:free], ndev.ETH_MIN)
+        tdt = (first + len(lens)) % RING
         # each descriptor's length and status, in at most two strided writes per field
         halves = txv[:RING_BYTES].cast("H")  # x86: little-endian, as the card reads them
         head = min(len(lens), RING - first)
@@ -246,7 +241,7 @@ class E1000(nic.NicDriverBase):
         self.conn.vdevio_posted(b)
         self.tdt = tdt
         self.tx_ends.append((tdt - 1) % RING)
-        return len(frames)
+        return len(lens)
 
     def _tx_template(self, txv: memoryview) -> None:
         """What never changes in a transmit descriptor: its buffer's address and the

@@ -61,10 +61,12 @@ from collections import deque
 from collections.abc import Sequence
 
 from hwl.driver import netdriver, nic
+from hwl.frames import scatter
 from hwl.ipc import codec
 from hwl.ipc.client import Connection
 from hwl.link.batch import Batch
 from hwl.proto import ndev
+from hwl.proto.ndev import Frames
 
 log = logging.getLogger("rtl8139")
 
@@ -288,15 +290,10 @@ class Rtl8139(nic.NicDriverBase):
             b.inb(self.io + CR)
             self._vdevio(b)
             free = self._tx_scan(txv) or self._take_back(txv)
-        frames = frames[:free]
-        first = i = self.tx_next
-        dw0 = array("I")
-        for raw in frames:
-            frame = raw if len(raw) >= ndev.ETH_MIN else nic.pad(raw)
-            at = RING_BYTES + i * BUF
-            txv[at : at + len(frame)] = frame
-            dw0.append(OWN | FS | LS | len(frame))
-            i = i + 1 if i < RING - 1 else 0
+        first = self.tx_next
+        lens = scatter(txv, RING_BYTES, BUF, RING, first, Frames.of(frames)[:free], ndev.ETH_MIN)
+        i = (first + len(lens)) % RING
+        dw0 = array("I", [OWN | FS | LS | n for n in lens])
         # each descriptor's first word, in at most two strided writes (x86: little-endian)
         words, head = self._tx_words(), min(len(dw0), RING - first)
         words[first * 4 : (first + head) * 4 : 4] = dw0[:head]
@@ -310,7 +307,7 @@ class Rtl8139(nic.NicDriverBase):
         self.conn.vdevio_posted(b)
         self.tx_next = i
         self.tx_ends.append((i - 1) % RING)
-        return len(frames)
+        return len(lens)
 
     def _tx_words(self) -> memoryview:
         """The TX ring as 32-bit words (four per descriptor)."""

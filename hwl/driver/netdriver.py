@@ -80,7 +80,7 @@ class _Pending:
     source: int
     id: int
     sync: bool
-    frames: list[bytes] = field(default_factory=list)  # SEND: not yet taken
+    frames: Sequence[bytes] = ()  # SEND: not yet taken (an ndev.Frames)
     done: int = 0  # SEND: frames taken so far
     max: int = 0  # RECV: frames wanted
 
@@ -271,7 +271,7 @@ def _serve(table: NetDriver, source: int, request: ndev.Request) -> None:
         if _st.mode == ndev.MODE_DOWN:
             _answer(_Pending(source, request.id, request.sync), ndev.SEND_REPLY, -int(Errno.EINTR))
             return
-        _st.sends.append(_Pending(source, request.id, request.sync, list(request.frames)))
+        _st.sends.append(_Pending(source, request.id, request.sync, request.frames))
         _offer_sends(table)
     elif isinstance(request, ndev.Recv):
         pending = _Pending(source, request.id, request.sync, max=request.max)
@@ -327,7 +327,7 @@ def _offer_sends(table: NetDriver) -> None:
             taken = table.send(p.frames)
             _st.stats.sent += taken
             p.done += taken
-            del p.frames[:taken]
+            p.frames = p.frames[taken:]
             if not taken:
                 return  # full: offered again after the next interrupt or tick
         _st.sends.popleft()

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from hwl import frames
 from hwl.driver import netdriver
 from hwl.ipc import codec
 from hwl.ipc.client import Connection
@@ -213,6 +214,8 @@ class NicDriverBase:
 
 
 def run(driver: NicDriverBase) -> int:
-    """A NIC driver's whole life (:func:`hwl.driver.netdriver.run`); its exit status."""
+    """A NIC driver's whole life (:func:`hwl.driver.netdriver.run`); its exit status.
+    The C copy of frames is loaded first (built if new), not at the first SEND."""
+    frames.ready()
     netdriver.run(netdriver.NetDriver.of(driver), driver.instance)
     return 0

@@ -37,7 +37,7 @@ from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Final
+from typing import Final, overload
 
 from hwl.proto.ds import DS_DRIVER_UP as DS_DRIVER_UP  # the value of drv.net.<label>
 from hwl.proto.fields import FieldError, get_bool, get_bytes, get_int, get_list
@@ -134,11 +134,11 @@ class Conf:
 class Send:
     id: int
     sync: bool
-    frames: tuple[bytes, ...]
+    frames: Frames
 
     @classmethod
     def from_fields(cls, f: Mapping[str, object]) -> Send:
-        return cls(_id(f), _sync(f), tuple(frames_of(f)))
+        return cls(_id(f), _sync(f), frames_of(f))
 
 
 @dataclass(frozen=True)
@@ -233,13 +233,50 @@ def frames_fit(frames: Iterable[bytes], limit: int) -> int:
 
 def frames_fields(frames: Sequence[bytes]) -> dict[str, bytes]:
     """``frames`` packed for a SEND or a RECV reply (the module's docstring)."""
-    lens = array("H", map(len, frames))
+    if isinstance(frames, Frames):
+        data, lens = frames.data, frames.lens  # whole only if it was not sliced
+        if len(data) != sum(lens):
+            data = b"".join(frames)
+    else:
+        data, lens = b"".join(frames), array("H", map(len, frames))
     if sys.byteorder == "big":
+        lens = array("H", lens)
         lens.byteswap()
-    return {"frames": b"".join(frames), "lens": lens.tobytes()}
+    return {"frames": data, "lens": lens.tobytes()}
 
 
-def frames_of(f: Mapping[str, object]) -> list[bytes]:
+class Frames(Sequence[bytes]):
+    """Frames packed back to back, as a SEND carries them: a sequence of bytes for
+    any driver, and the packed form (``data``, ``lens``, ``starts``) for one that
+    copies them all in one call (hwl.driver.nic.scatter). A slice is a Frames."""
+
+    __slots__ = ("data", "lens", "starts")
+
+    def __init__(self, data: bytes, lens: array[int], starts: array[int]) -> None:
+        self.data, self.lens, self.starts = data, lens, starts
+
+    @classmethod
+    def of(cls, frames: Sequence[bytes]) -> Frames:
+        if isinstance(frames, Frames):
+            return frames
+        lens = array("H", map(len, frames))
+        return cls(b"".join(frames), lens, array("I", accumulate(lens, initial=0))[:-1])
+
+    def __len__(self) -> int:
+        return len(self.lens)
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> Frames: ...
+    def __getitem__(self, i: int | slice) -> bytes | Frames:
+        if isinstance(i, slice):
+            return Frames(self.data, self.lens[i], self.starts[i])
+        start = self.starts[i]
+        return self.data[start : start + self.lens[i]]
+
+
+def frames_of(f: Mapping[str, object]) -> Frames:
     """The frames :func:`frames_fields` packed, each 14..1514 bytes; FieldError
     naming the first bad one, or the fields that do not agree."""
     data = get_bytes(f, "frames", MAX_FRAME_BYTES)
@@ -256,4 +293,4 @@ def frames_of(f: Mapping[str, object]) -> list[bytes]:
         raise FieldError(f"frames[{i}] is {bad} bytes ({ETH_HEADER}..{ETH_MAX})")
     if sum(lens) != len(data):
         raise FieldError(f"'lens' add up to {sum(lens)} bytes, 'frames' holds {len(data)}")
-    return [data[end - n : end] for end, n in zip(accumulate(lens), lens, strict=True)]
+    return Frames(data, lens, array("I", accumulate(lens, initial=0))[:-1])

@@ -143,7 +143,7 @@ class NetDevice:
             if result == 0:
                 return []
             try:
-                return ndev.frames_of(m.fields)
+                return list(ndev.frames_of(m.fields))
             except FieldError as exc:
                 raise NetDeviceError(f"RECV reply: {exc}", Errno.EINVAL) from exc
 

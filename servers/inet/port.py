@@ -144,7 +144,7 @@ class Port:
                     self.stats.stale += 1
                 else:
                     self.stats.received += len(got)
-                    self.on_frames(got)
+                    self.on_frames(list(got))
             self._post_recv()
         elif m.m_type == ndev.SEND_REPLY and isinstance(ident, int) and ident in self._posted:
             self._posted.discard(ident)
