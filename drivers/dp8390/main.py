@@ -40,17 +40,19 @@ state and touches no hardware in its init.
 from __future__ import annotations
 
 import logging
-import struct
+from array import array
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hwl.driver import netdriver, nic
+from hwl.frames import scatter
 from hwl.ipc import codec
 from hwl.ipc.client import Connection
 from hwl.link import abi
 from hwl.link.batch import Batch
 from hwl.proto import ndev
+from hwl.proto.ndev import Frames
 
 log = logging.getLogger("dp8390")
 
@@ -83,12 +85,6 @@ TX_PER_CALL = 42  # frames per posted call: 1 + 12 ops each, two slots (vdevio.M
 MAX_QUEUED = 1024
 WAIT_US = 2000
 IMR_BITS = ISR_PRX | ISR_RXE | ISR_OVW
-# where send patches its per-frame template (_tx_template): op index * op size + operand
-_A = struct.Struct("<I")
-_AB = struct.Struct("<II")
-_RBCR0_A, _RBCR1_A = 0 * abi.OP_SIZE + 4, 1 * abi.OP_SIZE + 4
-_OUTS_A = 5 * abi.OP_SIZE + 4  # a: words, then b: the staging address
-_TBCR0_A, _TBCR1_A = 7 * abi.OP_SIZE + 4, 8 * abi.OP_SIZE + 4
 
 
 def _tpsr_op(io: int) -> bytes:
@@ -246,19 +242,24 @@ class Dp8390(nic.NicDriverBase):
         if self.tx_ops is None:
             self.tx_ops = self._tx_template()
         first = half * per_half * TX_SLOT
-        ops = bytearray(_tpsr_op(self.io) + self.tx_ops * len(frames))
-        for k, raw in enumerate(frames):
-            frame = raw if len(raw) >= ndev.ETH_MIN else nic.pad(raw)
-            size = len(frame)
-            words = (size + 3) // 4
-            at = first + k * TX_SLOT
-            view[at : at + size] = frame
-            base = abi.OP_SIZE + k * len(self.tx_ops)
-            _A.pack_into(ops, base + _RBCR0_A, (words * 4) & 0xFF)
-            _A.pack_into(ops, base + _RBCR1_A, (words * 4) >> 8)
-            _AB.pack_into(ops, base + _OUTS_A, words, tx.phys + at)
-            _A.pack_into(ops, base + _TBCR0_A, size & 0xFF)
-            _A.pack_into(ops, base + _TBCR1_A, size >> 8)
+        sizes = scatter(view, first, TX_SLOT, per_half, 0, Frames.of(frames), ndev.ETH_MIN)
+        n = len(sizes)
+        ops = bytearray(_tpsr_op(self.io) + self.tx_ops * n)
+        # the patched operands, one strided write per field over the packed ops
+        # (x86: little-endian): op 1 + 12k + j of frame k, its a (word 1) or b (word 2)
+        words = memoryview(ops).cast("I")
+        stride = len(self.tx_ops) // 4
+        count4 = array("I", [(size + 3) & ~3 for size in sizes])
+        for j, word, values in (
+            (0, 1, array("I", [c & 0xFF for c in count4])),  # RBCR0
+            (1, 1, array("I", [c >> 8 for c in count4])),  # RBCR1
+            (5, 1, array("I", [c >> 2 for c in count4])),  # OUTS: dwords
+            (5, 2, array("I", range(tx.phys + first, tx.phys + first + n * TX_SLOT, TX_SLOT))),
+            (7, 1, array("I", [size & 0xFF for size in sizes])),  # TBCR0
+            (8, 1, array("I", [size >> 8 for size in sizes])),  # TBCR1
+        ):
+            at = 4 * (1 + j) + word
+            words[at : at + n * stride : stride] = values
         answer = self.conn.vdevio_posted_packed(ops)
         self.posted += 1
         self.half_read_by[half], self.half = self.posted, 1 - half
@@ -268,7 +269,7 @@ class Dp8390(nic.NicDriverBase):
             log.warning("%d SENDs stopped by the stub (a wait ran out): see the kernel's log",
                         answer.stopped - self.stopped)  # fmt: skip
             self.stopped = answer.stopped
-        return len(frames)
+        return n
 
     def _tx_template(self) -> bytes:
         """One frame's ops, packed, with zero where :meth:`send` patches: remote DMA

@@ -12,6 +12,7 @@ checked again.
 from __future__ import annotations
 
 import struct
+from operator import add, mul
 
 from hwl.ipc import arena, codec, wire
 from hwl.kernel.calls.base import (
@@ -280,6 +281,16 @@ class PortIo:
         and guest memory at ``b``: that range must lie inside one of the caller's
         DMA buffers (its own staging memory), never anywhere else in guest RAM."""
         buffers = [(buf.phys, buf.phys + buf.size) for buf in proc.dma.values()]
+        # The usual case at C speed: every range between the lowest start and the
+        # highest end, and those two inside one buffer (a ne2k SEND's 42 frames).
+        heads = memoryview(ops).cast("I")[: n * abi.OP_SIZE // 4 : abi.OP_SIZE // 4].tobytes()
+        picker, widths = _string_picker(heads)
+        counts_starts = picker.unpack_from(ops)
+        starts = counts_starts[1::2]
+        ends = list(map(add, starts, map(mul, counts_starts[0::2], widths)))
+        low, high = min(starts), max(ends)
+        if any(lo <= low and high <= hi for lo, hi in buffers):
+            return
         for i, code in enumerate(ops[: n * abi.OP_SIZE : abi.OP_SIZE]):
             if code not in STRING_CODES:
                 continue
@@ -455,6 +466,23 @@ def _picker(heads: bytes) -> struct.Struct | None:
             _PICKERS.clear()
         _PICKERS[heads] = picker
     return picker  # type: ignore[no-any-return]
+
+
+_STRING_PICKERS: dict[bytes, tuple[struct.Struct, tuple[int, ...]]] = {}
+
+
+def _string_picker(heads: bytes) -> tuple[struct.Struct, tuple[int, ...]]:
+    """For a batch with these heads (at least one string op): the struct that reads
+    each string op's count and address, and their unit widths."""
+    found = _STRING_PICKERS.get(heads)
+    if found is None:
+        codes, widths = heads[::4], heads[1::4]
+        fmt = "".join("4xII4x" if code in STRING_CODES else "16x" for code in codes)
+        units = tuple(w for code, w in zip(codes, widths, strict=True) if code in STRING_CODES)
+        if len(_STRING_PICKERS) >= PICKERS_KEEP:
+            _STRING_PICKERS.clear()
+        found = _STRING_PICKERS[heads] = (struct.Struct("<" + fmt), units)
+    return found
 
 
 def shape(ops: bytes, line: int) -> tuple[object, ...]:
