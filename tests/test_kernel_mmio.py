@@ -109,11 +109,15 @@ def kernel(machine: Machine, e1000: PciDevice) -> Iterator[KernelProcess]:
 
 
 def driver(
-    process: MakeProc, kernel: KernelProcess, e1000: PciDevice, label: str
+    process: MakeProc,
+    kernel: KernelProcess,
+    e1000: PciDevice,
+    label: str,
+    calls: str = "vdevio irqctl",
 ) -> ipc.Connection:
     """A process granted the e1000's BAR0 (and its I/O BAR and IRQ) as the PCI
-    server's reserve grants them."""
-    conn = process(label, "system vdevio irqctl;")
+    server's reserve grants them, and kernel ``calls``."""
+    conn = process(label, f"system {calls};")
     assert kernel.root is not None
     kernel.root.privctl_add_mem(conn.endpoint, bar0(e1000), BAR0_SIZE)
     io = e1000.bars[1]
@@ -278,3 +282,22 @@ def test_posted_vdevio_is_checked_as_any_and_a_stopped_one_is_logged(
         time.sleep(0.05)
     line = next(x for x in log.read_text().splitlines() if "posted vdevio stopped" in x)
     assert "e1000q" in line and "timeout" in line, line
+
+
+def test_posted_batches_fill_the_slots_and_other_calls_still_run(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    """Posted batches queued faster than the stub runs them wait for room, and
+    the kernel keeps a slot for its own one-op calls (a devio) meanwhile."""
+    conn, base = driver(process, kernel, e1000, "e1000r", "vdevio devio irqctl"), bar0(e1000)
+    io = e1000.bars[1].address
+    for i in range(3 * abi.NSLOTS):
+        b = Batch()
+        b.delay(2000)  # longer than a call: the slots fill
+        b.mmio_write(base + RDBAL, 0x00300000 + i * 0x1000)
+        conn.vdevio_posted(b)
+        if i % abi.NSLOTS == abi.NSLOTS - 1:
+            assert conn.devio_in(io, 4) == 0  # the dead I/O BAR reads 0
+    b = Batch()
+    back = b.mmio_read(base + RDBAL)
+    assert conn.vdevio(b)[back] == 0x00300000 + (3 * abi.NSLOTS - 1) * 0x1000

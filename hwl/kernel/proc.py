@@ -114,8 +114,7 @@ class Proc:
     async_status: dict[int, int | None] = field(default_factory=dict)  # ident -> status
     next_async: int = 1
     irq_hooks: list[IrqHook] = field(default_factory=list)
-    # posted vdevio batches (hwl.proto.vdevio.POSTED): queued, finished, stopped
-    posted: int = 0
+    # posted vdevio batches (hwl.proto.vdevio.POSTED): finished, slots stopped
     posted_done: int = 0
     posted_failed: int = 0
     dma: dict[int, DmaBuffer] = field(default_factory=dict)

@@ -34,7 +34,6 @@ from hwl.kernel.dmakeep import DmaKeeper
 from hwl.kernel.errno import Errno
 from hwl.kernel.proc import Proc
 from hwl.kernel.stublink import HasLink
-from hwl.link import abi
 from hwl.link.memory import DmaBuffer
 
 log = logging.getLogger("hwl.kernel.calls")
@@ -109,9 +108,8 @@ class DmaCalls:
                 log.info("%s is dead; %s stays bus master: %s holds it too",
                          proc.label, name, ", ".join(others))  # fmt: skip
                 continue
-            while len(self.stub.pending) >= abi.NSLOTS:  # the sync path needs a free slot
-                self.stub.poll_pending()
             try:
+                self.stub.make_room(0)  # the one-op calls below need the spare slot
                 command = link.pci_read(*bdf, PCI_COMMAND, 2)
                 quiet = command & ~PCI_COMMAND_BUS_MASTER
                 if link.pci_read(*bdf, PCI_INTERRUPT_PIN, 1):

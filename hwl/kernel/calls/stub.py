@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
-from hwl.kernel.calls.base import Answer, AnswerT, CallError, require_link
+from hwl.kernel.calls.base import Answer, AnswerT, CallError, fail, require_link
 from hwl.kernel.errno import Errno
 from hwl.kernel.proc import Proc, State
 from hwl.kernel.stublink import HasLink
@@ -30,6 +30,7 @@ from hwl.link.link import Link, Ticket
 log = logging.getLogger(__name__)
 
 SPIN = 100e-6  # how long a call waits for the stub before the loop takes over
+ROOM_WAIT = 10.0  # seconds a call waits for a free slot (the stub's longest batch: 2 s waits)
 
 
 class Answerer(Protocol):
@@ -82,7 +83,7 @@ class Stub:
         """Hand the stub a batch (``ticket_of``) and, if it is done within SPIN,
         return ``finish``'s answer; else None: the loop answers later."""
         link = self.link()
-        self._make_room()
+        self.make_room()
         ticket = ticket_of(link)
         end = time.perf_counter() + SPIN
         while not link.done(ticket):
@@ -95,19 +96,28 @@ class Stub:
     def post(self, proc: Proc, chunks: list[bytes]) -> None:
         """Queue a posted batch, one slot per chunk of packed ops (quiet: nobody
         waits for them), and collect what has finished."""
-        self._make_room(len(chunks))
+        self.make_room(len(chunks))
         link = self.link()
         for i, packed in enumerate(chunks):
             nops = len(packed) // abi.OP_SIZE
             ticket = link.submit_packed(packed, nops, quiet=True)
             self.posted.append(Posted(proc, ticket, nops, i == len(chunks) - 1))
-        proc.posted += 1
         self.collect_posted()
 
-    def _make_room(self, slots: int = 1) -> None:
-        """Wait until ``slots`` slots are free (the stub runs them in order)."""
-        while len(self.pending) + len(self.posted) > abi.NSLOTS - slots:
+    def make_room(self, slots: int = 1) -> None:
+        """Wait until ``slots`` slots are free and one more, which the kernel's
+        own one-op calls to the link take and give back at once (a slot is reused
+        only once collected); EIO if the stub finishes none of the earlier ones
+        within ROOM_WAIT."""
+        deadline = None
+        while len(self.pending) + len(self.posted) > abi.NSLOTS - 1 - slots:
+            require_link(self.machine)  # QEMU gone: fail, do not spin on
             self.poll_pending()
+            now = time.monotonic()
+            deadline = deadline or now + ROOM_WAIT
+            if now > deadline:
+                fail(Errno.EIO, f"the stub finished none of {abi.NSLOTS} queued batches "
+                                f"in {ROOM_WAIT:.0f} s")  # fmt: skip
 
     def collect_posted(self) -> None:
         """Collect the posted batches the stub has run, oldest first; log one it stopped."""
