@@ -402,7 +402,9 @@ class Link:
 
     def poll_irqs(self) -> list[int]:
         """Take the IRQ events the stub has posted since the last call."""
-        ctl, lines = self._ctl, []
+        ctl, lines = self._ctl, list[int]()
+        if ctl[abi.W_IRQ_TAIL] == ctl[abi.W_IRQ_HEAD]:
+            return lines  # the usual case, checked without the lock (only we move the tail)
         with self._waiting_lock:
             tail, head = ctl[abi.W_IRQ_TAIL], ctl[abi.W_IRQ_HEAD]
             while tail != head:
