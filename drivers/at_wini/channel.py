@@ -153,9 +153,12 @@ class Channel:
         b.outb(cmd + ata.REG_DEVICE, ata.DEV_OBS | number << 4)
         b.delay(10)
         status = b.inb(cmd + ata.REG_STATUS)
-        selected = conn.vdevio(b)[status]
+        alt = b.inb(self.ch.ctl)  # the alternate status, for the log of a flake
+        values = conn.vdevio(b)
+        selected = values[status]
         if selected in (0, 0xFF):
-            log.info("drive %d: status %#04x when selected: none there", number, selected)
+            log.info("drive %d: status %#04x (alternate %#04x) when selected: none there",
+                     number, selected, values[alt])  # fmt: skip
             return None
         b = Batch()
         b.wait(cmd + ata.REG_STATUS, ata.BSY, 0, 1_000_000)

@@ -17,6 +17,7 @@ refuses (EINVAL) another instance or another mode (PIO or DMA) than the old one'
 from __future__ import annotations
 
 import logging
+import time
 
 from hwl.driver import blockdriver as bd
 from hwl.driver import proto as bproto
@@ -41,7 +42,8 @@ RETRIES = 3
 MINORS_PER_DRIVE = 5
 AT_DEBUG_IN = 0xBF0  # debug: {"port"} -> {"value"} (only with debug=1)
 AT_LU_STATE_FLUSHED = proto.LU_STATE_CUSTOM_BASE
-IDENTIFY_ATTEMPTS = 3  # resets + IDENTIFY before a channel counts as empty
+IDENTIFY_ATTEMPTS = 5  # resets + IDENTIFY before a channel counts as empty
+IDENTIFY_PAUSE = 0.05  # seconds before the second attempt, doubled for each next one
 
 
 class AtWini:
@@ -75,7 +77,10 @@ class AtWini:
                 # Rarely, right after start-up, the channel answers nothing; a drive
                 # that is there answers after another reset (cause not yet known).
                 if attempt:
-                    log.warning("no drive on channel %d yet: reset again", self.args.instance)
+                    pause = IDENTIFY_PAUSE * 2 ** (attempt - 1)  # at most 0.75 s in all
+                    log.warning("no drive on channel %d yet: reset again in %.0f ms",
+                                self.args.instance, pause * 1e3)  # fmt: skip
+                    time.sleep(pause)
                 channel.reset()
                 self.drives.update(channel.identify_drives())
                 if self.drives:
