@@ -66,12 +66,13 @@ static void serve_forever(void)
     for (;;) {
         if (work_pending(tail)) {
             volatile struct hwl_slot *slot = &hwl_slots[tail % HWL_NSLOTS];
+            u32 quiet = slot->quiet;    /* read now: the host reuses the slot once done */
 
             run_slot(slot);
             barrier();
             c->req_tail = ++tail;
             full_barrier();         /* publish req_tail before reading host_waiting */
-            if (c->host_waiting && !slot->quiet) {
+            if (c->host_waiting && !quiet) {
                 u32 f = irq_save();
                 bell_send(HWL_BELL_DONE);
                 irq_restore(f);
