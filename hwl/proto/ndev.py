@@ -247,7 +247,7 @@ def frames_fields(frames: Sequence[bytes]) -> dict[str, bytes]:
 class Frames(Sequence[bytes]):
     """Frames packed back to back, as a SEND carries them: a sequence of bytes for
     any driver, and the packed form (``data``, ``lens``, ``starts``) for one that
-    copies them all in one call (hwl.driver.nic.scatter). A slice is a Frames."""
+    copies them all in one call (hwl.frames.scatter). A slice is a Frames."""
 
     __slots__ = ("data", "lens", "starts")
 
