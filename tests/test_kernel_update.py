@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from agents import Agent, conf, spawn_agent, wait_state
@@ -23,6 +23,8 @@ from hwl import ipc
 from hwl.ipc import codec
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
+from hwl.kernel.priv import Priv
+from hwl.kernel.proc import Proc
 
 LU_ECHO = str(Path(__file__).parent / "programs" / "lu_echo.py")
 ECHO, HOLD, READY, WHOAMI, READY_MSG, HELD_ANSWER = 1, 10, 11, 12, 13, 14
@@ -273,3 +275,18 @@ def test_grants_added_by_privctl_stay_with_the_endpoint(root: ipc.Connection, sp
     assert ask(root, a_ep)["tag"] == "B"
     assert grants(a_ep) == ([[0x1F0, 8]], [14])
     assert grants(b_ep) == ([], [])
+
+
+def test_a_processs_posted_count_moves_with_it_in_the_swap() -> None:
+    """The count of posted vdevio batches a process's answers carry is the OS
+    process's: after the swap each endpoint answers with its new program's count
+    (a live-updated NIC driver trusted the old version's and reused staging
+    memory the stub had not read yet)."""
+    old = Proc(3, 3, "nic", Priv.root("nic"), cast(Any, None), cast(Any, None), memoryview(b""))
+    new = Proc(9, 9, "nic-new", Priv.root("nic-new"), cast(Any, None), cast(Any, None),
+               memoryview(b""))  # fmt: skip
+    old.posted.finished, old.posted.stopped = 5000, 2
+    queued = old.posted  # what the stub's queued batches of the old program count into
+    old.swap_process(new)
+    assert (old.posted.finished, old.posted.stopped) == (0, 0)  # the new program's
+    assert new.posted is queued and new.posted.finished == 5000

@@ -85,7 +85,19 @@ PROCESS_FIELDS = (
     "reply_errno",
     "event_fd",
     "armed",
+    "posted",
 )
+
+
+@dataclass
+class PostedCount:
+    """A process's posted vdevio batches (hwl.proto.vdevio.POSTED): how many have
+    finished, how many slots the stub stopped. It belongs to the OS process, so a
+    live update's swap moves it along, and the batches still queued count into
+    the process that posted them."""
+
+    finished: int = 0
+    stopped: int = 0
 
 
 @dataclass(eq=False)
@@ -114,9 +126,7 @@ class Proc:
     async_status: dict[int, int | None] = field(default_factory=dict)  # ident -> status
     next_async: int = 1
     irq_hooks: list[IrqHook] = field(default_factory=list)
-    # posted vdevio batches (hwl.proto.vdevio.POSTED): finished, slots stopped
-    posted_done: int = 0
-    posted_failed: int = 0
+    posted: PostedCount = field(default_factory=PostedCount)
     dma: dict[int, DmaBuffer] = field(default_factory=dict)
     exits: list[ExitRecord] = field(default_factory=list)  # of processes it created
     alive: bool = True

@@ -146,7 +146,8 @@ class PortIo:
         step = abi.MAX_OPS * abi.OP_SIZE
         chunks = [ops[at : at + step] for at in range(0, len(ops), step)]
         self.stub.post(proc, chunks)
-        return vdevio_proto.POSTED_REPLY.pack(proc.posted_done & U32, proc.posted_failed & U32)
+        count = proc.posted
+        return vdevio_proto.POSTED_REPLY.pack(count.finished & U32, count.stopped & U32)
 
     def _checked(self, proc: Proc, ops: bytes, n: int, hook: IrqHook | None) -> bool:
         """Check a batch, or find its shape checked already (the ports, widths and

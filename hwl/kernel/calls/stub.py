@@ -22,7 +22,7 @@ from typing import NoReturn, Protocol
 
 from hwl.kernel.calls.base import Answer, AnswerT, CallError, fail, require_link
 from hwl.kernel.errno import Errno
-from hwl.kernel.proc import Proc, State
+from hwl.kernel.proc import PostedCount, Proc, State
 from hwl.kernel.stublink import HasLink
 from hwl.link import abi
 from hwl.link.link import Link, Ticket
@@ -51,9 +51,10 @@ class Pending:
 
 @dataclass
 class Posted:
-    """A posted batch not collected yet."""
+    """A posted batch not collected yet, and the count of the process that posted it."""
 
-    proc: Proc
+    count: PostedCount
+    who: str  # for the log: label (endpoint)
     ticket: Ticket
     nops: int
     last: bool  # the batch's last slot: its end is the batch's
@@ -98,10 +99,11 @@ class Stub:
         waits for them), and collect what has finished."""
         self.make_room(len(chunks))
         link = self.link()
+        who = f"{proc.label} ({proc.endpoint})"
         for i, packed in enumerate(chunks):
             nops = len(packed) // abi.OP_SIZE
             ticket = link.submit_packed(packed, nops, quiet=True)
-            self.posted.append(Posted(proc, ticket, nops, i == len(chunks) - 1))
+            self.posted.append(Posted(proc.posted, who, ticket, nops, i == len(chunks) - 1))
         self.collect_posted()
 
     def make_room(self, slots: int = 1) -> None:
@@ -126,13 +128,13 @@ class Stub:
         while posted and link is not None and link.done(posted[0].ticket):
             p = posted.popleft()
             status, failed, ops = link.collect_raw(p.ticket, p.nops)
-            p.proc.posted_done += p.last
+            p.count.finished += p.last
             if status != abi.ST_OK:
-                p.proc.posted_failed += 1
+                p.count.stopped += 1
                 name = abi.STATUS_NAMES.get(status, f"status {status}")
-                log.warning("%s (%s): posted vdevio stopped at op %d (code %d): %s, "
-                            "last value %#x", p.proc.label, p.proc.endpoint, failed,
-                            op_code(ops, failed), name, op_result(ops, failed))  # fmt: skip
+                log.warning("%s: posted vdevio stopped at op %d (code %d): %s, last value %#x",
+                            p.who, failed, op_code(ops, failed), name,
+                            op_result(ops, failed))  # fmt: skip
 
     def _wrap(
         self, proc: Proc, number: int, finish: Callable[[int, int, bytes], Answer]
