@@ -156,10 +156,11 @@ class PortIo:
         waits for IRQs. Each Priv has its own memory of shapes, so new privileges
         (privctl set, an update's swap) check everything again."""
         priv = proc.priv
-        key = shape(ops, -1 if hook is None else hook.line)
+        heads = op_heads(ops)
+        key = shape(ops, -1 if hook is None else hook.line, heads)
         waits = priv.checked_shapes.get(key)
         if waits is None:
-            waits = self._check_vdevio_ops(proc, ops, n, hook)
+            waits = self._check_vdevio_ops(proc, ops, heads, n, hook)
             priv.remember_shape(key, waits)
             return waits
         if waits:
@@ -167,8 +168,8 @@ class PortIo:
             self._check_alone(hook)  # another hook may have come to the line since
         # String ops move memory at addresses the shape leaves out, checked against
         # DMA buffers that may be gone by now: every call.
-        if not STRING_CODES.isdisjoint(ops[:: abi.OP_SIZE]):
-            self._check_string_ops(proc, ops, n)
+        if not STRING_CODES.isdisjoint(heads[::4]):
+            self._check_string_ops(proc, ops, heads, n)
         return waits
 
     def _check_alone(self, hook: IrqHook) -> None:
@@ -229,7 +230,9 @@ class PortIo:
         view[start : start + copy.length] = buf.view[copy.offset : copy.offset + copy.length]
         return copy.length
 
-    def _check_vdevio_ops(self, proc: Proc, ops: bytes, n: int, hook: IrqHook | None) -> bool:
+    def _check_vdevio_ops(
+        self, proc: Proc, ops: bytes, heads: bytes, n: int, hook: IrqHook | None
+    ) -> bool:
         """Every op a port op on the caller's ports or an MMIO op inside its memory
         ranges, waits and delays within bounds, IRQ waits only on ``hook``'s line;
         returns whether there are any IRQ waits."""
@@ -252,7 +255,7 @@ class PortIo:
             # The op's first word holds no address: check each op's own (a, width).
             self._check_mmio_ops(proc, ops, n)
         if not codes.isdisjoint(STRING_CODES):
-            self._check_string_ops(proc, ops, n)
+            self._check_string_ops(proc, ops, heads, n)
         waits = abi.OP_IRQ_WAIT in codes
         if waits and hook is not None:
             self._check_alone(hook)
@@ -277,14 +280,13 @@ class PortIo:
         return waits
 
     @staticmethod
-    def _check_string_ops(proc: Proc, ops: bytes, n: int) -> None:
+    def _check_string_ops(proc: Proc, ops: bytes, heads: bytes, n: int) -> None:
         """A string op (rep ins/outs) moves ``a`` units of ``width`` between its port
         and guest memory at ``b``: that range must lie inside one of the caller's
         DMA buffers (its own staging memory), never anywhere else in guest RAM."""
         buffers = [(buf.phys, buf.phys + buf.size) for buf in proc.dma.values()]
         # The usual case at C speed: every range between the lowest start and the
         # highest end, and those two inside one buffer (a ne2k SEND's 42 frames).
-        heads = memoryview(ops).cast("I")[: n * abi.OP_SIZE // 4 : abi.OP_SIZE // 4].tobytes()
         picker, widths = _string_picker(heads)
         counts_starts = picker.unpack_from(ops)
         starts = counts_starts[1::2]
@@ -486,10 +488,16 @@ def _string_picker(heads: bytes) -> tuple[struct.Struct, tuple[int, ...]]:
     return found
 
 
-def shape(ops: bytes, line: int) -> tuple[object, ...]:
+def op_heads(ops: bytes) -> bytes:
+    """Each op's first word (code, width, port), the part of a batch its checks key on."""
+    return memoryview(ops).cast("I")[:: abi.OP_SIZE // 4].tobytes()
+
+
+def shape(ops: bytes, line: int, heads: bytes | None = None) -> tuple[object, ...]:
     """A batch's shape, what its check depends on: each op's head (code, width,
-    port), the operands a check reads, and the line of the hook it names (-1)."""
-    heads = memoryview(ops).cast("I")[:: abi.OP_SIZE // 4].tobytes()
+    port; :func:`op_heads`, if the caller has them already), the operands a check
+    reads, and the line of the hook it names (-1)."""
+    heads = op_heads(ops) if heads is None else heads
     picker = _picker(heads)
     return (heads, line) if picker is None else (heads, line, picker.unpack_from(ops))
 
