@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from hwl import Machine
+from hwl.drivers.at_wini import channel as channel_mod
+from hwl.drivers.at_wini.args import Args
 from hwl.hw import ata
 from hwl.link import abi
+from hwl.link.batch import Batch, BatchResult
 
 pytestmark = pytest.mark.qemu
 
@@ -105,3 +114,66 @@ def test_native_dma_write_lands_on_the_image(pc: Machine) -> None:
     after = image_bytes(image, lba - 1, 1), image_bytes(image, lba + count * sectors, 1)
     assert after == before
     assert ata.dma_read(link, ch, 0, lba + sectors, sectors) == pattern  # and reads back
+
+
+class LinkAsKernel:
+    """at_wini's channel talks to the kernel's vdevio; here the link runs its batches."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+
+    def vdevio(self, batch: Batch) -> BatchResult:
+        return self.machine.link.execute(batch)
+
+
+HOG_S = 60  # a busy loop's longest life, should the test's process die first
+
+
+@contextmanager
+def short_of_cpu(machine: Machine, hogs: int = 3) -> Iterator[None]:
+    """Every QEMU thread on one CPU, shared with ``hogs`` busy loops (each ends by
+    itself after HOG_S): QEMU's main loop then runs late, as on a loaded host."""
+    assert machine.pid is not None
+    tasks = [int(t) for t in os.listdir(f"/proc/{machine.pid}/task")]
+    before = {t: os.sched_getaffinity(t) for t in tasks}
+    cpu = max(os.sched_getaffinity(machine.pid))
+    loop = (
+        f"import os, time\nos.sched_setaffinity(0, {{{cpu}}})\n"
+        f"end = time.monotonic() + {HOG_S}\nwhile time.monotonic() < end: pass"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(hogs)]
+    try:
+        for t in tasks:
+            os.sched_setaffinity(t, {cpu})
+        time.sleep(0.3)  # the hogs running
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        for t, cpus in before.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(t, cpus)
+
+
+def test_a_reset_with_absent_drive_1_selected_finds_drive_0_on_a_busy_host(
+    pc: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up flake, made likely: drive 1 (absent) selected, as the firmware
+    and every IDENTIFY of drive 1 leave a channel, QEMU short of CPU, and no settle
+    time after SRST. QEMU resets the drives later, in its main loop, and ignores a
+    drive select until then; at_wini's reset must wait for that on drive 0 (an
+    absent drive's status reads 0, never busy). Before the fix all 20 failed."""
+    monkeypatch.setattr(channel_mod, "SRST_SETTLE_US", 0)
+    ch = channel_mod.Channel(Args(instance=1))  # hd1 on ide.1, no drive 1 there
+    ch.conn = LinkAsKernel(pc)  # type: ignore[assignment]
+    select_1 = Batch()
+    select_1.outb(ata.SECONDARY.cmd + ata.REG_DEVICE, ata.DEV_OBS | ata.DEV_DRIVE1)
+    found = []
+    with short_of_cpu(pc):
+        for _ in range(20):
+            pc.link.execute(select_1)
+            ch.reset()
+            drive = ch.identify(0)
+            found.append(drive.model if drive is not None else None)
+    assert found == ["HWL DISK 1"] * 20

@@ -27,6 +27,7 @@ from .args import CHANNELS, Args
 log = logging.getLogger("at_wini")
 
 MAX_MULTIPLE = 16  # PIO: sectors per DRQ block (and per interrupt), when the drive allows
+SRST_SETTLE_US = 2000  # after SRST is cleared, before BSY is polled (ATA: 2 ms)
 
 
 class CommandError(HwlError):
@@ -120,12 +121,23 @@ class Channel:
         raise PciError(Errno.ENODEV, "reserve", "no IDE controller visible")
 
     def reset(self) -> None:
-        """Software reset of the channel (after a timeout, and at start)."""
+        """Software reset of the channel (after a timeout, and at start).
+
+        Drive 0 is selected first, so that the wait for BSY to clear reads a drive
+        that is there. QEMU does the reset in a bottom half of its main loop, later
+        than the write of SRST, and marks both drives busy until then; it keeps the
+        selected drive across the reset, and ignores a device select while the
+        selected drive is busy. With drive 1 selected and absent (as the firmware and
+        every IDENTIFY of drive 1 leave the channel), the status read 0 at once, the
+        wait ended before QEMU's reset, the next select of drive 0 was ignored, and
+        the channel looked empty: the start-up flake of earlier sessions.
+        """
         b = Batch()
+        b.outb(self.ch.cmd + ata.REG_DEVICE, ata.DEV_OBS)
         b.outb(self.ch.ctl, ata.SRST | ata.NIEN)
         b.delay(10)
         b.outb(self.ch.ctl, ata.NIEN)
-        b.delay(2000)
+        b.delay(SRST_SETTLE_US)
         b.wait(self.ch.cmd + ata.REG_STATUS, ata.BSY, 0, 1_000_000)
         b.inb(self.ch.cmd + ata.REG_STATUS)
         self.kernel.vdevio(b)

@@ -42,7 +42,7 @@ RETRIES = 3
 MINORS_PER_DRIVE = 5
 AT_DEBUG_IN = 0xBF0  # debug: {"port"} -> {"value"} (only with debug=1)
 AT_LU_STATE_FLUSHED = proto.LU_STATE_CUSTOM_BASE
-IDENTIFY_ATTEMPTS = 7  # resets + IDENTIFY before a channel counts as empty
+IDENTIFY_ATTEMPTS = 3  # resets + IDENTIFY before a channel counts as empty
 IDENTIFY_PAUSE = 0.05  # seconds before the second attempt, doubled for each next one
 
 
@@ -74,10 +74,10 @@ class AtWini:
                 self.dma.alloc(conn)
             self._make_scratch()
             for attempt in range(IDENTIFY_ATTEMPTS):
-                # Rarely, right after start-up, the channel answers nothing; a drive
-                # that is there answers after another reset (cause not yet known).
+                # A defence only: the known cause of an empty-looking channel (a
+                # drive select QEMU ignored, channel.Channel.reset) is gone.
                 if attempt:
-                    pause = IDENTIFY_PAUSE * 2 ** (attempt - 1)  # at most 3.15 s in all
+                    pause = IDENTIFY_PAUSE * 2 ** (attempt - 1)  # 150 ms in all
                     log.warning("no drive on channel %d yet: reset again in %.0f ms",
                                 self.args.instance, pause * 1e3)  # fmt: skip
                     time.sleep(pause)
