@@ -17,12 +17,13 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-#define HWL_ABI_VERSION 3u
+#define HWL_ABI_VERSION 4u
 #define HWL_MAGIC 0x314c5748u       /* "HWL1" read as little-endian bytes */
 
 #define HWL_NSLOTS 8u               /* request slots in the ring */
 #define HWL_MAX_OPS 254u            /* operations per slot (slot = 4096 bytes) */
 #define HWL_IRQ_RING 64u            /* entries in the IRQ event ring */
+#define HWL_NWATCH 8u               /* watched doorbells (struct hwl_watch) */
 
 /* Operation codes (hwl_op.code). "c" is both an argument and the result. */
 #define HWL_OP_NOP 0u          /* c := a (echo; measures the bare round trip) */
@@ -92,6 +93,33 @@ struct hwl_slot {              /* 4096 bytes */
     struct hwl_op ops[HWL_MAX_OPS];
 };
 
+/* A watched doorbell: a driver's device write that the stub makes itself, in its
+ * loop, whenever a u32 in the driver's DMA memory (`word`) changes, so that a NIC
+ * driver rings its card's transmit doorbell with a store into its own memory and
+ * no kernel call. The kernel fills an entry after it checked `op` as one of the
+ * driver's vdevio ops (an OUT or MMIO_WR to a port or BAR the driver holds) and
+ * clears it (gen = 0) before the driver's buffers or rights go.
+ * Arming: gen = 0, the fields, then gen = a new non-zero value; the stub takes
+ * `base` (the word when the kernel armed it) as the value it has seen, so a
+ * change made right after arming is not lost. `flags` HWL_WATCH_VALUE: the
+ * op's value (a for OUT, b for MMIO_WR) is the word's new value, masked to the
+ * width (a tail index), else the op's own (a fixed "poll" value).
+ * Halting: the stub stores 1 into every armed watch's `sleep` word, then sets
+ * ctl.stub_sleeping with a locked exchange and looks at the words once more; it
+ * stores 0 when it runs again. A driver stores the word, fences, and reads its
+ * sleep word: 1 means the stub may be halted (or the watch is off, which the
+ * kernel also shows with a 1), and it makes the write through the kernel. */
+#define HWL_WATCH_VALUE 1u
+struct hwl_watch {             /* 48 bytes, host-written */
+    u32 gen;                   /*  0 0 = off */
+    u32 word;                  /*  4 guest phys of the watched u32 */
+    u32 sleep;                 /*  8 guest phys of the u32 the stub sets while halting */
+    u32 flags;                 /* 12 HWL_WATCH_VALUE */
+    u32 base;                  /* 16 the word's value when armed */
+    u32 reserved[3];           /* 20 */
+    struct hwl_op op;          /* 32 OUT or MMIO_WR */
+};
+
 /* The control block. Each field has one writer, named first. Counters are
  * free-running u32 values; a ring index is counter % ring size. */
 struct hwl_ctl {
@@ -114,7 +142,8 @@ struct hwl_ctl {
     u32 bells_sent;            /* 60 stub: doorbell bytes sent to the host */
     u32 irq_count[16];         /* 64 stub: interrupts seen per line */
     u32 irq_ring[HWL_IRQ_RING];/* 128 stub: line number of each event */
-};                             /* 384 bytes */
+    struct hwl_watch watch[HWL_NWATCH]; /* 384 host: watched doorbells */
+};                             /* 768 bytes */
 
 /* Argument block for the native loops, the physical limits for benchmarks.
  * PIO: SET MULTIPLE (multiple), then READ MULTIPLE (0xC4, LBA28) commands of

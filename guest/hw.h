@@ -125,6 +125,9 @@ void delay_us(u32 us);
 /* ---- ops.c / native_ata.c ---------------------------------------------- */
 
 void run_slot(volatile struct hwl_slot *s);
+u32 watch_ring(void);
+void watch_sleep(u32 v);
+int watch_due(void);
 u32 native_pio(volatile struct hwl_native *n);
 u32 native_dma(volatile struct hwl_native *n);
 u32 native_dma_write(volatile struct hwl_native *n);

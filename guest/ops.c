@@ -245,3 +245,98 @@ void run_slot(volatile struct hwl_slot *s)
     barrier();
     s->status = st;
 }
+
+/* Watched doorbells (abi.h, struct hwl_watch): the gen each entry was last seen
+ * armed with and the word's value the stub last acted on. */
+static u32 watch_gen[HWL_NWATCH];
+static u32 watch_seen[HWL_NWATCH];
+
+static int watch_words_ok(volatile struct hwl_watch *w)
+{
+    return (w->word & 3) == 0 && (w->sleep & 3) == 0 && range_ok(w->word, 4) &&
+           (w->sleep == 0 || range_ok(w->sleep, 4));
+}
+
+/* Make the write of every watch whose word changed; returns how many rang. */
+u32 watch_ring(void)
+{
+    u32 k, rang = 0;
+
+    for (k = 0; k < HWL_NWATCH; k++) {
+        volatile struct hwl_watch *w = &hwl_ctl.watch[k];
+        struct hwl_op op;
+        u32 gen = w->gen, word, v;
+
+        if (gen == 0) {
+            watch_gen[k] = 0;
+            continue;
+        }
+        barrier();
+        word = w->word;
+        if (!watch_words_ok(w))
+            continue;
+        if (gen != watch_gen[k]) {      /* armed anew: start from the kernel's value */
+            watch_seen[k] = w->base;
+            barrier();
+            if (w->gen != gen)
+                continue;               /* re-armed meanwhile: next round */
+            watch_gen[k] = gen;
+            if (w->sleep)               /* the kernel armed it showing 1: awake now */
+                *(volatile u32 *)w->sleep = 0;
+        }
+        v = *(volatile u32 *)word;
+        if (v == watch_seen[k])
+            continue;
+        op.code = w->op.code;
+        op.width = w->op.width;
+        op.port = w->op.port;
+        op.a = w->op.a;
+        op.b = w->op.b;
+        op.c = 0;
+        barrier();
+        if (w->gen != gen)
+            continue;                   /* disarmed or re-armed while read */
+        watch_seen[k] = v;
+        if (w->flags & HWL_WATCH_VALUE) {
+            u32 mask = op.width == 4 ? 0xffffffffu : (1u << (8 * op.width)) - 1u;
+            if (op.code == HWL_OP_OUT)
+                op.a = v & mask;
+            else
+                op.b = v & mask;
+        }
+        if (op.code == HWL_OP_OUT || op.code == HWL_OP_MMIO_WR)
+            run_op(&op);
+        rang++;
+    }
+    return rang;
+}
+
+/* Store `v` into the sleep word of every armed watch (1 before a halt, 0 after). */
+void watch_sleep(u32 v)
+{
+    u32 k;
+
+    for (k = 0; k < HWL_NWATCH; k++) {
+        volatile struct hwl_watch *w = &hwl_ctl.watch[k];
+
+        if (w->gen != 0 && w->sleep != 0 && watch_words_ok(w))
+            *(volatile u32 *)w->sleep = v;
+    }
+}
+
+/* 1 if a watch would ring now (checked after the sleep words are set). */
+int watch_due(void)
+{
+    u32 k;
+
+    for (k = 0; k < HWL_NWATCH; k++) {
+        volatile struct hwl_watch *w = &hwl_ctl.watch[k];
+        u32 gen = w->gen;
+
+        if (gen == 0 || !watch_words_ok(w))
+            continue;
+        if (gen != watch_gen[k] || *(volatile u32 *)w->word != watch_seen[k])
+            return 1;
+    }
+    return 0;
+}

@@ -18,7 +18,9 @@ __attribute__((used)) const struct hwl_abi_info hwl_abi_info = {
 /* Layout checks: abi.h is mirrored byte for byte by the host. */
 _Static_assert(sizeof(struct hwl_op) == 16, "hwl_op size");
 _Static_assert(sizeof(struct hwl_slot) == 4096, "hwl_slot size");
-_Static_assert(sizeof(struct hwl_ctl) == 384, "hwl_ctl size");
+_Static_assert(sizeof(struct hwl_ctl) == 768, "hwl_ctl size");
+_Static_assert(sizeof(struct hwl_watch) == 48, "hwl_watch size");
+_Static_assert(__builtin_offsetof(struct hwl_ctl, watch) == 384, "watch offset");
 _Static_assert(sizeof(struct hwl_native) == 56, "hwl_native size");
 _Static_assert(__builtin_offsetof(struct hwl_ctl, irq_count) == 64, "irq_count offset");
 _Static_assert(__builtin_offsetof(struct hwl_ctl, irq_ring) == 128, "irq_ring offset");
@@ -68,6 +70,7 @@ static void serve_forever(void)
             volatile struct hwl_slot *slot = &hwl_slots[tail % HWL_NSLOTS];
             u32 quiet = slot->quiet;    /* read now: the host reuses the slot once done */
 
+            watch_ring();           /* a word stored before this slot was posted: first */
             run_slot(slot);
             barrier();
             c->req_tail = ++tail;
@@ -81,15 +84,20 @@ static void serve_forever(void)
             spin_end = deadline_us(c->spin_us);
             continue;
         }
+        if (watch_ring()) {
+            spin_end = deadline_us(c->spin_us);
+            continue;
+        }
         if (++iter & 63)
             continue;
         if (!expired(spin_end))
             continue;
 
         cli();
-        one = 1;                    /* locked store: ordered before the req_head re-check */
+        watch_sleep(1);             /* drivers ring through the kernel from now on */
+        one = 1;                    /* locked store: ordered before the re-checks */
         asm volatile("xchgl %0, %1" : "+r"(one), "+m"(c->stub_sleeping) : : "memory");
-        if (!work_pending(tail)) {
+        if (!work_pending(tail) && !watch_due()) {
             asm volatile("sti; hlt" ::: "memory");
             c->stub_sleeping = 0;
             c->halts++;
@@ -97,6 +105,7 @@ static void serve_forever(void)
             c->stub_sleeping = 0;
             sti();
         }
+        watch_sleep(0);
         spin_end = deadline_us(c->spin_us);
     }
 }

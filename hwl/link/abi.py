@@ -9,12 +9,13 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-ABI_VERSION: Final = 3
+ABI_VERSION: Final = 4
 MAGIC: Final = 0x314C5748
 
 NSLOTS: Final = 8
 MAX_OPS: Final = 254
 IRQ_RING: Final = 64
+NWATCH: Final = 8  # watched doorbells (struct hwl_watch)
 
 OP_NOP: Final = 0
 OP_IN: Final = 1
@@ -68,7 +69,7 @@ SLOT_QUIET: Final = 12  # host: 1 = no doorbell at this slot's completion
 SLOT_OPS: Final = 32
 
 # struct hwl_ctl, as indexes of u32 words
-CTL_SIZE: Final = 384
+CTL_SIZE: Final = 768
 W_MAGIC: Final = 0
 W_ABI_VERSION: Final = 1
 W_READY: Final = 2
@@ -87,6 +88,17 @@ W_HALTS: Final = 14
 W_BELLS_SENT: Final = 15
 W_IRQ_COUNT: Final = 16
 W_IRQ_RING: Final = 32
+W_WATCH: Final = 96  # struct hwl_watch watch[NWATCH], WATCH_WORDS words each
+
+# struct hwl_watch, as word indexes from its start (host-written)
+WATCH_WORDS: Final = 12
+WATCH_GEN: Final = 0
+WATCH_WORD: Final = 1
+WATCH_SLEEP: Final = 2
+WATCH_FLAGS: Final = 3
+WATCH_BASE: Final = 4
+WATCH_OP: Final = 8  # its struct hwl_op, four words
+WATCH_VALUE: Final = 1  # flags: the op's value is the word's new value
 
 # struct hwl_native
 NATIVE: Final = struct.Struct("<HHHBBIIIIIIIIIIQ")

@@ -482,6 +482,39 @@ class Link:
             return True
         return bool(data)
 
+    # ------------------------------------------------------- watched doorbells
+    def watch_set(
+        self, index: int, gen: int, word: int, sleep: int, flags: int, base: int, op: bytes
+    ) -> None:
+        """Arm watch ``index`` (guest/abi.h, struct hwl_watch): off first, then its
+        fields, then ``gen`` (non-zero), each a plain store the stub sees in order."""
+        if not 0 <= index < abi.NWATCH or not 0 < gen <= 0xFFFFFFFF or len(op) != abi.OP_SIZE:
+            raise ValueError(f"watch {index}, gen {gen}, a {len(op)}-byte op")
+        at = abi.W_WATCH + index * abi.WATCH_WORDS
+        ctl = self._ctl
+        ctl[at + abi.WATCH_GEN] = 0
+        ctl[at + abi.WATCH_WORD] = word
+        ctl[at + abi.WATCH_SLEEP] = sleep
+        ctl[at + abi.WATCH_FLAGS] = flags
+        ctl[at + abi.WATCH_BASE] = base
+        ctl[at + abi.WATCH_OP : at + abi.WATCH_OP + 4] = memoryview(op).cast("I")
+        ctl[at + abi.WATCH_GEN] = gen
+
+    def watch_clear(self, index: int) -> None:
+        """Turn watch ``index`` off; the stub may still be making its write: a
+        request completed after this one (:meth:`nop`) is after it."""
+        self._ctl[abi.W_WATCH + index * abi.WATCH_WORDS + abi.WATCH_GEN] = 0
+
+    def watch_gen(self, index: int) -> int:
+        return self._ctl[abi.W_WATCH + index * abi.WATCH_WORDS + abi.WATCH_GEN]
+
+    def read_u32(self, phys: int) -> int:
+        value: int = _U32.unpack_from(self._mem, phys)[0]
+        return value
+
+    def write_u32(self, phys: int, value: int) -> None:
+        _U32.pack_into(self._mem, phys, value)
+
     @property
     def stub_sleeping(self) -> bool:
         return bool(self._ctl[abi.W_STUB_SLEEPING])
