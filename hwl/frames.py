@@ -25,6 +25,8 @@ def _lib() -> ctypes.CDLL:
     lib = native.load(Path(__file__).with_name("frames.c"))
     lib.frames_scatter.argtypes = [_P, _U32, _U32, _U32, _U32, _P, _P, _P, _U32, _U32, _P]
     lib.frames_scatter.restype = None
+    lib.frames_ring.argtypes = [_P, _U32, _U32, _U32]
+    lib.frames_ring.restype = _U32
     return lib
 
 
@@ -55,3 +57,29 @@ def scatter(
                           ctypes.cast(ctypes.c_char_p(data), _P), starts.buffer_info()[0],
                           lens.buffer_info()[0], n, min_len, out.buffer_info()[0])  # fmt: skip
     return out
+
+
+class Bell:
+    """A watched doorbell's two words in a driver's mapped DMA buffer (guest/abi.h,
+    struct hwl_watch): :meth:`ring` stores the watched word and reads the sleep
+    word in one C call, fenced between them."""
+
+    def __init__(self, mem: memoryview, word: int, sleep: int) -> None:
+        if mem.readonly or not (0 <= word <= mem.nbytes - 4 and 0 <= sleep <= mem.nbytes - 4):
+            raise ValueError(f"bell words at {word} and {sleep} of a {mem.nbytes}-byte buffer")
+        if word % 4 or sleep % 4 or word == sleep:
+            raise ValueError(f"bell words at {word} and {sleep}: 4-byte aligned, apart")
+        self._mem = mem  # kept: the address below is into it
+        self._addr = ctypes.addressof((ctypes.c_char * mem.nbytes).from_buffer(mem))
+        self.word, self.sleep = word, sleep
+        self._ring = _lib().frames_ring
+
+    @property
+    def value(self) -> int:
+        """The watched word as it is (a live update's new version goes on from it)."""
+        return int.from_bytes(self._mem[self.word : self.word + 4], "little")
+
+    def ring(self, value: int) -> bool:
+        """Store ``value``; True if the stub may not see it (halted, or the watch
+        ended): the caller then makes the write through the kernel."""
+        return bool(self._ring(self._addr, self.word, value & 0xFFFFFFFF, self.sleep))

@@ -125,6 +125,23 @@ class KernelCalls:
             raise ValueError(f"vdevio: a {len(answer)}-byte answer to a posted batch")
         return Posted(*vdevio_proto.POSTED_REPLY.unpack_from(answer, wire.RESPONSE.size))
 
+    def vdevio_watch(
+        self, buffer: int, word: int, sleep: int, batch: Batch | None, value_from_word: bool = False
+    ) -> None:
+        """Arm a watched doorbell (hwl.proto.vdevio.WATCH): from now on the stub
+        makes ``batch``'s one write (an OUT or MMIO write this process may make)
+        whenever the u32 at offset ``word`` of DMA buffer ``buffer`` changes, with
+        the word's value as the write's value if ``value_from_word``. The stub
+        sets the u32 at ``sleep`` to 1 while it may be halted (and the kernel does,
+        once the watch has ended): then ring through a call. ``batch`` None: end it."""
+        flags = vdevio_proto.WATCH_VALUE if value_from_word else 0
+        payload = vdevio_proto.WATCH_HEAD.pack(buffer, word, sleep, flags)
+        if batch is not None:
+            if batch.strings or len(batch) != 1:
+                raise ValueError("a watched doorbell is one OUT or MMIO write")
+            payload += b"".join(batch.packed())
+        self.kcall_binary(wire.VDEVIO, vdevio_proto.WATCH, payload, "vdevio")
+
     def sdevio(
         self,
         direction: Literal["in", "out"],

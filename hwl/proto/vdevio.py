@@ -32,6 +32,14 @@ a later plain vdevio runs after all of them), so a driver knows which staging
 memory the device has read, and how many slots of them the stub stopped (a wait
 that timed out), each also a line in the kernel's log.
 
+A *watched* vdevio (:data:`WATCH` alone in the peer field) arms a watched
+doorbell (guest/abi.h, struct hwl_watch): the payload is a :data:`WATCH_HEAD`
+(DMA buffer id, the watched word's offset in it, the sleep word's offset, flags)
+and one packed op, an OUT or MMIO_WR that vdevio's checks allow the caller. The
+stub then makes that write itself whenever the word changes, with the word's
+value as the op's value under :data:`WATCH_VALUE` (a tail index). Without the op
+the watch on that word is turned off. Up to the stub's NWATCH at once (EBUSY).
+
 See docs/kernel.md.
 """
 
@@ -43,6 +51,9 @@ from typing import Final, NamedTuple
 COPY: Final = 1 << 30  # in the peer field: a Copy descriptor leads the payload
 POSTED: Final = 1 << 29  # in the peer field, alone: answer once queued (above)
 MAX_POSTED_SLOTS: Final = 2  # stub slots one posted batch may fill (8 KiB messages)
+WATCH: Final = 1 << 28  # in the peer field, alone: arm (or end) a watched doorbell
+WATCH_HEAD: Final = struct.Struct("<iIII")  # buffer id, word offset, sleep offset, flags
+WATCH_VALUE: Final = 1  # WATCH_HEAD flags: the op's value is the word's new value
 HOOK_MASK: Final = 0xFFFF  # the hook id in the peer field's low bits with COPY
 NO_HOOK: Final = 0xFFFF  # no hook, with COPY
 

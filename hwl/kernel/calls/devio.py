@@ -31,6 +31,7 @@ from hwl.kernel.calls.base import (
 from hwl.kernel.calls.grants import Grants
 from hwl.kernel.calls.irq import hook_field, hook_numbered
 from hwl.kernel.calls.stub import Stub, op_code, op_result
+from hwl.kernel.calls.watch import Watches
 from hwl.kernel.errno import Errno
 from hwl.kernel.hwfaults import HwFaults
 from hwl.kernel.irq import Irqs
@@ -56,8 +57,11 @@ CHECKED_MMIO_KEEP = 4096  # (address, width) pairs a Priv remembers as allowed
 
 
 class PortIo:
-    def __init__(self, stub: Stub, grants: Grants, irqs: Irqs, hw: HwFaults) -> None:
+    def __init__(
+        self, stub: Stub, grants: Grants, irqs: Irqs, hw: HwFaults, watches: Watches
+    ) -> None:
         self.stub = stub
+        self.watches = watches
         self.grants = grants
         self.irqs = irqs
         self.hw = hw  # faultctl's port-flip faults
@@ -96,6 +100,8 @@ class PortIo:
         hook_id: int | None = None if peer == wire.NO_HOOK else peer
         if peer == vdevio_proto.POSTED:
             return self._posted(proc, payload)
+        if peer == vdevio_proto.WATCH:
+            return self._watch(proc, payload)
         if peer >= 0 and peer & vdevio_proto.COPY:
             if peer & ~(vdevio_proto.COPY | vdevio_proto.HOOK_MASK):
                 fail(Errno.EINVAL, f"vdevio: peer field {peer:#x} has unknown bits")
@@ -148,6 +154,38 @@ class PortIo:
         self.stub.post(proc, chunks)
         count = proc.posted
         return vdevio_proto.POSTED_REPLY.pack(count.finished & U32, count.stopped & U32)
+
+    def _watch(self, proc: Proc, payload: bytes) -> bytes:
+        """A watched vdevio (hwl.proto.vdevio.WATCH): arm a watched doorbell on a
+        word of one of the caller's DMA buffers with one checked OUT or MMIO_WR
+        op, or end it (no op)."""
+        head = vdevio_proto.WATCH_HEAD
+        if len(payload) not in (head.size, head.size + abi.OP_SIZE):
+            fail(Errno.EINVAL, f"vdevio watch: {len(payload)} bytes are not a "
+                               f"{head.size}-byte head and at most one op")  # fmt: skip
+        if not proc.priv.dma:
+            deny("vdevio watch: it needs the 'memory ... dma' privilege")
+        buffer, word, sleep, flags = head.unpack_from(payload)
+        buf = proc.dma.get(buffer)
+        if buf is None:
+            fail(Errno.EINVAL, f"vdevio watch: DMA buffer {buffer} is not one of this process's")
+        for name, at in (("word", word), ("sleep word", sleep)):
+            if at % 4 or at + 4 > buf.size:
+                fail(Errno.EINVAL, f"vdevio watch: {name} at {at} of a {buf.size}-byte "
+                                   "buffer (4-byte aligned, inside it)")  # fmt: skip
+        if word == sleep:
+            fail(Errno.EINVAL, "vdevio watch: the word and the sleep word are one")
+        if flags & ~vdevio_proto.WATCH_VALUE:
+            fail(Errno.EINVAL, f"vdevio watch: unknown flags {flags:#x}")
+        op = payload[head.size :]
+        if not op:
+            self.watches.disarm(proc, buf, word)
+            return b""
+        if op_code(op, 0) not in (abi.OP_OUT, abi.OP_MMIO_WR):
+            fail(Errno.EINVAL, f"vdevio watch: op {op_code(op, 0)} is not an OUT or MMIO_WR")
+        self._checked(proc, op, 1, None)
+        self.watches.arm(proc, buffer, buf, word, sleep, flags, op)
+        return b""
 
     def _checked(self, proc: Proc, ops: bytes, n: int, hook: IrqHook | None) -> bool:
         """Check a batch, or find its shape checked already (the ports, widths and

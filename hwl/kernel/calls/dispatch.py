@@ -30,6 +30,7 @@ from hwl.kernel.calls.irq import IrqCalls
 from hwl.kernel.calls.keep import KeepCalls
 from hwl.kernel.calls.proc import IpcRefs, ProcCalls, Processes
 from hwl.kernel.calls.stub import Stub
+from hwl.kernel.calls.watch import Watches
 from hwl.kernel.channels import Channels
 from hwl.kernel.errno import Errno
 from hwl.kernel.hwfaults import HwFaults
@@ -72,14 +73,15 @@ class Calls:
         self.poll_pending = self.stub.poll_pending
         self.posted = self.stub.posted  # posted batches (collected without a doorbell)
         grants = Grants(table)
-        self.devio = PortIo(self.stub, grants, irqs, hw)
-        self.dma = dma.DmaCalls(machine, self.stub, grants, table)
+        self.watches = Watches(machine, self.stub)  # watched doorbells (vdevio WATCH)
+        self.devio = PortIo(self.stub, grants, irqs, hw, self.watches)
+        self.dma = dma.DmaCalls(machine, self.stub, grants, table, self.watches)
         self.keeper = self.dma.keeper  # tagged DMA buffers of the dead, until adopted
         self.keep = KeepCalls()
         families: tuple[object, ...] = (
             self.devio,
             IrqCalls(machine, irqs),
-            ProcCalls(table, procs, ipc, channels, machine),
+            ProcCalls(table, procs, ipc, channels, machine, self.watches),
             ClockCalls(alarms),
             self.dma,
             grants,
@@ -96,7 +98,9 @@ class Calls:
                     self.handlers[name] = handler
 
     def release(self, proc: Proc) -> None:
-        """A process ended: its DMA buffers go (or are kept), its devices stop."""
+        """A process ended: its watched doorbells end, its DMA buffers go (or are
+        kept), its devices stop."""
+        self.watches.drop(proc, "the process ended")
         self.dma.release(proc)
 
     def expire_kept(self, now: float) -> None:

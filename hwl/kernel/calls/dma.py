@@ -30,6 +30,7 @@ from hwl.kernel.calls.base import (
 )
 from hwl.kernel.calls.grants import Grants
 from hwl.kernel.calls.stub import Stub
+from hwl.kernel.calls.watch import Watches
 from hwl.kernel.dmakeep import DmaKeeper
 from hwl.kernel.errno import Errno
 from hwl.kernel.proc import Proc
@@ -48,8 +49,11 @@ MAX_TAG = 64
 
 
 class DmaCalls:
-    def __init__(self, machine: HasLink, stub: Stub, grants: Grants, procs: Iterable[Proc]) -> None:
+    def __init__(
+        self, machine: HasLink, stub: Stub, grants: Grants, procs: Iterable[Proc], watches: Watches
+    ) -> None:
         self.machine = machine
+        self.watches = watches  # a freed buffer's watched doorbells end first
         self.stub = stub
         self.grants = grants
         self.procs = procs  # who else holds a PCI function (quiesce)
@@ -164,6 +168,7 @@ class DmaCalls:
 
     def do_dmafree(self, proc: Proc, f: Fields) -> Reply:
         ident, buf = self._dma_buffer(proc, f)
+        self.watches.drop(proc, f"DMA buffer {ident} freed", buffer=ident)
         self.dma_tags.pop(ident, None)
         del proc.dma[ident]
         self.stub.link().free_dma(buf)

@@ -32,6 +32,7 @@ from hwl.kernel.calls.base import (
     one_entry,
     require_link,
 )
+from hwl.kernel.calls.watch import Watches
 from hwl.kernel.errno import Errno
 from hwl.kernel.priv import Priv
 from hwl.kernel.proc import Proc, ProcTable, State
@@ -88,8 +89,10 @@ class ProcCalls:
         ipc: IpcRefs,
         channels: Rechecker,
         machine: HasLink,
+        watches: Watches,
     ) -> None:
         self.table = table
+        self.watches = watches  # privctl set ends the target's watched doorbells
         self.procs = procs
         self.ipc = ipc
         self.channels = channels
@@ -124,6 +127,7 @@ class ProcCalls:
             target.priv = Priv(entry)
             target.label = entry.label  # a process is known by its service's label
             self.channels.recheck(target)
+            self.watches.drop(target, "its privileges were set anew")
         elif op == "add_io":
             base = get_int(f, "base", 0, 0xFFFF)
             length = get_int(f, "length", 1, 0x10000 - base, 1)

@@ -1,0 +1,109 @@
+"""Watched doorbells (guest/abi.h, struct hwl_watch): a driver's one device
+write that the stub makes itself whenever a u32 in the driver's DMA memory
+changes, so a NIC's transmit doorbell costs the driver a store, not a kernel call.
+
+vdevio with hwl.proto.vdevio.WATCH arms one (the op checked as any vdevio op);
+this module keeps the table the stub reads. A watch is its process's and ends,
+before anything it relies on goes: at the process's death or exit (before its
+DMA buffers are freed or kept and its bus mastering stops), when the buffer
+holding the word is freed, when the process's privileges are set anew, and when
+the driver arms no op for the word. An ended watch shows 1 in its sleep word, so
+a driver that goes on storing rings through the kernel, where the checks are
+made again. Ending one waits until the stub has finished a write it may have
+begun: the stub runs watches and request slots in one loop, so one round trip
+through a slot is enough.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from hwl.kernel.calls.base import fail, require_link
+from hwl.kernel.calls.stub import Stub
+from hwl.kernel.errno import Errno
+from hwl.kernel.proc import Proc
+from hwl.kernel.stublink import HasLink
+from hwl.link import abi
+from hwl.link.memory import DmaBuffer
+
+log = logging.getLogger("hwl.kernel.calls")
+
+U32 = 0xFFFFFFFF
+
+
+@dataclass
+class Watch:
+    owner: Proc
+    buffer: int  # the owner's DMA buffer id
+    word: int  # guest phys of the watched u32
+    sleep: int  # guest phys of the sleep word
+
+
+class Watches:
+    def __init__(self, machine: HasLink, stub: Stub) -> None:
+        self.machine = machine
+        self.stub = stub
+        self.table: list[Watch | None] = [None] * abi.NWATCH
+        self._gen = 0
+
+    def arm(
+        self, proc: Proc, buffer: int, buf: DmaBuffer, word: int, sleep: int, flags: int,
+        op: bytes,
+    ) -> int:  # fmt: skip
+        """Arm (or re-arm, as a live update's new version does) the watch of the
+        word at ``word`` in ``buf``; the offsets and the op are checked by the
+        caller. Returns the entry's index."""
+        link = require_link(self.machine)
+        phys = buf.phys + word
+        index = self._index_of(phys)
+        if index is not None and self.table[index].owner is not proc:  # type: ignore[union-attr]
+            fail(Errno.EBUSY, "vdevio watch: another process watches that word")
+        if index is None:
+            index = next((i for i, w in enumerate(self.table) if w is None), None)
+        if index is None:
+            fail(Errno.EBUSY, f"vdevio watch: all {abi.NWATCH} watched doorbells are in use")
+        self._gen = self._gen % U32 + 1
+        watch = Watch(proc, buffer, phys, buf.phys + sleep)
+        link.write_u32(watch.sleep, 1)  # until the stub takes the watch up, ring the kernel
+        base = link.read_u32(phys)
+        link.watch_set(index, self._gen, phys, watch.sleep, flags, base, op)
+        self.table[index] = watch
+        return index
+
+    def disarm(self, proc: Proc, buf: DmaBuffer, word: int) -> None:
+        """End the caller's watch of that word (none: nothing to do)."""
+        index = self._index_of(buf.phys + word)
+        if index is not None and self.table[index].owner is proc:  # type: ignore[union-attr]
+            self._end([index], "turned off")
+
+    def drop(self, proc: Proc, why: str, buffer: int | None = None) -> None:
+        """End every watch of ``proc`` (of one DMA buffer, with ``buffer``)."""
+        mine = [
+            i
+            for i, w in enumerate(self.table)
+            if w is not None and w.owner is proc and (buffer is None or w.buffer == buffer)
+        ]
+        if mine:
+            self._end(mine, why)
+
+    def _index_of(self, phys: int) -> int | None:
+        return next((i for i, w in enumerate(self.table) if w is not None and w.word == phys), None)
+
+    def _end(self, indexes: list[int], why: str) -> None:
+        link = self.machine.link
+        for i in indexes:
+            watch = self.table[i]
+            self.table[i] = None
+            assert watch is not None
+            log.info("watched doorbell %d of %s (%s) ended: %s", i, watch.owner.label,
+                     watch.owner.endpoint, why)  # fmt: skip
+            if link is not None:
+                link.watch_clear(i)
+                link.write_u32(watch.sleep, 1)
+        if link is not None and self.machine.link_ok:
+            try:
+                self.stub.make_room(0)
+                link.nop()  # after it, the stub makes no write of the ended watches
+            except Exception as exc:
+                log.warning("ending watched doorbells: the stub did not answer: %s", exc)

@@ -1,0 +1,238 @@
+"""Watched doorbells (vdevio WATCH, guest/abi.h struct hwl_watch) on a real pc
+machine, with the e1000's RDBAL register as the device write a test can read back.
+
+A driver process arms a watch on a word of its own DMA buffer; each change of
+the word is one write by the stub, with the word's value (a tail index) or the
+op's own; the checks are vdevio's; the watch ends with its process, its
+buffer, a privctl set or a disarm, and a halted stub shows in the sleep word.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from agents import MakeProc
+
+from hwl import Batch, Machine, ipc
+from hwl.frames import Bell
+from hwl.ipc import wire
+from hwl.ipc.kcalls import DmaHandle
+from hwl.kernel.errno import Errno
+from hwl.kernel.launcher import KernelProcess
+from hwl.link import abi
+from hwl.link.pci import PciDevice
+from hwl.proto import vdevio
+from hwl.pytest_plugin import MachineFactory
+
+pytestmark = pytest.mark.qemu
+
+E1000 = (0x8086, 0x100E)
+RDBAL, RDBAH = 0x2800, 0x2804
+BAR0_SIZE = 128 << 10
+WORD, SLEEP = 0, 4  # the bell's two words at the start of the test's buffer
+SETTLE = 2.0  # seconds a test waits for the stub's halt or the kernel's log
+
+
+@pytest.fixture(scope="module")
+def machine(hwl_machines: MachineFactory) -> Iterator[Machine]:
+    m = hwl_machines.boot("pc")
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture(scope="module")
+def e1000(machine: Machine) -> PciDevice:
+    return next(d for d in machine.link.pci_scan() if (d.vendor, d.device) == E1000)
+
+
+@pytest.fixture(scope="module")
+def kernel(machine: Machine, e1000: PciDevice) -> Iterator[KernelProcess]:
+    k = KernelProcess.start(machine)
+    try:
+        yield k
+    finally:
+        k.stop()
+
+
+def bar0(dev: PciDevice) -> int:
+    return dev.bars[0].address
+
+
+def driver(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice, label: str, dma: bool = True
+) -> ipc.Connection:
+    """A process granted the e1000's BAR0, as the PCI server's reserve grants it."""
+    conn = process(label, "system vdevio;" + (" memory dma;" if dma else ""))
+    assert kernel.root is not None
+    kernel.root.privctl_add_mem(conn.endpoint, bar0(e1000), BAR0_SIZE)
+    return conn
+
+
+def write(addr: int, value: int = 0) -> Batch:
+    b = Batch()
+    b.mmio_write(addr, value)
+    return b
+
+
+def read(conn: ipc.Connection, addr: int) -> int:
+    b = Batch()
+    i = b.mmio_read(addr)
+    return conn.vdevio(b)[i]
+
+
+def armed(conn: ipc.Connection, e1000: PciDevice, **kw: bool) -> tuple[DmaHandle, memoryview]:
+    buf = conn.dma_alloc(4096)
+    view = conn.dma_map(buf)
+    conn.vdevio_watch(buf.id, WORD, SLEEP, write(bar0(e1000) + RDBAL, 0x00ABC000), **kw)
+    return buf, view
+
+
+def fill(conn: ipc.Connection, buf: DmaHandle, e1000: PciDevice, first: int = 0) -> int:
+    """Arm watches on words ``first``, ``first`` + 1, ... until the kernel says all
+    are in use (EBUSY); how many it took."""
+    op = write(bar0(e1000) + RDBAH)
+    for n in range(abi.NWATCH + 1):
+        at = 8 * (first + n)
+        try:
+            conn.vdevio_watch(buf.id, at, at + 4, op)
+        except ipc.IpcError as exc:
+            assert exc.errno is Errno.EBUSY, exc
+            return n
+    raise AssertionError(f"more than the stub's {abi.NWATCH} watches armed")
+
+
+def wait_for(what: str, ok: object) -> None:
+    deadline = time.monotonic() + SETTLE
+    while not ok():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_each_change_of_the_word_is_one_write_with_its_value(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    """A plain vdevio after a store runs after the stub's write (the stub looks at
+    its watches before each slot), whether the stub was awake or halted."""
+    conn = driver(process, kernel, e1000, "watcher")
+    _buf, view = armed(conn, e1000, value_from_word=True)
+    bell = Bell(view, WORD, SLEEP)
+    for value in (0x00111000, 0x00222000, 0x00111000, 0x00FFF000):
+        bell.ring(value)
+        assert read(conn, bar0(e1000) + RDBAL) == value
+    time.sleep(0.1)  # the stub halts after its idle spin (20 ms)
+    bell.ring(0x00333000)
+    assert read(conn, bar0(e1000) + RDBAL) == 0x00333000
+
+
+def test_without_the_value_flag_the_op_writes_its_own_value(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    conn = driver(process, kernel, e1000, "poller")
+    _buf, view = armed(conn, e1000)
+    conn.vdevio(write(bar0(e1000) + RDBAL, 0))
+    Bell(view, WORD, SLEEP).ring(7)
+    assert read(conn, bar0(e1000) + RDBAL) == 0x00ABC000
+    conn.vdevio(write(bar0(e1000) + RDBAL, 0))
+    Bell(view, WORD, SLEEP).ring(7)  # no change: no write
+    assert read(conn, bar0(e1000) + RDBAL) == 0
+
+
+def test_a_halted_stub_shows_in_the_sleep_word_and_a_call_wakes_it(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    conn = driver(process, kernel, e1000, "sleeper")
+    _buf, view = armed(conn, e1000, value_from_word=True)
+    read(conn, bar0(e1000) + RDBAL)  # the stub takes the watch up (and clears the 1)
+    bell = Bell(view, WORD, SLEEP)
+    wait_for("the stub never showed a halt", lambda: view[SLEEP] == 1)
+    assert bell.ring(0x00444000)  # the caller must ring through the kernel now
+    conn.vdevio_posted(write(bar0(e1000) + RDBAL, 0x00444000))
+    wait_for("the woken stub never cleared the sleep word", lambda: view[SLEEP] == 0)
+    assert read(conn, bar0(e1000) + RDBAL) == 0x00444000
+
+
+def test_the_watch_is_checked_as_any_vdevio(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    conn = driver(process, kernel, e1000, "checked")
+    buf = conn.dma_alloc(4096)
+    base = bar0(e1000)
+
+    def refused(errno: Errno, payload: bytes) -> None:
+        with pytest.raises(ipc.IpcError) as info:
+            conn.kcall_binary(wire.VDEVIO, vdevio.WATCH, payload, "vdevio")
+        assert info.value.errno is errno, info.value
+
+    def head(buffer: int = buf.id, word: int = WORD, sleep: int = SLEEP, flags: int = 0) -> bytes:
+        return vdevio.WATCH_HEAD.pack(buffer, word, sleep, flags)
+
+    op = b"".join(write(base + RDBAL).packed())
+    refused(Errno.EPERM, head() + b"".join(write(base + BAR0_SIZE).packed()))  # past the BAR
+    refused(Errno.EINVAL, head(buffer=buf.id + 1000) + op)  # not its buffer
+    refused(Errno.EINVAL, head(word=4096) + op)  # outside the buffer
+    refused(Errno.EINVAL, head(word=2) + op)  # not aligned
+    refused(Errno.EINVAL, head(sleep=WORD) + op)  # one word for both
+    refused(Errno.EINVAL, head(flags=2) + op)
+    refused(Errno.EINVAL, head() + op + op)  # one op only
+    b = Batch()
+    b.mmio_read(base + RDBAL)
+    refused(Errno.EINVAL, head() + b"".join(b.packed()))  # a read rings nothing
+    refused(Errno.EINVAL, head()[:8])
+    nodma = driver(process, kernel, e1000, "nodma", dma=False)
+    with pytest.raises(ipc.IpcError) as info:
+        nodma.kcall_binary(wire.VDEVIO, vdevio.WATCH, head() + op, "vdevio")
+    assert info.value.errno is Errno.EPERM
+    assert read(conn, base + RDBAL) is not None  # the kernel serves the caller still
+
+
+def test_all_watches_taken_is_ebusy_and_rearming_a_word_takes_none(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    conn = driver(process, kernel, e1000, "greedy")
+    buf = conn.dma_alloc(4096)
+    armed_now = fill(conn, buf, e1000)
+    assert armed_now == abi.NWATCH  # the other tests' watches ended with their processes
+    op = write(bar0(e1000) + RDBAH)
+    conn.vdevio_watch(buf.id, 0, 4, op, value_from_word=True)  # the same word: re-armed
+    conn.vdevio_watch(buf.id, 0, 4, None)  # disarmed: one free again
+    assert fill(conn, buf, e1000, first=abi.NWATCH) == 1
+    conn.dma_free(buf)  # the buffer's watches end with it
+    other = conn.dma_alloc(4096)
+    assert fill(conn, other, e1000) == abi.NWATCH
+    conn.dma_free(other)
+
+
+@pytest.mark.parametrize("how", ["exit", "privctl set"])
+def test_the_watch_ends_with_its_process_or_its_privileges(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice, how: str
+) -> None:
+    """Ended, the watch makes no write, its sleep word shows 1 (so a driver that
+    goes on ringing goes through the kernel's checks), and its entry is free."""
+    label = f"ender{how.replace(' ', '')}"
+    conn = driver(process, kernel, e1000, label)
+    buf = conn.dma_alloc(4096)
+    view = conn.dma_map(buf)
+    assert fill(conn, buf, e1000) == abi.NWATCH
+    conn.vdevio_watch(buf.id, 0, 4, None)
+    conn.vdevio_watch(buf.id, 0, 4, write(bar0(e1000) + RDBAL), value_from_word=True)
+    bell = Bell(view, 0, 4)
+    bell.ring(0x00555000)
+    assert read(conn, bar0(e1000) + RDBAL) == 0x00555000
+    watcher = driver(process, kernel, e1000, f"{label}2")
+    if how == "exit":
+        conn.close()
+    else:
+        assert kernel.root is not None
+        kernel.root.privctl_set(conn.endpoint, f"service {label} {{ system vdevio; }};")
+        assert view[4] == 1  # ended: ring through the kernel
+        bell.ring(0x00666000)
+        assert read(watcher, bar0(e1000) + RDBAL) == 0x00555000  # no write
+    other = watcher.dma_alloc(4096)
+    wait_for("the ended watches were not freed", lambda: fill(watcher, other, e1000) > 0)
+    log = (kernel.run_dir / "kernel.log").read_text()
+    why = "the process ended" if how == "exit" else "its privileges were set anew"
+    assert f"of {label} " in log and why in log
