@@ -7,8 +7,12 @@ Both descriptor rings and their packet buffers live in two DMA buffers of the
 driver's, mapped into it, so a frame costs no kernel call of its own:
 
 - SEND: the frames are copied into free transmit buffers and their descriptors
-  written in memory (EOP|IFCS|RS), then one *posted* kernel call writes TDT: the
-  driver answers at once while QEMU transmits during the TDT write, so the next
+  written in memory (EOP|IFCS|RS), then TDT is written: by the stub, through a
+  *watched doorbell* (hwl.proto.vdevio.WATCH) on a word after the transmit
+  buffers that holds the new tail, so a SEND makes no kernel call; when the stub
+  may be halted, or the kernel refused the watch, by one *posted* kernel call.
+  Either way the driver answers at once while QEMU transmits during the TDT
+  write, so the next
   SEND is prepared while the card sends this one. A buffer is free again once
   the card wrote DD into its descriptor (RS asks for that), read from memory;
   with none free the driver reads TDH, a call that runs after its posted writes.
@@ -24,8 +28,9 @@ kernel keeps tagged DMA buffers for the label and turned bus mastering off at th
 death): if RDBAL/TDBAL still point at them and the receiver is on, it takes the
 ring positions from the card, turns bus mastering back on and writes no RCTL.
 Otherwise it re-initialises every register itself (fresh start, ~1 s until the
-first frame). Live update: the new version takes the rings, positions and IRQ
-hook from the saved state and touches no hardware.
+first frame); either way it watches its tail word anew. Live update: the new
+version takes the rings, positions and IRQ hook from the saved state and touches
+no hardware; the watched doorbell is the endpoint's and goes on as it is.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from hwl.driver import netdriver, nic
-from hwl.frames import scatter
+from hwl.frames import Bell, scatter
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.kcalls import DmaHandle
@@ -70,6 +75,8 @@ RING = 256  # descriptors per ring (a multiple of 8: RDLEN is masked to 128 byte
 DESC = 16
 BUF = 2048
 RING_BYTES = 4096  # the ring, then the buffers, in one DMA buffer
+BELL_AT = RING_BYTES + RING * BUF  # then the watched doorbell's word (TDT) and sleep word
+TX_BYTES = BELL_AT + 4096  # a whole page more: a mapped buffer ends on a page
 TX_PER_CALL = ndev.MAX_FRAMES  # frames a SEND may offer (taken as far as the ring has room)
 RX_DESC = struct.Struct("<QHHBBH")
 TX_DESC_ADDR = struct.Struct("<Q")
@@ -88,6 +95,8 @@ class E1000(nic.NicDriverBase):
         self.rctl = RCTL_EN | RCTL_BAM | RCTL_SECRC
         self.link = False
         self.adopted = False
+        self.watched = False  # TDT is a watched doorbell (see the module's text)
+        self.bell: Bell | None = None  # its words, once the buffer is mapped
 
     # ------------------------------------------------------------------ init
     def start(self, conn: Connection) -> None:
@@ -97,7 +106,7 @@ class E1000(nic.NicDriverBase):
         kept = {buf.tag: buf for buf in conn.dma_adopt()}
         if not self._adopt(kept):
             self.rx = conn.dma_alloc(RING_BYTES + RING * BUF, tag="rx")
-            self.tx = conn.dma_alloc(RING_BYTES + RING * BUF, tag="tx")
+            self.tx = conn.dma_alloc(TX_BYTES, tag="tx")
             self.rxv, self.txv = conn.dma_map(self.rx), conn.dma_map(self.tx)
             self._reinit()
         # Only now may the card DMA: into the adopted rings, or the new ones;
@@ -106,7 +115,28 @@ class E1000(nic.NicDriverBase):
         for buf in kept.values():
             if buf not in (self.rx, self.tx):
                 conn.dma_free(buf)
+        self._watch_tdt(conn)
         conn.irq_enable(self.irq_hook)
+
+    def _watch_tdt(self, conn: Connection) -> None:
+        """TDT as a watched doorbell on the tail word at BELL_AT, which first gets
+        the tail the card has (so that the next SEND's tail is a change); without
+        it (all watches taken, or an adopted buffer of an older, smaller layout)
+        SENDs make a posted call."""
+        assert self.tx is not None
+        txv = self.tx_view()
+        if txv.nbytes < TX_BYTES:
+            log.warning("TDT is not watched: the transmit buffer has no room for it")
+            return
+        txv[BELL_AT : BELL_AT + 4] = self.tdt.to_bytes(4, "little")
+        b = Batch()
+        b.mmio_write(self.bar + TDT, 0)
+        try:
+            conn.vdevio_watch(self.tx.id, BELL_AT, BELL_AT + 4, b, value_from_word=True)
+        except IpcError as exc:
+            log.warning("TDT is not watched (%s): each SEND makes a kernel call", exc)
+            return
+        self.watched = True
 
     def init_reply(self) -> ndev.InitReply:
         return ndev.InitReply(hwaddr=self.mac, name=f"e1000#{self.instance}", link=self.link,
@@ -186,10 +216,12 @@ class E1000(nic.NicDriverBase):
         self.tx_clean = int(state.get("tx_clean", self.tdt))  # type: ignore[arg-type]
         self.rctl = int(state["rctl"])  # type: ignore[arg-type]
         self.link = bool(state["link"])
+        self.watched = state.get("watched") is True  # an older version saved none
 
     def saved(self) -> dict[str, codec.Value]:
         return {"bar": self.bar, "rx_next": self.rx_next, "tdt": self.tdt,
-                "tx_clean": self.tx_clean, "rctl": self.rctl, "link": self.link}  # fmt: skip
+                "tx_clean": self.tx_clean, "rctl": self.rctl, "link": self.link,
+                "watched": self.watched}  # fmt: skip
 
     # ----------------------------------------------------------------- modes
     def set_mode(self, mode: int, mcast: tuple[bytes, ...]) -> None:
@@ -235,13 +267,24 @@ class E1000(nic.NicDriverBase):
             if part:
                 halves[at * 8 + 4 : (at + len(part)) * 8 : 8] = part
                 txv[at * DESC + TX_STATUS : (at + len(part)) * DESC : DESC] = bytes(len(part))
-        b = Batch()
-        b.mmio_write(self.bar + TDT, tdt)
-        assert self.conn is not None
-        self.conn.vdevio_posted(b)
+        if not self._ring(txv, tdt):
+            b = Batch()
+            b.mmio_write(self.bar + TDT, tdt)
+            assert self.conn is not None
+            self.conn.vdevio_posted(b)
         self.tdt = tdt
         self.tx_ends.append((tdt - 1) % RING)
         return len(lens)
+
+    def _ring(self, txv: memoryview, tdt: int) -> bool:
+        """Store the new tail in the watched word; False if it is not watched or the
+        stub may be halted (then the caller writes TDT through the kernel, which
+        wakes the stub; the watch's second write of the same tail is harmless)."""
+        if not self.watched:
+            return False
+        if self.bell is None:
+            self.bell = Bell(txv, BELL_AT, BELL_AT + 4)
+        return not self.bell.ring(tdt)
 
     def _tx_template(self, txv: memoryview) -> None:
         """What never changes in a transmit descriptor: its buffer's address and the

@@ -12,9 +12,13 @@ driver may follow a C+ one.
 
 C+ mode:
 - SEND: the frames are copied into free transmit buffers, their descriptors
-  written in memory (OWN|FS|LS, EOR on the ring's last), then one *posted*
-  kernel call writes TxPoll's normal-priority bit: the driver answers at once
-  while QEMU sends every owned descriptor during that write. A descriptor is
+  written in memory (OWN|FS|LS, EOR on the ring's last), then TxPoll's
+  normal-priority bit is written: by the stub, through a *watched doorbell*
+  (hwl.proto.vdevio.WATCH) on a counter after the transmit buffers, which the
+  driver increments, so a SEND makes no kernel call; when the stub may be halted
+  (its sleep word says so), or the kernel refused the watch, by one *posted*
+  kernel call. Either way the driver answers at once while QEMU sends every
+  owned descriptor during that write. A descriptor is
   free again once the card cleared its OWN, read from memory; with none free
   the driver makes a call that runs after its posted writes, and takes back
   (counted as ``oerror``) what the card still leaves owned after it.
@@ -49,7 +53,8 @@ Restart: a fresh start. The kernel turned bus mastering off at the previous
 driver's death (its untagged buffers are then freed); this driver reserves the
 card with bus mastering still off, resets it (so the card forgets the old rings),
 and only then turns bus mastering on. Live update: the new version takes the
-rings, positions, mode and IRQ hook from the saved state and touches no hardware.
+rings, positions, mode and IRQ hook from the saved state and touches no hardware;
+the watched doorbell is the endpoint's and goes on as it is.
 """
 
 from __future__ import annotations
@@ -62,9 +67,9 @@ from collections import deque
 from collections.abc import Sequence
 
 from hwl.driver import netdriver, nic
-from hwl.frames import scatter
+from hwl.frames import Bell, scatter
 from hwl.ipc import codec
-from hwl.ipc.client import Connection
+from hwl.ipc.client import Connection, IpcError
 from hwl.link.batch import Batch
 from hwl.proto import ndev
 from hwl.proto.ndev import Frames
@@ -106,6 +111,8 @@ _DW0 = struct.Struct("<I")  # a descriptor's first word: OWN, EOR, FS, LS, lengt
 RING = 64  # descriptors per ring (QEMU wraps the TX ring at 64 anyway)
 BUF = 2048
 RING_BYTES = RING * DESC.size  # the ring, then the buffers, in one DMA buffer
+BELL_AT = RING_BYTES + RING * BUF  # then the watched doorbell's word and sleep word
+TX_BYTES = BELL_AT + 4096  # a whole page more: a mapped buffer ends on a page
 TX_PER_CALL = RING - 1
 CRC = 4
 FRAME_MIN, FRAME_MAX = ndev.ETH_MIN + CRC, ndev.ETH_MAX + CRC  # lengths as the card reports them
@@ -133,6 +140,9 @@ class Rtl8139(nic.NicDriverBase):
         self.tx_clean = 0  # C+: the oldest descriptor given to the card, not seen sent
         self.tx_ends: deque[int] = deque()  # C+: each posted SEND's last descriptor
         self.tx_words: memoryview | None = None
+        self.watched = False  # C+: TxPoll is a watched doorbell (see the module's text)
+        self.bell: Bell | None = None  # its words, once the buffer is mapped
+        self.bell_count = 0
         self.rcr = RCR_APM | RCR_AB
         self.mar = 0  # the multicast filter byte (0 or 0xFF)
         self.link = False
@@ -151,12 +161,26 @@ class Rtl8139(nic.NicDriverBase):
             self.tx = conn.dma_alloc(CLASSIC_TX_PER_CALL * BUF)
         else:
             self.rx = conn.dma_alloc(RING_BYTES + RING * BUF)
-            self.tx = conn.dma_alloc(RING_BYTES + RING * BUF)
+            self.tx = conn.dma_alloc(TX_BYTES)
         self.rxv, self.txv = conn.dma_map(self.rx), conn.dma_map(self.tx)
         if self.classic:  # each start's call also enables the IRQ hook
             self._start_classic()
         else:
             self._start_cplus()
+            self._watch_txpoll(conn)
+
+    def _watch_txpoll(self, conn: Connection) -> None:
+        """TxPoll as a watched doorbell on the counter at BELL_AT; without it (a
+        kernel that refuses: all watches taken, say) SENDs make a posted call."""
+        assert self.tx is not None
+        b = Batch()
+        b.outb(self.io + TXPOLL, TXPOLL_NPQ)
+        try:
+            conn.vdevio_watch(self.tx.id, BELL_AT, BELL_AT + 4, b)
+        except IpcError as exc:
+            log.warning("TxPoll is not watched (%s): each SEND makes a kernel call", exc)
+            return
+        self.watched = True
 
     def init_reply(self) -> ndev.InitReply:
         name = f"rtl8139#{self.instance}" + (" classic" if self.classic else "")
@@ -238,6 +262,7 @@ class Rtl8139(nic.NicDriverBase):
         self.mar = int(state["mar"])  # type: ignore[arg-type]
         self.link = bool(state["link"])
         self.queue.extend(f for f in state.get("queue") or [] if isinstance(f, bytes))  # type: ignore[union-attr]
+        self.watched = state.get("watched") is True  # an older version saved none
         self.dirty = True
 
     def saved(self) -> dict[str, codec.Value]:
@@ -245,7 +270,7 @@ class Rtl8139(nic.NicDriverBase):
             "classic": self.classic, "io": self.io, "rx_next": self.rx_next,
             "tx_next": self.tx_next, "tx_clean": self.tx_clean, "rcr": self.rcr,
             "mar": self.mar, "link": self.link,
-            "queue": list(self.queue),
+            "queue": list(self.queue), "watched": self.watched,
         }  # fmt: skip
 
     # ----------------------------------------------------------------- modes
@@ -303,13 +328,27 @@ class Rtl8139(nic.NicDriverBase):
             words[0 : (len(dw0) - head) * 4 : 4] = dw0[head:]
         if first + head == RING:
             words[(RING - 1) * 4] |= EOR
-        b = Batch()
-        b.outb(self.io + TXPOLL, TXPOLL_NPQ)
-        assert self.conn is not None
-        self.conn.vdevio_posted(b)
+        if not self._ring(txv):
+            b = Batch()
+            b.outb(self.io + TXPOLL, TXPOLL_NPQ)
+            assert self.conn is not None
+            self.conn.vdevio_posted(b)
         self.tx_next = i
         self.tx_ends.append((i - 1) % RING)
         return len(lens)
+
+    def _ring(self, txv: memoryview) -> bool:
+        """Ring the watched doorbell; False if it is not watched or the stub may
+        be halted (then the caller writes TxPoll through the kernel, which wakes
+        the stub; a second TxPoll write from the watch is harmless)."""
+        if not self.watched:
+            return False
+        bell = self.bell
+        if bell is None:
+            bell = self.bell = Bell(txv, BELL_AT, BELL_AT + 4)
+            self.bell_count = bell.value  # a live update's new version goes on from it
+        self.bell_count = (self.bell_count + 1) & 0xFFFFFFFF
+        return not bell.ring(self.bell_count)
 
     def _watch_oldest(self, txv: memoryview) -> bool:
         """Whether the oldest SEND the card holds was sent within TX_WATCH seconds,
