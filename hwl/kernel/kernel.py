@@ -172,7 +172,7 @@ class Kernel:
     # -------------------------------------------------------------- requests
     def _on_request(self, proc: Proc) -> None:
         try:
-            data = proc.sock.recv(wire.MAX_REQUEST + 1)
+            data = proc.sock.recv(wire.MAX_KCALL_REQUEST + 1)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -188,10 +188,11 @@ class Kernel:
         if len(data) < wire.REQUEST.size:
             self._refuse(proc, Errno.EINVAL, f"a {len(data)}-byte frame is shorter than a header")
             return
-        if len(data) > wire.MAX_REQUEST:
-            self._refuse(proc, Errno.EMSGSIZE, f"a frame over {wire.MAX_REQUEST} bytes")
-            return
         op, flags, _spare, peer, m_type = wire.REQUEST.unpack_from(data)
+        most = wire.MAX_KCALL_REQUEST if op == wire.Op.KCALL else wire.MAX_REQUEST
+        if len(data) > most:
+            self._refuse(proc, Errno.EMSGSIZE, f"a frame over {most} bytes")
+            return
         if op == wire.Op.CANCEL:
             self.ipc.cancel(proc)
             return

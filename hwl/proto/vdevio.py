@@ -25,7 +25,7 @@ A *posted* vdevio (:data:`POSTED` alone in the peer field: no hook, no copy)
 is answered once the kernel has checked the batch and queued it for the stub,
 as a PCI posted write is: the caller goes on while the device works (a NIC's
 tail-register write, which transmits in the write). It may hold up to
-:data:`MAX_POSTED_SLOTS` slots' worth of ops (a ne2k SEND of 42 frames). Its
+:data:`MAX_POSTED_SLOTS` slots' worth of ops (a ne2k SEND of 63 frames). Its
 results are not returned: the reply's payload is two u32, how many of the
 caller's posted batches have finished so far (they run in the order posted, and
 a later plain vdevio runs after all of them), so a driver knows which staging
@@ -50,7 +50,7 @@ from typing import Final, NamedTuple
 
 COPY: Final = 1 << 30  # in the peer field: a Copy descriptor leads the payload
 POSTED: Final = 1 << 29  # in the peer field, alone: answer once queued (above)
-MAX_POSTED_SLOTS: Final = 2  # stub slots one posted batch may fill (8 KiB messages)
+MAX_POSTED_SLOTS: Final = 3  # stub slots one posted batch may fill (wire.MAX_KCALL_PAYLOAD)
 WATCH: Final = 1 << 28  # in the peer field, alone: arm (or end) a watched doorbell
 WATCH_HEAD: Final = struct.Struct("<iIII")  # buffer id, word offset, sleep offset, flags
 WATCH_VALUE: Final = 1  # WATCH_HEAD flags: the op's value is the word's new value

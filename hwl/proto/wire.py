@@ -107,6 +107,10 @@ RESPONSE: Final = struct.Struct("<BBHiii")
 MAX_PAYLOAD: Final = 8192
 MAX_REQUEST: Final = REQUEST.size + MAX_PAYLOAD
 MAX_RESPONSE: Final = RESPONSE.size + MAX_PAYLOAD
+# A kernel call's request may be larger than a message: a posted vdevio of three
+# stub slots (a ne2k SEND of 63 frames, hwl.proto.vdevio). Answers stay MAX_RESPONSE.
+MAX_KCALL_PAYLOAD: Final = 16384
+MAX_KCALL_REQUEST: Final = REQUEST.size + MAX_KCALL_PAYLOAD
 
 # Request flags.
 FLAG_NOTIFY_DONE: Final = 1  # SENDA: notify the sender (from ASYNCM) on delivery

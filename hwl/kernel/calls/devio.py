@@ -324,7 +324,7 @@ class PortIo:
         DMA buffers (its own staging memory), never anywhere else in guest RAM."""
         buffers = [(buf.phys, buf.phys + buf.size) for buf in proc.dma.values()]
         # The usual case at C speed: every range between the lowest start and the
-        # highest end, and those two inside one buffer (a ne2k SEND's 42 frames).
+        # highest end, and those two inside one buffer (a ne2k SEND's 63 frames).
         picker, widths = _string_picker(heads)
         counts_starts = picker.unpack_from(ops)
         starts = counts_starts[1::2]
