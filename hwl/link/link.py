@@ -106,6 +106,8 @@ class Link:
         self._spin = SPIN_MIN
         self._owners: list[Ticket | None] = [None] * abi.NSLOTS  # last submitter of each slot
         self.tsc_khz = self._ctl[abi.W_TSC_KHZ]
+        for index in range(abi.NWATCH):  # a new owner of the link starts with none armed:
+            self.watch_clear(index)  # an earlier one's would watch memory it no longer owns
         memory.set_pool(self._ctl[abi.W_FREE_BASE], self._ctl[abi.W_RAM_BYTES])
         self.scratch = memory.alloc(SCRATCH_SIZE, align=1 << 16)
 
