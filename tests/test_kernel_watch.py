@@ -24,7 +24,6 @@ from hwl.kernel.launcher import KernelProcess
 from hwl.link import abi
 from hwl.link.pci import PciDevice
 from hwl.proto import vdevio
-from hwl.pytest_plugin import MachineFactory
 
 pytestmark = pytest.mark.qemu
 
@@ -36,22 +35,14 @@ SETTLE = 2.0  # seconds a test waits for the stub's halt or the kernel's log
 
 
 @pytest.fixture(scope="module")
-def machine(hwl_machines: MachineFactory) -> Iterator[Machine]:
-    m = hwl_machines.boot("pc")
-    try:
-        yield m
-    finally:
-        m.close()
+def e1000(pc: Machine) -> PciDevice:
+    """The e1000 as the link's own scan sees it (before the kernel takes the link)."""
+    return next(d for d in pc.link.pci_scan() if (d.vendor, d.device) == E1000)
 
 
 @pytest.fixture(scope="module")
-def e1000(machine: Machine) -> PciDevice:
-    return next(d for d in machine.link.pci_scan() if (d.vendor, d.device) == E1000)
-
-
-@pytest.fixture(scope="module")
-def kernel(machine: Machine, e1000: PciDevice) -> Iterator[KernelProcess]:
-    k = KernelProcess.start(machine)
+def kernel(pc: Machine, e1000: PciDevice) -> Iterator[KernelProcess]:
+    k = KernelProcess.start(pc)
     try:
         yield k
     finally:
