@@ -51,13 +51,14 @@ class Watches:
         self, proc: Proc, buffer: int, buf: DmaBuffer, word: int, sleep: int, flags: int,
         op: bytes,
     ) -> int:  # fmt: skip
-        """Arm (or re-arm, as a live update's new version does) the watch of the
-        word at ``word`` in ``buf``; the offsets and the op are checked by the
+        """Arm the watch of the word at ``word`` in ``buf`` (again, with another op
+        or flags, if it is armed); the offsets and the op are checked by the
         caller. Returns the entry's index."""
         link = require_link(self.machine)
         phys = buf.phys + word
         index = self._index_of(phys)
-        if index is not None and self.table[index].owner is not proc:  # type: ignore[union-attr]
+        current = None if index is None else self.table[index]
+        if current is not None and current.owner is not proc:
             fail(Errno.EBUSY, "vdevio watch: another process watches that word")
         if index is None:
             index = next((i for i, w in enumerate(self.table) if w is None), None)
@@ -74,7 +75,8 @@ class Watches:
     def disarm(self, proc: Proc, buf: DmaBuffer, word: int) -> None:
         """End the caller's watch of that word (none: nothing to do)."""
         index = self._index_of(buf.phys + word)
-        if index is not None and self.table[index].owner is proc:  # type: ignore[union-attr]
+        current = None if index is None else self.table[index]
+        if index is not None and current is not None and current.owner is proc:
             self._end([index], "turned off")
 
     def drop(self, proc: Proc, why: str, buffer: int | None = None) -> None:
