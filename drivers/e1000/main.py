@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from hwl.driver import netdriver, nic
-from hwl.frames import Bell, scatter
+from hwl.frames import scatter
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.kcalls import DmaHandle
@@ -95,8 +95,8 @@ class E1000(nic.NicDriverBase):
         self.rctl = RCTL_EN | RCTL_BAM | RCTL_SECRC
         self.link = False
         self.adopted = False
-        self.watched = False  # TDT is a watched doorbell (see the module's text)
-        self.bell: Bell | None = None  # its words, once the buffer is mapped
+        # TDT as a watched doorbell on a tail word after the transmit buffers
+        self.tdt_bell = nic.TxDoorbell("TDT", BELL_AT, self._tdt_write, value_from_word=True)
 
     # ------------------------------------------------------------------ init
     def start(self, conn: Connection) -> None:
@@ -129,14 +129,12 @@ class E1000(nic.NicDriverBase):
             log.warning("TDT is not watched: the transmit buffer has no room for it")
             return
         txv[BELL_AT : BELL_AT + 4] = self.tdt.to_bytes(4, "little")
+        self.tdt_bell.arm(conn, self.tx)
+
+    def _tdt_write(self, tdt: int) -> Batch:
         b = Batch()
-        b.mmio_write(self.bar + TDT, 0)
-        try:
-            conn.vdevio_watch(self.tx.id, BELL_AT, BELL_AT + 4, b, value_from_word=True)
-        except IpcError as exc:
-            log.warning("TDT is not watched (%s): each SEND makes a kernel call", exc)
-            return
-        self.watched = True
+        b.mmio_write(self.bar + TDT, tdt)
+        return b
 
     def init_reply(self) -> ndev.InitReply:
         return ndev.InitReply(hwaddr=self.mac, name=f"e1000#{self.instance}", link=self.link,
@@ -216,12 +214,12 @@ class E1000(nic.NicDriverBase):
         self.tx_clean = int(state.get("tx_clean", self.tdt))  # type: ignore[arg-type]
         self.rctl = int(state["rctl"])  # type: ignore[arg-type]
         self.link = bool(state["link"])
-        self.watched = state.get("watched") is True  # an older version saved none
+        self.tdt_bell.watched = state.get("watched") is True  # an older version saved none
 
     def saved(self) -> dict[str, codec.Value]:
         return {"bar": self.bar, "rx_next": self.rx_next, "tdt": self.tdt,
                 "tx_clean": self.tx_clean, "rctl": self.rctl, "link": self.link,
-                "watched": self.watched}  # fmt: skip
+                "watched": self.tdt_bell.watched}  # fmt: skip
 
     # ----------------------------------------------------------------- modes
     def set_mode(self, mode: int, mcast: tuple[bytes, ...]) -> None:
@@ -267,24 +265,11 @@ class E1000(nic.NicDriverBase):
             if part:
                 halves[at * 8 + 4 : (at + len(part)) * 8 : 8] = part
                 txv[at * DESC + TX_STATUS : (at + len(part)) * DESC : DESC] = bytes(len(part))
-        if not self._ring(txv, tdt):
-            b = Batch()
-            b.mmio_write(self.bar + TDT, tdt)
-            assert self.conn is not None
-            self.conn.vdevio_posted(b)
+        assert self.conn is not None
+        self.tdt_bell.ring(self.conn, txv, tdt)
         self.tdt = tdt
         self.tx_ends.append((tdt - 1) % RING)
         return len(lens)
-
-    def _ring(self, txv: memoryview, tdt: int) -> bool:
-        """Store the new tail in the watched word; False if it is not watched or the
-        stub may be halted (then the caller writes TDT through the kernel, which
-        wakes the stub; the watch's second write of the same tail is harmless)."""
-        if not self.watched:
-            return False
-        if self.bell is None:
-            self.bell = Bell(txv, BELL_AT, BELL_AT + 4)
-        return not self.bell.ring(tdt)
 
     def _tx_template(self, txv: memoryview) -> None:
         """What never changes in a transmit descriptor: its buffer's address and the

@@ -67,9 +67,9 @@ from collections import deque
 from collections.abc import Sequence
 
 from hwl.driver import netdriver, nic
-from hwl.frames import Bell, scatter
+from hwl.frames import scatter
 from hwl.ipc import codec
-from hwl.ipc.client import Connection, IpcError
+from hwl.ipc.client import Connection
 from hwl.link.batch import Batch
 from hwl.proto import ndev
 from hwl.proto.ndev import Frames
@@ -140,9 +140,9 @@ class Rtl8139(nic.NicDriverBase):
         self.tx_clean = 0  # C+: the oldest descriptor given to the card, not seen sent
         self.tx_ends: deque[int] = deque()  # C+: each posted SEND's last descriptor
         self.tx_words: memoryview | None = None
-        self.watched = False  # C+: TxPoll is a watched doorbell (see the module's text)
-        self.bell: Bell | None = None  # its words, once the buffer is mapped
-        self.bell_count = 0
+        # C+: TxPoll as a watched doorbell on a counter after the transmit buffers
+        self.txpoll = nic.TxDoorbell("TxPoll", BELL_AT, self._txpoll, value_from_word=False)
+        self.bell_count: int | None = None  # the counter, once read back
         self.rcr = RCR_APM | RCR_AB
         self.mar = 0  # the multicast filter byte (0 or 0xFF)
         self.link = False
@@ -167,20 +167,13 @@ class Rtl8139(nic.NicDriverBase):
             self._start_classic()
         else:
             self._start_cplus()
-            self._watch_txpoll(conn)
+            self.txpoll.arm(conn, self.tx)
 
-    def _watch_txpoll(self, conn: Connection) -> None:
-        """TxPoll as a watched doorbell on the counter at BELL_AT; without it (a
-        kernel that refuses: all watches taken, say) SENDs make a posted call."""
-        assert self.tx is not None
+    def _txpoll(self, _value: int) -> Batch:
+        """TxPoll's normal-priority bit (the doorbell's value is only the counter)."""
         b = Batch()
         b.outb(self.io + TXPOLL, TXPOLL_NPQ)
-        try:
-            conn.vdevio_watch(self.tx.id, BELL_AT, BELL_AT + 4, b)
-        except IpcError as exc:
-            log.warning("TxPoll is not watched (%s): each SEND makes a kernel call", exc)
-            return
-        self.watched = True
+        return b
 
     def init_reply(self) -> ndev.InitReply:
         name = f"rtl8139#{self.instance}" + (" classic" if self.classic else "")
@@ -262,7 +255,7 @@ class Rtl8139(nic.NicDriverBase):
         self.mar = int(state["mar"])  # type: ignore[arg-type]
         self.link = bool(state["link"])
         self.queue.extend(f for f in state.get("queue") or [] if isinstance(f, bytes))  # type: ignore[union-attr]
-        self.watched = state.get("watched") is True  # an older version saved none
+        self.txpoll.watched = state.get("watched") is True  # an older version saved none
         self.dirty = True
 
     def saved(self) -> dict[str, codec.Value]:
@@ -270,7 +263,7 @@ class Rtl8139(nic.NicDriverBase):
             "classic": self.classic, "io": self.io, "rx_next": self.rx_next,
             "tx_next": self.tx_next, "tx_clean": self.tx_clean, "rcr": self.rcr,
             "mar": self.mar, "link": self.link,
-            "queue": list(self.queue), "watched": self.watched,
+            "queue": list(self.queue), "watched": self.txpoll.watched,
         }  # fmt: skip
 
     # ----------------------------------------------------------------- modes
@@ -328,27 +321,14 @@ class Rtl8139(nic.NicDriverBase):
             words[0 : (len(dw0) - head) * 4 : 4] = dw0[head:]
         if first + head == RING:
             words[(RING - 1) * 4] |= EOR
-        if not self._ring(txv):
-            b = Batch()
-            b.outb(self.io + TXPOLL, TXPOLL_NPQ)
-            assert self.conn is not None
-            self.conn.vdevio_posted(b)
+        if self.bell_count is None:
+            self.bell_count = self.txpoll.value(txv)
+        self.bell_count = (self.bell_count + 1) & 0xFFFFFFFF
+        assert self.conn is not None
+        self.txpoll.ring(self.conn, txv, self.bell_count)
         self.tx_next = i
         self.tx_ends.append((i - 1) % RING)
         return len(lens)
-
-    def _ring(self, txv: memoryview) -> bool:
-        """Ring the watched doorbell; False if it is not watched or the stub may
-        be halted (then the caller writes TxPoll through the kernel, which wakes
-        the stub; a second TxPoll write from the watch is harmless)."""
-        if not self.watched:
-            return False
-        bell = self.bell
-        if bell is None:
-            bell = self.bell = Bell(txv, BELL_AT, BELL_AT + 4)
-            self.bell_count = bell.value  # a live update's new version goes on from it
-        self.bell_count = (self.bell_count + 1) & 0xFFFFFFFF
-        return not bell.ring(self.bell_count)
 
     def _watch_oldest(self, txv: memoryview) -> bool:
         """Whether the oldest SEND the card holds was sent within TX_WATCH seconds,

@@ -11,13 +11,13 @@ See docs/network.md.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from hwl import frames
 from hwl.driver import netdriver
 from hwl.ipc import codec
-from hwl.ipc.client import Connection
+from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.kcalls import DmaHandle
 from hwl.link.batch import Batch
 from hwl.proto import ndev
@@ -211,6 +211,48 @@ class NicDriverBase:
     def _vdevio(self, b: Batch, irq: bool = False) -> list[int]:
         assert self.conn is not None
         return self.conn.vdevio(b, irq_enable=self.irq_hook if irq else None)
+
+
+class TxDoorbell:
+    """A card's transmit doorbell (rtl8139's TxPoll, e1000's TDT) as a watched
+    doorbell (hwl.proto.vdevio.WATCH): the stub makes the register write whenever
+    the word at ``at`` of the transmit buffer changes (the sleep word follows it),
+    so a SEND makes no kernel call. :meth:`ring` makes a posted call instead while
+    the stub may be halted, and always if the kernel refused the watch (all in
+    use, say). ``write`` gives the register write of a value; ``value_from_word``:
+    the stub writes the word's value (a tail), else ``write(0)``'s own."""
+
+    def __init__(
+        self, name: str, at: int, write: Callable[[int], Batch], value_from_word: bool
+    ) -> None:
+        self.name, self.at, self.write = name, at, write
+        self.value_from_word = value_from_word
+        self.watched = False  # the driver's saved state carries it across a live update
+        self._bell: frames.Bell | None = None  # the words, once the buffer is mapped
+
+    def arm(self, conn: Connection, buf: DmaHandle) -> None:
+        try:
+            conn.vdevio_watch(buf.id, self.at, self.at + 4, self.write(0), self.value_from_word)
+        except IpcError as exc:
+            log.warning("%s is not watched (%s): each SEND makes a kernel call", self.name, exc)
+            return
+        self.watched = True
+
+    def value(self, view: memoryview) -> int:
+        """The word as it is (a live update's new version goes on from it)."""
+        return self._words(view).value
+
+    def ring(self, conn: Connection, view: memoryview, value: int) -> None:
+        """Store ``value`` for the stub; through the kernel if it may not see it
+        (then the stub may write twice, harmless for a doorbell)."""
+        if self.watched and not self._words(view).ring(value):
+            return
+        conn.vdevio_posted(self.write(value))
+
+    def _words(self, view: memoryview) -> frames.Bell:
+        if self._bell is None:
+            self._bell = frames.Bell(view, self.at, self.at + 4)
+        return self._bell
 
 
 def run(driver: NicDriverBase) -> int:

@@ -510,13 +510,6 @@ class Link:
     def watch_gen(self, index: int) -> int:
         return self._ctl[abi.W_WATCH + index * abi.WATCH_WORDS + abi.WATCH_GEN]
 
-    def read_u32(self, phys: int) -> int:
-        value: int = _U32.unpack_from(self._mem, phys)[0]
-        return value
-
-    def write_u32(self, phys: int, value: int) -> None:
-        _U32.pack_into(self._mem, phys, value)
-
     @property
     def stub_sleeping(self) -> bool:
         return bool(self._ctl[abi.W_STUB_SLEEPING])

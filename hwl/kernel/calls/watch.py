@@ -17,6 +17,7 @@ through a slot is enough.
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass
 
 from hwl.kernel.calls.base import fail, require_link
@@ -30,14 +31,24 @@ from hwl.link.memory import DmaBuffer
 log = logging.getLogger("hwl.kernel.calls")
 
 U32 = 0xFFFFFFFF
+_WORD = struct.Struct("<I")
 
 
 @dataclass
 class Watch:
     owner: Proc
     buffer: int  # the owner's DMA buffer id
-    word: int  # guest phys of the watched u32
-    sleep: int  # guest phys of the sleep word
+    buf: DmaBuffer
+    word: int  # the watched u32's offset in it
+    sleep: int  # the sleep word's offset in it
+
+    @property
+    def phys(self) -> int:
+        return self.buf.phys + self.word
+
+    def show_asleep(self) -> None:
+        """The sleep word 1: the driver rings through the kernel."""
+        _WORD.pack_into(self.buf.view, self.sleep, 1)
 
 
 class Watches:
@@ -65,10 +76,10 @@ class Watches:
         if index is None:
             fail(Errno.EBUSY, f"vdevio watch: all {abi.NWATCH} watched doorbells are in use")
         self._gen = self._gen % U32 + 1
-        watch = Watch(proc, buffer, phys, buf.phys + sleep)
-        link.write_u32(watch.sleep, 1)  # until the stub takes the watch up, ring the kernel
-        base = link.read_u32(phys)
-        link.watch_set(index, self._gen, phys, watch.sleep, flags, base, op)
+        watch = Watch(proc, buffer, buf, word, sleep)
+        watch.show_asleep()  # until the stub takes the watch up
+        (base,) = _WORD.unpack_from(buf.view, word)
+        link.watch_set(index, self._gen, phys, buf.phys + sleep, flags, base, op)
         self.table[index] = watch
         return index
 
@@ -90,7 +101,7 @@ class Watches:
             self._end(mine, why)
 
     def _index_of(self, phys: int) -> int | None:
-        return next((i for i, w in enumerate(self.table) if w is not None and w.word == phys), None)
+        return next((i for i, w in enumerate(self.table) if w is not None and w.phys == phys), None)
 
     def _end(self, indexes: list[int], why: str) -> None:
         link = self.machine.link
@@ -102,7 +113,7 @@ class Watches:
                      watch.owner.endpoint, why)  # fmt: skip
             if link is not None:
                 link.watch_clear(i)
-                link.write_u32(watch.sleep, 1)
+                watch.show_asleep()
         if link is not None and self.machine.link_ok:
             try:
                 self.stub.make_room(0)
