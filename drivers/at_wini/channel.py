@@ -165,7 +165,7 @@ class Channel:
         b.outb(cmd + ata.REG_DEVICE, ata.DEV_OBS | number << 4)
         b.delay(10)
         status = b.inb(cmd + ata.REG_STATUS)
-        alt = b.inb(self.ch.ctl)  # the alternate status, for the log of a flake
+        alt = b.inb(self.ch.ctl)  # the alternate status too, for the log line
         values = conn.vdevio(b)
         selected = values[status]
         if selected in (0, 0xFF):
