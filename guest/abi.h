@@ -105,11 +105,18 @@ struct hwl_slot {              /* 4096 bytes */
  * op's value (a for OUT, b for MMIO_WR) is the word's new value, masked to the
  * width (a tail index), else the op's own (a fixed "poll" value).
  * Halting: the stub stores 1 into every armed watch's `sleep` word, then sets
- * ctl.stub_sleeping with a locked exchange and looks at the words once more; it
+ * ctl.stub_sleeping, fences (host_fence) and looks at the words once more; it
  * stores 0 when it runs again. A driver stores the word, fences, and reads its
- * sleep word: 1 means the stub may be halted (or the watch is off, which the
- * kernel also shows with a 1), and it makes the write through the kernel. */
+ * sleep word. 0: the stub will see the word. HWL_WATCH_ASLEEP (also shown from
+ * arming until the stub takes the watch up): the driver makes a kernel call
+ * that wakes the stub, which makes the write itself from the word before it
+ * runs the call's slot; a write of the value in that slot could run after the
+ * stub wrote a newer one and move a tail back. HWL_WATCH_ENDED (the kernel
+ * shows it once the stub no longer runs the watch): the driver makes the write
+ * through the kernel itself. */
 #define HWL_WATCH_VALUE 1u
+#define HWL_WATCH_ASLEEP 1u
+#define HWL_WATCH_ENDED 2u
 struct hwl_watch {             /* 48 bytes, host-written */
     u32 gen;                   /*  0 0 = off */
     u32 word;                  /*  4 guest phys of the watched u32 */

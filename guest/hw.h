@@ -42,8 +42,20 @@ static inline u64 rdtsc(void)
  * x86 keeps stores ordered with stores and loads with loads on its own. */
 static inline void barrier(void) { asm volatile("" ::: "memory"); }
 
-/* Full barrier (store -> load ordering) against the host's CPU. */
+/* Full barrier (store -> load ordering) against the host's CPU, where the
+ * accelerator keeps it: QEMU 7.2's TCG with one vCPU emits no host fence for a
+ * guest fence and makes a locked instruction a plain load and store (the
+ * ordering matters there only between vCPUs), so the host may see this side's
+ * store after its later load. Callers whose host side polls on a timeout use it;
+ * where a lost wake-up would last, use host_fence(). */
 static inline void full_barrier(void) { asm volatile("lock; addl $0, (%%esp)" ::: "memory", "cc"); }
+
+/* A store -> load fence that holds under TCG too: a write to the POST port
+ * (0x80, a device that ignores it in QEMU's pc machine) runs in a helper that
+ * takes QEMU's global lock, a locked instruction on the host, which drains this
+ * vCPU's earlier stores before its later loads. About a microsecond: for the
+ * halt path, not for each request. */
+static inline void host_fence(void) { outb(0x80, 0); }
 
 static inline void cli(void) { asm volatile("cli" ::: "memory"); }
 static inline void sti(void) { asm volatile("sti" ::: "memory"); }

@@ -94,9 +94,10 @@ static void serve_forever(void)
             continue;
 
         cli();
-        watch_sleep(1);             /* drivers ring through the kernel from now on */
-        one = 1;                    /* locked store: ordered before the re-checks */
+        watch_sleep(HWL_WATCH_ASLEEP); /* drivers wake the stub with a kernel call */
+        one = 1;
         asm volatile("xchgl %0, %1" : "+r"(one), "+m"(c->stub_sleeping) : : "memory");
+        host_fence();               /* the sleep words and stub_sleeping before the re-checks */
         if (!work_pending(tail) && !watch_due()) {
             asm volatile("sti; hlt" ::: "memory");
             c->stub_sleeping = 0;

@@ -34,7 +34,7 @@ void frames_scatter(uint8_t *ring, uint32_t base, uint32_t stride, uint32_t slot
  * watched word, then read the sleep word, in this order across CPUs (a sequentially
  * consistent store is a locked exchange on x86: the read cannot pass it). The stub
  * stores its sleep word and then reads the word, likewise. Returns the sleep word:
- * non-zero means ring through the kernel. */
+ * 0, HWL_WATCH_ASLEEP or HWL_WATCH_ENDED. */
 uint32_t frames_ring(uint8_t *mem, uint32_t word, uint32_t value, uint32_t sleep)
 {
     __atomic_store_n((uint32_t *)(mem + word), value, __ATOMIC_SEQ_CST);

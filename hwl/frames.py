@@ -79,7 +79,8 @@ class Bell:
         """The watched word as it is (a live update's new version goes on from it)."""
         return int.from_bytes(self._mem[self.word : self.word + 4], "little")
 
-    def ring(self, value: int) -> bool:
-        """Store ``value``; True if the stub may not see it (halted, or the watch
-        ended): the caller then makes the write through the kernel."""
-        return bool(self._ring(self._addr, self.word, value & 0xFFFFFFFF, self.sleep))
+    def ring(self, value: int) -> int:
+        """Store ``value``; the sleep word read after it: 0 (the stub will see it),
+        abi.WATCH_ASLEEP (wake the stub) or abi.WATCH_ENDED (make the write through
+        the kernel)."""
+        return int(self._ring(self._addr, self.word, value & 0xFFFFFFFF, self.sleep))

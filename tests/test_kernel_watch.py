@@ -16,6 +16,7 @@ import pytest
 from agents import MakeProc
 
 from hwl import Batch, Machine, ipc
+from hwl.driver.nic import TxDoorbell
 from hwl.frames import Bell
 from hwl.ipc import wire
 from hwl.ipc.kcalls import DmaHandle
@@ -140,8 +141,10 @@ def test_a_halted_stub_shows_in_the_sleep_word_and_a_call_wakes_it(
     read(conn, bar0(e1000) + RDBAL)  # the stub takes the watch up (and clears the 1)
     bell = Bell(view, WORD, SLEEP)
     wait_for("the stub never showed a halt", lambda: view[SLEEP] == 1)
-    assert bell.ring(0x00444000)  # the caller must ring through the kernel now
-    conn.vdevio_posted(write(bar0(e1000) + RDBAL, 0x00444000))
+    assert bell.ring(0x00444000) == abi.WATCH_ASLEEP  # the caller must wake the stub now
+    wake = Batch()
+    wake.mmio_read(bar0(e1000) + RDBAH)
+    conn.vdevio_posted(wake)  # a read: the write is the stub's own, from the word
     wait_for("the woken stub never cleared the sleep word", lambda: view[SLEEP] == 0)
     assert read(conn, bar0(e1000) + RDBAL) == 0x00444000
 
@@ -201,8 +204,9 @@ def test_all_watches_taken_is_ebusy_and_rearming_a_word_takes_none(
 def test_the_watch_ends_with_its_process_or_its_privileges(
     process: MakeProc, kernel: KernelProcess, e1000: PciDevice, how: str
 ) -> None:
-    """Ended, the watch makes no write, its sleep word shows 1 (so a driver that
-    goes on ringing goes through the kernel's checks), and its entry is free."""
+    """Ended, the watch makes no write, its sleep word shows WATCH_ENDED (so a
+    driver that goes on ringing goes through the kernel's checks), and its entry
+    is free."""
     label = f"ender{how.replace(' ', '')}"
     conn = driver(process, kernel, e1000, label)
     buf = conn.dma_alloc(4096)
@@ -219,11 +223,52 @@ def test_the_watch_ends_with_its_process_or_its_privileges(
     else:
         assert kernel.root is not None
         kernel.root.privctl_set(conn.endpoint, f"service {label} {{ system vdevio; }};")
-        assert view[4] == 1  # ended: ring through the kernel
-        bell.ring(0x00666000)
+        assert view[4] == abi.WATCH_ENDED  # ring through the kernel
+        assert bell.ring(0x00666000) == abi.WATCH_ENDED
         assert read(watcher, bar0(e1000) + RDBAL) == 0x00555000  # no write
     other = watcher.dma_alloc(4096)
     wait_for("the ended watches were not freed", lambda: fill(watcher, other, e1000) > 0)
     log = (kernel.run_dir / "kernel.log").read_text()
     why = "the process ended" if how == "exit" else "its privileges were set anew"
     assert f"of {label} " in log and why in log
+
+
+def test_a_store_made_while_a_wake_up_is_queued_is_not_undone(
+    pc: Machine, process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    """The interleaving that stopped e1000's transmission in a loaded CI run: the
+    stub was halted when the driver rang tail 1 (a posted call queued), awake when
+    it rang tail 2 (no call). The stub writes 2 from the word before it runs the
+    queued slot, so that slot must only wake it, not write 1. The machine is
+    paused to hold the interleaving still."""
+    conn = driver(process, kernel, e1000, "tail")
+    buf = conn.dma_alloc(4096)
+    view = conn.dma_map(buf)
+    bell = TxDoorbell("RDBAL", WORD, lambda v: write(bar0(e1000) + RDBAL, v), value_from_word=True)
+    bell.arm(conn, buf)
+    assert bell.watched
+    read(conn, bar0(e1000) + RDBAL)  # the stub takes the watch up
+    wait_for("the stub never showed a halt", lambda: view[SLEEP] == abi.WATCH_ASLEEP)
+    assert pc.qmp is not None
+    pc.qmp.execute("stop")
+    try:
+        bell.ring(conn, view, 0x00111000)  # halted: a posted call
+        view[SLEEP] = 0  # as the stub, had it woken meanwhile
+        bell.ring(conn, view, 0x00222000)  # awake: the stub will see the word
+    finally:
+        pc.qmp.execute("cont")
+    assert read(conn, bar0(e1000) + RDBAL) == 0x00222000
+
+
+def test_an_ended_watch_turns_the_doorbell_into_posted_writes(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    conn = driver(process, kernel, e1000, "unwatched")
+    buf = conn.dma_alloc(4096)
+    view = conn.dma_map(buf)
+    bell = TxDoorbell("RDBAL", WORD, lambda v: write(bar0(e1000) + RDBAL, v), value_from_word=True)
+    bell.arm(conn, buf)
+    conn.vdevio_watch(buf.id, WORD, SLEEP, None)  # ended (as by a privctl set)
+    bell.ring(conn, view, 0x00777000)
+    assert not bell.watched
+    assert read(conn, bar0(e1000) + RDBAL) == 0x00777000

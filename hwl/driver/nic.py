@@ -19,6 +19,7 @@ from hwl.driver import netdriver
 from hwl.ipc import codec
 from hwl.ipc.client import Connection, IpcError
 from hwl.ipc.kcalls import DmaHandle
+from hwl.link import abi
 from hwl.link.batch import Batch
 from hwl.proto import ndev
 from hwl.proto.errno import Errno
@@ -217,10 +218,14 @@ class TxDoorbell:
     """A card's transmit doorbell (rtl8139's TxPoll, e1000's TDT) as a watched
     doorbell (hwl.proto.vdevio.WATCH): the stub makes the register write whenever
     the word at ``at`` of the transmit buffer changes (the sleep word follows it),
-    so a SEND makes no kernel call. :meth:`ring` makes a posted call instead while
-    the stub may be halted, and always if the kernel refused the watch (all in
-    use, say). ``write`` gives the register write of a value; ``value_from_word``:
-    the stub writes the word's value (a tail), else ``write(0)``'s own."""
+    so a SEND makes no kernel call. ``write`` gives the register write of a value;
+    ``value_from_word``: the stub writes the word's value (a tail), else
+    ``write(0)``'s own. While the stub may be halted a SEND wakes it with a posted
+    read of the register, and the stub makes the write from the word before it:
+    a posted write of a tail could run after the stub wrote a newer one and move
+    the tail back (e1000 then sends the whole ring again, zero-length descriptors
+    included, which stops QEMU's tap backend). Without a watch (the kernel refused
+    or ended it) each SEND makes the posted write itself."""
 
     def __init__(
         self, name: str, at: int, write: Callable[[int], Batch], value_from_word: bool
@@ -229,6 +234,7 @@ class TxDoorbell:
         self.value_from_word = value_from_word
         self.watched = False  # the driver's saved state carries it across a live update
         self._bell: frames.Bell | None = None  # the words, once the buffer is mapped
+        self._wake: Batch | None = None  # the register's read, once its address is known
 
     def arm(self, conn: Connection, buf: DmaHandle) -> None:
         try:
@@ -243,16 +249,40 @@ class TxDoorbell:
         return self._words(view).value
 
     def ring(self, conn: Connection, view: memoryview, value: int) -> None:
-        """Store ``value`` for the stub; through the kernel if it may not see it
-        (then the stub may write twice, harmless for a doorbell)."""
-        if self.watched and not self._words(view).ring(value):
-            return
+        """Store ``value`` for the stub, and wake it or make the write through the
+        kernel when the sleep word asks for it."""
+        if self.watched:
+            sleep = self._words(view).ring(value)
+            if sleep == 0:
+                return
+            if sleep != abi.WATCH_ENDED:
+                if self._wake is None:
+                    self._wake = _read_of(self.write(0))
+                conn.vdevio_posted(self._wake)
+                return
+            self.watched = False
+            log.warning("%s is no longer watched (the kernel ended the watch): each SEND "
+                        "makes a kernel call", self.name)  # fmt: skip
         conn.vdevio_posted(self.write(value))
 
     def _words(self, view: memoryview) -> frames.Bell:
         if self._bell is None:
             self._bell = frames.Bell(view, self.at, self.at + 4)
         return self._bell
+
+
+def _read_of(write: Batch) -> Batch:
+    """A read of the register that ``write``'s one op writes (no side effect on
+    a doorbell register): a slot that only wakes the stub."""
+    ((code, width, port, addr, _value, _),) = write.ops
+    wake = Batch()
+    if code == abi.OP_OUT:
+        wake.in_(port, width)
+    elif code == abi.OP_MMIO_WR:
+        wake.mmio_read(addr, width)
+    else:
+        raise ValueError(f"a doorbell is one OUT or MMIO_WR, not op {code}")
+    return wake
 
 
 def run(driver: NicDriverBase) -> int:

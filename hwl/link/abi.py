@@ -99,6 +99,8 @@ WATCH_FLAGS: Final = 3
 WATCH_BASE: Final = 4
 WATCH_OP: Final = 8  # its struct hwl_op, four words
 WATCH_VALUE: Final = 1  # flags: the op's value is the word's new value
+WATCH_ASLEEP: Final = 1  # sleep word: wake the stub, which then makes the write
+WATCH_ENDED: Final = 2  # sleep word: the watch ended; make the write through the kernel
 
 # struct hwl_native
 NATIVE: Final = struct.Struct("<HHHBBIIIIIIIIIIQ")

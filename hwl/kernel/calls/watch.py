@@ -7,11 +7,13 @@ this module keeps the table the stub reads. A watch is its process's and ends,
 before anything it relies on goes: at the process's death or exit (before its
 DMA buffers are freed or kept and its bus mastering stops), when the buffer
 holding the word is freed, when the process's privileges are set anew, and when
-the driver arms no op for the word. An ended watch shows 1 in its sleep word, so
-a driver that goes on storing rings through the kernel, where the checks are
-made again. Ending one waits until the stub has finished a write it may have
-begun: the stub runs watches and request slots in one loop, so one round trip
-through a slot is enough.
+the driver arms no op for the word. Ending one waits until the stub has
+finished a write it may have begun (the stub runs watches and request slots in
+one loop, so one round trip through a slot is enough); only then does the sleep
+word show WATCH_ENDED, so a driver that goes on storing makes its writes
+through the kernel, where the checks are made again, and none of them can run
+before a write of the stub's. A store made while the watch ends waits for the
+driver's next one.
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ class Watch:
     def phys(self) -> int:
         return self.buf.phys + self.word
 
-    def show_asleep(self) -> None:
-        """The sleep word 1: the driver rings through the kernel."""
-        _WORD.pack_into(self.buf.view, self.sleep, 1)
+    def show(self, sleep: int) -> None:
+        """What the driver reads in its sleep word (abi.WATCH_ASLEEP, WATCH_ENDED)."""
+        _WORD.pack_into(self.buf.view, self.sleep, sleep)
 
 
 class Watches:
@@ -77,7 +79,7 @@ class Watches:
             fail(Errno.EBUSY, f"vdevio watch: all {abi.NWATCH} watched doorbells are in use")
         self._gen = self._gen % U32 + 1
         watch = Watch(proc, buffer, buf, word, sleep)
-        watch.show_asleep()  # until the stub takes the watch up
+        watch.show(abi.WATCH_ASLEEP)  # until the stub takes the watch up
         (base,) = _WORD.unpack_from(buf.view, word)
         link.watch_set(index, self._gen, phys, buf.phys + sleep, flags, base, op)
         self.table[index] = watch
@@ -105,6 +107,7 @@ class Watches:
 
     def _end(self, indexes: list[int], why: str) -> None:
         link = self.machine.link
+        ended: list[Watch] = []
         for i in indexes:
             watch = self.table[i]
             self.table[i] = None
@@ -113,10 +116,12 @@ class Watches:
                      watch.owner.endpoint, why)  # fmt: skip
             if link is not None:
                 link.watch_clear(i)
-                watch.show_asleep()
+                ended.append(watch)
         if link is not None and self.machine.link_ok:
             try:
                 self.stub.make_room(0)
-                link.nop()  # after it, the stub makes no write of the ended watches
+                link.nop()  # after it, the stub makes no write and no sleep-word store
             except Exception as exc:
                 log.warning("ending watched doorbells: the stub did not answer: %s", exc)
+        for watch in ended:
+            watch.show(abi.WATCH_ENDED)
