@@ -244,3 +244,19 @@ def test_string_ops_stay_inside_the_callers_dma_buffers_on_every_call(
     with pytest.raises(ipc.IpcError) as info:
         conn.vdevio(outs(buf.phys))
     assert info.value.errno is Errno.EPERM
+
+
+def test_buffers_are_whole_pages_so_a_mapping_holds_no_other_buffer(process: MakeProc) -> None:
+    """dma_map maps pages: a small buffer that shared its page with the next
+    allocation would hand its holder another driver's bytes."""
+    mine, theirs = process("small", DMA), process("neighbour", DMA)
+    a = mine.dma_alloc(100, align=4)
+    b = theirs.dma_alloc(100, align=4)
+    for buf in (a, b):
+        assert buf.phys % 4096 == 0 and buf.size == 4096, buf
+    assert abs(a.phys - b.phys) >= 4096
+    theirs.dma_write(b, 0, b"theirs")
+    view = mine.dma_map(a)
+    view[:] = b"\xff" * len(view)  # all of what the mapping reaches
+    assert theirs.dma_read(b, 0, 6) == b"theirs"
+    view.release()

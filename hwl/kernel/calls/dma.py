@@ -142,6 +142,8 @@ class DmaCalls:
         tag = get_str(f, "tag", "")
         if len(tag) > MAX_TAG:
             fail(Errno.EINVAL, f"dmaalloc: a tag of {len(tag)} characters (at most {MAX_TAG})")
+        if boundary == 0 or boundary >= PAGE:  # whole pages: see dmamap
+            size, align = -(-size // PAGE) * PAGE, max(align, PAGE)
         link = self.stub.link()
         try:
             buf = link.alloc_dma(size, align, boundary)
@@ -180,7 +182,9 @@ class DmaCalls:
         without a kernel call each. The trust boundary is ``memory dma`` itself (a
         bus-master driver can make its device write anywhere: no IOMMU on pc), so
         the file grants a holder of it nothing new; the client maps only the
-        buffer's pages and closes the fd."""
+        buffer's pages and closes the fd. dmaalloc hands out whole pages (unless a
+        boundary under a page forbids it), so those pages hold no other buffer: a
+        stray write past a buffer's end reaches no other driver's."""
         _ident, buf = self._dma_buffer(proc, f)
         fd = self.stub.link().memory.fd
         if fd is None:
