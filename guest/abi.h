@@ -17,13 +17,14 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-#define HWL_ABI_VERSION 4u
+#define HWL_ABI_VERSION 5u
 #define HWL_MAGIC 0x314c5748u       /* "HWL1" read as little-endian bytes */
 
 #define HWL_NSLOTS 8u               /* request slots in the ring */
 #define HWL_MAX_OPS 254u            /* operations per slot (slot = 4096 bytes) */
 #define HWL_IRQ_RING 64u            /* entries in the IRQ event ring */
 #define HWL_NWATCH 8u               /* watched doorbells (struct hwl_watch) */
+#define HWL_FRAME_OPS 16u           /* ops in a frame template (struct hwl_frames) */
 
 /* Operation codes (hwl_op.code). "c" is both an argument and the result. */
 #define HWL_OP_NOP 0u          /* c := a (echo; measures the bare round trip) */
@@ -115,8 +116,40 @@ struct hwl_slot {              /* 4096 bytes */
  * shows it once the stub no longer runs the watch): the driver makes the write
  * through the kernel itself. */
 #define HWL_WATCH_VALUE 1u
+#define HWL_WATCH_FRAMES 2u
 #define HWL_WATCH_ASLEEP 1u
 #define HWL_WATCH_ENDED 2u
+
+/* A frame template (flags HWL_WATCH_FRAMES, ctl.frames[] at the watch's index):
+ * the word counts the frames a driver has staged, and for each new one the stub
+ * runs the template's ops, patched with the frame's length (from a u16 table,
+ * one entry per staging slot) and its slot's address, as a PIO NIC (ne2k) needs
+ * a dozen register accesses per frame. After each frame it stores the count of
+ * frames done, and of frames refused (a length of 0 or over max_len, an op that
+ * failed), into the two u32 at `done`. The kernel fills the entry, checks the
+ * ops as vdevio ops, every patch's target and that every slot lies in the
+ * driver's DMA buffer, then arms the watch; the stub copies the entry when it
+ * takes the watch up. Patches (one per op, `patch[i]`): */
+#define HWL_PATCH_NONE 0u
+#define HWL_PATCH_LEN_LO 1u     /* an OUT's a := length & 0xff */
+#define HWL_PATCH_LEN_HI 2u     /* an OUT's a := length >> 8 */
+#define HWL_PATCH_LEN4_LO 3u    /* an OUT's a := length rounded up to 4, & 0xff */
+#define HWL_PATCH_LEN4_HI 4u    /* an OUT's a := that rounded length >> 8 */
+#define HWL_PATCH_UNITS 5u      /* an OUTS's a := the rounded length / width */
+#define HWL_PATCH_SLOT 6u       /* an OUTS moves the frame: a := the rounded length /
+                                   width, b := base + slot * stride */
+struct hwl_frames {            /* 304 bytes, host-written */
+    u32 table;                 /*  0 guest phys of u16 length[slots] */
+    u32 slots;                 /*  4 staging slots; frame n uses slot n % slots */
+    u32 stride;                /*  8 bytes per slot */
+    u32 base;                  /* 12 guest phys of slot 0 */
+    u32 done;                  /* 16 guest phys of u32 done, u32 refused */
+    u32 nops;                  /* 20 1..HWL_FRAME_OPS */
+    u32 max_len;               /* 24 longer frames are refused (rounded up, <= stride) */
+    u32 reserved;              /* 28 */
+    u8 patch[HWL_FRAME_OPS];   /* 32 HWL_PATCH_* per op */
+    struct hwl_op ops[HWL_FRAME_OPS]; /* 48 */
+};
 struct hwl_watch {             /* 48 bytes, host-written */
     u32 gen;                   /*  0 0 = off */
     u32 word;                  /*  4 guest phys of the watched u32 */
@@ -150,7 +183,8 @@ struct hwl_ctl {
     u32 irq_count[16];         /* 64 stub: interrupts seen per line */
     u32 irq_ring[HWL_IRQ_RING];/* 128 stub: line number of each event */
     struct hwl_watch watch[HWL_NWATCH]; /* 384 host: watched doorbells */
-};                             /* 768 bytes */
+    struct hwl_frames frames[HWL_NWATCH]; /* 768 host: the frame templates of watches */
+};                             /* 3200 bytes */
 
 /* Argument block for the native loops, the physical limits for benchmarks.
  * PIO: SET MULTIPLE (multiple), then READ MULTIPLE (0xC4, LBA28) commands of

@@ -250,6 +250,65 @@ void run_slot(volatile struct hwl_slot *s)
  * armed with and the word's value the stub last acted on. */
 static u32 watch_gen[HWL_NWATCH];
 static u32 watch_seen[HWL_NWATCH];
+static struct hwl_frames frames_copy[HWL_NWATCH]; /* taken at take-up: the kernel's */
+
+/* One staged frame's op, patched with its length and slot (abi.h, HWL_PATCH_*). */
+static void patch_op(struct hwl_op *op, u32 patch, u32 len, u32 addr)
+{
+    u32 len4 = (len + 3) & ~3u;
+
+    switch (patch) {
+    case HWL_PATCH_LEN_LO: op->a = len & 0xff; break;
+    case HWL_PATCH_LEN_HI: op->a = len >> 8; break;
+    case HWL_PATCH_LEN4_LO: op->a = len4 & 0xff; break;
+    case HWL_PATCH_LEN4_HI: op->a = len4 >> 8; break;
+    case HWL_PATCH_UNITS: op->a = op->width ? len4 / op->width : 0; break;
+    case HWL_PATCH_SLOT:
+        op->a = op->width ? len4 / op->width : 0;
+        op->b = addr;
+        break;
+    default: break;
+    }
+}
+
+/* Run the template of watch k for frames from..to-1 (the word's old and new
+ * counts), storing the counts at f->done after each; stops early if the watch
+ * is re-armed or ended meanwhile. A jump of more than a ring is refused whole. */
+static void frames_run(u32 k, volatile struct hwl_watch *w, u32 gen, u32 from, u32 to)
+{
+    const struct hwl_frames *f = &frames_copy[k];
+    volatile u32 *done = (volatile u32 *)f->done;
+    volatile const u16 *lens = (volatile const u16 *)f->table;
+    u32 i, j;
+
+    if (f->nops == 0 || f->nops > HWL_FRAME_OPS || f->slots == 0 || (f->done & 3) ||
+        (f->table & 1) || !range_ok(f->done, 8) || !range_ok(f->table, 2ull * f->slots))
+        return;                         /* the kernel checked it: never here */
+    if (to - from > f->slots) {
+        done[1] += to - from;
+        done[0] = to;
+        return;
+    }
+    for (i = from; i != to && w->gen == gen; i++) {
+        u32 slot = i % f->slots, len = lens[slot];
+
+        if (len == 0 || len > f->max_len) {
+            done[1]++;
+        } else {
+            for (j = 0; j < f->nops; j++) {
+                struct hwl_op op = f->ops[j];
+
+                patch_op(&op, f->patch[j], len, f->base + slot * f->stride);
+                if (run_op(&op) != HWL_ST_OK) {
+                    done[1]++;
+                    break;
+                }
+            }
+        }
+        barrier();
+        done[0] = i + 1;
+    }
+}
 
 static int watch_words_ok(volatile struct hwl_watch *w)
 {
@@ -277,6 +336,8 @@ u32 watch_ring(void)
             continue;
         if (gen != watch_gen[k]) {      /* armed anew: start from the kernel's value */
             watch_seen[k] = w->base;
+            if (w->flags & HWL_WATCH_FRAMES)
+                frames_copy[k] = *(const struct hwl_frames *)&hwl_ctl.frames[k];
             barrier();
             if (w->gen != gen)
                 continue;               /* re-armed meanwhile: next round */
@@ -287,6 +348,12 @@ u32 watch_ring(void)
         v = *(volatile u32 *)word;
         if (v == watch_seen[k])
             continue;
+        if (w->flags & HWL_WATCH_FRAMES) {
+            frames_run(k, w, gen, watch_seen[k], v);
+            watch_seen[k] = v;
+            rang++;
+            continue;
+        }
         op.code = w->op.code;
         op.width = w->op.width;
         op.port = w->op.port;

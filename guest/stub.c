@@ -18,7 +18,9 @@ __attribute__((used)) const struct hwl_abi_info hwl_abi_info = {
 /* Layout checks: abi.h is mirrored byte for byte by the host. */
 _Static_assert(sizeof(struct hwl_op) == 16, "hwl_op size");
 _Static_assert(sizeof(struct hwl_slot) == 4096, "hwl_slot size");
-_Static_assert(sizeof(struct hwl_ctl) == 768, "hwl_ctl size");
+_Static_assert(sizeof(struct hwl_ctl) == 3200, "hwl_ctl size");
+_Static_assert(sizeof(struct hwl_frames) == 304, "hwl_frames size");
+_Static_assert(__builtin_offsetof(struct hwl_ctl, frames) == 768, "frames offset");
 _Static_assert(sizeof(struct hwl_watch) == 48, "hwl_watch size");
 _Static_assert(__builtin_offsetof(struct hwl_ctl, watch) == 384, "watch offset");
 _Static_assert(sizeof(struct hwl_native) == 56, "hwl_native size");

@@ -19,7 +19,7 @@ from hwl import Batch, Machine, ipc
 from hwl.driver.nic import TxDoorbell
 from hwl.frames import Bell
 from hwl.ipc import wire
-from hwl.ipc.kcalls import DmaHandle
+from hwl.ipc.kcalls import DmaHandle, FrameTemplate
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
 from hwl.link import abi
@@ -170,7 +170,8 @@ def test_the_watch_is_checked_as_any_vdevio(
     refused(Errno.EINVAL, head(word=4096) + op)  # outside the buffer
     refused(Errno.EINVAL, head(word=2) + op)  # not aligned
     refused(Errno.EINVAL, head(sleep=WORD) + op)  # one word for both
-    refused(Errno.EINVAL, head(flags=2) + op)
+    refused(Errno.EINVAL, head(flags=4) + op)
+    refused(Errno.EINVAL, head(flags=vdevio.WATCH_FRAMES) + op)  # no template head
     refused(Errno.EINVAL, head() + op + op)  # one op only
     b = Batch()
     b.mmio_read(base + RDBAL)
@@ -272,3 +273,76 @@ def test_an_ended_watch_turns_the_doorbell_into_posted_writes(
     bell.ring(conn, view, 0x00777000)
     assert not bell.watched
     assert read(conn, bar0(e1000) + RDBAL) == 0x00777000
+
+
+# --- frame templates (WATCH_FRAMES): the stub runs a checked template per frame staged
+SLOTS, STRIDE = 4, 256
+TABLE, COUNTS, STAGED = SLOTS * STRIDE, SLOTS * STRIDE + 64, SLOTS * STRIDE + 128
+
+
+def template(**kw: object) -> FrameTemplate:
+    fields: dict[str, object] = dict(table=TABLE, slots=SLOTS, stride=STRIDE, base=0,
+                                     counts=COUNTS, max_len=STRIDE, patches=(0,))  # fmt: skip
+    fields.update(kw)
+    return FrameTemplate(**fields)  # type: ignore[arg-type]
+
+
+def stage(view: memoryview, bell: Bell, staged: int, lengths: list[int]) -> int:
+    table = view[TABLE : TABLE + 2 * SLOTS].cast("H")
+    for length in lengths:
+        table[staged % SLOTS] = length
+        staged += 1
+    bell.ring(staged)
+    return staged
+
+
+def test_a_frame_template_runs_per_frame_and_refuses_a_bad_length(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    """Each frame staged runs the template once; a length of 0 or over max_len
+    runs nothing and is counted; the counts follow every frame."""
+    conn = driver(process, kernel, e1000, "framer")
+    buf = conn.dma_alloc(4096)
+    view = conn.dma_map(buf)
+    conn.vdevio_frames(buf.id, STAGED, template(max_len=100), write(bar0(e1000) + RDBAL, 0xABC000))
+    bell = Bell(view, STAGED, STAGED + 4)
+    counts = view[COUNTS : COUNTS + 8].cast("I")
+    conn.vdevio(write(bar0(e1000) + RDBAL, 0))
+    staged = stage(view, bell, 0, [0, 101])  # both refused: no write
+    assert read(conn, bar0(e1000) + RDBAL) == 0  # runs after the stub's frames
+    assert list(counts) == [2, 2]
+    staged = stage(view, bell, staged, [60, 100, 0, 64])  # a whole ring, wrapping
+    assert read(conn, bar0(e1000) + RDBAL) == 0xABC000
+    assert list(counts) == [6, 3]
+    conn.vdevio(write(bar0(e1000) + RDBAL, 0))
+    staged = stage(view, bell, staged, [60] * (SLOTS + 1))  # more than a ring: refused whole
+    assert read(conn, bar0(e1000) + RDBAL) == 0
+    assert list(counts) == [11, 8]
+
+
+def test_a_frame_template_is_checked_before_it_is_armed(
+    process: MakeProc, kernel: KernelProcess, e1000: PciDevice
+) -> None:
+    conn = driver(process, kernel, e1000, "badframer")
+    buf = conn.dma_alloc(4096)
+    ok = write(bar0(e1000) + RDBAL)
+
+    def refused(errno: Errno, tpl: FrameTemplate, batch: Batch = ok) -> None:
+        with pytest.raises(ipc.IpcError) as info:
+            conn.vdevio_frames(buf.id, STAGED, tpl, batch)
+        assert info.value.errno is errno, info.value
+
+    refused(Errno.EPERM, template(), write(bar0(e1000) + BAR0_SIZE))  # past its BAR
+    refused(Errno.EINVAL, template(patches=(abi.PATCH_LEN_LO,)))  # a patch on an MMIO write
+    refused(Errno.EINVAL, template(slots=SLOTS * 8))  # slots past the buffer's end
+    refused(Errno.EINVAL, template(max_len=STRIDE + 4))  # a frame longer than a slot
+    refused(Errno.EINVAL, template(table=4095))  # the table past the end, unaligned
+    refused(Errno.EINVAL, template(counts=4094))
+    refused(Errno.EINVAL, template(patches=(9,)))  # no such patch
+    delay = Batch()
+    delay.delay(1)
+    refused(Errno.EINVAL, template(), delay)  # no DELAY, IRQ or native op in a frame
+    slow = Batch()
+    slow.wait(0x80, 0, 1, timeout_us=20_000)
+    refused(Errno.EINVAL, template(), slow)  # a wait any frame may run: at most 10 ms
+    assert read(conn, bar0(e1000) + RDBAL) is not None  # the kernel serves the caller still

@@ -32,6 +32,25 @@ class Posted(NamedTuple):
 
 
 @dataclass(frozen=True)
+class FrameTemplate:
+    """Where a frame template's staging lives in its DMA buffer (byte offsets)
+    and how its ops are patched (hwl.link.abi.PATCH_*, one per op)."""
+
+    table: int  # u16 length per slot
+    slots: int
+    stride: int  # bytes per slot
+    base: int  # slot 0
+    counts: int  # u32 frames done, u32 frames refused (the stub's)
+    max_len: int
+    patches: tuple[int, ...]
+
+    def packed(self) -> bytes:
+        return vdevio_proto.FRAMES_HEAD.pack(self.table, self.slots, self.stride, self.base,
+                                             self.counts, self.max_len,
+                                             bytes(self.patches))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class DmaHandle:
     """A contiguous buffer in guest RAM owned by this process. A ``tag``ged one
     outlives the process: the next process with its label adopts it."""
@@ -140,6 +159,19 @@ class KernelCalls:
             if batch.strings or len(batch) != 1:
                 raise ValueError("a watched doorbell is one OUT or MMIO write")
             payload += b"".join(batch.packed())
+        self.kcall_binary(wire.VDEVIO, vdevio_proto.WATCH, payload, "vdevio")
+
+    def vdevio_frames(
+        self, buffer: int, word: int, template: FrameTemplate, batch: Batch
+    ) -> None:
+        """Arm a frame template (hwl.proto.vdevio.WATCH_FRAMES) on the u32 at
+        ``word`` of DMA buffer ``buffer`` (its sleep word follows it): for each
+        frame that count adds, the stub runs ``batch`` (up to FRAME_OPS ops,
+        patched as ``template.patches`` says) on the frame's slot and length."""
+        if len(batch) != len(template.patches) or batch.strings:
+            raise ValueError("a frame template patches each of its ops (no ins into scratch)")
+        head = vdevio_proto.WATCH_HEAD.pack(buffer, word, word + 4, vdevio_proto.WATCH_FRAMES)
+        payload = head + template.packed() + b"".join(batch.packed())
         self.kcall_binary(wire.VDEVIO, vdevio_proto.WATCH, payload, "vdevio")
 
     def sdevio(

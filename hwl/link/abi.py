@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-ABI_VERSION: Final = 4
+ABI_VERSION: Final = 5
 MAGIC: Final = 0x314C5748
 
 NSLOTS: Final = 8
@@ -69,7 +69,7 @@ SLOT_QUIET: Final = 12  # host: 1 = no doorbell at this slot's completion
 SLOT_OPS: Final = 32
 
 # struct hwl_ctl, as indexes of u32 words
-CTL_SIZE: Final = 768
+CTL_SIZE: Final = 3200
 W_MAGIC: Final = 0
 W_ABI_VERSION: Final = 1
 W_READY: Final = 2
@@ -99,8 +99,17 @@ WATCH_FLAGS: Final = 3
 WATCH_BASE: Final = 4
 WATCH_OP: Final = 8  # its struct hwl_op, four words
 WATCH_VALUE: Final = 1  # flags: the op's value is the word's new value
+WATCH_FRAMES: Final = 2  # flags: the word counts staged frames; frames[] holds the template
 WATCH_ASLEEP: Final = 1  # sleep word: wake the stub, which then makes the write
 WATCH_ENDED: Final = 2  # sleep word: the watch ended; make the write through the kernel
+
+# struct hwl_frames (a frame template), ctl.frames[NWATCH] at byte FRAMES_OFFSET
+FRAMES_OFFSET: Final = 768
+FRAMES_SIZE: Final = 304
+FRAME_OPS: Final = 16
+FRAMES_HEAD: Final = struct.Struct("<IIIIIIII16s")  # table..reserved, patch[16]
+PATCH_NONE, PATCH_LEN_LO, PATCH_LEN_HI, PATCH_LEN4_LO, PATCH_LEN4_HI = 0, 1, 2, 3, 4
+PATCH_UNITS, PATCH_SLOT = 5, 6
 
 # struct hwl_native
 NATIVE: Final = struct.Struct("<HHHBBIIIIIIIIIIQ")

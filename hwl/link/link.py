@@ -502,6 +502,15 @@ class Link:
         ctl[at + abi.WATCH_OP : at + abi.WATCH_OP + 4] = memoryview(op).cast("I")
         ctl[at + abi.WATCH_GEN] = gen
 
+    def frames_set(self, index: int, frames: bytes) -> None:
+        """The frame template of watch ``index`` (struct hwl_frames, packed), written
+        while the watch is off: :meth:`watch_set` with WATCH_FRAMES arms it after."""
+        if not 0 <= index < abi.NWATCH or len(frames) != abi.FRAMES_SIZE:
+            raise ValueError(f"frames {index}: {len(frames)} bytes, not {abi.FRAMES_SIZE}")
+        self._ctl[abi.W_WATCH + index * abi.WATCH_WORDS + abi.WATCH_GEN] = 0
+        at = abi.FRAMES_OFFSET + index * abi.FRAMES_SIZE
+        self._ctl.cast("B")[at : at + abi.FRAMES_SIZE] = frames
+
     def watch_clear(self, index: int) -> None:
         """Turn watch ``index`` off; the stub may still be making its write: a
         request completed after this one (:meth:`nop`) is after it."""

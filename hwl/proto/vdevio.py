@@ -40,6 +40,13 @@ stub then makes that write itself whenever the word changes, with the word's
 value as the op's value under :data:`WATCH_VALUE` (a tail index). Without the op
 the watch on that word is turned off. Up to the stub's NWATCH at once (EBUSY).
 
+With :data:`WATCH_FRAMES` in its flags the watch is a *frame template* (guest/abi.h,
+struct hwl_frames): a :data:`FRAMES_HEAD` (the offsets of the u16 length table,
+of the first staging slot and of the two u32 counts the stub keeps, the number
+of slots, their size, the longest frame; a patch code per op) follows the
+WATCH_HEAD, then 1..FRAME_OPS ops, run for each frame the word's count adds,
+patched with the frame's length and its slot's address.
+
 See docs/kernel.md.
 """
 
@@ -54,6 +61,9 @@ MAX_POSTED_SLOTS: Final = 3  # stub slots one posted batch may fill (wire.MAX_KC
 WATCH: Final = 1 << 28  # in the peer field, alone: arm (or end) a watched doorbell
 WATCH_HEAD: Final = struct.Struct("<iIII")  # buffer id, word offset, sleep offset, flags
 WATCH_VALUE: Final = 1  # WATCH_HEAD flags: the op's value is the word's new value
+WATCH_FRAMES: Final = 2  # WATCH_HEAD flags: a frame template (FRAMES_HEAD and ops follow)
+# length table, slots, stride, first slot, counts (offsets in the buffer), longest frame, patches
+FRAMES_HEAD: Final = struct.Struct("<IIIIII16s")
 HOOK_MASK: Final = 0xFFFF  # the hook id in the peer field's low bits with COPY
 NO_HOOK: Final = 0xFFFF  # no hook, with COPY
 

@@ -160,9 +160,13 @@ class PortIo:
         word of one of the caller's DMA buffers with one checked OUT or MMIO_WR
         op, or end it (no op)."""
         head = vdevio_proto.WATCH_HEAD
-        if len(payload) not in (head.size, head.size + abi.OP_SIZE):
+        frames_most = head.size + vdevio_proto.FRAMES_HEAD.size + abi.FRAME_OPS * abi.OP_SIZE
+        if len(payload) not in (head.size, head.size + abi.OP_SIZE) and not (
+            head.size + vdevio_proto.FRAMES_HEAD.size < len(payload) <= frames_most
+        ):
             fail(Errno.EINVAL, f"vdevio watch: {len(payload)} bytes are not a "
-                               f"{head.size}-byte head and at most one op")  # fmt: skip
+                               f"{head.size}-byte head and at most one op, or a frame "
+                               "template")  # fmt: skip
         if not proc.priv.dma:
             deny("vdevio watch: it needs the 'memory ... dma' privilege")
         buffer, word, sleep, flags = head.unpack_from(payload)
@@ -175,17 +179,76 @@ class PortIo:
                                    "buffer (4-byte aligned, inside it)")  # fmt: skip
         if word == sleep:
             fail(Errno.EINVAL, "vdevio watch: the word and the sleep word are one")
-        if flags & ~vdevio_proto.WATCH_VALUE:
+        if flags not in (0, vdevio_proto.WATCH_VALUE, vdevio_proto.WATCH_FRAMES):
             fail(Errno.EINVAL, f"vdevio watch: unknown flags {flags:#x}")
         op = payload[head.size :]
         if not op:
             self.watches.disarm(proc, buf, word)
+            return b""
+        if flags == vdevio_proto.WATCH_FRAMES:
+            frames = self._frames(proc, buf, op)
+            self.watches.arm(proc, buffer, buf, word, sleep, flags, bytes(abi.OP_SIZE), frames)
             return b""
         if op_code(op, 0) not in (abi.OP_OUT, abi.OP_MMIO_WR):
             fail(Errno.EINVAL, f"vdevio watch: op {op_code(op, 0)} is not an OUT or MMIO_WR")
         self._checked(proc, op, 1, None)
         self.watches.arm(proc, buffer, buf, word, sleep, flags, op)
         return b""
+
+    def _frames(self, proc: Proc, buf: DmaBuffer, rest: bytes) -> bytes:
+        """A frame template's head and ops checked (hwl.proto.vdevio.WATCH_FRAMES),
+        as the stub's struct hwl_frames. Each op is checked as a vdevio op with its
+        patches at their worst (a whole slot's length, slot 0's address; every
+        slot lies inside the buffer, so every frame's is as safe); patches go only
+        into the values of OUTs and the count and address of OUTS."""
+        fh = vdevio_proto.FRAMES_HEAD
+        if len(rest) < fh.size + abi.OP_SIZE:
+            fail(Errno.EINVAL, f"vdevio frames: {len(rest)} bytes are not a {fh.size}-byte "
+                               "template head and its ops")  # fmt: skip
+        table, slots, stride, base, counts, max_len, patches = fh.unpack_from(rest)
+        ops = bytearray(rest[fh.size :])
+        n, extra = divmod(len(ops), abi.OP_SIZE)
+        if extra or not 1 <= n <= abi.FRAME_OPS:
+            fail(Errno.EINVAL, f"vdevio frames: {len(ops)} bytes are not 1..{abi.FRAME_OPS} ops")
+        if not 1 <= slots <= MAX_FRAME_SLOTS or stride % 4 or not 0 < max_len <= stride:
+            fail(Errno.EINVAL, f"vdevio frames: {slots} slots of {stride} bytes, frames "
+                               f"of up to {max_len} (1..{MAX_FRAME_SLOTS} slots, a multiple "
+                               "of 4 bytes each, no frame longer than a slot)")  # fmt: skip
+        for name, at, size, align in (("slots", base, slots * stride, 4),
+                                      ("length table", table, 2 * slots, 2),
+                                      ("counts", counts, 8, 4)):  # fmt: skip
+            if at % align or at + size > buf.size:
+                fail(Errno.EINVAL, f"vdevio frames: the {name} at {at} ({size} bytes) "
+                                   f"not inside the {buf.size}-byte buffer, "
+                                   f"{align}-aligned")  # fmt: skip
+        for i in range(n):
+            code, width = ops[i * abi.OP_SIZE], ops[i * abi.OP_SIZE + 1]
+            patch = patches[i]
+            _c, _w, port, _a, _b, timeout = abi.OP.unpack_from(ops, i * abi.OP_SIZE)
+            if (code == abi.OP_WAIT and timeout > FRAME_WAIT_US) or (
+                code == abi.OP_MMIO_WAIT and port * abi.MMIO_WAIT_UNIT_US > FRAME_WAIT_US
+            ):
+                fail(Errno.EINVAL, f"vdevio frames: op {i} waits longer than {FRAME_WAIT_US} us "
+                                   "(every frame may wait)")  # fmt: skip
+            if code not in FRAME_CODES:
+                fail(Errno.EINVAL, f"vdevio frames: op {i} (code {code}) may not be in a "
+                                   "frame template")  # fmt: skip
+            if patch == abi.PATCH_NONE:
+                continue
+            wanted = abi.OP_OUTS if patch in (abi.PATCH_UNITS, abi.PATCH_SLOT) else abi.OP_OUT
+            if patch > abi.PATCH_SLOT or code != wanted:
+                fail(Errno.EINVAL, f"vdevio frames: patch {patch} on op {i} (code {code})")
+            at = i * abi.OP_SIZE
+            if patch in (abi.PATCH_UNITS, abi.PATCH_SLOT) and width:  # the most a slot holds
+                struct.pack_into("<I", ops, at + 4, stride // width)
+            if patch == abi.PATCH_SLOT:
+                struct.pack_into("<I", ops, at + 8, buf.phys + base)
+        if any(patches[n:]):
+            fail(Errno.EINVAL, "vdevio frames: patches past the template's ops")
+        self._checked(proc, bytes(ops), n, None)
+        head = abi.FRAMES_HEAD.pack(buf.phys + table, slots, stride, buf.phys + base,
+                                    buf.phys + counts, n, max_len, 0, patches)  # fmt: skip
+        return head + bytes(rest[fh.size :]) + bytes((abi.FRAME_OPS - n) * abi.OP_SIZE)
 
     def _checked(self, proc: Proc, ops: bytes, n: int, hook: IrqHook | None) -> bool:
         """Check a batch, or find its shape checked already (the ports, widths and
@@ -479,6 +542,13 @@ class PortIo:
         except Exception as exc:
             raise CallError(Errno.ENOMEM, f"no {size}-byte guest buffer: {exc}") from exc
 
+
+MAX_FRAME_SLOTS = 1024
+FRAME_WAIT_US = 10_000  # a wait in a frame template: every frame of a ring may run it
+# What a frame template may hold: device accesses and waits for them, no DELAY,
+# IRQ or native loop (a frame's ops run in the stub's loop, before any slot).
+FRAME_CODES = frozenset({abi.OP_IN, abi.OP_OUT, abi.OP_OUTS, abi.OP_WAIT, abi.OP_MMIO_RD,
+                         abi.OP_MMIO_WR, abi.OP_MMIO_WAIT})  # fmt: skip
 
 # The operands of each op kind that _check_vdevio_ops reads, as struct formats over
 # the op's 16 bytes: with the op heads (code, width, port) they are a batch's shape.

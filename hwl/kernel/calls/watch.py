@@ -62,11 +62,12 @@ class Watches:
 
     def arm(
         self, proc: Proc, buffer: int, buf: DmaBuffer, word: int, sleep: int, flags: int,
-        op: bytes,
+        op: bytes, frames: bytes | None = None,
     ) -> int:  # fmt: skip
         """Arm the watch of the word at ``word`` in ``buf`` (again, with another op
-        or flags, if it is armed); the offsets and the op are checked by the
-        caller. Returns the entry's index."""
+        or flags, if it is armed); the offsets, the op and a frame template
+        (``frames``, struct hwl_frames) are checked by the caller. Returns the
+        entry's index."""
         link = require_link(self.machine)
         phys = buf.phys + word
         index = self._index_of(phys)
@@ -81,6 +82,8 @@ class Watches:
         watch = Watch(proc, buffer, buf, word, sleep)
         watch.show(abi.WATCH_ASLEEP)  # until the stub takes the watch up
         (base,) = _WORD.unpack_from(buf.view, word)
+        if frames is not None:
+            link.frames_set(index, frames)
         link.watch_set(index, self._gen, phys, buf.phys + sleep, flags, base, op)
         self.table[index] = watch
         return index
