@@ -161,9 +161,7 @@ class KernelCalls:
             payload += b"".join(batch.packed())
         self.kcall_binary(wire.VDEVIO, vdevio_proto.WATCH, payload, "vdevio")
 
-    def vdevio_frames(
-        self, buffer: int, word: int, template: FrameTemplate, batch: Batch
-    ) -> None:
+    def vdevio_frames(self, buffer: int, word: int, template: FrameTemplate, batch: Batch) -> None:
         """Arm a frame template (hwl.proto.vdevio.WATCH_FRAMES) on the u32 at
         ``word`` of DMA buffer ``buffer`` (its sleep word follows it): for each
         frame that count adds, the stub runs ``batch`` (up to FRAME_OPS ops,
