@@ -9,6 +9,13 @@ driver's in guest RAM (mapped into the driver, so filling it costs no kernel
 call). Card memory: one transmit buffer at page 0x40, the receive ring at pages
 0x46..0xC0 (the whole rest, as QEMU's card holds 48 KiB).
 
+- A SEND makes no kernel call: the frames go into free slots of a staging ring
+  (``FRAME_SLOTS``), their lengths into a table beside it, and their count into a
+  watched word; the stub runs a *frame template* (hwl.proto.vdevio.WATCH_FRAMES,
+  the ops below, checked by the kernel once at start) for each, patched with the
+  frame's length and slot, and counts the frames it sent and refused in the
+  buffer (refused ones are ``oerror``). A full ring: a plain call, which runs
+  after the stub has sent every staged frame. Where no template can be armed:
 - A SEND of up to ``TX_PER_CALL`` frames is one *posted* kernel call (the
   driver answers while the stub works): TPSR, then per frame the remote write of
   its bytes, the wait for remote-DMA completion, TBCR and CR.TXP, the wait for
