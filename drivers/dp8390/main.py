@@ -95,7 +95,7 @@ TX_PER_CALL = 63  # frames per posted call: 1 + 12 ops each, three slots (vdevio
 # buffer: FRAME_SLOTS slots of TX_SLOT bytes (where the posted path's two halves
 # are), a u16 length per slot, the stub's two counts (done, refused), then the
 # count of frames staged (the watched word) and its sleep word.
-FRAME_SLOTS = 2 * TX_PER_CALL
+FRAME_SLOTS = 256
 TABLE_AT = FRAME_SLOTS * TX_SLOT
 COUNTS_AT = TABLE_AT + 2 * FRAME_SLOTS
 STAGED_AT = COUNTS_AT + 8
@@ -200,8 +200,9 @@ class Dp8390(nic.NicDriverBase):
         return b
 
     def init_reply(self) -> ndev.InitReply:
+        most = ndev.MAX_FRAMES if self.framed else TX_PER_CALL
         return ndev.InitReply(hwaddr=self.mac, name=f"dp8390#{self.instance}", link=True,
-                              max_send=TX_PER_CALL)  # fmt: skip
+                              max_send=most)  # fmt: skip
 
     def take_saved(self, state: dict[str, codec.Value]) -> None:
         self.io = int(state["io"])  # type: ignore[arg-type]
