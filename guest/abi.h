@@ -135,9 +135,8 @@ struct hwl_slot {              /* 4096 bytes */
 #define HWL_PATCH_LEN_HI 2u     /* an OUT's a := length >> 8 */
 #define HWL_PATCH_LEN4_LO 3u    /* an OUT's a := length rounded up to 4, & 0xff */
 #define HWL_PATCH_LEN4_HI 4u    /* an OUT's a := that rounded length >> 8 */
-#define HWL_PATCH_UNITS 5u      /* an OUTS's a := the rounded length / width */
-#define HWL_PATCH_SLOT 6u       /* an OUTS moves the frame: a := the rounded length /
-                                   width, b := base + slot * stride */
+#define HWL_PATCH_SLOT 5u       /* an OUTS moves the frame: a := the rounded length /
+                                   width, b := base + slot * stride (every OUTS) */
 struct hwl_frames {            /* 304 bytes, host-written */
     u32 table;                 /*  0 guest phys of u16 length[slots] */
     u32 slots;                 /*  4 staging slots; frame n uses slot n % slots */

@@ -262,7 +262,6 @@ static void patch_op(struct hwl_op *op, u32 patch, u32 len, u32 addr)
     case HWL_PATCH_LEN_HI: op->a = len >> 8; break;
     case HWL_PATCH_LEN4_LO: op->a = len4 & 0xff; break;
     case HWL_PATCH_LEN4_HI: op->a = len4 >> 8; break;
-    case HWL_PATCH_UNITS: op->a = op->width ? len4 / op->width : 0; break;
     case HWL_PATCH_SLOT:
         op->a = op->width ? len4 / op->width : 0;
         op->b = addr;

@@ -339,6 +339,10 @@ def test_a_frame_template_is_checked_before_it_is_armed(
     refused(Errno.EINVAL, template(table=4095))  # the table past the end, unaligned
     refused(Errno.EINVAL, template(counts=4094))
     refused(Errno.EINVAL, template(patches=(9,)))  # no such patch
+    refused(Errno.EINVAL, template(patches=(abi.PATCH_SLOT,)))  # SLOT on a write
+    outs = Batch()
+    outs.outs_phys(0x80, 1, 4, 0)
+    refused(Errno.EINVAL, template(), outs)  # an OUTS that does not move its frame
     delay = Batch()
     delay.delay(1)
     refused(Errno.EINVAL, template(), delay)  # no DELAY, IRQ or native op in a frame

@@ -109,7 +109,7 @@ FRAMES_SIZE: Final = 304
 FRAME_OPS: Final = 16
 FRAMES_HEAD: Final = struct.Struct("<IIIIIIII16s")  # table..reserved, patch[16]
 PATCH_NONE, PATCH_LEN_LO, PATCH_LEN_HI, PATCH_LEN4_LO, PATCH_LEN4_HI = 0, 1, 2, 3, 4
-PATCH_UNITS, PATCH_SLOT = 5, 6
+PATCH_SLOT: Final = 5
 
 # struct hwl_native
 NATIVE: Final = struct.Struct("<HHHBBIIIIIIIIIIQ")

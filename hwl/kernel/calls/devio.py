@@ -189,6 +189,8 @@ class PortIo:
             frames = self._frames(proc, buf, op)
             self.watches.arm(proc, buffer, buf, word, sleep, flags, bytes(abi.OP_SIZE), frames)
             return b""
+        if len(op) != abi.OP_SIZE:
+            fail(Errno.EINVAL, f"vdevio watch: {len(op)} bytes are not one op")
         if op_code(op, 0) not in (abi.OP_OUT, abi.OP_MMIO_WR):
             fail(Errno.EINVAL, f"vdevio watch: op {op_code(op, 0)} is not an OUT or MMIO_WR")
         self._checked(proc, op, 1, None)
@@ -200,7 +202,8 @@ class PortIo:
         as the stub's struct hwl_frames. Each op is checked as a vdevio op with its
         patches at their worst (a whole slot's length, slot 0's address; every
         slot lies inside the buffer, so every frame's is as safe); patches go only
-        into the values of OUTs and the count and address of OUTS."""
+        into the values of OUTs and the count and address of OUTS, and every OUTS
+        takes its frame's slot."""
         fh = vdevio_proto.FRAMES_HEAD
         if len(rest) < fh.size + abi.OP_SIZE:
             fail(Errno.EINVAL, f"vdevio frames: {len(rest)} bytes are not a {fh.size}-byte "
@@ -222,9 +225,8 @@ class PortIo:
                                    f"not inside the {buf.size}-byte buffer, "
                                    f"{align}-aligned")  # fmt: skip
         for i in range(n):
-            code, width = ops[i * abi.OP_SIZE], ops[i * abi.OP_SIZE + 1]
+            code, width, port, _a, _b, timeout = abi.OP.unpack_from(ops, i * abi.OP_SIZE)
             patch = patches[i]
-            _c, _w, port, _a, _b, timeout = abi.OP.unpack_from(ops, i * abi.OP_SIZE)
             if (code == abi.OP_WAIT and timeout > FRAME_WAIT_US) or (
                 code == abi.OP_MMIO_WAIT and port * abi.MMIO_WAIT_UNIT_US > FRAME_WAIT_US
             ):
@@ -233,16 +235,18 @@ class PortIo:
             if code not in FRAME_CODES:
                 fail(Errno.EINVAL, f"vdevio frames: op {i} (code {code}) may not be in a "
                                    "frame template")  # fmt: skip
-            if patch == abi.PATCH_NONE:
-                continue
-            wanted = abi.OP_OUTS if patch in (abi.PATCH_UNITS, abi.PATCH_SLOT) else abi.OP_OUT
-            if patch > abi.PATCH_SLOT or code != wanted:
-                fail(Errno.EINVAL, f"vdevio frames: patch {patch} on op {i} (code {code})")
-            at = i * abi.OP_SIZE
-            if patch in (abi.PATCH_UNITS, abi.PATCH_SLOT) and width:  # the most a slot holds
-                struct.pack_into("<I", ops, at + 4, stride // width)
-            if patch == abi.PATCH_SLOT:
-                struct.pack_into("<I", ops, at + 8, buf.phys + base)
+            # an OUTS moves a frame from its slot, never from memory the watch
+            # does not hold (another buffer may be freed while it runs)
+            wanted = abi.OP_OUTS if patch == abi.PATCH_SLOT else abi.OP_OUT
+            if (code == abi.OP_OUTS) != (patch == abi.PATCH_SLOT) or (
+                patch != abi.PATCH_NONE and (patch > abi.PATCH_SLOT or code != wanted)
+            ):
+                fail(Errno.EINVAL, f"vdevio frames: patch {patch} on op {i} (code {code}); "
+                                   "an OUTS takes SLOT")  # fmt: skip
+            if patch == abi.PATCH_SLOT:  # its worst: a whole slot, slot 0
+                struct.pack_into(
+                    "<II", ops, i * abi.OP_SIZE + 4, stride // (width or 1), buf.phys + base
+                )
         if any(patches[n:]):
             fail(Errno.EINVAL, "vdevio frames: patches past the template's ops")
         self._checked(proc, bytes(ops), n, None)
