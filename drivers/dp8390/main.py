@@ -39,9 +39,11 @@ call). Card memory: one transmit buffer at page 0x40, the receive ring at pages
   so the address cannot be changed. Multicast modes accept every multicast frame
   (MAR all ones); the client filters. There is no link state: always up.
 
-A restart is a fresh start (reset, re-initialisation). Live update: the new
-version takes the old one's staging buffer, IRQ hook and card from the saved
-state and touches no hardware in its init.
+A restart is a fresh start (reset, re-initialisation, a new frame template).
+Live update: the new version takes the old one's staging buffer, IRQ hook and
+card from the saved state, goes on with its frame template (the endpoint's, as
+its DMA buffers are) from the saved count of frames staged, and touches no
+hardware in its init.
 """
 
 from __future__ import annotations
