@@ -311,9 +311,7 @@ class Dp8390(nic.NicDriverBase):
         view = self.tx_view()
         free = self._frames_free(view)
         if not free:  # a call runs after the stub has sent every frame staged
-            b = Batch()
-            b.inb(self.io + ISR)
-            self._vdevio(b)
+            self._vdevio(self._isr_read())
             free = self._frames_free(view)
             if not free:
                 return 0
@@ -330,14 +328,19 @@ class Dp8390(nic.NicDriverBase):
         sleep = self._bell.ring(self.staged)
         assert self.conn is not None
         if sleep == abi.WATCH_ASLEEP:  # wake the stub: it runs the frames before the slot
-            b = Batch()
-            b.inb(self.io + ISR)
-            self.conn.vdevio_posted(b)
+            self.conn.vdevio_posted(self._isr_read())
         elif sleep == abi.WATCH_ENDED:  # after the stub's last frame: these go the other way
             log.warning("the frame template ended: each SEND is a posted call")
             self.framed = False
             return self._send_posted(frames[:n])
         return n
+
+    def _isr_read(self) -> Batch:
+        """A read of ISR, no side effect: a call for its order alone (it runs after
+        the stub's staged frames and every posted call) or to wake the stub."""
+        b = Batch()
+        b.inb(self.io + ISR)
+        return b
 
     def _frames_free(self, view: memoryview) -> int:
         """Slots free for new frames; a frame the stub refused counts as ``oerror``."""
@@ -357,9 +360,7 @@ class Dp8390(nic.NicDriverBase):
         frames = frames[:per_half]
         half = self.half
         if self.half_read_by[half] < 0 or self.half_read_by[half] > self.finished:
-            b = Batch()  # runs after every posted call: the half is free after it
-            b.inb(self.io + ISR)
-            self._vdevio(b)
+            self._vdevio(self._isr_read())  # runs after every posted call: the half is free
             self.finished = self.posted
         if self.tx_ops is None:
             self.tx_ops = self._tx_template()
