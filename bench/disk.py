@@ -57,15 +57,19 @@ figures:
 - The old path, A/B (issue 17): first, on a machine of its own, the path as it
   was before call channels, placement and at_wini's short path: every message
   on the kernel path (``HWL_CHANNELS=0`` for the kernel, its processes and this
-  client), no placement, at_wini with ``OLD_AT_WINI``. Its figures are
-  ``old_dma_read_mb_s``, ``old_dma_write_mb_s``, ``old_randread_iops`` and
+  client), no placement, at_wini with ``OLD_AT_WINI``, and this client's
+  requests into and from plain memory (a copy in the client beside the
+  kernel's). Today's path reads into and writes from an arena buffer
+  (:meth:`hwl.system.vfs.Vfs.buffer`: the kernel's copy is the only one). The
+  old path's figures are ``old_dma_read_mb_s``, ``old_dma_write_mb_s``, ``old_randread_iops`` and
   ``old_path_floor_us``; then the figures above describe today's path and
   ``randread_speedup`` (IOPS after / before), ``dma_read_speedup``,
   ``dma_write_speedup`` (MB/s after / before) and ``path_floor_speedup``
   (floor before / after) compare the two (targets 2.5, 2.0, -, 2.5).
 
-Every path read is checked against hd0.img (outside the timed parts, except in
-the kills phases); wrong bytes raise :class:`WrongData` and the benchmark fails.
+Each path request is timed on its own, and every path read is checked against
+hd0.img (outside the timed parts, except in the kills phases); wrong bytes raise
+:class:`WrongData` and the benchmark fails.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ from hwl import Machine
 from hwl.benchmarks import Targets, median_of, native_seconds, report
 from hwl.errors import HwlError
 from hwl.hw import ata
+from hwl.ipc.arena import Buffer
 from hwl.ipc.wire import ENV_CHANNELS
 from hwl.link import abi
 from hwl.link.link import Link
@@ -268,47 +273,82 @@ class Image:
 
 
 # ------------------------------------------------------------------ path
-def seq_read_mb_s(vfs: Vfs, fd: int, image: Image, mib: int) -> float:
+@contextlib.contextmanager
+def arena_buffer(vfs: Vfs, size: int, direct: bool) -> Iterator[Buffer | None]:
+    """With ``direct``, an arena buffer of ``size`` bytes that the path's requests
+    use (one copy between at_wini's DMA buffer and it); else None: requests into
+    and from plain memory (the client's copy as well, as before issue 17)."""
+    if not direct:
+        yield None
+        return
+    buf = vfs.buffer(size)
+    try:
+        yield buf
+    finally:
+        vfs.free_buffer(buf)
+
+
+def seq_read_mb_s(vfs: Vfs, fd: int, image: Image, mib: int, direct: bool) -> float:
+    """1 MiB READs, each timed on its own; with ``direct`` into an arena buffer, each
+    MiB copied out after its clock stopped."""
     out = bytearray(mib * MIB)
     view = memoryview(out)
     vfs.lseek(fd, READ_BASE)
-    start = time.perf_counter()
-    for i in range(mib):
-        n = vfs.read_into(fd, view[i * MIB : (i + 1) * MIB])
-        if n != MIB:
-            raise WrongData(f"read {i}: {n} bytes, not {MIB}")
-    seconds = time.perf_counter() - start
+    seconds = 0.0
+    with arena_buffer(vfs, MIB, direct) as buf:
+        for i in range(mib):
+            part = view[i * MIB : (i + 1) * MIB]
+            start = time.perf_counter()
+            n = vfs.read_into(fd, part if buf is None else buf)
+            seconds += time.perf_counter() - start
+            if n != MIB:
+                raise WrongData(f"read {i}: {n} bytes, not {MIB}")
+            if buf is not None:
+                part[:] = buf.view
     image.check(READ_BASE, out, "sequential read")
     return mib * MIB / seconds / 1e6
 
 
-def seq_write_mb_s(vfs: Vfs, fd: int, image: Image, mib: int) -> float:
+def seq_write_mb_s(vfs: Vfs, fd: int, image: Image, mib: int, direct: bool) -> float:
+    """1 MiB WRITEs, each timed on its own; with ``direct`` from an arena buffer
+    filled before its clock starts."""
     data = os.urandom(mib * MIB)
     view = memoryview(data)
     vfs.lseek(fd, WRITE_BASE)
-    start = time.perf_counter()
-    for i in range(mib):
-        n = vfs.write_from(fd, view[i * MIB : (i + 1) * MIB])
-        if n != MIB:
-            raise WrongData(f"write {i}: {n} bytes, not {MIB}")
-    seconds = time.perf_counter() - start
+    seconds = 0.0
+    with arena_buffer(vfs, MIB, direct) as buf:
+        for i in range(mib):
+            part = view[i * MIB : (i + 1) * MIB]
+            if buf is not None:
+                buf.view[:] = part
+            start = time.perf_counter()
+            n = vfs.write_from(fd, part if buf is None else buf)
+            seconds += time.perf_counter() - start
+            if n != MIB:
+                raise WrongData(f"write {i}: {n} bytes, not {MIB}")
     vfs.ioctl(fd, "flush")
     image.check(WRITE_BASE, data, "sequential write (read back from hd0.img)")
     return mib * MIB / seconds / 1e6
 
 
-def rand_read_us(vfs: Vfs, fd: int, image: Image, rng: random.Random) -> float:
+def rand_read_us(vfs: Vfs, fd: int, image: Image, rng: random.Random, direct: bool) -> float:
     """Mean latency of a 4 KiB random read (a READ with its position: pread) at
-    queue depth 1."""
+    queue depth 1, each timed on its own."""
     offsets = [READ_BASE + BLOCK * rng.randrange(READ_SPAN // BLOCK) for _ in range(PATH_RANDS)]
     out = bytearray(PATH_RANDS * BLOCK)
     view = memoryview(out)
     read_into = vfs.read_into
-    start = time.perf_counter()
-    for i, offset in enumerate(offsets):
-        if read_into(fd, view[i * BLOCK : (i + 1) * BLOCK], offset) != BLOCK:
-            raise WrongData(f"random read at {offset}: short")
-    seconds = time.perf_counter() - start
+    seconds = 0.0
+    with arena_buffer(vfs, BLOCK, direct) as buf:
+        for i, offset in enumerate(offsets):
+            part = view[i * BLOCK : (i + 1) * BLOCK]
+            start = time.perf_counter()
+            n = read_into(fd, part if buf is None else buf, offset)
+            seconds += time.perf_counter() - start
+            if n != BLOCK:
+                raise WrongData(f"random read at {offset}: short")
+            if buf is not None:
+                part[:] = buf.view
     for i, offset in enumerate(offsets):
         image.check(offset, out[i * BLOCK : (i + 1) * BLOCK], "random read")
     return seconds / PATH_RANDS * 1e6
@@ -408,7 +448,7 @@ def floor_us(vfs: Vfs, fd: int) -> float:
 
 
 def dma_figures(vfs: Vfs, image: Image, runs: int, native: Native) -> dict[str, float]:
-    path = path_figures(vfs, image, runs)
+    path = path_figures(vfs, image, runs, direct=True)
     read, write, floor = path["dma_read_mb_s"], path["dma_write_mb_s"], path["path_floor_us"]
     rand_us = 1e6 / path["randread_iops"]
     native_mib_us = MIB / native.dma_read  # MB/s is bytes per µs
@@ -461,8 +501,8 @@ def kills_figures(
 
 def pio_figures(vfs: Vfs, image: Image, runs: int, native: Native) -> dict[str, float]:
     with opened(vfs, vp.O_RDWR) as fd:
-        read = median_of(runs, lambda: seq_read_mb_s(vfs, fd, image, PIO_MIB))
-        write = median_of(runs, lambda: seq_write_mb_s(vfs, fd, image, PIO_MIB))
+        read = median_of(runs, lambda: seq_read_mb_s(vfs, fd, image, PIO_MIB, direct=True))
+        write = median_of(runs, lambda: seq_write_mb_s(vfs, fd, image, PIO_MIB, direct=True))
     return {
         "native_pio_mb_s": native.pio16,
         "pio_read_mb_s": read,
@@ -472,13 +512,14 @@ def pio_figures(vfs: Vfs, image: Image, runs: int, native: Native) -> dict[str, 
     }
 
 
-def path_figures(vfs: Vfs, image: Image, runs: int) -> dict[str, float]:
-    """The path's own figures, without the native ratios (the old path's A side)."""
+def path_figures(vfs: Vfs, image: Image, runs: int, direct: bool) -> dict[str, float]:
+    """The path's own figures, without the native ratios (the old path's A side
+    with ``direct`` False)."""
     with opened(vfs, vp.O_RDWR) as fd:
-        read = median_of(runs, lambda: seq_read_mb_s(vfs, fd, image, SEQ_MIB))
-        write = median_of(runs, lambda: seq_write_mb_s(vfs, fd, image, SEQ_MIB))
+        read = median_of(runs, lambda: seq_read_mb_s(vfs, fd, image, SEQ_MIB, direct))
+        write = median_of(runs, lambda: seq_write_mb_s(vfs, fd, image, SEQ_MIB, direct))
         rng = random.Random(1)
-        rand_us = median_of(runs, lambda: rand_read_us(vfs, fd, image, rng))
+        rand_us = median_of(runs, lambda: rand_read_us(vfs, fd, image, rng, direct))
         floor = median_of(runs, lambda: floor_us(vfs, fd))
     return {"dma_read_mb_s": read, "dma_write_mb_s": write, "randread_iops": 1e6 / rand_us,
             "path_floor_us": floor}  # fmt: skip
@@ -493,7 +534,7 @@ def old_path(profile: str, accel: str, runs: int) -> dict[str, float]:
     ):
         image = Image(machine.disks["hd0"])
         image.load()
-        return path_figures(vfs, image, runs)
+        return path_figures(vfs, image, runs, direct=False)
 
 
 def speedups(old: dict[str, float], new: dict[str, float]) -> dict[str, float]:

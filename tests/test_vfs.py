@@ -23,6 +23,7 @@ from blockpath import Setup, at_wini_up, block_path
 
 import hwl.config
 from hwl.ipc import codec
+from hwl.ipc.arena import Buffer
 from hwl.kernel.errno import Errno
 from hwl.pytest_plugin import MachineFactory
 from hwl.system import vfs as vp
@@ -174,6 +175,41 @@ def test_pread_and_pwrite_leave_the_fd_position_alone(setup: Setup) -> None:
     finally:
         vfs.close_fd(fd)
     assert setup.image_bytes((60 << 20) + 3, len(pattern)) == pattern  # close flushed
+
+
+def test_arena_buffers_move_the_data_without_a_bounce_buffer(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads into and writes from an arena buffer (Vfs.buffer) take no bounce
+    buffer in the client: the kernel's copy is the data's only one."""
+    vfs = setup.vfs
+    arena = vfs.conn.arena
+    buf = vfs.buffer(1 << 20)
+    allocs: list[int] = []
+    real_alloc = arena.alloc
+
+    def counting_alloc(size: int, align: int = 64) -> Buffer:
+        allocs.append(size)
+        return real_alloc(size, align)
+
+    monkeypatch.setattr(arena, "alloc", counting_alloc)
+    pattern = os.urandom(1 << 20)
+    fd = vfs.open_fd("/dev/c0d0", vp.O_RDWR)
+    try:
+        assert vfs.read_into(fd, buf, 20 << 20) == 1 << 20
+        assert buf.read() == setup.image_bytes(20 << 20, 1 << 20)
+        buf.write(pattern)
+        assert vfs.write_from(fd, buf, 61 << 20) == 1 << 20
+        buf.write(bytes(1 << 20))
+        assert vfs.read_into(fd, buf, 61 << 20) == 1 << 20
+        assert buf.read() == pattern
+        assert allocs == []
+        assert vfs.read_into(fd, memoryview(bytearray(512)), 0) == 512
+        assert allocs == [512]  # plain memory takes a bounce buffer: the spy sees it
+    finally:
+        vfs.close_fd(fd)
+        vfs.free_buffer(buf)
+    assert setup.image_bytes(61 << 20, 1 << 20) == pattern  # close flushed
 
 
 def test_a_kill_during_preads_is_only_a_delay(setup: Setup) -> None:

@@ -150,33 +150,48 @@ class Vfs(Attachable):
     def ioctl(self, fd: int, request: str) -> dict[str, codec.Value]:
         return dict(self.call(VFS_IOCTL, {"fd": fd, "request": request}).fields)
 
-    def read_into(self, fd: int, buf: memoryview, position: int | None = None) -> int:
-        """One READ into ``buf`` (at most VFS_MAX_IO bytes); the count copied.
+    def buffer(self, size: int) -> Buffer:
+        """``size`` bytes of this process's arena. Reads into it and writes from it
+        (:meth:`read_into`, :meth:`write_from`) move the data with one copy, the
+        kernel's between the driver's DMA buffer and this memory, where a
+        ``memoryview`` costs a second one here. Give it back with :meth:`free_buffer`."""
+        return self.conn.arena.alloc(size)
+
+    def free_buffer(self, buf: Buffer) -> None:
+        self.conn.arena.free(buf)
+
+    def read_into(self, fd: int, buf: memoryview | Buffer, position: int | None = None) -> int:
+        """One READ into ``buf`` (at most VFS_MAX_IO bytes); the count read.
         With ``position``, a pread: read there and leave the fd's position alone."""
-        count = min(len(buf), VFS_MAX_IO)
+        count = min(buf.size if isinstance(buf, Buffer) else len(buf), VFS_MAX_IO)
         if count == 0:
             return 0
-        with self._granted(count, vfs_writes=True) as (local, gid):
+        with self._granted(buf, count, vfs_writes=True) as (local, gid):
             n = self._io(VFS_READ, fd, count, gid, position)
-            buf[:n] = local.view[:n]
+            if not isinstance(buf, Buffer):
+                buf[:n] = local.view[:n]
             return n
 
-    def write_from(self, fd: int, data: memoryview, position: int | None = None) -> int:
+    def write_from(self, fd: int, data: memoryview | Buffer, position: int | None = None) -> int:
         """One WRITE of ``data`` (at most VFS_MAX_IO bytes); the count written.
         With ``position``, a pwrite: write there and leave the fd's position alone."""
-        count = min(len(data), VFS_MAX_IO)
+        count = min(data.size if isinstance(data, Buffer) else len(data), VFS_MAX_IO)
         if count == 0:
             return 0
-        with self._granted(count, vfs_writes=False) as (local, gid):
-            local.view[:count] = data[:count]
+        with self._granted(data, count, vfs_writes=False) as (local, gid):
+            if not isinstance(data, Buffer):
+                local.view[:count] = data[:count]
             return self._io(VFS_WRITE, fd, count, gid, position)
 
     @contextlib.contextmanager
-    def _granted(self, count: int, *, vfs_writes: bool) -> Iterator[tuple[Buffer, int]]:
-        """``count`` bytes of this process's arena and a grant of them to VFS, for
-        one request (revoked and freed after it)."""
+    def _granted(
+        self, mine: memoryview | Buffer, count: int, *, vfs_writes: bool
+    ) -> Iterator[tuple[Buffer, int]]:
+        """A grant to VFS of ``count`` bytes: of ``mine`` if it is an arena buffer,
+        else of a bounce buffer in the arena (freed after the request); revoked
+        after the request."""
         arena = self.conn.arena
-        local = arena.alloc(count)
+        local = mine if isinstance(mine, Buffer) else arena.alloc(count)
         try:
             gid = arena.grant(self.endpoint, local.offset, count,
                               read=not vfs_writes, write=vfs_writes)  # fmt: skip
@@ -185,7 +200,8 @@ class Vfs(Attachable):
             finally:
                 arena.revoke(gid)
         finally:
-            arena.free(local)
+            if local is not mine:
+                arena.free(local)
 
     def _io(self, m_type: int, fd: int, count: int, gid: int, position: int | None) -> int:
         fields: dict[str, codec.Value] = {"fd": fd, "count": count, "grant": gid}
