@@ -69,6 +69,7 @@ class Kernel:
             self.channels, self,
         )  # fmt: skip
         self._epoll = select.epoll()
+        self.calls.stub.others_wait = lambda: bool(self._epoll.poll(0))
         self._callbacks: dict[int, Callable[[], None]] = {}
         self.alarms: dict[Proc, float] = {}
         self.stopping = False

@@ -1,9 +1,12 @@
 """Calls that wait for the stub: submitted, spun on briefly, else finished from the loop.
 
 A call that hands the stub a batch (``vdevio``, ``sdevio``) waits up to SPIN for
-it; then the caller is left in KCALL and the kernel's loop, which polls
+it, and on, up to SPIN_IDLE, while no other process wants the kernel (looked at
+every SPIN); then the caller is left in KCALL and the kernel's loop, which polls
 :attr:`Stub.pending` while it is not empty, answers it when the stub is done, so the
-kernel keeps serving everyone else while a device works.
+kernel keeps serving everyone else while a device works. A call that goes to the
+loop waits for the stub's doorbell, which costs a 4 KiB disk read several hundred
+µs more than the spin (docs/performance.md).
 
 A posted batch (a posted vdevio) is answered once queued; the kernel collects
 it when the stub has run it, at its next call to the stub or within the loop's
@@ -29,7 +32,8 @@ from hwl.link.link import Link, Ticket
 
 log = logging.getLogger(__name__)
 
-SPIN = 100e-6  # how long a call waits for the stub before the loop takes over
+SPIN = 100e-6  # how long a call waits for the stub before the loop takes over,
+SPIN_IDLE = 1e-3  # or this long while nothing else waits for the kernel
 ROOM_WAIT = 10.0  # seconds a call waits for a free slot (the stub's longest batch: 2 s waits)
 
 
@@ -67,6 +71,9 @@ class Stub:
     def __init__(self, machine: HasLink, answerer: Answerer) -> None:
         self.machine = machine
         self.answerer = answerer
+        # Whether anything else waits for the kernel (its loop sets this: a
+        # zero-timeout poll of its fds); until then no spin goes past SPIN.
+        self.others_wait: Callable[[], bool] = lambda: True
         self.pending: list[Pending] = []
         self.posted: deque[Posted] = deque()
 
@@ -81,14 +88,20 @@ class Stub:
         nops: int,
         finish: Callable[[int, int, bytes], AnswerT],
     ) -> AnswerT | None:
-        """Hand the stub a batch (``ticket_of``) and, if it is done within SPIN,
-        return ``finish``'s answer; else None: the loop answers later."""
+        """Hand the stub a batch (``ticket_of``) and, if it is done within SPIN
+        (or SPIN_IDLE while nobody else waits), return ``finish``'s answer; else
+        None: the loop answers later."""
         link = self.link()
         self.make_room()
         ticket = ticket_of(link)
-        end = time.perf_counter() + SPIN
+        start = time.perf_counter()
+        end, last = start + SPIN, start + SPIN_IDLE
         while not link.done(ticket):
-            if time.perf_counter() > end:
+            now = time.perf_counter()
+            if now > end:
+                if now < last and not self.others_wait():
+                    end = now + SPIN
+                    continue
                 proc.state = State.KCALL
                 self.pending.append(Pending(proc, ticket, nops, self._wrap(proc, number, finish)))
                 return None
