@@ -5,8 +5,8 @@ it, and on, up to SPIN_IDLE, while no other process wants the kernel (looked at
 every SPIN); then the caller is left in KCALL and the kernel's loop, which polls
 :attr:`Stub.pending` while it is not empty, answers it when the stub is done, so the
 kernel keeps serving everyone else while a device works. A call that goes to the
-loop waits for the stub's doorbell, which costs a 4 KiB disk read several hundred
-µs more than the spin (docs/performance.md).
+loop waits for the stub's doorbell, a slower answer than the spin's
+(docs/performance.md: a 4 KiB disk read's p90).
 
 A posted batch (a posted vdevio) is answered once queued; the kernel collects
 it when the stub has run it, at its next call to the stub or within the loop's
