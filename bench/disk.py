@@ -47,6 +47,12 @@ figures:
   units by default) would otherwise dominate a kill a second from the second
   kill on, measuring the policy instead of the recovery.
 
+- randread_cpu_{kernel,vfs,at_wini,client}_us: each process's run time per 4 KiB
+  random read (/proc/PID/schedstat, CPU_RUNS x PATH_RANDS reads), where a read's
+  time goes; randread_cpu_share: their sum over the reads' wall time (near 1: the
+  read is CPU-bound on the core hwl's processes share; the kernel's figure holds
+  its spin while QEMU does the DMA).
+
 - path_floor_us: a request through client -> VFS -> at_wini and back that
   touches no hardware (the geometry ioctl), the IPC and the servers' own work
   every read pays. randread_floor_ratio and dma_read_floor_ratio are the best
@@ -115,6 +121,7 @@ SEQ_MIB = 16  # MiB per sequential DMA run
 PIO_MIB = 1  # MiB per PIO run
 NATIVE_RANDS = 2000
 PATH_RANDS = 300
+CPU_RUNS = 5  # runs of PATH_RANDS random reads for where_reads_go
 FLOOR_CALLS = 300
 SECONDS = 5.0  # each phase of the kills figure
 KILL_OFFSET = 0.5  # the first kill, seconds into the phase; then one a second
@@ -470,6 +477,35 @@ def dma_figures(vfs: Vfs, image: Image, runs: int, native: Native) -> dict[str, 
     }
 
 
+def cpu_us(pid: int) -> float:
+    """A process's run time so far, µs (/proc/PID/schedstat: its main thread on a
+    CPU, system calls included)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e3
+
+
+def where_reads_go(system: System, vfs: Vfs, image: Image) -> dict[str, float]:
+    """Where a 4 KiB random read's time goes: each process's run time per read on
+    today's path, and their sum's share of the reads' wall time (near 1: the path
+    is CPU-bound on the cores its processes share; the kernel's includes its spin
+    while QEMU does the DMA)."""
+    rows = {row.label: row.pid for row in system.rs.status()}
+    pids = {"kernel": system.kernel.pid, "vfs": rows["vfs"], "at_wini": rows["at_wini"],
+            "client": os.getpid()}  # fmt: skip
+    with opened(vfs, vp.O_RDONLY) as fd:
+        rng = random.Random(2)
+        before = {name: cpu_us(pid) for name, pid in pids.items()}
+        start = time.perf_counter()
+        for _ in range(CPU_RUNS):
+            rand_read_us(vfs, fd, image, rng, direct=True)
+        wall = (time.perf_counter() - start) * 1e6
+        after = {name: cpu_us(pid) for name, pid in pids.items()}
+    reads = CPU_RUNS * PATH_RANDS
+    figures = {f"randread_cpu_{name}_us": (after[name] - before[name]) / reads for name in pids}
+    figures["randread_cpu_share"] = sum(after[n] - before[n] for n in pids) / wall
+    return figures
+
+
 def kills_figures(
     vfs: Vfs, image: Image, runs: int, seconds: float, run_dir: Path
 ) -> dict[str, float]:
@@ -556,6 +592,7 @@ def run(machine: Machine, runs: int, seconds: float) -> dict[str, float]:
     image.load()
     with started(machine) as (system, vfs):
         dma = dma_figures(vfs, image, runs, native)
+        dma.update(where_reads_go(system, vfs, image))
         kills = kills_figures(vfs, image, runs, seconds, machine.run_dir)
         system.rs.down("at_wini")  # the same driver again, in PIO mode
         at_wini_up(system, "pio=1")

@@ -65,4 +65,4 @@ def report(
         if target:
             ok = value <= target[1] if target[0] == "<=" else value >= target[1]
             note = f"   target {target[0]} {target[1]}: {'met' if ok else 'MISSED'}"
-        print(f"  {key:20} {value:14.3f}{note}")
+        print(f"  {key:26} {value:14.3f}{note}")

@@ -100,3 +100,9 @@ def test_bench_disk_json_has_the_figures() -> None:
     ):
         assert isinstance(figures[key], float) and figures[key] > 0, key
     assert figures["kills"] >= 1
+    # Where a read's time goes: every process on the path runs for it, and no
+    # process's run time per read exceeds the read itself.
+    for name in ("kernel", "vfs", "at_wini", "client"):
+        cpu = figures[f"randread_cpu_{name}_us"]
+        assert 0 < cpu < figures["randread_us"], (name, cpu)
+    assert 0 < figures["randread_cpu_share"] <= 2.0  # two cores at most
