@@ -90,8 +90,12 @@ def test_the_kernel_counts_a_ready_fd_as_someone_waiting(tmp_path: Path) -> None
     """The kernel's check is a zero-timeout poll of every fd its loop watches."""
     kernel = Kernel(tmp_path, None)
     a, b = socket.socketpair()
-    with a, b:
+    try:
         kernel.watch(a.fileno(), lambda: None)
         assert not kernel.calls.stub.others_wait()
         b.send(b"x")
         assert kernel.calls.stub.others_wait()
+    finally:
+        kernel.shutdown()
+        a.close()
+        b.close()
