@@ -98,7 +98,7 @@ from pathlib import Path
 
 import hwl.config
 from hwl import Machine
-from hwl.benchmarks import Targets, median_of, native_seconds, report
+from hwl.benchmarks import Targets, median_of, native_seconds, report, run_time_us
 from hwl.errors import HwlError
 from hwl.hw import ata
 from hwl.ipc.arena import Buffer
@@ -477,13 +477,6 @@ def dma_figures(vfs: Vfs, image: Image, runs: int, native: Native) -> dict[str, 
     }
 
 
-def cpu_us(pid: int) -> float:
-    """A process's run time so far, µs (/proc/PID/schedstat: its main thread on a
-    CPU, system calls included)."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[0]) / 1e3
-
-
 def where_reads_go(system: System, vfs: Vfs, image: Image) -> dict[str, float]:
     """Where a 4 KiB random read's time goes: each process's run time per read on
     today's path, and their sum's share of the reads' wall time (near 1: the path
@@ -494,12 +487,12 @@ def where_reads_go(system: System, vfs: Vfs, image: Image) -> dict[str, float]:
             "client": os.getpid()}  # fmt: skip
     with opened(vfs, vp.O_RDONLY) as fd:
         rng = random.Random(2)
-        before = {name: cpu_us(pid) for name, pid in pids.items()}
+        before = {name: run_time_us(pid) for name, pid in pids.items()}
         start = time.perf_counter()
         for _ in range(CPU_RUNS):
             rand_read_us(vfs, fd, image, rng, direct=True)
         wall = (time.perf_counter() - start) * 1e6
-        after = {name: cpu_us(pid) for name, pid in pids.items()}
+        after = {name: run_time_us(pid) for name, pid in pids.items()}
     reads = CPU_RUNS * PATH_RANDS
     figures = {f"randread_cpu_{name}_us": (after[name] - before[name]) / reads for name in pids}
     figures["randread_cpu_share"] = sum(after[n] - before[n] for n in pids) / wall

@@ -29,6 +29,11 @@ at_wini, the re-read), p50 over :data:`CORRUPTIONS`; the bytes must be right.
 ``corruption_recovery_mirror_ms``: the same mirrored (served from at_wini1,
 at_wini refreshed and repaired before the answer).
 
+``baseline_read_cpu_{kernel,vfs,filter,at_wini,client}_us`` and
+``crc_read_cpu_..._us``: each process's run time per 1 MiB sequential read without
+the filter and through it (checksum ``crc``, no mirror): where the filter's cost
+goes (the filter's own figure is about 0 for the baseline).
+
 Targets: ``filter_crc_read_ratio`` >= 0.7, ``corruption_recovery_ms`` <= 100.
 Regions: the baseline reads raw [0, 8 MiB) and writes raw [24, 32 MiB); the
 filter reads logical [0, 8 MiB) and writes logical [8, 16 MiB) (raw < 18 MiB).
@@ -49,7 +54,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from hwl import Machine
-from hwl.benchmarks import Targets, report
+from hwl.benchmarks import Targets, report, run_time_us
 from hwl.drivers.at_wini import lie
 from hwl.drivers.filter.layout import Layout
 from hwl.errors import HwlError
@@ -66,6 +71,7 @@ SECTOR = 512
 SEQ_MIB = 8
 RANDS = 200
 CORRUPTIONS = 25
+CPU_READS = 80  # 1 MiB reads for read_cpu
 BASE_READ, BASE_WRITE = 0, 24 * MIB  # raw, /dev/c0d0
 FLT_READ, FLT_WRITE = 0, 8 * MIB  # logical, /dev/c1d0
 CONFIGS = {
@@ -180,6 +186,23 @@ def paired(base: Callable[[], T], filtered: Callable[[], T], flip: bool) -> tupl
     return b, filtered()
 
 
+def read_cpu(system: System, vfs: Vfs, path: str, base: int) -> dict[str, float]:
+    """Each process's run time per 1 MiB sequential read of ``path`` (hwl.benchmarks
+    .run_time_us; the bytes are checked by the other runs): where a read's time
+    goes, with the filter and without it."""
+    rows = {row.label: row.pid for row in system.rs.status()}
+    pids = {"kernel": system.kernel.pid, "vfs": rows["vfs"], "filter": rows["filter"],
+            "at_wini": rows["at_wini"], "client": os.getpid()}  # fmt: skip
+    buf = memoryview(bytearray(MIB))
+    with opened(vfs, path, vp.O_RDONLY) as fd:
+        before = {name: run_time_us(pid) for name, pid in pids.items()}
+        for i in range(CPU_READS):
+            if vfs.read_into(fd, buf, base + i % SEQ_MIB * MIB) != MIB:
+                raise WrongData(f"{path}: a short read")
+        after = {name: run_time_us(pid) for name, pid in pids.items()}
+    return {name: (after[name] - before[name]) / CPU_READS for name in pids}
+
+
 def filter_up(system: System, args: str) -> None:
     with contextlib.suppress(HwlError):
         system.rs.down("filter")
@@ -258,6 +281,10 @@ def run(machine: Machine, runs: int) -> dict[str, float]:
                 figures["corruption_recovery_ms"] = statistics.median(
                     corruption_ms(system, vfs, disk)
                 )
+                for what, path, base in (("baseline", "/dev/c0d0", BASE_READ),
+                                         ("crc", "/dev/c1d0", FLT_READ)):  # fmt: skip
+                    cpu = read_cpu(system, vfs, path, base)
+                    figures.update({f"{what}_read_cpu_{p}_us": us for p, us in cpu.items()})
             if name == "crc_mirror":
                 figures["corruption_recovery_mirror_ms"] = statistics.median(
                     corruption_ms(system, vfs, disk)

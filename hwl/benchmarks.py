@@ -41,6 +41,14 @@ def paired(
     )
 
 
+def run_time_us(pid: int) -> float:
+    """A process's run time so far, µs (/proc/PID/schedstat: its main thread on a
+    CPU, system calls included): what the benchmarks' "where the time goes"
+    figures count per request."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e3
+
+
 def native_seconds(link: Link, code: int, args: tuple[int, ...]) -> float:
     """Seconds of one of the stub's native loops; HwlError if the loop failed."""
     r = link.native(code, args)
@@ -59,10 +67,11 @@ def report(
         return
     runs = int(figures.get("runs", 0))
     print(f"hwl bench {name} ({accel or 'no machine'}, median of {runs} runs)")
+    width = max(map(len, figures), default=0)
     for key, value in figures.items():
         target = targets.get(key)
         note = ""
         if target:
             ok = value <= target[1] if target[0] == "<=" else value >= target[1]
             note = f"   target {target[0]} {target[1]}: {'met' if ok else 'MISSED'}"
-        print(f"  {key:26} {value:14.3f}{note}")
+        print(f"  {key:{width}} {value:14.3f}{note}")

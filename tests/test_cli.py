@@ -106,3 +106,16 @@ def test_bench_disk_json_has_the_figures() -> None:
         cpu = figures[f"randread_cpu_{name}_us"]
         assert 0 < cpu < figures["randread_us"], (name, cpu)
     assert 0 < figures["randread_cpu_share"] <= 2.0  # two cores at most
+
+
+@pytest.mark.qemu
+def test_bench_filter_json_has_the_figures() -> None:
+    """Not a timed test: the filter benchmark runs, reports its ratios and where a
+    read's time goes, and the filter runs only for the reads that go through it."""
+    figures = bench_json("filter")
+    for key in ("filter_crc_read_ratio", "filter_crc_mirror_read_ratio", "corruption_recovery_ms"):
+        assert isinstance(figures[key], float) and figures[key] > 0, key
+    for name in ("kernel", "vfs", "at_wini", "client"):
+        assert figures[f"baseline_read_cpu_{name}_us"] > 0, name
+        assert figures[f"crc_read_cpu_{name}_us"] > 0, name
+    assert figures["crc_read_cpu_filter_us"] > 10 * figures["baseline_read_cpu_filter_us"]
