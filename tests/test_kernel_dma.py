@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 from agents import MakeProc
 from rs_fixtures import wait_for
 
-from hwl import Batch, Machine, ipc
+from hwl import Batch, Machine, ipc, sectors
 from hwl.ipc import codec
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
@@ -260,3 +260,57 @@ def test_buffers_are_whole_pages_so_a_mapping_holds_no_other_buffer(process: Mak
     view[:] = b"\xff" * len(view)  # all of what the mapping reaches
     assert theirs.dma_read(b, 0, 6) == b"theirs"
     view.release()
+
+
+# --- sums grants: the filter's checked path from a driver's DMA buffer -------------
+SECTOR = sectors.SECTOR
+
+
+def test_a_sums_grant_takes_only_checked_groups(process: MakeProc) -> None:
+    """A driver's DMA copy through a sums grant (hwl.ipc.arena) puts the groups'
+    data sectors, collapsed, in the client's memory, each checked against its sum;
+    a bad one is EBADMSG naming its sector; groups cut short or off their
+    boundary, a read, and any other write through the grant are refused (EPERM);
+    the kernel serves on."""
+    driver = process("sums_driver", DMA)
+    other = process("sums_other", DMA)
+    flt = process("sums_filter", "")
+    client = process("sums_client", "")
+    first, count, sum_sec = 16, 20, 8  # from a group's start into the third group
+    span = sectors.span_bytes(first, count, sum_sec)
+    data = os.urandom(count * SECTOR)
+    layout = bytearray(span)
+    sectors.expand(layout, first, count, sum_sec, data)
+    sectors.crc_fill(layout, first, count, sum_sec)
+    buf = driver.dma_alloc(span)
+    for at in range(0, span, 4096):
+        driver.dma_write(buf, at, bytes(layout[at : at + 4096]))
+    out = client.arena.alloc(count * SECTOR)
+    to_filter = client.arena.grant(flt.endpoint, out.offset, out.size, read=False, write=True)
+    sums = flt.arena.grant_sums(driver.endpoint, client.endpoint, to_filter, out.size,
+                                sum_sec, first)  # fmt: skip
+    driver.dma_to_grant(buf, 0, span, flt.endpoint, sums, 0)
+    assert out.read() == data
+    bad_at = (sum_sec + 1 + 2) * SECTOR + 7  # the third data sector of the second group
+    driver.dma_write(buf, bad_at, bytes([layout[bad_at] ^ 0x20]))
+    with pytest.raises(ipc.IpcError) as info:
+        driver.dma_to_grant(buf, 0, span, flt.endpoint, sums, 0)
+    assert info.value.errno is Errno.EBADMSG
+    assert f"bad checksum at sector {first + sum_sec + 2}" in str(info.value)
+    driver.dma_write(buf, bad_at, bytes([layout[bad_at]]))
+    stride = (sum_sec + 1) * SECTOR
+    local = driver.arena.alloc(SECTOR)
+    refused: list[Callable[[], None]] = [
+        lambda: driver.dma_to_grant(buf, 0, span - SECTOR, flt.endpoint, sums, 0),
+        lambda: driver.dma_to_grant(buf, 0, stride, flt.endpoint, sums, SECTOR),
+        lambda: driver.dma_from_grant(buf, 0, SECTOR, flt.endpoint, sums, 0),
+        lambda: driver.safecopyto(flt.endpoint, sums, 0, local.offset, SECTOR),
+        lambda: other.dma_to_grant(other.dma_alloc(span), 0, span, flt.endpoint, sums, 0),
+    ]
+    for i, call in enumerate(refused):
+        with pytest.raises(ipc.IpcError) as info:
+            call()
+        assert info.value.errno is Errno.EPERM, (i, info.value)
+    out.write(bytes(out.size))
+    driver.dma_to_grant(buf, stride, 2 * stride, flt.endpoint, sums, stride)  # groups 2 and 3
+    assert out.read()[sum_sec * SECTOR :] == data[sum_sec * SECTOR :]

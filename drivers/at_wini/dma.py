@@ -86,6 +86,7 @@ class Dma:
         self.commands: dict[tuple[int, bool, bool, bool], DmaCommand] = {}  # path=new
         self.dma_commands = 0  # DMA commands issued, and copies of their data by a
         self.copy_calls = 0  # kernel call of their own (debug_stats, for tests)
+        self.last = 0  # bytes the last command moved (the DMA buffer holds a read's)
 
     def alloc(self, conn: Connection) -> None:
         self.buf = conn.dma_alloc(DMA_SIZE, align=1 << 16)
@@ -117,6 +118,7 @@ class Dma:
         direction = 0 if write else ata.BM_TO_MEMORY
         what = f"DMA {'write' if write else 'read'} at {lba}"
         self.dma_commands += 1
+        self.last = size
         try:
             status, bm_status, copied = self._run_command(drive, write, lba, count,
                                                           (endpoint, grant, at))  # fmt: skip

@@ -69,11 +69,18 @@ class Lie:
     minor: int = -1  # -1: any
 
 
-class Liar:
-    """The lie at_wini tells now; wraps its transfer callback."""
+#: The driver's own flip: (byte offset in the read, bit, endpoint, iov) -> done.
+Reflip = Callable[[int, int, int, Iov], bool]
 
-    def __init__(self, conn: Callable[[], Connection | None]) -> None:
+
+class Liar:
+    """The lie at_wini tells now; wraps its transfer callback. A ``flip`` goes
+    through ``reflip`` first (at_wini's DMA buffer, copied again: the kernel's
+    check of a sums grant sees it), else flips the client's byte."""
+
+    def __init__(self, conn: Callable[[], Connection | None], reflip: Reflip | None = None) -> None:
         self._conn = conn
+        self._reflip = reflip
         self.lie = Lie()
         self.path: Path | None = None
         label = os.environ.get("HWL_SERVICE_LABEL")
@@ -149,7 +156,8 @@ class Liar:
             elif lie.action == "flip" and not write:
                 self._spend(lie)
                 at = position if lie.position < 0 else lie.position
-                self._flip(endpoint, iov, at - position, lie.bit)
+                if self._reflip is None or not self._reflip(at - position, lie.bit, endpoint, iov):
+                    self._flip(endpoint, iov, at - position, lie.bit)
             return done
 
         return lying

@@ -163,6 +163,26 @@ class AtWini:
             f"{lba} failed {RETRIES + 1} times",
         )
 
+    def reflip(self, offset: int, bit: int, endpoint: int, iov: Iov) -> bool:
+        """The ``flip`` lie in DMA mode: flip bit ``bit`` of byte ``offset`` of a
+        read that was one DMA command, in the DMA buffer, and copy the data to the
+        client again, as a driver that corrupts its buffer would (through a sums
+        grant the kernel refuses it: EBADMSG). False if the read was not one
+        command into one grant (PIO, or several): the lie flips the client's
+        bytes then."""
+        dma = self.dma
+        if self.args.pio or len(iov) != 1 or dma.buf is None or dma.last != iov[0][1]:
+            return False
+        if not 0 <= offset < dma.last:
+            return False
+        assert self.conn is not None
+        old = self.conn.dma_read(dma.buf, offset, 1)[0]
+        self.conn.dma_write(dma.buf, offset, bytes([old ^ 1 << bit]))
+        log.warning("lie: flipped bit %d of byte %d in the DMA buffer (%#04x -> %#04x)",
+                    bit, offset, old, old ^ 1 << bit)  # fmt: skip
+        self.conn.dma_to_grant(dma.buf, 0, dma.last, endpoint, iov[0][0], 0)
+        return True
+
     def _reset(self) -> None:
         """The channel reset after a timeout, the drives' settings it forgot set again."""
         self.channel.reset()
@@ -299,7 +319,7 @@ class AtWini:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     wini = AtWini(args)
-    liar = lie.Liar(lambda: wini.conn)  # AT_LIE from operators (tests, campaigns)
+    liar = lie.Liar(lambda: wini.conn, wini.reflip)  # AT_LIE from operators (tests, campaigns)
     table = bd.BlockDriver(
         open=wini.open,
         transfer=liar.wrap(wini.transfer),

@@ -59,13 +59,20 @@ class Kind(Enum):
     DATA = "data"
 
 
-class DiskProblem(Exception):
-    """A disk driver failed a call: ``kind`` says how (see the module's docstring)."""
+#: A driver's answers that say more than "error" (EBADMSG: the kernel found a bad
+#: sum in the driver's copy through a sums grant).
+KINDS: Final = {Errno.ERESTART: Kind.DEAD, Errno.EBADMSG: Kind.DATA}
 
-    def __init__(self, disk: Disk, kind: Kind, detail: str) -> None:
+
+class DiskProblem(Exception):
+    """A disk driver failed a call: ``kind`` says how (see the module's docstring);
+    ``errno`` the driver's answer, if it answered one."""
+
+    def __init__(self, disk: Disk, kind: Kind, detail: str, errno: Errno | None = None) -> None:
         self.disk = disk
         self.kind = kind
         self.detail = detail
+        self.errno = errno
         super().__init__(f"driver {disk.label}: {kind.value}: {detail}")
 
 
@@ -120,8 +127,9 @@ class Disks:
             raise DiskProblem(disk, kind, f"{name}: {exc}") from exc
         if reply.m_type < 0:
             errno = errno_of(reply.m_type)
-            kind = Kind.DEAD if errno is Errno.ERESTART else Kind.ERROR
-            raise DiskProblem(disk, kind, f"{name}: {errno.name} {reply.get('error', '')!s}")
+            kind = KINDS.get(errno, Kind.ERROR)
+            detail = f"{name}: {errno.name} {reply.get('error', '')!s}"
+            raise DiskProblem(disk, kind, detail, errno)
         return reply
 
     def open(self, disk: Disk) -> None:
@@ -167,6 +175,22 @@ class Disks:
                                              read=write, write=not write)  # fmt: skip
         try:
             self._transfer(disk, write, position, count, gid)
+        finally:
+            self.conn.arena.revoke(gid)
+
+    def read_sums(
+        self, disk: Disk, position: int, count: int, client: int, grant: int, data: int,
+        sum_sec: int, first: int,
+    ) -> None:  # fmt: skip
+        """Read ``count`` bytes of whole groups at raw ``position`` straight into the
+        first ``data`` bytes of a client's grant, through a sums grant
+        (hwl.ipc.arena; logical sector ``first`` first): the kernel checks every
+        sector's sum as it copies the data out of the driver's DMA buffer, and a
+        bad one is a DATA problem (EBADMSG)."""
+        ep = self._endpoint(disk)
+        gid = self.conn.arena.grant_sums(ep, client, grant, data, sum_sec, first)
+        try:
+            self._transfer(disk, False, position, count, gid)
         finally:
             self.conn.arena.revoke(gid)
 

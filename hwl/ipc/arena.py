@@ -13,6 +13,17 @@ length, and for an *indirect* grant the endpoint and grant it refers to (a serve
 passing a client's grant on to a driver: the driver copies straight from the
 client's arena, the range narrowed to ``offset``/``length`` of that grant).
 
+A *sums* grant (an indirect, write-only grant with SUMS and a group size in its
+flags) is the filter driver's for a disk driver's read of its checksummed layout:
+the grantee may write through it only in a DMA copy of whole groups (``sum_sec``
+data sectors and their sector of CRC32C sums each), offsets and lengths counted
+in the groups' bytes; the kernel checks every data sector's sum as it copies the
+data, collapsed, into the grant it refers to. So the data moves once, from the
+driver's DMA buffer to the client, and still no byte reaches the client unchecked.
+A sector's sum covers its logical number too (drivers/filter/sums.py), so in a
+sums grant the offset field holds the logical number of its first data sector,
+and the grant covers the one it refers to from that grant's start.
+
 See docs/kernel.md.
 """
 
@@ -38,6 +49,9 @@ VALID: Final = 1
 READ: Final = 2  # the grantee may read (safecopyfrom)
 WRITE: Final = 4  # the grantee may write (safecopyto)
 INDIRECT: Final = 8
+SUMS: Final = 16  # a sums grant (above); its sum_sec - 1 in bits 8..15
+_SUM_SEC_SHIFT: Final = 8
+MAX_SUM_SEC: Final = 128  # 4-byte sums in one 512-byte sector
 ACCESS: Final = READ | WRITE
 _SEQ_SHIFT: Final = 16
 _INDEX_BITS: Final = 10
@@ -172,6 +186,18 @@ class Arena:
             raise ValueError("an indirect grant needs an access and a non-negative range")
         return self._write(access | INDIRECT, grantee, offset, length, owner, owner_grant)
 
+    def grant_sums(
+        self, grantee: int, owner: int, owner_grant: int, length: int, sum_sec: int, first: int
+    ) -> int:
+        """A sums grant (above): ``grantee`` writes the first ``length`` bytes of
+        ``owner``'s grant ``owner_grant`` only as checked groups of ``sum_sec`` data
+        sectors, the first of them logical sector ``first``."""
+        if not 0 < sum_sec <= MAX_SUM_SEC or length < 0 or not 0 <= first < 1 << 32:
+            raise ValueError(f"a sums grant of {sum_sec} sectors a group, {length} bytes "
+                             f"from sector {first}")  # fmt: skip
+        flags = WRITE | INDIRECT | SUMS | (sum_sec - 1) << _SUM_SEC_SHIFT
+        return self._write(flags, grantee, first, length, owner, owner_grant)
+
     def revoke(self, gid: int) -> None:
         """Withdraw a grant; a copy the kernel starts afterwards fails with EINVAL."""
         index, seq = split_grant_id(gid)
@@ -191,6 +217,11 @@ class Arena:
 
 
 # --- the kernel side -------------------------------------------------------------
+
+
+def sum_sec_of(flags: int) -> int:
+    """The data sectors per group of a sums grant's flags; 0 for any other grant."""
+    return (flags >> _SUM_SEC_SHIFT & 0xFF) + 1 if flags & SUMS else 0
 
 
 def read_entry(view: memoryview, gid: int) -> tuple[int, int, int, int, int, int] | None:

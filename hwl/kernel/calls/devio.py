@@ -299,14 +299,6 @@ class PortIo:
                                f"of a {buf.size}-byte buffer")  # fmt: skip
         return copy
 
-    def _copy_grant(self, proc: Proc, copy: Copy) -> tuple[memoryview, int]:
-        """Where the copy's grant puts its bytes, checked for its direction."""
-        if copy.endpoint in (wire.SELF, proc.endpoint):
-            return self.grants.own(proc, copy.grant_offset, copy.length)
-        access = arena.WRITE if copy.direction == vdevio_proto.TO_GRANT else arena.READ
-        return self.grants.resolve(proc, copy.endpoint, copy.grant, access, copy.grant_offset,
-                            copy.length)  # fmt: skip
-
     def _copy_before(self, proc: Proc, copy: Copy, n: int) -> int | None:
         """Before the batch runs: a write's data into the DMA buffer (returns its
         length); for a read (None), its grant checked so that a bad one runs no
@@ -314,7 +306,15 @@ class PortIo:
         for check in copy.checks:
             if check.op >= n:
                 fail(Errno.EINVAL, f"vdevio: a copy check names op {check.op} of {n}")
-        view, start = self._copy_grant(proc, copy)
+        own = copy.endpoint in (wire.SELF, proc.endpoint)
+        if own:
+            view, start = self.grants.own(proc, copy.grant_offset, copy.length)
+        elif copy.direction == vdevio_proto.TO_GRANT:  # a sums grant too (Grants.target)
+            self.grants.target(proc, copy.endpoint, copy.grant, copy.grant_offset, copy.length)
+            return None
+        else:
+            view, start = self.grants.resolve(proc, copy.endpoint, copy.grant, arena.READ,
+                                              copy.grant_offset, copy.length)  # fmt: skip
         if copy.direction != vdevio_proto.FROM_GRANT:
             return None
         buf = proc.dma[copy.buffer]
@@ -331,8 +331,12 @@ class PortIo:
         buf = proc.dma.get(copy.buffer)
         if buf is None or copy.offset + copy.length > buf.size:
             fail(Errno.EINVAL, f"vdevio: DMA buffer {copy.buffer} was freed meanwhile")
-        view, start = self._copy_grant(proc, copy)
-        view[start : start + copy.length] = buf.view[copy.offset : copy.offset + copy.length]
+        source = buf.view[copy.offset : copy.offset + copy.length]
+        if copy.endpoint in (wire.SELF, proc.endpoint):
+            view, start = self.grants.own(proc, copy.grant_offset, copy.length)
+            view[start : start + copy.length] = source
+        else:  # through a sums grant too
+            self.grants.copy_to(proc, copy.endpoint, copy.grant, copy.grant_offset, source)
         return copy.length
 
     def _check_vdevio_ops(

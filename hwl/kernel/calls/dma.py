@@ -215,12 +215,15 @@ class DmaCalls:
             fail(Errno.EINVAL, f"dmacopy: unknown op {op!r} (read, write, to_grant, from_grant)")
         granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
         goff = get_int(f, "grant_offset", 0, I32_MAX, 0)
-        access = arena.WRITE if op == "to_grant" else arena.READ
         if granter in (wire.SELF, proc.endpoint):
             view, start = self.grants.own(proc, goff, length)
+        elif op == "to_grant":  # through a sums grant too
+            gid = get_int(f, "grant", 0, I32_MAX)
+            self.grants.copy_to(proc, granter, gid, goff, buf.view[offset : offset + length])
+            return {}
         else:
             gid = get_int(f, "grant", 0, I32_MAX)
-            view, start = self.grants.resolve(proc, granter, gid, access, goff, length)
+            view, start = self.grants.resolve(proc, granter, gid, arena.READ, goff, length)
         if op == "to_grant":
             view[start : start + length] = buf.view[offset : offset + length]
         else:

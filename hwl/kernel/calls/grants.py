@@ -3,7 +3,8 @@ granter's, checked against the grant's grantee, access and range.
 
 A grant is an entry in the granter's arena (hwl.ipc.arena); an indirect one names
 another grant, followed at most 4 deep. :meth:`Grants.resolve` is also how the DMA
-and port I/O calls reach a grant.
+and port I/O calls reach a grant; a DMA copy to a grant goes through
+:meth:`Grants.copy_to`, the only way to write through a sums grant.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class Grants:
             if offset < 0 or length < 0 or offset + length > g_len:
                 deny(f"[{offset}, {offset + length}) is outside grant {gid} of "
                      f"{granter.label} ({g_len} bytes)")  # fmt: skip
+            if flags & arena.SUMS:
+                deny(f"grant {gid} of {granter.label} is a sums grant: only a DMA copy of "
+                     "checksummed groups writes through it")  # fmt: skip
             if flags & arena.INDIRECT:
                 requester, granter_ep, gid, offset = (
                     granter.endpoint,
@@ -86,6 +90,56 @@ class Grants:
                 fail(Errno.EFAULT, f"grant {gid} of {granter.label} lies outside its arena")
             return granter.arena_view, start
         fail(Errno.EINVAL, f"grant {gid}: indirect grants nested more than 4 deep")
+
+    def target(
+        self, caller: Proc, granter_ep: int, gid: int, offset: int, length: int
+    ) -> tuple[memoryview, int, int, int, int]:
+        """Where a DMA copy of ``length`` bytes to grant ``gid`` at ``offset`` goes:
+        (view, start, data length, sum_sec, first sector). For a plain grant the
+        data is the copy (sum_sec 0); a sums grant (hwl.ipc.arena) takes whole
+        groups, and the data is their data sectors, up to the grant's end, the
+        first of them logical sector ``first``."""
+        granter = self.table.lookup(granter_ep)
+        entry = None if granter is None else arena.read_entry(granter.arena_view, gid)
+        if granter is None or entry is None or not entry[0] & arena.SUMS:
+            view, start = self.resolve(caller, granter_ep, gid, arena.WRITE, offset, length)
+            return view, start, length, 0, 0
+        flags, grantee, first, g_len, ind_ep, ind_gid = entry
+        if grantee not in (wire.ANY, caller.endpoint):
+            deny(f"grant {gid} of {granter.label} is for {wire.endpoint_name(grantee)}, "
+                 f"not {wire.endpoint_name(caller.endpoint)}")  # fmt: skip
+        sum_sec = arena.sum_sec_of(flags)
+        stride = (sum_sec + 1) * sectors.SECTOR
+        if offset < 0 or length <= 0 or offset % stride or length % stride:
+            deny(f"sums grant {gid} of {granter.label}: [{offset}, +{length}) is not whole "
+                 f"groups of {stride} bytes")  # fmt: skip
+        data_at = offset // stride * sum_sec * sectors.SECTOR
+        data = min(length // stride * sum_sec * sectors.SECTOR, g_len - data_at)
+        if data <= 0 or data % sectors.SECTOR or first % sum_sec:
+            deny(f"sums grant {gid} of {granter.label}: groups at {offset} hold none of its "
+                 f"{g_len} bytes of whole sectors from sector {first}")  # fmt: skip
+        view, start = self.resolve(granter, ind_ep, ind_gid, arena.WRITE, data_at, data)
+        return view, start, data, sum_sec, first + data_at // sectors.SECTOR
+
+    def copy_to(self, caller: Proc, granter_ep: int, gid: int, offset: int,
+                source: memoryview) -> None:  # fmt: skip
+        """A DMA copy of ``source`` to grant ``gid`` at ``offset``; through a sums
+        grant, the data sectors collapsed out of the groups, each checked against
+        its CRC32C sum in the same pass: EBADMSG names the first that fails (the
+        grant then holds the sectors before it)."""
+        view, start, data, sum_sec, first = self.target(caller, granter_ep, gid, offset,
+                                                        len(source))  # fmt: skip
+        if not sum_sec:
+            view[start : start + data] = source
+            return
+        try:
+            bad = sectors.crc_check(source, first, data // sectors.SECTOR, sum_sec,
+                                    view[start : start + data])  # fmt: skip
+        except NativeBuildError as exc:
+            fail(Errno.ENOSYS, f"the sector loops are not built: {exc}")
+        if bad is not None:
+            fail(Errno.EBADMSG, f"bad checksum at sector {bad} (sums grant {gid} of "
+                                f"{wire.endpoint_name(granter_ep)})")  # fmt: skip
 
     def _copy(self, proc: Proc, f: Fields, to_grant: bool) -> None:
         granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
