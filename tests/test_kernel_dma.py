@@ -21,7 +21,7 @@ from agents import MakeProc
 from rs_fixtures import wait_for
 
 from hwl import Batch, Machine, ipc, sectors
-from hwl.ipc import codec
+from hwl.ipc import arena, codec
 from hwl.kernel.errno import Errno
 from hwl.kernel.launcher import KernelProcess
 from hwl.pytest_plugin import MachineFactory
@@ -300,7 +300,11 @@ def test_a_sums_grant_takes_only_checked_groups(process: MakeProc) -> None:
     driver.dma_write(buf, bad_at, bytes([layout[bad_at]]))
     stride = (sum_sec + 1) * SECTOR
     local = driver.arena.alloc(SECTOR)
+    # a hostile granter's entry: SUMS on a direct grant of its own arena
+    forged = flt.arena._write(arena.WRITE | arena.SUMS | (sum_sec - 1) << 8, driver.endpoint,
+                              first, out.size, 0, 0)  # fmt: skip
     refused: list[Callable[[], None]] = [
+        lambda: driver.dma_to_grant(buf, 0, span, flt.endpoint, forged, 0),
         lambda: driver.dma_to_grant(buf, 0, span - SECTOR, flt.endpoint, sums, 0),
         lambda: driver.dma_to_grant(buf, 0, stride, flt.endpoint, sums, SECTOR),
         lambda: driver.dma_from_grant(buf, 0, SECTOR, flt.endpoint, sums, 0),

@@ -68,15 +68,15 @@ class Grants:
             if grantee not in (wire.ANY, requester):
                 deny(f"grant {gid} of {granter.label} is for {wire.endpoint_name(grantee)}, "
                      f"not {wire.endpoint_name(requester)}")  # fmt: skip
+            if flags & arena.SUMS:
+                deny(f"grant {gid} of {granter.label} is a sums grant: only a DMA copy of "
+                     "checksummed groups writes through it")  # fmt: skip
             if flags & access != access:
                 deny(f"grant {gid} of {granter.label} does not allow "
                      f"{'writing' if access & arena.WRITE else 'reading'}")  # fmt: skip
             if offset < 0 or length < 0 or offset + length > g_len:
                 deny(f"[{offset}, {offset + length}) is outside grant {gid} of "
                      f"{granter.label} ({g_len} bytes)")  # fmt: skip
-            if flags & arena.SUMS:
-                deny(f"grant {gid} of {granter.label} is a sums grant: only a DMA copy of "
-                     "checksummed groups writes through it")  # fmt: skip
             if flags & arena.INDIRECT:
                 requester, granter_ep, gid, offset = (
                     granter.endpoint,
@@ -108,6 +108,8 @@ class Grants:
         if grantee not in (wire.ANY, caller.endpoint):
             deny(f"grant {gid} of {granter.label} is for {wire.endpoint_name(grantee)}, "
                  f"not {wire.endpoint_name(caller.endpoint)}")  # fmt: skip
+        if flags & (arena.INDIRECT | arena.WRITE) != arena.INDIRECT | arena.WRITE:
+            deny(f"grant {gid} of {granter.label}: a sums grant is indirect and writable")
         sum_sec = arena.sum_sec_of(flags)
         stride = (sum_sec + 1) * sectors.SECTOR
         if offset < 0 or length <= 0 or offset % stride or length % stride:
