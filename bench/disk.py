@@ -48,7 +48,7 @@ figures:
   kill on, measuring the policy instead of the recovery.
 
 - randread_cpu_{kernel,vfs,at_wini,client}_us: each process's run time per 4 KiB
-  random read (/proc/PID/schedstat, CPU_RUNS x PATH_RANDS reads), where a read's
+  random read (/proc/PID/schedstat, CPU_READS reads), where a read's
   time goes; randread_cpu_share: their sum over the reads' wall time (near 1: the
   read is CPU-bound on the core hwl's processes share; the kernel's figure holds
   its spin while QEMU does the DMA).
@@ -98,7 +98,14 @@ from pathlib import Path
 
 import hwl.config
 from hwl import Machine
-from hwl.benchmarks import Targets, median_of, native_seconds, report, run_time_us
+from hwl.benchmarks import (
+    Targets,
+    median_of,
+    native_seconds,
+    path_pids,
+    report,
+    run_time_per,
+)
 from hwl.errors import HwlError
 from hwl.hw import ata
 from hwl.ipc.arena import Buffer
@@ -121,7 +128,7 @@ SEQ_MIB = 16  # MiB per sequential DMA run
 PIO_MIB = 1  # MiB per PIO run
 NATIVE_RANDS = 2000
 PATH_RANDS = 300
-CPU_RUNS = 5  # runs of PATH_RANDS random reads for where_reads_go
+CPU_READS = 1500  # random reads for where_reads_go
 FLOOR_CALLS = 300
 SECONDS = 5.0  # each phase of the kills figure
 KILL_OFFSET = 0.5  # the first kill, seconds into the phase; then one a second
@@ -477,25 +484,25 @@ def dma_figures(vfs: Vfs, image: Image, runs: int, native: Native) -> dict[str, 
     }
 
 
-def where_reads_go(system: System, vfs: Vfs, image: Image) -> dict[str, float]:
+def where_reads_go(system: System, vfs: Vfs) -> dict[str, float]:
     """Where a 4 KiB random read's time goes: each process's run time per read on
-    today's path, and their sum's share of the reads' wall time (near 1: the path
-    is CPU-bound on the cores its processes share; the kernel's includes its spin
-    while QEMU does the DMA)."""
-    rows = {row.label: row.pid for row in system.rs.status()}
-    pids = {"kernel": system.kernel.pid, "vfs": rows["vfs"], "at_wini": rows["at_wini"],
-            "client": os.getpid()}  # fmt: skip
-    with opened(vfs, vp.O_RDONLY) as fd:
-        rng = random.Random(2)
-        before = {name: run_time_us(pid) for name, pid in pids.items()}
-        start = time.perf_counter()
-        for _ in range(CPU_RUNS):
-            rand_read_us(vfs, fd, image, rng, direct=True)
-        wall = (time.perf_counter() - start) * 1e6
-        after = {name: run_time_us(pid) for name, pid in pids.items()}
-    reads = CPU_RUNS * PATH_RANDS
-    figures = {f"randread_cpu_{name}_us": (after[name] - before[name]) / reads for name in pids}
-    figures["randread_cpu_share"] = sum(after[n] - before[n] for n in pids) / wall
+    today's path (into an arena buffer; the bytes are checked by the other runs),
+    and their sum's share of the reads' wall time (near 1: the path is CPU-bound
+    on the cores its processes share; the kernel's includes its spin while QEMU
+    does the DMA)."""
+    rng = random.Random(2)
+    offsets = [READ_BASE + BLOCK * rng.randrange(READ_SPAN // BLOCK) for _ in range(CPU_READS)]
+    with opened(vfs, vp.O_RDONLY) as fd, arena_buffer(vfs, BLOCK, direct=True) as buf:
+        assert buf is not None
+
+        def reads() -> None:
+            for offset in offsets:
+                if vfs.read_into(fd, buf, offset) != BLOCK:
+                    raise WrongData(f"random read at {offset}: short")
+
+        cpu, wall = run_time_per(path_pids(system, "vfs", "at_wini"), CPU_READS, reads)
+    figures = {f"randread_cpu_{name}_us": us for name, us in cpu.items()}
+    figures["randread_cpu_share"] = sum(cpu.values()) / wall
     return figures
 
 
@@ -585,7 +592,7 @@ def run(machine: Machine, runs: int, seconds: float) -> dict[str, float]:
     image.load()
     with started(machine) as (system, vfs):
         dma = dma_figures(vfs, image, runs, native)
-        dma.update(where_reads_go(system, vfs, image))
+        dma.update(where_reads_go(system, vfs))
         kills = kills_figures(vfs, image, runs, seconds, machine.run_dir)
         system.rs.down("at_wini")  # the same driver again, in PIO mode
         at_wini_up(system, "pio=1")

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from hwl import Machine
-from hwl.benchmarks import Targets, report, run_time_us
+from hwl.benchmarks import Targets, path_pids, report, run_time_per
 from hwl.drivers.at_wini import lie
 from hwl.drivers.filter.layout import Layout
 from hwl.errors import HwlError
@@ -187,20 +187,19 @@ def paired(base: Callable[[], T], filtered: Callable[[], T], flip: bool) -> tupl
 
 
 def read_cpu(system: System, vfs: Vfs, path: str, base: int) -> dict[str, float]:
-    """Each process's run time per 1 MiB sequential read of ``path`` (hwl.benchmarks
-    .run_time_us; the bytes are checked by the other runs): where a read's time
-    goes, with the filter and without it."""
-    rows = {row.label: row.pid for row in system.rs.status()}
-    pids = {"kernel": system.kernel.pid, "vfs": rows["vfs"], "filter": rows["filter"],
-            "at_wini": rows["at_wini"], "client": os.getpid()}  # fmt: skip
+    """Each process's run time per 1 MiB sequential read of ``path``
+    (hwl.benchmarks.run_time_per; the bytes are checked by the other runs): where
+    a read's time goes, with the filter and without it."""
     buf = memoryview(bytearray(MIB))
     with opened(vfs, path, vp.O_RDONLY) as fd:
-        before = {name: run_time_us(pid) for name, pid in pids.items()}
-        for i in range(CPU_READS):
-            if vfs.read_into(fd, buf, base + i % SEQ_MIB * MIB) != MIB:
-                raise WrongData(f"{path}: a short read")
-        after = {name: run_time_us(pid) for name, pid in pids.items()}
-    return {name: (after[name] - before[name]) / CPU_READS for name in pids}
+
+        def reads() -> None:
+            for i in range(CPU_READS):
+                if vfs.read_into(fd, buf, base + i % SEQ_MIB * MIB) != MIB:
+                    raise WrongData(f"{path}: a short read")
+
+        pids = path_pids(system, "vfs", "filter", "at_wini")
+        return run_time_per(pids, CPU_READS, reads)[0]
 
 
 def filter_up(system: System, args: str) -> None:

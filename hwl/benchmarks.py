@@ -8,7 +8,9 @@ see the same host.
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,6 +19,7 @@ from hwl.link import abi
 
 if TYPE_CHECKING:
     from hwl.link.link import Link
+    from hwl.system.boot import System
 
 # A target: the comparison a figure must pass, and the bound.
 Targets = dict[str, tuple[str, float]]
@@ -43,10 +46,30 @@ def paired(
 
 def run_time_us(pid: int) -> float:
     """A process's run time so far, µs (/proc/PID/schedstat: its main thread on a
-    CPU, system calls included): what the benchmarks' "where the time goes"
-    figures count per request."""
+    CPU, system calls included)."""
     with open(f"/proc/{pid}/schedstat") as f:
         return int(f.read().split()[0]) / 1e3
+
+
+def path_pids(system: System, *labels: str) -> dict[str, int]:
+    """The pids of a request's path: the kernel, the services ``labels`` (RS's
+    table) and this process, the client."""
+    rows = {row.label: row.pid for row in system.rs.status()}
+    return {"kernel": system.kernel.pid, **{label: rows[label] for label in labels},
+            "client": os.getpid()}  # fmt: skip
+
+
+def run_time_per(
+    pids: dict[str, int], count: int, work: Callable[[], None]
+) -> tuple[dict[str, float], float]:
+    """Where a request's time goes: each process's run time per request while
+    ``work`` makes ``count`` requests, µs, and the wall time per request."""
+    before = {name: run_time_us(pid) for name, pid in pids.items()}
+    start = time.perf_counter()
+    work()
+    wall = (time.perf_counter() - start) * 1e6 / count
+    after = {name: run_time_us(pid) for name, pid in pids.items()}
+    return {name: (after[name] - before[name]) / count for name in pids}, wall
 
 
 def native_seconds(link: Link, code: int, args: tuple[int, ...]) -> float:
