@@ -13,12 +13,13 @@ import json
 import random
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from hwl.campaign import invariants, record, report, runner, tcp
-from hwl.campaign.inject import REQUEST_TIMEOUT
+from hwl.campaign.inject import REQUEST_TIMEOUT, settled
 from hwl.campaign.schedule import Plan, plan, schedule
 from hwl.campaign.spec import (
     BUILTINS,
@@ -303,6 +304,25 @@ def test_a_clean_kill_is_recovered_and_timed() -> None:
     assert result["marks"]["restart"] == pytest.approx(50.0)
     assert result["marks"]["first_good"] == 55.0
     assert result["timings"]["recovery_ms"] == pytest.approx(45.0)
+
+
+def test_a_restart_counts_as_settled_only_after_good_replies_that_followed_it() -> None:
+    """RS is on no request's path: requests go on being answered while it restarts.
+    The trial may end only after AFTER_OPS good replies that came after the restart
+    event, or the recovery has no first good reply to time."""
+    obs = observed()
+    obs.events = obs.events[:2]  # injected, crashed, not yet back
+    obs.timeline = [[20.0, 512, 1], [30.0, 512, 1], [40.0, 512, 1]]
+    system = SimpleNamespace(events=lambda: obs.events)
+    inj = SimpleNamespace(done=True, error=None, inject_mono=100.010, plan=obs.plan)
+    assert not settled(inj, system, obs, good_after=3)  # type: ignore[arg-type]
+    obs.events.append({"event": "restart", "label": "at_wini", "mono": 100.045})
+    assert not settled(inj, system, obs, good_after=3)  # type: ignore[arg-type]
+    obs.timeline += [[50.0, 512, 1], [52.0, 512, 0]]
+    assert not settled(inj, system, obs, good_after=4)  # type: ignore[arg-type]
+    obs.timeline.append([55.0, 512, 1])
+    assert settled(inj, system, obs, good_after=5)  # type: ignore[arg-type]
+    assert invariants.judge(builtin("smoke"), obs)["marks"]["first_good"] == 50.0
 
 
 def test_outcomes_worst_first() -> None:

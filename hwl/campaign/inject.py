@@ -21,7 +21,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwl.campaign.schedule import Plan
 from hwl.faults import (
@@ -39,6 +39,9 @@ from hwl.faults import (
 from hwl.proto.rs import RS_LABEL
 from hwl.proto.sef import FiType
 from hwl.system.running import RunningSystem
+
+if TYPE_CHECKING:
+    from hwl.campaign.trial import Observed
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +69,33 @@ def expects_restart(plan: Plan) -> bool:
     return plan.kind == "fi" and plan.settings.get("type") in RESTARTING_FI
 
 
-def settled(inj: Injector, system: RunningSystem, expect_restart: bool, good_after: int) -> bool:
-    """The fault has played out: done, and for a restart the target is back, and
-    AFTER_OPS requests were answered right since."""
+def settled(inj: Injector, system: RunningSystem, obs: Observed, good_after: int) -> bool:
+    """The fault has played out: done, and AFTER_OPS requests were answered right
+    since; for a restart, since the target's restart event, which can come after
+    requests that did not need the target (RS is on no request's path)."""
     if not inj.done:
         return False
-    if inj.error or not expect_restart:
+    if inj.error or not obs.expect_restart:
         return good_after >= AFTER_OPS
     assert inj.inject_mono is not None
-    restarted = any(
-        e["event"] in RESTART_EVENTS
-        and e.get("label") == inj.plan.target
-        and e["mono"] >= inj.inject_mono
-        for e in system.events()
+    back = next(
+        (
+            e["mono"]
+            for e in system.events()
+            if e["event"] in RESTART_EVENTS
+            and e.get("label") == inj.plan.target
+            and e["mono"] >= inj.inject_mono
+        ),
+        None,
     )
-    return restarted and good_after >= AFTER_OPS
+    if back is None:
+        return False
+    since, good = obs.ms(back) or 0.0, 0
+    for t, _, ok in reversed(obs.timeline):
+        if t < since or good >= AFTER_OPS:
+            break
+        good += 1 if ok else 0
+    return good >= AFTER_OPS
 
 
 def make_fault(system: RunningSystem, plan: Plan, drive: str | None) -> Fault:

@@ -251,7 +251,7 @@ def run(w: TcpWorkload, spec: Spec, system: RunningSystem, obs: Observed, inj: I
                 obs.moved += len(data)
                 if inj.done and ok:
                     good_after += 1
-                if obs.moved >= w.bytes and settled(inj, system, obs.expect_restart, good_after):
+                if obs.moved >= w.bytes and settled(inj, system, obs, good_after):
                     break
             if not obs.errors and not obs.timed_out:
                 clean_close = _close(s, obs)

@@ -143,7 +143,7 @@ def _disk(w: Workload, spec: Spec, system: RunningSystem, obs: Observed, inj: In
             inj.after_op(op.size)
             if inj.done and ok:
                 good_after += 1
-            if obs.moved >= w.bytes and settled(inj, system, obs.expect_restart, good_after):
+            if obs.moved >= w.bytes and settled(inj, system, obs, good_after):
                 break
         with contextlib.suppress(HwlError, OSError):
             vfs.close_fd(fd)
