@@ -49,10 +49,23 @@ def test_writes_reach_both_disks(r: Rig) -> None:
         assert r.stored_sum(sector, disk) == r.computed_sum(sector, disk)
 
 
+def test_a_clean_read_goes_through_a_sums_grant(r: Rig) -> None:
+    position = 3 << 20
+    before = filter_ioctl(r, "filter_stats")
+    with r.vfs.open("/dev/c0d0", "rb", buffering=0) as f:
+        f.seek(position)
+        assert f.read(1 << 20) == r.logical(position, 1 << 20, "hd0")
+    after = filter_ioctl(r, "filter_stats")
+    # at_wini's DMA copy went straight to the client, the kernel checking the sums
+    assert after["direct"] == before["direct"] + 1  # type: ignore[operator]
+    assert after["sumcopies"] == before["sumcopies"]
+
+
 def test_a_flipped_read_is_served_from_the_other_side_and_at_wini_refreshed(r: Rig) -> None:
     position = 7 << 20
     pid = r.row("at_wini").pid
     repairs = r.log("filter").count("repaired")
+    before = filter_ioctl(r, "filter_stats")
     r.lie("at_wini", "flip", count=1, position=r.raw_position(position + 9))
     with r.vfs.open("/dev/c0d0", "rb", buffering=0) as f:
         f.seek(position)
@@ -63,6 +76,13 @@ def test_a_flipped_read_is_served_from_the_other_side_and_at_wini_refreshed(r: R
     r.wait_up("at_wini", pid)
     r.wait_log("filter", "repaired", repairs + 1)  # after the answer: the client did not wait
     assert f"read of {1 << 20} bytes at {position} served from at_wini1" in r.log("filter")
+    assert f"bad checksum at sector {position // SECTOR}" in r.log("filter")
+    after = filter_ioctl(r, "filter_stats")
+    # the main side's sums grant caught the flip in at_wini's DMA buffer; the other
+    # side read into the filter's buffer, which held the groups for the mend
+    assert after["direct"] == before["direct"]
+    assert after["sumcopies"] == before["sumcopies"] + 1  # type: ignore[operator]
+    assert after["bad_sums"] == before["bad_sums"] + 1  # type: ignore[operator]
     print(f"a flipped read served from the mirror in {took * 1e3:.1f} ms")
 
 

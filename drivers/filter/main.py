@@ -88,10 +88,10 @@ class Filter:
         self.back: Buffer | None = None  # read-back of a write
         self.mends: list[Mend] = []  # sides to mend once the answer is out
         self.sumcopy = True  # crc reads: the kernel checks the sums as it copies (sumcopyto)
-        # crc reads from one disk: the driver copies the groups to the client through
-        # a sums grant, checked by the kernel (read_direct). Not with a mirror: a
-        # mend needs the groups here.
-        self.direct = self.layout is not None and self.layout.kind == "crc" and not opts.mirror
+        # crc reads: the driver copies the groups to the client through a sums grant,
+        # checked by the kernel (read_direct); a mirror's other side, read after a
+        # failure, reads into ``ext``, which then holds the groups to mend with.
+        self.direct = self.layout is not None and self.layout.kind == "crc"
         self.stats: dict[str, int] = {"reads": 0, "writes": 0, "bad_sums": 0, "recovered": 0,
                                       "repairs": 0, "eio": 0, "resyncs": 0,
                                       "sumcopies": 0, "direct": 0}  # fmt: skip
@@ -295,29 +295,33 @@ class Filter:
             assert self.ext is not None
             return span.phys, bytes(self.ext.view[: span.count * SECTOR])
 
-        if self.direct and len(parts) == 1 and parts[0][2] == 0 and not first % self.layout.sum_sec:
-            direct = functools.partial(self.read_direct, span=span, first=first, n=n,
-                                       client=client, grant=parts[0][0])  # fmt: skip
-            self.read_sides(what, direct, None)
-            return
+        def checked(disk: Disk) -> None:
+            self.read_checked(disk, span, first, n)
+            self._copy_client(False, client, parts, count)
+
+        to_client: Callable[[Disk], None] = checked
         if self.layout.kind == "crc" and self.sumcopy and len(parts) == 1:
             grant, _size, offset = parts[0]
             to_client = functools.partial(self.read_to_client, span=span, first=first, n=n,
                                           client=client, grant=grant, offset=offset)  # fmt: skip
-            self.read_sides(what, to_client, good_groups)
+        if self.direct and len(parts) == 1 and parts[0][2] == 0 and not first % self.layout.sum_sec:
+            direct = functools.partial(self.read_direct, span=span, first=first, n=n,
+                                       client=client, grant=parts[0][0])  # fmt: skip
+            self.read_sides(what, direct, good_groups, after=to_client)
             return
-        self.read_sides(what, lambda d: self.read_checked(d, span, first, n), good_groups)
-        self._copy_client(False, client, parts, count)
+        self.read_sides(what, to_client, good_groups)
 
     def read_sides(
         self,
         what: str,
         op: Callable[[Disk], None],
         good: Callable[[], tuple[int, bytes]] | None,
+        after: Callable[[Disk], None] | None = None,
     ) -> None:
-        """Read from the first live side; on a problem, from the next one at once,
-        and mend the first after the answer (``good``: the raw groups to write back
-        to it); the last side left retries."""
+        """Read from the first live side; on a problem, from the next one at once
+        (with ``after`` if given: an ``op`` that leaves ``good`` nothing, a direct
+        read, is followed by one that does), and mend the first after the answer
+        (``good``: the raw groups to write back to it); the last side left retries."""
         live = self.live()
         for i, disk in enumerate(live):
             if i == len(live) - 1:  # the only one, or the last resort
@@ -335,7 +339,7 @@ class Filter:
                 bad = problem
             other = live[i + 1]
             try:
-                self.attempt(other, op)
+                self.attempt(other, after or op)
             except GiveUp:
                 continue  # the first side, with its retries, is the last resort now
             log.warning("%s served from %s (%s failed)", what, other.label, disk.label)
