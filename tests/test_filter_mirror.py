@@ -107,6 +107,28 @@ def test_a_bad_copy_on_the_disk_is_repaired_from_the_other(r: Rig) -> None:
     assert r.logical(position, 65536, "hd0") == r.logical(position, 65536, "hd1")
 
 
+def test_a_mirrored_write_is_read_back_only_with_readback(r: Rig) -> None:
+    """A mirror reads back a repair, not every write (that is ``readback``): a flip
+    armed for the next read of the written sectors is still armed after the write,
+    and the next read meets it (and is served from the other side)."""
+    position = 15 << 20
+    data = random.Random(15).randbytes(64 << 10)
+    pid = r.row("at_wini").pid
+    repairs = r.log("filter").count("repaired")
+    r.lie("at_wini", "flip", count=1, position=r.raw_position(position + 5))
+    with r.vfs.open("/dev/c0d0", "r+b", buffering=0) as f:
+        f.seek(position)
+        f.write(data)
+        assert "read-back of raw sector" not in r.log("filter")
+        f.seek(position)
+        assert f.read(len(data)) == data
+    assert f"bad checksum at sector {position // SECTOR}" in r.log("filter")
+    r.wait_up("at_wini", pid)
+    r.wait_log("filter", "repaired", repairs + 1)
+    for disk in ("hd0", "hd1"):
+        assert r.logical(position, len(data), disk) == data
+
+
 def test_sigkill_of_either_driver_under_load_costs_nothing(r: Rig) -> None:
     stop, moved = threading.Event(), [0]
     errors: list[str] = []

@@ -488,7 +488,8 @@ class Filter:
         self.layout.fill(ext.view, first, n)
         size = span.count * SECTOR
         self.disks.io(disk, True, span.phys * SECTOR, ext.offset, size)
-        if self.back is not None:
+        if self.opts.readback:
+            assert self.back is not None
             self.disks.io(disk, False, span.phys * SECTOR, self.back.offset, size)
             if self.back.view[:size] != ext.view[:size]:
                 raise DiskProblem(disk, Kind.DATA, f"read-back of raw sector {span.phys} differs")
