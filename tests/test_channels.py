@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -237,6 +238,30 @@ def test_a_channel_call_cycle_is_logged_by_the_watchdog(
     finally:
         kill_quietly(a_pid)
         kill_quietly(b_pid)
+
+
+@on_channels
+def test_a_receive_that_takes_the_last_message_arms_the_event_fd(
+    root: ipc.Connection, process: MakeProc
+) -> None:
+    """A channel server's receive takes kernel-path messages without blocking; the
+    one that takes the last of them arms the event fd there and then (RESP_ARMED),
+    so the server's next receive goes straight to its channels and event fd, and
+    the next message rings it."""
+    srv = process("armed", "ipc ALL; system ALL;")
+    assert srv.serve_channels()
+    server = srv._server  # the library's view of the event fd (white-box on purpose)
+    assert server is not None
+    for n in (1, 2):
+        root.senda(srv.endpoint, 40 + n, {"n": n})
+    first = srv.receive(timeout=5)
+    assert (first.m_type, server.armed) == (41, False)  # one still waits: not armed
+    second = srv.receive(timeout=5)
+    assert (second.m_type, server.armed) == (42, True)  # the last: armed, no ENOTREADY asked
+    assert not select.select([server.event_fd], [], [], 0.05)[0]  # nothing rang yet
+    root.senda(srv.endpoint, 43, {"n": 3})
+    assert select.select([server.event_fd], [], [], 5)[0]  # the kernel rang for it
+    assert srv.receive(timeout=5).m_type == 43
 
 
 @pytest.mark.skipif(channels.enabled(), reason="channels on: the other tests of this module")

@@ -472,7 +472,9 @@ class Connection(KernelCalls):
                 what = "reply_receive" if first else "receive"
                 answer, fds = self._call_fds(frame, what, 1)
                 first = None
-                kind, _flags, spare, status, source, m_type = _RESPONSE(answer)
+                kind, flags, spare, status, source, m_type = _RESPONSE(answer)
+                if flags & wire.RESP_ARMED:  # it took the last: the kernel rings for the next
+                    server.armed = True
                 if spare and reply_errno is None:
                     reply_errno = errno_of(spare)
                 if m_type == wire.CHANNEL_GRANT and kind == wire.Kind.MESSAGE and fds:

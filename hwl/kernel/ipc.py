@@ -189,18 +189,35 @@ class Ipc:
 
     def receive(self, caller: Proc, source: int, nonblock: bool = False) -> None:
         """Take what waits from ``source``, else block; ``nonblock`` (a channel
-        server) answers ENOTREADY instead and arms the caller's event fd."""
+        server) answers ENOTREADY instead and arms the caller's event fd. A
+        non-blocking receive that takes the last thing waiting arms it as well
+        and says so (RESP_ARMED): the server's next receive asks nothing."""
         if source not in (wire.ANY, *KERNEL_SOURCES) and self.table.lookup(source) is None:
             self.out.respond(caller, EDEADSRCDST if source >= 0 else EINVAL)
             return
+        last = (
+            nonblock and source == wire.ANY and caller.event_fd >= 0 and self._waiting(caller) == 1
+        )
+        if last:
+            caller.resp_flags = wire.RESP_ARMED
         if self._take_waiting(caller, source, True):
+            if last:
+                caller.armed = True
             return
+        caller.resp_flags = 0
         if nonblock:
             caller.armed = caller.event_fd >= 0
             self.out.respond(caller, ENOTREADY)
             return
         caller.state = State.RECEIVING
         caller.recv_from = source
+
+    @staticmethod
+    def _waiting(caller: Proc) -> int:
+        """How many things wait for a receive from ANY: channels granted,
+        notifications, blocked senders, asynchronous messages."""
+        grants = len(caller.grants) if caller.event_fd >= 0 else 0
+        return grants + len(caller.notify_pending) + len(caller.callers) + len(caller.async_in)
 
     def _take_waiting(self, caller: Proc, source: int, extra: bool) -> bool:
         """Deliver to ``caller`` (not blocked) what already waits for it from

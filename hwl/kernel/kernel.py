@@ -109,7 +109,8 @@ class Kernel:
     ) -> None:
         """A message; ``fds`` ride along with it (SCM_RIGHTS: a channel's server end)."""
         spare, proc.reply_errno = proc.reply_errno, 0
-        frame = _MESSAGE_HEADER(wire.Kind.MESSAGE, 0, spare, 0, source, m_type) + payload
+        flags, proc.resp_flags = proc.resp_flags, 0
+        frame = _MESSAGE_HEADER(wire.Kind.MESSAGE, flags, spare, 0, source, m_type) + payload
         self._write(proc, frame, fds)
 
     def _write(self, proc: Proc, frame: bytes, fds: Sequence[int] = ()) -> None:

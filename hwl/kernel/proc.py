@@ -83,6 +83,7 @@ PROCESS_FIELDS = (
     "recv_from",
     "awaiting_reply",
     "reply_errno",
+    "resp_flags",
     "event_fd",
     "armed",
     "posted",
@@ -131,6 +132,7 @@ class Proc:
     exits: list[ExitRecord] = field(default_factory=list)  # of processes it created
     alive: bool = True
     reply_errno: int = 0  # of a REPLY_RECEIVE's reply, carried by its next response
+    resp_flags: int = 0  # the next message's response flags (wire.RESP_ARMED)
     # Call channels (hwl.kernel.channels): a process serving them has an event fd,
     # bumped when a kernel-path message waits and ``armed`` (its last
     # non-blocking receive found nothing); channels granted to the endpoint wait

@@ -118,6 +118,12 @@ FLAG_NOTIFY_DONE: Final = 1  # SENDA: notify the sender (from ASYNCM) on deliver
 # once if nothing waits, and ring the process's event fd when something arrives.
 FLAG_NONBLOCK: Final = 2
 
+# Response flags.
+# A message a non-blocking receive took and that left nothing else waiting: the
+# kernel will ring the event fd for the next one, as after ENOTREADY, so the
+# process goes straight to its channels and event fd instead of asking again.
+RESP_ARMED: Final = 1
+
 # --- call channels ----------------------------------------------------------------
 # A client's sendrec to a server that serves channels goes on a socket of its own
 # once the kernel made one (kernel call ``chanopen``): a request frame there is a
