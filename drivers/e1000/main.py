@@ -27,6 +27,8 @@ restarted driver first adopts the rings its previous incarnation left (the
 kernel keeps tagged DMA buffers for the label and turned bus mastering off at the
 death): if RDBAL/TDBAL still point at them and the receiver is on, it takes the
 ring positions from the card, turns bus mastering back on and writes no RCTL.
+Received frames the dead driver took but never gave back (killed between taking
+them and its RDT write) are given back at once (rx_resume).
 Otherwise it re-initialises every register itself (fresh start, ~1 s until the
 first frame); either way it watches its tail word anew. Live update: the new
 version takes the rings, positions and IRQ hook from the saved state and touches
@@ -81,6 +83,7 @@ TX_PER_CALL = ndev.MAX_FRAMES  # frames a SEND may offer (taken as far as the ri
 RX_DESC = struct.Struct("<QHHBBH")
 TX_DESC_ADDR = struct.Struct("<Q")
 TX_CMD_AT, TX_STATUS = 11, 12  # the command and status bytes' offsets (DD: sent)
+RX_STATUS = 12  # a receive descriptor's status byte (DD: filled by the card)
 
 
 class E1000(nic.NicDriverBase):
@@ -161,16 +164,20 @@ class E1000(nic.NicDriverBase):
         self.rx, self.tx, self.rctl = rx, tx, rctl
         self.rxv, self.txv = self.rx_view(), self.tx_view()
         self.tdt = self.tx_clean = tdt % RING  # a dead driver's posted writes ran
-        self.rx_next = (rdt + 1) % RING  # unread frames follow the last one given back
+        self.rx_next = rx_resume(self.rxv, rdt % RING, rdh % RING)
         self.mac = struct.pack("<IH", ral, rah & 0xFFFF)
         self.link = bool(status & STATUS_LU)
         b = Batch()
         b.mmio_write(self.bar + IMC, 0xFFFFFFFF)
         b.mmio_read(self.bar + ICR)
         b.mmio_write(self.bar + IMS, IMS_BITS)
+        taken = (self.rx_next - rdt - 1) % RING
+        if taken:  # the dead driver took these frames but never gave the buffers back
+            b.mmio_write(self.bar + RDT, (self.rx_next - 1) % RING)
         self._vdevio(b)
         self.adopted = True
-        log.info("adopted the rings (RDH %d, RDT %d, TDT %d): no RCTL write", rdh, rdt, tdt)
+        log.info("adopted the rings (RDH %d, RDT %d, TDT %d, %d descriptors taken and not "
+                 "given back): no RCTL write", rdh, rdt, tdt, taken)  # fmt: skip
         return True
 
     def _reinit(self) -> None:
@@ -328,6 +335,19 @@ class E1000(nic.NicDriverBase):
             except IpcError as exc:
                 log.warning("RDT write failed: %s", exc)
         return out
+
+
+def rx_resume(rxv: memoryview, rdt: int, rdh: int) -> int:
+    """The descriptor an adopting driver reads next.
+
+    The card filled the descriptors after RDT up to RDH (not included). The dead
+    driver took some of them in order, clearing each (DD off), and may have died
+    before its RDT write gave them back: those are skipped, or reception would
+    wait forever on a descriptor the card will not fill again."""
+    i = (rdt + 1) % RING
+    while i != rdh and not rxv[i * DESC + RX_STATUS] & DD:
+        i = (i + 1) % RING
+    return i
 
 
 def main(argv: list[str]) -> int:
