@@ -1,12 +1,26 @@
 """e1000's adoption of a dead incarnation's receive ring: where the new driver
-reads next, in every state a SIGKILL can leave the ring in (no QEMU: the ring is
-memory the test lays out as the card and the dead driver would)."""
+reads next, in every state a SIGKILL can leave the ring in (the ring laid out in
+memory as the card and the dead driver would), and end to end on the ``inet``
+profile: a driver killed after taking frames and before giving their buffers back
+(tests/programs/e1000_dies_mid_receive.py), whose successor must receive on."""
 
 from __future__ import annotations
 
+import contextlib
+import re
+import time
+from pathlib import Path
+
 import pytest
 
+import hwl.net
 from hwl.drivers.e1000.main import DD, DESC, RING, RX_STATUS, rx_resume
+from hwl.machine.machine import Machine
+from hwl.system.boot import System
+from hwl.system.nicrig import LINUX_IP
+
+REPO = Path(__file__).resolve().parents[1]
+DIES = REPO / "tests" / "programs" / "e1000_dies_mid_receive.py"
 
 
 def ring(filled: range | list[int]) -> memoryview:
@@ -45,3 +59,36 @@ def test_a_cleared_descriptor_at_the_head_is_not_passed() -> None:
     # descriptors at and after RDH belong to the card, whatever their status says
     rxv = ring([20, 21])
     assert rx_resume(rxv, rdt=9, rdh=15) == 15
+
+
+@pytest.mark.qemu
+def test_a_driver_killed_before_giving_taken_frames_back_leaves_reception_working(
+    tmp_path: Path,
+) -> None:
+    cfg = (REPO / "qemu-configs" / "inet.cfg").read_text()
+    stock = 'program = "hwl.drivers.e1000"'
+    assert stock in cfg
+    profile = tmp_path / "inet-dies.cfg"
+    profile.write_text(cfg.replace(stock, f'program = "{DIES}"'))
+    with Machine(str(profile)) as machine, System.start(machine, backoff_unit=0.0):
+        net = hwl.net.Inet.attach(machine.run_dir)
+        try:
+            # the first frames kill the first incarnation; its successor answers
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    hwl.net.ping(LINUX_IP, timeout=0.5, inet=net)
+                    break
+                assert time.monotonic() < deadline, "no ping answered after the restart"
+            answered = 0
+            for _ in range(20):
+                with contextlib.suppress(TimeoutError):
+                    hwl.net.ping(LINUX_IP, timeout=1.0, inet=net)
+                    answered += 1
+        finally:
+            net.close()
+        logs = "\n".join(p.read_text(errors="replace") for p in machine.run_dir.glob("*.log"))
+    assert "dying before the RDT write" in logs  # the state was made
+    adopted = re.findall(r"adopted the rings \(.*?(\d+) descriptors taken and not given back", logs)
+    assert adopted and int(adopted[0]) >= 1, adopted  # ... and adopted past
+    assert answered == 20
