@@ -187,6 +187,9 @@ class PeerThread:
 
 class Flood(PeerThread):
     """Linux floods the NIC with test frames from a thread, bounded in count and time.
+    By default time is the bound that ends it (or leaving the ``with``): a count a
+    fast sender reaches in about a second ended floods before a restarted driver
+    was up, and before a benchmark's window closed.
 
     ``tap``: send on the NIC's own TAP (``nic.netdev``) instead of the bridge, so
     the frames reach that card only, whatever the bridge has learnt. ``rate``:
@@ -197,7 +200,7 @@ class Flood(PeerThread):
         self,
         nic: Nic,
         size: int = 128,
-        count: int = 200_000,
+        count: int = 10**8,
         seconds: float = 20.0,
         *,
         tap: bool = False,
