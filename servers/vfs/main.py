@@ -75,37 +75,9 @@ class VfsServer:
         return 0
 
     # ------------------------------------------------------------------ loop
-    def _fast_read(self, m):  # EXPERIMENT
-        from hwl.proto import bdev as bp
-        f = m.fields
-        at = f.get("position"); count = f["count"]; grant = f["grant"]
-        file = self.files.table.get((m.source, f["fd"]))
-        if file is None or at is None or at % 512 or count % 512 or count > 1 << 20:
-            return False
-        driver = file.driver
-        if driver.pending or not driver.up:
-            return False
-        ep = self.devices.endpoint(driver)
-        conn = self.conn
-        arena = conn.arena
-        gid = arena.grant_indirect(ep, m.source, grant, 0, count, read=False, write=True)
-        fields = {"minor": file.minor, "position": at, "count": count, "grant": gid, "id": at}
-        if driver.gen is not None:
-            fields["gen"] = driver.gen
-        try:
-            reply = conn.sendrec(ep, bp.BDEV_READ, fields)
-        finally:
-            arena.revoke(gid)
-        sef.reply(m.source, reply.m_type, {})
-        return True
-
     def serve(self) -> None:
-        import os
-        fast = os.environ.get("HWL_FASTREAD") == "1"
         while True:
             m = sef.receive()
-            if fast and m.m_type == vp.VFS_READ and self._fast_read(m):
-                continue
             # A bug must not take the file system down; a request it hit is answered.
             failed = _GUARD.answer(partial(self.dispatch, m), f"message {m.m_type:#x}", m.source)
             if failed is not None and not m.is_notify and m.m_type > 0:
