@@ -195,16 +195,12 @@ class Ipc:
         if source not in (wire.ANY, *KERNEL_SOURCES) and self.table.lookup(source) is None:
             self.out.respond(caller, EDEADSRCDST if source >= 0 else EINVAL)
             return
-        last = (
-            nonblock and source == wire.ANY and caller.event_fd >= 0 and self._waiting(caller) == 1
-        )
-        if last:
-            caller.resp_flags = wire.RESP_ARMED
+        if nonblock and source == wire.ANY and caller.event_fd >= 0 and self._waiting(caller) == 1:
+            # the receive below takes that one thing (anything waits for ANY)
+            caller.armed = True
+            caller.resp_flags = wire.RESP_ARMED  # consumed by the delivery
         if self._take_waiting(caller, source, True):
-            if last:
-                caller.armed = True
             return
-        caller.resp_flags = 0
         if nonblock:
             caller.armed = caller.event_fd >= 0
             self.out.respond(caller, ENOTREADY)
