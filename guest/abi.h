@@ -17,7 +17,7 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-#define HWL_ABI_VERSION 5u
+#define HWL_ABI_VERSION 6u
 #define HWL_MAGIC 0x314c5748u       /* "HWL1" read as little-endian bytes */
 
 #define HWL_NSLOTS 8u               /* request slots in the ring */
@@ -123,10 +123,11 @@ struct hwl_slot {              /* 4096 bytes */
 /* A frame template (flags HWL_WATCH_FRAMES, ctl.frames[] at the watch's index):
  * the word counts the frames a driver has staged, and for each new one the stub
  * runs the template's ops, patched with the frame's length (from a u16 table,
- * one entry per staging slot) and its slot's address, as a PIO NIC (ne2k) needs
- * a dozen register accesses per frame. After each frame it stores the count of
- * frames done, and of frames refused (a length of 0 or over max_len, an op that
- * failed), into the two u32 at `done`. The kernel fills the entry, checks the
+ * one entry per staging slot), its slot's address or its bytes, as a PIO NIC
+ * (ne2k) needs a dozen register accesses per frame and at_wini's command ring a
+ * dozen per read. After each frame it stores the count of frames done, and of
+ * frames refused (a length of 0, over max_len or short of a patched byte, an op
+ * that failed, a wait that ran out), into the two u32 at `done`. The kernel fills the entry, checks the
  * ops as vdevio ops, every patch's target and that every slot lies in the
  * driver's DMA buffer, then arms the watch; the stub copies the entry when it
  * takes the watch up. Patches (one per op, `patch[i]`): */
@@ -137,6 +138,10 @@ struct hwl_slot {              /* 4096 bytes */
 #define HWL_PATCH_LEN4_HI 4u    /* an OUT's a := that rounded length >> 8 */
 #define HWL_PATCH_SLOT 5u       /* an OUTS moves the frame: a := the rounded length /
                                    width, b := base + slot * stride (every OUTS) */
+#define HWL_PATCH_BYTE0 6u      /* an OUT's a := byte k of the frame, for PATCH_BYTE0 + k
+                                   (k < 16; a frame shorter than a patched byte is refused
+                                   before any op runs): a disk command's sector and count */
+#define HWL_PATCH_BYTES 16u
 struct hwl_frames {            /* 304 bytes, host-written */
     u32 table;                 /*  0 guest phys of u16 length[slots] */
     u32 slots;                 /*  4 staging slots; frame n uses slot n % slots */

@@ -252,11 +252,20 @@ static u32 watch_gen[HWL_NWATCH];
 static u32 watch_seen[HWL_NWATCH];
 static struct hwl_frames frames_copy[HWL_NWATCH]; /* taken at take-up: the kernel's */
 
+static int is_byte_patch(u32 patch)
+{
+    return patch >= HWL_PATCH_BYTE0 && patch < HWL_PATCH_BYTE0 + HWL_PATCH_BYTES;
+}
+
 /* One staged frame's op, patched with its length and slot (abi.h, HWL_PATCH_*). */
 static void patch_op(struct hwl_op *op, u32 patch, u32 len, u32 addr)
 {
     u32 len4 = (len + 3) & ~3u;
 
+    if (is_byte_patch(patch)) {     /* frames_run checked the frame holds the byte */
+        op->a = *(volatile const u8 *)(addr + (patch - HWL_PATCH_BYTE0));
+        return;
+    }
     switch (patch) {
     case HWL_PATCH_LEN_LO: op->a = len & 0xff; break;
     case HWL_PATCH_LEN_HI: op->a = len >> 8; break;
@@ -270,6 +279,17 @@ static void patch_op(struct hwl_op *op, u32 patch, u32 len, u32 addr)
     }
 }
 
+/* The shortest frame the template's byte patches can take (0: no byte patch). */
+static u32 bytes_needed(const struct hwl_frames *f)
+{
+    u32 j, need = 0;
+
+    for (j = 0; j < f->nops; j++)
+        if (is_byte_patch(f->patch[j]) && f->patch[j] - HWL_PATCH_BYTE0 + 1 > need)
+            need = f->patch[j] - HWL_PATCH_BYTE0 + 1;
+    return need;
+}
+
 /* Run the template of watch k for frames from..to-1 (the word's old and new
  * counts), storing the counts at f->done after each; stops early if the watch
  * is re-armed or ended meanwhile. A jump of more than a ring is refused whole. */
@@ -278,7 +298,7 @@ static void frames_run(u32 k, volatile struct hwl_watch *w, u32 gen, u32 from, u
     const struct hwl_frames *f = &frames_copy[k];
     volatile u32 *done = (volatile u32 *)f->done;
     volatile const u16 *lens = (volatile const u16 *)f->table;
-    u32 i, j;
+    u32 i, j, need = bytes_needed(f);
 
     if (f->nops == 0 || f->nops > HWL_FRAME_OPS || f->slots == 0 || (f->done & 3) ||
         (f->table & 1) || !range_ok(f->done, 8) || !range_ok(f->table, 2ull * f->slots))
@@ -291,7 +311,7 @@ static void frames_run(u32 k, volatile struct hwl_watch *w, u32 gen, u32 from, u
     for (i = from; i != to && w->gen == gen; i++) {
         u32 slot = i % f->slots, len = lens[slot];
 
-        if (len == 0 || len > f->max_len) {
+        if (len == 0 || len > f->max_len || len < need) {
             done[1]++;
         } else {
             for (j = 0; j < f->nops; j++) {

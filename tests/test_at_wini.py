@@ -11,6 +11,7 @@ compared with the image file; writes are checked on the image after a flush.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sys
 import time
@@ -85,10 +86,17 @@ class Disk:
             self.conn.arena.free(buf)
 
     def stats(self) -> dict[str, int]:
-        """at_wini's DMA commands and separate data copies so far (debug_stats)."""
+        """at_wini's DMA commands, separate data copies, and reads its command ring
+        ran and had refused so far (debug_stats)."""
         status, f = self.req(bp.BDEV_IOCTL, minor=0, request="debug_stats")
         assert status == 0, f
-        return {"dma_commands": int(f["dma_commands"]), "copy_calls": int(f["copy_calls"])}
+        names = ("dma_commands", "copy_calls", "ring_reads", "ring_refused")
+        return {name: int(f[name]) for name in names}
+
+    def inline(self, minor: int, position: int, count: int) -> tuple[int, dict[str, Any]]:
+        """An inline READ: the data in the reply, no grant."""
+        return self.req(bp.BDEV_READ, minor=minor, position=position, count=count,
+                        inline=True, id=9)  # fmt: skip
 
     def image_bytes(self, position: int, count: int) -> bytes:
         with self.image.open("rb") as f:
@@ -239,6 +247,42 @@ def test_bad_requests_are_refused(disk: Disk) -> None:
     assert status == 0
 
 
+def test_inline_reads_come_from_the_command_ring_on_the_new_path(disk: Disk) -> None:
+    """An inline read is one frame of at_wini's command ring on ``path=new``: every
+    DMA command of these reads was the ring's, none the kernel's, and no data copy
+    was a kernel call. ``path=old`` keeps every command on the kernel's way."""
+    disk.req(bp.BDEV_OPEN, minor=0, access=bp.BDEV_R_BIT)
+    before = disk.stats()
+    rng = random.Random(5)
+    for _ in range(64):
+        position, count = rng.randrange(1 << 15) * SECTOR, rng.choice((1, 3, 8)) * SECTOR
+        status, f = disk.inline(0, position, count)
+        assert status == count, f
+        assert f["data"] == disk.image_bytes(position, count) and f["id"] == 9
+    after = disk.stats()
+    commands = after["dma_commands"] - before["dma_commands"]
+    new = disk.path == "path=new"
+    assert commands == 64
+    assert after["copy_calls"] - before["copy_calls"] == (0 if new else 64)
+    assert after["ring_reads"] - before["ring_reads"] == (64 if new else 0)
+    assert after["ring_refused"] == before["ring_refused"]
+
+
+def test_bad_inline_reads_are_refused_and_the_driver_serves_on(disk: Disk) -> None:
+    disk.req(bp.BDEV_OPEN, minor=0, access=bp.BDEV_R_BIT)
+    for position, count in ((0, 4096 + SECTOR), (0, -SECTOR), (1, SECTOR), (0, 100)):
+        status, f = disk.inline(0, position, count)
+        assert status == -Errno.EINVAL, (position, count, f)
+        assert "data" not in f
+    end = 128 << 20
+    status, f = disk.inline(0, end - SECTOR, 2 * SECTOR)  # short at the end of the disk
+    assert status == SECTOR and f["data"] == disk.image_bytes(end - SECTOR, SECTOR)
+    status, f = disk.inline(0, end, SECTOR)
+    assert status == 0 and f["data"] == b""
+    status, f = disk.inline(0, 4096, 4096)
+    assert status == 4096 and f["data"] == disk.image_bytes(4096, 4096)
+
+
 def test_ports_outside_the_reservation_are_eperm(disk: Disk) -> None:
     status, f = disk.req(AT_DEBUG_IN, port=0x1F7)
     assert status == 0, f
@@ -340,12 +384,20 @@ def test_pio_and_lba48_modes(disk: Disk, args: str) -> None:
 
 def test_device_errors_become_eio_after_retries(disk: Disk) -> None:
     disk.req(bp.BDEV_OPEN, minor=0, access=bp.BDEV_R_BIT)
+    before = disk.stats()
     status, f = disk.req(bp.BDEV_IOCTL, minor=0, request="debug_read", lba=(128 << 20) // SECTOR)
     assert status == -Errno.EIO, f
     log = (disk.machine.run_dir / "at_wini.log").read_text()
     assert "attempt 4" in log and "status 0x" in log
-    # The driver serves on.
+    # On the new path each attempt was the ring's first: refused (its wait for a
+    # status without ERR ran out), then the kernel's way, which names the status.
+    refused = disk.stats()["ring_refused"] - before["ring_refused"]
+    assert refused == (4 if disk.path == "path=new" else 0)
+    # The driver serves on, its ring too.
     assert disk.read(0, 0, SECTOR) == disk.image_bytes(0, SECTOR)
+    status, f = disk.inline(0, SECTOR, SECTOR)
+    assert status == SECTOR and f["data"] == disk.image_bytes(SECTOR, SECTOR)
+    assert "command ring off" not in (disk.machine.run_dir / "at_wini.log").read_text()
 
 
 def test_dma_on_a_shared_irq_line_takes_its_interrupts_as_notifies(disk: Disk) -> None:

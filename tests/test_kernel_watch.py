@@ -320,6 +320,48 @@ def test_a_frame_template_runs_per_frame_and_refuses_a_bad_length(
     assert list(counts) == [11, 8]
 
 
+def test_a_frame_template_patches_the_frames_bytes_into_port_writes(
+    process: MakeProc, kernel: KernelProcess
+) -> None:
+    """PATCH_BYTE0 + k writes byte k of the staged frame (at_wini's command ring
+    puts a read's sector and count into the ATA registers so); a frame too short
+    for a patched byte runs none of the ops and is counted refused. The ATA
+    LBA registers (nobody drives the disk here) read back what was written."""
+    conn = process("bytepatch", "system vdevio; memory dma; io 1f3:4;")
+    select = Batch()
+    select.outb(0x1F6, 0xA0)  # drive 0: the registers read back are the selected drive's
+    conn.vdevio(select)
+    buf = conn.dma_alloc(4096)
+    view = conn.dma_map(buf)
+    ports = (0x1F3, 0x1F4, 0x1F5)
+    ops = Batch()
+    for port in ports:
+        ops.outb(port, 0)
+    patches = (abi.PATCH_BYTE0, abi.PATCH_BYTE0 + 1, abi.PATCH_BYTE0 + 5)
+    conn.vdevio_frames(buf.id, STAGED, template(patches=patches), ops)
+    bell = Bell(view, STAGED, STAGED + 4)
+    counts = view[COUNTS : COUNTS + 8].cast("I")
+
+    def registers() -> list[int]:
+        b = Batch()
+        reads = [b.inb(port) for port in ports]
+        values = conn.vdevio(b)
+        return [values[i] for i in reads]
+
+    view[0:6] = bytes([0x12, 0x34, 0, 0, 0, 0x56])  # slot 0
+    staged = stage(view, bell, 0, [6])
+    assert registers() == [0x12, 0x34, 0x56], list(counts)
+    assert list(counts) == [1, 0]
+    view[STRIDE : STRIDE + 6] = bytes([0x77, 0x88, 0, 0, 0, 0x99])  # slot 1, one byte short
+    staged = stage(view, bell, staged, [5])
+    assert registers() == [0x12, 0x34, 0x56]  # nothing ran
+    assert list(counts) == [2, 1]
+    view[2 * STRIDE : 3 * STRIDE] = bytes([0xA1, 0xB2, 0, 0, 0, 0xC3]) + bytes(STRIDE - 6)
+    stage(view, bell, staged, [STRIDE])  # slot 2: a whole slot
+    assert registers() == [0xA1, 0xB2, 0xC3]
+    assert list(counts) == [3, 1]
+
+
 def test_a_frame_template_is_checked_before_it_is_armed(
     process: MakeProc, kernel: KernelProcess, e1000: PciDevice
 ) -> None:
@@ -338,7 +380,8 @@ def test_a_frame_template_is_checked_before_it_is_armed(
     refused(Errno.EINVAL, template(max_len=STRIDE + 4))  # a frame longer than a slot
     refused(Errno.EINVAL, template(table=4095))  # the table past the end, unaligned
     refused(Errno.EINVAL, template(counts=4094))
-    refused(Errno.EINVAL, template(patches=(9,)))  # no such patch
+    refused(Errno.EINVAL, template(patches=(abi.PATCH_BYTE0 + abi.PATCH_BYTES,)))  # no such
+    refused(Errno.EINVAL, template(patches=(abi.PATCH_BYTE0,)))  # a byte into an MMIO write
     refused(Errno.EINVAL, template(patches=(abi.PATCH_SLOT,)))  # SLOT on a write
     outs = Batch()
     outs.outs_phys(0x80, 1, 4, 0)

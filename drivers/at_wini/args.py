@@ -20,6 +20,7 @@ class Args:
     hold: float = 0.0
     pio32: bool = True
     path: str = "new"  # DMA: "new" (patched batch, one call per command) or "old"
+    ring: bool = True  # small reads into its own memory by the command ring (ring.py)
 
 
 def parse_args(argv: list[str]) -> Args:
@@ -38,6 +39,8 @@ def parse_args(argv: list[str]) -> Args:
             args.timeout = float(value)
         elif key == "debug":
             args.debug = value not in ("0", "no")
+        elif key == "ring":
+            args.ring = value not in ("0", "no")
         elif key == "hold":
             args.hold = float(value)
         elif key == "path":

@@ -214,10 +214,8 @@ class AtWini:
     def _read_partitions(self, drive: Drive) -> None:
         assert self.conn is not None and self.scratch is not None
         offset, grant = self.scratch
-        # Into this driver's own arena: sdevio through its own grant; a DMA copy
-        # to its own endpoint takes the arena offset itself.
-        at = 0 if self.args.pio else offset
-        self._io(drive, False, 0, 1, self.conn.endpoint, grant, at)
+        # Into this driver's own arena, through its own grant
+        self._io(drive, False, 0, 1, self.conn.endpoint, grant, 0)
         mbr = self.conn.arena.view[offset : offset + SECTOR]
         drive.parts = []
         if bytes(mbr[510:512]) != b"\x55\xaa":
@@ -281,13 +279,13 @@ class AtWini:
             lba = fields.get("lba")
             if not isinstance(lba, int) or lba < 0:
                 raise RequestError(Errno.EINVAL, "lba")
-            offset, grant = self.scratch
-            self._io(
-                drive, False, lba, 1, self.conn.endpoint, grant, 0 if self.args.pio else offset
-            )
+            self._io(drive, False, lba, 1, self.conn.endpoint, self.scratch[1], 0)
             return None
         if request == "debug_stats" and self.args.debug:
-            return {"dma_commands": self.dma.dma_commands, "copy_calls": self.dma.copy_calls}
+            dma = self.dma
+            ring = dma.ring
+            return {"dma_commands": dma.dma_commands, "copy_calls": dma.copy_calls,
+                    "ring_reads": ring.reads, "ring_refused": ring.refused_reads}  # fmt: skip
         raise RequestError(Errno.ENOTTY, f"ioctl {request!r}")
 
     def _flush(self, drive: Drive) -> None:

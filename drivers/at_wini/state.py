@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def save(wini: AtWini) -> codec.Value:
     """What the new version needs to carry on at this endpoint."""
     channel, dma = wini.channel, wini.dma
-    handles = [h for h in (dma.buf, dma.prd) if h is not None]
+    handles = [h for h in (dma.buf, dma.prd, dma.ring.handle) if h is not None]
     return {
         "ints": [wini.args.instance, int(wini.args.pio), channel.bm, channel.hook, dma.prd_size],
         "dma": [x for h in handles for x in (h.id, h.phys, h.size)],
@@ -46,12 +46,14 @@ def restore(wini: AtWini, value: codec.Value) -> None:
             f"{'in PIO' if pio else 'with DMA'}; this one was started for "
             f"instance {args.instance} {'in PIO' if args.pio else 'with DMA'}"
         )
-    handles = _ints(state.get("dma"), "dma", 0 if args.pio else 6)
-    if handles:
+    handles = _ints(state.get("dma"), "dma", 0 if args.pio else 6, or_more=3)
+    if handles:  # the DMA buffer, the PRD table, and the ring's buffer if it had one
         dma.buf, dma.prd = (
             DmaHandle(handles[0], handles[1], handles[2]),
             DmaHandle(handles[3], handles[4], handles[5]),
         )
+        if len(handles) == 9:  # the new version arms the ring on it again
+            dma.ring.handle = DmaHandle(handles[6], handles[7], handles[8])
     rows = state.get("drives")
     if not isinstance(rows, list):
         raise ValueError(f"drives {rows!r}")
@@ -71,12 +73,15 @@ def _map(value: codec.Value, what: str) -> dict[str, codec.Value]:
     return value
 
 
-def _ints(value: codec.Value, what: str, count: int, or_none: bool = False) -> list[int]:
-    """A list of ``count`` integers (or, with ``or_none``, an empty list)."""
+def _ints(
+    value: codec.Value, what: str, count: int, or_none: bool = False, or_more: int = 0
+) -> list[int]:
+    """A list of ``count`` integers (or, with ``or_none``, an empty list; with
+    ``or_more``, ``count + or_more``)."""
     if not isinstance(value, list) or not all(
         isinstance(x, int) and not isinstance(x, bool) for x in value
     ):
         raise ValueError(f"{what} {value!r} is not a list of integers")
-    if len(value) != count and not (or_none and not value):
+    if len(value) not in (count, count + or_more) and not (or_none and not value):
         raise ValueError(f"{what} {value!r} does not hold {count} integers")
     return [int(x) for x in value]  # type: ignore[arg-type]

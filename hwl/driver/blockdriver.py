@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from hwl.errors import Refusal
 from hwl.ipc import codec, wire
 from hwl.ipc.client import Connection, Message
+from hwl.proto import bdev
 from hwl.proto.errno import Errno
 from hwl.system import sef
 from hwl.system.proto import LuState
@@ -86,6 +87,7 @@ class BlockDriver:
 class _State:
     opens: dict[tuple[int, int], int] = field(default_factory=dict)  # (client, minor) -> count
     table: BlockDriver | None = None
+    inline: tuple[int, memoryview] | None = None  # inline reads' own grant and its bytes
 
 
 _st = _State()
@@ -216,6 +218,23 @@ def _int(m: Message, name: str, default: int | None = None) -> int:
     return value
 
 
+def _inline_read(
+    transfer: Callable[[int, bool, int, int, Iov], int], minor: int, position: int, count: int
+) -> tuple[int, Fields]:
+    """A read answered with its data (bdev.INLINE_MAX at most): the driver's own
+    transfer into a grant of its own, the bytes into the reply."""
+    if not 0 <= count <= bdev.INLINE_MAX or position < 0:
+        raise RequestError(Errno.EINVAL, f"an inline read of {count} bytes at {position} "
+                                         f"(at most {bdev.INLINE_MAX})")  # fmt: skip
+    conn = sef.connection()
+    if _st.inline is None:
+        buf = conn.arena.alloc(bdev.INLINE_MAX)
+        _st.inline = conn.arena.grant_buffer(conn.endpoint, buf, read=True, write=True), buf.view
+    grant, view = _st.inline
+    done = transfer(minor, False, position, conn.endpoint, [(grant, count)])
+    return done, {"data": bytes(view[:done])}
+
+
 def _request(table: BlockDriver, m: Message) -> tuple[int, Fields]:
     minor = _int(m, "minor")
     client = m.source
@@ -241,6 +260,8 @@ def _request(table: BlockDriver, m: Message) -> tuple[int, Fields]:
             raise RequestError(Errno.ENOSYS, "this driver does not transfer")
         write = m.m_type in (proto.BDEV_WRITE, proto.BDEV_SCATTER)
         position = _int(m, "position")
+        if m.m_type == proto.BDEV_READ and m.get("inline") is True:
+            return _inline_read(table.transfer, minor, position, _int(m, "count"))
         if m.m_type in (proto.BDEV_READ, proto.BDEV_WRITE):
             iov: Iov = [(_int(m, "grant"), _int(m, "count"))]
         else:

@@ -198,6 +198,17 @@ class Arena:
         flags = WRITE | INDIRECT | SUMS | (sum_sec - 1) << _SUM_SEC_SHIFT
         return self._write(flags, grantee, first, length, owner, owner_grant)
 
+    def own_range(self, gid: int) -> tuple[int, int]:
+        """(arena offset, length) of one of this process's live direct grants: a
+        driver that fills its own grant without the kernel (at_wini's ring)."""
+        index, seq = split_grant_id(gid)
+        flags, _grantee, offset, length, _ep, _g = ENTRY.unpack_from(
+            self.view, HEADER.size + index * ENTRY.size
+        )
+        if not flags & VALID or flags >> _SEQ_SHIFT != seq or flags & INDIRECT:
+            raise ValueError(f"grant {gid} is not a live direct grant of this process")
+        return offset, length
+
     def revoke(self, gid: int) -> None:
         """Withdraw a grant; a copy the kernel starts afterwards fails with EINVAL."""
         index, seq = split_grant_id(gid)

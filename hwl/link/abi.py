@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-ABI_VERSION: Final = 5
+ABI_VERSION: Final = 6
 MAGIC: Final = 0x314C5748
 
 NSLOTS: Final = 8
@@ -110,6 +110,8 @@ FRAME_OPS: Final = 16
 FRAMES_HEAD: Final = struct.Struct("<IIIIIIII16s")  # table..reserved, patch[16]
 PATCH_NONE, PATCH_LEN_LO, PATCH_LEN_HI, PATCH_LEN4_LO, PATCH_LEN4_HI = 0, 1, 2, 3, 4
 PATCH_SLOT: Final = 5
+PATCH_BYTE0: Final = 6  # an OUT's value := byte k of the frame, for PATCH_BYTE0 + k
+PATCH_BYTES: Final = 16
 
 # struct hwl_native
 NATIVE: Final = struct.Struct("<HHHBBIIIIIIIIIIQ")

@@ -7,6 +7,9 @@ Requests are ``sendrec`` from the client. Fields:
 - ``BDEV_CLOSE``: minor
 - ``BDEV_READ`` / ``BDEV_WRITE``: minor, position (bytes, sector aligned),
   count (bytes), grant (made by the client in its arena for the driver), id
+- ``BDEV_READ`` with ``inline`` true and no grant: up to :data:`INLINE_MAX` bytes,
+  answered in the reply's ``data`` (no grant, no copy by the kernel: at_wini's
+  command ring reads without the kernel's process)
 - ``BDEV_GATHER`` / ``BDEV_SCATTER``: minor, position, iov (``[[grant, size], ...]``), id
 - ``BDEV_IOCTL``: minor, request (``"geometry"``, ``"flush"``), id
 
@@ -30,6 +33,8 @@ BDEV_WRITE = BDEV_BASE + 4
 BDEV_GATHER = BDEV_BASE + 5
 BDEV_SCATTER = BDEV_BASE + 6
 BDEV_IOCTL = BDEV_BASE + 7
+
+INLINE_MAX = 4096  # an inline read's most: its reply stays within a message's payload
 
 BDEV_R_BIT = 0x1
 BDEV_W_BIT = 0x2

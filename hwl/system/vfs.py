@@ -46,6 +46,9 @@ from hwl.proto.vfs import (
     VFS_CLOSE as VFS_CLOSE,
 )
 from hwl.proto.vfs import (
+    VFS_INLINE_MAX as VFS_INLINE_MAX,
+)
+from hwl.proto.vfs import (
     VFS_IOCTL as VFS_IOCTL,
 )
 from hwl.proto.vfs import (
@@ -104,13 +107,17 @@ def mode_flags(mode: str) -> int:
 
 
 class Vfs(Attachable):
-    """VFS at ``endpoint`` (looked up at RS as ``vfs`` if None), called over ``conn``."""
+    """VFS at ``endpoint`` (looked up at RS as ``vfs`` if None), called over ``conn``.
+    A read of up to VFS_INLINE_MAX bytes asks for its data in the reply (no grant:
+    at_wini serves it from its command ring, the kernel's process off the path)
+    unless ``inline`` is False (the benchmark's path before issue 17)."""
 
     def __init__(
         self, conn: Connection, endpoint: int | None = None, timeout: float | None = None
     ) -> None:
         self.conn = conn
         self.timeout = timeout
+        self.inline = True
         if endpoint is None:
             try:
                 endpoint = Rs(conn, timeout=timeout).lookup("vfs")
@@ -166,6 +173,16 @@ class Vfs(Attachable):
         count = min(buf.size if isinstance(buf, Buffer) else len(buf), VFS_MAX_IO)
         if count == 0:
             return 0
+        if count <= VFS_INLINE_MAX and self.inline:  # the data in the reply: no grant
+            fields: dict[str, codec.Value] = {"fd": fd, "count": count, "inline": True}
+            if position is not None:
+                fields["position"] = position
+            reply = self.call(VFS_READ, fields)
+            data, n = reply.get("data"), reply.m_type
+            if not isinstance(data, bytes) or len(data) != n or n > count:
+                raise VfsError(Errno.EIO, "read", f"an inline reply of {n} bytes with {data!r:.40}")
+            (buf.view if isinstance(buf, Buffer) else buf)[:n] = data
+            return n
         with self._granted(buf, count, vfs_writes=True) as (local, gid):
             n = self._io(VFS_READ, fd, count, gid, position)
             if not isinstance(buf, Buffer):

@@ -43,6 +43,7 @@ class Op:
     opening: tuple[str, int, int, int] | None = None  # path, flags, client, fd (OPEN)
     req: vp.VfsRequest | None = None  # the typed request (hwl.proto.vfs)
     at: int | None = None  # READ/WRITE with a position (pread/pwrite): the fd's stays
+    data: bytearray | None = None  # an inline READ's data so far (its reply carries it)
 
 
 class Requests:
@@ -93,7 +94,12 @@ class Requests:
             if at is not None and at < 0:
                 raise Refused(Errno.EINVAL, f"position {at} is negative")
             count = min(count, vp.VFS_MAX_IO)
-            return Op(m, file.driver, file, count=count, grant=grant, at=at, req=req)
+            if req.inline and (write or count > vp.VFS_INLINE_MAX):
+                raise Refused(Errno.EINVAL, f"an inline {'WRITE' if write else 'READ'} of "
+                                            f"{count} bytes (a READ of at most "
+                                            f"{vp.VFS_INLINE_MAX})")  # fmt: skip
+            data = bytearray() if req.inline else None
+            return Op(m, file.driver, file, count=count, grant=grant, at=at, req=req, data=data)
         return Op(m, file.driver, file, req=req)  # CLOSE, IOCTL
 
     def run(self, driver: Driver, op: Op) -> bool:

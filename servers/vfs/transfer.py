@@ -1,7 +1,9 @@
 """VFS's data path: a READ or WRITE in chunks of :data:`CHUNK` bytes. A chunk of
 whole sectors goes straight between the driver and the client (an indirect grant
 of the client's grant, narrowed to the chunk: one copy); other chunks go through
-VFS's bounce buffer, partial sectors merged first for a write (docs/vfs.md)."""
+VFS's bounce buffer, partial sectors merged first for a write. An inline READ
+(no grant, at most VFS_INLINE_MAX bytes) gathers the data in its reply: the
+driver's inline replies, or the bounce buffer's bytes (docs/vfs.md)."""
 
 from __future__ import annotations
 
@@ -42,7 +44,11 @@ class Transfers:
             span_end = min(-(-end // SECTOR) * SECTOR, size)
             n = end - pos  # client bytes in this chunk
             head, span = pos - start, span_end - start
-            if head == 0 and span == n:  # whole sectors: the driver copies for the client
+            if head == 0 and span == n and op.data is not None:  # inline: in the replies
+                n = min(n, self.drv_inline(driver, file.minor, start, span, op.data))
+                if n == 0:
+                    break
+            elif head == 0 and span == n:  # whole sectors: the driver copies for the client
                 got = self.drv_io(driver, file.minor, write, start, span, client=op)
                 if write:
                     file.dirty = True
@@ -61,14 +67,33 @@ class Transfers:
                 n = max(0, min(n, got - head))
                 if n == 0:
                     break
-                conn.safecopyto(op.m.source, op.grant, op.done, bounce.offset + head, n)
+                if op.data is not None:
+                    op.data += bounce.view[head : head + n]
+                else:
+                    conn.safecopyto(op.m.source, op.grant, op.done, bounce.offset + head, n)
             op.done += n
             if op.at is None:
                 file.position = pos + n
         if write and op.done == 0 and op.count > 0:
             pos = file.position if op.at is None else op.at
             raise Refused(Errno.ENOSPC, f"position {pos} is at the end of the device")
-        return op.done, {}
+        return op.done, {} if op.data is None else {"data": bytes(op.data)}
+
+    def drv_inline(self, driver: Driver, minor: int, position: int, count: int,
+                   data: bytearray) -> int:  # fmt: skip
+        """An inline read (hwl.proto.bdev.INLINE_MAX at most): the driver's reply
+        carries the bytes, appended to ``data``; the count read."""
+        status, fields = self.server.devices.call(
+            driver, bp.BDEV_READ, minor=minor, position=position, count=count, inline=True,
+            id=position,
+        )  # fmt: skip
+        got = fields.get("data")
+        if not isinstance(got, bytes) or len(got) != status or status > count:
+            size = len(got) if isinstance(got, bytes) else type(got).__name__
+            raise Refused(Errno.EIO, f"{driver.label} answered an inline read of {count} "
+                                     f"bytes with {status} and data of {size}")  # fmt: skip
+        data += got
+        return status
 
     def drv_io(
         self,

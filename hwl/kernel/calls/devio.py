@@ -239,7 +239,8 @@ class PortIo:
             # does not hold (another buffer may be freed while it runs)
             wanted = abi.OP_OUTS if patch == abi.PATCH_SLOT else abi.OP_OUT
             if (code == abi.OP_OUTS) != (patch == abi.PATCH_SLOT) or (
-                patch != abi.PATCH_NONE and (patch > abi.PATCH_SLOT or code != wanted)
+                patch != abi.PATCH_NONE
+                and (patch >= abi.PATCH_BYTE0 + abi.PATCH_BYTES or code != wanted)
             ):
                 fail(Errno.EINVAL, f"vdevio frames: patch {patch} on op {i} (code {code}); "
                                    "an OUTS takes SLOT")  # fmt: skip
@@ -306,7 +307,7 @@ class PortIo:
         for check in copy.checks:
             if check.op >= n:
                 fail(Errno.EINVAL, f"vdevio: a copy check names op {check.op} of {n}")
-        own = copy.endpoint in (wire.SELF, proc.endpoint)
+        own = copy.endpoint == wire.SELF  # an arena offset of the caller's own
         if own:
             view, start = self.grants.own(proc, copy.grant_offset, copy.length)
         elif copy.direction == vdevio_proto.TO_GRANT:  # a sums grant too (Grants.target)
@@ -332,7 +333,7 @@ class PortIo:
         if buf is None or copy.offset + copy.length > buf.size:
             fail(Errno.EINVAL, f"vdevio: DMA buffer {copy.buffer} was freed meanwhile")
         source = buf.view[copy.offset : copy.offset + copy.length]
-        if copy.endpoint in (wire.SELF, proc.endpoint):
+        if copy.endpoint == wire.SELF:
             view, start = self.grants.own(proc, copy.grant_offset, copy.length)
             view[start : start + copy.length] = source
         else:  # through a sums grant too

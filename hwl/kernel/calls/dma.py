@@ -215,7 +215,7 @@ class DmaCalls:
             fail(Errno.EINVAL, f"dmacopy: unknown op {op!r} (read, write, to_grant, from_grant)")
         granter = get_int(f, "endpoint", I32_MIN, I32_MAX)
         goff = get_int(f, "grant_offset", 0, I32_MAX, 0)
-        if granter in (wire.SELF, proc.endpoint):
+        if granter == wire.SELF:  # an arena offset of the caller's own
             view, start = self.grants.own(proc, goff, length)
         elif op == "to_grant":  # through a sums grant too
             gid = get_int(f, "grant", 0, I32_MAX)
