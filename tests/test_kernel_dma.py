@@ -95,6 +95,28 @@ def test_dma_map_needs_the_buffer_and_the_privilege(process: MakeProc) -> None:
 BIG = 1 << 20  # alignment that makes first-fit hand a freed buffer out again
 
 
+def test_a_new_buffer_holds_nothing_of_its_last_owner(
+    process: MakeProc, root: ipc.Connection
+) -> None:
+    """dmaalloc hands out zeroed memory: a buffer freed by one process (or with
+    its death) and handed to another shows none of the first one's bytes."""
+    first = process("secretive", DMA)
+    freed = first.dma_alloc(8192, align=BIG)
+    first.dma_map(freed)[:] = b"\xa5" * freed.size
+    first.dma_free(freed)
+    dead = first.dma_alloc(8192, align=BIG)
+    assert dead.phys == freed.phys  # the same memory again: zeroed
+    assert bytes(first.dma_map(dead)) == bytes(dead.size)
+    first.dma_map(dead)[:] = b"\x5a" * dead.size
+    first.close()
+    wait_gone(root, first.endpoint)
+    second = process("curious", DMA)
+    buf = second.dma_alloc(8192, align=BIG)
+    assert buf.phys == dead.phys
+    assert second.dma_read(buf, 0, 4096) == bytes(4096)
+    assert bytes(second.dma_map(buf)) == bytes(buf.size)
+
+
 def test_tagged_buffer_is_adopted_by_the_next_process_with_the_label(
     process: MakeProc, root: ipc.Connection
 ) -> None:

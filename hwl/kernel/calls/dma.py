@@ -149,6 +149,7 @@ class DmaCalls:
             buf = link.alloc_dma(size, align, boundary)
         except Exception as exc:
             fail(Errno.ENOMEM, f"dmaalloc: {exc}")
+        buf.view[:] = bytes(buf.size)  # nothing of the memory's last owner
         self._dma_ids += 1
         proc.dma[self._dma_ids] = buf
         if tag:
