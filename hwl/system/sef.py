@@ -197,7 +197,8 @@ class Sef:
             else:
                 log.warning("before init: ignored message type %#x from RS", m.m_type)
         waiting = self._init(m)
-        conn.serve_channels(waiting)  # clients' calls now come on channels (HWL_CHANNELS=0: not)
+        if self.info is not None and self.info.type is InitType.LU:
+            conn.serve_channels(waiting)  # the old version's channels, after the swap
         return conn
 
     def _init(self, m: Message) -> dict[int, int]:
@@ -226,6 +227,10 @@ class Sef:
             info.flags.name if info.flags else "none",
             "ok" if status == 0 else errno_of(status).name,
         )
+        if status == 0 and info.type is not InitType.LU:
+            # Before RS hears "up": a client that calls as soon as RS says so gets a
+            # channel at once, not the kernel path until its retry (HWL_CHANNELS=0: no).
+            self.conn.serve_channels(waiting)
         self.conn.send(self.rs, proto.RS_INIT, {"result": status})
         if status != 0:
             raise SystemExit(1)
