@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from blockpath import Setup, at_wini_up, block_path
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.qemu
 
 SECTOR = 512
 DISK = 128 << 20
+SHORT_INLINE = str(Path(__file__).parent / "programs" / "short_inline_at_wini.py")
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +150,38 @@ def test_bad_input_is_refused_and_harms_nothing(setup: Setup) -> None:
         setup.vfs.open("/dev/c0d0", "r")  # text mode: devices are binary
     with setup.vfs.open("/dev/c0d0", "rb") as f, pytest.raises(io.UnsupportedOperation):
         f.write(b"x")
+
+
+def test_inline_reads_bring_their_data_in_the_reply(setup: Setup) -> None:
+    """A read of 4 KiB or less is an inline READ (no grant): whole sectors from
+    the driver's inline replies, any other span through VFS's bounce buffer,
+    short at the end of the device; a bad inline request is EINVAL, VFS and the
+    driver serve on."""
+    vfs = setup.vfs
+    fd = vfs.open_fd("/dev/c0d0", vp.O_RDWR)
+    try:
+        for position, count in ((0, 4096), (SECTOR * 9, SECTOR), (7, 100), (4090, 4096),
+                                (DISK - 100, 4096), (DISK, 512)):  # fmt: skip
+            reply = vfs.call(vp.VFS_READ, {"fd": fd, "count": count, "inline": True,
+                                           "position": position})  # fmt: skip
+            want = setup.image_bytes(position, min(count, max(0, DISK - position)))
+            assert reply.m_type == len(want) and reply["data"] == want, (position, count)
+        assert vfs.lseek(fd, 0, os.SEEK_CUR) == 0  # preads: the position stays
+        bad: list[dict[str, codec.Value]] = [
+            {"count": 4097, "inline": True},  # over VFS_INLINE_MAX
+            {"count": 8, "inline": 1},  # not a boolean
+            {"count": 8},  # neither inline nor a grant
+        ]
+        for fields in bad:
+            with pytest.raises(VfsError) as info:
+                vfs.call(vp.VFS_READ, {"fd": fd, **fields})
+            assert info.value.minix_errno is Errno.EINVAL, (fields, info.value)
+        with pytest.raises(VfsError) as info:
+            vfs.call(vp.VFS_WRITE, {"fd": fd, "count": 8, "inline": True})
+        assert info.value.minix_errno is Errno.EINVAL, info.value
+        assert vfs.pread(fd, 1000, 123) == setup.image_bytes(123, 1000)
+    finally:
+        vfs.close_fd(fd)
 
 
 def test_pread_and_pwrite_leave_the_fd_position_alone(setup: Setup) -> None:
@@ -337,6 +371,33 @@ def test_the_second_instance_serves_c1d0(setup: Setup) -> None:
             assert img.read(len(pattern)) == pattern
         with setup.vfs.open("/dev/c0d0", "rb") as f:
             assert f.read(SECTOR) == setup.image_bytes(0, SECTOR)
+    finally:
+        setup.system.rs.down("at_wini1")
+
+
+def test_a_driver_whose_inline_reply_is_short_is_eio_and_vfs_serves_on(setup: Setup) -> None:
+    """A driver answering an inline read with fewer bytes than its count (on the
+    secondary channel, /dev/c1d0): the client gets EIO naming it, the driver is
+    not marked down, and VFS serves both devices on."""
+    stock = hwl.config.load().get("at_wini")
+    assert stock is not None
+    setup.system.rs.up([sys.executable, SHORT_INLINE, "instance=1"], label="at_wini1",
+                       conf=stock.to_text(), policy=Policy.RESTART)  # fmt: skip
+    vfs_log = setup.machine.run_dir / "vfs.log"
+    try:
+        fd = setup.vfs.open_fd("/dev/c1d0", vp.O_RDONLY)  # VFS finds the new at_wini1
+        downs = vfs_log.read_text().count("is down")
+        with pytest.raises(VfsError) as info:
+            setup.vfs.pread(fd, 4096, 0)
+        assert info.value.minix_errno is Errno.EIO
+        assert "at_wini1 answered an inline read of 4096 bytes" in str(info.value)
+        with (setup.machine.run_dir / "hd1.img").open("rb") as img:  # grants: right
+            assert setup.vfs.pread(fd, 8192, 0) == img.read(8192)
+        setup.vfs.close_fd(fd)
+        fd = setup.vfs.open_fd("/dev/c0d0")
+        assert setup.vfs.pread(fd, 4096, 0) == setup.image_bytes(0, 4096)
+        setup.vfs.close_fd(fd)
+        assert vfs_log.read_text().count("is down") == downs
     finally:
         setup.system.rs.down("at_wini1")
 

@@ -146,7 +146,10 @@ class Dma:
         assert self.buf is not None and self.prd is not None
         conn, ring = self.channel.kernel, self.ring
         size = count * ata.SECTOR
-        offset, length = conn.arena.own_range(grant)
+        try:
+            offset, length = conn.arena.own_range(grant)
+        except ValueError:
+            return False  # not a live direct grant of its own: the kernel's way says so
         if not 0 <= at <= length - size:
             return False  # the kernel's way names the bad range
         if not ring.armed and not ring.arm(conn, self.prd):
