@@ -10,6 +10,7 @@ compared with the image file; writes are checked on the image after a flush.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -27,17 +28,19 @@ from hwl import Machine
 from hwl.driver import proto as bp
 from hwl.ipc.client import Connection
 from hwl.kernel.errno import Errno
+from hwl.link import abi
 from hwl.pytest_plugin import MachineFactory
 from hwl.system.boot import System
 from hwl.system.ds import Ds
 from hwl.system.proto import Policy
-from hwl.system.rs import up_fields
+from hwl.system.rs import RsError, up_fields
 
 pytestmark = pytest.mark.qemu
 
 SECTOR = 512
 SHARER = str(Path(__file__).parent / "programs" / "irq_sharer.py")
 AT_DEBUG_IN = 0xBF0
+WATCH_HOG = str(Path(__file__).parent / "programs" / "watch_hog.py")
 
 
 @dataclass
@@ -380,6 +383,34 @@ def test_pio_and_lba48_modes(disk: Disk, args: str) -> None:
     finally:
         disk.system.rs.down("at_wini")
         at_wini_up(disk.system, disk.args)
+
+
+def test_without_a_watch_left_small_reads_go_through_the_kernel(disk: Disk) -> None:
+    """Another service holds every watched doorbell: the restarted at_wini's
+    command ring is refused (EBUSY, logged), and its inline reads go the
+    kernel's way, each byte right."""
+    rs = disk.system.rs
+    rs.down("at_wini")  # its ring's watch goes with it
+    try:
+        rs.up([sys.executable, WATCH_HOG], label="watch_hog", policy=Policy.RESET,
+              conf="service watch_hog { system VDEVIO; io 80; memory dma; };")  # fmt: skip
+        log = disk.machine.run_dir / "watch_hog.log"
+        assert f"holding {abi.NWATCH} watches" in log.read_text(), log.read_text()
+        at_wini_up(disk.system, disk.args)
+        disk.req(bp.BDEV_OPEN, minor=0, access=bp.BDEV_R_BIT)
+        for position in (0, 4096 * 11, 1 << 20):
+            status, f = disk.inline(0, position, 4096)
+            assert status == 4096 and f["data"] == disk.image_bytes(position, 4096)
+        stats = disk.stats()
+        assert stats["ring_reads"] == 0 and stats["dma_commands"] >= 3
+        if disk.path == "path=new":
+            text = (disk.machine.run_dir / "at_wini.log").read_text()
+            assert "no command ring" in text and "EBUSY" in text
+    finally:
+        for label in ("watch_hog", "at_wini"):
+            with contextlib.suppress(RsError):
+                rs.down(label)
+        at_wini_up(disk.system, disk.args)  # the next tests: an at_wini with a ring
 
 
 def test_device_errors_become_eio_after_retries(disk: Disk) -> None:
