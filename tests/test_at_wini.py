@@ -93,7 +93,7 @@ class Disk:
         ran and had refused so far (debug_stats)."""
         status, f = self.req(bp.BDEV_IOCTL, minor=0, request="debug_stats")
         assert status == 0, f
-        names = ("dma_commands", "copy_calls", "ring_reads", "ring_refused")
+        names = ("dma_commands", "copy_calls", "ring_reads", "ring_writes", "ring_refused")
         return {name: int(f[name]) for name in names}
 
     def inline(self, minor: int, position: int, count: int) -> tuple[int, dict[str, Any]]:
@@ -269,6 +269,35 @@ def test_inline_reads_come_from_the_command_ring_on_the_new_path(disk: Disk) -> 
     assert after["copy_calls"] - before["copy_calls"] == (0 if new else 64)
     assert after["ring_reads"] - before["ring_reads"] == (64 if new else 0)
     assert after["ring_refused"] == before["ring_refused"]
+
+
+def test_inline_writes_go_by_the_command_ring_on_the_new_path(disk: Disk) -> None:
+    """An inline write brings its bytes in the request; on ``path=new`` the ring
+    writes them (no kernel call, no copy by the kernel), on ``path=old`` the
+    kernel's way does. A flush puts them in the image; bad ones are EINVAL."""
+    disk.req(bp.BDEV_OPEN, minor=0, access=bp.BDEV_R_BIT | bp.BDEV_W_BIT)
+    before = disk.stats()
+    base = 100 << 20
+    writes = [(base + 4096 * i, os.urandom(size)) for i, size in enumerate((4096, 512, 1536))]
+    for position, data in writes:
+        status, f = disk.req(bp.BDEV_WRITE, minor=0, position=position, inline=True,
+                             data=data, id=3)  # fmt: skip
+        assert status == len(data), f
+    status, f = disk.req(bp.BDEV_IOCTL, minor=0, request="flush")
+    assert status == 0, f
+    for position, data in writes:
+        assert disk.image_bytes(position, len(data)) == data
+        assert disk.inline(0, position, len(data))[1]["data"] == data
+    after = disk.stats()
+    new = disk.path == "path=new"
+    assert after["ring_writes"] - before["ring_writes"] == (3 if new else 0)
+    assert after["copy_calls"] - before["copy_calls"] == (0 if new else 6)  # old: both ways
+    for fields in ({"data": b"x" * (4096 + SECTOR)}, {"data": "text"}, {"data": b"x" * 100},
+                   {"data": b"x" * SECTOR, "position": 1}):  # fmt: skip
+        request: dict[str, Any] = {"minor": 0, "position": base, "inline": True, **fields}
+        status, f = disk.req(bp.BDEV_WRITE, **request)
+        assert status == -Errno.EINVAL, (fields, f)
+    assert disk.image_bytes(base, 4096) == writes[0][1]  # nothing of them written
 
 
 def test_bad_inline_reads_are_refused_and_the_driver_serves_on(disk: Disk) -> None:

@@ -184,6 +184,40 @@ def test_inline_reads_bring_their_data_in_the_reply(setup: Setup) -> None:
         vfs.close_fd(fd)
 
 
+def test_inline_writes_bring_their_data_in_the_request(setup: Setup) -> None:
+    """A write of 4 KiB or less is an inline WRITE (no grant): whole sectors in the
+    driver's inline requests, any other span merged through VFS's bounce buffer;
+    the bytes reach the image (close flushes) and nothing around them changes;
+    a bad inline WRITE is EINVAL."""
+    vfs = setup.vfs
+    base = 90 << 20
+    before = setup.image_bytes(base, 3 * 4096)
+    model = bytearray(before)
+    fd = vfs.open_fd("/dev/c0d0", vp.O_RDWR)
+    try:
+        for at, size in ((0, 4096), (4096 + 7, 100), (2 * 4096 - 10, 4096)):
+            data = os.urandom(size)
+            assert vfs.pwrite(fd, data, base + at) == size
+            model[at : at + size] = data
+        assert vfs.pread(fd, 3 * 4096, base) == model
+        bad: list[dict[str, codec.Value]] = [
+            {"count": 8, "inline": True},  # no data
+            {"count": 8, "inline": True, "data": b"x" * 9},  # not count long
+            {"count": 4097, "inline": True, "data": b"x" * 4097},  # over VFS_INLINE_MAX
+            {"count": 8, "inline": True, "data": "text"},  # not bytes
+        ]
+        for fields in bad:
+            with pytest.raises(VfsError) as info:
+                vfs.call(vp.VFS_WRITE, {"fd": fd, "position": base, **fields})
+            assert info.value.minix_errno is Errno.EINVAL, (fields, info.value)
+        with pytest.raises(VfsError) as info:  # a READ brings no data
+            vfs.call(vp.VFS_READ, {"fd": fd, "count": 8, "inline": True, "data": b"x" * 8})
+        assert info.value.minix_errno is Errno.EINVAL, info.value
+    finally:
+        vfs.close_fd(fd)
+    assert setup.image_bytes(base, 3 * 4096) == model
+
+
 def test_pread_and_pwrite_leave_the_fd_position_alone(setup: Setup) -> None:
     vfs = setup.vfs
     fd = vfs.open_fd("/dev/c0d0", vp.O_RDWR)

@@ -118,8 +118,8 @@ class Dma:
             conn.dma_write(self.prd, 0, ata.prd_table(self.buf.phys, self.buf.size))
             self.prd_size = self.buf.size
         if (
-            not write and endpoint == conn.endpoint and self.ring.usable(drive, count)
-            and self._ring_read(drive, lba, count, grant, at)
+            endpoint == conn.endpoint and self.ring.usable(drive, count)
+            and self._ring_command(drive, write, lba, count, grant, at)
         ):  # fmt: skip
             return
         size = count * ata.SECTOR
@@ -140,9 +140,11 @@ class Dma:
             conn.dma_to_grant(self.buf, 0, size, endpoint, grant, at)
             self.copy_calls += 1
 
-    def _ring_read(self, drive: Drive, lba: int, count: int, grant: int, at: int) -> bool:
-        """A read into this driver's own grant by the command ring (ring.py), the
-        kernel's process not on its path; False: take the kernel's way."""
+    def _ring_command(
+        self, drive: Drive, write: bool, lba: int, count: int, grant: int, at: int
+    ) -> bool:
+        """A read into or a write from this driver's own grant by the command ring
+        (ring.py), the kernel's process not on its path; False: take the kernel's way."""
         assert self.buf is not None and self.prd is not None
         conn, ring = self.channel.kernel, self.ring
         size = count * ata.SECTOR
@@ -156,11 +158,15 @@ class Dma:
             return False
         if self._view is None:
             self._view = conn.dma_map(self.buf)
-        if not ring.read(conn, drive, lba, count):
+        mine = conn.arena.view[offset + at : offset + at + size]
+        if write:
+            self._view[:size] = mine
+        if not ring.run(conn, drive, write, lba, count):
             return False
         self.dma_commands += 1
         self.last = size
-        conn.arena.view[offset + at : offset + at + size] = self._view[:size]
+        if not write:
+            mine[:] = self._view[:size]
         return True
 
     def _run_command(

@@ -285,7 +285,8 @@ class AtWini:
             dma = self.dma
             ring = dma.ring
             return {"dma_commands": dma.dma_commands, "copy_calls": dma.copy_calls,
-                    "ring_reads": ring.reads, "ring_refused": ring.refused_reads}  # fmt: skip
+                    "ring_reads": ring.reads, "ring_writes": ring.writes,
+                    "ring_refused": ring.refused_commands}  # fmt: skip
         raise RequestError(Errno.ENOTTY, f"ioctl {request!r}")
 
     def _flush(self, drive: Drive) -> None:

@@ -1,15 +1,17 @@
-"""at_wini's command ring: small DMA reads that the stub runs without the kernel.
+"""at_wini's command ring: small DMA commands that the stub runs without the kernel.
 
-A read of up to :data:`MOST_SECTORS` sectors into at_wini's own memory (a VFS
-read whose data comes back in the reply, a partition table) is one frame of a
-frame template (hwl.proto.vdevio.WATCH_FRAMES) that the kernel checked once when
-at_wini armed it: at_wini stores the frame (count, LBA48 sector, device byte) in
-its ring buffer and counts it in the watched word; the stub patches those bytes
-into the template's register writes, runs the command with the drive's
-interrupt off (nIEN) and polls its status, and counts the frame done, or refused
-if a wait ran out (an error, a busy drive). at_wini spins on that count and
-copies the data out of its mapped DMA buffer. The kernel's process is not on
-the read's path at all: no kernel call, no copy through it.
+A read or write of up to :data:`MOST_SECTORS` sectors from or into at_wini's own
+memory (a VFS read whose data comes back in the reply, a write whose data came in
+the request, a partition table) is one frame of a frame template
+(hwl.proto.vdevio.WATCH_FRAMES) that the kernel checked once when at_wini armed
+it: at_wini stores the frame (count, LBA48 sector, device byte, the command and
+the bus master's start and stop) in its ring buffer and counts it in the watched
+word; the stub patches those bytes into the template's register writes, runs the
+command with the drive's interrupt off (nIEN) and polls its status, and counts
+the frame done, or refused if a wait ran out (an error, a busy drive). at_wini
+copies a write's data into its mapped DMA buffer first, spins on that count, and
+copies a read's data out. The kernel's process is not on the command's path at
+all: no kernel call, no copy through it.
 
 Anything else, and a refused frame, goes the kernel's way (dma.py), which
 reports errors with their status and retries. See docs/drivers.md.
@@ -34,11 +36,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("at_wini")
 
-MOST_SECTORS: Final = 8  # a ring read's largest: 4 KiB, what VFS asks for inline
+MOST_SECTORS: Final = 8  # a ring command's largest: 4 KiB, what VFS moves inline
 RING_BYTES: Final = 4096
 WORD_AT, SLEEP_AT, COUNTS_AT, TABLE_AT = 0, 4, 8, 16  # in the ring buffer
 SLOTS_AT, SLOTS, STRIDE = 64, 4, 16
-FRAME: Final = struct.Struct("<HIHB")  # count, LBA bits 0..31, bits 32..47, device
+# count, LBA bits 0..31, bits 32..47, device, command, bus master's start, stop
+FRAME: Final = struct.Struct("<HIHBBBB")
 COUNTS: Final = struct.Struct("<II")  # frames done, frames refused (the stub's)
 WAIT_US: Final = 10_000  # each wait of the template (the kernel's most for a frame)
 SPIN_S: Final = 0.05  # spin for the stub's count this long, then sleep between looks
@@ -55,7 +58,8 @@ _REGISTER_PATCHES: Final = (
 
 
 def template_ops(channel: Channel, prd_phys: int) -> tuple[Batch, tuple[int, ...]]:
-    """One LBA48 READ DMA EXT as the stub runs it per frame, and its patches."""
+    """One LBA48 DMA command (READ or WRITE DMA EXT, the frame says) as the stub
+    runs it per frame, and its patches."""
     ch, bm = channel.ch, channel.bm
     b, patches = Batch(), []
 
@@ -73,15 +77,15 @@ def template_ops(channel: Channel, prd_phys: int) -> tuple[Batch, tuple[int, ...
     for reg, patch in _REGISTER_PATCHES:
         b.outb(ch.cmd + reg, 0)
         op(patch)
-    b.outb(ch.cmd + ata.REG_COMMAND, ata.CMD_READ_DMA_EXT)
-    op()
-    b.outb(bm + ata.BM_COMMAND, ata.BM_TO_MEMORY | ata.BM_START)
-    op()
+    b.outb(ch.cmd + ata.REG_COMMAND, 0)
+    op(_BYTE + 9)
+    b.outb(bm + ata.BM_COMMAND, 0)  # started, in the command's direction
+    op(_BYTE + 10)
     # done: not busy, no data request, and no error (an error waits out: refused)
     b.wait(ch.cmd + ata.REG_STATUS, ata.BSY | ata.DRQ | ata.ERR | ata.DF, 0, WAIT_US)
     op()
-    b.outb(bm + ata.BM_COMMAND, ata.BM_TO_MEMORY)  # the bus master stopped
-    op()
+    b.outb(bm + ata.BM_COMMAND, 0)  # the bus master stopped
+    op(_BYTE + 11)
     return b, tuple(patches)
 
 
@@ -95,8 +99,9 @@ class Ring:
         self.off = False  # refused by the kernel, ended, or the stub never answered
         self.staged = 0
         self.refused = 0
-        self.reads = 0  # ring reads done, and refused (debug_stats, for tests)
-        self.refused_reads = 0
+        self.reads = 0  # ring reads and writes done, and refused (debug_stats)
+        self.writes = 0
+        self.refused_commands = 0
         self._view: memoryview | None = None
         self._bell: Bell | None = None
 
@@ -122,7 +127,7 @@ class Ring:
                                      patches)  # fmt: skip
             conn.vdevio_frames(self.handle.id, WORD_AT, template, ops)
         except IpcError as exc:
-            log.warning("no command ring (%s): small reads go through the kernel", exc)
+            log.warning("no command ring (%s): small commands go through the kernel", exc)
             self.off = True
             return False
         self._bell = Bell(view, WORD_AT, SLEEP_AT)
@@ -131,16 +136,19 @@ class Ring:
                  self.handle.id, self.staged)  # fmt: skip
         return True
 
-    def read(self, conn: Connection, drive: Drive, lba: int, count: int) -> bool:
-        """Run one read of ``count`` sectors at ``lba`` into the DMA buffer's start;
-        False if the stub refused it (the kernel's way then says why) or the ring
-        is off now."""
+    def run(self, conn: Connection, drive: Drive, write: bool, lba: int, count: int) -> bool:
+        """Run one command of ``count`` sectors at ``lba``, between the drive and
+        the DMA buffer's start; False if the stub refused it (the kernel's way then
+        says why) or the ring is off now."""
         view, bell = self._view, self._bell
         assert view is not None and bell is not None
         n = self.staged
         slot = SLOTS_AT + n % SLOTS * STRIDE
         device = ata.DEV_LBA | drive.number << 4
-        FRAME.pack_into(view, slot, count & 0xFFFF, lba & 0xFFFFFFFF, lba >> 32, device)
+        command = ata.CMD_WRITE_DMA_EXT if write else ata.CMD_READ_DMA_EXT
+        direction = 0 if write else ata.BM_TO_MEMORY
+        FRAME.pack_into(view, slot, count & 0xFFFF, lba & 0xFFFFFFFF, lba >> 32, device,
+                        command, direction | ata.BM_START, direction)  # fmt: skip
         struct.pack_into("<H", view, TABLE_AT + 2 * (n % SLOTS), FRAME.size)
         self.staged = n = (n + 1) & 0xFFFFFFFF
         sleep = bell.ring(n)
@@ -152,12 +160,15 @@ class Ring:
             conn.vdevio_posted(wake)
         done, refused = self._wait(view, n)
         if done != n:
-            return self._turn_off(f"the stub did not run a ring read in {GIVE_UP_S} s")
+            return self._turn_off(f"the stub did not run a ring command in {GIVE_UP_S} s")
         if refused != self.refused:
             self.refused = refused
-            self.refused_reads += 1
+            self.refused_commands += 1
             return False
-        self.reads += 1
+        if write:
+            self.writes += 1
+        else:
+            self.reads += 1
         return True
 
     def _wait(self, view: memoryview, n: int) -> tuple[int, int]:
@@ -176,6 +187,6 @@ class Ring:
         return done, refused
 
     def _turn_off(self, why: str) -> bool:
-        log.warning("command ring off: %s; small reads go through the kernel", why)
+        log.warning("command ring off: %s; small commands go through the kernel", why)
         self.off = True
         return False

@@ -218,21 +218,41 @@ def _int(m: Message, name: str, default: int | None = None) -> int:
     return value
 
 
-def _inline_read(
-    transfer: Callable[[int, bool, int, int, Iov], int], minor: int, position: int, count: int
-) -> tuple[int, Fields]:
+Transfer = Callable[[int, bool, int, int, Iov], int]
+
+
+def _inline_buffer() -> tuple[int, memoryview]:
+    """Inline requests' buffer in this driver's arena and its grant to itself."""
+    if _st.inline is None:
+        conn = sef.connection()
+        buf = conn.arena.alloc(bdev.INLINE_MAX)
+        _st.inline = conn.arena.grant_buffer(conn.endpoint, buf, read=True, write=True), buf.view
+    return _st.inline
+
+
+def _inline_read(transfer: Transfer, minor: int, position: int, count: int) -> tuple[int, Fields]:
     """A read answered with its data (bdev.INLINE_MAX at most): the driver's own
     transfer into a grant of its own, the bytes into the reply."""
     if not 0 <= count <= bdev.INLINE_MAX or position < 0:
         raise RequestError(Errno.EINVAL, f"an inline read of {count} bytes at {position} "
                                          f"(at most {bdev.INLINE_MAX})")  # fmt: skip
-    conn = sef.connection()
-    if _st.inline is None:
-        buf = conn.arena.alloc(bdev.INLINE_MAX)
-        _st.inline = conn.arena.grant_buffer(conn.endpoint, buf, read=True, write=True), buf.view
-    grant, view = _st.inline
-    done = transfer(minor, False, position, conn.endpoint, [(grant, count)])
+    grant, view = _inline_buffer()
+    done = transfer(minor, False, position, sef.connection().endpoint, [(grant, count)])
     return done, {"data": bytes(view[:done])}
+
+
+def _inline_write(
+    transfer: Transfer, minor: int, position: int, data: codec.Value
+) -> tuple[int, Fields]:
+    """A write that brought its data (bdev.INLINE_MAX bytes at most): the bytes
+    into a grant of the driver's own, and its own transfer from there."""
+    if not isinstance(data, bytes) or len(data) > bdev.INLINE_MAX or position < 0:
+        what = f"{len(data)} bytes" if isinstance(data, bytes) else f"data {type(data).__name__}"
+        raise RequestError(Errno.EINVAL, f"an inline write of {what} at {position} "
+                                         f"(bytes, at most {bdev.INLINE_MAX})")  # fmt: skip
+    grant, view = _inline_buffer()
+    view[: len(data)] = data
+    return transfer(minor, True, position, sef.connection().endpoint, [(grant, len(data))]), {}
 
 
 def _request(table: BlockDriver, m: Message) -> tuple[int, Fields]:
@@ -262,6 +282,8 @@ def _request(table: BlockDriver, m: Message) -> tuple[int, Fields]:
         position = _int(m, "position")
         if m.m_type == proto.BDEV_READ and m.get("inline") is True:
             return _inline_read(table.transfer, minor, position, _int(m, "count"))
+        if m.m_type == proto.BDEV_WRITE and m.get("inline") is True:
+            return _inline_write(table.transfer, minor, position, m.get("data"))
         if m.m_type in (proto.BDEV_READ, proto.BDEV_WRITE):
             iov: Iov = [(_int(m, "grant"), _int(m, "count"))]
         else:

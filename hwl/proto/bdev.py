@@ -8,8 +8,9 @@ Requests are ``sendrec`` from the client. Fields:
 - ``BDEV_READ`` / ``BDEV_WRITE``: minor, position (bytes, sector aligned),
   count (bytes), grant (made by the client in its arena for the driver), id
 - ``BDEV_READ`` with ``inline`` true and no grant: up to :data:`INLINE_MAX` bytes,
-  answered in the reply's ``data`` (no grant, no copy by the kernel: at_wini's
-  command ring reads without the kernel's process)
+  answered in the reply's ``data``; ``BDEV_WRITE`` with ``inline`` true, the
+  bytes in ``data`` (at most INLINE_MAX) and no grant or count (no grant, no copy
+  by the kernel: at_wini's command ring moves them without the kernel's process)
 - ``BDEV_GATHER`` / ``BDEV_SCATTER``: minor, position, iov (``[[grant, size], ...]``), id
 - ``BDEV_IOCTL``: minor, request (``"geometry"``, ``"flush"``), id
 

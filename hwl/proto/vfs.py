@@ -10,6 +10,7 @@ Requests are ``sendrec`` to VFS's endpoint; the reply's m_type is the result
 | ``VFS_READ`` | fd, count, grant (VFS writes it); position (pread) | bytes read (0 at the end) |
 | ``VFS_READ`` inline | fd, count (≤ VFS_INLINE_MAX), inline true; position | count; ``data`` |
 | ``VFS_WRITE`` | fd, count, grant (VFS reads it); position (pwrite) | bytes written |
+| ``VFS_WRITE`` inline | fd, count, inline true, data (count bytes); position | bytes written |
 | ``VFS_LSEEK`` | fd, offset, whence (0 set, 1 cur, 2 end) | 0; field ``position`` |
 | ``VFS_IOCTL`` | fd, request (``"geometry"``, ``"flush"``) | 0; the driver's fields |
 
@@ -49,8 +50,8 @@ O_ACCMODE: Final = 3
 
 #: The most one READ or WRITE moves (a bigger count gets a short answer).
 VFS_MAX_IO: Final = 1 << 20
-#: The most an inline READ asks for: its data comes back in the reply, and the
-#: block driver's reply to VFS carries it too (hwl.proto.bdev.INLINE_MAX).
+#: The most an inline READ asks for or an inline WRITE brings: the data travels in
+#: the messages, to and from the block driver too (hwl.proto.bdev.INLINE_MAX).
 VFS_INLINE_MAX: Final = 4096
 
 MAX_PATH: Final = 1024
@@ -109,21 +110,26 @@ class VfsIo:
 
     fd: int
     count: int
-    grant: int  # -1 for an inline READ
+    grant: int  # -1 for an inline READ or WRITE
     position: int | None
-    inline: bool = False  # the data in the reply, no grant (a READ, VFS_INLINE_MAX at most)
+    inline: bool = False  # the data in the message, no grant (VFS_INLINE_MAX at most)
+    data: bytes | None = None  # an inline WRITE's bytes
 
     @classmethod
     def from_fields(cls, fields: Fields) -> VfsIo:
         inline = fields.get("inline", False)
         if not isinstance(inline, bool):
             raise FieldError(f"field 'inline' is not a boolean: {inline!r}")
+        data = fields.get("data")
+        if data is not None and not isinstance(data, bytes):
+            raise FieldError(f"field 'data' is not bytes: {type(data).__name__}")
         return cls(
             get_int(fields, "fd", *_I64),
             get_int(fields, "count", *_I64),
             -1 if inline else get_int(fields, "grant", *_I64),
             get_optional_int(fields, "position", *_I64),
             inline,
+            data,
         )
 
 

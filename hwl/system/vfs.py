@@ -108,9 +108,9 @@ def mode_flags(mode: str) -> int:
 
 class Vfs(Attachable):
     """VFS at ``endpoint`` (looked up at RS as ``vfs`` if None), called over ``conn``.
-    A read of up to VFS_INLINE_MAX bytes asks for its data in the reply (no grant:
-    at_wini serves it from its command ring, the kernel's process off the path)
-    unless ``inline`` is False (the benchmark's path before issue 17)."""
+    A read or write of up to VFS_INLINE_MAX bytes carries its data in the messages
+    (no grant: at_wini runs it on its command ring, the kernel's process off the
+    path) unless ``inline`` is False (the benchmark's path before issue 17)."""
 
     def __init__(
         self, conn: Connection, endpoint: int | None = None, timeout: float | None = None
@@ -195,6 +195,13 @@ class Vfs(Attachable):
         count = min(data.size if isinstance(data, Buffer) else len(data), VFS_MAX_IO)
         if count == 0:
             return 0
+        if count <= VFS_INLINE_MAX and self.inline:  # the data in the request: no grant
+            payload = bytes((data.view if isinstance(data, Buffer) else data)[:count])
+            fields: dict[str, codec.Value] = {"fd": fd, "count": count, "inline": True,
+                                              "data": payload}  # fmt: skip
+            if position is not None:
+                fields["position"] = position
+            return self.call(VFS_WRITE, fields).m_type
         with self._granted(data, count, vfs_writes=False) as (local, gid):
             if not isinstance(data, Buffer):
                 local.view[:count] = data[:count]

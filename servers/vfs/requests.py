@@ -44,6 +44,7 @@ class Op:
     req: vp.VfsRequest | None = None  # the typed request (hwl.proto.vfs)
     at: int | None = None  # READ/WRITE with a position (pread/pwrite): the fd's stays
     data: bytearray | None = None  # an inline READ's data so far (its reply carries it)
+    payload: bytes | None = None  # an inline WRITE's data (its request brought it)
 
 
 class Requests:
@@ -94,12 +95,18 @@ class Requests:
             if at is not None and at < 0:
                 raise Refused(Errno.EINVAL, f"position {at} is negative")
             count = min(count, vp.VFS_MAX_IO)
-            if req.inline and (write or count > vp.VFS_INLINE_MAX):
+            if req.inline and (
+                count > vp.VFS_INLINE_MAX
+                or (write and (req.data is None or len(req.data) != count))
+                or (not write and req.data is not None)
+            ):
                 raise Refused(Errno.EINVAL, f"an inline {'WRITE' if write else 'READ'} of "
-                                            f"{count} bytes (a READ of at most "
-                                            f"{vp.VFS_INLINE_MAX})")  # fmt: skip
-            data = bytearray() if req.inline else None
-            return Op(m, file.driver, file, count=count, grant=grant, at=at, req=req, data=data)
+                                            f"{count} bytes (at most {vp.VFS_INLINE_MAX}; a "
+                                            "WRITE's data that long, a READ's none)")  # fmt: skip
+            data = bytearray() if req.inline and not write else None
+            payload = req.data if req.inline and write else None
+            return Op(m, file.driver, file, count=count, grant=grant, at=at, req=req,
+                      data=data, payload=payload)  # fmt: skip
         return Op(m, file.driver, file, req=req)  # CLOSE, IOCTL
 
     def run(self, driver: Driver, op: Op) -> bool:

@@ -3,7 +3,8 @@ whole sectors goes straight between the driver and the client (an indirect grant
 of the client's grant, narrowed to the chunk: one copy); other chunks go through
 VFS's bounce buffer, partial sectors merged first for a write. An inline READ
 (no grant, at most VFS_INLINE_MAX bytes) gathers the data in its reply: the
-driver's inline replies, or the bounce buffer's bytes (docs/vfs.md)."""
+driver's inline replies, or the bounce buffer's bytes; an inline WRITE's bytes go
+in the driver's inline requests, or through the bounce buffer (docs/vfs.md)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ class Transfers:
                 n = min(n, self.drv_inline(driver, file.minor, start, span, op.data))
                 if n == 0:
                     break
+            elif head == 0 and span == n and op.payload is not None:  # inline: in the requests
+                part = op.payload[op.done : op.done + n]
+                self.drv_inline_write(driver, file.minor, start, part)
+                file.dirty = True
             elif head == 0 and span == n:  # whole sectors: the driver copies for the client
                 got = self.drv_io(driver, file.minor, write, start, span, client=op)
                 if write:
@@ -59,7 +64,10 @@ class Transfers:
             elif write:
                 if head or (end % SECTOR and end < size):
                     self.drv_io(driver, file.minor, False, start, span)
-                conn.safecopyfrom(op.m.source, op.grant, op.done, bounce.offset + head, n)
+                if op.payload is not None:
+                    bounce.view[head : head + n] = op.payload[op.done : op.done + n]
+                else:
+                    conn.safecopyfrom(op.m.source, op.grant, op.done, bounce.offset + head, n)
                 self.drv_io(driver, file.minor, True, start, span)
                 file.dirty = True
             else:
@@ -78,6 +86,16 @@ class Transfers:
             pos = file.position if op.at is None else op.at
             raise Refused(Errno.ENOSPC, f"position {pos} is at the end of the device")
         return op.done, {} if op.data is None else {"data": bytes(op.data)}
+
+    def drv_inline_write(self, driver: Driver, minor: int, position: int, data: bytes) -> None:
+        """An inline write (hwl.proto.bdev.INLINE_MAX at most): the bytes in the
+        driver's request; all of them written, or EIO."""
+        status, _ = self.server.devices.call(
+            driver, bp.BDEV_WRITE, minor=minor, position=position, inline=True, data=data,
+            id=position,
+        )  # fmt: skip
+        if status != len(data):
+            raise Refused(Errno.EIO, f"the driver wrote {status} of {len(data)} bytes")
 
     def drv_inline(self, driver: Driver, minor: int, position: int, count: int,
                    data: bytearray) -> int:  # fmt: skip
