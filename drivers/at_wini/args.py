@@ -20,7 +20,7 @@ class Args:
     hold: float = 0.0
     pio32: bool = True
     path: str = "new"  # DMA: "new" (patched batch, one call per command) or "old"
-    ring: bool = True  # small reads into its own memory by the command ring (ring.py)
+    ring: bool = True  # small commands to and from its own memory by the command ring
 
 
 def parse_args(argv: list[str]) -> Args:

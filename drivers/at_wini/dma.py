@@ -88,7 +88,7 @@ class Dma:
         self.dma_commands = 0  # DMA commands issued, and copies of their data by a
         self.copy_calls = 0  # kernel call of their own (debug_stats, for tests)
         self.last = 0  # bytes the last command moved (the DMA buffer holds a read's)
-        self.ring = Ring(channel)  # small reads into this driver's own memory
+        self.ring = Ring(channel)  # small commands to and from this driver's own memory
         self._view: memoryview | None = None  # the DMA buffer, mapped for the ring
 
     def alloc(self, conn: Connection) -> None:
