@@ -89,6 +89,7 @@ class Dma:
         self.copy_calls = 0  # kernel call of their own (debug_stats, for tests)
         self.last = 0  # bytes the last command moved (the DMA buffer holds a read's)
         self.ring = Ring(channel)  # small commands to and from this driver's own memory
+        self.ring_ok = True  # off after a refused frame: the request's retries go the kernel's way
         self._view: memoryview | None = None  # the DMA buffer, mapped for the ring
 
     def alloc(self, conn: Connection) -> None:
@@ -118,7 +119,7 @@ class Dma:
             conn.dma_write(self.prd, 0, ata.prd_table(self.buf.phys, self.buf.size))
             self.prd_size = self.buf.size
         if (
-            endpoint == conn.endpoint and self.ring.usable(drive, count)
+            endpoint == conn.endpoint and self.ring_ok and self.ring.usable(drive, count)
             and self._ring_command(drive, write, lba, count, grant, at)
         ):  # fmt: skip
             return
@@ -144,7 +145,9 @@ class Dma:
         self, drive: Drive, write: bool, lba: int, count: int, grant: int, at: int
     ) -> bool:
         """A read into or a write from this driver's own grant by the command ring
-        (ring.py), the kernel's process not on its path; False: take the kernel's way."""
+        (ring.py), the kernel's process not on its path; False: take the kernel's way.
+        A frame the stub refused is a failed attempt (CommandError): the request's
+        retries go the kernel's way, which names the status."""
         assert self.buf is not None and self.prd is not None
         conn, ring = self.channel.kernel, self.ring
         size = count * ata.SECTOR
@@ -162,7 +165,11 @@ class Dma:
         if write:
             self._view[:size] = mine
         if not ring.run(conn, drive, write, lba, count):
-            return False
+            if ring.off:
+                return False
+            self.ring_ok = False
+            raise CommandError(f"DMA {'write' if write else 'read'} at {lba}: the command "
+                               "ring's frame was refused (a wait ran out)")  # fmt: skip
         self.dma_commands += 1
         self.last = size
         if not write:

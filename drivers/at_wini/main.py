@@ -146,6 +146,7 @@ class AtWini:
     ) -> None:
         """One command with bounded retries; after a timeout the channel is reset."""
         engine = self.pio if self.args.pio else self.dma
+        self.dma.ring_ok = True
         for attempt in range(RETRIES + 1):
             self.busy = True
             try:
