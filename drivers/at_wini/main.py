@@ -287,7 +287,7 @@ class AtWini:
             ring = dma.ring
             return {"dma_commands": dma.dma_commands, "copy_calls": dma.copy_calls,
                     "ring_reads": ring.reads, "ring_writes": ring.writes,
-                    "ring_refused": ring.refused_commands}  # fmt: skip
+                    "ring_refused": ring.refused}  # fmt: skip
         raise RequestError(Errno.ENOTTY, f"ioctl {request!r}")
 
     def _flush(self, drive: Drive) -> None:

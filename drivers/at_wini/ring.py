@@ -98,10 +98,9 @@ class Ring:
         self.armed = False
         self.off = False  # refused by the kernel, ended, or the stub never answered
         self.staged = 0
-        self.refused = 0
-        self.reads = 0  # ring reads and writes done, and refused (debug_stats)
+        self.refused = 0  # frames the stub refused (one frame runs at a time: each is 1)
+        self.reads = 0  # ring reads and writes done (debug_stats, for tests)
         self.writes = 0
-        self.refused_commands = 0
         self._view: memoryview | None = None
         self._bell: Bell | None = None
 
@@ -122,6 +121,8 @@ class Ring:
             self.staged = int.from_bytes(view[WORD_AT : WORD_AT + 4], "little")
             COUNTS.pack_into(view, COUNTS_AT, self.staged, 0)
             self.refused = 0
+            for k in range(SLOTS):  # every frame is as long: its length once per slot
+                struct.pack_into("<H", view, TABLE_AT + 2 * k, FRAME.size)
             ops, patches = template_ops(self.channel, prd.phys)
             template = FrameTemplate(TABLE_AT, SLOTS, STRIDE, SLOTS_AT, COUNTS_AT, FRAME.size,
                                      patches)  # fmt: skip
@@ -149,7 +150,6 @@ class Ring:
         direction = 0 if write else ata.BM_TO_MEMORY
         FRAME.pack_into(view, slot, count & 0xFFFF, lba & 0xFFFFFFFF, lba >> 32, device,
                         command, direction | ata.BM_START, direction)  # fmt: skip
-        struct.pack_into("<H", view, TABLE_AT + 2 * (n % SLOTS), FRAME.size)
         self.staged = n = (n + 1) & 0xFFFFFFFF
         sleep = bell.ring(n)
         if sleep == abi.WATCH_ENDED:
@@ -163,7 +163,6 @@ class Ring:
             return self._turn_off(f"the stub did not run a ring command in {GIVE_UP_S} s")
         if refused != self.refused:
             self.refused = refused
-            self.refused_commands += 1
             return False
         if write:
             self.writes += 1
