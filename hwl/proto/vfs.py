@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from hwl.proto import bdev
 from hwl.proto.fields import FieldError, get_int, get_optional_int, get_str
 
 VFS_BASE: Final = 0xA00
@@ -52,7 +53,7 @@ O_ACCMODE: Final = 3
 VFS_MAX_IO: Final = 1 << 20
 #: The most an inline READ asks for or an inline WRITE brings: the data travels in
 #: the messages, to and from the block driver too (hwl.proto.bdev.INLINE_MAX).
-VFS_INLINE_MAX: Final = 4096
+VFS_INLINE_MAX: Final = bdev.INLINE_MAX
 
 MAX_PATH: Final = 1024
 _I64 = (-(1 << 63), (1 << 63) - 1)

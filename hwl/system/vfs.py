@@ -106,6 +106,16 @@ def mode_flags(mode: str) -> int:
     return O_RDONLY
 
 
+def _io_fields(
+    fd: int, count: int, position: int | None, **more: codec.Value
+) -> dict[str, codec.Value]:
+    """A READ's or WRITE's fields: ``position`` only for a pread or pwrite."""
+    fields: dict[str, codec.Value] = {"fd": fd, "count": count, **more}
+    if position is not None:
+        fields["position"] = position
+    return fields
+
+
 class Vfs(Attachable):
     """VFS at ``endpoint`` (looked up at RS as ``vfs`` if None), called over ``conn``.
     A read or write of up to VFS_INLINE_MAX bytes carries its data in the messages
@@ -174,10 +184,7 @@ class Vfs(Attachable):
         if count == 0:
             return 0
         if count <= VFS_INLINE_MAX and self.inline:  # the data in the reply: no grant
-            fields: dict[str, codec.Value] = {"fd": fd, "count": count, "inline": True}
-            if position is not None:
-                fields["position"] = position
-            reply = self.call(VFS_READ, fields)
+            reply = self.call(VFS_READ, _io_fields(fd, count, position, inline=True))
             data, n = reply.get("data"), reply.m_type
             if not isinstance(data, bytes) or len(data) != n or n > count:
                 raise VfsError(Errno.EIO, "read", f"an inline reply of {n} bytes with {data!r:.40}")
@@ -197,10 +204,7 @@ class Vfs(Attachable):
             return 0
         if count <= VFS_INLINE_MAX and self.inline:  # the data in the request: no grant
             payload = bytes((data.view if isinstance(data, Buffer) else data)[:count])
-            fields: dict[str, codec.Value] = {"fd": fd, "count": count, "inline": True,
-                                              "data": payload}  # fmt: skip
-            if position is not None:
-                fields["position"] = position
+            fields = _io_fields(fd, count, position, inline=True, data=payload)
             return self.call(VFS_WRITE, fields).m_type
         with self._granted(data, count, vfs_writes=False) as (local, gid):
             if not isinstance(data, Buffer):
@@ -228,10 +232,7 @@ class Vfs(Attachable):
                 arena.free(local)
 
     def _io(self, m_type: int, fd: int, count: int, gid: int, position: int | None) -> int:
-        fields: dict[str, codec.Value] = {"fd": fd, "count": count, "grant": gid}
-        if position is not None:
-            fields["position"] = position
-        return self.call(m_type, fields).m_type
+        return self.call(m_type, _io_fields(fd, count, position, grant=gid)).m_type
 
     def pread(self, fd: int, count: int, position: int) -> bytes:
         """Up to ``count`` bytes (one READ) at ``position``; the fd's position stays."""

@@ -94,8 +94,7 @@ class Transfers:
             driver, bp.BDEV_WRITE, minor=minor, position=position, inline=True, data=data,
             id=position,
         )  # fmt: skip
-        if status != len(data):
-            raise Refused(Errno.EIO, f"the driver wrote {status} of {len(data)} bytes")
+        _written(status, len(data))
 
     def drv_inline(self, driver: Driver, minor: int, position: int, count: int,
                    data: bytearray) -> int:  # fmt: skip
@@ -141,6 +140,12 @@ class Transfers:
             )  # fmt: skip
         finally:
             arena.revoke(gid)
-        if write and status != count:
-            raise Refused(Errno.EIO, f"the driver wrote {status} of {count} bytes")
+        if write:
+            _written(status, count)
         return status
+
+
+def _written(status: int, count: int) -> None:
+    """A driver's write answered with fewer bytes than it was given is EIO."""
+    if status != count:
+        raise Refused(Errno.EIO, f"the driver wrote {status} of {count} bytes")
