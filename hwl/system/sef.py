@@ -196,14 +196,13 @@ class Sef:
                 break
             else:
                 log.warning("before init: ignored message type %#x from RS", m.m_type)
-        waiting = self._init(m)
-        if self.info is not None and self.info.type is InitType.LU:
-            conn.serve_channels(waiting)  # the old version's channels, after the swap
+        self._init(m)
         return conn
 
-    def _init(self, m: Message) -> dict[int, int]:
-        """Run the init callback and report to RS; the channel calls a live
-        update's old version left to this one to answer."""
+    def _init(self, m: Message) -> None:
+        """Run the init callback, serve call channels, report to RS (a live
+        update's new version serves them after the swap: the old version's, and
+        the calls it left to this one to answer)."""
         try:
             saved, waiting = _unwrap_saved(bytes(m.get("saved", b"")))  # type: ignore[arg-type]
             info = InitInfo(
@@ -236,7 +235,7 @@ class Sef:
             raise SystemExit(1)
         if info.type is InitType.LU:
             self._wait_for_swap()
-        return waiting
+            self.conn.serve_channels(waiting)
 
     def _wait_for_swap(self) -> None:
         """A new version runs its init before RS swaps it onto the old endpoint;
